@@ -1,0 +1,114 @@
+//! `Client`: the control connection to a broker, and the door to producers and consumers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::connection::Connection;
+use crate::consumer::Consumer;
+use crate::discovery::client_socket_path;
+use crate::error::{Error, Result};
+use crate::producer::Producer;
+use crate::wire::{ChannelInfo, ChannelList, Dropped, Request, StatusInfo};
+
+/// A connection to a shmem-broker.
+///
+/// ```no_run
+/// use shmem_broker_client::Client;
+///
+/// let client = Client::connect_default()?;
+/// let mut producer = client.producer("frames")?;
+/// producer.send(b"hello")?;
+/// producer.close()?;
+///
+/// let mut consumer = client.consumer("frames")?;
+/// while let Some(message) = consumer.recv()? {
+///     println!("{} bytes", message.len());
+/// }
+/// # Ok::<(), shmem_broker_client::Error>(())
+/// ```
+///
+/// Each producer or consumer gets a connection of its own, held open for as long as it is
+/// attached: the broker frees the attachment the moment that connection closes, whether the
+/// endpoint was dropped or its process died.
+pub struct Client {
+    socket: PathBuf,
+    control: Mutex<Connection>,
+}
+
+/// Options for [`Client::create_with`].
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// Ring data bytes (rounded up to 4 KiB); the broker's `default_capacity` if `None`.
+    pub capacity: Option<u64>,
+    /// Who else may attach as producer: `*`, a user name or uid, `@group` or `@gid`.
+    pub producers: Vec<String>,
+    /// Who else may attach as consumer.
+    pub consumers: Vec<String>,
+}
+
+impl Client {
+    /// Connects to the broker listening at `socket`.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Client> {
+        let socket = socket.as_ref().to_path_buf();
+        let control = Connection::connect(&socket)?;
+        Ok(Client { socket, control: Mutex::new(control) })
+    }
+
+    /// Connects to `$SHMEM_BROKER_SOCKET`, else the broker's default socket path.
+    pub fn connect_default() -> Result<Client> {
+        Client::connect(client_socket_path(None))
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Attaches to `channel` as its producer.
+    pub fn producer(&self, channel: &str) -> Result<Producer> {
+        Producer::attach(&self.socket, channel)
+    }
+
+    /// Attaches to `channel` as its consumer.
+    pub fn consumer(&self, channel: &str) -> Result<Consumer> {
+        Consumer::attach(&self.socket, channel)
+    }
+
+    pub fn status(&self) -> Result<StatusInfo> {
+        self.call(&Request::Status)
+    }
+
+    pub fn list(&self) -> Result<Vec<ChannelInfo>> {
+        self.call::<ChannelList>(&Request::List).map(|list| list.channels)
+    }
+
+    pub fn info(&self, channel: &str) -> Result<ChannelInfo> {
+        self.call(&Request::Info { channel: channel.to_string() })
+    }
+
+    /// Creates a channel owned by the calling uid (needs root or an admin group).
+    pub fn create(&self, channel: &str, capacity: Option<u64>) -> Result<ChannelInfo> {
+        self.create_with(channel, &CreateOptions { capacity, ..CreateOptions::default() })
+    }
+
+    pub fn create_with(&self, channel: &str, options: &CreateOptions) -> Result<ChannelInfo> {
+        self.call(&Request::Create {
+            channel: channel.to_string(),
+            capacity: options.capacity,
+            producers: options.producers.clone(),
+            consumers: options.consumers.clone(),
+        })
+    }
+
+    /// Drops a channel; attached endpoints get [`Error::ChannelDropped`] on their next call.
+    pub fn drop_channel(&self, channel: &str) -> Result<()> {
+        self.call::<Dropped>(&Request::Drop { channel: channel.to_string() }).map(|_| ())
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(&self, request: &Request) -> Result<T> {
+        let mut control = self
+            .control
+            .lock()
+            .map_err(|_| Error::Protocol("control connection poisoned by a panic".into()))?;
+        control.call_for(request)
+    }
+}

@@ -1,0 +1,154 @@
+//! One connection to the broker: framed requests and replies, fds on replies, events.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::fdpass::{recv_with_fds, send_with_fds};
+use crate::wire::{
+    encode_frame, Event, FrameHeader, FrameKind, Reply, Request, HEADER_LEN, MAX_REPLY_BODY,
+    PROTOCOL_VERSION,
+};
+
+pub(crate) struct Connection {
+    stream: UnixStream,
+    path: PathBuf,
+    next_id: u32,
+    /// Events that arrived while waiting for a reply.
+    pending_events: Vec<Event>,
+}
+
+/// A reply's result with the fds that came with it.
+pub(crate) struct Answer {
+    pub result: serde_json::Value,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Connection {
+    pub fn connect(path: &Path) -> Result<Connection> {
+        let stream = UnixStream::connect(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::BrokerNotRunning {
+                path: path.to_path_buf(),
+                source,
+            },
+            _ => Error::io(format!("cannot connect to broker at {}", path.display()), source),
+        })?;
+        Ok(Connection { stream, path: path.to_path_buf(), next_id: 1, pending_events: Vec::new() })
+    }
+
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// Sends `request` and waits for its reply. Broker refusals become [`Error::Broker`].
+    pub fn call(&mut self, request: &Request) -> Result<Answer> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let frame = encode_frame(FrameKind::Request, id, request);
+        let mut sent = 0;
+        while sent < frame.len() {
+            sent += send_with_fds(self.stream.as_fd(), &frame[sent..], &[])
+                .map_err(|e| self.lost(e))?;
+        }
+        loop {
+            let (header, body, fds) = self.read_frame()?;
+            match header.kind {
+                FrameKind::Event => {
+                    if let Ok(event) = serde_json::from_slice(&body) {
+                        self.pending_events.push(event);
+                    }
+                }
+                FrameKind::Reply if header.id == id => {
+                    let reply: Reply = serde_json::from_slice(&body)
+                        .map_err(|e| Error::Protocol(format!("malformed reply: {e}")))?;
+                    if let Some(error) = reply.error.filter(|_| !reply.ok) {
+                        return Err(Error::Broker { code: error.code, message: error.message });
+                    }
+                    return Ok(Answer { result: reply.result.unwrap_or_default(), fds });
+                }
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected {other:?} frame with id {} while waiting for reply {id}",
+                        header.id
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Like [`call`](Self::call), decoding the result into `T`.
+    pub fn call_for<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
+        let answer = self.call(request)?;
+        serde_json::from_value(answer.result)
+            .map_err(|e| Error::Protocol(format!("unexpected reply shape: {e}")))
+    }
+
+    /// Reads one event after `poll` said the socket is readable. `Ok(None)` means the broker
+    /// closed the connection (it stopped, crashed or restarted).
+    pub fn read_event(&mut self) -> Result<Option<Event>> {
+        if let Some(event) = self.pending_events.pop() {
+            return Ok(Some(event));
+        }
+        match self.read_frame() {
+            Ok((header, body, _fds)) if header.kind == FrameKind::Event => {
+                Ok(serde_json::from_slice(&body).ok())
+            }
+            Ok(_) => Err(Error::Protocol("unexpected reply on an attached connection".into())),
+            Err(Error::Io { source, .. }) if is_hangup(&source) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    pub fn take_pending_event(&mut self) -> Option<Event> {
+        self.pending_events.pop()
+    }
+
+    fn read_frame(&mut self) -> Result<(FrameHeader, Vec<u8>, Vec<OwnedFd>)> {
+        let mut fds = Vec::new();
+        let mut header_bytes = [0u8; HEADER_LEN];
+        self.read_exact(&mut header_bytes, &mut fds)?;
+        let header = FrameHeader::decode(&header_bytes, MAX_REPLY_BODY)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if header.version != PROTOCOL_VERSION {
+            return Err(Error::Protocol(format!(
+                "broker speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",
+                header.version
+            )));
+        }
+        let mut body = vec![0u8; header.length as usize];
+        self.read_exact(&mut body, &mut fds)?;
+        Ok((header, body, fds))
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match recv_with_fds(self.stream.as_fd(), &mut buf[filled..], fds) {
+                Ok(0) => {
+                    return Err(self.lost(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the broker closed the connection",
+                    )))
+                }
+                Ok(n) => filled += n,
+                Err(e) => return Err(self.lost(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn lost(&self, source: io::Error) -> Error {
+        Error::io(format!("connection to broker at {}", self.path.display()), source)
+    }
+}
+
+fn is_hangup(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}

@@ -1,0 +1,121 @@
+//! The reading end of a channel.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::Path;
+
+use crate::attachment::Attachment;
+use crate::error::{Error, Result};
+use crate::ring::{ReadOutcome, RingReader};
+use crate::wire::Role;
+
+/// Reads messages from a channel's ring. Obtained from [`Client::consumer`](crate::Client::consumer).
+///
+/// A consumer starts at the oldest unread message, whoever read before it: a consumer that
+/// detaches and a new one that attaches continue exactly where the first stopped. `recv`
+/// returns `Ok(None)` at a producer's end-of-stream mark; calling it again waits for whatever a
+/// later producer sends.
+pub struct Consumer {
+    attachment: Attachment,
+    reader: RingReader,
+}
+
+impl Consumer {
+    pub(crate) fn attach(socket: &Path, channel: &str) -> Result<Consumer> {
+        let (attachment, ring) = Attachment::open(socket, channel, Role::Consumer)?;
+        let reader = RingReader::new(ring).map_err(|e| Error::ring(channel, e))?;
+        Ok(Consumer { attachment, reader })
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.attachment.channel
+    }
+
+    /// Ring data bytes.
+    pub fn capacity(&self) -> u64 {
+        self.attachment.info.capacity
+    }
+
+    /// Receives the next message, blocking until there is one. `Ok(None)` is end-of-stream.
+    pub fn recv(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut message = Vec::new();
+        Ok(self.recv_into(&mut message)?.then_some(message))
+    }
+
+    /// Receives the next message into `buf` (reusing its allocation). Returns false at
+    /// end-of-stream.
+    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        loop {
+            match self.read_once(buf) {
+                Err(Error::WouldBlock) => self.wait_for_data()?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Receives the next message or returns [`Error::WouldBlock`] if there is none yet.
+    /// `Ok(None)` is end-of-stream.
+    pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut message = Vec::new();
+        Ok(self.try_recv_into(&mut message)?.then_some(message))
+    }
+
+    /// Non-blocking [`recv_into`](Self::recv_into).
+    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        let result = self.read_once(buf);
+        if result.as_ref().is_err_and(Error::is_would_block) {
+            // Arm the wake-up so ready_fd() turns readable when data arrives; if data arrived
+            // while arming, deliver it.
+            if !self.reader.prepare_to_sleep().map_err(|e| self.ring_error(e))? {
+                return self.read_once(buf);
+            }
+        }
+        result
+    }
+
+    fn read_once(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        self.attachment.check_dropped(self.reader.ring())?;
+        let outcome = self.reader.try_read_into(buf).map_err(|e| self.ring_error(e))?;
+        if outcome == ReadOutcome::Empty {
+            return Err(Error::WouldBlock);
+        }
+        if self.reader.take_producer_waiting() {
+            self.attachment.wake_peer();
+        }
+        Ok(outcome == ReadOutcome::Message)
+    }
+
+    fn wait_for_data(&mut self) -> Result<()> {
+        let reader = &self.reader;
+        if Attachment::spin(|| reader.has_unread()) {
+            return Ok(());
+        }
+        if self.reader.prepare_to_sleep().map_err(|e| self.ring_error(e))? {
+            let slept = self.attachment.sleep();
+            self.reader.done_sleeping();
+            slept?;
+        }
+        Ok(())
+    }
+
+    /// The eventfd that becomes readable when data may have arrived after a `try_recv`
+    /// returned [`Error::WouldBlock`].
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.attachment.wait_fd()
+    }
+
+    fn ring_error(&self, err: crate::ring::RingError) -> Error {
+        Error::ring(&self.attachment.channel, err)
+    }
+}
+
+impl AsRawFd for Consumer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ready_fd().as_raw_fd()
+    }
+}
+
+impl AsFd for Consumer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ready_fd()
+    }
+}

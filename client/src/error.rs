@@ -1,0 +1,64 @@
+//! The client library's error type: every failure a caller can meet, each saying what is wrong
+//! and with which channel.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::ring::RingError;
+use crate::wire::ErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No broker listens at the socket path.
+    #[error("broker not running at {}: {source}", path.display())]
+    BrokerNotRunning { path: PathBuf, source: io::Error },
+    /// The broker refused a request; `message` is its explanation.
+    #[error("{message}")]
+    Broker { code: ErrorCode, message: String },
+    /// An administrator dropped the channel this endpoint is attached to.
+    #[error("channel dropped: {channel}")]
+    ChannelDropped { channel: String },
+    /// The message can never fit in this channel's ring.
+    #[error("channel {channel}: message of {len} bytes is larger than the ring allows ({max} bytes per message in a {capacity}-byte ring)")]
+    MessageTooLarge { channel: String, len: usize, max: u64, capacity: u64 },
+    /// The peer wrote nonsense into the shared ring (or the ring handed out was not sound).
+    #[error("channel {channel}: {source}")]
+    Ring { channel: String, source: RingError },
+    /// `try_send` found the ring full or `try_recv` found it empty.
+    #[error("operation would block")]
+    WouldBlock,
+    /// The broker spoke something other than protocol version 1.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+impl Error {
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, Error::WouldBlock)
+    }
+
+    /// The broker's error code, if the broker refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+
+    pub(crate) fn ring(channel: &str, source: RingError) -> Error {
+        match source {
+            RingError::TooLarge { len, capacity, max } => {
+                Error::MessageTooLarge { channel: channel.to_string(), len, max, capacity }
+            }
+            source => Error::Ring { channel: channel.to_string(), source },
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,165 @@
+//! The writing end of a channel.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::Path;
+
+use crate::attachment::Attachment;
+use crate::error::{Error, Result};
+use crate::ring::RingWriter;
+use crate::wire::Role;
+
+/// Writes messages into a channel's ring. Obtained from [`Client::producer`](crate::Client::producer).
+///
+/// Messages are delivered whole and in order. `send` blocks while the ring is full (back
+/// pressure from a slow consumer, or no consumer at all); `try_send` returns
+/// [`Error::WouldBlock`] instead, after which [`ready_fd`](Self::ready_fd) becomes readable once
+/// the consumer frees space, so a producer can sit in epoll/tokio.
+///
+/// [`close`](Self::close) writes the end-of-stream mark after the last message. Dropping a
+/// producer writes it too if the ring has room at that moment; call `close` when the consumer
+/// must see it.
+pub struct Producer {
+    attachment: Attachment,
+    writer: RingWriter,
+    closed: bool,
+}
+
+impl Producer {
+    pub(crate) fn attach(socket: &Path, channel: &str) -> Result<Producer> {
+        let (attachment, ring) = Attachment::open(socket, channel, Role::Producer)?;
+        let writer = RingWriter::new(ring).map_err(|e| Error::ring(channel, e))?;
+        Ok(Producer { attachment, writer, closed: false })
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.attachment.channel
+    }
+
+    /// Ring data bytes.
+    pub fn capacity(&self) -> u64 {
+        self.attachment.info.capacity
+    }
+
+    /// Largest message this channel carries.
+    pub fn max_message_len(&self) -> usize {
+        self.writer.max_message_len() as usize
+    }
+
+    /// Sends one message, blocking while the ring is full.
+    pub fn send(&mut self, message: &[u8]) -> Result<()> {
+        self.send_with(message.len(), |buf| buf.copy_from_slice(message))
+    }
+
+    /// Sends one message or returns [`Error::WouldBlock`] if the ring is full right now.
+    pub fn try_send(&mut self, message: &[u8]) -> Result<()> {
+        self.try_send_with(message.len(), |buf| buf.copy_from_slice(message))
+    }
+
+    /// Zero-copy send: `fill` writes the `len`-byte message straight into the shared ring.
+    /// Blocks while the ring is full; `fill` is called exactly once.
+    pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+        let mut fill = Some(fill);
+        loop {
+            match self.write_once(len, &mut fill) {
+                Err(Error::WouldBlock) => self.wait_for_room(len)?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Zero-copy send that returns [`Error::WouldBlock`] instead of blocking.
+    pub fn try_send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+        let mut fill = Some(fill);
+        let result = self.write_once(len, &mut fill);
+        if result.as_ref().is_err_and(Error::is_would_block) {
+            // Arm the wake-up so ready_fd() turns readable when space appears; if it already
+            // has, report that by trying once more.
+            if !self.writer.prepare_to_sleep(len).map_err(|e| self.ring_error(e))? {
+                return self.write_once(len, &mut fill);
+            }
+        }
+        result
+    }
+
+    fn write_once(&mut self, len: usize, fill: &mut Option<impl FnOnce(&mut [u8])>) -> Result<()> {
+        self.attachment.check_dropped(self.writer.ring())?;
+        let written = self
+            .writer
+            .try_write_with(len, |buf| {
+                if let Some(fill) = fill.take() {
+                    fill(buf)
+                }
+            })
+            .map_err(|e| self.ring_error(e))?;
+        if !written {
+            return Err(Error::WouldBlock);
+        }
+        if self.writer.take_consumer_waiting() {
+            self.attachment.wake_peer();
+        }
+        Ok(())
+    }
+
+    fn wait_for_room(&mut self, len: usize) -> Result<()> {
+        let writer = &mut self.writer;
+        if Attachment::spin(|| writer.can_progress(len).unwrap_or(true)) {
+            return Ok(());
+        }
+        if self.writer.prepare_to_sleep(len).map_err(|e| self.ring_error(e))? {
+            let slept = self.attachment.sleep();
+            self.writer.done_sleeping();
+            slept?;
+        }
+        self.attachment.check_dropped(self.writer.ring())
+    }
+
+    /// Writes the end-of-stream mark (waiting for room if needed) and detaches.
+    pub fn close(mut self) -> Result<()> {
+        self.closed = true;
+        loop {
+            self.attachment.check_dropped(self.writer.ring())?;
+            if self.writer.try_write_end_of_stream().map_err(|e| self.ring_error(e))? {
+                if self.writer.take_consumer_waiting() {
+                    self.attachment.wake_peer();
+                }
+                return Ok(());
+            }
+            self.wait_for_room(0)?;
+        }
+    }
+
+    /// The eventfd that becomes readable when space may have appeared after a `try_send`
+    /// returned [`Error::WouldBlock`]. Register it for readability; on wake-up, call `try_send`
+    /// again (the library drains the counter).
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.attachment.wait_fd()
+    }
+
+    fn ring_error(&self, err: crate::ring::RingError) -> Error {
+        Error::ring(&self.attachment.channel, err)
+    }
+}
+
+impl AsRawFd for Producer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ready_fd().as_raw_fd()
+    }
+}
+
+impl AsFd for Producer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ready_fd()
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if !self.closed && !self.writer.ring().is_dropped() {
+            if let Ok(true) = self.writer.try_write_end_of_stream() {
+                if self.writer.take_consumer_waiting() {
+                    self.attachment.wake_peer();
+                }
+            }
+        }
+    }
+}

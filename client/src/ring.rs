@@ -1,0 +1,685 @@
+//! The shared-memory ring of one channel: a sealed memfd holding a one-page header and a data
+//! area of `capacity` bytes, in which the producer writes length-prefixed frames and the
+//! consumer reads them.
+//!
+//! # Why not `shmem_ipc::sharedring`
+//! We use shmem-ipc for what it does well (memfd creation, the SHRINK-seal check and the raw
+//! mapping: [`shmem_ipc::mem::raw_memfd`]), but its ring falls short for a broker in three ways:
+//! its read and write indices live in each process's private memory (a re-attaching consumer or
+//! producer would start at offset 0, so a detach could never resume), a message that wraps takes
+//! two publishes (a producer killed in between leaves a torn message), and it writes an eventfd
+//! on every empty->non-empty transition (80-90 % of the throughput on this hardware, see
+//! `shared/docs/performance-facts.md`). So the positions live in the shared header here.
+//!
+//! # Layout (version 1), all integers little-endian atomics
+//! ```text
+//! 0     magic u64 "SHMRING1", layout u32 = 1, flags u32, capacity u64, dropped u32
+//! 64    write_pos u64, messages_written u64, bytes_written u64     (written by the producer)
+//! 128   read_pos u64, messages_read u64                           (written by the consumer)
+//! 192   consumer_waiting u32   (consumer is asleep on the data_ready eventfd)
+//! 256   producer_waiting u32   (producer is asleep on the space_ready eventfd)
+//! 4096  data[capacity]
+//! ```
+//! Positions are 64-bit byte counters that only grow; the offset in the data area is
+//! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`.
+//!
+//! A frame is an 8-byte header (`len u32`, `kind u32`) and `len` payload bytes, padded to a
+//! multiple of 8. A frame never wraps: when it does not fit before the end of the data area the
+//! producer first publishes a PAD frame covering the rest. A frame becomes visible only when the
+//! producer stores the new `write_pos` (release), so a producer killed mid-message leaves nothing
+//! torn behind: the next producer overwrites the unpublished bytes.
+//!
+//! # Trust
+//! Each side keeps its own position in private memory and treats everything the peer can write
+//! (the other position, frame headers, payload bytes) as hostile input: it is read with atomic
+//! loads or copied out with `copy_nonoverlapping`, validated against the capacity, and any
+//! inconsistency is reported as [`RingError::Corrupt`], never acted on.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
+use shmem_ipc::mem::mmap::MmapRaw;
+
+pub const LAYOUT_VERSION: u32 = 1;
+pub const HEADER_SIZE: u64 = 4096;
+/// Data areas are whole pages: `capacity` is a multiple of this.
+pub const CAPACITY_GRANULE: u64 = 4096;
+pub const MIN_CAPACITY: u64 = CAPACITY_GRANULE;
+/// Ring positions are u64 and frame lengths u32: keep capacities well inside both.
+pub const MAX_CAPACITY: u64 = 1 << 40;
+const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING1");
+const FRAME_HEADER: u64 = 8;
+
+const KIND_DATA: u32 = 1;
+const KIND_END_OF_STREAM: u32 = 2;
+const KIND_PAD: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("corrupt ring: {0}")]
+    Corrupt(String),
+    #[error("ring memfd rejected: {0}")]
+    Rejected(String),
+    #[error("message of {len} bytes does not fit in a ring of {capacity} bytes (at most {max} per message)")]
+    TooLarge { len: usize, capacity: u64, max: u64 },
+    #[error("shared memory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[repr(C, align(64))]
+struct IdentityLine {
+    magic: AtomicU64,
+    layout: AtomicU32,
+    flags: AtomicU32,
+    capacity: AtomicU64,
+    dropped: AtomicU32,
+}
+
+#[repr(C, align(64))]
+struct ProducerLine {
+    write_pos: AtomicU64,
+    messages_written: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+#[repr(C, align(64))]
+struct ConsumerLine {
+    read_pos: AtomicU64,
+    messages_read: AtomicU64,
+}
+
+#[repr(C, align(64))]
+struct WaitLine {
+    waiting: AtomicU32,
+}
+
+#[repr(C)]
+struct Header {
+    identity: IdentityLine,
+    producer: ProducerLine,
+    consumer: ConsumerLine,
+    consumer_waiting: WaitLine,
+    producer_waiting: WaitLine,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() == 320);
+const _: () = assert!(std::mem::size_of::<Header>() as u64 <= HEADER_SIZE);
+
+/// Largest payload a ring of `capacity` bytes carries in one message.
+pub fn max_message_len(capacity: u64) -> u64 {
+    (capacity - FRAME_HEADER).min(u64::from(u32::MAX) - FRAME_HEADER)
+}
+
+fn frame_len(payload: u64) -> u64 {
+    FRAME_HEADER + payload.div_ceil(8) * 8
+}
+
+/// Counters read from a ring's header, for `shmemctl list`. Values come from shared memory the
+/// clients can write, so they are clamped into a sane range rather than trusted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    pub messages_written: u64,
+    pub bytes_written: u64,
+    pub messages_read: u64,
+    pub bytes_unread: u64,
+}
+
+/// A mapped ring: the mapping stays valid as long as this value lives, whatever the peer does
+/// to the file, because the memfd is sealed against shrinking.
+pub struct SharedRing {
+    map: MmapRaw,
+    capacity: u64,
+}
+
+// SAFETY: the mapping is plain shared memory reached only through atomics and raw copies; it is
+// not tied to the thread that created it.
+unsafe impl Send for SharedRing {}
+
+impl SharedRing {
+    /// Creates a ring memfd of `capacity` data bytes (a multiple of 4 KiB), initialises its
+    /// header and seals it against shrinking, growing and further sealing, so no client can
+    /// truncate it (SIGBUS for the others), grow it, or make it read-only.
+    pub fn create(name: &str, capacity: u64) -> Result<(SharedRing, Memfd), RingError> {
+        check_capacity(capacity)?;
+        let memfd = MemfdOptions::default()
+            .allow_sealing(true)
+            .close_on_exec(true)
+            .create(format!("shmem-broker:{name}"))
+            .map_err(memfd_error)?;
+        memfd.as_file().set_len(HEADER_SIZE + capacity)?;
+        let mut seals = SealsHashSet::new();
+        seals.insert(FileSeal::SealShrink);
+        seals.insert(FileSeal::SealGrow);
+        seals.insert(FileSeal::SealSeal);
+        memfd.add_seals(&seals).map_err(memfd_error)?;
+        let ring = SharedRing::map(&memfd, capacity)?;
+        let id = &ring.header().identity;
+        id.layout.store(LAYOUT_VERSION, Ordering::Relaxed);
+        id.capacity.store(capacity, Ordering::Relaxed);
+        id.magic.store(MAGIC, Ordering::Release);
+        Ok((ring, memfd))
+    }
+
+    /// Maps a ring memfd received from the broker after checking that it is a memfd, carries
+    /// all three seals, has exactly the announced size and an intact header.
+    pub fn open(fd: OwnedFd, capacity: u64) -> Result<SharedRing, RingError> {
+        check_capacity(capacity)?;
+        let memfd = Memfd::try_from_file(File::from(fd))
+            .map_err(|_| RingError::Rejected("not a memfd".into()))?;
+        let seals = memfd.seals().map_err(memfd_error)?;
+        for seal in [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal] {
+            if !seals.contains(&seal) {
+                return Err(RingError::Rejected(format!("missing seal {seal:?}")));
+            }
+        }
+        let size = memfd.as_file().metadata()?.len();
+        if size != HEADER_SIZE + capacity {
+            return Err(RingError::Rejected(format!(
+                "memfd is {size} bytes, expected {}",
+                HEADER_SIZE + capacity
+            )));
+        }
+        let ring = SharedRing::map(&memfd, capacity)?;
+        let id = &ring.header().identity;
+        if id.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(RingError::Corrupt("bad magic in ring header".into()));
+        }
+        let layout = id.layout.load(Ordering::Relaxed);
+        if layout != LAYOUT_VERSION {
+            return Err(RingError::Rejected(format!(
+                "ring layout {layout}, this library reads layout {LAYOUT_VERSION}"
+            )));
+        }
+        if id.capacity.load(Ordering::Relaxed) != capacity {
+            return Err(RingError::Corrupt("capacity in ring header does not match".into()));
+        }
+        Ok(ring)
+    }
+
+    fn map(memfd: &Memfd, capacity: u64) -> Result<SharedRing, RingError> {
+        let len = usize::try_from(HEADER_SIZE + capacity)
+            .map_err(|_| RingError::Rejected("ring larger than the address space".into()))?;
+        let map = shmem_ipc::mem::raw_memfd(memfd, len).map_err(|err| match err {
+            shmem_ipc::Error::Io(io) => RingError::Io(io),
+            other => RingError::Rejected(other.to_string()),
+        })?;
+        Ok(SharedRing { map, capacity })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least HEADER_SIZE (>= size_of::<Header>()) bytes, page
+        // aligned (so aligned for Header), and lives as long as `self`; the seals guarantee the
+        // file cannot shrink under it. Every field is an atomic, so concurrent writes by a
+        // hostile peer are data the type expects, not undefined behaviour.
+        unsafe { &*(self.map.as_mut_ptr() as *const Header) }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: HEADER_SIZE is within the mapping (its length is HEADER_SIZE + capacity).
+        unsafe { self.map.as_mut_ptr().add(HEADER_SIZE as usize) }
+    }
+
+    /// An atomic view of a u32 at `offset` (a multiple of 4, below `capacity`) of the data area.
+    fn data_u32(&self, offset: u64) -> &AtomicU32 {
+        debug_assert!(offset % 4 == 0 && offset + 4 <= self.capacity);
+        // SAFETY: callers pass offsets that are frame starts (multiples of 8) strictly inside
+        // the data area, so the 4 bytes are mapped and aligned. Reading them atomically means a
+        // peer writing them concurrently cannot cause undefined behaviour, only odd values,
+        // which the callers validate.
+        unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
+    }
+
+    /// Marks the ring as belonging to a dropped channel; both sides see it on their next call.
+    pub fn mark_dropped(&self) {
+        self.header().identity.dropped.store(1, Ordering::Release);
+    }
+
+    pub fn is_dropped(&self) -> bool {
+        self.header().identity.dropped.load(Ordering::Acquire) != 0
+    }
+
+    pub fn stats(&self) -> RingStats {
+        let h = self.header();
+        let written = h.producer.write_pos.load(Ordering::Acquire);
+        let read = h.consumer.read_pos.load(Ordering::Acquire);
+        RingStats {
+            messages_written: h.producer.messages_written.load(Ordering::Relaxed),
+            bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
+            messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
+            bytes_unread: written.saturating_sub(read).min(self.capacity),
+        }
+    }
+
+    /// Clears both waiting flags: used by the broker when a peer detaches (a dead side's flag
+    /// would only cost the other side one needless wake-up, but stale state helps nobody).
+    pub fn clear_waiters(&self) {
+        let h = self.header();
+        h.consumer_waiting.waiting.store(0, Ordering::Relaxed);
+        h.producer_waiting.waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+fn check_capacity(capacity: u64) -> Result<(), RingError> {
+    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % CAPACITY_GRANULE != 0 {
+        return Err(RingError::Rejected(format!(
+            "capacity {capacity} must be a multiple of {CAPACITY_GRANULE} between {MIN_CAPACITY} and {MAX_CAPACITY}"
+        )));
+    }
+    Ok(())
+}
+
+fn memfd_error(err: shmem_ipc::mem::mfd::Error) -> RingError {
+    RingError::Rejected(err.to_string())
+}
+
+/// Publishing side. There is one at a time per ring (the broker enforces it); it resumes at the
+/// `write_pos` the previous producer published.
+pub struct RingWriter {
+    ring: SharedRing,
+    write_pos: u64,
+    /// Lowest read position still possible: the consumer's position never goes backwards.
+    read_floor: u64,
+    messages_written: u64,
+    bytes_written: u64,
+}
+
+impl RingWriter {
+    pub fn new(ring: SharedRing) -> Result<RingWriter, RingError> {
+        let h = ring.header();
+        let write_pos = h.producer.write_pos.load(Ordering::Acquire);
+        let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
+        check_positions(read_pos, write_pos, ring.capacity)?;
+        Ok(RingWriter {
+            write_pos,
+            read_floor: read_pos,
+            messages_written: h.producer.messages_written.load(Ordering::Relaxed),
+            bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
+            ring,
+        })
+    }
+
+    pub fn ring(&self) -> &SharedRing {
+        &self.ring
+    }
+
+    pub fn max_message_len(&self) -> u64 {
+        max_message_len(self.ring.capacity)
+    }
+
+    fn free_space(&mut self) -> Result<u64, RingError> {
+        let read_pos = self.ring.header().consumer.read_pos.load(Ordering::Acquire);
+        if read_pos < self.read_floor {
+            return Err(RingError::Corrupt(format!(
+                "consumer position went backwards ({read_pos} < {})",
+                self.read_floor
+            )));
+        }
+        check_positions(read_pos, self.write_pos, self.ring.capacity)?;
+        self.read_floor = read_pos;
+        Ok(self.ring.capacity - (self.write_pos - read_pos))
+    }
+
+    /// Writes a data frame of `len` payload bytes filled in by `fill`, straight in the ring.
+    /// Returns `Ok(false)` without calling `fill` if there is no room right now.
+    pub fn try_write_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<bool, RingError> {
+        self.try_write_frame(KIND_DATA, len, fill)
+    }
+
+    /// Writes the end-of-stream mark. Returns `Ok(false)` if there is no room right now.
+    pub fn try_write_end_of_stream(&mut self) -> Result<bool, RingError> {
+        self.try_write_frame(KIND_END_OF_STREAM, 0, |_| {})
+    }
+
+    fn try_write_frame(&mut self, kind: u32, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<bool, RingError> {
+        let capacity = self.ring.capacity;
+        if len as u64 > self.max_message_len() {
+            return Err(RingError::TooLarge { len, capacity, max: self.max_message_len() });
+        }
+        let needed = frame_len(len as u64);
+        let mut free = self.free_space()?;
+        let offset = self.write_pos % capacity;
+        let until_end = capacity - offset;
+        if needed > until_end {
+            // The frame would wrap: pad out the tail first (a complete frame of its own), then
+            // the frame starts at offset 0 once the consumer has freed room there.
+            if free < until_end {
+                return Ok(false);
+            }
+            self.ring.data_u32(offset).store((until_end - FRAME_HEADER) as u32, Ordering::Relaxed);
+            self.ring.data_u32(offset + 4).store(KIND_PAD, Ordering::Relaxed);
+            self.publish(self.write_pos + until_end);
+            free -= until_end;
+        }
+        if free < needed {
+            return Ok(false);
+        }
+        let offset = self.write_pos % capacity;
+        // SAFETY: offset + needed <= capacity (checked above: the frame fits before the end),
+        // so the payload range lies inside the mapped data area. The bytes between the published
+        // write position and read position + capacity belong to the producer alone in the
+        // protocol; a hostile consumer writing them concurrently can only garble the message it
+        // is itself about to receive. u8 has no invalid values and we never read this slice
+        // back for any decision.
+        let payload = unsafe {
+            std::slice::from_raw_parts_mut(self.ring.data().add((offset + FRAME_HEADER) as usize), len)
+        };
+        fill(payload);
+        self.ring.data_u32(offset).store(len as u32, Ordering::Relaxed);
+        self.ring.data_u32(offset + 4).store(kind, Ordering::Relaxed);
+        self.publish(self.write_pos + needed);
+        if kind == KIND_DATA {
+            let h = &self.ring.header().producer;
+            self.messages_written += 1;
+            self.bytes_written += len as u64;
+            h.messages_written.store(self.messages_written, Ordering::Relaxed);
+            h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    fn publish(&mut self, new_pos: u64) {
+        self.write_pos = new_pos;
+        self.ring.header().producer.write_pos.store(new_pos, Ordering::SeqCst);
+    }
+
+    /// After publishing: true if the consumer said it is going to sleep and must be woken.
+    /// Pairs with [`RingReader::prepare_to_sleep`] (store flag, then re-check the ring).
+    pub fn take_consumer_waiting(&self) -> bool {
+        take_flag(&self.ring.header().consumer_waiting.waiting)
+    }
+
+    /// True if a write of `payload` bytes would make progress now (write the frame, or at least
+    /// the padding in front of it).
+    pub fn can_progress(&mut self, payload: usize) -> Result<bool, RingError> {
+        let needed = frame_len(payload as u64);
+        let until_end = self.ring.capacity - self.write_pos % self.ring.capacity;
+        let free = self.free_space()?;
+        Ok(if needed > until_end { free >= until_end } else { free >= needed })
+    }
+
+    /// Announces that the producer is about to block for space. Returns false (do not sleep) if
+    /// space appeared in the meantime.
+    pub fn prepare_to_sleep(&mut self, needed_payload: usize) -> Result<bool, RingError> {
+        self.ring.header().producer_waiting.waiting.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.can_progress(needed_payload)? {
+            self.done_sleeping();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub fn done_sleeping(&self) {
+        self.ring.header().producer_waiting.waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What the consumer found in the ring.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// A message was copied into the caller's buffer.
+    Message,
+    /// The producer closed cleanly here.
+    EndOfStream,
+    /// Nothing to read right now.
+    Empty,
+}
+
+/// Consuming side; resumes at the `read_pos` the previous consumer published.
+pub struct RingReader {
+    ring: SharedRing,
+    read_pos: u64,
+    messages_read: u64,
+}
+
+impl RingReader {
+    pub fn new(ring: SharedRing) -> Result<RingReader, RingError> {
+        let h = ring.header();
+        let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
+        check_positions(read_pos, h.producer.write_pos.load(Ordering::Acquire), ring.capacity)?;
+        Ok(RingReader {
+            read_pos,
+            messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
+            ring,
+        })
+    }
+
+    pub fn ring(&self) -> &SharedRing {
+        &self.ring
+    }
+
+    fn unread(&self) -> Result<u64, RingError> {
+        let write_pos = self.ring.header().producer.write_pos.load(Ordering::Acquire);
+        check_positions(self.read_pos, write_pos, self.ring.capacity)?;
+        Ok(write_pos - self.read_pos)
+    }
+
+    /// True if there is something to read (or the ring is inconsistent, which the next read
+    /// reports).
+    pub fn has_unread(&self) -> bool {
+        self.unread().map_or(true, |n| n > 0)
+    }
+
+    /// Copies the next message into `out` (replacing its contents), skipping padding.
+    pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
+        let capacity = self.ring.capacity;
+        loop {
+            let unread = self.unread()?;
+            if unread == 0 {
+                return Ok(ReadOutcome::Empty);
+            }
+            let offset = self.read_pos % capacity;
+            let until_end = capacity - offset;
+            if unread < FRAME_HEADER {
+                return Err(RingError::Corrupt(format!("{unread} unread bytes cannot hold a frame")));
+            }
+            let len = u64::from(self.ring.data_u32(offset).load(Ordering::Relaxed));
+            let kind = self.ring.data_u32(offset + 4).load(Ordering::Relaxed);
+            let size = frame_len(len);
+            if size > unread || size > until_end {
+                return Err(RingError::Corrupt(format!(
+                    "frame of {len} bytes at offset {offset} overruns the {} published bytes",
+                    unread.min(until_end)
+                )));
+            }
+            match kind {
+                KIND_PAD => {
+                    if size != until_end {
+                        return Err(RingError::Corrupt(format!(
+                            "padding at offset {offset} does not reach the end of the ring"
+                        )));
+                    }
+                    self.consume(size, false);
+                }
+                KIND_END_OF_STREAM => {
+                    self.consume(size, false);
+                    return Ok(ReadOutcome::EndOfStream);
+                }
+                KIND_DATA => {
+                    out.clear();
+                    out.reserve(len as usize);
+                    // SAFETY: the source range [offset+8, offset+8+len) lies inside the data
+                    // area (size <= until_end), `out` has room for len bytes after reserve, and
+                    // the two never overlap (private heap vs shared mapping). A hostile producer
+                    // rewriting the bytes while we copy only changes what we receive; we copy
+                    // them out before looking at any of them.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            self.ring.data().add((offset + FRAME_HEADER) as usize),
+                            out.as_mut_ptr(),
+                            len as usize,
+                        );
+                        out.set_len(len as usize);
+                    }
+                    self.consume(size, true);
+                    return Ok(ReadOutcome::Message);
+                }
+                other => {
+                    return Err(RingError::Corrupt(format!(
+                        "unknown frame kind {other} at offset {offset}"
+                    )))
+                }
+            }
+        }
+    }
+
+    fn consume(&mut self, size: u64, message: bool) {
+        self.read_pos += size;
+        let h = &self.ring.header().consumer;
+        if message {
+            self.messages_read += 1;
+            h.messages_read.store(self.messages_read, Ordering::Relaxed);
+        }
+        h.read_pos.store(self.read_pos, Ordering::SeqCst);
+    }
+
+    /// After consuming: true if the producer is asleep waiting for space and must be woken.
+    pub fn take_producer_waiting(&self) -> bool {
+        take_flag(&self.ring.header().producer_waiting.waiting)
+    }
+
+    /// Announces that the consumer is about to block. Returns false (do not sleep) if data
+    /// arrived in the meantime.
+    pub fn prepare_to_sleep(&mut self) -> Result<bool, RingError> {
+        let flag = &self.ring.header().consumer_waiting.waiting;
+        flag.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.unread()? > 0 {
+            flag.store(0, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub fn done_sleeping(&self) {
+        self.ring.header().consumer_waiting.waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+fn check_positions(read_pos: u64, write_pos: u64, capacity: u64) -> Result<(), RingError> {
+    if write_pos < read_pos || write_pos - read_pos > capacity {
+        return Err(RingError::Corrupt(format!(
+            "positions out of range (read {read_pos}, write {write_pos}, capacity {capacity})"
+        )));
+    }
+    Ok(())
+}
+
+/// Dekker-style hand-off: the sleeper stores its flag then re-checks the ring; the waker
+/// publishes then checks the flag. With SeqCst on both sides one of them sees the other.
+fn take_flag(flag: &AtomicU32) -> bool {
+    fence(Ordering::SeqCst);
+    flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(capacity: u64) -> (RingWriter, RingReader, Memfd) {
+        let (ring, memfd) = SharedRing::create("test", capacity).expect("create");
+        drop(ring);
+        let open = || {
+            let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+            SharedRing::open(fd, capacity).expect("open")
+        };
+        (RingWriter::new(open()).expect("writer"), RingReader::new(open()).expect("reader"), memfd)
+    }
+
+    fn write(w: &mut RingWriter, bytes: &[u8]) -> bool {
+        w.try_write_with(bytes.len(), |buf| buf.copy_from_slice(bytes)).expect("write")
+    }
+
+    #[test]
+    fn messages_round_trip_across_the_wrap() {
+        let (mut w, mut r, _fd) = pair(4096);
+        let mut out = Vec::new();
+        for i in 0..2000u32 {
+            let msg: Vec<u8> = (0..(i % 700)).map(|b| (b ^ i) as u8).collect();
+            assert!(write(&mut w, &msg), "room for message {i}");
+            assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+            assert_eq!(out, msg, "message {i}");
+        }
+        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
+        assert_eq!(r.ring().stats().messages_written, 2000);
+    }
+
+    #[test]
+    fn full_ring_refuses_then_accepts() {
+        let (mut w, mut r, _fd) = pair(4096);
+        let msg = [7u8; 1000];
+        let mut written = 0;
+        while write(&mut w, &msg) {
+            written += 1;
+        }
+        assert_eq!(written, 4); // 4 * 1008 bytes fit in 4096, a fifth does not
+        let mut out = Vec::new();
+        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+        assert!(write(&mut w, &msg));
+        assert!(matches!(
+            w.try_write_with(4096, |_| {}),
+            Err(RingError::TooLarge { max: 4088, .. })
+        ));
+        assert!(w.try_write_with(4088, |_| {}).is_ok());
+    }
+
+    #[test]
+    fn a_new_reader_resumes_where_the_old_one_stopped() {
+        let (mut w, mut r, memfd) = pair(8192);
+        for i in 0..10u8 {
+            assert!(write(&mut w, &[i; 100]));
+        }
+        let mut out = Vec::new();
+        for i in 0..4u8 {
+            r.try_read_into(&mut out).expect("read");
+            assert_eq!(out, vec![i; 100]);
+        }
+        drop(r);
+        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        let mut r2 = RingReader::new(SharedRing::open(fd, 8192).expect("open")).expect("reader");
+        for i in 4..10u8 {
+            assert_eq!(r2.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+            assert_eq!(out, vec![i; 100]);
+        }
+        assert!(w.try_write_end_of_stream().expect("eos"));
+        assert_eq!(r2.try_read_into(&mut out).expect("read"), ReadOutcome::EndOfStream);
+    }
+
+    #[test]
+    fn scribbled_positions_and_frames_are_reported_not_followed() {
+        let (mut w, mut r, _fd) = pair(4096);
+        assert!(write(&mut w, b"hello"));
+        w.ring().header().producer.write_pos.store(1 << 40, Ordering::SeqCst);
+        let mut out = Vec::new();
+        assert!(matches!(r.try_read_into(&mut out), Err(RingError::Corrupt(_))));
+        w.ring().header().producer.write_pos.store(16, Ordering::SeqCst);
+        w.ring().data_u32(0).store(1_000_000, Ordering::Relaxed);
+        assert!(matches!(r.try_read_into(&mut out), Err(RingError::Corrupt(_))));
+        w.ring().data_u32(0).store(5, Ordering::Relaxed);
+        w.ring().data_u32(4).store(99, Ordering::Relaxed);
+        assert!(matches!(r.try_read_into(&mut out), Err(RingError::Corrupt(_))));
+        r.ring().header().consumer.read_pos.store(u64::MAX, Ordering::SeqCst);
+        assert!(matches!(
+            w.try_write_with(1, |_| {}),
+            Err(RingError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_unsealed_or_wrong_sized_memfds() {
+        let memfd = MemfdOptions::default().allow_sealing(true).create("plain").expect("memfd");
+        memfd.as_file().set_len(HEADER_SIZE + 4096).expect("len");
+        let err = SharedRing::open(OwnedFd::from(memfd.into_file()), 4096).err().expect("refused");
+        assert!(err.to_string().contains("missing seal"), "{err}");
+        let (_ring, memfd) = SharedRing::create("x", 8192).expect("create");
+        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        let err = SharedRing::open(fd, 4096).err().expect("refused");
+        assert!(err.to_string().contains("expected"), "{err}");
+    }
+}

@@ -1,0 +1,348 @@
+//! The control-socket wire protocol, version 1 (see `PROTOCOL.md` at the repository root).
+//!
+//! Every message is a 16-byte little-endian header followed by a UTF-8 JSON body:
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic    b"SHMB"
+//!      4    2 version  1
+//!      6    2 kind     1 = request, 2 = reply, 3 = event
+//!      8    4 id       chosen by the client, echoed in the reply; 0 for events
+//!     12    4 length   body bytes (requests <= 64 KiB, replies and events <= 16 MiB)
+//! ```
+//!
+//! Every request gets exactly one reply with the same id. File descriptors (an `attach` reply's
+//! ring and eventfds) travel as SCM_RIGHTS on the first byte of the reply that describes them.
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 4] = *b"SHMB";
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 16;
+/// Largest request body the broker reads; anything larger is refused before it is buffered.
+pub const MAX_REQUEST_BODY: u32 = 64 * 1024;
+/// Largest reply or event body a client accepts.
+pub const MAX_REPLY_BODY: u32 = 16 * 1024 * 1024;
+/// Most file descriptors one message carries (an attach carries 3).
+pub const MAX_FDS_PER_MESSAGE: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum FrameKind {
+    Request = 1,
+    Reply = 2,
+    Event = 3,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub version: u16,
+    pub kind: FrameKind,
+    pub id: u32,
+    pub length: u32,
+}
+
+/// Why a header could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("not a shmem-broker frame (bad magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    #[error("unknown frame kind {0}")]
+    BadKind(u16),
+    #[error("frame body of {length} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { length: u32, limit: u32 },
+}
+
+impl FrameHeader {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&self.version.to_le_bytes());
+        out[6..8].copy_from_slice(&(self.kind as u16).to_le_bytes());
+        out[8..12].copy_from_slice(&self.id.to_le_bytes());
+        out[12..16].copy_from_slice(&self.length.to_le_bytes());
+        out
+    }
+
+    /// Decodes a header and checks the body length against `max_body`. The version is returned
+    /// as sent, so the receiver can answer an unknown version with a proper error reply.
+    pub fn decode(bytes: &[u8; HEADER_LEN], max_body: u32) -> Result<FrameHeader, HeaderError> {
+        let field = |range: std::ops::Range<usize>| -> [u8; 4] {
+            let mut out = [0u8; 4];
+            out[..range.len()].copy_from_slice(&bytes[range]);
+            out
+        };
+        let magic = field(0..4);
+        if magic != MAGIC {
+            return Err(HeaderError::BadMagic(magic));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        let kind = match u16::from_le_bytes([bytes[6], bytes[7]]) {
+            1 => FrameKind::Request,
+            2 => FrameKind::Reply,
+            3 => FrameKind::Event,
+            other => return Err(HeaderError::BadKind(other)),
+        };
+        let id = u32::from_le_bytes(field(8..12));
+        let length = u32::from_le_bytes(field(12..16));
+        if length > max_body {
+            return Err(HeaderError::TooLarge { length, limit: max_body });
+        }
+        Ok(FrameHeader { version, kind, id, length })
+    }
+}
+
+/// Header plus JSON body, ready to write.
+pub fn encode_frame(kind: FrameKind, id: u32, body: &impl Serialize) -> Vec<u8> {
+    // Serializing plain data structs to a Vec cannot fail; fall back to an empty object so a
+    // peer still gets a well-formed frame if it ever did.
+    let json = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let header = FrameHeader {
+        version: PROTOCOL_VERSION,
+        kind,
+        id,
+        length: json.len() as u32,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + json.len());
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&json);
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Producer,
+    Consumer,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        })
+    }
+}
+
+/// A request body. Unknown fields are ignored so newer clients can add optional ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    List,
+    Info {
+        channel: String,
+    },
+    Create {
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capacity: Option<u64>,
+        /// Extra principals allowed to produce (`*`, user, uid, `@group`, `@gid`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        producers: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        consumers: Vec<String>,
+    },
+    Drop {
+        channel: String,
+    },
+    /// Attach this connection to a channel. The connection then belongs to the attachment: the
+    /// broker detaches as soon as it closes. One attachment per connection.
+    Attach {
+        channel: String,
+        role: Role,
+    },
+}
+
+/// Machine-readable error codes. Clients must treat unknown codes like `Internal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnsupportedVersion,
+    NoSuchChannel,
+    ChannelExists,
+    ChannelBusy,
+    PermissionDenied,
+    InvalidName,
+    InvalidCapacity,
+    LimitReached,
+    AlreadyAttached,
+    #[serde(other)]
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// A reply body: `{"ok":true,"result":{...}}` or `{"ok":false,"error":{"code":..,"message":..}}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn success(result: impl Serialize) -> Reply {
+        Reply {
+            ok: true,
+            result: Some(serde_json::to_value(result).unwrap_or(serde_json::Value::Null)),
+            error: None,
+        }
+    }
+
+    pub fn failure(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            result: None,
+            error: Some(ErrorBody { code, message: message.into() }),
+        }
+    }
+}
+
+/// Unsolicited messages from the broker on an attached connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The channel was dropped by an administrator; the attachment is over.
+    ChannelDropped { channel: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Declared in the config file.
+    Config,
+    /// Made by a `create` request.
+    Runtime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub name: String,
+    /// Ring data bytes.
+    pub capacity: u64,
+    pub origin: Origin,
+    /// The creator's uid for runtime channels.
+    pub owner_uid: Option<u32>,
+    /// Who may attach as producer / consumer besides root and the owner.
+    pub producers: Vec<String>,
+    pub consumers: Vec<String>,
+    pub peers: Vec<PeerInfo>,
+    pub messages_written: u64,
+    pub bytes_written: u64,
+    pub messages_read: u64,
+    /// Fill level: bytes written and not yet read.
+    pub bytes_unread: u64,
+}
+
+impl ChannelInfo {
+    pub fn peer(&self, role: Role) -> Option<&PeerInfo> {
+        self.peers.iter().find(|p| p.role == role)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelList {
+    pub channels: Vec<ChannelInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub version: String,
+    pub protocol: u16,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    /// `systemd` (socket activation) or `bound` (the broker bound the path itself).
+    pub socket_source: String,
+    pub socket_path: Option<String>,
+    pub config_file: Option<String>,
+    pub channels: usize,
+    /// Open connections, including the one asking.
+    pub clients: usize,
+}
+
+/// The result of `attach`. The fds arrive with this reply, in the order `fds` names them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachInfo {
+    pub channel: String,
+    pub role: Role,
+    /// Ring data bytes.
+    pub capacity: u64,
+    /// Size of the ring memfd (header page plus data).
+    pub ring_size: u64,
+    /// Ring layout version (see `ring.rs`).
+    pub ring_layout: u32,
+    /// `["ring", "data_ready", "space_ready"]` in this version.
+    pub fds: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub channel: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let h = FrameHeader { version: 1, kind: FrameKind::Reply, id: 7, length: 42 };
+        assert_eq!(FrameHeader::decode(&h.encode(), 100), Ok(h));
+    }
+
+    #[test]
+    fn header_refuses_garbage_and_giants() {
+        let mut bytes = *b"GET / HTTP/1.1\r\n";
+        assert!(matches!(
+            FrameHeader::decode(&bytes, MAX_REQUEST_BODY),
+            Err(HeaderError::BadMagic(_))
+        ));
+        bytes = FrameHeader { version: 1, kind: FrameKind::Request, id: 1, length: u32::MAX }
+            .encode();
+        assert_eq!(
+            FrameHeader::decode(&bytes, MAX_REQUEST_BODY),
+            Err(HeaderError::TooLarge { length: u32::MAX, limit: MAX_REQUEST_BODY })
+        );
+        bytes[6] = 9;
+        assert!(matches!(
+            FrameHeader::decode(&bytes, MAX_REQUEST_BODY),
+            Err(HeaderError::BadKind(9))
+        ));
+    }
+
+    #[test]
+    fn requests_have_a_stable_json_form() {
+        let json = serde_json::to_string(&Request::Attach {
+            channel: "cam".into(),
+            role: Role::Consumer,
+        })
+        .expect("serialize");
+        assert_eq!(json, r#"{"op":"attach","channel":"cam","role":"consumer"}"#);
+        let parsed: Request =
+            serde_json::from_str(r#"{"op":"create","channel":"x","future_field":1}"#)
+                .expect("unknown fields are ignored");
+        assert_eq!(
+            parsed,
+            Request::Create { channel: "x".into(), capacity: None, producers: vec![], consumers: vec![] }
+        );
+        let code: ErrorCode = serde_json::from_str(r#""some_future_code""#).expect("other");
+        assert_eq!(code, ErrorCode::Internal);
+    }
+}
