@@ -35,7 +35,10 @@ impl Attachment {
     /// Opens a dedicated connection, attaches it and maps the ring.
     pub fn open(socket: &Path, channel: &str, role: Role) -> Result<(Attachment, SharedRing)> {
         let mut conn = Connection::connect(socket)?;
-        let answer = conn.call(&Request::Attach { channel: channel.to_string(), role })?;
+        let answer = conn.call(&Request::Attach {
+            channel: channel.to_string(),
+            role,
+        })?;
         let info: AttachInfo = serde_json::from_value(answer.result)
             .map_err(|e| Error::Protocol(format!("unexpected attach reply: {e}")))?;
         let expected = ["ring", "data_ready", "space_ready"];
@@ -47,7 +50,8 @@ impl Attachment {
             )));
         }
         let mut fds = answer.fds.into_iter();
-        let (Some(ring_fd), Some(data_ready), Some(space_ready)) = (fds.next(), fds.next(), fds.next())
+        let (Some(ring_fd), Some(data_ready), Some(space_ready)) =
+            (fds.next(), fds.next(), fds.next())
         else {
             return Err(Error::Protocol("attach reply lost its fds".into()));
         };
@@ -91,7 +95,9 @@ impl Attachment {
             }
         }
         if self.dropped {
-            return Err(Error::ChannelDropped { channel: self.channel.clone() });
+            return Err(Error::ChannelDropped {
+                channel: self.channel.clone(),
+            });
         }
         Ok(())
     }
@@ -120,7 +126,10 @@ impl Attachment {
     /// Sleeps until the peer signals, the broker sends an event, or `MAX_SLEEP` passes. The
     /// caller has already set its waiting flag and re-checked the ring.
     pub fn sleep(&mut self) -> Result<()> {
-        let timeout = Timespec::try_from(MAX_SLEEP).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+        let timeout = Timespec::try_from(MAX_SLEEP).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
         let (ready, broker_event) = {
             let mut fds = vec![PollFd::new(&self.wait_fd, PollFlags::IN)];
             if self.broker_connected {
@@ -130,9 +139,7 @@ impl Attachment {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::io("waiting on channel eventfd", e.into())),
             }
-            let broker_event = fds
-                .get(1)
-                .is_some_and(|fd| !fd.revents().is_empty());
+            let broker_event = fds.get(1).is_some_and(|fd| !fd.revents().is_empty());
             (!fds[0].revents().is_empty(), broker_event)
         };
         if ready {

@@ -51,7 +51,10 @@ impl Client {
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client> {
         let socket = socket.as_ref().to_path_buf();
         let control = Connection::connect(&socket)?;
-        Ok(Client { socket, control: Mutex::new(control) })
+        Ok(Client {
+            socket,
+            control: Mutex::new(control),
+        })
     }
 
     /// Connects to `$SHMEM_BROKER_SOCKET`, else the broker's default socket path.
@@ -78,16 +81,25 @@ impl Client {
     }
 
     pub fn list(&self) -> Result<Vec<ChannelInfo>> {
-        self.call::<ChannelList>(&Request::List).map(|list| list.channels)
+        self.call::<ChannelList>(&Request::List)
+            .map(|list| list.channels)
     }
 
     pub fn info(&self, channel: &str) -> Result<ChannelInfo> {
-        self.call(&Request::Info { channel: channel.to_string() })
+        self.call(&Request::Info {
+            channel: channel.to_string(),
+        })
     }
 
     /// Creates a channel owned by the calling uid (needs root or an admin group).
     pub fn create(&self, channel: &str, capacity: Option<u64>) -> Result<ChannelInfo> {
-        self.create_with(channel, &CreateOptions { capacity, ..CreateOptions::default() })
+        self.create_with(
+            channel,
+            &CreateOptions {
+                capacity,
+                ..CreateOptions::default()
+            },
+        )
     }
 
     pub fn create_with(&self, channel: &str, options: &CreateOptions) -> Result<ChannelInfo> {
@@ -101,7 +113,10 @@ impl Client {
 
     /// Drops a channel; attached endpoints get [`Error::ChannelDropped`] on their next call.
     pub fn drop_channel(&self, channel: &str) -> Result<()> {
-        self.call::<Dropped>(&Request::Drop { channel: channel.to_string() }).map(|_| ())
+        self.call::<Dropped>(&Request::Drop {
+            channel: channel.to_string(),
+        })
+        .map(|_| ())
     }
 
     fn call<T: serde::de::DeserializeOwned>(&self, request: &Request) -> Result<T> {

@@ -35,9 +35,17 @@ impl Connection {
                 path: path.to_path_buf(),
                 source,
             },
-            _ => Error::io(format!("cannot connect to broker at {}", path.display()), source),
+            _ => Error::io(
+                format!("cannot connect to broker at {}", path.display()),
+                source,
+            ),
         })?;
-        Ok(Connection { stream, path: path.to_path_buf(), next_id: 1, pending_events: Vec::new() })
+        Ok(Connection {
+            stream,
+            path: path.to_path_buf(),
+            next_id: 1,
+            pending_events: Vec::new(),
+        })
     }
 
     pub fn socket(&self) -> BorrowedFd<'_> {
@@ -66,9 +74,15 @@ impl Connection {
                     let reply: Reply = serde_json::from_slice(&body)
                         .map_err(|e| Error::Protocol(format!("malformed reply: {e}")))?;
                     if let Some(error) = reply.error.filter(|_| !reply.ok) {
-                        return Err(Error::Broker { code: error.code, message: error.message });
+                        return Err(Error::Broker {
+                            code: error.code,
+                            message: error.message,
+                        });
                     }
-                    return Ok(Answer { result: reply.result.unwrap_or_default(), fds });
+                    return Ok(Answer {
+                        result: reply.result.unwrap_or_default(),
+                        fds,
+                    });
                 }
                 other => {
                     return Err(Error::Protocol(format!(
@@ -97,7 +111,9 @@ impl Connection {
             Ok((header, body, _fds)) if header.kind == FrameKind::Event => {
                 Ok(serde_json::from_slice(&body).ok())
             }
-            Ok(_) => Err(Error::Protocol("unexpected reply on an attached connection".into())),
+            Ok(_) => Err(Error::Protocol(
+                "unexpected reply on an attached connection".into(),
+            )),
             Err(Error::Io { source, .. }) if is_hangup(&source) => Ok(None),
             Err(other) => Err(other),
         }
@@ -142,7 +158,10 @@ impl Connection {
     }
 
     fn lost(&self, source: io::Error) -> Error {
-        Error::io(format!("connection to broker at {}", self.path.display()), source)
+        Error::io(
+            format!("connection to broker at {}", self.path.display()),
+            source,
+        )
     }
 }
 

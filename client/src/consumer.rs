@@ -65,7 +65,11 @@ impl Consumer {
         if result.as_ref().is_err_and(Error::is_would_block) {
             // Arm the wake-up so ready_fd() turns readable when data arrives; if data arrived
             // while arming, deliver it.
-            if !self.reader.prepare_to_sleep().map_err(|e| self.ring_error(e))? {
+            if !self
+                .reader
+                .prepare_to_sleep()
+                .map_err(|e| self.ring_error(e))?
+            {
                 return self.read_once(buf);
             }
         }
@@ -74,7 +78,10 @@ impl Consumer {
 
     fn read_once(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         self.attachment.check_dropped(self.reader.ring())?;
-        let outcome = self.reader.try_read_into(buf).map_err(|e| self.ring_error(e))?;
+        let outcome = self
+            .reader
+            .try_read_into(buf)
+            .map_err(|e| self.ring_error(e))?;
         if outcome == ReadOutcome::Empty {
             return Err(Error::WouldBlock);
         }
@@ -89,7 +96,11 @@ impl Consumer {
         if Attachment::spin(|| reader.has_unread()) {
             return Ok(());
         }
-        if self.reader.prepare_to_sleep().map_err(|e| self.ring_error(e))? {
+        if self
+            .reader
+            .prepare_to_sleep()
+            .map_err(|e| self.ring_error(e))?
+        {
             let slept = self.attachment.sleep();
             self.reader.done_sleeping();
             slept?;

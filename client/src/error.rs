@@ -20,7 +20,12 @@ pub enum Error {
     ChannelDropped { channel: String },
     /// The message can never fit in this channel's ring.
     #[error("channel {channel}: message of {len} bytes is larger than the ring allows ({max} bytes per message in a {capacity}-byte ring)")]
-    MessageTooLarge { channel: String, len: usize, max: u64, capacity: u64 },
+    MessageTooLarge {
+        channel: String,
+        len: usize,
+        max: u64,
+        capacity: u64,
+    },
     /// The peer wrote nonsense into the shared ring (or the ring handed out was not sound).
     #[error("channel {channel}: {source}")]
     Ring { channel: String, source: RingError },
@@ -48,15 +53,24 @@ impl Error {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn ring(channel: &str, source: RingError) -> Error {
         match source {
-            RingError::TooLarge { len, capacity, max } => {
-                Error::MessageTooLarge { channel: channel.to_string(), len, max, capacity }
-            }
-            source => Error::Ring { channel: channel.to_string(), source },
+            RingError::TooLarge { len, capacity, max } => Error::MessageTooLarge {
+                channel: channel.to_string(),
+                len,
+                max,
+                capacity,
+            },
+            source => Error::Ring {
+                channel: channel.to_string(),
+                source,
+            },
         }
     }
 }

@@ -28,7 +28,11 @@ impl Producer {
     pub(crate) fn attach(socket: &Path, channel: &str) -> Result<Producer> {
         let (attachment, ring) = Attachment::open(socket, channel, Role::Producer)?;
         let writer = RingWriter::new(ring).map_err(|e| Error::ring(channel, e))?;
-        Ok(Producer { attachment, writer, closed: false })
+        Ok(Producer {
+            attachment,
+            writer,
+            closed: false,
+        })
     }
 
     pub fn channel(&self) -> &str {
@@ -74,7 +78,11 @@ impl Producer {
         if result.as_ref().is_err_and(Error::is_would_block) {
             // Arm the wake-up so ready_fd() turns readable when space appears; if it already
             // has, report that by trying once more.
-            if !self.writer.prepare_to_sleep(len).map_err(|e| self.ring_error(e))? {
+            if !self
+                .writer
+                .prepare_to_sleep(len)
+                .map_err(|e| self.ring_error(e))?
+            {
                 return self.write_once(len, &mut fill);
             }
         }
@@ -105,7 +113,11 @@ impl Producer {
         if Attachment::spin(|| writer.can_progress(len).unwrap_or(true)) {
             return Ok(());
         }
-        if self.writer.prepare_to_sleep(len).map_err(|e| self.ring_error(e))? {
+        if self
+            .writer
+            .prepare_to_sleep(len)
+            .map_err(|e| self.ring_error(e))?
+        {
             let slept = self.attachment.sleep();
             self.writer.done_sleeping();
             slept?;
@@ -118,7 +130,11 @@ impl Producer {
         self.closed = true;
         loop {
             self.attachment.check_dropped(self.writer.ring())?;
-            if self.writer.try_write_end_of_stream().map_err(|e| self.ring_error(e))? {
+            if self
+                .writer
+                .try_write_end_of_stream()
+                .map_err(|e| self.ring_error(e))?
+            {
                 if self.writer.take_consumer_waiting() {
                     self.attachment.wake_peer();
                 }

@@ -193,7 +193,9 @@ impl SharedRing {
             )));
         }
         if id.capacity.load(Ordering::Relaxed) != capacity {
-            return Err(RingError::Corrupt("capacity in ring header does not match".into()));
+            return Err(RingError::Corrupt(
+                "capacity in ring header does not match".into(),
+            ));
         }
         Ok(ring)
     }
@@ -327,7 +329,11 @@ impl RingWriter {
 
     /// Writes a data frame of `len` payload bytes filled in by `fill`, straight in the ring.
     /// Returns `Ok(false)` without calling `fill` if there is no room right now.
-    pub fn try_write_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<bool, RingError> {
+    pub fn try_write_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<bool, RingError> {
         self.try_write_frame(KIND_DATA, len, fill)
     }
 
@@ -336,10 +342,19 @@ impl RingWriter {
         self.try_write_frame(KIND_END_OF_STREAM, 0, |_| {})
     }
 
-    fn try_write_frame(&mut self, kind: u32, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<bool, RingError> {
+    fn try_write_frame(
+        &mut self,
+        kind: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<bool, RingError> {
         let capacity = self.ring.capacity;
         if len as u64 > self.max_message_len() {
-            return Err(RingError::TooLarge { len, capacity, max: self.max_message_len() });
+            return Err(RingError::TooLarge {
+                len,
+                capacity,
+                max: self.max_message_len(),
+            });
         }
         let needed = frame_len(len as u64);
         let mut free = self.free_space()?;
@@ -351,8 +366,12 @@ impl RingWriter {
             if free < until_end {
                 return Ok(false);
             }
-            self.ring.data_u32(offset).store((until_end - FRAME_HEADER) as u32, Ordering::Relaxed);
-            self.ring.data_u32(offset + 4).store(KIND_PAD, Ordering::Relaxed);
+            self.ring
+                .data_u32(offset)
+                .store((until_end - FRAME_HEADER) as u32, Ordering::Relaxed);
+            self.ring
+                .data_u32(offset + 4)
+                .store(KIND_PAD, Ordering::Relaxed);
             self.publish(self.write_pos + until_end);
             free -= until_end;
         }
@@ -367,17 +386,25 @@ impl RingWriter {
         // is itself about to receive. u8 has no invalid values and we never read this slice
         // back for any decision.
         let payload = unsafe {
-            std::slice::from_raw_parts_mut(self.ring.data().add((offset + FRAME_HEADER) as usize), len)
+            std::slice::from_raw_parts_mut(
+                self.ring.data().add((offset + FRAME_HEADER) as usize),
+                len,
+            )
         };
         fill(payload);
-        self.ring.data_u32(offset).store(len as u32, Ordering::Relaxed);
-        self.ring.data_u32(offset + 4).store(kind, Ordering::Relaxed);
+        self.ring
+            .data_u32(offset)
+            .store(len as u32, Ordering::Relaxed);
+        self.ring
+            .data_u32(offset + 4)
+            .store(kind, Ordering::Relaxed);
         self.publish(self.write_pos + needed);
         if kind == KIND_DATA {
             let h = &self.ring.header().producer;
             self.messages_written += 1;
             self.bytes_written += len as u64;
-            h.messages_written.store(self.messages_written, Ordering::Relaxed);
+            h.messages_written
+                .store(self.messages_written, Ordering::Relaxed);
             h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
         }
         Ok(true)
@@ -385,7 +412,11 @@ impl RingWriter {
 
     fn publish(&mut self, new_pos: u64) {
         self.write_pos = new_pos;
-        self.ring.header().producer.write_pos.store(new_pos, Ordering::SeqCst);
+        self.ring
+            .header()
+            .producer
+            .write_pos
+            .store(new_pos, Ordering::SeqCst);
     }
 
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
@@ -400,13 +431,21 @@ impl RingWriter {
         let needed = frame_len(payload as u64);
         let until_end = self.ring.capacity - self.write_pos % self.ring.capacity;
         let free = self.free_space()?;
-        Ok(if needed > until_end { free >= until_end } else { free >= needed })
+        Ok(if needed > until_end {
+            free >= until_end
+        } else {
+            free >= needed
+        })
     }
 
     /// Announces that the producer is about to block for space. Returns false (do not sleep) if
     /// space appeared in the meantime.
     pub fn prepare_to_sleep(&mut self, needed_payload: usize) -> Result<bool, RingError> {
-        self.ring.header().producer_waiting.waiting.store(1, Ordering::SeqCst);
+        self.ring
+            .header()
+            .producer_waiting
+            .waiting
+            .store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.can_progress(needed_payload)? {
             self.done_sleeping();
@@ -416,7 +455,11 @@ impl RingWriter {
     }
 
     pub fn done_sleeping(&self) {
-        self.ring.header().producer_waiting.waiting.store(0, Ordering::Relaxed);
+        self.ring
+            .header()
+            .producer_waiting
+            .waiting
+            .store(0, Ordering::Relaxed);
     }
 }
 
@@ -442,7 +485,11 @@ impl RingReader {
     pub fn new(ring: SharedRing) -> Result<RingReader, RingError> {
         let h = ring.header();
         let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
-        check_positions(read_pos, h.producer.write_pos.load(Ordering::Acquire), ring.capacity)?;
+        check_positions(
+            read_pos,
+            h.producer.write_pos.load(Ordering::Acquire),
+            ring.capacity,
+        )?;
         Ok(RingReader {
             read_pos,
             messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
@@ -455,7 +502,12 @@ impl RingReader {
     }
 
     fn unread(&self) -> Result<u64, RingError> {
-        let write_pos = self.ring.header().producer.write_pos.load(Ordering::Acquire);
+        let write_pos = self
+            .ring
+            .header()
+            .producer
+            .write_pos
+            .load(Ordering::Acquire);
         check_positions(self.read_pos, write_pos, self.ring.capacity)?;
         Ok(write_pos - self.read_pos)
     }
@@ -477,7 +529,9 @@ impl RingReader {
             let offset = self.read_pos % capacity;
             let until_end = capacity - offset;
             if unread < FRAME_HEADER {
-                return Err(RingError::Corrupt(format!("{unread} unread bytes cannot hold a frame")));
+                return Err(RingError::Corrupt(format!(
+                    "{unread} unread bytes cannot hold a frame"
+                )));
             }
             let len = u64::from(self.ring.data_u32(offset).load(Ordering::Relaxed));
             let kind = self.ring.data_u32(offset + 4).load(Ordering::Relaxed);
@@ -558,7 +612,11 @@ impl RingReader {
     }
 
     pub fn done_sleeping(&self) {
-        self.ring.header().consumer_waiting.waiting.store(0, Ordering::Relaxed);
+        self.ring
+            .header()
+            .consumer_waiting
+            .waiting
+            .store(0, Ordering::Relaxed);
     }
 }
 
@@ -589,11 +647,16 @@ mod tests {
             let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
             SharedRing::open(fd, capacity).expect("open")
         };
-        (RingWriter::new(open()).expect("writer"), RingReader::new(open()).expect("reader"), memfd)
+        (
+            RingWriter::new(open()).expect("writer"),
+            RingReader::new(open()).expect("reader"),
+            memfd,
+        )
     }
 
     fn write(w: &mut RingWriter, bytes: &[u8]) -> bool {
-        w.try_write_with(bytes.len(), |buf| buf.copy_from_slice(bytes)).expect("write")
+        w.try_write_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
+            .expect("write")
     }
 
     #[test]
@@ -603,7 +666,10 @@ mod tests {
         for i in 0..2000u32 {
             let msg: Vec<u8> = (0..(i % 700)).map(|b| (b ^ i) as u8).collect();
             assert!(write(&mut w, &msg), "room for message {i}");
-            assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+            assert_eq!(
+                r.try_read_into(&mut out).expect("read"),
+                ReadOutcome::Message
+            );
             assert_eq!(out, msg, "message {i}");
         }
         assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
@@ -620,7 +686,10 @@ mod tests {
         }
         assert_eq!(written, 4); // 4 * 1008 bytes fit in 4096, a fifth does not
         let mut out = Vec::new();
-        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
         assert!(write(&mut w, &msg));
         assert!(matches!(
             w.try_write_with(4096, |_| {}),
@@ -644,27 +713,54 @@ mod tests {
         let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
         let mut r2 = RingReader::new(SharedRing::open(fd, 8192).expect("open")).expect("reader");
         for i in 4..10u8 {
-            assert_eq!(r2.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+            assert_eq!(
+                r2.try_read_into(&mut out).expect("read"),
+                ReadOutcome::Message
+            );
             assert_eq!(out, vec![i; 100]);
         }
         assert!(w.try_write_end_of_stream().expect("eos"));
-        assert_eq!(r2.try_read_into(&mut out).expect("read"), ReadOutcome::EndOfStream);
+        assert_eq!(
+            r2.try_read_into(&mut out).expect("read"),
+            ReadOutcome::EndOfStream
+        );
     }
 
     #[test]
     fn scribbled_positions_and_frames_are_reported_not_followed() {
         let (mut w, mut r, _fd) = pair(4096);
         assert!(write(&mut w, b"hello"));
-        w.ring().header().producer.write_pos.store(1 << 40, Ordering::SeqCst);
+        w.ring()
+            .header()
+            .producer
+            .write_pos
+            .store(1 << 40, Ordering::SeqCst);
         let mut out = Vec::new();
-        assert!(matches!(r.try_read_into(&mut out), Err(RingError::Corrupt(_))));
-        w.ring().header().producer.write_pos.store(16, Ordering::SeqCst);
+        assert!(matches!(
+            r.try_read_into(&mut out),
+            Err(RingError::Corrupt(_))
+        ));
+        w.ring()
+            .header()
+            .producer
+            .write_pos
+            .store(16, Ordering::SeqCst);
         w.ring().data_u32(0).store(1_000_000, Ordering::Relaxed);
-        assert!(matches!(r.try_read_into(&mut out), Err(RingError::Corrupt(_))));
+        assert!(matches!(
+            r.try_read_into(&mut out),
+            Err(RingError::Corrupt(_))
+        ));
         w.ring().data_u32(0).store(5, Ordering::Relaxed);
         w.ring().data_u32(4).store(99, Ordering::Relaxed);
-        assert!(matches!(r.try_read_into(&mut out), Err(RingError::Corrupt(_))));
-        r.ring().header().consumer.read_pos.store(u64::MAX, Ordering::SeqCst);
+        assert!(matches!(
+            r.try_read_into(&mut out),
+            Err(RingError::Corrupt(_))
+        ));
+        r.ring()
+            .header()
+            .consumer
+            .read_pos
+            .store(u64::MAX, Ordering::SeqCst);
         assert!(matches!(
             w.try_write_with(1, |_| {}),
             Err(RingError::Corrupt(_))
@@ -673,9 +769,14 @@ mod tests {
 
     #[test]
     fn rejects_unsealed_or_wrong_sized_memfds() {
-        let memfd = MemfdOptions::default().allow_sealing(true).create("plain").expect("memfd");
+        let memfd = MemfdOptions::default()
+            .allow_sealing(true)
+            .create("plain")
+            .expect("memfd");
         memfd.as_file().set_len(HEADER_SIZE + 4096).expect("len");
-        let err = SharedRing::open(OwnedFd::from(memfd.into_file()), 4096).err().expect("refused");
+        let err = SharedRing::open(OwnedFd::from(memfd.into_file()), 4096)
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("missing seal"), "{err}");
         let (_ring, memfd) = SharedRing::create("x", 8192).expect("create");
         let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));

@@ -37,7 +37,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Formats a byte count with the largest binary unit that divides it exactly, else with one
 /// decimal place (`1MiB`, `1536KiB`, `1.5GiB`...).
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (unit, scale) in UNITS {
         if bytes >= scale {
             if bytes % scale == 0 {
@@ -67,8 +72,12 @@ mod tests {
     #[test]
     fn refuses_nonsense() {
         assert!(parse_size("").unwrap_err().contains("expected a number"));
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("99999999999999999999").unwrap_err().contains("too large"));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_size("20000000TiB").unwrap_err().contains("too large"));
     }
 

@@ -86,9 +86,17 @@ impl FrameHeader {
         let id = u32::from_le_bytes(field(8..12));
         let length = u32::from_le_bytes(field(12..16));
         if length > max_body {
-            return Err(HeaderError::TooLarge { length, limit: max_body });
+            return Err(HeaderError::TooLarge {
+                length,
+                limit: max_body,
+            });
         }
-        Ok(FrameHeader { version, kind, id, length })
+        Ok(FrameHeader {
+            version,
+            kind,
+            id,
+            length,
+        })
     }
 }
 
@@ -202,7 +210,10 @@ impl Reply {
         Reply {
             ok: false,
             result: None,
-            error: Some(ErrorBody { code, message: message.into() }),
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
         }
     }
 }
@@ -303,7 +314,12 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = FrameHeader { version: 1, kind: FrameKind::Reply, id: 7, length: 42 };
+        let h = FrameHeader {
+            version: 1,
+            kind: FrameKind::Reply,
+            id: 7,
+            length: 42,
+        };
         assert_eq!(FrameHeader::decode(&h.encode(), 100), Ok(h));
     }
 
@@ -314,11 +330,19 @@ mod tests {
             FrameHeader::decode(&bytes, MAX_REQUEST_BODY),
             Err(HeaderError::BadMagic(_))
         ));
-        bytes = FrameHeader { version: 1, kind: FrameKind::Request, id: 1, length: u32::MAX }
-            .encode();
+        bytes = FrameHeader {
+            version: 1,
+            kind: FrameKind::Request,
+            id: 1,
+            length: u32::MAX,
+        }
+        .encode();
         assert_eq!(
             FrameHeader::decode(&bytes, MAX_REQUEST_BODY),
-            Err(HeaderError::TooLarge { length: u32::MAX, limit: MAX_REQUEST_BODY })
+            Err(HeaderError::TooLarge {
+                length: u32::MAX,
+                limit: MAX_REQUEST_BODY
+            })
         );
         bytes[6] = 9;
         assert!(matches!(
@@ -340,7 +364,12 @@ mod tests {
                 .expect("unknown fields are ignored");
         assert_eq!(
             parsed,
-            Request::Create { channel: "x".into(), capacity: None, producers: vec![], consumers: vec![] }
+            Request::Create {
+                channel: "x".into(),
+                capacity: None,
+                producers: vec![],
+                consumers: vec![]
+            }
         );
         let code: ErrorCode = serde_json::from_str(r#""some_future_code""#).expect("other");
         assert_eq!(code, ErrorCode::Internal);

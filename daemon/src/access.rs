@@ -118,7 +118,12 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> PeerCredentials {
-        PeerCredentials { pid: 1, uid, gid, groups: groups.to_vec() }
+        PeerCredentials {
+            pid: 1,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
     }
 
     #[test]
@@ -127,8 +132,12 @@ mod tests {
         assert_eq!(Principal::parse("1234"), Ok(Principal::Uid(1234)));
         assert_eq!(Principal::parse("@44"), Ok(Principal::Gid(44)));
         assert_eq!(Principal::parse("root"), Ok(Principal::Uid(0)));
-        assert!(Principal::parse("no-such-user-xyz").unwrap_err().contains("unknown user"));
-        assert!(Principal::parse("@no-such-group-xyz").unwrap_err().contains("unknown group"));
+        assert!(Principal::parse("no-such-user-xyz")
+            .unwrap_err()
+            .contains("unknown user"));
+        assert!(Principal::parse("@no-such-group-xyz")
+            .unwrap_err()
+            .contains("unknown group"));
     }
 
     #[test]

@@ -1,0 +1,319 @@
+//! `shmemctl`: look at and manage a running shmem-broker, and pipe data through its channels.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use shmem_broker_client::discovery::client_socket_path;
+use shmem_broker_client::size::{format_size, parse_size};
+use shmem_broker_client::{ChannelInfo, Client, CreateOptions, Role, StatusInfo};
+
+/// Control a shmem-broker: list, create and drop channels, inspect them, send and receive data.
+#[derive(Parser, Debug)]
+#[command(name = "shmemctl", version, about)]
+struct Args {
+    /// Broker socket [default: $SHMEM_BROKER_SOCKET, else the broker's default path]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One row per channel: capacity, who is attached, traffic and fill level
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a channel owned by you (needs root or an admin group)
+    Create {
+        name: String,
+        /// Ring size, like 64KiB or 16MiB [default: the broker's default_capacity]
+        #[arg(long, value_parser = parse_size)]
+        capacity: Option<u64>,
+        /// Who else may produce: comma-separated `*`, user, uid, @group, @gid
+        #[arg(long, value_delimiter = ',')]
+        producers: Vec<String>,
+        /// Who else may consume: comma-separated `*`, user, uid, @group, @gid
+        #[arg(long, value_delimiter = ',')]
+        consumers: Vec<String>,
+    },
+    /// Drop a channel; attached clients get a "channel dropped" error
+    Drop { name: String },
+    /// A channel's details and attached peers
+    Info {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The broker's version, uptime, socket, config and counts
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send standard input into a channel as its producer, then mark end-of-stream
+    Send {
+        name: String,
+        /// Largest message to cut the input into [default: min(1MiB, a quarter of the ring)]
+        #[arg(long, value_parser = parse_size)]
+        chunk: Option<u64>,
+    },
+    /// Write a channel's messages to standard output until end-of-stream
+    Recv {
+        name: String,
+        /// Keep waiting for the next producer after an end-of-stream mark
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the outermost context and its causes.
+            let message: Vec<String> = err.chain().map(ToString::to_string).collect();
+            eprintln!("shmemctl: error: {}", message.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let client = Client::connect(client_socket_path(args.socket))?;
+    match args.command {
+        Command::List { json } => {
+            let channels = client.list()?;
+            if json {
+                print_json(&serde_json::json!({ "channels": channels }))
+            } else {
+                print_table(&channels)
+            }
+        }
+        Command::Create {
+            name,
+            capacity,
+            producers,
+            consumers,
+        } => {
+            let info = client.create_with(
+                &name,
+                &CreateOptions {
+                    capacity,
+                    producers,
+                    consumers,
+                },
+            )?;
+            println!(
+                "created channel {} ({})",
+                info.name,
+                format_size(info.capacity)
+            );
+            Ok(())
+        }
+        Command::Drop { name } => {
+            client.drop_channel(&name)?;
+            println!("dropped channel {name}");
+            Ok(())
+        }
+        Command::Info { name, json } => {
+            let info = client.info(&name)?;
+            if json {
+                print_json(&info)
+            } else {
+                print_info(&info)
+            }
+        }
+        Command::Status { json } => {
+            let status = client.status()?;
+            if json {
+                print_json(&status)
+            } else {
+                print_status(&status)
+            }
+        }
+        Command::Send { name, chunk } => send(&client, &name, chunk),
+        Command::Recv { name, follow } => recv(&client, &name, follow),
+    }
+}
+
+fn send(client: &Client, name: &str, chunk: Option<u64>) -> Result<()> {
+    let mut producer = client.producer(name)?;
+    let max = producer.max_message_len();
+    let chunk = match chunk {
+        Some(chunk) => usize::try_from(chunk).unwrap_or(usize::MAX),
+        None => (1 << 20).min((producer.capacity() / 4) as usize).max(1),
+    };
+    anyhow::ensure!(
+        (1..=max).contains(&chunk),
+        "chunk of {} does not fit channel {name}: at most {max} bytes per message",
+        format_size(chunk as u64)
+    );
+    let mut stdin = io::stdin().lock();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let filled = read_full(&mut stdin, &mut buf).context("reading standard input")?;
+        if filled == 0 {
+            break;
+        }
+        producer.send(&buf[..filled])?;
+    }
+    producer.close()?;
+    Ok(())
+}
+
+/// Fills `buf` as far as the input allows, so messages are full-sized except the last.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn recv(client: &Client, name: &str, follow: bool) -> Result<()> {
+    let mut consumer = client.consumer(name)?;
+    let mut stdout = io::stdout().lock();
+    let mut message = Vec::new();
+    loop {
+        if consumer.recv_into(&mut message)? {
+            stdout
+                .write_all(&message)
+                .context("writing standard output")?;
+        } else {
+            stdout.flush().context("writing standard output")?;
+            if !follow {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn attached(info: &ChannelInfo, role: Role) -> String {
+    info.peer(role)
+        .map_or("-".to_string(), |p| format!("pid {}", p.pid))
+}
+
+fn print_table(channels: &[ChannelInfo]) -> Result<()> {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "CAPACITY".into(),
+        "PRODUCER".into(),
+        "CONSUMER".into(),
+        "MESSAGES".into(),
+        "BYTES".into(),
+        "UNREAD".into(),
+    ]];
+    for c in channels {
+        rows.push([
+            c.name.clone(),
+            format_size(c.capacity),
+            attached(c, Role::Producer),
+            attached(c, Role::Consumer),
+            c.messages_written.to_string(),
+            format_size(c.bytes_written),
+            format_size(c.bytes_unread),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = io::stdout().lock();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+fn print_info(c: &ChannelInfo) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "channel:   {}", c.name)?;
+    writeln!(
+        out,
+        "capacity:  {} ({} bytes)",
+        format_size(c.capacity),
+        c.capacity
+    )?;
+    writeln!(
+        out,
+        "origin:    {}",
+        serde_json::to_value(&c.origin)?.as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        out,
+        "owner uid: {}",
+        c.owner_uid.map_or("-".into(), |u| u.to_string())
+    )?;
+    writeln!(out, "producers: {}", join_or_none(&c.producers))?;
+    writeln!(out, "consumers: {}", join_or_none(&c.consumers))?;
+    writeln!(
+        out,
+        "messages:  {} written, {} read",
+        c.messages_written, c.messages_read
+    )?;
+    writeln!(
+        out,
+        "bytes:     {} written, {} unread",
+        format_size(c.bytes_written),
+        format_size(c.bytes_unread)
+    )?;
+    if c.peers.is_empty() {
+        writeln!(out, "peers:     none attached")?;
+    }
+    for p in &c.peers {
+        writeln!(
+            out,
+            "peer:      {} pid {} uid {} gid {}",
+            p.role, p.pid, p.uid, p.gid
+        )?;
+    }
+    Ok(())
+}
+
+fn join_or_none(list: &[String]) -> String {
+    if list.is_empty() {
+        "(owner and root only)".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+fn print_status(s: &StatusInfo) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "version:   {} (protocol {})", s.version, s.protocol)?;
+    writeln!(out, "pid:       {}", s.pid)?;
+    writeln!(out, "uptime:    {}s", s.uptime_secs)?;
+    writeln!(
+        out,
+        "socket:    {} ({})",
+        s.socket_path.as_deref().unwrap_or("(unnamed)"),
+        s.socket_source
+    )?;
+    writeln!(
+        out,
+        "config:    {}",
+        s.config_file.as_deref().unwrap_or("(built-in defaults)")
+    )?;
+    writeln!(out, "channels:  {}", s.channels)?;
+    writeln!(out, "clients:   {}", s.clients)?;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! One channel: the broker-owned ring memfd, its two eventfds, its access rules and who is
+//! attached. The broker keeps the fds for the channel's whole life, so the ring and its unread
+//! data outlive any client.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::event::{eventfd, EventfdFlags};
+use shmem_broker_client::ring::{SharedRing, HEADER_SIZE, LAYOUT_VERSION};
+use shmem_broker_client::wire::{AttachInfo, ChannelInfo, Origin, PeerInfo, Role};
+use shmem_ipc::mem::mfd::Memfd;
+
+use crate::access::AccessList;
+use crate::peer::PeerCredentials;
+
+/// The session an attachment belongs to (the server's connection token).
+pub type SessionId = usize;
+
+pub struct Attached {
+    pub session: SessionId,
+    pub peer: PeerCredentials,
+}
+
+pub struct Channel {
+    pub name: String,
+    pub origin: Origin,
+    pub owner_uid: Option<u32>,
+    pub producers: AccessList,
+    pub consumers: AccessList,
+    /// The broker's own mapping, for counters and to flag a drop.
+    ring: SharedRing,
+    memfd: Memfd,
+    /// Written by the producer to wake a sleeping consumer.
+    data_ready: OwnedFd,
+    /// Written by the consumer to wake a sleeping producer.
+    space_ready: OwnedFd,
+    pub producer: Option<Attached>,
+    pub consumer: Option<Attached>,
+}
+
+impl Channel {
+    pub fn create(
+        name: &str,
+        capacity: u64,
+        origin: Origin,
+        owner_uid: Option<u32>,
+        producers: AccessList,
+        consumers: AccessList,
+    ) -> std::io::Result<Channel> {
+        let (ring, memfd) = SharedRing::create(name, capacity).map_err(|e| {
+            std::io::Error::other(format!("creating ring for channel {name:?}: {e}"))
+        })?;
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok(Channel {
+            name: name.to_string(),
+            origin,
+            owner_uid,
+            producers,
+            consumers,
+            ring,
+            memfd,
+            data_ready: eventfd(0, flags)?,
+            space_ready: eventfd(0, flags)?,
+            producer: None,
+            consumer: None,
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity()
+    }
+
+    pub fn slot(&mut self, role: Role) -> &mut Option<Attached> {
+        match role {
+            Role::Producer => &mut self.producer,
+            Role::Consumer => &mut self.consumer,
+        }
+    }
+
+    pub fn access(&self, role: Role) -> &AccessList {
+        match role {
+            Role::Producer => &self.producers,
+            Role::Consumer => &self.consumers,
+        }
+    }
+
+    /// Copies of the fds an attach hands out, in the order `AttachInfo::fds` names them.
+    pub fn attach_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        Ok(vec![
+            self.memfd.as_file().as_fd().try_clone_to_owned()?,
+            self.data_ready.try_clone()?,
+            self.space_ready.try_clone()?,
+        ])
+    }
+
+    pub fn attach_info(&self, role: Role) -> AttachInfo {
+        AttachInfo {
+            channel: self.name.clone(),
+            role,
+            capacity: self.capacity(),
+            ring_size: HEADER_SIZE + self.capacity(),
+            ring_layout: LAYOUT_VERSION,
+            fds: vec!["ring".into(), "data_ready".into(), "space_ready".into()],
+        }
+    }
+
+    /// Frees the slot held by `session`, if any, and returns its role.
+    pub fn detach(&mut self, session: SessionId) -> Option<(Role, PeerCredentials)> {
+        for role in [Role::Producer, Role::Consumer] {
+            let slot = self.slot(role);
+            if slot.as_ref().is_some_and(|a| a.session == session) {
+                let attached = slot.take()?;
+                self.ring.clear_waiters();
+                return Some((role, attached.peer));
+            }
+        }
+        None
+    }
+
+    /// Marks the ring dropped and wakes both sides so blocked clients notice at once.
+    pub fn mark_dropped(&self) {
+        self.ring.mark_dropped();
+        for fd in [&self.data_ready, &self.space_ready] {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.producer
+            .iter()
+            .chain(self.consumer.iter())
+            .map(|a| a.session)
+    }
+
+    pub fn info(&self) -> ChannelInfo {
+        let stats = self.ring.stats();
+        let peer = |role, a: &Attached| PeerInfo {
+            pid: a.peer.pid,
+            uid: a.peer.uid,
+            gid: a.peer.gid,
+            role,
+        };
+        ChannelInfo {
+            name: self.name.clone(),
+            capacity: self.capacity(),
+            origin: self.origin.clone(),
+            owner_uid: self.owner_uid,
+            producers: self.producers.describe(),
+            consumers: self.consumers.describe(),
+            peers: self
+                .producer
+                .iter()
+                .map(|a| peer(Role::Producer, a))
+                .chain(self.consumer.iter().map(|a| peer(Role::Consumer, a)))
+                .collect(),
+            messages_written: stats.messages_written,
+            bytes_written: stats.bytes_written,
+            messages_read: stats.messages_read,
+            bytes_unread: stats.bytes_unread,
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Logging to stderr: for journald (priority-prefixed lines), as JSON, or for a human.
+//!
+//! All drains are synchronous and Mutex-wrapped: the daemon is single-threaded, and an async
+//! drain could drop the last lines (the ones explaining why it exited) on exit. Write errors are
+//! ignored rather than turned into panics, so a closed stderr cannot take the broker down.
+
+use crate::config::LogFormat;
+use slog::{Drain, Key, Level, Logger, OwnedKVList, Record, KV};
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Builds the daemon's root logger, writing to stderr and dropping records below `level`.
+///
+/// Under journald (stderr is the stream named by `JOURNAL_STREAM`), every line starts with a
+/// syslog priority (`<6>`) so `journalctl -p` filters work, and carries no timestamp (the
+/// journal adds its own): `LogFormat::Term` becomes `<P>message key=value ...`, and
+/// `LogFormat::Json` stays JSON with the `<P>` in front. Elsewhere `Json` is one slog-json object
+/// per line and `Term` is slog-term's format, colored only when stderr is a terminal.
+pub fn build(level: Level, format: LogFormat) -> Logger {
+    let journal = stderr_is_journal();
+    match (format, journal) {
+        (LogFormat::Term, true) => root(JournalLines::new(io::stderr()), level),
+        (LogFormat::Json, true) => root(JournalJson::new(io::stderr()), level),
+        (LogFormat::Json, false) => root(slog_json::Json::default(io::stderr()), level),
+        (LogFormat::Term, false) => {
+            if io::stderr().is_terminal() {
+                // Colors unless NO_COLOR is set or the terminal cannot do them.
+                let decorator = slog_term::TermDecorator::new().stderr().build();
+                let format = slog_term::FullFormat::new(decorator).use_original_order();
+                root(format.build(), level)
+            } else {
+                let decorator = slog_term::PlainSyncDecorator::new(io::stderr());
+                let format = slog_term::FullFormat::new(decorator).use_original_order();
+                root(format.build(), level)
+            }
+        }
+    }
+}
+
+fn root<D>(drain: D, level: Level) -> Logger
+where
+    D: Drain + Send + 'static,
+{
+    // Level check before taking the lock; errors are dropped (see the module comment).
+    let drain = Mutex::new(drain).filter_level(level).ignore_res();
+    Logger::root(drain, slog::o!())
+}
+
+/// True when stderr is the journald stream systemd connected us to: `JOURNAL_STREAM` is
+/// `<dev>:<inode>` of that stream, and a child that inherited the variable but not the stream
+/// (or a redirect in ExecStart) must not be mistaken for it.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = rustix::fs::fstat(io::stderr()) else {
+        return false;
+    };
+    #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are not u64 on every target
+    let (dev, ino) = (stat.st_dev as u64, stat.st_ino as u64);
+    value
+        .to_str()
+        .is_some_and(|value| journal_stream_matches(value, dev, ino))
+}
+
+fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((want_dev, want_ino)) = value.trim().split_once(':') else {
+        return false;
+    };
+    want_dev.parse() == Ok(dev) && want_ino.parse() == Ok(ino)
+}
+
+/// The syslog priority journald reads from a `<P>` line prefix.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::Critical => 2,
+        Level::Error => 3,
+        Level::Warning => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Renders a record as one journald line: `<P>message key=value key=value\n`.
+///
+/// Record key-values come first, then the logger's (the root logger's first), all in the order
+/// they were written. Newlines and other control characters are escaped so a record is
+/// always exactly one journal entry; values with spaces, quotes or `=` are quoted.
+fn render_journal_line(record: &Record<'_>, values: &OwnedKVList) -> String {
+    let mut line = format!("<{}>", priority(record.level()));
+    push_escaped(&mut line, &record.msg().to_string());
+
+    let mut own = Pairs::default();
+    // Serialization of a KV only fails if the serializer does; Pairs never does.
+    let _ = record.kv().serialize(record, &mut own);
+    own.0.reverse();
+    let mut inherited = Pairs::default();
+    let _ = values.serialize(record, &mut inherited);
+    inherited.0.reverse();
+
+    for (key, value) in own.0.iter().chain(inherited.0.iter()) {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        push_value(&mut line, value);
+    }
+    line.push('\n');
+    line
+}
+
+/// Appends `text` with control characters escaped (`\n`, `\t`, `\u{1b}`...).
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends a value, quoted if it would otherwise be ambiguous in `key=value` form.
+fn push_value(out: &mut String, value: &str) {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '=' | '\\'));
+    if plain {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => push_escaped(out, c.encode_utf8(&mut [0; 4])),
+        }
+    }
+    out.push('"');
+}
+
+/// Collects key-values as strings, in the order slog serializes them.
+#[derive(Default)]
+struct Pairs(Vec<(String, String)>);
+
+impl slog::Serializer for Pairs {
+    fn emit_arguments(&mut self, key: Key, value: &fmt::Arguments<'_>) -> slog::Result {
+        self.0.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+}
+
+/// `LogFormat::Term` under journald.
+struct JournalLines<W: Write> {
+    out: RefCell<W>,
+}
+
+impl<W: Write> JournalLines<W> {
+    fn new(out: W) -> Self {
+        JournalLines {
+            out: RefCell::new(out),
+        }
+    }
+}
+
+impl<W: Write> Drain for JournalLines<W> {
+    type Ok = ();
+    type Err = io::Error;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> io::Result<()> {
+        let line = render_journal_line(record, values);
+        // One write_all of the whole line: stderr is unbuffered, so the line is not split.
+        self.out.borrow_mut().write_all(line.as_bytes())
+    }
+}
+
+/// A `Write` into a shared buffer, so the JSON drain's output can be picked up and prefixed.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `LogFormat::Json` under journald: `<P>{"ts":...,"level":...,"msg":...}`.
+struct JournalJson<W: Write> {
+    json: slog_json::Json<SharedBuf>,
+    buf: SharedBuf,
+    out: RefCell<W>,
+}
+
+impl<W: Write> JournalJson<W> {
+    fn new(out: W) -> Self {
+        let buf = SharedBuf::default();
+        JournalJson {
+            json: slog_json::Json::default(buf.clone()),
+            buf,
+            out: RefCell::new(out),
+        }
+    }
+}
+
+impl<W: Write> Drain for JournalJson<W> {
+    type Ok = ();
+    type Err = io::Error;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> io::Result<()> {
+        let result = self.json.log(record, values);
+        // Taken even on error, so a half-written object never leaks into the next line.
+        let json = self.buf.take();
+        result?;
+        let mut line = format!("<{}>", priority(record.level())).into_bytes();
+        line.extend_from_slice(&json);
+        self.out.borrow_mut().write_all(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slog::{debug, error, info, o, warn};
+
+    /// A drain that renders with `render_journal_line` into a buffer the test can read.
+    fn capture() -> (Logger, SharedBuf) {
+        let buf = SharedBuf::default();
+        (root(JournalLines::new(buf.clone()), Level::Trace), buf)
+    }
+
+    fn text(buf: &SharedBuf) -> String {
+        String::from_utf8(buf.take()).expect("log output is UTF-8")
+    }
+
+    #[test]
+    fn journal_line_has_priority_message_and_pairs_in_order() {
+        let (log, buf) = capture();
+        let log = log.new(o!("conn" => 7, "peer" => "uid=1000"));
+        info!(log, "channel created"; "name" => "cam0", "capacity" => 4096);
+        assert_eq!(
+            text(&buf),
+            "<6>channel created name=cam0 capacity=4096 conn=7 peer=\"uid=1000\"\n"
+        );
+        let log = log.new(o!("channel" => "cam0", "role" => "producer"));
+        warn!(log, "slow consumer"; "lag" => 3);
+        assert_eq!(
+            text(&buf),
+            "<4>slow consumer lag=3 conn=7 peer=\"uid=1000\" channel=cam0 role=producer\n"
+        );
+    }
+
+    #[test]
+    fn journal_line_priorities() {
+        let (log, buf) = capture();
+        slog::crit!(log, "c");
+        error!(log, "e");
+        warn!(log, "w");
+        info!(log, "i");
+        debug!(log, "d");
+        slog::trace!(log, "t");
+        // slog compiles trace (and, in release builds, debug) out by default; accept that.
+        let out = text(&buf);
+        assert!(out.starts_with("<2>c\n<3>e\n<4>w\n<6>i\n"), "{out}");
+        for line in out.lines().skip(4) {
+            assert!(line.starts_with("<7>"), "{out}");
+        }
+    }
+
+    #[test]
+    fn journal_line_escapes_so_a_record_stays_one_line() {
+        let (log, buf) = capture();
+        info!(log, "two\nlines"; "path" => "/a b", "q" => "say \"hi\"", "empty" => "", "nl" => "x\ny");
+        assert_eq!(
+            text(&buf),
+            "<6>two\\nlines path=\"/a b\" q=\"say \\\"hi\\\"\" empty=\"\" nl=\"x\\ny\"\n"
+        );
+    }
+
+    #[test]
+    fn level_filter_drops_lower_records() {
+        let buf = SharedBuf::default();
+        let log = root(JournalLines::new(buf.clone()), Level::Warning);
+        info!(log, "hidden");
+        warn!(log, "shown");
+        assert_eq!(text(&buf), "<4>shown\n");
+    }
+
+    #[test]
+    fn journal_json_is_prefixed_json() {
+        let buf = SharedBuf::default();
+        let log = root(JournalJson::new(buf.clone()), Level::Info);
+        error!(log, "boom"; "errno" => 5);
+        let out = text(&buf);
+        let json = out.strip_prefix("<3>").expect("priority prefix");
+        assert!(json.ends_with('\n') && json.lines().count() == 1, "{out}");
+        let value: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        assert_eq!(value["msg"], "boom");
+        assert_eq!(value["level"], "ERRO");
+        assert_eq!(value["errno"], 5);
+        assert!(value["ts"].as_str().is_some_and(|ts| ts.contains('T')));
+    }
+
+    #[test]
+    fn journal_stream_variable() {
+        assert!(journal_stream_matches("8:12345", 8, 12345));
+        assert!(!journal_stream_matches("8:12345", 8, 1));
+        assert!(!journal_stream_matches("9:12345", 8, 12345));
+        assert!(!journal_stream_matches("garbage", 8, 12345));
+        assert!(!journal_stream_matches("", 0, 0));
+    }
+
+    #[test]
+    fn build_returns_a_working_logger() {
+        for format in [LogFormat::Term, LogFormat::Json] {
+            let log = build(Level::Info, format);
+            info!(log, "logging smoke test"; "format" => %format);
+        }
+    }
+}

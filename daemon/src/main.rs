@@ -1,0 +1,143 @@
+//! `shmem-broker`: the daemon that hands out named shared-memory channels.
+//!
+//! This file is the launcher: flags, config, logging and the control socket (systemd's or our
+//! own). The broker core behind it is socket -> [`session`] -> [`registry`] -> [`channel`] ->
+//! ring, driven by the single-threaded event loop in [`server`].
+
+mod access;
+mod channel;
+mod config;
+mod listener;
+mod logging;
+mod notify;
+mod peer;
+mod registry;
+mod server;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use slog::{crit, Level};
+
+use crate::config::{Config, LogFormat};
+use crate::listener::ControlSocket;
+use crate::registry::{Limits, Registry};
+use crate::server::Server;
+
+/// The config file read when `--config` is not given, if it exists.
+const SYSTEM_CONFIG: &str = "/etc/shmem-broker/shmem-broker.toml";
+
+/// Broker for named shared-memory channels between processes on one machine.
+#[derive(Parser, Debug)]
+#[command(name = "shmem-broker", version, about)]
+struct Args {
+    /// Config file [default: /etc/shmem-broker/shmem-broker.toml if it exists, else built-in defaults]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Control socket to bind when not socket-activated [default: the config's `socket`, else
+    /// /run/shmem-broker/control.sock as root, $XDG_RUNTIME_DIR/shmem-broker/control.sock otherwise]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Validate the config, print the problem if any, and exit (1 if invalid, 0 if fine)
+    #[arg(long)]
+    check_config: bool,
+    /// Lowest level logged: trace, debug, info, warn, error [default: the config's, else info]
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    log_level: Option<Level>,
+    /// term (human) or json (one object per line) [default: the config's, else term]
+    #[arg(long, value_name = "FORMAT", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<LogFormat>()))]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_level(text: &str) -> Result<Level, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "trace" => Ok(Level::Trace),
+        "debug" => Ok(Level::Debug),
+        "info" => Ok(Level::Info),
+        "warn" | "warning" => Ok(Level::Warning),
+        "error" => Ok(Level::Error),
+        _ => Err(format!(
+            "unknown log level {text:?} (use trace, debug, info, warn, error)"
+        )),
+    }
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<Config, config::ConfigError> {
+    match explicit {
+        Some(path) => Config::load(path),
+        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG)),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load_config(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("shmem-broker: invalid config: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check_config {
+        let source = config
+            .source
+            .as_ref()
+            .map_or("built-in defaults".to_string(), |p| p.display().to_string());
+        println!("config OK: {source} ({} channels)", config.channels.len());
+        return ExitCode::SUCCESS;
+    }
+    let level = args.log_level.or(config.log_level).unwrap_or(Level::Info);
+    let format = args
+        .log_format
+        .or(config.log_format)
+        .unwrap_or(LogFormat::Term);
+    let log = logging::build(level, format);
+    match run(&args, config, &log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            crit!(log, "{}", message);
+            // Also plainly on stderr in case the log level or format hides it.
+            eprintln!("shmem-broker: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args, config: Config, log: &slog::Logger) -> Result<(), String> {
+    raise_fd_limit(log);
+    let socket_path = args
+        .socket
+        .clone()
+        .or_else(|| config.socket.clone())
+        .unwrap_or_else(shmem_broker_client::discovery::default_socket_path);
+    let control = ControlSocket::open(&socket_path, config.socket_mode)?;
+    let mut registry = Registry::new(Limits::from_config(&config), log.clone());
+    registry
+        .add_configured(&config.channels)
+        .map_err(|e| format!("cannot create configured channels: {e}"))?;
+    let mut server = Server::new(
+        control,
+        registry,
+        config.source.clone(),
+        config.max_clients,
+        log.clone(),
+    )
+    .map_err(|e| format!("cannot start event loop: {e}"))?;
+    server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// Every attach costs a few fds for a moment and every client one for its life, so take the
+/// whole hard limit the administrator allows rather than the 1024 soft default.
+fn raise_fd_limit(log: &slog::Logger) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(err) = setrlimit(Resource::Nofile, limit) {
+            slog::debug!(log, "cannot raise RLIMIT_NOFILE"; "error" => %err);
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The broker core: channels by name, who is attached where, and the policy for every request
+//! that touches them. No sockets here: requests come in decoded, outcomes go out as data.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+use shmem_broker_client::names::validate_channel_name;
+use shmem_broker_client::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
+use shmem_broker_client::size::format_size;
+use shmem_broker_client::wire::{ChannelList, Dropped, ErrorCode, Event, Origin, Reply, Role};
+use slog::{info, warn, Logger};
+
+use crate::access::{is_admin, AccessList};
+use crate::channel::{Attached, Channel, SessionId};
+use crate::config::{ChannelConfig, Config};
+use crate::peer::PeerCredentials;
+
+/// The config values the registry enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub default_capacity: u64,
+    pub max_capacity: u64,
+    pub max_channels: usize,
+    pub admin_gids: Vec<u32>,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config) -> Limits {
+        Limits {
+            default_capacity: config.default_capacity,
+            max_capacity: config.max_capacity,
+            max_channels: config.max_channels,
+            admin_gids: config.admin_gids.clone(),
+        }
+    }
+}
+
+/// What a request did, for the server to carry out on the sockets.
+pub struct Outcome {
+    pub reply: Reply,
+    /// Fds to send with the reply (an attach's ring and eventfds).
+    pub fds: Vec<OwnedFd>,
+    /// The session is now attached to this channel.
+    pub attached: Option<String>,
+    /// Events for other sessions (a drop tells everyone attached).
+    pub events: Vec<(SessionId, Event)>,
+}
+
+impl Outcome {
+    fn reply(reply: Reply) -> Outcome {
+        Outcome {
+            reply,
+            fds: Vec::new(),
+            attached: None,
+            events: Vec::new(),
+        }
+    }
+
+    fn error(code: ErrorCode, message: impl Into<String>) -> Outcome {
+        Outcome::reply(Reply::failure(code, message))
+    }
+}
+
+pub struct Registry {
+    channels: BTreeMap<String, Channel>,
+    limits: Limits,
+    log: Logger,
+}
+
+impl Registry {
+    pub fn new(limits: Limits, log: Logger) -> Registry {
+        Registry {
+            channels: BTreeMap::new(),
+            limits,
+            log,
+        }
+    }
+
+    /// Creates the channels declared in the config.
+    pub fn add_configured(&mut self, channels: &[ChannelConfig]) -> std::io::Result<()> {
+        for declared in channels {
+            let channel = Channel::create(
+                &declared.name,
+                declared.capacity,
+                Origin::Config,
+                None,
+                declared.producers.clone(),
+                declared.consumers.clone(),
+            )?;
+            info!(self.log, "channel created from config";
+                "channel" => &declared.name, "capacity" => declared.capacity);
+            self.channels.insert(declared.name.clone(), channel);
+        }
+        Ok(())
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn list(&self) -> Reply {
+        Reply::success(ChannelList {
+            channels: self.channels.values().map(Channel::info).collect(),
+        })
+    }
+
+    pub fn info(&self, name: &str) -> Reply {
+        match self.channels.get(name) {
+            Some(channel) => Reply::success(channel.info()),
+            None => no_such_channel(name),
+        }
+    }
+
+    pub fn create(
+        &mut self,
+        name: &str,
+        capacity: Option<u64>,
+        producers: &[String],
+        consumers: &[String],
+        peer: &PeerCredentials,
+    ) -> Reply {
+        if !is_admin(peer, &self.limits.admin_gids) {
+            warn!(self.log, "create refused"; "channel" => name, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+            return Reply::failure(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "permission denied: uid {} may not create channel {name:?} (needs root or an admin group)",
+                    peer.uid
+                ),
+            );
+        }
+        if let Err(message) = validate_channel_name(name) {
+            return Reply::failure(ErrorCode::InvalidName, message);
+        }
+        if self.channels.contains_key(name) {
+            return Reply::failure(
+                ErrorCode::ChannelExists,
+                format!("channel already exists: {name}"),
+            );
+        }
+        if self.channels.len() >= self.limits.max_channels {
+            return Reply::failure(
+                ErrorCode::LimitReached,
+                format!(
+                    "channel limit reached: max_channels = {}",
+                    self.limits.max_channels
+                ),
+            );
+        }
+        let requested = capacity.unwrap_or(self.limits.default_capacity);
+        if requested < MIN_CAPACITY || requested > self.limits.max_capacity {
+            return Reply::failure(
+                ErrorCode::InvalidCapacity,
+                format!(
+                    "invalid capacity {} for channel {name:?}: must be between {} and {} (max_capacity)",
+                    format_size(requested),
+                    format_size(MIN_CAPACITY),
+                    format_size(self.limits.max_capacity)
+                ),
+            );
+        }
+        let capacity = requested.div_ceil(CAPACITY_GRANULE) * CAPACITY_GRANULE;
+        let (producers, consumers) = match (
+            AccessList::parse_all(producers),
+            AccessList::parse_all(consumers),
+        ) {
+            (Ok(p), Ok(c)) => (p, c),
+            (Err(message), _) | (_, Err(message)) => {
+                return Reply::failure(
+                    ErrorCode::BadRequest,
+                    format!("channel {name:?}: {message}"),
+                )
+            }
+        };
+        match Channel::create(
+            name,
+            capacity,
+            Origin::Runtime,
+            Some(peer.uid),
+            producers,
+            consumers,
+        ) {
+            Ok(channel) => {
+                info!(self.log, "channel created"; "channel" => name, "capacity" => capacity,
+                    "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                let reply = Reply::success(channel.info());
+                self.channels.insert(name.to_string(), channel);
+                reply
+            }
+            Err(err) => {
+                warn!(self.log, "channel creation failed"; "channel" => name, "error" => %err);
+                Reply::failure(
+                    ErrorCode::Internal,
+                    format!("cannot create channel {name:?}: {err}"),
+                )
+            }
+        }
+    }
+
+    pub fn drop_channel(&mut self, name: &str, peer: &PeerCredentials) -> Outcome {
+        if !is_admin(peer, &self.limits.admin_gids) {
+            warn!(self.log, "drop refused"; "channel" => name, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+            return Outcome::error(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "permission denied: uid {} may not drop channel {name:?} (needs root or an admin group)",
+                    peer.uid
+                ),
+            );
+        }
+        let Some(channel) = self.channels.remove(name) else {
+            return Outcome::reply(no_such_channel(name));
+        };
+        channel.mark_dropped();
+        let events: Vec<_> = channel
+            .sessions()
+            .map(|session| {
+                (
+                    session,
+                    Event::ChannelDropped {
+                        channel: name.to_string(),
+                    },
+                )
+            })
+            .collect();
+        info!(self.log, "channel dropped"; "channel" => name, "attached" => events.len(),
+            "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+        Outcome {
+            events,
+            ..Outcome::reply(Reply::success(Dropped {
+                channel: name.to_string(),
+            }))
+        }
+    }
+
+    pub fn attach(
+        &mut self,
+        name: &str,
+        role: Role,
+        session: SessionId,
+        peer: &PeerCredentials,
+    ) -> Outcome {
+        let Some(channel) = self.channels.get_mut(name) else {
+            return Outcome::reply(no_such_channel(name));
+        };
+        let allowed = peer.uid == 0
+            || channel.owner_uid == Some(peer.uid)
+            || channel.access(role).admits(peer);
+        if !allowed {
+            warn!(self.log, "attach refused"; "channel" => name, "role" => %role,
+                "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+            return Outcome::error(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "permission denied: uid {} may not attach to channel {name:?} as {role}",
+                    peer.uid
+                ),
+            );
+        }
+        if let Some(holder) = channel.slot(role) {
+            return Outcome::error(
+                ErrorCode::ChannelBusy,
+                format!("channel busy: {role} pid {} attached", holder.peer.pid),
+            );
+        }
+        let fds = match channel.attach_fds() {
+            Ok(fds) => fds,
+            Err(err) => {
+                warn!(self.log, "attach failed"; "channel" => name, "error" => %err);
+                return Outcome::error(
+                    ErrorCode::Internal,
+                    format!("cannot share channel {name:?}: {err}"),
+                );
+            }
+        };
+        *channel.slot(role) = Some(Attached {
+            session,
+            peer: peer.clone(),
+        });
+        info!(self.log, "attached"; "channel" => name, "role" => %role,
+            "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+        Outcome {
+            reply: Reply::success(channel.attach_info(role)),
+            fds,
+            attached: Some(name.to_string()),
+            events: Vec::new(),
+        }
+    }
+
+    /// Frees whatever `session` held on `name` (the connection closed).
+    pub fn detach(&mut self, name: &str, session: SessionId) {
+        if let Some(channel) = self.channels.get_mut(name) {
+            if let Some((role, peer)) = channel.detach(session) {
+                info!(self.log, "detached"; "channel" => name, "role" => %role,
+                    "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+            }
+        }
+    }
+}
+
+fn no_such_channel(name: &str) -> Reply {
+    Reply::failure(ErrorCode::NoSuchChannel, format!("no such channel: {name}"))
+}

@@ -1,0 +1,340 @@
+//! The event loop: one thread, one epoll set (mio), every socket non-blocking. It accepts
+//! connections, turns their bytes into requests for the registry, writes the replies, and
+//! detaches a client the moment its connection closes.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use shmem_broker_client::wire::{
+    ErrorCode, Event, FrameKind, Reply, Request, StatusInfo, PROTOCOL_VERSION,
+};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slog::{debug, info, warn, Logger};
+
+use crate::channel::SessionId;
+use crate::listener::ControlSocket;
+use crate::notify::Notifier;
+use crate::peer::PeerCredentials;
+use crate::registry::Registry;
+use crate::session::{Input, ReadStatus, Session};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+/// Session ids start here and are never reused, so a stale id can never name a newer client.
+const FIRST_SESSION: SessionId = 2;
+
+pub struct Server {
+    poll: Poll,
+    listener: UnixListener,
+    control: ControlSocket,
+    signals: Signals,
+    sessions: HashMap<SessionId, Session>,
+    next_session: SessionId,
+    /// Accepting stopped because the broker ran out of fds; resumes when a client leaves.
+    accept_paused: bool,
+    registry: Registry,
+    notifier: Notifier,
+    started: Instant,
+    config_file: Option<PathBuf>,
+    max_clients: usize,
+    log: Logger,
+}
+
+impl Server {
+    pub fn new(
+        control: ControlSocket,
+        registry: Registry,
+        config_file: Option<PathBuf>,
+        max_clients: usize,
+        log: Logger,
+    ) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let std_listener = control.listener.try_clone()?;
+        std_listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(std_listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener,
+            control,
+            signals,
+            sessions: HashMap::new(),
+            next_session: FIRST_SESSION,
+            accept_paused: false,
+            registry,
+            notifier: Notifier::new(log.clone()),
+            started: Instant::now(),
+            config_file,
+            max_clients,
+            log,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> io::Result<()> {
+        info!(self.log, "serving";
+            "socket" => self.control.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "source" => self.control.source_name(),
+            "channels" => self.registry.channel_count());
+        self.notifier.ready(self.summary());
+        let mut events = Events::with_capacity(256);
+        loop {
+            if let Err(err) = self.poll.poll(&mut events, None) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => {
+                        if self.signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+                            self.shut_down();
+                            return Ok(());
+                        }
+                    }
+                    Token(id) => self.drive(id),
+                }
+            }
+            let summary = self.summary();
+            self.notifier.status(summary);
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} channels, {} clients",
+            self.registry.channel_count(),
+            self.sessions.len()
+        )
+    }
+
+    fn shut_down(&mut self) {
+        self.notifier.stopping();
+        info!(self.log, "stopping"; "clients" => self.sessions.len());
+        self.control.remove_path();
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // EMFILE/ENFILE: the connection stays in the backlog; try again when a
+                    // client leaves and frees an fd, instead of spinning on it now.
+                    warn!(self.log, "cannot accept connection"; "error" => %err);
+                    self.accept_paused = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: UnixStream) {
+        let peer = match PeerCredentials::of(stream.as_fd()) {
+            Ok(peer) => peer,
+            Err(err) => {
+                warn!(self.log, "cannot read peer credentials; closing"; "error" => %err);
+                return;
+            }
+        };
+        let id = self.next_session;
+        self.next_session += 1;
+        if self.sessions.len() >= self.max_clients {
+            warn!(self.log, "client refused: too many clients";
+                "peer_pid" => peer.pid, "peer_uid" => peer.uid, "max_clients" => self.max_clients);
+            let mut session = Session::new(id, stream, peer);
+            let reply = Reply::failure(
+                ErrorCode::LimitReached,
+                format!("too many clients: max_clients = {}", self.max_clients),
+            );
+            session.queue_reply(0, &reply, Vec::new());
+            let _ = session.flush(); // best effort; the socket buffer of a new connection is empty
+            return;
+        }
+        if let Err(err) = self.poll.registry().register(
+            &mut stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(self.log, "cannot watch connection"; "error" => %err);
+            return;
+        }
+        debug!(self.log, "client connected"; "session" => id, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+        self.sessions.insert(id, Session::new(id, stream, peer));
+        self.drive(id);
+    }
+
+    /// Moves one session forward as far as it goes without waiting: write what is queued, then
+    /// read and answer requests, until the socket would block either way or the client is gone.
+    fn drive(&mut self, id: SessionId) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        let mut woken = Vec::new();
+        let keep = loop {
+            match session.flush() {
+                Ok(true) => {}
+                Ok(false) => break true, // wait for WRITABLE; do not read more meanwhile
+                Err(err) => {
+                    debug!(self.log, "write failed"; "session" => id, "error" => %err);
+                    break false;
+                }
+            }
+            if session.closing {
+                break false;
+            }
+            if let Some(input) = session.next_input() {
+                self.handle(&mut session, input, &mut woken);
+                continue;
+            }
+            match session.fill() {
+                Ok(ReadStatus::Data { stray_fds }) => {
+                    if stray_fds > 0 {
+                        warn!(self.log, "closed file descriptors the client sent uninvited";
+                            "count" => stray_fds, "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                    }
+                }
+                Ok(ReadStatus::WouldBlock) => break true,
+                Ok(ReadStatus::Closed) => break false,
+                Err(err) => {
+                    debug!(self.log, "read failed"; "session" => id, "error" => %err);
+                    break false;
+                }
+            }
+        };
+        if keep {
+            self.sessions.insert(id, session);
+        } else {
+            self.close(session);
+        }
+        for other in woken {
+            self.drive(other);
+        }
+    }
+
+    fn handle(&mut self, session: &mut Session, input: Input, woken: &mut Vec<SessionId>) {
+        let (id, request) = match input {
+            Input::Request { id, request } => (id, request),
+            Input::Invalid {
+                id,
+                code,
+                message,
+                close,
+            } => {
+                warn!(self.log, "bad request"; "error" => &message,
+                    "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                session.queue_reply(id, &Reply::failure(code, message), Vec::new());
+                session.closing |= close;
+                return;
+            }
+        };
+        let peer = session.peer.clone();
+        let (reply, fds) = match request {
+            Request::Status => (Reply::success(self.status()), Vec::new()),
+            Request::List => (self.registry.list(), Vec::new()),
+            Request::Info { channel } => (self.registry.info(&channel), Vec::new()),
+            Request::Create {
+                channel,
+                capacity,
+                producers,
+                consumers,
+            } => (
+                self.registry
+                    .create(&channel, capacity, &producers, &consumers, &peer),
+                Vec::new(),
+            ),
+            Request::Drop { channel } => {
+                let outcome = self.registry.drop_channel(&channel, &peer);
+                for (target, event) in outcome.events {
+                    self.tell(session, target, &event, woken);
+                }
+                (outcome.reply, outcome.fds)
+            }
+            Request::Attach { channel, role } => {
+                if let Some(current) = &session.attached {
+                    let message = format!(
+                        "this connection is already attached to channel {current:?}; open a new connection per attachment"
+                    );
+                    (
+                        Reply::failure(ErrorCode::AlreadyAttached, message),
+                        Vec::new(),
+                    )
+                } else {
+                    let outcome = self.registry.attach(&channel, role, session.id, &peer);
+                    session.attached = outcome.attached;
+                    (outcome.reply, outcome.fds)
+                }
+            }
+        };
+        if !session.queue_reply(id, &reply, fds) {
+            warn!(self.log, "client does not read its replies; disconnecting";
+                "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+            session.closing = true;
+        }
+    }
+
+    /// Queues an event for session `target` (which may be the one being served).
+    fn tell(
+        &mut self,
+        current: &mut Session,
+        target: SessionId,
+        event: &Event,
+        woken: &mut Vec<SessionId>,
+    ) {
+        let session = if target == current.id {
+            current
+        } else if let Some(other) = self.sessions.get_mut(&target) {
+            woken.push(target);
+            other
+        } else {
+            return;
+        };
+        if matches!(event, Event::ChannelDropped { .. }) {
+            session.attached = None;
+        }
+        session.queue(FrameKind::Event, 0, event, Vec::new());
+    }
+
+    fn close(&mut self, mut session: Session) {
+        let _ = self.poll.registry().deregister(&mut session.stream);
+        if let Some(channel) = session.attached.take() {
+            self.registry.detach(&channel, session.id);
+        }
+        debug!(self.log, "client disconnected"; "session" => session.id,
+            "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+        drop(session);
+        if self.accept_paused {
+            self.accept_paused = false;
+            self.accept_all();
+        }
+    }
+
+    fn status(&self) -> StatusInfo {
+        StatusInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            socket_source: self.control.source_name().to_string(),
+            socket_path: self.control.path.as_ref().map(|p| p.display().to_string()),
+            config_file: self.config_file.as_ref().map(|p| p.display().to_string()),
+            channels: self.registry.channel_count(),
+            // The session being served is out of the map while it is handled.
+            clients: self.sessions.len() + 1,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! One client connection: its credentials, the bytes read but not yet framed, and the replies
+//! not yet written. Sockets are non-blocking; nothing here ever waits on a client.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use shmem_broker_client::fdpass::{recv_with_fds, send_with_fds};
+use shmem_broker_client::wire::{
+    encode_frame, ErrorCode, FrameHeader, FrameKind, HeaderError, Reply, Request, HEADER_LEN,
+    MAGIC, MAX_REQUEST_BODY, PROTOCOL_VERSION,
+};
+
+use crate::channel::SessionId;
+use crate::peer::PeerCredentials;
+
+/// Replies a client may leave unread before it is disconnected. A well-behaved client reads
+/// each reply before its next request, so this only bounds a hostile one.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The next thing a client said.
+pub enum Input {
+    Request {
+        id: u32,
+        request: Request,
+    },
+    /// Something unacceptable: answer with this error, and hang up if `close`.
+    Invalid {
+        id: u32,
+        code: ErrorCode,
+        message: String,
+        close: bool,
+    },
+}
+
+pub enum ReadStatus {
+    /// Read some bytes (and closed `stray_fds` descriptors the client should not have sent).
+    Data {
+        stray_fds: usize,
+    },
+    WouldBlock,
+    Closed,
+}
+
+struct Outgoing {
+    bytes: Vec<u8>,
+    sent: usize,
+    fds: Vec<OwnedFd>,
+}
+
+pub struct Session {
+    pub id: SessionId,
+    pub stream: mio::net::UnixStream,
+    pub peer: PeerCredentials,
+    /// The channel this connection is attached to; the attachment ends with the connection.
+    pub attached: Option<String>,
+    read_buf: Vec<u8>,
+    out: VecDeque<Outgoing>,
+    queued_bytes: usize,
+    /// Hang up once the queued replies are written.
+    pub closing: bool,
+}
+
+impl Session {
+    pub fn new(id: SessionId, stream: mio::net::UnixStream, peer: PeerCredentials) -> Session {
+        Session {
+            id,
+            stream,
+            peer,
+            attached: None,
+            read_buf: Vec::new(),
+            out: VecDeque::new(),
+            queued_bytes: 0,
+            closing: false,
+        }
+    }
+
+    /// Reads what the socket has, up to one maximal frame of buffered input.
+    pub fn fill(&mut self) -> io::Result<ReadStatus> {
+        let room = (HEADER_LEN + MAX_REQUEST_BODY as usize).saturating_sub(self.read_buf.len());
+        if room == 0 {
+            return Ok(ReadStatus::WouldBlock);
+        }
+        let start = self.read_buf.len();
+        self.read_buf.resize(start + room.min(READ_CHUNK), 0);
+        let mut fds = Vec::new();
+        let result = recv_with_fds(self.stream.as_fd(), &mut self.read_buf[start..], &mut fds);
+        let stray_fds = fds.len();
+        drop(fds); // closes anything the client sent us: we never asked for fds
+        match result {
+            Ok(0) => {
+                self.read_buf.truncate(start);
+                Ok(ReadStatus::Closed)
+            }
+            Ok(n) => {
+                self.read_buf.truncate(start + n);
+                Ok(ReadStatus::Data { stray_fds })
+            }
+            Err(err) => {
+                self.read_buf.truncate(start);
+                match err.kind() {
+                    io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                        Ok(ReadStatus::Closed)
+                    }
+                    _ => Err(err),
+                }
+            }
+        }
+    }
+
+    /// Takes the next complete frame out of the read buffer.
+    pub fn next_input(&mut self) -> Option<Input> {
+        let prefix = self.read_buf.len().min(MAGIC.len());
+        if self.read_buf[..prefix] != MAGIC[..prefix] {
+            return Some(invalid(
+                0,
+                ErrorCode::BadRequest,
+                "not a shmem-broker frame (bad magic)",
+                true,
+            ));
+        }
+        let header_bytes: &[u8; HEADER_LEN] = self.read_buf.get(..HEADER_LEN)?.try_into().ok()?;
+        let header = match FrameHeader::decode(header_bytes, MAX_REQUEST_BODY) {
+            Ok(header) => header,
+            Err(err) => {
+                let id = u32::from_le_bytes([
+                    header_bytes[8],
+                    header_bytes[9],
+                    header_bytes[10],
+                    header_bytes[11],
+                ]);
+                let message = match err {
+                    HeaderError::TooLarge { length, limit } => {
+                        format!("request of {length} bytes exceeds the limit of {limit} bytes")
+                    }
+                    other => other.to_string(),
+                };
+                return Some(invalid(id, ErrorCode::BadRequest, &message, true));
+            }
+        };
+        let frame_len = HEADER_LEN + header.length as usize;
+        if self.read_buf.len() < frame_len {
+            return None;
+        }
+        let body: Vec<u8> = self.read_buf.drain(..frame_len).skip(HEADER_LEN).collect();
+        if header.version != PROTOCOL_VERSION {
+            return Some(invalid(
+                header.id,
+                ErrorCode::UnsupportedVersion,
+                &format!(
+                    "protocol version {} is not supported; this broker speaks version {PROTOCOL_VERSION}",
+                    header.version
+                ),
+                false,
+            ));
+        }
+        if header.kind != FrameKind::Request {
+            return Some(invalid(
+                header.id,
+                ErrorCode::BadRequest,
+                "clients may only send requests",
+                true,
+            ));
+        }
+        Some(match serde_json::from_slice(&body) {
+            Ok(request) => Input::Request {
+                id: header.id,
+                request,
+            },
+            Err(err) => invalid(
+                header.id,
+                ErrorCode::BadRequest,
+                &format!("malformed request: {err}"),
+                false,
+            ),
+        })
+    }
+
+    /// Queues a frame. Returns false if the client has let too much pile up (hang up on it).
+    pub fn queue(
+        &mut self,
+        kind: FrameKind,
+        id: u32,
+        body: &impl serde::Serialize,
+        fds: Vec<OwnedFd>,
+    ) -> bool {
+        let bytes = encode_frame(kind, id, body);
+        self.queued_bytes += bytes.len();
+        self.out.push_back(Outgoing {
+            bytes,
+            sent: 0,
+            fds,
+        });
+        self.queued_bytes <= MAX_QUEUED_BYTES
+    }
+
+    pub fn queue_reply(&mut self, id: u32, reply: &Reply, fds: Vec<OwnedFd>) -> bool {
+        self.queue(FrameKind::Reply, id, reply, fds)
+    }
+
+    /// Writes queued frames until done or the socket is full. True when everything is out.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while let Some(front) = self.out.front_mut() {
+            let fds: Vec<_> = front.fds.iter().map(|fd| fd.as_fd()).collect();
+            match send_with_fds(self.stream.as_fd(), &front.bytes[front.sent..], &fds) {
+                Ok(n) => {
+                    front.sent += n;
+                    if n > 0 {
+                        // The fds went with the first byte; they must not be sent twice.
+                        front.fds.clear();
+                    }
+                    if front.sent == front.bytes.len() {
+                        self.queued_bytes -= front.bytes.len();
+                        self.out.pop_front();
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn invalid(id: u32, code: ErrorCode, message: &str, close: bool) -> Input {
+    Input::Invalid {
+        id,
+        code,
+        message: message.to_string(),
+        close,
+    }
+}
