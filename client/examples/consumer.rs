@@ -7,7 +7,9 @@
 use shmem_broker_client::Client;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let channel = std::env::args().nth(1).unwrap_or_else(|| "demo".to_string());
+    let channel = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "demo".to_string());
     let client = Client::connect_default()?;
     let mut consumer = client.consumer(&channel)?;
     let mut received = 0u64;

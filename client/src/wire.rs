@@ -260,6 +260,9 @@ pub struct ChannelInfo {
     pub messages_read: u64,
     /// Fill level: bytes written and not yet read.
     pub bytes_unread: u64,
+    /// Removed from the config; goes away when its last client detaches.
+    #[serde(default)]
+    pub pending_removal: bool,
 }
 
 impl ChannelInfo {

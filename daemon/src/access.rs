@@ -99,6 +99,19 @@ impl AccessList {
         self.0.iter().any(|p| p.admits(peer))
     }
 
+    /// The list with ids only (`*`, `1000`, `@44`): parses back to the same list without any
+    /// name lookup, which is how channels are saved across restarts.
+    pub fn to_specs(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|p| match *p {
+                Principal::Anyone => "*".to_string(),
+                Principal::Uid(uid) => uid.to_string(),
+                Principal::Gid(gid) => format!("@{gid}"),
+            })
+            .collect()
+    }
+
     /// The list as the wire protocol shows it (`*`, `alice(1000)`, `@video(44)`).
     pub fn describe(&self) -> Vec<String> {
         self.0.iter().map(ToString::to_string).collect()

@@ -20,49 +20,71 @@ pub struct Attached {
     pub peer: PeerCredentials,
 }
 
-pub struct Channel {
+/// What identifies a channel and decides who may use it; saved with its fds across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelMeta {
     pub name: String,
     pub origin: Origin,
     pub owner_uid: Option<u32>,
     pub producers: AccessList,
     pub consumers: AccessList,
+}
+
+/// The fds that make up a channel's shared state.
+pub struct ChannelFds {
+    pub memfd: Memfd,
+    /// Written by the producer to wake a sleeping consumer.
+    pub data_ready: OwnedFd,
+    /// Written by the consumer to wake a sleeping producer.
+    pub space_ready: OwnedFd,
+}
+
+pub struct Channel {
+    pub meta: ChannelMeta,
     /// The broker's own mapping, for counters and to flag a drop.
     ring: SharedRing,
-    memfd: Memfd,
-    /// Written by the producer to wake a sleeping consumer.
-    data_ready: OwnedFd,
-    /// Written by the consumer to wake a sleeping producer.
-    space_ready: OwnedFd,
+    fds: ChannelFds,
     pub producer: Option<Attached>,
     pub consumer: Option<Attached>,
+    /// No longer in the config: removed as soon as nobody is attached.
+    pub pending_removal: bool,
 }
 
 impl Channel {
-    pub fn create(
-        name: &str,
-        capacity: u64,
-        origin: Origin,
-        owner_uid: Option<u32>,
-        producers: AccessList,
-        consumers: AccessList,
-    ) -> std::io::Result<Channel> {
+    pub fn create(meta: ChannelMeta, capacity: u64) -> std::io::Result<Channel> {
+        let name = &meta.name;
         let (ring, memfd) = SharedRing::create(name, capacity).map_err(|e| {
             std::io::Error::other(format!("creating ring for channel {name:?}: {e}"))
         })?;
         let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-        Ok(Channel {
-            name: name.to_string(),
-            origin,
-            owner_uid,
-            producers,
-            consumers,
-            ring,
+        let fds = ChannelFds {
             memfd,
             data_ready: eventfd(0, flags)?,
             space_ready: eventfd(0, flags)?,
+        };
+        Ok(Channel::assemble(meta, ring, fds))
+    }
+
+    /// Rebuilds a channel from fds kept by systemd; `ring` was mapped and checked by the caller.
+    pub fn assemble(meta: ChannelMeta, ring: SharedRing, fds: ChannelFds) -> Channel {
+        // A waiting flag from before the restart belongs to a client that is gone.
+        ring.clear_waiters();
+        Channel {
+            meta,
+            ring,
+            fds,
             producer: None,
             consumer: None,
-        })
+            pending_removal: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    pub fn fds(&self) -> &ChannelFds {
+        &self.fds
     }
 
     pub fn capacity(&self) -> u64 {
@@ -78,23 +100,27 @@ impl Channel {
 
     pub fn access(&self, role: Role) -> &AccessList {
         match role {
-            Role::Producer => &self.producers,
-            Role::Consumer => &self.consumers,
+            Role::Producer => &self.meta.producers,
+            Role::Consumer => &self.meta.consumers,
         }
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.producer.is_some() || self.consumer.is_some()
     }
 
     /// Copies of the fds an attach hands out, in the order `AttachInfo::fds` names them.
     pub fn attach_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
         Ok(vec![
-            self.memfd.as_file().as_fd().try_clone_to_owned()?,
-            self.data_ready.try_clone()?,
-            self.space_ready.try_clone()?,
+            self.fds.memfd.as_file().as_fd().try_clone_to_owned()?,
+            self.fds.data_ready.try_clone()?,
+            self.fds.space_ready.try_clone()?,
         ])
     }
 
     pub fn attach_info(&self, role: Role) -> AttachInfo {
         AttachInfo {
-            channel: self.name.clone(),
+            channel: self.meta.name.clone(),
             role,
             capacity: self.capacity(),
             ring_size: HEADER_SIZE + self.capacity(),
@@ -119,7 +145,7 @@ impl Channel {
     /// Marks the ring dropped and wakes both sides so blocked clients notice at once.
     pub fn mark_dropped(&self) {
         self.ring.mark_dropped();
-        for fd in [&self.data_ready, &self.space_ready] {
+        for fd in [&self.fds.data_ready, &self.fds.space_ready] {
             let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
         }
     }
@@ -140,12 +166,12 @@ impl Channel {
             role,
         };
         ChannelInfo {
-            name: self.name.clone(),
+            name: self.meta.name.clone(),
             capacity: self.capacity(),
-            origin: self.origin.clone(),
-            owner_uid: self.owner_uid,
-            producers: self.producers.describe(),
-            consumers: self.consumers.describe(),
+            origin: self.meta.origin.clone(),
+            owner_uid: self.meta.owner_uid,
+            producers: self.meta.producers.describe(),
+            consumers: self.meta.consumers.describe(),
             peers: self
                 .producer
                 .iter()
@@ -156,6 +182,7 @@ impl Channel {
             bytes_written: stats.bytes_written,
             messages_read: stats.messages_read,
             bytes_unread: stats.bytes_unread,
+            pending_removal: self.pending_removal,
         }
     }
 }

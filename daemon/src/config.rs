@@ -159,7 +159,20 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The config file read when no path is given, if it exists.
+pub const SYSTEM_CONFIG: &str = "/etc/shmem-broker/shmem-broker.toml";
+
 impl Config {
+    /// The config the broker runs with: `explicit` if given, else [`SYSTEM_CONFIG`] if it
+    /// exists, else the built-in defaults. Used at start and again on every reload.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        match explicit {
+            Some(path) => Config::load(path),
+            None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG)),
+            None => Ok(Config::default()),
+        }
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let bytes = std::fs::read(path).map_err(|err| ConfigError {

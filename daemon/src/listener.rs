@@ -30,11 +30,15 @@ pub struct ControlSocket {
     pub path: Option<PathBuf>,
 }
 
+/// The fds systemd passed besides the control socket (channels from the fd store), by name.
+pub type StoredFds = Vec<(OwnedFd, String)>;
+
 impl ControlSocket {
-    /// Takes the activated socket if there is one, else binds `path`.
-    pub fn open(path: &Path, mode: u32) -> Result<ControlSocket, String> {
-        match activated_socket()? {
-            Some(listener) => {
+    /// Takes the activated socket if there is one, else binds `path`. Also returns every other
+    /// fd systemd passed, for the fd store to take back.
+    pub fn open(path: &Path, mode: u32) -> Result<(ControlSocket, StoredFds), String> {
+        match activation_fds()? {
+            Some((listener, stored)) => {
                 let path = rustix::net::getsockname(&listener)
                     .ok()
                     .and_then(|addr| rustix::net::SocketAddrUnix::try_from(addr).ok())
@@ -42,13 +46,16 @@ impl ControlSocket {
                         addr.path()
                             .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
                     });
-                Ok(ControlSocket {
-                    listener,
-                    source: Source::Systemd,
-                    path,
-                })
+                Ok((
+                    ControlSocket {
+                        listener,
+                        source: Source::Systemd,
+                        path,
+                    },
+                    stored,
+                ))
             }
-            None => bind(path, mode),
+            None => bind(path, mode).map(|socket| (socket, Vec::new())),
         }
     }
 
@@ -72,15 +79,15 @@ impl ControlSocket {
     }
 }
 
-fn activated_socket() -> Result<Option<UnixListener>, String> {
+fn activation_fds() -> Result<Option<(UnixListener, StoredFds)>, String> {
     let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
         .map_err(|e| format!("bad socket activation environment: {e}"))?
         .collect();
     if fds.is_empty() {
         return Ok(None);
     }
-    // Prefer the fd named "control"; a lone unnamed fd (systemd-socket-activate without
-    // --fdname) is the control socket too.
+    // The fd named "control"; a lone unnamed fd (systemd-socket-activate without --fdname) is
+    // the control socket too.
     let chosen = fds
         .iter()
         .position(|(_, name)| name == CONTROL_FD_NAME)
@@ -93,15 +100,17 @@ fn activated_socket() -> Result<Option<UnixListener>, String> {
             )
         })?;
     let mut listener = None;
-    for (index, (raw, _name)) in fds.into_iter().enumerate() {
-        // SAFETY (fd ownership, not memory): systemd hands these fds to this process and
-        // nothing else in it has taken them; listen_fds_with_names is the only reader of the
-        // activation environment.
+    let mut stored = Vec::new();
+    for (index, (raw, name)) in fds.into_iter().enumerate() {
+        // SAFETY (fd ownership, no memory involved): systemd passed these fds to this process
+        // and nothing else in it has taken them; this function is the only reader of the
+        // activation environment and runs once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         if index == chosen {
             listener = Some(fd);
+        } else {
+            stored.push((fd, name));
         }
-        // Other fds are closed here; stored channels are not yet restored from the fd store.
     }
     let fd = listener.ok_or("activation fd vanished")?;
     let is_unix_listener = rustix::net::sockopt::socket_domain(&fd).ok()
@@ -111,7 +120,7 @@ fn activated_socket() -> Result<Option<UnixListener>, String> {
     if !is_unix_listener {
         return Err("the activated fd is not a listening Unix stream socket (check ListenStream= in shmem-broker.socket)".into());
     }
-    Ok(Some(UnixListener::from(fd)))
+    Ok(Some((UnixListener::from(fd), stored)))
 }
 
 fn bind(path: &Path, mode: u32) -> Result<ControlSocket, String> {

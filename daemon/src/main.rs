@@ -7,6 +7,7 @@
 mod access;
 mod channel;
 mod config;
+mod fdstore;
 mod listener;
 mod logging;
 mod notify;
@@ -15,19 +16,17 @@ mod registry;
 mod server;
 mod session;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use slog::{crit, Level};
 
 use crate::config::{Config, LogFormat};
+use crate::fdstore::FdStore;
 use crate::listener::ControlSocket;
 use crate::registry::{Limits, Registry};
 use crate::server::Server;
-
-/// The config file read when `--config` is not given, if it exists.
-const SYSTEM_CONFIG: &str = "/etc/shmem-broker/shmem-broker.toml";
 
 /// Broker for named shared-memory channels between processes on one machine.
 #[derive(Parser, Debug)]
@@ -64,17 +63,9 @@ fn parse_level(text: &str) -> Result<Level, String> {
     }
 }
 
-fn load_config(explicit: Option<&Path>) -> Result<Config, config::ConfigError> {
-    match explicit {
-        Some(path) => Config::load(path),
-        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG)),
-        None => Ok(Config::default()),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match load_config(args.config.as_deref()) {
+    let config = match Config::discover(args.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("shmem-broker: invalid config: {err}");
@@ -113,19 +104,18 @@ fn run(args: &Args, config: Config, log: &slog::Logger) -> Result<(), String> {
         .clone()
         .or_else(|| config.socket.clone())
         .unwrap_or_else(shmem_broker_client::discovery::default_socket_path);
-    let control = ControlSocket::open(&socket_path, config.socket_mode)?;
-    let mut registry = Registry::new(Limits::from_config(&config), log.clone());
-    registry
-        .add_configured(&config.channels)
-        .map_err(|e| format!("cannot create configured channels: {e}"))?;
-    let mut server = Server::new(
-        control,
-        registry,
-        config.source.clone(),
-        config.max_clients,
+    let (control, stored) = ControlSocket::open(&socket_path, config.socket_mode)?;
+    let mut registry = Registry::new(
+        Limits::from_config(&config),
+        FdStore::new(log.clone()),
         log.clone(),
-    )
-    .map_err(|e| format!("cannot start event loop: {e}"))?;
+    );
+    registry.restore(stored);
+    registry
+        .apply_config(&config)
+        .map_err(|e| format!("cannot create configured channels: {e}"))?;
+    let mut server = Server::new(control, registry, args.config.clone(), &config, log.clone())
+        .map_err(|e| format!("cannot start event loop: {e}"))?;
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 

@@ -11,8 +11,9 @@ use shmem_broker_client::wire::{ChannelList, Dropped, ErrorCode, Event, Origin, 
 use slog::{info, warn, Logger};
 
 use crate::access::{is_admin, AccessList};
-use crate::channel::{Attached, Channel, SessionId};
+use crate::channel::{Attached, Channel, ChannelMeta, SessionId};
 use crate::config::{ChannelConfig, Config};
+use crate::fdstore::FdStore;
 use crate::peer::PeerCredentials;
 
 /// The config values the registry enforces.
@@ -64,34 +65,95 @@ impl Outcome {
 pub struct Registry {
     channels: BTreeMap<String, Channel>,
     limits: Limits,
+    fd_store: FdStore,
     log: Logger,
 }
 
 impl Registry {
-    pub fn new(limits: Limits, log: Logger) -> Registry {
+    pub fn new(limits: Limits, fd_store: FdStore, log: Logger) -> Registry {
         Registry {
             channels: BTreeMap::new(),
             limits,
+            fd_store,
             log,
         }
     }
 
-    /// Creates the channels declared in the config.
-    pub fn add_configured(&mut self, channels: &[ChannelConfig]) -> std::io::Result<()> {
-        for declared in channels {
-            let channel = Channel::create(
-                &declared.name,
-                declared.capacity,
-                Origin::Config,
-                None,
-                declared.producers.clone(),
-                declared.consumers.clone(),
-            )?;
-            info!(self.log, "channel created from config";
-                "channel" => &declared.name, "capacity" => declared.capacity);
-            self.channels.insert(declared.name.clone(), channel);
+    /// Takes back channels that survived a restart in systemd's fd store.
+    pub fn restore(&mut self, stored: Vec<(OwnedFd, String)>) {
+        for channel in self.fd_store.restore(stored) {
+            self.channels.insert(channel.name().to_string(), channel);
+        }
+    }
+
+    /// Brings the config's channels and limits into effect, at start and on reload: declared
+    /// channels are created (or, if they survived a restart, given the config's access rules),
+    /// and config channels no longer declared go away once nobody is attached.
+    pub fn apply_config(&mut self, config: &Config) -> std::io::Result<()> {
+        self.limits = Limits::from_config(config);
+        for declared in &config.channels {
+            self.apply_declared(declared)?;
+        }
+        let removed: Vec<String> = self
+            .channels
+            .values()
+            .filter(|c| {
+                c.meta.origin == Origin::Config
+                    && !config.channels.iter().any(|d| d.name == c.name())
+            })
+            .map(|c| c.name().to_string())
+            .collect();
+        for name in removed {
+            if let Some(channel) = self.channels.get_mut(&name) {
+                if !channel.pending_removal {
+                    channel.pending_removal = true;
+                    info!(self.log, "channel no longer in config; removing it once detached"; "channel" => &name);
+                }
+            }
+            self.remove_if_unused(&name);
         }
         Ok(())
+    }
+
+    fn apply_declared(&mut self, declared: &ChannelConfig) -> std::io::Result<()> {
+        let meta = ChannelMeta {
+            name: declared.name.clone(),
+            origin: Origin::Config,
+            owner_uid: None,
+            producers: declared.producers.clone(),
+            consumers: declared.consumers.clone(),
+        };
+        if let Some(existing) = self.channels.get_mut(&declared.name) {
+            existing.pending_removal = false;
+            if existing.capacity() != declared.capacity {
+                warn!(self.log, "channel capacity differs from the config; keeping the existing ring and its data (drop the channel to re-create it)";
+                    "channel" => &declared.name, "capacity" => existing.capacity(), "configured" => declared.capacity);
+            }
+            if existing.meta != meta {
+                existing.meta = meta;
+                info!(self.log, "channel access rules updated from config"; "channel" => &declared.name);
+                self.fd_store.forget(&declared.name);
+                self.fd_store.save(existing);
+            }
+            return Ok(());
+        }
+        let channel = Channel::create(meta, declared.capacity)?;
+        info!(self.log, "channel created from config"; "channel" => &declared.name, "capacity" => declared.capacity);
+        self.fd_store.save(&channel);
+        self.channels.insert(declared.name.clone(), channel);
+        Ok(())
+    }
+
+    fn remove_if_unused(&mut self, name: &str) {
+        if self
+            .channels
+            .get(name)
+            .is_some_and(|c| c.pending_removal && !c.is_attached())
+        {
+            self.channels.remove(name);
+            self.fd_store.forget(name);
+            info!(self.log, "channel removed"; "channel" => name);
+        }
     }
 
     pub fn channel_count(&self) -> usize {
@@ -172,17 +234,18 @@ impl Registry {
                 )
             }
         };
-        match Channel::create(
-            name,
-            capacity,
-            Origin::Runtime,
-            Some(peer.uid),
+        let meta = ChannelMeta {
+            name: name.to_string(),
+            origin: Origin::Runtime,
+            owner_uid: Some(peer.uid),
             producers,
             consumers,
-        ) {
+        };
+        match Channel::create(meta, capacity) {
             Ok(channel) => {
                 info!(self.log, "channel created"; "channel" => name, "capacity" => capacity,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                self.fd_store.save(&channel);
                 let reply = Reply::success(channel.info());
                 self.channels.insert(name.to_string(), channel);
                 reply
@@ -212,6 +275,7 @@ impl Registry {
             return Outcome::reply(no_such_channel(name));
         };
         channel.mark_dropped();
+        self.fd_store.forget(name);
         let events: Vec<_> = channel
             .sessions()
             .map(|session| {
@@ -240,11 +304,11 @@ impl Registry {
         session: SessionId,
         peer: &PeerCredentials,
     ) -> Outcome {
-        let Some(channel) = self.channels.get_mut(name) else {
+        let Some(channel) = self.channels.get_mut(name).filter(|c| !c.pending_removal) else {
             return Outcome::reply(no_such_channel(name));
         };
         let allowed = peer.uid == 0
-            || channel.owner_uid == Some(peer.uid)
+            || channel.meta.owner_uid == Some(peer.uid)
             || channel.access(role).admits(peer);
         if !allowed {
             warn!(self.log, "attach refused"; "channel" => name, "role" => %role,
@@ -295,6 +359,7 @@ impl Registry {
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
             }
         }
+        self.remove_if_unused(name);
     }
 }
 

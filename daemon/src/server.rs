@@ -6,18 +6,19 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use shmem_broker_client::wire::{
     ErrorCode, Event, FrameKind, Reply, Request, StatusInfo, PROTOCOL_VERSION,
 };
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use slog::{debug, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 
 use crate::channel::SessionId;
+use crate::config::Config;
 use crate::listener::ControlSocket;
 use crate::notify::Notifier;
 use crate::peer::PeerCredentials;
@@ -41,8 +42,12 @@ pub struct Server {
     registry: Registry,
     notifier: Notifier,
     started: Instant,
+    /// `--config` as given: reloads resolve the config the same way the start did.
+    config_arg: Option<PathBuf>,
     config_file: Option<PathBuf>,
     max_clients: usize,
+    /// Interval between `WATCHDOG=1` pings when systemd asks for them (half its timeout).
+    watchdog: Option<Duration>,
     log: Logger,
 }
 
@@ -50,8 +55,8 @@ impl Server {
     pub fn new(
         control: ControlSocket,
         registry: Registry,
-        config_file: Option<PathBuf>,
-        max_clients: usize,
+        config_arg: Option<PathBuf>,
+        config: &Config,
         log: Logger,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
@@ -60,7 +65,7 @@ impl Server {
         let mut listener = UnixListener::from_std(std_listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(Server {
@@ -74,8 +79,10 @@ impl Server {
             registry,
             notifier: Notifier::new(log.clone()),
             started: Instant::now(),
-            config_file,
-            max_clients,
+            config_arg,
+            config_file: config.source.clone(),
+            max_clients: config.max_clients,
+            watchdog: sd_notify::watchdog_enabled().map(|timeout| timeout / 2),
             log,
         })
     }
@@ -88,8 +95,19 @@ impl Server {
             "channels" => self.registry.channel_count());
         self.notifier.ready(self.summary());
         let mut events = Events::with_capacity(256);
+        let mut next_ping = Instant::now();
         loop {
-            if let Err(err) = self.poll.poll(&mut events, None) {
+            // The watchdog is fed from the loop itself, so a wedged loop gets restarted.
+            if let Some(interval) = self.watchdog {
+                if Instant::now() >= next_ping {
+                    self.notifier.watchdog();
+                    next_ping = Instant::now() + interval;
+                }
+            }
+            let timeout = self
+                .watchdog
+                .map(|_| next_ping.saturating_duration_since(Instant::now()));
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -99,9 +117,13 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     SIGNALS => {
-                        if self.signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+                        let pending: Vec<i32> = self.signals.pending().collect();
+                        if pending.iter().any(|&s| s == SIGTERM || s == SIGINT) {
                             self.shut_down();
                             return Ok(());
+                        }
+                        if pending.contains(&SIGHUP) {
+                            self.reload();
                         }
                     }
                     Token(id) => self.drive(id),
@@ -110,6 +132,28 @@ impl Server {
             let summary = self.summary();
             self.notifier.status(summary);
         }
+    }
+
+    /// Re-reads the config and applies the difference; an invalid config changes nothing.
+    /// Attached clients are not touched.
+    fn reload(&mut self) {
+        self.notifier.reloading();
+        match Config::discover(self.config_arg.as_deref()) {
+            Ok(config) => match self.registry.apply_config(&config) {
+                Ok(()) => {
+                    self.max_clients = config.max_clients;
+                    self.config_file = config.source.clone();
+                    info!(self.log, "config reloaded";
+                        "file" => self.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                        "channels" => self.registry.channel_count());
+                }
+                Err(err) => error!(self.log, "config reload failed part-way"; "error" => %err),
+            },
+            Err(err) => {
+                error!(self.log, "config reload rejected; still serving the previous config"; "error" => %err);
+            }
+        }
+        self.notifier.ready(self.summary());
     }
 
     fn summary(&self) -> String {
