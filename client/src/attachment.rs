@@ -1,8 +1,9 @@
 //! What producers and consumers share: the attach handshake, the connection kept open for the
-//! life of the attachment, and sleeping on an eventfd without missing a broker event.
+//! life of the attachment, re-attaching after a broker restart, and sleeping on an eventfd
+//! without missing a broker event.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -10,7 +11,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::ring::SharedRing;
-use crate::wire::{AttachInfo, Event, Request, Role};
+use crate::wire::{AttachInfo, ErrorCode, Event, Request, Role};
 
 /// How long to spin on the ring before sleeping. A wake-up through an eventfd costs tens of
 /// microseconds here, so a peer that answers within this window never pays for one.
@@ -18,12 +19,28 @@ const SPIN: Duration = Duration::from_micros(30);
 /// Upper bound on one sleep. Wake-ups are exact in the protocol; the bound only limits how long
 /// a peer that clears our waiting flag (buggy or hostile) can stall us.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often a reconnecting endpoint tries the broker again while it is away.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How an endpoint attaches; built with [`Client::attach`](crate::Client::attach).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AttachOptions {
+    pub reconnect: bool,
+}
 
 pub(crate) struct Attachment {
     pub channel: String,
     pub info: AttachInfo,
+    socket: PathBuf,
+    role: Role,
+    options: AttachOptions,
     conn: Connection,
     broker_connected: bool,
+    last_reconnect: Option<Instant>,
+    /// Device and inode of the ring memfd, to recognise the same ring after a broker restart.
+    ring_identity: (u64, u64),
+    /// Why this endpoint cannot go on, found while re-attaching.
+    failed: Option<String>,
     dropped: bool,
     /// Readable when the peer made progress (data for a consumer, space for a producer).
     wait_fd: OwnedFd,
@@ -31,9 +48,17 @@ pub(crate) struct Attachment {
     wake_fd: OwnedFd,
 }
 
-impl Attachment {
-    /// Opens a dedicated connection, attaches it and maps the ring.
-    pub fn open(socket: &Path, channel: &str, role: Role) -> Result<(Attachment, SharedRing)> {
+/// What one attach request brought back.
+struct Grant {
+    conn: Connection,
+    info: AttachInfo,
+    ring_fd: OwnedFd,
+    data_ready: OwnedFd,
+    space_ready: OwnedFd,
+}
+
+impl Grant {
+    fn request(socket: &Path, channel: &str, role: Role) -> Result<Grant> {
         let mut conn = Connection::connect(socket)?;
         let answer = conn.call(&Request::Attach {
             channel: channel.to_string(),
@@ -55,37 +80,118 @@ impl Attachment {
         else {
             return Err(Error::Protocol("attach reply lost its fds".into()));
         };
-        for fd in [&data_ready, &space_ready] {
+        Ok(Grant {
+            conn,
+            info,
+            ring_fd,
+            data_ready,
+            space_ready,
+        })
+    }
+}
+
+fn identity(fd: &OwnedFd) -> Result<(u64, u64)> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| Error::io("inspecting ring fd", e.into()))?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+impl Attachment {
+    /// Opens a dedicated connection, attaches it and maps the ring.
+    pub fn open(
+        socket: &Path,
+        channel: &str,
+        role: Role,
+        options: AttachOptions,
+    ) -> Result<(Attachment, SharedRing)> {
+        let grant = Grant::request(socket, channel, role)?;
+        for fd in [&grant.data_ready, &grant.space_ready] {
             // Sleeping is poll-then-read, so a read must never block even if someone else
             // drained the counter in between.
             rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK)
                 .map_err(|e| Error::io("eventfd from broker", e.into()))?;
         }
-        let ring = SharedRing::open(ring_fd, info.capacity).map_err(|e| Error::ring(channel, e))?;
+        let ring_identity = identity(&grant.ring_fd)?;
+        let ring = SharedRing::open(grant.ring_fd, grant.info.capacity)
+            .map_err(|e| Error::ring(channel, e))?;
         let (wait_fd, wake_fd) = match role {
-            Role::Producer => (space_ready, data_ready),
-            Role::Consumer => (data_ready, space_ready),
+            Role::Producer => (grant.space_ready, grant.data_ready),
+            Role::Consumer => (grant.data_ready, grant.space_ready),
         };
-        Ok((
-            Attachment {
-                channel: channel.to_string(),
-                info,
-                conn,
-                broker_connected: true,
-                dropped: false,
-                wait_fd,
-                wake_fd,
-            },
-            ring,
-        ))
+        let attachment = Attachment {
+            channel: channel.to_string(),
+            info: grant.info,
+            socket: socket.to_path_buf(),
+            role,
+            options,
+            conn: grant.conn,
+            broker_connected: true,
+            last_reconnect: None,
+            ring_identity,
+            failed: None,
+            dropped: false,
+            wait_fd,
+            wake_fd,
+        };
+        Ok((attachment, ring))
     }
 
     pub fn wait_fd(&self) -> BorrowedFd<'_> {
         self.wait_fd.as_fd()
     }
 
-    /// Fails with `ChannelDropped` once the broker said so (in the ring or on the socket).
+    pub fn broker_connected(&self) -> bool {
+        self.broker_connected
+    }
+
+    /// With `reconnect`, re-attaches after the broker went away (at most every
+    /// `RECONNECT_INTERVAL`), so the endpoint holds its slot again once the broker is back. The
+    /// ring must be the very same memfd (kept in systemd's fd store across the restart); data
+    /// keeps flowing through the mapping we already have meanwhile.
+    fn reattach_if_due(&mut self) {
+        if self.broker_connected || !self.options.reconnect || self.failed.is_some() {
+            return;
+        }
+        if self
+            .last_reconnect
+            .is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL)
+        {
+            return;
+        }
+        self.last_reconnect = Some(Instant::now());
+        match Grant::request(&self.socket, &self.channel, self.role) {
+            Ok(grant) => match identity(&grant.ring_fd) {
+                Ok(id) if id == self.ring_identity => {
+                    self.conn = grant.conn;
+                    self.broker_connected = true;
+                }
+                _ => {
+                    self.failed = Some(
+                        "the broker came back with a different ring for this channel; \
+                         the old ring's data cannot be reached through it"
+                            .into(),
+                    )
+                }
+            },
+            // Not back yet: try again later.
+            Err(Error::BrokerNotRunning { .. }) | Err(Error::Io { .. }) => {}
+            Err(Error::Broker {
+                code: ErrorCode::NoSuchChannel,
+                ..
+            }) => self.dropped = true,
+            Err(other) => self.failed = Some(format!("cannot re-attach: {other}")),
+        }
+    }
+
+    /// Fails with `ChannelDropped` once the broker said so (in the ring or on the socket), or
+    /// with the reason a re-attach failed.
     pub fn check_dropped(&mut self, ring: &SharedRing) -> Result<()> {
+        self.reattach_if_due();
+        if let Some(reason) = &self.failed {
+            return Err(Error::Reattach {
+                channel: self.channel.clone(),
+                reason: reason.clone(),
+            });
+        }
         if !self.dropped && ring.is_dropped() {
             self.dropped = true;
         }
@@ -123,10 +229,15 @@ impl Attachment {
         }
     }
 
-    /// Sleeps until the peer signals, the broker sends an event, or `MAX_SLEEP` passes. The
+    /// Sleeps until the peer signals, the broker sends an event, or the sleep bound passes. The
     /// caller has already set its waiting flag and re-checked the ring.
     pub fn sleep(&mut self) -> Result<()> {
-        let timeout = Timespec::try_from(MAX_SLEEP).unwrap_or(Timespec {
+        let longest = if !self.broker_connected && self.options.reconnect {
+            RECONNECT_INTERVAL
+        } else {
+            MAX_SLEEP
+        };
+        let timeout = Timespec::try_from(longest).unwrap_or(Timespec {
             tv_sec: 1,
             tv_nsec: 0,
         });
@@ -150,7 +261,7 @@ impl Attachment {
             match self.conn.read_event() {
                 Ok(Some(Event::ChannelDropped { .. })) => self.dropped = true,
                 // The broker went away (stopped or restarting). Data keeps flowing through the
-                // ring without it; only new attaches need it.
+                // ring without it; only attaching needs it.
                 Ok(None) | Err(_) => self.broker_connected = false,
             }
         }

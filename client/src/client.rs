@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::attachment::AttachOptions;
 use crate::connection::Connection;
 use crate::consumer::Consumer;
 use crate::discovery::client_socket_path;
@@ -33,6 +34,33 @@ use crate::wire::{ChannelInfo, ChannelList, Dropped, Request, StatusInfo};
 pub struct Client {
     socket: PathBuf,
     control: Mutex<Connection>,
+}
+
+/// An attach being set up; see [`Client::attach`].
+pub struct Attach<'a> {
+    socket: &'a Path,
+    channel: &'a str,
+    options: AttachOptions,
+}
+
+impl Attach<'_> {
+    /// Re-attach by itself when the broker restarts (default: off). Without it, data keeps
+    /// flowing while the broker is away, but the endpoint no longer holds its slot at the
+    /// broker. With it, the endpoint claims its slot again as soon as the broker is back (the
+    /// ring must have survived in systemd's fd store), and its calls fail with
+    /// [`Error::Reattach`] if another client took the slot meanwhile.
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.options.reconnect = reconnect;
+        self
+    }
+
+    pub fn producer(self) -> Result<Producer> {
+        Producer::attach(self.socket, self.channel, self.options)
+    }
+
+    pub fn consumer(self) -> Result<Consumer> {
+        Consumer::attach(self.socket, self.channel, self.options)
+    }
 }
 
 /// Options for [`Client::create_with`].
@@ -68,12 +96,27 @@ impl Client {
 
     /// Attaches to `channel` as its producer.
     pub fn producer(&self, channel: &str) -> Result<Producer> {
-        Producer::attach(&self.socket, channel)
+        self.attach(channel).producer()
     }
 
     /// Attaches to `channel` as its consumer.
     pub fn consumer(&self, channel: &str) -> Result<Consumer> {
-        Consumer::attach(&self.socket, channel)
+        self.attach(channel).consumer()
+    }
+
+    /// Attaches with options:
+    ///
+    /// ```no_run
+    /// # let client = shmem_broker_client::Client::connect_default()?;
+    /// let mut consumer = client.attach("frames").reconnect(true).consumer()?;
+    /// # Ok::<(), shmem_broker_client::Error>(())
+    /// ```
+    pub fn attach<'a>(&'a self, channel: &'a str) -> Attach<'a> {
+        Attach {
+            socket: &self.socket,
+            channel,
+            options: AttachOptions::default(),
+        }
     }
 
     pub fn status(&self) -> Result<StatusInfo> {

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use crate::attachment::Attachment;
+use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result};
 use crate::ring::{ReadOutcome, RingReader};
 use crate::wire::Role;
@@ -20,14 +20,20 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn attach(socket: &Path, channel: &str) -> Result<Consumer> {
-        let (attachment, ring) = Attachment::open(socket, channel, Role::Consumer)?;
+    pub(crate) fn attach(socket: &Path, channel: &str, options: AttachOptions) -> Result<Consumer> {
+        let (attachment, ring) = Attachment::open(socket, channel, Role::Consumer, options)?;
         let reader = RingReader::new(ring).map_err(|e| Error::ring(channel, e))?;
         Ok(Consumer { attachment, reader })
     }
 
     pub fn channel(&self) -> &str {
         &self.attachment.channel
+    }
+
+    /// False while the broker is away (stopped, crashing, restarting). Data keeps flowing; with
+    /// [`reconnect`](crate::Attach::reconnect) the endpoint re-attaches when it is back.
+    pub fn broker_connected(&self) -> bool {
+        self.attachment.broker_connected()
     }
 
     /// Ring data bytes.

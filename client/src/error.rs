@@ -18,6 +18,9 @@ pub enum Error {
     /// An administrator dropped the channel this endpoint is attached to.
     #[error("channel dropped: {channel}")]
     ChannelDropped { channel: String },
+    /// A reconnecting endpoint could not take its place again after the broker came back.
+    #[error("channel {channel}: {reason}")]
+    Reattach { channel: String, reason: String },
     /// The message can never fit in this channel's ring.
     #[error("channel {channel}: message of {len} bytes is larger than the ring allows ({max} bytes per message in a {capacity}-byte ring)")]
     MessageTooLarge {

@@ -23,7 +23,7 @@ pub mod ring;
 pub mod size;
 pub mod wire;
 
-pub use client::{Client, CreateOptions};
+pub use client::{Attach, Client, CreateOptions};
 pub use consumer::Consumer;
 pub use error::{Error, Result};
 pub use producer::Producer;

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use crate::attachment::Attachment;
+use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result};
 use crate::ring::RingWriter;
 use crate::wire::Role;
@@ -25,8 +25,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub(crate) fn attach(socket: &Path, channel: &str) -> Result<Producer> {
-        let (attachment, ring) = Attachment::open(socket, channel, Role::Producer)?;
+    pub(crate) fn attach(socket: &Path, channel: &str, options: AttachOptions) -> Result<Producer> {
+        let (attachment, ring) = Attachment::open(socket, channel, Role::Producer, options)?;
         let writer = RingWriter::new(ring).map_err(|e| Error::ring(channel, e))?;
         Ok(Producer {
             attachment,
@@ -37,6 +37,12 @@ impl Producer {
 
     pub fn channel(&self) -> &str {
         &self.attachment.channel
+    }
+
+    /// False while the broker is away (stopped, crashing, restarting). Data keeps flowing; with
+    /// [`reconnect`](crate::Attach::reconnect) the endpoint re-attaches when it is back.
+    pub fn broker_connected(&self) -> bool {
+        self.attachment.broker_connected()
     }
 
     /// Ring data bytes.
