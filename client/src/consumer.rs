@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result};
-use crate::ring::{ReadOutcome, RingReader};
+use crate::ring::{BatchOutcome, ReadOutcome, RingReader};
 use crate::wire::Role;
 
 /// Reads messages from a channel's ring. Obtained from [`Client::consumer`](crate::Client::consumer).
@@ -17,13 +17,19 @@ use crate::wire::Role;
 pub struct Consumer {
     attachment: Attachment,
     reader: RingReader,
+    /// Private copy of the message a batch callback is looking at.
+    scratch: Vec<u8>,
 }
 
 impl Consumer {
     pub(crate) fn attach(socket: &Path, channel: &str, options: AttachOptions) -> Result<Consumer> {
         let (attachment, ring) = Attachment::open(socket, channel, Role::Consumer, options)?;
         let reader = RingReader::new(ring).map_err(|e| Error::ring(channel, e))?;
-        Ok(Consumer { attachment, reader })
+        Ok(Consumer {
+            attachment,
+            reader,
+            scratch: Vec::new(),
+        })
     }
 
     pub fn channel(&self) -> &str {
@@ -56,6 +62,49 @@ impl Consumer {
                 other => return other,
             }
         }
+    }
+
+    /// Hands up to `max` messages to `each`, blocking until there is at least one, and frees
+    /// their space in the ring with one store. Returns how many, or `None` at end-of-stream.
+    /// Each message is copied once, into a buffer the callback borrows.
+    pub fn recv_batch(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> Result<Option<usize>> {
+        loop {
+            match self.try_recv_batch(max, &mut each) {
+                Err(Error::WouldBlock) => self.wait_for_data()?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Non-blocking [`recv_batch`](Self::recv_batch): [`Error::WouldBlock`] when empty.
+    pub fn try_recv_batch(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<Option<usize>> {
+        self.attachment.check_dropped(self.reader.ring())?;
+        let outcome = self
+            .reader
+            .try_read_batch(max, &mut self.scratch, &mut each)
+            .map_err(|e| Error::ring(&self.attachment.channel, e))?;
+        let delivered = match outcome {
+            BatchOutcome::Messages(n) => Some(n),
+            BatchOutcome::EndOfStream => None,
+            BatchOutcome::Empty => {
+                if self
+                    .reader
+                    .prepare_to_sleep()
+                    .map_err(|e| self.ring_error(e))?
+                {
+                    return Err(Error::WouldBlock);
+                }
+                return self.try_recv_batch(max, each);
+            }
+        };
+        if self.reader.take_producer_waiting() {
+            self.attachment.wake_peer();
+        }
+        Ok(delivered)
     }
 
     /// Receives the next message or returns [`Error::WouldBlock`] if there is none yet.

@@ -65,6 +65,48 @@ impl Producer {
         self.try_send_with(message.len(), |buf| buf.copy_from_slice(message))
     }
 
+    /// Sends all `messages` in order, blocking while the ring is full. Messages that fit are
+    /// made visible together with one publish (and at most one wake-up), which is what makes
+    /// small messages fast.
+    pub fn send_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        let mut rest = messages;
+        while let Some(first) = rest.first() {
+            match self.try_send_batch(rest) {
+                Ok(sent) => rest = &rest[sent..],
+                Err(Error::WouldBlock) => self.wait_for_room(first.len())?,
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends as many of `messages` as fit now (at least one, else [`Error::WouldBlock`]) and
+    /// returns how many.
+    pub fn try_send_batch(&mut self, messages: &[&[u8]]) -> Result<usize> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        self.attachment.check_dropped(self.writer.ring())?;
+        let sent = self
+            .writer
+            .try_write_batch(messages)
+            .map_err(|e| self.ring_error(e))?;
+        if sent == 0 {
+            if !self
+                .writer
+                .prepare_to_sleep(messages[0].len())
+                .map_err(|e| self.ring_error(e))?
+            {
+                return self.try_send_batch(messages);
+            }
+            return Err(Error::WouldBlock);
+        }
+        if self.writer.take_consumer_waiting() {
+            self.attachment.wake_peer();
+        }
+        Ok(sent)
+    }
+
     /// Zero-copy send: `fill` writes the `len`-byte message straight into the shared ring.
     /// Blocks while the ring is full; `fill` is called exactly once.
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {

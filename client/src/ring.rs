@@ -284,7 +284,10 @@ fn memfd_error(err: shmem_ipc::mem::mfd::Error) -> RingError {
 /// `write_pos` the previous producer published.
 pub struct RingWriter {
     ring: SharedRing,
+    /// What the consumer can see.
     write_pos: u64,
+    /// End of the frames written but not yet published (== write_pos between calls).
+    staged_pos: u64,
     /// Lowest read position still possible: the consumer's position never goes backwards.
     read_floor: u64,
     messages_written: u64,
@@ -299,6 +302,7 @@ impl RingWriter {
         check_positions(read_pos, write_pos, ring.capacity)?;
         Ok(RingWriter {
             write_pos,
+            staged_pos: write_pos,
             read_floor: read_pos,
             messages_written: h.producer.messages_written.load(Ordering::Relaxed),
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
@@ -314,6 +318,18 @@ impl RingWriter {
         max_message_len(self.ring.capacity)
     }
 
+    fn check_len(&self, len: usize) -> Result<(), RingError> {
+        if len as u64 > self.max_message_len() {
+            return Err(RingError::TooLarge {
+                len,
+                capacity: self.ring.capacity,
+                max: self.max_message_len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes the producer may still stage.
     fn free_space(&mut self) -> Result<u64, RingError> {
         let read_pos = self.ring.header().consumer.read_pos.load(Ordering::Acquire);
         if read_pos < self.read_floor {
@@ -322,9 +338,9 @@ impl RingWriter {
                 self.read_floor
             )));
         }
-        check_positions(read_pos, self.write_pos, self.ring.capacity)?;
+        check_positions(read_pos, self.staged_pos, self.ring.capacity)?;
         self.read_floor = read_pos;
-        Ok(self.ring.capacity - (self.write_pos - read_pos))
+        Ok(self.ring.capacity - (self.staged_pos - read_pos))
     }
 
     /// Writes a data frame of `len` payload bytes filled in by `fill`, straight in the ring.
@@ -334,37 +350,62 @@ impl RingWriter {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<bool, RingError> {
-        self.try_write_frame(KIND_DATA, len, fill)
+        self.check_len(len)?;
+        let mut free = self.free_space()?;
+        let written = self.stage_frame(KIND_DATA, len, fill, &mut free);
+        self.publish();
+        Ok(written)
+    }
+
+    /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
+    /// single publish. Returns how many were written.
+    pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
+        for message in messages {
+            self.check_len(message.len())?;
+        }
+        let mut free = self.free_space()?;
+        let mut written = 0;
+        for message in messages {
+            if !self.stage_frame(
+                KIND_DATA,
+                message.len(),
+                |buf| buf.copy_from_slice(message),
+                &mut free,
+            ) {
+                break;
+            }
+            written += 1;
+        }
+        self.publish();
+        Ok(written)
     }
 
     /// Writes the end-of-stream mark. Returns `Ok(false)` if there is no room right now.
     pub fn try_write_end_of_stream(&mut self) -> Result<bool, RingError> {
-        self.try_write_frame(KIND_END_OF_STREAM, 0, |_| {})
+        let mut free = self.free_space()?;
+        let written = self.stage_frame(KIND_END_OF_STREAM, 0, |_| {}, &mut free);
+        self.publish();
+        Ok(written)
     }
 
-    fn try_write_frame(
+    /// Writes one frame at the staged position, unpublished. False if it does not fit in
+    /// `free` bytes (a padding frame may have been staged all the same).
+    fn stage_frame(
         &mut self,
         kind: u32,
         len: usize,
         fill: impl FnOnce(&mut [u8]),
-    ) -> Result<bool, RingError> {
+        free: &mut u64,
+    ) -> bool {
         let capacity = self.ring.capacity;
-        if len as u64 > self.max_message_len() {
-            return Err(RingError::TooLarge {
-                len,
-                capacity,
-                max: self.max_message_len(),
-            });
-        }
         let needed = frame_len(len as u64);
-        let mut free = self.free_space()?;
-        let offset = self.write_pos % capacity;
+        let offset = self.staged_pos % capacity;
         let until_end = capacity - offset;
         if needed > until_end {
             // The frame would wrap: pad out the tail first (a complete frame of its own), then
             // the frame starts at offset 0 once the consumer has freed room there.
-            if free < until_end {
-                return Ok(false);
+            if *free < until_end {
+                return false;
             }
             self.ring
                 .data_u32(offset)
@@ -372,14 +413,14 @@ impl RingWriter {
             self.ring
                 .data_u32(offset + 4)
                 .store(KIND_PAD, Ordering::Relaxed);
-            self.publish(self.write_pos + until_end);
-            free -= until_end;
+            self.staged_pos += until_end;
+            *free -= until_end;
         }
-        if free < needed {
-            return Ok(false);
+        if *free < needed {
+            return false;
         }
-        let offset = self.write_pos % capacity;
-        // SAFETY: offset + needed <= capacity (checked above: the frame fits before the end),
+        let offset = self.staged_pos % capacity;
+        // SAFETY: offset + needed <= capacity (the frame fits before the end, checked above),
         // so the payload range lies inside the mapped data area. The bytes between the published
         // write position and read position + capacity belong to the producer alone in the
         // protocol; a hostile consumer writing them concurrently can only garble the message it
@@ -398,25 +439,26 @@ impl RingWriter {
         self.ring
             .data_u32(offset + 4)
             .store(kind, Ordering::Relaxed);
-        self.publish(self.write_pos + needed);
+        self.staged_pos += needed;
+        *free -= needed;
         if kind == KIND_DATA {
-            let h = &self.ring.header().producer;
             self.messages_written += 1;
             self.bytes_written += len as u64;
-            h.messages_written
-                .store(self.messages_written, Ordering::Relaxed);
-            h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
         }
-        Ok(true)
+        true
     }
 
-    fn publish(&mut self, new_pos: u64) {
-        self.write_pos = new_pos;
-        self.ring
-            .header()
-            .producer
-            .write_pos
-            .store(new_pos, Ordering::SeqCst);
+    /// Makes everything staged visible to the consumer with one release store.
+    fn publish(&mut self) {
+        if self.staged_pos == self.write_pos {
+            return;
+        }
+        self.write_pos = self.staged_pos;
+        let h = &self.ring.header().producer;
+        h.write_pos.store(self.write_pos, Ordering::SeqCst);
+        h.messages_written
+            .store(self.messages_written, Ordering::Relaxed);
+        h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
     }
 
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
@@ -429,7 +471,7 @@ impl RingWriter {
     /// the padding in front of it).
     pub fn can_progress(&mut self, payload: usize) -> Result<bool, RingError> {
         let needed = frame_len(payload as u64);
-        let until_end = self.ring.capacity - self.write_pos % self.ring.capacity;
+        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
         let free = self.free_space()?;
         Ok(if needed > until_end {
             free >= until_end
@@ -469,6 +511,17 @@ pub enum ReadOutcome {
     /// A message was copied into the caller's buffer.
     Message,
     /// The producer closed cleanly here.
+    EndOfStream,
+    /// Nothing to read right now.
+    Empty,
+}
+
+/// What a batch read found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// This many messages were handed over.
+    Messages(usize),
+    /// The producer closed cleanly here (nothing before it in this batch).
     EndOfStream,
     /// Nothing to read right now.
     Empty,
@@ -520,15 +573,66 @@ impl RingReader {
 
     /// Copies the next message into `out` (replacing its contents), skipping padding.
     pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
+        let mut unread = self.unread()?;
+        let outcome = self.next_frame(out, &mut unread);
+        self.commit();
+        outcome
+    }
+
+    /// Hands up to `max` available messages to `each` (through the private buffer `scratch`)
+    /// and releases their space with a single store. Stops before an end-of-stream mark unless
+    /// it is the first thing read.
+    pub fn try_read_batch(
+        &mut self,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<BatchOutcome, RingError> {
+        let mut unread = self.unread()?;
+        let mut delivered = 0;
+        let result = loop {
+            if delivered == max || (delivered > 0 && self.next_is_end_of_stream(unread)) {
+                break Ok(BatchOutcome::Messages(delivered));
+            }
+            match self.next_frame(scratch, &mut unread) {
+                Ok(ReadOutcome::Message) => {
+                    each(scratch);
+                    delivered += 1;
+                }
+                Ok(ReadOutcome::EndOfStream) => break Ok(BatchOutcome::EndOfStream),
+                Ok(ReadOutcome::Empty) if delivered == 0 => break Ok(BatchOutcome::Empty),
+                Ok(ReadOutcome::Empty) => break Ok(BatchOutcome::Messages(delivered)),
+                Err(err) => break Err(err),
+            }
+        };
+        self.commit();
+        result
+    }
+
+    fn next_is_end_of_stream(&self, unread: u64) -> bool {
+        unread >= FRAME_HEADER
+            && self
+                .ring
+                .data_u32(self.read_pos % self.ring.capacity + 4)
+                .load(Ordering::Relaxed)
+                == KIND_END_OF_STREAM
+    }
+
+    /// Reads the frame at the local read position, out of `unread` published bytes, without
+    /// publishing the new position.
+    fn next_frame(
+        &mut self,
+        out: &mut Vec<u8>,
+        unread: &mut u64,
+    ) -> Result<ReadOutcome, RingError> {
         let capacity = self.ring.capacity;
         loop {
-            let unread = self.unread()?;
-            if unread == 0 {
+            if *unread == 0 {
                 return Ok(ReadOutcome::Empty);
             }
             let offset = self.read_pos % capacity;
             let until_end = capacity - offset;
-            if unread < FRAME_HEADER {
+            if *unread < FRAME_HEADER {
                 return Err(RingError::Corrupt(format!(
                     "{unread} unread bytes cannot hold a frame"
                 )));
@@ -536,25 +640,19 @@ impl RingReader {
             let len = u64::from(self.ring.data_u32(offset).load(Ordering::Relaxed));
             let kind = self.ring.data_u32(offset + 4).load(Ordering::Relaxed);
             let size = frame_len(len);
-            if size > unread || size > until_end {
+            if size > *unread || size > until_end {
                 return Err(RingError::Corrupt(format!(
                     "frame of {len} bytes at offset {offset} overruns the {} published bytes",
-                    unread.min(until_end)
+                    (*unread).min(until_end)
                 )));
             }
             match kind {
-                KIND_PAD => {
-                    if size != until_end {
-                        return Err(RingError::Corrupt(format!(
-                            "padding at offset {offset} does not reach the end of the ring"
-                        )));
-                    }
-                    self.consume(size, false);
+                KIND_PAD if size != until_end => {
+                    return Err(RingError::Corrupt(format!(
+                        "padding at offset {offset} does not reach the end of the ring"
+                    )));
                 }
-                KIND_END_OF_STREAM => {
-                    self.consume(size, false);
-                    return Ok(ReadOutcome::EndOfStream);
-                }
+                KIND_PAD | KIND_END_OF_STREAM => {}
                 KIND_DATA => {
                     out.clear();
                     out.reserve(len as usize);
@@ -571,8 +669,7 @@ impl RingReader {
                         );
                         out.set_len(len as usize);
                     }
-                    self.consume(size, true);
-                    return Ok(ReadOutcome::Message);
+                    self.messages_read += 1;
                 }
                 other => {
                     return Err(RingError::Corrupt(format!(
@@ -580,16 +677,20 @@ impl RingReader {
                     )))
                 }
             }
+            self.read_pos += size;
+            *unread -= size;
+            match kind {
+                KIND_DATA => return Ok(ReadOutcome::Message),
+                KIND_END_OF_STREAM => return Ok(ReadOutcome::EndOfStream),
+                _ => continue,
+            }
         }
     }
 
-    fn consume(&mut self, size: u64, message: bool) {
-        self.read_pos += size;
+    /// Publishes the local read position (releasing the space) with one store.
+    fn commit(&mut self) {
         let h = &self.ring.header().consumer;
-        if message {
-            self.messages_read += 1;
-            h.messages_read.store(self.messages_read, Ordering::Relaxed);
-        }
+        h.messages_read.store(self.messages_read, Ordering::Relaxed);
         h.read_pos.store(self.read_pos, Ordering::SeqCst);
     }
 
@@ -674,6 +775,45 @@ mod tests {
         }
         assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
         assert_eq!(r.ring().stats().messages_written, 2000);
+    }
+
+    #[test]
+    fn batches_publish_once_and_stop_before_end_of_stream() {
+        let (mut w, mut r, _fd) = pair(4096);
+        let messages: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let mut sent = 0;
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        while sent < refs.len() {
+            sent += w.try_write_batch(&refs[sent..]).expect("write");
+            let outcome = r
+                .try_read_batch(usize::MAX, &mut scratch, |m| got.push(m.to_vec()))
+                .expect("read");
+            assert!(matches!(outcome, BatchOutcome::Messages(n) if n > 0));
+        }
+        assert_eq!(
+            got, messages,
+            "every message once, in order, across the wrap"
+        );
+        assert!(w.try_write_batch(&[b"last"]).expect("write") == 1);
+        assert!(w.try_write_end_of_stream().expect("eos"));
+        let mut tail = Vec::new();
+        let first = r
+            .try_read_batch(10, &mut scratch, |m| tail.push(m.to_vec()))
+            .expect("read");
+        assert_eq!(
+            (first, tail),
+            (BatchOutcome::Messages(1), vec![b"last".to_vec()])
+        );
+        let second = r
+            .try_read_batch(10, &mut scratch, |_| panic!("no message"))
+            .expect("read");
+        assert_eq!(second, BatchOutcome::EndOfStream);
+        assert_eq!(
+            r.try_read_batch(10, &mut scratch, |_| {}).expect("read"),
+            BatchOutcome::Empty
+        );
     }
 
     #[test]
