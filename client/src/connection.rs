@@ -70,7 +70,8 @@ impl Connection {
                         self.pending_events.push(event);
                     }
                 }
-                FrameKind::Reply if header.id == id => {
+                // Id 0: the broker refused the connection itself (a quota, a framing error).
+                FrameKind::Reply if header.id == id || header.id == 0 => {
                     let reply: Reply = serde_json::from_slice(&body)
                         .map_err(|e| Error::Protocol(format!("malformed reply: {e}")))?;
                     if let Some(error) = reply.error.filter(|_| !reply.ok) {

@@ -289,6 +289,20 @@ pub struct StatusInfo {
     pub channels: usize,
     /// Open connections, including the one asking.
     pub clients: usize,
+    /// Usage against each quota: the broker's totals, then the asking uid's own.
+    #[serde(default)]
+    pub quotas: Vec<QuotaUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsage {
+    /// The config key, like `max_channels` or `per_uid.max_ring_bytes`.
+    pub quota: String,
+    /// The uid a per-uid quota is counted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    pub used: u64,
+    pub limit: u64,
 }
 
 /// The result of `attach`. The fds arrive with this reply, in the order `fds` names them.

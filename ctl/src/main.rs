@@ -315,5 +315,17 @@ fn print_status(s: &StatusInfo) -> Result<()> {
     )?;
     writeln!(out, "channels:  {}", s.channels)?;
     writeln!(out, "clients:   {}", s.clients)?;
+    if !s.quotas.is_empty() {
+        writeln!(out, "quotas:")?;
+    }
+    for q in &s.quotas {
+        let (used, limit) = if q.quota.ends_with("ring_bytes") {
+            (format_size(q.used), format_size(q.limit))
+        } else {
+            (q.used.to_string(), q.limit.to_string())
+        };
+        let who = q.uid.map_or(String::new(), |uid| format!(" (uid {uid})"));
+        writeln!(out, "  {:<24} {used} of {limit}{who}", q.quota)?;
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
 /// The only config format version this broker reads.
@@ -36,8 +37,17 @@ const TOP_KEYS: &[&str] = &[
     "max_channels",
     "max_clients",
     "admin_groups",
+    "max_ring_bytes",
+    "request_timeout",
+    "per_uid",
     "logging",
     "channel",
+];
+const PER_UID_KEYS: &[&str] = &[
+    "max_clients",
+    "max_channels",
+    "max_ring_bytes",
+    "max_attaches_per_sec",
 ];
 const LOGGING_KEYS: &[&str] = &["level", "format"];
 const CHANNEL_KEYS: &[&str] = &["name", "capacity", "producers", "consumers"];
@@ -105,8 +115,40 @@ pub struct Config {
     pub log_level: Option<slog::Level>,
     /// `[logging] format = "term"`.
     pub log_format: Option<LogFormat>,
+    /// `max_ring_bytes = "16GiB"`: ring memory of all channels together.
+    pub max_ring_bytes: u64,
+    /// `request_timeout = "10s"`: a connection that has not completed a request this long after
+    /// connecting, or leaves a request half-sent this long, is closed. Attached or otherwise
+    /// idle clients that completed a request are never timed out.
+    pub request_timeout: Duration,
+    /// `[per_uid]`: quotas for each uid other than root.
+    pub per_uid: PerUidQuotas,
     /// `[[channel]]` tables, in file order.
     pub channels: Vec<ChannelConfig>,
+}
+
+/// `[per_uid]`: what one uid (other than root) may hold at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerUidQuotas {
+    /// Connections open at once.
+    pub max_clients: usize,
+    /// Channels created with `create` and owned by the uid.
+    pub max_channels: usize,
+    /// Ring memory of the channels the uid owns.
+    pub max_ring_bytes: u64,
+    /// Attach requests per second (a burst of this many is allowed).
+    pub max_attaches_per_sec: usize,
+}
+
+impl Default for PerUidQuotas {
+    fn default() -> Self {
+        PerUidQuotas {
+            max_clients: 1024,
+            max_channels: 256,
+            max_ring_bytes: 4 << 30,
+            max_attaches_per_sec: 1000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -122,6 +164,9 @@ impl Default for Config {
             admin_gids: Vec::new(),
             log_level: None,
             log_format: None,
+            max_ring_bytes: 16 << 30,
+            request_timeout: Duration::from_secs(10),
+            per_uid: PerUidQuotas::default(),
             channels: Vec::new(),
         }
     }
@@ -201,6 +246,32 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Parser { text, file: path }.config()
     }
+}
+
+/// Parses `"10s"`, `"500ms"`, `"2m"`, `"1h"`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| {
+        format!(
+            "invalid duration {text:?}: expected a number and a unit, like \"10s\" or \"500ms\""
+        )
+    })?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(number),
+        "s" | "" => Duration::from_secs(number),
+        "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    Ok(duration)
 }
 
 /// An io error's text without the " (os error N)" suffix std appends.
@@ -325,6 +396,9 @@ struct TopLevel<'a> {
     max_channels: Option<Entry<'a>>,
     max_clients: Option<Entry<'a>>,
     admin_groups: Option<Entry<'a>>,
+    max_ring_bytes: Option<Entry<'a>>,
+    request_timeout: Option<Entry<'a>>,
+    per_uid: Option<Entry<'a>>,
     logging: Option<Entry<'a>>,
     channel: Option<Entry<'a>>,
 }
@@ -564,6 +638,9 @@ impl Parser<'_> {
                 "max_channels" => &mut top.max_channels,
                 "max_clients" => &mut top.max_clients,
                 "admin_groups" => &mut top.admin_groups,
+                "max_ring_bytes" => &mut top.max_ring_bytes,
+                "request_timeout" => &mut top.request_timeout,
+                "per_uid" => &mut top.per_uid,
                 "logging" => &mut top.logging,
                 // `entries` let only TOP_KEYS through.
                 _ => &mut top.channel,
@@ -635,6 +712,15 @@ impl Parser<'_> {
                 config.admin_gids.push(gid);
             }
         }
+        if let Some(entry) = &top.max_ring_bytes {
+            config.max_ring_bytes = self.size(entry)?;
+        }
+        if let Some(entry) = &top.request_timeout {
+            config.request_timeout = self.duration(entry)?;
+        }
+        if let Some(entry) = &top.per_uid {
+            self.per_uid(entry, &mut config.per_uid)?;
+        }
         if let Some(entry) = &top.logging {
             self.logging(entry, &mut config)?;
         }
@@ -691,6 +777,40 @@ impl Parser<'_> {
                 ),
             )),
         }
+    }
+
+    fn per_uid(&self, entry: &Entry<'_>, quotas: &mut PerUidQuotas) -> Result<(), ConfigError> {
+        let table = entry
+            .item
+            .as_table_like()
+            .ok_or_else(|| self.wrong_type(entry, "a table ([per_uid])"))?;
+        for entry in self.entries(table, &entry.path, PER_UID_KEYS)? {
+            match entry.key {
+                "max_clients" => quotas.max_clients = self.count(&entry)?,
+                "max_channels" => quotas.max_channels = self.count(&entry)?,
+                "max_ring_bytes" => quotas.max_ring_bytes = self.size(&entry)?,
+                _ => quotas.max_attaches_per_sec = self.count(&entry)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A duration: `"10s"`, `"500ms"`, `"2m"`, or an integer number of seconds; never 0.
+    fn duration(&self, entry: &Entry<'_>) -> Result<Duration, ConfigError> {
+        let duration = match entry.item {
+            Item::Value(Value::Integer(_)) => {
+                let seconds = self.count(entry)?;
+                Duration::from_secs(seconds as u64)
+            }
+            Item::Value(Value::String(text)) => {
+                parse_duration(text.value()).map_err(|message| self.bad(entry, message))?
+            }
+            _ => return Err(self.wrong_type(entry, "a duration like \"10s\" or \"500ms\"")),
+        };
+        if duration.is_zero() {
+            return Err(self.bad(entry, "must be longer than 0"));
+        }
+        Ok(duration)
     }
 
     fn logging(&self, entry: &Entry<'_>, config: &mut Config) -> Result<(), ConfigError> {
@@ -817,6 +937,40 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn quotas_and_timeouts_are_read() {
+        let text = "version = 1\nmax_ring_bytes = \"2GiB\"\nrequest_timeout = \"1500ms\"\n[per_uid]\nmax_clients = 7\nmax_attaches_per_sec = 9\n";
+        let config = Config::parse(text, Path::new("q.toml")).expect("valid");
+        assert_eq!(config.max_ring_bytes, 2 << 30);
+        assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        assert_eq!(config.per_uid.max_clients, 7);
+        assert_eq!(config.per_uid.max_attaches_per_sec, 9);
+        assert_eq!(
+            config.per_uid.max_channels,
+            PerUidQuotas::default().max_channels
+        );
+        let err = Config::parse(
+            "version = 1\n[per_uid]\nmax_client = 3\n",
+            Path::new("q.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("per_uid.max_client"))
+        );
+        let err = Config::parse(
+            "version = 1\nrequest_timeout = \"10 fortnights\"\n",
+            Path::new("q.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(2), Some("request_timeout"))
+        );
+        assert!(err.message.contains("unknown unit"), "{}", err.message);
+    }
+
     use super::*;
     use crate::access::Principal;
 
@@ -1102,7 +1256,8 @@ name = "b"
         assert_eq!(
             error("version = 1\nwhen = 1979-05-27\n").3,
             "unknown key (expected one of: version, socket, socket_mode, default_capacity, \
-             max_capacity, max_channels, max_clients, admin_groups, logging, channel)"
+             max_capacity, max_channels, max_clients, admin_groups, max_ring_bytes, \
+             request_timeout, per_uid, logging, channel)"
         );
         let (line, _, key, message) = error("version = 1\n[[channel]]\nname = 1979-05-27\n");
         assert_eq!((line, key.as_str()), (3, "channel[0].name"));

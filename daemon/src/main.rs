@@ -12,6 +12,7 @@ mod listener;
 mod logging;
 mod notify;
 mod peer;
+mod quota;
 mod registry;
 mod server;
 mod session;
@@ -25,7 +26,7 @@ use slog::{crit, Level};
 use crate::config::{Config, LogFormat};
 use crate::fdstore::FdStore;
 use crate::listener::ControlSocket;
-use crate::registry::{Limits, Registry};
+use crate::registry::Registry;
 use crate::server::Server;
 
 /// Broker for named shared-memory channels between processes on one machine.
@@ -105,11 +106,7 @@ fn run(args: &Args, config: Config, log: &slog::Logger) -> Result<(), String> {
         .or_else(|| config.socket.clone())
         .unwrap_or_else(shmem_broker_client::discovery::default_socket_path);
     let (control, stored) = ControlSocket::open(&socket_path, config.socket_mode)?;
-    let mut registry = Registry::new(
-        Limits::from_config(&config),
-        FdStore::new(log.clone()),
-        log.clone(),
-    );
+    let mut registry = Registry::new(&config, FdStore::new(log.clone()), log.clone());
     registry.restore(stored);
     registry
         .apply_config(&config)

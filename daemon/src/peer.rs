@@ -17,11 +17,11 @@ pub struct PeerCredentials {
 
 impl PeerCredentials {
     pub fn of(socket: BorrowedFd<'_>) -> std::io::Result<Self> {
-        let cred = rustix::net::sockopt::socket_peercred(socket)?;
+        let cred = peer_cred(socket)?;
         Ok(PeerCredentials {
-            pid: cred.pid.as_raw_nonzero().get() as u32,
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
+            pid: cred.pid as u32,
+            uid: cred.uid,
+            gid: cred.gid,
             groups: peer_groups(socket)?,
         })
     }
@@ -31,8 +31,40 @@ impl PeerCredentials {
     }
 }
 
-/// SO_PEERGROUPS (Linux 4.13+). rustix and nix do not wrap it, so this is the one direct libc
-/// call of the daemon.
+/// SO_PEERCRED. Not rustix's `socket_peercred`: its `UCred::pid` is a non-zero `Pid`, but the
+/// kernel reports pid 0 for a peer outside the broker's pid namespace (a client on the host
+/// talking to a broker in a container), which made that call undefined behaviour (seen as an
+/// `Err` of "os error 0" and the connection closed). Such a peer is served, with pid 0.
+fn peer_cred(socket: BorrowedFd<'_>) -> std::io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a live, writable `ucred` of exactly `len` bytes, the size SO_PEERCRED
+    // writes; every bit pattern is a valid `ucred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(std::io::Error::other(format!(
+            "SO_PEERCRED returned {len} bytes"
+        )));
+    }
+    Ok(cred)
+}
+
+/// SO_PEERGROUPS (Linux 4.13+). rustix and nix do not wrap it.
 fn peer_groups(socket: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
     // NGROUPS_MAX is 65536 on Linux; start small and grow to what the kernel asks for.
     let mut groups: Vec<libc::gid_t> = vec![0; 64];

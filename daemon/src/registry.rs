@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+use std::time::Instant;
 
 use shmem_broker_client::names::validate_channel_name;
 use shmem_broker_client::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
@@ -15,13 +16,13 @@ use crate::channel::{Attached, Channel, ChannelMeta, SessionId};
 use crate::config::{ChannelConfig, Config};
 use crate::fdstore::FdStore;
 use crate::peer::PeerCredentials;
+use crate::quota::{Holdings, Quotas, Totals};
 
-/// The config values the registry enforces.
+/// The config values the registry enforces besides quotas.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub default_capacity: u64,
     pub max_capacity: u64,
-    pub max_channels: usize,
     pub admin_gids: Vec<u32>,
 }
 
@@ -30,7 +31,6 @@ impl Limits {
         Limits {
             default_capacity: config.default_capacity,
             max_capacity: config.max_capacity,
-            max_channels: config.max_channels,
             admin_gids: config.admin_gids.clone(),
         }
     }
@@ -65,18 +65,51 @@ impl Outcome {
 pub struct Registry {
     channels: BTreeMap<String, Channel>,
     limits: Limits,
+    quotas: Quotas,
     fd_store: FdStore,
     log: Logger,
 }
 
 impl Registry {
-    pub fn new(limits: Limits, fd_store: FdStore, log: Logger) -> Registry {
+    pub fn new(config: &Config, fd_store: FdStore, log: Logger) -> Registry {
         Registry {
             channels: BTreeMap::new(),
-            limits,
+            limits: Limits::from_config(config),
+            quotas: Quotas::from_config(config),
             fd_store,
             log,
         }
+    }
+
+    /// What `uid` holds in channels it owns; `clients` is filled in by the caller.
+    pub fn holdings(&self, uid: u32, clients: usize) -> Holdings {
+        let owned = self
+            .channels
+            .values()
+            .filter(|c| c.meta.owner_uid == Some(uid));
+        let (channels, ring_bytes) =
+            owned.fold((0, 0), |(n, bytes), c| (n + 1, bytes + c.capacity()));
+        Holdings {
+            clients,
+            channels,
+            ring_bytes,
+        }
+    }
+
+    pub fn totals(&self, clients: usize) -> Totals {
+        Totals {
+            clients,
+            channels: self.channels.len(),
+            ring_bytes: self.channels.values().map(Channel::capacity).sum(),
+        }
+    }
+
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    pub fn expire_rate_state(&mut self, now: Instant) {
+        self.quotas.expire(now);
     }
 
     /// Takes back channels that survived a restart in systemd's fd store.
@@ -91,6 +124,7 @@ impl Registry {
     /// and config channels no longer declared go away once nobody is attached.
     pub fn apply_config(&mut self, config: &Config) -> std::io::Result<()> {
         self.limits = Limits::from_config(config);
+        self.quotas.update(config);
         for declared in &config.channels {
             self.apply_declared(declared)?;
         }
@@ -200,15 +234,6 @@ impl Registry {
                 format!("channel already exists: {name}"),
             );
         }
-        if self.channels.len() >= self.limits.max_channels {
-            return Reply::failure(
-                ErrorCode::LimitReached,
-                format!(
-                    "channel limit reached: max_channels = {}",
-                    self.limits.max_channels
-                ),
-            );
-        }
         let requested = capacity.unwrap_or(self.limits.default_capacity);
         if requested < MIN_CAPACITY || requested > self.limits.max_capacity {
             return Reply::failure(
@@ -222,6 +247,15 @@ impl Registry {
             );
         }
         let capacity = requested.div_ceil(CAPACITY_GRANULE) * CAPACITY_GRANULE;
+        let held = self.holdings(peer.uid, 0);
+        if let Err(message) = self
+            .quotas
+            .admit_channel(peer.uid, capacity, held, self.totals(0))
+        {
+            warn!(self.log, "create refused by quota"; "channel" => name, "peer_pid" => peer.pid,
+                "peer_uid" => peer.uid, "reason" => &message);
+            return Reply::failure(ErrorCode::LimitReached, message);
+        }
         let (producers, consumers) = match (
             AccessList::parse_all(producers),
             AccessList::parse_all(consumers),
@@ -320,6 +354,11 @@ impl Registry {
                     peer.uid
                 ),
             );
+        }
+        if let Err(message) = self.quotas.admit_attach(peer.uid, Instant::now()) {
+            warn!(self.log, "attach refused by quota"; "channel" => name, "peer_pid" => peer.pid,
+                "peer_uid" => peer.uid, "reason" => &message);
+            return Outcome::error(ErrorCode::LimitReached, message);
         }
         if let Some(holder) = channel.slot(role) {
             return Outcome::error(

@@ -29,6 +29,19 @@ const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 /// Session ids start here and are never reused, so a stale id can never name a newer client.
 const FIRST_SESSION: SessionId = 2;
+/// Fds the broker holds besides clients and channels (epoll, listener, signal pipe, std streams).
+const FIXED_FDS: usize = 16;
+/// Fds kept free for attaches in flight and the fd store's metadata memfds.
+const FD_RESERVE: usize = 64;
+/// How often stalled connections are looked for.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+fn fd_limit() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
 
 pub struct Server {
     poll: Poll,
@@ -45,7 +58,9 @@ pub struct Server {
     /// `--config` as given: reloads resolve the config the same way the start did.
     config_arg: Option<PathBuf>,
     config_file: Option<PathBuf>,
-    max_clients: usize,
+    request_timeout: Duration,
+    /// RLIMIT_NOFILE: clients are refused before the broker would run out.
+    fd_limit: usize,
     /// Interval between `WATCHDOG=1` pings when systemd asks for them (half its timeout).
     watchdog: Option<Duration>,
     log: Logger,
@@ -81,7 +96,8 @@ impl Server {
             started: Instant::now(),
             config_arg,
             config_file: config.source.clone(),
-            max_clients: config.max_clients,
+            request_timeout: config.request_timeout,
+            fd_limit: fd_limit(),
             watchdog: sd_notify::watchdog_enabled().map(|timeout| timeout / 2),
             log,
         })
@@ -96,17 +112,25 @@ impl Server {
         self.notifier.ready(self.summary());
         let mut events = Events::with_capacity(256);
         let mut next_ping = Instant::now();
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
+            let now = Instant::now();
             // The watchdog is fed from the loop itself, so a wedged loop gets restarted.
             if let Some(interval) = self.watchdog {
-                if Instant::now() >= next_ping {
+                if now >= next_ping {
                     self.notifier.watchdog();
-                    next_ping = Instant::now() + interval;
+                    next_ping = now + interval;
                 }
             }
-            let timeout = self
-                .watchdog
-                .map(|_| next_ping.saturating_duration_since(Instant::now()));
+            if now >= next_housekeeping {
+                self.expire_stalled();
+                next_housekeeping = now + HOUSEKEEPING;
+            }
+            let next_wake = match self.watchdog {
+                Some(_) => next_ping.min(next_housekeeping),
+                None => next_housekeeping,
+            };
+            let timeout = Some(next_wake.saturating_duration_since(Instant::now()));
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -141,7 +165,7 @@ impl Server {
         match Config::discover(self.config_arg.as_deref()) {
             Ok(config) => match self.registry.apply_config(&config) {
                 Ok(()) => {
-                    self.max_clients = config.max_clients;
+                    self.request_timeout = config.request_timeout;
                     self.config_file = config.source.clone();
                     info!(self.log, "config reloaded";
                         "file" => self.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -197,15 +221,15 @@ impl Server {
         };
         let id = self.next_session;
         self.next_session += 1;
-        if self.sessions.len() >= self.max_clients {
-            warn!(self.log, "client refused: too many clients";
-                "peer_pid" => peer.pid, "peer_uid" => peer.uid, "max_clients" => self.max_clients);
+        if let Err(message) = self.admit_check(peer.uid) {
+            warn!(self.log, "client refused"; "peer_pid" => peer.pid, "peer_uid" => peer.uid,
+                "reason" => &message);
             let mut session = Session::new(id, stream, peer);
-            let reply = Reply::failure(
-                ErrorCode::LimitReached,
-                format!("too many clients: max_clients = {}", self.max_clients),
+            session.queue_reply(
+                0,
+                &Reply::failure(ErrorCode::LimitReached, message),
+                Vec::new(),
             );
-            session.queue_reply(0, &reply, Vec::new());
             let _ = session.flush(); // best effort; the socket buffer of a new connection is empty
             return;
         }
@@ -220,6 +244,54 @@ impl Server {
         debug!(self.log, "client connected"; "session" => id, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
         self.sessions.insert(id, Session::new(id, stream, peer));
         self.drive(id);
+    }
+
+    /// Quotas and the fd limit, checked before a connection is served.
+    fn admit_check(&self, uid: u32) -> Result<(), String> {
+        let held = self.registry.holdings(uid, self.clients_of(uid));
+        self.registry.quotas().admit_client(
+            uid,
+            held,
+            self.registry.totals(self.sessions.len()),
+        )?;
+        // Each client holds one fd, each channel three, an attach three more for a moment.
+        let in_use = FIXED_FDS + self.sessions.len() + 3 * self.registry.channel_count();
+        if in_use + FD_RESERVE >= self.fd_limit {
+            return Err(format!(
+                "broker is out of file descriptors ({in_use} of {} in use); try again later",
+                self.fd_limit
+            ));
+        }
+        Ok(())
+    }
+
+    fn clients_of(&self, uid: u32) -> usize {
+        self.sessions.values().filter(|s| s.peer.uid == uid).count()
+    }
+
+    /// Closes connections that never completed a request, or left one half-sent, within
+    /// `request_timeout`. Clients that are attached or merely idle between requests stay.
+    fn expire_stalled(&mut self) {
+        let now = Instant::now();
+        let timeout = self.request_timeout;
+        let stalled: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.stalled_since(now)
+                    .is_some_and(|since| now.duration_since(since) >= timeout)
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in stalled {
+            if let Some(session) = self.sessions.remove(&id) {
+                warn!(self.log, "closing connection: no complete request within request_timeout";
+                    "request_timeout_ms" => timeout.as_millis() as u64,
+                    "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                self.close(session);
+            }
+        }
+        self.registry.expire_rate_state(now);
     }
 
     /// Moves one session forward as far as it goes without waiting: write what is queued, then
@@ -288,7 +360,7 @@ impl Server {
         };
         let peer = session.peer.clone();
         let (reply, fds) = match request {
-            Request::Status => (Reply::success(self.status()), Vec::new()),
+            Request::Status => (Reply::success(self.status(peer.uid)), Vec::new()),
             Request::List => (self.registry.list(), Vec::new()),
             Request::Info { channel } => (self.registry.info(&channel), Vec::new()),
             Request::Create {
@@ -367,7 +439,14 @@ impl Server {
         }
     }
 
-    fn status(&self) -> StatusInfo {
+    fn status(&self, uid: u32) -> StatusInfo {
+        // The session being served is out of the map while it is handled.
+        let clients = self.sessions.len() + 1;
+        let held = self.registry.holdings(uid, self.clients_of(uid) + 1);
+        let quotas = self
+            .registry
+            .quotas()
+            .usage(self.registry.totals(clients), uid, held);
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: PROTOCOL_VERSION,
@@ -377,8 +456,8 @@ impl Server {
             socket_path: self.control.path.as_ref().map(|p| p.display().to_string()),
             config_file: self.config_file.as_ref().map(|p| p.display().to_string()),
             channels: self.registry.channel_count(),
-            // The session being served is out of the map while it is handled.
-            clients: self.sessions.len() + 1,
+            clients,
+            quotas,
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
 
 use shmem_broker_client::fdpass::{recv_with_fds, send_with_fds};
 use shmem_broker_client::wire::{
@@ -60,6 +61,10 @@ pub struct Session {
     queued_bytes: usize,
     /// Hang up once the queued replies are written.
     pub closing: bool,
+    opened: Instant,
+    completed_requests: u64,
+    /// When the bytes now buffered started arriving without forming a whole request.
+    partial_since: Option<Instant>,
 }
 
 impl Session {
@@ -73,6 +78,9 @@ impl Session {
             out: VecDeque::new(),
             queued_bytes: 0,
             closing: false,
+            opened: Instant::now(),
+            completed_requests: 0,
+            partial_since: None,
         }
     }
 
@@ -110,8 +118,33 @@ impl Session {
         }
     }
 
+    /// Since when this connection has been waiting for the client to finish a request, if it
+    /// is: no request yet and not attached, or part of one buffered.
+    pub fn stalled_since(&self, now: Instant) -> Option<Instant> {
+        if let Some(since) = self.partial_since {
+            return Some(since);
+        }
+        (self.completed_requests == 0 && self.attached.is_none()).then_some(self.opened.min(now))
+    }
+
     /// Takes the next complete frame out of the read buffer.
     pub fn next_input(&mut self) -> Option<Input> {
+        let input = self.frame();
+        if input.is_some() {
+            self.completed_requests += 1;
+        }
+        // Bytes that do not form a whole request yet start the stall clock (or keep it going).
+        if self.read_buf.is_empty() {
+            self.partial_since = None;
+        } else if input.is_some() {
+            self.partial_since = Some(Instant::now());
+        } else {
+            self.partial_since.get_or_insert_with(Instant::now);
+        }
+        input
+    }
+
+    fn frame(&mut self) -> Option<Input> {
         let prefix = self.read_buf.len().min(MAGIC.len());
         if self.read_buf[..prefix] != MAGIC[..prefix] {
             return Some(invalid(
