@@ -1,21 +1,8 @@
 //! `shmem-broker`: the daemon that hands out named shared-memory channels.
 //!
 //! This file is the launcher: flags, config, logging and the control socket (systemd's or our
-//! own). The broker core behind it is socket -> [`session`] -> [`registry`] -> [`channel`] ->
-//! ring, driven by the single-threaded event loop in [`server`].
-
-mod access;
-mod channel;
-mod config;
-mod fdstore;
-mod listener;
-mod logging;
-mod notify;
-mod peer;
-mod quota;
-mod registry;
-mod server;
-mod session;
+//! own). The broker core behind it lives in the library (`lib.rs`): socket -> session ->
+//! registry -> channel -> ring, driven by the single-threaded event loop in `server`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,11 +10,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use slog::{crit, Level};
 
-use crate::config::{Config, LogFormat};
-use crate::fdstore::FdStore;
-use crate::listener::ControlSocket;
-use crate::registry::Registry;
-use crate::server::Server;
+use shmem_broker_daemon::config::{Config, LogFormat};
+use shmem_broker_daemon::fdstore::FdStore;
+use shmem_broker_daemon::listener::ControlSocket;
+use shmem_broker_daemon::registry::Registry;
+use shmem_broker_daemon::server::Server;
 
 /// Broker for named shared-memory channels between processes on one machine.
 #[derive(Parser, Debug)]
@@ -86,7 +73,7 @@ fn main() -> ExitCode {
         .log_format
         .or(config.log_format)
         .unwrap_or(LogFormat::Term);
-    let log = logging::build(level, format);
+    let log = shmem_broker_daemon::logging::build(level, format);
     match run(&args, config, &log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -7,33 +7,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use shmem_broker_client::fdpass::{recv_with_fds, send_with_fds};
-use shmem_broker_client::wire::{
-    encode_frame, ErrorCode, FrameHeader, FrameKind, HeaderError, Reply, Request, HEADER_LEN,
-    MAGIC, MAX_REQUEST_BODY, PROTOCOL_VERSION,
-};
+use shmem_broker_client::wire::{encode_frame, FrameKind, Reply};
 
 use crate::channel::SessionId;
+pub use crate::decoder::Input;
+use crate::decoder::RequestDecoder;
 use crate::peer::PeerCredentials;
 
 /// Replies a client may leave unread before it is disconnected. A well-behaved client reads
 /// each reply before its next request, so this only bounds a hostile one.
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
-
-/// The next thing a client said.
-pub enum Input {
-    Request {
-        id: u32,
-        request: Request,
-    },
-    /// Something unacceptable: answer with this error, and hang up if `close`.
-    Invalid {
-        id: u32,
-        code: ErrorCode,
-        message: String,
-        close: bool,
-    },
-}
 
 pub enum ReadStatus {
     /// Read some bytes (and closed `stray_fds` descriptors the client should not have sent).
@@ -56,7 +40,7 @@ pub struct Session {
     pub peer: PeerCredentials,
     /// The channel this connection is attached to; the attachment ends with the connection.
     pub attached: Option<String>,
-    read_buf: Vec<u8>,
+    decoder: RequestDecoder,
     out: VecDeque<Outgoing>,
     queued_bytes: usize,
     /// Hang up once the queued replies are written.
@@ -74,7 +58,7 @@ impl Session {
             stream,
             peer,
             attached: None,
-            read_buf: Vec::new(),
+            decoder: RequestDecoder::default(),
             out: VecDeque::new(),
             queued_bytes: 0,
             closing: false,
@@ -86,35 +70,25 @@ impl Session {
 
     /// Reads what the socket has, up to one maximal frame of buffered input.
     pub fn fill(&mut self) -> io::Result<ReadStatus> {
-        let room = (HEADER_LEN + MAX_REQUEST_BODY as usize).saturating_sub(self.read_buf.len());
-        if room == 0 {
-            return Ok(ReadStatus::WouldBlock);
-        }
-        let start = self.read_buf.len();
-        self.read_buf.resize(start + room.min(READ_CHUNK), 0);
-        let mut fds = Vec::new();
-        let result = recv_with_fds(self.stream.as_fd(), &mut self.read_buf[start..], &mut fds);
-        let stray_fds = fds.len();
-        drop(fds); // closes anything the client sent us: we never asked for fds
+        let mut stray_fds = 0;
+        let stream = &self.stream;
+        let result = self.decoder.read_with(READ_CHUNK, |buf| {
+            let mut fds = Vec::new();
+            let result = recv_with_fds(stream.as_fd(), buf, &mut fds);
+            stray_fds = fds.len();
+            result // dropping `fds` closes anything the client sent: we never asked for fds
+        });
         match result {
-            Ok(0) => {
-                self.read_buf.truncate(start);
-                Ok(ReadStatus::Closed)
-            }
-            Ok(n) => {
-                self.read_buf.truncate(start + n);
-                Ok(ReadStatus::Data { stray_fds })
-            }
-            Err(err) => {
-                self.read_buf.truncate(start);
-                match err.kind() {
-                    io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
-                        Ok(ReadStatus::Closed)
-                    }
-                    _ => Err(err),
+            Ok(None) => Ok(ReadStatus::WouldBlock),
+            Ok(Some(0)) => Ok(ReadStatus::Closed),
+            Ok(Some(_)) => Ok(ReadStatus::Data { stray_fds }),
+            Err(err) => match err.kind() {
+                io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                    Ok(ReadStatus::Closed)
                 }
-            }
+                _ => Err(err),
+            },
         }
     }
 
@@ -129,12 +103,12 @@ impl Session {
 
     /// Takes the next complete frame out of the read buffer.
     pub fn next_input(&mut self) -> Option<Input> {
-        let input = self.frame();
+        let input = self.decoder.next_input();
         if input.is_some() {
             self.completed_requests += 1;
         }
         // Bytes that do not form a whole request yet start the stall clock (or keep it going).
-        if self.read_buf.is_empty() {
+        if self.decoder.is_empty() {
             self.partial_since = None;
         } else if input.is_some() {
             self.partial_since = Some(Instant::now());
@@ -142,73 +116,6 @@ impl Session {
             self.partial_since.get_or_insert_with(Instant::now);
         }
         input
-    }
-
-    fn frame(&mut self) -> Option<Input> {
-        let prefix = self.read_buf.len().min(MAGIC.len());
-        if self.read_buf[..prefix] != MAGIC[..prefix] {
-            return Some(invalid(
-                0,
-                ErrorCode::BadRequest,
-                "not a shmem-broker frame (bad magic)",
-                true,
-            ));
-        }
-        let header_bytes: &[u8; HEADER_LEN] = self.read_buf.get(..HEADER_LEN)?.try_into().ok()?;
-        let header = match FrameHeader::decode(header_bytes, MAX_REQUEST_BODY) {
-            Ok(header) => header,
-            Err(err) => {
-                let id = u32::from_le_bytes([
-                    header_bytes[8],
-                    header_bytes[9],
-                    header_bytes[10],
-                    header_bytes[11],
-                ]);
-                let message = match err {
-                    HeaderError::TooLarge { length, limit } => {
-                        format!("request of {length} bytes exceeds the limit of {limit} bytes")
-                    }
-                    other => other.to_string(),
-                };
-                return Some(invalid(id, ErrorCode::BadRequest, &message, true));
-            }
-        };
-        let frame_len = HEADER_LEN + header.length as usize;
-        if self.read_buf.len() < frame_len {
-            return None;
-        }
-        let body: Vec<u8> = self.read_buf.drain(..frame_len).skip(HEADER_LEN).collect();
-        if header.version != PROTOCOL_VERSION {
-            return Some(invalid(
-                header.id,
-                ErrorCode::UnsupportedVersion,
-                &format!(
-                    "protocol version {} is not supported; this broker speaks version {PROTOCOL_VERSION}",
-                    header.version
-                ),
-                false,
-            ));
-        }
-        if header.kind != FrameKind::Request {
-            return Some(invalid(
-                header.id,
-                ErrorCode::BadRequest,
-                "clients may only send requests",
-                true,
-            ));
-        }
-        Some(match serde_json::from_slice(&body) {
-            Ok(request) => Input::Request {
-                id: header.id,
-                request,
-            },
-            Err(err) => invalid(
-                header.id,
-                ErrorCode::BadRequest,
-                &format!("malformed request: {err}"),
-                false,
-            ),
-        })
     }
 
     /// Queues a frame. Returns false if the client has let too much pile up (hang up on it).
@@ -254,14 +161,5 @@ impl Session {
             }
         }
         Ok(true)
-    }
-}
-
-fn invalid(id: u32, code: ErrorCode, message: &str, close: bool) -> Input {
-    Input::Invalid {
-        id,
-        code,
-        message: message.to_string(),
-        close,
     }
 }
