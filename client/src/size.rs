@@ -34,8 +34,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
-/// Formats a byte count with the largest binary unit that divides it exactly, else with one
-/// decimal place (`1MiB`, `1536KiB`, `1.5GiB`...).
+/// Formats a byte count in the largest binary unit it reaches: whole when exact (`1MiB`),
+/// else with one decimal (`1.5GiB`, `4.8MiB`).
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
         ("TiB", 1 << 40),
@@ -48,9 +48,7 @@ pub fn format_size(bytes: u64) -> String {
             if bytes % scale == 0 {
                 return format!("{}{unit}", bytes / scale);
             }
-            if bytes >= 10 * scale {
-                return format!("{:.1}{unit}", bytes as f64 / scale as f64);
-            }
+            return format!("{:.1}{unit}", bytes as f64 / scale as f64);
         }
     }
     format!("{bytes}B")
@@ -86,6 +84,7 @@ mod tests {
         assert_eq!(format_size(1 << 20), "1MiB");
         assert_eq!(format_size(4096), "4KiB");
         assert_eq!(format_size(100), "100B");
+        assert_eq!(format_size(5_000_000), "4.8MiB");
         assert_eq!(parse_size(&format_size(64 << 10)), Ok(64 << 10));
     }
 }
