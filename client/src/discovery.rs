@@ -1,9 +1,9 @@
 //! Where the broker's control socket lives.
 //!
-//! Clients look in order at an explicit path, `$SHMEM_BROKER_SOCKET`, then the daemon's default:
-//! `/run/shmem-broker/control.sock` for root, `$XDG_RUNTIME_DIR/shmem-broker/control.sock` for
-//! everyone else (falling back to the system path when `XDG_RUNTIME_DIR` is unset, which is where
-//! a systemd-managed broker listens).
+//! A broker binds `/run/shmem-broker/control.sock` when run as root (that is also where
+//! `shmem-broker.socket` listens) and `$XDG_RUNTIME_DIR/shmem-broker/control.sock` when run by
+//! another user. Clients look at an explicit path, then `$SHMEM_BROKER_SOCKET`, then their own
+//! user's broker socket if it exists, then the system broker's.
 
 use std::path::PathBuf;
 
@@ -13,24 +13,39 @@ pub const SOCKET_ENV: &str = "SHMEM_BROKER_SOCKET";
 /// The socket path of the system broker started by `shmem-broker.socket`.
 pub const SYSTEM_SOCKET_PATH: &str = "/run/shmem-broker/control.sock";
 
-/// The path a broker binds when given no `--socket` and no `socket` in its config.
-pub fn default_socket_path() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from(SYSTEM_SOCKET_PATH);
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("shmem-broker/control.sock"),
-        _ => PathBuf::from(SYSTEM_SOCKET_PATH),
-    }
+/// The socket of a broker run by the current (non-root) user, if `XDG_RUNTIME_DIR` is set.
+fn user_socket_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| PathBuf::from(dir).join("shmem-broker/control.sock"))
 }
 
-/// The path a client connects to: `explicit`, else `$SHMEM_BROKER_SOCKET`, else the default.
+/// The path a broker binds when given no `--socket` and no `socket` in its config, or why
+/// there is none.
+pub fn default_socket_path() -> Result<PathBuf, String> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(PathBuf::from(SYSTEM_SOCKET_PATH));
+    }
+    user_socket_path().ok_or_else(|| {
+        "no socket path: XDG_RUNTIME_DIR is not set and only root may use /run/shmem-broker; \
+         pass --socket PATH or set `socket` in the config"
+            .to_string()
+    })
+}
+
+/// The path a client connects to: `explicit`, else `$SHMEM_BROKER_SOCKET`, else the user's own
+/// broker if one is listening there, else the system broker.
 pub fn client_socket_path(explicit: Option<PathBuf>) -> PathBuf {
-    explicit
-        .or_else(|| {
-            std::env::var_os(SOCKET_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(default_socket_path)
+    if let Some(path) = explicit {
+        return path;
+    }
+    if let Some(path) = std::env::var_os(SOCKET_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if !rustix::process::geteuid().is_root() {
+        if let Some(path) = user_socket_path().filter(|p| p.exists()) {
+            return path;
+        }
+    }
+    PathBuf::from(SYSTEM_SOCKET_PATH)
 }

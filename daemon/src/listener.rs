@@ -12,6 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use rustix::net::{AddressFamily, SocketType};
+use shmem_broker_client::discovery::default_socket_path;
 
 /// The fd name `shmem-broker.socket` gives its socket (`FileDescriptorName=control`).
 pub const CONTROL_FD_NAME: &str = "control";
@@ -34,9 +35,9 @@ pub struct ControlSocket {
 pub type StoredFds = Vec<(OwnedFd, String)>;
 
 impl ControlSocket {
-    /// Takes the activated socket if there is one, else binds `path`. Also returns every other
-    /// fd systemd passed, for the fd store to take back.
-    pub fn open(path: &Path, mode: u32) -> Result<(ControlSocket, StoredFds), String> {
+    /// Takes the activated socket if there is one, else binds `path` (or the default path).
+    /// Also returns every other fd systemd passed, for the fd store to take back.
+    pub fn open(path: Option<PathBuf>, mode: u32) -> Result<(ControlSocket, StoredFds), String> {
         match activation_fds()? {
             Some((listener, stored)) => {
                 let path = rustix::net::getsockname(&listener)
@@ -55,7 +56,13 @@ impl ControlSocket {
                     stored,
                 ))
             }
-            None => bind(path, mode).map(|socket| (socket, Vec::new())),
+            None => {
+                let path = match path {
+                    Some(path) => path,
+                    None => default_socket_path()?,
+                };
+                bind(&path, mode).map(|socket| (socket, Vec::new()))
+            }
         }
     }
 

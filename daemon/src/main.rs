@@ -87,12 +87,8 @@ fn main() -> ExitCode {
 
 fn run(args: &Args, config: Config, log: &slog::Logger) -> Result<(), String> {
     raise_fd_limit(log);
-    let socket_path = args
-        .socket
-        .clone()
-        .or_else(|| config.socket.clone())
-        .unwrap_or_else(shmem_broker_client::discovery::default_socket_path);
-    let (control, stored) = ControlSocket::open(&socket_path, config.socket_mode)?;
+    let socket_path = args.socket.clone().or_else(|| config.socket.clone());
+    let (control, stored) = ControlSocket::open(socket_path, config.socket_mode)?;
     let mut registry = Registry::new(&config, FdStore::new(log.clone()), log.clone());
     registry.restore(stored);
     registry
