@@ -1,0 +1,183 @@
+#!/bin/bash
+# Install (or uninstall) shmem-broker: binaries, systemd units, system users, example config, docs.
+#
+#   systemd/install.sh [--prefix PREFIX] [--from DIR] [--uninstall]
+#
+#   --prefix PREFIX  where binaries, sysusers.d and docs go (default /usr/local)
+#   --from DIR       the built binaries (default <repo>/target/release; built with
+#                    `cargo build --release` if missing there and cargo is available)
+#   --uninstall      remove what an install with the same PREFIX put there; a config that was
+#                    edited after installation is kept
+#   DESTDIR=...      stage everything below this folder (for packaging): nothing outside it is
+#                    touched, and systemd-sysusers / systemctl are not run
+#
+# Layout (PREFIX=/usr/local):
+#   PREFIX/bin/shmem-broker, PREFIX/bin/shmemctl
+#   /etc/systemd/system/shmem-broker.{socket,service}   (PREFIX=/usr: /usr/lib/systemd/system)
+#   PREFIX/lib/sysusers.d/shmem-broker.conf
+#   /etc/shmem-broker/shmem-broker.toml                 (never overwritten: a changed example
+#                                                        goes next to it as .toml.new)
+#   PREFIX/share/doc/shmem-broker/{README.md,PROTOCOL.md}
+# Afterwards (DESTDIR empty): systemd-sysusers creates the shmem-broker user and the shmem
+# group, and systemd reloads its units if it is running. Start with:
+#   systemctl enable --now shmem-broker.socket
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=/usr/local
+FROM=
+UNINSTALL=no
+DESTDIR=${DESTDIR:-}
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+say() { echo "$*"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) [ $# -ge 2 ] || die "--prefix needs a value"; PREFIX=$2; shift 2;;
+    --prefix=*) PREFIX=${1#--prefix=}; shift;;
+    --from) [ $# -ge 2 ] || die "--from needs a value"; FROM=$2; shift 2;;
+    --from=*) FROM=${1#--from=}; shift;;
+    --uninstall) UNINSTALL=yes; shift;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0;;
+    *) die "unknown argument: $1 (see --help)";;
+  esac
+done
+case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path, not '$PREFIX'";; esac
+PREFIX=${PREFIX%/}; [ -n "$PREFIX" ] || PREFIX=/
+case "$DESTDIR" in ''|/*) ;; *) die "DESTDIR must be an absolute path, not '$DESTDIR'";; esac
+DESTDIR=${DESTDIR%/}
+
+BINDIR=${PREFIX%/}/bin
+if [ "$PREFIX" = /usr ]; then UNITDIR=/usr/lib/systemd/system; else UNITDIR=/etc/systemd/system; fi
+SYSUSERSDIR=${PREFIX%/}/lib/sysusers.d
+DOCDIR=${PREFIX%/}/share/doc/shmem-broker
+CONFDIR=/etc/shmem-broker
+CONFIG=$CONFDIR/shmem-broker.toml
+EXAMPLE_CONFIG=$REPO/config/shmem-broker.toml
+UNITS="shmem-broker.socket shmem-broker.service"
+BINARIES="shmem-broker shmemctl"
+DOCS="README.md PROTOCOL.md"
+
+# Acting on the real system (not staging into DESTDIR) with systemd running?
+live_systemd() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+
+remove() {  # remove FILE if it exists, saying so
+  if [ -e "$DESTDIR$1" ] || [ -L "$DESTDIR$1" ]; then
+    rm -f -- "$DESTDIR$1"; say "removed $DESTDIR$1"
+  fi
+}
+remove_dir_if_empty() {
+  if [ -d "$DESTDIR$1" ] && rmdir -- "$DESTDIR$1" 2>/dev/null; then say "removed $DESTDIR$1/"; fi
+}
+
+if [ "$UNINSTALL" = yes ]; then
+  if live_systemd; then
+    for unit in $UNITS; do
+      if systemctl cat "$unit" >/dev/null 2>&1; then
+        say "systemctl disable --now $unit"
+        systemctl disable --now "$unit" || echo "install.sh: warning: could not stop/disable $unit" >&2
+      fi
+    done
+  fi
+  for bin in $BINARIES; do remove "$BINDIR/$bin"; done
+  for unit in $UNITS; do remove "$UNITDIR/$unit"; done
+  remove "$SYSUSERSDIR/shmem-broker.conf"
+  for doc in $DOCS; do remove "$DOCDIR/$doc"; done
+  remove_dir_if_empty "$DOCDIR"
+  # The config stays if anyone changed it; so does a .new that differs from this version's.
+  for file in "$CONFIG" "$CONFIG.new"; do
+    if [ -e "$DESTDIR$file" ]; then
+      if cmp -s "$DESTDIR$file" "$EXAMPLE_CONFIG"; then
+        remove "$file"
+      else
+        say "kept $DESTDIR$file (edited; remove it yourself if it is no longer wanted)"
+      fi
+    fi
+  done
+  remove_dir_if_empty "$CONFDIR"
+  if live_systemd; then say "systemctl daemon-reload"; systemctl daemon-reload; fi
+  say "uninstalled shmem-broker from $DESTDIR$PREFIX (the shmem-broker user and the shmem group are kept)"
+  exit 0
+fi
+
+# --- install ---
+if [ -z "$FROM" ]; then
+  FROM=$REPO/target/release
+  missing=no
+  for bin in $BINARIES; do [ -x "$FROM/$bin" ] || missing=yes; done
+  if [ "$missing" = yes ]; then
+    command -v cargo >/dev/null ||
+      die "no release build in $FROM and no cargo in PATH: run 'cargo build --release' in $REPO first"
+    say "cargo build --release (in $REPO)"
+    (cd "$REPO" && cargo build --release --bins) || die "cargo build --release failed"
+  fi
+fi
+for bin in $BINARIES; do
+  [ -x "$FROM/$bin" ] || die "$FROM/$bin not found: run 'cargo build --release' in $REPO first"
+done
+for file in "$REPO/systemd/shmem-broker.socket" "$REPO/systemd/shmem-broker.service" \
+            "$REPO/systemd/shmem-broker.sysusers" "$EXAMPLE_CONFIG"; do
+  [ -f "$file" ] || die "$file is missing from the source tree"
+done
+case "$PREFIX" in
+  /home|/home/*|/root|/root/*|/tmp|/tmp/*|/var/tmp|/var/tmp/*|/run|/run/*)
+    echo "install.sh: warning: the service's sandbox (ProtectHome=, PrivateTmp=) hides $PREFIX; the broker will not start from there" >&2;;
+esac
+
+install -d -m 0755 "$DESTDIR$BINDIR" "$DESTDIR$UNITDIR" "$DESTDIR$SYSUSERSDIR" "$DESTDIR$DOCDIR" "$DESTDIR$CONFDIR"
+
+for bin in $BINARIES; do
+  install -m 0755 "$FROM/$bin" "$DESTDIR$BINDIR/$bin"
+  say "installed $DESTDIR$BINDIR/$bin"
+done
+
+# Units: ExecStart= runs the installed binary (arguments kept), docs point at the installed README.
+tmp=$(mktemp -d); trap 'rm -rf -- "$tmp"' EXIT
+for unit in $UNITS; do
+  sed -e "s|^ExecStart=[^ ]*/shmem-broker\\b|ExecStart=$BINDIR/shmem-broker|" \
+      -e "s|file:///[^ ]*/share/doc/shmem-broker/|file://$DOCDIR/|g" \
+      "$REPO/systemd/$unit" > "$tmp/$unit"
+done
+grep -qx "ExecStart=$BINDIR/shmem-broker\( .*\)\{0,1\}" "$tmp/shmem-broker.service" ||
+  die "could not point ExecStart= of shmem-broker.service at $BINDIR/shmem-broker"
+for unit in $UNITS; do
+  install -m 0644 "$tmp/$unit" "$DESTDIR$UNITDIR/$unit"
+  say "installed $DESTDIR$UNITDIR/$unit ($(grep -m1 -E '^(ExecStart|ListenStream)=' "$tmp/$unit"))"
+done
+
+install -m 0644 "$REPO/systemd/shmem-broker.sysusers" "$DESTDIR$SYSUSERSDIR/shmem-broker.conf"
+say "installed $DESTDIR$SYSUSERSDIR/shmem-broker.conf"
+
+for doc in $DOCS; do
+  install -m 0644 "$REPO/$doc" "$DESTDIR$DOCDIR/$doc"
+  say "installed $DESTDIR$DOCDIR/$doc"
+done
+
+# Never overwrite the administrator's config.
+if [ ! -e "$DESTDIR$CONFIG" ]; then
+  install -m 0644 "$EXAMPLE_CONFIG" "$DESTDIR$CONFIG"
+  say "installed $DESTDIR$CONFIG"
+elif cmp -s "$DESTDIR$CONFIG" "$EXAMPLE_CONFIG"; then
+  say "kept $DESTDIR$CONFIG (already this version's example)"
+  rm -f -- "$DESTDIR$CONFIG.new"
+else
+  install -m 0644 "$EXAMPLE_CONFIG" "$DESTDIR$CONFIG.new"
+  say "kept $DESTDIR$CONFIG (it differs from the example); this version's example is $DESTDIR$CONFIG.new"
+fi
+
+if [ -z "$DESTDIR" ]; then
+  if command -v systemd-sysusers >/dev/null; then
+    say "systemd-sysusers $SYSUSERSDIR/shmem-broker.conf"
+    systemd-sysusers "$SYSUSERSDIR/shmem-broker.conf"
+  else
+    echo "install.sh: warning: systemd-sysusers not found; create user shmem-broker and group shmem (member shmem-broker) yourself" >&2
+  fi
+  if live_systemd; then
+    say "systemctl daemon-reload"
+    systemctl daemon-reload
+  fi
+  say "done; start the broker with: systemctl enable --now shmem-broker.socket"
+else
+  say "staged in $DESTDIR (systemd-sysusers and systemctl daemon-reload not run)"
+fi
