@@ -156,28 +156,19 @@ fn send(client: &Client, name: &str, chunk: Option<u64>) -> Result<()> {
     let mut stdin = io::stdin().lock();
     let mut buf = vec![0u8; chunk];
     loop {
-        let filled = read_full(&mut stdin, &mut buf).context("reading standard input")?;
-        if filled == 0 {
-            break;
-        }
+        // Forward whatever one read returns: a pipe that stays open (`tail -f log | shmemctl
+        // send ch`) must flow now, not when a whole chunk has piled up. Files still come in
+        // full chunks.
+        let filled = match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading standard input"),
+        };
         producer.send(&buf[..filled])?;
     }
     producer.close()?;
     Ok(())
-}
-
-/// Fills `buf` as far as the input allows, so messages are full-sized except the last.
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 fn recv(client: &Client, name: &str, follow: bool) -> Result<()> {
