@@ -1,0 +1,25 @@
+#!/bin/bash
+# PID 1 of the lab's new pid namespace (started by sd-up.sh through unshare): private mounts,
+# then exec a real systemd. Usage: sd-init.sh WORKDIR
+set -euo pipefail
+W=$1
+mount -n -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+mkdir -p /run/lock /run/systemd/journald.conf.d
+printf '[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToWall=no\nForwardToConsole=no\nForwardToSyslog=no\n' \
+    > /run/systemd/journald.conf.d/shmem-broker-lab.conf
+# No sysctl writes reach the host.
+mount -n --bind /proc/sys /proc/sys
+mount -n -o remount,bind,ro /proc/sys
+# A read-only /sys with a cgroup2 rooted at the lab's cgroup (the cgroup namespace).
+umount -n -R /sys/fs/cgroup
+mount -n -o remount,bind,ro /sys
+mount -n -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+# Never write the host's machine-id; `systemctl enable` lands in a tmpfs, not in host /etc.
+mount -n --bind "$W/machine-id" /etc/machine-id
+mount -n -t tmpfs -o mode=755 tmpfs /etc/systemd/system
+# Keep PID 1 off the machine's real console.
+mount -n --bind /dev/null /dev/console
+# container= makes systemd behave as in a container (its shutdown leaves host mounts alone).
+exec env -i container=shmem-broker-lab SYSTEMD_UNIT_PATH="/etc/systemd/system:$W/units" \
+    SYSTEMD_GENERATOR_PATH="$W/empty" SYSTEMD_ENVIRONMENT_GENERATOR_PATH="$W/empty" \
+    /lib/systemd/systemd --system --unit=lab.target --show-status=no
