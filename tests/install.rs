@@ -69,7 +69,12 @@ fn files_below(dir: &Path) -> Vec<String> {
             if entry.file_type().expect("file type").is_dir() {
                 walk(root, &path, out);
             } else {
-                out.push(path.strip_prefix(root).expect("walked path lies under the install root").display().to_string());
+                out.push(
+                    path.strip_prefix(root)
+                        .expect("walked path lies under the install root")
+                        .display()
+                        .to_string(),
+                );
             }
         }
     }
