@@ -1,0 +1,187 @@
+//! The machine's limits: single-thread memcpy bandwidth and the round trip of one cache line
+//! between two cores.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::results::{CoreToCore, Rate};
+use crate::stats::{median, Percentiles};
+use crate::sys::{self, now_ns, CorePair};
+
+/// memcpy of `size` bytes from one buffer to another, repeated for `budget_ms`, on core `cpu`.
+/// Source and destination are reused, so up to the cache size this is a cache-to-cache copy:
+/// the same situation as a ring that fits in cache. Median of three runs.
+pub fn memcpy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<Rate> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(cpu) = cpu {
+                    sys::pin_to(cpu)?;
+                }
+                let src: Vec<u8> = (0..size).map(|i| (i * 13 + 1) as u8).collect();
+                let mut dst = vec![0u8; size];
+                let every = (4 * 1024 * 1024 / size).max(1) as u64;
+                let mut rates = Vec::new();
+                for _ in 0..3 {
+                    // One untimed copy so that both buffers are faulted in and warm.
+                    dst.copy_from_slice(&src);
+                    let start = now_ns();
+                    let deadline = start + budget_ms * 1_000_000 / 3;
+                    let mut copies = 0u64;
+                    loop {
+                        black_box(&mut dst).copy_from_slice(black_box(&src));
+                        copies += 1;
+                        if copies % every == 0 && now_ns() >= deadline {
+                            break;
+                        }
+                    }
+                    let secs = (now_ns() - start) as f64 / 1e9;
+                    rates.push(Rate {
+                        msgs_per_s: copies as f64 / secs,
+                        gb_per_s: (copies * size as u64) as f64 / secs / 1e9,
+                    });
+                }
+                let mid =
+                    median(&rates.iter().map(|r| r.gb_per_s).collect::<Vec<_>>()).unwrap_or(0.0);
+                Ok(rates
+                    .into_iter()
+                    .find(|r| r.gb_per_s == mid)
+                    .unwrap_or_default())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("memcpy thread panicked"))?
+    })
+}
+
+#[repr(align(128))]
+struct Line(AtomicU64);
+
+/// Round trips per timed sample: reading the clock costs about as much as a round trip.
+const TRIPS_PER_SAMPLE: u64 = 100;
+
+/// Atomic ping-pong of one cache line between threads pinned to the two cores: thread a writes
+/// an odd number and waits for the next even one, thread b answers. Samples are averages over
+/// 100 round trips.
+pub fn core_to_core(cores: Option<CorePair>, budget_ms: u64) -> Result<CoreToCore> {
+    let line = Arc::new(Line(AtomicU64::new(0)));
+    let done = Arc::new(AtomicU64::new(0));
+    let responder = {
+        let line = Arc::clone(&line);
+        let done = Arc::clone(&done);
+        std::thread::Builder::new()
+            .name("c2c-b".into())
+            .spawn(move || -> Result<()> {
+                if let Some(c) = cores {
+                    sys::pin_to(c.b)?;
+                }
+                let mut expect = 1u64;
+                while done.load(Ordering::Relaxed) == 0 {
+                    if line.0.load(Ordering::Acquire) == expect {
+                        line.0.store(expect + 1, Ordering::Release);
+                        expect += 2;
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                Ok(())
+            })
+            .context("starting the responder thread")?
+    };
+    let initiator = {
+        let line = Arc::clone(&line);
+        let done = Arc::clone(&done);
+        std::thread::Builder::new()
+            .name("c2c-a".into())
+            .spawn(move || -> Result<Vec<u64>> {
+                let pinned = match cores {
+                    Some(c) => sys::pin_to(c.a),
+                    None => Ok(()),
+                };
+                if let Err(err) = pinned {
+                    done.store(1, Ordering::Relaxed);
+                    return Err(err);
+                }
+                let start = now_ns();
+                let warm = start + budget_ms * 1_000_000 / 10;
+                let deadline = start + budget_ms * 1_000_000;
+                let mut value = 1u64;
+                let mut samples = Vec::new();
+                loop {
+                    let t0 = now_ns();
+                    for _ in 0..TRIPS_PER_SAMPLE {
+                        line.0.store(value, Ordering::Release);
+                        while line.0.load(Ordering::Acquire) != value + 1 {
+                            std::hint::spin_loop();
+                        }
+                        value += 2;
+                    }
+                    let t1 = now_ns();
+                    if t0 >= warm {
+                        samples.push((t1 - t0) / TRIPS_PER_SAMPLE);
+                    }
+                    if t1 >= deadline {
+                        break;
+                    }
+                }
+                done.store(1, Ordering::Relaxed);
+                Ok(samples)
+            })
+            .context("starting the initiator thread")?
+    };
+    let samples = initiator
+        .join()
+        .map_err(|_| anyhow::anyhow!("initiator thread panicked"))??;
+    responder
+        .join()
+        .map_err(|_| anyhow::anyhow!("responder thread panicked"))??;
+    let round_trip = Percentiles::of(&samples, 1.0).context("no core-to-core samples")?;
+    Ok(CoreToCore {
+        round_trip,
+        min_ns: samples.iter().copied().min().unwrap_or_default() as f64,
+        cores: cores.map(|c| (c.a, c.b)),
+    })
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the thread CPU clock always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// How much CPU two busy threads pinned to the two cores actually get (thread CPU time /
+/// wall time, each): on an oversubscribed VM this is well below 1, and every two-process
+/// measurement runs in that situation.
+pub fn cpu_share(cores: Option<CorePair>, budget_ms: u64) -> Result<(f64, f64)> {
+    let spin = move |cpu: Option<usize>| -> Result<f64> {
+        if let Some(cpu) = cpu {
+            sys::pin_to(cpu)?;
+        }
+        let (wall0, cpu0) = (now_ns(), thread_cpu_ns());
+        let deadline = wall0 + budget_ms * 1_000_000;
+        let mut x = 0u64;
+        while now_ns() < deadline {
+            for _ in 0..1000 {
+                x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        }
+        Ok((thread_cpu_ns() - cpu0) as f64 / (now_ns() - wall0) as f64)
+    };
+    std::thread::scope(|scope| {
+        let a = scope.spawn(|| spin(cores.map(|c| c.a)));
+        let b = scope.spawn(|| spin(cores.map(|c| c.b)));
+        let a = a
+            .join()
+            .map_err(|_| anyhow::anyhow!("busy thread panicked"))??;
+        let b = b
+            .join()
+            .map_err(|_| anyhow::anyhow!("busy thread panicked"))??;
+        Ok((a, b))
+    })
+}

@@ -1,0 +1,490 @@
+//! `shmem-bench`: measures shmem-broker's channels against Unix sockets, pipes and the
+//! machine's limits, plus the control plane and the CLI, in one run on one machine, and writes
+//! BENCHMARKS.md and two SVG plots.
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! cargo run --release -p shmem-broker-bench -- --all --out BENCHMARKS.md --svg docs/bench.svg
+//! cargo run --release -p shmem-broker-bench -- --quick      # smoke run, a few seconds
+//! ```
+
+mod broker;
+mod cli;
+mod control;
+mod limits;
+mod machine;
+mod ours;
+mod peers;
+mod plan;
+mod plot;
+mod proc;
+mod report;
+mod results;
+mod roles;
+mod stats;
+mod sys;
+mod transport;
+mod worker;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::broker::{Broker, BIG_CONFIG, DEFAULT_CONFIG};
+use crate::control::Control;
+use crate::ours::Ours;
+use crate::peers::{Peers, Stream};
+use crate::plan::Plan;
+use crate::results::{
+    format_size, Latency, LatencyMode, Rate, Results, Series, Throughput, Transport,
+};
+use crate::sys::CorePair;
+
+#[derive(Parser)]
+#[command(
+    name = "shmem-bench",
+    about = "Benchmark shmem-broker channels against Unix sockets, pipes and the machine's limits"
+)]
+struct Args {
+    #[command(subcommand)]
+    worker: Option<Hidden>,
+    /// Run every section (the default unless --only is given)
+    #[arg(long)]
+    all: bool,
+    /// Smoke run: every code path with tiny budgets, well under a minute; numbers are noise
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "all")]
+    only: Vec<Section>,
+    /// Message sizes in bytes [default: 64,1024,4096,65536,1048576,4194304]
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Write the Markdown report here (default: standard output)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write plots: `--svg docs/bench.svg` writes docs/bench-throughput.svg and
+    /// docs/bench-latency.svg
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write every raw result as JSON here
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The broker binary [default: shmem-broker next to this binary]
+    #[arg(long)]
+    broker: Option<PathBuf>,
+    /// The CLI binary [default: shmemctl next to this binary]
+    #[arg(long)]
+    ctl: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Hidden {
+    /// One side of a two-process measurement (internal)
+    #[command(name = "__worker", hide = true)]
+    Worker {
+        #[arg(long)]
+        cpu: Option<usize>,
+        task: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Machine limits: memcpy, core-to-core round trip
+    Limits,
+    /// Our channels: throughput and latency
+    Ours,
+    /// Unix socket and pipe: throughput and latency
+    Peers,
+    /// Attach, 10k channels, 1k clients, socket activation
+    Control,
+    /// shmemctl send|recv against socat
+    Cli,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Hidden::Worker { cpu, task }) = &args.worker {
+        return match worker::worker_main(*cpu, task) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("shmem-bench worker: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("shmem-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the suite; false if a section failed (the report says which).
+fn run(args: &Args) -> Result<bool> {
+    let started = Instant::now();
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let mut plan = plan;
+    if !args.sizes.is_empty() {
+        if let Some(bad) = args.sizes.iter().find(|&&s| !(8..=8 << 20).contains(&s)) {
+            anyhow::bail!("message size {bad} out of range (8 B to 8 MiB)");
+        }
+        plan.sizes = args.sizes.clone();
+    }
+    let wants = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let nofile = sys::raise_nofile(65_536)?;
+    let cores = sys::core_pair()?;
+    let dir = tempfile::Builder::new()
+        .prefix("shmem-bench.")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let needs_binaries = wants(Section::Ours) || wants(Section::Control) || wants(Section::Cli);
+    let (broker_bin, ctl_bin) = if needs_binaries {
+        (
+            Some(proc::find_binary("shmem-broker", args.broker.as_deref())?),
+            Some(proc::find_binary("shmemctl", args.ctl.as_deref())?),
+        )
+    } else {
+        (None, None)
+    };
+    if nofile < 40_000 {
+        eprintln!(
+            "shmem-bench: RLIMIT_NOFILE is {nofile}: the broker may run out of fds before \
+             10,000 channels (3 each)"
+        );
+    }
+
+    let mut machine = machine::describe(cores);
+    machine.nofile = nofile;
+    // SAFETY: geteuid cannot fail.
+    machine.root = unsafe { libc::geteuid() } == 0;
+    let mut r = Results {
+        machine,
+        command: command_line(),
+        quick: plan.quick,
+        sizes: plan.sizes.clone(),
+        throughput_ms: plan.throughput_ms,
+        throughput_reps: plan.throughput_reps,
+        ..Results::default()
+    };
+
+    if wants(Section::Limits) {
+        limits_section(&plan, cores, &mut r);
+    }
+    let data_broker = match &broker_bin {
+        Some(bin) if wants(Section::Ours) || wants(Section::Cli) => r.record(
+            "starting the broker",
+            Broker::start(bin, dir.path(), "data", DEFAULT_CONFIG),
+        ),
+        _ => None,
+    };
+    data_section(
+        &plan,
+        cores,
+        data_broker.as_ref(),
+        wants(Section::Peers),
+        &mut r,
+    );
+    if let (true, Some(broker_bin), Some(ctl_bin)) =
+        (wants(Section::Control), &broker_bin, &ctl_bin)
+    {
+        let control = Control {
+            broker_bin,
+            ctl_bin,
+            dir: dir.path(),
+        };
+        control_section(&plan, &control, &mut r);
+    }
+    if let (true, Some(broker), Some(ctl_bin)) = (wants(Section::Cli), &data_broker, &ctl_bin) {
+        eprintln!(
+            "shmem-bench: CLI, {} through shmemctl and socat",
+            format_size(plan.cli_bytes as usize)
+        );
+        r.cli = r.record(
+            "CLI end to end",
+            cli::run(ctl_bin, broker, dir.path(), plan.cli_bytes, plan.cli_reps),
+        );
+    }
+    drop(data_broker);
+    r.wall_secs = started.elapsed().as_secs_f64();
+    write_outputs(args, &r)?;
+    Ok(r.failures.is_empty())
+}
+
+fn limits_section(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
+    eprintln!("shmem-bench: machine limits");
+    r.machine.cpu_share = r.record(
+        "CPU share of two busy threads",
+        limits::cpu_share(cores, plan.core_to_core_ms),
+    );
+    if let Some((a, b)) = r.machine.cpu_share {
+        eprintln!("  two busy threads get {a:.2} and {b:.2} of a CPU each");
+    }
+    r.core_to_core = r.record(
+        "core-to-core round trip",
+        limits::core_to_core(cores, plan.core_to_core_ms),
+    );
+    for &size in &plan.sizes {
+        if let Some(rate) = r.record(
+            &format!("memcpy {}", format_size(size)),
+            limits::memcpy(size, plan.memcpy_ms, cores.map(|c| c.a)),
+        ) {
+            log_rate(Series::Memcpy, size, rate);
+            r.throughput.push(Throughput {
+                series: Series::Memcpy,
+                size,
+                rate,
+            });
+        }
+    }
+}
+
+fn log_rate(series: Series, size: usize, rate: Rate) {
+    eprintln!(
+        "  throughput {:>7} {:<14} {:>8.3} GB/s {:>10.0} msg/s",
+        format_size(size),
+        series.short(),
+        rate.gb_per_s,
+        rate.msgs_per_s
+    );
+}
+
+fn log_latency(transport: Transport, mode: LatencyMode, size: usize, p: &stats::Percentiles) {
+    eprintln!(
+        "  latency    {:>7} {:<13} {:<26} p50 {:>10} p99 {:>10} p99.9 {:>10}",
+        format_size(size),
+        transport.label(),
+        mode.label(),
+        report::fmt_ns(p.p50),
+        report::fmt_ns(p.p99),
+        report::fmt_ns(p.p999)
+    );
+}
+
+/// Throughput and latency of our channels and the peers, size by size, the transports
+/// interleaved so that drift on a noisy machine hits them all alike.
+fn data_section(
+    plan: &Plan,
+    cores: Option<CorePair>,
+    broker: Option<&Broker>,
+    with_peers: bool,
+    r: &mut Results,
+) {
+    let ours = match broker {
+        Some(broker) => r.record("connecting to the broker", Ours::new(broker, plan, cores)),
+        None => None,
+    };
+    let peers = with_peers.then(|| Peers::new(plan, cores));
+    if ours.is_none() && peers.is_none() {
+        return;
+    }
+    eprintln!("shmem-bench: throughput and latency");
+    for &size in &plan.sizes {
+        let mut series = Vec::new();
+        if ours.is_some() {
+            series.extend([Series::OursBlocking, Series::OursSpin]);
+            if size <= Plan::BATCHED_MAX_SIZE {
+                series.push(Series::OursBatched);
+            }
+        }
+        if peers.is_some() {
+            series.extend([Series::Unix, Series::Pipe]);
+            if size <= Plan::BATCHED_MAX_SIZE {
+                series.push(Series::UnixBuffered);
+            }
+        }
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); series.len()];
+        let mut rates: Vec<Vec<Rate>> = vec![Vec::new(); series.len()];
+        for _ in 0..plan.throughput_reps {
+            for (i, &s) in series.iter().enumerate() {
+                let result = match (s, &ours, &peers) {
+                    (Series::Unix, _, Some(p)) => p.throughput(Stream::Unix, false, size),
+                    (Series::UnixBuffered, _, Some(p)) => p.throughput(Stream::Unix, true, size),
+                    (Series::Pipe, _, Some(p)) => p.throughput(Stream::Pipe, false, size),
+                    (_, Some(o), _) => o.throughput(s, size),
+                    _ => continue,
+                };
+                if let Some(rate) = r.record(
+                    &format!("throughput {} {}", s.short(), format_size(size)),
+                    result,
+                ) {
+                    runs[i].push(rate.gb_per_s);
+                    rates[i].push(rate);
+                }
+            }
+        }
+        for (i, &s) in series.iter().enumerate() {
+            let Some(mid) = stats::median(&runs[i]) else {
+                continue;
+            };
+            if let Some(&rate) = rates[i].iter().find(|rate| rate.gb_per_s == mid) {
+                log_rate(s, size, rate);
+                r.throughput.push(Throughput {
+                    series: s,
+                    size,
+                    rate,
+                });
+            }
+        }
+        for mode in [
+            LatencyMode::BusyPoll,
+            LatencyMode::Blocking,
+            LatencyMode::Asleep,
+        ] {
+            let mut transports = Vec::new();
+            if ours.is_some() {
+                transports.push(Transport::Ours);
+            }
+            if peers.is_some() {
+                transports.extend([Transport::Unix, Transport::Pipe]);
+            }
+            for transport in transports {
+                let result = match (transport, &ours, &peers) {
+                    (Transport::Ours, Some(o), _) => o.latency(mode, size),
+                    (Transport::Unix, _, Some(p)) => p.latency(Stream::Unix, mode, size),
+                    (Transport::Pipe, _, Some(p)) => p.latency(Stream::Pipe, mode, size),
+                    _ => continue,
+                };
+                let what = format!(
+                    "latency {} {} {}",
+                    transport.label(),
+                    mode.label(),
+                    format_size(size)
+                );
+                if let Some(one_way) = r.record(&what, result) {
+                    log_latency(transport, mode, size, &one_way);
+                    r.latency.push(Latency {
+                        transport,
+                        mode,
+                        size,
+                        one_way,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn control_section(plan: &Plan, control: &Control, r: &mut Results) {
+    eprintln!("shmem-bench: control plane");
+    let attach = Broker::start(control.broker_bin, control.dir, "attach", BIG_CONFIG)
+        .and_then(|broker| control.attach(&broker, plan.attach_iterations));
+    r.attach = r.record("attach latency", attach);
+    if let Some(a) = &r.attach {
+        eprintln!(
+            "  attach p50 {} p99 {}",
+            report::fmt_ns(a.latency.p50),
+            report::fmt_ns(a.latency.p99)
+        );
+    }
+    r.many_channels = r.record(
+        "many channels",
+        control.many_channels(plan.many_channels, plan.list_reps),
+    );
+    if let Some(m) = &r.many_channels {
+        eprintln!(
+            "  {} channels: created in {:.3} s, shmemctl list --json {:.1} ms",
+            m.channels,
+            m.create_secs,
+            m.ctl_list_secs * 1e3
+        );
+    }
+    r.many_clients = r.record("many clients", control.many_clients(plan.many_clients));
+    if let Some(c) = &r.many_clients {
+        eprintln!(
+            "  {} clients: broker VmRSS {} KiB",
+            c.clients, c.rss_attached.total_kib
+        );
+    }
+    r.activation = r.record(
+        "socket activation",
+        control.activation(plan.activation_reps),
+    );
+    if let Some(a) = &r.activation {
+        eprintln!(
+            "  socket activation: first list {:.1} ms",
+            a.first_list_secs * 1e3
+        );
+    }
+}
+
+/// `docs/bench.svg` -> (`docs/bench-throughput.svg`, `docs/bench-latency.svg`).
+fn plot_paths(svg: &Path) -> (PathBuf, PathBuf) {
+    let stem = svg.with_extension("");
+    let name = |suffix: &str| {
+        let mut s = stem.clone().into_os_string();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    (name("-throughput.svg"), name("-latency.svg"))
+}
+
+/// `target` as a link from a file in `from_dir`: relative when it lies below it.
+fn link_from(from_dir: &Path, target: &Path) -> String {
+    let absolute = |p: &Path| -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        }
+    };
+    let (from, to) = (absolute(from_dir), absolute(target));
+    to.strip_prefix(&from)
+        .map(Path::to_path_buf)
+        .unwrap_or(to)
+        .display()
+        .to_string()
+}
+
+fn write_outputs(args: &Args, r: &Results) -> Result<()> {
+    let mut plot_links = None;
+    if let Some(svg) = &args.svg {
+        let (tp, lat) = plot_paths(svg);
+        if let Some(parent) = tp.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        plot::throughput(r, &tp)?;
+        plot::latency(r, &lat)?;
+        eprintln!("shmem-bench: wrote {} and {}", tp.display(), lat.display());
+        let report_dir = args
+            .out
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""));
+        plot_links = Some((link_from(report_dir, &tp), link_from(report_dir, &lat)));
+    }
+    let markdown = report::render(r, plot_links);
+    match &args.out {
+        Some(path) => {
+            fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("shmem-bench: wrote {}", path.display());
+        }
+        None => print!("{markdown}"),
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(r).context("encoding the results")?;
+        fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The command as a user would type it to reproduce this run.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!(
+        "cargo run --release -p shmem-broker-bench -- {}",
+        args.join(" ")
+    )
+}

@@ -1,0 +1,171 @@
+//! Our channels, through the real broker and client library, between two processes.
+
+use std::cell::Cell;
+
+use anyhow::{Context, Result};
+use shmem_broker_client::Client;
+
+use crate::broker::Broker;
+use crate::plan::Plan;
+use crate::results::{LatencyMode, Rate, Series};
+use crate::roles::Outcome;
+use crate::stats::Percentiles;
+use crate::sys::CorePair;
+use crate::transport::Wait;
+use crate::worker::{run_pair, Link, Role, Side, Task};
+
+pub struct Ours<'a> {
+    broker: &'a Broker,
+    client: Client,
+    cores: Option<CorePair>,
+    plan: &'a Plan,
+    next_id: Cell<u32>,
+}
+
+/// A channel created for one measurement and dropped after it (its ring pages are resident
+/// once written: keeping dozens of 16 MiB rings around would skew the later runs).
+struct TempChannel<'c> {
+    client: &'c Client,
+    name: String,
+}
+
+impl Drop for TempChannel<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = self.client.drop_channel(&self.name) {
+            eprintln!("shmem-bench: dropping channel {}: {err}", self.name);
+        }
+    }
+}
+
+impl<'a> Ours<'a> {
+    pub fn new(broker: &'a Broker, plan: &'a Plan, cores: Option<CorePair>) -> Result<Ours<'a>> {
+        Ok(Ours {
+            client: broker.client()?,
+            broker,
+            cores,
+            plan,
+            next_id: Cell::new(0),
+        })
+    }
+
+    fn channel(&self, what: &str, size: usize) -> Result<TempChannel<'_>> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let name = format!("bench.{what}.{size}.{id}");
+        self.client
+            .create(&name, Some(Plan::capacity_for(size)))
+            .with_context(|| format!("creating channel {name}"))?;
+        Ok(TempChannel {
+            client: &self.client,
+            name,
+        })
+    }
+
+    fn link(&self, tx: Option<&TempChannel>, rx: Option<&TempChannel>) -> Link {
+        Link::Channel {
+            socket: self.broker.socket().to_path_buf(),
+            tx: tx.map(|c| c.name.clone()),
+            rx: rx.map(|c| c.name.clone()),
+        }
+    }
+
+    fn task(&self, role: Role, link: Link, size: usize, wait: Wait, budget_ms: u64) -> Task {
+        Task {
+            role,
+            link,
+            size,
+            wait,
+            budget_ms,
+            batch: 0,
+            gap_us: 0,
+        }
+    }
+
+    /// One throughput run: producer on core a, consumer on core b.
+    pub fn throughput(&self, series: Series, size: usize) -> Result<Rate> {
+        let channel = self.channel("tp", size)?;
+        let (wait, batch) = match series {
+            Series::OursSpin => (Wait::Spin, 0),
+            Series::OursBatched => (Wait::Block, Plan::batch_for(size)),
+            _ => (Wait::Block, 0),
+        };
+        let budget = self.plan.throughput_ms;
+        let mut producer = self.task(
+            Role::Produce,
+            self.link(Some(&channel), None),
+            size,
+            wait,
+            budget,
+        );
+        producer.batch = batch;
+        let mut consumer = self.task(
+            Role::Consume,
+            self.link(None, Some(&channel)),
+            size,
+            wait,
+            budget,
+        );
+        // The consumer hands up to 4 producer batches at a time to its callback.
+        consumer.batch = batch * 4;
+        let label = format!("{} {size} B", series.short());
+        let (p, c) = run_pair(&label, Side::new(producer), Side::new(consumer), self.cores)?;
+        Rate::from_pair(&p, &c)
+    }
+
+    /// One-way latency in `mode`.
+    pub fn latency(&self, mode: LatencyMode, size: usize) -> Result<Percentiles> {
+        let label = format!("ours latency {} {size} B", mode.label());
+        let outcome: Outcome;
+        let scale;
+        match mode {
+            LatencyMode::BusyPoll | LatencyMode::Blocking => {
+                let wait = if mode == LatencyMode::BusyPoll {
+                    Wait::Spin
+                } else {
+                    Wait::Block
+                };
+                let ping = self.channel("ping", size)?;
+                let pong = self.channel("pong", size)?;
+                let budget = self.plan.latency_ms;
+                let a = self.task(
+                    Role::Ping,
+                    self.link(Some(&ping), Some(&pong)),
+                    size,
+                    wait,
+                    budget,
+                );
+                let b = self.task(
+                    Role::Pong,
+                    self.link(Some(&pong), Some(&ping)),
+                    size,
+                    wait,
+                    budget,
+                );
+                outcome = run_pair(&label, Side::new(a), Side::new(b), self.cores)?.0;
+                scale = 0.5;
+            }
+            LatencyMode::Asleep => {
+                let channel = self.channel("paced", size)?;
+                let budget = self.plan.paced_ms;
+                let mut a = self.task(
+                    Role::StampSend,
+                    self.link(Some(&channel), None),
+                    size,
+                    Wait::Block,
+                    budget,
+                );
+                a.gap_us = Plan::gap_us_for(size);
+                let b = self.task(
+                    Role::StampRecv,
+                    self.link(None, Some(&channel)),
+                    size,
+                    Wait::Block,
+                    budget,
+                );
+                outcome = run_pair(&label, Side::new(a), Side::new(b), self.cores)?.1;
+                scale = 1.0;
+            }
+        }
+        Percentiles::of(&outcome.samples_ns, scale).context("no latency samples")
+    }
+}

@@ -1,0 +1,92 @@
+//! How long and how often each measurement runs: the full suite, or the CI smoke run.
+
+pub const SIZES: [usize; 6] = [64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    pub sizes: Vec<usize>,
+    /// One throughput run.
+    pub throughput_ms: u64,
+    /// Throughput runs per point; the median is reported.
+    pub throughput_reps: usize,
+    /// One ping-pong latency run.
+    pub latency_ms: u64,
+    /// One paced (receiver asleep) latency run.
+    pub paced_ms: u64,
+    pub attach_iterations: usize,
+    pub many_channels: usize,
+    pub many_clients: usize,
+    pub list_reps: usize,
+    pub activation_reps: usize,
+    pub cli_bytes: u64,
+    pub cli_reps: usize,
+    pub memcpy_ms: u64,
+    pub core_to_core_ms: u64,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            quick: false,
+            sizes: SIZES.to_vec(),
+            throughput_ms: 500,
+            throughput_reps: 3,
+            latency_ms: 1000,
+            paced_ms: 1500,
+            attach_iterations: 3000,
+            many_channels: 10_000,
+            many_clients: 1000,
+            list_reps: 7,
+            activation_reps: 7,
+            cli_bytes: 1 << 30,
+            cli_reps: 3,
+            memcpy_ms: 300,
+            core_to_core_ms: 1000,
+        }
+    }
+
+    /// The smoke run: every code path, tiny budgets, no meaningful numbers.
+    pub fn quick() -> Plan {
+        Plan {
+            quick: true,
+            sizes: SIZES.to_vec(),
+            throughput_ms: 20,
+            throughput_reps: 1,
+            latency_ms: 20,
+            paced_ms: 30,
+            attach_iterations: 50,
+            many_channels: 200,
+            many_clients: 50,
+            list_reps: 1,
+            activation_reps: 1,
+            cli_bytes: 16 << 20,
+            cli_reps: 1,
+            memcpy_ms: 10,
+            core_to_core_ms: 20,
+        }
+    }
+
+    /// Ring capacity of the channel a message size is measured on: 1 MiB (the broker's
+    /// default) up to 64 KiB messages, 16 MiB above.
+    pub fn capacity_for(size: usize) -> u64 {
+        if size <= 64 << 10 {
+            1 << 20
+        } else {
+            16 << 20
+        }
+    }
+
+    /// Messages per `send_batch` call for the batched series, which runs up to 4 KiB.
+    pub fn batch_for(size: usize) -> usize {
+        (64 * 1024 / size).clamp(1, 64)
+    }
+
+    /// Pause between paced messages: long enough that the receiver's spin phase (30 us) is over
+    /// and it sleeps, plus the time the message itself takes.
+    pub fn gap_us_for(size: usize) -> u64 {
+        200 + size as u64 / 1000
+    }
+
+    pub const BATCHED_MAX_SIZE: usize = 4 << 10;
+}

@@ -1,0 +1,291 @@
+//! What a run measured: the model the report and the plots are drawn from.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::roles::Outcome;
+use crate::stats::Percentiles;
+use crate::sys::Rss;
+
+/// A throughput series: one line in the throughput plot, one column in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Series {
+    /// `Producer::send` + `Consumer::recv_into` (blocking receive).
+    OursBlocking,
+    /// `Producer::send` + `Consumer::try_recv_into` in a busy loop.
+    OursSpin,
+    /// `Producer::send_batch` + `Consumer::recv_batch`.
+    OursBatched,
+    /// Unix stream socketpair, one write(2)/read(2) per message.
+    Unix,
+    /// Unix stream socketpair through 64 KiB user-space buffers (BufWriter/BufReader).
+    UnixBuffered,
+    /// Pipe, one write(2)/read(2) per message.
+    Pipe,
+    /// Single-thread memcpy, one process: the machine's limit.
+    Memcpy,
+}
+
+impl Series {
+    pub fn label(self) -> &'static str {
+        match self {
+            Series::OursBlocking => "shmem-broker send/recv_into",
+            Series::OursSpin => "shmem-broker send/try_recv_into (busy-poll)",
+            Series::OursBatched => "shmem-broker send_batch/recv_batch",
+            Series::Unix => "Unix socket",
+            Series::UnixBuffered => "Unix socket, 64 KiB buffered",
+            Series::Pipe => "pipe",
+            Series::Memcpy => "memcpy (1 thread)",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Series::OursBlocking => "ours",
+            Series::OursSpin => "ours busy-poll",
+            Series::OursBatched => "ours batched",
+            Series::Unix => "unix",
+            Series::UnixBuffered => "unix buffered",
+            Series::Pipe => "pipe",
+            Series::Memcpy => "memcpy",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Rate {
+    pub msgs_per_s: f64,
+    pub gb_per_s: f64,
+}
+
+impl Rate {
+    /// From a producer that started at `producer.start_ns` and a consumer that had received
+    /// everything at `consumer.end_ns`.
+    pub fn from_pair(producer: &Outcome, consumer: &Outcome) -> Result<Rate> {
+        if consumer.messages != producer.messages {
+            bail!(
+                "producer sent {} messages, consumer received {}",
+                producer.messages,
+                consumer.messages
+            );
+        }
+        let elapsed = consumer.end_ns.saturating_sub(producer.start_ns);
+        if elapsed == 0 || consumer.messages == 0 {
+            bail!("nothing was transferred");
+        }
+        let secs = elapsed as f64 / 1e9;
+        Ok(Rate {
+            msgs_per_s: consumer.messages as f64 / secs,
+            gb_per_s: consumer.bytes as f64 / secs / 1e9,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub series: Series,
+    pub size: usize,
+    pub rate: Rate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Transport {
+    Ours,
+    Unix,
+    Pipe,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Ours => "shmem-broker",
+            Transport::Unix => "Unix socket",
+            Transport::Pipe => "pipe",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LatencyMode {
+    /// Ping-pong, both sides busy-polling (try_recv_into / O_NONBLOCK read); RTT / 2.
+    BusyPoll,
+    /// Ping-pong, both sides in the blocking call (recv_into / blocking read); RTT / 2.
+    Blocking,
+    /// One message every few hundred microseconds, stamped with CLOCK_MONOTONIC by the sender;
+    /// the receiver is asleep in the blocking call when it arrives.
+    Asleep,
+}
+
+impl LatencyMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            LatencyMode::BusyPoll => "busy-poll",
+            LatencyMode::Blocking => "blocking, back-to-back",
+            LatencyMode::Asleep => "blocking, receiver asleep",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub transport: Transport,
+    pub mode: LatencyMode,
+    pub size: usize,
+    /// One-way, nanoseconds.
+    pub one_way: Percentiles,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CoreToCore {
+    /// Round trip of one cache line between the two cores, nanoseconds.
+    pub round_trip: Percentiles,
+    pub min_ns: f64,
+    pub cores: Option<(usize, usize)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Attach {
+    /// Client::producer + drop, nanoseconds.
+    pub latency: Percentiles,
+    /// Attaches refused as busy because the broker had not yet seen the previous detach.
+    pub busy_retries: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ManyChannels {
+    /// Channels asked for.
+    pub wanted: usize,
+    /// Channels created (fewer than wanted if the broker refused one).
+    pub channels: usize,
+    /// Why creating stopped early.
+    pub create_error: Option<String>,
+    pub create_secs: f64,
+    /// Open fds of the broker with all channels created.
+    pub broker_fds: usize,
+    /// The broker's RLIMIT_NOFILE (soft).
+    pub broker_nofile: Option<u64>,
+    /// `shmemctl list --json` with that many channels (process start to exit), median.
+    pub ctl_list_secs: f64,
+    pub ctl_list_bytes: usize,
+    /// `Client::list` in-process, median.
+    pub client_list_secs: f64,
+    pub broker_rss: Rss,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ManyClients {
+    pub clients: usize,
+    pub channels: usize,
+    pub attach_all_secs: f64,
+    pub rss_idle: Rss,
+    pub rss_channels: Rss,
+    pub rss_attached: Rss,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Activation {
+    /// `shmemctl list` started as soon as the socket exists, to its exit (includes the broker
+    /// starting), median.
+    pub first_list_secs: f64,
+    /// From starting systemd-socket-activate to the first list's exit, median.
+    pub from_spawn_secs: f64,
+    /// A second `shmemctl list` against the now running broker, median.
+    pub warm_list_secs: f64,
+    pub reps: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CliRun {
+    pub bytes: u64,
+    pub shmemctl_gb_per_s: f64,
+    pub socat_gb_per_s: Option<f64>,
+    pub reps: usize,
+}
+
+/// A section that could not run, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub what: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub nproc: usize,
+    pub kernel: String,
+    pub date: String,
+    pub cores_used: Option<(usize, usize)>,
+    pub clocksource: String,
+    pub unix_buffers: String,
+    pub revision: String,
+    /// RLIMIT_NOFILE (soft) in force for the benchmark and the brokers it starts.
+    pub nofile: u64,
+    pub root: bool,
+    /// CPU time / wall time of two busy threads pinned to the two cores, measured at start.
+    pub cpu_share: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub command: String,
+    pub quick: bool,
+    pub sizes: Vec<usize>,
+    pub throughput_ms: u64,
+    pub throughput_reps: usize,
+    pub throughput: Vec<Throughput>,
+    pub latency: Vec<Latency>,
+    pub core_to_core: Option<CoreToCore>,
+    pub attach: Option<Attach>,
+    pub many_channels: Option<ManyChannels>,
+    pub many_clients: Option<ManyClients>,
+    pub activation: Option<Activation>,
+    pub cli: Option<CliRun>,
+    pub failures: Vec<Failure>,
+    pub wall_secs: f64,
+}
+
+impl Results {
+    pub fn throughput(&self, series: Series, size: usize) -> Option<Rate> {
+        self.throughput
+            .iter()
+            .find(|t| t.series == series && t.size == size)
+            .map(|t| t.rate)
+    }
+
+    pub fn latency(
+        &self,
+        transport: Transport,
+        mode: LatencyMode,
+        size: usize,
+    ) -> Option<Percentiles> {
+        self.latency
+            .iter()
+            .find(|l| l.transport == transport && l.mode == mode && l.size == size)
+            .map(|l| l.one_way)
+    }
+
+    /// Records a section's result, or its failure (the run goes on; the exit status reports it).
+    pub fn record<T>(&mut self, what: &str, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) => {
+                eprintln!("shmem-bench: {what} failed: {err:#}");
+                self.failures.push(Failure {
+                    what: what.to_string(),
+                    error: format!("{err:#}"),
+                });
+                None
+            }
+        }
+    }
+}
+
+pub fn format_size(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
