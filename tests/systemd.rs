@@ -492,3 +492,102 @@ fn reload_stop_and_journal_priorities() {
         "journalctl -p warning should hold the config error too: {warning_and_worse:#?}"
     );
 }
+
+/// Endpoints made with `reconnect(true)` keep exchanging data while the broker restarts, take
+/// their slots back once it is up again (same ring, from the fd store), and nothing is lost.
+#[test]
+fn reconnecting_endpoints_ride_through_a_restart() {
+    if !root_or_skip("reconnecting_endpoints_ride_through_a_restart") {
+        return;
+    }
+    const LIVE: &str = "live";
+    const TOTAL: u64 = 3000;
+    let lab = SystemdLab::boot();
+    let broker = LabBroker::install(&lab, "version = 1\n");
+    lab.systemctl_ok(&["start", SOCKET]);
+    broker.ctl_ok(&["create", LIVE, "--capacity", "64KiB"]);
+    let first_pid = broker.wait_active();
+
+    let (progress_tx, progress_rx) = std::sync::mpsc::channel::<u64>();
+    let socket = broker.socket().to_path_buf();
+    let consumer = shmem_broker_tests::Background::spawn("reconnecting consumer", move || {
+        let client = connect(&socket);
+        let mut consumer = client
+            .attach(LIVE)
+            .reconnect(true)
+            .consumer()
+            .unwrap_or_else(|e| panic!("attach consumer: {e}"));
+        let mut expected = 0u64;
+        while let Some(m) = consumer
+            .recv()
+            .unwrap_or_else(|e| panic!("recv after {expected}: {e}"))
+        {
+            assert_eq!(
+                m,
+                message(expected, 100 + (expected % 900) as usize),
+                "message {expected}"
+            );
+            expected += 1;
+            let _ = progress_tx.send(expected);
+        }
+        expected
+    });
+    let socket = broker.socket().to_path_buf();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let producer = shmem_broker_tests::Background::spawn("reconnecting producer", move || {
+        let client = connect(&socket);
+        let mut producer = client
+            .attach(LIVE)
+            .reconnect(true)
+            .producer()
+            .unwrap_or_else(|e| panic!("attach producer: {e}"));
+        for seq in 0..TOTAL {
+            if seq == TOTAL / 3 {
+                // Hold until the test has restarted the broker, so the rest crosses it.
+                go_rx.recv().expect("the test lets the producer go on");
+            }
+            producer
+                .send(&message(seq, 100 + (seq % 900) as usize))
+                .unwrap_or_else(|e| panic!("send {seq}: {e}"));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Stay attached until the test has seen both endpoints back at the new broker.
+        close_rx.recv().expect("the test lets the producer close");
+        producer.close().unwrap_or_else(|e| panic!("close: {e}"));
+    });
+
+    wait_for(
+        WAIT,
+        "the consumer to read the first third",
+        || match progress_rx.try_iter().last() {
+            Some(n) if n >= TOTAL / 3 => Ok(()),
+            other => Err(format!("{other:?} messages so far")),
+        },
+    );
+    lab.systemctl_ok(&["restart", SERVICE]);
+    let second_pid = broker.wait_active();
+    assert_ne!(first_pid, second_pid, "the broker process was replaced");
+    go_tx.send(()).expect("producer still running");
+
+    // Both endpoints take their slots back at the new broker, on the ring it restored.
+    wait_for(WAIT, "both endpoints to re-attach", || {
+        let info = channel_info(&broker, LIVE);
+        let roles: Vec<String> = json_array(&info, "peers")
+            .iter()
+            .map(|p| json_str(p, "role").to_string())
+            .collect();
+        if roles.contains(&"producer".to_string()) && roles.contains(&"consumer".to_string()) {
+            Ok(())
+        } else {
+            Err(info.to_string())
+        }
+    });
+    close_tx.send(()).expect("producer still running");
+    producer.join(LIB_TIMEOUT);
+    assert_eq!(
+        consumer.join(LIB_TIMEOUT),
+        TOTAL,
+        "every message exactly once, in order"
+    );
+}

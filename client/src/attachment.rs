@@ -21,6 +21,13 @@ const SPIN: Duration = Duration::from_micros(30);
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How often a reconnecting endpoint tries the broker again while it is away.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+/// An endpoint that never sleeps still looks at its broker connection (one non-blocking poll)
+/// this often, checking the clock only every `CALLS_PER_CLOCK_CHECK` calls to stay off the
+/// per-message path.
+const BROKER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+const CALLS_PER_CLOCK_CHECK: u32 = 1024;
+/// Longest a re-attach may hold up a send or receive while the broker is starting.
+const REATTACH_PATIENCE: Duration = Duration::from_millis(250);
 
 /// How an endpoint attaches; built with [`Client::attach`](crate::Client::attach).
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,6 +44,8 @@ pub(crate) struct Attachment {
     conn: Connection,
     broker_connected: bool,
     last_reconnect: Option<Instant>,
+    calls_since_clock_check: u32,
+    last_broker_check: Instant,
     /// Device and inode of the ring memfd, to recognise the same ring after a broker restart.
     ring_identity: (u64, u64),
     /// Why this endpoint cannot go on, found while re-attaching.
@@ -58,8 +67,15 @@ struct Grant {
 }
 
 impl Grant {
-    fn request(socket: &Path, channel: &str, role: Role) -> Result<Grant> {
+    /// Attaches over a new connection; `patience` bounds the wait for the broker's answer.
+    fn request(
+        socket: &Path,
+        channel: &str,
+        role: Role,
+        patience: Option<Duration>,
+    ) -> Result<Grant> {
         let mut conn = Connection::connect(socket)?;
+        conn.set_timeout(patience)?;
         let answer = conn.call(&Request::Attach {
             channel: channel.to_string(),
             role,
@@ -103,7 +119,7 @@ impl Attachment {
         role: Role,
         options: AttachOptions,
     ) -> Result<(Attachment, SharedRing)> {
-        let grant = Grant::request(socket, channel, role)?;
+        let grant = Grant::request(socket, channel, role, None)?;
         for fd in [&grant.data_ready, &grant.space_ready] {
             // Sleeping is poll-then-read, so a read must never block even if someone else
             // drained the counter in between.
@@ -126,6 +142,8 @@ impl Attachment {
             conn: grant.conn,
             broker_connected: true,
             last_reconnect: None,
+            calls_since_clock_check: 0,
+            last_broker_check: Instant::now(),
             ring_identity,
             failed: None,
             dropped: false,
@@ -158,9 +176,15 @@ impl Attachment {
             return;
         }
         self.last_reconnect = Some(Instant::now());
-        match Grant::request(&self.socket, &self.channel, self.role) {
-            Ok(grant) => match identity(&grant.ring_fd) {
-                Ok(id) if id == self.ring_identity => {
+        // A broker that is still starting must not stall the data path for long.
+        match Grant::request(
+            &self.socket,
+            &self.channel,
+            self.role,
+            Some(REATTACH_PATIENCE),
+        ) {
+            Ok(mut grant) => match identity(&grant.ring_fd) {
+                Ok(id) if id == self.ring_identity && grant.conn.set_timeout(None).is_ok() => {
                     self.conn = grant.conn;
                     self.broker_connected = true;
                 }
@@ -185,6 +209,7 @@ impl Attachment {
     /// Fails with `ChannelDropped` once the broker said so (in the ring or on the socket), or
     /// with the reason a re-attach failed.
     pub fn check_dropped(&mut self, ring: &SharedRing) -> Result<()> {
+        self.check_broker_now_and_then();
         self.reattach_if_due();
         if let Some(reason) = &self.failed {
             return Err(Error::Reattach {
@@ -206,6 +231,40 @@ impl Attachment {
             });
         }
         Ok(())
+    }
+
+    /// Notices a broker event or hang-up even if this endpoint is always busy and never
+    /// sleeps (where the connection is watched anyway).
+    fn check_broker_now_and_then(&mut self) {
+        if !self.broker_connected {
+            return;
+        }
+        self.calls_since_clock_check += 1;
+        if self.calls_since_clock_check < CALLS_PER_CLOCK_CHECK {
+            return;
+        }
+        self.calls_since_clock_check = 0;
+        if self.last_broker_check.elapsed() < BROKER_CHECK_INTERVAL {
+            return;
+        }
+        self.last_broker_check = Instant::now();
+        let mut fds = [PollFd::new(&self.conn, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+            self.on_broker_readable();
+        }
+    }
+
+    fn on_broker_readable(&mut self) {
+        match self.conn.read_event() {
+            Ok(Some(Event::ChannelDropped { .. })) => self.dropped = true,
+            // The broker went away (stopped or restarting). Data keeps flowing through the
+            // ring without it; only attaching needs it.
+            Ok(None) | Err(_) => self.broker_connected = false,
+        }
     }
 
     pub fn wake_peer(&self) {
@@ -258,12 +317,7 @@ impl Attachment {
             let _ = rustix::io::read(&self.wait_fd, &mut counter);
         }
         if broker_event {
-            match self.conn.read_event() {
-                Ok(Some(Event::ChannelDropped { .. })) => self.dropped = true,
-                // The broker went away (stopped or restarting). Data keeps flowing through the
-                // ring without it; only attaching needs it.
-                Ok(None) | Err(_) => self.broker_connected = false,
-            }
+            self.on_broker_readable();
         }
         Ok(())
     }

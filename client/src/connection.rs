@@ -4,6 +4,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -46,6 +47,14 @@ impl Connection {
             next_id: 1,
             pending_events: Vec::new(),
         })
+    }
+
+    /// Bounds how long a request waits on the broker (`None`: as long as it takes).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.stream
+            .set_read_timeout(timeout)
+            .and_then(|()| self.stream.set_write_timeout(timeout))
+            .map_err(|e| Error::io("setting broker connection timeout", e))
     }
 
     pub fn socket(&self) -> BorrowedFd<'_> {
