@@ -162,6 +162,11 @@ fn socket_activation_restart_and_crash_keep_channels() {
         "nothing to store before a channel exists"
     );
     broker.ctl_ok(&["create", CHANNEL, "--capacity", "1MiB"]);
+    // Structured journal fields: the operator can ask for one channel's events.
+    lab.wait_for_journal_line(
+        &["-u", SERVICE, &format!("CHANNEL={CHANNEL}")],
+        &["channel created"],
+    );
     wait_for(WAIT, "NFileDescriptorStore > 0 after create", || match lab
         .show_u64(SERVICE, "NFileDescriptorStore")
     {

@@ -13,15 +13,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Builds the daemon's root logger, writing to stderr and dropping records below `level`.
 ///
-/// Under journald (stderr is the stream named by `JOURNAL_STREAM`), every line starts with a
-/// syslog priority (`<6>`) so `journalctl -p` filters work, and carries no timestamp (the
-/// journal adds its own): `LogFormat::Term` becomes `<P>message key=value ...`, and
+/// Under journald (stderr is the stream named by `JOURNAL_STREAM`), `LogFormat::Term` records go
+/// to the journal's native socket with their priority and a field per key-value (`CHANNEL=`,
+/// `PEER_UID=`...), so both `journalctl -p` and `journalctl CHANNEL=x` work; if that socket
+/// cannot be reached they become stderr lines `<P>message key=value ...` (the priority prefix
+/// keeps `journalctl -p` working, the journal adds the timestamp). Under journald
 /// `LogFormat::Json` stays JSON with the `<P>` in front. Elsewhere `Json` is one slog-json object
 /// per line and `Term` is slog-term's format, colored only when stderr is a terminal.
 pub fn build(level: Level, format: LogFormat) -> Logger {
     let journal = stderr_is_journal();
     match (format, journal) {
-        (LogFormat::Term, true) => root(JournalLines::new(io::stderr()), level),
+        (LogFormat::Term, true) => root(JournalLines::native_or(io::stderr()), level),
         (LogFormat::Json, true) => root(JournalJson::new(io::stderr()), level),
         (LogFormat::Json, false) => root(slog_json::Json::default(io::stderr()), level),
         (LogFormat::Term, false) => {
@@ -91,7 +93,18 @@ fn priority(level: Level) -> u8 {
 fn render_journal_line(record: &Record<'_>, values: &OwnedKVList) -> String {
     let mut line = format!("<{}>", priority(record.level()));
     push_escaped(&mut line, &record.msg().to_string());
+    for (key, value) in pairs_in_order(record, values) {
+        line.push(' ');
+        line.push_str(&key);
+        line.push('=');
+        push_value(&mut line, &value);
+    }
+    line.push('\n');
+    line
+}
 
+/// The record's key-values, then the logger's, each in the order they were written.
+fn pairs_in_order(record: &Record<'_>, values: &OwnedKVList) -> Vec<(String, String)> {
     let mut own = Pairs::default();
     // Serialization of a KV only fails if the serializer does; Pairs never does.
     let _ = record.kv().serialize(record, &mut own);
@@ -99,15 +112,62 @@ fn render_journal_line(record: &Record<'_>, values: &OwnedKVList) -> String {
     let mut inherited = Pairs::default();
     let _ = values.serialize(record, &mut inherited);
     inherited.0.reverse();
+    own.0.extend(inherited.0);
+    own.0
+}
 
-    for (key, value) in own.0.iter().chain(inherited.0.iter()) {
-        line.push(' ');
-        line.push_str(key);
-        line.push('=');
-        push_value(&mut line, value);
+/// journald's native protocol socket: structured fields, so `journalctl CHANNEL=frames` works.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// One journal entry in the native protocol: `MESSAGE` (the same text as the stderr line),
+/// `PRIORITY`, `SYSLOG_IDENTIFIER`, and a field per key-value (`channel` becomes `CHANNEL=`, `peer_uid` becomes `PEER_UID=`).
+fn render_journal_entry(record: &Record<'_>, values: &OwnedKVList) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(256);
+    // The message keeps its key-values as text too: `journalctl` shows MESSAGE alone, and an
+    // operator must see `file:line: key` of a config error there, not only in a field.
+    let line = render_journal_line(record, values);
+    let text = line
+        .trim_start_matches(|c| c != '>')
+        .trim_start_matches('>')
+        .trim_end();
+    push_field(&mut entry, "MESSAGE", text);
+    push_field(
+        &mut entry,
+        "PRIORITY",
+        &priority(record.level()).to_string(),
+    );
+    push_field(&mut entry, "SYSLOG_IDENTIFIER", "shmem-broker");
+    for (key, value) in pairs_in_order(record, values) {
+        let name: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        // Names starting with `_` are journald's own trusted fields; never forge those.
+        let name = name.trim_start_matches('_');
+        if !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) {
+            push_field(&mut entry, name, &value);
+        }
     }
-    line.push('\n');
-    line
+    entry
+}
+
+/// `NAME=value\n`, or the length-prefixed form when the value holds a newline.
+fn push_field(entry: &mut Vec<u8>, name: &str, value: &str) {
+    entry.extend_from_slice(name.as_bytes());
+    if value.contains('\n') {
+        entry.push(b'\n');
+        entry.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        entry.push(b'=');
+    }
+    entry.extend_from_slice(value.as_bytes());
+    entry.push(b'\n');
 }
 
 /// Appends `text` with control characters escaped (`\n`, `\t`, `\u{1b}`...).
@@ -157,15 +217,31 @@ impl slog::Serializer for Pairs {
     }
 }
 
-/// `LogFormat::Term` under journald.
+/// `LogFormat::Term` under journald: native journal entries with structured fields, or a
+/// priority-prefixed line on stderr when the journal socket cannot be reached.
 struct JournalLines<W: Write> {
     out: RefCell<W>,
+    native: RefCell<Option<std::os::unix::net::UnixDatagram>>,
 }
 
 impl<W: Write> JournalLines<W> {
+    /// Lines on `out` only (tests).
+    #[cfg(test)]
     fn new(out: W) -> Self {
         JournalLines {
             out: RefCell::new(out),
+            native: RefCell::new(None),
+        }
+    }
+
+    /// Native entries when the journal's socket is there, else lines on `out`.
+    fn native_or(out: W) -> Self {
+        let native = std::os::unix::net::UnixDatagram::unbound()
+            .ok()
+            .filter(|_| std::path::Path::new(JOURNAL_SOCKET).exists());
+        JournalLines {
+            out: RefCell::new(out),
+            native: RefCell::new(native),
         }
     }
 }
@@ -175,6 +251,20 @@ impl<W: Write> Drain for JournalLines<W> {
     type Err = io::Error;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> io::Result<()> {
+        let mut native = self.native.borrow_mut();
+        if let Some(socket) = native.as_ref() {
+            match socket.send_to(&render_journal_entry(record, values), JOURNAL_SOCKET) {
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    // Say once why structured fields are missing, then stay on stderr.
+                    let note = format!(
+                        "<4>cannot write to {JOURNAL_SOCKET} ({err}); logging to stderr without structured fields\n"
+                    );
+                    *native = None;
+                    self.out.borrow_mut().write_all(note.as_bytes())?;
+                }
+            }
+        }
         let line = render_journal_line(record, values);
         // One write_all of the whole line: stderr is unbuffered, so the line is not split.
         self.out.borrow_mut().write_all(line.as_bytes())
@@ -240,6 +330,52 @@ impl<W: Write> Drain for JournalJson<W> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn journal_entries_carry_structured_fields() {
+        use slog::{o, Drain};
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Drain for Capture {
+            type Ok = ();
+            type Err = slog::Never;
+            fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+                *self.0.lock().unwrap_or_else(PoisonError::into_inner) =
+                    render_journal_entry(record, values);
+                Ok(())
+            }
+        }
+        let log = Logger::root(Capture(captured.clone()).fuse(), o!("_forged" => "x"));
+        slog::warn!(log, "attach refused"; "channel" => "cam", "peer_uid" => 1000, "note" => "two\nlines");
+        let entry = captured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let text = String::from_utf8_lossy(&entry);
+        assert!(
+            text.starts_with(
+                "MESSAGE=attach refused channel=cam peer_uid=1000 note=\"two\\nlines\" _forged=x\n\
+                 PRIORITY=4\nSYSLOG_IDENTIFIER=shmem-broker\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nCHANNEL=cam\n") && text.contains("\nPEER_UID=1000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nFORGED=x\n"),
+            "a leading underscore is stripped: {text}"
+        );
+        let mut binary = b"NOTE\n".to_vec();
+        binary.extend_from_slice(&9u64.to_le_bytes());
+        binary.extend_from_slice(b"two\nlines\n");
+        assert!(
+            entry.windows(binary.len()).any(|w| w == binary.as_slice()),
+            "{text}"
+        );
+    }
+
     use super::*;
     use slog::{debug, error, info, o, warn};
 
