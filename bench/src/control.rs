@@ -18,8 +18,9 @@ use crate::sys::{self, now_ns};
 const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Channels created before measuring how many fds each one costs the broker.
 const PROBE_CHANNELS: usize = 100;
-/// Fds left free in the broker for connections (the listing's, ours).
-const FD_HEADROOM: usize = 64;
+/// Fds left free in the broker for connections: it refuses new clients when it runs low
+/// ("broker is out of file descriptors"), and the listing needs one.
+const FD_HEADROOM: usize = 1000;
 
 fn fd_count(pid: u32) -> Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/fd"))

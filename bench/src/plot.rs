@@ -20,25 +20,47 @@ fn size_label(x: &f64) -> String {
     format_size(2f64.powf(x.round()) as usize)
 }
 
+#[derive(Clone, Copy)]
+enum Marker {
+    Circle,
+    Triangle,
+    Cross,
+}
+
 struct Line {
     label: String,
     color: RGBColor,
+    marker: Marker,
     /// (log2 size, value)
     points: Vec<(f64, f64)>,
 }
 
-const COLORS: [RGBColor; 10] = [
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0xff, 0x7f, 0x0e),
-    RGBColor(0x2c, 0xa0, 0x2c),
-    RGBColor(0xd6, 0x27, 0x28),
-    RGBColor(0x94, 0x67, 0xbd),
-    RGBColor(0x8c, 0x56, 0x4b),
-    RGBColor(0xe3, 0x77, 0xc2),
-    RGBColor(0x7f, 0x7f, 0x7f),
-    RGBColor(0xbc, 0xbd, 0x22),
-    RGBColor(0x17, 0xbe, 0xcf),
+/// Colour families: blues for shmem-broker, reds for the Unix socket, greens for the pipe,
+/// grey for the machine's limits; darker to lighter by variant.
+const OURS: [RGBColor; 3] = [
+    RGBColor(0x08, 0x45, 0x94),
+    RGBColor(0x21, 0x71, 0xb5),
+    RGBColor(0x6b, 0xae, 0xd6),
 ];
+const UNIX: [RGBColor; 3] = [
+    RGBColor(0xa5, 0x0f, 0x15),
+    RGBColor(0xde, 0x2d, 0x26),
+    RGBColor(0xfb, 0x6a, 0x4a),
+];
+const PIPE: [RGBColor; 3] = [
+    RGBColor(0x00, 0x6d, 0x2c),
+    RGBColor(0x31, 0xa3, 0x54),
+    RGBColor(0x74, 0xc4, 0x76),
+];
+const LIMIT: RGBColor = RGBColor(0x52, 0x52, 0x52);
+
+fn transport_colors(t: Transport) -> [RGBColor; 3] {
+    match t {
+        Transport::Ours => OURS,
+        Transport::Unix => UNIX,
+        Transport::Pipe => PIPE,
+    }
+}
 
 fn draw(path: &Path, caption: &str, y_desc: &str, lines: &[Line]) -> Result<()> {
     let values = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
@@ -87,13 +109,27 @@ fn draw(path: &Path, caption: &str, y_desc: &str, lines: &[Line]) -> Result<()> 
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
-        chart
-            .draw_series(
-                line.points
-                    .iter()
-                    .map(|&p| Circle::new(p, 3, color.filled())),
-            )
-            .map_err(plot_error)?;
+        let style = color.filled();
+        match line.marker {
+            Marker::Circle => chart
+                .draw_series(line.points.iter().map(|&p| Circle::new(p, 4, style)))
+                .map(|_| ()),
+            Marker::Triangle => chart
+                .draw_series(
+                    line.points
+                        .iter()
+                        .map(|&p| TriangleMarker::new(p, 5, style)),
+                )
+                .map(|_| ()),
+            Marker::Cross => chart
+                .draw_series(
+                    line.points
+                        .iter()
+                        .map(|&p| Cross::new(p, 4, color.stroke_width(2))),
+                )
+                .map(|_| ()),
+        }
+        .map_err(plot_error)?;
     }
     chart
         .configure_series_labels()
@@ -113,20 +149,20 @@ fn log2(size: usize) -> f64 {
 
 pub fn throughput(r: &Results, path: &Path) -> Result<()> {
     let series = [
-        Series::OursBlocking,
-        Series::OursSpin,
-        Series::OursBatched,
-        Series::Unix,
-        Series::UnixBuffered,
-        Series::Pipe,
-        Series::Memcpy,
+        (Series::OursBlocking, OURS[0], Marker::Circle),
+        (Series::OursSpin, OURS[1], Marker::Triangle),
+        (Series::OursBatched, OURS[2], Marker::Cross),
+        (Series::Unix, UNIX[0], Marker::Circle),
+        (Series::UnixBuffered, UNIX[2], Marker::Cross),
+        (Series::Pipe, PIPE[0], Marker::Circle),
+        (Series::Memcpy, LIMIT, Marker::Circle),
     ];
     let lines: Vec<Line> = series
         .iter()
-        .enumerate()
-        .map(|(i, &s)| Line {
+        .map(|&(s, color, marker)| Line {
             label: s.label().to_string(),
-            color: COLORS[i % COLORS.len()],
+            color,
+            marker,
             points: r
                 .sizes
                 .iter()
@@ -141,13 +177,14 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
 
 pub fn latency(r: &Results, path: &Path) -> Result<()> {
     let mut lines = Vec::new();
-    let mut i = 0;
     for transport in [Transport::Ours, Transport::Unix, Transport::Pipe] {
-        for mode in [
-            LatencyMode::BusyPoll,
-            LatencyMode::Blocking,
-            LatencyMode::Asleep,
-        ] {
+        let colors = transport_colors(transport);
+        let modes = [
+            (LatencyMode::BusyPoll, Marker::Circle),
+            (LatencyMode::Blocking, Marker::Triangle),
+            (LatencyMode::Asleep, Marker::Cross),
+        ];
+        for (i, (mode, marker)) in modes.into_iter().enumerate() {
             let points: Vec<(f64, f64)> = r
                 .sizes
                 .iter()
@@ -159,11 +196,11 @@ pub fn latency(r: &Results, path: &Path) -> Result<()> {
             if !points.is_empty() {
                 lines.push(Line {
                     label: format!("{}, {}", transport.label(), mode.label()),
-                    color: COLORS[i % COLORS.len()],
+                    color: colors[i],
+                    marker,
                     points,
                 });
             }
-            i += 1;
         }
     }
     if let Some(c) = &r.core_to_core {
@@ -174,7 +211,8 @@ pub fn latency(r: &Results, path: &Path) -> Result<()> {
             .collect();
         lines.push(Line {
             label: "core-to-core cache-line round trip".into(),
-            color: COLORS[9],
+            color: LIMIT,
+            marker: Marker::Circle,
             points,
         });
     }

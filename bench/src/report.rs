@@ -178,7 +178,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         name: "10,000 channels created < 2 s",
         measured: many.map_or("–".into(), |m| {
             let stopped = match &m.create_error {
-                Some(_) => format!(" (of {} wanted: the broker refused the next one)", m.wanted),
+                Some(_) => format!(" (of {} wanted: see the control plane section)", m.wanted),
                 None => String::new(),
             };
             format!(
@@ -485,7 +485,10 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
     );
     let _ = writeln!(
         out,
-        "```sh\ncargo build --release --workspace\n{}\n```\n",
+        "```sh\ncargo build --release --workspace\n{}\n```\n\nThe full suite takes 2-4 \
+         minutes; `--quick` is the smoke run CI uses (a few seconds, every code path, no \
+         meaningful numbers, no timing assertions); `--only ours,peers,limits,control,cli` and \
+         `--sizes 64,65536` narrow a run; `--json FILE` keeps the raw results.\n",
         r.command
     );
     let _ = writeln!(out, "| machine | |\n|---|---|");
