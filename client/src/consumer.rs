@@ -147,7 +147,7 @@ impl Consumer {
     }
 
     fn wait_for_data(&mut self) -> Result<()> {
-        let reader = &self.reader;
+        let reader = &mut self.reader;
         if Attachment::spin(|| reader.has_unread()) {
             return Ok(());
         }

@@ -147,11 +147,12 @@ impl Producer {
                 }
             })
             .map_err(|e| self.ring_error(e))?;
-        if !written {
-            return Err(Error::WouldBlock);
-        }
+        // Even a refused write may have published padding: keep the publish/fence/flag order.
         if self.writer.take_consumer_waiting() {
             self.attachment.wake_peer();
+        }
+        if !written {
+            return Err(Error::WouldBlock);
         }
         Ok(())
     }

@@ -329,8 +329,14 @@ impl RingWriter {
         Ok(())
     }
 
-    /// Bytes the producer may still stage.
-    fn free_space(&mut self) -> Result<u64, RingError> {
+    /// Bytes the producer may stage, counted from the consumer position seen last time; only
+    /// if that is less than `wanted` is the shared position loaded again (a cross-core cache
+    /// miss the common case avoids). A stale position only ever understates the free space.
+    fn free_space(&mut self, wanted: u64) -> Result<u64, RingError> {
+        let cached = self.ring.capacity - (self.staged_pos - self.read_floor);
+        if cached >= wanted {
+            return Ok(cached);
+        }
         let read_pos = self.ring.header().consumer.read_pos.load(Ordering::Acquire);
         if read_pos < self.read_floor {
             return Err(RingError::Corrupt(format!(
@@ -343,6 +349,17 @@ impl RingWriter {
         Ok(self.ring.capacity - (self.staged_pos - read_pos))
     }
 
+    /// Room a frame of `payload` bytes needs now, counting the padding it may need first.
+    fn room_for(&self, payload: usize) -> u64 {
+        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        let needed = frame_len(payload as u64);
+        if needed > until_end {
+            until_end + needed
+        } else {
+            needed
+        }
+    }
+
     /// Writes a data frame of `len` payload bytes filled in by `fill`, straight in the ring.
     /// Returns `Ok(false)` without calling `fill` if there is no room right now.
     pub fn try_write_with(
@@ -351,7 +368,7 @@ impl RingWriter {
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<bool, RingError> {
         self.check_len(len)?;
-        let mut free = self.free_space()?;
+        let mut free = self.free_space(self.room_for(len))?;
         let written = self.stage_frame(KIND_DATA, len, fill, &mut free);
         self.publish();
         Ok(written)
@@ -360,10 +377,12 @@ impl RingWriter {
     /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
     /// single publish. Returns how many were written.
     pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
+        let mut wanted = 0;
         for message in messages {
             self.check_len(message.len())?;
+            wanted += frame_len(message.len() as u64);
         }
-        let mut free = self.free_space()?;
+        let mut free = self.free_space(wanted.min(self.ring.capacity))?;
         let mut written = 0;
         for message in messages {
             if !self.stage_frame(
@@ -382,7 +401,7 @@ impl RingWriter {
 
     /// Writes the end-of-stream mark. Returns `Ok(false)` if there is no room right now.
     pub fn try_write_end_of_stream(&mut self) -> Result<bool, RingError> {
-        let mut free = self.free_space()?;
+        let mut free = self.free_space(self.room_for(0))?;
         let written = self.stage_frame(KIND_END_OF_STREAM, 0, |_| {}, &mut free);
         self.publish();
         Ok(written)
@@ -455,7 +474,9 @@ impl RingWriter {
         }
         self.write_pos = self.staged_pos;
         let h = &self.ring.header().producer;
-        h.write_pos.store(self.write_pos, Ordering::SeqCst);
+        // Release suffices: the fence in `take_consumer_waiting`, which always follows a
+        // publish, orders this store before the waiting-flag load.
+        h.write_pos.store(self.write_pos, Ordering::Release);
         h.messages_written
             .store(self.messages_written, Ordering::Relaxed);
         h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
@@ -472,7 +493,7 @@ impl RingWriter {
     pub fn can_progress(&mut self, payload: usize) -> Result<bool, RingError> {
         let needed = frame_len(payload as u64);
         let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
-        let free = self.free_space()?;
+        let free = self.free_space(u64::MAX)?;
         Ok(if needed > until_end {
             free >= until_end
         } else {
@@ -531,6 +552,9 @@ pub enum BatchOutcome {
 pub struct RingReader {
     ring: SharedRing,
     read_pos: u64,
+    /// The producer position seen last: while it is ahead of `read_pos` there is no need to
+    /// load the shared one again.
+    write_seen: u64,
     messages_read: u64,
 }
 
@@ -538,13 +562,11 @@ impl RingReader {
     pub fn new(ring: SharedRing) -> Result<RingReader, RingError> {
         let h = ring.header();
         let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
-        check_positions(
-            read_pos,
-            h.producer.write_pos.load(Ordering::Acquire),
-            ring.capacity,
-        )?;
+        let write_pos = h.producer.write_pos.load(Ordering::Acquire);
+        check_positions(read_pos, write_pos, ring.capacity)?;
         Ok(RingReader {
             read_pos,
+            write_seen: write_pos,
             messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
             ring,
         })
@@ -554,7 +576,8 @@ impl RingReader {
         &self.ring
     }
 
-    fn unread(&self) -> Result<u64, RingError> {
+    /// Published bytes not yet read, loading the producer's position afresh.
+    fn unread(&mut self) -> Result<u64, RingError> {
         let write_pos = self
             .ring
             .header()
@@ -562,18 +585,27 @@ impl RingReader {
             .write_pos
             .load(Ordering::Acquire);
         check_positions(self.read_pos, write_pos, self.ring.capacity)?;
+        self.write_seen = write_pos;
         Ok(write_pos - self.read_pos)
+    }
+
+    /// Like `unread`, but trusts the position seen last while it still shows unread bytes.
+    fn unread_cached(&mut self) -> Result<u64, RingError> {
+        if self.write_seen > self.read_pos {
+            return Ok(self.write_seen - self.read_pos);
+        }
+        self.unread()
     }
 
     /// True if there is something to read (or the ring is inconsistent, which the next read
     /// reports).
-    pub fn has_unread(&self) -> bool {
+    pub fn has_unread(&mut self) -> bool {
         self.unread().map_or(true, |n| n > 0)
     }
 
     /// Copies the next message into `out` (replacing its contents), skipping padding.
     pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
-        let mut unread = self.unread()?;
+        let mut unread = self.unread_cached()?;
         let outcome = self.next_frame(out, &mut unread);
         self.commit();
         outcome
@@ -691,7 +723,8 @@ impl RingReader {
     fn commit(&mut self) {
         let h = &self.ring.header().consumer;
         h.messages_read.store(self.messages_read, Ordering::Relaxed);
-        h.read_pos.store(self.read_pos, Ordering::SeqCst);
+        // Release suffices: the fence in `take_producer_waiting` follows every commit.
+        h.read_pos.store(self.read_pos, Ordering::Release);
     }
 
     /// After consuming: true if the producer is asleep waiting for space and must be woken.
@@ -702,11 +735,14 @@ impl RingReader {
     /// Announces that the consumer is about to block. Returns false (do not sleep) if data
     /// arrived in the meantime.
     pub fn prepare_to_sleep(&mut self) -> Result<bool, RingError> {
-        let flag = &self.ring.header().consumer_waiting.waiting;
-        flag.store(1, Ordering::SeqCst);
+        self.ring
+            .header()
+            .consumer_waiting
+            .waiting
+            .store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.unread()? > 0 {
-            flag.store(0, Ordering::Relaxed);
+            self.done_sleeping();
             return Ok(false);
         }
         Ok(true)
@@ -901,10 +937,16 @@ mod tests {
             .consumer
             .read_pos
             .store(u64::MAX, Ordering::SeqCst);
-        assert!(matches!(
-            w.try_write_with(1, |_| {}),
-            Err(RingError::Corrupt(_))
-        ));
+        // The writer trusts the consumer position it saw last until that runs out of room;
+        // then it loads the scribbled one and refuses to go on.
+        let outcome = (0..100).find_map(|_| match w.try_write_with(500, |_| {}) {
+            Ok(true) => None,
+            other => Some(other),
+        });
+        assert!(
+            matches!(outcome, Some(Err(RingError::Corrupt(_)))),
+            "{outcome:?}"
+        );
     }
 
     #[test]

@@ -36,29 +36,12 @@ impl RequestDecoder {
         self.buf.is_empty()
     }
 
-    /// Lets `read` append up to `chunk` bytes. `Ok(None)` if the buffer is full (the caller
-    /// must take a frame out first), else what `read` returned.
-    pub fn read_with(
-        &mut self,
-        chunk: usize,
-        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
-    ) -> std::io::Result<Option<usize>> {
-        let room = MAX_BUFFERED.saturating_sub(self.buf.len()).min(chunk);
-        if room == 0 {
-            return Ok(None);
-        }
-        let start = self.buf.len();
-        self.buf.resize(start + room, 0);
-        let result = read(&mut self.buf[start..]);
-        let kept = match &result {
-            Ok(n) => (*n).min(room),
-            Err(_) => 0,
-        };
-        self.buf.truncate(start + kept);
-        result.map(Some)
+    /// Bytes that may still be buffered.
+    pub fn room(&self) -> usize {
+        MAX_BUFFERED - self.buf.len()
     }
 
-    /// Appends bytes (for tests and fuzzing); returns how many fit.
+    /// Appends bytes; returns how many fit (all of them if no more than `room()`).
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let take = bytes.len().min(MAX_BUFFERED - self.buf.len());
         self.buf.extend_from_slice(&bytes[..take]);
@@ -101,6 +84,10 @@ impl RequestDecoder {
             return None;
         }
         let body: Vec<u8> = self.buf.drain(..frame_len).skip(HEADER_LEN).collect();
+        if self.buf.is_empty() {
+            // Idle connections hold no buffer: a thousand clients cost a thousand small structs.
+            self.buf = Vec::new();
+        }
         if header.version != PROTOCOL_VERSION {
             return Some(invalid(
                 header.id,

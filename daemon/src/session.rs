@@ -68,20 +68,25 @@ impl Session {
         }
     }
 
-    /// Reads what the socket has, up to one maximal frame of buffered input.
+    /// Reads what the socket has, up to one maximal frame of buffered input. Reads go through
+    /// a stack buffer, so a connection only keeps the bytes of a request still in progress.
     pub fn fill(&mut self) -> io::Result<ReadStatus> {
-        let mut stray_fds = 0;
-        let stream = &self.stream;
-        let result = self.decoder.read_with(READ_CHUNK, |buf| {
-            let mut fds = Vec::new();
-            let result = recv_with_fds(stream.as_fd(), buf, &mut fds);
-            stray_fds = fds.len();
-            result // dropping `fds` closes anything the client sent: we never asked for fds
-        });
+        let mut chunk = [0u8; READ_CHUNK];
+        let room = self.decoder.room().min(READ_CHUNK);
+        if room == 0 {
+            return Ok(ReadStatus::WouldBlock);
+        }
+        let mut fds = Vec::new();
+        let result = recv_with_fds(self.stream.as_fd(), &mut chunk[..room], &mut fds);
+        // Dropping `fds` closes anything the client sent: the broker never asks for fds.
+        let stray_fds = fds.len();
+        drop(fds);
         match result {
-            Ok(None) => Ok(ReadStatus::WouldBlock),
-            Ok(Some(0)) => Ok(ReadStatus::Closed),
-            Ok(Some(_)) => Ok(ReadStatus::Data { stray_fds }),
+            Ok(0) => Ok(ReadStatus::Closed),
+            Ok(n) => {
+                self.decoder.push(&chunk[..n]);
+                Ok(ReadStatus::Data { stray_fds })
+            }
             Err(err) => match err.kind() {
                 io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
