@@ -107,6 +107,27 @@ impl Consumer {
         Ok(delivered)
     }
 
+    /// Writes the next message straight from the ring to `fd` (a file, pipe or socket),
+    /// blocking until there is one and until `fd` has taken all of it: the bytes are never
+    /// copied in this process. Returns false at end-of-stream.
+    pub fn recv_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<bool> {
+        loop {
+            self.attachment.check_dropped(self.reader.ring())?;
+            let outcome = self
+                .reader
+                .try_read_to_fd(fd)
+                .map_err(|e| self.ring_error(e))?;
+            if outcome == ReadOutcome::Empty {
+                self.wait_for_data()?;
+                continue;
+            }
+            if self.reader.take_producer_waiting() {
+                self.attachment.wake_peer();
+            }
+            return Ok(outcome == ReadOutcome::Message);
+        }
+    }
+
     /// Receives the next message or returns [`Error::WouldBlock`] if there is none yet.
     /// `Ok(None)` is end-of-stream.
     pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {

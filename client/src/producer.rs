@@ -119,6 +119,42 @@ impl Producer {
         }
     }
 
+    /// Zero-copy send of a message whose length is known only once it is written: waits for
+    /// room for `max` bytes, lets `fill` write straight into the ring and return the length it
+    /// used, and publishes that much. Returns the length; 0 means `fill` wrote nothing and no
+    /// message was sent. This is how `shmemctl send` reads its input straight into the ring:
+    ///
+    /// ```no_run
+    /// # use std::io::Read;
+    /// # let client = shmem_broker_client::Client::connect_default()?;
+    /// # let mut producer = client.producer("logs")?;
+    /// let mut input = std::io::stdin().lock();
+    /// while producer.send_up_to(64 * 1024, |buf| input.read(buf).unwrap_or(0))? > 0 {}
+    /// producer.close()?;
+    /// # Ok::<(), shmem_broker_client::Error>(())
+    /// ```
+    pub fn send_up_to(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<usize> {
+        let mut fill = Some(fill);
+        loop {
+            self.attachment.check_dropped(self.writer.ring())?;
+            let written = self
+                .writer
+                .try_write_up_to(max, |buf| fill.take().map_or(0, |fill| fill(buf)))
+                .map_err(|e| self.ring_error(e))?;
+            if self.writer.take_consumer_waiting() {
+                self.attachment.wake_peer();
+            }
+            match written {
+                Some(len) => return Ok(len),
+                None => self.wait_for_room(max)?,
+            }
+        }
+    }
+
     /// Zero-copy send that returns [`Error::WouldBlock`] instead of blocking.
     pub fn try_send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
         let mut fill = Some(fill);

@@ -36,7 +36,7 @@
 //! inconsistency is reported as [`RingError::Corrupt`], never acted on.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
@@ -237,6 +237,42 @@ impl SharedRing {
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
     }
 
+    /// Writes `len` bytes of the data area starting at `start` to `fd`, all of them, waiting
+    /// for a non-blocking fd to take more.
+    fn write_out(&self, start: usize, len: usize, fd: BorrowedFd<'_>) -> Result<(), RingError> {
+        let mut done = 0;
+        while done < len {
+            // SAFETY: [start, start+len) lies inside the data area (checked by the caller
+            // against the published bytes and the end of the ring). The kernel reads it as
+            // plain bytes; no Rust reference to the shared memory is formed, so a hostile
+            // producer rewriting it meanwhile only changes the bytes written.
+            let n = unsafe {
+                libc::write(
+                    fd.as_raw_fd(),
+                    self.data().add(start + done).cast::<libc::c_void>(),
+                    len - done,
+                )
+            };
+            if n >= 0 {
+                done += n as usize;
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::Interrupted => {}
+                std::io::ErrorKind::WouldBlock => {
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::OUT,
+                    )];
+                    let _ = rustix::event::poll(&mut fds, None);
+                }
+                _ => return Err(RingError::Io(err)),
+            }
+        }
+        Ok(())
+    }
+
     /// Marks the ring as belonging to a dropped channel; both sides see it on their next call.
     pub fn mark_dropped(&self) {
         self.header().identity.dropped.store(1, Ordering::Release);
@@ -369,9 +405,42 @@ impl RingWriter {
     ) -> Result<bool, RingError> {
         self.check_len(len)?;
         let mut free = self.free_space(self.room_for(len))?;
-        let written = self.stage_frame(KIND_DATA, len, fill, &mut free);
+        let written = self.stage_frame(
+            KIND_DATA,
+            len,
+            |buf| {
+                fill(buf);
+                len
+            },
+            &mut free,
+        );
         self.publish();
         Ok(written)
+    }
+
+    /// Reserves room for up to `max` payload bytes and lets `fill` write the message straight
+    /// into the ring, returning its length (0: no message). `Ok(None)` if there is no room for
+    /// `max` bytes right now (and `fill` was not called), else the length written.
+    pub fn try_write_up_to(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<Option<usize>, RingError> {
+        self.check_len(max)?;
+        let mut free = self.free_space(self.room_for(max))?;
+        let mut used = None;
+        let staged = self.stage_frame(
+            KIND_DATA,
+            max,
+            |buf| {
+                let n = fill(buf).min(max);
+                used = Some(n);
+                n
+            },
+            &mut free,
+        );
+        self.publish();
+        Ok(if staged { used } else { None })
     }
 
     /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
@@ -388,7 +457,10 @@ impl RingWriter {
             if !self.stage_frame(
                 KIND_DATA,
                 message.len(),
-                |buf| buf.copy_from_slice(message),
+                |buf| {
+                    buf.copy_from_slice(message);
+                    message.len()
+                },
                 &mut free,
             ) {
                 break;
@@ -402,18 +474,20 @@ impl RingWriter {
     /// Writes the end-of-stream mark. Returns `Ok(false)` if there is no room right now.
     pub fn try_write_end_of_stream(&mut self) -> Result<bool, RingError> {
         let mut free = self.free_space(self.room_for(0))?;
-        let written = self.stage_frame(KIND_END_OF_STREAM, 0, |_| {}, &mut free);
+        let written = self.stage_frame(KIND_END_OF_STREAM, 0, |_| 0, &mut free);
         self.publish();
         Ok(written)
     }
 
-    /// Writes one frame at the staged position, unpublished. False if it does not fit in
-    /// `free` bytes (a padding frame may have been staged all the same).
+    /// Writes one frame of up to `len` payload bytes at the staged position, unpublished;
+    /// `fill` returns how many it used. False if it does not fit in `free` bytes (a padding
+    /// frame may have been staged all the same). A fill that uses nothing of a non-empty
+    /// reservation stages no frame.
     fn stage_frame(
         &mut self,
         kind: u32,
         len: usize,
-        fill: impl FnOnce(&mut [u8]),
+        fill: impl FnOnce(&mut [u8]) -> usize,
         free: &mut u64,
     ) -> bool {
         let capacity = self.ring.capacity;
@@ -451,18 +525,22 @@ impl RingWriter {
                 len,
             )
         };
-        fill(payload);
+        let used = fill(payload).min(len);
+        if used == 0 && len > 0 {
+            return true;
+        }
+        let size = frame_len(used as u64);
         self.ring
             .data_u32(offset)
-            .store(len as u32, Ordering::Relaxed);
+            .store(used as u32, Ordering::Relaxed);
         self.ring
             .data_u32(offset + 4)
             .store(kind, Ordering::Relaxed);
-        self.staged_pos += needed;
-        *free -= needed;
+        self.staged_pos += size;
+        *free -= size;
         if kind == KIND_DATA {
             self.messages_written += 1;
-            self.bytes_written += len as u64;
+            self.bytes_written += used as u64;
         }
         true
     }
@@ -537,6 +615,12 @@ pub enum ReadOutcome {
     Empty,
 }
 
+/// Where a message read from the ring goes.
+enum Sink<'a> {
+    Buffer(&'a mut Vec<u8>),
+    Fd(BorrowedFd<'a>),
+}
+
 /// What a batch read found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BatchOutcome {
@@ -606,7 +690,7 @@ impl RingReader {
     /// Copies the next message into `out` (replacing its contents), skipping padding.
     pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
         let mut unread = self.unread_cached()?;
-        let outcome = self.next_frame(out, &mut unread);
+        let outcome = self.next_frame(Sink::Buffer(out), &mut unread);
         self.commit();
         outcome
     }
@@ -626,7 +710,7 @@ impl RingReader {
             if delivered == max || (delivered > 0 && self.next_is_end_of_stream(unread)) {
                 break Ok(BatchOutcome::Messages(delivered));
             }
-            match self.next_frame(scratch, &mut unread) {
+            match self.next_frame(Sink::Buffer(scratch), &mut unread) {
                 Ok(ReadOutcome::Message) => {
                     each(scratch);
                     delivered += 1;
@@ -650,11 +734,20 @@ impl RingReader {
                 == KIND_END_OF_STREAM
     }
 
+    /// Writes the next message straight from the ring to `fd` (blocking until all of it is
+    /// written), skipping padding: no copy in this process at all.
+    pub fn try_read_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<ReadOutcome, RingError> {
+        let mut unread = self.unread_cached()?;
+        let outcome = self.next_frame(Sink::Fd(fd), &mut unread);
+        self.commit();
+        outcome
+    }
+
     /// Reads the frame at the local read position, out of `unread` published bytes, without
     /// publishing the new position.
     fn next_frame(
         &mut self,
-        out: &mut Vec<u8>,
+        mut sink: Sink<'_>,
         unread: &mut u64,
     ) -> Result<ReadOutcome, RingError> {
         let capacity = self.ring.capacity;
@@ -686,20 +779,26 @@ impl RingReader {
                 }
                 KIND_PAD | KIND_END_OF_STREAM => {}
                 KIND_DATA => {
-                    out.clear();
-                    out.reserve(len as usize);
-                    // SAFETY: the source range [offset+8, offset+8+len) lies inside the data
-                    // area (size <= until_end), `out` has room for len bytes after reserve, and
-                    // the two never overlap (private heap vs shared mapping). A hostile producer
-                    // rewriting the bytes while we copy only changes what we receive; we copy
-                    // them out before looking at any of them.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            self.ring.data().add((offset + FRAME_HEADER) as usize),
-                            out.as_mut_ptr(),
-                            len as usize,
-                        );
-                        out.set_len(len as usize);
+                    let start = (offset + FRAME_HEADER) as usize;
+                    match &mut sink {
+                        Sink::Buffer(out) => {
+                            out.clear();
+                            out.reserve(len as usize);
+                            // SAFETY: the source range [offset+8, offset+8+len) lies inside the
+                            // data area (size <= until_end), `out` has room for len bytes after
+                            // reserve, and the two never overlap (private heap vs shared
+                            // mapping). A hostile producer rewriting the bytes while we copy only
+                            // changes what we receive; we copy them out before looking at any.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    self.ring.data().add(start),
+                                    out.as_mut_ptr(),
+                                    len as usize,
+                                );
+                                out.set_len(len as usize);
+                            }
+                        }
+                        Sink::Fd(fd) => self.ring.write_out(start, len as usize, *fd)?,
                     }
                     self.messages_read += 1;
                 }
@@ -776,6 +875,7 @@ fn take_flag(flag: &AtomicU32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     fn pair(capacity: u64) -> (RingWriter, RingReader, Memfd) {
         let (ring, memfd) = SharedRing::create("test", capacity).expect("create");
@@ -850,6 +950,48 @@ mod tests {
             r.try_read_batch(10, &mut scratch, |_| {}).expect("read"),
             BatchOutcome::Empty
         );
+    }
+
+    #[test]
+    fn variable_length_writes_and_reads_to_an_fd_copy_nothing_extra() {
+        let (mut w, mut r, _fd) = pair(4096);
+        assert_eq!(
+            w.try_write_up_to(1000, |buf| {
+                buf[..3].copy_from_slice(b"abc");
+                3
+            })
+            .expect("write"),
+            Some(3)
+        );
+        assert_eq!(
+            w.try_write_up_to(1000, |_| 0).expect("write"),
+            Some(0),
+            "nothing used, no message"
+        );
+        assert_eq!(
+            w.try_write_up_to(5000, |_| 0)
+                .err()
+                .map(|e| e.to_string().contains("does not fit")),
+            Some(true)
+        );
+        assert!(write(&mut w, b"defg"));
+        let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
+        assert_eq!(
+            r.try_read_to_fd(write_end.as_fd()).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(
+            r.try_read_to_fd(write_end.as_fd()).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(
+            r.try_read_to_fd(write_end.as_fd()).expect("read"),
+            ReadOutcome::Empty
+        );
+        let mut got = [0u8; 16];
+        let n = rustix::io::read(&read_end, &mut got).expect("read pipe");
+        assert_eq!(&got[..n], b"abcdefg", "exactly the used bytes, in order");
+        assert_eq!(r.ring().stats().messages_written, 2);
     }
 
     #[test]

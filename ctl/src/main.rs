@@ -1,6 +1,7 @@
 //! `shmemctl`: look at and manage a running shmem-broker, and pipe data through its channels.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -153,19 +154,24 @@ fn send(client: &Client, name: &str, chunk: Option<u64>) -> Result<()> {
         "chunk of {} does not fit channel {name}: at most {max} bytes per message",
         format_size(chunk as u64)
     );
+    // Each read(2) lands straight in the ring, and each one is forwarded at once: a pipe that
+    // stays open (`tail -f log | shmemctl send ch`) flows now, files come in full chunks.
     let mut stdin = io::stdin().lock();
-    let mut buf = vec![0u8; chunk];
     loop {
-        // Forward whatever one read returns: a pipe that stays open (`tail -f log | shmemctl
-        // send ch`) must flow now, not when a whole chunk has piled up. Files still come in
-        // full chunks.
-        let filled = match stdin.read(&mut buf) {
-            Ok(0) => break,
+        let mut failure = None;
+        let sent = producer.send_up_to(chunk, |buf| match stdin.read(buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("reading standard input"),
-        };
-        producer.send(&buf[..filled])?;
+            Err(e) => {
+                failure = Some(e);
+                0
+            }
+        })?;
+        match failure {
+            Some(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Some(e) => return Err(e).context("reading standard input"),
+            None if sent == 0 => break,
+            None => {}
+        }
     }
     producer.close()?;
     Ok(())
@@ -173,18 +179,11 @@ fn send(client: &Client, name: &str, chunk: Option<u64>) -> Result<()> {
 
 fn recv(client: &Client, name: &str, follow: bool) -> Result<()> {
     let mut consumer = client.consumer(name)?;
-    let mut stdout = io::stdout().lock();
-    let mut message = Vec::new();
+    // Messages go from the ring to standard output with write(2) and no copy in between.
+    let stdout = io::stdout();
     loop {
-        if consumer.recv_into(&mut message)? {
-            stdout
-                .write_all(&message)
-                .context("writing standard output")?;
-        } else {
-            stdout.flush().context("writing standard output")?;
-            if !follow {
-                return Ok(());
-            }
+        if !consumer.recv_to_fd(stdout.as_fd())? && !follow {
+            return Ok(());
         }
     }
 }
