@@ -81,7 +81,9 @@ pub fn worker_main(cpu: Option<usize>, task: &str) -> Result<()> {
             let producer = match tx {
                 Some(name) if task.role.sends() => Some(ChannelTx::new(
                     client
-                        .producer(name)
+                        .attach(name)
+                        .busy_poll(task.wait == Wait::Spin)
+                        .producer()
                         .with_context(|| format!("attaching producer to {name}"))?,
                 )),
                 _ => None,
@@ -89,7 +91,9 @@ pub fn worker_main(cpu: Option<usize>, task: &str) -> Result<()> {
             let consumer = match rx {
                 Some(name) if task.role.receives() => Some(ChannelRx::new(
                     client
-                        .consumer(name)
+                        .attach(name)
+                        .busy_poll(task.wait == Wait::Spin)
+                        .consumer()
                         .with_context(|| format!("attaching consumer to {name}"))?,
                     task.wait,
                 )),

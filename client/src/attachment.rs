@@ -33,14 +33,17 @@ const REATTACH_PATIENCE: Duration = Duration::from_millis(250);
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct AttachOptions {
     pub reconnect: bool,
+    /// The caller spins on `try_*` and never waits on `ready_fd()`: a would-block does not
+    /// ask the peer for a wake-up (which would cost it a syscall per message).
+    pub busy_poll: bool,
 }
 
 pub(crate) struct Attachment {
     pub channel: String,
+    pub options: AttachOptions,
     pub info: AttachInfo,
     socket: PathBuf,
     role: Role,
-    options: AttachOptions,
     conn: Connection,
     broker_connected: bool,
     last_reconnect: Option<Instant>,

@@ -54,6 +54,14 @@ impl Attach<'_> {
         self
     }
 
+    /// For callers that spin on `try_send`/`try_recv` and never wait on `ready_fd()`: a
+    /// would-block then does not ask the peer to signal the eventfd, which would cost the
+    /// peer a syscall per message (default: off). Blocking calls still sleep and wake as usual.
+    pub fn busy_poll(mut self, busy_poll: bool) -> Self {
+        self.options.busy_poll = busy_poll;
+        self
+    }
+
     pub fn producer(self) -> Result<Producer> {
         Producer::attach(self.socket, self.channel, self.options)
     }

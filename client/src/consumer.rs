@@ -91,10 +91,11 @@ impl Consumer {
             BatchOutcome::Messages(n) => Some(n),
             BatchOutcome::EndOfStream => None,
             BatchOutcome::Empty => {
-                if self
-                    .reader
-                    .prepare_to_sleep()
-                    .map_err(|e| self.ring_error(e))?
+                if self.attachment.options.busy_poll
+                    || self
+                        .reader
+                        .prepare_to_sleep()
+                        .map_err(|e| self.ring_error(e))?
                 {
                     return Err(Error::WouldBlock);
                 }
@@ -138,7 +139,7 @@ impl Consumer {
     /// Non-blocking [`recv_into`](Self::recv_into).
     pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         let result = self.read_once(buf);
-        if result.as_ref().is_err_and(Error::is_would_block) {
+        if result.as_ref().is_err_and(Error::is_would_block) && !self.attachment.options.busy_poll {
             // Arm the wake-up so ready_fd() turns readable when data arrives; if data arrived
             // while arming, deliver it.
             if !self

@@ -92,6 +92,9 @@ impl Producer {
             .try_write_batch(messages)
             .map_err(|e| self.ring_error(e))?;
         if sent == 0 {
+            if self.attachment.options.busy_poll {
+                return Err(Error::WouldBlock);
+            }
             if !self
                 .writer
                 .prepare_to_sleep(messages[0].len())
@@ -159,7 +162,7 @@ impl Producer {
     pub fn try_send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
         let mut fill = Some(fill);
         let result = self.write_once(len, &mut fill);
-        if result.as_ref().is_err_and(Error::is_would_block) {
+        if result.as_ref().is_err_and(Error::is_would_block) && !self.attachment.options.busy_poll {
             // Arm the wake-up so ready_fd() turns readable when space appears; if it already
             // has, report that by trying once more.
             if !self
