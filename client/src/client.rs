@@ -175,6 +175,15 @@ impl Client {
             .control
             .lock()
             .map_err(|_| Error::Protocol("control connection poisoned by a panic".into()))?;
-        control.call_for(request)
+        match control.call_for(request) {
+            // The broker closed the idle control connection (its `request_timeout` for clients
+            // that have not sent a request yet, or a restart) before this request went out:
+            // sending it again on a fresh connection cannot do anything twice.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+                *control = Connection::connect(&self.socket)?;
+                control.call_for(request)
+            }
+            other => other,
+        }
     }
 }

@@ -68,8 +68,10 @@ impl Connection {
         let frame = encode_frame(FrameKind::Request, id, request);
         let mut sent = 0;
         while sent < frame.len() {
-            sent += send_with_fds(self.stream.as_fd(), &frame[sent..], &[])
-                .map_err(|e| self.lost(e))?;
+            match send_with_fds(self.stream.as_fd(), &frame[sent..], &[]) {
+                Ok(n) => sent += n,
+                Err(err) => return Err(self.refusal_or(err)),
+            }
         }
         loop {
             let (header, body, fds) = self.read_frame()?;
@@ -165,6 +167,31 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// The broker closed the connection before our request went out. It may have said why
+    /// first (a quota refusing the connection replies with id 0, then hangs up): report that
+    /// rather than the broken pipe. Otherwise the error says the request was not sent.
+    fn refusal_or(&mut self, send_error: io::Error) -> Error {
+        // Only a closed peer guarantees the read below cannot block.
+        let closed = matches!(
+            send_error.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        );
+        if let Some(Ok((header, body, _))) = closed.then(|| self.read_frame()) {
+            if header.kind == FrameKind::Reply {
+                if let Ok(Reply {
+                    error: Some(error), ..
+                }) = serde_json::from_slice::<Reply>(&body)
+                {
+                    return Error::Broker {
+                        code: error.code,
+                        message: error.message,
+                    };
+                }
+            }
+        }
+        self.lost(send_error)
     }
 
     fn lost(&self, source: io::Error) -> Error {

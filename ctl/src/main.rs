@@ -137,13 +137,16 @@ fn run(args: Args) -> Result<()> {
                 print_status(&status)
             }
         }
-        Command::Send { name, chunk } => send(&client, &name, chunk),
-        Command::Recv { name, follow } => recv(&client, &name, follow),
+        Command::Send { name, chunk } => send(client, &name, chunk),
+        Command::Recv { name, follow } => recv(client, &name, follow),
     }
 }
 
-fn send(client: &Client, name: &str, chunk: Option<u64>) -> Result<()> {
+fn send(client: Client, name: &str, chunk: Option<u64>) -> Result<()> {
     let mut producer = client.producer(name)?;
+    // The producer has its own connection; an idle control connection would only be closed
+    // by the broker's request_timeout.
+    drop(client);
     let max = producer.max_message_len();
     let chunk = match chunk {
         Some(chunk) => usize::try_from(chunk).unwrap_or(usize::MAX),
@@ -177,8 +180,9 @@ fn send(client: &Client, name: &str, chunk: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-fn recv(client: &Client, name: &str, follow: bool) -> Result<()> {
+fn recv(client: Client, name: &str, follow: bool) -> Result<()> {
     let mut consumer = client.consumer(name)?;
+    drop(client);
     // Messages go from the ring to standard output with write(2) and no copy in between.
     let stdout = io::stdout();
     loop {

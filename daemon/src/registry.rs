@@ -390,6 +390,16 @@ impl Registry {
         }
     }
 
+    /// The session holding `role` on channel `name`, if any.
+    pub fn holder(&self, name: &str, role: Role) -> Option<SessionId> {
+        let channel = self.channels.get(name)?;
+        let slot = match role {
+            Role::Producer => &channel.producer,
+            Role::Consumer => &channel.consumer,
+        };
+        slot.as_ref().map(|attached| attached.session)
+    }
+
     /// Frees whatever `session` held on `name` (the connection closed).
     pub fn detach(&mut self, name: &str, session: SessionId) {
         if let Some(channel) = self.channels.get_mut(name) {

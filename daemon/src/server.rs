@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use shmem_broker_client::wire::{
-    ErrorCode, Event, FrameKind, Reply, Request, StatusInfo, PROTOCOL_VERSION,
+    ErrorCode, Event, FrameKind, Reply, Request, Role, StatusInfo, PROTOCOL_VERSION,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -265,6 +266,29 @@ impl Server {
         Ok(())
     }
 
+    /// A client that detaches and attaches again at once (or its successor) can have its new
+    /// request served in the same epoll round in which its old connection's hang-up is still
+    /// queued. Close a holder whose peer is already gone before saying "busy".
+    fn reap_hung_up_holder(&mut self, channel: &str, role: Role) {
+        let Some(holder) = self.registry.holder(channel, role) else {
+            return;
+        };
+        let hung_up = self.sessions.get(&holder).is_some_and(|s| {
+            let mut fds = [PollFd::new(&s.stream, PollFlags::RDHUP)];
+            let zero = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+                && fds[0]
+                    .revents()
+                    .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+        });
+        if hung_up {
+            self.drive(holder);
+        }
+    }
+
     fn clients_of(&self, uid: u32) -> usize {
         self.sessions.values().filter(|s| s.peer.uid == uid).count()
     }
@@ -390,6 +414,7 @@ impl Server {
                         Vec::new(),
                     )
                 } else {
+                    self.reap_hung_up_holder(&channel, role);
                     let outcome = self.registry.attach(&channel, role, session.id, &peer);
                     session.attached = outcome.attached;
                     (outcome.reply, outcome.fds)
