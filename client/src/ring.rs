@@ -539,8 +539,9 @@ impl RingWriter {
         self.staged_pos += size;
         *free -= size;
         if kind == KIND_DATA {
-            self.messages_written += 1;
-            self.bytes_written += used as u64;
+            // Counters come from shared memory a peer may have set to anything.
+            self.messages_written = self.messages_written.wrapping_add(1);
+            self.bytes_written = self.bytes_written.wrapping_add(used as u64);
         }
         true
     }
@@ -707,13 +708,20 @@ impl RingReader {
         let mut unread = self.unread()?;
         let mut delivered = 0;
         let result = loop {
-            if delivered == max || (delivered > 0 && self.next_is_end_of_stream(unread)) {
+            if delivered == max {
                 break Ok(BatchOutcome::Messages(delivered));
             }
+            let before = (self.read_pos, unread);
             match self.next_frame(Sink::Buffer(scratch), &mut unread) {
                 Ok(ReadOutcome::Message) => {
                     each(scratch);
                     delivered += 1;
+                }
+                // The mark ends a batch that has messages; it is read by the next call, so the
+                // caller learns of both. (Going back over skipped padding is harmless.)
+                Ok(ReadOutcome::EndOfStream) if delivered > 0 => {
+                    (self.read_pos, unread) = before;
+                    break Ok(BatchOutcome::Messages(delivered));
                 }
                 Ok(ReadOutcome::EndOfStream) => break Ok(BatchOutcome::EndOfStream),
                 Ok(ReadOutcome::Empty) if delivered == 0 => break Ok(BatchOutcome::Empty),
@@ -723,15 +731,6 @@ impl RingReader {
         };
         self.commit();
         result
-    }
-
-    fn next_is_end_of_stream(&self, unread: u64) -> bool {
-        unread >= FRAME_HEADER
-            && self
-                .ring
-                .data_u32(self.read_pos % self.ring.capacity + 4)
-                .load(Ordering::Relaxed)
-                == KIND_END_OF_STREAM
     }
 
     /// Writes the next message straight from the ring to `fd` (blocking until all of it is
@@ -800,7 +799,7 @@ impl RingReader {
                         }
                         Sink::Fd(fd) => self.ring.write_out(start, len as usize, *fd)?,
                     }
-                    self.messages_read += 1;
+                    self.messages_read = self.messages_read.wrapping_add(1);
                 }
                 other => {
                     return Err(RingError::Corrupt(format!(
@@ -857,7 +856,10 @@ impl RingReader {
 }
 
 fn check_positions(read_pos: u64, write_pos: u64, capacity: u64) -> Result<(), RingError> {
-    if write_pos < read_pos || write_pos - read_pos > capacity {
+    // Frames start at multiples of 8: any other position was written by a hostile peer, and
+    // following it would read a frame header across the end of the data area.
+    let aligned = read_pos % FRAME_HEADER == 0 && write_pos % FRAME_HEADER == 0;
+    if !aligned || write_pos < read_pos || write_pos - read_pos > capacity {
         return Err(RingError::Corrupt(format!(
             "positions out of range (read {read_pos}, write {write_pos}, capacity {capacity})"
         )));
@@ -992,6 +994,61 @@ mod tests {
         let n = rustix::io::read(&read_end, &mut got).expect("read pipe");
         assert_eq!(&got[..n], b"abcdefg", "exactly the used bytes, in order");
         assert_eq!(r.ring().stats().messages_written, 2);
+    }
+
+    /// Cases found by the `ring_reader` fuzz target (fuzz/corpus/ring_reader/seed-*).
+    #[test]
+    fn fuzz_findings_stay_fixed() {
+        // Unaligned positions would make the next frame header straddle the end of the ring.
+        let (w, _r, memfd) = pair(4096);
+        w.ring()
+            .header()
+            .consumer
+            .read_pos
+            .store(4092, Ordering::SeqCst);
+        w.ring()
+            .header()
+            .producer
+            .write_pos
+            .store(4100, Ordering::SeqCst);
+        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        let ring = SharedRing::open(fd, 4096).expect("open");
+        assert!(matches!(RingReader::new(ring), Err(RingError::Corrupt(_))));
+
+        // A counter a peer set to u64::MAX wraps instead of panicking.
+        let (mut w, mut r, _fd) = pair(4096);
+        r.messages_read = u64::MAX;
+        assert!(write(&mut w, b"x"));
+        let mut out = Vec::new();
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+
+        // Message, padding published alone, end-of-stream: a batch hands over the message and
+        // leaves the mark for the next call.
+        let (mut w, mut r, _fd) = pair(4096);
+        let mut scratch = Vec::new();
+        assert!(write(&mut w, &[0; 100]));
+        assert_eq!(
+            r.try_read_into(&mut scratch).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(write(&mut w, &[1; 100]));
+        assert!(!w
+            .try_write_with(4000, |_| {})
+            .expect("refused: only the padding fits"));
+        assert!(w
+            .try_write_end_of_stream()
+            .expect("the mark fits after the padding"));
+        let first = r
+            .try_read_batch(15, &mut scratch, |m| assert_eq!(m, [1; 100]))
+            .expect("read");
+        assert_eq!(first, BatchOutcome::Messages(1));
+        let second = r
+            .try_read_batch(15, &mut scratch, |_| panic!("no message"))
+            .expect("read");
+        assert_eq!(second, BatchOutcome::EndOfStream);
     }
 
     #[test]

@@ -22,6 +22,9 @@ const CONFIG_VERSION: i64 = 1;
 /// Channel data areas are mapped in whole pages; capacities are rounded up to this.
 const PAGE_SIZE: u64 = 4096;
 
+/// Largest ring the client library maps.
+const RING_MAX_CAPACITY: u64 = shmem_broker_client::ring::MAX_CAPACITY;
+
 /// Smallest capacity a channel may have (one page).
 const MIN_CAPACITY: u64 = PAGE_SIZE;
 
@@ -600,7 +603,10 @@ impl Parser<'_> {
 
     fn config(&self) -> Result<Config, ConfigError> {
         let document = ImDocument::parse(self.text).map_err(|err| {
-            let message = err.message().trim_end().to_string();
+            let message = match err.message().trim() {
+                "" => "invalid TOML".to_string(),
+                text => text.to_string(),
+            };
             self.error(err.span(), None, message)
         })?;
         let root = document.as_table();
@@ -668,6 +674,16 @@ impl Parser<'_> {
         }
         if let Some(entry) = &top.max_capacity {
             let bytes = self.size(entry)?;
+            if bytes > RING_MAX_CAPACITY {
+                return Err(self.bad(
+                    entry,
+                    format!(
+                        "max_capacity {} is above the largest ring this broker can make ({})",
+                        format_size(bytes),
+                        format_size(RING_MAX_CAPACITY)
+                    ),
+                ));
+            }
             if bytes < MIN_CAPACITY {
                 return Err(self.bad(
                     entry,
@@ -937,6 +953,19 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Cases found by the `config_parser` fuzz target (fuzz/corpus/config_parser/seed-*).
+    #[test]
+    fn fuzz_findings_stay_fixed() {
+        let err = Config::parse("\r", Path::new("fuzz.toml")).unwrap_err();
+        assert!(!err.message.is_empty(), "{err}");
+        let text = "version = 1\nmax_capacity = \"2TiB\"\n";
+        let err = Config::parse(text, Path::new("fuzz.toml")).unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(2), Some("max_capacity"))
+        );
+    }
 
     #[test]
     fn quotas_and_timeouts_are_read() {
