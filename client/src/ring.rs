@@ -711,7 +711,7 @@ impl RingReader {
             if delivered == max {
                 break Ok(BatchOutcome::Messages(delivered));
             }
-            let before = (self.read_pos, unread);
+            let before = self.read_pos;
             match self.next_frame(Sink::Buffer(scratch), &mut unread) {
                 Ok(ReadOutcome::Message) => {
                     each(scratch);
@@ -720,7 +720,7 @@ impl RingReader {
                 // The mark ends a batch that has messages; it is read by the next call, so the
                 // caller learns of both. (Going back over skipped padding is harmless.)
                 Ok(ReadOutcome::EndOfStream) if delivered > 0 => {
-                    (self.read_pos, unread) = before;
+                    self.read_pos = before;
                     break Ok(BatchOutcome::Messages(delivered));
                 }
                 Ok(ReadOutcome::EndOfStream) => break Ok(BatchOutcome::EndOfStream),
