@@ -752,7 +752,12 @@ impl RingReader {
         let capacity = self.ring.capacity;
         loop {
             if *unread == 0 {
-                return Ok(ReadOutcome::Empty);
+                // The bytes counted so far are used up (possibly by padding just skipped):
+                // only the producer's current position can say whether more came since.
+                *unread = self.unread()?;
+                if *unread == 0 {
+                    return Ok(ReadOutcome::Empty);
+                }
             }
             let offset = self.read_pos % capacity;
             let until_end = capacity - offset;
@@ -1049,6 +1054,32 @@ mod tests {
             .try_read_batch(15, &mut scratch, |_| panic!("no message"))
             .expect("read");
         assert_eq!(second, BatchOutcome::EndOfStream);
+
+        // A cached producer position that ends at padding: the message published after it is
+        // found, not reported as empty.
+        let (mut w, mut r, _fd) = pair(4096);
+        assert!(write(&mut w, &[0; 100]));
+        assert_eq!(
+            r.try_read_into(&mut scratch).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(write(&mut w, &[1; 100]));
+        assert!(!w
+            .try_write_with(4000, |_| {})
+            .expect("refused: only the padding fits"));
+        assert_eq!(
+            r.try_read_into(&mut scratch).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(
+            write(&mut w, &[2; 50]),
+            "fits at the start after the padding"
+        );
+        assert_eq!(
+            r.try_read_into(&mut scratch).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(scratch, [2; 50]);
     }
 
     #[test]

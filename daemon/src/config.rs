@@ -198,8 +198,10 @@ impl fmt::Display for ConfigError {
             }
         }
         f.write_str(": ")?;
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+        match self.key.as_deref() {
+            Some("") => f.write_str("\"\": ")?,
+            Some(key) => write!(f, "{key}: ")?,
+            None => {}
         }
         f.write_str(&self.message)
     }
@@ -959,6 +961,12 @@ mod tests {
     fn fuzz_findings_stay_fixed() {
         let err = Config::parse("\r", Path::new("fuzz.toml")).unwrap_err();
         assert!(!err.message.is_empty(), "{err}");
+        let err = Config::parse("\"\" = 1", Path::new("fuzz.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("fuzz.toml:1:1: \"\": unknown key"),
+            "{err}"
+        );
         let text = "version = 1\nmax_capacity = \"2TiB\"\n";
         let err = Config::parse(text, Path::new("fuzz.toml")).unwrap_err();
         assert_eq!(
