@@ -605,9 +605,10 @@ impl Parser<'_> {
 
     fn config(&self) -> Result<Config, ConfigError> {
         let document = ImDocument::parse(self.text).map_err(|err| {
+            // One line, always something to read: toml_edit messages can be empty or span lines.
             let message = match err.message().trim() {
                 "" => "invalid TOML".to_string(),
-                text => text.to_string(),
+                text => text.lines().map(str::trim).collect::<Vec<_>>().join("; "),
             };
             self.error(err.span(), None, message)
         })?;

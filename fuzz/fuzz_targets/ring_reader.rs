@@ -1,0 +1,678 @@
+//! The consumer side of a channel ring facing a hostile producer.
+//!
+//! A 4 KiB ring is created with `SharedRing::create`; a `RingReader` opens it through a dup of
+//! the memfd (`SharedRing::open`), exactly as a consumer does with the fd the broker sends. The
+//! fuzz input is a script for the other side, which maps the same memfd itself and may behave
+//! (write well-formed frames and publish them as PROTOCOL.md says) or scribble anything on the
+//! header and the data area, interleaved with the reader's calls: `try_read_into`,
+//! `try_read_batch`, `has_unread`, `prepare_to_sleep`, `done_sleeping`, `take_producer_waiting`,
+//! `stats`, and re-attaching (a new `RingReader` on a new mapping, resuming at the shared
+//! `read_pos`).
+//!
+//! Checks:
+//! * the reader never panics and only ever returns `Ok(..)` or `Err(RingError::Corrupt(..))`
+//!   (`Rejected` too when re-attaching to a ring whose identity was scribbled on);
+//! * it never touches memory outside the ring: ASan for the heap, debug assertions on every
+//!   in-ring atomic access, and a PROT_NONE guard page right after the reader's mapping
+//!   whenever the address space allows one (a read past the end is a SIGSEGV);
+//! * a message it hands out fits in the ring (at most `capacity - 8` bytes);
+//! * as long as the producer has only behaved, the reader returns exactly what was sent, in
+//!   order, with end-of-stream marks where they were written, and never an error.
+//!
+//! Input: an 8-byte starting position, then operations of one opcode byte and its operands
+//! (little-endian; missing bytes read as 0). `make_seeds.py` writes well-formed examples.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shmem_broker_client::ring::{
+    BatchOutcome, ReadOutcome, RingError, RingReader, SharedRing, HEADER_SIZE,
+};
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+const CAPACITY: u64 = 4096;
+const MAP_LEN: usize = (HEADER_SIZE + CAPACITY) as usize;
+const RING_NAME: &str = "fuzz-ring";
+
+// Header layout, PROTOCOL.md "The ring (layout 1)".
+const MAGIC_AT: usize = 0;
+const LAYOUT_AT: usize = 8;
+const CAPACITY_AT: usize = 16;
+const WRITE_POS_AT: usize = 64;
+const MESSAGES_WRITTEN_AT: usize = 72;
+const BYTES_WRITTEN_AT: usize = 80;
+const READ_POS_AT: usize = 128;
+const MESSAGES_READ_AT: usize = 136;
+const CONSUMER_WAITING_AT: usize = 192;
+
+const KIND_DATA: u32 = 1;
+const KIND_END_OF_STREAM: u32 = 2;
+const KIND_PAD: u32 = 3;
+
+/// The ring, created once per process and wiped before every input, and the fuzzer's own
+/// mapping of it (the "producer process").
+struct Fixture {
+    memfd: File,
+    raw: *mut u8,
+    /// Start addresses of mappings of the ring memfd that are not the reader's.
+    others: HashSet<usize>,
+    /// Guard pages we placed (they stay; a later reader mapping at the same place reuses them).
+    guards: HashSet<usize>,
+    /// Where to put a guard page before the next attach: the top page of the last reader's
+    /// mapping, when the page after it belonged to someone else. The next mapping then lands
+    /// just below the guard.
+    pending_guard: Option<usize>,
+}
+
+// SAFETY: used from the fuzzing thread only (behind a Mutex); the raw pointer is a MAP_SHARED
+// mapping that lives for the whole process.
+unsafe impl Send for Fixture {}
+
+fn fixture() -> &'static Mutex<Fixture> {
+    static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let (ring, memfd) = SharedRing::create(RING_NAME, CAPACITY).expect("create ring");
+        drop(ring);
+        let memfd = memfd.into_file();
+        // SAFETY: mapping a memfd of exactly MAP_LEN bytes (sealed against shrinking).
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MAP_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(raw, libc::MAP_FAILED, "mmap");
+        let others = ring_mappings()
+            .into_iter()
+            .map(|(start, _)| start)
+            .collect();
+        Mutex::new(Fixture {
+            memfd,
+            raw: raw.cast(),
+            others,
+            guards: HashSet::new(),
+            pending_guard: None,
+        })
+    })
+}
+
+/// (start, end) of every mapping of the ring memfd in this process.
+fn ring_mappings() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let tag = format!("memfd:shmem-broker:{RING_NAME}");
+    maps.lines()
+        .filter(|line| line.contains(&tag))
+        .filter_map(|line| {
+            let range = line.split_whitespace().next()?;
+            let (start, end) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+impl Fixture {
+    fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= MAP_LEN);
+        // SAFETY: in bounds and aligned (the mapping is page aligned).
+        unsafe { &*(self.raw.add(offset) as *const AtomicU64) }
+    }
+
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= MAP_LEN);
+        // SAFETY: as above.
+        unsafe { &*(self.raw.add(offset) as *const AtomicU32) }
+    }
+
+    fn data_u32(&self, offset: u64) -> &AtomicU32 {
+        self.u32_at(HEADER_SIZE as usize + offset as usize)
+    }
+
+    fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        let n = bytes.len().min(MAP_LEN - offset.min(MAP_LEN));
+        // SAFETY: [offset, offset + n) is inside the mapping; nobody else runs concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.raw.add(offset), n) }
+    }
+
+    /// Back to a freshly created ring whose positions both stand at `start`.
+    fn reset(&self, start: u64) {
+        // SAFETY: the whole mapping is ours to write.
+        unsafe { std::ptr::write_bytes(self.raw, 0, MAP_LEN) };
+        self.u64_at(MAGIC_AT)
+            .store(u64::from_le_bytes(*b"SHMRING1"), Ordering::Relaxed);
+        self.u32_at(LAYOUT_AT).store(1, Ordering::Relaxed);
+        self.u64_at(CAPACITY_AT).store(CAPACITY, Ordering::Relaxed);
+        self.u64_at(WRITE_POS_AT).store(start, Ordering::Relaxed);
+        self.u64_at(READ_POS_AT).store(start, Ordering::Relaxed);
+    }
+
+    /// A consumer attaching: a new mapping through a dup of the memfd, as the broker's fd
+    /// arrives. Puts a guard page after the new mapping when that page is free.
+    fn attach(&mut self) -> Result<RingReader, RingError> {
+        if known("attach-unaligned") && self.u64_at(READ_POS_AT).load(Ordering::Relaxed) % 8 != 0 {
+            // What the fix does: a consumer position that is not a frame boundary is corrupt.
+            return Err(RingError::Corrupt(
+                "unaligned read_pos (known issue)".into(),
+            ));
+        }
+        if known("counter-overflow") {
+            // Stand-in for the fix (wrapping counters): keep the scribbled count from overflowing.
+            let count = self.u64_at(MESSAGES_READ_AT).load(Ordering::Relaxed);
+            self.u64_at(MESSAGES_READ_AT)
+                .store(count.min(u64::MAX / 2), Ordering::Relaxed);
+        }
+        if let Some(page) = self.pending_guard.take() {
+            if place_guard(page) {
+                self.guards.insert(page);
+            }
+        }
+        let fd = OwnedFd::from(self.memfd.try_clone().expect("dup"));
+        let ring = SharedRing::open(fd, CAPACITY)?;
+        self.guard_new_mapping();
+        RingReader::new(ring)
+    }
+
+    /// Reading /proc/self/maps on every attach would cost most of the run (and feed the
+    /// fuzzer string comparisons that have nothing to do with the ring), so it is done on a
+    /// sample of attaches: a reader's mapping usually lands where the previous one was, so a
+    /// guard placed once keeps serving. `SHMEM_FUZZ_STATS=1` prints how often it does.
+    fn guard_new_mapping(&mut self) {
+        static ATTACHES: AtomicU64 = AtomicU64::new(0);
+        static SAMPLED: AtomicU64 = AtomicU64::new(0);
+        static GUARDED: AtomicU64 = AtomicU64::new(0);
+        let attaches = ATTACHES.fetch_add(1, Ordering::Relaxed) + 1;
+        if !(attaches.is_power_of_two() || attaches % 1024 == 0) {
+            return;
+        }
+        let sampled = SAMPLED.fetch_add(1, Ordering::Relaxed) + 1;
+        for (start, end) in ring_mappings() {
+            if self.others.contains(&start) {
+                continue;
+            }
+            if self.guards.contains(&end) {
+                GUARDED.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if place_guard(end) {
+                self.guards.insert(end);
+                GUARDED.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.pending_guard = Some(end - 4096);
+            }
+        }
+        if sampled % 64 == 0 && std::env::var_os("SHMEM_FUZZ_STATS").is_some() {
+            eprintln!(
+                "ring_reader: guard page after the reader's mapping in {} of {sampled} sampled attaches ({attaches} attaches)",
+                GUARDED.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Maps a PROT_NONE page at `at` unless something is already there.
+fn place_guard(at: usize) -> bool {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; it fails with EEXIST if
+    // the page is taken.
+    let guard = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if guard as usize == at {
+        return true;
+    }
+    if guard != libc::MAP_FAILED {
+        // An old kernel that ignored the flag and put it elsewhere.
+        // SAFETY: the mapping we just got.
+        unsafe { libc::munmap(guard, 4096) };
+    }
+    false
+}
+
+/// Operands; missing bytes read as zero.
+struct Script<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Script<'_> {
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        let n = N.min(self.data.len() - self.at);
+        out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.bytes::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.bytes())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.bytes())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+    fn done(&self) -> bool {
+        self.at >= self.data.len()
+    }
+}
+
+#[derive(PartialEq)]
+enum Expected {
+    Data(Vec<u8>),
+    EndOfStream,
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Data(m) => write!(f, "Data{:?}", summary([m])),
+            Expected::EndOfStream => f.write_str("EndOfStream"),
+        }
+    }
+}
+
+/// The producer: well-behaved when asked to send, hostile on other operations.
+struct Producer {
+    /// Its private write position (resumed from the header on re-attach).
+    write_pos: u64,
+    messages: u64,
+    bytes: u64,
+    sequence: u32,
+}
+
+impl Producer {
+    /// Stages frames as RingWriter does: a frame that would cross the end of the data area is
+    /// preceded by a padding frame. Publishes whatever was staged (padding included) with one
+    /// store. Returns the frames published (a prefix of `frames`).
+    fn send(&mut self, ring: &Fixture, frames: &[(u32, Vec<u8>)]) -> usize {
+        let read_pos = ring.u64_at(READ_POS_AT).load(Ordering::Acquire);
+        if read_pos > self.write_pos
+            || self.write_pos - read_pos > CAPACITY
+            || self.write_pos % 8 != 0
+            || self.write_pos > u64::MAX - 2 * CAPACITY
+        {
+            return 0; // scribbled on: a real producer would report corruption here
+        }
+        let mut free = CAPACITY - (self.write_pos - read_pos);
+        let mut staged = self.write_pos;
+        let mut sent = 0;
+        for (kind, payload) in frames {
+            let size = 8 + (payload.len() as u64).div_ceil(8) * 8;
+            let offset = staged % CAPACITY;
+            let until_end = CAPACITY - offset;
+            if size > until_end {
+                if free < until_end {
+                    break;
+                }
+                ring.data_u32(offset)
+                    .store((until_end - 8) as u32, Ordering::Relaxed);
+                ring.data_u32(offset + 4).store(KIND_PAD, Ordering::Relaxed);
+                staged += until_end;
+                free -= until_end;
+            }
+            if free < size {
+                break;
+            }
+            let offset = staged % CAPACITY;
+            ring.write_bytes(HEADER_SIZE as usize + offset as usize + 8, payload);
+            ring.data_u32(offset)
+                .store(payload.len() as u32, Ordering::Relaxed);
+            ring.data_u32(offset + 4).store(*kind, Ordering::Relaxed);
+            staged += size;
+            free -= size;
+            sent += 1;
+            if *kind == KIND_DATA {
+                self.messages += 1;
+                self.bytes += payload.len() as u64;
+            }
+        }
+        if staged != self.write_pos {
+            self.write_pos = staged;
+            ring.u64_at(WRITE_POS_AT).store(staged, Ordering::SeqCst);
+            ring.u64_at(MESSAGES_WRITTEN_AT)
+                .store(self.messages, Ordering::Relaxed);
+            ring.u64_at(BYTES_WRITTEN_AT)
+                .store(self.bytes, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    fn payload(&mut self, len: usize, fill: u8) -> Vec<u8> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let seed = self.sequence.wrapping_mul(0x9E37_79B9) ^ u32::from(fill);
+        (0..len)
+            .map(|i| (seed.wrapping_add(i as u32 * 31) >> 3) as u8)
+            .collect()
+    }
+}
+
+/// Reported bugs that the fuzzer may step over while they are being fixed, so a long run can
+/// look for others: `SHMEM_FUZZ_KNOWN=batch-eos-after-pad,...` (see fuzz/README.md).
+fn known(issue: &str) -> bool {
+    static KNOWN: OnceLock<Vec<String>> = OnceLock::new();
+    KNOWN
+        .get_or_init(|| {
+            std::env::var("SHMEM_FUZZ_KNOWN")
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
+        .iter()
+        .any(|k| k == issue)
+}
+
+/// Messages as (length, checksum) for readable assertion failures.
+fn summary<'a>(messages: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<(usize, u32)> {
+    messages
+        .into_iter()
+        .map(|m| {
+            let sum = m.iter().fold(0u32, |h, &b| h.rotate_left(5) ^ u32::from(b));
+            (m.len(), sum)
+        })
+        .collect()
+}
+
+fn check_error(err: RingError, clean: bool, what: &str) {
+    assert!(
+        !clean,
+        "{what} failed although the producer followed the protocol: {err}"
+    );
+    assert!(
+        matches!(err, RingError::Corrupt(_)),
+        "{what}: unexpected error kind: {err:?}"
+    );
+}
+
+fn check_message(message: &[u8]) {
+    assert!(
+        message.len() as u64 <= CAPACITY - 8,
+        "a {}-byte message out of a {CAPACITY}-byte ring",
+        message.len()
+    );
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut fixture = fixture().lock().unwrap_or_else(|e| e.into_inner());
+    let mut script = Script { data, at: 0 };
+
+    // Both positions start at the same well-formed place (a multiple of 8, anywhere up to
+    // 2^62, so the first frames may need padding); only hostile operations change that.
+    let start = (script.u64() & !7) % (1 << 62);
+    fixture.reset(start);
+    let mut producer = Producer {
+        write_pos: start,
+        messages: 0,
+        bytes: 0,
+        sequence: 0,
+    };
+    // While true, the producer has done nothing but follow the protocol, so the reader must
+    // deliver exactly `expected`.
+    let mut clean = true;
+    let mut expected: VecDeque<Expected> = VecDeque::new();
+    let mut reader = Some(fixture.attach().expect("attach to a fresh ring"));
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+
+    let mut steps = 0;
+    while !script.done() && steps < 512 {
+        steps += 1;
+        match script.u8() % 16 {
+            // Well-formed data frame.
+            0..=2 => {
+                let len = (script.u16() as u64 % (CAPACITY - 7)) as usize;
+                let fill = script.u8();
+                let payload = producer.payload(len, fill);
+                if producer.send(&fixture, &[(KIND_DATA, payload.clone())]) == 1 {
+                    expected.push_back(Expected::Data(payload));
+                }
+            }
+            // Several frames, one publish (try_write_batch).
+            3 => {
+                let count = usize::from(script.u8() % 8) + 1;
+                let len = usize::from(script.u8()) * 3;
+                let frames: Vec<(u32, Vec<u8>)> = (0..count)
+                    .map(|i| (KIND_DATA, producer.payload(len + i, i as u8)))
+                    .collect();
+                let sent = producer.send(&fixture, &frames);
+                for (_, payload) in frames.into_iter().take(sent) {
+                    expected.push_back(Expected::Data(payload));
+                }
+            }
+            4 => {
+                if producer.send(&fixture, &[(KIND_END_OF_STREAM, Vec::new())]) == 1 {
+                    expected.push_back(Expected::EndOfStream);
+                }
+            }
+            5 => {
+                let Some(reader) = reader.as_mut() else {
+                    continue;
+                };
+                match reader.try_read_into(&mut out) {
+                    Ok(ReadOutcome::Message) => {
+                        check_message(&out);
+                        if clean {
+                            match expected.pop_front() {
+                                Some(Expected::Data(want)) => assert!(
+                                    want == out,
+                                    "wrong message: got {:?}, sent {:?}",
+                                    summary([&out]),
+                                    summary([&want])
+                                ),
+                                other => panic!(
+                                    "got a message {:?}, expected {other:?}",
+                                    summary([&out])
+                                ),
+                            }
+                        }
+                    }
+                    Ok(ReadOutcome::EndOfStream) => {
+                        if clean {
+                            assert_eq!(expected.pop_front(), Some(Expected::EndOfStream));
+                        }
+                    }
+                    Ok(ReadOutcome::Empty) => {
+                        if clean && !known("empty-after-pad") {
+                            assert!(expected.is_empty(), "Empty with {expected:?} unread");
+                        }
+                    }
+                    Err(err) => check_error(err, clean, "try_read_into"),
+                }
+            }
+            6 => {
+                let Some(reader) = reader.as_mut() else {
+                    continue;
+                };
+                let max = usize::from(script.u8() % 16);
+                let mut got = Vec::new();
+                match reader.try_read_batch(max, &mut scratch, |m| {
+                    check_message(m);
+                    got.push(m.to_vec())
+                }) {
+                    Ok(outcome) => {
+                        if clean {
+                            // A batch may stop early (the reader trusts the producer position
+                            // it loaded last while that still shows unread bytes), but it must
+                            // hand over at least one message if one is there, the messages in
+                            // order, and stop before an end-of-stream mark.
+                            let data_ahead = expected
+                                .iter()
+                                .take_while(|e| matches!(e, Expected::Data(_)))
+                                .count()
+                                .min(max);
+                            match outcome {
+                                BatchOutcome::Messages(n) if max == 0 => {
+                                    assert!(n == 0 && got.is_empty())
+                                }
+                                BatchOutcome::Messages(n) => {
+                                    assert!(
+                                        n == got.len() && n >= 1 && n <= data_ahead,
+                                        "batch of {n} with {expected:?} unread (max {max})"
+                                    );
+                                    for message in &got {
+                                        match expected.pop_front() {
+                                            Some(Expected::Data(want)) => assert!(
+                                                want == *message,
+                                                "wrong message in batch: got {:?}, sent {:?}",
+                                                summary([message]),
+                                                summary([&want])
+                                            ),
+                                            other => panic!("batch message, expected {other:?}"),
+                                        }
+                                    }
+                                }
+                                BatchOutcome::EndOfStream
+                                    if known("batch-eos-after-pad") && data_ahead > 0 =>
+                                {
+                                    // It handed out messages, then consumed the mark behind
+                                    // padding.
+                                    for _ in &got {
+                                        expected.pop_front();
+                                    }
+                                    assert_eq!(expected.pop_front(), Some(Expected::EndOfStream));
+                                }
+                                BatchOutcome::EndOfStream => {
+                                    assert!(
+                                        got.is_empty()
+                                            && expected.pop_front() == Some(Expected::EndOfStream),
+                                        "EndOfStream after {:?} with {expected:?} unread",
+                                        summary(&got)
+                                    );
+                                }
+                                BatchOutcome::Empty => assert!(
+                                    expected.is_empty() || known("empty-after-pad"),
+                                    "batch Empty with {expected:?} unread"
+                                ),
+                            }
+                        } else if let BatchOutcome::Messages(n) = outcome {
+                            assert_eq!(n, got.len());
+                        }
+                    }
+                    Err(err) => check_error(err, clean, "try_read_batch"),
+                }
+            }
+            7 => {
+                let Some(reader) = reader.as_mut() else {
+                    continue;
+                };
+                match script.u8() % 6 {
+                    0 => {
+                        let unread = reader.has_unread();
+                        if clean {
+                            // Padding alone counts as unread, so only one direction holds.
+                            assert!(unread || expected.is_empty());
+                        }
+                    }
+                    1 => match reader.prepare_to_sleep() {
+                        Ok(sleep) => {
+                            if clean && !expected.is_empty() {
+                                assert!(!sleep, "would sleep with messages unread");
+                            }
+                        }
+                        Err(err) => check_error(err, clean, "prepare_to_sleep"),
+                    },
+                    2 => reader.done_sleeping(),
+                    3 => {
+                        let _ = reader.take_producer_waiting();
+                    }
+                    4 => {
+                        let stats = reader.ring().stats();
+                        assert!(stats.bytes_unread <= CAPACITY);
+                    }
+                    _ => {
+                        let _ = reader.ring().is_dropped();
+                        let waiting = fixture.u32_at(CONSUMER_WAITING_AT).load(Ordering::Relaxed);
+                        let _ = waiting;
+                    }
+                }
+            }
+            // The consumer detaches (or dies) and a new one attaches.
+            8 => {
+                reader = None;
+                match fixture.attach() {
+                    Ok(new) => reader = Some(new),
+                    Err(RingError::Corrupt(_) | RingError::Rejected(_)) if !clean => {}
+                    Err(err) => panic!("re-attach failed (clean: {clean}): {err:?}"),
+                }
+            }
+            // A new producer resumes at the published write position.
+            9 => producer.write_pos = fixture.u64_at(WRITE_POS_AT).load(Ordering::Acquire),
+            // From here on, hostile.
+            10 => {
+                clean = false;
+                let value = script.u64();
+                let position = match script.u8() % 4 {
+                    0 => value,
+                    1 => producer.write_pos.wrapping_add(value % 64).wrapping_sub(32),
+                    2 => fixture
+                        .u64_at(READ_POS_AT)
+                        .load(Ordering::Relaxed)
+                        .wrapping_add(value % (2 * CAPACITY)),
+                    _ => u64::MAX - value % 64,
+                };
+                fixture
+                    .u64_at(WRITE_POS_AT)
+                    .store(position, Ordering::SeqCst);
+            }
+            11 => {
+                clean = false;
+                let offset = usize::from(script.u16()) * 8 % HEADER_SIZE as usize;
+                let value = script.u64();
+                fixture.u64_at(offset).store(value, Ordering::SeqCst);
+            }
+            12 => {
+                clean = false;
+                let offset = usize::from(script.u16()) % MAP_LEN;
+                let bytes = script.bytes::<4>();
+                fixture.write_bytes(offset, &bytes);
+            }
+            13 => {
+                clean = false;
+                let offset = (u64::from(script.u16()) * 8) % CAPACITY;
+                let len = script.u32();
+                let kind = script.u32() % 5;
+                fixture.data_u32(offset).store(len, Ordering::Relaxed);
+                fixture.data_u32(offset + 4).store(kind, Ordering::Relaxed);
+            }
+            14 => {
+                clean = false;
+                let offset = usize::from(script.u16()) % CAPACITY as usize;
+                let n = usize::from(script.u8() % 32);
+                let bytes: Vec<u8> = (0..n).map(|_| script.u8()).collect();
+                fixture.write_bytes(HEADER_SIZE as usize + offset, &bytes);
+            }
+            _ => {
+                clean = false;
+                let value = script.u64();
+                let position = match script.u8() % 3 {
+                    0 => value,
+                    1 => producer.write_pos.wrapping_sub(value % (2 * CAPACITY)),
+                    _ => producer.write_pos.wrapping_add(value % 16).wrapping_sub(8),
+                };
+                fixture
+                    .u64_at(READ_POS_AT)
+                    .store(position, Ordering::SeqCst);
+            }
+        }
+    }
+    drop(reader);
+});
