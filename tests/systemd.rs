@@ -596,3 +596,75 @@ fn reconnecting_endpoints_ride_through_a_restart() {
         "every message exactly once, in order"
     );
 }
+
+/// `WATCHDOG=1` comes from the event loop: a live broker keeps the watchdog fed well past its
+/// timeout, and a wedged one (SIGSTOP stands in for a stuck loop) is restarted by systemd.
+/// The unit's `WatchdogSec=10s`/`TimeoutStopSec=10s` are shortened to 1 s to keep this quick.
+#[test]
+fn watchdog_keeps_a_live_broker_and_restarts_a_wedged_one() {
+    if !root_or_skip("watchdog_keeps_a_live_broker_and_restarts_a_wedged_one") {
+        return;
+    }
+    let lab = SystemdLab::boot();
+    let broker = LabBroker::install(&lab, "version = 1\n");
+    let unit_path = lab.units_dir().join(SERVICE);
+    let unit = fs::read_to_string(&unit_path).expect("read the installed service unit");
+    let unit =
+        shmem_broker_tests::systemd::rewrite_unit_line(&unit, "WatchdogSec=", "WatchdogSec=1s");
+    let unit = shmem_broker_tests::systemd::rewrite_unit_line(
+        &unit,
+        "TimeoutStopSec=",
+        "TimeoutStopSec=1s",
+    );
+    lab.install_unit(SERVICE, &unit);
+    lab.daemon_reload();
+    lab.systemctl_ok(&["start", SOCKET]);
+    broker.ctl_ok(&["list"]);
+    let pid = broker.wait_active();
+
+    // Fed: the last-ping timestamp keeps moving for several timeouts, and nothing restarts.
+    let mut last = lab.show_u64(SERVICE, "WatchdogTimestampMonotonic");
+    for round in 0..4 {
+        last = wait_for(WAIT, format!("watchdog ping {round} after {last}"), || {
+            let now = lab.show_u64(SERVICE, "WatchdogTimestampMonotonic");
+            if now > last {
+                Ok(now)
+            } else {
+                Err(format!("WatchdogTimestampMonotonic={now}"))
+            }
+        });
+    }
+    assert_eq!(
+        lab.show_u64(SERVICE, "NRestarts"),
+        0,
+        "a fed watchdog never fires"
+    );
+    assert_eq!(lab.show_u64(SERVICE, "MainPID") as u32, pid);
+
+    // Wedged: the loop stops, the pings stop, systemd restarts the service.
+    let stop = lab.run(
+        &["kill", "-STOP", &pid.to_string()],
+        std::process::Stdio::null(),
+        WAIT,
+    );
+    assert!(stop.success(), "{stop}");
+    let restarted = wait_for(
+        Duration::from_secs(30),
+        "systemd to restart the wedged broker",
+        || {
+            let n = lab.show_u64(SERVICE, "NRestarts");
+            let new_pid = lab.show_u64(SERVICE, "MainPID") as u32;
+            let state = lab.show(SERVICE, "ActiveState");
+            if n >= 1 && state == "active" && new_pid != 0 && new_pid != pid {
+                Ok(new_pid)
+            } else {
+                Err(format!(
+                    "NRestarts={n} MainPID={new_pid} ActiveState={state}"
+                ))
+            }
+        },
+    );
+    assert_ne!(restarted, pid);
+    lab.wait_for_journal_line(&["-u", SERVICE], &["Watchdog timeout"]);
+    broker.ctl_ok(&["list"]);
+}
