@@ -619,7 +619,8 @@ fn watchdog_keeps_a_live_broker_and_restarts_a_wedged_one() {
     lab.install_unit(SERVICE, &unit);
     lab.daemon_reload();
     lab.systemctl_ok(&["start", SOCKET]);
-    broker.ctl_ok(&["list"]);
+    // A channel nobody has attached to yet is stored without eventfds; it must come back too.
+    broker.ctl_ok(&["create", "idle", "--capacity", "64KiB"]);
     let pid = broker.wait_active();
 
     // Fed: the last-ping timestamp keeps moving for several timeouts, and nothing restarts.
@@ -666,5 +667,13 @@ fn watchdog_keeps_a_live_broker_and_restarts_a_wedged_one() {
     );
     assert_ne!(restarted, pid);
     lab.wait_for_journal_line(&["-u", SERVICE], &["Watchdog timeout"]);
-    broker.ctl_ok(&["list"]);
+    assert!(
+        broker.channel_names().contains(&"idle".to_string()),
+        "the never-attached channel survived the restart"
+    );
+    let input = file_in(lab.dir(), "idle.bin");
+    fs::write(&input, b"first use after a restart").expect("write input");
+    broker.send_file("idle", 4096, &input);
+    let received = broker.recv_to_file("idle", &file_in(lab.dir(), "idle.out"));
+    assert_eq!(received, b"first use after a restart");
 }

@@ -83,8 +83,7 @@ impl Grant {
             channel: channel.to_string(),
             role,
         })?;
-        let info: AttachInfo = serde_json::from_value(answer.result)
-            .map_err(|e| Error::Protocol(format!("unexpected attach reply: {e}")))?;
+        let info: AttachInfo = answer.decode()?;
         let expected = ["ring", "data_ready", "space_ready"];
         if info.fds != expected || answer.fds.len() != expected.len() {
             return Err(Error::Protocol(format!(

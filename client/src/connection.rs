@@ -25,8 +25,17 @@ pub(crate) struct Connection {
 
 /// A reply's result with the fds that came with it.
 pub(crate) struct Answer {
-    pub result: serde_json::Value,
+    pub result: Option<Box<serde_json::value::RawValue>>,
     pub fds: Vec<OwnedFd>,
+}
+
+impl Answer {
+    /// The result decoded straight from its JSON text into `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        let text = self.result.as_ref().map_or("null", |raw| raw.get());
+        serde_json::from_str(text)
+            .map_err(|e| Error::Protocol(format!("unexpected reply shape: {e}")))
+    }
 }
 
 impl Connection {
@@ -92,7 +101,7 @@ impl Connection {
                         });
                     }
                     return Ok(Answer {
-                        result: reply.result.unwrap_or_default(),
+                        result: reply.result,
                         fds,
                     });
                 }
@@ -109,8 +118,7 @@ impl Connection {
     /// Like [`call`](Self::call), decoding the result into `T`.
     pub fn call_for<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
         let answer = self.call(request)?;
-        serde_json::from_value(answer.result)
-            .map_err(|e| Error::Protocol(format!("unexpected reply shape: {e}")))
+        answer.decode()
     }
 
     /// Reads one event after `poll` said the socket is readable. `Ok(None)` means the broker

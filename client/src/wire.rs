@@ -191,8 +191,10 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
+    /// Kept as raw JSON text: serialized once by the broker and decoded once, straight into
+    /// the caller's type (a list of 10,000 channels never becomes a `Value` tree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
 }
@@ -201,7 +203,7 @@ impl Reply {
     pub fn success(result: impl Serialize) -> Reply {
         Reply {
             ok: true,
-            result: Some(serde_json::to_value(result).unwrap_or(serde_json::Value::Null)),
+            result: serde_json::value::to_raw_value(&result).ok(),
             error: None,
         }
     }

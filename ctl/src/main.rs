@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use shmem_broker_client::discovery::client_socket_path;
 use shmem_broker_client::size::{format_size, parse_size};
+use shmem_broker_client::wire::ChannelList;
 use shmem_broker_client::{ChannelInfo, Client, CreateOptions, Role, StatusInfo};
 
 /// Control a shmem-broker: list, create and drop channels, inspect them, send and receive data.
@@ -90,7 +91,7 @@ fn run(args: Args) -> Result<()> {
         Command::List { json } => {
             let channels = client.list()?;
             if json {
-                print_json(&serde_json::json!({ "channels": channels }))
+                print_json(&ChannelList { channels })
             } else {
                 print_table(&channels)
             }
@@ -193,7 +194,10 @@ fn recv(client: Client, name: &str, follow: bool) -> Result<()> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 

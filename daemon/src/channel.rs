@@ -33,10 +33,27 @@ pub struct ChannelMeta {
 /// The fds that make up a channel's shared state.
 pub struct ChannelFds {
     pub memfd: Memfd,
+    /// Made at the first attach: a channel nobody has used costs the broker one fd, not three,
+    /// so the fd limit allows several times more idle channels.
+    pub wake: Option<WakeFds>,
+}
+
+/// The two eventfds of a channel.
+pub struct WakeFds {
     /// Written by the producer to wake a sleeping consumer.
     pub data_ready: OwnedFd,
     /// Written by the consumer to wake a sleeping producer.
     pub space_ready: OwnedFd,
+}
+
+impl WakeFds {
+    fn new() -> std::io::Result<WakeFds> {
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok(WakeFds {
+            data_ready: eventfd(0, flags)?,
+            space_ready: eventfd(0, flags)?,
+        })
+    }
 }
 
 pub struct Channel {
@@ -56,13 +73,11 @@ impl Channel {
         let (ring, memfd) = SharedRing::create(name, capacity).map_err(|e| {
             std::io::Error::other(format!("creating ring for channel {name:?}: {e}"))
         })?;
-        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-        let fds = ChannelFds {
-            memfd,
-            data_ready: eventfd(0, flags)?,
-            space_ready: eventfd(0, flags)?,
-        };
-        Ok(Channel::assemble(meta, ring, fds))
+        Ok(Channel::assemble(
+            meta,
+            ring,
+            ChannelFds { memfd, wake: None },
+        ))
     }
 
     /// Rebuilds a channel from fds kept by systemd; `ring` was mapped and checked by the caller.
@@ -109,13 +124,31 @@ impl Channel {
         self.producer.is_some() || self.consumer.is_some()
     }
 
-    /// Copies of the fds an attach hands out, in the order `AttachInfo::fds` names them.
-    pub fn attach_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
-        Ok(vec![
+    /// Copies of the fds an attach hands out, in the order `AttachInfo::fds` names them, and
+    /// whether the eventfds were made just now (so the caller can store them).
+    pub fn attach_fds(&mut self) -> std::io::Result<(Vec<OwnedFd>, bool)> {
+        let created = self.fds.wake.is_none();
+        if created {
+            self.fds.wake = Some(WakeFds::new()?);
+        }
+        let Some(wake) = &self.fds.wake else {
+            return Err(std::io::Error::other("channel eventfds missing"));
+        };
+        let fds = vec![
             self.fds.memfd.as_file().as_fd().try_clone_to_owned()?,
-            self.fds.data_ready.try_clone()?,
-            self.fds.space_ready.try_clone()?,
-        ])
+            wake.data_ready.try_clone()?,
+            wake.space_ready.try_clone()?,
+        ];
+        Ok((fds, created))
+    }
+
+    /// Fds the broker holds for this channel.
+    pub fn open_fds(&self) -> usize {
+        if self.fds.wake.is_some() {
+            3
+        } else {
+            1
+        }
     }
 
     pub fn attach_info(&self, role: Role) -> AttachInfo {
@@ -145,7 +178,12 @@ impl Channel {
     /// Marks the ring dropped and wakes both sides so blocked clients notice at once.
     pub fn mark_dropped(&self) {
         self.ring.mark_dropped();
-        for fd in [&self.fds.data_ready, &self.fds.space_ready] {
+        for fd in self
+            .fds
+            .wake
+            .iter()
+            .flat_map(|w| [&w.data_ready, &w.space_ready])
+        {
             let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
         }
     }

@@ -1,9 +1,10 @@
 //! Channels kept in systemd's file-descriptor store, so that they, and the unread data in their
 //! rings, survive a restart or crash of the broker.
 //!
-//! Each channel is stored as four fds named `ch.NAME.ring`, `ch.NAME.data`, `ch.NAME.space` and
-//! `ch.NAME.meta`: the ring memfd, the two eventfds, and a sealed memfd holding the metadata
-//! (name, capacity, origin, owner, access) as JSON. On start, systemd hands them back through
+//! Each channel is stored as fds named `ch.NAME.ring` (the ring memfd), `ch.NAME.meta` (a
+//! sealed memfd holding the name, capacity, origin, owner and access as JSON) and, once someone
+//! has attached, `ch.NAME.data` and `ch.NAME.space` (the eventfds). On start, systemd hands them
+//! back through
 //! `LISTEN_FDS`/`LISTEN_FDNAMES`; each group is checked (seals, sizes, fd types, metadata) and a bad
 //! one is logged, closed and removed from the store, never trusted. Outside systemd
 //! (`NOTIFY_SOCKET` unset) nothing is stored.
@@ -22,7 +23,7 @@ use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use slog::{error, info, warn, Logger};
 
 use crate::access::AccessList;
-use crate::channel::{Channel, ChannelFds, ChannelMeta};
+use crate::channel::{Channel, ChannelFds, ChannelMeta, WakeFds};
 
 const PREFIX: &str = "ch.";
 const PARTS: [&str; 4] = ["ring", "data", "space", "meta"];
@@ -68,18 +69,42 @@ impl FdStore {
 
     fn try_save(&self, channel: &Channel) -> std::io::Result<()> {
         let meta = write_meta(channel)?;
-        let fds = channel.fds();
-        let parts = [
-            fds.memfd.as_file().as_fd(),
-            fds.data_ready.as_fd(),
-            fds.space_ready.as_fd(),
-            meta.as_file().as_fd(),
-        ];
-        for (part, fd) in PARTS.iter().zip(parts) {
-            let name = fd_name(channel.name(), part);
-            sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(&name)], &[fd])?;
+        self.store(
+            channel.name(),
+            "ring",
+            channel.fds().memfd.as_file().as_fd(),
+        )?;
+        self.store(channel.name(), "meta", meta.as_file().as_fd())?;
+        self.try_save_wake(channel)
+    }
+
+    /// Hands systemd a channel's eventfds, made at its first attach.
+    pub fn save_wake(&self, channel: &Channel) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(err) = self.try_save_wake(channel) {
+            warn!(self.log, "cannot save channel eventfds in systemd's fd store";
+                "channel" => channel.name(), "error" => %err);
+        }
+    }
+
+    fn try_save_wake(&self, channel: &Channel) -> std::io::Result<()> {
+        if let Some(wake) = &channel.fds().wake {
+            self.store(channel.name(), "data", wake.data_ready.as_fd())?;
+            self.store(channel.name(), "space", wake.space_ready.as_fd())?;
         }
         Ok(())
+    }
+
+    fn store(
+        &self,
+        channel: &str,
+        part: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> std::io::Result<()> {
+        let name = fd_name(channel, part);
+        sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(&name)], &[fd])
     }
 
     /// Removes a dropped channel's fds from the store.
@@ -201,16 +226,26 @@ fn assemble(
     validate_channel_name(name)?;
     let meta_fd = take_one(&mut parts, "meta")?;
     let ring_fd = take_one(&mut parts, "ring")?;
-    let data_ready = take_one(&mut parts, "data")?;
-    let space_ready = take_one(&mut parts, "space")?;
+    // The eventfds exist once someone attached: both or neither.
+    let wake = match (parts.contains_key("data"), parts.contains_key("space")) {
+        (false, false) => None,
+        _ => {
+            let data_ready = take_one(&mut parts, "data")?;
+            let space_ready = take_one(&mut parts, "space")?;
+            for (part, fd) in [("data", &data_ready), ("space", &space_ready)] {
+                if !is_eventfd(fd) {
+                    return Err(format!("{part} fd is not an eventfd"));
+                }
+            }
+            Some(WakeFds {
+                data_ready,
+                space_ready,
+            })
+        }
+    };
     let stored = read_meta(meta_fd)?;
     if stored.name != name {
         return Err(format!("metadata names channel {:?}", stored.name));
-    }
-    for (part, fd) in [("data", &data_ready), ("space", &space_ready)] {
-        if !is_eventfd(fd) {
-            return Err(format!("{part} fd is not an eventfd"));
-        }
     }
     let memfd_copy = ring_fd
         .try_clone()
@@ -225,15 +260,7 @@ fn assemble(
         producers: AccessList::parse_all(&stored.producers)?,
         consumers: AccessList::parse_all(&stored.consumers)?,
     };
-    Ok(Channel::assemble(
-        meta,
-        ring,
-        ChannelFds {
-            memfd,
-            data_ready,
-            space_ready,
-        },
-    ))
+    Ok(Channel::assemble(meta, ring, ChannelFds { memfd, wake }))
 }
 
 fn read_meta(fd: OwnedFd) -> Result<StoredMeta, String> {

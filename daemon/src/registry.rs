@@ -104,6 +104,11 @@ impl Registry {
         }
     }
 
+    /// Fds the broker holds for all channels.
+    pub fn open_fds(&self) -> usize {
+        self.channels.values().map(Channel::open_fds).sum()
+    }
+
     pub fn quotas(&self) -> &Quotas {
         &self.quotas
     }
@@ -367,7 +372,12 @@ impl Registry {
             );
         }
         let fds = match channel.attach_fds() {
-            Ok(fds) => fds,
+            Ok((fds, created)) => {
+                if created {
+                    self.fd_store.save_wake(channel);
+                }
+                fds
+            }
             Err(err) => {
                 warn!(self.log, "attach failed"; "channel" => name, "error" => %err);
                 return Outcome::error(

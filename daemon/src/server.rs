@@ -255,8 +255,8 @@ impl Server {
             held,
             self.registry.totals(self.sessions.len()),
         )?;
-        // Each client holds one fd, each channel three, an attach three more for a moment.
-        let in_use = FIXED_FDS + self.sessions.len() + 3 * self.registry.channel_count();
+        // Each client holds one fd, each channel one or three, an attach three more for a moment.
+        let in_use = FIXED_FDS + self.sessions.len() + self.registry.open_fds();
         if in_use + FD_RESERVE >= self.fd_limit {
             return Err(format!(
                 "broker is out of file descriptors ({in_use} of {} in use); try again later",

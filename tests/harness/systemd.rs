@@ -373,15 +373,17 @@ impl SystemdLab {
                 std::thread::sleep(POLL);
             }
             if matches!(launcher.try_wait(), Ok(None)) {
-                problems.push(format!(
-                    "the lab's systemd (pid {}) did not exit after `systemctl exit -f` ({}); \
+                // Slow, not broken (a loaded machine): everything is killed below, and only a
+                // cgroup that cannot be removed (something escaped) fails the test.
+                eprintln!(
+                    "warning: the lab's systemd (pid {}) did not exit after `systemctl exit -f` ({}); \
                      killed everything in its cgroup",
                     self.pid,
                     match &asked {
                         Ok(_) => format!("waited {EXIT_TIMEOUT:?}"),
                         Err(e) => e.trim().to_string(),
                     }
-                ));
+                );
                 // Everything in our cgroup (the launcher, systemd, its services), nothing else;
                 // without cgroup.kill (kernel < 5.14), killing the launcher takes systemd down
                 // (unshare --kill-child), and with it the whole pid namespace.
