@@ -488,11 +488,9 @@ fn connection_flood_from_one_uid_is_refused_beyond_per_uid_max_clients() {
     });
 }
 
-#[test]
-fn connections_beyond_max_clients_are_refused_naming_the_quota_even_for_root() {
-    let broker = Broker::start(Some("version = 1\nmax_clients = 5\n"));
-    // Wait until the start-up probes are gone and ours is the only connection.
-    let first = wait_for(
+/// A raw connection, once the start-up probes are gone and it is the broker's only client.
+fn only_connection(broker: &Broker) -> UnixStream {
+    wait_for(
         WAIT,
         "the broker to hold only the test's connection",
         || {
@@ -503,7 +501,14 @@ fn connections_beyond_max_clients_are_refused_naming_the_quota_even_for_root() {
                 _ => Err(status.to_string()),
             }
         },
-    );
+    )
+}
+
+#[test]
+fn connections_beyond_max_clients_are_refused_naming_the_quota_even_for_root() {
+    let broker = Broker::start(Some("version = 1\nmax_clients = 5\n"));
+    // Wait until the start-up probes are gone and ours is the only connection.
+    let first = only_connection(&broker);
     let mut held = vec![first];
     for n in 2..=5u64 {
         let mut stream = connect_raw(broker.socket_path());
@@ -568,18 +573,7 @@ fn a_client_refused_at_connect_reports_the_quota_not_a_broken_pipe() {
     // The broker refuses a connection over quota by sending an error reply (id 0) and closing.
     // A client that writes its request after that close must still report the broker's reason.
     let broker = Broker::start(Some("version = 1\nmax_clients = 1\n"));
-    let hold = wait_for(
-        WAIT,
-        "the broker to hold only the test's connection",
-        || {
-            let mut stream = connect_raw(broker.socket_path());
-            let status = call(&mut stream, 1, &json!({"op": "status"}));
-            match status["result"]["clients"].as_u64() {
-                Some(1) => Ok(stream),
-                _ => Err(status.to_string()),
-            }
-        },
-    );
+    let hold = only_connection(&broker);
     let refusals_before = broker.log().matches("client refused").count();
     let client = Client::connect(broker.socket_path()).expect("connect() itself succeeds");
     wait_for(
