@@ -313,6 +313,24 @@ fn socket_activation_restart_and_crash_keep_channels() {
     }
     let info = channel_info(&broker, CHANNEL);
     assert_eq!(json_u64(&info, "bytes_unread"), 0, "{info}");
+
+    // 5. drop takes the channel's fds out of the store (FDSTOREREMOVE): a restart does not
+    // bring it back.
+    broker.ctl_ok(&["drop", CHANNEL]);
+    wait_for(
+        WAIT,
+        "the dropped channel's fds to leave the store",
+        || match lab.show_u64(SERVICE, "NFileDescriptorStore") {
+            0 => Ok(()),
+            n => Err(format!("NFileDescriptorStore={n}")),
+        },
+    );
+    lab.systemctl_ok(&["restart", SERVICE]);
+    broker.wait_active();
+    assert!(
+        !broker.channel_names().contains(&CHANNEL.to_string()),
+        "a dropped channel came back after a restart"
+    );
 }
 
 const GOOD_CONFIG: &str = r#"version = 1
