@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result};
-use crate::ring::{BatchOutcome, ReadOutcome, RingReader};
+use crate::ring::{BatchOutcome, ReadOutcome, RingError, RingReader};
 use crate::wire::Role;
 
 /// Reads messages from a channel's ring. Obtained from [`Client::consumer`](crate::Client::consumer).
@@ -56,24 +56,14 @@ impl Consumer {
     /// Receives the next message into `buf` (reusing its allocation). Returns false at
     /// end-of-stream.
     pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
-        loop {
-            match self.read_once(buf) {
-                Err(Error::WouldBlock) => self.wait_for_data()?,
-                other => return other,
-            }
-        }
+        self.blocking(|r, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
     /// Hands up to `max` messages to `each`, blocking until there is at least one, and frees
     /// their space in the ring with one store. Returns how many, or `None` at end-of-stream.
     /// Each message is copied once, into a buffer the callback borrows.
     pub fn recv_batch(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> Result<Option<usize>> {
-        loop {
-            match self.try_recv_batch(max, &mut each) {
-                Err(Error::WouldBlock) => self.wait_for_data()?,
-                other => return other,
-            }
-        }
+        self.blocking(|r, scratch| Ok(batch_step(r.try_read_batch(max, scratch, &mut each)?)))
     }
 
     /// Non-blocking [`recv_batch`](Self::recv_batch): [`Error::WouldBlock`] when empty.
@@ -82,51 +72,14 @@ impl Consumer {
         max: usize,
         mut each: impl FnMut(&[u8]),
     ) -> Result<Option<usize>> {
-        self.attachment.check_dropped(self.reader.ring())?;
-        let outcome = self
-            .reader
-            .try_read_batch(max, &mut self.scratch, &mut each)
-            .map_err(|e| Error::ring(&self.attachment.channel, e))?;
-        let delivered = match outcome {
-            BatchOutcome::Messages(n) => Some(n),
-            BatchOutcome::EndOfStream => None,
-            BatchOutcome::Empty => {
-                if self.attachment.options.busy_poll
-                    || self
-                        .reader
-                        .prepare_to_sleep()
-                        .map_err(|e| self.ring_error(e))?
-                {
-                    return Err(Error::WouldBlock);
-                }
-                return self.try_recv_batch(max, each);
-            }
-        };
-        if self.reader.take_producer_waiting() {
-            self.attachment.wake_peer();
-        }
-        Ok(delivered)
+        self.non_blocking(|r, scratch| Ok(batch_step(r.try_read_batch(max, scratch, &mut each)?)))
     }
 
     /// Writes the next message straight from the ring to `fd` (a file, pipe or socket),
     /// blocking until there is one and until `fd` has taken all of it: the bytes are never
     /// copied in this process. Returns false at end-of-stream.
     pub fn recv_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<bool> {
-        loop {
-            self.attachment.check_dropped(self.reader.ring())?;
-            let outcome = self
-                .reader
-                .try_read_to_fd(fd)
-                .map_err(|e| self.ring_error(e))?;
-            if outcome == ReadOutcome::Empty {
-                self.wait_for_data()?;
-                continue;
-            }
-            if self.reader.take_producer_waiting() {
-                self.attachment.wake_peer();
-            }
-            return Ok(outcome == ReadOutcome::Message);
-        }
+        self.blocking(|r, _| Ok(message_step(r.try_read_to_fd(fd)?)))
     }
 
     /// Receives the next message or returns [`Error::WouldBlock`] if there is none yet.
@@ -138,34 +91,57 @@ impl Consumer {
 
     /// Non-blocking [`recv_into`](Self::recv_into).
     pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
-        let result = self.read_once(buf);
-        if result.as_ref().is_err_and(Error::is_would_block) && !self.attachment.options.busy_poll {
-            // Arm the wake-up so ready_fd() turns readable when data arrives; if data arrived
-            // while arming, deliver it.
-            if !self
-                .reader
-                .prepare_to_sleep()
-                .map_err(|e| self.ring_error(e))?
-            {
-                return self.read_once(buf);
-            }
-        }
-        result
+        self.non_blocking(|r, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
-    fn read_once(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+    /// One attempt: checks the channel is still usable, runs `read` on the ring (with the
+    /// private scratch buffer; `None`: nothing to read), and wakes a producer that went to sleep
+    /// waiting for space.
+    fn step<T>(
+        &mut self,
+        read: impl FnOnce(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+    ) -> Result<Option<T>> {
         self.attachment.check_dropped(self.reader.ring())?;
-        let outcome = self
-            .reader
-            .try_read_into(buf)
-            .map_err(|e| self.ring_error(e))?;
-        if outcome == ReadOutcome::Empty {
-            return Err(Error::WouldBlock);
-        }
-        if self.reader.take_producer_waiting() {
+        let got = read(&mut self.reader, &mut self.scratch).map_err(|e| self.ring_error(e))?;
+        if got.is_some() && self.reader.take_producer_waiting() {
             self.attachment.wake_peer();
         }
-        Ok(outcome == ReadOutcome::Message)
+        Ok(got)
+    }
+
+    /// Attempts until `read` finds something, sleeping while the ring is empty.
+    fn blocking<T>(
+        &mut self,
+        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+    ) -> Result<T> {
+        loop {
+            if let Some(got) = self.step(&mut read)? {
+                return Ok(got);
+            }
+            self.wait_for_data()?;
+        }
+    }
+
+    /// One attempt, or [`Error::WouldBlock`] after arming the wake-up so `ready_fd()` turns
+    /// readable when data arrives (not for busy pollers). If data arrived while arming, the
+    /// attempt is made again instead.
+    fn non_blocking<T>(
+        &mut self,
+        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+    ) -> Result<T> {
+        loop {
+            if let Some(got) = self.step(&mut read)? {
+                return Ok(got);
+            }
+            if self.attachment.options.busy_poll
+                || self
+                    .reader
+                    .prepare_to_sleep()
+                    .map_err(|e| self.ring_error(e))?
+            {
+                return Err(Error::WouldBlock);
+            }
+        }
     }
 
     fn wait_for_data(&mut self) -> Result<()> {
@@ -191,8 +167,26 @@ impl Consumer {
         self.attachment.wait_fd()
     }
 
-    fn ring_error(&self, err: crate::ring::RingError) -> Error {
+    fn ring_error(&self, err: RingError) -> Error {
         Error::ring(&self.attachment.channel, err)
+    }
+}
+
+/// A single read: `Some(true)` a message, `Some(false)` end-of-stream, `None` empty.
+fn message_step(outcome: ReadOutcome) -> Option<bool> {
+    match outcome {
+        ReadOutcome::Message => Some(true),
+        ReadOutcome::EndOfStream => Some(false),
+        ReadOutcome::Empty => None,
+    }
+}
+
+/// A batch read: `Some(Some(n))` messages, `Some(None)` end-of-stream, `None` empty.
+fn batch_step(outcome: BatchOutcome) -> Option<Option<usize>> {
+    match outcome {
+        BatchOutcome::Messages(n) => Some(Some(n)),
+        BatchOutcome::EndOfStream => Some(None),
+        BatchOutcome::Empty => None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result};
-use crate::ring::RingWriter;
+use crate::ring::{RingError, RingWriter};
 use crate::wire::Role;
 
 /// Writes messages into a channel's ring. Obtained from [`Client::producer`](crate::Client::producer).
@@ -71,11 +71,8 @@ impl Producer {
     pub fn send_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
         let mut rest = messages;
         while let Some(first) = rest.first() {
-            match self.try_send_batch(rest) {
-                Ok(sent) => rest = &rest[sent..],
-                Err(Error::WouldBlock) => self.wait_for_room(first.len())?,
-                Err(other) => return Err(other),
-            }
+            let sent = self.blocking(first.len(), |w| batch_step(w, rest))?;
+            rest = &rest[sent..];
         }
         Ok(())
     }
@@ -83,49 +80,24 @@ impl Producer {
     /// Sends as many of `messages` as fit now (at least one, else [`Error::WouldBlock`]) and
     /// returns how many.
     pub fn try_send_batch(&mut self, messages: &[&[u8]]) -> Result<usize> {
-        if messages.is_empty() {
-            return Ok(0);
+        match messages.first() {
+            None => Ok(0),
+            Some(first) => self.non_blocking(first.len(), |w| batch_step(w, messages)),
         }
-        self.attachment.check_dropped(self.writer.ring())?;
-        let sent = self
-            .writer
-            .try_write_batch(messages)
-            .map_err(|e| self.ring_error(e))?;
-        if sent == 0 {
-            if self.attachment.options.busy_poll {
-                return Err(Error::WouldBlock);
-            }
-            if !self
-                .writer
-                .prepare_to_sleep(messages[0].len())
-                .map_err(|e| self.ring_error(e))?
-            {
-                return self.try_send_batch(messages);
-            }
-            return Err(Error::WouldBlock);
-        }
-        if self.writer.take_consumer_waiting() {
-            self.attachment.wake_peer();
-        }
-        Ok(sent)
     }
 
     /// Zero-copy send: `fill` writes the `len`-byte message straight into the shared ring.
     /// Blocks while the ring is full; `fill` is called exactly once.
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
         let mut fill = Some(fill);
-        loop {
-            match self.write_once(len, &mut fill) {
-                Err(Error::WouldBlock) => self.wait_for_room(len)?,
-                other => return other,
-            }
-        }
+        self.blocking(len, |w| fixed_step(w, len, &mut fill))
     }
 
     /// Zero-copy send of a message whose length is known only once it is written: waits for
     /// room for `max` bytes, lets `fill` write straight into the ring and return the length it
     /// used, and publishes that much. Returns the length; 0 means `fill` wrote nothing and no
-    /// message was sent. This is how `shmemctl send` reads its input straight into the ring:
+    /// message was sent (unless `max` is 0, which sends an empty message). This is how
+    /// `shmemctl send` reads its input straight into the ring:
     ///
     /// ```no_run
     /// # use std::io::Read;
@@ -142,58 +114,67 @@ impl Producer {
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<usize> {
         let mut fill = Some(fill);
-        loop {
-            self.attachment.check_dropped(self.writer.ring())?;
-            let written = self
-                .writer
-                .try_write_up_to(max, |buf| fill.take().map_or(0, |fill| fill(buf)))
-                .map_err(|e| self.ring_error(e))?;
-            if self.writer.take_consumer_waiting() {
-                self.attachment.wake_peer();
-            }
-            match written {
-                Some(len) => return Ok(len),
-                None => self.wait_for_room(max)?,
-            }
-        }
+        self.blocking(max, |w| {
+            w.try_write_up_to(max, |buf| fill.take().map_or(0, |fill| fill(buf)))
+        })
     }
 
     /// Zero-copy send that returns [`Error::WouldBlock`] instead of blocking.
     pub fn try_send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
         let mut fill = Some(fill);
-        let result = self.write_once(len, &mut fill);
-        if result.as_ref().is_err_and(Error::is_would_block) && !self.attachment.options.busy_poll {
-            // Arm the wake-up so ready_fd() turns readable when space appears; if it already
-            // has, report that by trying once more.
-            if !self
-                .writer
-                .prepare_to_sleep(len)
-                .map_err(|e| self.ring_error(e))?
-            {
-                return self.write_once(len, &mut fill);
-            }
-        }
-        result
+        self.non_blocking(len, |w| fixed_step(w, len, &mut fill))
     }
 
-    fn write_once(&mut self, len: usize, fill: &mut Option<impl FnOnce(&mut [u8])>) -> Result<()> {
+    /// One attempt: checks the channel is still usable, runs `write` on the ring (`None`: no
+    /// room), and wakes a consumer that went to sleep. Even a refused write may have published
+    /// padding, so the wake-up check follows every attempt (publish, fence, flag).
+    fn step<T>(
+        &mut self,
+        write: impl FnOnce(&mut RingWriter) -> Result<Option<T>, RingError>,
+    ) -> Result<Option<T>> {
         self.attachment.check_dropped(self.writer.ring())?;
-        let written = self
-            .writer
-            .try_write_with(len, |buf| {
-                if let Some(fill) = fill.take() {
-                    fill(buf)
-                }
-            })
-            .map_err(|e| self.ring_error(e))?;
-        // Even a refused write may have published padding: keep the publish/fence/flag order.
+        let written = write(&mut self.writer).map_err(|e| self.ring_error(e))?;
         if self.writer.take_consumer_waiting() {
             self.attachment.wake_peer();
         }
-        if !written {
-            return Err(Error::WouldBlock);
+        Ok(written)
+    }
+
+    /// Attempts until `write` succeeds, sleeping while there is no room for `needed` bytes.
+    fn blocking<T>(
+        &mut self,
+        needed: usize,
+        mut write: impl FnMut(&mut RingWriter) -> Result<Option<T>, RingError>,
+    ) -> Result<T> {
+        loop {
+            if let Some(done) = self.step(&mut write)? {
+                return Ok(done);
+            }
+            self.wait_for_room(needed)?;
         }
-        Ok(())
+    }
+
+    /// One attempt, or [`Error::WouldBlock`] after arming the wake-up so `ready_fd()` turns
+    /// readable when room appears (not for busy pollers). If room appeared while arming, the
+    /// attempt is made again instead.
+    fn non_blocking<T>(
+        &mut self,
+        needed: usize,
+        mut write: impl FnMut(&mut RingWriter) -> Result<Option<T>, RingError>,
+    ) -> Result<T> {
+        loop {
+            if let Some(done) = self.step(&mut write)? {
+                return Ok(done);
+            }
+            if self.attachment.options.busy_poll
+                || self
+                    .writer
+                    .prepare_to_sleep(needed)
+                    .map_err(|e| self.ring_error(e))?
+            {
+                return Err(Error::WouldBlock);
+            }
+        }
     }
 
     fn wait_for_room(&mut self, len: usize) -> Result<()> {
@@ -216,20 +197,7 @@ impl Producer {
     /// Writes the end-of-stream mark (waiting for room if needed) and detaches.
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
-        loop {
-            self.attachment.check_dropped(self.writer.ring())?;
-            if self
-                .writer
-                .try_write_end_of_stream()
-                .map_err(|e| self.ring_error(e))?
-            {
-                if self.writer.take_consumer_waiting() {
-                    self.attachment.wake_peer();
-                }
-                return Ok(());
-            }
-            self.wait_for_room(0)?;
-        }
+        self.blocking(0, |w| Ok(w.try_write_end_of_stream()?.then_some(())))
     }
 
     /// The eventfd that becomes readable when space may have appeared after a `try_send`
@@ -239,9 +207,29 @@ impl Producer {
         self.attachment.wait_fd()
     }
 
-    fn ring_error(&self, err: crate::ring::RingError) -> Error {
+    fn ring_error(&self, err: RingError) -> Error {
         Error::ring(&self.attachment.channel, err)
     }
+}
+
+/// A fixed-length message whose bytes `fill` writes (called at most once).
+fn fixed_step(
+    writer: &mut RingWriter,
+    len: usize,
+    fill: &mut Option<impl FnOnce(&mut [u8])>,
+) -> Result<Option<()>, RingError> {
+    let written = writer.try_write_with(len, |buf| {
+        if let Some(fill) = fill.take() {
+            fill(buf)
+        }
+    })?;
+    Ok(written.then_some(()))
+}
+
+/// As many of `messages` as fit (`None` if not even the first does).
+fn batch_step(writer: &mut RingWriter, messages: &[&[u8]]) -> Result<Option<usize>, RingError> {
+    let sent = writer.try_write_batch(messages)?;
+    Ok((sent > 0).then_some(sent))
 }
 
 impl AsRawFd for Producer {

@@ -403,24 +403,17 @@ impl RingWriter {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<bool, RingError> {
-        self.check_len(len)?;
-        let mut free = self.free_space(self.room_for(len))?;
-        let written = self.stage_frame(
-            KIND_DATA,
-            len,
-            |buf| {
-                fill(buf);
-                len
-            },
-            &mut free,
-        );
-        self.publish();
-        Ok(written)
+        let written = self.try_write_up_to(len, |buf| {
+            fill(buf);
+            len
+        })?;
+        Ok(written.is_some())
     }
 
     /// Reserves room for up to `max` payload bytes and lets `fill` write the message straight
-    /// into the ring, returning its length (0: no message). `Ok(None)` if there is no room for
-    /// `max` bytes right now (and `fill` was not called), else the length written.
+    /// into the ring, returning its length (0 of a non-empty reservation: no message).
+    /// `Ok(None)` if there is no room for `max` bytes right now (and `fill` was not called),
+    /// else the length written.
     pub fn try_write_up_to(
         &mut self,
         max: usize,
