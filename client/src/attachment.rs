@@ -208,9 +208,10 @@ impl Attachment {
         }
     }
 
-    /// Fails with `ChannelDropped` once the broker said so (in the ring or on the socket), or
-    /// with the reason a re-attach failed.
-    pub fn check_dropped(&mut self, ring: &SharedRing) -> Result<()> {
+    /// Called before every ring operation: now and then looks at the broker connection,
+    /// re-attaches if that is due, and fails with `ChannelDropped` once the broker said so (in
+    /// the ring or on the socket), or with the reason a re-attach failed.
+    pub fn ensure_usable(&mut self, ring: &SharedRing) -> Result<()> {
         self.check_broker_now_and_then();
         self.reattach_if_due();
         if let Some(reason) = &self.failed {

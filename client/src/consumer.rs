@@ -101,7 +101,7 @@ impl Consumer {
         &mut self,
         read: impl FnOnce(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
-        self.attachment.check_dropped(self.reader.ring())?;
+        self.attachment.ensure_usable(self.reader.ring())?;
         let got = read(&mut self.reader, &mut self.scratch).map_err(|e| self.ring_error(e))?;
         if got.is_some() && self.reader.take_producer_waiting() {
             self.attachment.wake_peer();

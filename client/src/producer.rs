@@ -132,7 +132,7 @@ impl Producer {
         &mut self,
         write: impl FnOnce(&mut RingWriter) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
-        self.attachment.check_dropped(self.writer.ring())?;
+        self.attachment.ensure_usable(self.writer.ring())?;
         let written = write(&mut self.writer).map_err(|e| self.ring_error(e))?;
         if self.writer.take_consumer_waiting() {
             self.attachment.wake_peer();
@@ -191,7 +191,7 @@ impl Producer {
             self.writer.done_sleeping();
             slept?;
         }
-        self.attachment.check_dropped(self.writer.ring())
+        self.attachment.ensure_usable(self.writer.ring())
     }
 
     /// Writes the end-of-stream mark (waiting for room if needed) and detaches.
