@@ -994,6 +994,23 @@ mod tests {
         assert_eq!(r.ring().stats().messages_written, 2);
     }
 
+    /// A 4 KiB ring where one message was read, a second (`[1; 100]`) is unread, and a refused
+    /// large write published only the padding up to the end of the data area.
+    fn padding_after_a_message() -> (RingWriter, RingReader, Memfd) {
+        let (mut w, mut r, fd) = pair(4096);
+        assert!(write(&mut w, &[0; 100]));
+        let mut out = Vec::new();
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(write(&mut w, &[1; 100]));
+        assert!(!w
+            .try_write_with(4000, |_| {})
+            .expect("refused: only the padding fits"));
+        (w, r, fd)
+    }
+
     /// Cases found by the `ring_reader` fuzz target (fuzz/corpus/ring_reader/seed-*).
     #[test]
     fn fuzz_findings_stay_fixed() {
@@ -1025,17 +1042,8 @@ mod tests {
 
         // Message, padding published alone, end-of-stream: a batch hands over the message and
         // leaves the mark for the next call.
-        let (mut w, mut r, _fd) = pair(4096);
         let mut scratch = Vec::new();
-        assert!(write(&mut w, &[0; 100]));
-        assert_eq!(
-            r.try_read_into(&mut scratch).expect("read"),
-            ReadOutcome::Message
-        );
-        assert!(write(&mut w, &[1; 100]));
-        assert!(!w
-            .try_write_with(4000, |_| {})
-            .expect("refused: only the padding fits"));
+        let (mut w, mut r, _fd) = padding_after_a_message();
         assert!(w
             .try_write_end_of_stream()
             .expect("the mark fits after the padding"));
@@ -1050,16 +1058,7 @@ mod tests {
 
         // A cached producer position that ends at padding: the message published after it is
         // found, not reported as empty.
-        let (mut w, mut r, _fd) = pair(4096);
-        assert!(write(&mut w, &[0; 100]));
-        assert_eq!(
-            r.try_read_into(&mut scratch).expect("read"),
-            ReadOutcome::Message
-        );
-        assert!(write(&mut w, &[1; 100]));
-        assert!(!w
-            .try_write_with(4000, |_| {})
-            .expect("refused: only the padding fits"));
+        let (mut w, mut r, _fd) = padding_after_a_message();
         assert_eq!(
             r.try_read_into(&mut scratch).expect("read"),
             ReadOutcome::Message
