@@ -177,19 +177,8 @@ fn library_try_send_and_try_recv_report_would_block() {
             .producer("nb")
             .expect("attach a producer to nb");
         let message = [0xABu8; 1000];
-        let mut accepted = 0usize;
-        loop {
-            match producer.try_send(&message) {
-                Ok(()) => accepted += 1,
-                Err(e) if e.is_would_block() => break,
-                Err(e) => panic!("try_send #{accepted}: {e}"),
-            }
-            // Each message takes at least its 1000 bytes of the 65536-byte ring.
-            assert!(
-                accepted <= 65,
-                "a 64 KiB ring accepted {accepted} 1000-byte messages"
-            );
-        }
+        // Each message takes at least its 1000 bytes of the 65536-byte ring.
+        let accepted = fill_ring(&mut producer, &message, 65);
         assert!(
             accepted >= 32,
             "a 64 KiB ring was full after {accepted} 1000-byte messages"

@@ -68,18 +68,7 @@ fn drop_wakes_a_library_producer_blocked_on_a_full_ring() {
         let client = connect(&socket);
         let mut producer = client.producer("full").expect("attach a producer to full");
         let message = [7u8; 4096];
-        let mut accepted = 0;
-        loop {
-            match producer.try_send(&message) {
-                Ok(()) => accepted += 1,
-                Err(e) if e.is_would_block() => break,
-                Err(e) => panic!("try_send #{accepted}: {e}"),
-            }
-            assert!(
-                accepted <= 16,
-                "a 64 KiB ring took {accepted} 4 KiB messages"
-            );
-        }
+        let accepted = fill_ring(&mut producer, &message, 16);
         ready_tx
             .send((accepted, gettid()))
             .expect("tell the test the ring is full");

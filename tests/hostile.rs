@@ -1083,21 +1083,7 @@ fn consumer_that_never_reads_blocks_only_its_own_producer() {
 
     // try_send fills the ring, then reports would-block.
     let message = vec![0x5au8; 1024];
-    let mut sent = 0;
-    let full = loop {
-        match stuck.try_send(&message) {
-            Ok(()) => sent += 1,
-            Err(e) if e.is_would_block() => break true,
-            Err(e) => panic!("try_send {sent}: {e}"),
-        }
-        if sent > 64 {
-            break false;
-        }
-    };
-    assert!(
-        full,
-        "try_send never reported would-block; {sent} KiB went into a 64 KiB ring"
-    );
+    let sent = fill_ring(&mut stuck, &message, 64);
     assert!(
         sent >= 60,
         "only {sent} KiB fit in a 64 KiB ring before would-block"

@@ -1413,3 +1413,27 @@ pub fn wait_for_stdout_line(proc: &mut Proc, prefix: &str, timeout: Duration) ->
         Err(format!("stdout so far: {:?}", tail(&stdout, 2048)))
     })
 }
+
+/// Sends `message` with `try_send` until the ring reports would-block and returns how many
+/// went in. Panics if another error comes, or if more than `at_most` fit (the ring never
+/// pushed back).
+pub fn fill_ring(
+    producer: &mut shmem_broker_client::Producer,
+    message: &[u8],
+    at_most: usize,
+) -> usize {
+    let mut accepted = 0;
+    loop {
+        match producer.try_send(message) {
+            Ok(()) => accepted += 1,
+            Err(e) if e.is_would_block() => return accepted,
+            Err(e) => panic!("try_send #{accepted}: {e}"),
+        }
+        assert!(
+            accepted <= at_most,
+            "try_send never reported would-block: a {}-byte ring took {accepted} messages of {} bytes",
+            producer.capacity(),
+            message.len()
+        );
+    }
+}
