@@ -55,14 +55,22 @@ impl Quotas {
     }
 
     /// May `uid` open one more connection?
-    pub fn admit_client(&self, uid: u32, held: Holdings, totals: Totals) -> Result<(), String> {
-        if totals.clients >= self.max_clients {
+    /// May `uid`, which has `uid_clients` connections open, open one more (with
+    /// `total_clients` open in all)? Only connection counts matter here, so the caller does not
+    /// walk the channels on every accept.
+    pub fn admit_client(
+        &self,
+        uid: u32,
+        uid_clients: usize,
+        total_clients: usize,
+    ) -> Result<(), String> {
+        if total_clients >= self.max_clients {
             return Err(format!(
                 "too many clients: quota max_clients = {} reached",
                 self.max_clients
             ));
         }
-        if uid != 0 && held.clients >= self.per_uid.max_clients {
+        if uid != 0 && uid_clients >= self.per_uid.max_clients {
             return Err(format!(
                 "too many connections from uid {uid}: quota per_uid.max_clients = {} reached",
                 self.per_uid.max_clients
@@ -213,13 +221,13 @@ mod tests {
             channels: 1,
             ring_bytes: 4096,
         };
-        let err = q.admit_client(1000, held, Totals::default()).unwrap_err();
+        let err = q.admit_client(1000, held.clients, 0).unwrap_err();
         assert!(
             err.contains("per_uid.max_clients = 2") && err.contains("uid 1000"),
             "{err}"
         );
         assert!(
-            q.admit_client(0, held, Totals::default()).is_ok(),
+            q.admit_client(0, held.clients, 0).is_ok(),
             "root is only held to totals"
         );
         let err = q

@@ -249,12 +249,9 @@ impl Server {
 
     /// Quotas and the fd limit, checked before a connection is served.
     fn admit_check(&self, uid: u32) -> Result<(), String> {
-        let held = self.registry.holdings(uid, self.clients_of(uid));
-        self.registry.quotas().admit_client(
-            uid,
-            held,
-            self.registry.totals(self.sessions.len()),
-        )?;
+        self.registry
+            .quotas()
+            .admit_client(uid, self.clients_of(uid), self.sessions.len())?;
         // Each client holds one fd, each channel one or three, an attach three more for a moment.
         let in_use = FIXED_FDS + self.sessions.len() + self.registry.open_fds();
         if in_use + FD_RESERVE >= self.fd_limit {
