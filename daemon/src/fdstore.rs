@@ -113,13 +113,16 @@ impl FdStore {
             return;
         }
         for part in PARTS {
-            let name = fd_name(channel, part);
-            if let Err(err) =
-                sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(&name)])
-            {
-                warn!(self.log, "cannot remove fd from systemd's fd store"; "channel" => channel,
-                    "fd_name" => &name, "error" => %err);
-            }
+            self.remove(&fd_name(channel, part));
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        if let Err(err) =
+            sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)])
+        {
+            warn!(self.log, "cannot remove fd from systemd's fd store"; "fd_name" => name,
+                "error" => %err);
         }
     }
 
@@ -145,7 +148,7 @@ impl FdStore {
                     .push(fd),
                 None => {
                     warn!(self.log, "discarding unknown fd passed by systemd"; "fd_name" => &name);
-                    self.remove_name(&name);
+                    self.remove(&name);
                 }
             }
         }
@@ -165,10 +168,6 @@ impl FdStore {
             }
         }
         channels
-    }
-
-    fn remove_name(&self, name: &str) {
-        let _ = sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
     }
 }
 

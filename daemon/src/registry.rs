@@ -170,9 +170,9 @@ impl Registry {
             }
             if existing.meta != meta {
                 existing.meta = meta;
+                // The stored metadata keeps the old rules: it is never read for them, since
+                // every start applies the config to its channels again, as here.
                 info!(self.log, "channel access rules updated from config"; "channel" => &declared.name);
-                self.fd_store.forget(&declared.name);
-                self.fd_store.save(existing);
             }
             return Ok(());
         }
