@@ -299,7 +299,7 @@ impl Server {
             .sessions
             .values()
             .filter(|s| {
-                s.stalled_since(now)
+                s.stalled_since()
                     .is_some_and(|since| now.duration_since(since) >= timeout)
             })
             .map(|s| s.id)

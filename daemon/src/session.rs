@@ -99,11 +99,9 @@ impl Session {
 
     /// Since when this connection has been waiting for the client to finish a request, if it
     /// is: no request yet and not attached, or part of one buffered.
-    pub fn stalled_since(&self, now: Instant) -> Option<Instant> {
-        if let Some(since) = self.partial_since {
-            return Some(since);
-        }
-        (self.completed_requests == 0 && self.attached.is_none()).then_some(self.opened.min(now))
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.partial_since
+            .or((self.completed_requests == 0 && self.attached.is_none()).then_some(self.opened))
     }
 
     /// Takes the next complete frame out of the read buffer.
