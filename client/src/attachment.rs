@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, EventWithFds};
+use crate::control::ControlPage;
 use crate::error::{Error, Result};
 use crate::ring::SharedRing;
 use crate::wire::{AttachInfo, ErrorCode, Event, Request, Role};
@@ -28,14 +29,39 @@ const BROKER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const CALLS_PER_CLOCK_CHECK: u32 = 1024;
 /// Longest a re-attach may hold up a send or receive while the broker is starting.
 const REATTACH_PATIENCE: Duration = Duration::from_millis(250);
+/// Longest wait for the event behind a control-page bump (the broker sends it in the same
+/// breath, so this only bounds a broker that died in between).
+const EVENT_PATIENCE: Duration = Duration::from_secs(1);
+const SINGLE_FDS: [&str; 3] = ["ring", "data_ready", "space_ready"];
 
 /// How an endpoint attaches; built with [`Client::attach`](crate::Client::attach).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct AttachOptions {
     pub reconnect: bool,
     /// The caller spins on `try_*` and never waits on `ready_fd()`: a would-block does not
     /// ask the peer for a wake-up (which would cost it a syscall per message).
     pub busy_poll: bool,
+    /// A durable consumer's name.
+    pub name: Option<String>,
+}
+
+/// The rings an attach handed over.
+pub(crate) enum Rings {
+    /// A one-to-one channel: its one ring.
+    Single(SharedRing),
+    /// A fan-out channel: the control page and one ring per peer.
+    Fanout {
+        control: ControlPage,
+        lanes: Vec<Lane>,
+    },
+}
+
+/// One ring of a fan-out endpoint and the eventfd that wakes the peer at its other end.
+pub(crate) struct Lane {
+    /// Producer id (for a consumer) or consumer queue id (for a producer).
+    pub peer: u32,
+    pub ring: SharedRing,
+    pub wake: OwnedFd,
 }
 
 pub(crate) struct Attachment {
@@ -54,19 +80,21 @@ pub(crate) struct Attachment {
     /// Why this endpoint cannot go on, found while re-attaching.
     failed: Option<String>,
     dropped: bool,
+    /// Why the broker detached this endpoint, if it did.
+    disconnected: Option<String>,
     /// Readable when the peer made progress (data for a consumer, space for a producer).
     wait_fd: OwnedFd,
-    /// Written to wake the peer.
-    wake_fd: OwnedFd,
+    /// Written to wake the peer of a one-to-one channel (fan-out lanes carry their own).
+    wake_fd: Option<OwnedFd>,
+    /// Lane changes read from the broker, not yet applied by the endpoint.
+    lane_events: Vec<EventWithFds>,
 }
 
 /// What one attach request brought back.
 struct Grant {
     conn: Connection,
     info: AttachInfo,
-    ring_fd: OwnedFd,
-    data_ready: OwnedFd,
-    space_ready: OwnedFd,
+    fds: Vec<OwnedFd>,
 }
 
 impl Grant {
@@ -75,6 +103,7 @@ impl Grant {
         socket: &Path,
         channel: &str,
         role: Role,
+        name: Option<&str>,
         patience: Option<Duration>,
     ) -> Result<Grant> {
         let mut conn = Connection::connect(socket)?;
@@ -82,9 +111,19 @@ impl Grant {
         let answer = conn.call(&Request::Attach {
             channel: channel.to_string(),
             role,
+            name: name.map(str::to_string),
         })?;
         let info: AttachInfo = answer.decode()?;
-        let expected = ["ring", "data_ready", "space_ready"];
+        let expected: Vec<&str> =
+            if info.lanes.is_empty() && info.fds.first().map(String::as_str) == Some("ring") {
+                SINGLE_FDS.to_vec()
+            } else {
+                let mut names = vec!["control", "wait"];
+                for _ in &info.lanes {
+                    names.extend(["ring", "wake"]);
+                }
+                names
+            };
         if info.fds != expected || answer.fds.len() != expected.len() {
             return Err(Error::Protocol(format!(
                 "attach reply carries {} fds named {:?}, expected {expected:?}",
@@ -92,19 +131,17 @@ impl Grant {
                 info.fds
             )));
         }
-        let mut fds = answer.fds.into_iter();
-        let (Some(ring_fd), Some(data_ready), Some(space_ready)) =
-            (fds.next(), fds.next(), fds.next())
-        else {
-            return Err(Error::Protocol("attach reply lost its fds".into()));
-        };
         Ok(Grant {
             conn,
             info,
-            ring_fd,
-            data_ready,
-            space_ready,
+            fds: answer.fds,
         })
+    }
+
+    fn is_fanout(&self) -> bool {
+        self.fds.len() != SINGLE_FDS.len()
+            || !self.info.lanes.is_empty()
+            || self.info.fds[0] == "control"
     }
 }
 
@@ -120,20 +157,37 @@ impl Attachment {
         channel: &str,
         role: Role,
         options: AttachOptions,
-    ) -> Result<(Attachment, SharedRing)> {
-        let grant = Grant::request(socket, channel, role, None)?;
-        for fd in [&grant.data_ready, &grant.space_ready] {
-            // Sleeping is poll-then-read, so a read must never block even if someone else
-            // drained the counter in between.
-            rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK)
-                .map_err(|e| Error::io("eventfd from broker", e.into()))?;
-        }
-        let ring_identity = identity(&grant.ring_fd)?;
-        let ring = SharedRing::open(grant.ring_fd, grant.info.capacity)
-            .map_err(|e| Error::ring(channel, e))?;
-        let (wait_fd, wake_fd) = match role {
-            Role::Producer => (grant.space_ready, grant.data_ready),
-            Role::Consumer => (grant.data_ready, grant.space_ready),
+    ) -> Result<(Attachment, Rings)> {
+        let grant = Grant::request(socket, channel, role, options.name.as_deref(), None)?;
+        let fanout = grant.is_fanout();
+        let capacity = grant.info.capacity;
+        let mut fds = grant.fds.into_iter();
+        let mut next = || {
+            fds.next()
+                .ok_or_else(|| Error::Protocol("attach reply lost its fds".into()))
+        };
+        let (rings, ring_identity, wait_fd, wake_fd) = if fanout {
+            let control_fd = next()?;
+            let control = ControlPage::open(&control_fd)
+                .map_err(|e| Error::io(format!("control page of channel {channel}"), e))?;
+            let wait_fd = nonblocking(next()?)?;
+            let mut lanes = Vec::new();
+            for lane in &grant.info.lanes {
+                lanes.push(open_lane(channel, capacity, lane.peer, next()?, next()?)?);
+            }
+            let identity = identity(&control_fd)?;
+            (Rings::Fanout { control, lanes }, identity, wait_fd, None)
+        } else {
+            let ring_fd = next()?;
+            let data_ready = nonblocking(next()?)?;
+            let space_ready = nonblocking(next()?)?;
+            let identity = identity(&ring_fd)?;
+            let ring = SharedRing::open(ring_fd, capacity).map_err(|e| Error::ring(channel, e))?;
+            let (wait_fd, wake_fd) = match role {
+                Role::Producer => (space_ready, data_ready),
+                Role::Consumer => (data_ready, space_ready),
+            };
+            (Rings::Single(ring), identity, wait_fd, Some(wake_fd))
         };
         let attachment = Attachment {
             channel: channel.to_string(),
@@ -149,10 +203,59 @@ impl Attachment {
             ring_identity,
             failed: None,
             dropped: false,
+            disconnected: None,
             wait_fd,
             wake_fd,
+            lane_events: Vec::new(),
         };
-        Ok((attachment, ring))
+        Ok((attachment, rings))
+    }
+
+    /// Turns a lane event's fds into a lane.
+    pub fn open_lane(&self, peer: u32, fds: Vec<OwnedFd>) -> Result<Lane> {
+        let mut fds = fds.into_iter();
+        match (fds.next(), fds.next(), fds.next()) {
+            (Some(ring), Some(wake), None) => {
+                open_lane(&self.channel, self.info.capacity, peer, ring, wake)
+            }
+            _ => Err(Error::Protocol(format!(
+                "lane event for peer {peer} of channel {} does not carry a ring and an eventfd",
+                self.channel
+            ))),
+        }
+    }
+
+    /// After the control page showed `generation` for this side: the lane changes up to it,
+    /// read from the connection (waiting briefly for the event that follows the bump).
+    pub fn lane_events_until(&mut self, generation: u64) -> Vec<EventWithFds> {
+        let seen = |events: &[EventWithFds]| {
+            events.iter().any(|(event, _)| match event {
+                Event::LaneAdded { generation: g, .. }
+                | Event::LaneRemoved { generation: g, .. } => *g >= generation,
+                _ => false,
+            })
+        };
+        if !seen(&self.lane_events)
+            && self.broker_connected
+            && self.conn.set_timeout(Some(EVENT_PATIENCE)).is_ok()
+        {
+            while self.broker_connected && !seen(&self.lane_events) {
+                match self.conn.read_event() {
+                    Ok(Some(event)) => self.on_event(event),
+                    Err(Error::Io { source, .. })
+                        if matches!(
+                            source.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    Ok(None) | Err(_) => self.broker_connected = false,
+                }
+            }
+            let _ = self.conn.set_timeout(None);
+        }
+        std::mem::take(&mut self.lane_events)
     }
 
     pub fn wait_fd(&self) -> BorrowedFd<'_> {
@@ -183,10 +286,13 @@ impl Attachment {
             &self.socket,
             &self.channel,
             self.role,
+            self.options.name.as_deref(),
             Some(REATTACH_PATIENCE),
         ) {
-            Ok(mut grant) => match identity(&grant.ring_fd) {
-                Ok(id) if id == self.ring_identity && grant.conn.set_timeout(None).is_ok() => {
+            Ok(mut grant) => match grant.fds.first().map(identity) {
+                Some(Ok(id))
+                    if id == self.ring_identity && grant.conn.set_timeout(None).is_ok() =>
+                {
                     self.conn = grant.conn;
                     self.broker_connected = true;
                 }
@@ -211,7 +317,7 @@ impl Attachment {
     /// Called before every ring operation: now and then looks at the broker connection,
     /// re-attaches if that is due, and fails with `ChannelDropped` once the broker said so (in
     /// the ring or on the socket), or with the reason a re-attach failed.
-    pub fn ensure_usable(&mut self, ring: &SharedRing) -> Result<()> {
+    pub fn ensure_usable(&mut self, ring_dropped: bool) -> Result<()> {
         self.check_broker_now_and_then();
         self.reattach_if_due();
         if let Some(reason) = &self.failed {
@@ -220,13 +326,17 @@ impl Attachment {
                 reason: reason.clone(),
             });
         }
-        if !self.dropped && ring.is_dropped() {
+        if ring_dropped {
             self.dropped = true;
         }
-        if !self.dropped {
-            if let Some(Event::ChannelDropped { .. }) = self.conn.take_pending_event() {
-                self.dropped = true;
-            }
+        while let Some(event) = self.conn.take_pending_event() {
+            self.on_event(event);
+        }
+        if let Some(reason) = &self.disconnected {
+            return Err(Error::Disconnected {
+                channel: self.channel.clone(),
+                reason: reason.clone(),
+            });
         }
         if self.dropped {
             return Err(Error::ChannelDropped {
@@ -263,16 +373,29 @@ impl Attachment {
 
     fn on_broker_readable(&mut self) {
         match self.conn.read_event() {
-            Ok(Some(Event::ChannelDropped { .. })) => self.dropped = true,
+            Ok(Some(event)) => self.on_event(event),
             // The broker went away (stopped or restarting). Data keeps flowing through the
             // ring without it; only attaching needs it.
             Ok(None) | Err(_) => self.broker_connected = false,
         }
     }
 
+    fn on_event(&mut self, (event, fds): EventWithFds) {
+        match event {
+            Event::ChannelDropped { .. } => self.dropped = true,
+            Event::Disconnected { reason, .. } => self.disconnected = Some(reason),
+            lane @ (Event::LaneAdded { .. } | Event::LaneRemoved { .. }) => {
+                self.lane_events.push((lane, fds))
+            }
+        }
+    }
+
+    /// Wakes the peer of a one-to-one channel.
     pub fn wake_peer(&self) {
-        // EAGAIN means the counter is already huge, i.e. the peer has a wake-up pending.
-        let _ = rustix::io::write(&self.wake_fd, &1u64.to_ne_bytes());
+        if let Some(fd) = &self.wake_fd {
+            // EAGAIN means the counter is already huge, i.e. the peer has a wake-up pending.
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
     }
 
     /// Spins briefly until `ready()`; true if it became ready.
@@ -324,6 +447,28 @@ impl Attachment {
         }
         Ok(())
     }
+}
+
+fn nonblocking(fd: OwnedFd) -> Result<OwnedFd> {
+    // Sleeping is poll-then-read, so a read must never block even if someone else drained the
+    // counter in between.
+    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| Error::io("eventfd from broker", e.into()))?;
+    Ok(fd)
+}
+
+fn open_lane(
+    channel: &str,
+    capacity: u64,
+    peer: u32,
+    ring: OwnedFd,
+    wake: OwnedFd,
+) -> Result<Lane> {
+    Ok(Lane {
+        peer,
+        ring: SharedRing::open(ring, capacity).map_err(|e| Error::ring(channel, e))?,
+        wake: nonblocking(wake)?,
+    })
 }
 
 impl AsFd for Connection {

@@ -9,7 +9,7 @@ use crate::consumer::Consumer;
 use crate::discovery::client_socket_path;
 use crate::error::{Error, Result};
 use crate::producer::Producer;
-use crate::wire::{ChannelInfo, ChannelList, Dropped, Request, StatusInfo};
+use crate::wire::{ChannelInfo, ChannelList, Dropped, Request, SlowConsumer, StatusInfo};
 
 /// A connection to a shmem-broker.
 ///
@@ -62,6 +62,15 @@ impl Attach<'_> {
         self
     }
 
+    /// Attach as the durable consumer `name` of a channel with `max_consumers > 1`: the
+    /// broker keeps this consumer's queue while it is away (up to the ring capacity, under
+    /// the channel's slow-consumer policy), and the next consumer attaching under the same
+    /// name resumes where it stopped. (Only one attaches under a name at a time.)
+    pub fn durable(mut self, name: &str) -> Self {
+        self.options.name = Some(name.to_string());
+        self
+    }
+
     pub fn producer(self) -> Result<Producer> {
         Producer::attach(self.socket, self.channel, self.options)
     }
@@ -80,6 +89,13 @@ pub struct CreateOptions {
     pub producers: Vec<String>,
     /// Who else may attach as consumer.
     pub consumers: Vec<String>,
+    /// Producers that may be attached at once (default 1, at most 64).
+    pub max_producers: Option<u32>,
+    /// Consumers that may be attached at once, durable ones counted while away (default 1,
+    /// at most 64).
+    pub max_consumers: Option<u32>,
+    /// What to do with a consumer whose ring is full (default [`SlowConsumer::Block`]).
+    pub slow_consumer: Option<SlowConsumer>,
 }
 
 impl Client {
@@ -159,7 +175,20 @@ impl Client {
             capacity: options.capacity,
             producers: options.producers.clone(),
             consumers: options.consumers.clone(),
+            max_producers: options.max_producers,
+            max_consumers: options.max_consumers,
+            slow_consumer: options.slow_consumer,
         })
+    }
+
+    /// Forgets the durable consumer `consumer` of `channel` and its unread messages, so
+    /// producers stop keeping messages for it (needs root or an admin group).
+    pub fn drop_consumer(&self, channel: &str, consumer: &str) -> Result<()> {
+        self.call::<Dropped>(&Request::DropConsumer {
+            channel: channel.to_string(),
+            consumer: consumer.to_string(),
+        })
+        .map(|_| ())
     }
 
     /// Drops a channel; attached endpoints get [`Error::ChannelDropped`] on their next call.

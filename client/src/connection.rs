@@ -12,15 +12,18 @@ use crate::error::{Error, Result};
 use crate::fdpass::{recv_with_fds, send_with_fds};
 use crate::wire::{
     encode_frame, Event, FrameHeader, FrameKind, Reply, Request, HEADER_LEN, MAX_REPLY_BODY,
-    PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+
+/// A broker event and the fds that came with it (a new lane's ring and eventfd).
+pub(crate) type EventWithFds = (Event, Vec<OwnedFd>);
 
 pub(crate) struct Connection {
     stream: UnixStream,
     path: PathBuf,
     next_id: u32,
-    /// Events that arrived while waiting for a reply.
-    pending_events: Vec<Event>,
+    /// Events that arrived while waiting for a reply, oldest first.
+    pending_events: std::collections::VecDeque<EventWithFds>,
 }
 
 /// A reply's result with the fds that came with it.
@@ -54,7 +57,7 @@ impl Connection {
             stream,
             path: path.to_path_buf(),
             next_id: 1,
-            pending_events: Vec::new(),
+            pending_events: Default::default(),
         })
     }
 
@@ -87,7 +90,7 @@ impl Connection {
             match header.kind {
                 FrameKind::Event => {
                     if let Ok(event) = serde_json::from_slice(&body) {
-                        self.pending_events.push(event);
+                        self.pending_events.push_back((event, fds));
                     }
                 }
                 // Id 0: the broker refused the connection itself (a quota, a framing error).
@@ -123,13 +126,16 @@ impl Connection {
 
     /// Reads one event after `poll` said the socket is readable. `Ok(None)` means the broker
     /// closed the connection (it stopped, crashed or restarted).
-    pub fn read_event(&mut self) -> Result<Option<Event>> {
-        if let Some(event) = self.pending_events.pop() {
+    pub fn read_event(&mut self) -> Result<Option<EventWithFds>> {
+        if let Some(event) = self.pending_events.pop_front() {
             return Ok(Some(event));
         }
         match self.read_frame() {
-            Ok((header, body, _fds)) if header.kind == FrameKind::Event => {
-                Ok(serde_json::from_slice(&body).ok())
+            Ok((header, body, fds)) if header.kind == FrameKind::Event => {
+                match serde_json::from_slice(&body) {
+                    Ok(event) => Ok(Some((event, fds))),
+                    Err(e) => Err(Error::Protocol(format!("malformed event: {e}"))),
+                }
             }
             Ok(_) => Err(Error::Protocol(
                 "unexpected reply on an attached connection".into(),
@@ -139,8 +145,8 @@ impl Connection {
         }
     }
 
-    pub fn take_pending_event(&mut self) -> Option<Event> {
-        self.pending_events.pop()
+    pub fn take_pending_event(&mut self) -> Option<EventWithFds> {
+        self.pending_events.pop_front()
     }
 
     fn read_frame(&mut self) -> Result<(FrameHeader, Vec<u8>, Vec<OwnedFd>)> {
@@ -149,7 +155,7 @@ impl Connection {
         self.read_exact(&mut header_bytes, &mut fds)?;
         let header = FrameHeader::decode(&header_bytes, MAX_REPLY_BODY)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        if header.version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&header.version) {
             return Err(Error::Protocol(format!(
                 "broker speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",
                 header.version

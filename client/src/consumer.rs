@@ -3,8 +3,9 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use crate::attachment::{AttachOptions, Attachment};
+use crate::attachment::{AttachOptions, Attachment, Rings};
 use crate::error::{Error, Result};
+use crate::fanout::MergedReader;
 use crate::ring::{BatchOutcome, ReadOutcome, RingError, RingReader};
 use crate::wire::Role;
 
@@ -14,22 +15,60 @@ use crate::wire::Role;
 /// detaches and a new one that attaches continue exactly where the first stopped. `recv`
 /// returns `Ok(None)` at a producer's end-of-stream mark; calling it again waits for whatever a
 /// later producer sends.
+///
+/// In a channel with several consumers (`max_consumers > 1`) each consumer has rings of its
+/// own and receives every message written after it attached; an anonymous one starts at the
+/// next message, a durable one ([`Attach::durable`](crate::Attach::durable)) where it
+/// stopped. With several producers, their rings are read in turn, each producer's messages
+/// in order; [`last_producer`](Self::last_producer) says whose message came last, and each
+/// producer's end-of-stream mark is returned as one `Ok(None)`.
 pub struct Consumer {
     attachment: Attachment,
-    reader: RingReader,
+    source: Source,
     /// Private copy of the message a batch callback is looking at.
     scratch: Vec<u8>,
 }
 
+/// Where messages come from: the one ring of a one-to-one channel, or one per producer.
+enum Source {
+    Single(RingReader),
+    Merged(MergedReader),
+}
+
 impl Consumer {
     pub(crate) fn attach(socket: &Path, channel: &str, options: AttachOptions) -> Result<Consumer> {
-        let (attachment, ring) = Attachment::open(socket, channel, Role::Consumer, options)?;
-        let reader = RingReader::new(ring).map_err(|e| Error::ring(channel, e))?;
+        let (attachment, rings) = Attachment::open(socket, channel, Role::Consumer, options)?;
+        let source = match rings {
+            Rings::Single(ring) => {
+                Source::Single(RingReader::new(ring).map_err(|e| Error::ring(channel, e))?)
+            }
+            Rings::Fanout { control, lanes } => {
+                Source::Merged(MergedReader::new(&attachment, control, lanes)?)
+            }
+        };
         Ok(Consumer {
             attachment,
-            reader,
+            source,
             scratch: Vec::new(),
         })
+    }
+
+    /// The id of the producer whose message (or end-of-stream mark) the last receive returned;
+    /// `None` before the first, and always in a one-to-one channel.
+    pub fn last_producer(&self) -> Option<u32> {
+        match &self.source {
+            Source::Single(_) => None,
+            Source::Merged(merged) => merged.last_producer(),
+        }
+    }
+
+    /// Messages this consumer missed since it attached because its ring was full (fan-out
+    /// channels with `slow_consumer = "drop"`). Counted as the gaps are reached in the stream.
+    pub fn missed(&self) -> u64 {
+        match &self.source {
+            Source::Single(reader) => reader.missed(),
+            Source::Merged(merged) => merged.missed(),
+        }
     }
 
     pub fn channel(&self) -> &str {
@@ -99,11 +138,18 @@ impl Consumer {
     /// waiting for space.
     fn step<T>(
         &mut self,
-        read: impl FnOnce(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
-        self.attachment.ensure_usable(self.reader.ring())?;
-        let got = read(&mut self.reader, &mut self.scratch).map_err(|e| self.ring_error(e))?;
-        if got.is_some() && self.reader.take_producer_waiting() {
+        let reader = match &mut self.source {
+            Source::Single(reader) => reader,
+            Source::Merged(merged) => {
+                return merged.try_read(&mut self.attachment, &mut self.scratch, &mut read)
+            }
+        };
+        self.attachment.ensure_usable(reader.ring().is_dropped())?;
+        let got = read(reader, &mut self.scratch)
+            .map_err(|e| Error::ring(&self.attachment.channel, e))?;
+        if got.is_some() && reader.take_producer_waiting() {
             self.attachment.wake_peer();
         }
         Ok(got)
@@ -133,29 +179,37 @@ impl Consumer {
             if let Some(got) = self.step(&mut read)? {
                 return Ok(got);
             }
-            if self.attachment.options.busy_poll
-                || self
-                    .reader
-                    .prepare_to_sleep()
-                    .map_err(|e| self.ring_error(e))?
-            {
+            if self.attachment.options.busy_poll || self.arm()? {
                 return Err(Error::WouldBlock);
             }
         }
     }
 
+    /// Asks the producer(s) to signal `ready_fd()` on their next write; false if data
+    /// arrived meanwhile.
+    fn arm(&mut self) -> Result<bool> {
+        match &mut self.source {
+            Source::Single(reader) => reader
+                .prepare_to_sleep()
+                .map_err(|e| Error::ring(&self.attachment.channel, e)),
+            Source::Merged(merged) => merged.arm(&self.attachment),
+        }
+    }
+
     fn wait_for_data(&mut self) -> Result<()> {
-        let reader = &mut self.reader;
+        let reader = match &mut self.source {
+            Source::Single(reader) => reader,
+            Source::Merged(merged) => return merged.wait_for_data(&mut self.attachment),
+        };
         if Attachment::spin(|| reader.has_unread()) {
             return Ok(());
         }
-        if self
-            .reader
+        if reader
             .prepare_to_sleep()
-            .map_err(|e| self.ring_error(e))?
+            .map_err(|e| Error::ring(&self.attachment.channel, e))?
         {
             let slept = self.attachment.sleep();
-            self.reader.done_sleeping();
+            reader.done_sleeping();
             slept?;
         }
         Ok(())
@@ -165,10 +219,6 @@ impl Consumer {
     /// returned [`Error::WouldBlock`].
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
         self.attachment.wait_fd()
-    }
-
-    fn ring_error(&self, err: RingError) -> Error {
-        Error::ring(&self.attachment.channel, err)
     }
 }
 

@@ -18,6 +18,10 @@ pub enum Error {
     /// An administrator dropped the channel this endpoint is attached to.
     #[error("channel dropped: {channel}")]
     ChannelDropped { channel: String },
+    /// The broker detached this consumer: it fell behind in a channel whose slow-consumer
+    /// policy is `disconnect`.
+    #[error("channel {channel}: disconnected: {reason}")]
+    Disconnected { channel: String, reason: String },
     /// A reconnecting endpoint could not take its place again after the broker came back.
     #[error("channel {channel}: {reason}")]
     Reattach { channel: String, reason: String },
@@ -35,7 +39,7 @@ pub enum Error {
     /// `try_send` found the ring full or `try_recv` found it empty.
     #[error("operation would block")]
     WouldBlock,
-    /// The broker spoke something other than protocol version 1.
+    /// The broker spoke a protocol version this library does not know, or broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("{context}: {source}")]

@@ -3,8 +3,9 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use crate::attachment::{AttachOptions, Attachment};
+use crate::attachment::{AttachOptions, Attachment, Rings};
 use crate::error::{Error, Result};
+use crate::fanout::FanoutWriter;
 use crate::ring::{RingError, RingWriter};
 use crate::wire::Role;
 
@@ -18,21 +19,54 @@ use crate::wire::Role;
 /// [`close`](Self::close) writes the end-of-stream mark after the last message. Dropping a
 /// producer writes it too if the ring has room at that moment; call `close` when the consumer
 /// must see it.
+///
+/// In a channel with several consumers (`max_consumers > 1`) every message goes to each
+/// consumer attached at the time, through a ring per consumer; what happens when one of them
+/// is full is the channel's slow-consumer policy (wait, drop for that consumer, or disconnect
+/// it). With no consumer attached, messages go nowhere.
 pub struct Producer {
     attachment: Attachment,
-    writer: RingWriter,
+    route: Route,
     closed: bool,
+}
+
+/// Where messages go: the one ring of a one-to-one channel, or every consumer's ring.
+enum Route {
+    Single(RingWriter),
+    Fanout(FanoutWriter),
 }
 
 impl Producer {
     pub(crate) fn attach(socket: &Path, channel: &str, options: AttachOptions) -> Result<Producer> {
-        let (attachment, ring) = Attachment::open(socket, channel, Role::Producer, options)?;
-        let writer = RingWriter::new(ring).map_err(|e| Error::ring(channel, e))?;
+        let (attachment, rings) = Attachment::open(socket, channel, Role::Producer, options)?;
+        let route = match rings {
+            Rings::Single(ring) => {
+                Route::Single(RingWriter::new(ring).map_err(|e| Error::ring(channel, e))?)
+            }
+            Rings::Fanout { control, lanes } => {
+                Route::Fanout(FanoutWriter::new(&attachment, control, lanes)?)
+            }
+        };
         Ok(Producer {
             attachment,
-            writer,
+            route,
             closed: false,
         })
+    }
+
+    /// This producer's id in its channel: what consumers' [`last_producer`] reports.
+    ///
+    /// [`last_producer`]: crate::Consumer::last_producer
+    pub fn id(&self) -> u32 {
+        self.attachment.info.id
+    }
+
+    /// Consumers this producer writes to (as of its last call); 1 in a one-to-one channel.
+    pub fn consumers(&self) -> usize {
+        match &self.route {
+            Route::Single(_) => 1,
+            Route::Fanout(fanout) => fanout.consumers(),
+        }
     }
 
     pub fn channel(&self) -> &str {
@@ -52,7 +86,7 @@ impl Producer {
 
     /// Largest message this channel carries.
     pub fn max_message_len(&self) -> usize {
-        self.writer.max_message_len() as usize
+        crate::ring::max_message_len(self.capacity()) as usize
     }
 
     /// Sends one message, blocking while the ring is full.
@@ -69,6 +103,11 @@ impl Producer {
     /// made visible together with one publish (and at most one wake-up), which is what makes
     /// small messages fast.
     pub fn send_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        if let Route::Fanout(fanout) = &mut self.route {
+            return fanout
+                .deliver(&mut self.attachment, messages, true)
+                .map(|_| ());
+        }
         let mut rest = messages;
         while let Some(first) = rest.first() {
             let sent = self.blocking(first.len(), |w| batch_step(w, rest))?;
@@ -80,6 +119,12 @@ impl Producer {
     /// Sends as many of `messages` as fit now (at least one, else [`Error::WouldBlock`]) and
     /// returns how many.
     pub fn try_send_batch(&mut self, messages: &[&[u8]]) -> Result<usize> {
+        if let Route::Fanout(fanout) = &mut self.route {
+            return match fanout.deliver(&mut self.attachment, messages, false)? {
+                0 if !messages.is_empty() => Err(Error::WouldBlock),
+                sent => Ok(sent),
+            };
+        }
         match messages.first() {
             None => Ok(0),
             Some(first) => self.non_blocking(first.len(), |w| batch_step(w, messages)),
@@ -89,6 +134,15 @@ impl Producer {
     /// Zero-copy send: `fill` writes the `len`-byte message straight into the shared ring.
     /// Blocks while the ring is full; `fill` is called exactly once.
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+        if let Route::Fanout(fanout) = &mut self.route {
+            let fill = |buf: &mut [u8]| {
+                fill(buf);
+                len
+            };
+            return fanout
+                .deliver_filled(&mut self.attachment, len, fill, true)
+                .map(|_| ());
+        }
         let mut fill = Some(fill);
         self.blocking(len, |w| fixed_step(w, len, &mut fill))
     }
@@ -113,6 +167,11 @@ impl Producer {
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<usize> {
+        if let Route::Fanout(fanout) = &mut self.route {
+            return fanout
+                .deliver_filled(&mut self.attachment, max, fill, true)
+                .map(|sent| sent.unwrap_or(0));
+        }
         let mut fill = Some(fill);
         self.blocking(max, |w| {
             w.try_write_up_to(max, |buf| fill.take().map_or(0, |fill| fill(buf)))
@@ -121,6 +180,16 @@ impl Producer {
 
     /// Zero-copy send that returns [`Error::WouldBlock`] instead of blocking.
     pub fn try_send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+        if let Route::Fanout(fanout) = &mut self.route {
+            let fill = |buf: &mut [u8]| {
+                fill(buf);
+                len
+            };
+            return match fanout.deliver_filled(&mut self.attachment, len, fill, false)? {
+                Some(_) => Ok(()),
+                None => Err(Error::WouldBlock),
+            };
+        }
         let mut fill = Some(fill);
         self.non_blocking(len, |w| fixed_step(w, len, &mut fill))
     }
@@ -132,9 +201,10 @@ impl Producer {
         &mut self,
         write: impl FnOnce(&mut RingWriter) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
-        self.attachment.ensure_usable(self.writer.ring())?;
-        let written = write(&mut self.writer).map_err(|e| self.ring_error(e))?;
-        if self.writer.take_consumer_waiting() {
+        let writer = single(&mut self.route)?;
+        self.attachment.ensure_usable(writer.ring().is_dropped())?;
+        let written = write(writer).map_err(|e| Error::ring(&self.attachment.channel, e))?;
+        if writer.take_consumer_waiting() {
             self.attachment.wake_peer();
         }
         Ok(written)
@@ -167,10 +237,9 @@ impl Producer {
                 return Ok(done);
             }
             if self.attachment.options.busy_poll
-                || self
-                    .writer
+                || single(&mut self.route)?
                     .prepare_to_sleep(needed)
-                    .map_err(|e| self.ring_error(e))?
+                    .map_err(|e| Error::ring(&self.attachment.channel, e))?
             {
                 return Err(Error::WouldBlock);
             }
@@ -178,25 +247,30 @@ impl Producer {
     }
 
     fn wait_for_room(&mut self, len: usize) -> Result<()> {
-        let writer = &mut self.writer;
+        let Route::Single(writer) = &mut self.route else {
+            return Ok(());
+        };
         if Attachment::spin(|| writer.can_progress(len).unwrap_or(true)) {
             return Ok(());
         }
-        if self
-            .writer
+        if writer
             .prepare_to_sleep(len)
-            .map_err(|e| self.ring_error(e))?
+            .map_err(|e| Error::ring(&self.attachment.channel, e))?
         {
             let slept = self.attachment.sleep();
-            self.writer.done_sleeping();
+            writer.done_sleeping();
             slept?;
         }
-        self.attachment.ensure_usable(self.writer.ring())
+        self.attachment.ensure_usable(writer.ring().is_dropped())
     }
 
-    /// Writes the end-of-stream mark (waiting for room if needed) and detaches.
+    /// Writes the end-of-stream mark (waiting for room if needed; in a fan-out channel only
+    /// under policy `block`) and detaches.
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
+        if let Route::Fanout(fanout) = &mut self.route {
+            return fanout.close(&mut self.attachment);
+        }
         self.blocking(0, |w| Ok(w.try_write_end_of_stream()?.then_some(())))
     }
 
@@ -206,9 +280,15 @@ impl Producer {
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
         self.attachment.wait_fd()
     }
+}
 
-    fn ring_error(&self, err: RingError) -> Error {
-        Error::ring(&self.attachment.channel, err)
+/// The ring of a one-to-one channel (every fan-out path returns before asking for it).
+fn single(route: &mut Route) -> Result<&mut RingWriter> {
+    match route {
+        Route::Single(writer) => Ok(writer),
+        Route::Fanout(_) => Err(Error::Protocol(
+            "one-to-one send path used on a fan-out channel".into(),
+        )),
     }
 }
 
@@ -246,12 +326,19 @@ impl AsFd for Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        if !self.closed && !self.writer.ring().is_dropped() {
-            if let Ok(true) = self.writer.try_write_end_of_stream() {
-                if self.writer.take_consumer_waiting() {
+        if self.closed {
+            return;
+        }
+        match &mut self.route {
+            Route::Single(writer) => {
+                if !writer.ring().is_dropped()
+                    && matches!(writer.try_write_end_of_stream(), Ok(true))
+                    && writer.take_consumer_waiting()
+                {
                     self.attachment.wake_peer();
                 }
             }
+            Route::Fanout(fanout) => fanout.end_streams_without_waiting(),
         }
     }
 }

@@ -13,8 +13,10 @@
 //!
 //! # Layout (version 1), all integers little-endian atomics
 //! ```text
-//! 0     magic u64 "SHMRING1", layout u32 = 1, flags u32, capacity u64, dropped u32
-//! 64    write_pos u64, messages_written u64, bytes_written u64     (written by the producer)
+//! 0     magic u64 "SHMRING1", layout u32 = 1, flags u32, capacity u64, dropped u32,
+//!       evicted u32 (a fan-out producer gave up on this slow consumer)
+//! 64    write_pos u64, messages_written u64, bytes_written u64,
+//!       messages_lost u64                                         (written by the producer)
 //! 128   read_pos u64, messages_read u64                           (written by the consumer)
 //! 192   consumer_waiting u32   (consumer is asleep on the data_ready eventfd)
 //! 256   producer_waiting u32   (producer is asleep on the space_ready eventfd)
@@ -25,7 +27,9 @@
 //!
 //! A frame is an 8-byte header (`len u32`, `kind u32`) and `len` payload bytes, padded to a
 //! multiple of 8. A frame never wraps: when it does not fit before the end of the data area the
-//! producer first publishes a PAD frame covering the rest. A frame becomes visible only when the
+//! producer first publishes a PAD frame covering the rest. Kinds: 1 DATA, 2 END_OF_STREAM,
+//! 3 PAD, 4 LOST (payload: u64 count of messages this consumer missed here, written by a
+//! fan-out producer whose `slow_consumer` policy is `drop`). A frame becomes visible only when the
 //! producer stores the new `write_pos` (release), so a producer killed mid-message leaves nothing
 //! torn behind: the next producer overwrites the unpublished bytes.
 //!
@@ -55,6 +59,7 @@ const FRAME_HEADER: u64 = 8;
 const KIND_DATA: u32 = 1;
 const KIND_END_OF_STREAM: u32 = 2;
 const KIND_PAD: u32 = 3;
+const KIND_LOST: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -75,6 +80,7 @@ struct IdentityLine {
     flags: AtomicU32,
     capacity: AtomicU64,
     dropped: AtomicU32,
+    evicted: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -82,6 +88,7 @@ struct ProducerLine {
     write_pos: AtomicU64,
     messages_written: AtomicU64,
     bytes_written: AtomicU64,
+    messages_lost: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -124,6 +131,8 @@ pub struct RingStats {
     pub bytes_written: u64,
     pub messages_read: u64,
     pub bytes_unread: u64,
+    /// Messages a fan-out producer could not fit (slow-consumer policy `drop`).
+    pub messages_lost: u64,
 }
 
 /// A mapped ring: the mapping stays valid as long as this value lives, whatever the peer does
@@ -231,7 +240,8 @@ impl SharedRing {
     fn data_u32(&self, offset: u64) -> &AtomicU32 {
         debug_assert!(offset % 4 == 0 && offset + 4 <= self.capacity);
         // SAFETY: callers pass offsets that are frame starts (multiples of 8) strictly inside
-        // the data area, so the 4 bytes are mapped and aligned. Reading them atomically means a
+        // the data area, or words of a frame already checked to end inside it, so the 4 bytes
+        // are mapped and aligned. Reading them atomically means a
         // peer writing them concurrently cannot cause undefined behaviour, only odd values,
         // which the callers validate.
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
@@ -282,6 +292,16 @@ impl SharedRing {
         self.header().identity.dropped.load(Ordering::Acquire) != 0
     }
 
+    /// Marks the consumer of this ring as disconnected for falling behind (policy
+    /// `disconnect`); the producer writes no more into it.
+    pub fn mark_evicted(&self) {
+        self.header().identity.evicted.store(1, Ordering::Release);
+    }
+
+    pub fn is_evicted(&self) -> bool {
+        self.header().identity.evicted.load(Ordering::Acquire) != 0
+    }
+
     pub fn stats(&self) -> RingStats {
         let h = self.header();
         let written = h.producer.write_pos.load(Ordering::Acquire);
@@ -291,6 +311,7 @@ impl SharedRing {
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
             messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
             bytes_unread: written.saturating_sub(read).min(self.capacity),
+            messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
         }
     }
 
@@ -328,6 +349,7 @@ pub struct RingWriter {
     read_floor: u64,
     messages_written: u64,
     bytes_written: u64,
+    messages_lost: u64,
 }
 
 impl RingWriter {
@@ -342,6 +364,7 @@ impl RingWriter {
             read_floor: read_pos,
             messages_written: h.producer.messages_written.load(Ordering::Relaxed),
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
+            messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
             ring,
         })
     }
@@ -462,6 +485,73 @@ impl RingWriter {
         }
         self.publish();
         Ok(written)
+    }
+
+    /// True if a data frame of `len` bytes fits right now (counting padding before it).
+    pub fn has_room(&mut self, len: usize) -> Result<bool, RingError> {
+        self.check_len(len)?;
+        let needed = self.room_for(len);
+        Ok(self.free_space(needed)? >= needed)
+    }
+
+    /// Counts `count` messages this ring's consumer did not get (it was full); the count is
+    /// in the header for `shmemctl info` and goes in-band with [`try_write_after_gap`].
+    ///
+    /// [`try_write_after_gap`]: Self::try_write_after_gap
+    pub fn count_lost(&mut self, count: u64) {
+        self.messages_lost = self.messages_lost.wrapping_add(count);
+        self.ring
+            .header()
+            .producer
+            .messages_lost
+            .store(self.messages_lost, Ordering::Relaxed);
+    }
+
+    /// Writes a LOST frame saying `missed` messages are gone here, then `message`, and
+    /// publishes both together; `Ok(false)` (nothing written) unless both fit now.
+    pub fn try_write_after_gap(&mut self, missed: u64, message: &[u8]) -> Result<bool, RingError> {
+        self.check_len(message.len())?;
+        let wanted = (frame_len(8) + frame_len(message.len() as u64)) * 2;
+        let mut free = self.free_space(wanted.min(self.ring.capacity))?;
+        let saved = (self.staged_pos, self.messages_written, self.bytes_written);
+        let staged = self.stage_lost(missed, &mut free)
+            && self.stage_frame(
+                KIND_DATA,
+                message.len(),
+                |buf| {
+                    buf.copy_from_slice(message);
+                    message.len()
+                },
+                &mut free,
+            );
+        if !staged {
+            // Nothing of a half-staged pair may become visible; the bytes were never published.
+            (self.staged_pos, self.messages_written, self.bytes_written) = saved;
+            return Ok(false);
+        }
+        self.publish();
+        Ok(true)
+    }
+
+    /// Writes a LOST frame alone (before an end-of-stream mark); `Ok(false)` if it does not
+    /// fit now.
+    pub fn try_write_gap(&mut self, missed: u64) -> Result<bool, RingError> {
+        let mut free = self.free_space(self.room_for(8))?;
+        let written = self.stage_lost(missed, &mut free);
+        self.publish();
+        Ok(written)
+    }
+
+    fn stage_lost(&mut self, missed: u64, free: &mut u64) -> bool {
+        self.stage_frame(
+            KIND_LOST,
+            8,
+            |buf| {
+                buf.copy_from_slice(&missed.to_le_bytes());
+                8
+            },
+            free,
+        )
     }
 
     /// Writes the end-of-stream mark. Returns `Ok(false)` if there is no room right now.
@@ -634,6 +724,8 @@ pub struct RingReader {
     /// load the shared one again.
     write_seen: u64,
     messages_read: u64,
+    /// Messages the producer said this consumer missed (LOST frames read so far).
+    missed: u64,
 }
 
 impl RingReader {
@@ -646,8 +738,15 @@ impl RingReader {
             read_pos,
             write_seen: write_pos,
             messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
+            missed: 0,
             ring,
         })
+    }
+
+    /// Messages lost to this consumer so far (slow-consumer policy `drop`), as the producer
+    /// reported them in the stream.
+    pub fn missed(&self) -> u64 {
+        self.missed
     }
 
     pub fn ring(&self) -> &SharedRing {
@@ -775,6 +874,17 @@ impl RingReader {
                     )));
                 }
                 KIND_PAD | KIND_END_OF_STREAM => {}
+                KIND_LOST if len != 8 => {
+                    return Err(RingError::Corrupt(format!(
+                        "loss record of {len} bytes at offset {offset}"
+                    )));
+                }
+                KIND_LOST => {
+                    let word = |at| u32::from_le(self.ring.data_u32(at).load(Ordering::Relaxed));
+                    let (low, high) = (word(offset + 8), word(offset + 12));
+                    let count = u64::from(low) | (u64::from(high) << 32);
+                    self.missed = self.missed.saturating_add(count);
+                }
                 KIND_DATA => {
                     let start = (offset + FRAME_HEADER) as usize;
                     match &mut sink {

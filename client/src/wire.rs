@@ -1,11 +1,14 @@
-//! The control-socket wire protocol, version 1 (see `PROTOCOL.md` at the repository root).
+//! The control-socket wire protocol, version 2 (see `PROTOCOL.md` at the repository root).
+//! Version 2 adds many producers and consumers per channel; a broker still serves version-1
+//! clients on one-to-one channels and tells them, in an `unsupported_version` error, when a
+//! channel needs version 2.
 //!
 //! Every message is a 16-byte little-endian header followed by a UTF-8 JSON body:
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic    b"SHMB"
-//!      4    2 version  1
+//!      4    2 version  2 (1 still accepted; replies carry the request's version)
 //!      6    2 kind     1 = request, 2 = reply, 3 = event
 //!      8    4 id       chosen by the client, echoed in the reply; 0 for events
 //!     12    4 length   body bytes (requests <= 64 KiB, replies and events <= 16 MiB)
@@ -17,14 +20,19 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"SHMB";
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Oldest version the broker still serves.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 16;
 /// Largest request body the broker reads; anything larger is refused before it is buffered.
 pub const MAX_REQUEST_BODY: u32 = 64 * 1024;
 /// Largest reply or event body a client accepts.
 pub const MAX_REPLY_BODY: u32 = 16 * 1024 * 1024;
-/// Most file descriptors one message carries (an attach carries 3).
-pub const MAX_FDS_PER_MESSAGE: usize = 8;
+/// Most producers or consumers one channel may have.
+pub const MAX_ENDPOINTS: u32 = 64;
+/// Most file descriptors one message carries: a fan-out attach carries its control page and
+/// eventfd plus a ring and an eventfd per peer.
+pub const MAX_FDS_PER_MESSAGE: usize = 2 + 2 * MAX_ENDPOINTS as usize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
@@ -102,11 +110,21 @@ impl FrameHeader {
 
 /// Header plus JSON body, ready to write.
 pub fn encode_frame(kind: FrameKind, id: u32, body: &impl Serialize) -> Vec<u8> {
+    encode_frame_version(PROTOCOL_VERSION, kind, id, body)
+}
+
+/// [`encode_frame`] for a peer speaking an older `version`.
+pub fn encode_frame_version(
+    version: u16,
+    kind: FrameKind,
+    id: u32,
+    body: &impl Serialize,
+) -> Vec<u8> {
     // Serializing plain data structs to a Vec cannot fail; fall back to an empty object so a
     // peer still gets a well-formed frame if it ever did.
     let json = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let header = FrameHeader {
-        version: PROTOCOL_VERSION,
+        version,
         kind,
         id,
         length: json.len() as u32,
@@ -133,6 +151,48 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// What a channel does with a consumer whose ring is full when a producer writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// The producer waits for the slowest consumer: nothing is lost.
+    #[default]
+    Block,
+    /// The slow consumer loses the messages that do not fit and is told how many.
+    Drop,
+    /// The slow consumer is detached with an error.
+    Disconnect,
+}
+
+impl SlowConsumer {
+    pub const NAMES: [&'static str; 3] = ["block", "drop", "disconnect"];
+}
+
+impl std::fmt::Display for SlowConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlowConsumer::Block => "block",
+            SlowConsumer::Drop => "drop",
+            SlowConsumer::Disconnect => "disconnect",
+        })
+    }
+}
+
+impl std::str::FromStr for SlowConsumer {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SlowConsumer, String> {
+        match text {
+            "block" => Ok(SlowConsumer::Block),
+            "drop" => Ok(SlowConsumer::Drop),
+            "disconnect" => Ok(SlowConsumer::Disconnect),
+            other => Err(format!(
+                "unknown slow-consumer policy {other:?} (expected block, drop or disconnect)"
+            )),
+        }
+    }
+}
+
 /// A request body. Unknown fields are ignored so newer clients can add optional ones.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -151,15 +211,32 @@ pub enum Request {
         producers: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         consumers: Vec<String>,
+        /// Version 2: producers and consumers that may attach at once (default 1 each).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_producers: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_consumers: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slow_consumer: Option<SlowConsumer>,
     },
     Drop {
         channel: String,
+    },
+    /// Version 2: forgets a durable consumer's queue (and its unread data) so producers stop
+    /// keeping messages for it.
+    DropConsumer {
+        channel: String,
+        consumer: String,
     },
     /// Attach this connection to a channel. The connection then belongs to the attachment: the
     /// broker detaches as soon as it closes. One attachment per connection.
     Attach {
         channel: String,
         role: Role,
+        /// Version 2, consumers of a channel with `max_consumers > 1`: attach as the durable
+        /// consumer of this name, whose queue the broker keeps while it is away.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
 }
 
@@ -177,6 +254,8 @@ pub enum ErrorCode {
     InvalidCapacity,
     LimitReached,
     AlreadyAttached,
+    /// A durable consumer was disconnected for falling behind (policy `disconnect`).
+    Evicted,
     #[serde(other)]
     Internal,
 }
@@ -226,14 +305,49 @@ impl Reply {
 pub enum Event {
     /// The channel was dropped by an administrator; the attachment is over.
     ChannelDropped { channel: String },
+    /// Version 2, fan-out channels: a peer came; its ring and eventfd (named as in
+    /// [`AttachInfo::fds`]: `ring`, `wake`) travel with this event. `generation` is the
+    /// control page's counter for this side after the change.
+    LaneAdded { generation: u64, peer: u32 },
+    /// A consumer's queue went away (producers only): stop writing to it.
+    LaneRemoved { generation: u64, peer: u32 },
+    /// This consumer was detached by the broker; the attachment is over.
+    Disconnected { channel: String, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
+    /// 0 for a durable consumer that is away.
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
     pub role: Role,
+    /// Producer id, or consumer queue id: what a consumer's `last_producer()` reports.
+    #[serde(default)]
+    pub id: u32,
+    /// A durable consumer's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// False for a durable consumer whose queue the broker keeps while it is away.
+    #[serde(default = "yes")]
+    pub attached: bool,
+    /// Fill level: bytes in this endpoint's rings not yet read.
+    #[serde(default)]
+    pub bytes_unread: u64,
+    /// Messages written (producer) or read (consumer).
+    #[serde(default)]
+    pub messages: u64,
+    /// Messages lost to slow consumers (policy `drop`).
+    #[serde(default)]
+    pub messages_lost: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,11 +379,21 @@ pub struct ChannelInfo {
     /// Removed from the config; goes away when its last client detaches.
     #[serde(default)]
     pub pending_removal: bool,
+    #[serde(default = "one")]
+    pub max_producers: u32,
+    #[serde(default = "one")]
+    pub max_consumers: u32,
+    #[serde(default)]
+    pub slow_consumer: SlowConsumer,
+    /// Ring memory the channel holds now: one ring per producer and consumer pair.
+    #[serde(default)]
+    pub ring_bytes: u64,
 }
 
 impl ChannelInfo {
+    /// The first attached endpoint in `role`.
     pub fn peer(&self, role: Role) -> Option<&PeerInfo> {
-        self.peers.iter().find(|p| p.role == role)
+        self.peers.iter().find(|p| p.role == role && p.attached)
     }
 }
 
@@ -318,8 +442,27 @@ pub struct AttachInfo {
     pub ring_size: u64,
     /// Ring layout version (see `ring.rs`).
     pub ring_layout: u32,
-    /// `["ring", "data_ready", "space_ready"]` in this version.
+    /// One-to-one channels: `["ring", "data_ready", "space_ready"]`. Fan-out channels
+    /// (version 2): `["control", "wait"]` then `"ring", "wake"` for each of `lanes`.
     pub fds: Vec<String>,
+    /// Version 2: this producer's id, or this consumer's queue id.
+    #[serde(default)]
+    pub id: u32,
+    #[serde(default)]
+    pub slow_consumer: SlowConsumer,
+    /// Version 2, fan-out channels: one ring per peer (consumer queues for a producer,
+    /// producers for a consumer), in the order of their fds.
+    #[serde(default)]
+    pub lanes: Vec<LaneInfo>,
+    /// The control page's counter for this side when the reply was made.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneInfo {
+    /// The producer id (for a consumer) or consumer queue id (for a producer) at the other end.
+    pub peer: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,6 +518,7 @@ mod tests {
         let json = serde_json::to_string(&Request::Attach {
             channel: "cam".into(),
             role: Role::Consumer,
+            name: None,
         })
         .expect("serialize");
         assert_eq!(json, r#"{"op":"attach","channel":"cam","role":"consumer"}"#);
@@ -387,7 +531,10 @@ mod tests {
                 channel: "x".into(),
                 capacity: None,
                 producers: vec![],
-                consumers: vec![]
+                consumers: vec![],
+                max_producers: None,
+                max_consumers: None,
+                slow_consumer: None,
             }
         );
         let code: ErrorCode = serde_json::from_str(r#""some_future_code""#).expect("other");

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use shmem_broker_client::discovery::client_socket_path;
 use shmem_broker_client::size::{format_size, parse_size};
 use shmem_broker_client::wire::ChannelList;
-use shmem_broker_client::{ChannelInfo, Client, CreateOptions, Role, StatusInfo};
+use shmem_broker_client::{ChannelInfo, Client, CreateOptions, Role, SlowConsumer, StatusInfo};
 
 /// Control a shmem-broker: list, create and drop channels, inspect them, send and receive data.
 #[derive(Parser, Debug)]
@@ -42,9 +42,25 @@ enum Command {
         /// Who else may consume: comma-separated `*`, user, uid, @group, @gid
         #[arg(long, value_delimiter = ',')]
         consumers: Vec<String>,
+        /// Producers attached at once, each with its own rings (1 to 64) [default: 1]
+        #[arg(long, value_name = "N")]
+        max_producers: Option<u32>,
+        /// Consumers attached at once, each receiving every message (1 to 64) [default: 1]
+        #[arg(long, value_name = "N")]
+        max_consumers: Option<u32>,
+        /// What a full consumer ring does: block (the producer waits), drop (that consumer
+        /// loses the message) or disconnect (that consumer is detached) [default: block]
+        #[arg(long, value_name = "POLICY")]
+        slow_consumer: Option<SlowConsumer>,
     },
-    /// Drop a channel; attached clients get a "channel dropped" error
-    Drop { name: String },
+    /// Drop a channel (attached clients get a "channel dropped" error), or with --consumer
+    /// one durable consumer of it and its unread messages
+    Drop {
+        name: String,
+        /// The durable consumer to forget instead of the whole channel
+        #[arg(long, value_name = "NAME")]
+        consumer: Option<String>,
+    },
     /// A channel's details and attached peers
     Info {
         name: String,
@@ -69,6 +85,13 @@ enum Command {
         /// Keep waiting for the next producer after an end-of-stream mark
         #[arg(long)]
         follow: bool,
+        /// Attach as the durable consumer NAME: the broker keeps its queue while it is away
+        /// and it resumes where it stopped (channels with max_consumers > 1)
+        #[arg(long = "as", value_name = "NAME")]
+        durable: Option<String>,
+        /// Stop after this many end-of-stream marks (one per producer that closes)
+        #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "follow")]
+        streams: u64,
     },
 }
 
@@ -101,6 +124,9 @@ fn run(args: Args) -> Result<()> {
             capacity,
             producers,
             consumers,
+            max_producers,
+            max_consumers,
+            slow_consumer,
         } => {
             let info = client.create_with(
                 &name,
@@ -108,16 +134,31 @@ fn run(args: Args) -> Result<()> {
                     capacity,
                     producers,
                     consumers,
+                    max_producers,
+                    max_consumers,
+                    slow_consumer,
                 },
             )?;
             println!(
-                "created channel {} ({})",
+                "created channel {} ({}{})",
                 info.name,
-                format_size(info.capacity)
+                format_size(info.capacity),
+                shape(&info)
             );
             Ok(())
         }
-        Command::Drop { name } => {
+        Command::Drop {
+            name,
+            consumer: Some(consumer),
+        } => {
+            client.drop_consumer(&name, &consumer)?;
+            println!("dropped durable consumer {consumer} of channel {name}");
+            Ok(())
+        }
+        Command::Drop {
+            name,
+            consumer: None,
+        } => {
             client.drop_channel(&name)?;
             println!("dropped channel {name}");
             Ok(())
@@ -139,8 +180,29 @@ fn run(args: Args) -> Result<()> {
             }
         }
         Command::Send { name, chunk } => send(client, &name, chunk),
-        Command::Recv { name, follow } => recv(client, &name, follow),
+        Command::Recv {
+            name,
+            follow,
+            durable,
+            streams,
+        } => recv(
+            client,
+            &name,
+            durable.as_deref(),
+            (!follow).then_some(streams),
+        ),
     }
+}
+
+/// `, 4 producers, 3 consumers, slow consumers: drop` for fan-out channels.
+fn shape(info: &ChannelInfo) -> String {
+    if info.max_producers == 1 && info.max_consumers == 1 {
+        return String::new();
+    }
+    format!(
+        ", up to {} producers and {} consumers, slow consumers: {}",
+        info.max_producers, info.max_consumers, info.slow_consumer
+    )
 }
 
 fn send(client: Client, name: &str, chunk: Option<u64>) -> Result<()> {
@@ -181,14 +243,32 @@ fn send(client: Client, name: &str, chunk: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-fn recv(client: Client, name: &str, follow: bool) -> Result<()> {
-    let mut consumer = client.consumer(name)?;
+/// Copies messages to standard output until `streams` end-of-stream marks (`None`: forever).
+fn recv(client: Client, name: &str, durable: Option<&str>, streams: Option<u64>) -> Result<()> {
+    let mut attach = client.attach(name);
+    if let Some(durable) = durable {
+        attach = attach.durable(durable);
+    }
+    let mut consumer = attach.consumer()?;
     drop(client);
     // Messages go from the ring to standard output with write(2) and no copy in between.
     let stdout = io::stdout();
+    let mut ends = 0;
+    let mut missed = 0;
     loop {
-        if !consumer.recv_to_fd(stdout.as_fd())? && !follow {
-            return Ok(());
+        let message = consumer.recv_to_fd(stdout.as_fd())?;
+        if consumer.missed() > missed {
+            eprintln!(
+                "shmemctl: channel {name}: missed {} messages: this consumer fell behind (slow_consumer = drop)",
+                consumer.missed() - missed
+            );
+            missed = consumer.missed();
+        }
+        if !message {
+            ends += 1;
+            if streams.is_some_and(|wanted| ends >= wanted) {
+                return Ok(());
+            }
         }
     }
 }
@@ -201,9 +281,19 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// `pid 12`, `pids 12,13` or `-`: who is attached in `role`.
 fn attached(info: &ChannelInfo, role: Role) -> String {
-    info.peer(role)
-        .map_or("-".to_string(), |p| format!("pid {}", p.pid))
+    let pids: Vec<String> = info
+        .peers
+        .iter()
+        .filter(|p| p.role == role && p.attached)
+        .map(|p| p.pid.to_string())
+        .collect();
+    match pids.len() {
+        0 => "-".to_string(),
+        1 => format!("pid {}", pids[0]),
+        _ => format!("pids {}", pids.join(",")),
+    }
 }
 
 fn print_table(channels: &[ChannelInfo]) -> Result<()> {
@@ -265,6 +355,14 @@ fn print_info(c: &ChannelInfo) -> Result<()> {
     writeln!(out, "consumers: {}", join_or_none(&c.consumers))?;
     writeln!(
         out,
+        "shape:     up to {} producers, {} consumers; slow consumers: {}; rings {}",
+        c.max_producers,
+        c.max_consumers,
+        c.slow_consumer,
+        format_size(c.ring_bytes)
+    )?;
+    writeln!(
+        out,
         "messages:  {} written, {} read",
         c.messages_written, c.messages_read
     )?;
@@ -278,10 +376,27 @@ fn print_info(c: &ChannelInfo) -> Result<()> {
         writeln!(out, "peers:     none attached")?;
     }
     for p in &c.peers {
+        let who = match (&p.name, p.attached) {
+            (Some(name), true) => format!(
+                "{} {} {name:?} pid {} uid {} gid {}",
+                p.role, p.id, p.pid, p.uid, p.gid
+            ),
+            (Some(name), false) => format!("{} {} {name:?} (durable, away)", p.role, p.id),
+            (None, _) => format!(
+                "{} {} pid {} uid {} gid {}",
+                p.role, p.id, p.pid, p.uid, p.gid
+            ),
+        };
+        let done = match p.role {
+            Role::Producer => "written",
+            Role::Consumer => "read",
+        };
         writeln!(
             out,
-            "peer:      {} pid {} uid {} gid {}",
-            p.role, p.pid, p.uid, p.gid
+            "peer:      {who}: {} messages {done}, {} unread, {} lost",
+            p.messages,
+            format_size(p.bytes_unread),
+            p.messages_lost
         )?;
     }
     Ok(())

@@ -1,12 +1,25 @@
-//! One channel: the broker-owned ring memfd, its two eventfds, its access rules and who is
-//! attached. The broker keeps the fds for the channel's whole life, so the ring and its unread
-//! data outlive any client.
+//! One channel: its rings, eventfds, access rules and who is attached.
+//!
+//! A channel has producer slots and consumer queues, and one ring ("lane") for every slot and
+//! queue pair, so each ring has one writer and one reader. A one-to-one channel (the default:
+//! `max_producers = max_consumers = 1`) has slot 0, queue 0 and their single ring, which exists
+//! from creation and keeps unread data for whoever attaches next. A fan-out channel adds
+//! slots as producers arrive (up to `max_producers`; a slot and its rings outlive its producer,
+//! so nothing written is lost) and queues as consumers arrive: an anonymous consumer's queue
+//! lives as long as it is attached, a durable one's until it is dropped. With
+//! `max_consumers = 1` the one queue exists from creation, as in a one-to-one channel, so the
+//! consumer gets everything the producers wrote, whenever it attaches. The broker keeps all
+//! fds, so rings and their data outlive any client.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{eventfd, EventfdFlags};
+use shmem_broker_client::control::ControlPage;
 use shmem_broker_client::ring::{SharedRing, HEADER_SIZE, LAYOUT_VERSION};
-use shmem_broker_client::wire::{AttachInfo, ChannelInfo, Origin, PeerInfo, Role};
+use shmem_broker_client::wire::{
+    AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, Origin, PeerInfo, Role, SlowConsumer,
+};
 use shmem_ipc::mem::mfd::Memfd;
 
 use crate::access::AccessList;
@@ -28,89 +41,193 @@ pub struct ChannelMeta {
     pub owner_uid: Option<u32>,
     pub producers: AccessList,
     pub consumers: AccessList,
+    pub max_producers: u32,
+    pub max_consumers: u32,
+    pub slow_consumer: SlowConsumer,
 }
 
-/// The fds that make up a channel's shared state.
-pub struct ChannelFds {
+impl ChannelMeta {
+    /// More than one producer or consumer: a ring per pair, a control page, lane events.
+    pub fn is_fanout(&self) -> bool {
+        self.max_producers > 1 || self.max_consumers > 1
+    }
+}
+
+/// An event for another session, with the fds it carries.
+pub type Notice = (SessionId, Event, Vec<OwnedFd>);
+
+/// What a successful attach hands the client, and what it tells the others.
+pub struct Grant {
+    pub info: AttachInfo,
+    pub fds: Vec<OwnedFd>,
+    pub notices: Vec<Notice>,
+    /// The one-to-one channel's eventfds were made just now (to be stored with it).
+    pub wake_created: bool,
+}
+
+/// Why an attach was refused.
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: String) -> Refusal {
+    Refusal { code, message }
+}
+
+fn new_eventfd() -> std::io::Result<OwnedFd> {
+    Ok(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+}
+
+/// A ring between one producer slot and one consumer queue.
+pub struct Lane {
+    /// The broker's own mapping, for counters and to flag a drop.
+    pub ring: SharedRing,
     pub memfd: Memfd,
-    /// Made at the first attach: a channel nobody has used costs the broker one fd, not three,
-    /// so the fd limit allows several times more idle channels.
-    pub wake: Option<WakeFds>,
 }
 
-/// The two eventfds of a channel.
-pub struct WakeFds {
-    /// Written by the producer to wake a sleeping consumer.
-    pub data_ready: OwnedFd,
-    /// Written by the consumer to wake a sleeping producer.
-    pub space_ready: OwnedFd,
+impl Lane {
+    fn new(channel: &str, slot: u32, queue: u32, capacity: u64) -> std::io::Result<Lane> {
+        let (ring, memfd) = SharedRing::create(&format!("{channel}:p{slot}:c{queue}"), capacity)
+            .map_err(|e| {
+                std::io::Error::other(format!("creating ring for channel {channel:?}: {e}"))
+            })?;
+        Ok(Lane { ring, memfd })
+    }
+
+    fn share(&self) -> std::io::Result<OwnedFd> {
+        self.memfd.as_file().as_fd().try_clone_to_owned()
+    }
 }
 
-impl WakeFds {
-    fn new() -> std::io::Result<WakeFds> {
-        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-        Ok(WakeFds {
-            data_ready: eventfd(0, flags)?,
-            space_ready: eventfd(0, flags)?,
-        })
+struct ProducerSlot {
+    id: u32,
+    holder: Option<Attached>,
+    /// Written by consumers to wake this slot's producer; made at first use.
+    space_ready: Option<OwnedFd>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum QueueKind {
+    /// The one queue of a one-to-one channel: kept while its consumer is away.
+    Default,
+    Durable(String),
+    /// Freed when its consumer detaches.
+    Anonymous,
+}
+
+struct ConsumerQueue {
+    id: u32,
+    kind: QueueKind,
+    holder: Option<Attached>,
+    /// Written by producers to wake this queue's consumer; made at first use.
+    data_ready: Option<OwnedFd>,
+    /// Indexed like `Channel::slots`: the ring from each producer slot.
+    lanes: Vec<Lane>,
+}
+
+impl ConsumerQueue {
+    fn name(&self) -> Option<&str> {
+        match &self.kind {
+            QueueKind::Durable(name) => Some(name),
+            _ => None,
+        }
     }
 }
 
 pub struct Channel {
     pub meta: ChannelMeta,
-    /// The broker's own mapping, for counters and to flag a drop.
-    ring: SharedRing,
-    fds: ChannelFds,
-    pub producer: Option<Attached>,
-    pub consumer: Option<Attached>,
+    capacity: u64,
+    slots: Vec<ProducerSlot>,
+    queues: Vec<ConsumerQueue>,
+    next_queue_id: u32,
+    /// Fan-out channels: the page whose counters tell clients to read lane events.
+    control: Option<(ControlPage, OwnedFd)>,
+    /// Durable consumers disconnected for falling behind while away: their next attach is
+    /// told so once.
+    evicted: BTreeSet<String>,
     /// No longer in the config: removed as soon as nobody is attached.
     pub pending_removal: bool,
 }
 
 impl Channel {
     pub fn create(meta: ChannelMeta, capacity: u64) -> std::io::Result<Channel> {
-        let name = &meta.name;
-        let (ring, memfd) = SharedRing::create(name, capacity).map_err(|e| {
-            std::io::Error::other(format!("creating ring for channel {name:?}: {e}"))
-        })?;
-        Ok(Channel::assemble(
-            meta,
-            ring,
-            ChannelFds { memfd, wake: None },
-        ))
+        let lane = if meta.is_fanout() {
+            None
+        } else {
+            Some(Lane::new(&meta.name, 0, 0, capacity)?)
+        };
+        Channel::assemble(meta, capacity, lane, None)
     }
 
-    /// Rebuilds a channel from fds kept by systemd; `ring` was mapped and checked by the caller.
-    pub fn assemble(meta: ChannelMeta, ring: SharedRing, fds: ChannelFds) -> Channel {
-        // A waiting flag from before the restart belongs to a client that is gone.
-        ring.clear_waiters();
-        Channel {
-            meta,
-            ring,
-            fds,
-            producer: None,
-            consumer: None,
+    /// Builds a channel around an existing ring (restored from systemd's fd store, checked by
+    /// the caller) or, for fan-out channels, none. `wake` is `(data_ready, space_ready)`.
+    pub fn assemble(
+        meta: ChannelMeta,
+        capacity: u64,
+        lane: Option<Lane>,
+        wake: Option<(OwnedFd, OwnedFd)>,
+    ) -> std::io::Result<Channel> {
+        let (data_ready, space_ready) = wake.map_or((None, None), |(d, s)| (Some(d), Some(s)));
+        let mut channel = Channel {
+            capacity,
+            slots: vec![ProducerSlot {
+                id: 0,
+                holder: None,
+                space_ready,
+            }],
+            queues: Vec::new(),
+            next_queue_id: 1,
+            control: None,
+            evicted: BTreeSet::new(),
             pending_removal: false,
+            meta,
+        };
+        if let Some(lane) = lane {
+            // A waiting flag from before a restart belongs to a client that is gone.
+            lane.ring.clear_waiters();
+            channel.queues.push(ConsumerQueue {
+                id: 0,
+                kind: QueueKind::Default,
+                holder: None,
+                data_ready,
+                lanes: vec![lane],
+            });
+        } else if channel.meta.is_fanout() {
+            channel.control = Some(ControlPage::create(&channel.meta.name)?);
+            if channel.meta.max_consumers == 1 {
+                channel.add_queue(QueueKind::Default)?;
+            }
         }
+        Ok(channel)
     }
 
     pub fn name(&self) -> &str {
         &self.meta.name
     }
 
-    pub fn fds(&self) -> &ChannelFds {
-        &self.fds
-    }
-
     pub fn capacity(&self) -> u64 {
-        self.ring.capacity()
+        self.capacity
     }
 
-    pub fn slot(&mut self, role: Role) -> &mut Option<Attached> {
-        match role {
-            Role::Producer => &mut self.producer,
-            Role::Consumer => &mut self.consumer,
+    /// Ring memory this channel may come to hold: a ring per producer and consumer pair.
+    pub fn ring_budget(&self) -> u64 {
+        ring_budget(&self.meta, self.capacity)
+    }
+
+    /// The ring of a one-to-one channel and its eventfds (`data_ready`, `space_ready`) once
+    /// made: what systemd's fd store keeps.
+    pub fn single_ring(&self) -> Option<(&Lane, Option<(BorrowedFd<'_>, BorrowedFd<'_>)>)> {
+        if self.meta.is_fanout() {
+            return None;
         }
+        let queue = self.queues.first()?;
+        let lane = queue.lanes.first()?;
+        let wake = match (&queue.data_ready, &self.slots[0].space_ready) {
+            (Some(d), Some(s)) => Some((d.as_fd(), s.as_fd())),
+            _ => None,
+        };
+        Some((lane, wake))
     }
 
     pub fn access(&self, role: Role) -> &AccessList {
@@ -121,106 +238,597 @@ impl Channel {
     }
 
     pub fn is_attached(&self) -> bool {
-        self.producer.is_some() || self.consumer.is_some()
-    }
-
-    /// Copies of the fds an attach hands out, in the order `AttachInfo::fds` names them, and
-    /// whether the eventfds were made just now (so the caller can store them).
-    pub fn attach_fds(&mut self) -> std::io::Result<(Vec<OwnedFd>, bool)> {
-        let created = self.fds.wake.is_none();
-        if created {
-            self.fds.wake = Some(WakeFds::new()?);
-        }
-        let Some(wake) = &self.fds.wake else {
-            return Err(std::io::Error::other("channel eventfds missing"));
-        };
-        let fds = vec![
-            self.fds.memfd.as_file().as_fd().try_clone_to_owned()?,
-            wake.data_ready.try_clone()?,
-            wake.space_ready.try_clone()?,
-        ];
-        Ok((fds, created))
+        self.sessions().next().is_some()
     }
 
     /// Fds the broker holds for this channel.
     pub fn open_fds(&self) -> usize {
-        if self.fds.wake.is_some() {
-            3
-        } else {
-            1
-        }
-    }
-
-    pub fn attach_info(&self, role: Role) -> AttachInfo {
-        AttachInfo {
-            channel: self.meta.name.clone(),
-            role,
-            capacity: self.capacity(),
-            ring_size: HEADER_SIZE + self.capacity(),
-            ring_layout: LAYOUT_VERSION,
-            fds: vec!["ring".into(), "data_ready".into(), "space_ready".into()],
-        }
-    }
-
-    /// Frees the slot held by `session`, if any, and returns its role.
-    pub fn detach(&mut self, session: SessionId) -> Option<(Role, PeerCredentials)> {
-        for role in [Role::Producer, Role::Consumer] {
-            let slot = self.slot(role);
-            if slot.as_ref().is_some_and(|a| a.session == session) {
-                let attached = slot.take()?;
-                self.ring.clear_waiters();
-                return Some((role, attached.peer));
-            }
-        }
-        None
-    }
-
-    /// Marks the ring dropped and wakes both sides so blocked clients notice at once.
-    pub fn mark_dropped(&self) {
-        self.ring.mark_dropped();
-        for fd in self
-            .fds
-            .wake
+        let slot_fds = self
+            .slots
             .iter()
-            .flat_map(|w| [&w.data_ready, &w.space_ready])
-        {
-            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            .filter(|s| s.space_ready.is_some())
+            .count();
+        let queue_fds: usize = self
+            .queues
+            .iter()
+            .map(|q| q.lanes.len() + usize::from(q.data_ready.is_some()))
+            .sum();
+        slot_fds + queue_fds + usize::from(self.control.is_some())
+    }
+
+    /// Sessions holding `role` here.
+    pub fn holders(&self, role: Role) -> Vec<SessionId> {
+        match role {
+            Role::Producer => self
+                .slots
+                .iter()
+                .filter_map(|s| s.holder.as_ref().map(|a| a.session))
+                .collect(),
+            Role::Consumer => self
+                .queues
+                .iter()
+                .filter_map(|q| q.holder.as_ref().map(|a| a.session))
+                .collect(),
         }
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.producer
+        let producers = self.slots.iter().filter_map(|s| s.holder.as_ref());
+        let consumers = self.queues.iter().filter_map(|q| q.holder.as_ref());
+        producers.chain(consumers).map(|a| a.session)
+    }
+
+    fn generation(&self, role: Role) -> u64 {
+        self.control
+            .as_ref()
+            .map_or(0, |(page, _)| page.generation(role))
+    }
+
+    fn bump(&self, role: Role) -> u64 {
+        self.control.as_ref().map_or(0, |(page, _)| page.bump(role))
+    }
+
+    fn attach_info(&self, role: Role, id: u32, fds: Vec<&str>, lanes: Vec<LaneInfo>) -> AttachInfo {
+        AttachInfo {
+            channel: self.meta.name.clone(),
+            role,
+            capacity: self.capacity,
+            ring_size: HEADER_SIZE + self.capacity,
+            ring_layout: LAYOUT_VERSION,
+            fds: fds.into_iter().map(str::to_string).collect(),
+            id,
+            slow_consumer: self.meta.slow_consumer,
+            lanes,
+            generation: self.generation(role),
+        }
+    }
+
+    pub fn attach_producer(
+        &mut self,
+        session: SessionId,
+        peer: &PeerCredentials,
+    ) -> Result<Grant, Refusal> {
+        let free = self.slots.iter().position(|s| s.holder.is_none());
+        let (index, notices) = match free {
+            Some(index) => (index, Vec::new()),
+            None if self.slots.len() < self.meta.max_producers as usize => {
+                self.add_slot().map_err(internal)?
+            }
+            None => {
+                let pids = pids(self.slots.iter().filter_map(|s| s.holder.as_ref()));
+                return Err(refuse(
+                    ErrorCode::ChannelBusy,
+                    if self.meta.max_producers == 1 {
+                        format!("channel busy: producer pid {pids} attached")
+                    } else {
+                        format!(
+                            "channel busy: all {} producers attached (pids {pids}); raise max_producers",
+                            self.meta.max_producers
+                        )
+                    },
+                ));
+            }
+        };
+        let mut wake_created = ensure(&mut self.slots[index].space_ready).map_err(internal)?;
+        let slot_id = self.slots[index].id;
+        let grant = if self.meta.is_fanout() {
+            let mut fds = vec![
+                self.control_fd().map_err(internal)?,
+                share(&self.slots[index].space_ready).map_err(internal)?,
+            ];
+            let mut names = vec!["control", "wait"];
+            let mut lanes = Vec::new();
+            for queue in &mut self.queues {
+                ensure(&mut queue.data_ready).map_err(internal)?;
+                fds.push(queue.lanes[index].share().map_err(internal)?);
+                fds.push(share(&queue.data_ready).map_err(internal)?);
+                names.extend(["ring", "wake"]);
+                lanes.push(LaneInfo { peer: queue.id });
+            }
+            let info = self.attach_info(Role::Producer, slot_id, names, lanes);
+            Grant {
+                info,
+                fds,
+                notices,
+                wake_created: false,
+            }
+        } else {
+            let queue = &mut self.queues[0];
+            wake_created |= ensure(&mut queue.data_ready).map_err(internal)?;
+            let fds = vec![
+                queue.lanes[0].share().map_err(internal)?,
+                share(&queue.data_ready).map_err(internal)?,
+                share(&self.slots[0].space_ready).map_err(internal)?,
+            ];
+            let info = self.attach_info(
+                Role::Producer,
+                0,
+                vec!["ring", "data_ready", "space_ready"],
+                Vec::new(),
+            );
+            Grant {
+                info,
+                fds,
+                notices,
+                wake_created,
+            }
+        };
+        self.slots[index].holder = Some(Attached {
+            session,
+            peer: peer.clone(),
+        });
+        Ok(grant)
+    }
+
+    /// A new producer slot with a ring to every queue; the attached consumers are told.
+    fn add_slot(&mut self) -> std::io::Result<(usize, Vec<Notice>)> {
+        let id = self.slots.len() as u32;
+        let mut space_ready = None;
+        ensure(&mut space_ready)?;
+        let mut lanes = Vec::new();
+        for queue in &self.queues {
+            lanes.push(Lane::new(&self.meta.name, id, queue.id, self.capacity)?);
+        }
+        let generation = self.bump(Role::Consumer);
+        let mut notices = Vec::new();
+        for (queue, lane) in self.queues.iter_mut().zip(lanes) {
+            if let Some(holder) = &queue.holder {
+                let fds = vec![lane.share()?, share(&space_ready)?];
+                notices.push((
+                    holder.session,
+                    Event::LaneAdded {
+                        generation,
+                        peer: id,
+                    },
+                    fds,
+                ));
+            }
+            queue.lanes.push(lane);
+        }
+        self.slots.push(ProducerSlot {
+            id,
+            holder: None,
+            space_ready,
+        });
+        Ok((self.slots.len() - 1, notices))
+    }
+
+    pub fn attach_consumer(
+        &mut self,
+        session: SessionId,
+        peer: &PeerCredentials,
+        name: Option<&str>,
+    ) -> Result<Grant, Refusal> {
+        let channel = &self.meta.name;
+        if name.is_some() && self.meta.max_consumers == 1 {
+            return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "channel {channel:?} has one consumer (max_consumers = 1), which already resumes where the last one stopped; durable consumer names need max_consumers > 1"
+                    ),
+                ));
+        }
+        if !self.meta.is_fanout() {
+            return self.attach_single_consumer(session, peer);
+        }
+        let mut notices = Vec::new();
+        let existing = match name {
+            Some(n) => self.queues.iter().position(|q| q.name() == Some(n)),
+            None => self
+                .queues
+                .iter()
+                .position(|q| q.kind == QueueKind::Default),
+        };
+        let index = match existing {
+            Some(index) => {
+                if name.is_none() && self.evicted.remove("") {
+                    return Err(refuse(
+                        ErrorCode::Evicted,
+                        format!(
+                            "the consumer of channel {channel:?} fell behind while away (slow_consumer = disconnect) and its messages were discarded; attach again to start from the next message"
+                        ),
+                    ));
+                }
+                if let Some(holder) = &self.queues[index].holder {
+                    return Err(refuse(
+                        ErrorCode::ChannelBusy,
+                        match name {
+                            Some(name) => format!(
+                                "channel busy: durable consumer {name:?} of channel {channel:?} is attached (pid {})",
+                                holder.peer.pid
+                            ),
+                            None => format!("channel busy: consumer pid {} attached", holder.peer.pid),
+                        },
+                    ));
+                }
+                index
+            }
+            None => {
+                if let Some(name) = name {
+                    shmem_broker_client::names::validate_channel_name(name).map_err(|m| {
+                        refuse(ErrorCode::InvalidName, format!("consumer name: {m}"))
+                    })?;
+                    if self.evicted.remove(name) {
+                        return Err(refuse(
+                            ErrorCode::Evicted,
+                            format!(
+                                "durable consumer {name:?} of channel {channel:?} was disconnected for falling behind (slow_consumer = disconnect) and its queue discarded; attach again to start from the next message"
+                            ),
+                        ));
+                    }
+                }
+                if self.queues.len() >= self.meta.max_consumers as usize {
+                    let away = self.queues.iter().filter(|q| q.holder.is_none()).count();
+                    return Err(refuse(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "channel {channel:?} has max_consumers = {} and all are taken ({} attached, {away} durable away); raise max_consumers or drop a durable consumer",
+                            self.meta.max_consumers,
+                            self.queues.len() - away
+                        ),
+                    ));
+                }
+                let kind = name.map_or(QueueKind::Anonymous, |n| QueueKind::Durable(n.to_string()));
+                let (index, added) = self.add_queue(kind).map_err(internal)?;
+                notices = added;
+                index
+            }
+        };
+        let queue = &self.queues[index];
+        let mut fds = vec![
+            self.control_fd().map_err(internal)?,
+            share(&queue.data_ready).map_err(internal)?,
+        ];
+        let mut names = vec!["control", "wait"];
+        let mut lanes = Vec::new();
+        for (slot, lane) in self.slots.iter_mut().zip(&queue.lanes) {
+            ensure(&mut slot.space_ready).map_err(internal)?;
+            fds.push(lane.share().map_err(internal)?);
+            fds.push(share(&slot.space_ready).map_err(internal)?);
+            names.extend(["ring", "wake"]);
+            lanes.push(LaneInfo { peer: slot.id });
+        }
+        let info = self.attach_info(Role::Consumer, queue.id, names, lanes);
+        self.queues[index].holder = Some(Attached {
+            session,
+            peer: peer.clone(),
+        });
+        Ok(Grant {
+            info,
+            fds,
+            notices,
+            wake_created: false,
+        })
+    }
+
+    fn attach_single_consumer(
+        &mut self,
+        session: SessionId,
+        peer: &PeerCredentials,
+    ) -> Result<Grant, Refusal> {
+        let queue = &mut self.queues[0];
+        if let Some(holder) = &queue.holder {
+            return Err(refuse(
+                ErrorCode::ChannelBusy,
+                format!("channel busy: consumer pid {} attached", holder.peer.pid),
+            ));
+        }
+        let mut wake_created = ensure(&mut queue.data_ready).map_err(internal)?;
+        wake_created |= ensure(&mut self.slots[0].space_ready).map_err(internal)?;
+        let queue = &self.queues[0];
+        let fds = vec![
+            queue.lanes[0].share().map_err(internal)?,
+            share(&queue.data_ready).map_err(internal)?,
+            share(&self.slots[0].space_ready).map_err(internal)?,
+        ];
+        let info = self.attach_info(
+            Role::Consumer,
+            0,
+            vec!["ring", "data_ready", "space_ready"],
+            Vec::new(),
+        );
+        self.queues[0].holder = Some(Attached {
+            session,
+            peer: peer.clone(),
+        });
+        Ok(Grant {
+            info,
+            fds,
+            notices: Vec::new(),
+            wake_created,
+        })
+    }
+
+    /// A new consumer queue with a ring from every slot; the attached producers are told.
+    fn add_queue(&mut self, kind: QueueKind) -> std::io::Result<(usize, Vec<Notice>)> {
+        let id = self.next_queue_id;
+        let mut data_ready = None;
+        ensure(&mut data_ready)?;
+        let mut lanes = Vec::new();
+        for slot in &self.slots {
+            lanes.push(Lane::new(&self.meta.name, slot.id, id, self.capacity)?);
+        }
+        self.next_queue_id += 1;
+        let generation = self.bump(Role::Producer);
+        let mut notices = Vec::new();
+        for (slot, lane) in self.slots.iter().zip(&lanes) {
+            if let Some(holder) = &slot.holder {
+                let fds = vec![lane.share()?, share(&data_ready)?];
+                notices.push((
+                    holder.session,
+                    Event::LaneAdded {
+                        generation,
+                        peer: id,
+                    },
+                    fds,
+                ));
+            }
+        }
+        self.queues.push(ConsumerQueue {
+            id,
+            kind,
+            holder: None,
+            data_ready,
+            lanes,
+        });
+        Ok((self.queues.len() - 1, notices))
+    }
+
+    /// Removes queue `index` and its rings; the attached producers are told to stop writing.
+    fn remove_queue(&mut self, index: usize) -> Vec<Notice> {
+        let queue = self.queues.remove(index);
+        let generation = self.bump(Role::Producer);
+        self.slots
             .iter()
-            .chain(self.consumer.iter())
-            .map(|a| a.session)
+            .filter_map(|s| s.holder.as_ref())
+            .map(|holder| {
+                (
+                    holder.session,
+                    Event::LaneRemoved {
+                        generation,
+                        peer: queue.id,
+                    },
+                    Vec::new(),
+                )
+            })
+            .collect()
+    }
+
+    fn control_fd(&self) -> std::io::Result<OwnedFd> {
+        match &self.control {
+            Some((_, fd)) => fd.try_clone(),
+            None => Err(std::io::Error::other(
+                "fan-out channel without a control page",
+            )),
+        }
+    }
+
+    /// Frees what `session` held. Returns its role and credentials, and notices for others
+    /// (an anonymous consumer's queue goes away with it).
+    pub fn detach(&mut self, session: SessionId) -> Option<(Role, PeerCredentials, Vec<Notice>)> {
+        let holds = |a: &Option<Attached>| a.as_ref().is_some_and(|a| a.session == session);
+        if let Some(index) = self.slots.iter().position(|s| holds(&s.holder)) {
+            let attached = self.slots[index].holder.take()?;
+            for queue in &self.queues {
+                queue.lanes[index].ring.clear_waiters();
+            }
+            return Some((Role::Producer, attached.peer, Vec::new()));
+        }
+        let index = self.queues.iter().position(|q| holds(&q.holder))?;
+        let attached = self.queues[index].holder.take()?;
+        let notices = if self.queues[index].kind == QueueKind::Anonymous {
+            self.remove_queue(index)
+        } else {
+            for lane in &self.queues[index].lanes {
+                lane.ring.clear_waiters();
+            }
+            Vec::new()
+        };
+        Some((Role::Consumer, attached.peer, notices))
+    }
+
+    /// Forgets durable consumer `name` and its unread data.
+    pub fn drop_consumer(&mut self, name: &str) -> Result<Vec<Notice>, Refusal> {
+        let channel = &self.meta.name;
+        let Some(index) = self.queues.iter().position(|q| q.name() == Some(name)) else {
+            return Err(refuse(
+                ErrorCode::NoSuchChannel,
+                format!("channel {channel:?} has no durable consumer {name:?}"),
+            ));
+        };
+        if let Some(holder) = &self.queues[index].holder {
+            return Err(refuse(
+                ErrorCode::ChannelBusy,
+                format!(
+                    "durable consumer {name:?} of channel {channel:?} is attached (pid {}); it must detach first",
+                    holder.peer.pid
+                ),
+            ));
+        }
+        Ok(self.remove_queue(index))
+    }
+
+    /// Policy `disconnect`: queues a producer gave up on (it flagged their ring). Each is
+    /// removed; its consumer, if attached, is returned with the event that tells it why, and
+    /// must be disconnected. A durable consumer that was away learns it on its next attach.
+    pub fn evict_slow_consumers(&mut self) -> (Vec<Notice>, Vec<SessionId>) {
+        let mut notices = Vec::new();
+        let mut sessions = Vec::new();
+        if self.meta.slow_consumer != SlowConsumer::Disconnect {
+            return (notices, sessions);
+        }
+        while let Some(index) = self
+            .queues
+            .iter()
+            .position(|q| q.lanes.iter().any(|l| l.ring.is_evicted()))
+        {
+            let queue = &self.queues[index];
+            match &queue.holder {
+                Some(holder) => {
+                    sessions.push(holder.session);
+                    notices.push((
+                        holder.session,
+                        Event::Disconnected {
+                            channel: self.meta.name.clone(),
+                            reason: format!(
+                                "consumer fell behind: its ring of {} bytes was full and channel {:?} has slow_consumer = disconnect",
+                                self.capacity, self.meta.name
+                            ),
+                        },
+                        Vec::new(),
+                    ));
+                }
+                None => {
+                    // The one queue of a single-consumer channel is told under the name "".
+                    self.evicted
+                        .insert(queue.name().unwrap_or_default().to_string());
+                }
+            }
+            let default = queue.kind == QueueKind::Default;
+            notices.extend(self.remove_queue(index));
+            if default {
+                // If this fails, the next consumer gets a queue of its own at attach.
+                if let Ok((_, added)) = self.add_queue(QueueKind::Default) {
+                    notices.extend(added);
+                }
+            }
+        }
+        (notices, sessions)
+    }
+
+    /// Marks every ring dropped and wakes everyone so blocked clients notice at once.
+    pub fn mark_dropped(&self) {
+        for queue in &self.queues {
+            for lane in &queue.lanes {
+                lane.ring.mark_dropped();
+            }
+        }
+        let eventfds = self
+            .queues
+            .iter()
+            .filter_map(|q| q.data_ready.as_ref())
+            .chain(self.slots.iter().filter_map(|s| s.space_ready.as_ref()));
+        for fd in eventfds {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
     }
 
     pub fn info(&self) -> ChannelInfo {
-        let stats = self.ring.stats();
-        let peer = |role, a: &Attached| PeerInfo {
-            pid: a.peer.pid,
-            uid: a.peer.uid,
-            gid: a.peer.gid,
-            role,
-        };
-        ChannelInfo {
+        let mut info = ChannelInfo {
             name: self.meta.name.clone(),
-            capacity: self.capacity(),
+            capacity: self.capacity,
             origin: self.meta.origin.clone(),
             owner_uid: self.meta.owner_uid,
             producers: self.meta.producers.describe(),
             consumers: self.meta.consumers.describe(),
-            peers: self
-                .producer
-                .iter()
-                .map(|a| peer(Role::Producer, a))
-                .chain(self.consumer.iter().map(|a| peer(Role::Consumer, a)))
-                .collect(),
-            messages_written: stats.messages_written,
-            bytes_written: stats.bytes_written,
-            messages_read: stats.messages_read,
-            bytes_unread: stats.bytes_unread,
+            peers: Vec::new(),
+            messages_written: 0,
+            bytes_written: 0,
+            messages_read: 0,
+            bytes_unread: 0,
             pending_removal: self.pending_removal,
+            max_producers: self.meta.max_producers,
+            max_consumers: self.meta.max_consumers,
+            slow_consumer: self.meta.slow_consumer,
+            ring_bytes: 0,
+        };
+        let endpoint = |role, id, holder: Option<&Attached>| PeerInfo {
+            pid: holder.map_or(0, |a| a.peer.pid),
+            uid: holder.map_or(0, |a| a.peer.uid),
+            gid: holder.map_or(0, |a| a.peer.gid),
+            role,
+            id,
+            name: None,
+            attached: holder.is_some(),
+            bytes_unread: 0,
+            messages: 0,
+            messages_lost: 0,
+        };
+        for (index, slot) in self.slots.iter().enumerate() {
+            let mut producer = endpoint(Role::Producer, slot.id, slot.holder.as_ref());
+            let mut bytes_written = 0;
+            for lane in self.queues.iter().map(|q| &q.lanes[index]) {
+                let stats = lane.ring.stats();
+                // Every consumer gets the same messages; the busiest ring counts them.
+                producer.messages = producer.messages.max(stats.messages_written);
+                bytes_written = bytes_written.max(stats.bytes_written);
+                producer.bytes_unread += stats.bytes_unread;
+                producer.messages_lost += stats.messages_lost;
+            }
+            info.messages_written += producer.messages;
+            info.bytes_written += bytes_written;
+            if slot.holder.is_some() {
+                info.peers.push(producer);
+            }
         }
+        for queue in &self.queues {
+            let mut consumer = endpoint(Role::Consumer, queue.id, queue.holder.as_ref());
+            consumer.name = queue.name().map(str::to_string);
+            for lane in &queue.lanes {
+                let stats = lane.ring.stats();
+                consumer.messages += stats.messages_read;
+                consumer.bytes_unread += stats.bytes_unread;
+                consumer.messages_lost += stats.messages_lost;
+                info.ring_bytes += self.capacity;
+            }
+            info.messages_read += consumer.messages;
+            info.bytes_unread += consumer.bytes_unread;
+            if queue.holder.is_some() || queue.name().is_some() {
+                info.peers.push(consumer);
+            }
+        }
+        info
     }
+}
+
+/// Ring memory a channel may come to hold: a ring per producer and consumer pair.
+pub fn ring_budget(meta: &ChannelMeta, capacity: u64) -> u64 {
+    capacity * u64::from(meta.max_producers) * u64::from(meta.max_consumers)
+}
+
+/// Makes the eventfd if it is not there yet; true if it was made now.
+fn ensure(fd: &mut Option<OwnedFd>) -> std::io::Result<bool> {
+    if fd.is_some() {
+        return Ok(false);
+    }
+    *fd = Some(new_eventfd()?);
+    Ok(true)
+}
+
+fn share(fd: &Option<OwnedFd>) -> std::io::Result<OwnedFd> {
+    match fd {
+        Some(fd) => fd.try_clone(),
+        None => Err(std::io::Error::other("eventfd missing")),
+    }
+}
+
+fn internal(err: std::io::Error) -> Refusal {
+    refuse(ErrorCode::Internal, format!("cannot share channel: {err}"))
+}
+
+fn pids<'a>(holders: impl Iterator<Item = &'a Attached>) -> String {
+    holders
+        .map(|a| a.peer.pid.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

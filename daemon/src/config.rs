@@ -9,6 +9,7 @@
 use crate::access::{resolve_group, AccessList};
 use shmem_broker_client::names::validate_channel_name;
 use shmem_broker_client::size::{format_size, parse_size};
+use shmem_broker_client::wire::{SlowConsumer, MAX_ENDPOINTS};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,15 @@ const PER_UID_KEYS: &[&str] = &[
     "max_attaches_per_sec",
 ];
 const LOGGING_KEYS: &[&str] = &["level", "format"];
-const CHANNEL_KEYS: &[&str] = &["name", "capacity", "producers", "consumers"];
+const CHANNEL_KEYS: &[&str] = &[
+    "name",
+    "capacity",
+    "producers",
+    "consumers",
+    "max_producers",
+    "max_consumers",
+    "slow_consumer",
+];
 
 /// How log records are written to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +104,11 @@ pub struct ChannelConfig {
     pub capacity: u64,
     pub producers: AccessList,
     pub consumers: AccessList,
+    /// Producers and consumers attached at once (1 and 1 unless the table says more).
+    pub max_producers: u32,
+    pub max_consumers: u32,
+    /// `slow_consumer = "block" | "drop" | "disconnect"`.
+    pub slow_consumer: SlowConsumer,
 }
 
 /// The broker's settings: built-in defaults, or a file read with [`Config::load`].
@@ -914,6 +928,9 @@ impl Parser<'_> {
             let mut capacity = None;
             let mut producers = AccessList::anyone();
             let mut consumers = AccessList::anyone();
+            let mut max_producers = 1;
+            let mut max_consumers = 1;
+            let mut slow_consumer = SlowConsumer::default();
             for entry in self.entries(table, &prefix, CHANNEL_KEYS)? {
                 match entry.key {
                     "name" => {
@@ -933,7 +950,15 @@ impl Parser<'_> {
                     }
                     "capacity" => capacity = Some(self.capacity(&entry, config.max_capacity)?),
                     "producers" => producers = self.access_list(&entry)?,
-                    _ => consumers = self.access_list(&entry)?,
+                    "consumers" => consumers = self.access_list(&entry)?,
+                    "max_producers" => max_producers = self.endpoints(&entry)?,
+                    "max_consumers" => max_consumers = self.endpoints(&entry)?,
+                    _ => {
+                        slow_consumer = self
+                            .string(&entry)?
+                            .parse()
+                            .map_err(|m| self.bad(&entry, m))?
+                    }
                 }
             }
             let name = name.ok_or_else(|| {
@@ -948,9 +973,24 @@ impl Parser<'_> {
                 capacity: capacity.unwrap_or(config.default_capacity),
                 producers,
                 consumers,
+                max_producers,
+                max_consumers,
+                slow_consumer,
             });
         }
         Ok(())
+    }
+
+    /// `max_producers` / `max_consumers`: 1 to [`MAX_ENDPOINTS`].
+    fn endpoints(&self, entry: &Entry<'_>) -> Result<u32, ConfigError> {
+        let count = self.count(entry)?;
+        match u32::try_from(count) {
+            Ok(n) if n <= MAX_ENDPOINTS => Ok(n),
+            _ => Err(self.bad(
+                entry,
+                format!("{count} is above the limit of {MAX_ENDPOINTS} per channel"),
+            )),
+        }
     }
 }
 

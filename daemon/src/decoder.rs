@@ -3,13 +3,15 @@
 
 use shmem_broker_client::wire::{
     ErrorCode, FrameHeader, FrameKind, HeaderError, Request, HEADER_LEN, MAGIC, MAX_REQUEST_BODY,
-    PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// The next thing a client said.
 pub enum Input {
     Request {
         id: u32,
+        /// The protocol version the client speaks (answer in the same).
+        version: u16,
         request: Request,
     },
     /// Something unacceptable: answer with this error, and hang up if `close`.
@@ -88,12 +90,12 @@ impl RequestDecoder {
             // Idle connections hold no buffer: a thousand clients cost a thousand small structs.
             self.buf = Vec::new();
         }
-        if header.version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&header.version) {
             return Some(invalid(
                 header.id,
                 ErrorCode::UnsupportedVersion,
                 &format!(
-                    "protocol version {} is not supported; this broker speaks version {PROTOCOL_VERSION}",
+                    "protocol version {} is not supported; this broker speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                     header.version
                 ),
                 false,
@@ -110,6 +112,7 @@ impl RequestDecoder {
         Some(match serde_json::from_slice(&body) {
             Ok(request) => Input::Request {
                 id: header.id,
+                version: header.version,
                 request,
             },
             Err(err) => invalid(
@@ -151,14 +154,16 @@ mod tests {
             decoder.next_input(),
             Some(Input::Request {
                 id: 7,
-                request: Request::List
+                request: Request::List,
+                ..
             })
         ));
         assert!(matches!(
             decoder.next_input(),
             Some(Input::Request {
                 id: 8,
-                request: Request::Status
+                request: Request::Status,
+                ..
             })
         ));
         assert!(decoder.next_input().is_none() && decoder.is_empty());

@@ -8,6 +8,9 @@
 //! `LISTEN_FDS`/`LISTEN_FDNAMES`; each group is checked (seals, sizes, fd types, metadata) and a bad
 //! one is logged, closed and removed from the store, never trusted. Outside systemd
 //! (`NOTIFY_SOCKET` unset) nothing is stored.
+//!
+//! Fan-out channels (several producers or consumers) keep only their metadata: they come back
+//! after a restart, but their rings, durable consumers' queues included, do not.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,13 +20,13 @@ use std::os::unix::fs::FileExt;
 use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
 use shmem_broker_client::names::validate_channel_name;
-use shmem_broker_client::ring::SharedRing;
-use shmem_broker_client::wire::Origin;
+use shmem_broker_client::ring::{SharedRing, CAPACITY_GRANULE, MAX_CAPACITY, MIN_CAPACITY};
+use shmem_broker_client::wire::{Origin, SlowConsumer, MAX_ENDPOINTS};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use slog::{error, info, warn, Logger};
 
 use crate::access::AccessList;
-use crate::channel::{Channel, ChannelFds, ChannelMeta, WakeFds};
+use crate::channel::{Channel, ChannelMeta, Lane};
 
 const PREFIX: &str = "ch.";
 const PARTS: [&str; 4] = ["ring", "data", "space", "meta"];
@@ -41,6 +44,16 @@ struct StoredMeta {
     /// Numeric specs (`*`, `1000`, `@44`): restoring needs no name lookups.
     producers: Vec<String>,
     consumers: Vec<String>,
+    #[serde(default = "one")]
+    max_producers: u32,
+    #[serde(default = "one")]
+    max_consumers: u32,
+    #[serde(default)]
+    slow_consumer: SlowConsumer,
+}
+
+fn one() -> u32 {
+    1
 }
 
 pub struct FdStore {
@@ -69,11 +82,9 @@ impl FdStore {
 
     fn try_save(&self, channel: &Channel) -> std::io::Result<()> {
         let meta = write_meta(channel)?;
-        self.store(
-            channel.name(),
-            "ring",
-            channel.fds().memfd.as_file().as_fd(),
-        )?;
+        if let Some((lane, _)) = channel.single_ring() {
+            self.store(channel.name(), "ring", lane.memfd.as_file().as_fd())?;
+        }
         self.store(channel.name(), "meta", meta.as_file().as_fd())?;
         self.try_save_wake(channel)
     }
@@ -90,9 +101,9 @@ impl FdStore {
     }
 
     fn try_save_wake(&self, channel: &Channel) -> std::io::Result<()> {
-        if let Some(wake) = &channel.fds().wake {
-            self.store(channel.name(), "data", wake.data_ready.as_fd())?;
-            self.store(channel.name(), "space", wake.space_ready.as_fd())?;
+        if let Some((_, Some((data_ready, space_ready)))) = channel.single_ring() {
+            self.store(channel.name(), "data", data_ready)?;
+            self.store(channel.name(), "space", space_ready)?;
         }
         Ok(())
     }
@@ -185,6 +196,9 @@ fn write_meta(channel: &Channel) -> std::io::Result<Memfd> {
         owner_uid: meta.owner_uid,
         producers: meta.producers.to_specs(),
         consumers: meta.consumers.to_specs(),
+        max_producers: meta.max_producers,
+        max_consumers: meta.max_consumers,
+        slow_consumer: meta.slow_consumer,
     };
     let json = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
     let memfd = MemfdOptions::default()
@@ -223,7 +237,32 @@ fn assemble(
     mut parts: BTreeMap<&'static str, Vec<OwnedFd>>,
 ) -> Result<Channel, String> {
     validate_channel_name(name)?;
-    let meta_fd = take_one(&mut parts, "meta")?;
+    let stored = read_meta(take_one(&mut parts, "meta")?)?;
+    if stored.name != name {
+        return Err(format!("metadata names channel {:?}", stored.name));
+    }
+    for count in [stored.max_producers, stored.max_consumers] {
+        if !(1..=MAX_ENDPOINTS).contains(&count) {
+            return Err(format!("metadata allows {count} producers or consumers"));
+        }
+    }
+    let meta = ChannelMeta {
+        name: stored.name,
+        origin: stored.origin,
+        owner_uid: stored.owner_uid,
+        producers: AccessList::parse_all(&stored.producers)?,
+        consumers: AccessList::parse_all(&stored.consumers)?,
+        max_producers: stored.max_producers,
+        max_consumers: stored.max_consumers,
+        slow_consumer: stored.slow_consumer,
+    };
+    if meta.is_fanout() {
+        let capacity = stored.capacity;
+        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % CAPACITY_GRANULE != 0 {
+            return Err(format!("metadata gives capacity {capacity}"));
+        }
+        return Channel::assemble(meta, stored.capacity, None, None).map_err(|e| e.to_string());
+    }
     let ring_fd = take_one(&mut parts, "ring")?;
     // The eventfds exist once someone attached: both or neither.
     let wake = match (parts.contains_key("data"), parts.contains_key("space")) {
@@ -236,30 +275,17 @@ fn assemble(
                     return Err(format!("{part} fd is not an eventfd"));
                 }
             }
-            Some(WakeFds {
-                data_ready,
-                space_ready,
-            })
+            Some((data_ready, space_ready))
         }
     };
-    let stored = read_meta(meta_fd)?;
-    if stored.name != name {
-        return Err(format!("metadata names channel {:?}", stored.name));
-    }
     let memfd_copy = ring_fd
         .try_clone()
         .map_err(|e| format!("cannot duplicate ring fd: {e}"))?;
     let ring = SharedRing::open(ring_fd, stored.capacity).map_err(|e| e.to_string())?;
     let memfd = Memfd::try_from_file(std::fs::File::from(memfd_copy))
         .map_err(|_| "ring fd is not a memfd".to_string())?;
-    let meta = ChannelMeta {
-        name: stored.name,
-        origin: stored.origin,
-        owner_uid: stored.owner_uid,
-        producers: AccessList::parse_all(&stored.producers)?,
-        consumers: AccessList::parse_all(&stored.consumers)?,
-    };
-    Ok(Channel::assemble(meta, ring, ChannelFds { memfd, wake }))
+    Channel::assemble(meta, stored.capacity, Some(Lane { ring, memfd }), wake)
+        .map_err(|e| e.to_string())
 }
 
 fn read_meta(fd: OwnedFd) -> Result<StoredMeta, String> {

@@ -8,11 +8,14 @@ use std::time::Instant;
 use shmem_broker_client::names::validate_channel_name;
 use shmem_broker_client::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
 use shmem_broker_client::size::format_size;
-use shmem_broker_client::wire::{ChannelList, Dropped, ErrorCode, Event, Origin, Reply, Role};
+use shmem_broker_client::wire::{
+    ChannelList, Dropped, ErrorCode, Event, Origin, Reply, Role, SlowConsumer, MAX_ENDPOINTS,
+    MIN_PROTOCOL_VERSION,
+};
 use slog::{info, warn, Logger};
 
 use crate::access::{is_admin, AccessList};
-use crate::channel::{Attached, Channel, ChannelMeta, SessionId};
+use crate::channel::{ring_budget, Channel, ChannelMeta, Notice, SessionId};
 use crate::config::{ChannelConfig, Config};
 use crate::fdstore::FdStore;
 use crate::peer::PeerCredentials;
@@ -43,8 +46,19 @@ pub struct Outcome {
     pub fds: Vec<OwnedFd>,
     /// The session is now attached to this channel.
     pub attached: Option<String>,
-    /// Events for other sessions (a drop tells everyone attached).
-    pub events: Vec<(SessionId, Event)>,
+    /// Events for other sessions (a drop tells everyone attached; a fan-out attach tells the
+    /// other side about the new ring).
+    pub events: Vec<Notice>,
+}
+
+/// What a new channel is asked to be, besides its name.
+pub struct ChannelSpec<'a> {
+    pub capacity: Option<u64>,
+    pub producers: &'a [String],
+    pub consumers: &'a [String],
+    pub max_producers: Option<u32>,
+    pub max_consumers: Option<u32>,
+    pub slow_consumer: Option<SlowConsumer>,
 }
 
 impl Outcome {
@@ -88,7 +102,7 @@ impl Registry {
             .values()
             .filter(|c| c.meta.owner_uid == Some(uid));
         let (channels, ring_bytes) =
-            owned.fold((0, 0), |(n, bytes), c| (n + 1, bytes + c.capacity()));
+            owned.fold((0, 0), |(n, bytes), c| (n + 1, bytes + c.ring_budget()));
         Holdings {
             clients,
             channels,
@@ -100,7 +114,7 @@ impl Registry {
         Totals {
             clients,
             channels: self.channels.len(),
-            ring_bytes: self.channels.values().map(Channel::capacity).sum(),
+            ring_bytes: self.channels.values().map(Channel::ring_budget).sum(),
         }
     }
 
@@ -155,18 +169,27 @@ impl Registry {
     }
 
     fn apply_declared(&mut self, declared: &ChannelConfig) -> std::io::Result<()> {
-        let meta = ChannelMeta {
+        let mut meta = ChannelMeta {
             name: declared.name.clone(),
             origin: Origin::Config,
             owner_uid: None,
             producers: declared.producers.clone(),
             consumers: declared.consumers.clone(),
+            max_producers: declared.max_producers,
+            max_consumers: declared.max_consumers,
+            slow_consumer: declared.slow_consumer,
         };
         if let Some(existing) = self.channels.get_mut(&declared.name) {
             existing.pending_removal = false;
             if existing.capacity() != declared.capacity {
                 warn!(self.log, "channel capacity differs from the config; keeping the existing ring and its data (drop the channel to re-create it)";
                     "channel" => &declared.name, "capacity" => existing.capacity(), "configured" => declared.capacity);
+            }
+            if existing.meta.is_fanout() != meta.is_fanout() {
+                warn!(self.log, "channel would change between one-to-one and many producers/consumers; keeping the existing rings and their data (drop the channel to re-create it)";
+                    "channel" => &declared.name, "max_producers" => declared.max_producers, "max_consumers" => declared.max_consumers);
+                meta.max_producers = existing.meta.max_producers;
+                meta.max_consumers = existing.meta.max_consumers;
             }
             if existing.meta != meta {
                 existing.meta = meta;
@@ -177,7 +200,9 @@ impl Registry {
             return Ok(());
         }
         let channel = Channel::create(meta, declared.capacity)?;
-        info!(self.log, "channel created from config"; "channel" => &declared.name, "capacity" => declared.capacity);
+        info!(self.log, "channel created from config"; "channel" => &declared.name, "capacity" => declared.capacity,
+            "max_producers" => declared.max_producers, "max_consumers" => declared.max_consumers,
+            "slow_consumer" => %declared.slow_consumer);
         self.fd_store.save(&channel);
         self.channels.insert(declared.name.clone(), channel);
         Ok(())
@@ -212,14 +237,7 @@ impl Registry {
         }
     }
 
-    pub fn create(
-        &mut self,
-        name: &str,
-        capacity: Option<u64>,
-        producers: &[String],
-        consumers: &[String],
-        peer: &PeerCredentials,
-    ) -> Reply {
+    pub fn create(&mut self, name: &str, spec: &ChannelSpec<'_>, peer: &PeerCredentials) -> Reply {
         if !is_admin(peer, &self.limits.admin_gids) {
             warn!(self.log, "create refused"; "channel" => name, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
             return Reply::failure(
@@ -239,7 +257,7 @@ impl Registry {
                 format!("channel already exists: {name}"),
             );
         }
-        let requested = capacity.unwrap_or(self.limits.default_capacity);
+        let requested = spec.capacity.unwrap_or(self.limits.default_capacity);
         if requested < MIN_CAPACITY || requested > self.limits.max_capacity {
             return Reply::failure(
                 ErrorCode::InvalidCapacity,
@@ -252,18 +270,26 @@ impl Registry {
             );
         }
         let capacity = requested.div_ceil(CAPACITY_GRANULE) * CAPACITY_GRANULE;
-        let held = self.holdings(peer.uid, 0);
-        if let Err(message) = self
-            .quotas
-            .admit_channel(peer.uid, capacity, held, self.totals(0))
-        {
-            warn!(self.log, "create refused by quota"; "channel" => name, "peer_pid" => peer.pid,
-                "peer_uid" => peer.uid, "reason" => &message);
-            return Reply::failure(ErrorCode::LimitReached, message);
-        }
+        let endpoints = |key: &str, requested: Option<u32>| match requested {
+            None => Ok(1),
+            Some(n) if (1..=MAX_ENDPOINTS).contains(&n) => Ok(n),
+            Some(n) => Err(Reply::failure(
+                ErrorCode::BadRequest,
+                format!(
+                    "invalid {key} {n} for channel {name:?}: must be between 1 and {MAX_ENDPOINTS}"
+                ),
+            )),
+        };
+        let (max_producers, max_consumers) = match (
+            endpoints("max_producers", spec.max_producers),
+            endpoints("max_consumers", spec.max_consumers),
+        ) {
+            (Ok(p), Ok(c)) => (p, c),
+            (Err(reply), _) | (_, Err(reply)) => return reply,
+        };
         let (producers, consumers) = match (
-            AccessList::parse_all(producers),
-            AccessList::parse_all(consumers),
+            AccessList::parse_all(spec.producers),
+            AccessList::parse_all(spec.consumers),
         ) {
             (Ok(p), Ok(c)) => (p, c),
             (Err(message), _) | (_, Err(message)) => {
@@ -279,7 +305,19 @@ impl Registry {
             owner_uid: Some(peer.uid),
             producers,
             consumers,
+            max_producers,
+            max_consumers,
+            slow_consumer: spec.slow_consumer.unwrap_or_default(),
         };
+        let held = self.holdings(peer.uid, 0);
+        if let Err(message) =
+            self.quotas
+                .admit_channel(peer.uid, ring_budget(&meta, capacity), held, self.totals(0))
+        {
+            warn!(self.log, "create refused by quota"; "channel" => name, "peer_pid" => peer.pid,
+                "peer_uid" => peer.uid, "reason" => &message);
+            return Reply::failure(ErrorCode::LimitReached, message);
+        }
         match Channel::create(meta, capacity) {
             Ok(channel) => {
                 info!(self.log, "channel created"; "channel" => name, "capacity" => capacity,
@@ -323,6 +361,7 @@ impl Registry {
                     Event::ChannelDropped {
                         channel: name.to_string(),
                     },
+                    Vec::new(),
                 )
             })
             .collect();
@@ -336,16 +375,29 @@ impl Registry {
         }
     }
 
+    /// Attaches `session` to channel `name` in `role` (a consumer optionally as the durable
+    /// consumer `consumer_name`); `version` is the protocol version the client speaks.
     pub fn attach(
         &mut self,
         name: &str,
         role: Role,
+        consumer_name: Option<&str>,
+        version: u16,
         session: SessionId,
         peer: &PeerCredentials,
     ) -> Outcome {
         let Some(channel) = self.channels.get_mut(name).filter(|c| !c.pending_removal) else {
             return Outcome::reply(no_such_channel(name));
         };
+        if channel.meta.is_fanout() && version <= MIN_PROTOCOL_VERSION {
+            return Outcome::error(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "channel {name:?} has max_producers = {} and max_consumers = {}: attaching to it needs protocol version 2 (one ring per producer and consumer pair); this client speaks version {version}",
+                    channel.meta.max_producers, channel.meta.max_consumers
+                ),
+            );
+        }
         let allowed = peer.uid == 0
             || channel.meta.owner_uid == Some(peer.uid)
             || channel.access(role).admits(peer);
@@ -365,60 +417,97 @@ impl Registry {
                 "peer_uid" => peer.uid, "reason" => &message);
             return Outcome::error(ErrorCode::LimitReached, message);
         }
-        if let Some(holder) = channel.slot(role) {
-            return Outcome::error(
-                ErrorCode::ChannelBusy,
-                format!("channel busy: {role} pid {} attached", holder.peer.pid),
-            );
-        }
-        let fds = match channel.attach_fds() {
-            Ok((fds, created)) => {
-                if created {
-                    self.fd_store.save_wake(channel);
+        let granted = match role {
+            Role::Producer => channel.attach_producer(session, peer),
+            Role::Consumer => channel.attach_consumer(session, peer, consumer_name),
+        };
+        let grant = match granted {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                if refusal.code == ErrorCode::Internal {
+                    warn!(self.log, "attach failed"; "channel" => name, "error" => &refusal.message);
                 }
-                fds
-            }
-            Err(err) => {
-                warn!(self.log, "attach failed"; "channel" => name, "error" => %err);
-                return Outcome::error(
-                    ErrorCode::Internal,
-                    format!("cannot share channel {name:?}: {err}"),
-                );
+                return Outcome::error(refusal.code, refusal.message);
             }
         };
-        *channel.slot(role) = Some(Attached {
-            session,
-            peer: peer.clone(),
-        });
-        info!(self.log, "attached"; "channel" => name, "role" => %role,
-            "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+        if grant.wake_created {
+            self.fd_store.save_wake(channel);
+        }
+        info!(self.log, "attached"; "channel" => name, "role" => %role, "id" => grant.info.id,
+            "consumer_name" => consumer_name, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
         Outcome {
-            reply: Reply::success(channel.attach_info(role)),
-            fds,
+            reply: Reply::success(&grant.info),
+            fds: grant.fds,
             attached: Some(name.to_string()),
-            events: Vec::new(),
+            events: grant.notices,
         }
     }
 
-    /// The session holding `role` on channel `name`, if any.
-    pub fn holder(&self, name: &str, role: Role) -> Option<SessionId> {
-        let channel = self.channels.get(name)?;
-        let slot = match role {
-            Role::Producer => &channel.producer,
-            Role::Consumer => &channel.consumer,
-        };
-        slot.as_ref().map(|attached| attached.session)
+    /// The sessions holding `role` on channel `name`.
+    pub fn holders(&self, name: &str, role: Role) -> Vec<SessionId> {
+        self.channels
+            .get(name)
+            .map_or_else(Vec::new, |c| c.holders(role))
     }
 
-    /// Frees whatever `session` held on `name` (the connection closed).
-    pub fn detach(&mut self, name: &str, session: SessionId) {
+    /// Frees whatever `session` held on `name` (the connection closed). Returns events for the
+    /// others (producers stop writing to an anonymous consumer that left).
+    pub fn detach(&mut self, name: &str, session: SessionId) -> Vec<Notice> {
+        let mut notices = Vec::new();
         if let Some(channel) = self.channels.get_mut(name) {
-            if let Some((role, peer)) = channel.detach(session) {
+            if let Some((role, peer, told)) = channel.detach(session) {
                 info!(self.log, "detached"; "channel" => name, "role" => %role,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                notices = told;
             }
         }
         self.remove_if_unused(name);
+        notices
+    }
+
+    pub fn drop_consumer(&mut self, name: &str, consumer: &str, peer: &PeerCredentials) -> Outcome {
+        if !is_admin(peer, &self.limits.admin_gids) {
+            return Outcome::error(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "permission denied: uid {} may not drop consumers of channel {name:?} (needs root or an admin group)",
+                    peer.uid
+                ),
+            );
+        }
+        let Some(channel) = self.channels.get_mut(name) else {
+            return Outcome::reply(no_such_channel(name));
+        };
+        match channel.drop_consumer(consumer) {
+            Ok(events) => {
+                info!(self.log, "durable consumer dropped"; "channel" => name, "consumer_name" => consumer,
+                    "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                Outcome {
+                    events,
+                    ..Outcome::reply(Reply::success(Dropped {
+                        channel: name.to_string(),
+                    }))
+                }
+            }
+            Err(refusal) => Outcome::error(refusal.code, refusal.message),
+        }
+    }
+
+    /// Consumers that producers gave up on (policy `disconnect`): events to send, and the
+    /// sessions to close after sending them.
+    pub fn evict_slow_consumers(&mut self) -> (Vec<Notice>, Vec<SessionId>) {
+        let mut notices = Vec::new();
+        let mut sessions = Vec::new();
+        for channel in self.channels.values_mut() {
+            let (told, evicted) = channel.evict_slow_consumers();
+            if !told.is_empty() {
+                warn!(self.log, "slow consumers disconnected"; "channel" => channel.name(),
+                    "attached" => evicted.len());
+            }
+            notices.extend(told);
+            sessions.extend(evicted);
+        }
+        (notices, sessions)
     }
 }
 

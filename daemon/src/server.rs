@@ -18,12 +18,12 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slog::{debug, error, info, warn, Logger};
 
-use crate::channel::SessionId;
+use crate::channel::{Notice, SessionId};
 use crate::config::Config;
 use crate::listener::ControlSocket;
 use crate::notify::Notifier;
 use crate::peer::PeerCredentials;
-use crate::registry::Registry;
+use crate::registry::{ChannelSpec, Registry};
 use crate::session::{Input, ReadStatus, Session};
 
 const LISTENER: Token = Token(0);
@@ -125,6 +125,7 @@ impl Server {
             }
             if now >= next_housekeeping {
                 self.expire_stalled();
+                self.disconnect_slow_consumers();
                 next_housekeeping = now + HOUSEKEEPING;
             }
             let next_wake = match self.watchdog {
@@ -266,23 +267,55 @@ impl Server {
     /// A client that detaches and attaches again at once (or its successor) can have its new
     /// request served in the same epoll round in which its old connection's hang-up is still
     /// queued. Close a holder whose peer is already gone before saying "busy".
-    fn reap_hung_up_holder(&mut self, channel: &str, role: Role) {
-        let Some(holder) = self.registry.holder(channel, role) else {
-            return;
-        };
-        let hung_up = self.sessions.get(&holder).is_some_and(|s| {
-            let mut fds = [PollFd::new(&s.stream, PollFlags::RDHUP)];
-            let zero = Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-                && fds[0]
-                    .revents()
-                    .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
-        });
-        if hung_up {
-            self.drive(holder);
+    fn reap_hung_up_holders(&mut self, channel: &str, role: Role) {
+        for holder in self.registry.holders(channel, role) {
+            let hung_up = self.sessions.get(&holder).is_some_and(|s| {
+                let mut fds = [PollFd::new(&s.stream, PollFlags::RDHUP)];
+                let zero = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+                    && fds[0]
+                        .revents()
+                        .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+            });
+            if hung_up {
+                self.drive(holder);
+            }
+        }
+    }
+
+    /// Policy `disconnect`: tells consumers a producer gave up on why, and closes their
+    /// connections once that is written.
+    fn disconnect_slow_consumers(&mut self) {
+        let (notices, sessions) = self.registry.evict_slow_consumers();
+        for session in &sessions {
+            if let Some(session) = self.sessions.get_mut(session) {
+                session.attached = None;
+            }
+        }
+        self.deliver(notices);
+        for id in sessions {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.closing = true;
+            }
+            self.drive(id);
+        }
+    }
+
+    /// Queues events for sessions not being served right now and sends them.
+    fn deliver(&mut self, notices: Vec<Notice>) {
+        let mut woken = Vec::new();
+        for (target, event, fds) in notices {
+            if let Some(session) = self.sessions.get_mut(&target) {
+                session.queue(FrameKind::Event, 0, &event, fds);
+                woken.push(target);
+            }
+        }
+        woken.dedup();
+        for id in woken {
+            self.drive(id);
         }
     }
 
@@ -365,7 +398,14 @@ impl Server {
 
     fn handle(&mut self, session: &mut Session, input: Input, woken: &mut Vec<SessionId>) {
         let (id, request) = match input {
-            Input::Request { id, request } => (id, request),
+            Input::Request {
+                id,
+                version,
+                request,
+            } => {
+                session.version = version;
+                (id, request)
+            }
             Input::Invalid {
                 id,
                 code,
@@ -389,19 +429,35 @@ impl Server {
                 capacity,
                 producers,
                 consumers,
-            } => (
-                self.registry
-                    .create(&channel, capacity, &producers, &consumers, &peer),
-                Vec::new(),
-            ),
+                max_producers,
+                max_consumers,
+                slow_consumer,
+            } => {
+                let spec = ChannelSpec {
+                    capacity,
+                    producers: &producers,
+                    consumers: &consumers,
+                    max_producers,
+                    max_consumers,
+                    slow_consumer,
+                };
+                (self.registry.create(&channel, &spec, &peer), Vec::new())
+            }
             Request::Drop { channel } => {
                 let outcome = self.registry.drop_channel(&channel, &peer);
-                for (target, event) in outcome.events {
-                    self.tell(session, target, &event, woken);
-                }
+                self.tell_all(session, outcome.events, woken);
                 (outcome.reply, outcome.fds)
             }
-            Request::Attach { channel, role } => {
+            Request::DropConsumer { channel, consumer } => {
+                let outcome = self.registry.drop_consumer(&channel, &consumer, &peer);
+                self.tell_all(session, outcome.events, woken);
+                (outcome.reply, outcome.fds)
+            }
+            Request::Attach {
+                channel,
+                role,
+                name,
+            } => {
                 if let Some(current) = &session.attached {
                     let message = format!(
                         "this connection is already attached to channel {current:?}; open a new connection per attachment"
@@ -411,9 +467,17 @@ impl Server {
                         Vec::new(),
                     )
                 } else {
-                    self.reap_hung_up_holder(&channel, role);
-                    let outcome = self.registry.attach(&channel, role, session.id, &peer);
+                    self.reap_hung_up_holders(&channel, role);
+                    let outcome = self.registry.attach(
+                        &channel,
+                        role,
+                        name.as_deref(),
+                        session.version,
+                        session.id,
+                        &peer,
+                    );
                     session.attached = outcome.attached;
+                    self.tell_all(session, outcome.events, woken);
                     (outcome.reply, outcome.fds)
                 }
             }
@@ -425,32 +489,35 @@ impl Server {
         }
     }
 
-    /// Queues an event for session `target` (which may be the one being served).
-    fn tell(
+    /// Queues events for their sessions (which may include the one being served); the
+    /// others are driven once the current request is answered.
+    fn tell_all(
         &mut self,
         current: &mut Session,
-        target: SessionId,
-        event: &Event,
+        notices: Vec<Notice>,
         woken: &mut Vec<SessionId>,
     ) {
-        let session = if target == current.id {
-            current
-        } else if let Some(other) = self.sessions.get_mut(&target) {
-            woken.push(target);
-            other
-        } else {
-            return;
-        };
-        if matches!(event, Event::ChannelDropped { .. }) {
-            session.attached = None;
+        for (target, event, fds) in notices {
+            let session = if target == current.id {
+                &mut *current
+            } else if let Some(other) = self.sessions.get_mut(&target) {
+                woken.push(target);
+                other
+            } else {
+                continue;
+            };
+            if matches!(event, Event::ChannelDropped { .. }) {
+                session.attached = None;
+            }
+            session.queue(FrameKind::Event, 0, &event, fds);
         }
-        session.queue(FrameKind::Event, 0, event, Vec::new());
     }
 
     fn close(&mut self, mut session: Session) {
         let _ = self.poll.registry().deregister(&mut session.stream);
         if let Some(channel) = session.attached.take() {
-            self.registry.detach(&channel, session.id);
+            let notices = self.registry.detach(&channel, session.id);
+            self.deliver(notices);
         }
         debug!(self.log, "client disconnected"; "session" => session.id,
             "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);

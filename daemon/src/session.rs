@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use shmem_broker_client::fdpass::{recv_with_fds, send_with_fds};
-use shmem_broker_client::wire::{encode_frame, FrameKind, Reply};
+use shmem_broker_client::wire::{encode_frame_version, FrameKind, Reply, PROTOCOL_VERSION};
 
 use crate::channel::SessionId;
 pub use crate::decoder::Input;
@@ -45,6 +45,8 @@ pub struct Session {
     queued_bytes: usize,
     /// Hang up once the queued replies are written.
     pub closing: bool,
+    /// The protocol version of the client's last request; replies and events use it.
+    pub version: u16,
     opened: Instant,
     completed_requests: u64,
     /// When the bytes now buffered started arriving without forming a whole request.
@@ -62,6 +64,7 @@ impl Session {
             out: VecDeque::new(),
             queued_bytes: 0,
             closing: false,
+            version: PROTOCOL_VERSION,
             opened: Instant::now(),
             completed_requests: 0,
             partial_since: None,
@@ -129,7 +132,7 @@ impl Session {
         body: &impl serde::Serialize,
         fds: Vec<OwnedFd>,
     ) -> bool {
-        let bytes = encode_frame(kind, id, body);
+        let bytes = encode_frame_version(self.version, kind, id, body);
         self.queued_bytes += bytes.len();
         self.out.push_back(Outgoing {
             bytes,

@@ -1,0 +1,154 @@
+//! The control page of a fan-out channel (one with `max_producers` or `max_consumers` above 1):
+//! a one-page sealed memfd the broker alone writes, holding one counter per side that it bumps
+//! whenever that side's set of peers changes. Producers and consumers load their counter before
+//! every operation (one load of a line that rarely changes, no syscall) and read the broker's
+//! events from their connection only when it moved: that is how a producer starts writing to a
+//! consumer that just attached at its very next message, without asking the broker per message.
+//!
+//! # Layout, little-endian atomics
+//! ```text
+//! 0    magic u64 "SHMCTRL1"
+//! 64   producer generation u64  (bumped when a consumer queue comes or goes)
+//! 128  consumer generation u64  (bumped when a producer comes)
+//! ```
+//! The broker maps the page writable, then seals it with `F_SEAL_FUTURE_WRITE` (plus SHRINK,
+//! GROW, SEAL): clients can only map it read-only, so a hostile client cannot make the others
+//! wait for events that never come.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{fcntl_add_seals, fcntl_get_seals, fstat, memfd_create, MemfdFlags, SealFlags};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+
+use crate::wire::Role;
+
+pub const CONTROL_SIZE: usize = 4096;
+const MAGIC: u64 = u64::from_le_bytes(*b"SHMCTRL1");
+const MAGIC_OFFSET: usize = 0;
+const PRODUCER_OFFSET: usize = 64;
+const CONSUMER_OFFSET: usize = 128;
+
+pub struct ControlPage {
+    base: NonNull<u8>,
+}
+
+// SAFETY: the page is shared memory reached only through atomics; it is not tied to a thread.
+unsafe impl Send for ControlPage {}
+
+impl ControlPage {
+    /// Makes a control page (broker side): the returned mapping is writable, the memfd handed
+    /// to clients is sealed so that nobody else can write it.
+    pub fn create(channel: &str) -> std::io::Result<(ControlPage, OwnedFd)> {
+        let fd = memfd_create(
+            format!("shmem-broker-control:{channel}"),
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        rustix::fs::ftruncate(&fd, CONTROL_SIZE as u64)?;
+        let page = ControlPage::map(&fd, ProtFlags::READ | ProtFlags::WRITE)?;
+        page.word(MAGIC_OFFSET).store(MAGIC, Ordering::Release);
+        fcntl_add_seals(
+            &fd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL,
+        )?;
+        Ok((page, fd))
+    }
+
+    /// Maps a control page received from the broker, read-only, after checking its seals
+    /// and size.
+    pub fn open(fd: &OwnedFd) -> std::io::Result<ControlPage> {
+        let seals = fcntl_get_seals(fd)?;
+        let needed = SealFlags::SHRINK | SealFlags::FUTURE_WRITE;
+        if !seals.contains(needed) {
+            return Err(std::io::Error::other(
+                "control page is not sealed against writes and shrinking",
+            ));
+        }
+        if fstat(fd)?.st_size != CONTROL_SIZE as i64 {
+            return Err(std::io::Error::other("control page has the wrong size"));
+        }
+        let page = ControlPage::map(fd, ProtFlags::READ)?;
+        if page.word(MAGIC_OFFSET).load(Ordering::Acquire) != MAGIC {
+            return Err(std::io::Error::other("control page has a bad magic"));
+        }
+        Ok(page)
+    }
+
+    fn map(fd: &OwnedFd, prot: ProtFlags) -> std::io::Result<ControlPage> {
+        // SAFETY: a fresh shared mapping of a whole memfd page at an address the kernel picks;
+        // it aliases no Rust object, and the SHRINK seal keeps the page from going away.
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                CONTROL_SIZE,
+                prot,
+                MapFlags::SHARED,
+                fd.as_fd(),
+                0,
+            )?
+        };
+        let base = NonNull::new(base.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("control page mapped at address 0"))?;
+        Ok(ControlPage { base })
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: offsets are constants below CONTROL_SIZE and multiples of 8 within a
+        // page-aligned mapping that lives as long as `self`; only atomics touch the page.
+        unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU64) }
+    }
+
+    fn offset(role: Role) -> usize {
+        match role {
+            Role::Producer => PRODUCER_OFFSET,
+            Role::Consumer => CONSUMER_OFFSET,
+        }
+    }
+
+    /// The counter of `role`'s side.
+    pub fn generation(&self, role: Role) -> u64 {
+        self.word(Self::offset(role)).load(Ordering::Acquire)
+    }
+
+    /// Broker side: announces a change to `role`'s side; returns the new value. Only ever
+    /// called on the writable mapping `create` returned.
+    pub fn bump(&self, role: Role) -> u64 {
+        self.word(Self::offset(role)).fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+impl Drop for ControlPage {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `map` with this length and nothing borrows it past
+        // `self`.
+        let _ = unsafe { munmap(self.base.as_ptr().cast(), CONTROL_SIZE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_see_bumps_and_cannot_write() {
+        let (broker, fd) = ControlPage::create("t").expect("create");
+        let client = ControlPage::open(&fd).expect("open");
+        assert_eq!(client.generation(Role::Producer), 0);
+        assert_eq!(broker.bump(Role::Producer), 1);
+        assert_eq!(client.generation(Role::Producer), 1);
+        assert_eq!(client.generation(Role::Consumer), 0);
+        let writable = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                CONTROL_SIZE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd.as_fd(),
+                0,
+            )
+        };
+        assert!(writable.is_err(), "a client must not map the page writable");
+        assert!(rustix::io::write(&fd, b"x").is_err());
+    }
+}

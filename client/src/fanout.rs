@@ -1,0 +1,474 @@
+//! The data path of fan-out channels (`max_producers` or `max_consumers` above 1): each
+//! producer and consumer pair has a ring of its own, so every ring stays single-producer
+//! single-consumer and no consumer ever sees another's data or positions.
+//!
+//! A producer writes each message into the ring of every consumer queue under the channel's
+//! slow-consumer policy ([`FanoutWriter`]); a consumer reads the rings of all producers in
+//! turn, so none starves another, and remembers whose message it returned ([`MergedReader`]).
+//! Both learn of peers that come and go from the broker's lane events, read only when the
+//! control page's counter for their side moved (see [`crate::control`]).
+
+use std::os::fd::OwnedFd;
+
+use crate::attachment::{Attachment, Lane};
+use crate::control::ControlPage;
+use crate::error::{Error, Result};
+use crate::ring::{RingError, RingReader, RingWriter, SharedRing};
+use crate::wire::{Event, Role, SlowConsumer};
+
+/// One ring of a fan-out endpoint: our end of it and how to wake the peer at the other end.
+struct Peer<E> {
+    /// Producer id (for a consumer) or consumer queue id (for a producer).
+    id: u32,
+    end: E,
+    wake: OwnedFd,
+    /// Producers, policy `drop`: messages this consumer missed and has not been told of yet.
+    missed: u64,
+}
+
+impl<E> Peer<E> {
+    fn wake(&self) {
+        // EAGAIN means the counter is already huge, i.e. the peer has a wake-up pending.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+/// The peers of one endpoint, kept in step with the broker through the control page.
+struct Membership<E> {
+    control: ControlPage,
+    role: Role,
+    generation: u64,
+    peers: Vec<Peer<E>>,
+    open: fn(SharedRing) -> Result<E, RingError>,
+}
+
+impl<E> Membership<E> {
+    fn new(
+        attachment: &Attachment,
+        control: ControlPage,
+        role: Role,
+        lanes: Vec<Lane>,
+        open: fn(SharedRing) -> Result<E, RingError>,
+    ) -> Result<Membership<E>> {
+        let mut members = Membership {
+            control,
+            role,
+            generation: attachment.info.generation,
+            peers: Vec::new(),
+            open,
+        };
+        for lane in lanes {
+            members.add(attachment, lane)?;
+        }
+        Ok(members)
+    }
+
+    fn add(&mut self, attachment: &Attachment, lane: Lane) -> Result<()> {
+        let end = (self.open)(lane.ring).map_err(|e| Error::ring(&attachment.channel, e))?;
+        self.peers.retain(|p| p.id != lane.peer);
+        self.peers.push(Peer {
+            id: lane.peer,
+            end,
+            wake: lane.wake,
+            missed: 0,
+        });
+        Ok(())
+    }
+
+    /// Applies the broker's lane events if the control page says there are new ones: one
+    /// atomic load when nothing changed.
+    fn refresh(&mut self, attachment: &mut Attachment) -> Result<()> {
+        let now = self.control.generation(self.role);
+        if now == self.generation {
+            return Ok(());
+        }
+        for (event, fds) in attachment.lane_events_until(now) {
+            match event {
+                Event::LaneAdded { generation, peer } if generation > self.generation => {
+                    let lane = attachment.open_lane(peer, fds)?;
+                    self.add(attachment, lane)?;
+                }
+                Event::LaneRemoved { generation, peer } if generation > self.generation => {
+                    self.peers.retain(|p| p.id != peer)
+                }
+                _ => {}
+            }
+        }
+        self.generation = now;
+        Ok(())
+    }
+
+    fn index_of(&self, id: u32) -> Option<usize> {
+        self.peers.iter().position(|p| p.id == id)
+    }
+}
+
+/// A fan-out producer's rings, one per consumer queue.
+pub(crate) struct FanoutWriter {
+    members: Membership<RingWriter>,
+    policy: SlowConsumer,
+    /// Where zero-copy fills go first: a message must reach several rings, and copying it out
+    /// of one consumer's ring into the next would let that consumer rewrite it for the others.
+    scratch: Vec<u8>,
+}
+
+impl FanoutWriter {
+    pub fn new(
+        attachment: &Attachment,
+        control: ControlPage,
+        lanes: Vec<Lane>,
+    ) -> Result<FanoutWriter> {
+        Ok(FanoutWriter {
+            members: Membership::new(attachment, control, Role::Producer, lanes, RingWriter::new)?,
+            policy: attachment.info.slow_consumer,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Consumer queues this producer writes to now.
+    pub fn consumers(&self) -> usize {
+        self.members.peers.len()
+    }
+
+    fn ring_error(attachment: &Attachment) -> impl Fn(RingError) -> Error + '_ {
+        |e| Error::ring(&attachment.channel, e)
+    }
+
+    /// Checks the channel is usable and picks up consumers that came or went.
+    fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
+        let dropped = self
+            .members
+            .peers
+            .first()
+            .is_some_and(|p| p.end.ring().is_dropped());
+        attachment.ensure_usable(dropped)?;
+        self.members.refresh(attachment)
+    }
+
+    /// Delivers `messages` in order to every consumer under the channel's policy. Blocking:
+    /// returns once all are delivered (policy `block` waits for the slowest consumer).
+    /// Non-blocking: delivers as many as go to everyone now and returns how many (0: none).
+    pub fn deliver(
+        &mut self,
+        attachment: &mut Attachment,
+        messages: &[&[u8]],
+        blocking: bool,
+    ) -> Result<usize> {
+        self.prepare(attachment)?;
+        match self.policy {
+            SlowConsumer::Block if blocking => {
+                self.write_waiting(attachment, messages)?;
+                Ok(messages.len())
+            }
+            SlowConsumer::Block => {
+                let mut sent = 0;
+                for message in messages {
+                    if !self.room_everywhere(attachment, message.len())? {
+                        break;
+                    }
+                    self.write_waiting(attachment, std::slice::from_ref(message))?;
+                    sent += 1;
+                }
+                Ok(sent)
+            }
+            SlowConsumer::Drop | SlowConsumer::Disconnect => {
+                for message in messages {
+                    self.write_lossy(attachment, message)?;
+                }
+                Ok(messages.len())
+            }
+        }
+    }
+
+    /// Zero-copy flavours: `fill` writes up to `max` bytes into a private buffer and returns
+    /// how many it used; that message is then delivered. Non-blocking calls check for room
+    /// first, so `fill` runs only if the message will go out. Returns the length sent, `None`
+    /// if it would block.
+    pub fn deliver_filled(
+        &mut self,
+        attachment: &mut Attachment,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+        blocking: bool,
+    ) -> Result<Option<usize>> {
+        self.prepare(attachment)?;
+        let limit = ring_limit(attachment);
+        if max as u64 > limit {
+            return Err(Error::MessageTooLarge {
+                channel: attachment.channel.clone(),
+                len: max,
+                max: limit,
+                capacity: attachment.info.capacity,
+            });
+        }
+        if !blocking
+            && self.policy == SlowConsumer::Block
+            && !self.room_everywhere(attachment, max)?
+        {
+            return Ok(None);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.resize(max, 0);
+        let used = fill(&mut scratch).min(max);
+        let result = if used == 0 && max > 0 {
+            Ok(0)
+        } else {
+            // With room checked above, a non-blocking delivery cannot come up short.
+            self.deliver(attachment, &[&scratch[..used]], true)
+                .map(|_| used)
+        };
+        self.scratch = scratch;
+        result.map(Some)
+    }
+
+    /// True if every consumer's ring has room for `len` bytes now. If not, and the caller
+    /// will wait on `ready_fd()`, asks that consumer to signal when it frees space.
+    fn room_everywhere(&mut self, attachment: &mut Attachment, len: usize) -> Result<bool> {
+        let busy_poll = attachment.options.busy_poll;
+        let to_error = Self::ring_error(attachment);
+        for peer in &mut self.members.peers {
+            loop {
+                if peer.end.has_room(len).map_err(&to_error)? {
+                    break;
+                }
+                if busy_poll || peer.end.prepare_to_sleep(len).map_err(&to_error)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Policy `block`: writes `messages` into every consumer's ring, waiting for room as long
+    /// as it takes. A consumer that leaves meanwhile is skipped; one that comes meanwhile gets
+    /// the next messages, not these.
+    fn write_waiting(&mut self, attachment: &mut Attachment, messages: &[&[u8]]) -> Result<()> {
+        let ids: Vec<u32> = self.members.peers.iter().map(|p| p.id).collect();
+        for id in ids {
+            let mut done = 0;
+            while let Some(index) = self.members.index_of(id) {
+                let peer = &mut self.members.peers[index];
+                done += peer
+                    .end
+                    .try_write_batch(&messages[done..])
+                    .map_err(Self::ring_error(attachment))?;
+                if peer.end.take_consumer_waiting() {
+                    peer.wake();
+                }
+                let Some(next) = messages.get(done) else {
+                    break;
+                };
+                self.wait_for_room(attachment, index, next.len())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Policies `drop` and `disconnect`: never waits. A consumer whose ring is full loses the
+    /// message (and finds a LOST record before its next one) or is evicted.
+    fn write_lossy(&mut self, attachment: &mut Attachment, message: &[u8]) -> Result<()> {
+        let to_error = Self::ring_error(attachment);
+        let mut evicted = Vec::new();
+        for peer in &mut self.members.peers {
+            let written = if peer.missed > 0 {
+                peer.end.try_write_after_gap(peer.missed, message)
+            } else {
+                peer.end
+                    .try_write_with(message.len(), |buf| buf.copy_from_slice(message))
+            }
+            .map_err(&to_error)?;
+            if written {
+                peer.missed = 0;
+            } else if self.policy == SlowConsumer::Drop {
+                peer.missed += 1;
+                peer.end.count_lost(1);
+            } else {
+                peer.end.ring().mark_evicted();
+                evicted.push(peer.id);
+            }
+            if peer.end.take_consumer_waiting() || !written {
+                peer.wake();
+            }
+        }
+        self.members.peers.retain(|p| !evicted.contains(&p.id));
+        Ok(())
+    }
+
+    /// Waits until the ring of peer `index` has room for `len` bytes (or something changed:
+    /// the caller looks again), then re-checks the channel and its consumers.
+    fn wait_for_room(
+        &mut self,
+        attachment: &mut Attachment,
+        index: usize,
+        len: usize,
+    ) -> Result<()> {
+        let writer = &mut self.members.peers[index].end;
+        if !Attachment::spin(|| writer.can_progress(len).unwrap_or(true))
+            && writer
+                .prepare_to_sleep(len)
+                .map_err(Self::ring_error(attachment))?
+        {
+            let slept = attachment.sleep();
+            writer.done_sleeping();
+            slept?;
+        }
+        self.prepare(attachment)
+    }
+
+    /// Writes the end-of-stream mark to every consumer: waiting for room under policy
+    /// `block`, else only where it fits now.
+    pub fn close(&mut self, attachment: &mut Attachment) -> Result<()> {
+        self.prepare(attachment)?;
+        let ids: Vec<u32> = self.members.peers.iter().map(|p| p.id).collect();
+        for id in ids {
+            while let Some(index) = self.members.index_of(id) {
+                let peer = &mut self.members.peers[index];
+                let written = {
+                    let to_error = Self::ring_error(attachment);
+                    // A consumer that lost the last messages learns of them before the end.
+                    if peer.missed > 0 && peer.end.try_write_gap(peer.missed).map_err(&to_error)? {
+                        peer.missed = 0;
+                    }
+                    peer.end.try_write_end_of_stream().map_err(&to_error)?
+                };
+                if peer.end.take_consumer_waiting() {
+                    peer.wake();
+                }
+                if written || self.policy != SlowConsumer::Block {
+                    break;
+                }
+                self.wait_for_room(attachment, index, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On drop without `close`: the end-of-stream mark wherever it fits now.
+    pub fn end_streams_without_waiting(&mut self) {
+        for peer in &mut self.members.peers {
+            if !peer.end.ring().is_dropped()
+                && matches!(peer.end.try_write_end_of_stream(), Ok(true))
+                && peer.end.take_consumer_waiting()
+            {
+                peer.wake();
+            }
+        }
+    }
+}
+
+fn ring_limit(attachment: &Attachment) -> u64 {
+    crate::ring::max_message_len(attachment.info.capacity)
+}
+
+/// A fan-out consumer's rings, one per producer, read in turn.
+pub(crate) struct MergedReader {
+    members: Membership<RingReader>,
+    /// Where the next read starts looking, one past the ring read last: round-robin.
+    cursor: usize,
+    last_producer: Option<u32>,
+}
+
+impl MergedReader {
+    pub fn new(
+        attachment: &Attachment,
+        control: ControlPage,
+        lanes: Vec<Lane>,
+    ) -> Result<MergedReader> {
+        Ok(MergedReader {
+            members: Membership::new(attachment, control, Role::Consumer, lanes, RingReader::new)?,
+            cursor: 0,
+            last_producer: None,
+        })
+    }
+
+    pub fn last_producer(&self) -> Option<u32> {
+        self.last_producer
+    }
+
+    pub fn missed(&self) -> u64 {
+        self.members.peers.iter().map(|p| p.end.missed()).sum()
+    }
+
+    fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
+        let peers = &self.members.peers;
+        let dropped = peers.first().is_some_and(|p| p.end.ring().is_dropped());
+        attachment.ensure_usable(dropped)?;
+        if peers.iter().any(|p| p.end.ring().is_evicted()) {
+            return Err(Error::Disconnected {
+                channel: attachment.channel.clone(),
+                reason: "this consumer fell behind: a producer found its ring full, and the \
+                         channel's slow_consumer policy is disconnect"
+                    .into(),
+            });
+        }
+        self.members.refresh(attachment)
+    }
+
+    /// One pass over the producers' rings, starting after the one read last, until `read`
+    /// finds something.
+    pub fn try_read<T>(
+        &mut self,
+        attachment: &mut Attachment,
+        scratch: &mut Vec<u8>,
+        read: &mut impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+    ) -> Result<Option<T>> {
+        self.prepare(attachment)?;
+        let count = self.members.peers.len();
+        for step in 0..count {
+            let index = (self.cursor + step) % count;
+            let peer = &mut self.members.peers[index];
+            let got =
+                read(&mut peer.end, scratch).map_err(|e| Error::ring(&attachment.channel, e))?;
+            if let Some(got) = got {
+                if peer.end.take_producer_waiting() {
+                    peer.wake();
+                }
+                self.cursor = (index + 1) % count;
+                self.last_producer = Some(peer.id);
+                return Ok(Some(got));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Asks every producer to signal when it writes; false (and nothing armed) if some ring
+    /// already has data.
+    pub fn arm(&mut self, attachment: &Attachment) -> Result<bool> {
+        let mut empty = true;
+        for peer in &mut self.members.peers {
+            if !peer
+                .end
+                .prepare_to_sleep()
+                .map_err(|e| Error::ring(&attachment.channel, e))?
+            {
+                empty = false;
+                break;
+            }
+        }
+        if !empty {
+            self.disarm();
+        }
+        Ok(empty)
+    }
+
+    fn disarm(&self) {
+        for peer in &self.members.peers {
+            peer.end.done_sleeping();
+        }
+    }
+
+    /// Spins briefly, then sleeps until a producer writes or the broker says something.
+    pub fn wait_for_data(&mut self, attachment: &mut Attachment) -> Result<()> {
+        let peers = &mut self.members.peers;
+        if Attachment::spin(|| peers.iter_mut().any(|p| p.end.has_unread())) {
+            return Ok(());
+        }
+        if self.arm(attachment)? {
+            let slept = attachment.sleep();
+            self.disarm();
+            slept?;
+        }
+        Ok(())
+    }
+}
