@@ -1157,3 +1157,67 @@ fn consumer_that_never_reads_blocks_only_its_own_producer() {
     drop(stuck);
     drop(lazy);
 }
+
+#[test]
+fn a_consumer_scribbling_its_fanout_ring_is_cut_off_and_the_others_keep_receiving() {
+    let mut broker = Broker::start(None);
+    let client = broker.client();
+    client
+        .create_with(
+            "mob",
+            &shmem_broker_client::CreateOptions {
+                capacity: Some(64 << 10),
+                max_consumers: Some(2),
+                ..Default::default()
+            },
+        )
+        .expect("create a channel with two consumers");
+    let mut honest = client.consumer("mob").expect("attach the honest consumer");
+    let raw = raw_attach_version(broker.socket_path(), "mob", "consumer", 2);
+    assert_eq!(
+        raw.reply["result"]["fds"],
+        json!(["control", "wait", "ring", "wake"]),
+        "a fan-out attach: {}",
+        raw.reply
+    );
+    let (_, ring_size) = attach_capacity(&raw);
+    let map = Mapping::new(&raw.fds[2], ring_size);
+    let mut producer = client.producer("mob").expect("attach the producer");
+    assert_eq!(producer.consumers(), 2);
+    // The hostile consumer claims a read position the producer never wrote; the producer
+    // finds out when it next looks at that position (the ring is full from its view).
+    map.write_u64(128, 12_345);
+    const COUNT: u64 = 2000;
+    let reading = Background::spawn("the honest consumer", move || {
+        for i in 0..COUNT {
+            let got = honest.recv().expect("recv").expect("a message");
+            assert_eq!(got, payload(i, 100), "message {i} to the honest consumer");
+        }
+    });
+    for i in 0..COUNT {
+        producer
+            .send(&payload(i, 100))
+            .unwrap_or_else(|e| panic!("send {i} must not fail for a peer's scribbling: {e}"));
+    }
+    reading.join(WAIT);
+    assert_eq!(
+        producer.consumers(),
+        1,
+        "the producer stopped writing to the scribbled ring"
+    );
+    // The broker disconnects the scribbler, naming why.
+    let mut stream = raw.stream;
+    let told = match read_until_closed(&mut stream, WAIT) {
+        ConnectionEnd::Closed(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        ConnectionEnd::StillOpen(bytes) => panic!(
+            "the scribbler is still attached after {WAIT:?}; it was sent {:?}",
+            String::from_utf8_lossy(&bytes)
+        ),
+    };
+    assert!(
+        told.contains("disconnected") && told.contains("corrupt"),
+        "the broker should tell the scribbler why it is disconnected: {told}"
+    );
+    drop(map);
+    broker.assert_running();
+}

@@ -227,17 +227,37 @@ impl FanoutWriter {
     fn room_everywhere(&mut self, attachment: &mut Attachment, len: usize) -> Result<bool> {
         let busy_poll = attachment.options.busy_poll;
         let to_error = Self::ring_error(attachment);
-        for peer in &mut self.members.peers {
+        let mut faulty = Vec::new();
+        let mut room = true;
+        'peers: for peer in &mut self.members.peers {
             loop {
-                if peer.end.has_room(len).map_err(&to_error)? {
-                    break;
+                match isolate_fault(peer, |w| w.has_room(len)).map_err(&to_error)? {
+                    None => {
+                        faulty.push(peer.id);
+                        continue 'peers;
+                    }
+                    Some(true) => continue 'peers,
+                    Some(false) => {}
                 }
-                if busy_poll || peer.end.prepare_to_sleep(len).map_err(&to_error)? {
-                    return Ok(false);
+                if busy_poll {
+                    room = false;
+                    break 'peers;
+                }
+                match isolate_fault(peer, |w| w.prepare_to_sleep(len)).map_err(&to_error)? {
+                    None => {
+                        faulty.push(peer.id);
+                        continue 'peers;
+                    }
+                    Some(true) => {
+                        room = false;
+                        break 'peers;
+                    }
+                    Some(false) => {}
                 }
             }
         }
-        Ok(true)
+        self.members.peers.retain(|p| !faulty.contains(&p.id));
+        Ok(room)
     }
 
     /// Policy `block`: writes `messages` into every consumer's ring, waiting for room as long
@@ -249,10 +269,13 @@ impl FanoutWriter {
             let mut done = 0;
             while let Some(index) = self.members.index_of(id) {
                 let peer = &mut self.members.peers[index];
-                done += peer
-                    .end
-                    .try_write_batch(&messages[done..])
+                let written = isolate_fault(peer, |w| w.try_write_batch(&messages[done..]))
                     .map_err(Self::ring_error(attachment))?;
+                let Some(written) = written else {
+                    self.members.peers.remove(index);
+                    break;
+                };
+                done += written;
                 if peer.end.take_consumer_waiting() {
                     peer.wake();
                 }
@@ -271,13 +294,19 @@ impl FanoutWriter {
         let to_error = Self::ring_error(attachment);
         let mut evicted = Vec::new();
         for peer in &mut self.members.peers {
-            let written = if peer.missed > 0 {
-                peer.end.try_write_after_gap(peer.missed, message)
-            } else {
-                peer.end
-                    .try_write_with(message.len(), |buf| buf.copy_from_slice(message))
-            }
+            let missed = peer.missed;
+            let written = isolate_fault(peer, |w| {
+                if missed > 0 {
+                    w.try_write_after_gap(missed, message)
+                } else {
+                    w.try_write_with(message.len(), |buf| buf.copy_from_slice(message))
+                }
+            })
             .map_err(&to_error)?;
+            let Some(written) = written else {
+                evicted.push(peer.id);
+                continue;
+            };
             if written {
                 peer.missed = 0;
             } else if self.policy == SlowConsumer::Drop {
@@ -304,10 +333,9 @@ impl FanoutWriter {
         len: usize,
     ) -> Result<()> {
         let writer = &mut self.members.peers[index].end;
+        // A ring error here shows again (and is dealt with) at the next write.
         if !Attachment::spin(|| writer.can_progress(len).unwrap_or(true))
-            && writer
-                .prepare_to_sleep(len)
-                .map_err(Self::ring_error(attachment))?
+            && writer.prepare_to_sleep(len).unwrap_or(false)
         {
             let slept = attachment.sleep();
             writer.done_sleeping();
@@ -324,14 +352,20 @@ impl FanoutWriter {
         for id in ids {
             while let Some(index) = self.members.index_of(id) {
                 let peer = &mut self.members.peers[index];
-                let written = {
-                    let to_error = Self::ring_error(attachment);
+                let missed = peer.missed;
+                let written = isolate_fault(peer, |w| {
                     // A consumer that lost the last messages learns of them before the end.
-                    if peer.missed > 0 && peer.end.try_write_gap(peer.missed).map_err(&to_error)? {
-                        peer.missed = 0;
-                    }
-                    peer.end.try_write_end_of_stream().map_err(&to_error)?
+                    let told = missed == 0 || w.try_write_gap(missed)?;
+                    Ok((told, w.try_write_end_of_stream()?))
+                })
+                .map_err(Self::ring_error(attachment))?;
+                let Some((told, written)) = written else {
+                    self.members.peers.remove(index);
+                    break;
                 };
+                if told {
+                    peer.missed = 0;
+                }
                 if peer.end.take_consumer_waiting() {
                     peer.wake();
                 }
@@ -354,6 +388,24 @@ impl FanoutWriter {
                 peer.wake();
             }
         }
+    }
+}
+
+/// Runs `op` on a consumer's ring. A ring its consumer scribbled on concerns that consumer
+/// alone: it is flagged evicted (its reads fail with "disconnected") and woken, and `None`
+/// tells the caller to drop it and go on with the others. Other errors are the caller's.
+fn isolate_fault<T>(
+    peer: &mut Peer<RingWriter>,
+    op: impl FnOnce(&mut RingWriter) -> Result<T, RingError>,
+) -> Result<Option<T>, RingError> {
+    match op(&mut peer.end) {
+        Ok(value) => Ok(Some(value)),
+        Err(RingError::Corrupt(_)) => {
+            peer.end.ring().mark_evicted();
+            peer.wake();
+            Ok(None)
+        }
+        Err(other) => Err(other),
     }
 }
 
@@ -395,11 +447,15 @@ impl MergedReader {
         let dropped = peers.first().is_some_and(|p| p.end.ring().is_dropped());
         attachment.ensure_usable(dropped)?;
         if peers.iter().any(|p| p.end.ring().is_evicted()) {
+            let reason = if attachment.info.slow_consumer == SlowConsumer::Disconnect {
+                "this consumer fell behind: a producer found its ring full, and the channel's \
+                 slow_consumer policy is disconnect"
+            } else {
+                "a producer found this consumer's ring corrupt and stopped writing to it"
+            };
             return Err(Error::Disconnected {
                 channel: attachment.channel.clone(),
-                reason: "this consumer fell behind: a producer found its ring full, and the \
-                         channel's slow_consumer policy is disconnect"
-                    .into(),
+                reason: reason.into(),
             });
         }
         self.members.refresh(attachment)
@@ -418,8 +474,22 @@ impl MergedReader {
         for step in 0..count {
             let index = (self.cursor + step) % count;
             let peer = &mut self.members.peers[index];
-            let got =
-                read(&mut peer.end, scratch).map_err(|e| Error::ring(&attachment.channel, e))?;
+            let got = match read(&mut peer.end, scratch) {
+                Ok(got) => got,
+                // One producer's scribbling must not stop the others' messages: report it
+                // once, then read on without that ring.
+                Err(RingError::Corrupt(reason)) => {
+                    let producer = self.members.peers.remove(index).id;
+                    self.cursor = 0;
+                    return Err(Error::ring(
+                        &attachment.channel,
+                        RingError::Corrupt(format!(
+                            "ring of producer {producer}: {reason}; reading on without it"
+                        )),
+                    ));
+                }
+                Err(other) => return Err(Error::ring(&attachment.channel, other)),
+            };
             if let Some(got) = got {
                 if peer.end.take_producer_waiting() {
                     peer.wake();

@@ -668,15 +668,27 @@ impl Channel {
         Ok(self.remove_queue(index))
     }
 
-    /// Policy `disconnect`: queues a producer gave up on (it flagged their ring). Each is
-    /// removed; its consumer, if attached, is returned with the event that tells it why, and
-    /// must be disconnected. A durable consumer that was away learns it on its next attach.
+    /// Queues a producer gave up on and flagged: it fell behind under policy `disconnect`,
+    /// or its consumer scribbled on its ring. Each is removed; its consumer, if attached, is
+    /// returned with the event that tells it why, and must be disconnected. A durable consumer
+    /// that was away learns it on its next attach.
     pub fn evict_slow_consumers(&mut self) -> (Vec<Notice>, Vec<SessionId>) {
         let mut notices = Vec::new();
         let mut sessions = Vec::new();
-        if self.meta.slow_consumer != SlowConsumer::Disconnect {
+        if !self.meta.is_fanout() {
             return (notices, sessions);
         }
+        let reason = if self.meta.slow_consumer == SlowConsumer::Disconnect {
+            format!(
+                "consumer fell behind: its ring of {} bytes was full and channel {:?} has slow_consumer = disconnect",
+                self.capacity, self.meta.name
+            )
+        } else {
+            format!(
+                "a producer of channel {:?} found this consumer's ring corrupt",
+                self.meta.name
+            )
+        };
         while let Some(index) = self
             .queues
             .iter()
@@ -690,10 +702,7 @@ impl Channel {
                         holder.session,
                         Event::Disconnected {
                             channel: self.meta.name.clone(),
-                            reason: format!(
-                                "consumer fell behind: its ring of {} bytes was full and channel {:?} has slow_consumer = disconnect",
-                                self.capacity, self.meta.name
-                            ),
+                            reason: reason.clone(),
                         },
                         Vec::new(),
                     ));

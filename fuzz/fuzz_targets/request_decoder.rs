@@ -30,7 +30,7 @@ enum Seen {
 
 fn describe(input: &Input) -> Seen {
     match input {
-        Input::Request { id, request } => Seen::Request(*id, format!("{request:?}")),
+        Input::Request { id, request, .. } => Seen::Request(*id, format!("{request:?}")),
         Input::Invalid {
             id,
             code,

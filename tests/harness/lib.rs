@@ -1299,11 +1299,26 @@ pub fn read_frame_with_fds(
 /// ourselves and receiving the reply and its fds with `recvmsg`. Fails the test unless the
 /// broker says ok and sends exactly 3 fds.
 pub fn raw_attach(socket: &Path, channel: &str, role: &str) -> RawAttach {
+    let raw = raw_attach_version(socket, channel, role, 1);
+    assert_eq!(
+        raw.fds.len(),
+        3,
+        "an attach reply carries ring, data_ready and space_ready: {}",
+        raw.reply
+    );
+    raw
+}
+
+/// [`raw_attach`] speaking protocol `version` (2 for channels with many producers or
+/// consumers, whose reply carries `control`, `wait`, then `ring`, `wake` per peer).
+pub fn raw_attach_version(socket: &Path, channel: &str, role: &str, version: u16) -> RawAttach {
     let mut stream = UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
     let body = serde_json::json!({"op": "attach", "channel": channel, "role": role}).to_string();
+    let mut frame = frame_header(version, KIND_REQUEST, 1, body.len() as u32).to_vec();
+    frame.extend_from_slice(body.as_bytes());
     stream
-        .write_all(&request_frame(1, body.as_bytes()))
+        .write_all(&frame)
         .unwrap_or_else(|e| panic!("send the attach request: {e}"));
     let (frame, reply, fds) = read_frame_with_fds(&stream, WAIT);
     assert_eq!(
@@ -1312,11 +1327,6 @@ pub fn raw_attach(socket: &Path, channel: &str, role: &str) -> RawAttach {
         "attach reply: {reply}"
     );
     assert_eq!(reply["ok"], true, "attach {channel} as {role}: {reply}");
-    assert_eq!(
-        fds.len(),
-        3,
-        "an attach reply carries ring, data_ready and space_ready: {reply}"
-    );
     RawAttach { stream, reply, fds }
 }
 
