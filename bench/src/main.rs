@@ -1,11 +1,12 @@
-//! `shmem-bench`: measures shmem-broker's channels against Unix sockets, pipes and the
-//! machine's limits, plus the control plane and the CLI, in one run on one machine, and writes
-//! BENCHMARKS.md and two SVG plots.
+//! `shmem-bench`: measures shmem-broker's channels (one-to-one, and one producer to four
+//! consumers) against Unix sockets, pipes and the machine's limits, plus the control plane and
+//! the CLI, in one run on one machine, and writes BENCHMARKS.md and two SVG plots.
 //!
 //! ```sh
 //! cargo build --release --workspace
 //! cargo run --release -p shmem-broker-bench -- --all --out BENCHMARKS.md --svg docs/bench.svg
 //! cargo run --release -p shmem-broker-bench -- --quick      # smoke run, a few seconds
+//! cargo run --release -p shmem-broker-bench -- --only fanout # 1 producer to 4 consumers
 //! ```
 
 mod broker;
@@ -40,7 +41,8 @@ use crate::ours::Ours;
 use crate::peers::{Peers, Stream};
 use crate::plan::Plan;
 use crate::results::{
-    format_size, Latency, LatencyMode, Rate, Results, Series, Throughput, Transport,
+    format_size, Fanout, FanoutRate, Latency, LatencyMode, Rate, Results, Series, Throughput,
+    Transport,
 };
 use crate::sys::CorePair;
 
@@ -61,7 +63,8 @@ struct Args {
     /// Run only these sections
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "all")]
     only: Vec<Section>,
-    /// Message sizes in bytes [default: 64,1024,4096,65536,1048576,4194304]
+    /// Message sizes in bytes, fan-out included [default: 64,1024,4096,65536,1048576,4194304;
+    /// fan-out 64,4096,65536,1048576]
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
     /// Write the Markdown report here (default: standard output)
@@ -101,6 +104,8 @@ enum Section {
     Ours,
     /// Unix socket and pipe: throughput and latency
     Peers,
+    /// One producer to 4 consumer processes: our fan-out channel against 4 Unix sockets
+    Fanout,
     /// Attach, 10k channels, 1k clients, socket activation
     Control,
     /// shmemctl send|recv against socat
@@ -142,6 +147,7 @@ fn run(args: &Args) -> Result<bool> {
             anyhow::bail!("message size {bad} out of range (8 B to 8 MiB)");
         }
         plan.sizes = args.sizes.clone();
+        plan.fanout_sizes = args.sizes.clone();
     }
     let wants = |s: Section| args.only.is_empty() || args.only.contains(&s);
     let nofile = sys::raise_nofile(65_536)?;
@@ -150,7 +156,10 @@ fn run(args: &Args) -> Result<bool> {
         .prefix("shmem-bench.")
         .tempdir()
         .context("creating a temporary directory")?;
-    let needs_binaries = wants(Section::Ours) || wants(Section::Control) || wants(Section::Cli);
+    let needs_binaries = wants(Section::Ours)
+        || wants(Section::Fanout)
+        || wants(Section::Control)
+        || wants(Section::Cli);
     let (broker_bin, ctl_bin) = if needs_binaries {
         (
             Some(proc::find_binary("shmem-broker", args.broker.as_deref())?),
@@ -183,20 +192,21 @@ fn run(args: &Args) -> Result<bool> {
     if wants(Section::Limits) {
         limits_section(&plan, cores, &mut r);
     }
+    let wants_data_broker = wants(Section::Ours) || wants(Section::Fanout) || wants(Section::Cli);
     let data_broker = match &broker_bin {
-        Some(bin) if wants(Section::Ours) || wants(Section::Cli) => r.record(
+        Some(bin) if wants_data_broker => r.record(
             "starting the broker",
             Broker::start(bin, dir.path(), "data", DEFAULT_CONFIG),
         ),
         _ => None,
     };
-    data_section(
-        &plan,
-        cores,
-        data_broker.as_ref(),
-        wants(Section::Peers),
-        &mut r,
-    );
+    if wants(Section::Ours) || wants(Section::Peers) {
+        let broker = data_broker.as_ref().filter(|_| wants(Section::Ours));
+        data_section(&plan, cores, broker, wants(Section::Peers), &mut r);
+    }
+    if wants(Section::Fanout) {
+        fanout_section(&plan, data_broker.as_ref(), &mut r);
+    }
     if let (true, Some(broker_bin), Some(ctl_bin)) =
         (wants(Section::Control), &broker_bin, &ctl_bin)
     {
@@ -374,6 +384,70 @@ fn data_section(
                 }
             }
         }
+    }
+}
+
+fn log_fanout(label: &str, size: usize, consumers: usize, rate: FanoutRate) {
+    eprintln!(
+        "  fan-out    {:>7} {:<14} {:>8.3} GB/s {:>10.0} msg/s per consumer, {:>8.3} GB/s to all \
+         {consumers}, {} messages each",
+        format_size(size),
+        label,
+        rate.per_consumer.gb_per_s,
+        rate.per_consumer.msgs_per_s,
+        rate.per_consumer.gb_per_s * consumers as f64,
+        rate.messages
+    );
+}
+
+/// The run whose GB/s is the median of `runs`.
+fn median_run(runs: &[FanoutRate]) -> Option<FanoutRate> {
+    let gbps: Vec<f64> = runs.iter().map(|r| r.per_consumer.gb_per_s).collect();
+    let mid = stats::median(&gbps)?;
+    runs.iter()
+        .copied()
+        .find(|r| r.per_consumer.gb_per_s == mid)
+}
+
+/// One producer to [`Plan::FANOUT_CONSUMERS`] consumer processes, size by size: our fan-out
+/// channel and one Unix socket per consumer, interleaved run by run like the 1:1 section.
+/// Ours needs the broker; without it only the sockets run.
+fn fanout_section(plan: &Plan, broker: Option<&Broker>, r: &mut Results) {
+    let ours = match broker {
+        Some(broker) => r.record("connecting to the broker", Ours::new(broker, plan, None)),
+        None => None,
+    };
+    let peers = Peers::new(plan, None);
+    let consumers = Plan::FANOUT_CONSUMERS;
+    eprintln!(
+        "shmem-bench: fan-out, 1 producer to {consumers} consumers ({} processes, unpinned, on \
+         {} CPUs)",
+        consumers + 1,
+        r.machine.nproc
+    );
+    for &size in &plan.fanout_sizes {
+        let (mut ours_runs, mut unix_runs) = (Vec::new(), Vec::new());
+        for _ in 0..plan.throughput_reps {
+            if let Some(o) = &ours {
+                let what = format!("fan-out ours {}", format_size(size));
+                ours_runs.extend(r.record(&what, o.fanout(size, consumers)));
+            }
+            let what = format!("fan-out unix {}", format_size(size));
+            unix_runs.extend(r.record(&what, peers.fanout(size, consumers)));
+        }
+        let row = Fanout {
+            size,
+            consumers,
+            batched: Plan::fanout_batched(size),
+            ours: median_run(&ours_runs),
+            unix: median_run(&unix_runs),
+        };
+        for (label, rate) in [("ours", row.ours), ("unix sockets", row.unix)] {
+            if let Some(rate) = rate {
+                log_fanout(label, size, consumers, rate);
+            }
+        }
+        r.fanout.push(row);
     }
 }
 

@@ -1,18 +1,23 @@
-//! Our channels, through the real broker and client library, between two processes.
+//! Our channels, through the real broker and client library, between two processes, or from
+//! one producer to several consumer processes (a fan-out channel).
 
 use std::cell::Cell;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use shmem_broker_client::Client;
+use anyhow::{bail, Context, Result};
+use shmem_broker_client::{Client, CreateOptions, Role as PeerRole, SlowConsumer};
 
 use crate::broker::Broker;
 use crate::plan::Plan;
-use crate::results::{LatencyMode, Rate, Series};
+use crate::results::{FanoutRate, LatencyMode, Rate, Series};
 use crate::roles::Outcome;
 use crate::stats::Percentiles;
 use crate::sys::CorePair;
 use crate::transport::Wait;
-use crate::worker::{run_pair, Link, Role, Side, Task};
+use crate::worker::{run_fanout, run_pair, Link, Role, Side, Task};
+
+/// How long the workers of a fan-out run may take to show up attached at the broker.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Ours<'a> {
     broker: &'a Broker,
@@ -49,11 +54,25 @@ impl<'a> Ours<'a> {
     }
 
     fn channel(&self, what: &str, size: usize) -> Result<TempChannel<'_>> {
+        self.channel_with(what, size, CreateOptions::default())
+    }
+
+    /// A channel for `size`-byte messages: `options` with the ring capacity filled in.
+    fn channel_with(
+        &self,
+        what: &str,
+        size: usize,
+        options: CreateOptions,
+    ) -> Result<TempChannel<'_>> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let name = format!("bench.{what}.{size}.{id}");
+        let options = CreateOptions {
+            capacity: Some(Plan::capacity_for(size)),
+            ..options
+        };
         self.client
-            .create(&name, Some(Plan::capacity_for(size)))
+            .create_with(&name, &options)
             .with_context(|| format!("creating channel {name}"))?;
         Ok(TempChannel {
             client: &self.client,
@@ -112,6 +131,55 @@ impl<'a> Ours<'a> {
         Rate::from_pair(&p, &c)
     }
 
+    /// One fan-out run: one producer, `consumers` consumers, each its own process, on a channel
+    /// with `max_consumers = consumers` and policy `block`, so no consumer may miss a message.
+    /// Small messages go in batches (see [`Plan::fanout_batched`]).
+    pub fn fanout(&self, size: usize, consumers: usize) -> Result<FanoutRate> {
+        let max_consumers = u32::try_from(consumers).context("too many consumers")?;
+        let channel = self.channel_with(
+            "fanout",
+            size,
+            CreateOptions {
+                max_consumers: Some(max_consumers),
+                slow_consumer: Some(SlowConsumer::Block),
+                ..CreateOptions::default()
+            },
+        )?;
+        let batch = if Plan::fanout_batched(size) {
+            Plan::batch_for(size)
+        } else {
+            0
+        };
+        let budget = self.plan.throughput_ms;
+        let mut producer = self.task(
+            Role::Produce,
+            self.link(Some(&channel), None),
+            size,
+            Wait::Block,
+            budget,
+        );
+        producer.batch = batch;
+        let readers = (0..consumers)
+            .map(|_| {
+                let mut consumer = self.task(
+                    Role::Consume,
+                    self.link(None, Some(&channel)),
+                    size,
+                    Wait::Block,
+                    budget,
+                );
+                // As in the 1:1 runs: up to 4 producer batches per callback round.
+                consumer.batch = batch * 4;
+                Side::new(consumer)
+            })
+            .collect();
+        let label = format!("ours fan-out 1 to {consumers} {size} B");
+        let (p, c) = run_fanout(&label, Side::new(producer), readers, || {
+            wait_for_fanout_peers(&self.client, &channel.name, consumers)
+        })?;
+        FanoutRate::from_outcomes(&p, &c)
+    }
+
     /// One-way latency in `mode`.
     pub fn latency(&self, mode: LatencyMode, size: usize) -> Result<Percentiles> {
         let label = format!("ours latency {} {size} B", mode.label());
@@ -167,5 +235,34 @@ impl<'a> Ours<'a> {
             }
         }
         Percentiles::of(&outcome.samples_ns, scale).context("no latency samples")
+    }
+}
+
+/// Waits until the broker lists `consumers` attached consumers and one attached producer on
+/// `channel`: a fan-out consumer receives only what is written after it attached, so the
+/// producer must not start before all of them are in.
+fn wait_for_fanout_peers(client: &Client, channel: &str, consumers: usize) -> Result<()> {
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    loop {
+        let info = client
+            .info(channel)
+            .with_context(|| format!("asking the broker about {channel}"))?;
+        let attached = |role| {
+            info.peers
+                .iter()
+                .filter(|p| p.role == role && p.attached)
+                .count()
+        };
+        let (c, p) = (attached(PeerRole::Consumer), attached(PeerRole::Producer));
+        if c == consumers && p == 1 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{channel}: {c} of {consumers} consumers and {p} of 1 producer attached after \
+                 {ATTACH_TIMEOUT:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

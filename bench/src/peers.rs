@@ -1,5 +1,6 @@
 //! The peers: a Unix stream socketpair and a pipe between two processes, carrying the same
-//! messages as fixed-size writes (the receiver reads exactly the message size).
+//! messages as fixed-size writes (the receiver reads exactly the message size); and, against
+//! fan-out channels, one producer writing each message to one Unix socket per consumer.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -8,11 +9,11 @@ use std::os::unix::net::UnixStream;
 use anyhow::{Context, Result};
 
 use crate::plan::Plan;
-use crate::results::{LatencyMode, Rate};
+use crate::results::{FanoutRate, LatencyMode, Rate};
 use crate::stats::Percentiles;
 use crate::sys::CorePair;
 use crate::transport::Wait;
-use crate::worker::{run_pair, Link, Role, Side, Task};
+use crate::worker::{run_fanout, run_pair, Link, Role, Side, Task};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -89,16 +90,48 @@ impl<'a> Peers<'a> {
         let producer = Side {
             task: self.task(Role::Produce, buffered, size, Wait::Block, budget),
             rx_fd: None,
-            tx_fd: Some(tx),
+            tx_fds: vec![tx],
         };
         let consumer = Side {
             task: self.task(Role::Consume, buffered, size, Wait::Block, budget),
             rx_fd: Some(rx),
-            tx_fd: None,
+            tx_fds: Vec::new(),
         };
         let label = format!("{stream:?} throughput {size} B");
         let (p, c) = run_pair(&label, producer, consumer, self.cores)?;
         Rate::from_pair(&p, &c)
+    }
+
+    /// One fan-out run: one producer process writing every message to `consumers` Unix stream
+    /// sockets in turn, one per consumer process; what a user without fan-out channels would
+    /// do. Sizes that our side batches go through 64 KiB BufWriter/BufReader here.
+    pub fn fanout(&self, size: usize, consumers: usize) -> Result<FanoutRate> {
+        let buffered = Plan::fanout_batched(size);
+        let budget = self.plan.throughput_ms;
+        let mut tx_fds = Vec::with_capacity(consumers);
+        let mut readers = Vec::with_capacity(consumers);
+        for _ in 0..consumers {
+            let (rx, tx) = socketpair()?;
+            tx_fds.push(tx);
+            readers.push(Side {
+                task: self.task(Role::Consume, buffered, size, Wait::Block, budget),
+                rx_fd: Some(rx),
+                tx_fds: Vec::new(),
+            });
+        }
+        let mut task = self.task(Role::Produce, buffered, size, Wait::Block, budget);
+        task.link = Link::StreamFanOut {
+            buffered,
+            streams: consumers,
+        };
+        let producer = Side {
+            task,
+            rx_fd: None,
+            tx_fds,
+        };
+        let label = format!("Unix fan-out 1 to {consumers} {size} B");
+        let (p, c) = run_fanout(&label, producer, readers, || Ok(()))?;
+        FanoutRate::from_outcomes(&p, &c)
     }
 
     pub fn latency(&self, stream: Stream, mode: LatencyMode, size: usize) -> Result<Percentiles> {
@@ -115,12 +148,12 @@ impl<'a> Peers<'a> {
                 let a = Side {
                     task: self.task(Role::Ping, false, size, wait, budget),
                     rx_fd: Some(a_rx),
-                    tx_fd: Some(a_tx),
+                    tx_fds: vec![a_tx],
                 };
                 let b = Side {
                     task: self.task(Role::Pong, false, size, wait, budget),
                     rx_fd: Some(b_rx),
-                    tx_fd: Some(b_tx),
+                    tx_fds: vec![b_tx],
                 };
                 (run_pair(&label, a, b, self.cores)?.0.samples_ns, 0.5)
             }
@@ -132,12 +165,12 @@ impl<'a> Peers<'a> {
                 let a = Side {
                     task: sender,
                     rx_fd: None,
-                    tx_fd: Some(tx),
+                    tx_fds: vec![tx],
                 };
                 let b = Side {
                     task: self.task(Role::StampRecv, false, size, Wait::Block, budget),
                     rx_fd: Some(rx),
-                    tx_fd: None,
+                    tx_fds: Vec::new(),
                 };
                 (run_pair(&label, a, b, self.cores)?.1.samples_ns, 1.0)
             }

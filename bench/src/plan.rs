@@ -2,10 +2,15 @@
 
 pub const SIZES: [usize; 6] = [64, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
 
+/// Fan-out sizes: small batched messages, a page, and the two large sizes the 1:1 targets use.
+pub const FANOUT_SIZES: [usize; 4] = [64, 4 << 10, 64 << 10, 1 << 20];
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub quick: bool,
     pub sizes: Vec<usize>,
+    /// Message sizes of the fan-out section (1 producer to [`Plan::FANOUT_CONSUMERS`]).
+    pub fanout_sizes: Vec<usize>,
     /// One throughput run.
     pub throughput_ms: u64,
     /// Throughput runs per point; the median is reported.
@@ -30,6 +35,7 @@ impl Plan {
         Plan {
             quick: false,
             sizes: SIZES.to_vec(),
+            fanout_sizes: FANOUT_SIZES.to_vec(),
             throughput_ms: 500,
             throughput_reps: 3,
             latency_ms: 1000,
@@ -51,6 +57,8 @@ impl Plan {
         Plan {
             quick: true,
             sizes: SIZES.to_vec(),
+            // One mid size: a few thousand messages per consumer in the 20 ms budget.
+            fanout_sizes: vec![4 << 10],
             throughput_ms: 20,
             throughput_reps: 1,
             latency_ms: 20,
@@ -89,4 +97,14 @@ impl Plan {
     }
 
     pub const BATCHED_MAX_SIZE: usize = 4 << 10;
+
+    /// Consumers of the fan-out measurement: the performance issue's 1 producer to 4.
+    pub const FANOUT_CONSUMERS: usize = 4;
+
+    /// Whether fan-out measures `size` with batch calls (and the peer with buffered sockets):
+    /// below 1 KiB the per-call cost, not the copy, is what one call per message would
+    /// measure, and a user moving small messages batches them.
+    pub fn fanout_batched(size: usize) -> bool {
+        size < 1 << 10
+    }
 }

@@ -81,6 +81,69 @@ impl Rate {
     }
 }
 
+/// One fan-out run: what each consumer received per second, and how many messages each
+/// received (and checked).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct FanoutRate {
+    pub per_consumer: Rate,
+    pub messages: u64,
+}
+
+impl FanoutRate {
+    /// From a producer that started at `producer.start_ns` and consumers each of which must
+    /// have received every message it sent. The rate is the one at which *every* consumer got
+    /// everything: up to the last consumer's last receive.
+    pub fn from_outcomes(producer: &Outcome, consumers: &[Outcome]) -> Result<FanoutRate> {
+        if consumers.is_empty() {
+            bail!("no consumers");
+        }
+        for (i, consumer) in consumers.iter().enumerate() {
+            if consumer.messages != producer.messages || consumer.bytes != producer.bytes {
+                bail!(
+                    "producer sent {} messages ({} bytes), consumer {i} received {} ({} bytes)",
+                    producer.messages,
+                    producer.bytes,
+                    consumer.messages,
+                    consumer.bytes
+                );
+            }
+        }
+        let last = consumers.iter().map(|c| c.end_ns).max().unwrap_or_default();
+        let elapsed = last.saturating_sub(producer.start_ns);
+        if elapsed == 0 || producer.messages == 0 {
+            bail!("nothing was transferred");
+        }
+        let secs = elapsed as f64 / 1e9;
+        Ok(FanoutRate {
+            per_consumer: Rate {
+                msgs_per_s: producer.messages as f64 / secs,
+                gb_per_s: producer.bytes as f64 / secs / 1e9,
+            },
+            messages: producer.messages,
+        })
+    }
+}
+
+/// One message size of the fan-out measurement: one producer process to `consumers` consumer
+/// processes, through our channel and through one Unix socket per consumer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fanout {
+    pub size: usize,
+    pub consumers: usize,
+    /// `send_batch` + `recv_batch`, and 64 KiB-buffered sockets for the peer.
+    pub batched: bool,
+    pub ours: Option<FanoutRate>,
+    pub unix: Option<FanoutRate>,
+}
+
+impl Fanout {
+    /// Our bytes per second delivered to all consumers together.
+    pub fn ours_aggregate_gb_per_s(&self) -> Option<f64> {
+        self.ours
+            .map(|r| r.per_consumer.gb_per_s * self.consumers as f64)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Throughput {
     pub series: Series,
@@ -236,6 +299,7 @@ pub struct Results {
     pub throughput_reps: usize,
     pub throughput: Vec<Throughput>,
     pub latency: Vec<Latency>,
+    pub fanout: Vec<Fanout>,
     pub core_to_core: Option<CoreToCore>,
     pub attach: Option<Attach>,
     pub many_channels: Option<ManyChannels>,
@@ -287,5 +351,42 @@ pub fn format_size(size: usize) -> String {
         s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
         s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{} KiB", s >> 10),
         s => format!("{s} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(start_ns: u64, end_ns: u64, messages: u64) -> Outcome {
+        Outcome {
+            start_ns,
+            end_ns,
+            messages,
+            bytes: messages * 64,
+            samples_ns: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn fanout_rate_is_up_to_the_last_consumer() {
+        let producer = outcome(1_000, 0, 1000);
+        let consumers = [
+            outcome(0, 500_001_000, 1000),
+            outcome(0, 1_000_001_000, 1000),
+        ];
+        let rate = FanoutRate::from_outcomes(&producer, &consumers).expect("rate");
+        assert_eq!(rate.messages, 1000);
+        assert!((rate.per_consumer.msgs_per_s - 1000.0).abs() < 1e-6);
+        assert!((rate.per_consumer.gb_per_s - 64e3 / 1e9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fanout_rate_refuses_a_consumer_that_missed_messages() {
+        let producer = outcome(0, 0, 1000);
+        let consumers = [outcome(0, 10, 1000), outcome(0, 10, 999)];
+        let err = FanoutRate::from_outcomes(&producer, &consumers).expect_err("short consumer");
+        assert!(err.to_string().contains("consumer 1 received 999"), "{err}");
+        assert!(FanoutRate::from_outcomes(&producer, &[]).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! What each side of a two-process measurement does, written once for every transport.
 //!
-//! Every message carries a sequence number (or a timestamp) in its first 8 bytes, and the
-//! receiving side checks it: a benchmark that lost or reordered messages fails rather than
+//! Every message carries a sequence number (or a timestamp) in its first 8 bytes, and again in
+//! its last 8 (messages of 16 bytes and more), and the receiving side checks its length and
+//! both copies: a benchmark that lost, reordered or truncated messages fails rather than
 //! reporting a number.
 
 use anyhow::{bail, Result};
@@ -36,8 +37,15 @@ fn message(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 31 + 7) as u8).collect()
 }
 
+/// Messages this long carry the stamp at both ends.
+const TAIL_STAMP_MIN: usize = 16;
+
 fn stamp(buf: &mut [u8], value: u64) {
     buf[..8].copy_from_slice(&value.to_le_bytes());
+    if buf.len() >= TAIL_STAMP_MIN {
+        let tail = buf.len() - 8;
+        buf[tail..].copy_from_slice(&value.to_le_bytes());
+    }
 }
 
 fn read_stamp(buf: &[u8]) -> u64 {
@@ -56,6 +64,12 @@ fn check(buf: &[u8], size: usize, expected: u64) -> Result<()> {
     let got = read_stamp(buf);
     if got != expected {
         bail!("message {expected}: got sequence number {got} (lost or reordered)");
+    }
+    if size >= TAIL_STAMP_MIN {
+        let tail = read_stamp(&buf[size - 8..]);
+        if tail != expected {
+            bail!("message {expected}: ends with sequence number {tail} (torn or corrupted)");
+        }
     }
     Ok(())
 }
@@ -268,4 +282,24 @@ pub fn stamp_recv(rx: &mut impl Rx, size: usize) -> Result<Outcome> {
         samples_ns: samples,
         ..Outcome::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_catches_wrong_sequence_and_torn_tail() {
+        let mut msg = message(64);
+        stamp(&mut msg, 7);
+        assert!(check(&msg, 64, 7).is_ok());
+        assert!(check(&msg, 64, 8).is_err());
+        assert!(check(&msg[..32], 64, 7).is_err());
+        msg[60] ^= 1;
+        assert!(check(&msg, 64, 7).is_err());
+        // Too short for a tail stamp: the head alone is checked.
+        let mut small = message(8);
+        stamp(&mut small, 3);
+        assert!(check(&small, 8, 3).is_ok());
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -134,7 +134,13 @@ impl StreamTx {
     pub fn from_inherited(buffered: bool) -> StreamTx {
         // SAFETY: the parent dup2'ed the transmitting end onto TX_FD for this role, and nothing
         // else in this process owns it.
-        let file = unsafe { File::from_raw_fd(TX_FD) };
+        unsafe { StreamTx::from_fd(TX_FD, buffered) }
+    }
+
+    /// # Safety
+    /// `fd` must be open, and owned by nothing else in this process.
+    unsafe fn from_fd(fd: RawFd, buffered: bool) -> StreamTx {
+        let file = File::from_raw_fd(fd);
         let capacity = if buffered { STREAM_BUFFER } else { 0 };
         StreamTx {
             out: Some(BufWriter::with_capacity(capacity, file)),
@@ -166,6 +172,48 @@ impl Tx for StreamTx {
             // explicitly so the peer sees end of stream. Pipes are simply closed.
             // SAFETY: plain syscall on an fd we own; ENOTSOCK for a pipe is expected.
             unsafe { libc::shutdown(file.as_raw_fd(), libc::SHUT_WR) };
+        }
+        Ok(())
+    }
+}
+
+/// One producer writing every message to several byte streams, one per consumer, in turn: what
+/// a user without fan-out channels does. A blocking write to a full stream holds up the
+/// others, like a fan-out channel's `block` policy.
+pub struct StreamFanTx {
+    outs: Vec<StreamTx>,
+}
+
+impl StreamFanTx {
+    /// Takes over the `count` fds from [`TX_FD`] up, which the parent placed there.
+    pub fn from_inherited(count: usize, buffered: bool) -> StreamFanTx {
+        let outs = (0..count)
+            // SAFETY: the parent dup2'ed one transmitting end onto each of TX_FD..TX_FD+count
+            // for this role, and nothing else in this process owns them.
+            .map(|i| unsafe { StreamTx::from_fd(TX_FD + i as RawFd, buffered) })
+            .collect();
+        StreamFanTx { outs }
+    }
+}
+
+impl Tx for StreamFanTx {
+    fn send(&mut self, message: &[u8]) -> Result<()> {
+        for out in &mut self.outs {
+            out.send(message)?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        for out in &mut self.outs {
+            out.send_batch(messages)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        for out in &mut self.outs {
+            out.finish()?;
         }
         Ok(())
     }

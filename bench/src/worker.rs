@@ -1,7 +1,8 @@
-//! Two-process measurements. The benchmark re-runs its own binary with the hidden `__worker`
+//! Multi-process measurements: two processes ([`run_pair`]), or one producer and several
+//! consumers ([`run_fanout`]). The benchmark re-runs its own binary with the hidden `__worker`
 //! subcommand for each side; a worker pins itself to its core, attaches (or takes over the fds
-//! the parent placed at 3 and 4), prints `ready`, waits for `go` on stdin, runs its role and
-//! prints its [`Outcome`] as one JSON line.
+//! the parent placed at 3 and from 4 up), prints `ready`, waits for `go` on stdin, runs its
+//! role and prints its [`Outcome`] as one JSON line.
 
 use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -17,9 +18,14 @@ use shmem_broker_client::Client;
 use crate::proc::Proc;
 use crate::roles::{self, Outcome};
 use crate::sys::{self, CorePair};
-use crate::transport::{ChannelRx, ChannelTx, Rx, StreamRx, StreamTx, Tx, Wait, RX_FD, TX_FD};
+use crate::transport::{
+    ChannelRx, ChannelTx, Rx, StreamFanTx, StreamRx, StreamTx, Tx, Wait, RX_FD, TX_FD,
+};
 
 pub const WORKER_SUBCOMMAND: &str = "__worker";
+
+/// How long workers may take to start, attach and say `ready`.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -51,6 +57,8 @@ pub enum Link {
     },
     /// A byte stream: receive on fd 3, send on fd 4.
     Stream { buffered: bool },
+    /// Send only, the same bytes to each of `streams` byte streams, on fds 4, 5, ...
+    StreamFanOut { buffered: bool, streams: usize },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -115,6 +123,10 @@ pub fn worker_main(cpu: Option<usize>, task: &str) -> Result<()> {
             };
             run(&task, tx, rx)
         }
+        Link::StreamFanOut { buffered, streams } => {
+            let tx = StreamFanTx::from_inherited(*streams, *buffered);
+            run(&task, Some(tx), None::<StreamRx>)
+        }
     }
 }
 
@@ -172,11 +184,12 @@ fn run<T: Tx, R: Rx>(task: &Task, tx: Option<T>, rx: Option<R>) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // In the parent
 
-/// One side of a measurement: its task and the fds to place at 3 (receive) and 4 (send).
+/// One side of a measurement: its task and the fds to place at 3 (receive) and from 4 up
+/// (send: one stream, or one per consumer for a fanning-out producer).
 pub struct Side {
     pub task: Task,
     pub rx_fd: Option<OwnedFd>,
-    pub tx_fd: Option<OwnedFd>,
+    pub tx_fds: Vec<OwnedFd>,
 }
 
 impl Side {
@@ -184,7 +197,7 @@ impl Side {
         Side {
             task,
             rx_fd: None,
-            tx_fd: None,
+            tx_fds: Vec::new(),
         }
     }
 }
@@ -211,8 +224,8 @@ impl Worker {
         if let Some(fd) = &side.rx_fd {
             moves.push((fd.as_raw_fd(), RX_FD));
         }
-        if let Some(fd) = &side.tx_fd {
-            moves.push((fd.as_raw_fd(), TX_FD));
+        for (i, fd) in side.tx_fds.iter().enumerate() {
+            moves.push((fd.as_raw_fd(), TX_FD + i as RawFd));
         }
         // SAFETY: dup_onto only calls fcntl and dup2 (async-signal-safe) and does not allocate.
         unsafe {
@@ -303,7 +316,7 @@ pub fn run_pair(
     cores: Option<CorePair>,
 ) -> Result<(Outcome, Outcome)> {
     let budget = Duration::from_millis(a.task.budget_ms.max(b.task.budget_ms));
-    let setup_deadline = Instant::now() + Duration::from_secs(20);
+    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
     let mut wb = Worker::spawn(format!("{label} [b]"), &b, cores.map(|c| c.b))?;
     let mut wa = Worker::spawn(format!("{label} [a]"), &a, cores.map(|c| c.a))?;
     drop((a, b));
@@ -315,4 +328,45 @@ pub fn run_pair(
     let oa = wa.outcome(run_deadline)?;
     let ob = wb.outcome(run_deadline)?;
     Ok((oa, ob))
+}
+
+/// Runs one producer and its consumers at the same time, all unpinned: the fan-out has more
+/// processes than the machine may have cores, so the scheduler places them. The consumers
+/// start and attach first (a fan-out consumer gets only what is written after it attached);
+/// `before_go` runs once all are ready (e.g. to wait until the broker lists every consumer).
+/// Returns the producer's outcome and the consumers', in the order given.
+pub fn run_fanout(
+    label: &str,
+    producer: Side,
+    consumers: Vec<Side>,
+    before_go: impl FnOnce() -> Result<()>,
+) -> Result<(Outcome, Vec<Outcome>)> {
+    let budget = Duration::from_millis(producer.task.budget_ms);
+    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
+    let mut readers = Vec::with_capacity(consumers.len());
+    for (i, side) in consumers.into_iter().enumerate() {
+        readers.push(Worker::spawn(
+            format!("{label} [consumer {i}]"),
+            &side,
+            None,
+        )?);
+    }
+    for reader in &mut readers {
+        reader.expect_ready(setup_deadline)?;
+    }
+    let mut writer = Worker::spawn(format!("{label} [producer]"), &producer, None)?;
+    drop(producer);
+    writer.expect_ready(setup_deadline)?;
+    before_go()?;
+    for reader in &mut readers {
+        reader.go()?;
+    }
+    writer.go()?;
+    let run_deadline = Instant::now() + budget * 3 + Duration::from_secs(30);
+    let produced = writer.outcome(run_deadline)?;
+    let consumed = readers
+        .into_iter()
+        .map(|reader| reader.outcome(run_deadline))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((produced, consumed))
 }
