@@ -4,7 +4,7 @@
 //! killed and re-attached, an anonymous consumer's rings freed, and what an old (version 1)
 //! client is told.
 
-use shmem_broker_client::{Client, Consumer, CreateOptions, Error, Producer, SlowConsumer};
+use shmem_broker_client::{Client, Consumer, Error, Producer, SlowConsumer};
 use shmem_broker_tests::*;
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,16 +27,12 @@ fn create(
     policy: SlowConsumer,
 ) {
     client
-        .create_with(
-            name,
-            &CreateOptions {
-                capacity: Some(capacity),
-                max_producers: Some(producers),
-                max_consumers: Some(consumers),
-                slow_consumer: Some(policy),
-                ..CreateOptions::default()
-            },
-        )
+        .channel(name)
+        .capacity(capacity)
+        .max_producers(producers)
+        .max_consumers(consumers)
+        .slow_consumer(policy)
+        .create()
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
 }
 
@@ -266,6 +262,25 @@ fn slow_setup(policy: SlowConsumer) -> SlowSetup {
     }
 }
 
+/// Sends `total` records, never more than a few kilobytes ahead of the fast consumer (whose
+/// progress is `fast`): under `drop` and `disconnect` the producer never waits, so only the
+/// consumer that does not read at all may overflow its ring, not one merely slower than the
+/// sending loop.
+fn send_paced(producer: Producer, total: u64, fast: &Arc<AtomicU64>) -> Producer {
+    const AHEAD: u64 = 40; // 40 x 112 bytes, well inside the 16 KiB ring
+    let fast = fast.clone();
+    with_deadline(TRANSFER, "producer", move || {
+        let mut producer = producer;
+        for seq in 0..total {
+            while seq >= fast.load(Ordering::Relaxed) + AHEAD {
+                std::thread::yield_now();
+            }
+            producer.send(&record(0, seq, MESSAGE)).expect("send");
+        }
+        producer
+    })
+}
+
 /// Reads whatever `consumer` has now, without waiting.
 fn read_available(consumer: &mut Consumer) -> Vec<u64> {
     let mut seqs = Vec::new();
@@ -340,14 +355,8 @@ fn slow_consumer_block_makes_the_producer_wait_and_loses_nothing() {
 fn slow_consumer_drop_loses_what_does_not_fit_and_says_how_many() {
     const TOTAL: u64 = 2000;
     let s = slow_setup(SlowConsumer::Drop);
-    let mut producer = s.producer;
-    // Never waits: the slow consumer's ring is full after ~140 messages.
-    let producer = with_deadline(TRANSFER, "producer under policy drop", move || {
-        for seq in 0..TOTAL {
-            producer.send(&record(0, seq, MESSAGE)).expect("send");
-        }
-        producer
-    });
+    // Never waits for the slow consumer, whose ring is full after ~140 messages.
+    let producer = send_paced(s.producer, TOTAL, &s.fast_progress);
     let mut slow = s.slow;
     let kept = read_available(&mut slow);
     assert!(
@@ -371,6 +380,11 @@ fn slow_consumer_drop_loses_what_does_not_fit_and_says_how_many() {
         slow.missed(),
         0,
         "the gap is reported where it is, not before"
+    );
+    let text = s.broker.ctl_ok(&["info", "feed"]);
+    assert!(
+        text.contains(&format!("{lost} lost")),
+        "shmemctl info shows the slow consumer's losses: {text}"
     );
 
     // The next message that fits comes after the gap, and the consumer is told its size.
@@ -402,13 +416,7 @@ fn slow_consumer_drop_loses_what_does_not_fit_and_says_how_many() {
 fn slow_consumer_disconnect_detaches_it_with_a_clear_error() {
     const TOTAL: u64 = 2000;
     let s = slow_setup(SlowConsumer::Disconnect);
-    let mut producer = s.producer;
-    let mut producer = with_deadline(TRANSFER, "producer under policy disconnect", move || {
-        for seq in 0..TOTAL {
-            producer.send(&record(0, seq, MESSAGE)).expect("send");
-        }
-        producer
-    });
+    let mut producer = send_paced(s.producer, TOTAL, &s.fast_progress);
     assert_eq!(
         producer.consumers(),
         1,

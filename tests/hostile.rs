@@ -1163,14 +1163,10 @@ fn a_consumer_scribbling_its_fanout_ring_is_cut_off_and_the_others_keep_receivin
     let mut broker = Broker::start(None);
     let client = broker.client();
     client
-        .create_with(
-            "mob",
-            &shmem_broker_client::CreateOptions {
-                capacity: Some(64 << 10),
-                max_consumers: Some(2),
-                ..Default::default()
-            },
-        )
+        .channel("mob")
+        .capacity(64 << 10)
+        .max_consumers(2)
+        .create()
         .expect("create a channel with two consumers");
     let mut honest = client.consumer("mob").expect("attach the honest consumer");
     let raw = raw_attach_version(broker.socket_path(), "mob", "consumer", 2);

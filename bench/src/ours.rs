@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use shmem_broker_client::{Client, CreateOptions, Role as PeerRole, SlowConsumer};
+use shmem_broker_client::{Client, NewChannel, Role as PeerRole, SlowConsumer};
 
 use crate::broker::Broker;
 use crate::plan::Plan;
@@ -54,26 +54,27 @@ impl<'a> Ours<'a> {
     }
 
     fn channel(&self, what: &str, size: usize) -> Result<TempChannel<'_>> {
-        self.channel_with(what, size, CreateOptions::default())
+        self.channel_with(what, size, |new| new)
     }
 
-    /// A channel for `size`-byte messages: `options` with the ring capacity filled in.
+    /// A channel for `size`-byte messages, with the ring capacity for that size and whatever
+    /// else `shape` sets.
     fn channel_with(
         &self,
         what: &str,
         size: usize,
-        options: CreateOptions,
+        shape: impl FnOnce(NewChannel<'_>) -> NewChannel<'_>,
     ) -> Result<TempChannel<'_>> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let name = format!("bench.{what}.{size}.{id}");
-        let options = CreateOptions {
-            capacity: Some(Plan::capacity_for(size)),
-            ..options
-        };
-        self.client
-            .create_with(&name, &options)
-            .with_context(|| format!("creating channel {name}"))?;
+        shape(
+            self.client
+                .channel(&name)
+                .capacity(Plan::capacity_for(size)),
+        )
+        .create()
+        .with_context(|| format!("creating channel {name}"))?;
         Ok(TempChannel {
             client: &self.client,
             name,
@@ -136,15 +137,10 @@ impl<'a> Ours<'a> {
     /// Small messages go in batches (see [`Plan::fanout_batched`]).
     pub fn fanout(&self, size: usize, consumers: usize) -> Result<FanoutRate> {
         let max_consumers = u32::try_from(consumers).context("too many consumers")?;
-        let channel = self.channel_with(
-            "fanout",
-            size,
-            CreateOptions {
-                max_consumers: Some(max_consumers),
-                slow_consumer: Some(SlowConsumer::Block),
-                ..CreateOptions::default()
-            },
-        )?;
+        let channel = self.channel_with("fanout", size, |new| {
+            new.max_consumers(max_consumers)
+                .slow_consumer(SlowConsumer::Block)
+        })?;
         let batch = if Plan::fanout_batched(size) {
             Plan::batch_for(size)
         } else {

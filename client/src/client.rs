@@ -89,13 +89,74 @@ pub struct CreateOptions {
     pub producers: Vec<String>,
     /// Who else may attach as consumer.
     pub consumers: Vec<String>,
-    /// Producers that may be attached at once (default 1, at most 64).
-    pub max_producers: Option<u32>,
-    /// Consumers that may be attached at once, durable ones counted while away (default 1,
-    /// at most 64).
-    pub max_consumers: Option<u32>,
-    /// What to do with a consumer whose ring is full (default [`SlowConsumer::Block`]).
-    pub slow_consumer: Option<SlowConsumer>,
+}
+
+/// A channel being set up; see [`Client::channel`].
+#[must_use = "a channel is made only by `create()`"]
+pub struct NewChannel<'a> {
+    client: &'a Client,
+    name: String,
+    options: CreateOptions,
+    max_producers: Option<u32>,
+    max_consumers: Option<u32>,
+    slow_consumer: Option<SlowConsumer>,
+}
+
+impl NewChannel<'_> {
+    /// Ring data bytes (rounded up to 4 KiB) [default: the broker's `default_capacity`].
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.options.capacity = Some(bytes);
+        self
+    }
+
+    /// Who else may attach as producer: `*`, a user name or uid, `@group` or `@gid`.
+    pub fn producers<S: Into<String>>(mut self, who: impl IntoIterator<Item = S>) -> Self {
+        self.options
+            .producers
+            .extend(who.into_iter().map(Into::into));
+        self
+    }
+
+    /// Who else may attach as consumer.
+    pub fn consumers<S: Into<String>>(mut self, who: impl IntoIterator<Item = S>) -> Self {
+        self.options
+            .consumers
+            .extend(who.into_iter().map(Into::into));
+        self
+    }
+
+    /// Producers attached at once, 1 to 64 [default: 1]. Above 1, each producer has rings of
+    /// its own and consumers merge them.
+    pub fn max_producers(mut self, count: u32) -> Self {
+        self.max_producers = Some(count);
+        self
+    }
+
+    /// Consumers attached at once (durable ones counted while away), 1 to 64 [default: 1].
+    /// Above 1, each consumer receives every message, through rings of its own.
+    pub fn max_consumers(mut self, count: u32) -> Self {
+        self.max_consumers = Some(count);
+        self
+    }
+
+    /// What a consumer whose ring is full costs [default: [`SlowConsumer::Block`]].
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.slow_consumer = Some(policy);
+        self
+    }
+
+    /// Creates the channel, owned by the calling uid (needs root or an admin group).
+    pub fn create(self) -> Result<ChannelInfo> {
+        self.client.call(&Request::Create {
+            channel: self.name,
+            capacity: self.options.capacity,
+            producers: self.options.producers,
+            consumers: self.options.consumers,
+            max_producers: self.max_producers,
+            max_consumers: self.max_consumers,
+            slow_consumer: self.slow_consumer,
+        })
+    }
 }
 
 impl Client {
@@ -170,15 +231,36 @@ impl Client {
     }
 
     pub fn create_with(&self, channel: &str, options: &CreateOptions) -> Result<ChannelInfo> {
-        self.call(&Request::Create {
-            channel: channel.to_string(),
-            capacity: options.capacity,
-            producers: options.producers.clone(),
-            consumers: options.consumers.clone(),
-            max_producers: options.max_producers,
-            max_consumers: options.max_consumers,
-            slow_consumer: options.slow_consumer,
-        })
+        NewChannel {
+            options: options.clone(),
+            ..self.channel(channel)
+        }
+        .create()
+    }
+
+    /// Sets up a channel to create, for everything [`create_with`](Self::create_with) does not
+    /// cover:
+    ///
+    /// ```no_run
+    /// # use shmem_broker_client::{Client, SlowConsumer};
+    /// # let client = Client::connect_default()?;
+    /// client
+    ///     .channel("camera")
+    ///     .capacity(16 << 20)
+    ///     .max_consumers(3)
+    ///     .slow_consumer(SlowConsumer::Drop)
+    ///     .create()?;
+    /// # Ok::<(), shmem_broker_client::Error>(())
+    /// ```
+    pub fn channel(&self, name: &str) -> NewChannel<'_> {
+        NewChannel {
+            client: self,
+            name: name.to_string(),
+            options: CreateOptions::default(),
+            max_producers: None,
+            max_consumers: None,
+            slow_consumer: None,
+        }
     }
 
     /// Forgets the durable consumer `consumer` of `channel` and its unread messages, so

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use shmem_broker_client::discovery::client_socket_path;
 use shmem_broker_client::size::{format_size, parse_size};
 use shmem_broker_client::wire::ChannelList;
-use shmem_broker_client::{ChannelInfo, Client, CreateOptions, Role, SlowConsumer, StatusInfo};
+use shmem_broker_client::{ChannelInfo, Client, Role, SlowConsumer, StatusInfo};
 
 /// Control a shmem-broker: list, create and drop channels, inspect them, send and receive data.
 #[derive(Parser, Debug)]
@@ -128,17 +128,23 @@ fn run(args: Args) -> Result<()> {
             max_consumers,
             slow_consumer,
         } => {
-            let info = client.create_with(
-                &name,
-                &CreateOptions {
-                    capacity,
-                    producers,
-                    consumers,
-                    max_producers,
-                    max_consumers,
-                    slow_consumer,
-                },
-            )?;
+            let mut new = client
+                .channel(&name)
+                .producers(producers)
+                .consumers(consumers);
+            if let Some(capacity) = capacity {
+                new = new.capacity(capacity);
+            }
+            if let Some(count) = max_producers {
+                new = new.max_producers(count);
+            }
+            if let Some(count) = max_consumers {
+                new = new.max_consumers(count);
+            }
+            if let Some(policy) = slow_consumer {
+                new = new.slow_consumer(policy);
+            }
+            let info = new.create()?;
             println!(
                 "created channel {} ({}{})",
                 info.name,
