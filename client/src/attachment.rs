@@ -95,6 +95,8 @@ struct Grant {
     conn: Connection,
     info: AttachInfo,
     fds: Vec<OwnedFd>,
+    /// The reply has the fan-out shape (control page, own eventfd, a ring per peer).
+    fanout: bool,
 }
 
 impl Grant {
@@ -114,16 +116,16 @@ impl Grant {
             name: name.map(str::to_string),
         })?;
         let info: AttachInfo = answer.decode()?;
-        let expected: Vec<&str> =
-            if info.lanes.is_empty() && info.fds.first().map(String::as_str) == Some("ring") {
-                SINGLE_FDS.to_vec()
-            } else {
-                let mut names = vec!["control", "wait"];
-                for _ in &info.lanes {
-                    names.extend(["ring", "wake"]);
-                }
-                names
-            };
+        let fanout = info.fds.first().map(String::as_str) == Some("control");
+        let expected: Vec<&str> = if fanout {
+            let mut names = vec!["control", "wait"];
+            for _ in &info.lanes {
+                names.extend(["ring", "wake"]);
+            }
+            names
+        } else {
+            SINGLE_FDS.to_vec()
+        };
         if info.fds != expected || answer.fds.len() != expected.len() {
             return Err(Error::Protocol(format!(
                 "attach reply carries {} fds named {:?}, expected {expected:?}",
@@ -135,13 +137,8 @@ impl Grant {
             conn,
             info,
             fds: answer.fds,
+            fanout,
         })
-    }
-
-    fn is_fanout(&self) -> bool {
-        self.fds.len() != SINGLE_FDS.len()
-            || !self.info.lanes.is_empty()
-            || self.info.fds[0] == "control"
     }
 }
 
@@ -159,7 +156,7 @@ impl Attachment {
         options: AttachOptions,
     ) -> Result<(Attachment, Rings)> {
         let grant = Grant::request(socket, channel, role, options.name.as_deref(), None)?;
-        let fanout = grant.is_fanout();
+        let fanout = grant.fanout;
         let capacity = grant.info.capacity;
         let mut fds = grant.fds.into_iter();
         let mut next = || {
