@@ -138,6 +138,8 @@ mod tests {
         assert_eq!(broker.bump(Role::Producer), 1);
         assert_eq!(client.generation(Role::Producer), 1);
         assert_eq!(client.generation(Role::Consumer), 0);
+        // SAFETY: a fresh mapping request the kernel must refuse; nothing is ever accessed
+        // through it (and it is unmapped with the process if the kernel ever granted it).
         let writable = unsafe {
             mmap(
                 std::ptr::null_mut(),

@@ -1297,4 +1297,58 @@ mod tests {
         let err = SharedRing::open(fd, 4096).err().expect("refused");
         assert!(err.to_string().contains("expected"), "{err}");
     }
+
+    #[test]
+    fn a_gap_is_reported_in_band_where_it_happened() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        assert!(write(&mut w, b"before"));
+        w.count_lost(3);
+        assert!(w.try_write_after_gap(3, b"after").expect("write"));
+        w.count_lost(2);
+        assert!(w.try_write_gap(2).expect("gap"));
+        assert!(w.try_write_end_of_stream().expect("eos"));
+        let mut out = Vec::new();
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!((out.as_slice(), r.missed()), (&b"before"[..], 0));
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!((out.as_slice(), r.missed()), (&b"after"[..], 3));
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::EndOfStream
+        );
+        assert_eq!(r.missed(), 5);
+        assert_eq!(r.ring().stats().messages_lost, 5);
+    }
+
+    #[test]
+    fn a_gap_and_its_message_go_in_together_or_not_at_all() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        let big = vec![7u8; 4000];
+        assert!(write(&mut w, &big));
+        // 88 bytes left: room for the LOST record but not for it and a 100-byte message.
+        assert!(!w.try_write_after_gap(1, &[1u8; 100]).expect("write"));
+        let mut out = Vec::new();
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
+        assert_eq!(r.missed(), 0, "nothing of the refused pair became visible");
+    }
+
+    #[test]
+    fn a_malformed_loss_record_is_corruption() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        assert!(w.try_write_gap(1).expect("gap"));
+        w.ring().data_u32(0).store(4, Ordering::SeqCst);
+        let mut out = Vec::new();
+        let err = r.try_read_into(&mut out).expect_err("refused");
+        assert!(err.to_string().contains("loss record of 4 bytes"), "{err}");
+    }
 }

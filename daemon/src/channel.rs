@@ -841,3 +841,126 @@ fn pids<'a>(holders: impl Iterator<Item = &'a Attached>) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(max_producers: u32, max_consumers: u32, slow_consumer: SlowConsumer) -> ChannelMeta {
+        ChannelMeta {
+            name: "t".into(),
+            origin: Origin::Runtime,
+            owner_uid: Some(0),
+            producers: AccessList::anyone(),
+            consumers: AccessList::anyone(),
+            max_producers,
+            max_consumers,
+            slow_consumer,
+        }
+    }
+
+    fn peer(pid: u32) -> PeerCredentials {
+        PeerCredentials {
+            pid,
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+
+    fn lane_added_to(notices: &[Notice]) -> Vec<(SessionId, u32)> {
+        notices
+            .iter()
+            .filter_map(|(session, event, fds)| match event {
+                Event::LaneAdded { peer, .. } if fds.len() == 2 => Some((*session, *peer)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_to_one_keeps_the_version_1_shape() {
+        let mut channel = Channel::create(meta(1, 1, SlowConsumer::Block), 4096).expect("create");
+        assert_eq!(channel.open_fds(), 1, "an idle channel holds its ring only");
+        let grant = channel
+            .attach_producer(1, &peer(10))
+            .ok()
+            .expect("producer");
+        assert_eq!(grant.info.fds, ["ring", "data_ready", "space_ready"]);
+        assert!(grant.wake_created && grant.notices.is_empty());
+        let refused = channel.attach_producer(2, &peer(11)).err().expect("busy");
+        assert_eq!(refused.code, ErrorCode::ChannelBusy);
+        assert!(refused.message.contains("pid 10"), "{}", refused.message);
+        let named = channel.attach_consumer(3, &peer(12), Some("x")).err();
+        assert_eq!(named.map(|r| r.code), Some(ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn pairs_get_rings_and_the_other_side_is_told() {
+        let mut channel = Channel::create(meta(2, 3, SlowConsumer::Block), 4096).expect("create");
+        let first = channel
+            .attach_consumer(1, &peer(10), None)
+            .ok()
+            .expect("c1");
+        assert_eq!(
+            first.info.fds,
+            ["control", "wait", "ring", "wake"],
+            "slot 0 exists"
+        );
+        let producer = channel.attach_producer(2, &peer(11)).ok().expect("p0");
+        assert_eq!(
+            producer.info.lanes,
+            vec![LaneInfo {
+                peer: first.info.id
+            }]
+        );
+        // A second producer gets a new slot; the attached consumer hears of its ring.
+        let second = channel.attach_producer(3, &peer(12)).ok().expect("p1");
+        assert_eq!(second.info.id, 1);
+        assert_eq!(lane_added_to(&second.notices), vec![(1, 1)]);
+        // A new consumer: both producers hear of it.
+        let late = channel
+            .attach_consumer(4, &peer(13), Some("keep"))
+            .ok()
+            .expect("c2");
+        assert_eq!(late.info.lanes.len(), 2);
+        let told: Vec<SessionId> = lane_added_to(&late.notices).iter().map(|n| n.0).collect();
+        assert_eq!(told, vec![2, 3]);
+        assert_eq!(channel.info().ring_bytes, 4 * 4096);
+        // The anonymous consumer's rings go with it; the durable one's stay.
+        let (_, _, gone) = channel.detach(1).expect("detach c1");
+        assert_eq!(gone.len(), 2, "both producers told to stop writing to it");
+        channel.detach(4).expect("detach c2");
+        assert_eq!(channel.info().ring_bytes, 2 * 4096);
+        let away = channel.info().peers.into_iter().find(|p| !p.attached);
+        assert_eq!(away.and_then(|p| p.name), Some("keep".to_string()));
+        assert!(channel.drop_consumer("keep").is_ok());
+        assert_eq!(channel.info().ring_bytes, 0);
+    }
+
+    #[test]
+    fn a_flagged_consumer_is_disconnected_and_a_durable_one_told_at_its_next_attach() {
+        let mut channel =
+            Channel::create(meta(1, 2, SlowConsumer::Disconnect), 4096).expect("create");
+        channel
+            .attach_consumer(1, &peer(10), None)
+            .ok()
+            .expect("c1");
+        channel
+            .attach_consumer(2, &peer(11), Some("keep"))
+            .ok()
+            .expect("c2");
+        channel.detach(2).expect("keep goes away");
+        for queue in &channel.queues {
+            queue.lanes[0].ring.mark_evicted();
+        }
+        let (notices, sessions) = channel.evict_slow_consumers();
+        assert_eq!(sessions, vec![1]);
+        assert!(notices
+            .iter()
+            .any(|(s, e, _)| *s == 1 && matches!(e, Event::Disconnected { .. })));
+        let refused = channel.attach_consumer(3, &peer(12), Some("keep")).err();
+        assert_eq!(refused.map(|r| r.code), Some(ErrorCode::Evicted));
+        assert!(channel.attach_consumer(3, &peer(12), Some("keep")).is_ok());
+    }
+}

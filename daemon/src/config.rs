@@ -1077,8 +1077,21 @@ mod tests {
         assert_eq!(config.admin_gids, vec![0]);
         assert_eq!(config.log_level, Some(slog::Level::Info));
         assert_eq!(config.log_format, Some(LogFormat::Term));
-        assert_eq!(config.channels.len(), 2);
+        assert_eq!(config.channels.len(), 4);
         assert_eq!(config.channels[0].name, "scratch");
+        assert_eq!(
+            (
+                config.channels[0].max_producers,
+                config.channels[0].max_consumers
+            ),
+            (1, 1)
+        );
+        let preview = &config.channels[2];
+        assert_eq!(
+            (preview.max_consumers, preview.slow_consumer),
+            (3, SlowConsumer::Drop)
+        );
+        assert_eq!(config.channels[3].max_producers, 4);
         assert_eq!(config.channels[0].capacity, 64 << 10);
         assert_eq!(config.channels[0].producers, AccessList::anyone());
         assert_eq!(config.channels[0].consumers, AccessList::anyone());
