@@ -247,6 +247,23 @@ impl SharedRing {
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
     }
 
+    /// Asks the CPU to fetch the cache line at `offset` of the data area. A consumer polling an
+    /// empty ring does this for the line the next frame will land in, so that when it comes,
+    /// fetching the frame overlaps with fetching the producer's position instead of following
+    /// it: one cross-core transfer less on the latency path.
+    fn prefetch(&self, offset: u64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint: it never faults and changes no memory, whatever
+        // the address (this one lies inside the mapping anyway); SSE is part of x86_64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                self.data().wrapping_add(offset as usize) as *const i8,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = offset;
+    }
+
     /// Writes `len` bytes of the data area starting at `start` to `fd`, all of them, waiting
     /// for a non-blocking fd to take more.
     fn write_out(&self, start: usize, len: usize, fd: BorrowedFd<'_>) -> Result<(), RingError> {
@@ -848,6 +865,7 @@ impl RingReader {
                 // only the producer's current position can say whether more came since.
                 *unread = self.unread()?;
                 if *unread == 0 {
+                    self.ring.prefetch(self.read_pos % capacity);
                     return Ok(ReadOutcome::Empty);
                 }
             }
