@@ -901,3 +901,36 @@ fn config_declares_fanout_channels_and_names_bad_values() {
         out.expect_error(needles);
     }
 }
+
+#[test]
+fn quotas_count_a_ring_for_every_producer_and_consumer_pair() {
+    let broker = Broker::start(Some("version = 1\nmax_ring_bytes = \"1MiB\"\n"));
+    broker
+        .ctl(&[
+            "create",
+            "wide",
+            "--capacity",
+            "256KiB",
+            "--max-producers",
+            "2",
+            "--max-consumers",
+            "4",
+        ])
+        .expect_error(&["max_ring_bytes"]);
+    broker.ctl_ok(&[
+        "create",
+        "fits",
+        "--capacity",
+        "256KiB",
+        "--max-consumers",
+        "4",
+    ]);
+    let status = broker.status();
+    let used = json_array(&status, "quotas")
+        .iter()
+        .find(|q| q["quota"] == "max_ring_bytes" && q.get("uid").is_none())
+        .map(|q| json_u64(q, "used"));
+    assert_eq!(used, Some(1 << 20), "status: {status}");
+    broker.ctl_ok(&["drop", "fits"]);
+    broker.ctl_ok(&["create", "again", "--capacity", "1MiB"]);
+}

@@ -1,7 +1,7 @@
 //! The broker core: channels by name, who is attached where, and the policy for every request
 //! that touches them. No sockets here: requests come in decoded, outcomes go out as data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
@@ -76,8 +76,45 @@ impl Outcome {
     }
 }
 
+/// Sums over all channels, kept up to date as channels come, go and change, so that admitting
+/// a connection or creating a channel never walks every channel.
+#[derive(Default)]
+struct Usage {
+    fds: usize,
+    ring_bytes: u64,
+    /// Channels and ring bytes per owner uid (runtime channels).
+    owned: HashMap<u32, (usize, u64)>,
+}
+
+impl Usage {
+    fn count(&mut self, channel: &Channel) {
+        self.fds += channel.open_fds();
+        self.ring_bytes += channel.ring_budget();
+        if let Some(uid) = channel.meta.owner_uid {
+            let owned = self.owned.entry(uid).or_default();
+            owned.0 += 1;
+            owned.1 += channel.ring_budget();
+        }
+    }
+
+    fn forget(&mut self, channel: &Channel) {
+        self.fds = self.fds.saturating_sub(channel.open_fds());
+        self.ring_bytes = self.ring_bytes.saturating_sub(channel.ring_budget());
+        if let Some(uid) = channel.meta.owner_uid {
+            if let Some(owned) = self.owned.get_mut(&uid) {
+                owned.0 = owned.0.saturating_sub(1);
+                owned.1 = owned.1.saturating_sub(channel.ring_budget());
+                if owned.0 == 0 {
+                    self.owned.remove(&uid);
+                }
+            }
+        }
+    }
+}
+
 pub struct Registry {
     channels: BTreeMap<String, Channel>,
+    usage: Usage,
     limits: Limits,
     quotas: Quotas,
     fd_store: FdStore,
@@ -88,6 +125,7 @@ impl Registry {
     pub fn new(config: &Config, fd_store: FdStore, log: Logger) -> Registry {
         Registry {
             channels: BTreeMap::new(),
+            usage: Usage::default(),
             limits: Limits::from_config(config),
             quotas: Quotas::from_config(config),
             fd_store,
@@ -97,12 +135,7 @@ impl Registry {
 
     /// What `uid` holds in channels it owns; `clients` is filled in by the caller.
     pub fn holdings(&self, uid: u32, clients: usize) -> Holdings {
-        let owned = self
-            .channels
-            .values()
-            .filter(|c| c.meta.owner_uid == Some(uid));
-        let (channels, ring_bytes) =
-            owned.fold((0, 0), |(n, bytes), c| (n + 1, bytes + c.ring_budget()));
+        let (channels, ring_bytes) = self.usage.owned.get(&uid).copied().unwrap_or_default();
         Holdings {
             clients,
             channels,
@@ -114,13 +147,26 @@ impl Registry {
         Totals {
             clients,
             channels: self.channels.len(),
-            ring_bytes: self.channels.values().map(Channel::ring_budget).sum(),
+            ring_bytes: self.usage.ring_bytes,
         }
     }
 
     /// Fds the broker holds for all channels.
     pub fn open_fds(&self) -> usize {
-        self.channels.values().map(Channel::open_fds).sum()
+        self.usage.fds
+    }
+
+    fn insert(&mut self, channel: Channel) {
+        self.usage.count(&channel);
+        if let Some(old) = self.channels.insert(channel.name().to_string(), channel) {
+            self.usage.forget(&old);
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<Channel> {
+        let channel = self.channels.remove(name)?;
+        self.usage.forget(&channel);
+        Some(channel)
     }
 
     pub fn quotas(&self) -> &Quotas {
@@ -134,7 +180,7 @@ impl Registry {
     /// Takes back channels that survived a restart in systemd's fd store.
     pub fn restore(&mut self, stored: Vec<(OwnedFd, String)>) {
         for channel in self.fd_store.restore(stored) {
-            self.channels.insert(channel.name().to_string(), channel);
+            self.insert(channel);
         }
     }
 
@@ -180,6 +226,7 @@ impl Registry {
             slow_consumer: declared.slow_consumer,
         };
         if let Some(existing) = self.channels.get_mut(&declared.name) {
+            self.usage.forget(existing);
             existing.pending_removal = false;
             if existing.capacity() != declared.capacity {
                 warn!(self.log, "channel capacity differs from the config; keeping the existing ring and its data (drop the channel to re-create it)";
@@ -197,6 +244,7 @@ impl Registry {
                 // every start applies the config to its channels again, as here.
                 info!(self.log, "channel access rules updated from config"; "channel" => &declared.name);
             }
+            self.usage.count(existing);
             return Ok(());
         }
         let channel = Channel::create(meta, declared.capacity)?;
@@ -204,7 +252,7 @@ impl Registry {
             "max_producers" => declared.max_producers, "max_consumers" => declared.max_consumers,
             "slow_consumer" => %declared.slow_consumer);
         self.fd_store.save(&channel);
-        self.channels.insert(declared.name.clone(), channel);
+        self.insert(channel);
         Ok(())
     }
 
@@ -214,7 +262,7 @@ impl Registry {
             .get(name)
             .is_some_and(|c| c.pending_removal && !c.is_attached())
         {
-            self.channels.remove(name);
+            self.take(name);
             self.fd_store.forget(name);
             info!(self.log, "channel removed"; "channel" => name);
         }
@@ -324,7 +372,7 @@ impl Registry {
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
                 self.fd_store.save(&channel);
                 let reply = Reply::success(channel.info());
-                self.channels.insert(name.to_string(), channel);
+                self.insert(channel);
                 reply
             }
             Err(err) => {
@@ -348,7 +396,7 @@ impl Registry {
                 ),
             );
         }
-        let Some(channel) = self.channels.remove(name) else {
+        let Some(channel) = self.take(name) else {
             return Outcome::reply(no_such_channel(name));
         };
         channel.mark_dropped();
@@ -417,10 +465,12 @@ impl Registry {
                 "peer_uid" => peer.uid, "reason" => &message);
             return Outcome::error(ErrorCode::LimitReached, message);
         }
+        self.usage.forget(channel);
         let granted = match role {
             Role::Producer => channel.attach_producer(session, peer),
             Role::Consumer => channel.attach_consumer(session, peer, consumer_name),
         };
+        self.usage.count(channel);
         let grant = match granted {
             Ok(grant) => grant,
             Err(refusal) => {
@@ -455,7 +505,10 @@ impl Registry {
     pub fn detach(&mut self, name: &str, session: SessionId) -> Vec<Notice> {
         let mut notices = Vec::new();
         if let Some(channel) = self.channels.get_mut(name) {
-            if let Some((role, peer, told)) = channel.detach(session) {
+            self.usage.forget(channel);
+            let detached = channel.detach(session);
+            self.usage.count(channel);
+            if let Some((role, peer, told)) = detached {
                 info!(self.log, "detached"; "channel" => name, "role" => %role,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
                 notices = told;
@@ -478,7 +531,10 @@ impl Registry {
         let Some(channel) = self.channels.get_mut(name) else {
             return Outcome::reply(no_such_channel(name));
         };
-        match channel.drop_consumer(consumer) {
+        self.usage.forget(channel);
+        let dropped = channel.drop_consumer(consumer);
+        self.usage.count(channel);
+        match dropped {
             Ok(events) => {
                 info!(self.log, "durable consumer dropped"; "channel" => name, "consumer_name" => consumer,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
@@ -499,7 +555,9 @@ impl Registry {
         let mut notices = Vec::new();
         let mut sessions = Vec::new();
         for channel in self.channels.values_mut() {
+            self.usage.forget(channel);
             let (told, evicted) = channel.evict_slow_consumers();
+            self.usage.count(channel);
             if !told.is_empty() {
                 warn!(self.log, "slow consumers disconnected"; "channel" => channel.name(),
                     "attached" => evicted.len());
