@@ -17,6 +17,7 @@ use crate::wire::{AttachInfo, ErrorCode, Event, Request, Role};
 /// How long to spin on the ring before sleeping. A wake-up through an eventfd costs tens of
 /// microseconds here, so a peer that answers within this window never pays for one.
 const SPIN: Duration = Duration::from_micros(30);
+const SPIN_BEFORE_YIELDING: Duration = Duration::from_micros(5);
 /// Upper bound on one sleep. Wake-ups are exact in the protocol; the bound only limits how long
 /// a peer that clears our waiting flag (buggy or hostile) can stall us.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -395,7 +396,10 @@ impl Attachment {
         }
     }
 
-    /// Spins briefly until `ready()`; true if it became ready.
+    /// Spins briefly until `ready()`; true if it became ready. After the first few
+    /// microseconds it yields the CPU between looks: a peer that answers at once is caught by
+    /// the pure spin, and one that is waiting for this very CPU (more busy processes than
+    /// cores, as with a producer and several consumers on a small machine) gets it.
     pub fn spin(mut ready: impl FnMut() -> bool) -> bool {
         let start = Instant::now();
         loop {
@@ -405,8 +409,12 @@ impl Attachment {
                 }
                 std::hint::spin_loop();
             }
-            if start.elapsed() >= SPIN {
+            let spun = start.elapsed();
+            if spun >= SPIN {
                 return false;
+            }
+            if spun >= SPIN_BEFORE_YIELDING {
+                std::thread::yield_now();
             }
         }
     }
