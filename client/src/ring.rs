@@ -865,7 +865,10 @@ impl RingReader {
                 // only the producer's current position can say whether more came since.
                 *unread = self.unread()?;
                 if *unread == 0 {
-                    self.ring.prefetch(self.read_pos % capacity);
+                    // A small frame often straddles two lines: ask for both.
+                    let offset = self.read_pos % capacity;
+                    self.ring.prefetch(offset);
+                    self.ring.prefetch((offset + 64).min(capacity - 1));
                     return Ok(ReadOutcome::Empty);
                 }
             }
