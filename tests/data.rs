@@ -205,3 +205,59 @@ fn library_try_send_and_try_recv_report_would_block() {
     });
     assert_eq!(accepted, received);
 }
+
+/// Whether `fd` turns readable within `timeout`.
+fn readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec::try_from(timeout).expect("timeout");
+    matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+}
+
+#[test]
+fn ready_fd_is_readable_when_there_is_progress_and_only_then() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "poll", "--capacity", "64KiB"]);
+    let socket = broker.socket_path().to_path_buf();
+    with_deadline(Duration::from_secs(60), "ready_fd", move || {
+        let consumers = connect(&socket);
+        let producers = connect(&socket);
+        let mut consumer = consumers.consumer("poll").expect("consumer");
+        let mut producer = producers.producer("poll").expect("producer");
+        let quiet = Duration::from_millis(200);
+        let soon = Duration::from_secs(5);
+        for round in 0..3u8 {
+            assert!(consumer.try_recv().is_err_and(|e| e.is_would_block()));
+            assert!(
+                !readable(consumer.ready_fd(), quiet),
+                "round {round}: ready_fd readable with nothing to read (an epoll loop would spin)"
+            );
+            producer.send(&[round]).expect("send");
+            assert!(
+                readable(consumer.ready_fd(), soon),
+                "round {round}: no wake-up"
+            );
+            assert_eq!(consumer.try_recv().expect("try_recv"), Some(vec![round]));
+        }
+        // The producer's side: full ring, then space.
+        let full = fill_ring(&mut producer, &[7u8; 1000], 100);
+        assert!(
+            !readable(producer.ready_fd(), quiet),
+            "ready_fd readable while the ring is still full"
+        );
+        consumer.recv().expect("recv").expect("a message");
+        assert!(readable(producer.ready_fd(), soon), "no wake-up on space");
+        producer
+            .try_send(&[7u8; 1000])
+            .expect("room for one message");
+        assert!(producer
+            .try_send(&[7u8; 1000])
+            .is_err_and(|e| e.is_would_block()));
+        assert!(
+            !readable(producer.ready_fd(), quiet),
+            "ready_fd readable again with the ring full (filled {full})"
+        );
+    });
+}

@@ -934,3 +934,37 @@ fn quotas_count_a_ring_for_every_producer_and_consumer_pair() {
     broker.ctl_ok(&["drop", "fits"]);
     broker.ctl_ok(&["create", "again", "--capacity", "1MiB"]);
 }
+
+#[test]
+fn a_fanout_consumers_ready_fd_is_readable_only_when_a_producer_wrote() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    create(&client, "epoll", 64 << 10, 2, 2, SlowConsumer::Block);
+    let mut consumer = client.consumer("epoll").expect("consumer");
+    let mut producers: Vec<Producer> = (0..2)
+        .map(|_| client.producer("epoll").expect("producer"))
+        .collect();
+    let readable = |consumer: &Consumer, timeout: Duration| {
+        let fd = consumer.ready_fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::event::Timespec::try_from(timeout).expect("timeout");
+        matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+    };
+    for round in 0..4 {
+        let producer = &mut producers[round % 2];
+        assert!(consumer.try_recv().is_err_and(|e| e.is_would_block()));
+        assert!(
+            !readable(&consumer, Duration::from_millis(200)),
+            "round {round}: readable with nothing to read"
+        );
+        producer.send(&[round as u8]).expect("send");
+        assert!(readable(&consumer, WAIT), "round {round}: no wake-up");
+        assert_eq!(
+            consumer.try_recv().expect("try_recv"),
+            Some(vec![round as u8])
+        );
+    }
+}

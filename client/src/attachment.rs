@@ -419,8 +419,17 @@ impl Attachment {
         }
     }
 
+    /// Empties the wait eventfd. Called before every waiting flag is set (never after, which
+    /// could swallow the wake-up for that very flag): a wake-up already taken must not leave
+    /// `ready_fd()` readable, or an epoll loop would spin, and the read stays off the wake-up
+    /// path, where it would cost a syscall between the peer's signal and the data.
+    pub fn drain_wakeups(&self) {
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(&self.wait_fd, &mut counter);
+    }
+
     /// Sleeps until the peer signals, the broker sends an event, or the sleep bound passes. The
-    /// caller has already set its waiting flag and re-checked the ring.
+    /// caller has drained the eventfd, then set its waiting flag and re-checked the ring.
     pub fn sleep(&mut self) -> Result<()> {
         let longest = if !self.broker_connected && self.options.reconnect {
             RECONNECT_INTERVAL
@@ -431,7 +440,7 @@ impl Attachment {
             tv_sec: 1,
             tv_nsec: 0,
         });
-        let (ready, broker_event) = {
+        let broker_event = {
             let mut fds = vec![PollFd::new(&self.wait_fd, PollFlags::IN)];
             if self.broker_connected {
                 fds.push(PollFd::new(&self.conn, PollFlags::IN));
@@ -440,13 +449,8 @@ impl Attachment {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::io("waiting on channel eventfd", e.into())),
             }
-            let broker_event = fds.get(1).is_some_and(|fd| !fd.revents().is_empty());
-            (!fds[0].revents().is_empty(), broker_event)
+            fds.get(1).is_some_and(|fd| !fd.revents().is_empty())
         };
-        if ready {
-            let mut counter = [0u8; 8];
-            let _ = rustix::io::read(&self.wait_fd, &mut counter);
-        }
         if broker_event {
             self.on_broker_readable();
         }

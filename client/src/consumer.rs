@@ -189,9 +189,12 @@ impl Consumer {
     /// arrived meanwhile.
     fn arm(&mut self) -> Result<bool> {
         match &mut self.source {
-            Source::Single(reader) => reader
-                .prepare_to_sleep()
-                .map_err(|e| Error::ring(&self.attachment.channel, e)),
+            Source::Single(reader) => {
+                self.attachment.drain_wakeups();
+                reader
+                    .prepare_to_sleep()
+                    .map_err(|e| Error::ring(&self.attachment.channel, e))
+            }
             Source::Merged(merged) => merged.arm(&self.attachment),
         }
     }
@@ -204,6 +207,7 @@ impl Consumer {
         if Attachment::spin(|| reader.has_unread()) {
             return Ok(());
         }
+        self.attachment.drain_wakeups();
         if reader
             .prepare_to_sleep()
             .map_err(|e| Error::ring(&self.attachment.channel, e))?

@@ -226,6 +226,9 @@ impl FanoutWriter {
     /// will wait on `ready_fd()`, asks that consumer to signal when it frees space.
     fn room_everywhere(&mut self, attachment: &mut Attachment, len: usize) -> Result<bool> {
         let busy_poll = attachment.options.busy_poll;
+        if !busy_poll {
+            attachment.drain_wakeups();
+        }
         let to_error = Self::ring_error(attachment);
         let mut faulty = Vec::new();
         let mut room = true;
@@ -334,9 +337,10 @@ impl FanoutWriter {
     ) -> Result<()> {
         let writer = &mut self.members.peers[index].end;
         // A ring error here shows again (and is dealt with) at the next write.
-        if !Attachment::spin(|| writer.can_progress(len).unwrap_or(true))
-            && writer.prepare_to_sleep(len).unwrap_or(false)
-        {
+        if !Attachment::spin(|| writer.can_progress(len).unwrap_or(true)) && {
+            attachment.drain_wakeups();
+            writer.prepare_to_sleep(len).unwrap_or(false)
+        } {
             let slept = attachment.sleep();
             writer.done_sleeping();
             slept?;
@@ -505,6 +509,7 @@ impl MergedReader {
     /// Asks every producer to signal when it writes; false (and nothing armed) if some ring
     /// already has data.
     pub fn arm(&mut self, attachment: &Attachment) -> Result<bool> {
+        attachment.drain_wakeups();
         let mut empty = true;
         for peer in &mut self.members.peers {
             if !peer

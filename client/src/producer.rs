@@ -236,10 +236,13 @@ impl Producer {
             if let Some(done) = self.step(&mut write)? {
                 return Ok(done);
             }
-            if self.attachment.options.busy_poll
-                || single(&mut self.route)?
-                    .prepare_to_sleep(needed)
-                    .map_err(|e| Error::ring(&self.attachment.channel, e))?
+            if self.attachment.options.busy_poll {
+                return Err(Error::WouldBlock);
+            }
+            self.attachment.drain_wakeups();
+            if single(&mut self.route)?
+                .prepare_to_sleep(needed)
+                .map_err(|e| Error::ring(&self.attachment.channel, e))?
             {
                 return Err(Error::WouldBlock);
             }
@@ -253,6 +256,7 @@ impl Producer {
         if Attachment::spin(|| writer.can_progress(len).unwrap_or(true)) {
             return Ok(());
         }
+        self.attachment.drain_wakeups();
         if writer
             .prepare_to_sleep(len)
             .map_err(|e| Error::ring(&self.attachment.channel, e))?
