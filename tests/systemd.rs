@@ -695,3 +695,110 @@ fn watchdog_keeps_a_live_broker_and_restarts_a_wedged_one() {
     let received = broker.recv_to_file("idle", &file_in(lab.dir(), "idle.out"));
     assert_eq!(received, b"first use after a restart");
 }
+
+/// A fan-out channel's durable queue, with its unread messages, is kept in the fd store across a
+/// restart and a kill -9; an anonymous consumer's is not (it ends with its connection).
+#[test]
+fn a_durable_consumers_queue_survives_restart_and_crash() {
+    if !root_or_skip("a_durable_consumers_queue_survives_restart_and_crash") {
+        return;
+    }
+    const FAN: &str = "fan";
+    const COUNT: u64 = 100;
+    let lab = SystemdLab::boot();
+    let broker = LabBroker::install(&lab, "version = 1\n");
+    lab.systemctl_ok(&["start", SOCKET]);
+    broker.ctl_ok(&[
+        "create",
+        FAN,
+        "--capacity",
+        "64KiB",
+        "--max-producers",
+        "2",
+        "--max-consumers",
+        "3",
+    ]);
+    let first_pid = broker.wait_active();
+    let socket = broker.socket().to_path_buf();
+    {
+        let client = connect(&socket);
+        drop(
+            client
+                .attach(FAN)
+                .durable("keep")
+                .consumer()
+                .unwrap_or_else(|e| panic!("attach the durable consumer: {e}")),
+        );
+        let _anonymous = client
+            .consumer(FAN)
+            .unwrap_or_else(|e| panic!("attach an anonymous consumer: {e}"));
+        let mut producer = client
+            .producer(FAN)
+            .unwrap_or_else(|e| panic!("attach the producer: {e}"));
+        for seq in 0..COUNT {
+            producer
+                .send(&message(seq, 200))
+                .unwrap_or_else(|e| panic!("send {seq}: {e}"));
+        }
+        producer.close().unwrap_or_else(|e| panic!("close: {e}"));
+    }
+    let kept = |what: &str| {
+        let info = channel_info(&broker, FAN);
+        let peers = json_array(&info, "peers");
+        let keep = peers
+            .iter()
+            .find(|p| p["name"] == "keep")
+            .unwrap_or_else(|| panic!("{what}: the durable consumer is gone: {info}"));
+        assert_eq!(keep["attached"], false, "{what}: {info}");
+        assert!(json_u64(keep, "bytes_unread") > 0, "{what}: {info}");
+        assert_eq!(
+            json_u64(&info, "ring_bytes"),
+            64 << 10,
+            "{what}: only the durable queue's ring is kept: {info}"
+        );
+    };
+    kept("before the restart");
+
+    lab.systemctl_ok(&["restart", SERVICE]);
+    let second_pid = broker.wait_active();
+    assert_ne!(first_pid, second_pid);
+    kept("after a restart");
+
+    let kill = lab.run(
+        &["kill", "-9", &second_pid.to_string()],
+        std::process::Stdio::null(),
+        WAIT,
+    );
+    assert!(kill.success(), "{kill}");
+    let third_pid = wait_for(WAIT, "systemd to restart the killed broker", || {
+        let pid = lab.show_u64(SERVICE, "MainPID") as u32;
+        let state = lab.show(SERVICE, "SubState");
+        if pid != 0 && pid != second_pid && state == "running" {
+            Ok(pid)
+        } else {
+            Err(format!("MainPID={pid} SubState={state}"))
+        }
+    });
+    assert_ne!(third_pid, second_pid);
+    kept("after kill -9");
+
+    let client = connect(&socket);
+    let mut keep = client
+        .attach(FAN)
+        .durable("keep")
+        .consumer()
+        .unwrap_or_else(|e| panic!("re-attach the durable consumer: {e}"));
+    for seq in 0..COUNT {
+        let got = keep
+            .recv()
+            .unwrap_or_else(|e| panic!("recv {seq}: {e}"))
+            .unwrap_or_else(|| panic!("end-of-stream after {seq} messages"));
+        assert_eq!(got, message(seq, 200), "message {seq}");
+    }
+    assert_eq!(keep.recv().ok(), Some(None), "the producer's end-of-stream");
+    let log = lab.journalctl(&["-u", SERVICE]).stdout;
+    assert!(
+        !log.contains("discarding stored channel"),
+        "nothing stored was discarded:\n{log}"
+    );
+}

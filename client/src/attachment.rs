@@ -272,6 +272,17 @@ impl Attachment {
         if self.broker_connected || !self.options.reconnect || self.failed.is_some() {
             return;
         }
+        if self.wake_fd.is_none() {
+            // Fan-out endpoints hold their peers' rings and a control page the restarted broker
+            // makes afresh; their slot cannot be claimed back safely.
+            self.failed = Some(
+                "the broker restarted; endpoints of channels with several producers or \
+                 consumers do not re-attach by themselves: attach again (a durable consumer \
+                 resumes where it stopped)"
+                    .into(),
+            );
+            return;
+        }
         if self
             .last_reconnect
             .is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL)

@@ -25,6 +25,35 @@ use shmem_ipc::mem::mfd::Memfd;
 use crate::access::AccessList;
 use crate::peer::PeerCredentials;
 
+/// A consumer queue as systemd's fd store keeps it: its id, and the durable consumer's name
+/// (`None`: the single consumer's queue of a `max_consumers = 1` channel).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRecord {
+    pub id: u32,
+    pub name: Option<String>,
+}
+
+/// What of a fan-out channel outlives the broker in systemd's fd store: its producer slots,
+/// and the queues of durable consumers (and of the single consumer of a `max_consumers = 1`
+/// channel) with their rings. Anonymous consumers' queues end with their connections anyway,
+/// and the control page is made afresh (sealed against writes, it cannot be mapped writable
+/// again).
+pub struct DurableParts<'a> {
+    pub slots: u32,
+    pub next_queue_id: u32,
+    pub queues: Vec<QueueRecord>,
+    /// Named `p{slot}.space`, `q{queue}.data` and `q{queue}/p{slot}.ring`.
+    pub fds: Vec<(String, BorrowedFd<'a>)>,
+}
+
+/// A durable queue read back from systemd's fd store.
+pub struct RestoredQueue {
+    pub record: QueueRecord,
+    pub data_ready: Option<OwnedFd>,
+    /// One per producer slot, in slot order.
+    pub lanes: Vec<Lane>,
+}
+
 /// The session an attachment belongs to (the server's connection token).
 pub type SessionId = usize;
 
@@ -202,8 +231,118 @@ impl Channel {
         Ok(channel)
     }
 
+    /// Rebuilds a fan-out channel from systemd's fd store: `slots` are the producer slots'
+    /// eventfds (if they were made), `queues` the durable queues with a ring per slot.
+    pub fn restore_fanout(
+        meta: ChannelMeta,
+        capacity: u64,
+        slots: Vec<Option<OwnedFd>>,
+        queues: Vec<RestoredQueue>,
+        next_queue_id: u32,
+    ) -> Result<Channel, String> {
+        if slots.is_empty() || slots.len() > meta.max_producers as usize {
+            return Err(format!(
+                "{} producer slots stored, max_producers is {}",
+                slots.len(),
+                meta.max_producers
+            ));
+        }
+        let control = ControlPage::create(&meta.name).map_err(|e| e.to_string())?;
+        let mut channel = Channel {
+            capacity,
+            slots: slots
+                .into_iter()
+                .enumerate()
+                .map(|(id, space_ready)| ProducerSlot {
+                    id: id as u32,
+                    holder: None,
+                    space_ready,
+                })
+                .collect(),
+            queues: Vec::new(),
+            next_queue_id,
+            control: Some(control),
+            evicted: BTreeSet::new(),
+            pending_removal: false,
+            meta,
+        };
+        for queue in queues {
+            let id = queue.record.id;
+            if queue.lanes.len() != channel.slots.len() {
+                return Err(format!(
+                    "queue {id} has {} rings for {} producer slots",
+                    queue.lanes.len(),
+                    channel.slots.len()
+                ));
+            }
+            if channel.queues.iter().any(|q| q.id == id) || id >= next_queue_id {
+                return Err(format!("queue id {id} is repeated or out of range"));
+            }
+            for lane in &queue.lanes {
+                // A waiting flag from before the restart belongs to a client that is gone.
+                lane.ring.clear_waiters();
+            }
+            channel.queues.push(ConsumerQueue {
+                id,
+                kind: queue
+                    .record
+                    .name
+                    .map_or(QueueKind::Default, QueueKind::Durable),
+                holder: None,
+                data_ready: queue.data_ready,
+                lanes: queue.lanes,
+            });
+        }
+        let has_default = channel.queues.iter().any(|q| q.kind == QueueKind::Default);
+        if channel.meta.max_consumers == 1 && !has_default {
+            channel
+                .add_queue(QueueKind::Default)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(channel)
+    }
+
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// What of a fan-out channel systemd's fd store keeps; `None` for one-to-one channels.
+    pub fn durable_parts(&self) -> Option<DurableParts<'_>> {
+        if !self.meta.is_fanout() {
+            return None;
+        }
+        let mut fds = Vec::new();
+        for slot in &self.slots {
+            if let Some(fd) = &slot.space_ready {
+                fds.push((format!("p{}.space", slot.id), fd.as_fd()));
+            }
+        }
+        let mut queues = Vec::new();
+        for queue in self
+            .queues
+            .iter()
+            .filter(|q| q.kind != QueueKind::Anonymous)
+        {
+            queues.push(QueueRecord {
+                id: queue.id,
+                name: queue.name().map(str::to_string),
+            });
+            if let Some(fd) = &queue.data_ready {
+                fds.push((format!("q{}.data", queue.id), fd.as_fd()));
+            }
+            for (slot, lane) in self.slots.iter().zip(&queue.lanes) {
+                fds.push((
+                    format!("q{}/p{}.ring", queue.id, slot.id),
+                    lane.memfd.as_file().as_fd(),
+                ));
+            }
+        }
+        Some(DurableParts {
+            slots: self.slots.len() as u32,
+            next_queue_id: self.next_queue_id,
+            queues,
+            fds,
+        })
     }
 
     pub fn capacity(&self) -> u64 {

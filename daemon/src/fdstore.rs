@@ -1,20 +1,24 @@
 //! Channels kept in systemd's file-descriptor store, so that they, and the unread data in their
 //! rings, survive a restart or crash of the broker.
 //!
-//! Each channel is stored as fds named `ch.NAME.ring` (the ring memfd), `ch.NAME.meta` (a
-//! sealed memfd holding the name, capacity, origin, owner and access as JSON) and, once someone
-//! has attached, `ch.NAME.data` and `ch.NAME.space` (the eventfds). On start, systemd hands them
-//! back through
-//! `LISTEN_FDS`/`LISTEN_FDNAMES`; each group is checked (seals, sizes, fd types, metadata) and a bad
-//! one is logged, closed and removed from the store, never trusted. Outside systemd
-//! (`NOTIFY_SOCKET` unset) nothing is stored.
+//! A one-to-one channel is stored as fds named `ch.NAME.ring` (the ring memfd), `ch.NAME.meta`
+//! (a sealed memfd holding the name, capacity, origin, owner and access as JSON) and, once
+//! someone has attached, `ch.NAME.data` and `ch.NAME.space` (the eventfds).
 //!
-//! Fan-out channels (several producers or consumers) keep only their metadata: they come back
-//! after a restart, but their rings, durable consumers' queues included, do not.
+//! A fan-out channel (several producers or consumers) keeps what outlives its clients: its
+//! producer slots' eventfds `ch.NAME/pP.space`, and for each durable queue (and the single
+//! queue of a `max_consumers = 1` channel) its eventfd `ch.NAME/qQ.data` and a ring per slot
+//! `ch.NAME/qQ/pP.ring`; its metadata `ch.NAME/mN.meta` also lists the slots and queues, and is
+//! replaced (new serial first, then the old one removed) when they change. Anonymous consumers'
+//! queues are not kept: they end with their connections. Channel names never contain `/`.
+//!
+//! On start, systemd hands everything back through `LISTEN_FDS`/`LISTEN_FDNAMES`; each group is
+//! checked (seals, sizes, fd types, metadata) and a bad one is logged, closed and removed from
+//! the store, never trusted. Outside systemd (`NOTIFY_SOCKET` unset) nothing is stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use sd_notify::NotifyState;
@@ -26,7 +30,7 @@ use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use slog::{error, info, warn, Logger};
 
 use crate::access::AccessList;
-use crate::channel::{Channel, ChannelMeta, Lane};
+use crate::channel::{Channel, ChannelMeta, Lane, QueueRecord, RestoredQueue};
 
 const PREFIX: &str = "ch.";
 const PARTS: [&str; 4] = ["ring", "data", "space", "meta"];
@@ -50,14 +54,37 @@ struct StoredMeta {
     max_consumers: u32,
     #[serde(default)]
     slow_consumer: SlowConsumer,
+    /// Fan-out channels: producer slots made so far, the durable queues, the next queue id.
+    #[serde(default)]
+    slots: u32,
+    #[serde(default)]
+    queues: Vec<QueueRecord>,
+    #[serde(default)]
+    next_queue_id: u32,
 }
 
 fn one() -> u32 {
     1
 }
 
+/// What of a fan-out channel is in the store now, so that a change stores only the difference.
+#[derive(Default)]
+struct FanoutRecord {
+    /// Full fd names of the eventfds and rings stored.
+    names: BTreeSet<String>,
+    meta_serial: u64,
+    meta_json: Vec<u8>,
+}
+
+impl FanoutRecord {
+    fn meta_name(&self, channel: &str) -> Option<String> {
+        (self.meta_serial > 0).then(|| fanout_name(channel, &format!("m{}.meta", self.meta_serial)))
+    }
+}
+
 pub struct FdStore {
     enabled: bool,
+    fanout: HashMap<String, FanoutRecord>,
     log: Logger,
 }
 
@@ -65,31 +92,40 @@ impl FdStore {
     pub fn new(log: Logger) -> FdStore {
         FdStore {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            fanout: HashMap::new(),
             log,
         }
     }
 
-    /// Hands the channel's fds to systemd to keep.
-    pub fn save(&self, channel: &Channel) {
+    /// Hands the channel's fds to systemd to keep (a fan-out channel: what changed since).
+    pub fn save(&mut self, channel: &Channel) {
         if !self.enabled {
             return;
         }
-        if let Err(err) = self.try_save(channel) {
+        let saved = if channel.meta.is_fanout() {
+            self.try_sync_fanout(channel)
+        } else {
+            self.try_save(channel)
+        };
+        if let Err(err) = saved {
             warn!(self.log, "cannot save channel in systemd's fd store; it will not survive a restart";
                 "channel" => channel.name(), "error" => %err);
         }
     }
 
     fn try_save(&self, channel: &Channel) -> std::io::Result<()> {
-        let meta = write_meta(channel)?;
+        let meta = write_meta(&stored_meta(channel))?;
         if let Some((lane, _)) = channel.single_ring() {
-            self.store(channel.name(), "ring", lane.memfd.as_file().as_fd())?;
+            self.store(
+                &fd_name(channel.name(), "ring"),
+                lane.memfd.as_file().as_fd(),
+            )?;
         }
-        self.store(channel.name(), "meta", meta.as_file().as_fd())?;
+        self.store(&fd_name(channel.name(), "meta"), meta.as_file().as_fd())?;
         self.try_save_wake(channel)
     }
 
-    /// Hands systemd a channel's eventfds, made at its first attach.
+    /// Hands systemd a one-to-one channel's eventfds, made at its first attach.
     pub fn save_wake(&self, channel: &Channel) {
         if !self.enabled {
             return;
@@ -102,29 +138,91 @@ impl FdStore {
 
     fn try_save_wake(&self, channel: &Channel) -> std::io::Result<()> {
         if let Some((_, Some((data_ready, space_ready)))) = channel.single_ring() {
-            self.store(channel.name(), "data", data_ready)?;
-            self.store(channel.name(), "space", space_ready)?;
+            self.store(&fd_name(channel.name(), "data"), data_ready)?;
+            self.store(&fd_name(channel.name(), "space"), space_ready)?;
         }
         Ok(())
     }
 
-    fn store(
+    /// Brings the store in line with a fan-out channel's durable parts: new fds and metadata
+    /// first, then what is gone is removed, so a crash in between loses nothing.
+    fn try_sync_fanout(&mut self, channel: &Channel) -> std::io::Result<()> {
+        let Some(parts) = channel.durable_parts() else {
+            return Ok(());
+        };
+        let name = channel.name();
+        let mut meta = stored_meta(channel);
+        meta.slots = parts.slots;
+        meta.queues = parts.queues;
+        meta.next_queue_id = parts.next_queue_id;
+        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+        let desired: BTreeMap<String, BorrowedFd<'_>> = parts
+            .fds
+            .into_iter()
+            .map(|(suffix, fd)| (fanout_name(name, &suffix), fd))
+            .collect();
+        let mut record = self.fanout.remove(name).unwrap_or_default();
+        let result = self.apply_fanout(name, &mut record, &desired, &json);
+        self.fanout.insert(name.to_string(), record);
+        result
+    }
+
+    fn apply_fanout(
         &self,
         channel: &str,
-        part: &str,
-        fd: std::os::fd::BorrowedFd<'_>,
+        record: &mut FanoutRecord,
+        desired: &BTreeMap<String, BorrowedFd<'_>>,
+        json: &[u8],
     ) -> std::io::Result<()> {
-        let name = fd_name(channel, part);
-        sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(&name)], &[fd])
+        for (fd_name, fd) in desired {
+            if !record.names.contains(fd_name) {
+                self.store(fd_name, *fd)?;
+                record.names.insert(fd_name.clone());
+            }
+        }
+        if record.meta_json != json {
+            let old = record.meta_name(channel);
+            let memfd = write_meta_json(channel, json)?;
+            let serial = record.meta_serial + 1;
+            self.store(
+                &fanout_name(channel, &format!("m{serial}.meta")),
+                memfd.as_file().as_fd(),
+            )?;
+            record.meta_serial = serial;
+            record.meta_json = json.to_vec();
+            if let Some(old) = old {
+                self.remove(&old);
+            }
+        }
+        let gone: Vec<String> = record
+            .names
+            .iter()
+            .filter(|n| !desired.contains_key(*n))
+            .cloned()
+            .collect();
+        for fd_name in gone {
+            self.remove(&fd_name);
+            record.names.remove(&fd_name);
+        }
+        Ok(())
+    }
+
+    fn store(&self, name: &str, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], &[fd])
     }
 
     /// Removes a dropped channel's fds from the store.
-    pub fn forget(&self, channel: &str) {
+    pub fn forget(&mut self, channel: &str) {
         if !self.enabled {
             return;
         }
         for part in PARTS {
             self.remove(&fd_name(channel, part));
+        }
+        if let Some(record) = self.fanout.remove(channel) {
+            for name in record.names.iter().chain(record.meta_name(channel).iter()) {
+                self.remove(name);
+            }
         }
     }
 
@@ -138,25 +236,16 @@ impl FdStore {
     }
 
     /// Rebuilds the channels systemd passed back. Bad entries are logged and discarded.
-    pub fn restore(&self, stored: Vec<(OwnedFd, String)>) -> Vec<Channel> {
-        let mut groups: BTreeMap<String, BTreeMap<&'static str, Vec<OwnedFd>>> = BTreeMap::new();
+    pub fn restore(&mut self, stored: Vec<(OwnedFd, String)>) -> Vec<Channel> {
+        let mut groups: BTreeMap<String, Vec<StoredFd>> = BTreeMap::new();
         for (fd, name) in stored {
-            let parsed = name
-                .strip_prefix(PREFIX)
-                .and_then(|rest| rest.rsplit_once('.'))
-                .and_then(|(channel, part)| {
-                    PARTS
-                        .iter()
-                        .find(|p| **p == part)
-                        .map(|p| (channel.to_string(), *p))
-                });
-            match parsed {
-                Some((channel, part)) => groups
-                    .entry(channel)
-                    .or_default()
-                    .entry(part)
-                    .or_default()
-                    .push(fd),
+            match parse_name(&name) {
+                Some((channel, path, part)) => groups.entry(channel).or_default().push(StoredFd {
+                    path,
+                    part,
+                    name,
+                    fd,
+                }),
                 None => {
                     warn!(self.log, "discarding unknown fd passed by systemd"; "fd_name" => &name);
                     self.remove(&name);
@@ -164,9 +253,18 @@ impl FdStore {
             }
         }
         let mut channels = Vec::new();
-        for (name, parts) in groups {
-            match assemble(&name, parts) {
-                Ok(channel) => {
+        for (name, entries) in groups {
+            let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            match assemble(&name, entries) {
+                Ok(restored) => {
+                    for stale in &restored.stale {
+                        warn!(self.log, "removing stale fd of a stored channel"; "fd_name" => stale);
+                        self.remove(stale);
+                    }
+                    let channel = restored.channel;
+                    if let Some(record) = restored.fanout {
+                        self.fanout.insert(name.clone(), record);
+                    }
                     let unread = channel.info().bytes_unread;
                     info!(self.log, "channel restored from systemd's fd store";
                         "channel" => &name, "capacity" => channel.capacity(), "bytes_unread" => unread);
@@ -174,7 +272,9 @@ impl FdStore {
                 }
                 Err(reason) => {
                     error!(self.log, "discarding stored channel"; "channel" => &name, "reason" => &reason);
-                    self.forget(&name);
+                    for fd_name in names {
+                        self.remove(&fd_name);
+                    }
                 }
             }
         }
@@ -186,9 +286,39 @@ fn fd_name(channel: &str, part: &str) -> String {
     format!("{PREFIX}{channel}.{part}")
 }
 
-fn write_meta(channel: &Channel) -> std::io::Result<Memfd> {
+fn fanout_name(channel: &str, suffix: &str) -> String {
+    format!("{PREFIX}{channel}/{suffix}")
+}
+
+/// `ch.NAME.PART` or `ch.NAME/PATH.PART` -> (NAME, PATH or "", PART).
+fn parse_name(name: &str) -> Option<(String, String, &'static str)> {
+    let (left, part) = name.strip_prefix(PREFIX)?.rsplit_once('.')?;
+    let part = PARTS.iter().find(|p| **p == part)?;
+    let (channel, path) = left.split_once('/').unwrap_or((left, ""));
+    Some((channel.to_string(), path.to_string(), part))
+}
+
+/// One fd of a stored channel.
+struct StoredFd {
+    path: String,
+    part: &'static str,
+    name: String,
+    fd: OwnedFd,
+}
+
+/// A channel rebuilt from the store, with what to tidy up.
+struct Restored {
+    channel: Channel,
+    /// Fan-out channels: what is in the store now.
+    fanout: Option<FanoutRecord>,
+    /// Fds of the group that were not used (older metadata, leftovers of a change a crash
+    /// interrupted): to be removed from the store.
+    stale: Vec<String>,
+}
+
+fn stored_meta(channel: &Channel) -> StoredMeta {
     let meta = &channel.meta;
-    let stored = StoredMeta {
+    StoredMeta {
         version: META_VERSION,
         name: meta.name.clone(),
         capacity: channel.capacity(),
@@ -199,14 +329,24 @@ fn write_meta(channel: &Channel) -> std::io::Result<Memfd> {
         max_producers: meta.max_producers,
         max_consumers: meta.max_consumers,
         slow_consumer: meta.slow_consumer,
-    };
-    let json = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
+        slots: 0,
+        queues: Vec::new(),
+        next_queue_id: 0,
+    }
+}
+
+fn write_meta(meta: &StoredMeta) -> std::io::Result<Memfd> {
+    let json = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
+    write_meta_json(&meta.name, &json)
+}
+
+fn write_meta_json(channel: &str, json: &[u8]) -> std::io::Result<Memfd> {
     let memfd = MemfdOptions::default()
         .allow_sealing(true)
         .close_on_exec(true)
-        .create(format!("shmem-broker-meta:{}", meta.name))
+        .create(format!("shmem-broker-meta:{channel}"))
         .map_err(std::io::Error::other)?;
-    memfd.as_file().write_all(&json)?;
+    memfd.as_file().write_all(json)?;
     let mut seals = SealsHashSet::new();
     for seal in [
         FileSeal::SealWrite,
@@ -220,24 +360,68 @@ fn write_meta(channel: &Channel) -> std::io::Result<Memfd> {
     Ok(memfd)
 }
 
-fn take_one(
-    parts: &mut BTreeMap<&'static str, Vec<OwnedFd>>,
-    part: &str,
-) -> Result<OwnedFd, String> {
-    let mut fds = parts.remove(part).unwrap_or_default();
-    match fds.len() {
-        1 => fds.pop().ok_or_else(|| format!("{part} fd missing")),
-        0 => Err(format!("{part} fd missing")),
-        n => Err(format!("{n} fds named {part}")),
+/// The one fd at `path`/`part`, if present; more than one is an error.
+fn take(entries: &mut Vec<StoredFd>, path: &str, part: &str) -> Result<Option<StoredFd>, String> {
+    let mut found: Vec<StoredFd> = Vec::new();
+    let mut index = 0;
+    while index < entries.len() {
+        if entries[index].path == path && entries[index].part == part {
+            found.push(entries.swap_remove(index));
+        } else {
+            index += 1;
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        n => Err(format!("{n} fds named {path}.{part}")),
     }
 }
 
-fn assemble(
-    name: &str,
-    mut parts: BTreeMap<&'static str, Vec<OwnedFd>>,
-) -> Result<Channel, String> {
+fn take_one(entries: &mut Vec<StoredFd>, path: &str, part: &str) -> Result<StoredFd, String> {
+    let what = if path.is_empty() {
+        part.to_string()
+    } else {
+        format!("{path}.{part}")
+    };
+    take(entries, path, part)?.ok_or_else(|| format!("{what} fd missing"))
+}
+
+/// The metadata to use: the plain `meta` of a one-to-one channel, or a fan-out channel's
+/// newest `mN.meta`; older ones are stale.
+fn newest_meta(entries: &mut Vec<StoredFd>, stale: &mut Vec<String>) -> Result<StoredFd, String> {
+    let serial = |e: &StoredFd| -> Option<u64> {
+        if e.path.is_empty() {
+            Some(0)
+        } else {
+            e.path.strip_prefix('m')?.parse().ok()
+        }
+    };
+    let mut metas: Vec<(u64, StoredFd)> = Vec::new();
+    let mut index = 0;
+    while index < entries.len() {
+        if entries[index].part == "meta" {
+            let entry = entries.swap_remove(index);
+            match serial(&entry) {
+                Some(n) => metas.push((n, entry)),
+                None => stale.push(entry.name),
+            }
+        } else {
+            index += 1;
+        }
+    }
+    metas.sort_by_key(|(n, _)| *n);
+    let newest = metas.pop().ok_or("meta fd missing")?;
+    stale.extend(metas.into_iter().map(|(_, e)| e.name));
+    Ok(newest.1)
+}
+
+fn assemble(name: &str, mut entries: Vec<StoredFd>) -> Result<Restored, String> {
     validate_channel_name(name)?;
-    let stored = read_meta(take_one(&mut parts, "meta")?)?;
+    let mut stale = Vec::new();
+    let meta_fd = newest_meta(&mut entries, &mut stale)?;
+    let meta_name = meta_fd.name.clone();
+    let (stored, json) = read_meta(meta_fd.fd)?;
     if stored.name != name {
         return Err(format!("metadata names channel {:?}", stored.name));
     }
@@ -246,9 +430,13 @@ fn assemble(
             return Err(format!("metadata allows {count} producers or consumers"));
         }
     }
+    let capacity = stored.capacity;
+    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % CAPACITY_GRANULE != 0 {
+        return Err(format!("metadata gives capacity {capacity}"));
+    }
     let meta = ChannelMeta {
-        name: stored.name,
-        origin: stored.origin,
+        name: stored.name.clone(),
+        origin: stored.origin.clone(),
         owner_uid: stored.owner_uid,
         producers: AccessList::parse_all(&stored.producers)?,
         consumers: AccessList::parse_all(&stored.consumers)?,
@@ -256,39 +444,113 @@ fn assemble(
         max_consumers: stored.max_consumers,
         slow_consumer: stored.slow_consumer,
     };
-    if meta.is_fanout() {
-        let capacity = stored.capacity;
-        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % CAPACITY_GRANULE != 0 {
-            return Err(format!("metadata gives capacity {capacity}"));
-        }
-        return Channel::assemble(meta, stored.capacity, None, None).map_err(|e| e.to_string());
-    }
-    let ring_fd = take_one(&mut parts, "ring")?;
-    // The eventfds exist once someone attached: both or neither.
-    let wake = match (parts.contains_key("data"), parts.contains_key("space")) {
-        (false, false) => None,
-        _ => {
-            let data_ready = take_one(&mut parts, "data")?;
-            let space_ready = take_one(&mut parts, "space")?;
-            for (part, fd) in [("data", &data_ready), ("space", &space_ready)] {
-                if !is_eventfd(fd) {
-                    return Err(format!("{part} fd is not an eventfd"));
-                }
-            }
-            Some((data_ready, space_ready))
-        }
+    let (channel, fanout) = if meta.is_fanout() {
+        let mut record = FanoutRecord {
+            meta_serial: meta_name
+                .rsplit_once("/m")
+                .and_then(|(_, rest)| rest.strip_suffix(".meta"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            meta_json: json,
+            ..FanoutRecord::default()
+        };
+        let channel = assemble_fanout(meta, &stored, &mut entries, &mut record)?;
+        (channel, Some(record))
+    } else {
+        (assemble_single(meta, capacity, &mut entries)?, None)
     };
+    stale.extend(entries.into_iter().map(|e| e.name));
+    Ok(Restored {
+        channel,
+        fanout,
+        stale,
+    })
+}
+
+fn assemble_single(
+    meta: ChannelMeta,
+    capacity: u64,
+    entries: &mut Vec<StoredFd>,
+) -> Result<Channel, String> {
+    let ring_fd = take_one(entries, "", "ring")?.fd;
+    // The eventfds exist once someone attached: both or neither.
+    let data = take(entries, "", "data")?;
+    let space = take(entries, "", "space")?;
+    let wake = match (data, space) {
+        (None, None) => None,
+        (Some(data), Some(space)) => Some((eventfd_checked(data)?.fd, eventfd_checked(space)?.fd)),
+        _ => return Err("one of the two eventfds is missing".into()),
+    };
+    let lane = open_lane(ring_fd, capacity)?;
+    Channel::assemble(meta, capacity, Some(lane), wake).map_err(|e| e.to_string())
+}
+
+fn assemble_fanout(
+    meta: ChannelMeta,
+    stored: &StoredMeta,
+    entries: &mut Vec<StoredFd>,
+    record: &mut FanoutRecord,
+) -> Result<Channel, String> {
+    let mut used = |entry: StoredFd| {
+        record.names.insert(entry.name);
+        entry.fd
+    };
+    let mut slots = Vec::new();
+    for slot in 0..stored.slots.max(1) {
+        let space = take(entries, &format!("p{slot}"), "space")?;
+        slots.push(match space {
+            Some(entry) => Some(eventfd_checked(entry).map(&mut used)?),
+            None => None,
+        });
+    }
+    let mut queues = Vec::new();
+    for queue in &stored.queues {
+        let data = take(entries, &format!("q{}", queue.id), "data")?;
+        let data_ready = match data {
+            Some(entry) => Some(eventfd_checked(entry).map(&mut used)?),
+            None => None,
+        };
+        let mut lanes = Vec::new();
+        for slot in 0..slots.len() {
+            let ring = take_one(entries, &format!("q{}/p{slot}", queue.id), "ring")?;
+            lanes.push(open_lane(used(ring), stored.capacity)?);
+        }
+        queues.push(RestoredQueue {
+            record: queue.clone(),
+            data_ready,
+            lanes,
+        });
+    }
+    Channel::restore_fanout(
+        meta,
+        stored.capacity,
+        slots,
+        queues,
+        stored.next_queue_id.max(1),
+    )
+}
+
+/// The entry's fd if it is an eventfd (the entry is handed back for bookkeeping).
+fn eventfd_checked(entry: StoredFd) -> Result<StoredFd, String> {
+    if is_eventfd(&entry.fd) {
+        Ok(entry)
+    } else {
+        Err(format!("{} is not an eventfd", entry.name))
+    }
+}
+
+fn open_lane(ring_fd: OwnedFd, capacity: u64) -> Result<Lane, String> {
     let memfd_copy = ring_fd
         .try_clone()
         .map_err(|e| format!("cannot duplicate ring fd: {e}"))?;
-    let ring = SharedRing::open(ring_fd, stored.capacity).map_err(|e| e.to_string())?;
+    let ring = SharedRing::open(ring_fd, capacity).map_err(|e| e.to_string())?;
     let memfd = Memfd::try_from_file(std::fs::File::from(memfd_copy))
         .map_err(|_| "ring fd is not a memfd".to_string())?;
-    Channel::assemble(meta, stored.capacity, Some(Lane { ring, memfd }), wake)
-        .map_err(|e| e.to_string())
+    Ok(Lane { ring, memfd })
 }
 
-fn read_meta(fd: OwnedFd) -> Result<StoredMeta, String> {
+/// The metadata and its JSON text.
+fn read_meta(fd: OwnedFd) -> Result<(StoredMeta, Vec<u8>), String> {
     let memfd = Memfd::try_from_file(std::fs::File::from(fd))
         .map_err(|_| "meta fd is not a memfd".to_string())?;
     let seals = memfd.seals().map_err(|e| format!("meta seals: {e}"))?;
@@ -316,10 +578,33 @@ fn read_meta(fd: OwnedFd) -> Result<StoredMeta, String> {
             stored.version
         ));
     }
-    Ok(stored)
+    Ok((stored, bytes))
 }
 
 fn is_eventfd(fd: &OwnedFd) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_for_both_shapes_and_dotted_channel_names() {
+        assert_eq!(
+            parse_name("ch.cam.front.ring"),
+            Some(("cam.front".into(), String::new(), "ring"))
+        );
+        assert_eq!(
+            parse_name("ch.cam.front/q3/p1.ring"),
+            Some(("cam.front".into(), "q3/p1".into(), "ring"))
+        );
+        assert_eq!(
+            parse_name("ch.cam/m12.meta"),
+            Some(("cam".into(), "m12".into(), "meta"))
+        );
+        assert_eq!(parse_name("ch.cam.bogus"), None);
+        assert_eq!(parse_name("control"), None);
+    }
 }

@@ -245,6 +245,9 @@ impl Registry {
                 info!(self.log, "channel access rules updated from config"; "channel" => &declared.name);
             }
             self.usage.count(existing);
+            if existing.meta.is_fanout() {
+                self.fd_store.save(existing);
+            }
             return Ok(());
         }
         let channel = Channel::create(meta, declared.capacity)?;
@@ -483,6 +486,10 @@ impl Registry {
         if grant.wake_created {
             self.fd_store.save_wake(channel);
         }
+        if channel.meta.is_fanout() {
+            // A new producer slot or durable queue, with its rings, outlives the broker.
+            self.fd_store.save(channel);
+        }
         info!(self.log, "attached"; "channel" => name, "role" => %role, "id" => grant.info.id,
             "consumer_name" => consumer_name, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
         Outcome {
@@ -534,6 +541,7 @@ impl Registry {
         self.usage.forget(channel);
         let dropped = channel.drop_consumer(consumer);
         self.usage.count(channel);
+        self.fd_store.save(channel);
         match dropped {
             Ok(events) => {
                 info!(self.log, "durable consumer dropped"; "channel" => name, "consumer_name" => consumer,
@@ -558,6 +566,9 @@ impl Registry {
             self.usage.forget(channel);
             let (told, evicted) = channel.evict_slow_consumers();
             self.usage.count(channel);
+            if !told.is_empty() {
+                self.fd_store.save(channel);
+            }
             if !told.is_empty() {
                 warn!(self.log, "slow consumers disconnected"; "channel" => channel.name(),
                     "attached" => evicted.len());
