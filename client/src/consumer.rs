@@ -149,7 +149,7 @@ impl Consumer {
         self.attachment.ensure_usable(reader.ring().is_dropped())?;
         let got = read(reader, &mut self.scratch)
             .map_err(|e| Error::ring(&self.attachment.channel, e))?;
-        if got.is_some() && reader.take_producer_waiting() {
+        if reader.take_producer_waiting() {
             self.attachment.wake_peer();
         }
         Ok(got)

@@ -494,10 +494,10 @@ impl MergedReader {
                 }
                 Err(other) => return Err(Error::ring(&attachment.channel, other)),
             };
+            if peer.end.take_producer_waiting() {
+                peer.wake();
+            }
             if let Some(got) = got {
-                if peer.end.take_producer_waiting() {
-                    peer.wake();
-                }
                 self.cursor = (index + 1) % count;
                 self.last_producer = Some(peer.id);
                 return Ok(Some(got));

@@ -247,10 +247,8 @@ impl SharedRing {
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
     }
 
-    /// Asks the CPU to fetch the cache line at `offset` of the data area. A consumer polling an
-    /// empty ring does this for the line the next frame will land in, so that when it comes,
-    /// fetching the frame overlaps with fetching the producer's position instead of following
-    /// it: one cross-core transfer less on the latency path.
+    /// Asks the CPU to fetch the cache line at `offset` of the data area: one cross-core
+    /// transfer less on the latency path when the fetch overlaps with another.
     fn prefetch(&self, offset: u64) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is only a hint: it never faults and changes no memory, whatever
@@ -743,6 +741,10 @@ pub struct RingReader {
     messages_read: u64,
     /// Messages the producer said this consumer missed (LOST frames read so far).
     missed: u64,
+    /// The read position last stored in the header.
+    published_pos: u64,
+    /// Space was freed since the last `take_producer_waiting`.
+    freed: bool,
 }
 
 impl RingReader {
@@ -756,6 +758,8 @@ impl RingReader {
             write_seen: write_pos,
             messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
             missed: 0,
+            published_pos: read_pos,
+            freed: false,
             ring,
         })
     }
@@ -772,6 +776,15 @@ impl RingReader {
 
     /// Published bytes not yet read, loading the producer's position afresh.
     fn unread(&mut self) -> Result<u64, RingError> {
+        if self.write_seen == self.read_pos {
+            // Probably empty, so polling: ask for the lines the next frame lands in (a small
+            // frame often straddles two) together with the producer's position, so that when
+            // it comes both arrive at once instead of one after the other.
+            let capacity = self.ring.capacity;
+            let offset = self.read_pos % capacity;
+            self.ring.prefetch(offset);
+            self.ring.prefetch((offset + 64).min(capacity - 1));
+        }
         let write_pos = self
             .ring
             .header()
@@ -865,10 +878,6 @@ impl RingReader {
                 // only the producer's current position can say whether more came since.
                 *unread = self.unread()?;
                 if *unread == 0 {
-                    // A small frame often straddles two lines: ask for both.
-                    let offset = self.read_pos % capacity;
-                    self.ring.prefetch(offset);
-                    self.ring.prefetch((offset + 64).min(capacity - 1));
                     return Ok(ReadOutcome::Empty);
                 }
             }
@@ -946,17 +955,26 @@ impl RingReader {
         }
     }
 
-    /// Publishes the local read position (releasing the space) with one store.
+    /// Publishes the local read position (releasing the space) with one store, if it moved: a
+    /// poll of an empty ring writes nothing.
     fn commit(&mut self) {
+        if self.read_pos == self.published_pos {
+            return;
+        }
         let h = &self.ring.header().consumer;
         h.messages_read.store(self.messages_read, Ordering::Relaxed);
-        // Release suffices: the fence in `take_producer_waiting` follows every commit.
+        // Release suffices: the fence in `take_producer_waiting`, which callers run after every
+        // read, orders it before the waiting-flag load.
         h.read_pos.store(self.read_pos, Ordering::Release);
+        self.published_pos = self.read_pos;
+        self.freed = true;
     }
 
-    /// After consuming: true if the producer is asleep waiting for space and must be woken.
-    pub fn take_producer_waiting(&self) -> bool {
-        take_flag(&self.ring.header().producer_waiting.waiting)
+    /// After a read: true if it freed space (a message, or only padding skipped) and the
+    /// producer is asleep waiting for space, so it must be woken. Costs nothing when nothing
+    /// was freed.
+    pub fn take_producer_waiting(&mut self) -> bool {
+        std::mem::take(&mut self.freed) && take_flag(&self.ring.header().producer_waiting.waiting)
     }
 
     /// Announces that the consumer is about to block. Returns false (do not sleep) if data
@@ -1371,5 +1389,30 @@ mod tests {
         let mut out = Vec::new();
         let err = r.try_read_into(&mut out).expect_err("refused");
         assert!(err.to_string().contains("loss record of 4 bytes"), "{err}");
+    }
+
+    #[test]
+    fn skipping_padding_alone_wakes_a_producer_waiting_for_space() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        let mut out = Vec::new();
+        assert!(write(&mut w, &[1u8; 3000]));
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(!r.take_producer_waiting(), "nobody is waiting yet");
+        // 3500 bytes do not fit after the 1088-byte tail: the producer pads the tail and
+        // waits for the consumer to pass it.
+        assert!(!write(&mut w, &[2u8; 3500]));
+        assert!(
+            w.prepare_to_sleep(3500).expect("prepare"),
+            "the producer must wait"
+        );
+        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
+        assert!(
+            r.take_producer_waiting(),
+            "passing the padding freed the space the producer waits for: it must be woken"
+        );
+        assert!(!r.take_producer_waiting(), "one wake-up per freeing");
     }
 }
