@@ -968,3 +968,86 @@ fn a_fanout_consumers_ready_fd_is_readable_only_when_a_producer_wrote() {
         );
     }
 }
+
+#[test]
+fn shmemctl_recv_waits_for_every_producers_end_and_reports_losses() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "pair",
+        "--capacity",
+        "64KiB",
+        "--max-producers",
+        "2",
+    ]);
+    let out_path = broker.dir().join("merged.out");
+    let mut receiver = broker.spawn_ctl(
+        &["recv", "pair", "--streams", "2"],
+        Stdio::null(),
+        Some(Stdio::from(File::create(&out_path).expect("create output"))),
+    );
+    broker.wait_for_peer("pair", receiver.pid(), "consumer");
+    let mut inputs = Vec::new();
+    for (i, text) in ["first producer\n", "second producer\n"].iter().enumerate() {
+        let path = broker.dir().join(format!("in{i}"));
+        std::fs::write(&path, text.repeat(1000)).expect("write input");
+        let input = File::open(&path).expect("open input");
+        broker
+            .spawn_ctl(
+                &["send", "pair", "--chunk", "4KiB"],
+                Stdio::from(input),
+                None,
+            )
+            .output(WAIT)
+            .expect_success();
+        inputs.push(text.repeat(1000));
+        if i == 0 {
+            assert!(
+                receiver.try_status().is_none(),
+                "recv --streams 2 stopped at the first end-of-stream"
+            );
+        }
+    }
+    receiver.output(WAIT).expect_success();
+    let merged = std::fs::read_to_string(&out_path).expect("read output");
+    assert_eq!(merged.len(), inputs.iter().map(String::len).sum::<usize>());
+    for text in ["first producer\n", "second producer\n"] {
+        assert_eq!(
+            merged.matches(text).count(),
+            1000,
+            "all of {text:?} arrived"
+        );
+    }
+
+    // A consumer that falls behind under policy drop is told how many messages it missed.
+    let client = broker.client();
+    create(&client, "lossy", RING, 1, 2, SlowConsumer::Drop);
+    let mut slow = broker.spawn_ctl(&["recv", "lossy"], Stdio::null(), Some(Stdio::null()));
+    broker.wait_for_peer("lossy", slow.pid(), "consumer");
+    slow.signal(libc::SIGSTOP);
+    let mut producer = client.producer("lossy").expect("producer");
+    for seq in 0..1000 {
+        producer.send(&record(0, seq, MESSAGE)).expect("send");
+    }
+    slow.signal(libc::SIGCONT);
+    // After the gap the next message fits; with it comes the count of those missed.
+    wait_for(
+        WAIT,
+        "the slow consumer to drain its ring",
+        || match consumer_peer(&broker, "lossy", 1).map(|p| json_u64(&p, "bytes_unread")) {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    producer
+        .send(&record(0, 1000, MESSAGE))
+        .expect("send after the gap");
+    producer.close().expect("close");
+    let out = slow.output(WAIT);
+    let stderr = out.expect_success().to_string() + &out.stderr;
+    assert!(
+        stderr.contains("shmemctl: channel lossy: missed ")
+            && stderr.contains("slow_consumer = drop"),
+        "recv reports the loss: {out}"
+    );
+}
