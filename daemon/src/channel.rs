@@ -468,9 +468,8 @@ impl Channel {
                 ));
             }
         };
-        let mut wake_created = ensure(&mut self.slots[index].space_ready).map_err(internal)?;
-        let slot_id = self.slots[index].id;
         let grant = if self.meta.is_fanout() {
+            ensure(&mut self.slots[index].space_ready).map_err(internal)?;
             let mut fds = vec![
                 self.control_fd().map_err(internal)?,
                 share(&self.slots[index].space_ready).map_err(internal)?,
@@ -484,7 +483,7 @@ impl Channel {
                 names.extend(["ring", "wake"]);
                 lanes.push(LaneInfo { peer: queue.id });
             }
-            let info = self.attach_info(Role::Producer, slot_id, names, lanes);
+            let info = self.attach_info(Role::Producer, self.slots[index].id, names, lanes);
             Grant {
                 info,
                 fds,
@@ -492,25 +491,7 @@ impl Channel {
                 wake_created: false,
             }
         } else {
-            let queue = &mut self.queues[0];
-            wake_created |= ensure(&mut queue.data_ready).map_err(internal)?;
-            let fds = vec![
-                queue.lanes[0].share().map_err(internal)?,
-                share(&queue.data_ready).map_err(internal)?,
-                share(&self.slots[0].space_ready).map_err(internal)?,
-            ];
-            let info = self.attach_info(
-                Role::Producer,
-                0,
-                vec!["ring", "data_ready", "space_ready"],
-                Vec::new(),
-            );
-            Grant {
-                info,
-                fds,
-                notices,
-                wake_created,
-            }
+            self.single_grant(Role::Producer).map_err(internal)?
         };
         self.slots[index].holder = Some(Attached {
             session,
@@ -665,33 +646,35 @@ impl Channel {
         session: SessionId,
         peer: &PeerCredentials,
     ) -> Result<Grant, Refusal> {
-        let queue = &mut self.queues[0];
+        let queue = &self.queues[0];
         if let Some(holder) = &queue.holder {
             return Err(refuse(
                 ErrorCode::ChannelBusy,
                 format!("channel busy: consumer pid {} attached", holder.peer.pid),
             ));
         }
-        let mut wake_created = ensure(&mut queue.data_ready).map_err(internal)?;
-        wake_created |= ensure(&mut self.slots[0].space_ready).map_err(internal)?;
-        let queue = &self.queues[0];
-        let fds = vec![
-            queue.lanes[0].share().map_err(internal)?,
-            share(&queue.data_ready).map_err(internal)?,
-            share(&self.slots[0].space_ready).map_err(internal)?,
-        ];
-        let info = self.attach_info(
-            Role::Consumer,
-            0,
-            vec!["ring", "data_ready", "space_ready"],
-            Vec::new(),
-        );
+        let grant = self.single_grant(Role::Consumer).map_err(internal)?;
         self.queues[0].holder = Some(Attached {
             session,
             peer: peer.clone(),
         });
+        Ok(grant)
+    }
+
+    /// The version-1 attach of a one-to-one channel: its ring and both eventfds (made at the
+    /// first attach).
+    fn single_grant(&mut self, role: Role) -> std::io::Result<Grant> {
+        let mut wake_created = ensure(&mut self.slots[0].space_ready)?;
+        let queue = &mut self.queues[0];
+        wake_created |= ensure(&mut queue.data_ready)?;
+        let fds = vec![
+            queue.lanes[0].share()?,
+            share(&queue.data_ready)?,
+            share(&self.slots[0].space_ready)?,
+        ];
+        let names = vec!["ring", "data_ready", "space_ready"];
         Ok(Grant {
-            info,
+            info: self.attach_info(role, 0, names, Vec::new()),
             fds,
             notices: Vec::new(),
             wake_created,
