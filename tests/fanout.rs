@@ -723,6 +723,13 @@ fn an_anonymous_consumers_rings_are_freed_when_it_leaves() {
         }
     });
     assert_eq!(producer.consumers(), 0);
+    let too_big = producer
+        .send(&vec![0u8; 5 << 20])
+        .expect_err("larger than the ring");
+    assert!(
+        matches!(too_big, Error::MessageTooLarge { .. }),
+        "refused even with no consumer attached: {too_big}"
+    );
 
     // A durable consumer's ring stays while it is away, until it is dropped.
     let durable = client

@@ -155,6 +155,10 @@ impl FanoutWriter {
         blocking: bool,
     ) -> Result<usize> {
         self.prepare(attachment)?;
+        // Refused the same with or without consumers attached.
+        if let Some(len) = messages.iter().map(|m| m.len()).max() {
+            check_fits(attachment, len)?;
+        }
         match self.policy {
             SlowConsumer::Block if blocking => {
                 self.write_waiting(attachment, messages)?;
@@ -192,15 +196,7 @@ impl FanoutWriter {
         blocking: bool,
     ) -> Result<Option<usize>> {
         self.prepare(attachment)?;
-        let limit = ring_limit(attachment);
-        if max as u64 > limit {
-            return Err(Error::MessageTooLarge {
-                channel: attachment.channel.clone(),
-                len: max,
-                max: limit,
-                capacity: attachment.info.capacity,
-            });
-        }
+        check_fits(attachment, max)?;
         if !blocking
             && self.policy == SlowConsumer::Block
             && !self.room_everywhere(attachment, max)?
@@ -413,8 +409,18 @@ fn isolate_fault<T>(
     }
 }
 
-fn ring_limit(attachment: &Attachment) -> u64 {
-    crate::ring::max_message_len(attachment.info.capacity)
+/// A message of `len` bytes fits this channel's rings.
+fn check_fits(attachment: &Attachment, len: usize) -> Result<()> {
+    let max = crate::ring::max_message_len(attachment.info.capacity);
+    if len as u64 > max {
+        return Err(Error::MessageTooLarge {
+            channel: attachment.channel.clone(),
+            len,
+            max,
+            capacity: attachment.info.capacity,
+        });
+    }
+    Ok(())
 }
 
 /// A fan-out consumer's rings, one per producer, read in turn.
