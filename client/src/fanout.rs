@@ -82,19 +82,24 @@ impl<E> Membership<E> {
         if now == self.generation {
             return Ok(());
         }
+        // Events newer than `now` may have been read already (the broker bumps the page, then
+        // sends): once applied, they count as seen, or the next change would wait for them.
+        let mut newest = now;
         for (event, fds) in attachment.lane_events_until(now) {
             match event {
                 Event::LaneAdded { generation, peer } if generation > self.generation => {
                     let lane = attachment.open_lane(peer, fds)?;
                     self.add(attachment, lane)?;
+                    newest = newest.max(generation);
                 }
                 Event::LaneRemoved { generation, peer } if generation > self.generation => {
-                    self.peers.retain(|p| p.id != peer)
+                    self.peers.retain(|p| p.id != peer);
+                    newest = newest.max(generation);
                 }
                 _ => {}
             }
         }
-        self.generation = now;
+        self.generation = newest;
         Ok(())
     }
 
