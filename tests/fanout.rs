@@ -1058,3 +1058,70 @@ fn shmemctl_recv_waits_for_every_producers_end_and_reports_losses() {
         "recv reports the loss: {out}"
     );
 }
+
+#[test]
+fn try_send_of_a_frame_that_must_wrap_waits_for_the_consumer_not_forever() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    create(&client, "wrap", 4096, 1, 2, SlowConsumer::Block);
+    let mut consumer = client.consumer("wrap").expect("consumer");
+    let mut producer = client.producer("wrap").expect("producer");
+    producer.send(&[1u8; 3000]).expect("send");
+    assert_eq!(consumer.recv().expect("recv"), Some(vec![1u8; 3000]));
+    // 3500 bytes fit only after the consumer passes the padding at the end of the lap.
+    let mut producer =
+        with_deadline(
+            WAIT,
+            "try_send before the consumer moved",
+            move || match producer.try_send(&[2u8; 3500]) {
+                Err(e) if e.is_would_block() => producer,
+                other => panic!("expected would-block, got {other:?}"),
+            },
+        );
+    let reading = Background::spawn("consumer", move || consumer.recv().expect("recv"));
+    with_deadline(
+        WAIT,
+        "try_send once the consumer passed the padding",
+        move || loop {
+            match producer.try_send(&[2u8; 3500]) {
+                Ok(()) => break,
+                Err(e) if e.is_would_block() => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("try_send: {e}"),
+            }
+        },
+    );
+    assert_eq!(reading.join(WAIT), Some(vec![2u8; 3500]));
+}
+
+#[test]
+fn an_idle_producer_does_not_make_the_broker_hold_fds_for_consumers_that_left() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    create(&client, "idle", 4096, 1, 2, SlowConsumer::Block);
+    let _producer = client.producer("idle").expect("producer that never sends");
+    let broker_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", broker.pid()))
+            .expect("broker fds")
+            .count()
+    };
+    let cycle = || drop(client.consumer("idle").expect("consumer"));
+    for _ in 0..20 {
+        cycle();
+    }
+    let settled = wait_for(WAIT, "the broker to settle", || {
+        Ok::<_, String>(broker_fds())
+    });
+    for _ in 0..300 {
+        cycle();
+    }
+    // Each consumer that came and went announced a ring and an eventfd to the producer, which
+    // never read them; the broker drops an announcement withdrawn before it was read.
+    wait_for(WAIT, "the broker's fds to stay flat", || {
+        let now = broker_fds();
+        if now <= settled + 8 {
+            Ok(())
+        } else {
+            Err(format!("{now} fds, {settled} after the first 20 consumers"))
+        }
+    });
+}

@@ -223,6 +223,11 @@ impl Attachment {
         }
     }
 
+    /// Lane events read from the connection and not applied yet (one that came late).
+    pub fn has_lane_events(&self) -> bool {
+        !self.lane_events.is_empty()
+    }
+
     /// After the control page showed `generation` for this side: the lane changes up to it,
     /// read from the connection (waiting briefly for the event that follows the bump).
     pub fn lane_events_until(&mut self, generation: u64) -> Vec<EventWithFds> {

@@ -79,20 +79,22 @@ impl<E> Membership<E> {
     /// atomic load when nothing changed.
     fn refresh(&mut self, attachment: &mut Attachment) -> Result<()> {
         let now = self.control.generation(self.role);
-        if now == self.generation {
+        if now == self.generation && !attachment.has_lane_events() {
             return Ok(());
         }
+        // Every event is applied once, whenever it arrives (each comes exactly once, and only
+        // after the attach reply), even one that came too late for the refresh it belonged to.
         // Events newer than `now` may have been read already (the broker bumps the page, then
-        // sends): once applied, they count as seen, or the next change would wait for them.
+        // sends): once applied they count as seen, or the next change would wait for them.
         let mut newest = now;
         for (event, fds) in attachment.lane_events_until(now) {
             match event {
-                Event::LaneAdded { generation, peer } if generation > self.generation => {
+                Event::LaneAdded { generation, peer } => {
                     let lane = attachment.open_lane(peer, fds)?;
                     self.add(attachment, lane)?;
                     newest = newest.max(generation);
                 }
-                Event::LaneRemoved { generation, peer } if generation > self.generation => {
+                Event::LaneRemoved { generation, peer } => {
                     self.peers.retain(|p| p.id != peer);
                     newest = newest.max(generation);
                 }
@@ -235,7 +237,12 @@ impl FanoutWriter {
         let mut room = true;
         'peers: for peer in &mut self.members.peers {
             loop {
-                match isolate_fault(peer, |w| w.has_room(len)).map_err(&to_error)? {
+                let room_now = isolate_fault(peer, |w| w.make_room(len)).map_err(&to_error)?;
+                // Padding may have been published: a consumer asleep must come and pass it.
+                if peer.end.take_consumer_waiting() {
+                    peer.wake();
+                }
+                match room_now {
                     None => {
                         faulty.push(peer.id);
                         continue 'peers;

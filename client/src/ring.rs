@@ -46,6 +46,8 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use shmem_ipc::mem::mmap::MmapRaw;
 
+use crate::wire::Role;
+
 pub const LAYOUT_VERSION: u32 = 1;
 pub const HEADER_SIZE: u64 = 4096;
 /// Data areas are whole pages: `capacity` is a multiple of this.
@@ -330,12 +332,22 @@ impl SharedRing {
         }
     }
 
-    /// Clears both waiting flags: used by the broker when a peer detaches (a dead side's flag
-    /// would only cost the other side one needless wake-up, but stale state helps nobody).
+    /// Clears both waiting flags: used by the broker when nobody is attached any more (after
+    /// a restart), where a flag can only belong to a client that is gone.
     pub fn clear_waiters(&self) {
+        self.clear_waiter(Role::Producer);
+        self.clear_waiter(Role::Consumer);
+    }
+
+    /// Clears the waiting flag of the side that detached. Never the other side's: that one
+    /// may be asleep right now, and clearing its flag would lose its next wake-up.
+    pub fn clear_waiter(&self, side: Role) {
         let h = self.header();
-        h.consumer_waiting.waiting.store(0, Ordering::Relaxed);
-        h.producer_waiting.waiting.store(0, Ordering::Relaxed);
+        let flag = match side {
+            Role::Producer => &h.producer_waiting.waiting,
+            Role::Consumer => &h.consumer_waiting.waiting,
+        };
+        flag.store(0, Ordering::Relaxed);
     }
 }
 
@@ -502,10 +514,21 @@ impl RingWriter {
         Ok(written)
     }
 
-    /// True if a data frame of `len` bytes fits right now (counting padding before it).
-    pub fn has_room(&mut self, len: usize) -> Result<bool, RingError> {
+    /// True if a data frame of `len` bytes fits right now. A frame that must start a new lap
+    /// gets its padding published first (the consumer skips it), so that the answer turns true
+    /// once the consumer has passed it, which is what `can_progress` and the wake-ups expect:
+    /// without it, a frame longer than the free space minus the tail would never fit.
+    pub fn make_room(&mut self, len: usize) -> Result<bool, RingError> {
         self.check_len(len)?;
-        let needed = self.room_for(len);
+        let needed = frame_len(len as u64);
+        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        if needed > until_end {
+            let mut free = self.free_space(until_end)?;
+            if !self.stage_padding(&mut free) {
+                return Ok(false);
+            }
+            self.publish();
+        }
         Ok(self.free_space(needed)? >= needed)
     }
 
@@ -590,22 +613,11 @@ impl RingWriter {
     ) -> bool {
         let capacity = self.ring.capacity;
         let needed = frame_len(len as u64);
-        let offset = self.staged_pos % capacity;
-        let until_end = capacity - offset;
-        if needed > until_end {
-            // The frame would wrap: pad out the tail first (a complete frame of its own), then
-            // the frame starts at offset 0 once the consumer has freed room there.
-            if *free < until_end {
-                return false;
-            }
-            self.ring
-                .data_u32(offset)
-                .store((until_end - FRAME_HEADER) as u32, Ordering::Relaxed);
-            self.ring
-                .data_u32(offset + 4)
-                .store(KIND_PAD, Ordering::Relaxed);
-            self.staged_pos += until_end;
-            *free -= until_end;
+        let until_end = capacity - self.staged_pos % capacity;
+        // The frame would wrap: pad out the tail first (a complete frame of its own), then the
+        // frame starts at offset 0 once the consumer has freed room there.
+        if needed > until_end && !self.stage_padding(free) {
+            return false;
         }
         if *free < needed {
             return false;
@@ -641,6 +653,24 @@ impl RingWriter {
             self.messages_written = self.messages_written.wrapping_add(1);
             self.bytes_written = self.bytes_written.wrapping_add(used as u64);
         }
+        true
+    }
+
+    /// Stages a PAD frame over the rest of the lap; false if the tail is not free yet.
+    fn stage_padding(&mut self, free: &mut u64) -> bool {
+        let offset = self.staged_pos % self.ring.capacity;
+        let until_end = self.ring.capacity - offset;
+        if *free < until_end {
+            return false;
+        }
+        self.ring
+            .data_u32(offset)
+            .store((until_end - FRAME_HEADER) as u32, Ordering::Relaxed);
+        self.ring
+            .data_u32(offset + 4)
+            .store(KIND_PAD, Ordering::Relaxed);
+        self.staged_pos += until_end;
+        *free -= until_end;
         true
     }
 
@@ -1414,5 +1444,35 @@ mod tests {
             "passing the padding freed the space the producer waits for: it must be woken"
         );
         assert!(!r.take_producer_waiting(), "one wake-up per freeing");
+    }
+
+    #[test]
+    fn make_room_pads_a_frame_that_must_start_a_new_lap() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        let mut out = Vec::new();
+        assert!(write(&mut w, &[1u8; 3000]));
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        // 3500 bytes fit only at offset 0, after the consumer has passed the 1088-byte tail.
+        assert!(!w.make_room(3500).expect("room"));
+        assert!(
+            w.prepare_to_sleep(3500).expect("prepare"),
+            "nothing to do but wait for the consumer"
+        );
+        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
+        assert!(
+            r.take_producer_waiting(),
+            "passing the padding wakes the producer"
+        );
+        w.done_sleeping();
+        assert!(w.make_room(3500).expect("room"));
+        assert!(write(&mut w, &[2u8; 3500]));
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(out, vec![2u8; 3500]);
     }
 }

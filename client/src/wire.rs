@@ -256,6 +256,8 @@ pub enum ErrorCode {
     AlreadyAttached,
     /// A durable consumer was disconnected for falling behind (policy `disconnect`).
     Evicted,
+    /// `drop_consumer` named no durable consumer of the channel.
+    NoSuchConsumer,
     #[serde(other)]
     Internal,
 }

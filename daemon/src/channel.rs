@@ -369,6 +369,11 @@ impl Channel {
         Some((lane, wake))
     }
 
+    /// Rings the channel holds now.
+    pub fn ring_count(&self) -> usize {
+        self.queues.iter().map(|q| q.lanes.len()).sum()
+    }
+
     pub fn access(&self, role: Role) -> &AccessList {
         match role {
             Role::Producer => &self.meta.producers,
@@ -505,24 +510,19 @@ impl Channel {
         let id = self.slots.len() as u32;
         let mut space_ready = None;
         ensure(&mut space_ready)?;
+        // Everything that can fail comes first, so that a failure (out of fds) changes nothing.
         let mut lanes = Vec::new();
+        let mut told = Vec::new();
         for queue in &self.queues {
-            lanes.push(Lane::new(&self.meta.name, id, queue.id, self.capacity)?);
+            let lane = Lane::new(&self.meta.name, id, queue.id, self.capacity)?;
+            if let Some(holder) = &queue.holder {
+                told.push((holder.session, vec![lane.share()?, share(&space_ready)?]));
+            }
+            lanes.push(lane);
         }
         let generation = self.bump(Role::Consumer);
-        let mut notices = Vec::new();
+        let notices = lane_added(told, generation, id);
         for (queue, lane) in self.queues.iter_mut().zip(lanes) {
-            if let Some(holder) = &queue.holder {
-                let fds = vec![lane.share()?, share(&space_ready)?];
-                notices.push((
-                    holder.session,
-                    Event::LaneAdded {
-                        generation,
-                        peer: id,
-                    },
-                    fds,
-                ));
-            }
             queue.lanes.push(lane);
         }
         self.slots.push(ProducerSlot {
@@ -686,26 +686,19 @@ impl Channel {
         let id = self.next_queue_id;
         let mut data_ready = None;
         ensure(&mut data_ready)?;
+        // Everything that can fail comes first, so that a failure (out of fds) changes nothing.
         let mut lanes = Vec::new();
+        let mut told = Vec::new();
         for slot in &self.slots {
-            lanes.push(Lane::new(&self.meta.name, slot.id, id, self.capacity)?);
+            let lane = Lane::new(&self.meta.name, slot.id, id, self.capacity)?;
+            if let Some(holder) = &slot.holder {
+                told.push((holder.session, vec![lane.share()?, share(&data_ready)?]));
+            }
+            lanes.push(lane);
         }
         self.next_queue_id += 1;
         let generation = self.bump(Role::Producer);
-        let mut notices = Vec::new();
-        for (slot, lane) in self.slots.iter().zip(&lanes) {
-            if let Some(holder) = &slot.holder {
-                let fds = vec![lane.share()?, share(&data_ready)?];
-                notices.push((
-                    holder.session,
-                    Event::LaneAdded {
-                        generation,
-                        peer: id,
-                    },
-                    fds,
-                ));
-            }
-        }
+        let notices = lane_added(told, generation, id);
         self.queues.push(ConsumerQueue {
             id,
             kind,
@@ -752,7 +745,7 @@ impl Channel {
         if let Some(index) = self.slots.iter().position(|s| holds(&s.holder)) {
             let attached = self.slots[index].holder.take()?;
             for queue in &self.queues {
-                queue.lanes[index].ring.clear_waiters();
+                queue.lanes[index].ring.clear_waiter(Role::Producer);
             }
             return Some((Role::Producer, attached.peer, Vec::new()));
         }
@@ -762,7 +755,7 @@ impl Channel {
             self.remove_queue(index)
         } else {
             for lane in &self.queues[index].lanes {
-                lane.ring.clear_waiters();
+                lane.ring.clear_waiter(Role::Consumer);
             }
             Vec::new()
         };
@@ -774,7 +767,7 @@ impl Channel {
         let channel = &self.meta.name;
         let Some(index) = self.queues.iter().position(|q| q.name() == Some(name)) else {
             return Err(refuse(
-                ErrorCode::NoSuchChannel,
+                ErrorCode::NoSuchConsumer,
                 format!("channel {channel:?} has no durable consumer {name:?}"),
             ));
         };
@@ -930,6 +923,13 @@ impl Channel {
         }
         info
     }
+}
+
+/// `lane_added` events for `peer`, one per session with the fds it gets.
+fn lane_added(told: Vec<(SessionId, Vec<OwnedFd>)>, generation: u64, peer: u32) -> Vec<Notice> {
+    told.into_iter()
+        .map(|(session, fds)| (session, Event::LaneAdded { generation, peer }, fds))
+        .collect()
 }
 
 /// Ring memory a channel may come to hold: a ring per producer and consumer pair.

@@ -232,11 +232,15 @@ impl Registry {
                 warn!(self.log, "channel capacity differs from the config; keeping the existing ring and its data (drop the channel to re-create it)";
                     "channel" => &declared.name, "capacity" => existing.capacity(), "configured" => declared.capacity);
             }
-            if existing.meta.is_fanout() != meta.is_fanout() {
-                warn!(self.log, "channel would change between one-to-one and many producers/consumers; keeping the existing rings and their data (drop the channel to re-create it)";
-                    "channel" => &declared.name, "max_producers" => declared.max_producers, "max_consumers" => declared.max_consumers);
-                meta.max_producers = existing.meta.max_producers;
-                meta.max_consumers = existing.meta.max_consumers;
+            let shape = (existing.meta.max_producers, existing.meta.max_consumers);
+            if shape != (meta.max_producers, meta.max_consumers) {
+                // Slots, queues and rings are laid out for the old numbers (and their data is
+                // in them): a new shape needs a new channel.
+                warn!(self.log, "channel max_producers/max_consumers differ from the config; keeping the existing ones and the data in their rings (drop the channel to re-create it)";
+                    "channel" => &declared.name, "max_producers" => shape.0, "max_consumers" => shape.1,
+                    "configured_max_producers" => declared.max_producers,
+                    "configured_max_consumers" => declared.max_consumers);
+                (meta.max_producers, meta.max_consumers) = shape;
             }
             if existing.meta != meta {
                 existing.meta = meta;
@@ -541,7 +545,9 @@ impl Registry {
         self.usage.forget(channel);
         let dropped = channel.drop_consumer(consumer);
         self.usage.count(channel);
-        self.fd_store.save(channel);
+        if dropped.is_ok() {
+            self.fd_store.save(channel);
+        }
         match dropped {
             Ok(events) => {
                 info!(self.log, "durable consumer dropped"; "channel" => name, "consumer_name" => consumer,
@@ -564,9 +570,10 @@ impl Registry {
         let mut sessions = Vec::new();
         for channel in self.channels.values_mut() {
             self.usage.forget(channel);
+            let before = channel.ring_count();
             let (told, evicted) = channel.evict_slow_consumers();
             self.usage.count(channel);
-            if !told.is_empty() {
+            if channel.ring_count() != before {
                 self.fd_store.save(channel);
             }
             if !told.is_empty() {

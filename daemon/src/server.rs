@@ -12,7 +12,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use shmem_broker_client::wire::{
-    ErrorCode, Event, FrameKind, Reply, Request, Role, StatusInfo, PROTOCOL_VERSION,
+    ErrorCode, Event, Reply, Request, Role, StatusInfo, PROTOCOL_VERSION,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -309,7 +309,7 @@ impl Server {
         let mut woken = Vec::new();
         for (target, event, fds) in notices {
             if let Some(session) = self.sessions.get_mut(&target) {
-                session.queue(FrameKind::Event, 0, &event, fds);
+                session.queue_event(&event, fds);
                 woken.push(target);
             }
         }
@@ -509,7 +509,7 @@ impl Server {
             if matches!(event, Event::ChannelDropped { .. }) {
                 session.attached = None;
             }
-            session.queue(FrameKind::Event, 0, &event, fds);
+            session.queue_event(&event, fds);
         }
     }
 

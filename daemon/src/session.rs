@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use shmem_broker_client::fdpass::{recv_with_fds, send_with_fds};
-use shmem_broker_client::wire::{encode_frame_version, FrameKind, Reply, PROTOCOL_VERSION};
+use shmem_broker_client::wire::{encode_frame_version, Event, FrameKind, Reply, PROTOCOL_VERSION};
 
 use crate::channel::SessionId;
 pub use crate::decoder::Input;
@@ -32,6 +32,8 @@ struct Outgoing {
     bytes: Vec<u8>,
     sent: usize,
     fds: Vec<OwnedFd>,
+    /// A `lane_added` event for this peer (its ring and eventfd are in `fds`).
+    lane_added: Option<u32>,
 }
 
 pub struct Session {
@@ -125,12 +127,13 @@ impl Session {
     }
 
     /// Queues a frame. Returns false if the client has let too much pile up (hang up on it).
-    pub fn queue(
+    fn push(
         &mut self,
         kind: FrameKind,
         id: u32,
         body: &impl serde::Serialize,
         fds: Vec<OwnedFd>,
+        lane_added: Option<u32>,
     ) -> bool {
         let bytes = encode_frame_version(self.version, kind, id, body);
         self.queued_bytes += bytes.len();
@@ -138,12 +141,36 @@ impl Session {
             bytes,
             sent: 0,
             fds,
+            lane_added,
         });
         self.queued_bytes <= MAX_QUEUED_BYTES
     }
 
+    /// Queues an event. A ring announced and then withdrawn before the client read the
+    /// announcement is dropped from the queue, fds and all: the client never needs it, and an
+    /// endpoint that does not read its connection for a while (an idle producer while consumers
+    /// come and go) would otherwise make the broker hold two fds per consumer that ever came.
+    pub fn queue_event(&mut self, event: &Event, fds: Vec<OwnedFd>) -> bool {
+        if let Event::LaneRemoved { peer, .. } = event {
+            let mut freed = 0;
+            self.out.retain(|o| {
+                let stale = o.sent == 0 && o.lane_added == Some(*peer);
+                if stale {
+                    freed += o.bytes.len();
+                }
+                !stale
+            });
+            self.queued_bytes -= freed;
+        }
+        let lane_added = match event {
+            Event::LaneAdded { peer, .. } => Some(*peer),
+            _ => None,
+        };
+        self.push(FrameKind::Event, 0, event, fds, lane_added)
+    }
+
     pub fn queue_reply(&mut self, id: u32, reply: &Reply, fds: Vec<OwnedFd>) -> bool {
-        self.queue(FrameKind::Reply, id, reply, fds)
+        self.push(FrameKind::Reply, id, reply, fds, None)
     }
 
     /// Writes queued frames until done or the socket is full. True when everything is out.
