@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use crate::attachment::{Attachment, Lane};
 use crate::control::ControlPage;
 use crate::error::{Error, Result};
-use crate::ring::{RingError, RingReader, RingWriter, SharedRing};
+use crate::ring::{Eviction, RingError, RingReader, RingWriter, SharedRing};
 use crate::wire::{Event, Role, SlowConsumer};
 
 /// One ring of a fan-out endpoint: our end of it and how to wake the peer at the other end.
@@ -324,7 +324,7 @@ impl FanoutWriter {
                 peer.missed += 1;
                 peer.end.count_lost(1);
             } else {
-                peer.end.ring().mark_evicted();
+                peer.end.ring().mark_evicted(Eviction::FellBehind);
                 evicted.push(peer.id);
             }
             if peer.end.take_consumer_waiting() || !written {
@@ -413,7 +413,7 @@ fn isolate_fault<T>(
     match op(&mut peer.end) {
         Ok(value) => Ok(Some(value)),
         Err(RingError::Corrupt(_)) => {
-            peer.end.ring().mark_evicted();
+            peer.end.ring().mark_evicted(Eviction::Corrupt);
             peer.wake();
             Ok(None)
         }
@@ -468,16 +468,10 @@ impl MergedReader {
         let peers = &self.members.peers;
         let dropped = peers.first().is_some_and(|p| p.end.ring().is_dropped());
         attachment.ensure_usable(dropped)?;
-        if peers.iter().any(|p| p.end.ring().is_evicted()) {
-            let reason = if attachment.info.slow_consumer == SlowConsumer::Disconnect {
-                "this consumer fell behind: a producer found its ring full, and the channel's \
-                 slow_consumer policy is disconnect"
-            } else {
-                "a producer found this consumer's ring corrupt and stopped writing to it"
-            };
+        if let Some(cause) = peers.iter().find_map(|p| p.end.ring().eviction()) {
             return Err(Error::Disconnected {
                 channel: attachment.channel.clone(),
-                reason: reason.into(),
+                reason: cause.reason().into(),
             });
         }
         self.members.refresh(attachment)

@@ -14,7 +14,7 @@
 //! # Layout (version 1), all integers little-endian atomics
 //! ```text
 //! 0     magic u64 "SHMRING1", layout u32 = 1, flags u32, capacity u64, dropped u32,
-//!       evicted u32 (a fan-out producer gave up on this slow consumer)
+//!       evicted u32 (a fan-out producer cut this consumer off: 1 fell behind, 2 corrupt ring)
 //! 64    write_pos u64, messages_written u64, bytes_written u64,
 //!       messages_lost u64                                         (written by the producer)
 //! 128   read_pos u64, messages_read u64                           (written by the consumer)
@@ -62,6 +62,30 @@ const KIND_DATA: u32 = 1;
 const KIND_END_OF_STREAM: u32 = 2;
 const KIND_PAD: u32 = 3;
 const KIND_LOST: u32 = 4;
+
+/// Why a fan-out producer stopped writing to a consumer's ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// The ring was full under `slow_consumer = "disconnect"`.
+    FellBehind = 1,
+    /// The consumer scribbled on the ring.
+    Corrupt = 2,
+}
+
+impl Eviction {
+    /// Why, for the consumer (the broker adds the channel and ring size).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Eviction::FellBehind => {
+                "this consumer fell behind: a producer found its ring full, and the channel's \
+                 slow_consumer policy is disconnect"
+            }
+            Eviction::Corrupt => {
+                "a producer found this consumer's ring corrupt and stopped writing to it"
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -309,14 +333,23 @@ impl SharedRing {
         self.header().identity.dropped.load(Ordering::Acquire) != 0
     }
 
-    /// Marks the consumer of this ring as disconnected for falling behind (policy
-    /// `disconnect`); the producer writes no more into it.
-    pub fn mark_evicted(&self) {
-        self.header().identity.evicted.store(1, Ordering::Release);
+    /// Marks the consumer of this ring as cut off by its producer, which writes no more into
+    /// it; the consumer and the broker read the cause.
+    pub fn mark_evicted(&self, cause: Eviction) {
+        self.header()
+            .identity
+            .evicted
+            .store(cause as u32, Ordering::Release);
     }
 
-    pub fn is_evicted(&self) -> bool {
-        self.header().identity.evicted.load(Ordering::Acquire) != 0
+    /// Why the producer cut this ring's consumer off, if it did. Any value but the two the
+    /// library writes came from a hostile peer and reads as corruption.
+    pub fn eviction(&self) -> Option<Eviction> {
+        match self.header().identity.evicted.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Eviction::FellBehind),
+            _ => Some(Eviction::Corrupt),
+        }
     }
 
     pub fn stats(&self) -> RingStats {

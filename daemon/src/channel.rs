@@ -11,12 +11,12 @@
 //! consumer gets everything the producers wrote, whenever it attaches. The broker keeps all
 //! fds, so rings and their data outlive any client.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{eventfd, EventfdFlags};
 use shmem_broker_client::control::ControlPage;
-use shmem_broker_client::ring::{SharedRing, HEADER_SIZE, LAYOUT_VERSION};
+use shmem_broker_client::ring::{Eviction, SharedRing, HEADER_SIZE, LAYOUT_VERSION};
 use shmem_broker_client::wire::{
     AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, Origin, PeerInfo, Role, SlowConsumer,
 };
@@ -172,9 +172,8 @@ pub struct Channel {
     next_queue_id: u32,
     /// Fan-out channels: the page whose counters tell clients to read lane events.
     control: Option<(ControlPage, OwnedFd)>,
-    /// Durable consumers disconnected for falling behind while away: their next attach is
-    /// told so once.
-    evicted: BTreeSet<String>,
+    /// Durable consumers cut off while away, and why: their next attach is told so once.
+    evicted: BTreeMap<String, Eviction>,
     /// No longer in the config: removed as soon as nobody is attached.
     pub pending_removal: bool,
 }
@@ -208,7 +207,7 @@ impl Channel {
             queues: Vec::new(),
             next_queue_id: 1,
             control: None,
-            evicted: BTreeSet::new(),
+            evicted: BTreeMap::new(),
             pending_removal: false,
             meta,
         };
@@ -262,7 +261,7 @@ impl Channel {
             queues: Vec::new(),
             next_queue_id,
             control: Some(control),
-            evicted: BTreeSet::new(),
+            evicted: BTreeMap::new(),
             pending_removal: false,
             meta,
         };
@@ -561,11 +560,12 @@ impl Channel {
         };
         let index = match existing {
             Some(index) => {
-                if name.is_none() && self.evicted.remove("") {
+                if let Some(cause) = name.is_none().then(|| self.evicted.remove("")).flatten() {
                     return Err(refuse(
                         ErrorCode::Evicted,
                         format!(
-                            "the consumer of channel {channel:?} fell behind while away (slow_consumer = disconnect) and its messages were discarded; attach again to start from the next message"
+                            "the consumer of channel {channel:?} was cut off while away ({}) and its messages were discarded; attach again to start from the next message",
+                            away_cause(cause)
                         ),
                     ));
                 }
@@ -588,11 +588,12 @@ impl Channel {
                     shmem_broker_client::names::validate_channel_name(name).map_err(|m| {
                         refuse(ErrorCode::InvalidName, format!("consumer name: {m}"))
                     })?;
-                    if self.evicted.remove(name) {
+                    if let Some(cause) = self.evicted.remove(name) {
                         return Err(refuse(
                             ErrorCode::Evicted,
                             format!(
-                                "durable consumer {name:?} of channel {channel:?} was disconnected for falling behind (slow_consumer = disconnect) and its queue discarded; attach again to start from the next message"
+                                "durable consumer {name:?} of channel {channel:?} was cut off while away ({}) and its queue discarded; attach again to start from the next message",
+                                away_cause(cause)
                             ),
                         ));
                     }
@@ -793,22 +794,12 @@ impl Channel {
         if !self.meta.is_fanout() {
             return (notices, sessions);
         }
-        let reason = if self.meta.slow_consumer == SlowConsumer::Disconnect {
-            format!(
-                "consumer fell behind: its ring of {} bytes was full and channel {:?} has slow_consumer = disconnect",
-                self.capacity, self.meta.name
-            )
-        } else {
-            format!(
-                "a producer of channel {:?} found this consumer's ring corrupt",
-                self.meta.name
-            )
-        };
-        while let Some(index) = self
-            .queues
-            .iter()
-            .position(|q| q.lanes.iter().any(|l| l.ring.is_evicted()))
-        {
+        while let Some((index, cause)) = self.queues.iter().enumerate().find_map(|(i, q)| {
+            q.lanes
+                .iter()
+                .find_map(|l| l.ring.eviction())
+                .map(|cause| (i, cause))
+        }) {
             let queue = &self.queues[index];
             match &queue.holder {
                 Some(holder) => {
@@ -817,7 +808,7 @@ impl Channel {
                         holder.session,
                         Event::Disconnected {
                             channel: self.meta.name.clone(),
-                            reason: reason.clone(),
+                            reason: self.eviction_reason(cause),
                         },
                         Vec::new(),
                     ));
@@ -825,7 +816,7 @@ impl Channel {
                 None => {
                     // The one queue of a single-consumer channel is told under the name "".
                     self.evicted
-                        .insert(queue.name().unwrap_or_default().to_string());
+                        .insert(queue.name().unwrap_or_default().to_string(), cause);
                 }
             }
             let default = queue.kind == QueueKind::Default;
@@ -838,6 +829,20 @@ impl Channel {
             }
         }
         (notices, sessions)
+    }
+
+    /// What an attached consumer that was cut off is told.
+    fn eviction_reason(&self, cause: Eviction) -> String {
+        match cause {
+            Eviction::FellBehind => format!(
+                "consumer fell behind: its ring of {} bytes was full and channel {:?} has slow_consumer = disconnect",
+                self.capacity, self.meta.name
+            ),
+            Eviction::Corrupt => format!(
+                "a producer of channel {:?} found this consumer's ring corrupt",
+                self.meta.name
+            ),
+        }
     }
 
     /// Marks every ring dropped and wakes everyone so blocked clients notice at once.
@@ -922,6 +927,14 @@ impl Channel {
             }
         }
         info
+    }
+}
+
+/// Why a consumer that was away lost its queue.
+fn away_cause(cause: Eviction) -> &'static str {
+    match cause {
+        Eviction::FellBehind => "it fell behind and slow_consumer = disconnect",
+        Eviction::Corrupt => "a producer found its ring corrupt",
     }
 }
 
@@ -1074,7 +1087,7 @@ mod tests {
             .expect("c2");
         channel.detach(2).expect("keep goes away");
         for queue in &channel.queues {
-            queue.lanes[0].ring.mark_evicted();
+            queue.lanes[0].ring.mark_evicted(Eviction::FellBehind);
         }
         let (notices, sessions) = channel.evict_slow_consumers();
         assert_eq!(sessions, vec![1]);
