@@ -1009,6 +1009,24 @@ fn shmemctl_recv_waits_for_every_producers_end_and_reports_losses() {
             .expect_success();
         inputs.push(text.repeat(1000));
         if i == 0 {
+            // Once the first stream and its end-of-stream mark are read, recv must still be
+            // there: the check means nothing before it has read that far.
+            wait_for(WAIT, "recv to read the first stream to its end", || {
+                if let Some(status) = receiver.try_status() {
+                    panic!("recv --streams 2 stopped at the first end-of-stream ({status})");
+                }
+                let info = broker.info("pair");
+                match json_array(&info, "peers")
+                    .iter()
+                    .find(|p| p["role"] == "consumer")
+                {
+                    Some(c) if json_u64(c, "messages") > 0 && json_u64(c, "bytes_unread") == 0 => {
+                        Ok(())
+                    }
+                    _ => Err(info.to_string()),
+                }
+            });
+            std::thread::sleep(Duration::from_millis(200));
             assert!(
                 receiver.try_status().is_none(),
                 "recv --streams 2 stopped at the first end-of-stream"

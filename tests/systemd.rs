@@ -258,25 +258,8 @@ fn socket_activation_restart_and_crash_keep_channels() {
     assert!(json_array(&info, "peers").is_empty(), "{info}");
 
     let restarts = lab.show_u64(SERVICE, "NRestarts");
-    let kill = lab.run(
-        &["kill", "-9", &second_pid.to_string()],
-        std::process::Stdio::null(),
-        WAIT,
-    );
-    assert!(kill.success(), "{kill}");
-    let third_pid = wait_for(WAIT, "systemd to restart the killed broker", || {
-        let n = lab.show_u64(SERVICE, "NRestarts");
-        let state = lab.show(SERVICE, "ActiveState");
-        let sub = lab.show(SERVICE, "SubState");
-        let pid = lab.show_u64(SERVICE, "MainPID") as u32;
-        if n == restarts + 1 && state == "active" && sub == "running" && pid != 0 {
-            Ok(pid)
-        } else {
-            Err(format!(
-                "NRestarts={n} (was {restarts}) ActiveState={state} SubState={sub} MainPID={pid}"
-            ))
-        }
-    });
+    broker.signal(second_pid, "-9");
+    let third_pid = broker.wait_restarted(second_pid, restarts, WAIT);
     assert_ne!(third_pid, second_pid);
     lab.wait_for_journal_line(&["-u", SERVICE], &["status=9/KILL"]);
     assert!(
@@ -661,28 +644,8 @@ fn watchdog_keeps_a_live_broker_and_restarts_a_wedged_one() {
     assert_eq!(lab.show_u64(SERVICE, "MainPID") as u32, pid);
 
     // Wedged: the loop stops, the pings stop, systemd restarts the service.
-    let stop = lab.run(
-        &["kill", "-STOP", &pid.to_string()],
-        std::process::Stdio::null(),
-        WAIT,
-    );
-    assert!(stop.success(), "{stop}");
-    let restarted = wait_for(
-        Duration::from_secs(30),
-        "systemd to restart the wedged broker",
-        || {
-            let n = lab.show_u64(SERVICE, "NRestarts");
-            let new_pid = lab.show_u64(SERVICE, "MainPID") as u32;
-            let state = lab.show(SERVICE, "ActiveState");
-            if n >= 1 && state == "active" && new_pid != 0 && new_pid != pid {
-                Ok(new_pid)
-            } else {
-                Err(format!(
-                    "NRestarts={n} MainPID={new_pid} ActiveState={state}"
-                ))
-            }
-        },
-    );
+    broker.signal(pid, "-STOP");
+    let restarted = broker.wait_restarted(pid, 0, Duration::from_secs(30));
     assert_ne!(restarted, pid);
     lab.wait_for_journal_line(&["-u", SERVICE], &["Watchdog timeout"]);
     assert!(
@@ -764,21 +727,9 @@ fn a_durable_consumers_queue_survives_restart_and_crash() {
     assert_ne!(first_pid, second_pid);
     kept("after a restart");
 
-    let kill = lab.run(
-        &["kill", "-9", &second_pid.to_string()],
-        std::process::Stdio::null(),
-        WAIT,
-    );
-    assert!(kill.success(), "{kill}");
-    let third_pid = wait_for(WAIT, "systemd to restart the killed broker", || {
-        let pid = lab.show_u64(SERVICE, "MainPID") as u32;
-        let state = lab.show(SERVICE, "SubState");
-        if pid != 0 && pid != second_pid && state == "running" {
-            Ok(pid)
-        } else {
-            Err(format!("MainPID={pid} SubState={state}"))
-        }
-    });
+    let restarts = lab.show_u64(SERVICE, "NRestarts");
+    broker.signal(second_pid, "-9");
+    let third_pid = broker.wait_restarted(second_pid, restarts, WAIT);
     assert_ne!(third_pid, second_pid);
     kept("after kill -9");
 

@@ -269,11 +269,15 @@ fn fanout_ratio(f: &Fanout) -> Option<f64> {
     )
 }
 
-fn fanout_table(r: &Results, out: &mut String) {
-    let consumers = r
-        .fanout
+/// Consumers per fan-out run (as measured; the plan's number if nothing ran).
+fn fanout_consumers(r: &Results) -> usize {
+    r.fanout
         .first()
-        .map_or(Plan::FANOUT_CONSUMERS, |f| f.consumers);
+        .map_or(Plan::FANOUT_CONSUMERS, |f| f.consumers)
+}
+
+fn fanout_table(r: &Results, out: &mut String) {
+    let consumers = fanout_consumers(r);
     let _ = writeln!(
         out,
         "\n| size | ours msg/s per consumer | ours GB/s per consumer | ours aggregate GB/s \
@@ -303,10 +307,7 @@ fn fanout_table(r: &Results, out: &mut String) {
 }
 
 fn fanout_section(r: &Results, out: &mut String) {
-    let consumers = r
-        .fanout
-        .first()
-        .map_or(Plan::FANOUT_CONSUMERS, |f| f.consumers);
+    let consumers = fanout_consumers(r);
     let _ = writeln!(
         out,
         "\n## Fan-out: 1 producer to {consumers} consumers\n\n\

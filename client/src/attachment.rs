@@ -76,8 +76,9 @@ pub(crate) struct Attachment {
     last_reconnect: Option<Instant>,
     calls_since_clock_check: u32,
     last_broker_check: Instant,
-    /// Device and inode of the ring memfd, to recognise the same ring after a broker restart.
-    ring_identity: (u64, u64),
+    /// Device and inode of a one-to-one channel's ring memfd, to recognise the same ring after
+    /// a broker restart. `None` for fan-out endpoints, which do not re-attach.
+    ring_identity: Option<(u64, u64)>,
     /// Why this endpoint cannot go on, found while re-attaching.
     failed: Option<String>,
     dropped: bool,
@@ -173,8 +174,7 @@ impl Attachment {
             for lane in &grant.info.lanes {
                 lanes.push(open_lane(channel, capacity, lane.peer, next()?, next()?)?);
             }
-            let identity = identity(&control_fd)?;
-            (Rings::Fanout { control, lanes }, identity, wait_fd, None)
+            (Rings::Fanout { control, lanes }, None, wait_fd, None)
         } else {
             let ring_fd = next()?;
             let data_ready = nonblocking(next()?)?;
@@ -185,7 +185,7 @@ impl Attachment {
                 Role::Producer => (space_ready, data_ready),
                 Role::Consumer => (data_ready, space_ready),
             };
-            (Rings::Single(ring), identity, wait_fd, Some(wake_fd))
+            (Rings::Single(ring), Some(identity), wait_fd, Some(wake_fd))
         };
         let attachment = Attachment {
             channel: channel.to_string(),
@@ -277,7 +277,7 @@ impl Attachment {
         if self.broker_connected || !self.options.reconnect || self.failed.is_some() {
             return;
         }
-        if self.wake_fd.is_none() {
+        if self.ring_identity.is_none() {
             // Fan-out endpoints hold their peers' rings and a control page the restarted broker
             // makes afresh; their slot cannot be claimed back safely.
             self.failed = Some(
@@ -305,7 +305,7 @@ impl Attachment {
         ) {
             Ok(mut grant) => match grant.fds.first().map(identity) {
                 Some(Ok(id))
-                    if id == self.ring_identity && grant.conn.set_timeout(None).is_ok() =>
+                    if Some(id) == self.ring_identity && grant.conn.set_timeout(None).is_ok() =>
                 {
                     self.conn = grant.conn;
                     self.broker_connected = true;

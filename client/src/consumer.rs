@@ -207,13 +207,11 @@ impl Consumer {
         if Attachment::spin(|| reader.has_unread()) {
             return Ok(());
         }
-        self.attachment.drain_wakeups();
-        if reader
-            .prepare_to_sleep()
-            .map_err(|e| Error::ring(&self.attachment.channel, e))?
-        {
+        if self.arm()? {
             let slept = self.attachment.sleep();
-            reader.done_sleeping();
+            if let Source::Single(reader) = &self.source {
+                reader.done_sleeping();
+            }
             slept?;
         }
         Ok(())

@@ -236,17 +236,19 @@ impl Producer {
             if let Some(done) = self.step(&mut write)? {
                 return Ok(done);
             }
-            if self.attachment.options.busy_poll {
-                return Err(Error::WouldBlock);
-            }
-            self.attachment.drain_wakeups();
-            if single(&mut self.route)?
-                .prepare_to_sleep(needed)
-                .map_err(|e| Error::ring(&self.attachment.channel, e))?
-            {
+            if self.attachment.options.busy_poll || self.arm(needed)? {
                 return Err(Error::WouldBlock);
             }
         }
+    }
+
+    /// Asks the consumer to signal `ready_fd()` when it frees space; false if room for
+    /// `needed` bytes appeared meanwhile.
+    fn arm(&mut self, needed: usize) -> Result<bool> {
+        self.attachment.drain_wakeups();
+        single(&mut self.route)?
+            .prepare_to_sleep(needed)
+            .map_err(|e| Error::ring(&self.attachment.channel, e))
     }
 
     fn wait_for_room(&mut self, len: usize) -> Result<()> {
@@ -256,16 +258,13 @@ impl Producer {
         if Attachment::spin(|| writer.can_progress(len).unwrap_or(true)) {
             return Ok(());
         }
-        self.attachment.drain_wakeups();
-        if writer
-            .prepare_to_sleep(len)
-            .map_err(|e| Error::ring(&self.attachment.channel, e))?
-        {
+        if self.arm(len)? {
             let slept = self.attachment.sleep();
-            writer.done_sleeping();
+            single(&mut self.route)?.done_sleeping();
             slept?;
         }
-        self.attachment.ensure_usable(writer.ring().is_dropped())
+        let dropped = single(&mut self.route)?.ring().is_dropped();
+        self.attachment.ensure_usable(dropped)
     }
 
     /// Writes the end-of-stream mark (waiting for room if needed; in a fan-out channel only

@@ -876,6 +876,10 @@ impl RingReader {
     /// Copies the next message into `out` (replacing its contents), skipping padding.
     pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
         let mut unread = self.unread_cached()?;
+        if unread == 0 {
+            // Just loaded: a poll of an empty ring ends here, with one load (and prefetch).
+            return Ok(ReadOutcome::Empty);
+        }
         let outcome = self.next_frame(Sink::Buffer(out), &mut unread);
         self.commit();
         outcome
@@ -891,6 +895,9 @@ impl RingReader {
         mut each: impl FnMut(&[u8]),
     ) -> Result<BatchOutcome, RingError> {
         let mut unread = self.unread()?;
+        if unread == 0 {
+            return Ok(BatchOutcome::Empty);
+        }
         let mut delivered = 0;
         let result = loop {
             if delivered == max {
@@ -922,6 +929,9 @@ impl RingReader {
     /// written), skipping padding: no copy in this process at all.
     pub fn try_read_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<ReadOutcome, RingError> {
         let mut unread = self.unread_cached()?;
+        if unread == 0 {
+            return Ok(ReadOutcome::Empty);
+        }
         let outcome = self.next_frame(Sink::Fd(fd), &mut unread);
         self.commit();
         outcome

@@ -911,6 +911,37 @@ impl<'a> LabBroker<'a> {
         fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()))
     }
 
+    /// `kill -SIGNAL PID` inside the lab (a pid in the lab's namespace); must succeed.
+    pub fn signal(&self, pid: u32, signal: &str) {
+        let out = self
+            .lab
+            .run(&["kill", signal, &pid.to_string()], Stdio::null(), WAIT);
+        assert!(out.success(), "kill {signal} {pid}:\n{out}");
+    }
+
+    /// Waits until systemd has restarted the service (more than `restarts_before` restarts)
+    /// and a new main process other than `old_pid` is running; returns its pid.
+    pub fn wait_restarted(&self, old_pid: u32, restarts_before: u64, timeout: Duration) -> u32 {
+        crate::wait_for(timeout, format!("systemd to restart {SERVICE}"), || {
+            let n = self.lab.show_u64(SERVICE, "NRestarts");
+            let state = self.lab.show(SERVICE, "ActiveState");
+            let sub = self.lab.show(SERVICE, "SubState");
+            let pid = self.lab.show_u64(SERVICE, "MainPID") as u32;
+            if n > restarts_before
+                && state == "active"
+                && sub == "running"
+                && pid != 0
+                && pid != old_pid
+            {
+                Ok(pid)
+            } else {
+                Err(format!(
+                    "NRestarts={n} (was {restarts_before}) ActiveState={state} SubState={sub} MainPID={pid} (was {old_pid})"
+                ))
+            }
+        })
+    }
+
     /// Waits until the service is active (running) with a main pid; returns that pid (in the
     /// lab's pid namespace).
     pub fn wait_active(&self) -> u32 {
