@@ -1,7 +1,7 @@
 //! Many producers and consumers per channel, through the real broker: fan-out of a 256 MiB
 //! stream to three `shmemctl recv`, a late joiner starting at the next message, each
 //! slow-consumer policy, four producers merged fairly into one consumer, a durable consumer
-//! killed and re-attached, an anonymous consumer's rings freed, and what an old (version 1)
+//! killed and re-attached, an anonymous consumer's rings freed, and what an old (version 1 or 2)
 //! client is told.
 
 use shmem_broker_client::{Client, Consumer, Error, Producer, SlowConsumer};
@@ -764,44 +764,60 @@ fn an_anonymous_consumers_rings_are_freed_when_it_leaves() {
 }
 
 #[test]
-fn a_version_1_client_is_told_what_it_cannot_do() {
+fn older_clients_are_told_what_they_cannot_do() {
     let broker = Broker::start(None);
     let client = broker.client();
     create(&client, "wide", 64 << 10, 2, 2, SlowConsumer::Block);
     broker.ctl_ok(&["create", "narrow", "--capacity", "64KiB"]);
-    let attach = |channel: &str| {
+    let attach = |version: u16, channel: &str| {
         let mut stream = UnixStream::connect(broker.socket_path()).expect("connect");
         let body = format!(r#"{{"op":"attach","channel":"{channel}","role":"consumer"}}"#);
         stream
-            .write_all(&request_frame(3, body.as_bytes()))
-            .expect("send a version-1 attach");
+            .write_all(&request_frame_version(version, 3, body.as_bytes()))
+            .expect("send an attach");
         read_one_frame(&mut stream, WAIT)
     };
-    let refused = attach("wide");
-    assert_eq!(
-        refused.version, 1,
-        "the broker answers a version-1 client in version 1"
+    let refused = |version: u16, channel: &str, needles: &[&str]| {
+        let reply = attach(version, channel);
+        assert_eq!(
+            reply.version, version,
+            "the broker answers a version-{version} client in its version"
+        );
+        let body = reply.json();
+        assert_eq!(body["ok"], false, "reply: {body}");
+        assert_eq!(
+            body["error"]["code"], "unsupported_version",
+            "reply: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{message:?} should mention {needle:?}"
+            );
+        }
+    };
+    // Version 1 cannot have several producers or consumers...
+    refused(
+        1,
+        "wide",
+        &["wide", "protocol version 2", "this client speaks version 1"],
     );
-    let body = refused.json();
-    assert_eq!(body["ok"], false, "reply: {body}");
-    assert_eq!(
-        body["error"]["code"], "unsupported_version",
-        "reply: {body}"
-    );
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    for needle in ["wide", "protocol version 2", "this client speaks version 1"] {
-        assert!(
-            message.contains(needle),
-            "{message:?} should mention {needle:?}"
+    // ...and neither 1 nor 2 reads the sealed rings (layout 2) new channels get.
+    for version in [1, 2] {
+        let speaks = format!("this client speaks version {version}");
+        refused(
+            version,
+            "narrow",
+            &["narrow", "layout 2", "protocol version 3", &speaks],
         );
     }
-    let granted = attach("narrow");
-    assert_eq!(granted.version, 1);
+    refused(2, "wide", &["wide", "layout 2", "protocol version 3"]);
+    let granted = attach(3, "narrow");
+    assert_eq!(granted.version, 3);
     let body = granted.json();
-    assert_eq!(
-        body["ok"], true,
-        "a one-to-one channel still serves version 1: {body}"
-    );
+    assert_eq!(body["ok"], true, "version 3 attaches: {body}");
+    assert_eq!(body["result"]["ring_layout"], 2, "reply: {body}");
     assert_eq!(
         body["result"]["fds"],
         serde_json::json!(["ring", "data_ready", "space_ready"])

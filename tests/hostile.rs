@@ -1027,7 +1027,7 @@ fn scribbled_frame_kind_is_a_corrupt_ring_error_for_the_consumer() {
     let error = consumer_error_after_scribble(&broker, "scribble-kind", |map| {
         map.write_u32(DATA, 8);
         map.write_u32(DATA + 4, 0x4242);
-        map.write_u64(WRITE_POS, 16);
+        map.write_u64(WRITE_POS, 32); // a 16-byte header and 8 bytes padded to 16
     });
     assert_corrupt_ring_error(&error, "scribble-kind", "unknown frame kind");
     assert_channel_can_be_recreated(&mut broker, "scribble-kind");
@@ -1169,7 +1169,7 @@ fn a_consumer_scribbling_its_fanout_ring_is_cut_off_and_the_others_keep_receivin
         .create()
         .expect("create a channel with two consumers");
     let mut honest = client.consumer("mob").expect("attach the honest consumer");
-    let raw = raw_attach_version(broker.socket_path(), "mob", "consumer", 2);
+    let raw = raw_attach_any(broker.socket_path(), "mob", "consumer");
     assert_eq!(
         raw.reply["result"]["fds"],
         json!(["control", "wait", "ring", "wake"]),

@@ -11,10 +11,11 @@
 //! on every empty->non-empty transition (80-90 % of the throughput on this hardware, see
 //! `shared/docs/performance-facts.md`). So the positions live in the shared header here.
 //!
-//! # Layout (version 1), all integers little-endian atomics
+//! # Layout (version 2), all integers little-endian atomics
 //! ```text
-//! 0     magic u64 "SHMRING1", layout u32 = 1, flags u32, capacity u64, dropped u32,
-//!       evicted u32 (a fan-out producer cut this consumer off: 1 fell behind, 2 corrupt ring)
+//! 0     magic u64 "SHMRING1", layout u32 = 2, flags u32, capacity u64, dropped u32,
+//!       evicted u32 (a fan-out producer cut this consumer off: 1 fell behind, 2 corrupt ring),
+//!       seal_key u64 (random, even; layout 2)
 //! 64    write_pos u64, messages_written u64, bytes_written u64,
 //!       messages_lost u64                                         (written by the producer)
 //! 128   read_pos u64, messages_read u64                           (written by the consumer)
@@ -25,13 +26,32 @@
 //! Positions are 64-bit byte counters that only grow; the offset in the data area is
 //! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`.
 //!
-//! A frame is an 8-byte header (`len u32`, `kind u32`) and `len` payload bytes, padded to a
-//! multiple of 8. A frame never wraps: when it does not fit before the end of the data area the
-//! producer first publishes a PAD frame covering the rest. Kinds: 1 DATA, 2 END_OF_STREAM,
-//! 3 PAD, 4 LOST (payload: u64 count of messages this consumer missed here, written by a
-//! fan-out producer whose `slow_consumer` policy is `drop`). A frame becomes visible only when the
-//! producer stores the new `write_pos` (release), so a producer killed mid-message leaves nothing
-//! torn behind: the next producer overwrites the unpublished bytes.
+//! A frame is a 16-byte header (`len u32`, `kind u16`, `span u16`, `seal u64`) and `len`
+//! payload bytes, padded to a multiple of 16. A frame never wraps: when it does not fit before the end of the
+//! data area the producer first publishes a PAD frame covering the rest. Kinds: 1 DATA,
+//! 2 END_OF_STREAM, 3 PAD, 4 LOST (payload: u64 count of messages this consumer missed here,
+//! written by a fan-out producer whose `slow_consumer` policy is `drop`). A frame becomes
+//! visible only when the producer stores the new `write_pos` (release), so a producer killed
+//! mid-message leaves nothing torn behind: the next producer overwrites the unpublished bytes.
+//!
+//! # Seals: one cache line to watch instead of two
+//! Each publish marks its first frame: `span` says how many 16-byte units the publish covers
+//! (0 if more than 65535), and after storing `write_pos` the producer stores
+//! `seal = (start + 1) ^ seal_key` there (`start` is that frame's position) and demotes the
+//! frame's lines to the shared cache. A consumer that has caught up watches the seal of the frame it
+//! waits for: when it matches, the frame is published (the seal is stored after `write_pos`,
+//! so the consumer never gets ahead of it) and its header and payload arrive in the same
+//! cache-line transfer that brought the seal, instead of one transfer for `write_pos` and
+//! another for the frame. A seal is unique to its position, so a stale one from an earlier lap
+//! never matches; the random key keeps payload bytes from ever matching by accident. The span
+//! tells the consumer how far it may read on without loading `write_pos` (which the producer
+//! has by then written for the next publish). When the seal does not match yet, the consumer
+//! watches the seal, loading `write_pos` only now and then (always before it sleeps), so seals
+//! are only ever a shortcut.
+//!
+//! Layout 1 (what brokers before protocol version 3 created, and what an fd store may still
+//! hold) is the same without seals: 8-byte frame headers (`len u32`, `kind u32`), frames padded
+//! to multiples of 8, no `seal_key`. Both sides read the layout from the ring and follow it.
 //!
 //! # Trust
 //! Each side keeps its own position in private memory and treats everything the peer can write
@@ -48,15 +68,21 @@ use shmem_ipc::mem::mmap::MmapRaw;
 
 use crate::wire::Role;
 
-pub const LAYOUT_VERSION: u32 = 1;
+/// The layout new rings get.
+pub const LAYOUT_VERSION: u32 = 2;
+/// The oldest layout this library still reads and writes.
+pub const MIN_LAYOUT_VERSION: u32 = 1;
 pub const HEADER_SIZE: u64 = 4096;
+const CACHE_LINE: u64 = 64;
+/// How much of a freshly published frame the producer demotes to the shared cache: enough for
+/// a small message whole, and the start of a large one (which the consumer streams anyway).
+const DEMOTED_BYTES: u64 = 4 * CACHE_LINE;
 /// Data areas are whole pages: `capacity` is a multiple of this.
 pub const CAPACITY_GRANULE: u64 = 4096;
 pub const MIN_CAPACITY: u64 = CAPACITY_GRANULE;
 /// Ring positions are u64 and frame lengths u32: keep capacities well inside both.
 pub const MAX_CAPACITY: u64 = 1 << 40;
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING1");
-const FRAME_HEADER: u64 = 8;
 
 const KIND_DATA: u32 = 1;
 const KIND_END_OF_STREAM: u32 = 2;
@@ -107,6 +133,7 @@ struct IdentityLine {
     capacity: AtomicU64,
     dropped: AtomicU32,
     evicted: AtomicU32,
+    seal_key: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -140,13 +167,60 @@ struct Header {
 const _: () = assert!(std::mem::size_of::<Header>() == 320);
 const _: () = assert!(std::mem::size_of::<Header>() as u64 <= HEADER_SIZE);
 
-/// Largest payload a ring of `capacity` bytes carries in one message.
+/// Largest payload a ring of `capacity` bytes carries in one message (in the current layout;
+/// a layout-1 ring takes 8 bytes more).
 pub fn max_message_len(capacity: u64) -> u64 {
-    (capacity - FRAME_HEADER).min(u64::from(u32::MAX) - FRAME_HEADER)
+    FrameFormat::of(LAYOUT_VERSION, 0).max_message_len(capacity)
 }
 
-fn frame_len(payload: u64) -> u64 {
-    FRAME_HEADER + payload.div_ceil(8) * 8
+/// How frames are laid out in one ring, by its layout version.
+#[derive(Clone, Copy, Debug)]
+struct FrameFormat {
+    /// Header size; frames start and end at multiples of it.
+    unit: u64,
+    /// Layout 2: the ring's seal key (see the module docs).
+    seal_key: Option<u64>,
+    /// The bits of a frame header's second word that are its kind (layout 2: the low half;
+    /// the high half is the span).
+    kind_mask: u32,
+}
+
+impl FrameFormat {
+    fn of(layout: u32, seal_key: u64) -> FrameFormat {
+        if layout >= 2 {
+            FrameFormat {
+                unit: 16,
+                seal_key: Some(seal_key),
+                kind_mask: 0xffff,
+            }
+        } else {
+            FrameFormat {
+                unit: 8,
+                seal_key: None,
+                kind_mask: u32::MAX,
+            }
+        }
+    }
+
+    fn frame_len(self, payload: u64) -> u64 {
+        self.unit + payload.div_ceil(self.unit) * self.unit
+    }
+
+    fn max_message_len(self, capacity: u64) -> u64 {
+        (capacity - self.unit).min(u64::from(u32::MAX) - self.unit)
+    }
+
+    /// The seal of the frame at `pos`, in a layout that has seals.
+    fn seal(self, pos: u64) -> Option<u64> {
+        self.seal_key.map(|key| (pos + 1) ^ key)
+    }
+}
+
+/// A random seal key. Even, so that no seal ((pos + 1) ^ key, pos a multiple of 16) is 0,
+/// what a fresh ring holds everywhere.
+fn new_seal_key() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id()) & !1
 }
 
 /// Counters read from a ring's header, for `shmemctl list`. Values come from shared memory the
@@ -166,6 +240,7 @@ pub struct RingStats {
 pub struct SharedRing {
     map: MmapRaw,
     capacity: u64,
+    format: FrameFormat,
 }
 
 // SAFETY: the mapping is plain shared memory reached only through atomics and raw copies; it is
@@ -177,6 +252,14 @@ impl SharedRing {
     /// header and seals it against shrinking, growing and further sealing, so no client can
     /// truncate it (SIGBUS for the others), grow it, or make it read-only.
     pub fn create(name: &str, capacity: u64) -> Result<(SharedRing, Memfd), RingError> {
+        SharedRing::create_in_layout(name, capacity, LAYOUT_VERSION)
+    }
+
+    fn create_in_layout(
+        name: &str,
+        capacity: u64,
+        layout: u32,
+    ) -> Result<(SharedRing, Memfd), RingError> {
         check_capacity(capacity)?;
         let memfd = MemfdOptions::default()
             .allow_sealing(true)
@@ -189,11 +272,16 @@ impl SharedRing {
         seals.insert(FileSeal::SealGrow);
         seals.insert(FileSeal::SealSeal);
         memfd.add_seals(&seals).map_err(memfd_error)?;
-        let ring = SharedRing::map(&memfd, capacity)?;
+        let mut ring = SharedRing::map(&memfd, capacity)?;
+        let seal_key = new_seal_key();
         let id = &ring.header().identity;
-        id.layout.store(LAYOUT_VERSION, Ordering::Relaxed);
+        id.layout.store(layout, Ordering::Relaxed);
         id.capacity.store(capacity, Ordering::Relaxed);
+        if layout >= 2 {
+            id.seal_key.store(seal_key, Ordering::Relaxed);
+        }
         id.magic.store(MAGIC, Ordering::Release);
+        ring.format = FrameFormat::of(layout, seal_key);
         Ok((ring, memfd))
     }
 
@@ -222,9 +310,9 @@ impl SharedRing {
             return Err(RingError::Corrupt("bad magic in ring header".into()));
         }
         let layout = id.layout.load(Ordering::Relaxed);
-        if layout != LAYOUT_VERSION {
+        if !(MIN_LAYOUT_VERSION..=LAYOUT_VERSION).contains(&layout) {
             return Err(RingError::Rejected(format!(
-                "ring layout {layout}, this library reads layout {LAYOUT_VERSION}"
+                "ring layout {layout}, this library reads layouts {MIN_LAYOUT_VERSION} to {LAYOUT_VERSION}"
             )));
         }
         if id.capacity.load(Ordering::Relaxed) != capacity {
@@ -232,7 +320,9 @@ impl SharedRing {
                 "capacity in ring header does not match".into(),
             ));
         }
-        Ok(ring)
+        // Read once: a peer rewriting the key later changes nothing here.
+        let format = FrameFormat::of(layout, id.seal_key.load(Ordering::Relaxed));
+        Ok(SharedRing { format, ..ring })
     }
 
     fn map(memfd: &Memfd, capacity: u64) -> Result<SharedRing, RingError> {
@@ -242,11 +332,28 @@ impl SharedRing {
             shmem_ipc::Error::Io(io) => RingError::Io(io),
             other => RingError::Rejected(other.to_string()),
         })?;
-        Ok(SharedRing { map, capacity })
+        Ok(SharedRing {
+            map,
+            capacity,
+            format: FrameFormat::of(MIN_LAYOUT_VERSION, 0),
+        })
     }
 
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    fn frame_len(&self, payload: u64) -> u64 {
+        self.format.frame_len(payload)
+    }
+
+    /// The ring's layout version.
+    pub fn layout(&self) -> u32 {
+        if self.format.seal_key.is_some() {
+            2
+        } else {
+            1
+        }
     }
 
     fn header(&self) -> &Header {
@@ -271,6 +378,34 @@ impl SharedRing {
         // peer writing them concurrently cannot cause undefined behaviour, only odd values,
         // which the callers validate.
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
+    }
+
+    /// An atomic view of a u64 at `offset` (a multiple of 8, below `capacity`) of the data area.
+    fn data_u64(&self, offset: u64) -> &AtomicU64 {
+        debug_assert!(offset % 8 == 0 && offset + 8 <= self.capacity);
+        // SAFETY: as for `data_u32`: callers pass the seal word of a frame start (a multiple of
+        // 16 strictly inside the data area, so the 8 bytes are mapped and aligned); a peer
+        // writing it concurrently only yields a value the caller compares, never trusts.
+        unsafe { &*(self.data().add(offset as usize) as *const AtomicU64) }
+    }
+
+    /// Moves the cache line at `offset` of the data area out of this core's private caches
+    /// into the shared one (CLDEMOTE), so that the consumer's fetch is served from there
+    /// instead of by snooping this core: about a third off a one-way hop on this machine.
+    fn demote(&self, offset: u64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: CLDEMOTE is a hint in the reserved-NOP encoding space (CPUs without it run it
+        // as a NOP); it writes no memory and does not fault, and the address lies inside the
+        // mapping anyway (`offset` < capacity). What the peer does to the line cannot matter.
+        unsafe {
+            std::arch::asm!(
+                "cldemote [{line}]",
+                line = in(reg) self.data().wrapping_add(offset as usize),
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = offset;
     }
 
     /// Asks the CPU to fetch the cache line at `offset` of the data area: one cross-core
@@ -407,6 +542,8 @@ pub struct RingWriter {
     staged_pos: u64,
     /// Lowest read position still possible: the consumer's position never goes backwards.
     read_floor: u64,
+    /// Size of the first frame staged since the last publish (what its span says).
+    first_frame: u64,
     messages_written: u64,
     bytes_written: u64,
     messages_lost: u64,
@@ -417,11 +554,12 @@ impl RingWriter {
         let h = ring.header();
         let write_pos = h.producer.write_pos.load(Ordering::Acquire);
         let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
-        check_positions(read_pos, write_pos, ring.capacity)?;
+        check_positions(read_pos, write_pos, &ring)?;
         Ok(RingWriter {
             write_pos,
             staged_pos: write_pos,
             read_floor: read_pos,
+            first_frame: 0,
             messages_written: h.producer.messages_written.load(Ordering::Relaxed),
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
             messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
@@ -463,7 +601,7 @@ impl RingWriter {
                 self.read_floor
             )));
         }
-        check_positions(read_pos, self.staged_pos, self.ring.capacity)?;
+        check_positions(read_pos, self.staged_pos, &self.ring)?;
         self.read_floor = read_pos;
         Ok(self.ring.capacity - (self.staged_pos - read_pos))
     }
@@ -471,7 +609,7 @@ impl RingWriter {
     /// Room a frame of `payload` bytes needs now, counting the padding it may need first.
     fn room_for(&self, payload: usize) -> u64 {
         let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
-        let needed = frame_len(payload as u64);
+        let needed = self.ring.frame_len(payload as u64);
         if needed > until_end {
             until_end + needed
         } else {
@@ -525,7 +663,7 @@ impl RingWriter {
         let mut wanted = 0;
         for message in messages {
             self.check_len(message.len())?;
-            wanted += frame_len(message.len() as u64);
+            wanted += self.ring.frame_len(message.len() as u64);
         }
         let mut free = self.free_space(wanted.min(self.ring.capacity))?;
         let mut written = 0;
@@ -553,7 +691,7 @@ impl RingWriter {
     /// without it, a frame longer than the free space minus the tail would never fit.
     pub fn make_room(&mut self, len: usize) -> Result<bool, RingError> {
         self.check_len(len)?;
-        let needed = frame_len(len as u64);
+        let needed = self.ring.frame_len(len as u64);
         let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
         if needed > until_end {
             let mut free = self.free_space(until_end)?;
@@ -582,7 +720,7 @@ impl RingWriter {
     /// publishes both together; `Ok(false)` (nothing written) unless both fit now.
     pub fn try_write_after_gap(&mut self, missed: u64, message: &[u8]) -> Result<bool, RingError> {
         self.check_len(message.len())?;
-        let wanted = (frame_len(8) + frame_len(message.len() as u64)) * 2;
+        let wanted = (self.ring.frame_len(8) + self.ring.frame_len(message.len() as u64)) * 2;
         let mut free = self.free_space(wanted.min(self.ring.capacity))?;
         let saved = (self.staged_pos, self.messages_written, self.bytes_written);
         let staged = self.stage_lost(missed, &mut free)
@@ -645,7 +783,7 @@ impl RingWriter {
         free: &mut u64,
     ) -> bool {
         let capacity = self.ring.capacity;
-        let needed = frame_len(len as u64);
+        let needed = self.ring.frame_len(len as u64);
         let until_end = capacity - self.staged_pos % capacity;
         // The frame would wrap: pad out the tail first (a complete frame of its own), then the
         // frame starts at offset 0 once the consumer has freed room there.
@@ -664,7 +802,9 @@ impl RingWriter {
         // back for any decision.
         let payload = unsafe {
             std::slice::from_raw_parts_mut(
-                self.ring.data().add((offset + FRAME_HEADER) as usize),
+                self.ring
+                    .data()
+                    .add((offset + self.ring.format.unit) as usize),
                 len,
             )
         };
@@ -672,13 +812,8 @@ impl RingWriter {
         if used == 0 && len > 0 {
             return true;
         }
-        let size = frame_len(used as u64);
-        self.ring
-            .data_u32(offset)
-            .store(used as u32, Ordering::Relaxed);
-        self.ring
-            .data_u32(offset + 4)
-            .store(kind, Ordering::Relaxed);
+        let size = self.ring.frame_len(used as u64);
+        self.put_header(offset, used as u32, kind, size);
         self.staged_pos += size;
         *free -= size;
         if kind == KIND_DATA {
@@ -696,15 +831,35 @@ impl RingWriter {
         if *free < until_end {
             return false;
         }
-        self.ring
-            .data_u32(offset)
-            .store((until_end - FRAME_HEADER) as u32, Ordering::Relaxed);
-        self.ring
-            .data_u32(offset + 4)
-            .store(KIND_PAD, Ordering::Relaxed);
+        let len = (until_end - self.ring.format.unit) as u32;
+        self.put_header(offset, len, KIND_PAD, until_end);
         self.staged_pos += until_end;
         *free -= until_end;
         true
+    }
+
+    /// Writes the header of a `size`-byte frame at `offset`. With seals, the first frame of a
+    /// publish also gets its span, as if it were the only frame (`publish` corrects that).
+    fn put_header(&mut self, offset: u64, len: u32, kind: u32, size: u64) {
+        let span = if self.staged_pos == self.write_pos && self.ring.format.seal_key.is_some() {
+            self.first_frame = size;
+            self.span(size)
+        } else {
+            0
+        };
+        self.ring.data_u32(offset).store(len, Ordering::Relaxed);
+        self.ring
+            .data_u32(offset + 4)
+            .store(kind | span, Ordering::Relaxed);
+    }
+
+    /// The span field (high half of the kind word) for a publish of `bytes`; 0 (the consumer
+    /// asks the position instead) if it does not fit.
+    fn span(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes / self.ring.format.unit)
+            .ok()
+            .filter(|&units| units <= 0xffff)
+            .map_or(0, |units| units << 16)
     }
 
     /// Makes everything staged visible to the consumer with one release store.
@@ -712,14 +867,39 @@ impl RingWriter {
         if self.staged_pos == self.write_pos {
             return;
         }
+        let first = self.write_pos;
         self.write_pos = self.staged_pos;
+        let offset = first % self.ring.capacity;
+        let seal = self.ring.format.seal(first);
+        if seal.is_some() && self.write_pos - first != self.first_frame {
+            // More than one frame: the first one's span (written as if it were alone, so a
+            // single message stores its header once) must cover them all. Rewriting a line
+            // the consumer watches costs a transfer, so only batches pay it.
+            let word = self.ring.data_u32(offset + 4);
+            let kind = word.load(Ordering::Relaxed) & self.ring.format.kind_mask;
+            word.store(kind | self.span(self.write_pos - first), Ordering::Relaxed);
+        }
         let h = &self.ring.header().producer;
-        // Release suffices: the fence in `take_consumer_waiting`, which always follows a
-        // publish, orders this store before the waiting-flag load.
-        h.write_pos.store(self.write_pos, Ordering::Release);
         h.messages_written
             .store(self.messages_written, Ordering::Relaxed);
         h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
+        // Release suffices: the fence in `take_consumer_waiting`, which always follows a
+        // publish, orders this store before the waiting-flag load.
+        h.write_pos.store(self.write_pos, Ordering::Release);
+        if let Some(seal) = seal {
+            // After write_pos (release after release): a consumer that sees the seal also
+            // sees the position covering the frame, and never gets ahead of it.
+            self.ring
+                .data_u64(offset + 8)
+                .store(seal, Ordering::Release);
+            // The consumer's next fetch is this frame: hand over its first lines.
+            let end = (offset + (self.write_pos - first)).min(self.ring.capacity);
+            let mut line = offset & !(CACHE_LINE - 1);
+            while line < end.min(offset + DEMOTED_BYTES) {
+                self.ring.demote(line);
+                line += CACHE_LINE;
+            }
+        }
     }
 
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
@@ -731,7 +911,7 @@ impl RingWriter {
     /// True if a write of `payload` bytes would make progress now (write the frame, or at least
     /// the padding in front of it).
     pub fn can_progress(&mut self, payload: usize) -> Result<bool, RingError> {
-        let needed = frame_len(payload as u64);
+        let needed = self.ring.frame_len(payload as u64);
         let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
         let free = self.free_space(u64::MAX)?;
         Ok(if needed > until_end {
@@ -808,14 +988,34 @@ pub struct RingReader {
     published_pos: u64,
     /// Space was freed since the last `take_producer_waiting`.
     freed: bool,
+    /// Seals only: empty polls since the producer's position was last loaded.
+    polls_unsealed: u32,
+    /// Seals only: the last frame came by its seal, so the next may be the rest of the same
+    /// publish (a batch), which only the position shows.
+    position_due: bool,
 }
+
+/// Whether a poll must load the producer's position even when seals say nothing came.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Poll {
+    /// Seals may stand in for it (between 1 in [`POSITION_EVERY`] polls).
+    Quick,
+    /// Before sleeping: the sleep protocol pairs with the position, not with seals.
+    Exact,
+}
+
+/// A consumer watching seals still loads the position once in this many empty polls (and
+/// always before it sleeps), so that a frame whose seal never comes (its producer was killed
+/// between storing the position and the seal) is read all the same. Not more often: each load
+/// takes the position's line from the producer, whose next seal then waits for it back.
+const POSITION_EVERY: u32 = 1024;
 
 impl RingReader {
     pub fn new(ring: SharedRing) -> Result<RingReader, RingError> {
         let h = ring.header();
         let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
         let write_pos = h.producer.write_pos.load(Ordering::Acquire);
-        check_positions(read_pos, write_pos, ring.capacity)?;
+        check_positions(read_pos, write_pos, &ring)?;
         Ok(RingReader {
             read_pos,
             write_seen: write_pos,
@@ -823,6 +1023,8 @@ impl RingReader {
             missed: 0,
             published_pos: read_pos,
             freed: false,
+            polls_unsealed: 0,
+            position_due: false,
             ring,
         })
     }
@@ -837,26 +1039,64 @@ impl RingReader {
         &self.ring
     }
 
-    /// Published bytes not yet read, loading the producer's position afresh.
-    fn unread(&mut self) -> Result<u64, RingError> {
+    /// Published bytes not yet read: the frame whose seal says it came, else what the
+    /// producer's position says (loaded afresh, or for a quick poll at least now and then).
+    fn unread(&mut self, poll: Poll) -> Result<u64, RingError> {
         if self.write_seen == self.read_pos {
-            // Probably empty, so polling: ask for the lines the next frame lands in (a small
+            // Probably empty, so polling. Ask for the lines the next frame lands in (a small
             // frame often straddles two) together with the producer's position, so that when
-            // it comes both arrive at once instead of one after the other.
+            // it comes both arrive at once instead of one after the other; with seals, the
+            // frame's own first line says whether it came, and the position is not needed.
             let capacity = self.ring.capacity;
             let offset = self.read_pos % capacity;
-            self.ring.prefetch(offset);
-            self.ring.prefetch((offset + 64).min(capacity - 1));
+            self.ring.prefetch((offset + CACHE_LINE).min(capacity - 1));
+            match self.ring.format.seal(self.read_pos) {
+                Some(seal) => {
+                    if let Some((size, span)) = self.sealed_frame(offset, seal) {
+                        // Without a span (a huge publish) the rest of it is for the position
+                        // to say, at the next poll.
+                        self.position_due = span.is_none();
+                        let published = span.unwrap_or(size);
+                        self.write_seen = self.read_pos + published;
+                        return Ok(published);
+                    }
+                    // Not sealed yet. Loading the position now would cost a transfer of
+                    // its line, and another of the frame's when the seal lands after it.
+                    self.polls_unsealed += 1;
+                    let quick = poll == Poll::Quick && !self.position_due;
+                    if quick && self.polls_unsealed < POSITION_EVERY {
+                        return Ok(0);
+                    }
+                }
+                None => self.ring.prefetch(offset),
+            }
         }
+        self.polls_unsealed = 0;
+        self.position_due = false;
         let write_pos = self
             .ring
             .header()
             .producer
             .write_pos
             .load(Ordering::Acquire);
-        check_positions(self.read_pos, write_pos, self.ring.capacity)?;
+        check_positions(self.read_pos, write_pos, &self.ring)?;
         self.write_seen = write_pos;
         Ok(write_pos - self.read_pos)
+    }
+
+    /// If the frame at `offset` carries `seal` (it is published): its size, and the bytes its
+    /// publish covers if the span says (both checked against the ring; a frame that fails is
+    /// left to the position check to report).
+    fn sealed_frame(&self, offset: u64, seal: u64) -> Option<(u64, Option<u64>)> {
+        if self.ring.data_u64(offset + 8).load(Ordering::Acquire) != seal {
+            return None;
+        }
+        let len = u64::from(self.ring.data_u32(offset).load(Ordering::Relaxed));
+        let size = self.ring.frame_len(len);
+        let span = u64::from(self.ring.data_u32(offset + 4).load(Ordering::Relaxed) >> 16)
+            * self.ring.format.unit;
+        let span = (span >= size && span <= self.ring.capacity).then_some(span);
+        (size <= self.ring.capacity - offset).then_some((size, span))
     }
 
     /// Like `unread`, but trusts the position seen last while it still shows unread bytes.
@@ -864,13 +1104,13 @@ impl RingReader {
         if self.write_seen > self.read_pos {
             return Ok(self.write_seen - self.read_pos);
         }
-        self.unread()
+        self.unread(Poll::Quick)
     }
 
     /// True if there is something to read (or the ring is inconsistent, which the next read
     /// reports).
     pub fn has_unread(&mut self) -> bool {
-        self.unread().map_or(true, |n| n > 0)
+        self.unread(Poll::Quick).map_or(true, |n| n > 0)
     }
 
     /// Copies the next message into `out` (replacing its contents), skipping padding.
@@ -894,7 +1134,7 @@ impl RingReader {
         scratch: &mut Vec<u8>,
         mut each: impl FnMut(&[u8]),
     ) -> Result<BatchOutcome, RingError> {
-        let mut unread = self.unread()?;
+        let mut unread = self.unread(Poll::Quick)?;
         if unread == 0 {
             return Ok(BatchOutcome::Empty);
         }
@@ -949,21 +1189,22 @@ impl RingReader {
             if *unread == 0 {
                 // The bytes counted so far are used up (possibly by padding just skipped):
                 // only the producer's current position can say whether more came since.
-                *unread = self.unread()?;
+                *unread = self.unread(Poll::Quick)?;
                 if *unread == 0 {
                     return Ok(ReadOutcome::Empty);
                 }
             }
             let offset = self.read_pos % capacity;
             let until_end = capacity - offset;
-            if *unread < FRAME_HEADER {
+            if *unread < self.ring.format.unit {
                 return Err(RingError::Corrupt(format!(
                     "{unread} unread bytes cannot hold a frame"
                 )));
             }
             let len = u64::from(self.ring.data_u32(offset).load(Ordering::Relaxed));
-            let kind = self.ring.data_u32(offset + 4).load(Ordering::Relaxed);
-            let size = frame_len(len);
+            let kind =
+                self.ring.data_u32(offset + 4).load(Ordering::Relaxed) & self.ring.format.kind_mask;
+            let size = self.ring.frame_len(len);
             if size > *unread || size > until_end {
                 return Err(RingError::Corrupt(format!(
                     "frame of {len} bytes at offset {offset} overruns the {} published bytes",
@@ -984,12 +1225,13 @@ impl RingReader {
                 }
                 KIND_LOST => {
                     let word = |at| u32::from_le(self.ring.data_u32(at).load(Ordering::Relaxed));
-                    let (low, high) = (word(offset + 8), word(offset + 12));
+                    let count_at = offset + self.ring.format.unit;
+                    let (low, high) = (word(count_at), word(count_at + 4));
                     let count = u64::from(low) | (u64::from(high) << 32);
                     self.missed = self.missed.saturating_add(count);
                 }
                 KIND_DATA => {
-                    let start = (offset + FRAME_HEADER) as usize;
+                    let start = (offset + self.ring.format.unit) as usize;
                     match &mut sink {
                         Sink::Buffer(out) => {
                             out.clear();
@@ -1059,7 +1301,7 @@ impl RingReader {
             .waiting
             .store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.unread()? > 0 {
+        if self.unread(Poll::Exact)? > 0 {
             self.done_sleeping();
             return Ok(false);
         }
@@ -1075,10 +1317,11 @@ impl RingReader {
     }
 }
 
-fn check_positions(read_pos: u64, write_pos: u64, capacity: u64) -> Result<(), RingError> {
+fn check_positions(read_pos: u64, write_pos: u64, ring: &SharedRing) -> Result<(), RingError> {
+    let (capacity, unit) = (ring.capacity, ring.format.unit);
     // Frames start at multiples of 8: any other position was written by a hostile peer, and
     // following it would read a frame header across the end of the data area.
-    let aligned = read_pos % FRAME_HEADER == 0 && write_pos % FRAME_HEADER == 0;
+    let aligned = read_pos % unit == 0 && write_pos % unit == 0;
     if !aligned || write_pos < read_pos || write_pos - read_pos > capacity {
         return Err(RingError::Corrupt(format!(
             "positions out of range (read {read_pos}, write {write_pos}, capacity {capacity})"
@@ -1100,7 +1343,11 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn pair(capacity: u64) -> (RingWriter, RingReader, Memfd) {
-        let (ring, memfd) = SharedRing::create("test", capacity).expect("create");
+        pair_in(LAYOUT_VERSION, capacity)
+    }
+
+    fn pair_in(layout: u32, capacity: u64) -> (RingWriter, RingReader, Memfd) {
+        let (ring, memfd) = SharedRing::create_in_layout("test", capacity, layout).expect("create");
         drop(ring);
         let open = || {
             let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
@@ -1113,6 +1360,18 @@ mod tests {
         )
     }
 
+    /// Reads until something other than "empty" comes: what only the producer's position
+    /// shows (a frame without a seal) turns up at the latest at the reader's next load of it.
+    fn read_settled(r: &mut RingReader, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
+        for _ in 0..POSITION_EVERY {
+            match r.try_read_into(out) {
+                Ok(ReadOutcome::Empty) => continue,
+                other => return other,
+            }
+        }
+        r.try_read_into(out)
+    }
+
     fn write(w: &mut RingWriter, bytes: &[u8]) -> bool {
         w.try_write_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
             .expect("write")
@@ -1120,7 +1379,14 @@ mod tests {
 
     #[test]
     fn messages_round_trip_across_the_wrap() {
-        let (mut w, mut r, _fd) = pair(4096);
+        for layout in MIN_LAYOUT_VERSION..=LAYOUT_VERSION {
+            round_trip_across_the_wrap(layout);
+        }
+    }
+
+    fn round_trip_across_the_wrap(layout: u32) {
+        let (mut w, mut r, _fd) = pair_in(layout, 4096);
+        assert_eq!(r.ring().layout(), layout);
         let mut out = Vec::new();
         for i in 0..2000u32 {
             let msg: Vec<u8> = (0..(i % 700)).map(|b| (b ^ i) as u8).collect();
@@ -1133,6 +1399,50 @@ mod tests {
         }
         assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
         assert_eq!(r.ring().stats().messages_written, 2000);
+    }
+
+    #[test]
+    fn a_frame_whose_seal_never_came_is_read_by_the_position() {
+        // As if the producer was killed between storing the position and the seal.
+        let (mut w, mut r, _fd) = pair(4096);
+        assert!(write(&mut w, b"orphan"));
+        w.ring().data_u64(8).store(0, Ordering::SeqCst);
+        let mut out = Vec::new();
+        // A consumer about to sleep asks the position, and finds it.
+        assert!(!r.prepare_to_sleep().expect("arm"), "a message is there");
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(out, b"orphan");
+        // A busy poller finds it within POSITION_EVERY polls.
+        assert!(write(&mut w, b"second"));
+        w.ring().data_u64(32 + 8).store(0, Ordering::SeqCst);
+        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
+        assert_eq!(
+            read_settled(&mut r, &mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(out, b"second");
+    }
+
+    #[test]
+    fn a_sealed_batch_is_read_whole_by_its_span() {
+        let (mut w, mut r, _fd) = pair(4096);
+        assert_eq!(w.try_write_batch(&[b"a", b"bb", b"ccc"]).expect("batch"), 3);
+        // The position is not needed (nor looked at) for what the span covers.
+        w.ring()
+            .header()
+            .producer
+            .write_pos
+            .store(1 << 40, Ordering::SeqCst);
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        let outcome = r
+            .try_read_batch(10, &mut scratch, |m| got.push(m.to_vec()))
+            .expect("batch read");
+        assert_eq!(outcome, BatchOutcome::Messages(3));
+        assert_eq!(got, [&b"a"[..], b"bb", b"ccc"]);
     }
 
     #[test]
@@ -1304,7 +1614,7 @@ mod tests {
         while write(&mut w, &msg) {
             written += 1;
         }
-        assert_eq!(written, 4); // 4 * 1008 bytes fit in 4096, a fifth does not
+        assert_eq!(written, 4); // 4 frames of 16 + 1008 bytes fill 4096, a fifth does not
         let mut out = Vec::new();
         assert_eq!(
             r.try_read_into(&mut out).expect("read"),
@@ -1313,9 +1623,9 @@ mod tests {
         assert!(write(&mut w, &msg));
         assert!(matches!(
             w.try_write_with(4096, |_| {}),
-            Err(RingError::TooLarge { max: 4088, .. })
+            Err(RingError::TooLarge { max: 4080, .. })
         ));
-        assert!(w.try_write_with(4088, |_| {}).is_ok());
+        assert!(w.try_write_with(4080, |_| {}).is_ok());
     }
 
     #[test]
@@ -1350,30 +1660,36 @@ mod tests {
     fn scribbled_positions_and_frames_are_reported_not_followed() {
         let (mut w, mut r, _fd) = pair(4096);
         assert!(write(&mut w, b"hello"));
+        let mut out = Vec::new();
+        // Read through its seal: the position is not even looked at.
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        // The next frame (at 32) carries no seal, so the reader goes by the position.
         w.ring()
             .header()
             .producer
             .write_pos
             .store(1 << 40, Ordering::SeqCst);
-        let mut out = Vec::new();
         assert!(matches!(
-            r.try_read_into(&mut out),
+            read_settled(&mut r, &mut out),
             Err(RingError::Corrupt(_))
         ));
         w.ring()
             .header()
             .producer
             .write_pos
-            .store(16, Ordering::SeqCst);
-        w.ring().data_u32(0).store(1_000_000, Ordering::Relaxed);
+            .store(64, Ordering::SeqCst);
+        w.ring().data_u32(32).store(1_000_000, Ordering::Relaxed);
         assert!(matches!(
-            r.try_read_into(&mut out),
+            read_settled(&mut r, &mut out),
             Err(RingError::Corrupt(_))
         ));
-        w.ring().data_u32(0).store(5, Ordering::Relaxed);
-        w.ring().data_u32(4).store(99, Ordering::Relaxed);
+        w.ring().data_u32(32).store(5, Ordering::Relaxed);
+        w.ring().data_u32(36).store(99, Ordering::Relaxed);
         assert!(matches!(
-            r.try_read_into(&mut out),
+            read_settled(&mut r, &mut out),
             Err(RingError::Corrupt(_))
         ));
         r.ring()

@@ -1,14 +1,14 @@
-//! The control-socket wire protocol, version 2 (see `PROTOCOL.md` at the repository root).
-//! Version 2 adds many producers and consumers per channel; a broker still serves version-1
-//! clients on one-to-one channels and tells them, in an `unsupported_version` error, when a
-//! channel needs version 2.
+//! The control-socket wire protocol, version 3 (see `PROTOCOL.md` at the repository root).
+//! Version 2 added many producers and consumers per channel, version 3 ring layout 2 (sealed
+//! frames, see [`ring`](crate::ring)). A broker still answers older clients, and tells them in
+//! an `unsupported_version` error when a channel needs a newer version.
 //!
 //! Every message is a 16-byte little-endian header followed by a UTF-8 JSON body:
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic    b"SHMB"
-//!      4    2 version  2 (1 still accepted; replies carry the request's version)
+//!      4    2 version  3 (1 and 2 still accepted; replies carry the request's version)
 //!      6    2 kind     1 = request, 2 = reply, 3 = event
 //!      8    4 id       chosen by the client, echoed in the reply; 0 for events
 //!     12    4 length   body bytes (requests <= 64 KiB, replies and events <= 16 MiB)
@@ -20,9 +20,11 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"SHMB";
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Oldest version the broker still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The first version whose clients read ring layout 2.
+pub const SEALED_RINGS_VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 16;
 /// Largest request body the broker reads; anything larger is refused before it is buffered.
 pub const MAX_REQUEST_BODY: u32 = 64 * 1024;

@@ -431,13 +431,23 @@ impl Channel {
         self.control.as_ref().map_or(0, |(page, _)| page.bump(role))
     }
 
+    /// The layout of this channel's rings: a one-to-one channel's ring may come from an older
+    /// broker (restored from the fd store); fan-out lanes are made as needed, in the newest.
+    pub fn ring_layout(&self) -> u32 {
+        self.queues
+            .first()
+            .and_then(|queue| queue.lanes.first())
+            .filter(|_| !self.meta.is_fanout())
+            .map_or(LAYOUT_VERSION, |lane| lane.ring.layout())
+    }
+
     fn attach_info(&self, role: Role, id: u32, fds: Vec<&str>, lanes: Vec<LaneInfo>) -> AttachInfo {
         AttachInfo {
             channel: self.meta.name.clone(),
             role,
             capacity: self.capacity,
             ring_size: HEADER_SIZE + self.capacity,
-            ring_layout: LAYOUT_VERSION,
+            ring_layout: self.ring_layout(),
             fds: fds.into_iter().map(str::to_string).collect(),
             id,
             slow_consumer: self.meta.slow_consumer,

@@ -10,7 +10,7 @@ use shmem_broker_client::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
 use shmem_broker_client::size::format_size;
 use shmem_broker_client::wire::{
     ChannelList, Dropped, ErrorCode, Event, Origin, Reply, Role, SlowConsumer, MAX_ENDPOINTS,
-    MIN_PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION, SEALED_RINGS_VERSION,
 };
 use slog::{info, warn, Logger};
 
@@ -450,6 +450,15 @@ impl Registry {
                 format!(
                     "channel {name:?} has max_producers = {} and max_consumers = {}: attaching to it needs protocol version 2 (one ring per producer and consumer pair); this client speaks version {version}",
                     channel.meta.max_producers, channel.meta.max_consumers
+                ),
+            );
+        }
+        let layout = channel.ring_layout();
+        if layout >= 2 && version < SEALED_RINGS_VERSION {
+            return Outcome::error(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "channel {name:?} has rings in layout {layout} (sealed frames): attaching to it needs protocol version {SEALED_RINGS_VERSION}; this client speaks version {version}, which reads layout 1 only"
                 ),
             );
         }

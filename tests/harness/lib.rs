@@ -972,10 +972,15 @@ pub fn frame_header(version: u16, kind: u16, id: u32, body_len: u32) -> [u8; HEA
     out
 }
 
-/// A version-1 request frame.
+/// A request frame in the protocol version the library speaks.
 pub fn request_frame(id: u32, body: &[u8]) -> Vec<u8> {
+    request_frame_version(shmem_broker_client::wire::PROTOCOL_VERSION, id, body)
+}
+
+/// A request frame as a client speaking `version` sends it.
+pub fn request_frame_version(version: u16, id: u32, body: &[u8]) -> Vec<u8> {
     let len = u32::try_from(body.len()).expect("body fits in u32");
-    let mut out = frame_header(1, KIND_REQUEST, id, len).to_vec();
+    let mut out = frame_header(version, KIND_REQUEST, id, len).to_vec();
     out.extend_from_slice(body);
     out
 }
@@ -1299,7 +1304,7 @@ pub fn read_frame_with_fds(
 /// ourselves and receiving the reply and its fds with `recvmsg`. Fails the test unless the
 /// broker says ok and sends exactly 3 fds.
 pub fn raw_attach(socket: &Path, channel: &str, role: &str) -> RawAttach {
-    let raw = raw_attach_version(socket, channel, role, 1);
+    let raw = raw_attach_any(socket, channel, role);
     assert_eq!(
         raw.fds.len(),
         3,
@@ -1309,9 +1314,10 @@ pub fn raw_attach(socket: &Path, channel: &str, role: &str) -> RawAttach {
     raw
 }
 
-/// [`raw_attach`] speaking protocol `version` (2 for channels with many producers or
-/// consumers, whose reply carries `control`, `wait`, then `ring`, `wake` per peer).
-pub fn raw_attach_version(socket: &Path, channel: &str, role: &str, version: u16) -> RawAttach {
+/// [`raw_attach`] to any channel (one with many producers or consumers replies with
+/// `control`, `wait`, then `ring`, `wake` per peer).
+pub fn raw_attach_any(socket: &Path, channel: &str, role: &str) -> RawAttach {
+    let version = shmem_broker_client::wire::PROTOCOL_VERSION;
     let mut stream = UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
     let body = serde_json::json!({"op": "attach", "channel": channel, "role": role}).to_string();
