@@ -361,6 +361,14 @@ fn data_section(
                 transports.extend([Transport::Unix, Transport::Pipe]);
             }
             for transport in transports {
+                // The target compares this one run with the core-to-core round trip: measure
+                // that right beside it too.
+                let beside = transport == Transport::Ours
+                    && mode == LatencyMode::BusyPoll
+                    && size == report::LATENCY_TARGET_SIZE;
+                if beside {
+                    core_to_core_beside(plan, cores, r);
+                }
                 let result = match (transport, &ours, &peers) {
                     (Transport::Ours, Some(o), _) => o.latency(mode, size),
                     (Transport::Unix, _, Some(p)) => p.latency(Stream::Unix, mode, size),
@@ -373,6 +381,9 @@ fn data_section(
                     mode.label(),
                     format_size(size)
                 );
+                if beside {
+                    core_to_core_beside(plan, cores, r);
+                }
                 if let Some(one_way) = r.record(&what, result) {
                     log_latency(transport, mode, size, &one_way);
                     r.latency.push(Latency {
@@ -384,6 +395,17 @@ fn data_section(
                 }
             }
         }
+    }
+}
+
+fn core_to_core_beside(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
+    let measured = limits::core_to_core(cores, plan.core_to_core_ms / 2);
+    if let Some(c2c) = r.record("core-to-core round trip beside the latency run", measured) {
+        eprintln!(
+            "  core-to-core round trip p50 {}",
+            report::fmt_ns(c2c.round_trip.p50)
+        );
+        r.core_to_core_beside.push(c2c.round_trip.p50);
     }
 }
 

@@ -8,6 +8,9 @@ use crate::results::{
 };
 use crate::stats::Percentiles;
 
+/// The message size of the latency targets.
+pub const LATENCY_TARGET_SIZE: usize = 64;
+
 /// One target of the performance issue, evaluated on this run.
 pub struct Target {
     pub name: &'static str,
@@ -76,7 +79,7 @@ const TP_SERIES: [Series; 7] = [
 pub fn targets(r: &Results) -> Vec<Target> {
     let gbps = |s: Series, size: usize| r.throughput(s, size).map(|t| t.gb_per_s);
     let msgs = |s: Series, size: usize| r.throughput(s, size).map(|t| t.msgs_per_s);
-    let p50 = |t: Transport, m: LatencyMode| r.latency(t, m, 64).map(|p| p.p50);
+    let p50 = |t: Transport, m: LatencyMode| r.latency(t, m, LATENCY_TARGET_SIZE).map(|p| p.p50);
     let mut out = Vec::new();
 
     let x = ratio(
@@ -119,7 +122,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         ),
         met: x.map(|x| x >= 10.0),
     });
-    let c2c = r.core_to_core.as_ref().map(|c| c.round_trip.p50);
+    let c2c = r.core_to_core_reference();
     let ours_busy = p50(Transport::Ours, LatencyMode::BusyPoll);
     let x = ratio(ours_busy, c2c);
     out.push(Target {
@@ -430,6 +433,16 @@ fn latency_tables(r: &Results, out: &mut String) {
             fmt_ns(c.min_ns)
         );
     }
+    if !r.core_to_core_beside.is_empty() {
+        let beside: Vec<String> = r.core_to_core_beside.iter().map(|&ns| fmt_ns(ns)).collect();
+        let _ = writeln!(
+            out,
+            "Measured again right before and after our {LATENCY_TARGET_SIZE} B busy-poll run: \
+             p50 {}. The busy-poll target compares with the median of all of them, {}.",
+            beside.join(" and "),
+            r.core_to_core_reference().map_or("–".into(), fmt_ns)
+        );
+    }
 }
 
 fn control_section(r: &Results, out: &mut String) {
@@ -676,8 +689,8 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
     let _ = writeln!(
         out,
         "One-way latency. *busy-poll* and *blocking, back-to-back*: ping-pong over two channels \
-         (two sockets / two pipes), round trip measured by the initiator and halved; each side \
-         sends a message of the given size. *busy-poll*: `try_recv_into` in a loop / read(2) \
+         (two sockets / two pipes), round trip measured by the initiator (one clock read per \
+         round trip) and halved; each side sends a message of the given size. *busy-poll*: `try_recv_into` in a loop / read(2) \
          on an O_NONBLOCK fd in a loop. *blocking, back-to-back*: `recv_into` (which spins \
          about 30 µs before sleeping on the eventfd, so a prompt peer never sleeps) / blocking \
          read(2). *blocking, receiver asleep*: one message every 200 µs + 1 µs per KB, the \

@@ -37,17 +37,16 @@
 //! # Seals: one cache line to watch instead of two
 //! Each publish marks its first frame: `span` says how many 16-byte units the publish covers
 //! (0 if more than 65535), and after storing `write_pos` the producer stores
-//! `seal = (start + 1) ^ seal_key` there (`start` is that frame's position) and demotes the
-//! frame's lines to the shared cache. A consumer that has caught up watches the seal of the frame it
-//! waits for: when it matches, the frame is published (the seal is stored after `write_pos`,
-//! so the consumer never gets ahead of it) and its header and payload arrive in the same
-//! cache-line transfer that brought the seal, instead of one transfer for `write_pos` and
-//! another for the frame. A seal is unique to its position, so a stale one from an earlier lap
-//! never matches; the random key keeps payload bytes from ever matching by accident. The span
-//! tells the consumer how far it may read on without loading `write_pos` (which the producer
-//! has by then written for the next publish). When the seal does not match yet, the consumer
-//! watches the seal, loading `write_pos` only now and then (always before it sleeps), so seals
-//! are only ever a shortcut.
+//! `seal = (start + 1) ^ seal_key` there (`start` is that frame's position). A consumer that
+//! has caught up watches the seal of the frame it waits for: when it matches, the frame is
+//! published (the seal is stored after `write_pos`, so the consumer never gets ahead of it),
+//! and its header and first bytes arrive in the same cache-line transfer that brought the seal,
+//! instead of one transfer for `write_pos` and another for the frame. A seal is unique to its
+//! position, so a stale one from an earlier lap never matches; the random key keeps payload
+//! bytes from ever matching by accident. The span tells the consumer how far it may read on
+//! without loading `write_pos` (which the producer has by then written for the next publish).
+//! While the seal does not match, the consumer watches it, loading `write_pos` only now and
+//! then (and always before it sleeps), so seals are only ever a shortcut.
 //!
 //! Layout 1 (what brokers before protocol version 3 created, and what an fd store may still
 //! hold) is the same without seals: 8-byte frame headers (`len u32`, `kind u32`), frames padded
@@ -74,9 +73,6 @@ pub const LAYOUT_VERSION: u32 = 2;
 pub const MIN_LAYOUT_VERSION: u32 = 1;
 pub const HEADER_SIZE: u64 = 4096;
 const CACHE_LINE: u64 = 64;
-/// How much of a freshly published frame the producer demotes to the shared cache: enough for
-/// a small message whole, and the start of a large one (which the consumer streams anyway).
-const DEMOTED_BYTES: u64 = 4 * CACHE_LINE;
 /// Data areas are whole pages: `capacity` is a multiple of this.
 pub const CAPACITY_GRANULE: u64 = 4096;
 pub const MIN_CAPACITY: u64 = CAPACITY_GRANULE;
@@ -387,25 +383,6 @@ impl SharedRing {
         // 16 strictly inside the data area, so the 8 bytes are mapped and aligned); a peer
         // writing it concurrently only yields a value the caller compares, never trusts.
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU64) }
-    }
-
-    /// Moves the cache line at `offset` of the data area out of this core's private caches
-    /// into the shared one (CLDEMOTE), so that the consumer's fetch is served from there
-    /// instead of by snooping this core: about a third off a one-way hop on this machine.
-    fn demote(&self, offset: u64) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: CLDEMOTE is a hint in the reserved-NOP encoding space (CPUs without it run it
-        // as a NOP); it writes no memory and does not fault, and the address lies inside the
-        // mapping anyway (`offset` < capacity). What the peer does to the line cannot matter.
-        unsafe {
-            std::arch::asm!(
-                "cldemote [{line}]",
-                line = in(reg) self.data().wrapping_add(offset as usize),
-                options(nostack, preserves_flags, readonly)
-            );
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = offset;
     }
 
     /// Asks the CPU to fetch the cache line at `offset` of the data area: one cross-core
@@ -892,13 +869,6 @@ impl RingWriter {
             self.ring
                 .data_u64(offset + 8)
                 .store(seal, Ordering::Release);
-            // The consumer's next fetch is this frame: hand over its first lines.
-            let end = (offset + (self.write_pos - first)).min(self.ring.capacity);
-            let mut line = offset & !(CACHE_LINE - 1);
-            while line < end.min(offset + DEMOTED_BYTES) {
-                self.ring.demote(line);
-                line += CACHE_LINE;
-            }
         }
     }
 

@@ -15,12 +15,14 @@
 //! * it never touches memory outside the ring: ASan for the heap, debug assertions on every
 //!   in-ring atomic access, and a PROT_NONE guard page right after the reader's mapping
 //!   whenever the address space allows one (a read past the end is a SIGSEGV);
-//! * a message it hands out fits in the ring (at most `capacity - 8` bytes);
+//! * a message it hands out fits in the ring (at most `capacity` minus a frame header);
 //! * as long as the producer has only behaved, the reader returns exactly what was sent, in
 //!   order, with end-of-stream marks where they were written, and never an error.
 //!
-//! Input: an 8-byte starting position, then operations of one opcode byte and its operands
-//! (little-endian; missing bytes read as 0). `make_seeds.py` writes well-formed examples.
+//! Input: an 8-byte starting position (bit 3 picks the ring layout: set 1, clear 2, whose
+//! producer seals each publish as PROTOCOL.md says), then operations of one opcode byte and its
+//! operands (little-endian; missing bytes read as 0). `make_seeds.py` writes well-formed
+//! examples.
 
 #![no_main]
 
@@ -38,10 +40,11 @@ const CAPACITY: u64 = 4096;
 const MAP_LEN: usize = (HEADER_SIZE + CAPACITY) as usize;
 const RING_NAME: &str = "fuzz-ring";
 
-// Header layout, PROTOCOL.md "The ring (layout 1)".
+// Header layout, PROTOCOL.md "The ring (layout 2)".
 const MAGIC_AT: usize = 0;
 const LAYOUT_AT: usize = 8;
 const CAPACITY_AT: usize = 16;
+const SEAL_KEY_AT: usize = 32;
 const WRITE_POS_AT: usize = 64;
 const MESSAGES_WRITTEN_AT: usize = 72;
 const BYTES_WRITTEN_AT: usize = 80;
@@ -144,13 +147,21 @@ impl Fixture {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.raw.add(offset), n) }
     }
 
-    /// Back to a freshly created ring whose positions both stand at `start`.
-    fn reset(&self, start: u64) {
+    fn data_u64(&self, offset: u64) -> &AtomicU64 {
+        self.u64_at(HEADER_SIZE as usize + offset as usize)
+    }
+
+    /// Back to a freshly created ring in `format`'s layout whose positions both stand at
+    /// `start`.
+    fn reset(&self, start: u64, format: Format) {
         // SAFETY: the whole mapping is ours to write.
         unsafe { std::ptr::write_bytes(self.raw, 0, MAP_LEN) };
         self.u64_at(MAGIC_AT)
             .store(u64::from_le_bytes(*b"SHMRING1"), Ordering::Relaxed);
-        self.u32_at(LAYOUT_AT).store(1, Ordering::Relaxed);
+        self.u32_at(LAYOUT_AT)
+            .store(format.layout(), Ordering::Relaxed);
+        self.u64_at(SEAL_KEY_AT)
+            .store(format.seal_key.unwrap_or(0), Ordering::Relaxed);
         self.u64_at(CAPACITY_AT).store(CAPACITY, Ordering::Relaxed);
         self.u64_at(WRITE_POS_AT).store(start, Ordering::Relaxed);
         self.u64_at(READ_POS_AT).store(start, Ordering::Relaxed);
@@ -290,8 +301,28 @@ impl std::fmt::Debug for Expected {
     }
 }
 
+/// The frame format of the ring under test.
+#[derive(Clone, Copy)]
+struct Format {
+    /// Frame header size; frames start and end at multiples of it.
+    unit: u64,
+    /// Layout 2 only.
+    seal_key: Option<u64>,
+}
+
+impl Format {
+    fn layout(self) -> u32 {
+        if self.seal_key.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+}
+
 /// The producer: well-behaved when asked to send, hostile on other operations.
 struct Producer {
+    format: Format,
     /// Its private write position (resumed from the header on re-attach).
     write_pos: u64,
     messages: u64,
@@ -304,10 +335,11 @@ impl Producer {
     /// preceded by a padding frame. Publishes whatever was staged (padding included) with one
     /// store. Returns the frames published (a prefix of `frames`).
     fn send(&mut self, ring: &Fixture, frames: &[(u32, Vec<u8>)]) -> usize {
+        let unit = self.format.unit;
         let read_pos = ring.u64_at(READ_POS_AT).load(Ordering::Acquire);
         if read_pos > self.write_pos
             || self.write_pos - read_pos > CAPACITY
-            || self.write_pos % 8 != 0
+            || self.write_pos % unit != 0
             || self.write_pos > u64::MAX - 2 * CAPACITY
         {
             return 0; // scribbled on: a real producer would report corruption here
@@ -316,7 +348,7 @@ impl Producer {
         let mut staged = self.write_pos;
         let mut sent = 0;
         for (kind, payload) in frames {
-            let size = 8 + (payload.len() as u64).div_ceil(8) * 8;
+            let size = unit + (payload.len() as u64).div_ceil(unit) * unit;
             let offset = staged % CAPACITY;
             let until_end = CAPACITY - offset;
             if size > until_end {
@@ -324,7 +356,7 @@ impl Producer {
                     break;
                 }
                 ring.data_u32(offset)
-                    .store((until_end - 8) as u32, Ordering::Relaxed);
+                    .store((until_end - unit) as u32, Ordering::Relaxed);
                 ring.data_u32(offset + 4).store(KIND_PAD, Ordering::Relaxed);
                 staged += until_end;
                 free -= until_end;
@@ -333,7 +365,7 @@ impl Producer {
                 break;
             }
             let offset = staged % CAPACITY;
-            ring.write_bytes(HEADER_SIZE as usize + offset as usize + 8, payload);
+            ring.write_bytes(HEADER_SIZE as usize + (offset + unit) as usize, payload);
             ring.data_u32(offset)
                 .store(payload.len() as u32, Ordering::Relaxed);
             ring.data_u32(offset + 4).store(*kind, Ordering::Relaxed);
@@ -346,12 +378,26 @@ impl Producer {
             }
         }
         if staged != self.write_pos {
+            let first = self.write_pos;
+            let first_offset = first % CAPACITY;
+            if self.format.seal_key.is_some() {
+                // The first frame's span covers the whole publish (0 if it cannot say).
+                let units = (staged - first) / unit;
+                let span = if units <= 0xffff { units as u32 } else { 0 };
+                let word = ring.data_u32(first_offset + 4);
+                let kind = word.load(Ordering::Relaxed) & 0xffff;
+                word.store(kind | span << 16, Ordering::Relaxed);
+            }
             self.write_pos = staged;
             ring.u64_at(WRITE_POS_AT).store(staged, Ordering::SeqCst);
             ring.u64_at(MESSAGES_WRITTEN_AT)
                 .store(self.messages, Ordering::Relaxed);
             ring.u64_at(BYTES_WRITTEN_AT)
                 .store(self.bytes, Ordering::Relaxed);
+            if let Some(key) = self.format.seal_key {
+                ring.data_u64(first_offset + 8)
+                    .store((first + 1) ^ key, Ordering::SeqCst);
+            }
         }
         sent
     }
@@ -403,9 +449,9 @@ fn check_error(err: RingError, clean: bool, what: &str) {
     );
 }
 
-fn check_message(message: &[u8]) {
+fn check_message(message: &[u8], format: Format) {
     assert!(
-        message.len() as u64 <= CAPACITY - 8,
+        message.len() as u64 <= CAPACITY - format.unit,
         "a {}-byte message out of a {CAPACITY}-byte ring",
         message.len()
     );
@@ -415,11 +461,25 @@ fuzz_target!(|data: &[u8]| {
     let mut fixture = fixture().lock().unwrap_or_else(|e| e.into_inner());
     let mut script = Script { data, at: 0 };
 
-    // Both positions start at the same well-formed place (a multiple of 8, anywhere up to
-    // 2^62, so the first frames may need padding); only hostile operations change that.
-    let start = (script.u64() & !7) % (1 << 62);
-    fixture.reset(start);
+    // Both positions start at the same well-formed place (a multiple of the frame unit,
+    // anywhere up to 2^62, so the first frames may need padding); only hostile operations
+    // change that.
+    let first = script.u64();
+    let format = if first & 8 != 0 {
+        Format {
+            unit: 8,
+            seal_key: None,
+        }
+    } else {
+        Format {
+            unit: 16,
+            seal_key: Some(first.rotate_left(17) & !1),
+        }
+    };
+    let start = (first & !(format.unit - 1)) % (1 << 62);
+    fixture.reset(start, format);
     let mut producer = Producer {
+        format,
         write_pos: start,
         messages: 0,
         bytes: 0,
@@ -469,7 +529,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 match reader.try_read_into(&mut out) {
                     Ok(ReadOutcome::Message) => {
-                        check_message(&out);
+                        check_message(&out, format);
                         if clean {
                             match expected.pop_front() {
                                 Some(Expected::Data(want)) => assert!(
@@ -505,7 +565,7 @@ fuzz_target!(|data: &[u8]| {
                 let max = usize::from(script.u8() % 16);
                 let mut got = Vec::new();
                 match reader.try_read_batch(max, &mut scratch, |m| {
-                    check_message(m);
+                    check_message(m, format);
                     got.push(m.to_vec())
                 }) {
                     Ok(outcome) => {
