@@ -27,10 +27,10 @@
 //! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`.
 //!
 //! A frame is a 16-byte header (`len u32`, `kind u16`, `span u16`, `seal u64`) and `len`
-//! payload bytes, padded to a multiple of 16. A frame never wraps: when it does not fit before the end of the
-//! data area the producer first publishes a PAD frame covering the rest. Kinds: 1 DATA,
-//! 2 END_OF_STREAM, 3 PAD, 4 LOST (payload: u64 count of messages this consumer missed here,
-//! written by a fan-out producer whose `slow_consumer` policy is `drop`). A frame becomes
+//! payload bytes, padded to a multiple of 16. A frame never wraps: when it does not fit before
+//! the end of the data area the producer first publishes a PAD frame covering the rest. Kinds:
+//! 1 DATA, 2 END_OF_STREAM, 3 PAD, 4 LOST (payload: u64 count of messages this consumer missed
+//! here, written by a fan-out producer whose `slow_consumer` policy is `drop`). A frame becomes
 //! visible only when the producer stores the new `write_pos` (release), so a producer killed
 //! mid-message leaves nothing torn behind: the next producer overwrites the unpublished bytes.
 //!
@@ -968,7 +968,7 @@ pub struct RingReader {
 /// Whether a poll must load the producer's position even when seals say nothing came.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Poll {
-    /// Seals may stand in for it (between 1 in [`POSITION_EVERY`] polls).
+    /// Seals may stand in for it (it is loaded once in [`POSITION_EVERY`] polls).
     Quick,
     /// Before sleeping: the sleep protocol pairs with the position, not with seals.
     Exact,
@@ -1289,8 +1289,8 @@ impl RingReader {
 
 fn check_positions(read_pos: u64, write_pos: u64, ring: &SharedRing) -> Result<(), RingError> {
     let (capacity, unit) = (ring.capacity, ring.format.unit);
-    // Frames start at multiples of 8: any other position was written by a hostile peer, and
-    // following it would read a frame header across the end of the data area.
+    // Frames start at multiples of the frame unit: any other position was written by a hostile
+    // peer, and following it would read a frame header across the end of the data area.
     let aligned = read_pos % unit == 0 && write_pos % unit == 0;
     if !aligned || write_pos < read_pos || write_pos - read_pos > capacity {
         return Err(RingError::Corrupt(format!(
