@@ -186,6 +186,9 @@ fn run(args: &Args) -> Result<bool> {
         sizes: plan.sizes.clone(),
         throughput_ms: plan.throughput_ms,
         throughput_reps: plan.throughput_reps,
+        latency_ms: plan.latency_ms,
+        paced_ms: plan.paced_ms,
+        latency_rounds: plan.latency_rounds,
         ..Results::default()
     };
 
@@ -360,39 +363,62 @@ fn data_section(
             if peers.is_some() {
                 transports.extend([Transport::Unix, Transport::Pipe]);
             }
-            for transport in transports {
-                // The target compares this one run with the core-to-core round trip: measure
-                // that right beside it too.
-                let beside = transport == Transport::Ours
+            let budget = match mode {
+                LatencyMode::Asleep => plan.paced_ms,
+                LatencyMode::BusyPoll | LatencyMode::Blocking => plan.latency_ms,
+            } / plan.latency_rounds;
+            // The target compares our 64 B busy-poll latency with the core-to-core round
+            // trip: measure that beside each of its rounds too.
+            let beside = |transport| {
+                transport == Transport::Ours
                     && mode == LatencyMode::BusyPoll
-                    && size == report::LATENCY_TARGET_SIZE;
-                if beside {
-                    core_to_core_beside(plan, cores, r);
+                    && size == report::LATENCY_TARGET_SIZE
+            };
+            let mut pooled: Vec<(Transport, Vec<u64>, f64)> = Vec::new();
+            for _ in 0..plan.latency_rounds {
+                for &transport in &transports {
+                    if beside(transport) {
+                        core_to_core_beside(plan, cores, r);
+                    }
+                    let result = match (transport, &ours, &peers) {
+                        (Transport::Ours, Some(o), _) => o.latency(mode, size, budget),
+                        (Transport::Unix, _, Some(p)) => {
+                            p.latency(Stream::Unix, mode, size, budget)
+                        }
+                        (Transport::Pipe, _, Some(p)) => {
+                            p.latency(Stream::Pipe, mode, size, budget)
+                        }
+                        _ => continue,
+                    };
+                    let what = format!(
+                        "latency {} {} {}",
+                        transport.label(),
+                        mode.label(),
+                        format_size(size)
+                    );
+                    let Some(samples) = r.record(&what, result) else {
+                        continue;
+                    };
+                    match pooled.iter_mut().find(|(t, _, _)| *t == transport) {
+                        Some((_, ns, _)) => ns.extend(samples.ns),
+                        None => pooled.push((transport, samples.ns, samples.scale)),
+                    }
                 }
-                let result = match (transport, &ours, &peers) {
-                    (Transport::Ours, Some(o), _) => o.latency(mode, size),
-                    (Transport::Unix, _, Some(p)) => p.latency(Stream::Unix, mode, size),
-                    (Transport::Pipe, _, Some(p)) => p.latency(Stream::Pipe, mode, size),
-                    _ => continue,
+            }
+            if transports.iter().any(|&t| beside(t)) {
+                core_to_core_beside(plan, cores, r);
+            }
+            for (transport, ns, scale) in pooled {
+                let Some(one_way) = stats::Percentiles::of(&ns, scale) else {
+                    continue;
                 };
-                let what = format!(
-                    "latency {} {} {}",
-                    transport.label(),
-                    mode.label(),
-                    format_size(size)
-                );
-                if beside {
-                    core_to_core_beside(plan, cores, r);
-                }
-                if let Some(one_way) = r.record(&what, result) {
-                    log_latency(transport, mode, size, &one_way);
-                    r.latency.push(Latency {
-                        transport,
-                        mode,
-                        size,
-                        one_way,
-                    });
-                }
+                log_latency(transport, mode, size, &one_way);
+                r.latency.push(Latency {
+                    transport,
+                    mode,
+                    size,
+                    one_way,
+                });
             }
         }
     }

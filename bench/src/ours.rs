@@ -11,7 +11,7 @@ use crate::broker::Broker;
 use crate::plan::Plan;
 use crate::results::{FanoutRate, LatencyMode, Rate, Series};
 use crate::roles::Outcome;
-use crate::stats::Percentiles;
+use crate::stats::Samples;
 use crate::sys::CorePair;
 use crate::transport::Wait;
 use crate::worker::{run_fanout, run_pair, Link, Role, Side, Task};
@@ -176,8 +176,8 @@ impl<'a> Ours<'a> {
         FanoutRate::from_outcomes(&p, &c)
     }
 
-    /// One-way latency in `mode`.
-    pub fn latency(&self, mode: LatencyMode, size: usize) -> Result<Percentiles> {
+    /// One-way latency samples in `mode`, from a run of `budget` ms.
+    pub fn latency(&self, mode: LatencyMode, size: usize, budget: u64) -> Result<Samples> {
         let label = format!("ours latency {} {size} B", mode.label());
         let outcome: Outcome;
         let scale;
@@ -190,7 +190,6 @@ impl<'a> Ours<'a> {
                 };
                 let ping = self.channel("ping", size)?;
                 let pong = self.channel("pong", size)?;
-                let budget = self.plan.latency_ms;
                 let a = self.task(
                     Role::Ping,
                     self.link(Some(&ping), Some(&pong)),
@@ -210,7 +209,6 @@ impl<'a> Ours<'a> {
             }
             LatencyMode::Asleep => {
                 let channel = self.channel("paced", size)?;
-                let budget = self.plan.paced_ms;
                 let mut a = self.task(
                     Role::StampSend,
                     self.link(Some(&channel), None),
@@ -230,7 +228,10 @@ impl<'a> Ours<'a> {
                 scale = 1.0;
             }
         }
-        Percentiles::of(&outcome.samples_ns, scale).context("no latency samples")
+        Ok(Samples {
+            ns: outcome.samples_ns,
+            scale,
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::plan::Plan;
 use crate::results::{FanoutRate, LatencyMode, Rate};
-use crate::stats::Percentiles;
+use crate::stats::Samples;
 use crate::sys::CorePair;
 use crate::transport::Wait;
 use crate::worker::{run_fanout, run_pair, Link, Role, Side, Task};
@@ -134,7 +134,14 @@ impl<'a> Peers<'a> {
         FanoutRate::from_outcomes(&p, &c)
     }
 
-    pub fn latency(&self, stream: Stream, mode: LatencyMode, size: usize) -> Result<Percentiles> {
+    /// One-way latency samples in `mode`, from a run of `budget` ms.
+    pub fn latency(
+        &self,
+        stream: Stream,
+        mode: LatencyMode,
+        size: usize,
+        budget: u64,
+    ) -> Result<Samples> {
         let label = format!("{stream:?} latency {} {size} B", mode.label());
         let (samples, scale) = match mode {
             LatencyMode::BusyPoll | LatencyMode::Blocking => {
@@ -144,7 +151,6 @@ impl<'a> Peers<'a> {
                     Wait::Block
                 };
                 let ((a_rx, a_tx), (b_rx, b_tx)) = two_way(stream)?;
-                let budget = self.plan.latency_ms;
                 let a = Side {
                     task: self.task(Role::Ping, false, size, wait, budget),
                     rx_fd: Some(a_rx),
@@ -159,7 +165,6 @@ impl<'a> Peers<'a> {
             }
             LatencyMode::Asleep => {
                 let (rx, tx) = one_way(stream)?;
-                let budget = self.plan.paced_ms;
                 let mut sender = self.task(Role::StampSend, false, size, Wait::Block, budget);
                 sender.gap_us = Plan::gap_us_for(size);
                 let a = Side {
@@ -175,6 +180,6 @@ impl<'a> Peers<'a> {
                 (run_pair(&label, a, b, self.cores)?.1.samples_ns, 1.0)
             }
         };
-        Percentiles::of(&samples, scale).context("no latency samples")
+        Ok(Samples { ns: samples, scale })
     }
 }

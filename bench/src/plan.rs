@@ -15,10 +15,13 @@ pub struct Plan {
     pub throughput_ms: u64,
     /// Throughput runs per point; the median is reported.
     pub throughput_reps: usize,
-    /// One ping-pong latency run.
+    /// Ping-pong latency per transport and size, over all rounds.
     pub latency_ms: u64,
-    /// One paced (receiver asleep) latency run.
+    /// Paced (receiver asleep) latency per transport and size, over all rounds.
     pub paced_ms: u64,
+    /// Latency runs take turns, transport after transport, this many times, and each
+    /// transport's samples are pooled: drift on a noisy machine hits them all alike.
+    pub latency_rounds: u64,
     pub attach_iterations: usize,
     pub many_channels: usize,
     pub many_clients: usize,
@@ -38,8 +41,9 @@ impl Plan {
             fanout_sizes: FANOUT_SIZES.to_vec(),
             throughput_ms: 500,
             throughput_reps: 3,
-            latency_ms: 1000,
+            latency_ms: 1200,
             paced_ms: 1500,
+            latency_rounds: 3,
             attach_iterations: 3000,
             many_channels: 10_000,
             many_clients: 1000,
@@ -63,6 +67,7 @@ impl Plan {
             throughput_reps: 1,
             latency_ms: 20,
             paced_ms: 30,
+            latency_rounds: 1,
             attach_iterations: 50,
             many_channels: 200,
             many_clients: 50,

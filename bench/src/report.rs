@@ -690,12 +690,17 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
         out,
         "One-way latency. *busy-poll* and *blocking, back-to-back*: ping-pong over two channels \
          (two sockets / two pipes), round trip measured by the initiator (one clock read per \
-         round trip) and halved; each side sends a message of the given size. *busy-poll*: `try_recv_into` in a loop / read(2) \
-         on an O_NONBLOCK fd in a loop. *blocking, back-to-back*: `recv_into` (which spins \
-         about 30 µs before sleeping on the eventfd, so a prompt peer never sleeps) / blocking \
-         read(2). *blocking, receiver asleep*: one message every 200 µs + 1 µs per KB, the \
-         sender stamps CLOCK_MONOTONIC into it, the receiver (asleep in `recv_into` / \
-         read(2)) subtracts it from its receive time: this is the wake-up path."
+         round trip) and halved; each side sends a message of the given size. *busy-poll*: \
+         `try_recv_into` in a loop / read(2) on an O_NONBLOCK fd in a loop. *blocking, \
+         back-to-back*: `recv_into` (which spins about 30 µs before sleeping on the eventfd, so \
+         a prompt peer never sleeps) / blocking read(2). *blocking, receiver asleep*: one \
+         message every 200 µs + 1 µs per KB, the sender stamps CLOCK_MONOTONIC into it, the \
+         receiver (asleep in `recv_into` / read(2)) subtracts it from its receive time: this is \
+         the wake-up path. Each figure pools {} rounds of {} ms (receiver asleep: {} ms), the \
+         transports taking turns, so that drift on a noisy machine hits them all alike.",
+        r.latency_rounds,
+        r.latency_ms / r.latency_rounds.max(1),
+        r.paced_ms / r.latency_rounds.max(1)
     );
     latency_tables(r, &mut out);
     if let Some((_, lat)) = &plot_names {

@@ -297,6 +297,10 @@ pub struct Results {
     pub sizes: Vec<usize>,
     pub throughput_ms: u64,
     pub throughput_reps: usize,
+    /// Latency budgets per transport and size (ping-pong, paced), split over the rounds.
+    pub latency_ms: u64,
+    pub paced_ms: u64,
+    pub latency_rounds: u64,
     pub throughput: Vec<Throughput>,
     pub latency: Vec<Latency>,
     pub fanout: Vec<Fanout>,

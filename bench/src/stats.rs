@@ -2,6 +2,13 @@
 
 use serde::Serialize;
 
+/// Raw latency samples of one run: nanoseconds, times `scale` for one-way times (0.5 for
+/// round trips).
+pub struct Samples {
+    pub ns: Vec<u64>,
+    pub scale: f64,
+}
+
 /// Latency percentiles, in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Percentiles {
