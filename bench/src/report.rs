@@ -437,9 +437,10 @@ fn latency_tables(r: &Results, out: &mut String) {
         let beside: Vec<String> = r.core_to_core_beside.iter().map(|&ns| fmt_ns(ns)).collect();
         let _ = writeln!(
             out,
-            "Measured again right before and after our {LATENCY_TARGET_SIZE} B busy-poll run: \
-             p50 {}. The busy-poll target compares with the median of all of them, {}.",
-            beside.join(" and "),
+            "Measured again beside our {LATENCY_TARGET_SIZE} B busy-poll run (before each of \
+             its rounds and after the last): p50 {}. The busy-poll target compares with the \
+             median of all of them, {}.",
+            beside.join(", "),
             r.core_to_core_reference().map_or("–".into(), fmt_ns)
         );
     }

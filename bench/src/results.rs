@@ -305,9 +305,9 @@ pub struct Results {
     pub latency: Vec<Latency>,
     pub fanout: Vec<Fanout>,
     pub core_to_core: Option<CoreToCore>,
-    /// p50 of the core-to-core round trip measured again right before and right after our
-    /// 64 B busy-poll latency run: on a VM whose vCPUs the host moves about, the round trip
-    /// at the start can differ by a quarter from the one during that run.
+    /// p50 of the core-to-core round trip measured again beside our 64 B busy-poll latency
+    /// run (before each of its rounds and after the last): on a VM whose vCPUs the host moves
+    /// about, the round trip at the start can differ by a quarter from the one during that run.
     pub core_to_core_beside: Vec<f64>,
     pub attach: Option<Attach>,
     pub many_channels: Option<ManyChannels>,
