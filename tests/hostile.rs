@@ -1048,8 +1048,9 @@ fn scribbled_read_position_is_a_corrupt_ring_error_for_the_producer() {
     map.write_u64(READ_POS, 1 << 40);
     // The producer may go on using room it already knows is free (it never overwrites unread
     // data that way); it must report the scribble, at the latest, when it needs to look at
-    // the consumer's position again: within one ring's worth of 16-byte frames.
-    let frames_per_ring = 64 * 1024 / 16;
+    // the consumer's position again: within one ring's worth of frames (a 16-byte header and
+    // the 5 bytes padded to 16).
+    let frames_per_ring = 64 * 1024 / 32;
     let mut sent = 0;
     let error = loop {
         match producer.try_send(b"after") {

@@ -374,7 +374,7 @@ fn data_section(
                     && mode == LatencyMode::BusyPoll
                     && size == report::LATENCY_TARGET_SIZE
             };
-            let mut pooled: Vec<(Transport, Vec<u64>, f64)> = Vec::new();
+            let mut pooled: Vec<(Transport, stats::Samples)> = Vec::new();
             for _ in 0..plan.latency_rounds {
                 for &transport in &transports {
                     if beside(transport) {
@@ -399,17 +399,17 @@ fn data_section(
                     let Some(samples) = r.record(&what, result) else {
                         continue;
                     };
-                    match pooled.iter_mut().find(|(t, _, _)| *t == transport) {
-                        Some((_, ns, _)) => ns.extend(samples.ns),
-                        None => pooled.push((transport, samples.ns, samples.scale)),
+                    match pooled.iter_mut().find(|(t, _)| *t == transport) {
+                        Some((_, pool)) => pool.ns.extend(samples.ns),
+                        None => pooled.push((transport, samples)),
                     }
                 }
             }
             if transports.iter().any(|&t| beside(t)) {
                 core_to_core_beside(plan, cores, r);
             }
-            for (transport, ns, scale) in pooled {
-                let Some(one_way) = stats::Percentiles::of(&ns, scale) else {
+            for (transport, samples) in pooled {
+                let Some(one_way) = stats::Percentiles::of(&samples.ns, samples.scale) else {
                     continue;
                 };
                 log_latency(transport, mode, size, &one_way);

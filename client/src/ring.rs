@@ -1760,7 +1760,7 @@ mod tests {
             ReadOutcome::Message
         );
         assert!(!r.take_producer_waiting(), "nobody is waiting yet");
-        // 3500 bytes do not fit after the 1088-byte tail: the producer pads the tail and
+        // 3500 bytes do not fit after the 1072-byte tail: the producer pads the tail and
         // waits for the consumer to pass it.
         assert!(!write(&mut w, &[2u8; 3500]));
         assert!(
@@ -1784,7 +1784,7 @@ mod tests {
             r.try_read_into(&mut out).expect("read"),
             ReadOutcome::Message
         );
-        // 3500 bytes fit only at offset 0, after the consumer has passed the 1088-byte tail.
+        // 3500 bytes fit only at offset 0, after the consumer has passed the 1072-byte tail.
         assert!(!w.make_room(3500).expect("room"));
         assert!(
             w.prepare_to_sleep(3500).expect("prepare"),

@@ -434,11 +434,8 @@ impl Channel {
     /// The layout of this channel's rings: a one-to-one channel's ring may come from an older
     /// broker (restored from the fd store); fan-out lanes are made as needed, in the newest.
     pub fn ring_layout(&self) -> u32 {
-        self.queues
-            .first()
-            .and_then(|queue| queue.lanes.first())
-            .filter(|_| !self.meta.is_fanout())
-            .map_or(LAYOUT_VERSION, |lane| lane.ring.layout())
+        self.single_ring()
+            .map_or(LAYOUT_VERSION, |(lane, _)| lane.ring.layout())
     }
 
     fn attach_info(&self, role: Role, id: u32, fds: Vec<&str>, lanes: Vec<LaneInfo>) -> AttachInfo {
