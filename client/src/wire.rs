@@ -332,6 +332,10 @@ pub struct PeerInfo {
     /// A durable consumer's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The uid a durable consumer's name belongs to: only it (and root) may attach as it; it,
+    /// the channel's owner and admins may drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
     /// False for a durable consumer whose queue the broker keeps while it is away.
     #[serde(default = "yes")]
     pub attached: bool,

@@ -382,12 +382,17 @@ fn print_info(c: &ChannelInfo) -> Result<()> {
         writeln!(out, "peers:     none attached")?;
     }
     for p in &c.peers {
+        let owner = p
+            .owner_uid
+            .map_or_else(String::new, |uid| format!(" owned by uid {uid}"));
         let who = match (&p.name, p.attached) {
             (Some(name), true) => format!(
-                "{} {} {name:?} pid {} uid {} gid {}",
+                "{} {} {name:?}{owner} pid {} uid {} gid {}",
                 p.role, p.id, p.pid, p.uid, p.gid
             ),
-            (Some(name), false) => format!("{} {} {name:?} (durable, away)", p.role, p.id),
+            (Some(name), false) => {
+                format!("{} {} {name:?}{owner} (durable, away)", p.role, p.id)
+            }
             (None, _) => format!(
                 "{} {} pid {} uid {} gid {}",
                 p.role, p.id, p.pid, p.uid, p.gid

@@ -26,11 +26,16 @@ use crate::access::AccessList;
 use crate::peer::PeerCredentials;
 
 /// A consumer queue as systemd's fd store keeps it: its id, and the durable consumer's name
-/// (`None`: the single consumer's queue of a `max_consumers = 1` channel).
+/// (`None`: the single consumer's queue of a `max_consumers = 1` channel) and owner.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueRecord {
     pub id: u32,
     pub name: Option<String>,
+    /// The uid that registered the durable name. Absent in records of brokers that did not
+    /// keep owners: such a name is claimed by the next uid that attaches to it (it was open to
+    /// every admitted consumer until then, so nobody loses anything they had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
 }
 
 /// What of a fan-out channel outlives the broker in systemd's fd store: its producer slots,
@@ -140,7 +145,9 @@ struct ProducerSlot {
 enum QueueKind {
     /// The one queue of a one-to-one channel: kept while its consumer is away.
     Default,
-    Durable(String),
+    /// A named queue kept while its consumer is away. It belongs to the uid that registered
+    /// the name (`None`: restored from an older broker's record, claimed at the next attach).
+    Durable { name: String, owner: Option<u32> },
     /// Freed when its consumer detaches.
     Anonymous,
 }
@@ -158,10 +165,26 @@ struct ConsumerQueue {
 impl ConsumerQueue {
     fn name(&self) -> Option<&str> {
         match &self.kind {
-            QueueKind::Durable(name) => Some(name),
+            QueueKind::Durable { name, .. } => Some(name),
             _ => None,
         }
     }
+
+    /// The uid a durable queue belongs to.
+    fn owner(&self) -> Option<u32> {
+        match &self.kind {
+            QueueKind::Durable { owner, .. } => *owner,
+            _ => None,
+        }
+    }
+}
+
+/// A durable consumer cut off while away: why, and whose name it was. The name stays its
+/// owner's until the owner hears the cause at its next attach (or the name is dropped).
+#[derive(Clone, Copy, Debug)]
+struct AwayEviction {
+    cause: Eviction,
+    owner: Option<u32>,
 }
 
 pub struct Channel {
@@ -173,7 +196,7 @@ pub struct Channel {
     /// Fan-out channels: the page whose counters tell clients to read lane events.
     control: Option<(ControlPage, OwnedFd)>,
     /// Durable consumers cut off while away, and why: their next attach is told so once.
-    evicted: BTreeMap<String, Eviction>,
+    evicted: BTreeMap<String, AwayEviction>,
     /// No longer in the config: removed as soon as nobody is attached.
     pub pending_removal: bool,
 }
@@ -283,10 +306,13 @@ impl Channel {
             }
             channel.queues.push(ConsumerQueue {
                 id,
-                kind: queue
-                    .record
-                    .name
-                    .map_or(QueueKind::Default, QueueKind::Durable),
+                kind: match queue.record.name {
+                    Some(name) => QueueKind::Durable {
+                        name,
+                        owner: queue.record.owner_uid,
+                    },
+                    None => QueueKind::Default,
+                },
                 holder: None,
                 data_ready: queue.data_ready,
                 lanes: queue.lanes,
@@ -325,6 +351,7 @@ impl Channel {
             queues.push(QueueRecord {
                 id: queue.id,
                 name: queue.name().map(str::to_string),
+                owner_uid: queue.owner(),
             });
             if let Some(fd) = &queue.data_ready {
                 fds.push((format!("q{}.data", queue.id), fd.as_fd()));
@@ -346,6 +373,13 @@ impl Channel {
 
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// The owner of each durable consumer name this channel keeps (queues and eviction
+    /// records), for the per-uid quota.
+    pub fn durable_owners(&self) -> impl Iterator<Item = u32> + '_ {
+        let queues = self.queues.iter().filter_map(ConsumerQueue::owner);
+        queues.chain(self.evicted.values().filter_map(|away| away.owner))
     }
 
     /// Ring memory this channel may come to hold: a ring per producer and consumer pair.
@@ -539,11 +573,15 @@ impl Channel {
         Ok((self.slots.len() - 1, notices))
     }
 
+    /// Attaches a consumer, as durable consumer `name` if given. A durable name belongs to the
+    /// uid that registered it: only that uid (and root) may attach as it. `admit_new_name` is
+    /// asked before a new durable name is registered (the per-uid quota).
     pub fn attach_consumer(
         &mut self,
         session: SessionId,
         peer: &PeerCredentials,
         name: Option<&str>,
+        admit_new_name: impl FnOnce() -> Result<(), String>,
     ) -> Result<Grant, Refusal> {
         let channel = &self.meta.name;
         if name.is_some() && self.meta.max_consumers == 1 {
@@ -567,14 +605,25 @@ impl Channel {
         };
         let index = match existing {
             Some(index) => {
-                if let Some(cause) = name.is_none().then(|| self.evicted.remove("")).flatten() {
+                if let Some(away) = name.is_none().then(|| self.evicted.remove("")).flatten() {
                     return Err(refuse(
                         ErrorCode::Evicted,
                         format!(
                             "the consumer of channel {channel:?} was cut off while away ({}) and its messages were discarded; attach again to start from the next message",
-                            away_cause(cause)
+                            away_cause(away.cause)
                         ),
                     ));
+                }
+                if let (Some(name), Some(owner)) = (name, self.queues[index].owner()) {
+                    if owner != peer.uid && peer.uid != 0 {
+                        return Err(not_the_owner(
+                            channel,
+                            name,
+                            owner,
+                            peer.uid,
+                            "attach as it",
+                        ));
+                    }
                 }
                 if let Some(holder) = &self.queues[index].holder {
                     return Err(refuse(
@@ -595,15 +644,27 @@ impl Channel {
                     shmem_broker_client::names::validate_channel_name(name).map_err(|m| {
                         refuse(ErrorCode::InvalidName, format!("consumer name: {m}"))
                     })?;
-                    if let Some(cause) = self.evicted.remove(name) {
+                    if let Some(away) = self.evicted.get(name).copied() {
+                        if let Some(owner) = away.owner.filter(|&o| o != peer.uid && peer.uid != 0)
+                        {
+                            return Err(not_the_owner(
+                                channel,
+                                name,
+                                owner,
+                                peer.uid,
+                                "attach as it",
+                            ));
+                        }
+                        self.evicted.remove(name);
                         return Err(refuse(
                             ErrorCode::Evicted,
                             format!(
                                 "durable consumer {name:?} of channel {channel:?} was cut off while away ({}) and its queue discarded; attach again to start from the next message",
-                                away_cause(cause)
+                                away_cause(away.cause)
                             ),
                         ));
                     }
+                    admit_new_name().map_err(|m| refuse(ErrorCode::LimitReached, m))?;
                 }
                 if self.queues.len() >= self.meta.max_consumers as usize {
                     let away = self.queues.iter().filter(|q| q.holder.is_none()).count();
@@ -616,7 +677,10 @@ impl Channel {
                         ),
                     ));
                 }
-                let kind = name.map_or(QueueKind::Anonymous, |n| QueueKind::Durable(n.to_string()));
+                let kind = name.map_or(QueueKind::Anonymous, |n| QueueKind::Durable {
+                    name: n.to_string(),
+                    owner: Some(peer.uid),
+                });
                 let (index, added) = self.add_queue(kind).map_err(internal)?;
                 notices = added;
                 index
@@ -637,7 +701,16 @@ impl Channel {
             lanes.push(LaneInfo { peer: slot.id });
         }
         let info = self.attach_info(Role::Consumer, queue.id, names, lanes);
-        self.queues[index].holder = Some(Attached {
+        let queue = &mut self.queues[index];
+        if let QueueKind::Durable {
+            owner: owner @ None,
+            ..
+        } = &mut queue.kind
+        {
+            // Restored from a broker that kept no owners: the first to attach claims it.
+            *owner = Some(peer.uid);
+        }
+        queue.holder = Some(Attached {
             session,
             peer: peer.clone(),
         });
@@ -770,15 +843,46 @@ impl Channel {
         Some((Role::Consumer, attached.peer, notices))
     }
 
-    /// Forgets durable consumer `name` and its unread data.
-    pub fn drop_consumer(&mut self, name: &str) -> Result<Vec<Notice>, Refusal> {
+    /// Forgets durable consumer `name` and its unread data (or the record that it was cut
+    /// off while away). `uid` asks; `privileged` if it is an admin or the channel's owner,
+    /// who may drop any durable consumer; others only their own.
+    pub fn drop_consumer(
+        &mut self,
+        name: &str,
+        uid: u32,
+        privileged: bool,
+    ) -> Result<Vec<Notice>, Refusal> {
         let channel = &self.meta.name;
+        let may_drop = |owner: Option<u32>| privileged || owner == Some(uid);
         let Some(index) = self.queues.iter().position(|q| q.name() == Some(name)) else {
+            if let Some(away) = self.evicted.get(name).copied() {
+                if !may_drop(away.owner) {
+                    return Err(not_the_owner(
+                        channel,
+                        name,
+                        away.owner.unwrap_or(0),
+                        uid,
+                        "drop it",
+                    ));
+                }
+                self.evicted.remove(name);
+                return Ok(Vec::new());
+            }
             return Err(refuse(
                 ErrorCode::NoSuchConsumer,
                 format!("channel {channel:?} has no durable consumer {name:?}"),
             ));
         };
+        let owner = self.queues[index].owner();
+        if !may_drop(owner) {
+            return Err(not_the_owner(
+                channel,
+                name,
+                owner.unwrap_or(0),
+                uid,
+                "drop it",
+            ));
+        }
         if let Some(holder) = &self.queues[index].holder {
             return Err(refuse(
                 ErrorCode::ChannelBusy,
@@ -822,8 +926,12 @@ impl Channel {
                 }
                 None => {
                     // The one queue of a single-consumer channel is told under the name "".
+                    let away = AwayEviction {
+                        cause,
+                        owner: queue.owner(),
+                    };
                     self.evicted
-                        .insert(queue.name().unwrap_or_default().to_string(), cause);
+                        .insert(queue.name().unwrap_or_default().to_string(), away);
                 }
             }
             let default = queue.kind == QueueKind::Default;
@@ -895,6 +1003,7 @@ impl Channel {
             role,
             id,
             name: None,
+            owner_uid: None,
             attached: holder.is_some(),
             bytes_unread: 0,
             messages: 0,
@@ -920,6 +1029,7 @@ impl Channel {
         for queue in &self.queues {
             let mut consumer = endpoint(Role::Consumer, queue.id, queue.holder.as_ref());
             consumer.name = queue.name().map(str::to_string);
+            consumer.owner_uid = queue.owner();
             for lane in &queue.lanes {
                 let stats = lane.ring.stats();
                 consumer.messages += stats.messages_read;
@@ -935,6 +1045,17 @@ impl Channel {
         }
         info
     }
+}
+
+/// The refusal for a uid that asks to `what` (attach as it, drop it) of someone else's
+/// durable consumer.
+fn not_the_owner(channel: &str, name: &str, owner: u32, uid: u32, what: &str) -> Refusal {
+    refuse(
+        ErrorCode::PermissionDenied,
+        format!(
+            "permission denied: durable consumer {name:?} of channel {channel:?} belongs to uid {owner}; uid {uid} may not {what}"
+        ),
+    )
 }
 
 /// Why a consumer that was away lost its queue.
@@ -1002,10 +1123,14 @@ mod tests {
     }
 
     fn peer(pid: u32) -> PeerCredentials {
+        as_uid(pid, 0)
+    }
+
+    fn as_uid(pid: u32, uid: u32) -> PeerCredentials {
         PeerCredentials {
             pid,
-            uid: 0,
-            gid: 0,
+            uid,
+            gid: uid,
             groups: Vec::new(),
         }
     }
@@ -1033,7 +1158,9 @@ mod tests {
         let refused = channel.attach_producer(2, &peer(11)).err().expect("busy");
         assert_eq!(refused.code, ErrorCode::ChannelBusy);
         assert!(refused.message.contains("pid 10"), "{}", refused.message);
-        let named = channel.attach_consumer(3, &peer(12), Some("x")).err();
+        let named = channel
+            .attach_consumer(3, &peer(12), Some("x"), || Ok(()))
+            .err();
         assert_eq!(named.map(|r| r.code), Some(ErrorCode::BadRequest));
     }
 
@@ -1041,7 +1168,7 @@ mod tests {
     fn pairs_get_rings_and_the_other_side_is_told() {
         let mut channel = Channel::create(meta(2, 3, SlowConsumer::Block), 4096).expect("create");
         let first = channel
-            .attach_consumer(1, &peer(10), None)
+            .attach_consumer(1, &peer(10), None, || Ok(()))
             .ok()
             .expect("c1");
         assert_eq!(
@@ -1062,7 +1189,7 @@ mod tests {
         assert_eq!(lane_added_to(&second.notices), vec![(1, 1)]);
         // A new consumer: both producers hear of it.
         let late = channel
-            .attach_consumer(4, &peer(13), Some("keep"))
+            .attach_consumer(4, &peer(13), Some("keep"), || Ok(()))
             .ok()
             .expect("c2");
         assert_eq!(late.info.lanes.len(), 2);
@@ -1076,7 +1203,7 @@ mod tests {
         assert_eq!(channel.info().ring_bytes, 2 * 4096);
         let away = channel.info().peers.into_iter().find(|p| !p.attached);
         assert_eq!(away.and_then(|p| p.name), Some("keep".to_string()));
-        assert!(channel.drop_consumer("keep").is_ok());
+        assert!(channel.drop_consumer("keep", 0, true).is_ok());
         assert_eq!(channel.info().ring_bytes, 0);
     }
 
@@ -1085,11 +1212,11 @@ mod tests {
         let mut channel =
             Channel::create(meta(1, 2, SlowConsumer::Disconnect), 4096).expect("create");
         channel
-            .attach_consumer(1, &peer(10), None)
+            .attach_consumer(1, &peer(10), None, || Ok(()))
             .ok()
             .expect("c1");
         channel
-            .attach_consumer(2, &peer(11), Some("keep"))
+            .attach_consumer(2, &peer(11), Some("keep"), || Ok(()))
             .ok()
             .expect("c2");
         channel.detach(2).expect("keep goes away");
@@ -1101,8 +1228,54 @@ mod tests {
         assert!(notices
             .iter()
             .any(|(s, e, _)| *s == 1 && matches!(e, Event::Disconnected { .. })));
-        let refused = channel.attach_consumer(3, &peer(12), Some("keep")).err();
+        let refused = channel
+            .attach_consumer(3, &peer(12), Some("keep"), || Ok(()))
+            .err();
         assert_eq!(refused.map(|r| r.code), Some(ErrorCode::Evicted));
-        assert!(channel.attach_consumer(3, &peer(12), Some("keep")).is_ok());
+        assert!(channel
+            .attach_consumer(3, &peer(12), Some("keep"), || Ok(()))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_durable_name_belongs_to_the_uid_that_made_it() {
+        let mut channel = Channel::create(meta(1, 3, SlowConsumer::Block), 4096).expect("create");
+        let ok = || Ok(());
+        channel
+            .attach_consumer(1, &as_uid(10, 1000), Some("backup"), ok)
+            .ok()
+            .expect("uid 1000 registers backup");
+        channel.detach(1).expect("backup goes away");
+        let taken = channel
+            .attach_consumer(2, &as_uid(11, 65534), Some("backup"), ok)
+            .err()
+            .expect("another uid may not attach as backup");
+        assert_eq!(taken.code, ErrorCode::PermissionDenied);
+        assert!(
+            taken.message.contains("belongs to uid 1000"),
+            "{}",
+            taken.message
+        );
+        let dropped = channel.drop_consumer("backup", 65534, false).err();
+        assert_eq!(dropped.map(|r| r.code), Some(ErrorCode::PermissionDenied));
+        let away = channel.info().peers.into_iter().find(|p| !p.attached);
+        assert_eq!(away.and_then(|p| p.owner_uid), Some(1000));
+        assert_eq!(channel.durable_owners().collect::<Vec<_>>(), vec![1000]);
+        // Its owner and root may attach; the quota is asked only for new names.
+        let quota = || Err("quota".to_string());
+        assert!(channel
+            .attach_consumer(3, &as_uid(12, 1000), Some("backup"), quota)
+            .is_ok());
+        channel.detach(3).expect("detach");
+        assert!(channel
+            .attach_consumer(4, &peer(13), Some("backup"), quota)
+            .is_ok());
+        channel.detach(4).expect("detach");
+        let refused = channel
+            .attach_consumer(5, &as_uid(14, 1000), Some("other"), quota)
+            .err();
+        assert_eq!(refused.map(|r| r.code), Some(ErrorCode::LimitReached));
+        // Its owner may drop it, as may the privileged.
+        assert!(channel.drop_consumer("backup", 1000, false).is_ok());
     }
 }

@@ -52,6 +52,7 @@ const PER_UID_KEYS: &[&str] = &[
     "max_channels",
     "max_ring_bytes",
     "max_attaches_per_sec",
+    "max_durable_consumers",
 ];
 const LOGGING_KEYS: &[&str] = &["level", "format"];
 const CHANNEL_KEYS: &[&str] = &[
@@ -155,6 +156,8 @@ pub struct PerUidQuotas {
     pub max_ring_bytes: u64,
     /// Attach requests per second (a burst of this many is allowed).
     pub max_attaches_per_sec: usize,
+    /// Durable consumer names registered, over all channels (kept until dropped).
+    pub max_durable_consumers: usize,
 }
 
 impl Default for PerUidQuotas {
@@ -164,6 +167,7 @@ impl Default for PerUidQuotas {
             max_channels: 256,
             max_ring_bytes: 4 << 30,
             max_attaches_per_sec: 1000,
+            max_durable_consumers: 64,
         }
     }
 }
@@ -822,7 +826,8 @@ impl Parser<'_> {
                 "max_clients" => quotas.max_clients = self.count(&entry)?,
                 "max_channels" => quotas.max_channels = self.count(&entry)?,
                 "max_ring_bytes" => quotas.max_ring_bytes = self.size(&entry)?,
-                _ => quotas.max_attaches_per_sec = self.count(&entry)?,
+                "max_attaches_per_sec" => quotas.max_attaches_per_sec = self.count(&entry)?,
+                _ => quotas.max_durable_consumers = self.count(&entry)?,
             }
         }
         Ok(())

@@ -15,6 +15,8 @@ pub struct Holdings {
     pub clients: usize,
     pub channels: usize,
     pub ring_bytes: u64,
+    /// Durable consumer names registered, over all channels.
+    pub durable_consumers: usize,
 }
 
 /// The broker's totals.
@@ -120,6 +122,18 @@ impl Quotas {
         Ok(())
     }
 
+    /// May `uid`, which holds `held` durable consumer names, register one more? Names are
+    /// kept until dropped, so without this one uid could take every `max_consumers` place.
+    pub fn admit_durable_consumer(&self, uid: u32, held: usize) -> Result<(), String> {
+        if uid != 0 && held >= self.per_uid.max_durable_consumers {
+            return Err(format!(
+                "uid {uid} holds {held} durable consumer names: quota per_uid.max_durable_consumers = {} reached; drop one with `shmemctl drop CHANNEL --consumer NAME`",
+                self.per_uid.max_durable_consumers
+            ));
+        }
+        Ok(())
+    }
+
     /// Takes one attach token for `uid`.
     pub fn admit_attach(&mut self, uid: u32, now: Instant) -> Result<(), String> {
         if uid == 0 {
@@ -188,6 +202,11 @@ impl Quotas {
                     held.ring_bytes,
                     self.per_uid.max_ring_bytes,
                 ),
+                mine(
+                    "per_uid.max_durable_consumers",
+                    held.durable_consumers as u64,
+                    self.per_uid.max_durable_consumers as u64,
+                ),
             ]);
         }
         usage
@@ -206,6 +225,7 @@ mod tests {
                 max_channels: 1,
                 max_ring_bytes: 8192,
                 max_attaches_per_sec: 3,
+                max_durable_consumers: 1,
             },
             max_ring_bytes: 1 << 20,
             ..Config::default()
@@ -220,7 +240,17 @@ mod tests {
             clients: 2,
             channels: 1,
             ring_bytes: 4096,
+            durable_consumers: 0,
         };
+        let err = q.admit_durable_consumer(1000, 1).unwrap_err();
+        assert!(
+            err.contains("per_uid.max_durable_consumers = 1") && err.contains("uid 1000"),
+            "{err}"
+        );
+        assert!(
+            q.admit_durable_consumer(0, 1).is_ok(),
+            "root is only held to totals"
+        );
         let err = q.admit_client(1000, held.clients, 0).unwrap_err();
         assert!(
             err.contains("per_uid.max_clients = 2") && err.contains("uid 1000"),

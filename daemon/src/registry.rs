@@ -84,6 +84,8 @@ struct Usage {
     ring_bytes: u64,
     /// Channels and ring bytes per owner uid (runtime channels).
     owned: HashMap<u32, (usize, u64)>,
+    /// Durable consumer names per owner uid, over all channels.
+    durable: HashMap<u32, usize>,
 }
 
 impl Usage {
@@ -94,6 +96,9 @@ impl Usage {
             let owned = self.owned.entry(uid).or_default();
             owned.0 += 1;
             owned.1 += channel.ring_budget();
+        }
+        for uid in channel.durable_owners() {
+            *self.durable.entry(uid).or_default() += 1;
         }
     }
 
@@ -106,6 +111,14 @@ impl Usage {
                 owned.1 = owned.1.saturating_sub(channel.ring_budget());
                 if owned.0 == 0 {
                     self.owned.remove(&uid);
+                }
+            }
+        }
+        for uid in channel.durable_owners() {
+            if let Some(names) = self.durable.get_mut(&uid) {
+                *names = names.saturating_sub(1);
+                if *names == 0 {
+                    self.durable.remove(&uid);
                 }
             }
         }
@@ -140,6 +153,7 @@ impl Registry {
             clients,
             channels,
             ring_bytes,
+            durable_consumers: self.usage.durable.get(&uid).copied().unwrap_or(0),
         }
     }
 
@@ -481,10 +495,14 @@ impl Registry {
                 "peer_uid" => peer.uid, "reason" => &message);
             return Outcome::error(ErrorCode::LimitReached, message);
         }
+        // Counted before this channel's share is taken out of the sums below.
+        let durable_names = self.usage.durable.get(&peer.uid).copied().unwrap_or(0);
         self.usage.forget(channel);
+        let quotas = &self.quotas;
+        let admit_new_name = || quotas.admit_durable_consumer(peer.uid, durable_names);
         let granted = match role {
             Role::Producer => channel.attach_producer(session, peer),
-            Role::Consumer => channel.attach_consumer(session, peer, consumer_name),
+            Role::Consumer => channel.attach_consumer(session, peer, consumer_name, admit_new_name),
         };
         self.usage.count(channel);
         let grant = match granted {
@@ -538,21 +556,16 @@ impl Registry {
         notices
     }
 
+    /// Drops durable consumer `consumer` of channel `name`: its owner, the channel's owner
+    /// and admins may.
     pub fn drop_consumer(&mut self, name: &str, consumer: &str, peer: &PeerCredentials) -> Outcome {
-        if !is_admin(peer, &self.limits.admin_gids) {
-            return Outcome::error(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "permission denied: uid {} may not drop consumers of channel {name:?} (needs root or an admin group)",
-                    peer.uid
-                ),
-            );
-        }
         let Some(channel) = self.channels.get_mut(name) else {
             return Outcome::reply(no_such_channel(name));
         };
+        let privileged =
+            is_admin(peer, &self.limits.admin_gids) || channel.meta.owner_uid == Some(peer.uid);
         self.usage.forget(channel);
-        let dropped = channel.drop_consumer(consumer);
+        let dropped = channel.drop_consumer(consumer, peer.uid, privileged);
         self.usage.count(channel);
         if dropped.is_ok() {
             self.fd_store.save(channel);
