@@ -18,10 +18,9 @@ fn broker_reachable_by_nobody() -> Broker {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn unlisted_uid_is_refused_attach_with_channel_and_uid_named() {
-    if !root_or_skip("unlisted_uid_is_refused_attach_with_channel_and_uid_named") {
-        return;
-    }
+    require_root();
     let broker = broker_reachable_by_nobody();
     broker.ctl_ok(&["create", "secret", "--capacity", "64KiB"]);
     let info = broker.info("secret");
@@ -42,10 +41,9 @@ fn unlisted_uid_is_refused_attach_with_channel_and_uid_named() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn listed_uid_is_admitted_as_consumer_only() {
-    if !root_or_skip("listed_uid_is_admitted_as_consumer_only") {
-        return;
-    }
+    require_root();
     let broker = broker_reachable_by_nobody();
     broker.ctl_ok(&[
         "create",
@@ -86,10 +84,9 @@ fn listed_uid_is_admitted_as_consumer_only() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn group_listed_in_access_list_is_admitted() {
-    if !root_or_skip("group_listed_in_access_list_is_admitted") {
-        return;
-    }
+    require_root();
     let broker = broker_reachable_by_nobody();
     broker.ctl_ok(&[
         "create",
@@ -110,10 +107,9 @@ fn group_listed_in_access_list_is_admitted() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn non_admin_cannot_create_or_drop() {
-    if !root_or_skip("non_admin_cannot_create_or_drop") {
-        return;
-    }
+    require_root();
     let broker = broker_reachable_by_nobody();
     broker
         .ctl_as(NOBODY, &["create", "mine", "--capacity", "64KiB"])
@@ -130,10 +126,9 @@ fn non_admin_cannot_create_or_drop() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn admin_group_member_may_create_and_drop() {
-    if !root_or_skip("admin_group_member_may_create_and_drop") {
-        return;
-    }
+    require_root();
     let broker = Broker::start_with(BrokerOptions {
         config: Some("version = 1\nadmin_groups = [\"65534\"]\n"),
         world_searchable_dir: true,

@@ -59,10 +59,9 @@ fn send(broker: &Broker, text: &[u8]) {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn another_uid_cannot_take_or_drop_a_durable_consumers_queue() {
-    if !root_or_skip("another_uid_cannot_take_or_drop_a_durable_consumers_queue") {
-        return;
-    }
+    require_root();
     let broker = broker();
     register_and_leave(&broker, ALICE, "backup");
     send(&broker, b"for alice only");
@@ -104,10 +103,9 @@ fn another_uid_cannot_take_or_drop_a_durable_consumers_queue() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn durable_names_count_against_a_per_uid_quota() {
-    if !root_or_skip("durable_names_count_against_a_per_uid_quota") {
-        return;
-    }
+    require_root();
     let broker = broker();
     register_and_leave(&broker, NOBODY, "n1");
     register_and_leave(&broker, NOBODY, "n2");

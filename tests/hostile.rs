@@ -401,10 +401,9 @@ fn stalled_connections_are_closed_after_request_timeout_but_attached_and_idle_on
 // 3. Connection floods hit the per-uid and total client quotas
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn connection_flood_from_one_uid_is_refused_beyond_per_uid_max_clients() {
-    if !root_or_skip("connection_flood_from_one_uid_is_refused_beyond_per_uid_max_clients") {
-        return;
-    }
+    require_root();
     let broker = broker_reachable_by_nobody("version = 1\n[per_uid]\nmax_clients = 20\n");
 
     // Its own status shows uid 65534 its usage against the per-uid quota.
@@ -600,10 +599,9 @@ fn a_client_refused_at_connect_reports_the_quota_not_a_broken_pipe() {
 // 4. Quotas on create and on attach
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn create_quotas_refuse_naming_the_quota_and_its_value() {
-    if !root_or_skip("create_quotas_refuse_naming_the_quota_and_its_value") {
-        return;
-    }
+    require_root();
     let broker = broker_reachable_by_nobody(
         "version = 1\nadmin_groups = [\"65534\"]\nmax_channels = 4\nmax_ring_bytes = \"1MiB\"\n\
          [per_uid]\nmax_channels = 2\nmax_ring_bytes = \"192KiB\"\n",
@@ -665,10 +663,9 @@ fn create_quotas_refuse_naming_the_quota_and_its_value() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn attach_storm_from_one_uid_is_refused_beyond_max_attaches_per_sec() {
-    if !root_or_skip("attach_storm_from_one_uid_is_refused_beyond_max_attaches_per_sec") {
-        return;
-    }
+    require_root();
     let broker = broker_reachable_by_nobody("version = 1\n[per_uid]\nmax_attaches_per_sec = 5\n");
     let client = broker.client();
     let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();

@@ -5,13 +5,13 @@
 //! in systemd's fd store, reload with a good and a broken config, stop, and the journal.
 //!
 //! Needs root (it boots systemd in new namespaces and creates the project's system users on the
-//! machine, as an installer would); outside CI it skips when not root, in CI it fails.
+//! machine, as an installer would): built by another user, each test is listed as ignored.
 
 use serde_json::Value;
 use shmem_broker_tests::systemd::{
     group_id, user_id, LabBroker, SystemdLab, SERVICE, SERVICE_USER, SOCKET, SOCKET_GROUP,
 };
-use shmem_broker_tests::{connect, json_array, json_str, json_u64, root_or_skip, wait_for, WAIT};
+use shmem_broker_tests::{connect, json_array, json_str, json_u64, require_root, wait_for, WAIT};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -75,10 +75,9 @@ fn status_field<'a>(status: &'a str, key: &str) -> Vec<&'a str> {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn socket_activation_restart_and_crash_keep_channels() {
-    if !root_or_skip("socket_activation_restart_and_crash_keep_channels") {
-        return;
-    }
+    require_root();
     let lab = SystemdLab::boot();
     let broker = LabBroker::install(&lab, "version = 1\n");
     let uid = user_id(SERVICE_USER).expect("sysusers created the service user");
@@ -357,10 +356,9 @@ fn message_of(entry: &Value) -> String {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn reload_stop_and_journal_priorities() {
-    if !root_or_skip("reload_stop_and_journal_priorities") {
-        return;
-    }
+    require_root();
     let lab = SystemdLab::boot();
     let broker = LabBroker::install(&lab, GOOD_CONFIG);
     lab.systemctl_ok(&["start", SOCKET]);
@@ -502,10 +500,9 @@ fn reload_stop_and_journal_priorities() {
 /// Endpoints made with `reconnect(true)` keep exchanging data while the broker restarts, take
 /// their slots back once it is up again (same ring, from the fd store), and nothing is lost.
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn reconnecting_endpoints_ride_through_a_restart() {
-    if !root_or_skip("reconnecting_endpoints_ride_through_a_restart") {
-        return;
-    }
+    require_root();
     const LIVE: &str = "live";
     const TOTAL: u64 = 3000;
     let lab = SystemdLab::boot();
@@ -602,10 +599,9 @@ fn reconnecting_endpoints_ride_through_a_restart() {
 /// timeout, and a wedged one (SIGSTOP stands in for a stuck loop) is restarted by systemd.
 /// The unit's `WatchdogSec=10s`/`TimeoutStopSec=10s` are shortened to 1 s to keep this quick.
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn watchdog_keeps_a_live_broker_and_restarts_a_wedged_one() {
-    if !root_or_skip("watchdog_keeps_a_live_broker_and_restarts_a_wedged_one") {
-        return;
-    }
+    require_root();
     let lab = SystemdLab::boot();
     let broker = LabBroker::install(&lab, "version = 1\n");
     let unit_path = lab.units_dir().join(SERVICE);
@@ -662,10 +658,9 @@ fn watchdog_keeps_a_live_broker_and_restarts_a_wedged_one() {
 /// A fan-out channel's durable queue, with its unread messages, is kept in the fd store across a
 /// restart and a kill -9; an anonymous consumer's is not (it ends with its connection).
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn a_durable_consumers_queue_survives_restart_and_crash() {
-    if !root_or_skip("a_durable_consumers_queue_survives_restart_and_crash") {
-        return;
-    }
+    require_root();
     const FAN: &str = "fan";
     const COUNT: u64 = 100;
     let lab = SystemdLab::boot();

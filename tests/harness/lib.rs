@@ -564,17 +564,16 @@ pub fn proc_exe(pid: u32) -> PathBuf {
         .unwrap_or_else(|e| panic!("readlink /proc/{pid}/exe: {e}"))
 }
 
-/// Whether this test runs as root. When it does not: outside CI, prints a skip message and
-/// returns false; in CI (env CI set), fails loudly, since CI must run every test.
-pub fn root_or_skip(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if non_empty_env("CI").is_some() {
-        panic!("{test} needs root and CI is set: run the CI as root so this test is not skipped");
-    }
-    eprintln!("SKIPPED {test}: needs root (not root and CI is unset)");
-    false
+/// Fails the test unless it runs as root. Tests that call this carry
+/// `#[cfg_attr(not(as_root), ignore = "needs root")]`: built by a normal user they are listed
+/// as ignored, so a summary never counts them as passed; built by root (CI) they run, and this
+/// only catches a suite built as root and run as someone else.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root: it was built as root (cfg as_root) but runs as uid {}",
+        rustix::process::geteuid().as_raw()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

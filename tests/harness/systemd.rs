@@ -13,7 +13,8 @@
 //! not exit in time, everything in the lab's cgroup is killed), removes the lab's cgroups and
 //! then its work dir. When the test is failing, the lab's journal is printed first.
 //!
-//! Everything needs root (CAP_SYS_ADMIN): call [`crate::root_or_skip`] before [`SystemdLab::boot`].
+//! Everything needs root (CAP_SYS_ADMIN): such tests carry `#[cfg_attr(not(as_root), ignore = "needs root")]` and call
+//! [`crate::require_root`] before [`SystemdLab::boot`].
 //!
 //! Processes inside the lab are run with `nsenter -t PID -m -p`: systemctl and journalctl need the
 //! lab's private `/run`, and clients run in the lab's pid namespace like on a real machine (the
@@ -75,7 +76,7 @@ impl SystemdLab {
     pub fn boot() -> SystemdLab {
         assert!(
             rustix::process::geteuid().is_root(),
-            "SystemdLab::boot needs root: call root_or_skip() first"
+            "SystemdLab::boot needs root: call require_root() first"
         );
         require_tool("nsenter", "util-linux");
         require_tool("unshare", "util-linux");
