@@ -287,7 +287,7 @@ fn bind(path: &Path, mode: u32) -> Result<ControlSocket, String> {
         ));
     }
     Ok(ControlSocket {
-        listener: UnixListener::from(OwnedFd::from(socket)),
+        listener: UnixListener::from(socket),
         source: Source::Bound {
             path: real.clone(),
             inode: (meta.dev(), meta.ino()),
