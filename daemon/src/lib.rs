@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod channel;
+pub mod closer;
 pub mod config;
 pub mod decoder;
 pub mod fdstore;

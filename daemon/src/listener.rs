@@ -6,12 +6,13 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use rustix::net::{AddressFamily, SocketType};
+use rustix::fs::Mode;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use shmem_broker_client::discovery::default_socket_path;
 
 /// The fd name `shmem-broker.socket` gives its socket (`FileDescriptorName=control`).
@@ -29,6 +30,81 @@ pub struct ControlSocket {
     pub source: Source,
     /// The filesystem path clients use, when there is one.
     pub path: Option<PathBuf>,
+    /// The kernel refuses fds sent to the broker (`SO_PASSRIGHTS` off on the listener, which
+    /// every accepted connection inherits). False on kernels before 6.16.
+    pub refuses_passed_fds: bool,
+}
+
+/// `SO_PASSRIGHTS` (Linux 6.16+), not in the libc crate yet: the asm-generic value, which
+/// these architectures use.
+#[cfg(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+))]
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Turns off `SO_PASSRIGHTS` on a Unix socket: a peer's `sendmsg` with `SCM_RIGHTS` then fails
+/// with `EPERM` and nothing is queued, so no client fd ever reaches the broker. The option
+/// belongs to the receiving socket (the sender's setting does not matter), and a connection
+/// inherits it from the listener when the client connects, even before `accept`: checked on
+/// 6.18, and in the kernel's `unix_stream_connect`. Returns false where the kernel lacks it
+/// (`ENOPROTOOPT` before 6.16, `EINVAL` on odd socket types).
+pub fn refuse_passed_fds(socket: BorrowedFd<'_>) -> io::Result<bool> {
+    #[cfg(any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    ))]
+    {
+        let off: libc::c_int = 0;
+        // SAFETY: `off` is a live c_int and the length passed is exactly its size; the kernel
+        // only reads it. The fd is borrowed, so it is open for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PASSRIGHTS,
+                std::ptr::addr_of!(off).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOPROTOOPT | libc::EINVAL) => Ok(false),
+            _ => Err(err),
+        }
+    }
+    #[cfg(not(any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    )))]
+    {
+        let _ = socket;
+        Ok(false)
+    }
 }
 
 /// The fds systemd passed besides the control socket (channels from the fd store), by name.
@@ -38,6 +114,16 @@ impl ControlSocket {
     /// Takes the activated socket if there is one, else binds `path` (or the default path).
     /// Also returns every other fd systemd passed, for the fd store to take back.
     pub fn open(path: Option<PathBuf>, mode: u32) -> Result<(ControlSocket, StoredFds), String> {
+        let (mut socket, stored) = ControlSocket::open_listener(path, mode)?;
+        socket.refuses_passed_fds = refuse_passed_fds(socket.listener.as_fd())
+            .map_err(|e| format!("cannot set SO_PASSRIGHTS on the control socket: {e}"))?;
+        Ok((socket, stored))
+    }
+
+    fn open_listener(
+        path: Option<PathBuf>,
+        mode: u32,
+    ) -> Result<(ControlSocket, StoredFds), String> {
         match activation_fds()? {
             Some((listener, stored)) => {
                 let path = rustix::net::getsockname(&listener)
@@ -52,6 +138,7 @@ impl ControlSocket {
                         listener,
                         source: Source::Systemd,
                         path,
+                        refuses_passed_fds: false,
                     },
                     stored,
                 ))
@@ -130,39 +217,147 @@ fn activation_fds() -> Result<Option<(UnixListener, StoredFds)>, String> {
     Ok(Some((UnixListener::from(fd), stored)))
 }
 
+/// Binds the control socket at `path` with `mode`, in a directory no other user can write to.
+///
+/// The mode is set without a path: `fchmod` on the socket before `bind`, which on Linux gives
+/// the new node that mode minus the umask, and the umask is 0 during `bind`. (A `chmod(path)`
+/// after `bind` follows a symlink that whoever can write to the directory swapped in, and makes
+/// a root broker chmod any file.) The directory check is what stops that swap, and an attacker's
+/// socket placed there first.
 fn bind(path: &Path, mode: u32) -> Result<ControlSocket, String> {
     let shown = path.display();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display()))?;
-    }
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("socket path {shown} does not name a file"))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    create_socket_dir(dir)?;
+    // Check the real directory, and bind there: every ancestor of it is then checked, and the
+    // path cannot be redirected by a symlink in a directory someone else controls.
+    let dir = fs::canonicalize(dir)
+        .map_err(|e| format!("cannot resolve socket directory {}: {e}", dir.display()))?;
+    check_socket_dir(&dir)?;
+    let real = dir.join(name);
+    let real_shown = real.display();
+    match fs::symlink_metadata(&real) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(&real) {
             Ok(_) => return Err(format!("another broker is already running on {shown}")),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                fs::remove_file(path)
-                    .map_err(|e| format!("cannot remove stale socket {shown}: {e}"))?;
+                fs::remove_file(&real)
+                    .map_err(|e| format!("cannot remove stale socket {real_shown}: {e}"))?;
             }
-            Err(e) => return Err(format!("cannot check existing socket {shown}: {e}")),
+            Err(e) => return Err(format!("cannot check existing socket {real_shown}: {e}")),
         },
         Ok(_) => {
             return Err(format!(
-                "{shown} exists and is not a socket; refusing to replace it"
+                "{real_shown} exists and is not a socket; refusing to replace it"
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
+        Err(e) => return Err(format!("cannot inspect {real_shown}: {e}")),
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {shown}: {e}"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:o} on {shown}: {e}"))?;
-    let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot inspect {shown}: {e}"))?;
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("cannot create a socket for {shown}: {e}"))?;
+    rustix::fs::fchmod(&socket, Mode::from_raw_mode(mode & 0o777))
+        .map_err(|e| format!("cannot set mode {mode:o} on the socket for {shown}: {e}"))?;
+    let address = SocketAddrUnix::new(&real)
+        .map_err(|e| format!("socket path {real_shown} is too long: {e}"))?;
+    // The broker is single-threaded here (the closer threads start with the event loop), so
+    // the process-wide umask is 0 for this bind only.
+    let umask = rustix::process::umask(Mode::empty());
+    let bound = rustix::net::bind(&socket, &address);
+    rustix::process::umask(umask);
+    bound.map_err(|e| format!("cannot bind {real_shown}: {e}"))?;
+    rustix::net::listen(&socket, libc::SOMAXCONN)
+        .map_err(|e| format!("cannot listen on {real_shown}: {e}"))?;
+    let meta =
+        fs::symlink_metadata(&real).map_err(|e| format!("cannot inspect {real_shown}: {e}"))?;
+    if !meta.file_type().is_socket() || meta.mode() & 0o7777 != mode & 0o777 {
+        return Err(format!(
+            "{real_shown} has mode {:o} after bind, not {:o}",
+            meta.mode() & 0o7777,
+            mode & 0o777
+        ));
+    }
     Ok(ControlSocket {
-        listener,
+        listener: UnixListener::from(socket),
         source: Source::Bound {
-            path: path.to_path_buf(),
+            path: real.clone(),
             inode: (meta.dev(), meta.ino()),
         },
         path: Some(path.to_path_buf()),
+        refuses_passed_fds: false,
     })
+}
+
+/// Creates the socket directory and missing parents, 0755 (never the umask's idea), each
+/// only after checking the directory it goes into.
+fn create_socket_dir(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_socket_dir(parent)?;
+        let real = fs::canonicalize(parent)
+            .map_err(|e| format!("cannot resolve {}: {e}", parent.display()))?;
+        check_dir_chain(&real, false)?;
+    }
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(format!(
+            "cannot create socket directory {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// The socket's own directory must be owned by root or the broker's uid and writable by no
+/// one else; so must each ancestor, except that a sticky ancestor (like /tmp) may be
+/// world-writable: others cannot rename what they do not own in it.
+fn check_socket_dir(dir: &Path) -> Result<(), String> {
+    check_dir_chain(dir, true)
+}
+
+fn check_dir_chain(dir: &Path, own_dir_strict: bool) -> Result<(), String> {
+    let me = rustix::process::geteuid().as_raw();
+    for (depth, ancestor) in dir.ancestors().enumerate() {
+        let meta = fs::symlink_metadata(ancestor)
+            .map_err(|e| format!("cannot inspect {}: {e}", ancestor.display()))?;
+        let mode = meta.mode() & 0o7777;
+        let owner = meta.uid();
+        let sticky = mode & 0o1000 != 0;
+        let strict = depth == 0 && own_dir_strict;
+        let subject = if depth == 0 {
+            "it".to_string()
+        } else {
+            format!("its ancestor {}", ancestor.display())
+        };
+        let why = if owner != 0 && owner != me {
+            format!("{subject} is owned by uid {owner} (mode {mode:04o}), not by root or the broker's uid {me}")
+        } else if mode & 0o022 != 0 && (strict || !sticky) {
+            let note = if sticky {
+                " (the sticky bit is not enough for the socket's own directory)"
+            } else {
+                ""
+            };
+            format!("{subject} (owner uid {owner}, mode {mode:04o}) is writable by group or others{note}")
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "refusing socket directory {}: {why}; another user could replace the socket with a \
+             symlink (and make the broker chmod a file of their choice) or with their own socket. \
+             Use a directory owned by root or uid {me} that group and others cannot write",
+            dir.display()
+        ));
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ use slog::{crit, Level};
 use shmem_broker_daemon::config::{Config, LogFormat};
 use shmem_broker_daemon::fdstore::FdStore;
 use shmem_broker_daemon::listener::ControlSocket;
+use shmem_broker_daemon::logging::PeerLogBudget;
 use shmem_broker_daemon::registry::Registry;
 use shmem_broker_daemon::server::Server;
 
@@ -73,8 +74,8 @@ fn main() -> ExitCode {
         .log_format
         .or(config.log_format)
         .unwrap_or(LogFormat::Term);
-    let log = shmem_broker_daemon::logging::build(level, format);
-    match run(&args, config, &log) {
+    let (log, log_budget) = shmem_broker_daemon::logging::build(level, format);
+    match run(&args, config, &log, log_budget) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             crit!(log, "{}", message);
@@ -85,17 +86,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args, config: Config, log: &slog::Logger) -> Result<(), String> {
+fn run(
+    args: &Args,
+    config: Config,
+    log: &slog::Logger,
+    log_budget: PeerLogBudget,
+) -> Result<(), String> {
     raise_fd_limit(log);
     let socket_path = args.socket.clone().or_else(|| config.socket.clone());
     let (control, stored) = ControlSocket::open(socket_path, config.socket_mode)?;
+    if !control.refuses_passed_fds {
+        slog::info!(log, "this kernel cannot refuse fds sent to the broker (SO_PASSRIGHTS needs Linux 6.16); they are accepted and closed off the event loop");
+    }
     let mut registry = Registry::new(&config, FdStore::new(log.clone()), log.clone());
     registry.restore(stored);
     registry
         .apply_config(&config)
         .map_err(|e| format!("cannot create configured channels: {e}"))?;
-    let mut server = Server::new(control, registry, args.config.clone(), &config, log.clone())
-        .map_err(|e| format!("cannot start event loop: {e}"))?;
+    let mut server = Server::new(
+        control,
+        registry,
+        args.config.clone(),
+        &config,
+        log.clone(),
+        log_budget,
+    )
+    .map_err(|e| format!("cannot start event loop: {e}"))?;
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 

@@ -19,12 +19,14 @@ use signal_hook_mio::v1_0::Signals;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::channel::{Notice, SessionId};
+use crate::closer::Closer;
 use crate::config::Config;
-use crate::listener::ControlSocket;
+use crate::listener::{refuse_passed_fds, ControlSocket};
+use crate::logging::{PeerLogBudget, SUPPRESSED_TAG, SUPPRESSION_WINDOW};
 use crate::notify::Notifier;
 use crate::peer::PeerCredentials;
 use crate::registry::{ChannelSpec, Registry};
-use crate::session::{Input, ReadStatus, Session};
+use crate::session::{Input, ReadStatus, Session, SCM_MAX_FD};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -32,8 +34,14 @@ const SIGNALS: Token = Token(1);
 const FIRST_SESSION: SessionId = 2;
 /// Fds the broker holds besides clients and channels (epoll, listener, signal pipe, std streams).
 const FIXED_FDS: usize = 16;
-/// Fds kept free for attaches in flight and the fd store's metadata memfds.
-const FD_RESERVE: usize = 64;
+/// Fds kept free for attaches in flight, the fd store's metadata memfds, and one `recvmsg`
+/// full of fds a client sends uninvited on a kernel without `SO_PASSRIGHTS` (if they did not
+/// fit the fd table, the kernel would drop the rest in this thread: see `closer`).
+const FD_RESERVE: usize = 64 + SCM_MAX_FD;
+/// Fds from one uid's connections that may wait in the closer before that uid is refused new
+/// connections and its connections that send more fds are closed (possible only on kernels
+/// without `SO_PASSRIGHTS`, where a client can make closes slow).
+const PENDING_CLOSE_PER_UID: usize = 2 * SCM_MAX_FD;
 /// How often stalled connections are looked for.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
@@ -64,6 +72,10 @@ pub struct Server {
     fd_limit: usize,
     /// Interval between `WATCHDOG=1` pings when systemd asks for them (half its timeout).
     watchdog: Option<Duration>,
+    /// Drops client-supplied fds and client sockets off this thread.
+    closer: Closer,
+    /// Which peers' warnings the log held back, to report them.
+    log_budget: PeerLogBudget,
     log: Logger,
 }
 
@@ -74,6 +86,7 @@ impl Server {
         config_arg: Option<PathBuf>,
         config: &Config,
         log: Logger,
+        log_budget: PeerLogBudget,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let std_listener = control.listener.try_clone()?;
@@ -100,6 +113,8 @@ impl Server {
             request_timeout: config.request_timeout,
             fd_limit: fd_limit(),
             watchdog: sd_notify::watchdog_enabled().map(|timeout| timeout / 2),
+            closer: Closer::start()?,
+            log_budget,
             log,
         })
     }
@@ -109,6 +124,7 @@ impl Server {
         info!(self.log, "serving";
             "socket" => self.control.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "source" => self.control.source_name(),
+            "refuses_passed_fds" => self.control.refuses_passed_fds,
             "channels" => self.registry.channel_count());
         self.notifier.ready(self.summary());
         let mut events = Events::with_capacity(256);
@@ -126,6 +142,9 @@ impl Server {
             if now >= next_housekeeping {
                 self.expire_stalled();
                 self.disconnect_slow_consumers();
+                for (uid, count) in self.log_budget.take_due(now) {
+                    self.report_suppressed(uid, count);
+                }
                 next_housekeeping = now + HOUSEKEEPING;
             }
             let next_wake = match self.watchdog {
@@ -214,10 +233,15 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: UnixStream) {
+        // Accepted sockets inherit this from the listener (Linux 6.16+); set it again in case
+        // the listener could not take it. The result does not matter: where it fails, fds
+        // already queued or sent later are handed to the closer like on older kernels.
+        let _ = refuse_passed_fds(stream.as_fd());
         let peer = match PeerCredentials::of(stream.as_fd()) {
             Ok(peer) => peer,
             Err(err) => {
                 warn!(self.log, "cannot read peer credentials; closing"; "error" => %err);
+                self.closer.discard(u32::MAX, 1, stream);
                 return;
             }
         };
@@ -233,6 +257,8 @@ impl Server {
                 Vec::new(),
             );
             let _ = session.flush(); // best effort; the socket buffer of a new connection is empty
+            self.closer
+                .discard(session.peer.uid, session.held_fds(), session);
             return;
         }
         if let Err(err) = self.poll.registry().register(
@@ -241,6 +267,7 @@ impl Server {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!(self.log, "cannot watch connection"; "error" => %err);
+            self.closer.discard(peer.uid, 1, stream);
             return;
         }
         debug!(self.log, "client connected"; "session" => id, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
@@ -253,8 +280,16 @@ impl Server {
         self.registry
             .quotas()
             .admit_client(uid, self.clients_of(uid), self.sessions.len())?;
-        // Each client holds one fd, each channel one or three, an attach three more for a moment.
-        let in_use = FIXED_FDS + self.sessions.len() + self.registry.open_fds();
+        let closing = self.closer.pending_of(uid);
+        if closing >= PENDING_CLOSE_PER_UID {
+            return Err(format!(
+                "{closing} file descriptors from uid {uid}'s earlier connections are still being closed (limit {PENDING_CLOSE_PER_UID}); try again later"
+            ));
+        }
+        // Each client holds one fd, each channel one or three, an attach three more for a
+        // moment; fds handed to the closer count until they are really closed.
+        let in_use =
+            FIXED_FDS + self.sessions.len() + self.registry.open_fds() + self.closer.pending();
         if in_use + FD_RESERVE >= self.fd_limit {
             return Err(format!(
                 "broker is out of file descriptors ({in_use} of {} in use); try again later",
@@ -372,10 +407,24 @@ impl Server {
                 continue;
             }
             match session.fill() {
-                Ok(ReadStatus::Data { stray_fds }) => {
-                    if stray_fds > 0 {
+                Ok(ReadStatus::Data {
+                    stray_fds,
+                    truncated,
+                }) => {
+                    if truncated {
+                        warn!(self.log, "the kernel truncated the fds a client sent";
+                            "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                    }
+                    if !stray_fds.is_empty() {
+                        let count = stray_fds.len();
                         warn!(self.log, "closed file descriptors the client sent uninvited";
-                            "count" => stray_fds, "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                            "count" => count, "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                        self.closer.discard(session.peer.uid, count, stray_fds);
+                        if self.closer.pending_of(session.peer.uid) >= PENDING_CLOSE_PER_UID {
+                            warn!(self.log, "closing connection: too many of its uid's fds are still being closed";
+                                "limit" => PENDING_CLOSE_PER_UID, "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                            break false;
+                        }
                     }
                 }
                 Ok(ReadStatus::WouldBlock) => break true,
@@ -521,11 +570,26 @@ impl Server {
         }
         debug!(self.log, "client disconnected"; "session" => session.id,
             "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
-        drop(session);
+        let uid = session.peer.uid;
+        // Closing the socket drops whatever the client left queued in it (fds included), so
+        // it is closed off this thread like the fds it sent.
+        self.closer.discard(uid, session.held_fds(), session);
+        if self.clients_of(uid) == 0 {
+            if let Some(count) = self.log_budget.take_gone(uid) {
+                self.report_suppressed(uid, count);
+            }
+        }
         if self.accept_paused {
             self.accept_paused = false;
             self.accept_all();
         }
+    }
+
+    /// One line for the warnings the log held back for `uid` (see `logging::PeerBudgets`).
+    fn report_suppressed(&self, uid: u32, count: u64) {
+        warn!(self.log, #SUPPRESSED_TAG, "suppressed repeated warnings caused by one peer uid";
+            "suppressed" => count, "peer_uid" => uid,
+            "window_secs" => SUPPRESSION_WINDOW.as_secs());
     }
 
     fn status(&self, uid: u32) -> StatusInfo {

@@ -6,8 +6,11 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
-use shmem_broker_client::fdpass::{recv_with_fds, send_with_fds};
+use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use shmem_broker_client::fdpass::send_with_fds;
 use shmem_broker_client::wire::{encode_frame_version, Event, FrameKind, Reply, PROTOCOL_VERSION};
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
 
 use crate::channel::SessionId;
 pub use crate::decoder::Input;
@@ -19,10 +22,19 @@ use crate::peer::PeerCredentials;
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The most fds one `SCM_RIGHTS` message can carry (the kernel's `SCM_MAX_FD`). A stream
+/// `recvmsg` returns the fds of at most one message, so a control buffer this size is never
+/// truncated: under `MSG_CTRUNC` the kernel itself would drop the fds that did not fit, in the
+/// calling thread, where a lingering socket's close would stall the event loop.
+pub const SCM_MAX_FD: usize = 253;
+
 pub enum ReadStatus {
-    /// Read some bytes (and closed `stray_fds` descriptors the client should not have sent).
+    /// Read some bytes, and took `stray_fds`, the descriptors the client sent uninvited: the
+    /// caller must hand them to the closer, never drop them on the event loop. `truncated`
+    /// says the kernel cut the control data anyway (it should not happen; see [`SCM_MAX_FD`]).
     Data {
-        stray_fds: usize,
+        stray_fds: Vec<OwnedFd>,
+        truncated: bool,
     },
     WouldBlock,
     Closed,
@@ -81,16 +93,19 @@ impl Session {
         if room == 0 {
             return Ok(ReadStatus::WouldBlock);
         }
-        let mut fds = Vec::new();
-        let result = recv_with_fds(self.stream.as_fd(), &mut chunk[..room], &mut fds);
-        // Dropping `fds` closes anything the client sent: the broker never asks for fds.
-        let stray_fds = fds.len();
-        drop(fds);
+        let mut stray_fds = Vec::new();
+        let result = recv_with_fds(self.stream.as_fd(), &mut chunk[..room], &mut stray_fds);
+        // The broker never asks for fds; the caller gets rid of any off the event loop. No
+        // fds come with an error, and a read of 0 bytes with fds is reported as data (the next
+        // read sees the end), so none are ever dropped here.
         match result {
-            Ok(0) => Ok(ReadStatus::Closed),
-            Ok(n) => {
+            Ok((0, _)) if stray_fds.is_empty() => Ok(ReadStatus::Closed),
+            Ok((n, truncated)) => {
                 self.decoder.push(&chunk[..n]);
-                Ok(ReadStatus::Data { stray_fds })
+                Ok(ReadStatus::Data {
+                    stray_fds,
+                    truncated,
+                })
             }
             Err(err) => match err.kind() {
                 io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
@@ -100,6 +115,13 @@ impl Session {
                 _ => Err(err),
             },
         }
+    }
+
+    /// The fds this session holds: its socket and the fds of replies not sent yet.
+    pub fn held_fds(&self) -> usize {
+        self.out
+            .iter()
+            .fold(1usize, |n, o| n.saturating_add(o.fds.len()))
     }
 
     /// Since when this connection has been waiting for the client to finish a request, if it
@@ -195,4 +217,37 @@ impl Session {
         }
         Ok(true)
     }
+}
+
+/// Reads into `buf`, appending received fds (close-on-exec) to `fds`. Returns the byte count
+/// and whether the control data was truncated. Unlike the client library's helper, the control
+/// buffer holds [`SCM_MAX_FD`] fds, so the kernel never drops fds in this thread.
+fn recv_with_fds(
+    socket: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<(usize, bool)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match recvmsg(
+            socket,
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
+            Ok(msg) => break msg,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    };
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    Ok((
+        msg.bytes,
+        msg.flags.contains(rustix::net::ReturnFlags::CTRUNC),
+    ))
 }
