@@ -19,6 +19,7 @@
 //! Spawn processes from the test's own thread: a child is killed when the thread that spawned
 //! it ends (PR_SET_PDEATHSIG), which is what keeps a killed test run from leaking brokers.
 
+pub mod old_kernel;
 pub mod systemd;
 use serde_json::Value;
 use std::fmt;
