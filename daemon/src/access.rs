@@ -2,7 +2,6 @@
 //! checks the registry runs against a peer's kernel-reported credentials.
 
 use crate::peer::PeerCredentials;
-use std::fmt;
 
 /// One entry of an access list: `*` (anyone who can reach the socket), a user (`alice` or
 /// `1000`) or a group (`@video` or `@44`). Names are resolved to ids once, when the config or the
@@ -36,17 +35,20 @@ impl Principal {
     }
 }
 
-impl fmt::Display for Principal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Principal {
+    /// How `info` shows it (`*`, `alice(1000)`, `@video(44)`). Looks the name up (NSS, which
+    /// may sleep on a network directory): called only when a list is made, never for a client's
+    /// `info` or `list`.
+    fn shown(&self) -> String {
         match *self {
-            Principal::Anyone => f.write_str("*"),
+            Principal::Anyone => "*".to_string(),
             Principal::Uid(uid) => match nix::unistd::User::from_uid(uid.into()) {
-                Ok(Some(user)) => write!(f, "{}({uid})", user.name),
-                _ => write!(f, "{uid}"),
+                Ok(Some(user)) => format!("{}({uid})", user.name),
+                _ => uid.to_string(),
             },
             Principal::Gid(gid) => match nix::unistd::Group::from_gid(gid.into()) {
-                Ok(Some(group)) => write!(f, "@{}({gid})", group.name),
-                _ => write!(f, "@{gid}"),
+                Ok(Some(group)) => format!("@{}({gid})", group.name),
+                _ => format!("@{gid}"),
             },
         }
     }
@@ -78,13 +80,33 @@ pub fn resolve_group(text: &str) -> Result<u32, String> {
 
 /// The principals allowed one role on a channel. Root and the channel's owner are always
 /// admitted; an empty list admits nobody else.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AccessList(pub Vec<Principal>);
+///
+/// Names to show are looked up once, when the list is made (config load, an admin's `create`,
+/// a restore at start-up), so that answering a client never waits on NSS. Two lists are equal
+/// when they admit the same principals, whatever names were shown.
+#[derive(Clone, Debug, Default)]
+pub struct AccessList {
+    principals: Vec<Principal>,
+    shown: Vec<String>,
+}
+
+impl PartialEq for AccessList {
+    fn eq(&self, other: &Self) -> bool {
+        self.principals == other.principals
+    }
+}
+
+impl Eq for AccessList {}
 
 impl AccessList {
+    pub fn new(principals: Vec<Principal>) -> Self {
+        let shown = principals.iter().map(Principal::shown).collect();
+        AccessList { principals, shown }
+    }
+
     /// Anyone who can reach the socket.
     pub fn anyone() -> Self {
-        AccessList(vec![Principal::Anyone])
+        AccessList::new(vec![Principal::Anyone])
     }
 
     pub fn parse_all<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
@@ -92,17 +114,23 @@ impl AccessList {
             .iter()
             .map(|e| Principal::parse(e.as_ref()))
             .collect::<Result<Vec<_>, _>>()
-            .map(AccessList)
+            .map(AccessList::new)
+    }
+
+    /// Appends `other`'s principals.
+    pub fn extend(&mut self, other: AccessList) {
+        self.principals.extend(other.principals);
+        self.shown.extend(other.shown);
     }
 
     pub fn admits(&self, peer: &PeerCredentials) -> bool {
-        self.0.iter().any(|p| p.admits(peer))
+        self.principals.iter().any(|p| p.admits(peer))
     }
 
     /// The list with ids only (`*`, `1000`, `@44`): parses back to the same list without any
     /// name lookup, which is how channels are saved across restarts.
     pub fn to_specs(&self) -> Vec<String> {
-        self.0
+        self.principals
             .iter()
             .map(|p| match *p {
                 Principal::Anyone => "*".to_string(),
@@ -112,9 +140,10 @@ impl AccessList {
             .collect()
     }
 
-    /// The list as the wire protocol shows it (`*`, `alice(1000)`, `@video(44)`).
+    /// The list as the wire protocol shows it (`*`, `alice(1000)`, `@video(44)`), as looked
+    /// up when the list was made.
     pub fn describe(&self) -> Vec<String> {
-        self.0.iter().map(ToString::to_string).collect()
+        self.shown.clone()
     }
 }
 
@@ -155,7 +184,7 @@ mod tests {
 
     #[test]
     fn groups_include_supplementary() {
-        let list = AccessList(vec![Principal::Gid(44)]);
+        let list = AccessList::new(vec![Principal::Gid(44)]);
         assert!(list.admits(&peer(1000, 44, &[])));
         assert!(list.admits(&peer(1000, 100, &[10, 44])));
         assert!(!list.admits(&peer(1000, 100, &[10])));

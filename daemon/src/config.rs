@@ -610,13 +610,13 @@ impl Parser<'_> {
     }
 
     fn access_list(&self, entry: &Entry<'_>) -> Result<AccessList, ConfigError> {
-        let mut list = AccessList(Vec::new());
+        let mut list = AccessList::default();
         // One element at a time so an unknown user is reported at its own element, which
         // matters for lists spread over several lines.
         for element in self.string_list(entry)? {
             let one = AccessList::parse_all(&[element.text])
                 .map_err(|message| self.error(element.span, Some(&element.path), message))?;
-            list.0.extend(one.0);
+            list.extend(one);
         }
         Ok(list)
     }
@@ -1102,11 +1102,11 @@ mod tests {
         assert_eq!(config.channels[0].consumers, AccessList::anyone());
         assert_eq!(
             config.channels[1].producers,
-            AccessList(vec![Principal::Uid(0), Principal::Uid(1000)])
+            AccessList::new(vec![Principal::Uid(0), Principal::Uid(1000)])
         );
         assert_eq!(
             config.channels[1].consumers,
-            AccessList(vec![Principal::Gid(0), Principal::Gid(44)])
+            AccessList::new(vec![Principal::Gid(0), Principal::Gid(44)])
         );
     }
 
@@ -1165,9 +1165,9 @@ name = "b"
         assert_eq!(config.channels[0].capacity, 8192);
         assert_eq!(
             config.channels[0].producers,
-            AccessList(vec![Principal::Uid(0)])
+            AccessList::new(vec![Principal::Uid(0)])
         );
-        assert_eq!(config.channels[0].consumers, AccessList(vec![]));
+        assert_eq!(config.channels[0].consumers, AccessList::new(vec![]));
         assert_eq!(
             config.channels[1].capacity, 65536,
             "defaults to default_capacity"

@@ -72,7 +72,12 @@ fn deny_so_passrights_in_this_thread() {
     // copies them. The filter only makes one setsockopt option fail. no_new_privs (this thread
     // and its children only) lets a normal user install it too.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    assert_eq!(rc, 0, "set no_new_privs: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "set no_new_privs: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: as above.
     let rc = unsafe {
         libc::prctl(
@@ -88,4 +93,3 @@ fn deny_so_passrights_in_this_thread() {
         std::io::Error::last_os_error()
     );
 }
-
