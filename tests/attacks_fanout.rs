@@ -149,7 +149,11 @@ fn assert_honest_data_and_one_notice(out: &CmdOutput, received: &str, why: &str)
         .lines()
         .filter(|l| l.contains("producer 0"))
         .collect();
-    assert_eq!(notices.len(), 1, "one stderr line names the producer: {out}");
+    assert_eq!(
+        notices.len(),
+        1,
+        "one stderr line names the producer: {out}"
+    );
     assert!(
         notices[0].contains(why) && notices[0].contains("reading on without it"),
         "the line says why ({why:?}): {out}"
@@ -159,7 +163,11 @@ fn assert_honest_data_and_one_notice(out: &CmdOutput, received: &str, why: &str)
         1,
         "nothing else on stderr: {out}"
     );
-    assert_eq!(out.status.code(), Some(3), "exit code 3: a stream was cut short: {out}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code 3: a stream was cut short: {out}"
+    );
 }
 
 #[test]
@@ -215,7 +223,9 @@ fn a_producer_flagging_an_away_durable_consumer_leaves_the_other_producers_data(
     assert_eq!(rings.len(), 1, "the durable queue: {}", hostile.reply);
     let mut honest = client.producer("keep").expect("attach the honest producer");
     for i in 0..100 {
-        honest.send(format!("message {i}\n").as_bytes()).expect("send");
+        honest
+            .send(format!("message {i}\n").as_bytes())
+            .expect("send");
     }
     honest.close().expect("close");
     {
@@ -225,7 +235,11 @@ fn a_producer_flagging_an_away_durable_consumer_leaves_the_other_producers_data(
     }
     std::thread::sleep(HOUSEKEEPING_TWICE);
     let out = broker
-        .spawn_ctl(&["recv", "keep", "--as", "d", "--streams", "1"], Stdio::null(), None)
+        .spawn_ctl(
+            &["recv", "keep", "--as", "d", "--streams", "1"],
+            Stdio::null(),
+            None,
+        )
         .output(WAIT);
     let expected: String = (0..100).map(|i| format!("message {i}\n")).collect();
     assert_eq!(
@@ -293,7 +307,11 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
     let third = Mapping::new(producer_rings(&first)[0].0);
     third.write_u64(MESSAGES_WRITTEN, 7);
     let info = counters_are_shown_clamped(&mut broker, "count-p");
-    assert_eq!(json_u64(&info, "messages_read"), 12, "7 (clamped) + 5: {info}");
+    assert_eq!(
+        json_u64(&info, "messages_read"),
+        12,
+        "7 (clamped) + 5: {info}"
+    );
     drop(third);
     drop((first, second));
 }
@@ -323,7 +341,12 @@ fn counters_scribbled_in_two_durable_consumers_rings_are_summed_saturating() {
     assert_eq!(rings.len(), 2, "a ring per durable queue: {}", raw.reply);
     for (ring, _) in &rings {
         let map = Mapping::new(ring);
-        for offset in [MESSAGES_WRITTEN, BYTES_WRITTEN, MESSAGES_LOST, MESSAGES_READ] {
+        for offset in [
+            MESSAGES_WRITTEN,
+            BYTES_WRITTEN,
+            MESSAGES_LOST,
+            MESSAGES_READ,
+        ] {
             map.write_u64(offset, u64::MAX);
         }
     }

@@ -482,7 +482,9 @@ impl MergedReader {
         self.members
             .peers
             .iter()
-            .fold(self.missed_in_dropped, |sum, p| sum.saturating_add(p.end.missed()))
+            .fold(self.missed_in_dropped, |sum, p| {
+                sum.saturating_add(p.end.missed())
+            })
     }
 
     /// Stops reading the ring of peer `index`: the error that reports it, once.
@@ -512,7 +514,11 @@ impl MergedReader {
         let Some(index) = flagged else {
             return Ok(());
         };
-        if let Some(cause) = self.members.peers[index].end.ring().confirmed_eviction(policy) {
+        if let Some(cause) = self.members.peers[index]
+            .end
+            .ring()
+            .confirmed_eviction(policy)
+        {
             // The broker applies the same rule to the same ring, and disconnects this
             // consumer at its next look; the ring stays, so every call says so until then.
             return Err(Error::Disconnected {
@@ -545,7 +551,11 @@ impl MergedReader {
                 // One producer's scribbling must not stop the others' messages: report it
                 // once, then read on without that ring.
                 Err(RingError::Corrupt(reason)) => {
-                    return Err(self.drop_ring(attachment, index, format!("corrupt ring: {reason}")))
+                    return Err(self.drop_ring(
+                        attachment,
+                        index,
+                        format!("corrupt ring: {reason}"),
+                    ))
                 }
                 Err(other) => return Err(Error::ring(&attachment.channel, other)),
             };
@@ -576,7 +586,11 @@ impl MergedReader {
                 }
                 Err(RingError::Corrupt(reason)) => {
                     self.disarm();
-                    return Err(self.drop_ring(attachment, index, format!("corrupt ring: {reason}")));
+                    return Err(self.drop_ring(
+                        attachment,
+                        index,
+                        format!("corrupt ring: {reason}"),
+                    ));
                 }
                 Err(other) => {
                     self.disarm();

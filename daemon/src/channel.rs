@@ -864,9 +864,17 @@ impl Channel {
     fn replace_away_lane(&mut self, index: usize, slot: usize) -> std::io::Result<Vec<Notice>> {
         let queue = &mut self.queues[index];
         ensure(&mut queue.data_ready)?;
-        let lane = Lane::new(&self.meta.name, self.slots[slot].id, queue.id, self.capacity)?;
+        let lane = Lane::new(
+            &self.meta.name,
+            self.slots[slot].id,
+            queue.id,
+            self.capacity,
+        )?;
         let told = match &self.slots[slot].holder {
-            Some(holder) => vec![(holder.session, vec![lane.share()?, share(&queue.data_ready)?])],
+            Some(holder) => vec![(
+                holder.session,
+                vec![lane.share()?, share(&queue.data_ready)?],
+            )],
             None => Vec::new(),
         };
         queue.lanes[slot] = lane;
@@ -1169,7 +1177,11 @@ mod tests {
         let refused = channel.attach_consumer(3, &peer(12), Some("keep")).err();
         assert_eq!(refused.map(|r| r.code), Some(ErrorCode::Evicted));
         assert!(channel.attach_consumer(3, &peer(12), Some("keep")).is_ok());
-        assert_eq!(channel.queues.len(), 1, "the anonymous queue went with its consumer");
+        assert_eq!(
+            channel.queues.len(),
+            1,
+            "the anonymous queue went with its consumer"
+        );
     }
 
     #[test]
@@ -1202,7 +1214,8 @@ mod tests {
                     )
                     .expect("mmap");
                     for offset in [64, 72, 80, 88, 136] {
-                        let word = &*(base.cast::<u8>().add(offset) as *const std::sync::atomic::AtomicU64);
+                        let word = &*(base.cast::<u8>().add(offset)
+                            as *const std::sync::atomic::AtomicU64);
                         word.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
                     }
                     rustix::mm::munmap(base, len).expect("munmap");
