@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Offsets in a ring's header (see client/src/ring.rs).
+const DROPPED: usize = 24;
 const EVICTED: usize = 28;
 const WRITE_POS: usize = 64;
 const MESSAGES_WRITTEN: usize = 72;
@@ -192,6 +193,48 @@ fn a_producer_flagging_its_consumer_evicted_costs_only_its_ring() {
         "the broker disconnected nobody: {}",
         broker.log()
     );
+    broker.assert_running();
+}
+
+#[test]
+fn a_producer_flagging_its_ring_dropped_does_not_stop_the_others_messages() {
+    let mut broker = Broker::start(None);
+    let client = broker.client();
+    broker.ctl_ok(&[
+        "create",
+        "drop-flag",
+        "--capacity",
+        "64KiB",
+        "--max-producers",
+        "2",
+        "--max-consumers",
+        "2",
+    ]);
+    let mut consumer = client.consumer("drop-flag").expect("attach the consumer");
+    let hostile = raw_attach_any(broker.socket_path(), "drop-flag", "producer");
+    let rings = producer_rings(&hostile);
+    let map = Mapping::new(rings[0].0);
+    map.write_u32(DROPPED, 1);
+    wake(rings[0].1);
+    let mut honest = client
+        .producer("drop-flag")
+        .expect("attach the honest producer");
+    for i in 0..100u32 {
+        honest.send(&i.to_le_bytes()).expect("send");
+    }
+    honest.close().expect("close");
+    let received = with_deadline(WAIT, "the consumer to read the honest stream", move || {
+        let mut received = Vec::new();
+        while let Some(message) = consumer.recv().expect("recv beside a flagged ring") {
+            received.push(u32::from_le_bytes(
+                message[..4].try_into().expect("4 bytes"),
+            ));
+        }
+        received
+    });
+    assert_eq!(received, (0..100).collect::<Vec<_>>());
+    drop(map);
+    drop(hostile);
     broker.assert_running();
 }
 

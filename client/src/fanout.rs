@@ -143,12 +143,11 @@ impl FanoutWriter {
 
     /// Checks the channel is usable and picks up consumers that came or went.
     fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
-        let dropped = self
-            .members
-            .peers
-            .first()
-            .is_some_and(|p| p.end.ring().is_dropped());
-        attachment.ensure_usable(dropped)?;
+        // The broker flags every ring of a channel it drops, but any one ring's flag may come
+        // from the peer at its other end, which must not make this endpoint give up on the
+        // others: a fan-out endpoint learns of the drop from the broker's event alone (which
+        // wakes a sleeper, and a busy endpoint sees within `BROKER_CHECK_INTERVAL`).
+        attachment.ensure_usable(false)?;
         self.members.refresh(attachment)
     }
 
@@ -501,9 +500,8 @@ impl MergedReader {
     }
 
     fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
-        let peers = &self.members.peers;
-        let dropped = peers.first().is_some_and(|p| p.end.ring().is_dropped());
-        attachment.ensure_usable(dropped)?;
+        // As for the producer: the drop is learned from the broker's event only.
+        attachment.ensure_usable(false)?;
         // Rings the broker replaced come in first, so a flag on the old one is not reported.
         self.members.refresh(attachment)?;
         let policy = attachment.info.slow_consumer;
