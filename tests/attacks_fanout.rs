@@ -403,3 +403,37 @@ fn counters_scribbled_in_two_durable_consumers_rings_are_summed_saturating() {
     assert_eq!(json_u64(&producer, "messages_lost"), u64::MAX, "{info}");
     drop(raw);
 }
+
+#[test]
+fn a_real_drop_still_ends_a_fanout_consumer_and_producer() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    broker.ctl_ok(&[
+        "create",
+        "gone",
+        "--capacity",
+        "16KiB",
+        "--max-producers",
+        "2",
+        "--max-consumers",
+        "2",
+    ]);
+    let mut consumer = client.consumer("gone").expect("attach the consumer");
+    let mut producer = client.producer("gone").expect("attach the producer");
+    let waiting = Background::spawn("the consumer's recv", move || consumer.recv());
+    std::thread::sleep(Duration::from_millis(200));
+    broker.ctl_ok(&["drop", "gone"]);
+    match waiting.join(WAIT) {
+        Err(shmem_broker_client::Error::ChannelDropped { channel }) => assert_eq!(channel, "gone"),
+        other => panic!("the blocked consumer should learn of the drop, got {other:?}"),
+    }
+    let sent = with_deadline(WAIT, "the producer to notice the drop", move || loop {
+        if let Err(e) = producer.send(b"after the drop") {
+            return e;
+        }
+    });
+    assert!(
+        matches!(sent, shmem_broker_client::Error::ChannelDropped { .. }),
+        "{sent}"
+    );
+}
