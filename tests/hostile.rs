@@ -1203,18 +1203,23 @@ fn a_consumer_scribbling_its_fanout_ring_is_cut_off_and_the_others_keep_receivin
         1,
         "the producer stopped writing to the scribbled ring"
     );
-    // The broker disconnects the scribbler, naming why.
+    // The broker disconnects nobody for a ring found corrupt: either side can write its
+    // positions, so the producer's flag cannot say who broke them, and the ring is all it
+    // costs (attacks_fanout.rs: a producer's flag does not cut a consumer off either). The
+    // scribbler stays attached, and its ring is replaced with an empty one once it leaves.
     let mut stream = raw.stream;
-    let told = match read_until_closed(&mut stream, WAIT) {
-        ConnectionEnd::Closed(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        ConnectionEnd::StillOpen(bytes) => panic!(
-            "the scribbler is still attached after {WAIT:?}; it was sent {:?}",
+    std::thread::sleep(Duration::from_millis(1500));
+    match read_until_closed(&mut stream, Duration::from_millis(200)) {
+        ConnectionEnd::StillOpen(_) => {}
+        ConnectionEnd::Closed(bytes) => panic!(
+            "the broker disconnected a consumer on a producer's word: {:?}",
             String::from_utf8_lossy(&bytes)
         ),
-    };
+    }
     assert!(
-        told.contains("disconnected") && told.contains("corrupt"),
-        "the broker should tell the scribbler why it is disconnected: {told}"
+        !broker.log().contains("slow consumers disconnected"),
+        "{}",
+        broker.log()
     );
     drop(map);
     broker.assert_running();

@@ -21,7 +21,10 @@ use crate::wire::Role;
 /// next message, a durable one ([`Attach::durable`](crate::Attach::durable)) where it
 /// stopped. With several producers, their rings are read in turn, each producer's messages
 /// in order; [`last_producer`](Self::last_producer) says whose message came last, and each
-/// producer's end-of-stream mark is returned as one `Ok(None)`.
+/// producer's end-of-stream mark is returned as one `Ok(None)`. A producer's ring that turns
+/// out corrupt, or that its producer flags evicted without cause, costs that ring only: one
+/// call returns [`Error::ProducerLost`](crate::Error::ProducerLost) naming the producer, and
+/// the next ones read on from the others (that producer's end-of-stream will not come).
 pub struct Consumer {
     attachment: Attachment,
     source: Source,

@@ -22,6 +22,16 @@ pub enum Error {
     /// policy is `disconnect`.
     #[error("channel {channel}: disconnected: {reason}")]
     Disconnected { channel: String, reason: String },
+    /// Fan-out consumers: the ring from one producer became unusable (it was corrupt, or that
+    /// producer marked it evicted where the channel's policy or the ring's state does not
+    /// bear that out). Returned once; the consumer reads on from the other producers, and
+    /// that producer's end-of-stream mark never comes.
+    #[error("channel {channel}: ring of producer {producer}: {reason}; reading on without it")]
+    ProducerLost {
+        channel: String,
+        producer: u32,
+        reason: String,
+    },
     /// A reconnecting endpoint could not take its place again after the broker came back.
     #[error("channel {channel}: {reason}")]
     Reattach { channel: String, reason: String },

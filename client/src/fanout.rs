@@ -143,12 +143,11 @@ impl FanoutWriter {
 
     /// Checks the channel is usable and picks up consumers that came or went.
     fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
-        let dropped = self
-            .members
-            .peers
-            .first()
-            .is_some_and(|p| p.end.ring().is_dropped());
-        attachment.ensure_usable(dropped)?;
+        // The broker flags every ring of a channel it drops, but any one ring's flag may come
+        // from the peer at its other end, which must not make this endpoint give up on the
+        // others: a fan-out endpoint learns of the drop from the broker's event alone (which
+        // wakes a sleeper, and a busy endpoint sees within `BROKER_CHECK_INTERVAL`).
+        attachment.ensure_usable(false)?;
         self.members.refresh(attachment)
     }
 
@@ -321,7 +320,7 @@ impl FanoutWriter {
             if written {
                 peer.missed = 0;
             } else if self.policy == SlowConsumer::Drop {
-                peer.missed += 1;
+                peer.missed = peer.missed.saturating_add(1);
                 peer.end.count_lost(1);
             } else {
                 peer.end.ring().mark_evicted(Eviction::FellBehind);
@@ -436,11 +435,26 @@ fn check_fits(attachment: &Attachment, len: usize) -> Result<()> {
 }
 
 /// A fan-out consumer's rings, one per producer, read in turn.
+///
+/// Each ring is one producer's to write, and whatever that producer does to it costs that
+/// ring alone: a ring found corrupt on any path (read, batch, the check before sleeping) or
+/// flagged evicted by its producer without cause is dropped and reported once as
+/// [`Error::ProducerLost`], and the others are read on. Only an eviction the channel's
+/// policy and the ring's state bear out ([`SharedRing::confirmed_eviction`], the rule the
+/// broker applies too) disconnects this consumer.
+///
+/// [`SharedRing::confirmed_eviction`]: crate::ring::SharedRing::confirmed_eviction
 pub(crate) struct MergedReader {
     members: Membership<RingReader>,
     /// Where the next read starts looking, one past the ring read last: round-robin.
     cursor: usize,
     last_producer: Option<u32>,
+    /// Messages missed in rings dropped since: they stay counted.
+    missed_in_dropped: u64,
+    /// The last spin saw data that the read after it did not find (a glimpse of a ring that
+    /// is corrupt, say): the next wait goes straight to the exact check before sleeping,
+    /// which reports it, instead of spinning on it again.
+    spin_misled: bool,
 }
 
 impl MergedReader {
@@ -453,6 +467,8 @@ impl MergedReader {
             members: Membership::new(attachment, control, Role::Consumer, lanes, RingReader::new)?,
             cursor: 0,
             last_producer: None,
+            missed_in_dropped: 0,
+            spin_misled: false,
         })
     }
 
@@ -460,21 +476,59 @@ impl MergedReader {
         self.last_producer
     }
 
+    /// Counts come from the producers (LOST records), so they are summed saturating.
     pub fn missed(&self) -> u64 {
-        self.members.peers.iter().map(|p| p.end.missed()).sum()
+        self.members
+            .peers
+            .iter()
+            .fold(self.missed_in_dropped, |sum, p| {
+                sum.saturating_add(p.end.missed())
+            })
+    }
+
+    /// Stops reading the ring of peer `index`: the error that reports it, once.
+    fn drop_ring(&mut self, attachment: &Attachment, index: usize, reason: String) -> Error {
+        let peer = self.members.peers.remove(index);
+        peer.end.done_sleeping();
+        self.missed_in_dropped = self.missed_in_dropped.saturating_add(peer.end.missed());
+        self.cursor = 0;
+        Error::ProducerLost {
+            channel: attachment.channel.clone(),
+            producer: peer.id,
+            reason,
+        }
     }
 
     fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
-        let peers = &self.members.peers;
-        let dropped = peers.first().is_some_and(|p| p.end.ring().is_dropped());
-        attachment.ensure_usable(dropped)?;
-        if let Some(cause) = peers.iter().find_map(|p| p.end.ring().eviction()) {
+        // As for the producer: the drop is learned from the broker's event only.
+        attachment.ensure_usable(false)?;
+        // Rings the broker replaced come in first, so a flag on the old one is not reported.
+        self.members.refresh(attachment)?;
+        let policy = attachment.info.slow_consumer;
+        let flagged = self.members.peers.iter().position(|p| {
+            // One load per ring when nothing is flagged.
+            p.end.ring().eviction().is_some()
+        });
+        let Some(index) = flagged else {
+            return Ok(());
+        };
+        if let Some(cause) = self.members.peers[index]
+            .end
+            .ring()
+            .confirmed_eviction(policy)
+        {
+            // The broker applies the same rule to the same ring, and disconnects this
+            // consumer at its next look; the ring stays, so every call says so until then.
             return Err(Error::Disconnected {
                 channel: attachment.channel.clone(),
                 reason: cause.reason().into(),
             });
         }
-        self.members.refresh(attachment)
+        let reason = format!(
+            "its producer stopped writing to it and flagged this consumer evicted, which the \
+             channel's slow_consumer policy ({policy}) and the ring's state do not bear out"
+        );
+        Err(self.drop_ring(attachment, index, reason))
     }
 
     /// One pass over the producers' rings, starting after the one read last, until `read`
@@ -495,14 +549,11 @@ impl MergedReader {
                 // One producer's scribbling must not stop the others' messages: report it
                 // once, then read on without that ring.
                 Err(RingError::Corrupt(reason)) => {
-                    let producer = self.members.peers.remove(index).id;
-                    self.cursor = 0;
-                    return Err(Error::ring(
-                        &attachment.channel,
-                        RingError::Corrupt(format!(
-                            "ring of producer {producer}: {reason}; reading on without it"
-                        )),
-                    ));
+                    return Err(self.drop_ring(
+                        attachment,
+                        index,
+                        format!("corrupt ring: {reason}"),
+                    ))
                 }
                 Err(other) => return Err(Error::ring(&attachment.channel, other)),
             };
@@ -512,6 +563,7 @@ impl MergedReader {
             if let Some(got) = got {
                 self.cursor = (index + 1) % count;
                 self.last_producer = Some(peer.id);
+                self.spin_misled = false;
                 return Ok(Some(got));
             }
         }
@@ -519,24 +571,32 @@ impl MergedReader {
     }
 
     /// Asks every producer to signal when it writes; false (and nothing armed) if some ring
-    /// already has data.
+    /// already has data. A ring found corrupt here (the exact check of its positions) is
+    /// dropped and reported like one found corrupt by a read.
     pub fn arm(&mut self, attachment: &Attachment) -> Result<bool> {
         attachment.drain_wakeups();
-        let mut empty = true;
-        for peer in &mut self.members.peers {
-            if !peer
-                .end
-                .prepare_to_sleep()
-                .map_err(|e| Error::ring(&attachment.channel, e))?
-            {
-                empty = false;
-                break;
+        for index in 0..self.members.peers.len() {
+            match self.members.peers[index].end.prepare_to_sleep() {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.disarm();
+                    return Ok(false);
+                }
+                Err(RingError::Corrupt(reason)) => {
+                    self.disarm();
+                    return Err(self.drop_ring(
+                        attachment,
+                        index,
+                        format!("corrupt ring: {reason}"),
+                    ));
+                }
+                Err(other) => {
+                    self.disarm();
+                    return Err(Error::ring(&attachment.channel, other));
+                }
             }
         }
-        if !empty {
-            self.disarm();
-        }
-        Ok(empty)
+        Ok(true)
     }
 
     fn disarm(&self) {
@@ -548,7 +608,13 @@ impl MergedReader {
     /// Spins briefly, then sleeps until a producer writes or the broker says something.
     pub fn wait_for_data(&mut self, attachment: &mut Attachment) -> Result<()> {
         let peers = &mut self.members.peers;
-        if Attachment::spin(|| peers.iter_mut().any(|p| p.end.has_unread())) {
+        // `has_unread` says true for a ring it cannot make sense of, for the read to report;
+        // a quick read may not look at the positions, so after one such false alarm the
+        // exact check in `arm` decides.
+        if !std::mem::take(&mut self.spin_misled)
+            && Attachment::spin(|| peers.iter_mut().any(|p| p.end.has_unread()))
+        {
+            self.spin_misled = true;
             return Ok(());
         }
         if self.arm(attachment)? {

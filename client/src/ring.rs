@@ -65,7 +65,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use shmem_ipc::mem::mmap::MmapRaw;
 
-use crate::wire::Role;
+use crate::wire::{Role, SlowConsumer};
 
 /// The layout new rings get.
 pub const LAYOUT_VERSION: u32 = 2;
@@ -462,6 +462,35 @@ impl SharedRing {
             1 => Some(Eviction::FellBehind),
             _ => Some(Eviction::Corrupt),
         }
+    }
+
+    /// The eviction of this ring's consumer that a third party (the broker, or the consumer
+    /// itself) may act on: the flag is written by whoever maps the ring, so it counts only if
+    /// the channel lets producers evict (`policy` is `disconnect`) and the ring's own state
+    /// bears it out (consistent positions with bytes the consumer has not read). A `Corrupt`
+    /// flag never counts: either side can write the positions, so nobody can tell who broke
+    /// them, and the ring is all that is lost.
+    pub fn confirmed_eviction(&self, policy: SlowConsumer) -> Option<Eviction> {
+        match self.eviction()? {
+            Eviction::FellBehind
+                if policy == SlowConsumer::Disconnect
+                    && self.unread_if_sound().is_some_and(|unread| unread > 0) =>
+            {
+                Some(Eviction::FellBehind)
+            }
+            _ => None,
+        }
+    }
+
+    /// Unread bytes as the shared positions say, or `None` if they are not consistent (not
+    /// frame-aligned, or the write position behind the read position or more than `capacity`
+    /// ahead of it): a peer scribbled on them.
+    pub fn unread_if_sound(&self) -> Option<u64> {
+        let h = self.header();
+        let write_pos = h.producer.write_pos.load(Ordering::Acquire);
+        let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
+        check_positions(read_pos, write_pos, self).ok()?;
+        Some(write_pos - read_pos)
     }
 
     pub fn stats(&self) -> RingStats {

@@ -99,6 +99,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // `recv` already said on stderr which streams were cut short, one line each.
+        Err(err) if err.downcast_ref::<StreamsLost>().is_some() => ExitCode::from(3),
         Err(err) => {
             // One line: the outermost context and its causes.
             let message: Vec<String> = err.chain().map(ToString::to_string).collect();
@@ -249,7 +251,21 @@ fn send(client: Client, name: &str, chunk: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// `recv` delivered everything it could, but this many producers' streams were cut short
+/// (their rings were corrupt, or their producer gave up on this consumer without cause).
+#[derive(Debug)]
+struct StreamsLost(u64);
+
+impl std::fmt::Display for StreamsLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} stream(s) cut short", self.0)
+    }
+}
+
+impl std::error::Error for StreamsLost {}
+
 /// Copies messages to standard output until `streams` end-of-stream marks (`None`: forever).
+/// A producer's stream that is cut short counts as ended: its mark will never come.
 fn recv(client: Client, name: &str, durable: Option<&str>, streams: Option<u64>) -> Result<()> {
     let mut attach = client.attach(name);
     if let Some(durable) = durable {
@@ -261,8 +277,17 @@ fn recv(client: Client, name: &str, durable: Option<&str>, streams: Option<u64>)
     let stdout = io::stdout();
     let mut ends = 0;
     let mut missed = 0;
+    let mut lost = 0u64;
     loop {
-        let message = consumer.recv_to_fd(stdout.as_fd())?;
+        let message = match consumer.recv_to_fd(stdout.as_fd()) {
+            Ok(message) => message,
+            Err(err @ shmem_broker_client::Error::ProducerLost { .. }) => {
+                eprintln!("shmemctl: {err}");
+                lost += 1;
+                false
+            }
+            Err(err) => return Err(err.into()),
+        };
         if consumer.missed() > missed {
             eprintln!(
                 "shmemctl: channel {name}: missed {} messages: this consumer fell behind (slow_consumer = drop)",
@@ -273,7 +298,10 @@ fn recv(client: Client, name: &str, durable: Option<&str>, streams: Option<u64>)
         if !message {
             ends += 1;
             if streams.is_some_and(|wanted| ends >= wanted) {
-                return Ok(());
+                return match lost {
+                    0 => Ok(()),
+                    lost => Err(StreamsLost(lost).into()),
+                };
             }
         }
     }

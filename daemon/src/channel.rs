@@ -179,14 +179,6 @@ impl ConsumerQueue {
     }
 }
 
-/// A durable consumer cut off while away: why, and whose name it was. The name stays its
-/// owner's until the owner hears the cause at its next attach (or the name is dropped).
-#[derive(Clone, Copy, Debug)]
-struct AwayEviction {
-    cause: Eviction,
-    owner: Option<u32>,
-}
-
 pub struct Channel {
     pub meta: ChannelMeta,
     capacity: u64,
@@ -196,7 +188,7 @@ pub struct Channel {
     /// Fan-out channels: the page whose counters tell clients to read lane events.
     control: Option<(ControlPage, OwnedFd)>,
     /// Durable consumers cut off while away, and why: their next attach is told so once.
-    evicted: BTreeMap<String, AwayEviction>,
+    evicted: BTreeMap<String, Eviction>,
     /// No longer in the config: removed as soon as nobody is attached.
     pub pending_removal: bool,
 }
@@ -375,11 +367,9 @@ impl Channel {
         self.capacity
     }
 
-    /// The owner of each durable consumer name this channel keeps (queues and eviction
-    /// records), for the per-uid quota.
+    /// The owner of each durable consumer name this channel keeps, for the per-uid quota.
     pub fn durable_owners(&self) -> impl Iterator<Item = u32> + '_ {
-        let queues = self.queues.iter().filter_map(ConsumerQueue::owner);
-        queues.chain(self.evicted.values().filter_map(|away| away.owner))
+        self.queues.iter().filter_map(ConsumerQueue::owner)
     }
 
     /// Ring memory this channel may come to hold: a ring per producer and consumer pair.
@@ -605,12 +595,28 @@ impl Channel {
         };
         let index = match existing {
             Some(index) => {
-                if let Some(away) = name.is_none().then(|| self.evicted.remove("")).flatten() {
+                if let (Some(name), Some(owner)) = (name, self.queues[index].owner()) {
+                    if owner != peer.uid && peer.uid != 0 {
+                        return Err(not_the_owner(
+                            channel,
+                            name,
+                            owner,
+                            peer.uid,
+                            "attach as it",
+                        ));
+                    }
+                }
+                // The one queue of a single-consumer channel is recorded under the name "".
+                if let Some(cause) = self.evicted.remove(name.unwrap_or_default()) {
+                    let who = match name {
+                        Some(name) => format!("durable consumer {name:?}"),
+                        None => "the consumer".to_string(),
+                    };
                     return Err(refuse(
                         ErrorCode::Evicted,
                         format!(
-                            "the consumer of channel {channel:?} was cut off while away ({}) and its messages were discarded; attach again to start from the next message",
-                            away_cause(away.cause)
+                            "{who} of channel {channel:?} was cut off while away ({}): the unread messages of the producer whose ring was full were discarded, the other producers' are kept; attach again to resume",
+                            away_cause(cause)
                         ),
                     ));
                 }
@@ -644,26 +650,6 @@ impl Channel {
                     shmem_broker_client::names::validate_channel_name(name).map_err(|m| {
                         refuse(ErrorCode::InvalidName, format!("consumer name: {m}"))
                     })?;
-                    if let Some(away) = self.evicted.get(name).copied() {
-                        if let Some(owner) = away.owner.filter(|&o| o != peer.uid && peer.uid != 0)
-                        {
-                            return Err(not_the_owner(
-                                channel,
-                                name,
-                                owner,
-                                peer.uid,
-                                "attach as it",
-                            ));
-                        }
-                        self.evicted.remove(name);
-                        return Err(refuse(
-                            ErrorCode::Evicted,
-                            format!(
-                                "durable consumer {name:?} of channel {channel:?} was cut off while away ({}) and its queue discarded; attach again to start from the next message",
-                                away_cause(away.cause)
-                            ),
-                        ));
-                    }
                     admit_new_name().map_err(|m| refuse(ErrorCode::LimitReached, m))?;
                 }
                 if self.queues.len() >= self.meta.max_consumers as usize {
@@ -843,9 +829,9 @@ impl Channel {
         Some((Role::Consumer, attached.peer, notices))
     }
 
-    /// Forgets durable consumer `name` and its unread data (or the record that it was cut
-    /// off while away). `uid` asks; `privileged` if it is an admin or the channel's owner,
-    /// who may drop any durable consumer; others only their own.
+    /// Forgets durable consumer `name` and its unread data. `uid` asks; `privileged` if it is
+    /// an admin or the channel's owner, who may drop any durable consumer; others only their
+    /// own.
     pub fn drop_consumer(
         &mut self,
         name: &str,
@@ -855,19 +841,6 @@ impl Channel {
         let channel = &self.meta.name;
         let may_drop = |owner: Option<u32>| privileged || owner == Some(uid);
         let Some(index) = self.queues.iter().position(|q| q.name() == Some(name)) else {
-            if let Some(away) = self.evicted.get(name).copied() {
-                if !may_drop(away.owner) {
-                    return Err(not_the_owner(
-                        channel,
-                        name,
-                        away.owner.unwrap_or(0),
-                        uid,
-                        "drop it",
-                    ));
-                }
-                self.evicted.remove(name);
-                return Ok(Vec::new());
-            }
             return Err(refuse(
                 ErrorCode::NoSuchConsumer,
                 format!("channel {channel:?} has no durable consumer {name:?}"),
@@ -892,58 +865,103 @@ impl Channel {
                 ),
             ));
         }
+        self.evicted.remove(name);
         Ok(self.remove_queue(index))
     }
 
-    /// Queues a producer gave up on and flagged: it fell behind under policy `disconnect`,
-    /// or its consumer scribbled on its ring. Each is removed; its consumer, if attached, is
-    /// returned with the event that tells it why, and must be disconnected. A durable consumer
-    /// that was away learns it on its next attach.
-    pub fn evict_slow_consumers(&mut self) -> (Vec<Notice>, Vec<SessionId>) {
+    /// Rings a producer flagged evicted, or whose positions are unsound, dealt with one ring at
+    /// a time and from what the broker sees itself, never from the flag alone (see
+    /// [`SharedRing::confirmed_eviction`]: the flag counts only under policy `disconnect` and
+    /// with consistent positions and unread bytes in the ring):
+    /// - a consumer that fell behind by that rule is disconnected if attached (the returned
+    ///   event says why; its session must be closed), or told at its next attach if it is
+    ///   away; an anonymous consumer's queue goes with it, any other queue stays with the
+    ///   other producers' data, and only the ring it fell behind in is replaced;
+    /// - any other flagged or unsound ring is replaced by an empty one once its consumer is
+    ///   away (an attached consumer's library reads on without it), and nobody is disconnected:
+    ///   either side can write anything in a ring, so who broke it is unknown, and the ring is
+    ///   all it costs.
+    ///
+    /// Returns the events to send, the sessions to close, and whether rings changed.
+    pub fn evict_slow_consumers(&mut self) -> (Vec<Notice>, Vec<SessionId>, bool) {
         let mut notices = Vec::new();
         let mut sessions = Vec::new();
+        let mut changed = false;
         if !self.meta.is_fanout() {
-            return (notices, sessions);
+            return (notices, sessions, changed);
         }
-        while let Some((index, cause)) = self.queues.iter().enumerate().find_map(|(i, q)| {
-            q.lanes
+        let policy = self.meta.slow_consumer;
+        for index in (0..self.queues.len()).rev() {
+            let queue = &mut self.queues[index];
+            let fell_behind = queue
+                .lanes
                 .iter()
-                .find_map(|l| l.ring.eviction())
-                .map(|cause| (i, cause))
-        }) {
-            let queue = &self.queues[index];
-            match &queue.holder {
-                Some(holder) => {
-                    sessions.push(holder.session);
-                    notices.push((
-                        holder.session,
-                        Event::Disconnected {
-                            channel: self.meta.name.clone(),
-                            reason: self.eviction_reason(cause),
-                        },
-                        Vec::new(),
-                    ));
+                .any(|l| l.ring.confirmed_eviction(policy).is_some());
+            if fell_behind {
+                match queue.holder.take() {
+                    Some(holder) => {
+                        sessions.push(holder.session);
+                        notices.push((
+                            holder.session,
+                            Event::Disconnected {
+                                channel: self.meta.name.clone(),
+                                reason: self.eviction_reason(Eviction::FellBehind),
+                            },
+                            Vec::new(),
+                        ));
+                    }
+                    None => {
+                        // The one queue of a single-consumer channel is told under the name "".
+                        let name = queue.name().unwrap_or_default().to_string();
+                        self.evicted.insert(name, Eviction::FellBehind);
+                    }
                 }
-                None => {
-                    // The one queue of a single-consumer channel is told under the name "".
-                    let away = AwayEviction {
-                        cause,
-                        owner: queue.owner(),
-                    };
-                    self.evicted
-                        .insert(queue.name().unwrap_or_default().to_string(), away);
+                if self.queues[index].kind == QueueKind::Anonymous {
+                    notices.extend(self.remove_queue(index));
+                    changed = true;
+                    continue;
                 }
             }
-            let default = queue.kind == QueueKind::Default;
-            notices.extend(self.remove_queue(index));
-            if default {
-                // If this fails, the next consumer gets a queue of its own at attach.
-                if let Ok((_, added)) = self.add_queue(QueueKind::Default) {
-                    notices.extend(added);
+            if self.queues[index].holder.is_some() {
+                continue;
+            }
+            for slot in 0..self.queues[index].lanes.len() {
+                let ring = &self.queues[index].lanes[slot].ring;
+                if ring.eviction().is_none() && ring.unread_if_sound().is_some() {
+                    continue;
+                }
+                // If this fails (out of fds), the next look tries again.
+                if let Ok(told) = self.replace_away_lane(index, slot) {
+                    notices.extend(told);
+                    changed = true;
                 }
             }
         }
-        (notices, sessions)
+        (notices, sessions, changed)
+    }
+
+    /// Gives away queue `index` an empty ring from slot `slot` in place of the old one; the
+    /// slot's producer, if attached, is told to write there.
+    fn replace_away_lane(&mut self, index: usize, slot: usize) -> std::io::Result<Vec<Notice>> {
+        let queue = &mut self.queues[index];
+        ensure(&mut queue.data_ready)?;
+        let lane = Lane::new(
+            &self.meta.name,
+            self.slots[slot].id,
+            queue.id,
+            self.capacity,
+        )?;
+        let told = match &self.slots[slot].holder {
+            Some(holder) => vec![(
+                holder.session,
+                vec![lane.share()?, share(&queue.data_ready)?],
+            )],
+            None => Vec::new(),
+        };
+        queue.lanes[slot] = lane;
+        let peer = queue.id;
+        let generation = self.bump(Role::Producer);
+        Ok(lane_added(told, generation, peer))
     }
 
     /// What an attached consumer that was cut off is told.
@@ -1009,19 +1027,24 @@ impl Channel {
             messages: 0,
             messages_lost: 0,
         };
+        // Every counter below comes from shared memory a client can write anything into: each
+        // sum saturates (a debug build would panic on overflow, a release build wrap), and a
+        // consumer is never shown to have read more of a ring than its producer wrote there.
+        // Unread bytes are clamped to the capacity per ring (`stats`), so their sums stay
+        // within the ring memory.
         for (index, slot) in self.slots.iter().enumerate() {
             let mut producer = endpoint(Role::Producer, slot.id, slot.holder.as_ref());
-            let mut bytes_written = 0;
+            let mut bytes_written = 0u64;
             for lane in self.queues.iter().map(|q| &q.lanes[index]) {
                 let stats = lane.ring.stats();
                 // Every consumer gets the same messages; the busiest ring counts them.
                 producer.messages = producer.messages.max(stats.messages_written);
                 bytes_written = bytes_written.max(stats.bytes_written);
-                producer.bytes_unread += stats.bytes_unread;
-                producer.messages_lost += stats.messages_lost;
+                producer.bytes_unread = producer.bytes_unread.saturating_add(stats.bytes_unread);
+                producer.messages_lost = producer.messages_lost.saturating_add(stats.messages_lost);
             }
-            info.messages_written += producer.messages;
-            info.bytes_written += bytes_written;
+            info.messages_written = info.messages_written.saturating_add(producer.messages);
+            info.bytes_written = info.bytes_written.saturating_add(bytes_written);
             if slot.holder.is_some() {
                 info.peers.push(producer);
             }
@@ -1032,13 +1055,14 @@ impl Channel {
             consumer.owner_uid = queue.owner();
             for lane in &queue.lanes {
                 let stats = lane.ring.stats();
-                consumer.messages += stats.messages_read;
-                consumer.bytes_unread += stats.bytes_unread;
-                consumer.messages_lost += stats.messages_lost;
-                info.ring_bytes += self.capacity;
+                let read = stats.messages_read.min(stats.messages_written);
+                consumer.messages = consumer.messages.saturating_add(read);
+                consumer.bytes_unread = consumer.bytes_unread.saturating_add(stats.bytes_unread);
+                consumer.messages_lost = consumer.messages_lost.saturating_add(stats.messages_lost);
+                info.ring_bytes = info.ring_bytes.saturating_add(self.capacity);
             }
-            info.messages_read += consumer.messages;
-            info.bytes_unread += consumer.bytes_unread;
+            info.messages_read = info.messages_read.saturating_add(consumer.messages);
+            info.bytes_unread = info.bytes_unread.saturating_add(consumer.bytes_unread);
             if queue.holder.is_some() || queue.name().is_some() {
                 info.peers.push(consumer);
             }
@@ -1207,8 +1231,18 @@ mod tests {
         assert_eq!(channel.info().ring_bytes, 0);
     }
 
+    /// Fills `lane`'s ring with 100-byte messages, as a producer would.
+    fn fill(lane: &Lane) {
+        let ring = SharedRing::open(lane.share().expect("share"), 4096).expect("open");
+        let mut writer = shmem_broker_client::ring::RingWriter::new(ring).expect("writer");
+        while writer
+            .try_write_with(100, |buf| buf.fill(7))
+            .expect("write")
+        {}
+    }
+
     #[test]
-    fn a_flagged_consumer_is_disconnected_and_a_durable_one_told_at_its_next_attach() {
+    fn only_a_consumer_that_really_fell_behind_is_disconnected_and_its_queue_kept() {
         let mut channel =
             Channel::create(meta(1, 2, SlowConsumer::Disconnect), 4096).expect("create");
         channel
@@ -1220,10 +1254,22 @@ mod tests {
             .ok()
             .expect("c2");
         channel.detach(2).expect("keep goes away");
+        // The flag alone proves nothing: with nothing unread, nobody fell behind. The away
+        // queue's flagged ring is replaced by an empty one; the attached consumer's is left.
         for queue in &channel.queues {
             queue.lanes[0].ring.mark_evicted(Eviction::FellBehind);
         }
-        let (notices, sessions) = channel.evict_slow_consumers();
+        let (_, sessions, changed) = channel.evict_slow_consumers();
+        assert!(sessions.is_empty(), "nobody disconnected on a flag alone");
+        assert!(changed, "the away queue's flagged ring was replaced");
+        assert_eq!(channel.queues[1].lanes[0].ring.eviction(), None);
+        assert!(channel.queues[0].lanes[0].ring.eviction().is_some());
+        // Full rings and the flag, under policy disconnect: that is falling behind.
+        for queue in &channel.queues {
+            fill(&queue.lanes[0]);
+            queue.lanes[0].ring.mark_evicted(Eviction::FellBehind);
+        }
+        let (notices, sessions, _) = channel.evict_slow_consumers();
         assert_eq!(sessions, vec![1]);
         assert!(notices
             .iter()
@@ -1235,6 +1281,57 @@ mod tests {
         assert!(channel
             .attach_consumer(3, &peer(12), Some("keep"), || Ok(()))
             .is_ok());
+        assert_eq!(
+            channel.queues.len(),
+            1,
+            "the anonymous queue went with its consumer"
+        );
+    }
+
+    #[test]
+    fn counters_a_client_scribbled_are_summed_saturating_and_clamped() {
+        let mut channel = Channel::create(meta(2, 2, SlowConsumer::Block), 4096).expect("create");
+        channel.attach_producer(1, &peer(10)).ok().expect("p0");
+        channel.attach_producer(2, &peer(11)).ok().expect("p1");
+        channel
+            .attach_consumer(3, &peer(12), Some("a"), || Ok(()))
+            .ok()
+            .expect("c0");
+        channel
+            .attach_consumer(4, &peer(13), Some("b"), || Ok(()))
+            .ok()
+            .expect("c1");
+        for queue in &channel.queues {
+            for lane in &queue.lanes {
+                let fd = lane.share().expect("share");
+                let len = HEADER_SIZE as usize;
+                // SAFETY: a fresh shared mapping of the ring's header page, written with
+                // atomics at aligned offsets inside it, and unmapped below.
+                unsafe {
+                    let base = rustix::mm::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                        rustix::mm::MapFlags::SHARED,
+                        &fd,
+                        0,
+                    )
+                    .expect("mmap");
+                    for offset in [64, 72, 80, 88, 136] {
+                        let word = &*(base.cast::<u8>().add(offset)
+                            as *const std::sync::atomic::AtomicU64);
+                        word.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    rustix::mm::munmap(base, len).expect("munmap");
+                }
+            }
+        }
+        let info = channel.info();
+        assert_eq!(info.messages_written, u64::MAX);
+        assert_eq!(info.bytes_written, u64::MAX);
+        assert_eq!(info.messages_read, u64::MAX);
+        assert!(info.bytes_unread <= info.ring_bytes);
+        assert!(info.peers.iter().all(|p| p.messages_lost == u64::MAX));
     }
 
     #[test]

@@ -585,20 +585,21 @@ impl Registry {
         }
     }
 
-    /// Consumers that producers gave up on (policy `disconnect`): events to send, and the
-    /// sessions to close after sending them.
+    /// Consumers that fell behind (policy `disconnect`) and rings a producer flagged or that
+    /// are unsound, as each channel judges them ([`Channel::evict_slow_consumers`]): events
+    /// to send, and the sessions to close after sending them.
     pub fn evict_slow_consumers(&mut self) -> (Vec<Notice>, Vec<SessionId>) {
         let mut notices = Vec::new();
         let mut sessions = Vec::new();
         for channel in self.channels.values_mut() {
             self.usage.forget(channel);
-            let before = channel.ring_count();
-            let (told, evicted) = channel.evict_slow_consumers();
+            let (told, evicted, rings_changed) = channel.evict_slow_consumers();
             self.usage.count(channel);
-            if channel.ring_count() != before {
+            if rings_changed {
                 self.fd_store.save(channel);
+                info!(self.log, "flagged or unsound rings dealt with"; "channel" => channel.name());
             }
-            if !told.is_empty() {
+            if !evicted.is_empty() {
                 warn!(self.log, "slow consumers disconnected"; "channel" => channel.name(),
                     "attached" => evicted.len());
             }
