@@ -38,6 +38,11 @@
 //! The run passes when every message 0..N was delivered in order, with lost = 0 and
 //! corrupted = 0.
 
+mod fanout;
+mod layout;
+mod message;
+
+use message::{splitmix, Format, Hint};
 use shmem_broker_client::{Client, ErrorCode};
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd};
@@ -46,9 +51,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const CHANNEL: &str = "soak";
-const NONE: u64 = u64::MAX;
-const HEADER: usize = 16;
+pub(crate) const CHANNEL: &str = "soak";
+pub(crate) const NONE: u64 = u64::MAX;
 
 // ---------------------------------------------------------------------------------------------
 // Shared bookkeeping
@@ -91,52 +95,68 @@ const ANOMALY_LOST: u64 = 1;
 const ANOMALY_CORRUPT: u64 = 2;
 const ANOMALY_DUPLICATE: u64 = 3;
 
-struct SharedMap {
-    ptr: *mut Shared,
+/// Memory all processes of a run map from one file, so bookkeeping survives any of them being
+/// SIGKILLed at any instruction.
+///
+/// # Safety
+///
+/// Implementors are `#[repr(C)]` structs of atomics (and arrays of them) only: valid for any
+/// bytes, all zeros included, and shared between processes through atomics alone.
+pub(crate) unsafe trait SharedState {}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl SharedState for Shared {}
+
+pub(crate) struct SharedMap<T> {
+    ptr: *mut T,
 }
 
-impl SharedMap {
-    fn create(path: &Path) -> SharedMap {
+impl<T: SharedState> SharedMap<T> {
+    /// The file's size: `T` rounded up to whole pages.
+    const SIZE: usize = std::mem::size_of::<T>().div_ceil(4096) * 4096;
+
+    pub(crate) fn create(path: &Path) -> SharedMap<T> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        file.set_len(4096).expect("size the state file");
-        let map = SharedMap::map(&file);
-        map.get().intent_seq.store(NONE, Ordering::SeqCst);
-        map
+            .unwrap_or_else(|e| fail(&format!("create {}: {e}", path.display())));
+        file.set_len(Self::SIZE as u64)
+            .unwrap_or_else(|e| fail(&format!("size {}: {e}", path.display())));
+        SharedMap::map(&file)
     }
 
-    fn open(path: &Path) -> SharedMap {
+    pub(crate) fn open(path: &Path) -> SharedMap<T> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            .unwrap_or_else(|e| fail(&format!("open {}: {e}", path.display())));
         SharedMap::map(&file)
     }
 
-    fn map(file: &std::fs::File) -> SharedMap {
-        const _: () = assert!(std::mem::size_of::<Shared>() <= 4096);
-        // SAFETY: a 4096-byte file mapped shared; Shared is all atomics, valid for any bytes.
+    fn map(file: &std::fs::File) -> SharedMap<T> {
+        // SAFETY: a file of SIZE bytes (set by the driver before any child runs) mapped shared;
+        // T is all atomics, valid for any bytes (SharedState).
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                4096,
+                Self::SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )
         };
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap state file");
+        if ptr == libc::MAP_FAILED {
+            fail(&format!("mmap state file: {}", std::io::Error::last_os_error()));
+        }
         SharedMap { ptr: ptr.cast() }
     }
 
-    fn get(&self) -> &Shared {
-        // SAFETY: mapped for the life of the process (never unmapped).
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: mapped for the life of the process (never unmapped), page-aligned.
         unsafe { &*self.ptr }
     }
 }
@@ -155,83 +175,9 @@ impl Shared {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Messages
-
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Length of message `seq`: 1 B .. 64 KiB, mostly small (median about 150 B, mean about 1.3 KiB).
-fn len_of(seed: u64, seq: u64) -> usize {
-    let r = splitmix(seq ^ seed);
-    let x = r >> 16;
-    (match r % 1000 {
-        0..=49 => 1 + x % 15,          // 5 %: 1-15 B, shorter than the header
-        50..=699 => 16 + x % 241,      // 65 %: 16-256 B
-        700..=949 => 257 + x % 3840,   // 25 %: 257 B - 4 KiB
-        950..=994 => 4097 + x % 12288, // 4.5 %: 4-16 KiB
-        _ => 16385 + x % 49152,        // 0.5 %: 16-64 KiB
-    }) as usize
-}
-
-/// The 16-byte header of message `seq` (with the CRC of header and body).
-fn header(seq: u64, len: usize, body: &[u8]) -> [u8; HEADER] {
-    let mut head = [0u8; HEADER];
-    head[..8].copy_from_slice(&seq.to_le_bytes());
-    head[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[..12]);
-    crc.update(body);
-    head[12..].copy_from_slice(&crc.finalize().to_le_bytes());
-    head
-}
-
-/// Writes message `seq` (whose length is `buf.len()`) into `buf`.
-fn fill(seed: u64, seq: u64, buf: &mut [u8]) {
-    let len = buf.len();
-    if len < HEADER {
-        buf.copy_from_slice(&header(seq, len, &[])[..len]);
-        return;
-    }
-    let (head, body) = buf.split_at_mut(HEADER);
-    let mut state = splitmix(seq ^ seed ^ 0x0005_EED0_B0D1);
-    for chunk in body.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-    }
-    let h = header(seq, len, body);
-    head.copy_from_slice(&h);
-}
-
-/// Which message this is, if it is intact. Messages shorter than the header carry no sequence
-/// number of their own: they are matched against the ones that may come next.
-fn identify(seed: u64, message: &[u8], next: u64) -> Option<u64> {
-    let len = message.len();
-    if len >= HEADER {
-        let seq = u64::from_le_bytes(message[..8].try_into().unwrap());
-        let claimed = u32::from_le_bytes(message[8..12].try_into().unwrap()) as usize;
-        if claimed != len || len_of(seed, seq) != len {
-            return None;
-        }
-        return (header(seq, len, &message[HEADER..]) == message[..HEADER]).then_some(seq);
-    }
-    let candidates = [next, next.wrapping_sub(1)]
-        .into_iter()
-        .chain((1..=256).map(|d| next + d));
-    candidates
-        .filter(|&c| c != NONE)
-        .find(|&c| len_of(seed, c) == len && header(c, len, &[])[..len] == *message)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Children
 
-fn connect(socket: &Path) -> Client {
+pub(crate) fn connect(socket: &Path) -> Client {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match Client::connect(socket) {
@@ -245,13 +191,19 @@ fn connect(socket: &Path) -> Client {
     }
 }
 
-/// Attaches, retrying while the previous holder's connection is still being torn down.
-fn attach<T>(what: &str, mut attach: impl FnMut() -> shmem_broker_client::Result<T>) -> T {
+/// Attaches, retrying while the previous holder's connection is still being torn down (its
+/// slot, durable name or consumer queue is still taken).
+pub(crate) fn attach<T>(what: &str, mut attach: impl FnMut() -> shmem_broker_client::Result<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match attach() {
             Ok(endpoint) => return endpoint,
-            Err(err) if err.code() == Some(ErrorCode::ChannelBusy) && Instant::now() < deadline => {
+            Err(err)
+                if matches!(
+                    err.code(),
+                    Some(ErrorCode::ChannelBusy | ErrorCode::LimitReached)
+                ) && Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(err) => fail(&format!("attach {what}: {err}")),
@@ -259,12 +211,12 @@ fn attach<T>(what: &str, mut attach: impl FnMut() -> shmem_broker_client::Result
     }
 }
 
-fn fail(message: &str) -> ! {
+pub(crate) fn fail(message: &str) -> ! {
     eprintln!("soak[{}]: {message}", std::process::id());
     std::process::exit(2);
 }
 
-fn wait_readable(fd: impl AsFd, millis: i32) {
+pub(crate) fn wait_readable(fd: impl AsFd, millis: i32) {
     let mut pfd = libc::pollfd {
         fd: fd.as_fd().as_raw_fd(),
         events: libc::POLLIN,
@@ -275,7 +227,8 @@ fn wait_readable(fd: impl AsFd, millis: i32) {
 }
 
 fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
-    let shared_map = SharedMap::open(state);
+    let format = Format::new(seed, 1);
+    let shared_map = SharedMap::<Shared>::open(state);
     let shared = shared_map.get();
     let client = connect(socket);
     let mut producer = attach("producer", || client.producer(CHANNEL));
@@ -308,11 +261,11 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
         if shared.stop_producer.load(Ordering::SeqCst) != 0 {
             return; // dropping the producer detaches (and leaves an end-of-stream mark)
         }
-        let len = len_of(seed, seq);
+        let len = format.len_of(0, seq);
         shared.intent_written.store(written, Ordering::SeqCst);
         shared.intent_seq.store(seq, Ordering::SeqCst);
         loop {
-            match producer.try_send_with(len, |buf| fill(seed, seq, buf)) {
+            match producer.try_send_with(len, |buf| format.fill(0, seq, buf)) {
                 Ok(()) => break,
                 Err(err) if err.is_would_block() => {
                     if shared.stop_producer.load(Ordering::SeqCst) != 0 {
@@ -336,7 +289,8 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
 }
 
 fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
-    let shared_map = SharedMap::open(state);
+    let format = Format::new(seed, 1);
+    let shared_map = SharedMap::<Shared>::open(state);
     let shared = shared_map.get();
     let client = connect(socket);
     let mut consumer = attach("consumer", || client.consumer(CHANNEL));
@@ -345,7 +299,7 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
     let mut account = |message: &[u8]| {
         // Runs before the library publishes the read position: `next` must be stored last.
         let next = shared.next.load(Ordering::SeqCst);
-        match identify(seed, message, next) {
+        match format.identify(message, |_| Hint::around(next)).map(|(_, seq)| seq) {
             Some(seq) if seq == next => {
                 shared
                     .bytes
@@ -393,7 +347,7 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
 // ---------------------------------------------------------------------------------------------
 // Driver
 
-struct Options {
+pub(crate) struct Options {
     broker: PathBuf,
     messages: u64,
     capacity: u64,
@@ -401,16 +355,21 @@ struct Options {
     max_seconds: u64,
     /// Mean milliseconds between two random events.
     event_ms: u64,
+    /// Fan-out mode: producer slots (streams), durable and anonymous consumers.
+    fanout: bool,
+    producers: usize,
+    durable: usize,
+    anonymous: usize,
 }
 
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(1);
         splitmix(self.0)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -464,14 +423,14 @@ impl Driver<'_> {
     }
 }
 
-fn kill(child: &mut Child) {
+pub(crate) fn kill(child: &mut Child) {
     // SAFETY: signalling our own child, not yet reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
 }
 
 /// Asks a child to detach cleanly; SIGKILL if it has not within 5 s.
-fn stop(child: &mut Child, flag: &AtomicU64) {
+pub(crate) fn stop(child: &mut Child, flag: &AtomicU64) {
     flag.store(1, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -495,8 +454,9 @@ fn run(options: &Options) -> i32 {
     let dir = std::env::temp_dir().join(format!("shmem-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("work dir");
     let state = PathBuf::from(format!("/dev/shm/shmem-soak-{}", std::process::id()));
-    let shared_map = SharedMap::create(&state);
+    let shared_map = SharedMap::<Shared>::create(&state);
     let shared = shared_map.get();
+    shared.intent_seq.store(NONE, Ordering::SeqCst);
     let socket = dir.join("broker.sock");
     let mut broker = Command::new(&options.broker)
         .arg("--socket")
@@ -786,20 +746,26 @@ fn parse_size(text: &str) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: shmem-broker-soak run --broker PATH [--messages N] [--capacity SIZE] \
-                 [--seed N] [--max-seconds N] [--event-ms N]";
+    let usage = format!(
+        "usage: shmem-broker-soak run --broker PATH [--messages N] [--capacity SIZE] \
+         [--seed N] [--max-seconds N] [--event-ms N] {}",
+        fanout::usage()
+    );
+    let usage = usage.as_str();
     match args.first().map(String::as_str) {
         Some(role @ ("producer" | "consumer")) if args.len() == 5 => {
             let socket = Path::new(&args[1]);
             let state = Path::new(&args[2]);
-            let seed = args[3].parse().expect("seed");
-            let total = args[4].parse().expect("total");
+            let seed = args[3].parse().unwrap_or_else(|_| fail("seed"));
+            let total = args[4].parse().unwrap_or_else(|_| fail("total"));
             if role == "producer" {
                 producer_main(socket, state, seed, total)
             } else {
                 consumer_main(socket, state, seed, total)
             }
         }
+        Some("fan-producer") => fanout::producer_main(&args[1..]),
+        Some("fan-consumer") => fanout::consumer_main(&args[1..]),
         Some("run") => {
             let mut options = Options {
                 broker: PathBuf::new(),
@@ -808,9 +774,17 @@ fn main() {
                 seed: 1,
                 max_seconds: 900,
                 event_ms: 20,
+                fanout: false,
+                producers: 3,
+                durable: 2,
+                anonymous: 2,
             };
             let mut rest = args[1..].iter();
             while let Some(flag) = rest.next() {
+                if flag == "--fanout" {
+                    options.fanout = true;
+                    continue;
+                }
                 let value = rest.next().unwrap_or_else(|| fail(usage));
                 let number = || -> u64 {
                     value
@@ -825,34 +799,21 @@ fn main() {
                     "--seed" => options.seed = number(),
                     "--max-seconds" => options.max_seconds = number(),
                     "--event-ms" => options.event_ms = number().max(1),
+                    "--producers" => options.producers = number() as usize,
+                    "--durable" => options.durable = number() as usize,
+                    "--anonymous" => options.anonymous = number() as usize,
                     _ => fail(usage),
                 }
             }
             if options.broker.as_os_str().is_empty() {
                 fail(usage);
             }
-            std::process::exit(run(&options));
+            std::process::exit(if options.fanout {
+                fanout::run(&options)
+            } else {
+                run(&options)
+            });
         }
         _ => fail(usage),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_identify_themselves() {
-        for seq in 0..20_000u64 {
-            let len = len_of(7, seq);
-            assert!((1..=65536).contains(&len));
-            let mut buf = vec![0u8; len];
-            fill(7, seq, &mut buf);
-            assert_eq!(identify(7, &buf, seq), Some(seq), "seq {seq} len {len}");
-            if len >= HEADER {
-                buf[len - 1] ^= 1;
-                assert_eq!(identify(7, &buf, seq), None);
-            }
-        }
     }
 }
