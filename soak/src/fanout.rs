@@ -14,9 +14,11 @@
 //! * every message intact (length, CRC, body), and from the producer `last_producer()` names;
 //! * **durable consumers** (state kept across their processes): every stream from message 0,
 //!   in order, no gap, until all M are in. A message may come twice in a row only (a) once
-//!   after a SIGKILL, as the first message of its stream in the new process, if it is the
-//!   very last message the killed process accounted for (README: at-least-once for the one
-//!   message being read), or (b) once per time a producer died in the middle of sending it
+//!   after a SIGKILL, as the first message of its stream in the new process, if the killed
+//!   process was between accounting for a message of that stream and the return of the
+//!   `recv_batch` that read it (README: at-least-once for the one message being read; each
+//!   producer's ring has its own read position, so that message stays unread on its ring
+//!   until a later process reads that ring, however many processes come and go before), or (b) once per time a producer died in the middle of sending it
 //!   and its successor sent it again (the soak's producers resend a message whose send was
 //!   cut short; which consumers it had reached by then is unknown, so the copy counts as
 //!   "resent", allowed only for messages in the slot's resend log);
@@ -79,8 +81,9 @@ struct Reader {
     /// Anonymous: the first message of a stream is at least `low` and at most `high`.
     low: [AtomicU64; MAX_STREAMS],
     high: [AtomicU64; MAX_STREAMS],
-    /// The last message accounted for, `seq << 8 | stream` (NONE: none).
-    last: AtomicU64,
+    /// Per stream: 1 from the moment a message of the stream is accounted for until the
+    /// `recv_batch` that read it returned (its read position published).
+    pending: [AtomicU64; MAX_STREAMS],
     /// Anonymous: attached and bounds set.
     attached: AtomicU64,
     /// Durable: every stream received to its end.
@@ -330,7 +333,6 @@ pub fn consumer_main(args: &[String]) {
             let published = state.streams[s].published.load(Ordering::SeqCst);
             reader.low[s].store(published, Ordering::SeqCst);
         }
-        reader.last.store(NONE, Ordering::SeqCst);
         let consumer = attach("anonymous consumer", || client.consumer(CHANNEL));
         // The queue exists and producers bump into it at their next message: any send that
         // starts after this reads `intent` must reach it.
@@ -350,13 +352,14 @@ pub fn consumer_main(args: &[String]) {
     };
     tally.starts.fetch_add(1, Ordering::SeqCst);
 
-    // The one message a durable consumer's predecessor may have accounted for without
-    // publishing its read position (at-least-once): allowed once, as the first of its stream.
-    let mut allowance = match reader.last.load(Ordering::SeqCst) {
-        NONE => None,
-        last if kind == DURABLE => Some(((last & 0xff) as usize, last >> 8)),
-        _ => None,
-    };
+    // A message a durable consumer's predecessor accounted for without publishing its read
+    // position (at-least-once) comes again: allowed once per such stream, as its first.
+    let mut allowance = [false; MAX_STREAMS];
+    if kind == DURABLE {
+        for (s, allowed) in allowance.iter_mut().enumerate().take(streams) {
+            *allowed = reader.pending[s].load(Ordering::SeqCst) != 0;
+        }
+    }
     let mut first_of_stream = [true; MAX_STREAMS];
     // The stream the callback identified, checked against `last_producer()` after the call.
     let identified = Cell::new(None);
@@ -385,10 +388,9 @@ pub fn consumer_main(args: &[String]) {
         identified.set(Some(s64));
         let s = s64 as usize;
         let first = std::mem::replace(&mut first_of_stream[s], false);
-        let packed = seq << 8 | s64;
+        reader.pending[s].store(1, Ordering::SeqCst);
         let next = reader.next[s].load(Ordering::SeqCst);
         let advance = |to: u64| {
-            reader.last.store(packed, Ordering::SeqCst);
             reader.repeats[s].store(0, Ordering::SeqCst);
             tally.messages.fetch_add(1, Ordering::Relaxed);
             tally
@@ -413,11 +415,9 @@ pub fn consumer_main(args: &[String]) {
         } else if seq == next {
             advance(next + 1);
         } else if seq + 1 == next {
-            if first && allowance == Some((s, seq)) {
-                allowance = None;
+            if first && std::mem::take(&mut allowance[s]) {
                 tally.redelivered.fetch_add(1, Ordering::SeqCst);
             } else if state.resends_of(s, seq) > reader.repeats[s].load(Ordering::SeqCst) {
-                reader.last.store(packed, Ordering::SeqCst);
                 reader.repeats[s].fetch_add(1, Ordering::SeqCst);
                 tally.resent.fetch_add(1, Ordering::SeqCst);
             } else {
@@ -450,7 +450,12 @@ pub fn consumer_main(args: &[String]) {
         match consumer.try_recv_batch(1, &mut account) {
             Ok(Some(_)) => {
                 let from = consumer.last_producer().map(u64::from);
-                if let Some(s) = identified.take().filter(|&s| Some(s) != from) {
+                let stream = identified.take();
+                if let Some(s) = stream {
+                    // Its read position is published.
+                    reader.pending[s as usize].store(0, Ordering::SeqCst);
+                }
+                if let Some(s) = stream.filter(|&s| Some(s) != from) {
                     tally.misattributed.fetch_add(1, Ordering::SeqCst);
                     state.anomaly(
                         ANOMALY_MISATTRIBUTED,
@@ -568,11 +573,6 @@ pub fn run(options: &Options) -> i32 {
     let state = map.get();
     for stream in &state.streams {
         stream.intent.store(NONE, Ordering::SeqCst);
-    }
-    for kind in &state.readers {
-        for reader in kind {
-            reader.last.store(NONE, Ordering::SeqCst);
-        }
     }
     let socket = dir.join("broker.sock");
     let broker_log = dir.join("broker.log");
