@@ -195,8 +195,8 @@ impl Setup {
         setup
     }
 
-    fn format(&self) -> Format {
-        Format::new(self.seed, self.streams)
+    fn format(&self, capacity: u64) -> Format {
+        Format::new(self.seed, self.streams, capacity)
     }
 }
 
@@ -220,7 +220,6 @@ pub fn producer_main(args: &[String]) {
         .producer_stop
         .get(index)
         .unwrap_or_else(|| fail("producer index"));
-    let format = setup.format();
     let client = connect(&setup.socket);
     // The broker hands out the lowest free slot. Slots whose stream is finished are held
     // (not sent to) while asking for another, so a finished slot cannot keep a process from
@@ -254,6 +253,7 @@ pub fn producer_main(args: &[String]) {
     };
     // Dropping them leaves end-of-stream marks (counted by the consumers, nothing more).
     drop(finished_slots);
+    let format = setup.format(producer.capacity());
     let slot = &state.streams[stream];
     // Nobody else can send on this stream now.
     let mut seq = slot.published.load(Ordering::SeqCst);
@@ -314,7 +314,6 @@ pub fn consumer_main(args: &[String]) {
         .get(index)
         .unwrap_or_else(|| fail("consumer index"));
     let tally = &state.tally[kind];
-    let format = setup.format();
     let streams = setup.streams as usize;
     let who = (kind as u64) << 8 | index as u64;
     let client = connect(&setup.socket);
@@ -351,6 +350,7 @@ pub fn consumer_main(args: &[String]) {
         consumer
     };
     tally.starts.fetch_add(1, Ordering::SeqCst);
+    let format = setup.format(consumer.capacity());
 
     // A message a durable consumer's predecessor accounted for without publishing its read
     // position (at-least-once) comes again: allowed once per such stream, as its first.

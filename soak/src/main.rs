@@ -227,11 +227,11 @@ pub(crate) fn wait_readable(fd: impl AsFd, millis: i32) {
 }
 
 fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
-    let format = Format::new(seed, 1);
     let shared_map = SharedMap::<Shared>::open(state);
     let shared = shared_map.get();
     let client = connect(socket);
     let mut producer = attach("producer", || client.producer(CHANNEL));
+    let format = Format::new(seed, 1, producer.capacity());
     // Nobody else can publish now: find the first message not published.
     let mut written = client
         .info(CHANNEL)
@@ -289,11 +289,11 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
 }
 
 fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
-    let format = Format::new(seed, 1);
     let shared_map = SharedMap::<Shared>::open(state);
     let shared = shared_map.get();
     let client = connect(socket);
     let mut consumer = attach("consumer", || client.consumer(CHANNEL));
+    let format = Format::new(seed, 1, consumer.capacity());
     shared.consumer_starts.fetch_add(1, Ordering::SeqCst);
     let mut first = true;
     let mut account = |message: &[u8]| {

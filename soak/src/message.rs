@@ -47,12 +47,20 @@ pub struct Format {
     seed: u64,
     /// Streams in this run (1 .. 15).
     streams: u64,
+    /// The channel's largest message (README: capacity - 16 bytes); longer draws are cut to it.
+    max_len: usize,
 }
 
 impl Format {
-    pub fn new(seed: u64, streams: u64) -> Format {
+    pub fn new(seed: u64, streams: u64, capacity: u64) -> Format {
         assert!((1..=SHORT_MAX).contains(&streams), "1 to 15 streams");
-        Format { seed, streams }
+        Format {
+            seed,
+            streams,
+            max_len: usize::try_from(capacity.saturating_sub(HEADER as u64))
+                .unwrap_or(usize::MAX)
+                .max(HEADER),
+        }
     }
 
     /// Stream 0's key is the seed itself (the one-to-one soak's messages, as before streams).
@@ -73,7 +81,8 @@ impl Format {
             700..=949 => 257 + x % 3840,                        // 25 %: 257 B - 4 KiB
             950..=994 => 4097 + x % 12288,                      // 4.5 %: 4-16 KiB
             _ => 16385 + x % 49152,                             // 0.5 %: 16-64 KiB
-        }) as usize
+        } as usize)
+            .min(self.max_len)
     }
 
     /// The 16-byte header of message `seq` of `stream` (with the CRC of header and body).
@@ -143,7 +152,7 @@ mod tests {
     #[test]
     fn messages_identify_themselves() {
         for streams in [1, 3, 5] {
-            let format = Format::new(7, streams);
+            let format = Format::new(7, streams, 1 << 20);
             for stream in 0..streams {
                 for seq in 0..20_000u64 {
                     let len = format.len_of(stream, seq);
@@ -167,7 +176,7 @@ mod tests {
 
     #[test]
     fn one_stream_keeps_the_one_to_one_lengths() {
-        let format = Format::new(7, 1);
+        let format = Format::new(7, 1, 1 << 20);
         let shorts = (0..100_000u64)
             .map(|seq| format.len_of(0, seq))
             .filter(|&len| len < HEADER)
