@@ -457,20 +457,17 @@ pub fn consumer_main(args: &[String]) {
                 }
                 if let Some(s) = stream.filter(|&s| Some(s) != from) {
                     tally.misattributed.fetch_add(1, Ordering::SeqCst);
-                    state.anomaly(
-                        ANOMALY_MISATTRIBUTED,
-                        who,
-                        s,
-                        NONE,
-                        from.unwrap_or(NONE),
-                    );
+                    state.anomaly(ANOMALY_MISATTRIBUTED, who, s, NONE, from.unwrap_or(NONE));
                 }
             }
             Ok(None) => {
                 tally.end_of_stream.fetch_add(1, Ordering::SeqCst);
             }
             Err(err) if err.is_would_block() => wait_readable(consumer.ready_fd(), 100),
-            Err(err) => fail(&format!("{} consumer {index}: receive: {err}", KIND_NAMES[kind])),
+            Err(err) => fail(&format!(
+                "{} consumer {index}: receive: {err}",
+                KIND_NAMES[kind]
+            )),
         }
     }
 }
@@ -541,7 +538,10 @@ impl Driver {
     }
 
     fn spawn_consumer(&self, kind: usize, index: usize) -> Child {
-        self.spawn("fan-consumer", &[KIND_NAMES[kind].into(), index.to_string()])
+        self.spawn(
+            "fan-consumer",
+            &[KIND_NAMES[kind].into(), index.to_string()],
+        )
     }
 }
 
@@ -678,7 +678,11 @@ pub fn run(options: &Options) -> i32 {
         // Reap children that exited by themselves; restart empty roles.
         let streams_done = all_streams_done();
         for (i, role) in producers.iter_mut().enumerate() {
-            if let Some(status) = role.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = role
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 role.child = None;
                 match status.code() {
                     Some(0) => {}
@@ -697,12 +701,18 @@ pub fn run(options: &Options) -> i32 {
         }
         for (kind, roles) in consumers.iter_mut().enumerate() {
             for (i, role) in roles.iter_mut().enumerate() {
-                if let Some(status) = role.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+                if let Some(status) = role
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
                 {
                     role.child = None;
                     if !status.success() {
                         events.child_failures += 1;
-                        eprintln!("soak: {} consumer {i} exited with {status}", KIND_NAMES[kind]);
+                        eprintln!(
+                            "soak: {} consumer {i} exited with {status}",
+                            KIND_NAMES[kind]
+                        );
                     } else if kind == DURABLE
                         && state.readers[DURABLE][i].done.load(Ordering::SeqCst) != 0
                     {
@@ -804,7 +814,11 @@ pub fn run(options: &Options) -> i32 {
                 / now.duration_since(last_progress.0).as_secs_f64();
             last_progress = (now, progress);
             let total = |f: fn(&Tally) -> &AtomicU64| -> u64 {
-                state.tally.iter().map(|t| f(t).load(Ordering::SeqCst)).sum()
+                state
+                    .tally
+                    .iter()
+                    .map(|t| f(t).load(Ordering::SeqCst))
+                    .sum()
             };
             println!(
                 "soak: {:>5.0}s durable {progress:>10} of {} ({rate:.0}/s), anonymous {}, kills p/d/a {}/{}/{}, lost {}, corrupted {}, repeated {}",
@@ -857,7 +871,13 @@ pub fn run(options: &Options) -> i32 {
                 let short = missing(i);
                 if short > 0 {
                     anonymous_short += short;
-                    state.anomaly(ANOMALY_SHORT_AT_END, (ANONYMOUS as u64) << 8 | i as u64, NONE, NONE, short);
+                    state.anomaly(
+                        ANOMALY_SHORT_AT_END,
+                        (ANONYMOUS as u64) << 8 | i as u64,
+                        NONE,
+                        NONE,
+                        short,
+                    );
                 }
             }
         }
@@ -877,7 +897,11 @@ pub fn run(options: &Options) -> i32 {
     let broker_status = broker.wait().ok();
 
     let sum = |f: fn(&Tally) -> &AtomicU64| -> u64 {
-        state.tally.iter().map(|t| f(t).load(Ordering::SeqCst)).sum()
+        state
+            .tally
+            .iter()
+            .map(|t| f(t).load(Ordering::SeqCst))
+            .sum()
     };
     let lost = sum(|t| &t.lost) + anonymous_short;
     let corrupted = sum(|t| &t.corrupted);

@@ -12,31 +12,31 @@
 //! leave a role empty for a while, or try to attach a second producer or consumer (which the
 //! broker must refuse with `channel_busy` while the slot is held).
 //!
-//! Message `seq` (0, 1, 2, ...) has a length drawn from `seq` (1 B .. 64 KiB, mostly small) and
-//! carries `seq`, its length and a CRC-32 of everything else; its body is pseudo-random bytes
-//! drawn from `seq`, so a message sent twice is sent identically. Messages shorter than the
-//! 16-byte header carry its first bytes and are recognised by comparison.
+//! Messages are those of [`message`] with a single stream: message `seq` (0, 1, 2, ...) has a
+//! length drawn from `seq` and carries `seq`, its length and a CRC-32 of everything else.
 //!
 //! Bookkeeping lives in a small shared-memory file that all processes map, so it survives any
 //! of them being killed at any instruction:
 //!
-//! * The producer stores "about to send `seq`, the ring's `messages_written` is `w`" before each
-//!   send and "published up to `seq`" after it. A new producer resumes at the first message not
-//!   published: if its predecessor died in the middle of a send, the ring's `messages_written`
-//!   (read through the broker, like `shmemctl info --json`) tells whether that send was
-//!   published. The only way to send a message twice is to die in the few instructions between
-//!   the ring's position store and its counter store; that shows up as a "duplicate", not as a
-//!   loss.
+//! * The producer stores "about to send `seq`" before each send and "published up to `seq`"
+//!   after it. A new producer resumes at the first message not published. If its predecessor
+//!   died in the middle of a send, that message may or may not be in the ring (the ring's
+//!   `messages_written` cannot tell: it is stored before the write position, so it may count a
+//!   message never published): the new producer logs it as resent and sends it again.
 //! * The consumer receives with `recv_batch(1, ..)`, whose callback runs before the read
 //!   position is published. The callback checks the message and then advances `next` (the one
 //!   store that accounts for it). A consumer killed after that store and before the library
 //!   publishes its read position gets the message delivered again to its successor: the first
-//!   message of a new consumer being `next - 1` is counted as "redelivered". Any message whose
+//!   message of a new consumer being `next - 1`, when its predecessor was killed inside that
+//!   window, is counted as "redelivered". Another copy of `next - 1` is "resent" if the
+//!   producers' log has that many resends of it, else a "duplicate". Any message whose
 //!   sequence number jumps ahead of `next` counts the skipped ones as "lost"; any message that
 //!   fails its checks counts as "corrupted".
 //!
-//! The run passes when every message 0..N was delivered in order, with lost = 0 and
-//! corrupted = 0.
+//! Fan-out channels: `run --fanout`, see [`fanout`].
+//!
+//! The run passes when every message 0..N was delivered in order, with lost = 0,
+//! corrupted = 0 and duplicates = 0.
 
 mod fanout;
 mod layout;
@@ -58,20 +58,22 @@ pub(crate) const NONE: u64 = u64::MAX;
 // Shared bookkeeping
 
 const ANOMALIES: usize = 32;
+/// Resends remembered; the consumer lags by at most a ring's worth of messages.
+const RESEND_LOG: usize = 512;
 
 #[repr(C)]
 struct Shared {
     // Producer side.
     /// Messages 0..published are in the ring (or consumed).
     published: AtomicU64,
-    /// The message being sent, or NONE.
+    /// The message being sent: equal to `published` while a send is under way.
     intent_seq: AtomicU64,
-    /// The ring's messages_written before that send.
-    intent_written: AtomicU64,
     producer_starts: AtomicU64,
-    /// Producers that found their predecessor died mid-send, and whether it had published.
-    resumed_in_flight_published: AtomicU64,
-    resumed_in_flight_unpublished: AtomicU64,
+    /// Producers that found their predecessor died mid-send, and sent that message again.
+    resumed_in_flight: AtomicU64,
+    /// Those messages, in order (the last RESEND_LOG).
+    resend_count: AtomicU64,
+    resends: [AtomicU64; RESEND_LOG],
     producer_done: AtomicU64,
     // Consumer side.
     /// The next message expected.
@@ -79,6 +81,13 @@ struct Shared {
     lost: AtomicU64,
     corrupted: AtomicU64,
     redelivered: AtomicU64,
+    /// Copies of resent messages (a resent message its predecessor had published).
+    resent: AtomicU64,
+    /// Copies of message `next - 1` accounted to resends.
+    repeats: AtomicU64,
+    /// 1 from the moment a message is accounted for until the `recv_batch` that read it
+    /// returned (its read position published).
+    pending: AtomicU64,
     duplicates: AtomicU64,
     end_of_stream_marks: AtomicU64,
     bytes: AtomicU64,
@@ -150,7 +159,10 @@ impl<T: SharedState> SharedMap<T> {
             )
         };
         if ptr == libc::MAP_FAILED {
-            fail(&format!("mmap state file: {}", std::io::Error::last_os_error()));
+            fail(&format!(
+                "mmap state file: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         SharedMap { ptr: ptr.cast() }
     }
@@ -162,6 +174,14 @@ impl<T: SharedState> SharedMap<T> {
 }
 
 impl Shared {
+    fn resends_of(&self, seq: u64) -> u64 {
+        let count = self.resend_count.load(Ordering::SeqCst);
+        let kept = count.min(RESEND_LOG as u64);
+        (count - kept..count)
+            .filter(|&i| self.resends[i as usize % RESEND_LOG].load(Ordering::SeqCst) == seq)
+            .count() as u64
+    }
+
     fn anomaly(&self, what: u64, seen: u64, expected: u64, len: usize) {
         let i = self.anomaly_count.fetch_add(1, Ordering::SeqCst) as usize;
         if i < ANOMALIES {
@@ -193,7 +213,10 @@ pub(crate) fn connect(socket: &Path) -> Client {
 
 /// Attaches, retrying while the previous holder's connection is still being torn down (its
 /// slot, durable name or consumer queue is still taken).
-pub(crate) fn attach<T>(what: &str, mut attach: impl FnMut() -> shmem_broker_client::Result<T>) -> T {
+pub(crate) fn attach<T>(
+    what: &str,
+    mut attach: impl FnMut() -> shmem_broker_client::Result<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match attach() {
@@ -232,29 +255,18 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
     let client = connect(socket);
     let mut producer = attach("producer", || client.producer(CHANNEL));
     let format = Format::new(seed, 1, producer.capacity());
-    // Nobody else can publish now: find the first message not published.
-    let mut written = client
-        .info(CHANNEL)
-        .unwrap_or_else(|e| fail(&format!("info: {e}")))
-        .messages_written;
-    let intent = shared.intent_seq.load(Ordering::SeqCst);
-    let mut seq = if intent != NONE {
-        if written > shared.intent_written.load(Ordering::SeqCst) {
-            shared
-                .resumed_in_flight_published
-                .fetch_add(1, Ordering::SeqCst);
-            intent + 1
-        } else {
-            shared
-                .resumed_in_flight_unpublished
-                .fetch_add(1, Ordering::SeqCst);
-            intent
-        }
-    } else {
-        shared.published.load(Ordering::SeqCst)
-    };
-    shared.published.store(seq, Ordering::SeqCst);
-    shared.intent_seq.store(NONE, Ordering::SeqCst);
+    // Nobody else can publish now. If the last producer died sending `published`, whether
+    // that message reached the ring cannot be told from outside: the ring's messages_written
+    // is stored before its write position (client/src/ring.rs, `publish`), so it may count a
+    // message never published. It is sent again, logged first, and the consumer accepts one
+    // copy of it per resend.
+    let mut seq = shared.published.load(Ordering::SeqCst);
+    if shared.intent_seq.load(Ordering::SeqCst) == seq && seq < total {
+        let count = shared.resend_count.load(Ordering::SeqCst);
+        shared.resends[count as usize % RESEND_LOG].store(seq, Ordering::SeqCst);
+        shared.resend_count.store(count + 1, Ordering::SeqCst);
+        shared.resumed_in_flight.fetch_add(1, Ordering::SeqCst);
+    }
     shared.producer_starts.fetch_add(1, Ordering::SeqCst);
 
     while seq < total {
@@ -262,7 +274,6 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
             return; // dropping the producer detaches (and leaves an end-of-stream mark)
         }
         let len = format.len_of(0, seq);
-        shared.intent_written.store(written, Ordering::SeqCst);
         shared.intent_seq.store(seq, Ordering::SeqCst);
         loop {
             match producer.try_send_with(len, |buf| format.fill(0, seq, buf)) {
@@ -277,9 +288,7 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
                 Err(err) => fail(&format!("send {seq}: {err}")),
             }
         }
-        written += 1;
         shared.published.store(seq + 1, Ordering::SeqCst);
-        shared.intent_seq.store(NONE, Ordering::SeqCst);
         seq += 1;
     }
     producer
@@ -295,20 +304,33 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
     let mut consumer = attach("consumer", || client.consumer(CHANNEL));
     let format = Format::new(seed, 1, consumer.capacity());
     shared.consumer_starts.fetch_add(1, Ordering::SeqCst);
+    // The predecessor was killed between accounting for a message and publishing its read
+    // position: that message comes first, again (at-least-once).
+    let mut allowance = shared.pending.load(Ordering::SeqCst) != 0;
     let mut first = true;
     let mut account = |message: &[u8]| {
         // Runs before the library publishes the read position: `next` must be stored last.
+        shared.pending.store(1, Ordering::SeqCst);
         let next = shared.next.load(Ordering::SeqCst);
-        match format.identify(message, |_| Hint::around(next)).map(|(_, seq)| seq) {
+        match format
+            .identify(message, |_| Hint::around(next))
+            .map(|(_, seq)| seq)
+        {
             Some(seq) if seq == next => {
                 shared
                     .bytes
                     .fetch_add(message.len() as u64, Ordering::Relaxed);
+                shared.repeats.store(0, Ordering::SeqCst);
                 shared.next.store(next + 1, Ordering::SeqCst);
             }
             Some(seq) if seq < next => {
-                if first && seq + 1 == next {
+                if first && seq + 1 == next && std::mem::take(&mut allowance) {
                     shared.redelivered.fetch_add(1, Ordering::SeqCst);
+                } else if seq + 1 == next
+                    && shared.resends_of(seq) > shared.repeats.load(Ordering::SeqCst)
+                {
+                    shared.repeats.fetch_add(1, Ordering::SeqCst);
+                    shared.resent.fetch_add(1, Ordering::SeqCst);
                 } else {
                     shared.duplicates.fetch_add(1, Ordering::SeqCst);
                     shared.anomaly(ANOMALY_DUPLICATE, seq, next, message.len());
@@ -317,11 +339,13 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
             Some(seq) => {
                 shared.lost.fetch_add(seq - next, Ordering::SeqCst);
                 shared.anomaly(ANOMALY_LOST, seq, next, message.len());
+                shared.repeats.store(0, Ordering::SeqCst);
                 shared.next.store(seq + 1, Ordering::SeqCst);
             }
             None => {
                 shared.corrupted.fetch_add(1, Ordering::SeqCst);
                 shared.anomaly(ANOMALY_CORRUPT, NONE, next, message.len());
+                shared.repeats.store(0, Ordering::SeqCst);
                 shared.next.store(next + 1, Ordering::SeqCst);
             }
         }
@@ -334,7 +358,8 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
             return;
         }
         match consumer.try_recv_batch(1, &mut account) {
-            Ok(Some(_)) => {}
+            // Its read position is published.
+            Ok(Some(_)) => shared.pending.store(0, Ordering::SeqCst),
             Ok(None) => {
                 shared.end_of_stream_marks.fetch_add(1, Ordering::SeqCst);
             }
@@ -650,6 +675,7 @@ fn run(options: &Options) -> i32 {
     let delivered = shared.next.load(Ordering::SeqCst);
     let lost = shared.lost.load(Ordering::SeqCst);
     let corrupted = shared.corrupted.load(Ordering::SeqCst);
+    let duplicates = shared.duplicates.load(Ordering::SeqCst);
     let bytes = shared.bytes.load(Ordering::SeqCst);
     println!(
         "soak: {}",
@@ -672,13 +698,12 @@ fn run(options: &Options) -> i32 {
     );
     println!(
         "  producers started {}, SIGKILLed {} ({} left vacant a while), detached cleanly {}; \
-         in-flight at death: {} had published, {} had not",
+         died mid-send and that message sent again {}",
         shared.producer_starts.load(Ordering::SeqCst),
         events.producer_kills,
         events.producer_gaps,
         events.producer_detaches,
-        shared.resumed_in_flight_published.load(Ordering::SeqCst),
-        shared.resumed_in_flight_unpublished.load(Ordering::SeqCst),
+        shared.resumed_in_flight.load(Ordering::SeqCst),
     );
     println!(
         "  consumers started {}, SIGKILLed {} ({} left vacant a while), detached cleanly {}",
@@ -702,9 +727,9 @@ fn run(options: &Options) -> i32 {
     }
     println!("  broker exit: {broker_status:?}");
     println!(
-        "  RESULT: lost={lost} corrupted={corrupted} redelivered={} duplicates={}",
+        "  RESULT: lost={lost} corrupted={corrupted} redelivered={} resent={} duplicates={duplicates}",
         shared.redelivered.load(Ordering::SeqCst),
-        shared.duplicates.load(Ordering::SeqCst)
+        shared.resent.load(Ordering::SeqCst),
     );
     let anomalies = shared.anomaly_count.load(Ordering::SeqCst) as usize;
     for slot in shared.anomalies.iter().take(anomalies.min(ANOMALIES)) {
@@ -727,7 +752,8 @@ fn run(options: &Options) -> i32 {
         );
     }
     let _ = std::fs::remove_file(&state);
-    let ok = finished && lost == 0 && corrupted == 0 && events.child_failures == 0;
+    let ok =
+        finished && lost == 0 && corrupted == 0 && duplicates == 0 && events.child_failures == 0;
     if ok {
         let _ = std::fs::remove_dir_all(&dir);
     } else {

@@ -133,8 +133,9 @@ impl Format {
         }
         let stream = (len as u64).checked_sub(1)? % self.streams;
         let hint = hint(stream);
-        let matches =
-            |c: u64| self.len_of(stream, c) == len && self.header(stream, c, len, &[])[..len] == *message;
+        let matches = |c: u64| {
+            self.len_of(stream, c) == len && self.header(stream, c, len, &[])[..len] == *message
+        };
         let below = (hint.low..hint.expected).rev();
         let above = hint.expected.saturating_add(1)..=hint.high.min(SEQ_MASK);
         std::iter::once(hint.expected)
