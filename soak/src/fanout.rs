@@ -556,12 +556,14 @@ fn pick(rng: &mut Rng, roles: &mut [Role]) -> Option<usize> {
 pub fn run(options: &Options) -> i32 {
     let streams = options.producers;
     let (durables, anonymous) = (options.durable, options.anonymous);
+    // Durable names need max_consumers > 1.
     if !(1..=MAX_STREAMS).contains(&streams)
         || !(1..=MAX_DURABLE).contains(&durables)
         || anonymous > MAX_ANONYMOUS
+        || durables + anonymous < 2
     {
         fail(&format!(
-            "--producers 1..={MAX_STREAMS}, --durable 1..={MAX_DURABLE}, --anonymous 0..={MAX_ANONYMOUS}"
+            "--producers 1..={MAX_STREAMS}, --durable 1..={MAX_DURABLE}, --anonymous 0..={MAX_ANONYMOUS}, durable + anonymous >= 2"
         ));
     }
     let per_stream = options.messages.div_ceil(streams as u64).max(1);
