@@ -3,11 +3,14 @@
 # consumers attach, detach and get SIGKILLed at random. See fuzz/SOAK.md.
 #
 #   fuzz/soak.sh [MESSAGES] [MAX_SECONDS] [extra options for shmem-broker-soak run...]
-#   fuzz/soak.sh                        # 100 million messages, at most 900 s
+#   fuzz/soak.sh                        # one-to-one: 100 million messages, at most 900 s
 #   fuzz/soak.sh 1000000 60 --seed 7 --event-ms 5 --capacity 64KiB
+#   fuzz/soak.sh 30000000 900 --fanout  # fan-out: 3 producers, 2 durable + 2 anonymous consumers
+#   fuzz/soak.sh 3000000 120 --fanout --producers 4 --durable 3 --anonymous 3 --capacity 256KiB
 #
 # Builds target/release/shmem-broker and soak/ (its own workspace), then runs the driver.
-# Exits 0 only if every message arrived in order with lost=0 and corrupted=0.
+# Exits 0 only if every message arrived in order with lost=0 and corrupted=0 (fan-out: and
+# repeated=0 beyond what a kill allows, every ring in layout 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 messages=${1:-100000000}

@@ -12,32 +12,37 @@
 //! leave a role empty for a while, or try to attach a second producer or consumer (which the
 //! broker must refuse with `channel_busy` while the slot is held).
 //!
-//! Message `seq` (0, 1, 2, ...) has a length drawn from `seq` (1 B .. 64 KiB, mostly small) and
-//! carries `seq`, its length and a CRC-32 of everything else; its body is pseudo-random bytes
-//! drawn from `seq`, so a message sent twice is sent identically. Messages shorter than the
-//! 16-byte header carry its first bytes and are recognised by comparison.
+//! Messages are those of [`message`] with a single stream: message `seq` (0, 1, 2, ...) has a
+//! length drawn from `seq` and carries `seq`, its length and a CRC-32 of everything else.
 //!
 //! Bookkeeping lives in a small shared-memory file that all processes map, so it survives any
 //! of them being killed at any instruction:
 //!
-//! * The producer stores "about to send `seq`, the ring's `messages_written` is `w`" before each
-//!   send and "published up to `seq`" after it. A new producer resumes at the first message not
-//!   published: if its predecessor died in the middle of a send, the ring's `messages_written`
-//!   (read through the broker, like `shmemctl info --json`) tells whether that send was
-//!   published. The only way to send a message twice is to die in the few instructions between
-//!   the ring's position store and its counter store; that shows up as a "duplicate", not as a
-//!   loss.
+//! * The producer stores "about to send `seq`" before each send and "published up to `seq`"
+//!   after it. A new producer resumes at the first message not published. If its predecessor
+//!   died in the middle of a send, that message may or may not be in the ring (the ring's
+//!   `messages_written` cannot tell: it is stored before the write position, so it may count a
+//!   message never published): the new producer logs it as resent and sends it again.
 //! * The consumer receives with `recv_batch(1, ..)`, whose callback runs before the read
 //!   position is published. The callback checks the message and then advances `next` (the one
 //!   store that accounts for it). A consumer killed after that store and before the library
 //!   publishes its read position gets the message delivered again to its successor: the first
-//!   message of a new consumer being `next - 1` is counted as "redelivered". Any message whose
+//!   message of a new consumer being `next - 1`, when its predecessor was killed inside that
+//!   window, is counted as "redelivered". Another copy of `next - 1` is "resent" if the
+//!   producers' log has that many resends of it, else a "duplicate". Any message whose
 //!   sequence number jumps ahead of `next` counts the skipped ones as "lost"; any message that
 //!   fails its checks counts as "corrupted".
 //!
-//! The run passes when every message 0..N was delivered in order, with lost = 0 and
-//! corrupted = 0.
+//! Fan-out channels: `run --fanout`, see [`fanout`].
+//!
+//! The run passes when every message 0..N was delivered in order, with lost = 0,
+//! corrupted = 0 and duplicates = 0.
 
+mod fanout;
+mod layout;
+mod message;
+
+use message::{splitmix, Format, Hint};
 use shmem_broker_client::{Client, ErrorCode};
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd};
@@ -46,28 +51,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const CHANNEL: &str = "soak";
-const NONE: u64 = u64::MAX;
-const HEADER: usize = 16;
+pub(crate) const CHANNEL: &str = "soak";
+pub(crate) const NONE: u64 = u64::MAX;
 
 // ---------------------------------------------------------------------------------------------
 // Shared bookkeeping
 
 const ANOMALIES: usize = 32;
+/// Resends remembered; the consumer lags by at most a ring's worth of messages.
+const RESEND_LOG: usize = 512;
 
 #[repr(C)]
 struct Shared {
     // Producer side.
     /// Messages 0..published are in the ring (or consumed).
     published: AtomicU64,
-    /// The message being sent, or NONE.
+    /// The message being sent: equal to `published` while a send is under way.
     intent_seq: AtomicU64,
-    /// The ring's messages_written before that send.
-    intent_written: AtomicU64,
     producer_starts: AtomicU64,
-    /// Producers that found their predecessor died mid-send, and whether it had published.
-    resumed_in_flight_published: AtomicU64,
-    resumed_in_flight_unpublished: AtomicU64,
+    /// Producers that found their predecessor died mid-send, and sent that message again.
+    resumed_in_flight: AtomicU64,
+    /// Those messages, in order (the last RESEND_LOG).
+    resend_count: AtomicU64,
+    resends: [AtomicU64; RESEND_LOG],
     producer_done: AtomicU64,
     // Consumer side.
     /// The next message expected.
@@ -75,6 +81,13 @@ struct Shared {
     lost: AtomicU64,
     corrupted: AtomicU64,
     redelivered: AtomicU64,
+    /// Copies of resent messages (a resent message its predecessor had published).
+    resent: AtomicU64,
+    /// Copies of message `next - 1` accounted to resends.
+    repeats: AtomicU64,
+    /// 1 from the moment a message is accounted for until the `recv_batch` that read it
+    /// returned (its read position published).
+    pending: AtomicU64,
     duplicates: AtomicU64,
     end_of_stream_marks: AtomicU64,
     bytes: AtomicU64,
@@ -91,57 +104,84 @@ const ANOMALY_LOST: u64 = 1;
 const ANOMALY_CORRUPT: u64 = 2;
 const ANOMALY_DUPLICATE: u64 = 3;
 
-struct SharedMap {
-    ptr: *mut Shared,
+/// Memory all processes of a run map from one file, so bookkeeping survives any of them being
+/// SIGKILLed at any instruction.
+///
+/// # Safety
+///
+/// Implementors are `#[repr(C)]` structs of atomics (and arrays of them) only: valid for any
+/// bytes, all zeros included, and shared between processes through atomics alone.
+pub(crate) unsafe trait SharedState {}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl SharedState for Shared {}
+
+pub(crate) struct SharedMap<T> {
+    ptr: *mut T,
 }
 
-impl SharedMap {
-    fn create(path: &Path) -> SharedMap {
+impl<T: SharedState> SharedMap<T> {
+    /// The file's size: `T` rounded up to whole pages.
+    const SIZE: usize = std::mem::size_of::<T>().div_ceil(4096) * 4096;
+
+    pub(crate) fn create(path: &Path) -> SharedMap<T> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        file.set_len(4096).expect("size the state file");
-        let map = SharedMap::map(&file);
-        map.get().intent_seq.store(NONE, Ordering::SeqCst);
-        map
+            .unwrap_or_else(|e| fail(&format!("create {}: {e}", path.display())));
+        file.set_len(Self::SIZE as u64)
+            .unwrap_or_else(|e| fail(&format!("size {}: {e}", path.display())));
+        SharedMap::map(&file)
     }
 
-    fn open(path: &Path) -> SharedMap {
+    pub(crate) fn open(path: &Path) -> SharedMap<T> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            .unwrap_or_else(|e| fail(&format!("open {}: {e}", path.display())));
         SharedMap::map(&file)
     }
 
-    fn map(file: &std::fs::File) -> SharedMap {
-        const _: () = assert!(std::mem::size_of::<Shared>() <= 4096);
-        // SAFETY: a 4096-byte file mapped shared; Shared is all atomics, valid for any bytes.
+    fn map(file: &std::fs::File) -> SharedMap<T> {
+        // SAFETY: a file of SIZE bytes (set by the driver before any child runs) mapped shared;
+        // T is all atomics, valid for any bytes (SharedState).
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                4096,
+                Self::SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )
         };
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap state file");
+        if ptr == libc::MAP_FAILED {
+            fail(&format!(
+                "mmap state file: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
         SharedMap { ptr: ptr.cast() }
     }
 
-    fn get(&self) -> &Shared {
-        // SAFETY: mapped for the life of the process (never unmapped).
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: mapped for the life of the process (never unmapped), page-aligned.
         unsafe { &*self.ptr }
     }
 }
 
 impl Shared {
+    fn resends_of(&self, seq: u64) -> u64 {
+        let count = self.resend_count.load(Ordering::SeqCst);
+        let kept = count.min(RESEND_LOG as u64);
+        (count - kept..count)
+            .filter(|&i| self.resends[i as usize % RESEND_LOG].load(Ordering::SeqCst) == seq)
+            .count() as u64
+    }
+
     fn anomaly(&self, what: u64, seen: u64, expected: u64, len: usize) {
         let i = self.anomaly_count.fetch_add(1, Ordering::SeqCst) as usize;
         if i < ANOMALIES {
@@ -155,83 +195,9 @@ impl Shared {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Messages
-
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Length of message `seq`: 1 B .. 64 KiB, mostly small (median about 150 B, mean about 1.3 KiB).
-fn len_of(seed: u64, seq: u64) -> usize {
-    let r = splitmix(seq ^ seed);
-    let x = r >> 16;
-    (match r % 1000 {
-        0..=49 => 1 + x % 15,          // 5 %: 1-15 B, shorter than the header
-        50..=699 => 16 + x % 241,      // 65 %: 16-256 B
-        700..=949 => 257 + x % 3840,   // 25 %: 257 B - 4 KiB
-        950..=994 => 4097 + x % 12288, // 4.5 %: 4-16 KiB
-        _ => 16385 + x % 49152,        // 0.5 %: 16-64 KiB
-    }) as usize
-}
-
-/// The 16-byte header of message `seq` (with the CRC of header and body).
-fn header(seq: u64, len: usize, body: &[u8]) -> [u8; HEADER] {
-    let mut head = [0u8; HEADER];
-    head[..8].copy_from_slice(&seq.to_le_bytes());
-    head[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[..12]);
-    crc.update(body);
-    head[12..].copy_from_slice(&crc.finalize().to_le_bytes());
-    head
-}
-
-/// Writes message `seq` (whose length is `buf.len()`) into `buf`.
-fn fill(seed: u64, seq: u64, buf: &mut [u8]) {
-    let len = buf.len();
-    if len < HEADER {
-        buf.copy_from_slice(&header(seq, len, &[])[..len]);
-        return;
-    }
-    let (head, body) = buf.split_at_mut(HEADER);
-    let mut state = splitmix(seq ^ seed ^ 0x0005_EED0_B0D1);
-    for chunk in body.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-    }
-    let h = header(seq, len, body);
-    head.copy_from_slice(&h);
-}
-
-/// Which message this is, if it is intact. Messages shorter than the header carry no sequence
-/// number of their own: they are matched against the ones that may come next.
-fn identify(seed: u64, message: &[u8], next: u64) -> Option<u64> {
-    let len = message.len();
-    if len >= HEADER {
-        let seq = u64::from_le_bytes(message[..8].try_into().unwrap());
-        let claimed = u32::from_le_bytes(message[8..12].try_into().unwrap()) as usize;
-        if claimed != len || len_of(seed, seq) != len {
-            return None;
-        }
-        return (header(seq, len, &message[HEADER..]) == message[..HEADER]).then_some(seq);
-    }
-    let candidates = [next, next.wrapping_sub(1)]
-        .into_iter()
-        .chain((1..=256).map(|d| next + d));
-    candidates
-        .filter(|&c| c != NONE)
-        .find(|&c| len_of(seed, c) == len && header(c, len, &[])[..len] == *message)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Children
 
-fn connect(socket: &Path) -> Client {
+pub(crate) fn connect(socket: &Path) -> Client {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match Client::connect(socket) {
@@ -245,13 +211,22 @@ fn connect(socket: &Path) -> Client {
     }
 }
 
-/// Attaches, retrying while the previous holder's connection is still being torn down.
-fn attach<T>(what: &str, mut attach: impl FnMut() -> shmem_broker_client::Result<T>) -> T {
+/// Attaches, retrying while the previous holder's connection is still being torn down (its
+/// slot, durable name or consumer queue is still taken).
+pub(crate) fn attach<T>(
+    what: &str,
+    mut attach: impl FnMut() -> shmem_broker_client::Result<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match attach() {
             Ok(endpoint) => return endpoint,
-            Err(err) if err.code() == Some(ErrorCode::ChannelBusy) && Instant::now() < deadline => {
+            Err(err)
+                if matches!(
+                    err.code(),
+                    Some(ErrorCode::ChannelBusy | ErrorCode::LimitReached)
+                ) && Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(err) => fail(&format!("attach {what}: {err}")),
@@ -259,12 +234,12 @@ fn attach<T>(what: &str, mut attach: impl FnMut() -> shmem_broker_client::Result
     }
 }
 
-fn fail(message: &str) -> ! {
+pub(crate) fn fail(message: &str) -> ! {
     eprintln!("soak[{}]: {message}", std::process::id());
     std::process::exit(2);
 }
 
-fn wait_readable(fd: impl AsFd, millis: i32) {
+pub(crate) fn wait_readable(fd: impl AsFd, millis: i32) {
     let mut pfd = libc::pollfd {
         fd: fd.as_fd().as_raw_fd(),
         events: libc::POLLIN,
@@ -275,44 +250,33 @@ fn wait_readable(fd: impl AsFd, millis: i32) {
 }
 
 fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
-    let shared_map = SharedMap::open(state);
+    let shared_map = SharedMap::<Shared>::open(state);
     let shared = shared_map.get();
     let client = connect(socket);
     let mut producer = attach("producer", || client.producer(CHANNEL));
-    // Nobody else can publish now: find the first message not published.
-    let mut written = client
-        .info(CHANNEL)
-        .unwrap_or_else(|e| fail(&format!("info: {e}")))
-        .messages_written;
-    let intent = shared.intent_seq.load(Ordering::SeqCst);
-    let mut seq = if intent != NONE {
-        if written > shared.intent_written.load(Ordering::SeqCst) {
-            shared
-                .resumed_in_flight_published
-                .fetch_add(1, Ordering::SeqCst);
-            intent + 1
-        } else {
-            shared
-                .resumed_in_flight_unpublished
-                .fetch_add(1, Ordering::SeqCst);
-            intent
-        }
-    } else {
-        shared.published.load(Ordering::SeqCst)
-    };
-    shared.published.store(seq, Ordering::SeqCst);
-    shared.intent_seq.store(NONE, Ordering::SeqCst);
+    let format = Format::new(seed, 1, producer.capacity());
+    // Nobody else can publish now. If the last producer died sending `published`, whether
+    // that message reached the ring cannot be told from outside: the ring's messages_written
+    // is stored before its write position (client/src/ring.rs, `publish`), so it may count a
+    // message never published. It is sent again, logged first, and the consumer accepts one
+    // copy of it per resend.
+    let mut seq = shared.published.load(Ordering::SeqCst);
+    if shared.intent_seq.load(Ordering::SeqCst) == seq && seq < total {
+        let count = shared.resend_count.load(Ordering::SeqCst);
+        shared.resends[count as usize % RESEND_LOG].store(seq, Ordering::SeqCst);
+        shared.resend_count.store(count + 1, Ordering::SeqCst);
+        shared.resumed_in_flight.fetch_add(1, Ordering::SeqCst);
+    }
     shared.producer_starts.fetch_add(1, Ordering::SeqCst);
 
     while seq < total {
         if shared.stop_producer.load(Ordering::SeqCst) != 0 {
             return; // dropping the producer detaches (and leaves an end-of-stream mark)
         }
-        let len = len_of(seed, seq);
-        shared.intent_written.store(written, Ordering::SeqCst);
+        let len = format.len_of(0, seq);
         shared.intent_seq.store(seq, Ordering::SeqCst);
         loop {
-            match producer.try_send_with(len, |buf| fill(seed, seq, buf)) {
+            match producer.try_send_with(len, |buf| format.fill(0, seq, buf)) {
                 Ok(()) => break,
                 Err(err) if err.is_would_block() => {
                     if shared.stop_producer.load(Ordering::SeqCst) != 0 {
@@ -324,9 +288,7 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
                 Err(err) => fail(&format!("send {seq}: {err}")),
             }
         }
-        written += 1;
         shared.published.store(seq + 1, Ordering::SeqCst);
-        shared.intent_seq.store(NONE, Ordering::SeqCst);
         seq += 1;
     }
     producer
@@ -336,25 +298,39 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
 }
 
 fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
-    let shared_map = SharedMap::open(state);
+    let shared_map = SharedMap::<Shared>::open(state);
     let shared = shared_map.get();
     let client = connect(socket);
     let mut consumer = attach("consumer", || client.consumer(CHANNEL));
+    let format = Format::new(seed, 1, consumer.capacity());
     shared.consumer_starts.fetch_add(1, Ordering::SeqCst);
+    // The predecessor was killed between accounting for a message and publishing its read
+    // position: that message comes first, again (at-least-once).
+    let mut allowance = shared.pending.load(Ordering::SeqCst) != 0;
     let mut first = true;
     let mut account = |message: &[u8]| {
         // Runs before the library publishes the read position: `next` must be stored last.
+        shared.pending.store(1, Ordering::SeqCst);
         let next = shared.next.load(Ordering::SeqCst);
-        match identify(seed, message, next) {
+        match format
+            .identify(message, |_| Hint::around(next))
+            .map(|(_, seq)| seq)
+        {
             Some(seq) if seq == next => {
                 shared
                     .bytes
                     .fetch_add(message.len() as u64, Ordering::Relaxed);
+                shared.repeats.store(0, Ordering::SeqCst);
                 shared.next.store(next + 1, Ordering::SeqCst);
             }
             Some(seq) if seq < next => {
-                if first && seq + 1 == next {
+                if first && seq + 1 == next && std::mem::take(&mut allowance) {
                     shared.redelivered.fetch_add(1, Ordering::SeqCst);
+                } else if seq + 1 == next
+                    && shared.resends_of(seq) > shared.repeats.load(Ordering::SeqCst)
+                {
+                    shared.repeats.fetch_add(1, Ordering::SeqCst);
+                    shared.resent.fetch_add(1, Ordering::SeqCst);
                 } else {
                     shared.duplicates.fetch_add(1, Ordering::SeqCst);
                     shared.anomaly(ANOMALY_DUPLICATE, seq, next, message.len());
@@ -363,11 +339,13 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
             Some(seq) => {
                 shared.lost.fetch_add(seq - next, Ordering::SeqCst);
                 shared.anomaly(ANOMALY_LOST, seq, next, message.len());
+                shared.repeats.store(0, Ordering::SeqCst);
                 shared.next.store(seq + 1, Ordering::SeqCst);
             }
             None => {
                 shared.corrupted.fetch_add(1, Ordering::SeqCst);
                 shared.anomaly(ANOMALY_CORRUPT, NONE, next, message.len());
+                shared.repeats.store(0, Ordering::SeqCst);
                 shared.next.store(next + 1, Ordering::SeqCst);
             }
         }
@@ -380,7 +358,8 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
             return;
         }
         match consumer.try_recv_batch(1, &mut account) {
-            Ok(Some(_)) => {}
+            // Its read position is published.
+            Ok(Some(_)) => shared.pending.store(0, Ordering::SeqCst),
             Ok(None) => {
                 shared.end_of_stream_marks.fetch_add(1, Ordering::SeqCst);
             }
@@ -393,7 +372,7 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
 // ---------------------------------------------------------------------------------------------
 // Driver
 
-struct Options {
+pub(crate) struct Options {
     broker: PathBuf,
     messages: u64,
     capacity: u64,
@@ -401,16 +380,21 @@ struct Options {
     max_seconds: u64,
     /// Mean milliseconds between two random events.
     event_ms: u64,
+    /// Fan-out mode: producer slots (streams), durable and anonymous consumers.
+    fanout: bool,
+    producers: usize,
+    durable: usize,
+    anonymous: usize,
 }
 
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(1);
         splitmix(self.0)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -464,14 +448,14 @@ impl Driver<'_> {
     }
 }
 
-fn kill(child: &mut Child) {
+pub(crate) fn kill(child: &mut Child) {
     // SAFETY: signalling our own child, not yet reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
 }
 
 /// Asks a child to detach cleanly; SIGKILL if it has not within 5 s.
-fn stop(child: &mut Child, flag: &AtomicU64) {
+pub(crate) fn stop(child: &mut Child, flag: &AtomicU64) {
     flag.store(1, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -495,8 +479,9 @@ fn run(options: &Options) -> i32 {
     let dir = std::env::temp_dir().join(format!("shmem-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("work dir");
     let state = PathBuf::from(format!("/dev/shm/shmem-soak-{}", std::process::id()));
-    let shared_map = SharedMap::create(&state);
+    let shared_map = SharedMap::<Shared>::create(&state);
     let shared = shared_map.get();
+    shared.intent_seq.store(NONE, Ordering::SeqCst);
     let socket = dir.join("broker.sock");
     let mut broker = Command::new(&options.broker)
         .arg("--socket")
@@ -690,6 +675,7 @@ fn run(options: &Options) -> i32 {
     let delivered = shared.next.load(Ordering::SeqCst);
     let lost = shared.lost.load(Ordering::SeqCst);
     let corrupted = shared.corrupted.load(Ordering::SeqCst);
+    let duplicates = shared.duplicates.load(Ordering::SeqCst);
     let bytes = shared.bytes.load(Ordering::SeqCst);
     println!(
         "soak: {}",
@@ -712,13 +698,12 @@ fn run(options: &Options) -> i32 {
     );
     println!(
         "  producers started {}, SIGKILLed {} ({} left vacant a while), detached cleanly {}; \
-         in-flight at death: {} had published, {} had not",
+         died mid-send and that message sent again {}",
         shared.producer_starts.load(Ordering::SeqCst),
         events.producer_kills,
         events.producer_gaps,
         events.producer_detaches,
-        shared.resumed_in_flight_published.load(Ordering::SeqCst),
-        shared.resumed_in_flight_unpublished.load(Ordering::SeqCst),
+        shared.resumed_in_flight.load(Ordering::SeqCst),
     );
     println!(
         "  consumers started {}, SIGKILLed {} ({} left vacant a while), detached cleanly {}",
@@ -742,9 +727,9 @@ fn run(options: &Options) -> i32 {
     }
     println!("  broker exit: {broker_status:?}");
     println!(
-        "  RESULT: lost={lost} corrupted={corrupted} redelivered={} duplicates={}",
+        "  RESULT: lost={lost} corrupted={corrupted} redelivered={} resent={} duplicates={duplicates}",
         shared.redelivered.load(Ordering::SeqCst),
-        shared.duplicates.load(Ordering::SeqCst)
+        shared.resent.load(Ordering::SeqCst),
     );
     let anomalies = shared.anomaly_count.load(Ordering::SeqCst) as usize;
     for slot in shared.anomalies.iter().take(anomalies.min(ANOMALIES)) {
@@ -767,7 +752,8 @@ fn run(options: &Options) -> i32 {
         );
     }
     let _ = std::fs::remove_file(&state);
-    let ok = finished && lost == 0 && corrupted == 0 && events.child_failures == 0;
+    let ok =
+        finished && lost == 0 && corrupted == 0 && duplicates == 0 && events.child_failures == 0;
     if ok {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
@@ -786,20 +772,26 @@ fn parse_size(text: &str) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: shmem-broker-soak run --broker PATH [--messages N] [--capacity SIZE] \
-                 [--seed N] [--max-seconds N] [--event-ms N]";
+    let usage = format!(
+        "usage: shmem-broker-soak run --broker PATH [--messages N] [--capacity SIZE] \
+         [--seed N] [--max-seconds N] [--event-ms N] {}",
+        fanout::usage()
+    );
+    let usage = usage.as_str();
     match args.first().map(String::as_str) {
         Some(role @ ("producer" | "consumer")) if args.len() == 5 => {
             let socket = Path::new(&args[1]);
             let state = Path::new(&args[2]);
-            let seed = args[3].parse().expect("seed");
-            let total = args[4].parse().expect("total");
+            let seed = args[3].parse().unwrap_or_else(|_| fail("seed"));
+            let total = args[4].parse().unwrap_or_else(|_| fail("total"));
             if role == "producer" {
                 producer_main(socket, state, seed, total)
             } else {
                 consumer_main(socket, state, seed, total)
             }
         }
+        Some("fan-producer") => fanout::producer_main(&args[1..]),
+        Some("fan-consumer") => fanout::consumer_main(&args[1..]),
         Some("run") => {
             let mut options = Options {
                 broker: PathBuf::new(),
@@ -808,9 +800,17 @@ fn main() {
                 seed: 1,
                 max_seconds: 900,
                 event_ms: 20,
+                fanout: false,
+                producers: 3,
+                durable: 2,
+                anonymous: 2,
             };
             let mut rest = args[1..].iter();
             while let Some(flag) = rest.next() {
+                if flag == "--fanout" {
+                    options.fanout = true;
+                    continue;
+                }
                 let value = rest.next().unwrap_or_else(|| fail(usage));
                 let number = || -> u64 {
                     value
@@ -825,34 +825,21 @@ fn main() {
                     "--seed" => options.seed = number(),
                     "--max-seconds" => options.max_seconds = number(),
                     "--event-ms" => options.event_ms = number().max(1),
+                    "--producers" => options.producers = number() as usize,
+                    "--durable" => options.durable = number() as usize,
+                    "--anonymous" => options.anonymous = number() as usize,
                     _ => fail(usage),
                 }
             }
             if options.broker.as_os_str().is_empty() {
                 fail(usage);
             }
-            std::process::exit(run(&options));
+            std::process::exit(if options.fanout {
+                fanout::run(&options)
+            } else {
+                run(&options)
+            });
         }
         _ => fail(usage),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_identify_themselves() {
-        for seq in 0..20_000u64 {
-            let len = len_of(7, seq);
-            assert!((1..=65536).contains(&len));
-            let mut buf = vec![0u8; len];
-            fill(7, seq, &mut buf);
-            assert_eq!(identify(7, &buf, seq), Some(seq), "seq {seq} len {len}");
-            if len >= HEADER {
-                buf[len - 1] ^= 1;
-                assert_eq!(identify(7, &buf, seq), None);
-            }
-        }
     }
 }
