@@ -78,6 +78,13 @@ pub const CAPACITY_GRANULE: u64 = 4096;
 pub const MIN_CAPACITY: u64 = CAPACITY_GRANULE;
 /// Ring positions are u64 and frame lengths u32: keep capacities well inside both.
 pub const MAX_CAPACITY: u64 = 1 << 40;
+/// Highest position either side accepts from the header (2^64 - 2^42, a multiple of every
+/// frame unit). Positions only grow, by the bytes written, so an honest ring gets here after
+/// about 2^64 bytes (58 years at 10 GB/s); anything above came from a hostile peer. Kept this
+/// far below 2^64 so that a position plus a lap and a frame (what the sides add to a position
+/// they accepted) never wraps.
+pub const MAX_POSITION: u64 = u64::MAX - (4 * MAX_CAPACITY - 1);
+const _: () = assert!(MAX_POSITION % 64 == 0);
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING1");
 
 const KIND_DATA: u32 = 1;
@@ -208,7 +215,8 @@ impl FrameFormat {
 
     /// The seal of the frame at `pos`, in a layout that has seals.
     fn seal(self, pos: u64) -> Option<u64> {
-        self.seal_key.map(|key| (pos + 1) ^ key)
+        // Positions stay below MAX_POSITION; wrapping keeps even a stray one from panicking.
+        self.seal_key.map(|key| pos.wrapping_add(1) ^ key)
     }
 }
 
@@ -464,6 +472,8 @@ impl SharedRing {
         }
     }
 
+    /// The counters as the header holds them: any value a peer stored, so callers that add
+    /// them up must saturate (the broker's `Channel::info` does).
     pub fn stats(&self) -> RingStats {
         let h = self.header();
         let written = h.producer.write_pos.load(Ordering::Acquire);
@@ -567,6 +577,8 @@ impl RingWriter {
     /// if that is less than `wanted` is the shared position loaded again (a cross-core cache
     /// miss the common case avoids). A stale position only ever understates the free space.
     fn free_space(&mut self, wanted: u64) -> Result<u64, RingError> {
+        // read_floor <= staged_pos <= read_floor + capacity: both were checked together
+        // (check_positions) and staging never goes past the free space.
         let cached = self.ring.capacity - (self.staged_pos - self.read_floor);
         if cached >= wanted {
             return Ok(cached);
@@ -578,9 +590,9 @@ impl RingWriter {
                 self.read_floor
             )));
         }
-        check_positions(read_pos, self.staged_pos, &self.ring)?;
+        let unread = check_positions(read_pos, self.staged_pos, &self.ring)?;
         self.read_floor = read_pos;
-        Ok(self.ring.capacity - (self.staged_pos - read_pos))
+        Ok(self.ring.capacity - unread)
     }
 
     /// Room a frame of `payload` bytes needs now, counting the padding it may need first.
@@ -637,10 +649,10 @@ impl RingWriter {
     /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
     /// single publish. Returns how many were written.
     pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
-        let mut wanted = 0;
+        let mut wanted: u64 = 0;
         for message in messages {
             self.check_len(message.len())?;
-            wanted += self.ring.frame_len(message.len() as u64);
+            wanted = wanted.saturating_add(self.ring.frame_len(message.len() as u64));
         }
         let mut free = self.free_space(wanted.min(self.ring.capacity))?;
         let mut written = 0;
@@ -685,7 +697,7 @@ impl RingWriter {
     ///
     /// [`try_write_after_gap`]: Self::try_write_after_gap
     pub fn count_lost(&mut self, count: u64) {
-        self.messages_lost = self.messages_lost.wrapping_add(count);
+        self.messages_lost = self.messages_lost.saturating_add(count);
         self.ring
             .header()
             .producer
@@ -790,13 +802,19 @@ impl RingWriter {
             return true;
         }
         let size = self.ring.frame_len(used as u64);
+        // The staged position is at most MAX_POSITION + capacity (check_positions and the
+        // free space bound it), so this cannot wrap; it is refused rather than assumed.
+        let Some(end) = self.staged_pos.checked_add(size) else {
+            return false;
+        };
         self.put_header(offset, used as u32, kind, size);
-        self.staged_pos += size;
+        self.staged_pos = end;
         *free -= size;
         if kind == KIND_DATA {
-            // Counters come from shared memory a peer may have set to anything.
-            self.messages_written = self.messages_written.wrapping_add(1);
-            self.bytes_written = self.bytes_written.wrapping_add(used as u64);
+            // Counters come from shared memory a peer may have set to anything: they stop at
+            // u64::MAX rather than wrap (or panic).
+            self.messages_written = self.messages_written.saturating_add(1);
+            self.bytes_written = self.bytes_written.saturating_add(used as u64);
         }
         true
     }
@@ -805,12 +823,14 @@ impl RingWriter {
     fn stage_padding(&mut self, free: &mut u64) -> bool {
         let offset = self.staged_pos % self.ring.capacity;
         let until_end = self.ring.capacity - offset;
-        if *free < until_end {
-            return false;
-        }
+        // As in stage_frame: the advance cannot wrap, but is refused rather than assumed.
+        let end = match self.staged_pos.checked_add(until_end) {
+            Some(end) if *free >= until_end => end,
+            _ => return false,
+        };
         let len = (until_end - self.ring.format.unit) as u32;
         self.put_header(offset, len, KIND_PAD, until_end);
-        self.staged_pos += until_end;
+        self.staged_pos = end;
         *free -= until_end;
         true
     }
@@ -1027,7 +1047,12 @@ impl RingReader {
                         // to say, at the next poll.
                         self.position_due = span.is_none();
                         let published = span.unwrap_or(size);
-                        self.write_seen = self.read_pos + published;
+                        // read_pos <= MAX_POSITION and published <= capacity; checked all
+                        // the same, as the seal and span are a peer's to write.
+                        self.write_seen =
+                            self.read_pos.checked_add(published).ok_or_else(|| {
+                                RingError::Corrupt("sealed frame past the last position".into())
+                            })?;
                         return Ok(published);
                     }
                     // Not sealed yet. Loading the position now would cost a transfer of
@@ -1049,9 +1074,9 @@ impl RingReader {
             .producer
             .write_pos
             .load(Ordering::Acquire);
-        check_positions(self.read_pos, write_pos, &self.ring)?;
+        let unread = check_positions(self.read_pos, write_pos, &self.ring)?;
         self.write_seen = write_pos;
-        Ok(write_pos - self.read_pos)
+        Ok(unread)
     }
 
     /// If the frame at `offset` carries `seal` (it is published): its size, and the bytes its
@@ -1222,7 +1247,7 @@ impl RingReader {
                         }
                         Sink::Fd(fd) => self.ring.write_out(start, len as usize, *fd)?,
                     }
-                    self.messages_read = self.messages_read.wrapping_add(1);
+                    self.messages_read = self.messages_read.saturating_add(1);
                 }
                 other => {
                     return Err(RingError::Corrupt(format!(
@@ -1230,7 +1255,10 @@ impl RingReader {
                     )))
                 }
             }
-            self.read_pos += size;
+            // size <= unread, and read_pos + unread is a position the checks accepted.
+            self.read_pos = self.read_pos.checked_add(size).ok_or_else(|| {
+                RingError::Corrupt(format!("frame at offset {offset} ends past 2^64"))
+            })?;
             *unread -= size;
             match kind {
                 KIND_DATA => return Ok(ReadOutcome::Message),
@@ -1287,17 +1315,20 @@ impl RingReader {
     }
 }
 
-fn check_positions(read_pos: u64, write_pos: u64, ring: &SharedRing) -> Result<(), RingError> {
+/// Checks a pair of positions (one of them, or both, read from the header) and returns the
+/// unread bytes between them.
+fn check_positions(read_pos: u64, write_pos: u64, ring: &SharedRing) -> Result<u64, RingError> {
     let (capacity, unit) = (ring.capacity, ring.format.unit);
     // Frames start at multiples of the frame unit: any other position was written by a hostile
     // peer, and following it would read a frame header across the end of the data area.
+    // Positions above MAX_POSITION would wrap the sums both sides make with them.
     let aligned = read_pos % unit == 0 && write_pos % unit == 0;
-    if !aligned || write_pos < read_pos || write_pos - read_pos > capacity {
-        return Err(RingError::Corrupt(format!(
+    match write_pos.checked_sub(read_pos) {
+        Some(unread) if aligned && unread <= capacity && write_pos <= MAX_POSITION => Ok(unread),
+        _ => Err(RingError::Corrupt(format!(
             "positions out of range (read {read_pos}, write {write_pos}, capacity {capacity})"
-        )));
+        ))),
     }
-    Ok(())
 }
 
 /// Dekker-style hand-off: the sleeper stores its flag then re-checks the ring; the waker
@@ -1803,5 +1834,211 @@ mod tests {
             ReadOutcome::Message
         );
         assert_eq!(out, vec![2u8; 3500]);
+    }
+}
+
+#[cfg(test)]
+mod hostile_positions {
+    //! Positions near the top of the u64 range, set by a hostile peer (before the victim
+    //! attaches, or while it runs): reported as corruption, never followed into an overflow.
+    use super::*;
+
+    const NEAR_THE_END: [u64; 6] = [
+        u64::MAX - 15,
+        u64::MAX - 31,
+        u64::MAX,
+        MAX_POSITION + 16,
+        u64::MAX - 16 * 4096,
+        u64::MAX - (1 << 40),
+    ];
+
+    fn shared(capacity: u64) -> (SharedRing, Memfd) {
+        SharedRing::create("hostile", capacity).expect("create")
+    }
+
+    fn reopen(memfd: &Memfd, capacity: u64) -> SharedRing {
+        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        SharedRing::open(fd, capacity).expect("open")
+    }
+
+    fn set_positions(ring: &SharedRing, read: u64, write: u64) {
+        let h = ring.header();
+        h.consumer.read_pos.store(read, Ordering::SeqCst);
+        h.producer.write_pos.store(write, Ordering::SeqCst);
+    }
+
+    fn is_corrupt<T: std::fmt::Debug>(result: &Result<T, RingError>) -> bool {
+        matches!(result, Err(RingError::Corrupt(_)))
+    }
+
+    /// A producer attaching to (or running on) a ring whose positions a peer set: every write
+    /// either succeeds within the ring or reports corruption; after a few, corruption.
+    fn writes_end_in_corruption(writer: Result<RingWriter, RingError>) {
+        let mut writer = match writer {
+            Ok(writer) => writer,
+            Err(err) => {
+                assert!(matches!(err, RingError::Corrupt(_)), "{err}");
+                return;
+            }
+        };
+        let mut last = Ok(true);
+        for _ in 0..64 {
+            last = writer.try_write_with(100, |buf| buf.fill(1));
+            if last.is_err() {
+                break;
+            }
+            last = writer.try_write_batch(&[b"a", b"b"]).map(|n| n > 0);
+            if last.is_err() {
+                break;
+            }
+        }
+        assert!(is_corrupt(&last), "{last:?}");
+    }
+
+    fn reads_end_in_corruption(reader: Result<RingReader, RingError>) {
+        let mut reader = match reader {
+            Ok(reader) => reader,
+            Err(err) => {
+                assert!(matches!(err, RingError::Corrupt(_)), "{err}");
+                return;
+            }
+        };
+        let mut out = Vec::new();
+        let mut last = Ok(ReadOutcome::Empty);
+        for _ in 0..2 * POSITION_EVERY {
+            last = reader.try_read_into(&mut out);
+            if last.is_err() {
+                break;
+            }
+            let sleep = reader.prepare_to_sleep();
+            if let Err(err) = sleep {
+                last = Err(err);
+                break;
+            }
+            reader.done_sleeping();
+        }
+        assert!(is_corrupt(&last), "{last:?}");
+    }
+
+    #[test]
+    fn a_writer_attaching_at_positions_near_2_pow_64_reports_corruption() {
+        for layout in MIN_LAYOUT_VERSION..=LAYOUT_VERSION {
+            for pos in NEAR_THE_END {
+                let (ring, memfd) = SharedRing::create_in_layout("h", 4096, layout).expect("ring");
+                set_positions(&ring, pos, pos);
+                writes_end_in_corruption(RingWriter::new(reopen(&memfd, 4096)));
+                // One lap behind: also within `capacity` of each other.
+                set_positions(&ring, pos.saturating_sub(4096) & !15, pos);
+                writes_end_in_corruption(RingWriter::new(reopen(&memfd, 4096)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_reader_attaching_at_positions_near_2_pow_64_reports_corruption() {
+        for layout in MIN_LAYOUT_VERSION..=LAYOUT_VERSION {
+            for pos in NEAR_THE_END {
+                let (ring, memfd) = SharedRing::create_in_layout("h", 4096, layout).expect("ring");
+                let unit = FrameFormat::of(layout, 0).unit;
+                // A one-unit frame just before `pos`, sealed as a producer would.
+                let start = pos.wrapping_sub(unit) & !15;
+                set_positions(&ring, start, start.wrapping_add(unit));
+                let offset = start % 4096;
+                ring.data_u32(offset).store(0, Ordering::SeqCst);
+                ring.data_u32(offset + 4).store(KIND_PAD, Ordering::SeqCst);
+                reads_end_in_corruption(RingReader::new(reopen(&memfd, 4096)));
+                // Equal positions with the next frame sealed at the last one.
+                set_positions(&ring, pos, pos);
+                let offset = pos % 4096 & !15;
+                ring.data_u32(offset).store(0, Ordering::SeqCst);
+                ring.data_u32(offset + 4)
+                    .store(KIND_DATA | 1 << 16, Ordering::SeqCst);
+                let key = ring.header().identity.seal_key.load(Ordering::SeqCst);
+                ring.data_u64(offset + 8)
+                    .store(pos.wrapping_add(1) ^ key, Ordering::SeqCst);
+                reads_end_in_corruption(RingReader::new(reopen(&memfd, 4096)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_running_writer_facing_a_read_position_near_2_pow_64_reports_corruption() {
+        for pos in NEAR_THE_END {
+            let (ring, memfd) = shared(4096);
+            let writer = RingWriter::new(reopen(&memfd, 4096));
+            set_positions(&ring, pos, 0);
+            writes_end_in_corruption(writer);
+        }
+    }
+
+    #[test]
+    fn a_running_reader_facing_a_write_position_near_2_pow_64_reports_corruption() {
+        for pos in NEAR_THE_END {
+            let (ring, memfd) = shared(4096);
+            let reader = RingReader::new(reopen(&memfd, 4096));
+            ring.header()
+                .producer
+                .write_pos
+                .store(pos, Ordering::SeqCst);
+            reads_end_in_corruption(reader);
+        }
+    }
+
+    #[test]
+    fn a_ring_runs_up_to_the_last_position_then_reports_corruption() {
+        let (ring, memfd) = shared(4096);
+        let start = MAX_POSITION - 2 * 4096;
+        set_positions(&ring, start, start);
+        let mut writer = RingWriter::new(reopen(&memfd, 4096)).expect("writer");
+        let mut reader = RingReader::new(reopen(&memfd, 4096)).expect("reader");
+        let mut out = Vec::new();
+        let outcome = (0..100).find_map(|i| {
+            match writer.try_write_with(1000, |buf| buf.fill(i)) {
+                Ok(true) => {}
+                other => return Some(other),
+            }
+            match reader.try_read_into(&mut out) {
+                Ok(ReadOutcome::Message) => {
+                    assert_eq!(out, [i; 1000]);
+                    None
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(err) => Some(Err(err)),
+            }
+        });
+        assert!(
+            matches!(outcome, Some(Err(RingError::Corrupt(_)))),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn counters_a_peer_set_to_the_maximum_do_not_overflow() {
+        let (ring, memfd) = shared(4096);
+        let h = ring.header();
+        for counter in [
+            &h.producer.messages_written,
+            &h.producer.bytes_written,
+            &h.producer.messages_lost,
+            &h.consumer.messages_read,
+        ] {
+            counter.store(u64::MAX, Ordering::SeqCst);
+        }
+        let mut writer = RingWriter::new(reopen(&memfd, 4096)).expect("writer");
+        let mut reader = RingReader::new(reopen(&memfd, 4096)).expect("reader");
+        writer.count_lost(u64::MAX);
+        assert!(writer.try_write_after_gap(u64::MAX, b"x").expect("write"));
+        assert!(writer.try_write_with(3, |b| b.fill(2)).expect("write"));
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(
+                reader.try_read_into(&mut out).expect("read"),
+                ReadOutcome::Message
+            );
+        }
+        assert_eq!(reader.missed(), u64::MAX);
+        let stats = ring.stats();
+        assert_eq!(stats.messages_written, u64::MAX);
+        assert_eq!(stats.messages_read, u64::MAX);
     }
 }

@@ -904,15 +904,16 @@ impl Channel {
             let mut producer = endpoint(Role::Producer, slot.id, slot.holder.as_ref());
             let mut bytes_written = 0;
             for lane in self.queues.iter().map(|q| &q.lanes[index]) {
+                // Counters are what clients stored in their rings: sums saturate.
                 let stats = lane.ring.stats();
                 // Every consumer gets the same messages; the busiest ring counts them.
                 producer.messages = producer.messages.max(stats.messages_written);
                 bytes_written = bytes_written.max(stats.bytes_written);
-                producer.bytes_unread += stats.bytes_unread;
-                producer.messages_lost += stats.messages_lost;
+                producer.bytes_unread = producer.bytes_unread.saturating_add(stats.bytes_unread);
+                producer.messages_lost = producer.messages_lost.saturating_add(stats.messages_lost);
             }
-            info.messages_written += producer.messages;
-            info.bytes_written += bytes_written;
+            info.messages_written = info.messages_written.saturating_add(producer.messages);
+            info.bytes_written = info.bytes_written.saturating_add(bytes_written);
             if slot.holder.is_some() {
                 info.peers.push(producer);
             }
@@ -922,13 +923,13 @@ impl Channel {
             consumer.name = queue.name().map(str::to_string);
             for lane in &queue.lanes {
                 let stats = lane.ring.stats();
-                consumer.messages += stats.messages_read;
-                consumer.bytes_unread += stats.bytes_unread;
-                consumer.messages_lost += stats.messages_lost;
+                consumer.messages = consumer.messages.saturating_add(stats.messages_read);
+                consumer.bytes_unread = consumer.bytes_unread.saturating_add(stats.bytes_unread);
+                consumer.messages_lost = consumer.messages_lost.saturating_add(stats.messages_lost);
                 info.ring_bytes += self.capacity;
             }
-            info.messages_read += consumer.messages;
-            info.bytes_unread += consumer.bytes_unread;
+            info.messages_read = info.messages_read.saturating_add(consumer.messages);
+            info.bytes_unread = info.bytes_unread.saturating_add(consumer.bytes_unread);
             if queue.holder.is_some() || queue.name().is_some() {
                 info.peers.push(consumer);
             }
