@@ -58,9 +58,12 @@
 //! loads or copied out with `copy_nonoverlapping`, validated against the capacity, and any
 //! inconsistency is reported as [`RingError::Corrupt`], never acted on.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use shmem_ipc::mem::mmap::MmapRaw;
@@ -245,6 +248,8 @@ pub struct SharedRing {
     map: MmapRaw,
     capacity: u64,
     format: FrameFormat,
+    /// The memfd's device and inode: the same for every mapping of the ring in this process.
+    file: (u64, u64),
 }
 
 // SAFETY: the mapping is plain shared memory reached only through atomics and raw copies; it is
@@ -332,6 +337,7 @@ impl SharedRing {
     fn map(memfd: &Memfd, capacity: u64) -> Result<SharedRing, RingError> {
         let len = usize::try_from(HEADER_SIZE + capacity)
             .map_err(|_| RingError::Rejected("ring larger than the address space".into()))?;
+        let metadata = memfd.as_file().metadata()?;
         let map = shmem_ipc::mem::raw_memfd(memfd, len).map_err(|err| match err {
             shmem_ipc::Error::Io(io) => RingError::Io(io),
             other => RingError::Rejected(other.to_string()),
@@ -340,6 +346,7 @@ impl SharedRing {
             map,
             capacity,
             format: FrameFormat::of(MIN_LAYOUT_VERSION, 0),
+            file: (metadata.dev(), metadata.ino()),
         })
     }
 
@@ -376,11 +383,11 @@ impl SharedRing {
     /// An atomic view of a u32 at `offset` (a multiple of 4, below `capacity`) of the data area.
     fn data_u32(&self, offset: u64) -> &AtomicU32 {
         debug_assert!(offset % 4 == 0 && offset + 4 <= self.capacity);
-        // SAFETY: callers pass offsets that are frame starts (multiples of 8) strictly inside
-        // the data area, or words of a frame already checked to end inside it, so the 4 bytes
-        // are mapped and aligned. Reading them atomically means a
-        // peer writing them concurrently cannot cause undefined behaviour, only odd values,
-        // which the callers validate.
+        // SAFETY: callers pass offsets that are frame starts (multiples of the frame unit, 8 or
+        // 16, strictly inside the data area: positions are checked to be multiples of it) or
+        // words of a frame already checked to end inside it, so the 4 bytes are mapped and
+        // aligned. Reading them atomically means a peer writing them concurrently cannot
+        // cause undefined behaviour, only odd values, which the callers validate.
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
     }
 
@@ -519,7 +526,13 @@ fn memfd_error(err: shmem_ipc::mem::mfd::Error) -> RingError {
     RingError::Rejected(err.to_string())
 }
 
-/// Publishing side. There is one at a time per ring (the broker enforces it); it resumes at the
+/// Rings this process has a [`RingWriter`] on, by their memfd's device and inode (which stay
+/// taken while the writer's mapping keeps the file alive).
+static WRITERS: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+
+/// Publishing side. There is one at a time per ring: the broker grants one producer per ring,
+/// and [`RingWriter::new`] refuses a second writer in the same process whatever the broker
+/// did, since two would hand out `&mut` slices of the same bytes. It resumes at the
 /// `write_pos` the previous producer published.
 pub struct RingWriter {
     ring: SharedRing,
@@ -537,11 +550,21 @@ pub struct RingWriter {
 }
 
 impl RingWriter {
+    /// A writer on `ring`; `Rejected` if this process already has one on the same ring (any
+    /// mapping of the same memfd), `Corrupt` if the header's positions are inconsistent.
     pub fn new(ring: SharedRing) -> Result<RingWriter, RingError> {
         let h = ring.header();
         let write_pos = h.producer.write_pos.load(Ordering::Acquire);
         let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
         check_positions(read_pos, write_pos, &ring)?;
+        // The set only holds plain keys: a panic elsewhere while it was locked left it intact.
+        let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if !writers.insert(ring.file) {
+            return Err(RingError::Rejected(
+                "this process already has a writer on this ring".into(),
+            ));
+        }
+        drop(writers);
         Ok(RingWriter {
             write_pos,
             staged_pos: write_pos,
@@ -784,11 +807,15 @@ impl RingWriter {
         }
         let offset = self.staged_pos % capacity;
         // SAFETY: offset + needed <= capacity (the frame fits before the end, checked above),
-        // so the payload range lies inside the mapped data area. The bytes between the published
-        // write position and read position + capacity belong to the producer alone in the
-        // protocol; a hostile consumer writing them concurrently can only garble the message it
-        // is itself about to receive. u8 has no invalid values and we never read this slice
-        // back for any decision.
+        // so the payload range [offset + unit, offset + unit + len) lies inside the mapped
+        // data area. In this process nothing else forms a reference to these bytes: this is
+        // the only RingWriter on the ring here (`RingWriter::new` refuses a second one), the
+        // slice lives only during `fill`, and a RingReader reads only bytes the writer has
+        // published, through raw copies. Another process (a hostile consumer) may write them
+        // concurrently, outside what Rust's model sees: it can only garble the message it is
+        // itself about to receive; u8 has no invalid values and the library never reads this
+        // slice back for any decision (a `fill` that reads back what it wrote may see the
+        // peer's bytes).
         let payload = unsafe {
             std::slice::from_raw_parts_mut(
                 self.ring
@@ -933,6 +960,15 @@ impl RingWriter {
             .producer_waiting
             .waiting
             .store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for RingWriter {
+    fn drop(&mut self) {
+        WRITERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.ring.file);
     }
 }
 
@@ -1231,11 +1267,13 @@ impl RingReader {
                         Sink::Buffer(out) => {
                             out.clear();
                             out.reserve(len as usize);
-                            // SAFETY: the source range [offset+8, offset+8+len) lies inside the
-                            // data area (size <= until_end), `out` has room for len bytes after
-                            // reserve, and the two never overlap (private heap vs shared
-                            // mapping). A hostile producer rewriting the bytes while we copy only
-                            // changes what we receive; we copy them out before looking at any.
+                            // SAFETY: the source range [offset + unit, offset + unit + len) lies
+                            // inside the data area (its frame's size <= until_end), `out` has
+                            // room for len bytes after reserve, and the two never overlap
+                            // (private heap vs shared mapping). A raw copy forms no reference to
+                            // the shared bytes: a hostile producer rewriting them while we copy
+                            // only changes what we receive; we copy them out before looking at
+                            // any.
                             unsafe {
                                 std::ptr::copy_nonoverlapping(
                                     self.ring.data().add(start),
@@ -1708,6 +1746,26 @@ mod tests {
             matches!(outcome, Some(Err(RingError::Corrupt(_)))),
             "{outcome:?}"
         );
+    }
+
+    #[test]
+    fn one_writer_per_ring_in_a_process() {
+        let (w, _r, memfd) = pair(4096);
+        let second = RingWriter::new(open_again(&memfd, 4096));
+        assert!(
+            matches!(second, Err(RingError::Rejected(_))),
+            "{:?}",
+            second.err()
+        );
+        // Another ring is another matter, and the place is free again once the writer goes.
+        let (_other, _r2, _fd2) = pair(4096);
+        drop(w);
+        assert!(RingWriter::new(open_again(&memfd, 4096)).is_ok());
+    }
+
+    fn open_again(memfd: &Memfd, capacity: u64) -> SharedRing {
+        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        SharedRing::open(fd, capacity).expect("open")
     }
 
     #[test]
