@@ -62,13 +62,15 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use shmem_ipc::mem::mmap::MmapRaw;
 
 use crate::wire::Role;
+
+mod handshake;
 
 /// The layout new rings get.
 pub const LAYOUT_VERSION: u32 = 2;
@@ -606,7 +608,7 @@ impl RingWriter {
         if cached >= wanted {
             return Ok(cached);
         }
-        let read_pos = self.ring.header().consumer.read_pos.load(Ordering::Acquire);
+        let read_pos = handshake::observe(&self.ring.header().consumer.read_pos);
         if read_pos < self.read_floor {
             return Err(RingError::Corrupt(format!(
                 "consumer position went backwards ({read_pos} < {})",
@@ -909,7 +911,7 @@ impl RingWriter {
         h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
         // Release suffices: the fence in `take_consumer_waiting`, which always follows a
         // publish, orders this store before the waiting-flag load.
-        h.write_pos.store(self.write_pos, Ordering::Release);
+        handshake::publish(&h.write_pos, self.write_pos);
         if let Some(seal) = seal {
             // After write_pos (release after release): a consumer that sees the seal also
             // sees the position covering the frame, and never gets ahead of it.
@@ -922,7 +924,7 @@ impl RingWriter {
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
     /// Pairs with [`RingReader::prepare_to_sleep`] (store flag, then re-check the ring).
     pub fn take_consumer_waiting(&self) -> bool {
-        take_flag(&self.ring.header().consumer_waiting.waiting)
+        handshake::take_waiting(&self.ring.header().consumer_waiting.waiting)
     }
 
     /// True if a write of `payload` bytes would make progress now (write the frame, or at least
@@ -941,25 +943,15 @@ impl RingWriter {
     /// Announces that the producer is about to block for space. Returns false (do not sleep) if
     /// space appeared in the meantime.
     pub fn prepare_to_sleep(&mut self, needed_payload: usize) -> Result<bool, RingError> {
-        self.ring
-            .header()
-            .producer_waiting
-            .waiting
-            .store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if self.can_progress(needed_payload)? {
-            self.done_sleeping();
-            return Ok(false);
-        }
-        Ok(true)
+        handshake::prepare_to_sleep(
+            self,
+            |w| &w.ring.header().producer_waiting.waiting,
+            |w| w.can_progress(needed_payload),
+        )
     }
 
     pub fn done_sleeping(&self) {
-        self.ring
-            .header()
-            .producer_waiting
-            .waiting
-            .store(0, Ordering::Relaxed);
+        handshake::done_sleeping(&self.ring.header().producer_waiting.waiting);
     }
 }
 
@@ -1104,12 +1096,7 @@ impl RingReader {
         }
         self.polls_unsealed = 0;
         self.position_due = false;
-        let write_pos = self
-            .ring
-            .header()
-            .producer
-            .write_pos
-            .load(Ordering::Acquire);
+        let write_pos = handshake::observe(&self.ring.header().producer.write_pos);
         let unread = check_positions(self.read_pos, write_pos, &self.ring)?;
         self.write_seen = write_pos;
         Ok(unread)
@@ -1316,7 +1303,7 @@ impl RingReader {
         h.messages_read.store(self.messages_read, Ordering::Relaxed);
         // Release suffices: the fence in `take_producer_waiting`, which callers run after every
         // read, orders it before the waiting-flag load.
-        h.read_pos.store(self.read_pos, Ordering::Release);
+        handshake::publish(&h.read_pos, self.read_pos);
         self.published_pos = self.read_pos;
         self.freed = true;
     }
@@ -1325,31 +1312,22 @@ impl RingReader {
     /// producer is asleep waiting for space, so it must be woken. Costs nothing when nothing
     /// was freed.
     pub fn take_producer_waiting(&mut self) -> bool {
-        std::mem::take(&mut self.freed) && take_flag(&self.ring.header().producer_waiting.waiting)
+        std::mem::take(&mut self.freed)
+            && handshake::take_waiting(&self.ring.header().producer_waiting.waiting)
     }
 
     /// Announces that the consumer is about to block. Returns false (do not sleep) if data
     /// arrived in the meantime.
     pub fn prepare_to_sleep(&mut self) -> Result<bool, RingError> {
-        self.ring
-            .header()
-            .consumer_waiting
-            .waiting
-            .store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if self.unread(Poll::Exact)? > 0 {
-            self.done_sleeping();
-            return Ok(false);
-        }
-        Ok(true)
+        handshake::prepare_to_sleep(
+            self,
+            |r| &r.ring.header().consumer_waiting.waiting,
+            |r| Ok(r.unread(Poll::Exact)? > 0),
+        )
     }
 
     pub fn done_sleeping(&self) {
-        self.ring
-            .header()
-            .consumer_waiting
-            .waiting
-            .store(0, Ordering::Relaxed);
+        handshake::done_sleeping(&self.ring.header().consumer_waiting.waiting);
     }
 }
 
@@ -1367,13 +1345,6 @@ fn check_positions(read_pos: u64, write_pos: u64, ring: &SharedRing) -> Result<u
             "positions out of range (read {read_pos}, write {write_pos}, capacity {capacity})"
         ))),
     }
-}
-
-/// Dekker-style hand-off: the sleeper stores its flag then re-checks the ring; the waker
-/// publishes then checks the flag. With SeqCst on both sides one of them sees the other.
-fn take_flag(flag: &AtomicU32) -> bool {
-    fence(Ordering::SeqCst);
-    flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0
 }
 
 #[cfg(test)]
