@@ -1161,16 +1161,17 @@ impl RingReader {
             if delivered == max {
                 break Ok(BatchOutcome::Messages(delivered));
             }
-            let before = self.read_pos;
+            let before = (self.read_pos, self.missed);
             match self.next_frame(Sink::Buffer(scratch), &mut unread) {
                 Ok(ReadOutcome::Message) => {
                     each(scratch);
                     delivered += 1;
                 }
                 // The mark ends a batch that has messages; it is read by the next call, so the
-                // caller learns of both. (Going back over skipped padding is harmless.)
+                // caller learns of both. (Going back over skipped padding is harmless; a loss
+                // record skipped on the way is counted again then, so its count is undone.)
                 Ok(ReadOutcome::EndOfStream) if delivered > 0 => {
-                    self.read_pos = before;
+                    (self.read_pos, self.missed) = before;
                     break Ok(BatchOutcome::Messages(delivered));
                 }
                 Ok(ReadOutcome::EndOfStream) => break Ok(BatchOutcome::EndOfStream),
@@ -1782,6 +1783,19 @@ mod tests {
         );
         assert_eq!(r.missed(), 5);
         assert_eq!(r.ring().stats().messages_lost, 5);
+    }
+
+    #[test]
+    fn a_batch_stopping_before_the_mark_counts_a_loss_record_once() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        assert!(write(&mut w, b"last"));
+        assert!(w.try_write_gap(2).expect("gap"));
+        assert!(w.try_write_end_of_stream().expect("eos"));
+        let mut scratch = Vec::new();
+        let first = r.try_read_batch(10, &mut scratch, |_| {}).expect("read");
+        assert_eq!((first, r.missed()), (BatchOutcome::Messages(1), 0));
+        let second = r.try_read_batch(10, &mut scratch, |_| {}).expect("read");
+        assert_eq!((second, r.missed()), (BatchOutcome::EndOfStream, 2));
     }
 
     #[test]
