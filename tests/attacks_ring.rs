@@ -33,14 +33,14 @@ impl Mapping {
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.len);
+        assert!(offset & 7 == 0 && offset + 8 <= self.len);
         // SAFETY: in bounds and aligned (checked above) in a mapping that lives as long as
         // `self`; shared memory is only accessed atomically.
         unsafe { &*(self.ptr.cast::<u8>().add(offset) as *const AtomicU64) }
     }
 
     fn half(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.len);
+        assert!(offset & 3 == 0 && offset + 4 <= self.len);
         // SAFETY: as in `word`.
         unsafe { &*(self.ptr.cast::<u8>().add(offset) as *const AtomicU32) }
     }

@@ -1992,7 +1992,7 @@ mod hostile_positions {
                 reads_end_in_corruption(RingReader::new(reopen(&memfd, 4096)));
                 // Equal positions with the next frame sealed at the last one.
                 set_positions(&ring, pos, pos);
-                let offset = pos % 4096 & !15;
+                let offset = (pos % 4096) & !15;
                 ring.data_u32(offset).store(0, Ordering::SeqCst);
                 ring.data_u32(offset + 4)
                     .store(KIND_DATA | 1 << 16, Ordering::SeqCst);

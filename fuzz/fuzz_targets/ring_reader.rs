@@ -129,13 +129,13 @@ fn ring_mappings() -> Vec<(usize, usize)> {
 
 impl Fixture {
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= MAP_LEN);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= MAP_LEN);
         // SAFETY: in bounds and aligned (the mapping is page aligned).
         unsafe { &*(self.raw.add(offset) as *const AtomicU64) }
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= MAP_LEN);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= MAP_LEN);
         // SAFETY: as above.
         unsafe { &*(self.raw.add(offset) as *const AtomicU32) }
     }
@@ -173,7 +173,12 @@ impl Fixture {
     /// A consumer attaching: a new mapping through a dup of the memfd, as the broker's fd
     /// arrives. Puts a guard page after the new mapping when that page is free.
     fn attach(&mut self) -> Result<RingReader, RingError> {
-        if known("attach-unaligned") && self.u64_at(READ_POS_AT).load(Ordering::Relaxed) % 8 != 0 {
+        if known("attach-unaligned")
+            && !self
+                .u64_at(READ_POS_AT)
+                .load(Ordering::Relaxed)
+                .is_multiple_of(8)
+        {
             // What the fix does: a consumer position that is not a frame boundary is corrupt.
             return Err(RingError::Corrupt(
                 "unaligned read_pos (known issue)".into(),
@@ -205,7 +210,7 @@ impl Fixture {
         static SAMPLED: AtomicU64 = AtomicU64::new(0);
         static GUARDED: AtomicU64 = AtomicU64::new(0);
         let attaches = ATTACHES.fetch_add(1, Ordering::Relaxed) + 1;
-        if !(attaches.is_power_of_two() || attaches % 1024 == 0) {
+        if !(attaches.is_power_of_two() || attaches.is_multiple_of(1024)) {
             return;
         }
         let sampled = SAMPLED.fetch_add(1, Ordering::Relaxed) + 1;
@@ -224,7 +229,7 @@ impl Fixture {
                 self.pending_guard = Some(end - 4096);
             }
         }
-        if sampled % 64 == 0 && std::env::var_os("SHMEM_FUZZ_STATS").is_some() {
+        if sampled.is_multiple_of(64) && std::env::var_os("SHMEM_FUZZ_STATS").is_some() {
             eprintln!(
                 "ring_reader: guard page after the reader's mapping in {} of {sampled} sampled attaches ({attaches} attaches)",
                 GUARDED.load(Ordering::Relaxed)
@@ -342,7 +347,7 @@ impl Producer {
         let read_pos = ring.u64_at(READ_POS_AT).load(Ordering::Acquire);
         if read_pos > self.write_pos
             || self.write_pos - read_pos > CAPACITY
-            || self.write_pos % unit != 0
+            || !self.write_pos.is_multiple_of(unit)
             || self.write_pos > u64::MAX - 2 * CAPACITY
         {
             return 0; // scribbled on: a real producer would report corruption here

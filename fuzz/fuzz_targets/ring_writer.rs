@@ -113,13 +113,13 @@ fn fixture() -> &'static Mutex<Fixture> {
 
 impl Fixture {
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= MAP_LEN);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= MAP_LEN);
         // SAFETY: in bounds and aligned (the mapping is page aligned).
         unsafe { &*(self.raw.add(offset) as *const AtomicU64) }
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= MAP_LEN);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= MAP_LEN);
         // SAFETY: as above.
         unsafe { &*(self.raw.add(offset) as *const AtomicU32) }
     }
@@ -506,7 +506,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // Either side detaches and comes back.
             12 => {
-                if script.u8() % 2 == 0 {
+                if script.u8().is_multiple_of(2) {
                     state.writer = None;
                     state.writer = attach_writer(state.clean);
                 } else {
