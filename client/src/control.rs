@@ -129,7 +129,15 @@ impl BrokerControlPage {
     }
 }
 
-/// A client's view of a control page: mapped read-only, it can only load the counters.
+/// A client's view of a control page: mapped read-only, it can only load the counters. It
+/// has no `bump` (an atomic add on a read-only mapping would be a SIGSEGV):
+///
+/// ```compile_fail
+/// use shmem_broker_client::{control::ControlPage, Role};
+/// fn announce(page: &ControlPage) -> u64 {
+///     page.bump(Role::Producer)
+/// }
+/// ```
 pub struct ControlPage {
     map: Mapping,
 }
