@@ -24,7 +24,8 @@
 //! 4096  data[capacity]
 //! ```
 //! Positions are 64-bit byte counters that only grow; the offset in the data area is
-//! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`.
+//! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`, and
+//! no position exceeds [`MAX_POSITION`] (so that no sum with one wraps).
 //!
 //! A frame is a 16-byte header (`len u32`, `kind u16`, `span u16`, `seal u64`) and `len`
 //! payload bytes, padded to a multiple of 16. A frame never wraps: when it does not fit before
