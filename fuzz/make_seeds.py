@@ -196,6 +196,106 @@ write("ring_reader", "hostile-identity",
 write("ring_reader", "hostile-counters",
       start(0) + header_u64(72, 0xFFFFFFFFFFFFFFFF) + header_u64(80, 1 << 63) + send(3) + READ + misc(4))
 
+# ring_reader: positions near the top of the u64 range (start modes 2 and 3; see the target)
+MAX_POSITION = 2**64 - 2**42
+write("ring_reader", "start-below-max-position",
+      start(2 | (4 << 4)) + (send(1000) + READ) * 6 + EOS + READ)
+write("ring_reader", "start-near-2-pow-64", start(2**64 - 16 | 3) + send(3) + READ + REATTACH + READ)
+write("ring_reader", "positions-near-2-pow-64",
+      start(0) + send(10) + set_write_pos(16, 3) + READ + set_read_pos(2**64 - 32, 3) + REATTACH
+      + READ + set_write_pos(MAX_POSITION + 16) + READ)
+
+# --- ring_writer: start position + operations (a producer facing a hostile consumer) ---------
+
+def w_send(length, fill=0):
+    return bytes([fill % 3]) + u16(length)
+
+
+def w_up_to(reserve, used):
+    return bytes([3]) + u16(reserve) + u16(used)
+
+
+def w_batch(count, length):
+    return bytes([4, count - 1, length])
+
+
+def w_make_room(length):
+    return bytes([5]) + u16(length)
+
+
+def w_after_gap(missed, length):
+    return bytes([6, missed - 1]) + u16(length)
+
+
+def w_gap(missed):
+    return bytes([7]) + u64(missed) + bytes([0])
+
+
+W_EOS = bytes([8])
+
+
+def w_misc(sub, length=0):
+    return bytes([9]) + u16(length) + bytes([sub])
+
+
+W_READ = bytes([10])
+
+
+def w_read_batch(limit):
+    return bytes([11, limit - 1])
+
+
+W_REATTACH_WRITER = bytes([12, 0])
+W_REATTACH_READER = bytes([12, 1])
+
+
+def w_read_pos(value, mode=0):
+    return bytes([13]) + u64(value) + bytes([mode])
+
+
+def w_header(pick, value):
+    return bytes([14, pick]) + u64(value)
+
+
+def w_data(offset, data):
+    return bytes([15]) + u16(offset) + bytes([len(data)]) + data
+
+
+write("ring_writer", "round-trip", start(0) + (w_send(5, 1) + W_READ) * 4 + W_EOS + W_READ + W_READ)
+write("ring_writer", "wrap", start(0) + (w_send(700) + W_READ) * 12 + w_misc(4))
+write("ring_writer", "layout-1", start(8) + (w_send(300) + w_read_batch(3)) * 20 + W_EOS + W_READ)
+write("ring_writer", "fill-sleep-drain",
+      start(0) + w_send(1000) * 5 + w_misc(1, 1000) + W_READ + w_misc(3) + w_misc(0, 1000)
+      + w_misc(2) + w_send(1000) + w_read_batch(8))
+write("ring_writer", "up-to-and-make-room",
+      start(4000) + w_up_to(3000, 10) + w_up_to(100, 0) + W_READ + w_make_room(3500) + W_READ
+      + w_make_room(3500) + w_send(3500) + W_READ)
+write("ring_writer", "gaps",
+      start(0) + w_send(10) + w_after_gap(3, 20) + w_gap(2) + W_EOS + w_read_batch(8)
+      + w_read_batch(8) + W_REATTACH_READER + W_READ)
+write("ring_writer", "reattach",
+      start(0) + w_batch(8, 20) + W_REATTACH_WRITER + w_send(30) + W_REATTACH_READER
+      + w_read_batch(8) + w_read_batch(8) + W_READ)
+write("ring_writer", "start-below-max-position",
+      start(2 | (4 << 4)) + (w_send(1000) + W_READ) * 8 + W_EOS + W_READ)
+write("ring_writer", "start-near-2-pow-64",
+      start(2**64 - 16 | 3) + w_send(3) + W_EOS + W_REATTACH_WRITER + w_send(3))
+write("ring_writer", "hostile-read-pos-near-2-pow-64",
+      start(0) + w_send(100) + w_read_pos(0, 3) + w_send(3000) + w_send(3000) + w_misc(0, 3000)
+      + w_read_pos(0, 4) + w_send(3000) + W_REATTACH_WRITER + w_send(3))
+write("ring_writer", "hostile-read-pos-behind-and-ahead",
+      start(1 << 40) + w_send(2000) + w_read_pos(5000, 5) + w_send(2000) + w_send(2000)
+      + w_read_pos(64, 2) + w_batch(8, 200) + w_read_pos(7, 1) + w_misc(1, 100))
+write("ring_writer", "hostile-counters-and-flags",
+      start(0) + w_header(2, 2**64 - 1) + w_header(3, 2**64 - 1) + w_header(4, 2**64 - 1)
+      + w_header(6, 1) + w_header(7, 1) + w_header(0, 2**64 - 1) + w_send(10) + w_misc(3)
+      + w_after_gap(1, 5) + w_misc(4) + W_REATTACH_WRITER + w_send(10))
+write("ring_writer", "hostile-identity",
+      start(0) + w_header(8, 0) + W_REATTACH_WRITER + w_send(3)
+      + w_header(255, 0) + W_REATTACH_WRITER + w_send(3))
+write("ring_writer", "hostile-data",
+      start(0) + w_send(100) + w_data(0, b"\xff" * 16) + w_send(100) + W_READ + W_READ)
+
 total = 0
 for dirpath, _, files in os.walk(os.path.join(HERE, "corpus")):
     if "/corpus" not in dirpath:

@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-all_targets="request_decoder config_parser ring_reader"
+all_targets="request_decoder config_parser ring_reader ring_writer"
 targets=${targets:-$all_targets}
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

@@ -13,7 +13,9 @@
 //! ```
 //! The broker maps the page writable, then seals it with `F_SEAL_FUTURE_WRITE` (plus SHRINK,
 //! GROW, SEAL): clients can only map it read-only, so a hostile client cannot make the others
-//! wait for events that never come.
+//! wait for events that never come. The two mappings are two types: [`BrokerControlPage`]
+//! (made by `create`, the only one with `bump`) and [`ControlPage`] (made by `open`, loads
+//! only), so no safe code can write through a read-only mapping.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
@@ -30,31 +32,117 @@ const MAGIC_OFFSET: usize = 0;
 const PRODUCER_OFFSET: usize = 64;
 const CONSUMER_OFFSET: usize = 128;
 
-pub struct ControlPage {
+/// A mapping of the control page; read-only or writable depending on who made it.
+struct Mapping {
     base: NonNull<u8>,
 }
 
 // SAFETY: the page is shared memory reached only through atomics; it is not tied to a thread.
-unsafe impl Send for ControlPage {}
+unsafe impl Send for Mapping {}
 
-impl ControlPage {
-    /// Makes a control page (broker side): the returned mapping is writable, the memfd handed
-    /// to clients is sealed so that nobody else can write it.
-    pub fn create(channel: &str) -> std::io::Result<(ControlPage, OwnedFd)> {
+impl Mapping {
+    fn new(fd: &OwnedFd, prot: ProtFlags) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh shared mapping of a whole memfd page at an address the kernel picks;
+        // it aliases no Rust object, and the SHRINK seal (checked by `ControlPage::open`, set
+        // by `BrokerControlPage::create` before anyone else sees the fd) keeps the page from
+        // going away.
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                CONTROL_SIZE,
+                prot,
+                MapFlags::SHARED,
+                fd.as_fd(),
+                0,
+            )?
+        };
+        let base = NonNull::new(base.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("control page mapped at address 0"))?;
+        Ok(Mapping { base })
+    }
+
+    /// A word of the page, for atomic loads (and, on the broker's writable mapping only,
+    /// atomic writes).
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: offsets are constants below CONTROL_SIZE and multiples of 8 within a
+        // page-aligned mapping that lives as long as `self`; only atomics touch the page, so
+        // the broker writing it concurrently is no data race.
+        unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU64) }
+    }
+
+    fn generation(&self, role: Role) -> u64 {
+        self.word(offset(role)).load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` with this length and nothing borrows it past
+        // `self`.
+        let _ = unsafe { munmap(self.base.as_ptr().cast(), CONTROL_SIZE) };
+    }
+}
+
+fn offset(role: Role) -> usize {
+    match role {
+        Role::Producer => PRODUCER_OFFSET,
+        Role::Consumer => CONSUMER_OFFSET,
+    }
+}
+
+/// The broker's control page: the only writable mapping there is of it, so the only type
+/// that can [`bump`](Self::bump) (clients get a [`ControlPage`], which only loads).
+pub struct BrokerControlPage {
+    map: Mapping,
+}
+
+impl BrokerControlPage {
+    /// Makes a control page: the returned mapping is writable, the memfd handed to clients is
+    /// sealed so that nobody else can write it.
+    pub fn create(channel: &str) -> std::io::Result<(BrokerControlPage, OwnedFd)> {
         let fd = memfd_create(
             format!("shmem-broker-control:{channel}"),
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
         rustix::fs::ftruncate(&fd, CONTROL_SIZE as u64)?;
-        let page = ControlPage::map(&fd, ProtFlags::READ | ProtFlags::WRITE)?;
-        page.word(MAGIC_OFFSET).store(MAGIC, Ordering::Release);
+        let map = Mapping::new(&fd, ProtFlags::READ | ProtFlags::WRITE)?;
+        map.word(MAGIC_OFFSET).store(MAGIC, Ordering::Release);
         fcntl_add_seals(
             &fd,
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL,
         )?;
-        Ok((page, fd))
+        Ok((BrokerControlPage { map }, fd))
     }
 
+    /// The counter of `role`'s side.
+    pub fn generation(&self, role: Role) -> u64 {
+        self.map.generation(role)
+    }
+
+    /// Announces a change to `role`'s side; returns the new value. The counter only counts
+    /// changes (nobody compares it but for "moved"), so it wraps rather than overflows.
+    pub fn bump(&self, role: Role) -> u64 {
+        self.map
+            .word(offset(role))
+            .fetch_add(1, Ordering::AcqRel)
+            .wrapping_add(1)
+    }
+}
+
+/// A client's view of a control page: mapped read-only, it can only load the counters. It
+/// has no `bump` (an atomic add on a read-only mapping would be a SIGSEGV):
+///
+/// ```compile_fail
+/// use shmem_broker_client::{control::ControlPage, Role};
+/// fn announce(page: &ControlPage) -> u64 {
+///     page.bump(Role::Producer)
+/// }
+/// ```
+pub struct ControlPage {
+    map: Mapping,
+}
+
+impl ControlPage {
     /// Maps a control page received from the broker, read-only, after checking its seals
     /// and size.
     pub fn open(fd: &OwnedFd) -> std::io::Result<ControlPage> {
@@ -68,61 +156,16 @@ impl ControlPage {
         if fstat(fd)?.st_size != CONTROL_SIZE as i64 {
             return Err(std::io::Error::other("control page has the wrong size"));
         }
-        let page = ControlPage::map(fd, ProtFlags::READ)?;
-        if page.word(MAGIC_OFFSET).load(Ordering::Acquire) != MAGIC {
+        let map = Mapping::new(fd, ProtFlags::READ)?;
+        if map.word(MAGIC_OFFSET).load(Ordering::Acquire) != MAGIC {
             return Err(std::io::Error::other("control page has a bad magic"));
         }
-        Ok(page)
-    }
-
-    fn map(fd: &OwnedFd, prot: ProtFlags) -> std::io::Result<ControlPage> {
-        // SAFETY: a fresh shared mapping of a whole memfd page at an address the kernel picks;
-        // it aliases no Rust object, and the SHRINK seal keeps the page from going away.
-        let base = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                CONTROL_SIZE,
-                prot,
-                MapFlags::SHARED,
-                fd.as_fd(),
-                0,
-            )?
-        };
-        let base = NonNull::new(base.cast::<u8>())
-            .ok_or_else(|| std::io::Error::other("control page mapped at address 0"))?;
-        Ok(ControlPage { base })
-    }
-
-    fn word(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: offsets are constants below CONTROL_SIZE and multiples of 8 within a
-        // page-aligned mapping that lives as long as `self`; only atomics touch the page.
-        unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU64) }
-    }
-
-    fn offset(role: Role) -> usize {
-        match role {
-            Role::Producer => PRODUCER_OFFSET,
-            Role::Consumer => CONSUMER_OFFSET,
-        }
+        Ok(ControlPage { map })
     }
 
     /// The counter of `role`'s side.
     pub fn generation(&self, role: Role) -> u64 {
-        self.word(Self::offset(role)).load(Ordering::Acquire)
-    }
-
-    /// Broker side: announces a change to `role`'s side; returns the new value. Only ever
-    /// called on the writable mapping `create` returned.
-    pub fn bump(&self, role: Role) -> u64 {
-        self.word(Self::offset(role)).fetch_add(1, Ordering::AcqRel) + 1
-    }
-}
-
-impl Drop for ControlPage {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map` with this length and nothing borrows it past
-        // `self`.
-        let _ = unsafe { munmap(self.base.as_ptr().cast(), CONTROL_SIZE) };
+        self.map.generation(role)
     }
 }
 
@@ -132,7 +175,7 @@ mod tests {
 
     #[test]
     fn clients_see_bumps_and_cannot_write() {
-        let (broker, fd) = ControlPage::create("t").expect("create");
+        let (broker, fd) = BrokerControlPage::create("t").expect("create");
         let client = ControlPage::open(&fd).expect("open");
         assert_eq!(client.generation(Role::Producer), 0);
         assert_eq!(broker.bump(Role::Producer), 1);

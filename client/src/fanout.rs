@@ -64,8 +64,9 @@ impl<E> Membership<E> {
     }
 
     fn add(&mut self, attachment: &Attachment, lane: Lane) -> Result<()> {
-        let end = (self.open)(lane.ring).map_err(|e| Error::ring(&attachment.channel, e))?;
+        // The lane it replaces goes first: a ring has one writer per process at a time.
         self.peers.retain(|p| p.id != lane.peer);
+        let end = (self.open)(lane.ring).map_err(|e| Error::ring(&attachment.channel, e))?;
         self.peers.push(Peer {
             id: lane.peer,
             end,

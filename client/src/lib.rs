@@ -3,8 +3,13 @@
 //!
 //! This crate owns everything both sides of the control socket agree on: the framed wire
 //! protocol ([`wire`]), passing fds with SCM_RIGHTS ([`fdpass`]), the shared ring layout
-//! ([`ring`]), channel names and sizes; and the API programs use: [`Client`], [`Producer`],
-//! [`Consumer`].
+//! (module `ring`) and control page (module `control`), channel names and sizes; and the API
+//! programs use: [`Client`], [`Producer`], [`Consumer`].
+//!
+//! `ring` and `control` are public for the broker, the tests and the fuzz targets of this
+//! workspace only (hidden from the docs, no stable API). They are safe to use all the same:
+//! the broker's writable control page is its own type, and a process gets at most one
+//! `RingWriter` per ring.
 //!
 //! The data path is socket -> attach -> ring: a client asks the broker to attach it to a channel
 //! and receives the channel's sealed memfd ring and its two eventfds in one message; from then on
@@ -14,6 +19,7 @@ mod attachment;
 mod client;
 mod connection;
 mod consumer;
+#[doc(hidden)]
 pub mod control;
 pub mod discovery;
 mod error;
@@ -21,6 +27,7 @@ mod fanout;
 pub mod fdpass;
 pub mod names;
 mod producer;
+#[doc(hidden)]
 pub mod ring;
 pub mod size;
 pub mod wire;

@@ -24,7 +24,8 @@
 //! 4096  data[capacity]
 //! ```
 //! Positions are 64-bit byte counters that only grow; the offset in the data area is
-//! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`.
+//! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`, and
+//! no position exceeds [`MAX_POSITION`] (so that no sum with one wraps).
 //!
 //! A frame is a 16-byte header (`len u32`, `kind u16`, `span u16`, `seal u64`) and `len`
 //! payload bytes, padded to a multiple of 16. A frame never wraps: when it does not fit before
@@ -58,14 +59,19 @@
 //! loads or copied out with `copy_nonoverlapping`, validated against the capacity, and any
 //! inconsistency is reported as [`RingError::Corrupt`], never acted on.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use shmem_ipc::mem::mmap::MmapRaw;
 
 use crate::wire::{Role, SlowConsumer};
+
+mod handshake;
 
 /// The layout new rings get.
 pub const LAYOUT_VERSION: u32 = 2;
@@ -78,6 +84,13 @@ pub const CAPACITY_GRANULE: u64 = 4096;
 pub const MIN_CAPACITY: u64 = CAPACITY_GRANULE;
 /// Ring positions are u64 and frame lengths u32: keep capacities well inside both.
 pub const MAX_CAPACITY: u64 = 1 << 40;
+/// Highest position either side accepts from the header (2^64 - 2^42, a multiple of every
+/// frame unit). Positions only grow, by the bytes written, so an honest ring gets here after
+/// about 2^64 bytes (58 years at 10 GB/s); anything above came from a hostile peer. Kept this
+/// far below 2^64 so that a position plus a lap and a frame (what the sides add to a position
+/// they accepted) never wraps.
+pub const MAX_POSITION: u64 = u64::MAX - (4 * MAX_CAPACITY - 1);
+const _: () = assert!(MAX_POSITION % 64 == 0);
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING1");
 
 const KIND_DATA: u32 = 1;
@@ -208,7 +221,8 @@ impl FrameFormat {
 
     /// The seal of the frame at `pos`, in a layout that has seals.
     fn seal(self, pos: u64) -> Option<u64> {
-        self.seal_key.map(|key| (pos + 1) ^ key)
+        // Positions stay below MAX_POSITION; wrapping keeps even a stray one from panicking.
+        self.seal_key.map(|key| pos.wrapping_add(1) ^ key)
     }
 }
 
@@ -237,6 +251,8 @@ pub struct SharedRing {
     map: MmapRaw,
     capacity: u64,
     format: FrameFormat,
+    /// The memfd's device and inode: the same for every mapping of the ring in this process.
+    file: (u64, u64),
 }
 
 // SAFETY: the mapping is plain shared memory reached only through atomics and raw copies; it is
@@ -324,6 +340,7 @@ impl SharedRing {
     fn map(memfd: &Memfd, capacity: u64) -> Result<SharedRing, RingError> {
         let len = usize::try_from(HEADER_SIZE + capacity)
             .map_err(|_| RingError::Rejected("ring larger than the address space".into()))?;
+        let metadata = memfd.as_file().metadata()?;
         let map = shmem_ipc::mem::raw_memfd(memfd, len).map_err(|err| match err {
             shmem_ipc::Error::Io(io) => RingError::Io(io),
             other => RingError::Rejected(other.to_string()),
@@ -332,6 +349,7 @@ impl SharedRing {
             map,
             capacity,
             format: FrameFormat::of(MIN_LAYOUT_VERSION, 0),
+            file: (metadata.dev(), metadata.ino()),
         })
     }
 
@@ -368,11 +386,11 @@ impl SharedRing {
     /// An atomic view of a u32 at `offset` (a multiple of 4, below `capacity`) of the data area.
     fn data_u32(&self, offset: u64) -> &AtomicU32 {
         debug_assert!(offset % 4 == 0 && offset + 4 <= self.capacity);
-        // SAFETY: callers pass offsets that are frame starts (multiples of 8) strictly inside
-        // the data area, or words of a frame already checked to end inside it, so the 4 bytes
-        // are mapped and aligned. Reading them atomically means a
-        // peer writing them concurrently cannot cause undefined behaviour, only odd values,
-        // which the callers validate.
+        // SAFETY: callers pass offsets that are frame starts (multiples of the frame unit, 8 or
+        // 16, strictly inside the data area: positions are checked to be multiples of it) or
+        // words of a frame already checked to end inside it, so the 4 bytes are mapped and
+        // aligned. Reading them atomically means a peer writing them concurrently cannot
+        // cause undefined behaviour, only odd values, which the callers validate.
         unsafe { &*(self.data().add(offset as usize) as *const AtomicU32) }
     }
 
@@ -489,10 +507,11 @@ impl SharedRing {
         let h = self.header();
         let write_pos = h.producer.write_pos.load(Ordering::Acquire);
         let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
-        check_positions(read_pos, write_pos, self).ok()?;
-        Some(write_pos - read_pos)
+        check_positions(read_pos, write_pos, self).ok()
     }
 
+    /// The counters as the header holds them: any value a peer stored, so callers that add
+    /// them up must saturate (the broker's `Channel::info` does).
     pub fn stats(&self) -> RingStats {
         let h = self.header();
         let written = h.producer.write_pos.load(Ordering::Acquire);
@@ -538,7 +557,13 @@ fn memfd_error(err: shmem_ipc::mem::mfd::Error) -> RingError {
     RingError::Rejected(err.to_string())
 }
 
-/// Publishing side. There is one at a time per ring (the broker enforces it); it resumes at the
+/// Rings this process has a [`RingWriter`] on, by their memfd's device and inode (which stay
+/// taken while the writer's mapping keeps the file alive).
+static WRITERS: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+
+/// Publishing side. There is one at a time per ring: the broker grants one producer per ring,
+/// and [`RingWriter::new`] refuses a second writer in the same process whatever the broker
+/// did, since two would hand out `&mut` slices of the same bytes. It resumes at the
 /// `write_pos` the previous producer published.
 pub struct RingWriter {
     ring: SharedRing,
@@ -556,11 +581,21 @@ pub struct RingWriter {
 }
 
 impl RingWriter {
+    /// A writer on `ring`; `Rejected` if this process already has one on the same ring (any
+    /// mapping of the same memfd), `Corrupt` if the header's positions are inconsistent.
     pub fn new(ring: SharedRing) -> Result<RingWriter, RingError> {
         let h = ring.header();
         let write_pos = h.producer.write_pos.load(Ordering::Acquire);
         let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
         check_positions(read_pos, write_pos, &ring)?;
+        // The set only holds plain keys: a panic elsewhere while it was locked left it intact.
+        let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if !writers.insert(ring.file) {
+            return Err(RingError::Rejected(
+                "this process already has a writer on this ring".into(),
+            ));
+        }
+        drop(writers);
         Ok(RingWriter {
             write_pos,
             staged_pos: write_pos,
@@ -596,20 +631,22 @@ impl RingWriter {
     /// if that is less than `wanted` is the shared position loaded again (a cross-core cache
     /// miss the common case avoids). A stale position only ever understates the free space.
     fn free_space(&mut self, wanted: u64) -> Result<u64, RingError> {
+        // read_floor <= staged_pos <= read_floor + capacity: both were checked together
+        // (check_positions) and staging never goes past the free space.
         let cached = self.ring.capacity - (self.staged_pos - self.read_floor);
         if cached >= wanted {
             return Ok(cached);
         }
-        let read_pos = self.ring.header().consumer.read_pos.load(Ordering::Acquire);
+        let read_pos = handshake::observe(&self.ring.header().consumer.read_pos);
         if read_pos < self.read_floor {
             return Err(RingError::Corrupt(format!(
                 "consumer position went backwards ({read_pos} < {})",
                 self.read_floor
             )));
         }
-        check_positions(read_pos, self.staged_pos, &self.ring)?;
+        let unread = check_positions(read_pos, self.staged_pos, &self.ring)?;
         self.read_floor = read_pos;
-        Ok(self.ring.capacity - (self.staged_pos - read_pos))
+        Ok(self.ring.capacity - unread)
     }
 
     /// Room a frame of `payload` bytes needs now, counting the padding it may need first.
@@ -666,10 +703,10 @@ impl RingWriter {
     /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
     /// single publish. Returns how many were written.
     pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
-        let mut wanted = 0;
+        let mut wanted: u64 = 0;
         for message in messages {
             self.check_len(message.len())?;
-            wanted += self.ring.frame_len(message.len() as u64);
+            wanted = wanted.saturating_add(self.ring.frame_len(message.len() as u64));
         }
         let mut free = self.free_space(wanted.min(self.ring.capacity))?;
         let mut written = 0;
@@ -714,7 +751,7 @@ impl RingWriter {
     ///
     /// [`try_write_after_gap`]: Self::try_write_after_gap
     pub fn count_lost(&mut self, count: u64) {
-        self.messages_lost = self.messages_lost.wrapping_add(count);
+        self.messages_lost = self.messages_lost.saturating_add(count);
         self.ring
             .header()
             .producer
@@ -801,11 +838,15 @@ impl RingWriter {
         }
         let offset = self.staged_pos % capacity;
         // SAFETY: offset + needed <= capacity (the frame fits before the end, checked above),
-        // so the payload range lies inside the mapped data area. The bytes between the published
-        // write position and read position + capacity belong to the producer alone in the
-        // protocol; a hostile consumer writing them concurrently can only garble the message it
-        // is itself about to receive. u8 has no invalid values and we never read this slice
-        // back for any decision.
+        // so the payload range [offset + unit, offset + unit + len) lies inside the mapped
+        // data area. In this process nothing else forms a reference to these bytes: this is
+        // the only RingWriter on the ring here (`RingWriter::new` refuses a second one), the
+        // slice lives only during `fill`, and a RingReader reads only bytes the writer has
+        // published, through raw copies. Another process (a hostile consumer) may write them
+        // concurrently, outside what Rust's model sees: it can only garble the message it is
+        // itself about to receive; u8 has no invalid values and the library never reads this
+        // slice back for any decision (a `fill` that reads back what it wrote may see the
+        // peer's bytes).
         let payload = unsafe {
             std::slice::from_raw_parts_mut(
                 self.ring
@@ -819,13 +860,19 @@ impl RingWriter {
             return true;
         }
         let size = self.ring.frame_len(used as u64);
+        // The staged position is at most MAX_POSITION + capacity (check_positions and the
+        // free space bound it), so this cannot wrap; it is refused rather than assumed.
+        let Some(end) = self.staged_pos.checked_add(size) else {
+            return false;
+        };
         self.put_header(offset, used as u32, kind, size);
-        self.staged_pos += size;
+        self.staged_pos = end;
         *free -= size;
         if kind == KIND_DATA {
-            // Counters come from shared memory a peer may have set to anything.
-            self.messages_written = self.messages_written.wrapping_add(1);
-            self.bytes_written = self.bytes_written.wrapping_add(used as u64);
+            // Counters come from shared memory a peer may have set to anything: they stop at
+            // u64::MAX rather than wrap (or panic).
+            self.messages_written = self.messages_written.saturating_add(1);
+            self.bytes_written = self.bytes_written.saturating_add(used as u64);
         }
         true
     }
@@ -834,12 +881,14 @@ impl RingWriter {
     fn stage_padding(&mut self, free: &mut u64) -> bool {
         let offset = self.staged_pos % self.ring.capacity;
         let until_end = self.ring.capacity - offset;
-        if *free < until_end {
-            return false;
-        }
+        // As in stage_frame: the advance cannot wrap, but is refused rather than assumed.
+        let end = match self.staged_pos.checked_add(until_end) {
+            Some(end) if *free >= until_end => end,
+            _ => return false,
+        };
         let len = (until_end - self.ring.format.unit) as u32;
         self.put_header(offset, len, KIND_PAD, until_end);
-        self.staged_pos += until_end;
+        self.staged_pos = end;
         *free -= until_end;
         true
     }
@@ -891,7 +940,7 @@ impl RingWriter {
         h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
         // Release suffices: the fence in `take_consumer_waiting`, which always follows a
         // publish, orders this store before the waiting-flag load.
-        h.write_pos.store(self.write_pos, Ordering::Release);
+        handshake::publish(&h.write_pos, self.write_pos);
         if let Some(seal) = seal {
             // After write_pos (release after release): a consumer that sees the seal also
             // sees the position covering the frame, and never gets ahead of it.
@@ -904,7 +953,7 @@ impl RingWriter {
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
     /// Pairs with [`RingReader::prepare_to_sleep`] (store flag, then re-check the ring).
     pub fn take_consumer_waiting(&self) -> bool {
-        take_flag(&self.ring.header().consumer_waiting.waiting)
+        handshake::take_waiting(&self.ring.header().consumer_waiting.waiting)
     }
 
     /// True if a write of `payload` bytes would make progress now (write the frame, or at least
@@ -923,25 +972,24 @@ impl RingWriter {
     /// Announces that the producer is about to block for space. Returns false (do not sleep) if
     /// space appeared in the meantime.
     pub fn prepare_to_sleep(&mut self, needed_payload: usize) -> Result<bool, RingError> {
-        self.ring
-            .header()
-            .producer_waiting
-            .waiting
-            .store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if self.can_progress(needed_payload)? {
-            self.done_sleeping();
-            return Ok(false);
-        }
-        Ok(true)
+        handshake::prepare_to_sleep(
+            self,
+            |w| &w.ring.header().producer_waiting.waiting,
+            |w| w.can_progress(needed_payload),
+        )
     }
 
     pub fn done_sleeping(&self) {
-        self.ring
-            .header()
-            .producer_waiting
-            .waiting
-            .store(0, Ordering::Relaxed);
+        handshake::done_sleeping(&self.ring.header().producer_waiting.waiting);
+    }
+}
+
+impl Drop for RingWriter {
+    fn drop(&mut self) {
+        WRITERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.ring.file);
     }
 }
 
@@ -1056,7 +1104,12 @@ impl RingReader {
                         // to say, at the next poll.
                         self.position_due = span.is_none();
                         let published = span.unwrap_or(size);
-                        self.write_seen = self.read_pos + published;
+                        // read_pos <= MAX_POSITION and published <= capacity; checked all
+                        // the same, as the seal and span are a peer's to write.
+                        self.write_seen =
+                            self.read_pos.checked_add(published).ok_or_else(|| {
+                                RingError::Corrupt("sealed frame past the last position".into())
+                            })?;
                         return Ok(published);
                     }
                     // Not sealed yet. Loading the position now would cost a transfer of
@@ -1072,15 +1125,10 @@ impl RingReader {
         }
         self.polls_unsealed = 0;
         self.position_due = false;
-        let write_pos = self
-            .ring
-            .header()
-            .producer
-            .write_pos
-            .load(Ordering::Acquire);
-        check_positions(self.read_pos, write_pos, &self.ring)?;
+        let write_pos = handshake::observe(&self.ring.header().producer.write_pos);
+        let unread = check_positions(self.read_pos, write_pos, &self.ring)?;
         self.write_seen = write_pos;
-        Ok(write_pos - self.read_pos)
+        Ok(unread)
     }
 
     /// If the frame at `offset` carries `seal` (it is published): its size, and the bytes its
@@ -1142,16 +1190,17 @@ impl RingReader {
             if delivered == max {
                 break Ok(BatchOutcome::Messages(delivered));
             }
-            let before = self.read_pos;
+            let before = (self.read_pos, self.missed);
             match self.next_frame(Sink::Buffer(scratch), &mut unread) {
                 Ok(ReadOutcome::Message) => {
                     each(scratch);
                     delivered += 1;
                 }
                 // The mark ends a batch that has messages; it is read by the next call, so the
-                // caller learns of both. (Going back over skipped padding is harmless.)
+                // caller learns of both. (Going back over skipped padding is harmless; a loss
+                // record skipped on the way is counted again then, so its count is undone.)
                 Ok(ReadOutcome::EndOfStream) if delivered > 0 => {
-                    self.read_pos = before;
+                    (self.read_pos, self.missed) = before;
                     break Ok(BatchOutcome::Messages(delivered));
                 }
                 Ok(ReadOutcome::EndOfStream) => break Ok(BatchOutcome::EndOfStream),
@@ -1235,11 +1284,13 @@ impl RingReader {
                         Sink::Buffer(out) => {
                             out.clear();
                             out.reserve(len as usize);
-                            // SAFETY: the source range [offset+8, offset+8+len) lies inside the
-                            // data area (size <= until_end), `out` has room for len bytes after
-                            // reserve, and the two never overlap (private heap vs shared
-                            // mapping). A hostile producer rewriting the bytes while we copy only
-                            // changes what we receive; we copy them out before looking at any.
+                            // SAFETY: the source range [offset + unit, offset + unit + len) lies
+                            // inside the data area (its frame's size <= until_end), `out` has
+                            // room for len bytes after reserve, and the two never overlap
+                            // (private heap vs shared mapping). A raw copy forms no reference to
+                            // the shared bytes: a hostile producer rewriting them while we copy
+                            // only changes what we receive; we copy them out before looking at
+                            // any.
                             unsafe {
                                 std::ptr::copy_nonoverlapping(
                                     self.ring.data().add(start),
@@ -1251,7 +1302,7 @@ impl RingReader {
                         }
                         Sink::Fd(fd) => self.ring.write_out(start, len as usize, *fd)?,
                     }
-                    self.messages_read = self.messages_read.wrapping_add(1);
+                    self.messages_read = self.messages_read.saturating_add(1);
                 }
                 other => {
                     return Err(RingError::Corrupt(format!(
@@ -1259,7 +1310,10 @@ impl RingReader {
                     )))
                 }
             }
-            self.read_pos += size;
+            // size <= unread, and read_pos + unread is a position the checks accepted.
+            self.read_pos = self.read_pos.checked_add(size).ok_or_else(|| {
+                RingError::Corrupt(format!("frame at offset {offset} ends past 2^64"))
+            })?;
             *unread -= size;
             match kind {
                 KIND_DATA => return Ok(ReadOutcome::Message),
@@ -1279,7 +1333,7 @@ impl RingReader {
         h.messages_read.store(self.messages_read, Ordering::Relaxed);
         // Release suffices: the fence in `take_producer_waiting`, which callers run after every
         // read, orders it before the waiting-flag load.
-        h.read_pos.store(self.read_pos, Ordering::Release);
+        handshake::publish(&h.read_pos, self.read_pos);
         self.published_pos = self.read_pos;
         self.freed = true;
     }
@@ -1288,52 +1342,39 @@ impl RingReader {
     /// producer is asleep waiting for space, so it must be woken. Costs nothing when nothing
     /// was freed.
     pub fn take_producer_waiting(&mut self) -> bool {
-        std::mem::take(&mut self.freed) && take_flag(&self.ring.header().producer_waiting.waiting)
+        std::mem::take(&mut self.freed)
+            && handshake::take_waiting(&self.ring.header().producer_waiting.waiting)
     }
 
     /// Announces that the consumer is about to block. Returns false (do not sleep) if data
     /// arrived in the meantime.
     pub fn prepare_to_sleep(&mut self) -> Result<bool, RingError> {
-        self.ring
-            .header()
-            .consumer_waiting
-            .waiting
-            .store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if self.unread(Poll::Exact)? > 0 {
-            self.done_sleeping();
-            return Ok(false);
-        }
-        Ok(true)
+        handshake::prepare_to_sleep(
+            self,
+            |r| &r.ring.header().consumer_waiting.waiting,
+            |r| Ok(r.unread(Poll::Exact)? > 0),
+        )
     }
 
     pub fn done_sleeping(&self) {
-        self.ring
-            .header()
-            .consumer_waiting
-            .waiting
-            .store(0, Ordering::Relaxed);
+        handshake::done_sleeping(&self.ring.header().consumer_waiting.waiting);
     }
 }
 
-fn check_positions(read_pos: u64, write_pos: u64, ring: &SharedRing) -> Result<(), RingError> {
+/// Checks a pair of positions (one of them, or both, read from the header) and returns the
+/// unread bytes between them.
+fn check_positions(read_pos: u64, write_pos: u64, ring: &SharedRing) -> Result<u64, RingError> {
     let (capacity, unit) = (ring.capacity, ring.format.unit);
     // Frames start at multiples of the frame unit: any other position was written by a hostile
     // peer, and following it would read a frame header across the end of the data area.
+    // Positions above MAX_POSITION would wrap the sums both sides make with them.
     let aligned = read_pos % unit == 0 && write_pos % unit == 0;
-    if !aligned || write_pos < read_pos || write_pos - read_pos > capacity {
-        return Err(RingError::Corrupt(format!(
+    match write_pos.checked_sub(read_pos) {
+        Some(unread) if aligned && unread <= capacity && write_pos <= MAX_POSITION => Ok(unread),
+        _ => Err(RingError::Corrupt(format!(
             "positions out of range (read {read_pos}, write {write_pos}, capacity {capacity})"
-        )));
+        ))),
     }
-    Ok(())
-}
-
-/// Dekker-style hand-off: the sleeper stores its flag then re-checks the ring; the waker
-/// publishes then checks the flag. With SeqCst on both sides one of them sees the other.
-fn take_flag(flag: &AtomicU32) -> bool {
-    fence(Ordering::SeqCst);
-    flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0
 }
 
 #[cfg(test)]
@@ -1709,6 +1750,26 @@ mod tests {
     }
 
     #[test]
+    fn one_writer_per_ring_in_a_process() {
+        let (w, _r, memfd) = pair(4096);
+        let second = RingWriter::new(open_again(&memfd, 4096));
+        assert!(
+            matches!(second, Err(RingError::Rejected(_))),
+            "{:?}",
+            second.err()
+        );
+        // Another ring is another matter, and the place is free again once the writer goes.
+        let (_other, _r2, _fd2) = pair(4096);
+        drop(w);
+        assert!(RingWriter::new(open_again(&memfd, 4096)).is_ok());
+    }
+
+    fn open_again(memfd: &Memfd, capacity: u64) -> SharedRing {
+        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        SharedRing::open(fd, capacity).expect("open")
+    }
+
+    #[test]
     fn rejects_unsealed_or_wrong_sized_memfds() {
         let memfd = MemfdOptions::default()
             .allow_sealing(true)
@@ -1751,6 +1812,19 @@ mod tests {
         );
         assert_eq!(r.missed(), 5);
         assert_eq!(r.ring().stats().messages_lost, 5);
+    }
+
+    #[test]
+    fn a_batch_stopping_before_the_mark_counts_a_loss_record_once() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        assert!(write(&mut w, b"last"));
+        assert!(w.try_write_gap(2).expect("gap"));
+        assert!(w.try_write_end_of_stream().expect("eos"));
+        let mut scratch = Vec::new();
+        let first = r.try_read_batch(10, &mut scratch, |_| {}).expect("read");
+        assert_eq!((first, r.missed()), (BatchOutcome::Messages(1), 0));
+        let second = r.try_read_batch(10, &mut scratch, |_| {}).expect("read");
+        assert_eq!((second, r.missed()), (BatchOutcome::EndOfStream, 2));
     }
 
     #[test]
@@ -1832,5 +1906,211 @@ mod tests {
             ReadOutcome::Message
         );
         assert_eq!(out, vec![2u8; 3500]);
+    }
+}
+
+#[cfg(test)]
+mod hostile_positions {
+    //! Positions near the top of the u64 range, set by a hostile peer (before the victim
+    //! attaches, or while it runs): reported as corruption, never followed into an overflow.
+    use super::*;
+
+    const NEAR_THE_END: [u64; 6] = [
+        u64::MAX - 15,
+        u64::MAX - 31,
+        u64::MAX,
+        MAX_POSITION + 16,
+        u64::MAX - 16 * 4096,
+        u64::MAX - (1 << 40),
+    ];
+
+    fn shared(capacity: u64) -> (SharedRing, Memfd) {
+        SharedRing::create("hostile", capacity).expect("create")
+    }
+
+    fn reopen(memfd: &Memfd, capacity: u64) -> SharedRing {
+        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        SharedRing::open(fd, capacity).expect("open")
+    }
+
+    fn set_positions(ring: &SharedRing, read: u64, write: u64) {
+        let h = ring.header();
+        h.consumer.read_pos.store(read, Ordering::SeqCst);
+        h.producer.write_pos.store(write, Ordering::SeqCst);
+    }
+
+    fn is_corrupt<T: std::fmt::Debug>(result: &Result<T, RingError>) -> bool {
+        matches!(result, Err(RingError::Corrupt(_)))
+    }
+
+    /// A producer attaching to (or running on) a ring whose positions a peer set: every write
+    /// either succeeds within the ring or reports corruption; after a few, corruption.
+    fn writes_end_in_corruption(writer: Result<RingWriter, RingError>) {
+        let mut writer = match writer {
+            Ok(writer) => writer,
+            Err(err) => {
+                assert!(matches!(err, RingError::Corrupt(_)), "{err}");
+                return;
+            }
+        };
+        let mut last = Ok(true);
+        for _ in 0..64 {
+            last = writer.try_write_with(100, |buf| buf.fill(1));
+            if last.is_err() {
+                break;
+            }
+            last = writer.try_write_batch(&[b"a", b"b"]).map(|n| n > 0);
+            if last.is_err() {
+                break;
+            }
+        }
+        assert!(is_corrupt(&last), "{last:?}");
+    }
+
+    fn reads_end_in_corruption(reader: Result<RingReader, RingError>) {
+        let mut reader = match reader {
+            Ok(reader) => reader,
+            Err(err) => {
+                assert!(matches!(err, RingError::Corrupt(_)), "{err}");
+                return;
+            }
+        };
+        let mut out = Vec::new();
+        let mut last = Ok(ReadOutcome::Empty);
+        for _ in 0..2 * POSITION_EVERY {
+            last = reader.try_read_into(&mut out);
+            if last.is_err() {
+                break;
+            }
+            let sleep = reader.prepare_to_sleep();
+            if let Err(err) = sleep {
+                last = Err(err);
+                break;
+            }
+            reader.done_sleeping();
+        }
+        assert!(is_corrupt(&last), "{last:?}");
+    }
+
+    #[test]
+    fn a_writer_attaching_at_positions_near_2_pow_64_reports_corruption() {
+        for layout in MIN_LAYOUT_VERSION..=LAYOUT_VERSION {
+            for pos in NEAR_THE_END {
+                let (ring, memfd) = SharedRing::create_in_layout("h", 4096, layout).expect("ring");
+                set_positions(&ring, pos, pos);
+                writes_end_in_corruption(RingWriter::new(reopen(&memfd, 4096)));
+                // One lap behind: also within `capacity` of each other.
+                set_positions(&ring, pos.saturating_sub(4096) & !15, pos);
+                writes_end_in_corruption(RingWriter::new(reopen(&memfd, 4096)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_reader_attaching_at_positions_near_2_pow_64_reports_corruption() {
+        for layout in MIN_LAYOUT_VERSION..=LAYOUT_VERSION {
+            for pos in NEAR_THE_END {
+                let (ring, memfd) = SharedRing::create_in_layout("h", 4096, layout).expect("ring");
+                let unit = FrameFormat::of(layout, 0).unit;
+                // A one-unit frame just before `pos`, sealed as a producer would.
+                let start = pos.wrapping_sub(unit) & !15;
+                set_positions(&ring, start, start.wrapping_add(unit));
+                let offset = start % 4096;
+                ring.data_u32(offset).store(0, Ordering::SeqCst);
+                ring.data_u32(offset + 4).store(KIND_PAD, Ordering::SeqCst);
+                reads_end_in_corruption(RingReader::new(reopen(&memfd, 4096)));
+                // Equal positions with the next frame sealed at the last one.
+                set_positions(&ring, pos, pos);
+                let offset = (pos % 4096) & !15;
+                ring.data_u32(offset).store(0, Ordering::SeqCst);
+                ring.data_u32(offset + 4)
+                    .store(KIND_DATA | 1 << 16, Ordering::SeqCst);
+                let key = ring.header().identity.seal_key.load(Ordering::SeqCst);
+                ring.data_u64(offset + 8)
+                    .store(pos.wrapping_add(1) ^ key, Ordering::SeqCst);
+                reads_end_in_corruption(RingReader::new(reopen(&memfd, 4096)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_running_writer_facing_a_read_position_near_2_pow_64_reports_corruption() {
+        for pos in NEAR_THE_END {
+            let (ring, memfd) = shared(4096);
+            let writer = RingWriter::new(reopen(&memfd, 4096));
+            set_positions(&ring, pos, 0);
+            writes_end_in_corruption(writer);
+        }
+    }
+
+    #[test]
+    fn a_running_reader_facing_a_write_position_near_2_pow_64_reports_corruption() {
+        for pos in NEAR_THE_END {
+            let (ring, memfd) = shared(4096);
+            let reader = RingReader::new(reopen(&memfd, 4096));
+            ring.header()
+                .producer
+                .write_pos
+                .store(pos, Ordering::SeqCst);
+            reads_end_in_corruption(reader);
+        }
+    }
+
+    #[test]
+    fn a_ring_runs_up_to_the_last_position_then_reports_corruption() {
+        let (ring, memfd) = shared(4096);
+        let start = MAX_POSITION - 2 * 4096;
+        set_positions(&ring, start, start);
+        let mut writer = RingWriter::new(reopen(&memfd, 4096)).expect("writer");
+        let mut reader = RingReader::new(reopen(&memfd, 4096)).expect("reader");
+        let mut out = Vec::new();
+        let outcome = (0..100).find_map(|i| {
+            match writer.try_write_with(1000, |buf| buf.fill(i)) {
+                Ok(true) => {}
+                other => return Some(other),
+            }
+            match reader.try_read_into(&mut out) {
+                Ok(ReadOutcome::Message) => {
+                    assert_eq!(out, [i; 1000]);
+                    None
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(err) => Some(Err(err)),
+            }
+        });
+        assert!(
+            matches!(outcome, Some(Err(RingError::Corrupt(_)))),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn counters_a_peer_set_to_the_maximum_do_not_overflow() {
+        let (ring, memfd) = shared(4096);
+        let h = ring.header();
+        for counter in [
+            &h.producer.messages_written,
+            &h.producer.bytes_written,
+            &h.producer.messages_lost,
+            &h.consumer.messages_read,
+        ] {
+            counter.store(u64::MAX, Ordering::SeqCst);
+        }
+        let mut writer = RingWriter::new(reopen(&memfd, 4096)).expect("writer");
+        let mut reader = RingReader::new(reopen(&memfd, 4096)).expect("reader");
+        writer.count_lost(u64::MAX);
+        assert!(writer.try_write_after_gap(u64::MAX, b"x").expect("write"));
+        assert!(writer.try_write_with(3, |b| b.fill(2)).expect("write"));
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(
+                reader.try_read_into(&mut out).expect("read"),
+                ReadOutcome::Message
+            );
+        }
+        assert_eq!(reader.missed(), u64::MAX);
+        let stats = ring.stats();
+        assert_eq!(stats.messages_written, u64::MAX);
+        assert_eq!(stats.messages_read, u64::MAX);
     }
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{eventfd, EventfdFlags};
-use shmem_broker_client::control::ControlPage;
+use shmem_broker_client::control::BrokerControlPage;
 use shmem_broker_client::ring::{Eviction, SharedRing, HEADER_SIZE, LAYOUT_VERSION};
 use shmem_broker_client::wire::{
     AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, Origin, PeerInfo, Role, SlowConsumer,
@@ -186,7 +186,7 @@ pub struct Channel {
     queues: Vec<ConsumerQueue>,
     next_queue_id: u32,
     /// Fan-out channels: the page whose counters tell clients to read lane events.
-    control: Option<(ControlPage, OwnedFd)>,
+    control: Option<(BrokerControlPage, OwnedFd)>,
     /// Durable consumers cut off while away, and why: their next attach is told so once.
     evicted: BTreeMap<String, Eviction>,
     /// No longer in the config: removed as soon as nobody is attached.
@@ -237,7 +237,7 @@ impl Channel {
                 lanes: vec![lane],
             });
         } else if channel.meta.is_fanout() {
-            channel.control = Some(ControlPage::create(&channel.meta.name)?);
+            channel.control = Some(BrokerControlPage::create(&channel.meta.name)?);
             if channel.meta.max_consumers == 1 {
                 channel.add_queue(QueueKind::Default)?;
             }
@@ -261,7 +261,7 @@ impl Channel {
                 meta.max_producers
             ));
         }
-        let control = ControlPage::create(&meta.name).map_err(|e| e.to_string())?;
+        let control = BrokerControlPage::create(&meta.name).map_err(|e| e.to_string())?;
         let mut channel = Channel {
             capacity,
             slots: slots
@@ -1036,6 +1036,7 @@ impl Channel {
             let mut producer = endpoint(Role::Producer, slot.id, slot.holder.as_ref());
             let mut bytes_written = 0u64;
             for lane in self.queues.iter().map(|q| &q.lanes[index]) {
+                // Counters are what clients stored in their rings: sums saturate.
                 let stats = lane.ring.stats();
                 // Every consumer gets the same messages; the busiest ring counts them.
                 producer.messages = producer.messages.max(stats.messages_written);

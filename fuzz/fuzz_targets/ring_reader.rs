@@ -20,15 +20,18 @@
 //!   order, with end-of-stream marks where they were written, and never an error.
 //!
 //! Input: an 8-byte starting position (bit 3 picks the ring layout: set 1, clear 2, whose
-//! producer seals each publish as PROTOCOL.md says), then operations of one opcode byte and its
-//! operands (little-endian; missing bytes read as 0). `make_seeds.py` writes well-formed
-//! examples.
+//! producer seals each publish as PROTOCOL.md says; bits 0-1 where it lies: 0 and 1 below
+//! 2^62, 2 within a few laps below `MAX_POSITION`, 3 anywhere in the u64 range, so positions
+//! near 2^64 are explored, where the reader must refuse to attach), then operations of one
+//! opcode byte and its operands (little-endian; missing bytes read as 0). A ring is only
+//! "clean" while its positions stay at or below `MAX_POSITION`. `make_seeds.py` writes
+//! well-formed examples.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shmem_broker_client::ring::{
-    BatchOutcome, ReadOutcome, RingError, RingReader, SharedRing, HEADER_SIZE,
+    BatchOutcome, ReadOutcome, RingError, RingReader, SharedRing, HEADER_SIZE, MAX_POSITION,
 };
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -126,13 +129,13 @@ fn ring_mappings() -> Vec<(usize, usize)> {
 
 impl Fixture {
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= MAP_LEN);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= MAP_LEN);
         // SAFETY: in bounds and aligned (the mapping is page aligned).
         unsafe { &*(self.raw.add(offset) as *const AtomicU64) }
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= MAP_LEN);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= MAP_LEN);
         // SAFETY: as above.
         unsafe { &*(self.raw.add(offset) as *const AtomicU32) }
     }
@@ -170,7 +173,12 @@ impl Fixture {
     /// A consumer attaching: a new mapping through a dup of the memfd, as the broker's fd
     /// arrives. Puts a guard page after the new mapping when that page is free.
     fn attach(&mut self) -> Result<RingReader, RingError> {
-        if known("attach-unaligned") && self.u64_at(READ_POS_AT).load(Ordering::Relaxed) % 8 != 0 {
+        if known("attach-unaligned")
+            && !self
+                .u64_at(READ_POS_AT)
+                .load(Ordering::Relaxed)
+                .is_multiple_of(8)
+        {
             // What the fix does: a consumer position that is not a frame boundary is corrupt.
             return Err(RingError::Corrupt(
                 "unaligned read_pos (known issue)".into(),
@@ -202,7 +210,7 @@ impl Fixture {
         static SAMPLED: AtomicU64 = AtomicU64::new(0);
         static GUARDED: AtomicU64 = AtomicU64::new(0);
         let attaches = ATTACHES.fetch_add(1, Ordering::Relaxed) + 1;
-        if !(attaches.is_power_of_two() || attaches % 1024 == 0) {
+        if !(attaches.is_power_of_two() || attaches.is_multiple_of(1024)) {
             return;
         }
         let sampled = SAMPLED.fetch_add(1, Ordering::Relaxed) + 1;
@@ -221,7 +229,7 @@ impl Fixture {
                 self.pending_guard = Some(end - 4096);
             }
         }
-        if sampled % 64 == 0 && std::env::var_os("SHMEM_FUZZ_STATS").is_some() {
+        if sampled.is_multiple_of(64) && std::env::var_os("SHMEM_FUZZ_STATS").is_some() {
             eprintln!(
                 "ring_reader: guard page after the reader's mapping in {} of {sampled} sampled attaches ({attaches} attaches)",
                 GUARDED.load(Ordering::Relaxed)
@@ -339,7 +347,7 @@ impl Producer {
         let read_pos = ring.u64_at(READ_POS_AT).load(Ordering::Acquire);
         if read_pos > self.write_pos
             || self.write_pos - read_pos > CAPACITY
-            || self.write_pos % unit != 0
+            || !self.write_pos.is_multiple_of(unit)
             || self.write_pos > u64::MAX - 2 * CAPACITY
         {
             return 0; // scribbled on: a real producer would report corruption here
@@ -461,9 +469,9 @@ fuzz_target!(|data: &[u8]| {
     let mut fixture = fixture().lock().unwrap_or_else(|e| e.into_inner());
     let mut script = Script { data, at: 0 };
 
-    // Both positions start at the same well-formed place (a multiple of the frame unit,
-    // anywhere up to 2^62, so the first frames may need padding); only hostile operations
-    // change that.
+    // Both positions start at the same place, a multiple of the frame unit (so the first
+    // frames may need padding); only hostile operations change that. Above MAX_POSITION no
+    // ring is clean: the reader must refuse it.
     let first = script.u64();
     let format = if first & 8 != 0 {
         Format {
@@ -476,7 +484,11 @@ fuzz_target!(|data: &[u8]| {
             seal_key: Some(first.rotate_left(17) & !1),
         }
     };
-    let start = (first & !(format.unit - 1)) % (1 << 62);
+    let start = match first & 3 {
+        0 | 1 => first % (1 << 62),
+        2 => MAX_POSITION - (first >> 4) % (4 * CAPACITY),
+        _ => first,
+    } & !(format.unit - 1);
     fixture.reset(start, format);
     let mut producer = Producer {
         format,
@@ -487,9 +499,16 @@ fuzz_target!(|data: &[u8]| {
     };
     // While true, the producer has done nothing but follow the protocol, so the reader must
     // deliver exactly `expected`.
-    let mut clean = true;
+    let mut clean = start <= MAX_POSITION;
     let mut expected: VecDeque<Expected> = VecDeque::new();
-    let mut reader = Some(fixture.attach().expect("attach to a fresh ring"));
+    let mut reader = match fixture.attach() {
+        Ok(reader) => Some(reader),
+        Err(RingError::Corrupt(_)) if !clean => None,
+        Err(err) => panic!("attach to a fresh ring at {start}: {err:?}"),
+    };
+    if !clean {
+        assert!(reader.is_none(), "attached at {start}, above MAX_POSITION");
+    }
     let mut out = Vec::new();
     let mut scratch = Vec::new();
 
@@ -723,7 +742,8 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 clean = false;
                 let value = script.u64();
-                let position = match script.u8() % 3 {
+                let position = match script.u8() % 4 {
+                    3 => u64::MAX - value % 64,
                     0 => value,
                     1 => producer.write_pos.wrapping_sub(value % (2 * CAPACITY)),
                     _ => producer.write_pos.wrapping_add(value % 16).wrapping_sub(8),
@@ -732,6 +752,11 @@ fuzz_target!(|data: &[u8]| {
                     .u64_at(READ_POS_AT)
                     .store(position, Ordering::SeqCst);
             }
+        }
+        // An honest producer that went past MAX_POSITION (after 2^64 - 2^42 bytes) makes the
+        // reader report corruption: not a clean ring any more.
+        if producer.write_pos > MAX_POSITION {
+            clean = false;
         }
     }
     drop(reader);

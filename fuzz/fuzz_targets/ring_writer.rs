@@ -1,0 +1,576 @@
+//! The producer side of a channel ring facing a hostile consumer.
+//!
+//! A 4 KiB ring is created with `SharedRing::create`; a `RingWriter` opens it through a dup of
+//! the memfd (`SharedRing::open`), exactly as a producer does with the fd the broker sends, and
+//! so does an honest `RingReader` (the consumer, while it behaves). The fuzz input is a script
+//! interleaving the writer's calls (`try_write_with`, `try_write_up_to`, `try_write_batch`,
+//! `make_room`, `count_lost` + `try_write_after_gap`, `try_write_gap`,
+//! `try_write_end_of_stream`, `can_progress`, `prepare_to_sleep`, `done_sleeping`,
+//! `take_consumer_waiting`, `stats`, re-attaching) with the consumer's: honest reads, or
+//! hostile stores through the fuzzer's own mapping of the memfd: `read_pos` (anywhere in the
+//! u64 range, or near where it is, or near 2^64), `messages_read`, the waiting flags, the
+//! dropped and evicted words, the producer's own counters, any header word, data bytes.
+//!
+//! Checks:
+//! * the writer never panics and returns only `Ok(..)`, `Err(RingError::Corrupt(..))`, or
+//!   `TooLarge` exactly when the message is larger than `max_message_len` (`Rejected` too when
+//!   re-attaching to a ring whose identity was scribbled on);
+//! * the writer changes no header word but its own (the producer line, the two waiting
+//!   flags): a store anywhere else (the consumer's position, the identity) would be a wild
+//!   write; the slices `fill` gets are exactly the length asked for;
+//! * `stats().bytes_unread` never exceeds the capacity;
+//! * as long as the consumer has only behaved, the honest reader receives exactly what the
+//!   writer said it wrote, in order (loss counts included), and the writer reports no error.
+//!
+//! Input: an 8-byte starting position (bit 3: layout 1 if set, else 2; bits 0-1: 0 and 1 below
+//! 2^62, 2 within a few laps below `MAX_POSITION`, 3 anywhere in the u64 range), then
+//! operations of one opcode byte and its operands (little-endian; missing bytes read as 0).
+//! `make_seeds.py` writes well-formed examples.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shmem_broker_client::ring::{
+    BatchOutcome, ReadOutcome, RingError, RingReader, RingWriter, SharedRing, HEADER_SIZE,
+    MAX_POSITION,
+};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+const CAPACITY: u64 = 4096;
+const MAP_LEN: usize = (HEADER_SIZE + CAPACITY) as usize;
+
+// Header layout, PROTOCOL.md "The ring (layout 2)".
+const MAGIC_AT: usize = 0;
+const LAYOUT_AT: usize = 8;
+const CAPACITY_AT: usize = 16;
+const SEAL_KEY_AT: usize = 32;
+const WRITE_POS_AT: usize = 64;
+const READ_POS_AT: usize = 128;
+/// The words a consumer may scribble on besides `read_pos`: flags (dropped/evicted share a
+/// word), counters, `write_pos`, the waiting flags (as u64 words).
+const HOSTILE_WORDS: [usize; 9] = [24, 64, 72, 80, 88, 136, 192, 256, 8];
+/// Header bytes the writer may change: the producer line and the two waiting flags.
+const WRITER_OWNS: [(usize, usize); 3] = [(64, 96), (192, 196), (256, 260)];
+/// Header bytes the reader may change: the consumer line and the producer's waiting flag.
+const READER_OWNS: [(usize, usize); 2] = [(128, 144), (256, 260)];
+
+/// The first byte outside the `allowed` ranges (sorted) that differs between two copies of the
+/// header. Compares slices (a memcmp), not bytes one by one: this runs after every call.
+fn changed_outside(before: &[u8], after: &[u8], allowed: &[(usize, usize)]) -> Option<usize> {
+    let mut from = 0;
+    for &(start, end) in allowed.iter().chain([&(before.len(), before.len())]) {
+        if before[from..start] != after[from..start] {
+            let at = before[from..start]
+                .iter()
+                .zip(&after[from..start])
+                .position(|(a, b)| a != b)?;
+            return Some(from + at);
+        }
+        from = end;
+    }
+    None
+}
+
+/// The ring, created once per process and wiped before every input, and the fuzzer's own
+/// mapping of it (the "consumer process").
+struct Fixture {
+    memfd: File,
+    raw: *mut u8,
+}
+
+// SAFETY: used from the fuzzing thread only (behind a Mutex); the raw pointer is a MAP_SHARED
+// mapping that lives for the whole process.
+unsafe impl Send for Fixture {}
+
+fn fixture() -> &'static Mutex<Fixture> {
+    static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let (ring, memfd) = SharedRing::create("fuzz-writer", CAPACITY).expect("create ring");
+        drop(ring);
+        let memfd = memfd.into_file();
+        // SAFETY: mapping a memfd of exactly MAP_LEN bytes (sealed against shrinking).
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MAP_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(raw, libc::MAP_FAILED, "mmap");
+        Mutex::new(Fixture {
+            memfd,
+            raw: raw.cast(),
+        })
+    })
+}
+
+impl Fixture {
+    fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= MAP_LEN);
+        // SAFETY: in bounds and aligned (the mapping is page aligned).
+        unsafe { &*(self.raw.add(offset) as *const AtomicU64) }
+    }
+
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset.is_multiple_of(4) && offset + 4 <= MAP_LEN);
+        // SAFETY: as above.
+        unsafe { &*(self.raw.add(offset) as *const AtomicU32) }
+    }
+
+    fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        let n = bytes.len().min(MAP_LEN - offset.min(MAP_LEN));
+        // SAFETY: [offset, offset + n) is inside the mapping; the writer and reader of this
+        // process hold no reference into the ring between their calls.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.raw.add(offset), n) }
+    }
+
+    /// A copy of the header page, to check what a writer call changed.
+    fn header(&self) -> Vec<u8> {
+        // SAFETY: the first HEADER_SIZE bytes of the mapping; nothing writes them while this
+        // copies (the writer and reader only run inside their calls, on this thread).
+        unsafe { std::slice::from_raw_parts(self.raw, HEADER_SIZE as usize) }.to_vec()
+    }
+
+    /// Back to a freshly created ring in layout `layout` whose positions both stand at
+    /// `start`.
+    fn reset(&self, start: u64, layout: u32, seal_key: u64) {
+        // SAFETY: the whole mapping is ours to write; no writer or reader exists right now.
+        unsafe { std::ptr::write_bytes(self.raw, 0, MAP_LEN) };
+        self.u64_at(MAGIC_AT)
+            .store(u64::from_le_bytes(*b"SHMRING1"), Ordering::Relaxed);
+        self.u32_at(LAYOUT_AT).store(layout, Ordering::Relaxed);
+        if layout >= 2 {
+            self.u64_at(SEAL_KEY_AT).store(seal_key, Ordering::Relaxed);
+        }
+        self.u64_at(CAPACITY_AT).store(CAPACITY, Ordering::Relaxed);
+        self.u64_at(WRITE_POS_AT).store(start, Ordering::Relaxed);
+        self.u64_at(READ_POS_AT).store(start, Ordering::Relaxed);
+    }
+
+    fn open(&self) -> Result<SharedRing, RingError> {
+        let fd = OwnedFd::from(self.memfd.try_clone().expect("dup"));
+        SharedRing::open(fd, CAPACITY)
+    }
+}
+
+/// Operands; missing bytes read as zero.
+struct Script<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Script<'_> {
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        let n = N.min(self.data.len() - self.at);
+        out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.bytes::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.bytes())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+    fn done(&self) -> bool {
+        self.at >= self.data.len()
+    }
+}
+
+/// What the honest reader must find next, while the consumer behaves.
+#[derive(Debug, PartialEq)]
+enum Expected {
+    /// A message, and the total of losses reported before it.
+    Data(u64, u32),
+    EndOfStream(u64),
+}
+
+/// Message contents: a length and a sequence number the payload is derived from, so that
+/// the comparison needs no copies.
+fn payload(sequence: u32, len: usize) -> Vec<u8> {
+    let seed = sequence.wrapping_mul(0x9E37_79B9);
+    (0..len)
+        .map(|i| (seed.wrapping_add(i as u32 * 31) >> 3) as u8)
+        .collect()
+}
+
+struct State {
+    writer: Option<RingWriter>,
+    reader: Option<RingReader>,
+    /// True while the consumer has only behaved and positions stayed below MAX_POSITION.
+    clean: bool,
+    expected: VecDeque<Expected>,
+    sequence: u32,
+    /// Losses written so far (what the reader's `missed` must reach).
+    lost: u64,
+    /// Losses earlier readers read (a re-attached reader counts from 0).
+    missed_before: u64,
+}
+
+impl State {
+    /// Checks a writer call's result; `too_large` says whether `TooLarge` is the answer.
+    fn check<T>(&self, result: Result<T, RingError>, too_large: bool, what: &str) -> Option<T> {
+        match result {
+            Ok(value) => {
+                assert!(
+                    !too_large,
+                    "{what}: accepted a message above max_message_len"
+                );
+                Some(value)
+            }
+            Err(RingError::TooLarge { .. }) if too_large => None,
+            Err(RingError::Corrupt(_)) if !self.clean => None,
+            Err(err) => panic!("{what} (clean: {}): {err:?}", self.clean),
+        }
+    }
+
+    fn next_message(&mut self, len: usize) -> Vec<u8> {
+        self.sequence = self.sequence.wrapping_add(1);
+        payload(self.sequence, len)
+    }
+}
+
+/// Checks what the honest reader got. `last`: the last message of a read; a single read stops
+/// right after it, so the reader's loss count is exactly the one before it (`exact`), while a
+/// batch may read on over loss records, up to those before the next frame.
+fn check_read(
+    state: &mut State,
+    outcome: Result<ReadOutcome, RingError>,
+    out: &[u8],
+    last: bool,
+    exact: bool,
+) {
+    let missed = state.missed_before + state.reader.as_ref().map_or(0, RingReader::missed);
+    match outcome {
+        Ok(ReadOutcome::Message) if state.clean => match state.expected.pop_front() {
+            Some(Expected::Data(lost, sequence)) => {
+                assert!(
+                    out == payload(sequence, out.len()),
+                    "wrong message {sequence}"
+                );
+                let next = match state.expected.front() {
+                    Some(Expected::Data(next, _) | Expected::EndOfStream(next)) => *next,
+                    None => state.lost,
+                };
+                if last && exact {
+                    assert_eq!(missed, lost, "losses reported before message {sequence}");
+                } else if last {
+                    assert!(
+                        (lost..=next).contains(&missed),
+                        "{missed} losses reported after message {sequence} (between {lost} and {next})"
+                    );
+                }
+            }
+            other => panic!("a message of {} bytes, expected {other:?}", out.len()),
+        },
+        Ok(ReadOutcome::EndOfStream) if state.clean => match state.expected.pop_front() {
+            Some(Expected::EndOfStream(lost)) => assert_eq!(missed, lost),
+            other => panic!("end of stream, expected {other:?}"),
+        },
+        Ok(ReadOutcome::Empty) if state.clean => {
+            assert!(
+                state.expected.is_empty(),
+                "Empty with {:?} unread",
+                state.expected
+            );
+            assert_eq!(missed, state.lost, "an empty ring, every loss record read");
+        }
+        Ok(_) => {}
+        Err(RingError::Corrupt(_)) if !state.clean => {}
+        Err(err) => panic!("reader (clean: {}): {err:?}", state.clean),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let fixture = fixture().lock().unwrap_or_else(|e| e.into_inner());
+    let mut script = Script { data, at: 0 };
+
+    let first = script.u64();
+    let (layout, unit) = if first & 8 != 0 { (1, 8) } else { (2, 16) };
+    let start = match first & 3 {
+        0 | 1 => first % (1 << 62),
+        2 => MAX_POSITION - (first >> 4) % (4 * CAPACITY),
+        _ => first,
+    } & !(unit - 1);
+    fixture.reset(start, layout, first.rotate_left(17) & !1);
+    let clean = start <= MAX_POSITION;
+    let attach_writer = |clean: bool| match fixture.open().and_then(RingWriter::new) {
+        Ok(writer) => Some(writer),
+        Err(RingError::Corrupt(_) | RingError::Rejected(_)) if !clean => None,
+        Err(err) => panic!("writer attach (clean: {clean}): {err:?}"),
+    };
+    let attach_reader = |clean: bool| match fixture.open().and_then(RingReader::new) {
+        Ok(reader) => Some(reader),
+        Err(RingError::Corrupt(_) | RingError::Rejected(_)) if !clean => None,
+        Err(err) => panic!("reader attach (clean: {clean}): {err:?}"),
+    };
+    let mut state = State {
+        writer: attach_writer(clean),
+        reader: attach_reader(clean),
+        clean,
+        expected: VecDeque::new(),
+        sequence: 0,
+        lost: 0,
+        missed_before: 0,
+    };
+    let max = state
+        .writer
+        .as_ref()
+        .map_or(CAPACITY - 16, RingWriter::max_message_len) as usize;
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+
+    let mut steps = 0;
+    while !script.done() && steps < 512 {
+        steps += 1;
+        let op = script.u8() % 16;
+        let before = fixture.header();
+        match op {
+            // Writer calls.
+            0..=2 => {
+                let len = usize::from(script.u16()) % (max + 64);
+                let message = state.next_message(len.min(max));
+                let sequence = state.sequence;
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                let result = writer.try_write_with(len, |buf| {
+                    assert_eq!(buf.len(), len, "fill got a slice of another length");
+                    buf.copy_from_slice(&message);
+                });
+                if state.check(result, len > max, "try_write_with") == Some(true) {
+                    state
+                        .expected
+                        .push_back(Expected::Data(state.lost, sequence));
+                }
+            }
+            3 => {
+                let reserve = usize::from(script.u16()) % (max + 1);
+                let used = usize::from(script.u16()) % (reserve + 2);
+                let message = state.next_message(used.min(reserve));
+                let sequence = state.sequence;
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                let result = writer.try_write_up_to(reserve, |buf| {
+                    assert_eq!(buf.len(), reserve, "fill got a slice of another length");
+                    buf[..message.len()].copy_from_slice(&message);
+                    used
+                });
+                if let Some(Some(n)) = state.check(result, false, "try_write_up_to") {
+                    assert_eq!(n, used.min(reserve), "length written");
+                    if n > 0 || reserve == 0 {
+                        state
+                            .expected
+                            .push_back(Expected::Data(state.lost, sequence));
+                    }
+                }
+            }
+            4 => {
+                let count = usize::from(script.u8() % 8) + 1;
+                let len = usize::from(script.u8()) * 3;
+                let messages: Vec<(u32, Vec<u8>)> = (0..count)
+                    .map(|i| {
+                        let message = state.next_message(len + i);
+                        (state.sequence, message)
+                    })
+                    .collect();
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                let refs: Vec<&[u8]> = messages.iter().map(|(_, m)| m.as_slice()).collect();
+                let result = writer.try_write_batch(&refs);
+                if let Some(n) = state.check(result, false, "try_write_batch") {
+                    assert!(n <= count);
+                    for (sequence, _) in messages.iter().take(n) {
+                        state
+                            .expected
+                            .push_back(Expected::Data(state.lost, *sequence));
+                    }
+                }
+            }
+            5 => {
+                let len = usize::from(script.u16()) % (max + 64);
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                let result = writer.make_room(len);
+                state.check(result, len > max, "make_room");
+            }
+            6 => {
+                let missed = u64::from(script.u8()) + 1;
+                let len = usize::from(script.u16()) % (max / 2);
+                let message = state.next_message(len);
+                let sequence = state.sequence;
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                writer.count_lost(missed);
+                let result = writer.try_write_after_gap(missed, &message);
+                if state.check(result, false, "try_write_after_gap") == Some(true) {
+                    state.lost = state.lost.saturating_add(missed);
+                    state
+                        .expected
+                        .push_back(Expected::Data(state.lost, sequence));
+                }
+            }
+            7 => {
+                let missed = script.u64() >> (script.u8() % 64);
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                let result = writer.try_write_gap(missed);
+                if state.check(result, false, "try_write_gap") == Some(true) {
+                    // Saturating, as the reader counts.
+                    state.lost = state.lost.saturating_add(missed);
+                }
+            }
+            8 => {
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                let result = writer.try_write_end_of_stream();
+                if state.check(result, false, "try_write_end_of_stream") == Some(true) {
+                    state.expected.push_back(Expected::EndOfStream(state.lost));
+                }
+            }
+            9 => {
+                let len = usize::from(script.u16()) % (max + 1);
+                let sub = script.u8() % 5;
+                let Some(writer) = state.writer.as_mut() else {
+                    continue;
+                };
+                match sub {
+                    0 => {
+                        let result = writer.can_progress(len);
+                        state.check(result, false, "can_progress");
+                    }
+                    1 => {
+                        let result = writer.prepare_to_sleep(len);
+                        state.check(result, false, "prepare_to_sleep");
+                    }
+                    2 => writer.done_sleeping(),
+                    3 => {
+                        let _ = writer.take_consumer_waiting();
+                    }
+                    _ => {
+                        let stats = writer.ring().stats();
+                        assert!(stats.bytes_unread <= CAPACITY, "{stats:?}");
+                    }
+                }
+            }
+            // The honest consumer.
+            10 => {
+                let Some(reader) = state.reader.as_mut() else {
+                    continue;
+                };
+                let outcome = reader.try_read_into(&mut out);
+                let _ = reader.take_producer_waiting();
+                check_read(&mut state, outcome, &out, true, true);
+            }
+            11 => {
+                let limit = usize::from(script.u8() % 8) + 1;
+                let Some(reader) = state.reader.as_mut() else {
+                    continue;
+                };
+                let mut got = Vec::new();
+                let outcome = reader.try_read_batch(limit, &mut scratch, |m| got.push(m.to_vec()));
+                match outcome {
+                    Ok(BatchOutcome::Messages(n)) => {
+                        assert_eq!(n, got.len());
+                        for (i, message) in got.iter().enumerate() {
+                            let last = i + 1 == got.len();
+                            let outcome = Ok(ReadOutcome::Message);
+                            check_read(&mut state, outcome, message, last, false);
+                        }
+                    }
+                    Ok(BatchOutcome::EndOfStream) => {
+                        check_read(&mut state, Ok(ReadOutcome::EndOfStream), &[], true, true)
+                    }
+                    Ok(BatchOutcome::Empty) => {
+                        check_read(&mut state, Ok(ReadOutcome::Empty), &[], true, true)
+                    }
+                    Err(err) => check_read(&mut state, Err(err), &[], true, true),
+                }
+            }
+            // Either side detaches and comes back.
+            12 => {
+                if script.u8().is_multiple_of(2) {
+                    state.writer = None;
+                    state.writer = attach_writer(state.clean);
+                } else {
+                    let old = state.reader.take();
+                    state.missed_before += old.as_ref().map_or(0, RingReader::missed);
+                    drop(old);
+                    state.reader = attach_reader(state.clean);
+                }
+                continue;
+            }
+            // From here on, hostile.
+            13 => {
+                state.clean = false;
+                let value = script.u64();
+                let read_pos = fixture.u64_at(READ_POS_AT).load(Ordering::Relaxed);
+                let write_pos = fixture.u64_at(WRITE_POS_AT).load(Ordering::Relaxed);
+                let position = match script.u8() % 6 {
+                    0 => value,
+                    1 => read_pos.wrapping_add(value % 64).wrapping_sub(32),
+                    2 => write_pos.wrapping_sub(value % (2 * CAPACITY)),
+                    3 => u64::MAX - value % 64,
+                    4 => MAX_POSITION.wrapping_add(value % 64).wrapping_sub(32),
+                    _ => read_pos.wrapping_add(value % (2 * CAPACITY)),
+                };
+                fixture
+                    .u64_at(READ_POS_AT)
+                    .store(position, Ordering::SeqCst);
+                continue;
+            }
+            14 => {
+                state.clean = false;
+                let pick = usize::from(script.u8());
+                let value = script.u64();
+                let offset = if pick < 200 {
+                    HOSTILE_WORDS[pick % HOSTILE_WORDS.len()]
+                } else {
+                    (pick * 8) % HEADER_SIZE as usize
+                };
+                fixture.u64_at(offset).store(value, Ordering::SeqCst);
+                continue;
+            }
+            _ => {
+                state.clean = false;
+                let offset = usize::from(script.u16()) % CAPACITY as usize;
+                let n = usize::from(script.u8() % 32);
+                let bytes: Vec<u8> = (0..n).map(|_| script.u8()).collect();
+                fixture.write_bytes(HEADER_SIZE as usize + offset, &bytes);
+                continue;
+            }
+        }
+        // Only the writer's own header words may have changed (the reader calls above
+        // write the consumer line: they are checked against their own words).
+        let after = fixture.header();
+        let allowed: &[(usize, usize)] = if op >= 10 { &READER_OWNS } else { &WRITER_OWNS };
+        if let Some(at) = changed_outside(&before, &after, allowed) {
+            panic!(
+                "operation {op} changed header byte {at}: {:#x} -> {:#x}",
+                before[at], after[at]
+            );
+        }
+        // An honest ring that went past MAX_POSITION (after 2^64 - 2^42 bytes) is reported
+        // corrupt from then on.
+        if fixture.u64_at(WRITE_POS_AT).load(Ordering::Relaxed) > MAX_POSITION {
+            state.clean = false;
+        }
+    }
+});

@@ -1,0 +1,154 @@
+//! Hostile ring positions and counters against the real broker and the real `shmemctl`: a
+//! peer maps the channel's ring memfd (as any attached client can) and writes values near the
+//! top of the u64 range, where a sum with them would overflow. The victim must report a
+//! corrupt ring (one line, exit 1), never panic (exit 101), and the broker must keep serving.
+
+use shmem_broker_tests::*;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// The ring mapped MAP_SHARED, as a hostile peer maps it.
+struct Mapping {
+    ptr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, len: u64) -> Mapping {
+        let len = usize::try_from(len).expect("ring fits in memory");
+        // SAFETY: a fresh mapping of a memfd we hold, at an address the kernel chooses; it is
+        // only ever touched through atomics within `len` (see `word`).
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .expect("mmap the ring MAP_SHARED");
+        Mapping { ptr, len }
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset & 7 == 0 && offset + 8 <= self.len);
+        // SAFETY: in bounds and aligned (checked above) in a mapping that lives as long as
+        // `self`; shared memory is only accessed atomically.
+        unsafe { &*(self.ptr.cast::<u8>().add(offset) as *const AtomicU64) }
+    }
+
+    fn half(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset & 3 == 0 && offset + 4 <= self.len);
+        // SAFETY: as in `word`.
+        unsafe { &*(self.ptr.cast::<u8>().add(offset) as *const AtomicU32) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped; nothing refers to it any more.
+        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
+    }
+}
+
+// Header offsets (client/src/ring.rs, layout 2).
+const SEAL_KEY: usize = 32;
+const WRITE_POS: usize = 64;
+const MESSAGES_WRITTEN: usize = 72;
+const BYTES_WRITTEN: usize = 80;
+const MESSAGES_LOST: usize = 88;
+const READ_POS: usize = 128;
+const MESSAGES_READ: usize = 136;
+const DATA: usize = 4096;
+const CAPACITY: u64 = 64 * 1024;
+
+/// 16 bytes below 2^64: a multiple of the frame unit, so only its size gives it away.
+const NEAR_THE_END: u64 = u64::MAX - 15;
+
+fn ring_size(raw: &RawAttach) -> u64 {
+    json_u64(json_field(&raw.reply, "result"), "ring_size")
+}
+
+#[test]
+fn shmemctl_recv_reports_a_corrupt_ring_when_a_producer_set_positions_near_2_pow_64() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "near-end-recv", "--capacity", "64KiB"]);
+    // The hostile producer attaches first and prepares the ring for the consumer to come:
+    // both positions 16 bytes below 2^64 and, there, an empty data frame sealed as published,
+    // so that following it would add its size to the read position.
+    let raw = raw_attach(broker.socket_path(), "near-end-recv", "producer");
+    let map = Mapping::new(&raw.fds[0], ring_size(&raw));
+    let key = map.word(SEAL_KEY).load(Ordering::SeqCst);
+    let offset = DATA + (NEAR_THE_END % CAPACITY) as usize;
+    map.half(offset).store(0, Ordering::SeqCst);
+    map.half(offset + 4).store(1 | 1 << 16, Ordering::SeqCst); // DATA, a span of 1 unit
+    map.word(offset + 8)
+        .store(NEAR_THE_END.wrapping_add(1) ^ key, Ordering::SeqCst);
+    map.word(READ_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    map.word(WRITE_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    let out = broker.ctl(&["recv", "near-end-recv"]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    out.expect_error(&["corrupt ring", "near-end-recv", "positions out of range"]);
+    broker.assert_running();
+    broker.ctl_ok(&["list"]);
+}
+
+#[test]
+fn shmemctl_send_reports_a_corrupt_ring_when_a_consumer_set_positions_near_2_pow_64() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "near-end-send", "--capacity", "64KiB"]);
+    let raw = raw_attach(broker.socket_path(), "near-end-send", "consumer");
+    let map = Mapping::new(&raw.fds[0], ring_size(&raw));
+    map.word(READ_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    map.word(WRITE_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    // Standard input is empty: the producer writes its end-of-stream mark, a frame whose size
+    // added to the write position would pass 2^64.
+    let out = broker.ctl(&["send", "near-end-send"]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    out.expect_error(&["corrupt ring", "near-end-send", "positions out of range"]);
+    broker.assert_running();
+    broker.ctl_ok(&["list"]);
+}
+
+#[test]
+fn counters_set_to_u64_max_in_several_rings_do_not_crash_the_broker_listing_them() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "max-counters",
+        "--capacity",
+        "64KiB",
+        "--max-consumers",
+        "2",
+    ]);
+    let client = broker.client();
+    let _producer = client.producer("max-counters").expect("attach a producer");
+    // Two consumers, each with its ring from the producer (fds: control, wait, ring, wake).
+    let raws: Vec<RawAttach> = (0..2)
+        .map(|_| raw_attach_any(broker.socket_path(), "max-counters", "consumer"))
+        .collect();
+    let maps: Vec<Mapping> = raws
+        .iter()
+        .map(|raw| Mapping::new(&raw.fds[2], CAPACITY + 4096))
+        .collect();
+    for map in &maps {
+        for counter in [
+            MESSAGES_WRITTEN,
+            BYTES_WRITTEN,
+            MESSAGES_LOST,
+            MESSAGES_READ,
+        ] {
+            map.word(counter).store(u64::MAX, Ordering::SeqCst);
+        }
+    }
+    // The broker adds the rings' counters up for `list` and `info`.
+    broker.ctl_ok(&["list"]);
+    let info = broker.ctl_ok(&["info", "max-counters"]);
+    broker.assert_running();
+    assert!(info.contains("max-counters"), "{info}");
+    let channels = broker.list();
+    let channel = find_channel(&channels, "max-counters").expect("listed");
+    assert_eq!(json_u64(channel, "messages_read"), u64::MAX, "{channel}");
+}
