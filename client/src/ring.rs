@@ -935,9 +935,6 @@ impl RingWriter {
             word.store(kind | self.span(self.write_pos - first), Ordering::Relaxed);
         }
         let h = &self.ring.header().producer;
-        h.messages_written
-            .store(self.messages_written, Ordering::Relaxed);
-        h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
         // Release suffices: the fence in `take_consumer_waiting`, which always follows a
         // publish, orders this store before the waiting-flag load.
         handshake::publish(&h.write_pos, self.write_pos);
@@ -948,6 +945,12 @@ impl RingWriter {
                 .data_u64(offset + 8)
                 .store(seal, Ordering::Release);
         }
+        // The counters come last: a producer killed in between leaves them short of what was
+        // published, never counting a message nobody can read (the next writer starts from
+        // them). Only `info` shows them.
+        h.messages_written
+            .store(self.messages_written, Ordering::Relaxed);
+        h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
     }
 
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
