@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use shmem_broker_client::{Consumer, SlowConsumer};
+use shmem_broker_client::{Consumer, ReadItem, SlowConsumer};
 use slog::{debug, info, warn, Logger};
 use zenoh::bytes::ZBytes;
 use zenoh::pubsub::Publisher;
@@ -33,7 +33,7 @@ use zenoh::sample::SampleKind;
 use zenoh::{Session, Wait};
 
 use crate::attach_retrying;
-use crate::wire::{self, Ack, Item, HEARTBEAT};
+use crate::wire::{self, Ack, Item, Kind, HEARTBEAT};
 
 /// Most items per batch; the ring's capacity bounds the bytes.
 const MAX_BATCH: usize = 4096;
@@ -171,13 +171,14 @@ impl Exporter<'_> {
             consumer
                 .recv_batch_confirmed(
                     MAX_BATCH,
-                    |from, to, message| {
-                        let item = Item {
-                            end_of_stream: message.is_none(),
-                            from,
-                            to,
+                    |from, to, read| {
+                        let (kind, bytes) = match read {
+                            ReadItem::Message(bytes) => (Kind::Message, bytes),
+                            ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
+                            ReadItem::Padding => (Kind::Padding, &[][..]),
                         };
-                        let payload = ZBytes::from(message.unwrap_or_default().to_vec());
+                        let item = Item { kind, from, to };
+                        let payload = ZBytes::from(bytes.to_vec());
                         self.put(&item, &payload);
                         pending.borrow_mut().push((item, payload));
                     },

@@ -24,7 +24,7 @@ use zenoh::qos::CongestionControl;
 use zenoh::{Session, Wait};
 
 use crate::state::{Record, Resume, StateFile};
-use crate::wire::{self, Ack, Item, HEARTBEAT};
+use crate::wire::{self, Ack, Item, Kind, HEARTBEAT};
 use crate::{attach_retrying, connect_retrying};
 
 /// Bytes of received samples waiting for the local ring (one larger sample is let in alone).
@@ -329,15 +329,26 @@ impl Importer<'_> {
                 .producer
                 .insert(attach_producer(self.client, self.spec, self.log)?),
         };
-        let record = Record {
-            done: self.last.unwrap_or(item.from),
-            local_before: producer.position().unwrap_or(0),
-            next: item.to,
+        let local_before = producer.position().unwrap_or(0);
+        let record = match item.kind {
+            // Nothing goes into the channel: recorded as done at once.
+            Kind::Padding => Record {
+                done: item.to,
+                local_before,
+                next: item.to,
+            },
+            _ => Record {
+                done: self.last.unwrap_or(item.from),
+                local_before,
+                next: item.to,
+            },
         };
         self.state
             .write(&record)
             .with_context(|| format!("write {}", self.state.path().display()))?;
-        if item.end_of_stream {
+        if item.kind == Kind::Padding {
+            // Recorded above; nothing to store.
+        } else if item.kind == Kind::EndOfStream {
             if let Some(producer) = self.producer.take() {
                 producer
                     .close()

@@ -134,6 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (None, None) => LogFormat::Term,
     };
     let (log, _budget) = logging::build(level, format);
+    // Zenoh's own logs (tracing), to stderr when RUST_LOG asks for them.
+    zenoh::try_init_log_from_env();
     stop_on_signals(&log)?;
 
     match (cli.command, file) {
@@ -306,8 +308,14 @@ fn open_session(net: &Net, mode: &str, log: &Logger) -> anyhow::Result<zenoh::Se
     } else {
         // Endpoints given: talk to those only, no multicast scouting on the local networks.
         set(&mut config, "scouting/multicast/enabled", "false".into())?;
-        set(&mut config, "connect/endpoints", json_list(&net.connect))?;
-        set(&mut config, "listen/endpoints", json_list(&net.listen))?;
+        // Zenoh's defaults stay where nothing is given (a peer also listens on a port of its
+        // own, which the router's gossip tells other peers, so that peers link up directly).
+        if !net.connect.is_empty() {
+            set(&mut config, "connect/endpoints", json_list(&net.connect))?;
+        }
+        if !net.listen.is_empty() {
+            set(&mut config, "listen/endpoints", json_list(&net.listen))?;
+        }
     }
     let session = zenoh::open(config)
         .wait()

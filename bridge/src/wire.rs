@@ -1,7 +1,7 @@
 //! What the bridges say to each other over Zenoh, on top of the user's key `KEY`:
 //!
 //! * `KEY`: the exported stream. Each sample's payload is one message, byte for byte; its
-//!   attachment ([`Item`]) says whether it is a message or an end-of-stream mark and carries
+//!   attachment ([`Item`]) says whether it is a message, an end-of-stream mark or padding, and carries
 //!   its stream positions `from`..`to` in the exported ring. The positions number the stream:
 //!   one item's `to` is the next one's `from`, so a receiver that remembers the last `to` it
 //!   stored tells a duplicate (`to <= last`) and a gap (`from > last`) apart from the next item.
@@ -22,13 +22,24 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 const VERSION: u8 = 1;
 const KIND_MESSAGE: u8 = 1;
 const KIND_END_OF_STREAM: u8 = 2;
+const KIND_PADDING: u8 = 3;
 const ITEM_LEN: usize = 24;
 const ACK_LEN: usize = 24;
+
+/// What a sample of the stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    EndOfStream,
+    /// Padding of the exported ring (empty payload): stored nowhere, only recorded, so that
+    /// the positions stay contiguous.
+    Padding,
+}
 
 /// The attachment of one sample of the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Item {
-    pub end_of_stream: bool,
+    pub kind: Kind,
     /// Stream position of the item in the exported ring, and just past it.
     pub from: u64,
     pub to: u64,
@@ -38,10 +49,10 @@ impl Item {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ITEM_LEN);
         out.push(VERSION);
-        out.push(if self.end_of_stream {
-            KIND_END_OF_STREAM
-        } else {
-            KIND_MESSAGE
+        out.push(match self.kind {
+            Kind::Message => KIND_MESSAGE,
+            Kind::EndOfStream => KIND_END_OF_STREAM,
+            Kind::Padding => KIND_PADDING,
         });
         out.extend_from_slice(&[0; 6]);
         out.extend_from_slice(&self.from.to_le_bytes());
@@ -62,9 +73,10 @@ impl Item {
                 bytes[0]
             ));
         }
-        let end_of_stream = match bytes[1] {
-            KIND_MESSAGE => false,
-            KIND_END_OF_STREAM => true,
+        let kind = match bytes[1] {
+            KIND_MESSAGE => Kind::Message,
+            KIND_END_OF_STREAM => Kind::EndOfStream,
+            KIND_PADDING => Kind::Padding,
             other => return Err(format!("unknown item kind {other}")),
         };
         let from = u64_at(bytes, 8);
@@ -72,11 +84,7 @@ impl Item {
         if to <= from {
             return Err(format!("item positions {from}..{to} do not advance"));
         }
-        Ok(Item {
-            end_of_stream,
-            from,
-            to,
-        })
+        Ok(Item { kind, from, to })
     }
 }
 
@@ -181,7 +189,7 @@ mod tests {
     #[test]
     fn items_and_acks_round_trip_and_garbage_is_refused() {
         let item = Item {
-            end_of_stream: true,
+            kind: Kind::EndOfStream,
             from: 7,
             to: 4096,
         };

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::attachment::{AttachOptions, Attachment, Rings};
 use crate::error::{Error, Result};
 use crate::fanout::MergedReader;
-use crate::ring::{BatchOutcome, ReadOutcome, RingError, RingReader};
+use crate::ring::{BatchOutcome, ReadItem, ReadOutcome, RingError, RingReader};
 use crate::wire::Role;
 
 /// Reads messages from a channel's ring. Obtained from [`Client::consumer`](crate::Client::consumer).
@@ -126,8 +126,9 @@ impl Consumer {
         }
     }
 
-    /// Hands up to `max` messages and end-of-stream marks (`None`) to `each`, with their stream
-    /// positions `from` and `to` (one item's `to` is the next one's `from`), blocking until
+    /// Hands up to `max` items (messages, end-of-stream marks, and padding that nothing follows
+    /// yet) to `each`, with their stream positions `from` and `to` (one item's `to` is the next
+    /// one's `from`: every byte of the stream is in exactly one item), blocking until
     /// there is at least one; then calls `confirm` with their count, and releases them from
     /// the ring only if it returns true. Otherwise nothing is consumed and 0 is returned: the
     /// same items come again, to this consumer or to the next one that attaches. `confirm`
@@ -137,7 +138,7 @@ impl Consumer {
     pub fn recv_batch_confirmed(
         &mut self,
         max: usize,
-        mut each: impl FnMut(u64, u64, Option<&[u8]>),
+        mut each: impl FnMut(u64, u64, ReadItem<'_>),
         confirm: impl FnOnce(usize) -> bool,
     ) -> Result<usize> {
         if let Source::Merged(_) = self.source {

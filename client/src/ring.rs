@@ -979,6 +979,15 @@ pub enum BatchOutcome {
     Empty,
 }
 
+/// One item of [`RingReader::try_read_batch_confirmed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadItem<'a> {
+    Message(&'a [u8]),
+    EndOfStream,
+    /// Padding at the end of a lap with nothing published after it yet.
+    Padding,
+}
+
 /// Consuming side; resumes at the `read_pos` the previous consumer published.
 pub struct RingReader {
     ring: SharedRing,
@@ -1177,9 +1186,10 @@ impl RingReader {
         self.read_pos
     }
 
-    /// Hands up to `max` available messages and end-of-stream marks to `each` in order, each
-    /// with its stream positions (`from`, `to`: the reader's position before and after it,
-    /// padding included, so that one item's `to` is the next one's `from`), then asks
+    /// Hands up to `max` available items (messages, end-of-stream marks, and padding read with
+    /// nothing after it) to `each` in order, each with its stream positions (`from`, `to`: the
+    /// reader's position before and after it, padding before it included, so that one item's
+    /// `to` is the next one's `from` and every byte of the stream is in exactly one item), then asks
     /// `confirm` with their count. Only if it returns true is their space released (one
     /// store); otherwise the reader goes back to where it was, as if nothing had been read.
     /// `confirm` is not called when nothing was read.
@@ -1187,7 +1197,7 @@ impl RingReader {
         &mut self,
         max: usize,
         scratch: &mut Vec<u8>,
-        mut each: impl FnMut(u64, u64, Option<&[u8]>),
+        mut each: impl FnMut(u64, u64, ReadItem<'_>),
         confirm: impl FnOnce(usize) -> bool,
     ) -> Result<usize, RingError> {
         let mut unread = self.unread(Poll::Quick)?;
@@ -1199,8 +1209,15 @@ impl RingReader {
         while delivered < max {
             let from = self.read_pos;
             match self.next_frame(Sink::Buffer(scratch), &mut unread) {
-                Ok(ReadOutcome::Message) => each(from, self.read_pos, Some(scratch)),
-                Ok(ReadOutcome::EndOfStream) => each(from, self.read_pos, None),
+                Ok(ReadOutcome::Message) => each(from, self.read_pos, ReadItem::Message(scratch)),
+                Ok(ReadOutcome::EndOfStream) => each(from, self.read_pos, ReadItem::EndOfStream),
+                // Padding skipped and nothing after it yet: an item of its own, so that the
+                // positions stay contiguous whatever is released.
+                Ok(ReadOutcome::Empty) if self.read_pos > from => {
+                    each(from, self.read_pos, ReadItem::Padding);
+                    delivered += 1;
+                    break;
+                }
                 Ok(ReadOutcome::Empty) => break,
                 Err(err) => {
                     self.rewind(saved);
@@ -1210,8 +1227,6 @@ impl RingReader {
             delivered += 1;
         }
         if delivered == 0 {
-            // Only padding was skipped: releasing it needs no confirmation.
-            self.commit();
             return Ok(0);
         }
         if confirm(delivered) {
