@@ -49,10 +49,22 @@ impl Hosts {
         };
         ip(&["netns", "add", &hosts.a]);
         ip(&["netns", "add", &hosts.b]);
-        ip(&["link", "add", &hosts.veth_a, "type", "veth", "peer", "name", &hosts.veth_b]);
+        ip(&[
+            "link",
+            "add",
+            &hosts.veth_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &hosts.veth_b,
+        ]);
         ip(&["link", "set", &hosts.veth_a, "netns", &hosts.a]);
         ip(&["link", "set", &hosts.veth_b, "netns", &hosts.b]);
-        for (ns, dev, addr) in [(&hosts.a, &hosts.veth_a, "10.77.0.1/24"), (&hosts.b, &hosts.veth_b, "10.77.0.2/24")] {
+        for (ns, dev, addr) in [
+            (&hosts.a, &hosts.veth_a, "10.77.0.1/24"),
+            (&hosts.b, &hosts.veth_b, "10.77.0.2/24"),
+        ] {
             ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
@@ -83,7 +95,10 @@ fn bridge_bin() -> PathBuf {
 /// `ip netns exec NS shmem-bridge ARGS` (ip execs the bridge in place: its pid is the bridge's).
 fn bridge(ns: &str, log_dir: &Path, label: &str, args: &[&str]) -> Proc {
     let mut cmd = Command::new(require_tool("ip", "iproute2"));
-    cmd.args(["netns", "exec", ns]).arg(bridge_bin()).args(args).args(["--log-level", "debug"]);
+    cmd.args(["netns", "exec", ns])
+        .arg(bridge_bin())
+        .args(args)
+        .args(["--log-level", "debug"]);
     Proc::start(cmd, label, log_dir, Stdio::null(), None)
 }
 
@@ -94,22 +109,45 @@ fn router(hosts: &Hosts, log_dir: &Path) -> Proc {
 }
 
 fn wait_for_stdout_or_log(proc: &mut Proc, needle: &str) {
-    wait_for(WAIT, format!("{needle:?} in the log of `{}`", proc.command_line()), || {
-        if let Some(status) = proc.try_status() {
-            panic!("`{}` exited ({status}): {}", proc.command_line(), proc.stderr_text());
-        }
-        let log = proc.stderr_text();
-        if log.contains(needle) {
-            Ok(())
-        } else {
-            Err(log.lines().last().unwrap_or("").to_string())
-        }
-    });
+    wait_for(
+        WAIT,
+        format!("{needle:?} in the log of `{}`", proc.command_line()),
+        || {
+            if let Some(status) = proc.try_status() {
+                panic!(
+                    "`{}` exited ({status}): {}",
+                    proc.command_line(),
+                    proc.stderr_text()
+                );
+            }
+            let log = proc.stderr_text();
+            if log.contains(needle) {
+                Ok(())
+            } else {
+                Err(log.lines().last().unwrap_or("").to_string())
+            }
+        },
+    );
 }
 
 fn exporter(ns: &str, broker: &Broker, channel: &str, key: &str, importers: &[&str]) -> Proc {
-    let socket = broker.socket_path().to_str().expect("utf-8 path").to_string();
-    let mut args = vec!["export", channel, "--key", key, "--socket", &socket, "--mode", "client", "--connect", ROUTER];
+    let socket = broker
+        .socket_path()
+        .to_str()
+        .expect("utf-8 path")
+        .to_string();
+    let mut args = vec![
+        "export",
+        channel,
+        "--key",
+        key,
+        "--socket",
+        &socket,
+        "--mode",
+        "client",
+        "--connect",
+        ROUTER,
+    ];
     for name in importers {
         args.extend(["--importer", name]);
     }
@@ -122,8 +160,22 @@ fn importer(ns: &str, broker: &Broker, state: &Path, channel: &str, key: &str, n
     let socket = broker.socket_path().to_str().expect("utf-8 path");
     let state = state.to_str().expect("utf-8 path");
     let args = [
-        "import", channel, "--key", key, "--name", name, "--socket", socket, "--state-dir", state,
-        "--create", "1MiB", "--mode", "client", "--connect", ROUTER,
+        "import",
+        channel,
+        "--key",
+        key,
+        "--name",
+        name,
+        "--socket",
+        socket,
+        "--state-dir",
+        state,
+        "--create",
+        "1MiB",
+        "--mode",
+        "client",
+        "--connect",
+        ROUTER,
     ];
     let mut proc = bridge(ns, broker.dir(), "import", &args);
     wait_for_stdout_or_log(&mut proc, "importing");
@@ -151,7 +203,15 @@ fn link_one(capacity: &str) -> Link {
     let router = router(&hosts, a.dir());
     let export = exporter(&hosts.a, &a, "out", "test/out", &["hostB"]);
     let import = importer(&hosts.b, &b, state.path(), "in", "test/out", "hostB");
-    Link { hosts, a, b, state, _router: router, export, import }
+    Link {
+        hosts,
+        a,
+        b,
+        state,
+        _router: router,
+        export,
+        import,
+    }
 }
 
 /// A numbered message: 8-byte sequence number, then `len - 8` bytes derived from it.
@@ -181,17 +241,29 @@ fn produce(socket: PathBuf, channel: &'static str, count: u64, len: usize) -> Ba
 
 /// Receives until end-of-stream, asserting each message is the next number exactly (nothing
 /// lost, nothing repeated, in order) and intact; `each` runs after every message.
-fn consume_in_order(client: &shmem_broker_client::Client, channel: &str, count: u64, len: usize, mut each: impl FnMut(u64)) {
+fn consume_in_order(
+    client: &shmem_broker_client::Client,
+    channel: &str,
+    count: u64,
+    len: usize,
+    mut each: impl FnMut(u64),
+) {
     let mut consumer = client.consumer(channel).expect("attach consumer");
     let mut next = 0u64;
     while let Some(message) = consumer.recv().expect("recv") {
         let seq = seq_of(&message);
-        assert_eq!(seq, next, "message {seq} where {next} was due (lost or repeated)");
+        assert_eq!(
+            seq, next,
+            "message {seq} where {next} was due (lost or repeated)"
+        );
         assert_eq!(message, numbered(seq, len), "message {seq} corrupted");
         next += 1;
         each(next);
     }
-    assert_eq!(next, count, "end-of-stream after {next} of {count} messages");
+    assert_eq!(
+        next, count,
+        "end-of-stream after {next} of {count} messages"
+    );
 }
 
 #[test]
@@ -199,22 +271,46 @@ fn consume_in_order(client: &shmem_broker_client::Client, channel: &str, count: 
 fn one_gib_from_host_a_to_host_b_with_sha256() {
     require_root();
     let link = link_one("16MiB");
-    let len: u64 = std::env::var("SHMEM_BRIDGE_TEST_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
+    let len: u64 = std::env::var("SHMEM_BRIDGE_TEST_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
     let input = link.a.dir().join("input");
     let sha = write_random_file(&input, len, 16);
     let output = link.b.dir().join("output");
     let started = Instant::now();
-    let mut send = link.a.spawn_ctl(&["send", "out"], Stdio::from(std::fs::File::open(&input).expect("open input")), None);
-    let mut recv = link.b.spawn_ctl(&["recv", "in"], Stdio::null(), Some(Stdio::from(std::fs::File::create(&output).expect("create output"))));
+    let mut send = link.a.spawn_ctl(
+        &["send", "out"],
+        Stdio::from(std::fs::File::open(&input).expect("open input")),
+        None,
+    );
+    let mut recv = link.b.spawn_ctl(
+        &["recv", "in"],
+        Stdio::null(),
+        Some(Stdio::from(
+            std::fs::File::create(&output).expect("create output"),
+        )),
+    );
     let timeout = Duration::from_secs(600);
-    assert!(send.wait_exit(timeout).success(), "send: {}", send.stderr_text());
-    assert!(recv.wait_exit(timeout).success(), "recv: {}", recv.stderr_text());
+    assert!(
+        send.wait_exit(timeout).success(),
+        "send: {}",
+        send.stderr_text()
+    );
+    assert!(
+        recv.wait_exit(timeout).success(),
+        "recv: {}",
+        recv.stderr_text()
+    );
     eprintln!("{len} bytes across the bridge in {:?}", started.elapsed());
     assert_eq!(file_len(&output), len);
     assert_eq!(sha256_file(&output), sha, "SHA-256 differs");
     // The bridges are ordinary endpoints to their brokers.
     let list = link.a.ctl_ok(&["list"]);
-    assert!(list.contains(&format!("pid {}", link.export.pid())), "{list}");
+    assert!(
+        list.contains(&format!("pid {}", link.export.pid())),
+        "{list}"
+    );
     drop(link);
 }
 
@@ -239,7 +335,9 @@ fn both_directions_at_once() {
     let pa = produce(a.socket_path().to_path_buf(), "out", count, len);
     let pb = produce(b.socket_path().to_path_buf(), "out", count, len);
     let a_socket = a.socket_path().to_path_buf();
-    let ca = Background::spawn("consumer on A", move || consume_in_order(&connect(&a_socket), "in", count, len, |_| {}));
+    let ca = Background::spawn("consumer on A", move || {
+        consume_in_order(&connect(&a_socket), "in", count, len, |_| {})
+    });
     consume_in_order(&b.client(), "in", count, len, |_| {});
     ca.join(Duration::from_secs(120));
     pa.join(WAIT);
@@ -262,7 +360,9 @@ fn fan_out_to_two_remote_importers() {
     let (count, len) = (5_000, 4096);
     let producer = produce(a.socket_path().to_path_buf(), "out", count, len);
     let b_socket = b.socket_path().to_path_buf();
-    let c2 = Background::spawn("consumer in2", move || consume_in_order(&connect(&b_socket), "in2", count, len, |_| {}));
+    let c2 = Background::spawn("consumer in2", move || {
+        consume_in_order(&connect(&b_socket), "in2", count, len, |_| {})
+    });
     consume_in_order(&b.client(), "in1", count, len, |_| {});
     c2.join(Duration::from_secs(120));
     producer.join(WAIT);
@@ -280,15 +380,28 @@ fn survives_sigkill(kill_importer: bool) {
     let kills = [count / 4, count / 2, 3 * count / 4];
     let deadline = Instant::now() + Duration::from_secs(180);
     while let Some(message) = consumer.recv().expect("recv") {
-        assert!(Instant::now() < deadline, "stream too slow: {next} of {count}");
+        assert!(
+            Instant::now() < deadline,
+            "stream too slow: {next} of {count}"
+        );
         let seq = seq_of(&message);
-        assert_eq!(seq, next, "message {seq} where {next} was due (lost or repeated)");
+        assert_eq!(
+            seq, next,
+            "message {seq} where {next} was due (lost or repeated)"
+        );
         assert_eq!(message, numbered(seq, len));
         next += 1;
         if kills.contains(&next) {
             if kill_importer {
                 link.import.kill9();
-                link.import = importer(&link.hosts.b, &link.b, link.state.path(), "in", "test/out", "hostB");
+                link.import = importer(
+                    &link.hosts.b,
+                    &link.b,
+                    link.state.path(),
+                    "in",
+                    "test/out",
+                    "hostB",
+                );
             } else {
                 link.export.kill9();
                 link.export = exporter(&link.hosts.a, &link.a, "out", "test/out", &["hostB"]);
@@ -364,12 +477,23 @@ fn slow_remote_consumer_slows_the_producer_and_bridges_stay_bounded() {
         rss_most = (rss_most.0.max(rss.0), rss_most.1.max(rss.1));
     });
     producer.join(WAIT);
-    eprintln!("producer at most {most_ahead} MiB ahead; RSS KiB before {rss_before:?}, peak {rss_most:?}");
+    eprintln!(
+        "producer at most {most_ahead} MiB ahead; RSS KiB before {rss_before:?}, peak {rss_most:?}"
+    );
     // What can be in between: ring A (4), ring B (4), the importer's queue (8), a batch in
     // the exporter and Zenoh's buffers: a bound, far below the 300 MiB sent.
-    assert!(most_ahead <= 40, "the producer ran {most_ahead} MiB ahead of the consumer: no back-pressure");
-    for (name, before, peak) in [("exporter", rss_before.0, rss_most.0), ("importer", rss_before.1, rss_most.1)] {
-        assert!(peak < before + 96 * 1024, "{name} grew from {before} KiB to {peak} KiB");
+    assert!(
+        most_ahead <= 40,
+        "the producer ran {most_ahead} MiB ahead of the consumer: no back-pressure"
+    );
+    for (name, before, peak) in [
+        ("exporter", rss_before.0, rss_most.0),
+        ("importer", rss_before.1, rss_most.1),
+    ] {
+        assert!(
+            peak < before + 96 * 1024,
+            "{name} grew from {before} KiB to {peak} KiB"
+        );
     }
     assert!(link.export.is_running() && link.import.is_running());
 }

@@ -177,7 +177,16 @@ impl Exporter<'_> {
                             ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
                             ReadItem::Padding => (Kind::Padding, &[][..]),
                         };
-                        let item = Item { kind, from, to };
+                        let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
+                        if pending.borrow().is_empty() {
+                            flags |= wire::FLAG_OLDEST;
+                        }
+                        let item = Item {
+                            kind,
+                            flags,
+                            from,
+                            to,
+                        };
                         let payload = ZBytes::from(bytes.to_vec());
                         self.put(&item, &payload);
                         pending.borrow_mut().push((item, payload));

@@ -315,6 +315,14 @@ impl Importer<'_> {
                       "from" => item.from, "to" => item.to, "stored_up_to" => last);
                 return Ok(());
             }
+            if item.from > last && item.flags & (wire::FLAG_LOSSY | wire::FLAG_OLDEST) == 0 {
+                // Items before it were lost on the way (a link cut): the exporter still holds
+                // them and sends them again when this importer reports itself idle and behind.
+                // Storing this one now would turn their late arrival into duplicates.
+                debug!(self.log, "item ahead of the stream dropped; waiting for the rest";
+                       "from" => item.from, "stored_up_to" => last);
+                return Ok(());
+            }
             if item.from > last {
                 self.duplicates.report(self.log);
                 warn!(self.log, "gap: part of the exported stream never arrived";

@@ -36,10 +36,17 @@ pub enum Kind {
     Padding,
 }
 
+/// Item flag: the export's channel has policy `drop`; gaps are expected, store past them.
+pub const FLAG_LOSSY: u8 = 1;
+/// Item flag: the oldest item the exporter still holds (the first of its batch): whatever came
+/// before it is gone from the exporter, so a receiver behind it stores it over the gap.
+pub const FLAG_OLDEST: u8 = 2;
+
 /// The attachment of one sample of the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Item {
     pub kind: Kind,
+    pub flags: u8,
     /// Stream position of the item in the exported ring, and just past it.
     pub from: u64,
     pub to: u64,
@@ -54,7 +61,8 @@ impl Item {
             Kind::EndOfStream => KIND_END_OF_STREAM,
             Kind::Padding => KIND_PADDING,
         });
-        out.extend_from_slice(&[0; 6]);
+        out.push(self.flags);
+        out.extend_from_slice(&[0; 5]);
         out.extend_from_slice(&self.from.to_le_bytes());
         out.extend_from_slice(&self.to.to_le_bytes());
         out
@@ -79,12 +87,21 @@ impl Item {
             KIND_PADDING => Kind::Padding,
             other => return Err(format!("unknown item kind {other}")),
         };
+        let flags = bytes[2];
+        if flags & !(FLAG_LOSSY | FLAG_OLDEST) != 0 {
+            return Err(format!("unknown item flags {flags:#x}"));
+        }
         let from = u64_at(bytes, 8);
         let to = u64_at(bytes, 16);
         if to <= from {
             return Err(format!("item positions {from}..{to} do not advance"));
         }
-        Ok(Item { kind, from, to })
+        Ok(Item {
+            kind,
+            flags,
+            from,
+            to,
+        })
     }
 }
 
@@ -190,6 +207,7 @@ mod tests {
     fn items_and_acks_round_trip_and_garbage_is_refused() {
         let item = Item {
             kind: Kind::EndOfStream,
+            flags: FLAG_OLDEST,
             from: 7,
             to: 4096,
         };
