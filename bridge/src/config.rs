@@ -63,6 +63,9 @@ pub struct Config {
     pub imports: Vec<ImportSpec>,
 }
 
+/// A table entry: its name, dotted path, where it is, and its value.
+type Entry<'t> = (&'t str, String, Option<Range<usize>>, &'t Item);
+
 struct Parser<'a> {
     text: &'a str,
     file: &'a Path,
@@ -116,7 +119,7 @@ impl Parser<'_> {
         table: &'t dyn TableLike,
         prefix: &str,
         known: &[&str],
-    ) -> Result<Vec<(&'t str, String, Option<Range<usize>>, &'t Item)>, ConfigError> {
+    ) -> Result<Vec<Entry<'t>>, ConfigError> {
         let mut out = Vec::new();
         for (name, item) in table.iter() {
             let path = if prefix.is_empty() {

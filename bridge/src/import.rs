@@ -275,7 +275,7 @@ impl Duplicates {
         self.last_to = item.to;
         if self
             .reported
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+            .map_or(true, |at| at.elapsed() >= Duration::from_secs(1))
         {
             self.report(log);
         }
