@@ -72,5 +72,29 @@ else
   echo "ok: exposure $exposure <= $MAX_EXPOSURE"
 fi
 
+# ---- shmem-bridge.service (issue 16): the same two checks, against the built shmem-bridge ----
+BRIDGE=$(realpath -m "$BIN_DIR/shmem-bridge")
+[ -x "$BRIDGE" ] || die "$BRIDGE not found: run 'cargo build --workspace' first"
+sed -e "s|^ExecStart=[^ ]*/shmem-bridge\\b|ExecStart=$BRIDGE|" \
+    "$REPO/systemd/shmem-bridge.service" > "$T/shmem-bridge.service"
+echo "== systemd-analyze verify shmem-bridge.service (with the broker's units)"
+rc=0
+out=$(cd "$T" && SYSTEMD_LOG_COLOR=0 systemd-analyze verify "$T/shmem-broker.socket" "$T/shmem-broker.service" "$T/shmem-bridge.service" 2>&1) || rc=$?
+[ -z "$out" ] || printf '%s\n' "$out"
+if [ "$rc" -ne 0 ] || printf '%s\n' "$out" | grep -q 'shmem-bridge'; then
+  echo "FAIL: systemd-analyze verify of shmem-bridge.service (exit $rc, output above)"; failed=1
+else
+  echo "ok: verify is clean"
+fi
+out=$(cd "$T" && SYSTEMD_LOG_COLOR=0 systemd-analyze security --offline=yes --no-pager "$T/shmem-bridge.service" 2>&1) || true
+exposure=$(printf '%s\n' "$out" | sed -n 's/.*Overall exposure level for shmem-bridge\.service: *\([0-9][0-9]*\.[0-9]*\).*/\1/p')
+if [ -z "$exposure" ] || awk -v e="$exposure" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(e + 0 > m + 0) }'; then
+  printf '%s\n' "$out" | grep -E '^✗|^\s*✗' || true
+  echo "FAIL: shmem-bridge.service exposure ${exposure:-unknown} is above $MAX_EXPOSURE"; failed=1
+else
+  echo "ok: shmem-bridge.service exposure $exposure <= $MAX_EXPOSURE"
+fi
+# ---- end shmem-bridge.service ----
+
 [ "$failed" -eq 0 ] || exit 1
 echo "units OK"

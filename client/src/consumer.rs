@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::attachment::{AttachOptions, Attachment, Rings};
 use crate::error::{Error, Result};
 use crate::fanout::MergedReader;
-use crate::ring::{BatchOutcome, ReadOutcome, RingError, RingReader};
+use crate::ring::{BatchOutcome, ReadItem, ReadOutcome, RingError, RingReader};
 use crate::wire::Role;
 
 /// Reads messages from a channel's ring. Obtained from [`Client::consumer`](crate::Client::consumer).
@@ -115,6 +115,48 @@ impl Consumer {
         mut each: impl FnMut(&[u8]),
     ) -> Result<Option<usize>> {
         self.non_blocking(|r, scratch| Ok(batch_step(r.try_read_batch(max, scratch, &mut each)?)))
+    }
+
+    /// One-to-one channels: the stream position of the next message, a byte counter that only
+    /// grows and names each message for the life of the ring (`None` in a fan-out channel).
+    pub fn position(&self) -> Option<u64> {
+        match &self.source {
+            Source::Single(reader) => Some(reader.position()),
+            Source::Merged(_) => None,
+        }
+    }
+
+    /// Hands up to `max` items (messages, end-of-stream marks, and padding that nothing follows
+    /// yet) to `each`, with their stream positions `from` and `to` (one item's `to` is the next
+    /// one's `from`: every byte of the stream is in exactly one item), blocking until
+    /// there is at least one; then calls `confirm` with their count, and releases them from
+    /// the ring only if it returns true. Otherwise nothing is consumed and 0 is returned: the
+    /// same items come again, to this consumer or to the next one that attaches. `confirm`
+    /// may block (e.g. until a remote peer has stored the items): the producer waits for room
+    /// meanwhile. One-to-one channels only ([`Error::Unsupported`] in a fan-out channel, whose
+    /// consumer reads several rings).
+    pub fn recv_batch_confirmed(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(u64, u64, ReadItem<'_>),
+        confirm: impl FnOnce(usize) -> bool,
+    ) -> Result<usize> {
+        if let Source::Merged(_) = self.source {
+            return Err(Error::Unsupported {
+                channel: self.attachment.channel.clone(),
+                what: "confirmed reads with stream positions (one-to-one channels only)".into(),
+            });
+        }
+        let mut confirm = Some(confirm);
+        let mut asked = false;
+        self.blocking(|r, scratch| {
+            let n = r.try_read_batch_confirmed(max, scratch, &mut each, |n| {
+                asked = true;
+                confirm.take().is_some_and(|ask| ask(n))
+            })?;
+            // Confirmed or refused, the call is over once asked (0 items if refused).
+            Ok(asked.then_some(n))
+        })
     }
 
     /// Writes the next message straight from the ring to `fd` (a file, pipe or socket),

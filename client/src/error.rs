@@ -46,6 +46,9 @@ pub enum Error {
     /// The peer wrote nonsense into the shared ring (or the ring handed out was not sound).
     #[error("channel {channel}: {source}")]
     Ring { channel: String, source: RingError },
+    /// The call does not apply to this kind of channel.
+    #[error("channel {channel}: {what} is not supported here")]
+    Unsupported { channel: String, what: String },
     /// `try_send` found the ring full or `try_recv` found it empty.
     #[error("operation would block")]
     WouldBlock,

@@ -36,4 +36,5 @@ pub use client::{Attach, Client, CreateOptions, NewChannel};
 pub use consumer::Consumer;
 pub use error::{Error, Result};
 pub use producer::Producer;
+pub use ring::ReadItem;
 pub use wire::{ChannelInfo, ErrorCode, PeerInfo, Role, SlowConsumer, StatusInfo};

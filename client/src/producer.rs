@@ -54,6 +54,15 @@ impl Producer {
         })
     }
 
+    /// One-to-one channels: the published write position, a byte counter just past the last
+    /// message or mark the consumer can see; it only grows (`None` in a fan-out channel).
+    pub fn position(&self) -> Option<u64> {
+        match &self.route {
+            Route::Single(writer) => Some(writer.position()),
+            Route::Fanout(_) => None,
+        }
+    }
+
     /// This producer's id in its channel: what consumers' [`last_producer`] reports.
     ///
     /// [`last_producer`]: crate::Consumer::last_producer

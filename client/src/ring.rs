@@ -608,6 +608,12 @@ impl RingWriter {
         })
     }
 
+    /// The published write position: the byte counter just past the last frame the consumer
+    /// can see. It only grows, and a producer that attaches next continues from it.
+    pub fn position(&self) -> u64 {
+        self.write_pos
+    }
+
     pub fn ring(&self) -> &SharedRing {
         &self.ring
     }
@@ -1024,6 +1030,15 @@ pub enum BatchOutcome {
     Empty,
 }
 
+/// One item of [`RingReader::try_read_batch_confirmed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadItem<'a> {
+    Message(&'a [u8]),
+    EndOfStream,
+    /// Padding at the end of a lap with nothing published after it yet.
+    Padding,
+}
+
 /// Consuming side; resumes at the `read_pos` the previous consumer published.
 pub struct RingReader {
     ring: SharedRing,
@@ -1214,6 +1229,72 @@ impl RingReader {
         };
         self.commit();
         result
+    }
+
+    /// The stream position this reader is at: the byte counter of the next frame, which
+    /// equals the position last published between calls. It only grows, names each frame
+    /// uniquely for the life of the ring, and is what a consumer that attaches next starts at.
+    pub fn position(&self) -> u64 {
+        self.read_pos
+    }
+
+    /// Hands up to `max` available items (messages, end-of-stream marks, and padding read with
+    /// nothing after it) to `each` in order, each with its stream positions (`from`, `to`: the
+    /// reader's position before and after it, padding before it included, so that one item's
+    /// `to` is the next one's `from` and every byte of the stream is in exactly one item), then asks
+    /// `confirm` with their count. Only if it returns true is their space released (one
+    /// store); otherwise the reader goes back to where it was, as if nothing had been read.
+    /// `confirm` is not called when nothing was read.
+    pub fn try_read_batch_confirmed(
+        &mut self,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        mut each: impl FnMut(u64, u64, ReadItem<'_>),
+        confirm: impl FnOnce(usize) -> bool,
+    ) -> Result<usize, RingError> {
+        let mut unread = self.unread(Poll::Quick)?;
+        if unread == 0 {
+            return Ok(0);
+        }
+        let saved = (self.messages_read, self.missed);
+        let mut delivered = 0;
+        while delivered < max {
+            let from = self.read_pos;
+            match self.next_frame(Sink::Buffer(scratch), &mut unread) {
+                Ok(ReadOutcome::Message) => each(from, self.read_pos, ReadItem::Message(scratch)),
+                Ok(ReadOutcome::EndOfStream) => each(from, self.read_pos, ReadItem::EndOfStream),
+                // Padding skipped and nothing after it yet: an item of its own, so that the
+                // positions stay contiguous whatever is released.
+                Ok(ReadOutcome::Empty) if self.read_pos > from => {
+                    each(from, self.read_pos, ReadItem::Padding);
+                    delivered += 1;
+                    break;
+                }
+                Ok(ReadOutcome::Empty) => break,
+                Err(err) => {
+                    self.rewind(saved);
+                    return Err(err);
+                }
+            }
+            delivered += 1;
+        }
+        if delivered == 0 {
+            return Ok(0);
+        }
+        if confirm(delivered) {
+            self.commit();
+            Ok(delivered)
+        } else {
+            self.rewind(saved);
+            Ok(0)
+        }
+    }
+
+    /// Back to the last published position, forgetting what was read since.
+    fn rewind(&mut self, (messages_read, missed): (u64, u64)) {
+        self.read_pos = self.published_pos;
+        self.messages_read = messages_read;
+        self.missed = missed;
     }
 
     /// Writes the next message straight from the ring to `fd` (blocking until all of it is

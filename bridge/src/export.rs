@@ -1,0 +1,276 @@
+//! `shmem-bridge export`: the channel's consumer, publishing each message on the key.
+//!
+//! The exporter reads with [`Consumer::recv_batch_confirmed`]: a batch (at most what the ring
+//! holds) is published, and only once every importer it waits for has reported the batch's
+//! last position stored in its own channel does the exporter release the batch from the ring.
+//! Until then the messages stay in the local ring, so an exporter killed at any point loses
+//! nothing: the next one attaches at the same read position, reads the same items with the
+//! same positions, and the importers drop what they already hold. While it waits, the local
+//! producer waits for room: a full remote ring slows the local producer.
+//!
+//! Which importers it waits for: those named with `--importer` (config `importers`), whether
+//! they run or not, like durable consumers, and every importer that is running (its liveliness
+//! token is up). With none of either, it waits for one to appear instead of publishing into
+//! nothing. An importer that reports itself idle while behind the batch (it lost items on the
+//! way: a link cut, a restart) for two heartbeats is sent the rest of the batch again.
+//!
+//! On a channel whose `slow_consumer` policy is `drop`, none of this: samples are published
+//! with Zenoh's drop congestion control, the batch is released at once, and importers report
+//! the gaps.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use shmem_broker_client::{Consumer, ReadItem, SlowConsumer};
+use slog::{debug, info, warn, Logger};
+use zenoh::bytes::ZBytes;
+use zenoh::pubsub::Publisher;
+use zenoh::qos::CongestionControl;
+use zenoh::sample::SampleKind;
+use zenoh::{Session, Wait};
+
+use crate::attach_retrying;
+use crate::wire::{self, Ack, Item, Kind, HEARTBEAT};
+
+/// Most items per batch; the ring's capacity bounds the bytes.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct ExportSpec {
+    pub channel: String,
+    pub key: String,
+    /// Importers to wait for even while they are away.
+    pub importers: Vec<String>,
+}
+
+/// What the exporter knows of the importers (updated by Zenoh callbacks).
+#[derive(Default)]
+struct Importers {
+    acks: HashMap<String, Ack>,
+    live: BTreeSet<String>,
+}
+
+type Shared = Arc<(Mutex<Importers>, Condvar)>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Importers> {
+    // A callback that panicked cannot leave the maps half-updated in a way that matters here.
+    shared.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn run(
+    session: &Session,
+    socket: &std::path::Path,
+    spec: &ExportSpec,
+    log: &Logger,
+) -> anyhow::Result<()> {
+    let log = log.new(slog::o!("export" => spec.channel.clone(), "key" => spec.key.clone()));
+    let shared: Shared = Arc::default();
+
+    let acks = {
+        let shared = shared.clone();
+        let log = log.clone();
+        session
+            .declare_subscriber(wire::ack_wildcard(&spec.key))
+            .callback(move |sample| {
+                let key = sample.key_expr().as_str();
+                let Some(name) = wire::importer_of(key).map(str::to_string) else {
+                    return;
+                };
+                match Ack::decode(&sample.payload().to_bytes()) {
+                    Ok(ack) => {
+                        lock(&shared).acks.insert(name, ack);
+                        shared.1.notify_all();
+                    }
+                    Err(e) => debug!(log, "ignored a malformed ack"; "from" => name, "error" => e),
+                }
+            })
+            .wait()
+            .map_err(|e| anyhow::anyhow!("subscribe to acks: {e}"))?
+    };
+    let live = {
+        let shared = shared.clone();
+        let log = log.clone();
+        session
+            .liveliness()
+            .declare_subscriber(wire::liveliness_wildcard(&spec.key))
+            .history(true)
+            .callback(move |sample| {
+                let Some(name) = wire::importer_of(sample.key_expr().as_str()).map(str::to_string)
+                else {
+                    return;
+                };
+                let mut importers = lock(&shared);
+                if sample.kind() == SampleKind::Put {
+                    info!(log, "importer up"; "importer" => &name);
+                    importers.live.insert(name);
+                } else {
+                    info!(log, "importer gone"; "importer" => &name);
+                    importers.live.remove(&name);
+                }
+                drop(importers);
+                shared.1.notify_all();
+            })
+            .wait()
+            .map_err(|e| anyhow::anyhow!("watch importers: {e}"))?
+    };
+
+    let client = crate::connect_retrying(socket, &log);
+    let mut consumer = attach_retrying(&log, "consumer", || client.consumer(&spec.channel))?;
+    let Some(start) = consumer.position() else {
+        bail!(
+            "channel {}: export needs a one-to-one channel (max_producers = max_consumers = 1); \
+             its consumer reads several rings whose positions cannot number one stream",
+            spec.channel
+        );
+    };
+    let policy = client
+        .info(&spec.channel)
+        .with_context(|| format!("info {}", spec.channel))?
+        .slow_consumer;
+    let lossy = policy == SlowConsumer::Drop;
+    let publisher = session
+        .declare_publisher(spec.key.clone())
+        .congestion_control(if lossy {
+            CongestionControl::Drop
+        } else {
+            CongestionControl::Block
+        })
+        .wait()
+        .map_err(|e| anyhow::anyhow!("declare publisher on {}: {e}", spec.key))?;
+    info!(log, "exporting"; "position" => start, "congestion_control" => if lossy { "drop" } else { "block" },
+          "importers" => spec.importers.join(","));
+
+    let exporter = Exporter {
+        spec,
+        publisher: &publisher,
+        shared: &shared,
+        log: &log,
+        lossy,
+    };
+    let failed = exporter.pump(&mut consumer);
+    drop((acks, live));
+    failed.map(|never| match never {})
+}
+
+struct Exporter<'a> {
+    spec: &'a ExportSpec,
+    publisher: &'a Publisher<'a>,
+    shared: &'a Shared,
+    log: &'a Logger,
+    lossy: bool,
+}
+
+impl Exporter<'_> {
+    fn pump(&self, consumer: &mut Consumer) -> anyhow::Result<std::convert::Infallible> {
+        let pending: RefCell<Vec<(Item, ZBytes)>> = RefCell::new(Vec::new());
+        loop {
+            pending.borrow_mut().clear();
+            consumer
+                .recv_batch_confirmed(
+                    MAX_BATCH,
+                    |from, to, read| {
+                        let (kind, bytes) = match read {
+                            ReadItem::Message(bytes) => (Kind::Message, bytes),
+                            ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
+                            ReadItem::Padding => (Kind::Padding, &[][..]),
+                        };
+                        let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
+                        if pending.borrow().is_empty() {
+                            flags |= wire::FLAG_OLDEST;
+                        }
+                        let item = Item {
+                            kind,
+                            flags,
+                            from,
+                            to,
+                        };
+                        let payload = ZBytes::from(bytes.to_vec());
+                        self.put(&item, &payload);
+                        pending.borrow_mut().push((item, payload));
+                    },
+                    |_| self.confirmed(&pending.borrow()),
+                )
+                .with_context(|| format!("read channel {}", self.spec.channel))?;
+        }
+    }
+
+    fn put(&self, item: &Item, payload: &ZBytes) {
+        if let Err(e) = self
+            .publisher
+            .put(payload.clone())
+            .attachment(item.encode())
+            .wait()
+        {
+            // Not sent: the importers will report themselves behind, and it is sent again.
+            warn!(self.log, "publish failed"; "from" => item.from, "error" => %e);
+        }
+    }
+
+    /// Returns (true) once every importer waited for holds the whole batch.
+    fn confirmed(&self, batch: &[(Item, ZBytes)]) -> bool {
+        let Some(end) = batch.last().map(|(item, _)| item.to) else {
+            return true;
+        };
+        if self.lossy {
+            return true;
+        }
+        // Since when each importer has been idle and behind at the same position.
+        let mut stalled: HashMap<String, (u64, Instant)> = HashMap::new();
+        let mut announced_wait = false;
+        let mut importers = lock(self.shared);
+        loop {
+            let mut waited: BTreeSet<String> = importers.live.clone();
+            waited.extend(self.spec.importers.iter().cloned());
+            let behind: Vec<(String, Option<Ack>)> = waited
+                .iter()
+                .filter_map(|name| {
+                    let ack = importers.acks.get(name).copied();
+                    (ack.map_or(0, |a| a.last) < end).then(|| (name.clone(), ack))
+                })
+                .collect();
+            if !waited.is_empty() && behind.is_empty() {
+                return true;
+            }
+            if waited.is_empty() && !announced_wait {
+                info!(self.log, "no importer yet: holding the batch"; "messages" => batch.len());
+                announced_wait = true;
+            }
+            let now = Instant::now();
+            let mut resend_from: Option<u64> = None;
+            for (name, ack) in &behind {
+                let Some(ack) = ack else { continue };
+                if !ack.idle {
+                    stalled.remove(name);
+                    continue;
+                }
+                let since = stalled.entry(name.clone()).or_insert((ack.last, now));
+                if since.0 != ack.last {
+                    *since = (ack.last, now);
+                } else if now.duration_since(since.1) >= 2 * HEARTBEAT {
+                    since.1 = now;
+                    resend_from = Some(resend_from.map_or(ack.last, |r: u64| r.min(ack.last)));
+                }
+            }
+            if let Some(from) = resend_from {
+                drop(importers);
+                let again: Vec<_> = batch.iter().filter(|(item, _)| item.to > from).collect();
+                info!(self.log, "sending again what an importer lost on the way";
+                      "after" => from, "messages" => again.len());
+                for (item, payload) in again {
+                    self.put(item, payload);
+                }
+                importers = lock(self.shared);
+                continue;
+            }
+            importers = self
+                .shared
+                .1
+                .wait_timeout(importers, HEARTBEAT / 2)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}

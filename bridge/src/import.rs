@@ -1,0 +1,374 @@
+//! `shmem-bridge import`: subscribes to the key and produces each message into the channel.
+//!
+//! Received samples go through a queue bounded in bytes ([`QUEUE_BYTES`]): when the local ring
+//! is full the producer waits, the queue fills, and Zenoh's callback waits on it, which stops
+//! the session reading its link, so the exporter's blocking publications wait in turn. Memory
+//! stays at the queue's bound plus Zenoh's own buffers, however slow the local consumer is.
+//!
+//! Each item's positions are checked against the last one stored (see [`crate::wire`]):
+//! duplicates (an exporter that restarted, a batch sent again) are dropped and counted, a gap
+//! is reported with its size, and the item stored. Before storing an item the importer records
+//! it in its state file ([`crate::state`]), so a restarted importer knows exactly where its
+//! channel stands.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use shmem_broker_client::{Client, ErrorCode, Producer};
+use slog::{debug, info, warn, Logger};
+use zenoh::qos::CongestionControl;
+use zenoh::{Session, Wait};
+
+use crate::state::{Record, Resume, StateFile};
+use crate::wire::{self, Ack, Item, Kind, HEARTBEAT};
+use crate::{attach_retrying, connect_retrying};
+
+/// Bytes of received samples waiting for the local ring (one larger sample is let in alone).
+pub const QUEUE_BYTES: usize = 8 << 20;
+const QUEUE_ITEMS: usize = 8192;
+/// Ack at least this often while storing a long burst.
+const ACK_EVERY: u32 = 256;
+
+#[derive(Clone, Debug)]
+pub struct ImportSpec {
+    pub key: String,
+    pub channel: String,
+    /// This importer's name (its acks and liveliness token).
+    pub name: String,
+    /// Create the channel with this capacity if it does not exist.
+    pub create_capacity: Option<u64>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<(Item, Vec<u8>)>,
+    bytes: usize,
+}
+
+struct Inbox {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called from Zenoh's receive path: waits while the queue is full (that is the
+    /// back-pressure), but always takes an item into an empty queue.
+    fn push(&self, item: Item, payload: Vec<u8>) {
+        let mut queue = self.lock();
+        while !queue.items.is_empty()
+            && (queue.bytes.saturating_add(payload.len()) > QUEUE_BYTES
+                || queue.items.len() >= QUEUE_ITEMS)
+        {
+            queue = self.changed.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+        queue.bytes = queue.bytes.saturating_add(payload.len());
+        queue.items.push_back((item, payload));
+        drop(queue);
+        self.changed.notify_all();
+    }
+
+    fn pop(&self, timeout: Duration) -> Option<(Item, Vec<u8>)> {
+        let deadline = Instant::now() + timeout;
+        let mut queue = self.lock();
+        loop {
+            if let Some((item, payload)) = queue.items.pop_front() {
+                queue.bytes = queue.bytes.saturating_sub(payload.len());
+                drop(queue);
+                self.changed.notify_all();
+                return Some((item, payload));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            queue = self
+                .changed
+                .wait_timeout(queue, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
+    }
+}
+
+/// What the heartbeat thread reports.
+struct Progress {
+    last: AtomicU64,
+    busy: AtomicBool,
+}
+
+pub fn run(
+    session: &Session,
+    socket: &Path,
+    state_dir: &Path,
+    spec: &ImportSpec,
+    log: &Logger,
+) -> anyhow::Result<()> {
+    let log = log.new(
+        slog::o!("import" => spec.channel.clone(), "key" => spec.key.clone(),
+                               "importer" => spec.name.clone()),
+    );
+    let state = StateFile::open(state_dir, &state_file_name(&spec.name))
+        .with_context(|| format!("open the state file in {}", state_dir.display()))?;
+    let client = connect_retrying(socket, &log);
+    if let Some(capacity) = spec.create_capacity {
+        match client.channel(&spec.channel).capacity(capacity).create() {
+            Ok(_) => info!(log, "created the channel"; "capacity" => capacity),
+            Err(e) if e.code() == Some(ErrorCode::ChannelExists) => {}
+            Err(e) => bail!("create channel {}: {e}", spec.channel),
+        }
+    }
+    let producer = attach_producer(&client, spec, &log)?;
+    let local = producer.position().unwrap_or(0);
+    let resume = match state.read()? {
+        None => Resume::Fresh,
+        Some(record) => record.resume(local),
+    };
+    let last = match resume {
+        Resume::Fresh => None,
+        Resume::At(at) => Some(at),
+        Resume::ChannelRecreated(at) => {
+            warn!(log, "the channel was made anew since the last run: what it held is gone";
+                  "resuming_after" => at);
+            Some(at)
+        }
+    };
+    info!(log, "importing"; "stored_up_to" => last.map_or("nothing yet".to_string(), |l| l.to_string()),
+          "state" => %state.path().display());
+
+    let inbox = Arc::new(Inbox {
+        queue: Mutex::default(),
+        changed: Condvar::new(),
+    });
+    let progress = Arc::new(Progress {
+        last: AtomicU64::new(last.unwrap_or(0)),
+        busy: AtomicBool::new(false),
+    });
+    let acks = session
+        .declare_publisher(wire::ack_key(&spec.key, &spec.name))
+        .congestion_control(CongestionControl::Drop)
+        .wait()
+        .map_err(|e| anyhow::anyhow!("declare the ack publisher: {e}"))?;
+    let _subscriber = {
+        let inbox = inbox.clone();
+        let log = log.clone();
+        session
+            .declare_subscriber(spec.key.clone())
+            .callback(move |sample| {
+                let item = match sample.attachment().map(|a| Item::decode(&a.to_bytes())) {
+                    Some(Ok(item)) => item,
+                    Some(Err(e)) => {
+                        debug!(log, "ignored a sample with a malformed attachment"; "error" => e);
+                        return;
+                    }
+                    None => {
+                        debug!(log, "ignored a sample without the bridge's attachment");
+                        return;
+                    }
+                };
+                inbox.push(item, sample.payload().to_bytes().into_owned());
+            })
+            .wait()
+            .map_err(|e| anyhow::anyhow!("subscribe to {}: {e}", spec.key))?
+    };
+    let _token = session
+        .liveliness()
+        .declare_token(wire::liveliness_key(&spec.key, &spec.name))
+        .wait()
+        .map_err(|e| anyhow::anyhow!("declare the liveliness token: {e}"))?;
+    {
+        let inbox = inbox.clone();
+        let progress = progress.clone();
+        let acks = session
+            .declare_publisher(wire::ack_key(&spec.key, &spec.name))
+            .congestion_control(CongestionControl::Drop)
+            .wait()
+            .map_err(|e| anyhow::anyhow!("declare the heartbeat publisher: {e}"))?;
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || loop {
+                let ack = Ack {
+                    last: progress.last.load(Ordering::Acquire),
+                    idle: !progress.busy.load(Ordering::Acquire) && inbox.is_empty(),
+                };
+                // A lost heartbeat is followed by the next one.
+                let _ = acks.put(ack.encode()).wait();
+                std::thread::sleep(HEARTBEAT);
+            })
+            .context("start the heartbeat thread")?;
+    }
+
+    let mut importer = Importer {
+        spec,
+        client: &client,
+        state: &state,
+        log: &log,
+        producer: Some(producer),
+        last,
+        duplicates: Duplicates::default(),
+    };
+    let mut since_ack = 0u32;
+    loop {
+        let Some((item, payload)) = inbox.pop(HEARTBEAT) else {
+            importer.duplicates.report(&log);
+            continue;
+        };
+        progress.busy.store(true, Ordering::Release);
+        importer.take(item, &payload)?;
+        progress
+            .last
+            .store(importer.last.unwrap_or(0), Ordering::Release);
+        progress.busy.store(false, Ordering::Release);
+        since_ack += 1;
+        if since_ack >= ACK_EVERY || inbox.is_empty() {
+            since_ack = 0;
+            let ack = Ack {
+                last: importer.last.unwrap_or(0),
+                idle: inbox.is_empty(),
+            };
+            let _ = acks.put(ack.encode()).wait();
+        }
+    }
+}
+
+/// The state file of an importer: one per name.
+fn state_file_name(name: &str) -> String {
+    format!("import-{name}.state")
+}
+
+fn attach_producer(client: &Client, spec: &ImportSpec, log: &Logger) -> anyhow::Result<Producer> {
+    let producer = attach_retrying(log, "producer", || client.producer(&spec.channel))?;
+    if producer.position().is_none() {
+        bail!(
+            "channel {}: import needs a channel with one producer (max_producers = 1): the \
+             importer's record is the ring's write position",
+            spec.channel
+        );
+    }
+    Ok(producer)
+}
+
+/// Duplicates dropped since the last report (logged once a second at most).
+#[derive(Default)]
+struct Duplicates {
+    count: u64,
+    first: Option<u64>,
+    last_to: u64,
+    reported: Option<Instant>,
+}
+
+impl Duplicates {
+    fn add(&mut self, item: &Item, log: &Logger) {
+        self.count += 1;
+        self.first.get_or_insert(item.from);
+        self.last_to = item.to;
+        if self
+            .reported
+            .map_or(true, |at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.report(log);
+        }
+    }
+
+    fn report(&mut self, log: &Logger) {
+        if let Some(first) = self.first.take() {
+            info!(log, "duplicates dropped (already stored)"; "count" => self.count,
+                  "positions" => format!("{first}..{}", self.last_to));
+            self.count = 0;
+            self.reported = Some(Instant::now());
+        }
+    }
+}
+
+struct Importer<'a> {
+    spec: &'a ImportSpec,
+    client: &'a Client,
+    state: &'a StateFile,
+    log: &'a Logger,
+    /// `None` after an end-of-stream mark: the next item attaches a new producer.
+    producer: Option<Producer>,
+    /// The `to` of the last item stored; `None` before the first one of a fresh importer.
+    last: Option<u64>,
+    duplicates: Duplicates,
+}
+
+impl Importer<'_> {
+    fn take(&mut self, item: Item, payload: &[u8]) -> anyhow::Result<()> {
+        if let Some(last) = self.last {
+            if item.to <= last {
+                self.duplicates.add(&item, self.log);
+                return Ok(());
+            }
+            if item.from < last {
+                warn!(self.log, "dropped an item that overlaps what is stored (not from this export's stream?)";
+                      "from" => item.from, "to" => item.to, "stored_up_to" => last);
+                return Ok(());
+            }
+            if item.from > last && item.flags & (wire::FLAG_LOSSY | wire::FLAG_OLDEST) == 0 {
+                // Items before it were lost on the way (a link cut): the exporter still holds
+                // them and sends them again when this importer reports itself idle and behind.
+                // Storing this one now would turn their late arrival into duplicates.
+                debug!(self.log, "item ahead of the stream dropped; waiting for the rest";
+                       "from" => item.from, "stored_up_to" => last);
+                return Ok(());
+            }
+            if item.from > last {
+                self.duplicates.report(self.log);
+                warn!(self.log, "gap: part of the exported stream never arrived";
+                      "missing_positions" => format!("{last}..{}", item.from),
+                      "missing_bytes_with_framing" => item.from - last);
+            }
+        }
+        self.duplicates.report(self.log);
+        let producer = match self.producer.as_mut() {
+            Some(producer) => producer,
+            None => self
+                .producer
+                .insert(attach_producer(self.client, self.spec, self.log)?),
+        };
+        let local_before = producer.position().unwrap_or(0);
+        let record = match item.kind {
+            // Nothing goes into the channel: recorded as done at once.
+            Kind::Padding => Record {
+                done: item.to,
+                local_before,
+                next: item.to,
+            },
+            _ => Record {
+                done: self.last.unwrap_or(item.from),
+                local_before,
+                next: item.to,
+            },
+        };
+        self.state
+            .write(&record)
+            .with_context(|| format!("write {}", self.state.path().display()))?;
+        if item.kind == Kind::Padding {
+            // Recorded above; nothing to store.
+        } else if item.kind == Kind::EndOfStream {
+            if let Some(producer) = self.producer.take() {
+                producer
+                    .close()
+                    .with_context(|| format!("end-of-stream into {}", self.spec.channel))?;
+            }
+            info!(self.log, "end-of-stream passed on"; "position" => item.to);
+        } else {
+            producer
+                .send(payload)
+                .with_context(|| format!("send into {}", self.spec.channel))?;
+        }
+        self.last = Some(item.to);
+        Ok(())
+    }
+}

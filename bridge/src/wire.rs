@@ -1,0 +1,237 @@
+//! What the bridges say to each other over Zenoh, on top of the user's key `KEY`:
+//!
+//! * `KEY`: the exported stream. Each sample's payload is one message, byte for byte; its
+//!   attachment ([`Item`]) says whether it is a message, an end-of-stream mark or padding, and carries
+//!   its stream positions `from`..`to` in the exported ring. The positions number the stream:
+//!   one item's `to` is the next one's `from`, so a receiver that remembers the last `to` it
+//!   stored tells a duplicate (`to <= last`) and a gap (`from > last`) apart from the next item.
+//! * `KEY/@ack/NAME`: the importer named NAME reports ([`Ack`]) the last position it stored in
+//!   its local channel, whether it is idle, and its state, after each item and every
+//!   [`HEARTBEAT`].
+//! * `KEY/@importer/NAME`: a liveliness token each importer holds while it runs.
+//!
+//! `@` chunks are verbatim in Zenoh: a user's `KEY/**` subscription never sees them.
+//! Everything here comes from the network and is checked before use: a malformed attachment
+//! or ack is logged and ignored, never trusted.
+
+use std::time::Duration;
+
+/// How often an importer repeats its ack when nothing else makes it send one.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+
+const VERSION: u8 = 1;
+const KIND_MESSAGE: u8 = 1;
+const KIND_END_OF_STREAM: u8 = 2;
+const KIND_PADDING: u8 = 3;
+const ITEM_LEN: usize = 24;
+const ACK_LEN: usize = 24;
+
+/// What a sample of the stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    EndOfStream,
+    /// Padding of the exported ring (empty payload): stored nowhere, only recorded, so that
+    /// the positions stay contiguous.
+    Padding,
+}
+
+/// Item flag: the export's channel has policy `drop`; gaps are expected, store past them.
+pub const FLAG_LOSSY: u8 = 1;
+/// Item flag: the oldest item the exporter still holds (the first of its batch): whatever came
+/// before it is gone from the exporter, so a receiver behind it stores it over the gap.
+pub const FLAG_OLDEST: u8 = 2;
+
+/// The attachment of one sample of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub kind: Kind,
+    pub flags: u8,
+    /// Stream position of the item in the exported ring, and just past it.
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Item {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ITEM_LEN);
+        out.push(VERSION);
+        out.push(match self.kind {
+            Kind::Message => KIND_MESSAGE,
+            Kind::EndOfStream => KIND_END_OF_STREAM,
+            Kind::Padding => KIND_PADDING,
+        });
+        out.push(self.flags);
+        out.extend_from_slice(&[0; 5]);
+        out.extend_from_slice(&self.from.to_le_bytes());
+        out.extend_from_slice(&self.to.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Item, String> {
+        if bytes.len() != ITEM_LEN {
+            return Err(format!(
+                "attachment of {} bytes, expected {ITEM_LEN}",
+                bytes.len()
+            ));
+        }
+        if bytes[0] != VERSION {
+            return Err(format!(
+                "attachment version {}, expected {VERSION}",
+                bytes[0]
+            ));
+        }
+        let kind = match bytes[1] {
+            KIND_MESSAGE => Kind::Message,
+            KIND_END_OF_STREAM => Kind::EndOfStream,
+            KIND_PADDING => Kind::Padding,
+            other => return Err(format!("unknown item kind {other}")),
+        };
+        let flags = bytes[2];
+        if flags & !(FLAG_LOSSY | FLAG_OLDEST) != 0 {
+            return Err(format!("unknown item flags {flags:#x}"));
+        }
+        let from = u64_at(bytes, 8);
+        let to = u64_at(bytes, 16);
+        if to <= from {
+            return Err(format!("item positions {from}..{to} do not advance"));
+        }
+        Ok(Item {
+            kind,
+            flags,
+            from,
+            to,
+        })
+    }
+}
+
+/// An importer's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The `to` of the last item stored in the importer's channel (0: none yet).
+    pub last: u64,
+    /// Nothing received is waiting to be stored: if `last` is behind what was sent, the rest
+    /// was lost on the way (a link cut, the importer restarting) and must be sent again.
+    pub idle: bool,
+}
+
+impl Ack {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ACK_LEN);
+        out.push(VERSION);
+        out.push(u8::from(self.idle));
+        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(&self.last.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Ack, String> {
+        if bytes.len() != ACK_LEN || bytes[0] != VERSION || bytes[1] > 1 {
+            return Err(format!("malformed ack of {} bytes", bytes.len()));
+        }
+        Ok(Ack {
+            idle: bytes[1] == 1,
+            last: u64_at(bytes, 8),
+        })
+    }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+pub fn ack_key(key: &str, importer: &str) -> String {
+    format!("{key}/@ack/{importer}")
+}
+
+pub fn ack_wildcard(key: &str) -> String {
+    format!("{key}/@ack/*")
+}
+
+pub fn liveliness_key(key: &str, importer: &str) -> String {
+    format!("{key}/@importer/{importer}")
+}
+
+pub fn liveliness_wildcard(key: &str) -> String {
+    format!("{key}/@importer/*")
+}
+
+/// The importer name at the end of an ack or liveliness key.
+pub fn importer_of(key_expr: &str) -> Option<&str> {
+    key_expr.rsplit('/').next().filter(|name| !name.is_empty())
+}
+
+/// A key the bridge publishes on: a concrete key expression (no wildcards, no `@` chunks of
+/// its own, nothing Zenoh would refuse).
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("empty key".into());
+    }
+    if key
+        .split('/')
+        .any(|chunk| chunk.is_empty() || chunk.contains(['*', '$', '@', '#', '?']))
+    {
+        return Err(format!(
+            "key {key:?}: must be a concrete Zenoh key (chunks separated by '/', none empty, without * $ @ # ?)"
+        ));
+    }
+    zenoh::key_expr::KeyExpr::try_from(key.to_string())
+        .map(|_| ())
+        .map_err(|e| format!("key {key:?}: {e}"))
+}
+
+/// An importer name: one key chunk of letters, digits and `. _ - :`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "importer name {name:?}: 1-128 characters of A-Z a-z 0-9 . _ - :"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_and_acks_round_trip_and_garbage_is_refused() {
+        let item = Item {
+            kind: Kind::EndOfStream,
+            flags: FLAG_OLDEST,
+            from: 7,
+            to: 4096,
+        };
+        assert_eq!(Item::decode(&item.encode()), Ok(item));
+        let ack = Ack {
+            last: 99,
+            idle: true,
+        };
+        assert_eq!(Ack::decode(&ack.encode()), Ok(ack));
+        assert!(Item::decode(&[1; 23]).is_err());
+        let mut backwards = item.encode();
+        backwards[16..24].copy_from_slice(&3u64.to_le_bytes());
+        assert!(Item::decode(&backwards).is_err());
+        assert!(Ack::decode(&[9; 24]).is_err());
+    }
+
+    #[test]
+    fn keys_and_names_are_checked() {
+        assert!(check_key("site/frames").is_ok());
+        for bad in ["", "a//b", "a/*", "a/@x", "a/b$", "/a"] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+        assert!(check_name("host-b:frames").is_ok());
+        assert!(check_name("a/b").is_err());
+        assert_eq!(importer_of("k/@ack/hostB"), Some("hostB"));
+    }
+}
