@@ -344,6 +344,9 @@ impl Server {
         let mut woken = Vec::new();
         for (target, event, fds) in notices {
             if let Some(session) = self.sessions.get_mut(&target) {
+                if !session.understands(&event) {
+                    continue;
+                }
                 session.queue_event(&event, fds);
                 woken.push(target);
             }
@@ -557,6 +560,9 @@ impl Server {
             };
             if matches!(event, Event::ChannelDropped { .. }) {
                 session.attached = None;
+            }
+            if !session.understands(&event) {
+                continue;
             }
             session.queue_event(&event, fds);
         }
