@@ -238,13 +238,13 @@ fn sizes_names_and_counts_are_checked_alike() {
         .expect_usage_error(&["--streams"]);
     broker
         .ctl(&["create", "--", "-x"])
-        .expect_usage_error(&["may not start with '-'"]);
+        .expect_error(&["invalid channel name \"-x\": may not start with '-'"]);
     broker
         .ctl(&["create", ".x"])
-        .expect_usage_error(&["may not start with '.'"]);
+        .expect_error(&["may not start with '.'"]);
     broker
         .ctl(&["recv", "x", "--as", "bad name"])
-        .expect_usage_error(&["invalid consumer name"]);
+        .expect_error(&["invalid consumer name \"bad name\""]);
     // The broker refuses them too, whoever asks.
     let refused = broker
         .client()

@@ -438,6 +438,20 @@ pub struct StatusInfo {
     /// Usage against each quota: the broker's totals, then the asking uid's own.
     #[serde(default)]
     pub quotas: Vec<QuotaUsage>,
+    /// Version 4: the outcome of the last config reload (SIGHUP), if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// When a config reload happened and whether it took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Seconds since the Unix epoch.
+    pub at_unix_secs: u64,
+    pub ok: bool,
+    /// Why it was rejected (`file:line:column: key: ...`): the previous config stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use shmem_broker_client::discovery::client_socket_path;
-use shmem_broker_client::names::{validate_channel_name, validate_consumer_name};
+use shmem_broker_client::names::validate_consumer_name;
 use shmem_broker_client::size::{format_size, parse_size};
 use shmem_broker_client::wire::ChannelList;
 use shmem_broker_client::{ChannelInfo, Client, SlowConsumer};
@@ -49,7 +49,6 @@ enum Command {
     /// Create a channel owned by you (needs root or an admin group)
     Create {
         /// Channel name: 1-64 of A-Z a-z 0-9 . _ -, not starting with - or .
-        #[arg(value_parser = channel_name)]
         name: String,
         /// Ring size, like 64KiB or 16MiB [default: the broker's default_capacity]
         #[arg(long, value_parser = parse_size)]
@@ -122,7 +121,7 @@ enum Command {
         follow: bool,
         /// Attach as the durable consumer NAME: the broker keeps its queue while it is away
         /// and it resumes where it stopped (channels with max_consumers > 1)
-        #[arg(long = "as", value_name = "NAME", value_parser = consumer_name)]
+        #[arg(long = "as", value_name = "NAME")]
         durable: Option<String>,
         /// Stop after this many end-of-stream marks (one per producer that closes)
         #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "follow",
@@ -140,14 +139,6 @@ fn nonzero_size(text: &str) -> Result<u64, String> {
         0 => Err("must be at least 1 byte".into()),
         size => Ok(size),
     }
-}
-
-fn channel_name(text: &str) -> Result<String, String> {
-    validate_channel_name(text).map(|()| text.to_string())
-}
-
-fn consumer_name(text: &str) -> Result<String, String> {
-    validate_consumer_name(text).map(|()| text.to_string())
 }
 
 fn main() -> ExitCode {
@@ -273,6 +264,9 @@ fn run(args: Args) -> Result<()> {
             max_bytes,
         } => {
             drop(out);
+            if let Some(name) = &durable {
+                validate_consumer_name(name).map_err(anyhow::Error::msg)?;
+            }
             let options = pipe::RecvOptions {
                 durable: durable.as_deref(),
                 streams: (!follow).then_some(streams),

@@ -167,6 +167,16 @@ pub fn status(out: &mut impl Write, s: &StatusInfo) -> io::Result<()> {
         "config:    {}",
         s.config_file.as_deref().unwrap_or("(built-in defaults)")
     )?;
+    if let Some(reload) = &s.last_reload {
+        let when = utc(reload.at_unix_secs);
+        match &reload.error {
+            None => writeln!(out, "reload:    {when}: ok")?,
+            Some(error) => writeln!(
+                out,
+                "reload:    {when}: rejected, still serving the previous config: {error}"
+            )?,
+        }
+    }
     writeln!(out, "channels:  {}", s.channels)?;
     writeln!(out, "clients:   {}", s.clients)?;
     if !s.quotas.is_empty() {
@@ -182,4 +192,36 @@ pub fn status(out: &mut impl Write, s: &StatusInfo) -> io::Result<()> {
         writeln!(out, "  {:<24} {used} of {limit}{who}", q.quota)?;
     }
     out.flush()
+}
+
+/// `2026-11-27 14:05:33 UTC` for seconds since the Unix epoch (the civil calendar from days,
+/// after Howard Hinnant's `civil_from_days`).
+fn utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rest = secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_792_000), "2026-11-27 15:06:40 UTC");
+    }
 }
