@@ -309,3 +309,34 @@ fn a_blocked_sender_says_whom_it_waits_for() {
         "said once: {out}"
     );
 }
+
+#[test]
+fn status_shows_the_last_reload_and_why_it_was_rejected() {
+    let mut broker = Broker::start(Some("version = 1\n"));
+    let status = broker.ctl_ok(&["status"]);
+    assert!(!status.contains("reload:"), "no reload yet: {status}");
+    std::fs::write(broker.config_path(), "version = 1\n\nfrobnicate = true\n").expect("config");
+    broker.proc_mut().signal(libc::SIGHUP);
+    let location = format!("{}:3:", broker.config_path().display());
+    let status = wait_for(WAIT, "status to show the rejected reload", || {
+        let status = broker.ctl_ok(&["status"]);
+        match status.lines().find(|l| l.starts_with("reload:")) {
+            Some(line) if line.contains("rejected") => Ok(line.to_string()),
+            _ => Err(status),
+        }
+    });
+    assert!(
+        status.contains(" UTC: rejected") && status.contains(&location),
+        "{status}"
+    );
+    std::fs::write(broker.config_path(), "version = 1\n").expect("config");
+    broker.proc_mut().signal(libc::SIGHUP);
+    wait_for(WAIT, "status to show the good reload", || {
+        let status = broker.ctl_ok(&["status"]);
+        if status.contains(" UTC: ok") {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    });
+}
