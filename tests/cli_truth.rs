@@ -217,7 +217,10 @@ fn permission_denied_names_the_socket_group() {
     let broker = Broker::start(Some("version = 1\nsocket_mode = \"0660\"\n"));
     let out = broker.ctl_as(NOBODY, &["list"]);
     let line = out.expect_error(&["permission denied on the broker socket", "group root"]);
-    assert!(line.contains("ask an admin to add you to group root"), "{line}");
+    assert!(
+        line.contains("ask an admin to add you to group root"),
+        "{line}"
+    );
     assert_eq!(line.matches("ermission denied").count(), 1, "{line}");
 }
 
@@ -251,7 +254,10 @@ fn sizes_names_and_counts_are_checked_alike() {
         .channel(".hidden")
         .create()
         .expect_err("a name starting with '.'");
-    assert!(refused.to_string().contains("may not start with '.'"), "{refused}");
+    assert!(
+        refused.to_string().contains("may not start with '.'"),
+        "{refused}"
+    );
 
     let made = broker.ctl_ok(&["create", "fan", "--max-consumers", "2"]);
     assert!(made.contains("up to 1 producer and 2 consumers"), "{made}");
@@ -261,7 +267,10 @@ fn sizes_names_and_counts_are_checked_alike() {
 fn help_describes_json_and_positionals() {
     let broker = Broker::start(None);
     let list = broker.ctl_ok(&["list", "--help"]);
-    assert!(list.contains("--json") && list.contains("Print JSON"), "{list}");
+    assert!(
+        list.contains("--json") && list.contains("Print JSON"),
+        "{list}"
+    );
     let info = broker.ctl_ok(&["info", "--help"]);
     assert!(info.contains("The channel to describe"), "{info}");
     let top = broker.ctl_ok(&["--help"]);
@@ -271,7 +280,14 @@ fn help_describes_json_and_positionals() {
 #[test]
 fn list_counts_peers_so_64_stay_readable() {
     let broker = Broker::start(None);
-    broker.ctl_ok(&["create", "wide", "--max-consumers", "64", "--capacity", "4KiB"]);
+    broker.ctl_ok(&[
+        "create",
+        "wide",
+        "--max-consumers",
+        "64",
+        "--capacity",
+        "4KiB",
+    ]);
     let client = broker.client();
     let consumers: Vec<_> = (0..64)
         .map(|_| client.consumer("wide").expect("consumer"))
@@ -292,14 +308,18 @@ fn a_blocked_sender_says_whom_it_waits_for() {
     broker.ctl_ok(&["create", "stuck", "--capacity", "64KiB"]);
     let input = input_file(broker.dir(), "big.in", &vec![1u8; 256 << 10]);
     let mut sender = broker.spawn_ctl(&["send", "stuck", "--verbose"], input, None);
-    wait_for(Duration::from_secs(15), "the blocked sender's notice", || {
-        let stderr = sender.stderr_text();
-        if stderr.contains("waiting for a consumer to attach") {
-            Ok(())
-        } else {
-            Err(stderr)
-        }
-    });
+    wait_for(
+        Duration::from_secs(15),
+        "the blocked sender's notice",
+        || {
+            let stderr = sender.stderr_text();
+            if stderr.contains("waiting for a consumer to attach") {
+                Ok(())
+            } else {
+                Err(stderr)
+            }
+        },
+    );
     sender.signal(libc::SIGINT);
     let out = sender.output(WAIT);
     assert_eq!(out.status.code(), Some(130), "{out}");

@@ -387,7 +387,10 @@ fn reload_stop_and_journal_priorities() {
     broker.write_config(BROKEN_CONFIG);
     // ExecReload= checks the config first: `systemctl reload` fails, the broker is not asked.
     let refused = lab.systemctl(&["reload", SERVICE]);
-    assert!(!refused.success(), "reload of a broken config must fail: {refused}");
+    assert!(
+        !refused.success(),
+        "reload of a broken config must fail: {refused}"
+    );
     // file:line:column: key
     let location = format!("{}:3:", broker.config_path().display());
     let error_line = lab.wait_for_journal_line(&["-u", SERVICE], &[&location, "frobnicate"]);

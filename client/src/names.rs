@@ -74,8 +74,12 @@ mod tests {
         assert!(validate_channel_name("a b").unwrap_err().contains("' '"));
         assert!(validate_channel_name("a/b").unwrap_err().contains("'/'"));
         assert!(validate_channel_name("é").is_err());
-        assert!(validate_channel_name("-x").unwrap_err().contains("start with '-'"));
-        assert!(validate_channel_name(".x").unwrap_err().contains("start with '.'"));
+        assert!(validate_channel_name("-x")
+            .unwrap_err()
+            .contains("start with '-'"));
+        assert!(validate_channel_name(".x")
+            .unwrap_err()
+            .contains("start with '.'"));
         assert!(validate_consumer_name("bad name")
             .unwrap_err()
             .starts_with("invalid consumer name"));

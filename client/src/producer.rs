@@ -47,10 +47,7 @@ impl Producer {
                 Route::Fanout(FanoutWriter::new(&attachment, control, lanes)?)
             }
         };
-        Ok(Producer {
-            attachment,
-            route,
-        })
+        Ok(Producer { attachment, route })
     }
 
     /// This producer's id in its channel: what consumers' [`last_producer`] reports.

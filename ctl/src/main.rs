@@ -279,7 +279,9 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn say(out: &mut impl io::Write, line: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
-    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(StdoutError)
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(StdoutError)
 }
 
 /// `, up to 4 producers and 3 consumers, slow consumers: drop` for fan-out channels.

@@ -56,7 +56,11 @@ fn on_interrupt(what: &'static str, channel: &str, progress: Arc<Progress>) -> R
     let channel = channel.to_string();
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
-            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
             eprintln!(
                 "shmemctl: {what} {channel} interrupted by {name} after {}",
                 progress.summary()
@@ -131,8 +135,8 @@ fn skip_input(input: &mut impl Read, skip: u64) -> Result<()> {
     if skip == 0 {
         return Ok(());
     }
-    let skipped = io::copy(&mut input.take(skip), &mut io::sink())
-        .context("reading standard input")?;
+    let skipped =
+        io::copy(&mut input.take(skip), &mut io::sink()).context("reading standard input")?;
     anyhow::ensure!(
         skipped == skip,
         "--skip {skip}: standard input has only {}",
@@ -143,7 +147,12 @@ fn skip_input(input: &mut impl Read, skip: u64) -> Result<()> {
 
 /// Says once on stderr, per wait, whom a sender waits for when the ring stays full longer
 /// than `BLOCKED_NOTICE_AFTER`: asks the broker who consumes the channel.
-fn watch_for_blocking(socket: std::path::PathBuf, name: &str, start: Instant, progress: Arc<Progress>) {
+fn watch_for_blocking(
+    socket: std::path::PathBuf,
+    name: &str,
+    start: Instant,
+    progress: Arc<Progress>,
+) {
     let name = name.to_string();
     std::thread::spawn(move || {
         let mut told_for = 0;
@@ -151,7 +160,10 @@ fn watch_for_blocking(socket: std::path::PathBuf, name: &str, start: Instant, pr
             std::thread::sleep(Duration::from_millis(250));
             let since = progress.waiting_since_ms.load(Ordering::Relaxed);
             let now = start.elapsed().as_millis() as u64;
-            if since == 0 || since == told_for || now.saturating_sub(since) < BLOCKED_NOTICE_AFTER.as_millis() as u64 {
+            if since == 0
+                || since == told_for
+                || now.saturating_sub(since) < BLOCKED_NOTICE_AFTER.as_millis() as u64
+            {
                 continue;
             }
             told_for = since;
@@ -237,11 +249,18 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
         }
         if received {
             let done = progress.bytes.load(Ordering::Relaxed);
-            let room = options.max_bytes.map_or(u64::MAX, |max| max.saturating_sub(done));
-            let take = message.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            let room = options
+                .max_bytes
+                .map_or(u64::MAX, |max| max.saturating_sub(done));
+            let take = message
+                .len()
+                .min(usize::try_from(room).unwrap_or(usize::MAX));
             write_all(stdout.as_fd(), &message[..take])?;
             progress.add(take);
-            if options.max_bytes.is_some_and(|max| done + take as u64 >= max) {
+            if options
+                .max_bytes
+                .is_some_and(|max| done + take as u64 >= max)
+            {
                 return Ok(());
             }
             continue;
@@ -265,7 +284,10 @@ fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), St
             Err(rustix::io::Errno::INTR) => {}
             // A non-blocking stdout (inherited that way): wait until it takes more.
             Err(rustix::io::Errno::AGAIN) => {
-                let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::OUT)];
+                let mut fds = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::OUT,
+                )];
                 let _ = rustix::event::poll(&mut fds, None);
             }
             Err(e) => return Err(StdoutError(e.into())),

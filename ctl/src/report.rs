@@ -72,7 +72,10 @@ pub fn one_line(err: &anyhow::Error) -> String {
 /// The one line for a socket this user may not connect to, naming the group that may.
 pub fn permission_hint(socket: &Path) -> String {
     let Ok(meta) = std::fs::metadata(socket) else {
-        return format!("permission denied on the broker socket {}", socket.display());
+        return format!(
+            "permission denied on the broker socket {}",
+            socket.display()
+        );
     };
     let group = group_name(meta.gid()).unwrap_or_else(|| format!("gid {}", meta.gid()));
     format!(
