@@ -885,8 +885,9 @@ fn limits_and_names_are_checked_with_clear_errors() {
         .expect_error(&["single", "durable consumer names need max_consumers > 1"]);
     let list = broker.ctl_ok(&["list"]);
     assert!(
-        list.contains("pids "),
-        "list shows both consumers of pair: {list}"
+        list.lines()
+            .any(|line| line.starts_with("pair ") && line.contains(" 2/")),
+        "list counts both consumers of pair: {list}"
     );
 }
 

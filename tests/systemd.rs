@@ -385,12 +385,32 @@ fn reload_stop_and_journal_priorities() {
     // 5b. Reload with a broken config: the error (file:3 and the key) is logged at priority
     // err, and the old channels are still served by the same process.
     broker.write_config(BROKEN_CONFIG);
-    lab.systemctl_ok(&["reload", SERVICE]);
+    // ExecReload= checks the config first: `systemctl reload` fails, the broker is not asked.
+    let refused = lab.systemctl(&["reload", SERVICE]);
+    assert!(
+        !refused.success(),
+        "reload of a broken config must fail: {refused}"
+    );
     // file:line:column: key
     let location = format!("{}:3:", broker.config_path().display());
-    let error_line =
-        lab.wait_for_journal_line(&["-u", SERVICE, "-p", "err"], &[&location, "frobnicate"]);
+    let error_line = lab.wait_for_journal_line(&["-u", SERVICE], &[&location, "frobnicate"]);
     assert!(error_line.contains("shmem-broker["), "{error_line}");
+    // A SIGHUP that bypasses the check: the broker rejects the config itself, logs it at err
+    // and `shmemctl status` shows the rejection with its location.
+    lab.systemctl_ok(&["kill", "--kill-whom=main", "-s", "HUP", SERVICE]);
+    lab.wait_for_journal_line(&["-u", SERVICE, "-p", "err"], &[&location, "frobnicate"]);
+    let status = wait_for(WAIT, "status to show the rejected reload", || {
+        let status = broker.ctl_ok(&["status"]);
+        if status.contains("rejected") {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    });
+    assert!(
+        status.contains(&location) && status.contains("frobnicate"),
+        "{status}"
+    );
     assert_eq!(sorted_names(&broker), ["alpha", "beta"]);
     assert_eq!(
         broker.wait_active(),

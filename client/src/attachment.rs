@@ -90,6 +90,9 @@ pub(crate) struct Attachment {
     wake_fd: Option<OwnedFd>,
     /// Lane changes read from the broker, not yet applied by the endpoint.
     lane_events: Vec<EventWithFds>,
+    /// One-to-one consumers: a producer that went away without end-of-stream, as the broker
+    /// told (pid, position its stream stopped at, bytes it wrote).
+    pub producer_gone: Option<(u32, u64, u64)>,
 }
 
 /// What one attach request brought back.
@@ -205,6 +208,7 @@ impl Attachment {
             wait_fd,
             wake_fd,
             lane_events: Vec::new(),
+            producer_gone: None,
         };
         Ok((attachment, rings))
     }
@@ -398,6 +402,12 @@ impl Attachment {
         match event {
             Event::ChannelDropped { .. } => self.dropped = true,
             Event::Disconnected { reason, .. } => self.disconnected = Some(reason),
+            Event::ProducerGone {
+                pid,
+                position,
+                bytes,
+                ..
+            } => self.producer_gone = Some((pid, position, bytes)),
             lane @ (Event::LaneAdded { .. } | Event::LaneRemoved { .. }) => {
                 self.lane_events.push((lane, fds))
             }

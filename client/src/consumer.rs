@@ -21,7 +21,14 @@ use crate::wire::Role;
 /// next message, a durable one ([`Attach::durable`](crate::Attach::durable)) where it
 /// stopped. With several producers, their rings are read in turn, each producer's messages
 /// in order; [`last_producer`](Self::last_producer) says whose message came last, and each
-/// producer's end-of-stream mark is returned as one `Ok(None)`. A producer's ring that turns
+/// producer's end-of-stream mark is returned as one `Ok(None)`.
+///
+/// An end-of-stream mark means the producer finished: only [`Producer::close`] writes one. In a
+/// one-to-one channel, a producer that went away without it (an error, a signal, a crash) is
+/// reported once, after its last message, as [`Error::ProducerGone`](crate::Error::ProducerGone);
+/// the next receive waits for the next producer.
+///
+/// [`Producer::close`]: crate::Producer::close A producer's ring that turns
 /// out corrupt, or that its producer flags evicted without cause, costs that ring only: one
 /// call returns [`Error::ProducerLost`](crate::Error::ProducerLost) naming the producer, and
 /// the next ones read on from the others (that producer's end-of-stream will not come).
@@ -192,6 +199,18 @@ impl Consumer {
             }
         };
         self.attachment.ensure_usable(reader.ring().is_dropped())?;
+        // A producer that went away without end-of-stream: once everything it wrote has been
+        // read, say so (once) instead of waiting for a mark that will never come.
+        if let Some((pid, position, bytes)) = self.attachment.producer_gone {
+            if reader.position() >= position {
+                self.attachment.producer_gone = None;
+                return Err(Error::ProducerGone {
+                    channel: self.attachment.channel.clone(),
+                    pid,
+                    bytes,
+                });
+            }
+        }
         let got = read(reader, &mut self.scratch)
             .map_err(|e| Error::ring(&self.attachment.channel, e))?;
         if reader.take_producer_waiting() {

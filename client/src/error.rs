@@ -32,6 +32,17 @@ pub enum Error {
         producer: u32,
         reason: String,
     },
+    /// One-to-one consumers: the producer went away (failed, interrupted, killed) without
+    /// closing its stream, and everything it wrote has been read. Returned once; the next
+    /// receive waits for the next producer.
+    #[error(
+        "channel {channel}: producer pid {pid} went away without end-of-stream after {bytes} bytes"
+    )]
+    ProducerGone {
+        channel: String,
+        pid: u32,
+        bytes: u64,
+    },
     /// A reconnecting endpoint could not take its place again after the broker came back.
     #[error("channel {channel}: {reason}")]
     Reattach { channel: String, reason: String },

@@ -389,18 +389,6 @@ impl FanoutWriter {
         }
         Ok(())
     }
-
-    /// On drop without `close`: the end-of-stream mark wherever it fits now.
-    pub fn end_streams_without_waiting(&mut self) {
-        for peer in &mut self.members.peers {
-            if !peer.end.ring().is_dropped()
-                && matches!(peer.end.try_write_end_of_stream(), Ok(true))
-                && peer.end.take_consumer_waiting()
-            {
-                peer.wake();
-            }
-        }
-    }
 }
 
 /// Runs `op` on a consumer's ring. A ring its consumer scribbled on concerns that consumer

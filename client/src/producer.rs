@@ -16,9 +16,10 @@ use crate::wire::Role;
 /// [`Error::WouldBlock`] instead, after which [`ready_fd`](Self::ready_fd) becomes readable once
 /// the consumer frees space, so a producer can sit in epoll/tokio.
 ///
-/// [`close`](Self::close) writes the end-of-stream mark after the last message. Dropping a
-/// producer writes it too if the ring has room at that moment; call `close` when the consumer
-/// must see it.
+/// [`close`](Self::close) writes the end-of-stream mark after the last message: it means "the
+/// producer finished". A producer dropped without `close` (an error path, a panic) writes no
+/// mark, just like one that is killed; in a one-to-one channel the broker tells the consumer,
+/// which gets [`Error::ProducerGone`] after the last message instead of an end-of-stream.
 ///
 /// In a channel with several consumers (`max_consumers > 1`) every message goes to each
 /// consumer attached at the time, through a ring per consumer; what happens when one of them
@@ -27,7 +28,6 @@ use crate::wire::Role;
 pub struct Producer {
     attachment: Attachment,
     route: Route,
-    closed: bool,
 }
 
 /// Where messages go: the one ring of a one-to-one channel, or every consumer's ring.
@@ -47,11 +47,7 @@ impl Producer {
                 Route::Fanout(FanoutWriter::new(&attachment, control, lanes)?)
             }
         };
-        Ok(Producer {
-            attachment,
-            route,
-            closed: false,
-        })
+        Ok(Producer { attachment, route })
     }
 
     /// One-to-one channels: the published write position, a byte counter just past the last
@@ -279,7 +275,6 @@ impl Producer {
     /// Writes the end-of-stream mark (waiting for room if needed; in a fan-out channel only
     /// under policy `block`) and detaches.
     pub fn close(mut self) -> Result<()> {
-        self.closed = true;
         if let Route::Fanout(fanout) = &mut self.route {
             return fanout.close(&mut self.attachment);
         }
@@ -333,24 +328,5 @@ impl AsRawFd for Producer {
 impl AsFd for Producer {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.ready_fd()
-    }
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        if self.closed {
-            return;
-        }
-        match &mut self.route {
-            Route::Single(writer) => {
-                if !writer.ring().is_dropped()
-                    && matches!(writer.try_write_end_of_stream(), Ok(true))
-                    && writer.take_consumer_waiting()
-                {
-                    self.attachment.wake_peer();
-                }
-            }
-            Route::Fanout(fanout) => fanout.end_streams_without_waiting(),
-        }
     }
 }

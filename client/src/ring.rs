@@ -510,6 +510,28 @@ impl SharedRing {
         check_positions(read_pos, write_pos, self).ok()
     }
 
+    /// Where the producer's stream stands now: its published position, and whether the last
+    /// frame before that position is an end-of-stream mark. The broker asks when a producer's
+    /// connection closes, to tell the consumer whether the stream ended cleanly. Everything
+    /// here was written by that producer: a hostile one can only misreport its own stream.
+    pub fn producer_end(&self) -> (u64, bool) {
+        let write_pos = self.header().producer.write_pos.load(Ordering::Acquire);
+        let size = self.frame_len(0);
+        let unit = self.format.unit;
+        let ends_clean = match write_pos.checked_sub(size) {
+            // Frames never wrap, so an aligned frame start lies wholly inside the data area.
+            Some(start) if write_pos % unit == 0 && self.capacity >= size => {
+                let offset = start % self.capacity;
+                offset + size <= self.capacity
+                    && self.data_u32(offset).load(Ordering::Relaxed) == 0
+                    && self.data_u32(offset + 4).load(Ordering::Relaxed) & self.format.kind_mask
+                        == KIND_END_OF_STREAM
+            }
+            _ => false,
+        };
+        (write_pos, ends_clean)
+    }
+
     /// The counters as the header holds them: any value a peer stored, so callers that add
     /// them up must saturate (the broker's `Channel::info` does).
     pub fn stats(&self) -> RingStats {

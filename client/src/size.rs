@@ -1,8 +1,8 @@
-//! Human-readable byte sizes: `4096`, `64KiB`, `16MiB`, `1GiB` (and `k`/`M`/`G` as binary units).
+//! Human-readable byte sizes: `4096`, `64KiB`, `16MiB`, `1GiB`. Units are binary only
+//! (`K`/`KiB` = 1024, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`, any case); SI units (`kB`, `MB`, `GB`,
+//! `TB`) are refused rather than read as either power, and so are decimals (`1.5GiB`).
 
-/// Parses a size such as `64KiB`, `16MiB`, `1G` or `4096`. Units are binary (1 KiB = 1024 bytes);
-/// `KB`/`MB`/`GB` are accepted as the same binary units since that is what people mean for
-/// memory sizes.
+/// Parses a size such as `64KiB`, `16MiB`, `1G` or `4096` (binary units, whole numbers).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed
@@ -14,18 +14,28 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             "invalid size {text:?}: expected a number with an optional unit, like 64KiB or 16MiB"
         ));
     }
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "invalid size {text:?}: decimals are not allowed; use a whole number of a smaller unit (1536MiB, not 1.5GiB)"
+        ));
+    }
     let number: u64 = digits
         .parse()
         .map_err(|_| format!("invalid size {text:?}: number too large"))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        si @ ("kb" | "mb" | "gb" | "tb") => {
+            return Err(format!(
+                "invalid size {text:?}: SI unit {si:?} (powers of 1000) not accepted; use binary units: KiB, MiB, GiB, TiB"
+            ))
+        }
         other => {
             return Err(format!(
-                "invalid size {text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)"
+                "invalid size {text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"
             ))
         }
     };
@@ -34,8 +44,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
-/// Formats a byte count in the largest binary unit it reaches: whole when exact (`1MiB`),
-/// else with one decimal (`1.5GiB`, `4.8MiB`).
+/// Formats a byte count in the largest binary unit it reaches, rounded to one decimal that is
+/// left out when it is 0: `1MiB`, `100MiB` (also for a byte short of it), `1.5GiB`, `4.8MiB`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
         ("TiB", 1 << 40),
@@ -45,10 +55,12 @@ pub fn format_size(bytes: u64) -> String {
     ];
     for (unit, scale) in UNITS {
         if bytes >= scale {
-            if bytes % scale == 0 {
-                return format!("{}{unit}", bytes / scale);
-            }
-            return format!("{:.1}{unit}", bytes as f64 / scale as f64);
+            // In u128, so that no byte count overflows; the result fits easily.
+            let tenths = (u128::from(bytes) * 10 + u128::from(scale / 2)) / u128::from(scale);
+            return match tenths % 10 {
+                0 => format!("{}{unit}", tenths / 10),
+                frac => format!("{}.{frac}{unit}", tenths / 10),
+            };
         }
     }
     format!("{bytes}B")
@@ -64,7 +76,7 @@ mod tests {
         assert_eq!(parse_size("64KiB"), Ok(65536));
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size(" 2 mb "), Ok(2 << 20));
+        assert_eq!(parse_size(" 2 mib "), Ok(2 << 20));
     }
 
     #[test]
@@ -77,6 +89,8 @@ mod tests {
             .unwrap_err()
             .contains("too large"));
         assert!(parse_size("20000000TiB").unwrap_err().contains("too large"));
+        assert!(parse_size("16MB").unwrap_err().contains("SI unit"));
+        assert!(parse_size("1.5GiB").unwrap_err().contains("decimals"));
     }
 
     #[test]
@@ -85,6 +99,8 @@ mod tests {
         assert_eq!(format_size(4096), "4KiB");
         assert_eq!(format_size(100), "100B");
         assert_eq!(format_size(5_000_000), "4.8MiB");
+        assert_eq!(format_size((100 << 20) - 1), "100MiB");
+        assert_eq!(format_size(u64::MAX), "16777216TiB");
         assert_eq!(parse_size(&format_size(64 << 10)), Ok(64 << 10));
     }
 }

@@ -1,4 +1,4 @@
-//! The control-socket wire protocol, version 3 (see `PROTOCOL.md` at the repository root).
+//! The control-socket wire protocol, version 4 (see `PROTOCOL.md` at the repository root).
 //! Version 2 added many producers and consumers per channel, version 3 ring layout 2 (sealed
 //! frames, see [`ring`](crate::ring)). A broker still answers older clients, and tells them in
 //! an `unsupported_version` error when a channel needs a newer version.
@@ -20,11 +20,13 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"SHMB";
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Oldest version the broker still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The first version whose clients read ring layout 2.
 pub const SEALED_RINGS_VERSION: u16 = 3;
+/// The first version whose clients understand the `producer_gone` event.
+pub const PRODUCER_GONE_VERSION: u16 = 4;
 pub const HEADER_LEN: usize = 16;
 /// Largest request body the broker reads; anything larger is refused before it is buffered.
 pub const MAX_REQUEST_BODY: u32 = 64 * 1024;
@@ -317,6 +319,16 @@ pub enum Event {
     LaneRemoved { generation: u64, peer: u32 },
     /// This consumer was detached by the broker; the attachment is over.
     Disconnected { channel: String, reason: String },
+    /// Version 4, one-to-one channels: the producer's connection closed and its stream does
+    /// not end with an end-of-stream mark (it failed, was interrupted or killed). `position`
+    /// is where its stream stopped in the ring: once the consumer has read up to it, the
+    /// stream is over. `bytes` is what that producer wrote while attached.
+    ProducerGone {
+        channel: String,
+        pid: u32,
+        position: u64,
+        bytes: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,6 +438,20 @@ pub struct StatusInfo {
     /// Usage against each quota: the broker's totals, then the asking uid's own.
     #[serde(default)]
     pub quotas: Vec<QuotaUsage>,
+    /// Version 4: the outcome of the last config reload (SIGHUP), if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// When a config reload happened and whether it took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Seconds since the Unix epoch.
+    pub at_unix_secs: u64,
+    pub ok: bool,
+    /// Why it was rejected (`file:line:column: key: ...`): the previous config stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

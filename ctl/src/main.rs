@@ -1,18 +1,32 @@
 //! `shmemctl`: look at and manage a running shmem-broker, and pipe data through its channels.
+//!
+//! One job per file: `main.rs` the command line, `pipe.rs` send and recv, `show.rs` the text
+//! and JSON output, `report.rs` how errors are said and which exit code they give.
 
-use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+mod pipe;
+mod report;
+mod show;
+
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use shmem_broker_client::discovery::client_socket_path;
+use shmem_broker_client::names::validate_consumer_name;
 use shmem_broker_client::size::{format_size, parse_size};
 use shmem_broker_client::wire::ChannelList;
-use shmem_broker_client::{ChannelInfo, Client, Role, SlowConsumer, StatusInfo};
+use shmem_broker_client::{ChannelInfo, Client, SlowConsumer};
+
+use report::StdoutError;
 
 /// Control a shmem-broker: list, create and drop channels, inspect them, send and receive data.
+///
+/// Sizes take binary units only: 4096, 64KiB (or 64K), 16MiB, 1GiB; SI units (16MB) and
+/// decimals (1.5GiB) are refused. Exit codes: 0 success, 1 error (one line on stderr), 2 bad
+/// command line, 3 recv lost producers' streams, 130/143 send or recv interrupted by
+/// SIGINT/SIGTERM.
 #[derive(Parser, Debug)]
 #[command(name = "shmemctl", version, about)]
 struct Args {
@@ -25,13 +39,16 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// One row per channel: capacity, who is attached, traffic and fill level
+    /// One row per channel: capacity, attached producers and consumers (attached/max),
+    /// traffic and fill level
     List {
+        /// Print JSON (`{"channels": [...]}`, the fields of `info --json`) instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Create a channel owned by you (needs root or an admin group)
     Create {
+        /// Channel name: 1-64 of A-Z a-z 0-9 . _ -, not starting with - or .
         name: String,
         /// Ring size, like 64KiB or 16MiB [default: the broker's default_capacity]
         #[arg(long, value_parser = parse_size)]
@@ -56,33 +73,50 @@ enum Command {
     /// Drop a channel (attached clients get a "channel dropped" error), or with --consumer
     /// one durable consumer of it and its unread messages
     Drop {
+        /// The channel to drop
         name: String,
         /// The durable consumer to forget instead of the whole channel
         #[arg(long, value_name = "NAME")]
         consumer: Option<String>,
     },
-    /// A channel's details and attached peers
+    /// A channel's details and attached peers (with their pids)
     Info {
+        /// The channel to describe
         name: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// The broker's version, uptime, socket, config and counts
     Status {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
-    /// Send standard input into a channel as its producer, then mark end-of-stream
+    /// Send standard input into a channel as its producer, then mark end-of-stream. If it
+    /// fails or is interrupted it leaves no mark, and the receiver learns the stream is cut.
     Send {
+        /// The channel to send into
         name: String,
-        /// Largest message to cut the input into [default: min(1MiB, a quarter of the ring)]
-        #[arg(long, value_parser = parse_size)]
+        /// Largest message to cut the input into (at least 1) [default: min(1MiB, a quarter
+        /// of the ring)]
+        #[arg(long, value_parser = nonzero_size)]
         chunk: Option<u64>,
+        /// Skip this many bytes of standard input first (to resume an interrupted send)
+        #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "0")]
+        skip: u64,
+        /// Say on stderr whom the sender waits for when the ring stays full (always on when
+        /// stderr is a terminal)
+        #[arg(long, short)]
+        verbose: bool,
     },
-    /// Write a channel's messages to standard output until end-of-stream
+    /// Write a channel's messages to standard output until end-of-stream. A stream that ends
+    /// without its mark (the producer failed, was interrupted or killed) is an error.
     Recv {
+        /// The channel to receive from
         name: String,
-        /// Keep waiting for the next producer after an end-of-stream mark
+        /// Keep waiting for the next producer after an end-of-stream mark (or a producer
+        /// that went away)
         #[arg(long)]
         follow: bool,
         /// Attach as the durable consumer NAME: the broker keeps its queue while it is away
@@ -90,36 +124,52 @@ enum Command {
         #[arg(long = "as", value_name = "NAME")]
         durable: Option<String>,
         /// Stop after this many end-of-stream marks (one per producer that closes)
-        #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "follow")]
+        #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "follow",
+              value_parser = clap::value_parser!(u64).range(1..))]
         streams: u64,
+        /// Stop after writing this many bytes (the rest of the message that crosses the limit
+        /// is consumed all the same)
+        #[arg(long, value_name = "N", value_parser = nonzero_size)]
+        max_bytes: Option<u64>,
     },
+}
+
+fn nonzero_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err("must be at least 1 byte".into()),
+        size => Ok(size),
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        // `recv` already said on stderr which streams were cut short, one line each.
-        Err(err) if err.downcast_ref::<StreamsLost>().is_some() => ExitCode::from(3),
-        Err(err) => {
-            // One line: the outermost context and its causes.
-            let message: Vec<String> = err.chain().map(ToString::to_string).collect();
-            eprintln!("shmemctl: error: {}", message.join(": "));
-            ExitCode::FAILURE
-        }
+        Err(err) => report::finish(err),
     }
 }
 
 fn run(args: Args) -> Result<()> {
-    let client = Client::connect(client_socket_path(args.socket))?;
+    let socket = client_socket_path(args.socket);
+    let client = match Client::connect(&socket) {
+        Ok(client) => client,
+        Err(shmem_broker_client::Error::Io { source, .. })
+            if source.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            anyhow::bail!(report::permission_hint(&socket))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = io::stdout().lock();
     match args.command {
         Command::List { json } => {
             let channels = client.list()?;
-            if json {
-                print_json(&ChannelList { channels })
+            let printed = if json {
+                show::json(&mut out, &ChannelList { channels })
             } else {
-                print_table(&channels)
-            }
+                show::table(&mut out, &channels)
+            };
+            printed.map_err(StdoutError)?;
         }
         Command::Create {
             name,
@@ -147,337 +197,102 @@ fn run(args: Args) -> Result<()> {
                 new = new.slow_consumer(policy);
             }
             let info = new.create()?;
-            println!(
-                "created channel {} ({}{})",
-                info.name,
-                format_size(info.capacity),
-                shape(&info)
-            );
-            Ok(())
+            say(
+                &mut out,
+                format_args!(
+                    "created channel {} ({}{})",
+                    info.name,
+                    format_size(info.capacity),
+                    shape(&info)
+                ),
+            )?;
         }
         Command::Drop {
             name,
             consumer: Some(consumer),
         } => {
             client.drop_consumer(&name, &consumer)?;
-            println!("dropped durable consumer {consumer} of channel {name}");
-            Ok(())
+            say(
+                &mut out,
+                format_args!("dropped durable consumer {consumer} of channel {name}"),
+            )?;
         }
         Command::Drop {
             name,
             consumer: None,
         } => {
             client.drop_channel(&name)?;
-            println!("dropped channel {name}");
-            Ok(())
+            say(&mut out, format_args!("dropped channel {name}"))?;
         }
         Command::Info { name, json } => {
             let info = client.info(&name)?;
-            if json {
-                print_json(&info)
+            let printed = if json {
+                show::json(&mut out, &info)
             } else {
-                print_info(&info)
-            }
+                show::info(&mut out, &info)
+            };
+            printed.map_err(StdoutError)?;
         }
         Command::Status { json } => {
             let status = client.status()?;
-            if json {
-                print_json(&status)
+            let printed = if json {
+                show::json(&mut out, &status)
             } else {
-                print_status(&status)
-            }
+                show::status(&mut out, &status)
+            };
+            printed.map_err(StdoutError)?;
         }
-        Command::Send { name, chunk } => send(client, &name, chunk),
+        Command::Send {
+            name,
+            chunk,
+            skip,
+            verbose,
+        } => {
+            drop(out);
+            let options = pipe::SendOptions {
+                chunk,
+                skip,
+                verbose,
+            };
+            pipe::send(client, &name, options)?;
+        }
         Command::Recv {
             name,
             follow,
             durable,
             streams,
-        } => recv(
-            client,
-            &name,
-            durable.as_deref(),
-            (!follow).then_some(streams),
-        ),
+            max_bytes,
+        } => {
+            drop(out);
+            if let Some(name) = &durable {
+                validate_consumer_name(name).map_err(anyhow::Error::msg)?;
+            }
+            let options = pipe::RecvOptions {
+                durable: durable.as_deref(),
+                streams: (!follow).then_some(streams),
+                max_bytes,
+            };
+            pipe::recv(client, &name, options)?;
+        }
     }
+    Ok(())
 }
 
-/// `, 4 producers, 3 consumers, slow consumers: drop` for fan-out channels.
+fn say(out: &mut impl io::Write, line: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(StdoutError)
+}
+
+/// `, up to 4 producers and 3 consumers, slow consumers: drop` for fan-out channels.
 fn shape(info: &ChannelInfo) -> String {
     if info.max_producers == 1 && info.max_consumers == 1 {
         return String::new();
     }
     format!(
-        ", up to {} producers and {} consumers, slow consumers: {}",
-        info.max_producers, info.max_consumers, info.slow_consumer
+        ", up to {} and {}, slow consumers: {}",
+        show::count(info.max_producers.into(), "producer"),
+        show::count(info.max_consumers.into(), "consumer"),
+        info.slow_consumer
     )
-}
-
-fn send(client: Client, name: &str, chunk: Option<u64>) -> Result<()> {
-    let mut producer = client.producer(name)?;
-    // The producer has its own connection; an idle control connection would only be closed
-    // by the broker's request_timeout.
-    drop(client);
-    let max = producer.max_message_len();
-    let chunk = match chunk {
-        Some(chunk) => usize::try_from(chunk).unwrap_or(usize::MAX),
-        None => (1 << 20).min((producer.capacity() / 4) as usize).max(1),
-    };
-    anyhow::ensure!(
-        (1..=max).contains(&chunk),
-        "chunk of {} does not fit channel {name}: at most {max} bytes per message",
-        format_size(chunk as u64)
-    );
-    // Each read(2) lands straight in the ring, and each one is forwarded at once: a pipe that
-    // stays open (`tail -f log | shmemctl send ch`) flows now, files come in full chunks.
-    let mut stdin = io::stdin().lock();
-    loop {
-        let mut failure = None;
-        let sent = producer.send_up_to(chunk, |buf| match stdin.read(buf) {
-            Ok(n) => n,
-            Err(e) => {
-                failure = Some(e);
-                0
-            }
-        })?;
-        match failure {
-            Some(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Some(e) => return Err(e).context("reading standard input"),
-            None if sent == 0 => break,
-            None => {}
-        }
-    }
-    producer.close()?;
-    Ok(())
-}
-
-/// `recv` delivered everything it could, but this many producers' streams were cut short
-/// (their rings were corrupt, or their producer gave up on this consumer without cause).
-#[derive(Debug)]
-struct StreamsLost(u64);
-
-impl std::fmt::Display for StreamsLost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} stream(s) cut short", self.0)
-    }
-}
-
-impl std::error::Error for StreamsLost {}
-
-/// Copies messages to standard output until `streams` end-of-stream marks (`None`: forever).
-/// A producer's stream that is cut short counts as ended: its mark will never come.
-fn recv(client: Client, name: &str, durable: Option<&str>, streams: Option<u64>) -> Result<()> {
-    let mut attach = client.attach(name);
-    if let Some(durable) = durable {
-        attach = attach.durable(durable);
-    }
-    let mut consumer = attach.consumer()?;
-    drop(client);
-    // Messages go from the ring to standard output with write(2) and no copy in between.
-    let stdout = io::stdout();
-    let mut ends = 0;
-    let mut missed = 0;
-    let mut lost = 0u64;
-    loop {
-        let message = match consumer.recv_to_fd(stdout.as_fd()) {
-            Ok(message) => message,
-            Err(err @ shmem_broker_client::Error::ProducerLost { .. }) => {
-                eprintln!("shmemctl: {err}");
-                lost += 1;
-                false
-            }
-            Err(err) => return Err(err.into()),
-        };
-        if consumer.missed() > missed {
-            eprintln!(
-                "shmemctl: channel {name}: missed {} messages: this consumer fell behind (slow_consumer = drop)",
-                consumer.missed() - missed
-            );
-            missed = consumer.missed();
-        }
-        if !message {
-            ends += 1;
-            if streams.is_some_and(|wanted| ends >= wanted) {
-                return match lost {
-                    0 => Ok(()),
-                    lost => Err(StreamsLost(lost).into()),
-                };
-            }
-        }
-    }
-}
-
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    out.flush()?;
-    Ok(())
-}
-
-/// `pid 12`, `pids 12,13` or `-`: who is attached in `role`.
-fn attached(info: &ChannelInfo, role: Role) -> String {
-    let pids: Vec<String> = info
-        .peers
-        .iter()
-        .filter(|p| p.role == role && p.attached)
-        .map(|p| p.pid.to_string())
-        .collect();
-    match pids.len() {
-        0 => "-".to_string(),
-        1 => format!("pid {}", pids[0]),
-        _ => format!("pids {}", pids.join(",")),
-    }
-}
-
-fn print_table(channels: &[ChannelInfo]) -> Result<()> {
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "CAPACITY".into(),
-        "PRODUCER".into(),
-        "CONSUMER".into(),
-        "MESSAGES".into(),
-        "BYTES".into(),
-        "UNREAD".into(),
-    ]];
-    for c in channels {
-        rows.push([
-            c.name.clone(),
-            format_size(c.capacity),
-            attached(c, Role::Producer),
-            attached(c, Role::Consumer),
-            c.messages_written.to_string(),
-            format_size(c.bytes_written),
-            format_size(c.bytes_unread),
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = io::stdout().lock();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        writeln!(out, "{}", line.join("  ").trim_end())?;
-    }
-    Ok(())
-}
-
-fn print_info(c: &ChannelInfo) -> Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "channel:   {}", c.name)?;
-    writeln!(
-        out,
-        "capacity:  {} ({} bytes)",
-        format_size(c.capacity),
-        c.capacity
-    )?;
-    writeln!(
-        out,
-        "origin:    {}",
-        serde_json::to_value(&c.origin)?.as_str().unwrap_or("?")
-    )?;
-    writeln!(
-        out,
-        "owner uid: {}",
-        c.owner_uid.map_or("-".into(), |u| u.to_string())
-    )?;
-    writeln!(out, "producers: {}", join_or_none(&c.producers))?;
-    writeln!(out, "consumers: {}", join_or_none(&c.consumers))?;
-    writeln!(
-        out,
-        "shape:     up to {} producers, {} consumers; slow consumers: {}; rings {}",
-        c.max_producers,
-        c.max_consumers,
-        c.slow_consumer,
-        format_size(c.ring_bytes)
-    )?;
-    writeln!(
-        out,
-        "messages:  {} written, {} read",
-        c.messages_written, c.messages_read
-    )?;
-    writeln!(
-        out,
-        "bytes:     {} written, {} unread",
-        format_size(c.bytes_written),
-        format_size(c.bytes_unread)
-    )?;
-    if c.peers.is_empty() {
-        writeln!(out, "peers:     none attached")?;
-    }
-    for p in &c.peers {
-        let owner = p
-            .owner_uid
-            .map_or_else(String::new, |uid| format!(" owned by uid {uid}"));
-        let who = match (&p.name, p.attached) {
-            (Some(name), true) => format!(
-                "{} {} {name:?}{owner} pid {} uid {} gid {}",
-                p.role, p.id, p.pid, p.uid, p.gid
-            ),
-            (Some(name), false) => {
-                format!("{} {} {name:?}{owner} (durable, away)", p.role, p.id)
-            }
-            (None, _) => format!(
-                "{} {} pid {} uid {} gid {}",
-                p.role, p.id, p.pid, p.uid, p.gid
-            ),
-        };
-        let done = match p.role {
-            Role::Producer => "written",
-            Role::Consumer => "read",
-        };
-        writeln!(
-            out,
-            "peer:      {who}: {} messages {done}, {} unread, {} lost",
-            p.messages,
-            format_size(p.bytes_unread),
-            p.messages_lost
-        )?;
-    }
-    Ok(())
-}
-
-fn join_or_none(list: &[String]) -> String {
-    if list.is_empty() {
-        "(owner and root only)".into()
-    } else {
-        list.join(", ")
-    }
-}
-
-fn print_status(s: &StatusInfo) -> Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "version:   {} (protocol {})", s.version, s.protocol)?;
-    writeln!(out, "pid:       {}", s.pid)?;
-    writeln!(out, "uptime:    {}s", s.uptime_secs)?;
-    writeln!(
-        out,
-        "socket:    {} ({})",
-        s.socket_path.as_deref().unwrap_or("(unnamed)"),
-        s.socket_source
-    )?;
-    writeln!(
-        out,
-        "config:    {}",
-        s.config_file.as_deref().unwrap_or("(built-in defaults)")
-    )?;
-    writeln!(out, "channels:  {}", s.channels)?;
-    writeln!(out, "clients:   {}", s.clients)?;
-    if !s.quotas.is_empty() {
-        writeln!(out, "quotas:")?;
-    }
-    for q in &s.quotas {
-        let (used, limit) = if q.quota.ends_with("ring_bytes") {
-            (format_size(q.used), format_size(q.limit))
-        } else {
-            (q.used.to_string(), q.limit.to_string())
-        };
-        let who = q.uid.map_or(String::new(), |uid| format!(" (uid {uid})"));
-        writeln!(out, "  {:<24} {used} of {limit}{who}", q.quota)?;
-    }
-    Ok(())
 }

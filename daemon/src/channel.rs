@@ -191,6 +191,12 @@ pub struct Channel {
     evicted: BTreeMap<String, Eviction>,
     /// No longer in the config: removed as soon as nobody is attached.
     pub pending_removal: bool,
+    /// One-to-one channels: the ring's `bytes_written` when the current producer attached.
+    stream_start: u64,
+    /// One-to-one channels: the last producer went away without end-of-stream (pid, where
+    /// its stream stopped, bytes it wrote). Consumers that attach before the next producer
+    /// are told too. Cleared when a producer attaches.
+    unclean_end: Option<(u32, u64, u64)>,
 }
 
 impl Channel {
@@ -224,6 +230,8 @@ impl Channel {
             control: None,
             evicted: BTreeMap::new(),
             pending_removal: false,
+            stream_start: 0,
+            unclean_end: None,
             meta,
         };
         if let Some(lane) = lane {
@@ -278,6 +286,8 @@ impl Channel {
             control: Some(control),
             evicted: BTreeMap::new(),
             pending_removal: false,
+            stream_start: 0,
+            unclean_end: None,
             meta,
         };
         for queue in queues {
@@ -526,7 +536,10 @@ impl Channel {
                 wake_created: false,
             }
         } else {
-            self.single_grant(Role::Producer).map_err(internal)?
+            let grant = self.single_grant(Role::Producer).map_err(internal)?;
+            self.unclean_end = None;
+            self.stream_start = self.queues[0].lanes[0].ring.stats().bytes_written;
+            grant
         };
         self.slots[index].holder = Some(Attached {
             session,
@@ -647,9 +660,8 @@ impl Channel {
             }
             None => {
                 if let Some(name) = name {
-                    shmem_broker_client::names::validate_channel_name(name).map_err(|m| {
-                        refuse(ErrorCode::InvalidName, format!("consumer name: {m}"))
-                    })?;
+                    shmem_broker_client::names::validate_consumer_name(name)
+                        .map_err(|m| refuse(ErrorCode::InvalidName, m))?;
                     admit_new_name().map_err(|m| refuse(ErrorCode::LimitReached, m))?;
                 }
                 if self.queues.len() >= self.meta.max_consumers as usize {
@@ -720,7 +732,12 @@ impl Channel {
                 format!("channel busy: consumer pid {} attached", holder.peer.pid),
             ));
         }
-        let grant = self.single_grant(Role::Consumer).map_err(internal)?;
+        let mut grant = self.single_grant(Role::Consumer).map_err(internal)?;
+        if self.slots[0].holder.is_none() {
+            if let Some(gone) = self.unclean_end {
+                grant.notices.push(self.producer_gone(session, gone));
+            }
+        }
         self.queues[0].holder = Some(Attached {
             session,
             peer: peer.clone(),
@@ -814,7 +831,23 @@ impl Channel {
             for queue in &self.queues {
                 queue.lanes[index].ring.clear_waiter(Role::Producer);
             }
-            return Some((Role::Producer, attached.peer, Vec::new()));
+            let mut notices = Vec::new();
+            if let (false, Some(queue)) = (self.meta.is_fanout(), self.queues.first()) {
+                // Whatever the producer left in the ring decides: only `close` writes the
+                // end-of-stream mark, so its absence means the producer did not finish. A
+                // hostile producer can only misreport its own stream.
+                let ring = &queue.lanes[0].ring;
+                let (position, clean) = ring.producer_end();
+                if !clean {
+                    let bytes = ring.stats().bytes_written.saturating_sub(self.stream_start);
+                    let gone = (attached.peer.pid, position, bytes);
+                    self.unclean_end = Some(gone);
+                    if let Some(holder) = &queue.holder {
+                        notices.push(self.producer_gone(holder.session, gone));
+                    }
+                }
+            }
+            return Some((Role::Producer, attached.peer, notices));
         }
         let index = self.queues.iter().position(|q| holds(&q.holder))?;
         let attached = self.queues[index].holder.take()?;
@@ -827,6 +860,16 @@ impl Channel {
             Vec::new()
         };
         Some((Role::Consumer, attached.peer, notices))
+    }
+
+    fn producer_gone(&self, session: SessionId, (pid, position, bytes): (u32, u64, u64)) -> Notice {
+        let event = Event::ProducerGone {
+            channel: self.meta.name.clone(),
+            pid,
+            position,
+            bytes,
+        };
+        (session, event, Vec::new())
     }
 
     /// Forgets durable consumer `name` and its unread data. `uid` asks; `privileged` if it is

@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 
 use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
-use shmem_broker_client::names::validate_channel_name;
+use shmem_broker_client::names::validate_stored_channel_name;
 use shmem_broker_client::ring::{SharedRing, CAPACITY_GRANULE, MAX_CAPACITY, MIN_CAPACITY};
 use shmem_broker_client::wire::{Origin, SlowConsumer, MAX_ENDPOINTS};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
@@ -417,7 +417,7 @@ fn newest_meta(entries: &mut Vec<StoredFd>, stale: &mut Vec<String>) -> Result<S
 }
 
 fn assemble(name: &str, mut entries: Vec<StoredFd>) -> Result<Restored, String> {
-    validate_channel_name(name)?;
+    validate_stored_channel_name(name)?;
     let mut stale = Vec::new();
     let meta_fd = newest_meta(&mut entries, &mut stale)?;
     let meta_name = meta_fd.name.clone();

@@ -12,7 +12,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use shmem_broker_client::wire::{
-    ErrorCode, Event, Reply, Request, Role, StatusInfo, PROTOCOL_VERSION,
+    ErrorCode, Event, ReloadOutcome, Reply, Request, Role, StatusInfo, PROTOCOL_VERSION,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -67,6 +67,7 @@ pub struct Server {
     /// `--config` as given: reloads resolve the config the same way the start did.
     config_arg: Option<PathBuf>,
     config_file: Option<PathBuf>,
+    last_reload: Option<ReloadOutcome>,
     request_timeout: Duration,
     /// RLIMIT_NOFILE: clients are refused before the broker would run out.
     fd_limit: usize,
@@ -110,6 +111,7 @@ impl Server {
             started: Instant::now(),
             config_arg,
             config_file: config.source.clone(),
+            last_reload: None,
             request_timeout: config.request_timeout,
             fd_limit: fd_limit(),
             watchdog: sd_notify::watchdog_enabled().map(|timeout| timeout / 2),
@@ -183,7 +185,7 @@ impl Server {
     /// Attached clients are not touched.
     fn reload(&mut self) {
         self.notifier.reloading();
-        match Config::discover(self.config_arg.as_deref()) {
+        let failure = match Config::discover(self.config_arg.as_deref()) {
             Ok(config) => match self.registry.apply_config(&config) {
                 Ok(()) => {
                     self.request_timeout = config.request_timeout;
@@ -191,13 +193,26 @@ impl Server {
                     info!(self.log, "config reloaded";
                         "file" => self.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                         "channels" => self.registry.channel_count());
+                    None
                 }
-                Err(err) => error!(self.log, "config reload failed part-way"; "error" => %err),
+                Err(err) => {
+                    error!(self.log, "config reload failed part-way"; "error" => %err);
+                    Some(format!("applied part-way: {err}"))
+                }
             },
             Err(err) => {
                 error!(self.log, "config reload rejected; still serving the previous config"; "error" => %err);
+                Some(err.to_string())
             }
-        }
+        };
+        let at_unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_reload = Some(ReloadOutcome {
+            at_unix_secs,
+            ok: failure.is_none(),
+            error: failure,
+        });
         self.notifier.ready(self.summary());
     }
 
@@ -344,6 +359,9 @@ impl Server {
         let mut woken = Vec::new();
         for (target, event, fds) in notices {
             if let Some(session) = self.sessions.get_mut(&target) {
+                if !session.understands(&event) {
+                    continue;
+                }
                 session.queue_event(&event, fds);
                 woken.push(target);
             }
@@ -558,6 +576,9 @@ impl Server {
             if matches!(event, Event::ChannelDropped { .. }) {
                 session.attached = None;
             }
+            if !session.understands(&event) {
+                continue;
+            }
             session.queue_event(&event, fds);
         }
     }
@@ -611,6 +632,7 @@ impl Server {
             channels: self.registry.channel_count(),
             clients,
             quotas,
+            last_reload: self.last_reload.clone(),
         }
     }
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use shmem_broker_client::fdpass::send_with_fds;
-use shmem_broker_client::wire::{encode_frame_version, Event, FrameKind, Reply, PROTOCOL_VERSION};
+use shmem_broker_client::wire::{
+    encode_frame_version, Event, FrameKind, Reply, PRODUCER_GONE_VERSION, PROTOCOL_VERSION,
+};
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 
@@ -166,6 +168,12 @@ impl Session {
             lane_added,
         });
         self.queued_bytes <= MAX_QUEUED_BYTES
+    }
+
+    /// Whether the client's protocol version knows `event`: older clients would take an
+    /// unknown event for a broken connection.
+    pub fn understands(&self, event: &Event) -> bool {
+        !matches!(event, Event::ProducerGone { .. }) || self.version >= PRODUCER_GONE_VERSION
     }
 
     /// Queues an event. A ring announced and then withdrawn before the client read the

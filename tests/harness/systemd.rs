@@ -748,8 +748,8 @@ pub fn rewrite_unit_line(unit: &str, key: &str, replacement: &str) -> String {
 }
 
 /// The project's broker installed in a [`SystemdLab`]: systemd/shmem-broker.socket and
-/// .service with `ListenStream=` at `<lab>/control.sock` and `ExecStart=` running the built
-/// binary with `--config <lab>/shmem-broker.toml`. Nothing is started.
+/// .service with `ListenStream=` at `<lab>/control.sock` and `ExecStart=` (and the config check
+/// of `ExecReload=`) running the built binary with `--config <lab>/shmem-broker.toml`. Nothing is started.
 pub struct LabBroker<'a> {
     lab: &'a SystemdLab,
     socket: PathBuf,
@@ -794,6 +794,15 @@ impl<'a> LabBroker<'a> {
             "ExecStart=",
             &format!(
                 "ExecStart={} --config {}",
+                broker.broker_bin.display(),
+                broker.config.display()
+            ),
+        );
+        let service = rewrite_unit_line(
+            &service,
+            "ExecReload=/usr/local/bin/shmem-broker",
+            &format!(
+                "ExecReload={} --check-config --config {}",
                 broker.broker_bin.display(),
                 broker.config.display()
             ),

@@ -1,0 +1,297 @@
+//! `send` and `recv`: standard input into a channel, a channel to standard output.
+//!
+//! Both count what went through; SIGINT or SIGTERM makes them say it on stderr and exit 130
+//! or 143 (128 + the signal, as shells report it). A `send` that is interrupted or fails
+//! leaves no end-of-stream mark, so the receiver learns its stream did not finish.
+
+use std::io::{self, IsTerminal, Read};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use shmem_broker_client::size::format_size;
+use shmem_broker_client::{Client, Error, Role};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::report::{self, Said, StdoutError};
+use crate::show::count;
+
+/// How long a sender waits on a full ring before it says for whom.
+const BLOCKED_NOTICE_AFTER: Duration = Duration::from_secs(3);
+
+/// Bytes and messages that went through, shared with the signal and watchdog threads.
+#[derive(Default)]
+struct Progress {
+    bytes: AtomicU64,
+    messages: AtomicU64,
+    /// Milliseconds since `start` at which a sender began waiting for room (0: not waiting).
+    waiting_since_ms: AtomicU64,
+}
+
+impl Progress {
+    fn add(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> String {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        format!(
+            "{} ({}) in {}",
+            count(bytes, "byte"),
+            format_size(bytes),
+            count(self.messages.load(Ordering::Relaxed), "message")
+        )
+    }
+}
+
+/// On SIGINT/SIGTERM: says how far `what` got and exits 128 + the signal. The process ends
+/// without closing its endpoint: a producer leaves no end-of-stream mark.
+fn on_interrupt(what: &'static str, channel: &str, progress: Arc<Progress>) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("setting up signal handling")?;
+    let channel = channel.to_string();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            eprintln!(
+                "shmemctl: {what} {channel} interrupted by {name} after {}",
+                progress.summary()
+            );
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}
+
+pub struct SendOptions {
+    pub chunk: Option<u64>,
+    pub skip: u64,
+    pub verbose: bool,
+}
+
+pub fn send(client: Client, name: &str, options: SendOptions) -> Result<()> {
+    let socket = client.socket_path().to_path_buf();
+    let mut producer = client.producer(name)?;
+    // The producer has its own connection; an idle control connection would only be closed
+    // by the broker's request_timeout.
+    drop(client);
+    let max = producer.max_message_len();
+    let chunk = match options.chunk {
+        Some(chunk) => usize::try_from(chunk).unwrap_or(usize::MAX),
+        None => (1 << 20).min((producer.capacity() / 4) as usize).max(1),
+    };
+    anyhow::ensure!(
+        chunk <= max,
+        "chunk of {} does not fit channel {name}: at most {max} bytes per message",
+        format_size(chunk as u64)
+    );
+    let mut stdin = io::stdin().lock();
+    skip_input(&mut stdin, options.skip)?;
+    let progress = Arc::new(Progress::default());
+    on_interrupt("send to", name, progress.clone())?;
+    let start = Instant::now();
+    if options.verbose || io::stderr().is_terminal() {
+        watch_for_blocking(socket, name, start, progress.clone());
+    }
+    // Each read(2) lands straight in the ring, and each one is forwarded at once: a pipe that
+    // stays open (`tail -f log | shmemctl send ch`) flows now, files come in full chunks.
+    loop {
+        let mut failure = None;
+        let waiting = start.elapsed().as_millis().max(1) as u64;
+        progress.waiting_since_ms.store(waiting, Ordering::Relaxed);
+        let sent = producer.send_up_to(chunk, |buf| {
+            progress.waiting_since_ms.store(0, Ordering::Relaxed);
+            match stdin.read(buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    failure = Some(e);
+                    0
+                }
+            }
+        })?;
+        progress.waiting_since_ms.store(0, Ordering::Relaxed);
+        match failure {
+            Some(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Leaving without `close`: no end-of-stream mark, the receiver learns it.
+            Some(e) => return Err(e).context("reading standard input"),
+            None if sent == 0 => break,
+            None => progress.add(sent),
+        }
+    }
+    producer.close()?;
+    Ok(())
+}
+
+/// Reads and discards the first `skip` bytes of the input (`send --skip`, to resume).
+fn skip_input(input: &mut impl Read, skip: u64) -> Result<()> {
+    if skip == 0 {
+        return Ok(());
+    }
+    let skipped =
+        io::copy(&mut input.take(skip), &mut io::sink()).context("reading standard input")?;
+    anyhow::ensure!(
+        skipped == skip,
+        "--skip {skip}: standard input has only {}",
+        count(skipped, "byte")
+    );
+    Ok(())
+}
+
+/// Says once on stderr, per wait, whom a sender waits for when the ring stays full longer
+/// than `BLOCKED_NOTICE_AFTER`: asks the broker who consumes the channel.
+fn watch_for_blocking(
+    socket: std::path::PathBuf,
+    name: &str,
+    start: Instant,
+    progress: Arc<Progress>,
+) {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut told_for = 0;
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let since = progress.waiting_since_ms.load(Ordering::Relaxed);
+            let now = start.elapsed().as_millis() as u64;
+            if since == 0
+                || since == told_for
+                || now.saturating_sub(since) < BLOCKED_NOTICE_AFTER.as_millis() as u64
+            {
+                continue;
+            }
+            told_for = since;
+            eprintln!("shmemctl: send to {name}: {}", waiting_for(&socket, &name));
+        }
+    });
+}
+
+/// Who a blocked sender waits for, as the broker sees it.
+fn waiting_for(socket: &Path, name: &str) -> String {
+    let info = match Client::connect(socket).and_then(|c| c.info(name)) {
+        Ok(info) => info,
+        Err(e) => return format!("ring full, waiting for room (cannot ask the broker: {e})"),
+    };
+    let mut whom: Vec<String> = info
+        .peers
+        .iter()
+        .filter(|p| p.role == Role::Consumer && p.bytes_unread > 0)
+        .map(|p| match (&p.name, p.attached) {
+            (Some(n), false) => format!("durable consumer {n:?} (away)"),
+            (Some(n), true) => format!("durable consumer {n:?} (pid {})", p.pid),
+            (None, _) => format!("consumer pid {}", p.pid),
+        })
+        .collect();
+    if whom.is_empty() && !info.peers.iter().any(|p| p.role == Role::Consumer) {
+        whom.push("a consumer to attach".into());
+    }
+    if whom.is_empty() {
+        whom.push("the consumer".into());
+    }
+    format!(
+        "ring full for {}s, waiting for {}",
+        BLOCKED_NOTICE_AFTER.as_secs(),
+        whom.join(", ")
+    )
+}
+
+pub struct RecvOptions<'a> {
+    pub durable: Option<&'a str>,
+    /// Stop after this many end-of-stream marks (`None`: follow forever).
+    pub streams: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
+/// Copies messages to standard output until `streams` end-of-stream marks (`None`: forever).
+/// A stream that did not end cleanly (its producer went away, its ring was lost) ends `recv`
+/// with an error, unless it follows (then it says so and waits for the next producer).
+pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> {
+    let mut attach = client.attach(name);
+    if let Some(durable) = options.durable {
+        attach = attach.durable(durable);
+    }
+    let mut consumer = attach.consumer()?;
+    drop(client);
+    let progress = Arc::new(Progress::default());
+    on_interrupt("recv from", name, progress.clone())?;
+    let stdout = io::stdout();
+    let follow = options.streams.is_none();
+    let mut message = Vec::new();
+    let mut ends = 0;
+    let mut missed = 0;
+    let mut lost = 0u64;
+    loop {
+        let received = match consumer.recv_into(&mut message) {
+            Ok(got) => got,
+            Err(err @ Error::ProducerLost { .. }) => {
+                eprintln!("shmemctl: {err}");
+                lost += 1;
+                false
+            }
+            Err(err @ Error::ProducerGone { .. }) if follow => {
+                eprintln!("shmemctl: {err}; waiting for the next producer");
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if consumer.missed() > missed {
+            eprintln!(
+                "shmemctl: channel {name}: missed {}: this consumer fell behind (slow_consumer = drop)",
+                count(consumer.missed() - missed, "message")
+            );
+            missed = consumer.missed();
+        }
+        if received {
+            let done = progress.bytes.load(Ordering::Relaxed);
+            let room = options
+                .max_bytes
+                .map_or(u64::MAX, |max| max.saturating_sub(done));
+            let take = message
+                .len()
+                .min(usize::try_from(room).unwrap_or(usize::MAX));
+            write_all(stdout.as_fd(), &message[..take])?;
+            progress.add(take);
+            if options
+                .max_bytes
+                .is_some_and(|max| done + take as u64 >= max)
+            {
+                return Ok(());
+            }
+            continue;
+        }
+        ends += 1;
+        if options.streams.is_some_and(|wanted| ends >= wanted) {
+            return match lost {
+                0 => Ok(()),
+                _ => Err(Said(report::STREAMS_LOST).into()),
+            };
+        }
+    }
+}
+
+/// Writes all of `bytes` to `fd` with write(2), no buffer in between (the count that a
+/// signal reports is what stdout took).
+fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), StdoutError> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            // A non-blocking stdout (inherited that way): wait until it takes more.
+            Err(rustix::io::Errno::AGAIN) => {
+                let mut fds = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::OUT,
+                )];
+                let _ = rustix::event::poll(&mut fds, None);
+            }
+            Err(e) => return Err(StdoutError(e.into())),
+        }
+    }
+    Ok(())
+}
