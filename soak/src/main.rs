@@ -364,6 +364,9 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
                 shared.end_of_stream_marks.fetch_add(1, Ordering::SeqCst);
             }
             Err(err) if err.is_would_block() => wait_readable(consumer.ready_fd(), 100),
+            // A producer SIGKILLed (or stopped) without end-of-stream, told once; the next
+            // producer resumes the stream, and the sequence numbers judge what arrived.
+            Err(shmem_broker_client::Error::ProducerGone { .. }) => {}
             Err(err) => fail(&format!("receive: {err}")),
         }
     }
