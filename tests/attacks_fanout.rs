@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Offsets in a ring's header (see client/src/ring.rs).
+const MAGIC: usize = 0;
 const DROPPED: usize = 24;
 const EVICTED: usize = 28;
 const WRITE_POS: usize = 64;
@@ -292,6 +293,95 @@ fn a_producer_flagging_an_away_durable_consumer_leaves_the_other_producers_data(
     );
     drop(hostile);
     broker.assert_running();
+}
+
+/// A consumer that scribbles the header of its own ring (slot 0's, which exists from creation)
+/// and stays attached: every producer attach used to fail opening that ring ("bad magic"), so
+/// one consumer locked every producer out. Now the producer skips that ring alone.
+#[test]
+fn a_consumer_scribbling_its_ring_header_does_not_lock_producers_out() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "hdr",
+        "--capacity",
+        "64KiB",
+        "--max-consumers",
+        "2",
+    ]);
+    let hostile = raw_attach_any(broker.socket_path(), "hdr", "consumer");
+    // Its fds: control, wait, then ring and wake per producer slot.
+    let map = Mapping::new(&hostile.fds[2]);
+    map.write_u64(MAGIC, 0);
+    let out_path = broker.dir().join("hdr.out");
+    let mut receiver = broker.spawn_ctl(
+        &["recv", "hdr"],
+        Stdio::null(),
+        Some(Stdio::from(File::create(&out_path).expect("create output"))),
+    );
+    broker.wait_for_peer("hdr", receiver.pid(), "consumer");
+    let input = broker.dir().join("hdr.in");
+    std::fs::write(&input, "honest line\n".repeat(2000)).expect("write input");
+    broker
+        .spawn_ctl(
+            &["send", "hdr", "--chunk", "4KiB"],
+            Stdio::from(File::open(&input).expect("open input")),
+            None,
+        )
+        .output(WAIT)
+        .expect_success();
+    receiver.output(WAIT).expect_success();
+    let received = std::fs::read_to_string(&out_path).expect("read output");
+    assert_eq!(received, "honest line\n".repeat(2000));
+    drop(map);
+    drop(hostile);
+}
+
+/// A producer that scribbles the header of its ring to a durable consumer that is away: that
+/// consumer's next attach used to fail ("bad magic"), for good, even after the producer left.
+/// The broker now replaces a ring whose identity was scribbled once its consumer is away.
+#[test]
+fn a_producer_scribbling_a_durable_consumers_ring_header_does_not_lock_it_out() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    broker.ctl_ok(&[
+        "create",
+        "hdrd",
+        "--capacity",
+        "64KiB",
+        "--max-producers",
+        "2",
+        "--max-consumers",
+        "2",
+    ]);
+    let durable = client
+        .attach("hdrd")
+        .durable("d")
+        .consumer()
+        .expect("attach the durable consumer");
+    drop(durable);
+    let hostile = raw_attach_any(broker.socket_path(), "hdrd", "producer");
+    let rings = producer_rings(&hostile);
+    assert_eq!(rings.len(), 1, "the durable queue: {}", hostile.reply);
+    Mapping::new(rings[0].0).write_u64(MAGIC, 0);
+    drop(hostile);
+    let mut honest = client.producer("hdrd").expect("attach the honest producer");
+    for i in 0..100 {
+        honest
+            .send(format!("message {i}\n").as_bytes())
+            .expect("send");
+    }
+    honest.close().expect("close");
+    std::thread::sleep(HOUSEKEEPING_TWICE);
+    let out = broker
+        .spawn_ctl(
+            &["recv", "hdrd", "--as", "d", "--streams", "1"],
+            Stdio::null(),
+            None,
+        )
+        .output(WAIT);
+    let expected: String = (0..100).map(|i| format!("message {i}\n")).collect();
+    assert_eq!(out.expect_success(), expected, "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -53,9 +53,13 @@ pub(crate) enum Rings {
     /// A fan-out channel: the control page and one ring per peer.
     Fanout {
         control: ControlPage,
-        lanes: Vec<Lane>,
+        lanes: Vec<LaneOrFault>,
     },
 }
+
+/// A lane as handed over, or the peer id and why its ring could not be opened: a peer can
+/// scribble on a ring's header, and that must cost that lane only.
+pub(crate) type LaneOrFault = std::result::Result<Lane, (u32, String)>;
 
 /// One ring of a fan-out endpoint and the eventfd that wakes the peer at its other end.
 pub(crate) struct Lane {
@@ -175,7 +179,9 @@ impl Attachment {
             let wait_fd = nonblocking(next()?)?;
             let mut lanes = Vec::new();
             for lane in &grant.info.lanes {
-                lanes.push(open_lane(channel, capacity, lane.peer, next()?, next()?)?);
+                let (ring, wake) = (next()?, next()?);
+                let opened = open_lane(channel, capacity, lane.peer, ring, wake);
+                lanes.push(opened.map_err(|e| (lane.peer, e.to_string())));
             }
             (Rings::Fanout { control, lanes }, None, wait_fd, None)
         } else {

@@ -10,7 +10,7 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::attachment::{Attachment, Lane};
+use crate::attachment::{Attachment, LaneOrFault};
 use crate::control::ControlPage;
 use crate::error::{Error, Result};
 use crate::ring::{Eviction, RingError, RingReader, RingWriter, SharedRing};
@@ -40,6 +40,10 @@ struct Membership<E> {
     generation: u64,
     peers: Vec<Peer<E>>,
     open: fn(SharedRing) -> Result<E, RingError>,
+    /// Lanes whose ring could not be opened (a peer scribbled its header or positions), with
+    /// why: skipped, like a ring found corrupt later, and reported once by a consumer. One
+    /// bad ring must not fail the endpoint, or its peer could lock everyone out of the channel.
+    unopened: Vec<(u32, String)>,
 }
 
 impl<E> Membership<E> {
@@ -47,7 +51,7 @@ impl<E> Membership<E> {
         attachment: &Attachment,
         control: ControlPage,
         role: Role,
-        lanes: Vec<Lane>,
+        lanes: Vec<LaneOrFault>,
         open: fn(SharedRing) -> Result<E, RingError>,
     ) -> Result<Membership<E>> {
         let mut members = Membership {
@@ -56,24 +60,35 @@ impl<E> Membership<E> {
             generation: attachment.info.generation,
             peers: Vec::new(),
             open,
+            unopened: Vec::new(),
         };
         for lane in lanes {
-            members.add(attachment, lane)?;
+            members.add(lane);
         }
         Ok(members)
     }
 
-    fn add(&mut self, attachment: &Attachment, lane: Lane) -> Result<()> {
+    /// Takes a lane the broker handed over, or notes why it could not be opened.
+    fn add(&mut self, lane: LaneOrFault) {
+        let lane = match lane {
+            Ok(lane) => lane,
+            Err(unopened) => {
+                self.peers.retain(|p| p.id != unopened.0);
+                self.unopened.push(unopened);
+                return;
+            }
+        };
         // The lane it replaces goes first: a ring has one writer per process at a time.
         self.peers.retain(|p| p.id != lane.peer);
-        let end = (self.open)(lane.ring).map_err(|e| Error::ring(&attachment.channel, e))?;
-        self.peers.push(Peer {
-            id: lane.peer,
-            end,
-            wake: lane.wake,
-            missed: 0,
-        });
-        Ok(())
+        match (self.open)(lane.ring) {
+            Ok(end) => self.peers.push(Peer {
+                id: lane.peer,
+                end,
+                wake: lane.wake,
+                missed: 0,
+            }),
+            Err(err) => self.unopened.push((lane.peer, err.to_string())),
+        }
     }
 
     /// Applies the broker's lane events if the control page says there are new ones: one
@@ -91,8 +106,10 @@ impl<E> Membership<E> {
         for (event, fds) in attachment.lane_events_until(now) {
             match event {
                 Event::LaneAdded { generation, peer } => {
-                    let lane = attachment.open_lane(peer, fds)?;
-                    self.add(attachment, lane)?;
+                    let lane = attachment
+                        .open_lane(peer, fds)
+                        .map_err(|e| (peer, e.to_string()));
+                    self.add(lane);
                     newest = newest.max(generation);
                 }
                 Event::LaneRemoved { generation, peer } => {
@@ -124,7 +141,7 @@ impl FanoutWriter {
     pub fn new(
         attachment: &Attachment,
         control: ControlPage,
-        lanes: Vec<Lane>,
+        lanes: Vec<LaneOrFault>,
     ) -> Result<FanoutWriter> {
         Ok(FanoutWriter {
             members: Membership::new(attachment, control, Role::Producer, lanes, RingWriter::new)?,
@@ -149,7 +166,11 @@ impl FanoutWriter {
         // others: a fan-out endpoint learns of the drop from the broker's event alone (which
         // wakes a sleeper, and a busy endpoint sees within `BROKER_CHECK_INTERVAL`).
         attachment.ensure_usable(false)?;
-        self.members.refresh(attachment)
+        self.members.refresh(attachment)?;
+        // A consumer whose ring could not be opened spoiled it itself: it is skipped, and
+        // nobody else needs telling.
+        self.members.unopened.clear();
+        Ok(())
     }
 
     /// Delivers `messages` in order to every consumer under the channel's policy. Blocking:
@@ -450,7 +471,7 @@ impl MergedReader {
     pub fn new(
         attachment: &Attachment,
         control: ControlPage,
-        lanes: Vec<Lane>,
+        lanes: Vec<LaneOrFault>,
     ) -> Result<MergedReader> {
         Ok(MergedReader {
             members: Membership::new(attachment, control, Role::Consumer, lanes, RingReader::new)?,
@@ -493,6 +514,13 @@ impl MergedReader {
         attachment.ensure_usable(false)?;
         // Rings the broker replaced come in first, so a flag on the old one is not reported.
         self.members.refresh(attachment)?;
+        if let Some((producer, reason)) = self.members.unopened.pop() {
+            return Err(Error::ProducerLost {
+                channel: attachment.channel.clone(),
+                producer,
+                reason: format!("its ring could not be opened: {reason}"),
+            });
+        }
         let policy = attachment.info.slow_consumer;
         let flagged = self.members.peers.iter().position(|p| {
             // One load per ring when nothing is flagged.

@@ -361,6 +361,16 @@ impl SharedRing {
         self.format.frame_len(payload)
     }
 
+    /// Whether the identity fields of the header (magic, layout, capacity) still say what they
+    /// said when this ring was mapped. A peer can scribble them, and then every later `open` of
+    /// the ring fails: the broker replaces such a ring once nobody reads it.
+    pub fn identity_intact(&self) -> bool {
+        let id = &self.header().identity;
+        id.magic.load(Ordering::Relaxed) == MAGIC
+            && id.layout.load(Ordering::Relaxed) == self.layout()
+            && id.capacity.load(Ordering::Relaxed) == self.capacity
+    }
+
     /// The ring's layout version.
     pub fn layout(&self) -> u32 {
         if self.format.seal_key.is_some() {

@@ -521,8 +521,16 @@ impl Channel {
             ];
             let mut names = vec!["control", "wait"];
             let mut lanes = Vec::new();
+            let (channel, slot, capacity) = (&self.meta.name, self.slots[index].id, self.capacity);
             for queue in &mut self.queues {
                 ensure(&mut queue.data_ready).map_err(internal)?;
+                if queue.holder.is_none() && !queue.lanes[index].ring.identity_intact() {
+                    // A former producer of this slot scribbled on the header of its ring to a
+                    // consumer that is away: nobody could open it. The ring held nothing the
+                    // new producer could add to, so it starts afresh.
+                    queue.lanes[index] =
+                        Lane::new(channel, slot, queue.id, capacity).map_err(internal)?;
+                }
                 fds.push(queue.lanes[index].share().map_err(internal)?);
                 fds.push(share(&queue.data_ready).map_err(internal)?);
                 names.extend(["ring", "wake"]);
@@ -970,7 +978,10 @@ impl Channel {
             }
             for slot in 0..self.queues[index].lanes.len() {
                 let ring = &self.queues[index].lanes[slot].ring;
-                if ring.eviction().is_none() && ring.unread_if_sound().is_some() {
+                if ring.eviction().is_none()
+                    && ring.unread_if_sound().is_some()
+                    && ring.identity_intact()
+                {
                     continue;
                 }
                 // If this fails (out of fds), the next look tries again.

@@ -16,7 +16,7 @@
 //! checked (seals, sizes, fd types, metadata) and a bad one is logged, closed and removed from
 //! the store, never trusted. Outside systemd (`NOTIFY_SOCKET` unset) nothing is stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -24,7 +24,9 @@ use std::os::unix::fs::FileExt;
 use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
 use shmem_broker_client::names::validate_stored_channel_name;
-use shmem_broker_client::ring::{SharedRing, CAPACITY_GRANULE, MAX_CAPACITY, MIN_CAPACITY};
+use shmem_broker_client::ring::{
+    SharedRing, CAPACITY_GRANULE, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY,
+};
 use shmem_broker_client::wire::{Origin, SlowConsumer, MAX_ENDPOINTS};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use slog::{error, info, warn, Logger};
@@ -70,8 +72,9 @@ fn one() -> u32 {
 /// What of a fan-out channel is in the store now, so that a change stores only the difference.
 #[derive(Default)]
 struct FanoutRecord {
-    /// Full fd names of the eventfds and rings stored.
-    names: BTreeSet<String>,
+    /// Full fd names of the eventfds and rings stored, with the inode each one's fd had: a ring
+    /// the broker replaced (a client scribbled on it) keeps its name but not its inode.
+    names: BTreeMap<String, u64>,
     meta_serial: u64,
     meta_json: Vec<u8>,
 }
@@ -111,6 +114,15 @@ impl FdStore {
             warn!(self.log, "cannot save channel in systemd's fd store; it will not survive a restart";
                 "channel" => channel.name(), "error" => %err);
         }
+    }
+
+    /// Stores a restored channel whose rings were replaced: a fan-out channel's sync sees the
+    /// new inodes; a one-to-one channel's ring entry is swapped.
+    fn resave(&mut self, channel: &Channel) {
+        if !channel.meta.is_fanout() {
+            self.remove(&fd_name(channel.name(), "ring"));
+        }
+        self.save(channel);
     }
 
     fn try_save(&self, channel: &Channel) -> std::io::Result<()> {
@@ -175,10 +187,16 @@ impl FdStore {
         json: &[u8],
     ) -> std::io::Result<()> {
         for (fd_name, fd) in desired {
-            if !record.names.contains(fd_name) {
-                self.store(fd_name, *fd)?;
-                record.names.insert(fd_name.clone());
+            let inode = inode_of(*fd);
+            match record.names.get(fd_name) {
+                Some(stored) if *stored == inode => continue,
+                // A replaced ring: systemd keys entries by name only, so the old one goes
+                // first (a crash right here loses that ring's unread data, nothing else).
+                Some(_) => self.remove(fd_name),
+                None => {}
             }
+            self.store(fd_name, *fd)?;
+            record.names.insert(fd_name.clone(), inode);
         }
         if record.meta_json != json {
             let old = record.meta_name(channel);
@@ -196,7 +214,7 @@ impl FdStore {
         }
         let gone: Vec<String> = record
             .names
-            .iter()
+            .keys()
             .filter(|n| !desired.contains_key(*n))
             .cloned()
             .collect();
@@ -220,7 +238,7 @@ impl FdStore {
             self.remove(&fd_name(channel, part));
         }
         if let Some(record) = self.fanout.remove(channel) {
-            for name in record.names.iter().chain(record.meta_name(channel).iter()) {
+            for name in record.names.keys().chain(record.meta_name(channel).iter()) {
                 self.remove(name);
             }
         }
@@ -264,6 +282,13 @@ impl FdStore {
                     let channel = restored.channel;
                     if let Some(record) = restored.fanout {
                         self.fanout.insert(name.clone(), record);
+                    }
+                    for ring in &restored.replaced {
+                        warn!(self.log, "replaced a stored ring a client had scribbled on; its unread data is lost";
+                            "channel" => &name, "ring" => ring);
+                    }
+                    if !restored.replaced.is_empty() {
+                        self.resave(&channel);
                     }
                     let unread = channel.info().bytes_unread;
                     info!(self.log, "channel restored from systemd's fd store";
@@ -314,6 +339,8 @@ struct Restored {
     /// Fds of the group that were not used (older metadata, leftovers of a change a crash
     /// interrupted): to be removed from the store.
     stale: Vec<String>,
+    /// Rings a client had scribbled on, replaced by empty ones: which, and why.
+    replaced: Vec<String>,
 }
 
 fn stored_meta(channel: &Channel) -> StoredMeta {
@@ -421,6 +448,7 @@ fn assemble(name: &str, mut entries: Vec<StoredFd>) -> Result<Restored, String> 
     let mut stale = Vec::new();
     let meta_fd = newest_meta(&mut entries, &mut stale)?;
     let meta_name = meta_fd.name.clone();
+    let mut replaced = Vec::new();
     let (stored, json) = read_meta(meta_fd.fd)?;
     if stored.name != name {
         return Err(format!("metadata names channel {:?}", stored.name));
@@ -454,13 +482,15 @@ fn assemble(name: &str, mut entries: Vec<StoredFd>) -> Result<Restored, String> 
             meta_json: json,
             ..FanoutRecord::default()
         };
-        let channel = assemble_fanout(meta, &stored, &mut entries, &mut record)?;
+        let channel = assemble_fanout(meta, &stored, &mut entries, &mut record, &mut replaced)?;
         (channel, Some(record))
     } else {
-        (assemble_single(meta, capacity, &mut entries)?, None)
+        let channel = assemble_single(meta, capacity, &mut entries, &mut replaced)?;
+        (channel, None)
     };
     stale.extend(entries.into_iter().map(|e| e.name));
     Ok(Restored {
+        replaced,
         channel,
         fanout,
         stale,
@@ -471,6 +501,7 @@ fn assemble_single(
     meta: ChannelMeta,
     capacity: u64,
     entries: &mut Vec<StoredFd>,
+    replaced: &mut Vec<String>,
 ) -> Result<Channel, String> {
     let ring_fd = take_one(entries, "", "ring")?.fd;
     // The eventfds exist once someone attached: both or neither.
@@ -481,7 +512,8 @@ fn assemble_single(
         (Some(data), Some(space)) => Some((eventfd_checked(data)?.fd, eventfd_checked(space)?.fd)),
         _ => return Err("one of the two eventfds is missing".into()),
     };
-    let lane = open_lane(ring_fd, capacity)?;
+    let label = format!("{}:p0:c0", meta.name);
+    let lane = open_lane(ring_fd, capacity, &label, replaced)?;
     Channel::assemble(meta, capacity, Some(lane), wake).map_err(|e| e.to_string())
 }
 
@@ -490,9 +522,10 @@ fn assemble_fanout(
     stored: &StoredMeta,
     entries: &mut Vec<StoredFd>,
     record: &mut FanoutRecord,
+    replaced: &mut Vec<String>,
 ) -> Result<Channel, String> {
     let mut used = |entry: StoredFd| {
-        record.names.insert(entry.name);
+        record.names.insert(entry.name, inode_of(entry.fd.as_fd()));
         entry.fd
     };
     let mut slots = Vec::new();
@@ -513,7 +546,8 @@ fn assemble_fanout(
         let mut lanes = Vec::new();
         for slot in 0..slots.len() {
             let ring = take_one(entries, &format!("q{}/p{slot}", queue.id), "ring")?;
-            lanes.push(open_lane(used(ring), stored.capacity)?);
+            let label = format!("{}:p{slot}:c{}", stored.name, queue.id);
+            lanes.push(open_lane(used(ring), stored.capacity, &label, replaced)?);
         }
         queues.push(RestoredQueue {
             record: queue.clone(),
@@ -539,14 +573,48 @@ fn eventfd_checked(entry: StoredFd) -> Result<StoredFd, String> {
     }
 }
 
-fn open_lane(ring_fd: OwnedFd, capacity: u64) -> Result<Lane, String> {
+/// Maps a stored ring. A ring whose header a client scribbled on (its seals and size, which
+/// no client can change, still right) is replaced by an empty one, named in `replaced`: its
+/// unread data is lost, but the channel and its other rings are kept. Losing the whole channel
+/// over one ring would let any client of it do what only an admin's `drop` may.
+fn open_lane(
+    ring_fd: OwnedFd,
+    capacity: u64,
+    label: &str,
+    replaced: &mut Vec<String>,
+) -> Result<Lane, String> {
     let memfd_copy = ring_fd
         .try_clone()
         .map_err(|e| format!("cannot duplicate ring fd: {e}"))?;
-    let ring = SharedRing::open(ring_fd, capacity).map_err(|e| e.to_string())?;
     let memfd = Memfd::try_from_file(std::fs::File::from(memfd_copy))
         .map_err(|_| "ring fd is not a memfd".to_string())?;
-    Ok(Lane { ring, memfd })
+    match SharedRing::open(ring_fd, capacity) {
+        Ok(ring) => Ok(Lane { ring, memfd }),
+        Err(err) if sealed_and_sized(&memfd, capacity) => {
+            let (ring, memfd) = SharedRing::create(label, capacity)
+                .map_err(|e| format!("cannot replace scribbled ring {label}: {e}"))?;
+            replaced.push(format!("{label}: {err}"));
+            Ok(Lane { ring, memfd })
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The inode of `fd` (0 if it cannot be read: then the entry is stored again at the next sync).
+fn inode_of(fd: BorrowedFd<'_>) -> u64 {
+    rustix::fs::fstat(fd).map_or(0, |stat| stat.st_ino)
+}
+
+/// Carries the seals the broker put on its rings and has the size of a ring of `capacity`:
+/// what only the broker could have made so.
+fn sealed_and_sized(memfd: &Memfd, capacity: u64) -> bool {
+    let sealed = memfd.seals().is_ok_and(|seals| {
+        [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal]
+            .iter()
+            .all(|seal| seals.contains(seal))
+    });
+    let size = memfd.as_file().metadata().map(|m| m.len());
+    sealed && size.is_ok_and(|len| Some(len) == HEADER_SIZE.checked_add(capacity))
 }
 
 /// The metadata and its JSON text.
