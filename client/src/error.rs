@@ -7,11 +7,23 @@ use std::path::PathBuf;
 use crate::ring::RingError;
 use crate::wire::ErrorCode;
 
+/// Every failure of this library. New kinds of failure may come in later versions, so a
+/// `match` on it needs a wildcard arm.
+///
+/// Its `Display` says what went wrong without repeating its [`source`](std::error::Error::source),
+/// so printing the chain (as `anyhow` and most error reporters do) shows each cause once.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No broker listens at the socket path.
-    #[error("broker not running at {}: {source}", path.display())]
-    BrokerNotRunning { path: PathBuf, source: io::Error },
+    #[error("broker not running at {}", path.display())]
+    BrokerNotRunning {
+        /// The socket path tried.
+        path: PathBuf,
+        /// Why connecting failed (no such file, connection refused).
+        #[source]
+        source: io::Error,
+    },
     /// The broker refused a request; `message` is its explanation.
     #[error("{message}")]
     Broker { code: ErrorCode, message: String },
@@ -44,23 +56,29 @@ pub enum Error {
         capacity: u64,
     },
     /// The peer wrote nonsense into the shared ring (or the ring handed out was not sound).
-    #[error("channel {channel}: {source}")]
-    Ring { channel: String, source: RingError },
-    /// `try_send` found the ring full or `try_recv` found it empty.
-    #[error("operation would block")]
-    WouldBlock,
+    /// (The ring's error is part of the message, not a separate source: it is the whole story.)
+    #[error("channel {channel}: {error}")]
+    Ring {
+        /// The channel.
+        channel: String,
+        /// What is wrong with the ring.
+        error: RingError,
+    },
     /// The broker spoke a protocol version this library does not know, or broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    /// A system call failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Error {
-    pub fn is_would_block(&self) -> bool {
-        matches!(self, Error::WouldBlock)
-    }
-
     /// The broker's error code, if the broker refused the request.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -84,12 +102,74 @@ impl Error {
                 max,
                 capacity,
             },
-            source => Error::Ring {
+            error => Error::Ring {
                 channel: channel.to_string(),
-                source,
+                error,
             },
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why [`Consumer::try_recv`](crate::Consumer::try_recv) (and the other `try_recv*` calls)
+/// returned no message: the channel is empty for now, which is no failure, or a real failure.
+///
+/// After [`Empty`](TryRecvError::Empty), wait for
+/// [`Consumer::ready_fd`](crate::Consumer::ready_fd) to turn readable, then try again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// No message is there yet.
+    #[error("no message yet")]
+    Empty,
+    /// The receive failed.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl TryRecvError {
+    /// True if the channel was merely empty.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, TryRecvError::Empty)
+    }
+
+    /// The failure, if this is one (`None` for [`Empty`](TryRecvError::Empty)).
+    pub fn into_failure(self) -> Option<Error> {
+        match self {
+            TryRecvError::Empty => None,
+            TryRecvError::Failed(error) => Some(error),
+        }
+    }
+}
+
+/// Why [`Producer::try_send`](crate::Producer::try_send) (and the other `try_send*` calls)
+/// sent nothing: no room for now, which is no failure, or a real failure.
+///
+/// After [`Full`](TrySendError::Full), wait for
+/// [`Producer::ready_fd`](crate::Producer::ready_fd) to turn readable, then try again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// No room for the message yet.
+    #[error("no room for the message yet")]
+    Full,
+    /// The send failed.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl TrySendError {
+    /// True if there was merely no room.
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySendError::Full)
+    }
+
+    /// The failure, if this is one (`None` for [`Full`](TrySendError::Full)).
+    pub fn into_failure(self) -> Option<Error> {
+        match self {
+            TrySendError::Full => None,
+            TrySendError::Failed(error) => Some(error),
+        }
+    }
+}

@@ -34,6 +34,6 @@ pub mod wire;
 
 pub use client::{Attach, Client, CreateOptions, NewChannel};
 pub use consumer::Consumer;
-pub use error::{Error, Result};
+pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;
 pub use wire::{ChannelInfo, ErrorCode, PeerInfo, Role, SlowConsumer, StatusInfo};

@@ -277,7 +277,7 @@ pub fn producer_main(args: &[String]) {
             // Under `block`, a non-blocking send goes to every consumer or to none.
             match producer.try_send_with(len, |buf| format.fill(s, seq, buf)) {
                 Ok(()) => break,
-                Err(err) if err.is_would_block() => {
+                Err(err) if err.is_full() => {
                     if stop.load(Ordering::SeqCst) != 0 {
                         slot.intent.store(NONE, Ordering::SeqCst);
                         return;
@@ -463,7 +463,7 @@ pub fn consumer_main(args: &[String]) {
             Ok(None) => {
                 tally.end_of_stream.fetch_add(1, Ordering::SeqCst);
             }
-            Err(err) if err.is_would_block() => wait_readable(consumer.ready_fd(), 100),
+            Err(err) if err.is_empty() => wait_readable(consumer.ready_fd(), 100),
             Err(err) => fail(&format!(
                 "{} consumer {index}: receive: {err}",
                 KIND_NAMES[kind]

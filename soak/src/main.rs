@@ -278,7 +278,7 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
         loop {
             match producer.try_send_with(len, |buf| format.fill(0, seq, buf)) {
                 Ok(()) => break,
-                Err(err) if err.is_would_block() => {
+                Err(err) if err.is_full() => {
                     if shared.stop_producer.load(Ordering::SeqCst) != 0 {
                         shared.intent_seq.store(NONE, Ordering::SeqCst);
                         return;
@@ -363,7 +363,7 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
             Ok(None) => {
                 shared.end_of_stream_marks.fetch_add(1, Ordering::SeqCst);
             }
-            Err(err) if err.is_would_block() => wait_readable(consumer.ready_fd(), 100),
+            Err(err) if err.is_empty() => wait_readable(consumer.ready_fd(), 100),
             Err(err) => fail(&format!("receive: {err}")),
         }
     }
