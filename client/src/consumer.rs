@@ -238,6 +238,12 @@ impl Consumer {
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
         self.attachment.ready_fd()
     }
+
+    /// Attached with `busy_poll`: a would-block asks the peer for no wake-up.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn busy_poll(&self) -> bool {
+        self.attachment.options.busy_poll
+    }
 }
 
 /// A single read: `Some(true)` a message, `Some(false)` end-of-stream, `None` empty.

@@ -15,6 +15,8 @@
 //! and receives the channel's sealed memfd ring and its two eventfds in one message; from then on
 //! messages go from producer to consumer through shared memory, and the broker is not involved.
 
+#[cfg(feature = "tokio")]
+mod async_io;
 mod attachment;
 mod client;
 mod connection;
@@ -32,6 +34,8 @@ pub mod ring;
 pub mod size;
 pub mod wire;
 
+#[cfg(feature = "tokio")]
+pub use async_io::{AsyncConsumer, AsyncProducer};
 pub use client::{Attach, Client, CreateOptions, NewChannel};
 pub use consumer::Consumer;
 pub use error::{Error, Result, TryRecvError, TrySendError};

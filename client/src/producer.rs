@@ -314,6 +314,12 @@ impl Producer {
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
         self.attachment.ready_fd()
     }
+
+    /// Attached with `busy_poll`: a would-block asks the peer for no wake-up.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn busy_poll(&self) -> bool {
+        self.attachment.options.busy_poll
+    }
 }
 
 /// The ring of a one-to-one channel (every fan-out path returns before asking for it).
