@@ -519,6 +519,16 @@ impl Attachment {
     }
 }
 
+impl Drop for Attachment {
+    /// Ends the attachment for the broker now: a shutdown, not only a close, because a child
+    /// forked meanwhile holds a copy of the socket until it execs or exits (our fds are
+    /// close-on-exec, not close-on-fork), and a mere close would leave the connection, and so
+    /// the slot, alive for that long.
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(self.conn.socket(), rustix::net::Shutdown::Both);
+    }
+}
+
 /// Adds `fd` to the epoll set `ready` (level-triggered, readable).
 fn watch(ready: &OwnedFd, fd: impl AsFd) -> Result<()> {
     epoll::add(

@@ -145,8 +145,29 @@ impl NewChannel<'_> {
         self
     }
 
-    /// Creates the channel, owned by the calling uid (needs root or an admin group).
+    /// Creates the channel, owned by the calling uid (needs root or an admin group). Fails
+    /// with [`ErrorCode::ChannelExists`](crate::ErrorCode::ChannelExists) if it exists.
     pub fn create(self) -> Result<ChannelInfo> {
+        self.create_request()
+    }
+
+    /// Creates the channel unless one of that name exists already, and returns what the
+    /// broker has. An existing channel is taken as it is: compare the returned
+    /// [`ChannelInfo`] with what was asked for if the difference matters. (Two processes
+    /// racing here both succeed, one of them creating.)
+    pub fn open_or_create(self) -> Result<ChannelInfo> {
+        let client = self.client;
+        let name = self.name.clone();
+        match self.create_request() {
+            Err(Error::Broker {
+                code: crate::wire::ErrorCode::ChannelExists,
+                ..
+            }) => client.info(&name),
+            other => other,
+        }
+    }
+
+    fn create_request(self) -> Result<ChannelInfo> {
         self.client.call(&Request::Create {
             channel: self.name,
             capacity: self.options.capacity,
