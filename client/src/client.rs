@@ -71,10 +71,12 @@ impl Attach<'_> {
         self
     }
 
+    /// Attaches as the channel's producer (or one of them).
     pub fn producer(self) -> Result<Producer> {
         Producer::attach(self.socket, self.channel, self.options)
     }
 
+    /// Attaches as the channel's consumer (or one of them).
     pub fn consumer(self) -> Result<Consumer> {
         Consumer::attach(self.socket, self.channel, self.options)
     }
@@ -196,6 +198,7 @@ impl Client {
         Client::connect(client_socket_path(None))
     }
 
+    /// The socket path this client connected to.
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
@@ -225,15 +228,18 @@ impl Client {
         }
     }
 
+    /// The broker's status: versions, uptime, socket, quota usage.
     pub fn status(&self) -> Result<StatusInfo> {
         self.call(&Request::Status)
     }
 
+    /// Every channel.
     pub fn list(&self) -> Result<Vec<ChannelInfo>> {
         self.call::<ChannelList>(&Request::List)
             .map(|list| list.channels)
     }
 
+    /// One channel.
     pub fn info(&self, channel: &str) -> Result<ChannelInfo> {
         self.call(&Request::Info {
             channel: channel.to_string(),
@@ -251,6 +257,8 @@ impl Client {
         )
     }
 
+    /// Creates a channel with access lists; [`channel`](Self::channel) is the builder for
+    /// everything else.
     pub fn create_with(&self, channel: &str, options: &CreateOptions) -> Result<ChannelInfo> {
         NewChannel {
             options: options.clone(),

@@ -74,6 +74,7 @@ impl Consumer {
         }
     }
 
+    /// The channel's name.
     pub fn channel(&self) -> &str {
         &self.attachment.channel
     }

@@ -26,33 +26,58 @@ pub enum Error {
     },
     /// The broker refused a request; `message` is its explanation.
     #[error("{message}")]
-    Broker { code: ErrorCode, message: String },
+    Broker {
+        /// What kind of refusal (stable, for programs to branch on).
+        code: ErrorCode,
+        /// The broker's explanation, for humans.
+        message: String,
+    },
     /// An administrator dropped the channel this endpoint is attached to.
     #[error("channel dropped: {channel}")]
-    ChannelDropped { channel: String },
+    ChannelDropped {
+        /// The channel.
+        channel: String,
+    },
     /// The broker detached this consumer: it fell behind in a channel whose slow-consumer
     /// policy is `disconnect`.
     #[error("channel {channel}: disconnected: {reason}")]
-    Disconnected { channel: String, reason: String },
+    Disconnected {
+        /// The channel.
+        channel: String,
+        /// Why, as the broker put it.
+        reason: String,
+    },
     /// Fan-out consumers: the ring from one producer became unusable (it was corrupt, or that
     /// producer marked it evicted where the channel's policy or the ring's state does not
     /// bear that out). Returned once; the consumer reads on from the other producers, and
     /// that producer's end-of-stream mark never comes.
     #[error("channel {channel}: ring of producer {producer}: {reason}; reading on without it")]
     ProducerLost {
+        /// The channel.
         channel: String,
+        /// The producer id whose ring is given up.
         producer: u32,
+        /// What was wrong with it.
         reason: String,
     },
     /// A reconnecting endpoint could not take its place again after the broker came back.
     #[error("channel {channel}: {reason}")]
-    Reattach { channel: String, reason: String },
+    Reattach {
+        /// The channel.
+        channel: String,
+        /// Why the endpoint cannot go on.
+        reason: String,
+    },
     /// The message can never fit in this channel's ring.
     #[error("channel {channel}: message of {len} bytes is larger than the ring allows ({max} bytes per message in a {capacity}-byte ring)")]
     MessageTooLarge {
+        /// The channel.
         channel: String,
+        /// The message's length.
         len: usize,
+        /// The largest message the channel carries.
         max: u64,
+        /// The channel's ring capacity.
         capacity: u64,
     },
     /// The peer wrote nonsense into the shared ring (or the ring handed out was not sound).
@@ -110,6 +135,7 @@ impl Error {
     }
 }
 
+/// `Result` with this library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why [`Consumer::try_recv`](crate::Consumer::try_recv) (and the other `try_recv*` calls)

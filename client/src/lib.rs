@@ -15,6 +15,8 @@
 //! and receives the channel's sealed memfd ring and its two eventfds in one message; from then on
 //! messages go from producer to consumer through shared memory, and the broker is not involved.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "tokio")]
 mod async_io;
 mod attachment;

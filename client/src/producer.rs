@@ -69,6 +69,7 @@ impl Producer {
         }
     }
 
+    /// The channel's name.
     pub fn channel(&self) -> &str {
         &self.attachment.channel
     }
