@@ -278,3 +278,34 @@ fn try_calls_never_wait_for_the_broker() {
         );
     });
 }
+
+#[test]
+fn try_calls_do_not_block_when_a_hostile_peer_makes_the_shared_eventfd_blocking() {
+    // The eventfds are shared file descriptions: a peer's fcntl(F_SETFL) changes everyone's
+    // copy. A producer that clears O_NONBLOCK on its consumer's data_ready must not make that
+    // consumer's try_recv (which empties the eventfd before arming) block; nor, from the other
+    // side, a consumer a producer's try_send.
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "nonblock-c", "--capacity", "64KiB"]);
+    broker.ctl_ok(&["create", "nonblock-p", "--capacity", "64KiB"]);
+    let socket = broker.socket_path().to_path_buf();
+    with_deadline(WAIT, "try calls on a blocking eventfd", move || {
+        let mut consumer = connect(&socket).consumer("nonblock-c").expect("consumer");
+        let hostile_producer = raw_attach(&socket, "nonblock-c", "producer");
+        // fds: ring, data_ready, space_ready.
+        rustix::fs::fcntl_setfl(&hostile_producer.fds[1], rustix::fs::OFlags::empty())
+            .expect("clear O_NONBLOCK");
+        for _ in 0..3 {
+            assert!(consumer.try_recv().is_err_and(|e| e.is_empty()));
+        }
+        let mut producer = connect(&socket).producer("nonblock-p").expect("producer");
+        let hostile_consumer = raw_attach(&socket, "nonblock-p", "consumer");
+        rustix::fs::fcntl_setfl(&hostile_consumer.fds[2], rustix::fs::OFlags::empty())
+            .expect("clear O_NONBLOCK");
+        fill_ring(&mut producer, &[1u8; 1000], 100);
+        for _ in 0..3 {
+            assert!(producer.try_send(&[1u8; 1000]).is_err_and(|e| e.is_full()));
+        }
+        drop((hostile_producer, hostile_consumer));
+    });
+}

@@ -484,9 +484,34 @@ impl Attachment {
     /// could swallow the wake-up for that very flag): a wake-up already taken must not leave
     /// `ready_fd()` readable, or an epoll loop would spin, and the read stays off the wake-up
     /// path, where it would cost a syscall between the peer's signal and the data.
+    ///
+    /// The eventfd is a file description shared with the broker and the peers, any of which
+    /// can clear its `O_NONBLOCK` (`fcntl` acts on every copy): the read asks for no waiting
+    /// itself (`RWF_NOWAIT`, which eventfds honour since Linux 5.12), so a hostile peer cannot
+    /// make a `try_*` call block here. On older kernels it reads only after `poll` said there
+    /// is something to read (which a peer reading the counter in between could still defeat).
     pub fn drain_wakeups(&self) {
         let mut counter = [0u8; 8];
-        let _ = rustix::io::read(&self.wait_fd, &mut counter);
+        let mut bufs = [std::io::IoSliceMut::new(&mut counter)];
+        // Offset -1 (u64::MAX): the file's own position, as read(2); an eventfd has none.
+        match rustix::io::preadv2(
+            &self.wait_fd,
+            &mut bufs,
+            u64::MAX,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
+            Err(_) => {
+                let mut fds = [PollFd::new(&self.wait_fd, PollFlags::IN)];
+                let zero = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+                    let _ = rustix::io::read(&self.wait_fd, &mut counter);
+                }
+            }
+        }
     }
 
     /// Sleeps until the peer signals, the broker sends an event, or the sleep bound passes. The
