@@ -1,6 +1,10 @@
-//! Channel administration with shmemctl: create, list, info, drop and their errors.
+//! Channel administration with shmemctl: create, list, info, drop and their errors; and the
+//! library's builder (`open_or_create`) and attachments' lifetime (a slot is free again as soon
+//! as the endpoint is dropped, even with children forked meanwhile still holding its fds).
 
+use shmem_broker_client::{Client, ErrorCode};
 use shmem_broker_tests::*;
+use std::time::{Duration, Instant};
 
 fn my_uid() -> u64 {
     u64::from(rustix::process::geteuid().as_raw())
@@ -190,4 +194,128 @@ fn config_channels_are_listed_with_origin_config() {
     broker
         .ctl(&["create", "cam0", "--capacity", "64KiB"])
         .expect_error(&["channel already exists: cam0"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attachments' lifetime. (This test had a binary of its own while a child forked by another
+// test, holding a copy of an endpoint's socket until it exec'd, kept a dropped endpoint's
+// connection, and so its slot, alive; endpoints now shut their connection down on drop.)
+
+#[test]
+fn a_closed_attachment_frees_its_slot_before_the_next_attach_is_served() {
+    // PROTOCOL.md: "the attachment lasts exactly as long as the connection: close it ... and
+    // the broker frees the slot at once". A client that drops an endpoint and attaches again
+    // must never be refused with "channel busy" naming its own, already closed, attachment.
+    // The race is narrow: it takes many quick cycles, while other clients keep the broker
+    // accepting connections, to show.
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "again", "--capacity", "1MiB"]);
+    let client = broker.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let others = {
+        let (socket, stop) = (broker.socket_path().to_path_buf(), stop.clone());
+        Background::spawn("other clients", move || {
+            let mut served = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(other) = Client::connect(&socket) {
+                    served += u64::from(other.status().is_ok());
+                }
+            }
+            served
+        })
+    };
+    let mut refused = Vec::new();
+    for i in 0..10_000 {
+        let result = if i % 2 == 0 {
+            client.consumer("again").map(drop)
+        } else {
+            client.producer("again").map(drop)
+        };
+        if let Err(e) = result {
+            refused.push(format!("cycle {i}: {e}"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = others.join(WAIT);
+    assert!(served > 0, "the other clients were never served");
+    assert!(
+        refused.is_empty(),
+        "{} of 10000 attaches right after closing the previous attachment were refused \
+         (test pid {}); first ones: {:?}",
+        refused.len(),
+        std::process::id(),
+        &refused[..refused.len().min(3)]
+    );
+}
+
+#[test]
+fn a_child_forked_with_an_endpoint_does_not_keep_its_slot_after_the_parent_drops_it() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "forked", "--capacity", "64KiB"]);
+    let client = broker.client();
+    let producer = client.producer("forked").expect("first producer");
+    // The child holds copies of every fd, the producer's socket included, and neither execs
+    // nor exits for a long while.
+    // SAFETY: the child only calls async-signal-safe functions (sleep, _exit).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: async-signal-safe calls only, in the child.
+        unsafe {
+            libc::sleep(60);
+            libc::_exit(0);
+        }
+    }
+    let reap = |child| {
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+    };
+    drop(producer);
+    let start = Instant::now();
+    let result = loop {
+        match client.producer("forked") {
+            Ok(second) => break Ok(second),
+            Err(e) if start.elapsed() > Duration::from_secs(3) => break Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    reap(child);
+    let second = result.unwrap_or_else(|e| {
+        panic!("the slot stayed taken while a forked child held the dropped producer's fds: {e}")
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the slot came free only after {:?}",
+        start.elapsed()
+    );
+    drop(second);
+}
+
+#[test]
+fn open_or_create_makes_a_channel_once_and_opens_it_after() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    let made = client
+        .channel("shared")
+        .capacity(64 << 10)
+        .open_or_create()
+        .expect("create");
+    assert_eq!(made.capacity, 64 << 10);
+    // A second call (with other wishes) gets the existing channel as it is.
+    let opened = client
+        .channel("shared")
+        .capacity(1 << 20)
+        .open_or_create()
+        .expect("open");
+    assert_eq!(opened.name, "shared");
+    assert_eq!(opened.capacity, 64 << 10);
+    let again = client.channel("shared").create();
+    assert_eq!(
+        again.expect_err("create of an existing channel").code(),
+        Some(ErrorCode::ChannelExists)
+    );
+    let _: &Client = &client;
 }

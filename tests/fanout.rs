@@ -4,7 +4,7 @@
 //! killed and re-attached, an anonymous consumer's rings freed, and what an old (version 1 or 2)
 //! client is told.
 
-use shmem_broker_client::{Client, Consumer, Error, Producer, SlowConsumer};
+use shmem_broker_client::{Client, Consumer, Error, Producer, SlowConsumer, TryRecvError};
 use shmem_broker_tests::*;
 use std::collections::HashMap;
 use std::fs::File;
@@ -288,7 +288,7 @@ fn read_available(consumer: &mut Consumer) -> Vec<u64> {
         match consumer.try_recv() {
             Ok(Some(message)) => seqs.push(parse(&message).1),
             Ok(None) => panic!("unexpected end-of-stream"),
-            Err(Error::WouldBlock) => return seqs,
+            Err(TryRecvError::Empty) => return seqs,
             Err(e) => panic!("try_recv: {e}"),
         }
     }
@@ -979,7 +979,7 @@ fn a_fanout_consumers_ready_fd_is_readable_only_when_a_producer_wrote() {
     };
     for round in 0..4 {
         let producer = &mut producers[round % 2];
-        assert!(consumer.try_recv().is_err_and(|e| e.is_would_block()));
+        assert!(consumer.try_recv().is_err_and(|e| e.is_empty()));
         assert!(
             !readable(&consumer, Duration::from_millis(200)),
             "round {round}: readable with nothing to read"
@@ -1109,7 +1109,7 @@ fn try_send_of_a_frame_that_must_wrap_waits_for_the_consumer_not_forever() {
             WAIT,
             "try_send before the consumer moved",
             move || match producer.try_send(&[2u8; 3500]) {
-                Err(e) if e.is_would_block() => producer,
+                Err(e) if e.is_full() => producer,
                 other => panic!("expected would-block, got {other:?}"),
             },
         );
@@ -1120,7 +1120,7 @@ fn try_send_of_a_frame_that_must_wrap_waits_for_the_consumer_not_forever() {
         move || loop {
             match producer.try_send(&[2u8; 3500]) {
                 Ok(()) => break,
-                Err(e) if e.is_would_block() => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) if e.is_full() => std::thread::sleep(Duration::from_millis(1)),
                 Err(e) => panic!("try_send: {e}"),
             }
         },

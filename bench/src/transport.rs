@@ -90,7 +90,7 @@ impl Rx for ChannelRx {
             Wait::Block => self.consumer.recv_into(buf).context("Consumer::recv_into"),
             Wait::Spin => loop {
                 match self.consumer.try_recv_into(buf) {
-                    Err(e) if e.is_would_block() => std::hint::spin_loop(),
+                    Err(e) if e.is_empty() => std::hint::spin_loop(),
                     other => return other.context("Consumer::try_recv_into"),
                 }
             },
@@ -105,7 +105,7 @@ impl Rx for ChannelRx {
                 .context("Consumer::recv_batch"),
             Wait::Spin => loop {
                 match self.consumer.try_recv_batch(max, &mut *each) {
-                    Err(e) if e.is_would_block() => std::hint::spin_loop(),
+                    Err(e) if e.is_empty() => std::hint::spin_loop(),
                     other => return other.context("Consumer::try_recv_batch"),
                 }
             },

@@ -6,7 +6,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::{epoll, poll, PollFd, PollFlags, Timespec};
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+};
 
 use crate::connection::{Connection, EventWithFds};
 use crate::control::ControlPage;
@@ -30,9 +33,6 @@ const BROKER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const CALLS_PER_CLOCK_CHECK: u32 = 1024;
 /// Longest a re-attach may hold up a send or receive while the broker is starting.
 const REATTACH_PATIENCE: Duration = Duration::from_millis(250);
-/// Longest wait for the event behind a control-page bump (the broker sends it in the same
-/// breath, so this only bounds a broker that died in between).
-const EVENT_PATIENCE: Duration = Duration::from_secs(1);
 const SINGLE_FDS: [&str; 3] = ["ring", "data_ready", "space_ready"];
 
 /// How an endpoint attaches; built with [`Client::attach`](crate::Client::attach).
@@ -97,6 +97,13 @@ pub(crate) struct Attachment {
     /// One-to-one consumers: a producer that went away without end-of-stream, as the broker
     /// told (pid, position its stream stopped at, bytes it wrote).
     pub producer_gone: Option<(u32, u64, u64)>,
+    /// What `ready_fd()` hands out: an epoll instance watching `wait_fd`, the broker
+    /// connection while it is up (events, hang-up) and `retry_timer` while it is down, so it
+    /// turns readable for everything that can change what a `try_*` call returns.
+    ready: OwnedFd,
+    /// While the broker is away and the endpoint reconnects: fires every
+    /// `RECONNECT_INTERVAL`, so a caller parked on `ready_fd()` comes back to re-attach.
+    retry_timer: Option<OwnedFd>,
 }
 
 /// What one attach request brought back.
@@ -196,6 +203,10 @@ impl Attachment {
             };
             (Rings::Single(ring), Some(identity), wait_fd, Some(wake_fd))
         };
+        let ready = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| Error::io("creating the endpoint's epoll instance", e.into()))?;
+        watch(&ready, &wait_fd)?;
+        watch(&ready, &grant.conn)?;
         let attachment = Attachment {
             channel: channel.to_string(),
             info: grant.info,
@@ -215,6 +226,8 @@ impl Attachment {
             wake_fd,
             lane_events: Vec::new(),
             producer_gone: None,
+            ready,
+            retry_timer: None,
         };
         Ok((attachment, rings))
     }
@@ -238,41 +251,48 @@ impl Attachment {
         !self.lane_events.is_empty()
     }
 
-    /// After the control page showed `generation` for this side: the lane changes up to it,
-    /// read from the connection (waiting briefly for the event that follows the bump).
-    pub fn lane_events_until(&mut self, generation: u64) -> Vec<EventWithFds> {
-        let seen = |events: &[EventWithFds]| {
-            events.iter().any(|(event, _)| match event {
-                Event::LaneAdded { generation: g, .. }
-                | Event::LaneRemoved { generation: g, .. } => *g >= generation,
-                _ => false,
-            })
-        };
-        if !seen(&self.lane_events)
-            && self.broker_connected
-            && self.conn.set_timeout(Some(EVENT_PATIENCE)).is_ok()
-        {
-            while self.broker_connected && !seen(&self.lane_events) {
-                match self.conn.read_event() {
-                    Ok(Some(event)) => self.on_event(event),
-                    Err(Error::Io { source, .. })
-                        if matches!(
-                            source.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break
-                    }
-                    Ok(None) | Err(_) => self.broker_connected = false,
-                }
-            }
-            let _ = self.conn.set_timeout(None);
-        }
+    /// The lane changes read from the broker so far, to apply now. Never waits: the broker
+    /// writes a lane event to every attached peer before it answers the attach or detach behind
+    /// it, so an event behind a control-page bump is normally here already; one that comes
+    /// later makes the connection (and so `ready_fd()`) readable and is applied then.
+    pub fn take_lane_events(&mut self) -> Vec<EventWithFds> {
+        self.read_broker_events();
         std::mem::take(&mut self.lane_events)
     }
 
-    pub fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.wait_fd.as_fd()
+    /// Reads every event the broker has sent so far without waiting, and takes the retry
+    /// timer's ticks. True if something came that a `try_*` call must look at before it
+    /// reports would-block (an event, the broker's hang-up, time to re-attach). Called on the
+    /// would-block path only, so `ready_fd()` is quiet again when `try_*` reports would-block.
+    pub fn read_broker_events(&mut self) -> bool {
+        let mut news = !self.lane_events.is_empty();
+        if let Some(timer) = &self.retry_timer {
+            let mut ticks = [0u8; 8];
+            news |= rustix::io::read(timer, &mut ticks).is_ok();
+        }
+        while self.broker_connected {
+            if let Some(event) = self.conn.take_pending_event() {
+                self.on_event(event);
+                news = true;
+                continue;
+            }
+            let mut fds = [PollFd::new(&self.conn, PollFlags::IN)];
+            let zero = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if !matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+                break;
+            }
+            self.on_broker_readable();
+            news = true;
+        }
+        news
+    }
+
+    /// The fd `ready_fd()` returns (see `ready`).
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.ready.as_fd()
     }
 
     pub fn broker_connected(&self) -> bool {
@@ -319,6 +339,10 @@ impl Attachment {
                 {
                     self.conn = grant.conn;
                     self.broker_connected = true;
+                    self.retry_timer = None;
+                    if let Err(e) = watch(&self.ready, &self.conn) {
+                        self.failed = Some(format!("cannot watch the broker connection: {e}"));
+                    }
                 }
                 _ => {
                     self.failed = Some(
@@ -400,7 +424,28 @@ impl Attachment {
             Ok(Some(event)) => self.on_event(event),
             // The broker went away (stopped or restarting). Data keeps flowing through the
             // ring without it; only attaching needs it.
-            Ok(None) | Err(_) => self.broker_connected = false,
+            Ok(None) | Err(_) => self.lost_broker(),
+        }
+    }
+
+    /// The broker connection is gone: it leaves `ready_fd()`'s watch list (a hung-up socket
+    /// is readable for ever, which would make an epoll loop spin), and an endpoint that
+    /// re-attaches gets a timer there instead, so a caller parked on `ready_fd()` comes back
+    /// to re-attach (or to learn that it cannot).
+    fn lost_broker(&mut self) {
+        if !self.broker_connected {
+            return;
+        }
+        self.broker_connected = false;
+        let _ = epoll::delete(&self.ready, &self.conn);
+        if self.options.reconnect {
+            match retry_timer() {
+                Ok(timer) => match watch(&self.ready, &timer) {
+                    Ok(()) => self.retry_timer = Some(timer),
+                    Err(e) => self.failed = Some(format!("cannot watch the retry timer: {e}")),
+                },
+                Err(e) => self.failed = Some(format!("cannot make the retry timer: {e}")),
+            }
         }
     }
 
@@ -455,9 +500,34 @@ impl Attachment {
     /// could swallow the wake-up for that very flag): a wake-up already taken must not leave
     /// `ready_fd()` readable, or an epoll loop would spin, and the read stays off the wake-up
     /// path, where it would cost a syscall between the peer's signal and the data.
+    ///
+    /// The eventfd is a file description shared with the broker and the peers, any of which
+    /// can clear its `O_NONBLOCK` (`fcntl` acts on every copy): the read asks for no waiting
+    /// itself (`RWF_NOWAIT`, which eventfds honour since Linux 5.12), so a hostile peer cannot
+    /// make a `try_*` call block here. On older kernels it reads only after `poll` said there
+    /// is something to read (which a peer reading the counter in between could still defeat).
     pub fn drain_wakeups(&self) {
         let mut counter = [0u8; 8];
-        let _ = rustix::io::read(&self.wait_fd, &mut counter);
+        let mut bufs = [std::io::IoSliceMut::new(&mut counter)];
+        // Offset -1 (u64::MAX): the file's own position, as read(2); an eventfd has none.
+        match rustix::io::preadv2(
+            &self.wait_fd,
+            &mut bufs,
+            u64::MAX,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
+            Err(_) => {
+                let mut fds = [PollFd::new(&self.wait_fd, PollFlags::IN)];
+                let zero = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+                    let _ = rustix::io::read(&self.wait_fd, &mut counter);
+                }
+            }
+        }
     }
 
     /// Sleeps until the peer signals, the broker sends an event, or the sleep bound passes. The
@@ -488,6 +558,48 @@ impl Attachment {
         }
         Ok(())
     }
+}
+
+impl Drop for Attachment {
+    /// Ends the attachment for the broker now: a shutdown, not only a close, because a child
+    /// forked meanwhile holds a copy of the socket until it execs or exits (our fds are
+    /// close-on-exec, not close-on-fork), and a mere close would leave the connection, and so
+    /// the slot, alive for that long.
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(self.conn.socket(), rustix::net::Shutdown::Both);
+    }
+}
+
+/// Adds `fd` to the epoll set `ready` (level-triggered, readable).
+fn watch(ready: &OwnedFd, fd: impl AsFd) -> Result<()> {
+    epoll::add(
+        ready,
+        fd,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| Error::io("watching an fd for ready_fd()", e.into()))
+}
+
+/// A timer firing every `RECONNECT_INTERVAL`, non-blocking.
+fn retry_timer() -> std::io::Result<OwnedFd> {
+    let timer = timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+    )?;
+    let every = Timespec {
+        tv_sec: 0,
+        tv_nsec: RECONNECT_INTERVAL.as_nanos() as i64,
+    };
+    timerfd_settime(
+        &timer,
+        TimerfdTimerFlags::empty(),
+        &Itimerspec {
+            it_interval: every,
+            it_value: every,
+        },
+    )?;
+    Ok(timer)
 }
 
 fn nonblocking(fd: OwnedFd) -> Result<OwnedFd> {

@@ -71,10 +71,12 @@ impl Attach<'_> {
         self
     }
 
+    /// Attaches as the channel's producer (or one of them).
     pub fn producer(self) -> Result<Producer> {
         Producer::attach(self.socket, self.channel, self.options)
     }
 
+    /// Attaches as the channel's consumer (or one of them).
     pub fn consumer(self) -> Result<Consumer> {
         Consumer::attach(self.socket, self.channel, self.options)
     }
@@ -145,8 +147,29 @@ impl NewChannel<'_> {
         self
     }
 
-    /// Creates the channel, owned by the calling uid (needs root or an admin group).
+    /// Creates the channel, owned by the calling uid (needs root or an admin group). Fails
+    /// with [`ErrorCode::ChannelExists`](crate::ErrorCode::ChannelExists) if it exists.
     pub fn create(self) -> Result<ChannelInfo> {
+        self.create_request()
+    }
+
+    /// Creates the channel unless one of that name exists already, and returns what the
+    /// broker has. An existing channel is taken as it is: compare the returned
+    /// [`ChannelInfo`] with what was asked for if the difference matters. (Two processes
+    /// racing here both succeed, one of them creating.)
+    pub fn open_or_create(self) -> Result<ChannelInfo> {
+        let client = self.client;
+        let name = self.name.clone();
+        match self.create_request() {
+            Err(Error::Broker {
+                code: crate::wire::ErrorCode::ChannelExists,
+                ..
+            }) => client.info(&name),
+            other => other,
+        }
+    }
+
+    fn create_request(self) -> Result<ChannelInfo> {
         self.client.call(&Request::Create {
             channel: self.name,
             capacity: self.options.capacity,
@@ -175,6 +198,7 @@ impl Client {
         Client::connect(client_socket_path(None))
     }
 
+    /// The socket path this client connected to.
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
@@ -204,15 +228,18 @@ impl Client {
         }
     }
 
+    /// The broker's status: versions, uptime, socket, quota usage.
     pub fn status(&self) -> Result<StatusInfo> {
         self.call(&Request::Status)
     }
 
+    /// Every channel.
     pub fn list(&self) -> Result<Vec<ChannelInfo>> {
         self.call::<ChannelList>(&Request::List)
             .map(|list| list.channels)
     }
 
+    /// One channel.
     pub fn info(&self, channel: &str) -> Result<ChannelInfo> {
         self.call(&Request::Info {
             channel: channel.to_string(),
@@ -230,6 +257,8 @@ impl Client {
         )
     }
 
+    /// Creates a channel with access lists; [`channel`](Self::channel) is the builder for
+    /// everything else.
     pub fn create_with(&self, channel: &str, options: &CreateOptions) -> Result<ChannelInfo> {
         NewChannel {
             options: options.clone(),

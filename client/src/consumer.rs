@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
 use crate::attachment::{AttachOptions, Attachment, Rings};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TryRecvError};
 use crate::fanout::MergedReader;
 use crate::ring::{BatchOutcome, ReadItem, ReadOutcome, RingError, RingReader};
 use crate::wire::Role;
@@ -81,6 +81,7 @@ impl Consumer {
         }
     }
 
+    /// The channel's name.
     pub fn channel(&self) -> &str {
         &self.attachment.channel
     }
@@ -115,12 +116,12 @@ impl Consumer {
         self.blocking(|r, scratch| Ok(batch_step(r.try_read_batch(max, scratch, &mut each)?)))
     }
 
-    /// Non-blocking [`recv_batch`](Self::recv_batch): [`Error::WouldBlock`] when empty.
+    /// Non-blocking [`recv_batch`](Self::recv_batch): [`TryRecvError::Empty`] when empty.
     pub fn try_recv_batch(
         &mut self,
         max: usize,
         mut each: impl FnMut(&[u8]),
-    ) -> Result<Option<usize>> {
+    ) -> Result<Option<usize>, TryRecvError> {
         self.non_blocking(|r, scratch| Ok(batch_step(r.try_read_batch(max, scratch, &mut each)?)))
     }
 
@@ -173,15 +174,15 @@ impl Consumer {
         self.blocking(|r, _| Ok(message_step(r.try_read_to_fd(fd)?)))
     }
 
-    /// Receives the next message or returns [`Error::WouldBlock`] if there is none yet.
+    /// Receives the next message or returns [`TryRecvError::Empty`] if there is none yet.
     /// `Ok(None)` is end-of-stream.
-    pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
+    pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>, TryRecvError> {
         let mut message = Vec::new();
         Ok(self.try_recv_into(&mut message)?.then_some(message))
     }
 
     /// Non-blocking [`recv_into`](Self::recv_into).
-    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool, TryRecvError> {
         self.non_blocking(|r, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
@@ -232,19 +233,27 @@ impl Consumer {
         }
     }
 
-    /// One attempt, or [`Error::WouldBlock`] after arming the wake-up so `ready_fd()` turns
+    /// One attempt, or [`TryRecvError::Empty`] after arming the wake-up so `ready_fd()` turns
     /// readable when data arrives (not for busy pollers). If data arrived while arming, the
     /// attempt is made again instead.
     fn non_blocking<T>(
         &mut self,
         mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
-    ) -> Result<T> {
+    ) -> Result<T, TryRecvError> {
         loop {
             if let Some(got) = self.step(&mut read)? {
                 return Ok(got);
             }
-            if self.attachment.options.busy_poll || self.arm()? {
-                return Err(Error::WouldBlock);
+            if self.attachment.options.busy_poll {
+                return Err(TryRecvError::Empty);
+            }
+            // A broker event (a producer came or went, a drop) read now is acted on by the
+            // next attempt; none may stay unread, or `ready_fd()` would stay readable.
+            if self.attachment.read_broker_events() {
+                continue;
+            }
+            if self.arm()? {
+                return Err(TryRecvError::Empty);
             }
         }
     }
@@ -281,10 +290,21 @@ impl Consumer {
         Ok(())
     }
 
-    /// The eventfd that becomes readable when data may have arrived after a `try_recv`
-    /// returned [`Error::WouldBlock`].
+    /// An fd that becomes readable when a `try_recv` that returned [`TryRecvError::Empty`]
+    /// may return something else: a message arrived, a producer came or went, the channel was
+    /// dropped, the broker detached this consumer or went away (and, with
+    /// [`reconnect`](crate::Attach::reconnect), now and then while it is away, to re-attach).
+    /// Register it for readability (level- or edge-triggered: each such event makes it
+    /// readable anew); on wake-up, call `try_recv` again until it reports would-block, which
+    /// leaves the fd quiet. It is an epoll instance: read nothing from it yourself.
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
-        self.attachment.wait_fd()
+        self.attachment.ready_fd()
+    }
+
+    /// Attached with `busy_poll`: a would-block asks the peer for no wake-up.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn busy_poll(&self) -> bool {
+        self.attachment.options.busy_poll
     }
 }
 

@@ -99,11 +99,11 @@ impl<E> Membership<E> {
             return Ok(());
         }
         // Every event is applied once, whenever it arrives (each comes exactly once, and only
-        // after the attach reply), even one that came too late for the refresh it belonged to.
+        // after the attach reply), even one that came later than the bump it belongs to.
         // Events newer than `now` may have been read already (the broker bumps the page, then
         // sends): once applied they count as seen, or the next change would wait for them.
         let mut newest = now;
-        for (event, fds) in attachment.lane_events_until(now) {
+        for (event, fds) in attachment.take_lane_events() {
             match event {
                 Event::LaneAdded { generation, peer } => {
                     let lane = attachment

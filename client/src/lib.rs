@@ -15,6 +15,10 @@
 //! and receives the channel's sealed memfd ring and its two eventfds in one message; from then on
 //! messages go from producer to consumer through shared memory, and the broker is not involved.
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "tokio")]
+mod async_io;
 mod attachment;
 mod client;
 mod connection;
@@ -32,9 +36,11 @@ pub mod ring;
 pub mod size;
 pub mod wire;
 
+#[cfg(feature = "tokio")]
+pub use async_io::{AsyncConsumer, AsyncProducer};
 pub use client::{Attach, Client, CreateOptions, NewChannel};
 pub use consumer::Consumer;
-pub use error::{Error, Result};
+pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;
 pub use ring::ReadItem;
 pub use wire::{ChannelInfo, ErrorCode, PeerInfo, Role, SlowConsumer, StatusInfo};

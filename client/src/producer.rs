@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
 use crate::attachment::{AttachOptions, Attachment, Rings};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TrySendError};
 use crate::fanout::FanoutWriter;
 use crate::ring::{RingError, RingWriter};
 use crate::wire::Role;
@@ -13,7 +13,7 @@ use crate::wire::Role;
 ///
 /// Messages are delivered whole and in order. `send` blocks while the ring is full (back
 /// pressure from a slow consumer, or no consumer at all); `try_send` returns
-/// [`Error::WouldBlock`] instead, after which [`ready_fd`](Self::ready_fd) becomes readable once
+/// [`TrySendError::Full`] instead, after which [`ready_fd`](Self::ready_fd) becomes readable once
 /// the consumer frees space, so a producer can sit in epoll/tokio.
 ///
 /// [`close`](Self::close) writes the end-of-stream mark after the last message: it means "the
@@ -74,6 +74,7 @@ impl Producer {
         }
     }
 
+    /// The channel's name.
     pub fn channel(&self) -> &str {
         &self.attachment.channel
     }
@@ -99,8 +100,8 @@ impl Producer {
         self.send_with(message.len(), |buf| buf.copy_from_slice(message))
     }
 
-    /// Sends one message or returns [`Error::WouldBlock`] if the ring is full right now.
-    pub fn try_send(&mut self, message: &[u8]) -> Result<()> {
+    /// Sends one message or returns [`TrySendError::Full`] if the ring is full right now.
+    pub fn try_send(&mut self, message: &[u8]) -> Result<(), TrySendError> {
         self.try_send_with(message.len(), |buf| buf.copy_from_slice(message))
     }
 
@@ -121,14 +122,19 @@ impl Producer {
         Ok(())
     }
 
-    /// Sends as many of `messages` as fit now (at least one, else [`Error::WouldBlock`]) and
+    /// Sends as many of `messages` as fit now (at least one, else [`TrySendError::Full`]) and
     /// returns how many.
-    pub fn try_send_batch(&mut self, messages: &[&[u8]]) -> Result<usize> {
+    pub fn try_send_batch(&mut self, messages: &[&[u8]]) -> Result<usize, TrySendError> {
         if let Route::Fanout(fanout) = &mut self.route {
-            return match fanout.deliver(&mut self.attachment, messages, false)? {
-                0 if !messages.is_empty() => Err(Error::WouldBlock),
-                sent => Ok(sent),
-            };
+            loop {
+                match fanout.deliver(&mut self.attachment, messages, false)? {
+                    0 if !messages.is_empty() => {}
+                    sent => return Ok(sent),
+                }
+                if self.attachment.options.busy_poll || !self.attachment.read_broker_events() {
+                    return Err(TrySendError::Full);
+                }
+            }
         }
         match messages.first() {
             None => Ok(0),
@@ -183,17 +189,31 @@ impl Producer {
         })
     }
 
-    /// Zero-copy send that returns [`Error::WouldBlock`] instead of blocking.
-    pub fn try_send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+    /// Zero-copy send that returns [`TrySendError::Full`] instead of blocking.
+    pub fn try_send_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), TrySendError> {
         if let Route::Fanout(fanout) = &mut self.route {
-            let fill = |buf: &mut [u8]| {
-                fill(buf);
-                len
-            };
-            return match fanout.deliver_filled(&mut self.attachment, len, fill, false)? {
-                Some(_) => Ok(()),
-                None => Err(Error::WouldBlock),
-            };
+            let mut fill = Some(fill);
+            loop {
+                let once = |buf: &mut [u8]| {
+                    if let Some(fill) = fill.take() {
+                        fill(buf);
+                    }
+                    len
+                };
+                if fanout
+                    .deliver_filled(&mut self.attachment, len, once, false)?
+                    .is_some()
+                {
+                    return Ok(());
+                }
+                if self.attachment.options.busy_poll || !self.attachment.read_broker_events() {
+                    return Err(TrySendError::Full);
+                }
+            }
         }
         let mut fill = Some(fill);
         self.non_blocking(len, |w| fixed_step(w, len, &mut fill))
@@ -229,20 +249,28 @@ impl Producer {
         }
     }
 
-    /// One attempt, or [`Error::WouldBlock`] after arming the wake-up so `ready_fd()` turns
+    /// One attempt, or [`TrySendError::Full`] after arming the wake-up so `ready_fd()` turns
     /// readable when room appears (not for busy pollers). If room appeared while arming, the
     /// attempt is made again instead.
     fn non_blocking<T>(
         &mut self,
         needed: usize,
         mut write: impl FnMut(&mut RingWriter) -> Result<Option<T>, RingError>,
-    ) -> Result<T> {
+    ) -> Result<T, TrySendError> {
         loop {
             if let Some(done) = self.step(&mut write)? {
                 return Ok(done);
             }
-            if self.attachment.options.busy_poll || self.arm(needed)? {
-                return Err(Error::WouldBlock);
+            if self.attachment.options.busy_poll {
+                return Err(TrySendError::Full);
+            }
+            // A broker event read now is acted on by the next attempt; none may stay unread,
+            // or `ready_fd()` would stay readable.
+            if self.attachment.read_broker_events() {
+                continue;
+            }
+            if self.arm(needed)? {
+                return Err(TrySendError::Full);
             }
         }
     }
@@ -281,11 +309,21 @@ impl Producer {
         self.blocking(0, |w| Ok(w.try_write_end_of_stream()?.then_some(())))
     }
 
-    /// The eventfd that becomes readable when space may have appeared after a `try_send`
-    /// returned [`Error::WouldBlock`]. Register it for readability; on wake-up, call `try_send`
-    /// again (the library drains the counter).
+    /// An fd that becomes readable when a `try_send` that returned [`TrySendError::Full`] may
+    /// return something else: a consumer freed space, a consumer came or went, the channel was
+    /// dropped, the broker went away (and, with [`reconnect`](crate::Attach::reconnect), now
+    /// and then while it is away, to re-attach). Register it for readability (level- or
+    /// edge-triggered: each such event makes it readable anew); on wake-up, call `try_send`
+    /// again. A `try_send` that reports would-block leaves it quiet. It is an epoll instance:
+    /// read nothing from it yourself.
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
-        self.attachment.wait_fd()
+        self.attachment.ready_fd()
+    }
+
+    /// Attached with `busy_poll`: a would-block asks the peer for no wake-up.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn busy_poll(&self) -> bool {
+        self.attachment.options.busy_poll
     }
 }
 

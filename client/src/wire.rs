@@ -19,7 +19,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"SHMB";
+/// The newest protocol version, what this library speaks and the broker answers up to.
 pub const PROTOCOL_VERSION: u16 = 4;
 /// Oldest version the broker still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -27,6 +29,7 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 pub const SEALED_RINGS_VERSION: u16 = 3;
 /// The first version whose clients understand the `producer_gone` event.
 pub const PRODUCER_GONE_VERSION: u16 = 4;
+/// Bytes in a frame header.
 pub const HEADER_LEN: usize = 16;
 /// Largest request body the broker reads; anything larger is refused before it is buffered.
 pub const MAX_REQUEST_BODY: u32 = 64 * 1024;
@@ -40,17 +43,26 @@ pub const MAX_FDS_PER_MESSAGE: usize = 2 + 2 * MAX_ENDPOINTS as usize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
+/// What a frame carries (header bytes 6..8).
 pub enum FrameKind {
+    /// Client to broker.
     Request = 1,
+    /// Broker to client, answering the request with the same id.
     Reply = 2,
+    /// Broker to client, unsolicited (id 0).
     Event = 3,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A decoded frame header.
 pub struct FrameHeader {
+    /// Protocol version of the frame.
     pub version: u16,
+    /// What the frame carries.
     pub kind: FrameKind,
+    /// Request id, echoed by its reply; 0 for events.
     pub id: u32,
+    /// Body bytes that follow the header.
     pub length: u32,
 }
 
@@ -58,14 +70,23 @@ pub struct FrameHeader {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
     #[error("not a shmem-broker frame (bad magic {0:02x?})")]
+    /// The first four bytes are not [`MAGIC`].
     BadMagic([u8; 4]),
     #[error("unknown frame kind {0}")]
+    /// The kind field is not 1, 2 or 3.
     BadKind(u16),
+    /// The body is longer than allowed.
     #[error("frame body of {length} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { length: u32, limit: u32 },
+    TooLarge {
+        /// The body length the header announced.
+        length: u32,
+        /// The limit for this direction.
+        limit: u32,
+    },
 }
 
 impl FrameHeader {
+    /// The 16 header bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..4].copy_from_slice(&MAGIC);
@@ -141,8 +162,11 @@ pub fn encode_frame_version(
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// The side of a channel an endpoint is on.
 pub enum Role {
+    /// Writes messages.
     Producer,
+    /// Reads messages.
     Consumer,
 }
 
@@ -169,6 +193,7 @@ pub enum SlowConsumer {
 }
 
 impl SlowConsumer {
+    /// The policies' names, as in the protocol and the config file.
     pub const NAMES: [&'static str; 3] = ["block", "drop", "disconnect"];
 }
 
@@ -201,41 +226,57 @@ impl std::str::FromStr for SlowConsumer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// `status`: the broker's version, uptime, socket, quotas.
     Status,
+    /// `list`: every channel.
     List,
+    /// `info`: one channel.
     Info {
+        /// The channel's name.
         channel: String,
     },
+    /// `create`: a new channel (needs root, the broker's uid or an admin group).
     Create {
+        /// The new channel's name.
         channel: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Ring data bytes (rounded up to 4 KiB); the broker's default if absent.
         capacity: Option<u64>,
         /// Extra principals allowed to produce (`*`, user, uid, `@group`, `@gid`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         producers: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        /// Extra principals allowed to consume.
         consumers: Vec<String>,
         /// Version 2: producers and consumers that may attach at once (default 1 each).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_producers: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Version 2: consumers that may attach at once (1-64; default 1).
         max_consumers: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Version 2: what a full consumer ring costs (default `block`).
         slow_consumer: Option<SlowConsumer>,
     },
+    /// `drop`: removes a channel (its attached endpoints get `channel_dropped`).
     Drop {
+        /// The channel's name.
         channel: String,
     },
     /// Version 2: forgets a durable consumer's queue (and its unread data) so producers stop
     /// keeping messages for it.
     DropConsumer {
+        /// The channel's name.
         channel: String,
+        /// The durable consumer's name.
         consumer: String,
     },
     /// Attach this connection to a channel. The connection then belongs to the attachment: the
     /// broker detaches as soon as it closes. One attachment per connection.
     Attach {
+        /// The channel's name.
         channel: String,
+        /// Which side to attach as.
         role: Role,
         /// Version 2, consumers of a channel with `max_consumers > 1`: attach as the durable
         /// consumer of this name, whose queue the broker keeps while it is away.
@@ -248,43 +289,60 @@ pub enum Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// Malformed frame or JSON, unknown op, out-of-range value.
     BadRequest,
+    /// A version this broker does not speak, or that cannot serve this attach.
     UnsupportedVersion,
+    /// The named channel does not exist.
     NoSuchChannel,
+    /// `create` of an existing name.
     ChannelExists,
+    /// The role's slot(s) are taken; the message names who holds them.
     ChannelBusy,
+    /// The peer's uid or groups are not allowed.
     PermissionDenied,
+    /// Not a valid channel name.
     InvalidName,
+    /// Capacity out of range.
     InvalidCapacity,
+    /// A quota or `max_consumers` is reached.
     LimitReached,
+    /// This connection already holds an attachment.
     AlreadyAttached,
     /// A durable consumer was disconnected for falling behind (policy `disconnect`).
     Evicted,
     /// `drop_consumer` named no durable consumer of the channel.
     NoSuchConsumer,
     #[serde(other)]
+    /// Anything else, and every code this library does not know.
     Internal,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The `error` of a failed reply.
 pub struct ErrorBody {
+    /// What went wrong, for programs.
     pub code: ErrorCode,
+    /// What went wrong, for humans.
     pub message: String,
 }
 
 /// A reply body: `{"ok":true,"result":{...}}` or `{"ok":false,"error":{"code":..,"message":..}}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Reply {
+    /// True for success (`result` is set), false for failure (`error` is set).
     pub ok: bool,
     /// Kept as raw JSON text: serialized once by the broker and decoded once, straight into
     /// the caller's type (a list of 10,000 channels never becomes a `Value` tree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<serde_json::value::RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The failure.
     pub error: Option<ErrorBody>,
 }
 
 impl Reply {
+    /// A successful reply with `result`.
     pub fn success(result: impl Serialize) -> Reply {
         Reply {
             ok: true,
@@ -293,6 +351,7 @@ impl Reply {
         }
     }
 
+    /// A failed reply.
     pub fn failure(code: ErrorCode, message: impl Into<String>) -> Reply {
         Reply {
             ok: false,
@@ -310,33 +369,59 @@ impl Reply {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The channel was dropped by an administrator; the attachment is over.
-    ChannelDropped { channel: String },
+    ChannelDropped {
+        /// The channel.
+        channel: String,
+    },
     /// Version 2, fan-out channels: a peer came; its ring and eventfd (named as in
     /// [`AttachInfo::fds`]: `ring`, `wake`) travel with this event. `generation` is the
     /// control page's counter for this side after the change.
-    LaneAdded { generation: u64, peer: u32 },
+    LaneAdded {
+        /// The control page's counter for this side after the change.
+        generation: u64,
+        /// The new peer: a consumer queue id (producers) or producer id (consumers).
+        peer: u32,
+    },
     /// A consumer's queue went away (producers only): stop writing to it.
-    LaneRemoved { generation: u64, peer: u32 },
+    LaneRemoved {
+        /// The control page's counter for this side after the change.
+        generation: u64,
+        /// The consumer queue that went away.
+        peer: u32,
+    },
     /// This consumer was detached by the broker; the attachment is over.
-    Disconnected { channel: String, reason: String },
+    Disconnected {
+        /// The channel.
+        channel: String,
+        /// Why, for humans.
+        reason: String,
+    },
     /// Version 4, one-to-one channels: the producer's connection closed and its stream does
     /// not end with an end-of-stream mark (it failed, was interrupted or killed). `position`
     /// is where its stream stopped in the ring: once the consumer has read up to it, the
     /// stream is over. `bytes` is what that producer wrote while attached.
     ProducerGone {
+        /// The channel.
         channel: String,
+        /// The producer that went away.
         pid: u32,
+        /// Where its stream stopped in the ring (a byte position).
         position: u64,
+        /// Bytes it wrote while attached.
         bytes: u64,
     },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One endpoint of a channel, as `info` and `list` show it.
 pub struct PeerInfo {
     /// 0 for a durable consumer that is away.
     pub pid: u32,
+    /// Its uid.
     pub uid: u32,
+    /// Its primary gid.
     pub gid: u32,
+    /// Its side.
     pub role: Role,
     /// Producer id, or consumer queue id: what a consumer's `last_producer()` reports.
     #[serde(default)]
@@ -372,6 +457,7 @@ fn one() -> u32 {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Where a channel comes from.
 pub enum Origin {
     /// Declared in the config file.
     Config,
@@ -380,19 +466,27 @@ pub enum Origin {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A channel, as `info`, `list` and `create` describe it.
 pub struct ChannelInfo {
+    /// Its name.
     pub name: String,
     /// Ring data bytes.
     pub capacity: u64,
+    /// Config file or runtime `create`.
     pub origin: Origin,
     /// The creator's uid for runtime channels.
     pub owner_uid: Option<u32>,
     /// Who may attach as producer / consumer besides root and the owner.
     pub producers: Vec<String>,
+    /// Who may attach as consumer besides root and the owner.
     pub consumers: Vec<String>,
+    /// Attached endpoints, and durable consumers that are away.
     pub peers: Vec<PeerInfo>,
+    /// Data messages written (see PROTOCOL.md for how rings' counters add up).
     pub messages_written: u64,
+    /// Payload bytes written.
     pub bytes_written: u64,
+    /// Data messages read.
     pub messages_read: u64,
     /// Fill level: bytes written and not yet read.
     pub bytes_unread: u64,
@@ -400,10 +494,13 @@ pub struct ChannelInfo {
     #[serde(default)]
     pub pending_removal: bool,
     #[serde(default = "one")]
+    /// Producers that may attach at once.
     pub max_producers: u32,
     #[serde(default = "one")]
+    /// Consumers that may attach at once.
     pub max_consumers: u32,
     #[serde(default)]
+    /// What a full consumer ring costs.
     pub slow_consumer: SlowConsumer,
     /// Ring memory the channel holds now: one ring per producer and consumer pair.
     #[serde(default)]
@@ -418,20 +515,30 @@ impl ChannelInfo {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The result of `list`.
 pub struct ChannelList {
+    /// Every channel.
     pub channels: Vec<ChannelInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The result of `status`.
 pub struct StatusInfo {
+    /// The broker's package version.
     pub version: String,
+    /// The highest protocol version the broker speaks.
     pub protocol: u16,
+    /// The broker's pid.
     pub pid: u32,
+    /// Seconds since the broker started.
     pub uptime_secs: u64,
     /// `systemd` (socket activation) or `bound` (the broker bound the path itself).
     pub socket_source: String,
+    /// The socket path, if known.
     pub socket_path: Option<String>,
+    /// The config file in use, if any.
     pub config_file: Option<String>,
+    /// Channels that exist.
     pub channels: usize,
     /// Open connections, including the one asking.
     pub clients: usize,
@@ -448,6 +555,7 @@ pub struct StatusInfo {
 pub struct ReloadOutcome {
     /// Seconds since the Unix epoch.
     pub at_unix_secs: u64,
+    /// Whether the new config took effect.
     pub ok: bool,
     /// Why it was rejected (`file:line:column: key: ...`): the previous config stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -455,20 +563,25 @@ pub struct ReloadOutcome {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Usage of one quota.
 pub struct QuotaUsage {
     /// The config key, like `max_channels` or `per_uid.max_ring_bytes`.
     pub quota: String,
     /// The uid a per-uid quota is counted for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// What is used now (a count, or bytes for `*ring_bytes`).
     pub used: u64,
+    /// The configured limit.
     pub limit: u64,
 }
 
 /// The result of `attach`. The fds arrive with this reply, in the order `fds` names them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachInfo {
+    /// The channel attached to.
     pub channel: String,
+    /// The side attached as.
     pub role: Role,
     /// Ring data bytes.
     pub capacity: u64,
@@ -483,6 +596,7 @@ pub struct AttachInfo {
     #[serde(default)]
     pub id: u32,
     #[serde(default)]
+    /// Version 2: the channel's slow-consumer policy (`block` for one-to-one channels).
     pub slow_consumer: SlowConsumer,
     /// Version 2, fan-out channels: one ring per peer (consumer queues for a producer,
     /// producers for a consumer), in the order of their fds.
@@ -494,13 +608,16 @@ pub struct AttachInfo {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One lane of a fan-out attach.
 pub struct LaneInfo {
     /// The producer id (for a consumer) or consumer queue id (for a producer) at the other end.
     pub peer: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The result of `drop` and `drop_consumer`.
 pub struct Dropped {
+    /// The channel dropped (or whose consumer was).
     pub channel: String,
 }
 

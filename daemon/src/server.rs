@@ -565,7 +565,8 @@ impl Server {
         woken: &mut Vec<SessionId>,
     ) {
         for (target, event, fds) in notices {
-            let session = if target == current.id {
+            let other = target != current.id;
+            let session = if !other {
                 &mut *current
             } else if let Some(other) = self.sessions.get_mut(&target) {
                 woken.push(target);
@@ -580,6 +581,13 @@ impl Server {
                 continue;
             }
             session.queue_event(&event, fds);
+            if other {
+                // Out before the reply to the request behind it: a peer that sees the control
+                // page bumped once the requester has its answer finds the event already in its
+                // socket and never has to wait for it. A non-blocking write; a failure is dealt
+                // with when that session is driven below.
+                let _ = session.flush();
+            }
         }
     }
 

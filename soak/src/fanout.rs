@@ -36,7 +36,7 @@ use crate::{
     attach, connect, fail, kill, stop, wait_readable, Options, Rng, SharedMap, SharedState,
     CHANNEL, NONE,
 };
-use shmem_broker_client::{Client, ErrorCode, SlowConsumer};
+use shmem_broker_client::{Client, ErrorCode, SlowConsumer, TryRecvError};
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -277,7 +277,7 @@ pub fn producer_main(args: &[String]) {
             // Under `block`, a non-blocking send goes to every consumer or to none.
             match producer.try_send_with(len, |buf| format.fill(s, seq, buf)) {
                 Ok(()) => break,
-                Err(err) if err.is_would_block() => {
+                Err(err) if err.is_full() => {
                     if stop.load(Ordering::SeqCst) != 0 {
                         slot.intent.store(NONE, Ordering::SeqCst);
                         return;
@@ -463,10 +463,10 @@ pub fn consumer_main(args: &[String]) {
             Ok(None) => {
                 tally.end_of_stream.fetch_add(1, Ordering::SeqCst);
             }
-            Err(err) if err.is_would_block() => wait_readable(consumer.ready_fd(), 100),
+            Err(err) if err.is_empty() => wait_readable(consumer.ready_fd(), 100),
             // A producer SIGKILLed without end-of-stream, told once; the stream's next producer
             // resumes it, and the sequence numbers judge what arrived.
-            Err(shmem_broker_client::Error::ProducerGone { .. }) => {}
+            Err(TryRecvError::Failed(shmem_broker_client::Error::ProducerGone { .. })) => {}
             Err(err) => fail(&format!(
                 "{} consumer {index}: receive: {err}",
                 KIND_NAMES[kind]

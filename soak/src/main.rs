@@ -43,7 +43,7 @@ mod layout;
 mod message;
 
 use message::{splitmix, Format, Hint};
-use shmem_broker_client::{Client, ErrorCode};
+use shmem_broker_client::{Client, ErrorCode, TryRecvError};
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -278,7 +278,7 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
         loop {
             match producer.try_send_with(len, |buf| format.fill(0, seq, buf)) {
                 Ok(()) => break,
-                Err(err) if err.is_would_block() => {
+                Err(err) if err.is_full() => {
                     if shared.stop_producer.load(Ordering::SeqCst) != 0 {
                         shared.intent_seq.store(NONE, Ordering::SeqCst);
                         return;
@@ -363,10 +363,10 @@ fn consumer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
             Ok(None) => {
                 shared.end_of_stream_marks.fetch_add(1, Ordering::SeqCst);
             }
-            Err(err) if err.is_would_block() => wait_readable(consumer.ready_fd(), 100),
-            // A producer SIGKILLed (or stopped) without end-of-stream, told once; the next
-            // producer resumes the stream, and the sequence numbers judge what arrived.
-            Err(shmem_broker_client::Error::ProducerGone { .. }) => {}
+            Err(err) if err.is_empty() => wait_readable(consumer.ready_fd(), 100),
+            // A producer SIGKILLed without end-of-stream, told once; the stream's next producer
+            // resumes it, and the sequence numbers judge what arrived.
+            Err(TryRecvError::Failed(shmem_broker_client::Error::ProducerGone { .. })) => {}
             Err(err) => fail(&format!("receive: {err}")),
         }
     }

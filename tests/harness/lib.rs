@@ -1442,7 +1442,7 @@ pub fn fill_ring(
     loop {
         match producer.try_send(message) {
             Ok(()) => accepted += 1,
-            Err(e) if e.is_would_block() => return accepted,
+            Err(e) if e.is_full() => return accepted,
             Err(e) => panic!("try_send #{accepted}: {e}"),
         }
         assert!(
