@@ -71,7 +71,12 @@ impl Mapping {
     }
 
     fn generation(&self, role: Role) -> u64 {
-        self.word(offset(role)).load(Ordering::Acquire)
+        // Relaxed, then a fence: on a read-only mapping only relaxed atomic loads are
+        // guaranteed not to write (std's rules for atomics on read-only memory); the fence
+        // gives the Acquire ordering the broker's Release bump pairs with.
+        let value = self.word(offset(role)).load(Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Acquire);
+        value
     }
 }
 
@@ -157,7 +162,7 @@ impl ControlPage {
             return Err(std::io::Error::other("control page has the wrong size"));
         }
         let map = Mapping::new(fd, ProtFlags::READ)?;
-        if map.word(MAGIC_OFFSET).load(Ordering::Acquire) != MAGIC {
+        if map.word(MAGIC_OFFSET).load(Ordering::Relaxed) != MAGIC {
             return Err(std::io::Error::other("control page has a bad magic"));
         }
         Ok(ControlPage { map })

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -411,6 +411,11 @@ impl Server {
         let keep = loop {
             match session.flush() {
                 Ok(true) => {}
+                Ok(false) if session.over_limit() => {
+                    warn!(self.log, "client does not read what the broker sends; disconnecting";
+                        "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                    break false;
+                }
                 Ok(false) => break true, // wait for WRITABLE; do not read more meanwhile
                 Err(err) => {
                     debug!(self.log, "write failed"; "session" => id, "error" => %err);
@@ -437,6 +442,9 @@ impl Server {
                         let count = stray_fds.len();
                         warn!(self.log, "closed file descriptors the client sent uninvited";
                             "count" => count, "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
+                        for fd in &stray_fds {
+                            abort_on_close(fd);
+                        }
                         self.closer.discard(session.peer.uid, count, stray_fds);
                         if self.closer.pending_of(session.peer.uid) >= PENDING_CLOSE_PER_UID {
                             warn!(self.log, "closing connection: too many of its uid's fds are still being closed";
@@ -642,5 +650,18 @@ impl Server {
             quotas,
             last_reload: self.last_reload.clone(),
         }
+    }
+}
+
+/// Makes the close of a socket a client passed abortive (`SO_LINGER` on with 0 s: the kernel
+/// resets the connection and drops unsent data instead of sleeping out the client's linger),
+/// so such fds cannot keep the closer threads busy. Anything else is left as it is.
+fn abort_on_close(fd: &OwnedFd) {
+    let is_socket = rustix::fs::fstat(fd).is_ok_and(|stat| {
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
+    });
+    if is_socket {
+        // Fails harmlessly on sockets without lingering (Unix sockets accept it too).
+        let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
     }
 }

@@ -170,6 +170,12 @@ impl Session {
         self.queued_bytes <= MAX_QUEUED_BYTES
     }
 
+    /// More is queued for the client than it may leave unread (`MAX_QUEUED_BYTES`): replies
+    /// and events alike, so a client that stops reading is disconnected, not buffered for.
+    pub fn over_limit(&self) -> bool {
+        self.queued_bytes > MAX_QUEUED_BYTES
+    }
+
     /// Whether the client's protocol version knows `event`: older clients would take an
     /// unknown event for a broken connection.
     pub fn understands(&self, event: &Event) -> bool {
