@@ -7,6 +7,7 @@
 //! version = 1
 //! socket = "/run/shmem-broker/control.sock"   # default: the client library's discovery
 //! state_dir = "/var/lib/shmem-bridge"         # default: $STATE_DIRECTORY, else that
+//! key_file = "/etc/shmem-broker/bridge.key"   # HMAC key shared by both sides (recommended)
 //! [zenoh]
 //! mode = "peer"                               # or "client"
 //! connect = ["tcp/192.0.2.1:7447"]
@@ -40,6 +41,7 @@ const TOP: &[&str] = &[
     "version",
     "socket",
     "state_dir",
+    "key_file",
     "zenoh",
     "logging",
     "export",
@@ -54,6 +56,7 @@ const IMPORT: &[&str] = &["key", "channel", "name", "capacity"];
 pub struct Config {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub mode: Option<String>,
     pub connect: Vec<String>,
     pub listen: Vec<String>,
@@ -222,6 +225,7 @@ impl Parser<'_> {
                 }
                 "socket" => config.socket = Some(self.string(&path, &span, item)?.into()),
                 "state_dir" => config.state_dir = Some(self.string(&path, &span, item)?.into()),
+                "key_file" => config.key_file = Some(self.string(&path, &span, item)?.into()),
                 "zenoh" => {
                     let table = item
                         .as_table_like()

@@ -14,6 +14,11 @@
 //! nothing. An importer that reports itself idle while behind the batch (it lost items on the
 //! way: a link cut, a restart) for two heartbeats is sent the rest of the batch again.
 //!
+//! With a key file ([`crate::auth`]) every item is tagged, acks without the right tag are
+//! dropped (never counted as stored), and a running importer that is not named is waited for
+//! only once it has sent an authenticated ack (so a forged liveliness token cannot hold the
+//! export).
+//!
 //! On a channel whose `slow_consumer` policy is `drop`, none of this: samples are published
 //! with Zenoh's drop congestion control, the batch is released at once, and importers report
 //! the gaps.
@@ -33,7 +38,8 @@ use zenoh::sample::SampleKind;
 use zenoh::{Session, Wait};
 
 use crate::attach_retrying;
-use crate::wire::{self, Ack, Item, Kind, HEARTBEAT};
+use crate::auth::{Auth, Rejects};
+use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 
 /// Most items per batch; the ring's capacity bounds the bytes.
 const MAX_BATCH: usize = 4096;
@@ -64,6 +70,7 @@ pub fn run(
     session: &Session,
     socket: &std::path::Path,
     spec: &ExportSpec,
+    auth: Option<&Arc<Auth>>,
     log: &Logger,
 ) -> anyhow::Result<()> {
     let log = log.new(slog::o!("export" => spec.channel.clone(), "key" => spec.key.clone()));
@@ -72,6 +79,8 @@ pub fn run(
     let acks = {
         let shared = shared.clone();
         let log = log.clone();
+        let auth = auth.cloned();
+        let rejects = Rejects::new("acks");
         session
             .declare_subscriber(wire::ack_wildcard(&spec.key))
             .callback(move |sample| {
@@ -79,12 +88,15 @@ pub fn run(
                 let Some(name) = wire::importer_of(key).map(str::to_string) else {
                     return;
                 };
-                match Ack::decode(&sample.payload().to_bytes()) {
+                match wire::open_ack(auth.as_deref(), key, &sample.payload().to_bytes()) {
                     Ok(ack) => {
                         lock(&shared).acks.insert(name, ack);
                         shared.1.notify_all();
                     }
-                    Err(e) => debug!(log, "ignored a malformed ack"; "from" => name, "error" => e),
+                    Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
+                    Err(Refused::Malformed(e)) => {
+                        debug!(log, "ignored a malformed ack"; "from" => name, "error" => e)
+                    }
                 }
             })
             .wait()
@@ -149,6 +161,7 @@ pub fn run(
         shared: &shared,
         log: &log,
         lossy,
+        auth: auth.map(|a| &**a),
     };
     let failed = exporter.pump(&mut consumer);
     drop((acks, live));
@@ -161,11 +174,15 @@ struct Exporter<'a> {
     shared: &'a Shared,
     log: &'a Logger,
     lossy: bool,
+    auth: Option<&'a Auth>,
 }
+
+/// An item published, kept until the importers hold it: header, payload, attachment.
+type Pending = (Item, ZBytes, ZBytes);
 
 impl Exporter<'_> {
     fn pump(&self, consumer: &mut Consumer) -> anyhow::Result<std::convert::Infallible> {
-        let pending: RefCell<Vec<(Item, ZBytes)>> = RefCell::new(Vec::new());
+        let pending: RefCell<Vec<Pending>> = RefCell::new(Vec::new());
         loop {
             pending.borrow_mut().clear();
             consumer
@@ -187,9 +204,12 @@ impl Exporter<'_> {
                             from,
                             to,
                         };
+                        let attachment =
+                            ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, bytes));
                         let payload = ZBytes::from(bytes.to_vec());
-                        self.put(&item, &payload);
-                        pending.borrow_mut().push((item, payload));
+                        let sample = (item, payload, attachment);
+                        self.put(&sample);
+                        pending.borrow_mut().push(sample);
                     },
                     |_| self.confirmed(&pending.borrow()),
                 )
@@ -197,11 +217,11 @@ impl Exporter<'_> {
         }
     }
 
-    fn put(&self, item: &Item, payload: &ZBytes) {
+    fn put(&self, (item, payload, attachment): &Pending) {
         if let Err(e) = self
             .publisher
             .put(payload.clone())
-            .attachment(item.encode())
+            .attachment(attachment.clone())
             .wait()
         {
             // Not sent: the importers will report themselves behind, and it is sent again.
@@ -210,8 +230,8 @@ impl Exporter<'_> {
     }
 
     /// Returns (true) once every importer waited for holds the whole batch.
-    fn confirmed(&self, batch: &[(Item, ZBytes)]) -> bool {
-        let Some(end) = batch.last().map(|(item, _)| item.to) else {
+    fn confirmed(&self, batch: &[Pending]) -> bool {
+        let Some(end) = batch.last().map(|(item, _, _)| item.to) else {
             return true;
         };
         if self.lossy {
@@ -222,7 +242,13 @@ impl Exporter<'_> {
         let mut announced_wait = false;
         let mut importers = lock(self.shared);
         loop {
-            let mut waited: BTreeSet<String> = importers.live.clone();
+            // With a key, a liveliness token alone (anyone can declare one) is not enough.
+            let mut waited: BTreeSet<String> = importers
+                .live
+                .iter()
+                .filter(|name| self.auth.is_none() || importers.acks.contains_key(*name))
+                .cloned()
+                .collect();
             waited.extend(self.spec.importers.iter().cloned());
             let behind: Vec<(String, Option<Ack>)> = waited
                 .iter()
@@ -256,11 +282,11 @@ impl Exporter<'_> {
             }
             if let Some(from) = resend_from {
                 drop(importers);
-                let again: Vec<_> = batch.iter().filter(|(item, _)| item.to > from).collect();
+                let again: Vec<_> = batch.iter().filter(|(item, _, _)| item.to > from).collect();
                 info!(self.log, "sending again what an importer lost on the way";
                       "after" => from, "messages" => again.len());
-                for (item, payload) in again {
-                    self.put(item, payload);
+                for sample in again {
+                    self.put(sample);
                 }
                 importers = lock(self.shared);
                 continue;

@@ -12,6 +12,7 @@
 //! [`wire`], [`export`], [`import`] and [`state`]; the README's "Between hosts" section sums
 //! them up.
 
+mod auth;
 mod config;
 mod export;
 mod import;
@@ -19,6 +20,7 @@ mod state;
 mod wire;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -66,6 +68,10 @@ struct Net {
     /// Zenoh mode: peer (default) or client (through a router).
     #[arg(long, value_name = "MODE", value_parser = ["peer", "client"])]
     mode: Option<String>,
+    /// Shared key (16+ bytes, mode 0600) authenticating every item and ack with HMAC-SHA256;
+    /// samples failing it are dropped and reported. Give the same file to both sides.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -169,13 +175,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for name in &importers {
                 wire::check_name(name).map_err(anyhow::Error::msg)?;
             }
+            let auth = load_auth(net.key_file.as_deref(), &log)?;
             let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), &log)?;
             let spec = ExportSpec {
                 channel,
                 key,
                 importers,
             };
-            export::run(&session, &socket_path(net.socket), &spec, &log)
+            export::run(
+                &session,
+                &socket_path(net.socket),
+                &spec,
+                auth.as_ref(),
+                &log,
+            )
         }
         (
             Some(Command::Import {
@@ -195,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|text| shmem_broker_client::size::parse_size(&text))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
+            let auth = load_auth(net.key_file.as_deref(), &log)?;
             let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), &log)?;
             let spec = ImportSpec {
                 key,
@@ -203,7 +217,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 create_capacity,
             };
             let state_dir = state_dir.unwrap_or_else(default_state_dir);
-            import::run(&session, &socket_path(net.socket), &state_dir, &spec, &log)
+            import::run(
+                &session,
+                &socket_path(net.socket),
+                &state_dir,
+                &spec,
+                auth.as_ref(),
+                &log,
+            )
         }
     }
 }
@@ -217,7 +238,10 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
         connect: file.connect.clone(),
         listen: file.listen.clone(),
         mode: file.mode.clone(),
+        key_file: file.key_file.clone(),
     };
+    let auth = load_auth(net.key_file.as_deref(), log)?;
+    let auth = auth.as_ref();
     let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), log)?;
     let socket = socket_path(net.socket);
     let state_dir = file.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -225,7 +249,7 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
         for spec in &file.exports {
             let (session, socket, log) = (&session, &socket, log.clone());
             scope.spawn(move || loop {
-                if let Err(e) = export::run(session, socket, spec, &log) {
+                if let Err(e) = export::run(session, socket, spec, auth, &log) {
                     error!(log, "export stopped; starting it again in 1 s"; "channel" => &spec.channel, "error" => format!("{e:#}"));
                 }
                 std::thread::sleep(Duration::from_secs(1));
@@ -234,7 +258,7 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
         for spec in &file.imports {
             let (session, socket, state_dir, log) = (&session, &socket, &state_dir, log.clone());
             scope.spawn(move || loop {
-                if let Err(e) = import::run(session, socket, state_dir, spec, &log) {
+                if let Err(e) = import::run(session, socket, state_dir, spec, auth, &log) {
                     error!(log, "import stopped; starting it again in 1 s"; "channel" => &spec.channel, "error" => format!("{e:#}"));
                 }
                 std::thread::sleep(Duration::from_secs(1));
@@ -242,6 +266,23 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The shared key, if a key file is given; without one, says that anyone who can publish on
+/// the keys can inject or forge.
+fn load_auth(path: Option<&Path>, log: &Logger) -> anyhow::Result<Option<Arc<auth::Auth>>> {
+    match path {
+        Some(path) => {
+            let auth =
+                auth::Auth::load(path).with_context(|| format!("key file {}", path.display()))?;
+            info!(log, "items and acks authenticated (HMAC-SHA256)"; "key_file" => %path.display());
+            Ok(Some(Arc::new(auth)))
+        }
+        None => {
+            warn!(log, "no key file: anyone who can publish on the Zenoh keys can inject messages or forge positions (see --key-file)");
+            Ok(None)
+        }
+    }
 }
 
 fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
