@@ -592,3 +592,62 @@ fn hostile_publisher_on_the_key_cannot_inject_or_forge_positions() {
         rogue.stderr_text()
     );
 }
+
+/// SIGTERM to either bridge mid-stream: it takes nothing new, finishes what is in flight (the
+/// exporter's batch confirmed and released from its ring, the importer's item stored and
+/// acked), logs "stopped: drained" and exits 0; started again, the stream goes on with nothing
+/// lost or repeated. Because the exporter released its batch before exiting, the next exporter
+/// sends nothing twice: the importer never drops a duplicate (a bridge that exits at once
+/// leaves its batch unreleased, and the next one sends it again).
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn sigterm_drains_in_flight_work_and_exits_0() {
+    require_root();
+    let mut link = link_one("256KiB");
+    let (count, len) = (20_000u64, 512);
+    let producer = produce(link.a.socket_path().to_path_buf(), "out", count, len);
+    let client = link.b.client();
+    let mut stops = Vec::new();
+    let mut import_logs = String::new();
+    consume_in_order(&client, "in", count, len, |got| {
+        if got == count / 3 {
+            link.export.signal(libc::SIGTERM);
+            stops.push((
+                "exporter",
+                link.export.wait_exit(WAIT),
+                link.export.stderr_text(),
+            ));
+            link.export = exporter(&link.hosts.a, &link.a, "out", "test/out", &["hostB"]);
+        } else if got == 2 * count / 3 {
+            link.import.signal(libc::SIGTERM);
+            stops.push((
+                "importer",
+                link.import.wait_exit(WAIT),
+                link.import.stderr_text(),
+            ));
+            import_logs.push_str(&link.import.stderr_text());
+            link.import = importer(
+                &link.hosts.b,
+                &link.b,
+                link.state.path(),
+                "in",
+                "test/out",
+                "hostB",
+            );
+        }
+    });
+    producer.join(WAIT);
+    assert_eq!(stops.len(), 2);
+    for (which, status, log) in &stops {
+        assert!(status.success(), "{which} exited {status}: {log}");
+        assert!(
+            log.contains("stopped: drained"),
+            "{which} did not drain: {log}"
+        );
+    }
+    // The importer that ran across the exporter's stop saw nothing twice.
+    assert!(
+        !import_logs.contains("duplicates dropped"),
+        "the restarted exporter sent again what the stopped one had delivered: {import_logs}"
+    );
+}

@@ -23,7 +23,7 @@
 //! with Zenoh's drop congestion control, the batch is released at once, and importers report
 //! the gaps.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -183,12 +183,27 @@ type Pending = (Item, ZBytes, ZBytes);
 impl Exporter<'_> {
     fn pump(&self, consumer: &mut Consumer) -> anyhow::Result<std::convert::Infallible> {
         let pending: RefCell<Vec<Pending>> = RefCell::new(Vec::new());
+        // The batch in flight (stopping waits for it), or refused because stopping.
+        let work: RefCell<Option<crate::Work>> = RefCell::new(None);
+        let refused = Cell::new(false);
         loop {
             pending.borrow_mut().clear();
             consumer
                 .recv_batch_confirmed(
                     MAX_BATCH,
                     |from, to, read| {
+                        if refused.get() {
+                            return;
+                        }
+                        if work.borrow().is_none() {
+                            match crate::begin_work() {
+                                Some(started) => *work.borrow_mut() = Some(started),
+                                None => {
+                                    refused.set(true);
+                                    return;
+                                }
+                            }
+                        }
                         let (kind, bytes) = match read {
                             ReadItem::Message(bytes) => (Kind::Message, bytes),
                             ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
@@ -211,9 +226,15 @@ impl Exporter<'_> {
                         self.put(&sample);
                         pending.borrow_mut().push(sample);
                     },
-                    |_| self.confirmed(&pending.borrow()),
+                    // A refused batch stays in the ring for the next run.
+                    |_| !refused.get() && self.confirmed(&pending.borrow()),
                 )
                 .with_context(|| format!("read channel {}", self.spec.channel))?;
+            // Released (or left in the ring): no longer in flight.
+            drop(work.borrow_mut().take());
+            if refused.get() {
+                crate::wait_for_the_end();
+            }
         }
     }
 

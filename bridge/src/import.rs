@@ -235,6 +235,10 @@ pub fn run(
             importer.duplicates.report(&log);
             continue;
         };
+        // Stopping: the item stays unstored; the exporter still holds it for the next run.
+        let Some(work) = crate::begin_work() else {
+            crate::wait_for_the_end();
+        };
         progress.busy.store(true, Ordering::Release);
         importer.take(item, &payload)?;
         progress
@@ -242,7 +246,7 @@ pub fn run(
             .store(importer.last.unwrap_or(0), Ordering::Release);
         progress.busy.store(false, Ordering::Release);
         since_ack += 1;
-        if since_ack >= ACK_EVERY || inbox.is_empty() {
+        if since_ack >= ACK_EVERY || inbox.is_empty() || crate::stopping() {
             since_ack = 0;
             let ack = Ack {
                 last: importer.last.unwrap_or(0),
@@ -252,6 +256,7 @@ pub fn run(
                 .put(wire::seal_ack(auth.map(|a| &**a), &ack_key, &ack))
                 .wait();
         }
+        drop(work);
     }
 }
 

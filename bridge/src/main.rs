@@ -20,8 +20,9 @@ mod state;
 mod wire;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -289,9 +290,50 @@ fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
     discovery::client_socket_path(explicit)
 }
 
-/// SIGTERM and SIGINT end the process at once: the exporter releases nothing from its ring
-/// before the importers hold it, and the importer records each item before storing it, so
-/// stopping anywhere is as safe as a SIGKILL, which is what the tests do.
+/// Set by SIGTERM/SIGINT: exporters and importers take no new work.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Exporters holding a published, unconfirmed batch and importers storing an item.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// How long a stop waits for work in flight (an importer that never acks would hold it).
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A piece of work the process finishes before it stops; see [`begin_work`].
+pub struct Work(());
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts a piece of work (an exporter's batch, an importer's item), or `None` once the process
+/// is stopping: the caller then takes nothing new and waits to be ended. The count goes up
+/// before the flag is read and the signal thread sets the flag before reading the count (both
+/// SeqCst): either the work is refused or the stop waits for it.
+pub fn begin_work() -> Option<Work> {
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let work = Work(());
+    (!STOPPING.load(Ordering::SeqCst)).then_some(work)
+}
+
+/// Whether a stop signal came.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Parks the calling thread for good: the signal thread ends the process.
+pub fn wait_for_the_end() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// SIGTERM and SIGINT drain, then exit 0: no exporter publishes a new batch and no importer
+/// takes a new item; an exporter's batch in flight is confirmed by its importers and released
+/// from its ring, an importer's item is stored and acked; at most [`DRAIN`], then exit anyway
+/// (what was in flight is sent again by the next run: the exporter releases nothing its
+/// importers do not hold, and the importer records each item before storing it, so stopping
+/// anywhere is as safe as a SIGKILL). A second signal exits at once.
 fn stop_on_signals(log: &Logger) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .context("install signal handlers")?;
@@ -299,10 +341,24 @@ fn stop_on_signals(log: &Logger) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                info!(log, "stopping"; "signal" => signal);
-                std::process::exit(0);
+            let Some(signal) = signals.forever().next() else {
+                return;
+            };
+            info!(log, "stopping: finishing the work in flight"; "signal" => signal);
+            STOPPING.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + DRAIN;
+            while IN_FLIGHT.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                if signals.pending().next().is_some() {
+                    warn!(log, "second signal: stopping at once");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
+            match IN_FLIGHT.load(Ordering::SeqCst) {
+                0 => info!(log, "stopped: drained"),
+                left => warn!(log, "stopped with work in flight (the next run sends it again)"; "in_flight" => left),
+            }
+            std::process::exit(0);
         })
         .context("start the signal thread")?;
     Ok(())
