@@ -421,6 +421,51 @@ mod tests {
         assert_eq!(config.connect, vec!["tcp/10.77.0.1:7447".to_string()]);
     }
 
+    /// config/bridge.toml (installed as /etc/shmem-broker/bridge.toml) is read as shipped,
+    /// names every key this parser knows, and is still valid with every commented-out
+    /// `#key = value` line switched on.
+    #[test]
+    fn the_example_config_is_valid_and_shows_every_key() {
+        let text = include_str!("../../config/bridge.toml");
+        let path = Path::new("config/bridge.toml");
+        let config = parse(text, path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.exports.len(), 1);
+        assert_eq!(config.imports.len(), 1);
+        for key in TOP
+            .iter()
+            .chain(ZENOH)
+            .chain(LOGGING)
+            .chain(EXPORT)
+            .chain(IMPORT)
+        {
+            let shown = text.lines().any(|line| {
+                let line = line.trim_start_matches('#');
+                line.starts_with(&format!("{key} ="))
+                    || line.starts_with(&format!("[{key}]"))
+                    || line.starts_with(&format!("[[{key}]]"))
+            });
+            assert!(shown, "config/bridge.toml does not show `{key}`");
+        }
+        let all_on: String = text
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&all_on, path).unwrap_or_else(|e| panic!("{e}\n{all_on}"));
+        assert!(config.socket.is_some() && config.state_dir.is_some());
+        assert!(config.key_file.is_some() && !config.connect.is_empty());
+        assert_eq!(config.imports[0].create_capacity, Some(16 << 20));
+    }
+
     #[test]
     fn errors_name_file_line_column_and_key() {
         assert_eq!(
