@@ -43,6 +43,11 @@ use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 
 /// Most items per batch; the ring's capacity bounds the bytes.
 const MAX_BATCH: usize = 4096;
+/// Messages up to this size travel packed, several to a sample ([`wire::pack_item`]): one
+/// Zenoh sample per 64-byte message would cost more than the message.
+const PACK_ITEM_MAX: usize = 8 << 10;
+/// A pack is published once it holds this many bytes (and at the end of each batch).
+const PACK_BYTES: usize = 60 << 10;
 
 #[derive(Clone, Debug)]
 pub struct ExportSpec {
@@ -186,8 +191,12 @@ impl Exporter<'_> {
         // The batch in flight (stopping waits for it), or refused because stopping.
         let work: RefCell<Option<crate::Work>> = RefCell::new(None);
         let refused = Cell::new(false);
+        // Small items waiting to go out together: payload, and the positions it spans.
+        let pack: RefCell<(Vec<u8>, Option<(u64, u64)>)> = RefCell::new((Vec::new(), None));
+        let first = Cell::new(true);
         loop {
             pending.borrow_mut().clear();
+            first.set(true);
             consumer
                 .recv_batch_confirmed(
                     MAX_BATCH,
@@ -210,7 +219,7 @@ impl Exporter<'_> {
                             ReadItem::Padding => (Kind::Padding, &[][..]),
                         };
                         let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
-                        if pending.borrow().is_empty() {
+                        if first.replace(false) {
                             flags |= wire::FLAG_OLDEST;
                         }
                         let item = Item {
@@ -219,15 +228,27 @@ impl Exporter<'_> {
                             from,
                             to,
                         };
-                        let attachment =
-                            ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, bytes));
-                        let payload = ZBytes::from(bytes.to_vec());
-                        let sample = (item, payload, attachment);
-                        self.put(&sample);
-                        pending.borrow_mut().push(sample);
+                        if bytes.len() > PACK_ITEM_MAX {
+                            self.flush(&pack, &pending);
+                            self.publish(item, bytes.to_vec(), &pending);
+                            return;
+                        }
+                        let full = {
+                            let mut pack = pack.borrow_mut();
+                            wire::pack_item(&mut pack.0, &item, bytes);
+                            let span = pack.1.map_or((from, to), |(start, _)| (start, to));
+                            pack.1 = Some(span);
+                            pack.0.len() >= PACK_BYTES
+                        };
+                        if full {
+                            self.flush(&pack, &pending);
+                        }
                     },
                     // A refused batch stays in the ring for the next run.
-                    |_| !refused.get() && self.confirmed(&pending.borrow()),
+                    |_| {
+                        self.flush(&pack, &pending);
+                        !refused.get() && self.confirmed(&pending.borrow())
+                    },
                 )
                 .with_context(|| format!("read channel {}", self.spec.channel))?;
             // Released (or left in the ring): no longer in flight.
@@ -236,6 +257,36 @@ impl Exporter<'_> {
                 crate::wait_for_the_end();
             }
         }
+    }
+
+    /// Publishes the pack being filled, if any.
+    fn flush(
+        &self,
+        pack: &RefCell<(Vec<u8>, Option<(u64, u64)>)>,
+        pending: &RefCell<Vec<Pending>>,
+    ) {
+        let (payload, span) = {
+            let mut pack = pack.borrow_mut();
+            (std::mem::take(&mut pack.0), pack.1.take())
+        };
+        let Some((from, to)) = span else {
+            return;
+        };
+        let item = Item {
+            kind: Kind::Pack,
+            flags: if self.lossy { wire::FLAG_LOSSY } else { 0 },
+            from,
+            to,
+        };
+        self.publish(item, payload, pending);
+    }
+
+    /// Publishes one sample and keeps it until the batch is confirmed.
+    fn publish(&self, item: Item, payload: Vec<u8>, pending: &RefCell<Vec<Pending>>) {
+        let attachment = ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, &payload));
+        let sample = (item, ZBytes::from(payload), attachment);
+        self.put(&sample);
+        pending.borrow_mut().push(sample);
     }
 
     fn put(&self, (item, payload, attachment): &Pending) {

@@ -180,6 +180,14 @@ pub fn run(
                 };
                 let payload = sample.payload().to_bytes();
                 match wire::open_item(auth.as_deref(), &key, &attachment.to_bytes(), &payload) {
+                    Ok(item) if item.kind == Kind::Pack => match wire::unpack(&payload) {
+                        Ok(items) => {
+                            for (item, bytes) in items {
+                                inbox.push(item, bytes.to_vec());
+                            }
+                        }
+                        Err(e) => debug!(log, "ignored a malformed pack"; "error" => e),
+                    },
                     Ok(item) => inbox.push(item, payload.into_owned()),
                     Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
                     Err(Refused::Malformed(e)) => {
@@ -323,6 +331,10 @@ struct Importer<'a> {
 
 impl Importer<'_> {
     fn take(&mut self, item: Item, payload: &[u8]) -> anyhow::Result<()> {
+        if item.kind == Kind::Pack {
+            // Unpacked on arrival; a pack is never an item of the stream.
+            return Ok(());
+        }
         if let Some(last) = self.last {
             if item.to <= last {
                 self.duplicates.add(&item, self.log);

@@ -5,6 +5,10 @@
 //!   its stream positions `from`..`to` in the exported ring. The positions number the stream:
 //!   one item's `to` is the next one's `from`, so a receiver that remembers the last `to` it
 //!   stored tells a duplicate (`to <= last`) and a gap (`from > last`) apart from the next item.
+//!   Small items travel packed, several to a sample ([`Kind::Pack`], [`pack_item`],
+//!   [`unpack`]): the sample's attachment spans their positions, its payload holds each
+//!   item's header, length and bytes; the receiver takes them one by one as if each had come
+//!   alone.
 //! * `KEY/@ack/NAME`: the importer named NAME reports ([`Ack`]) the last position it stored in
 //!   its local channel, whether it is idle, and its state, after each item and every
 //!   [`HEARTBEAT`].
@@ -27,6 +31,9 @@ const VERSION: u8 = 1;
 const KIND_MESSAGE: u8 = 1;
 const KIND_END_OF_STREAM: u8 = 2;
 const KIND_PADDING: u8 = 3;
+const KIND_PACK: u8 = 4;
+/// Bytes before each packed item's bytes: its header, then its length (u64, little-endian).
+pub const PACKED_HEADER: usize = ITEM_LEN + 8;
 const ITEM_LEN: usize = 24;
 const ACK_LEN: usize = 24;
 
@@ -38,6 +45,8 @@ pub enum Kind {
     /// Padding of the exported ring (empty payload): stored nowhere, only recorded, so that
     /// the positions stay contiguous.
     Padding,
+    /// Several items in one sample; never stored as such (see [`unpack`]).
+    Pack,
 }
 
 /// Item flag: the export's channel has policy `drop`; gaps are expected, store past them.
@@ -64,6 +73,7 @@ impl Item {
             Kind::Message => KIND_MESSAGE,
             Kind::EndOfStream => KIND_END_OF_STREAM,
             Kind::Padding => KIND_PADDING,
+            Kind::Pack => KIND_PACK,
         });
         out.push(self.flags);
         out.extend_from_slice(&[0; 5]);
@@ -89,6 +99,7 @@ impl Item {
             KIND_MESSAGE => Kind::Message,
             KIND_END_OF_STREAM => Kind::EndOfStream,
             KIND_PADDING => Kind::Padding,
+            KIND_PACK => Kind::Pack,
             other => return Err(format!("unknown item kind {other}")),
         };
         let flags = bytes[2];
@@ -107,6 +118,41 @@ impl Item {
             to,
         })
     }
+}
+
+/// Appends `item` with its bytes to a pack's payload.
+pub fn pack_item(pack: &mut Vec<u8>, item: &Item, bytes: &[u8]) {
+    pack.extend_from_slice(&item.encode());
+    pack.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    pack.extend_from_slice(bytes);
+}
+
+/// The items of a pack's payload, each checked like a sample's attachment (a pack inside a
+/// pack, a length past the end, bytes on a padding or end-of-stream item: refused whole).
+pub fn unpack(mut payload: &[u8]) -> Result<Vec<(Item, &[u8])>, String> {
+    let mut items = Vec::new();
+    while !payload.is_empty() {
+        if payload.len() < PACKED_HEADER {
+            return Err(format!(
+                "pack: {} bytes left, less than a header",
+                payload.len()
+            ));
+        }
+        let item = Item::decode(&payload[..ITEM_LEN])?;
+        let len = usize::try_from(u64_at(payload, ITEM_LEN))
+            .ok()
+            .filter(|&len| len <= payload.len() - PACKED_HEADER)
+            .ok_or_else(|| "pack: an item longer than the pack".to_string())?;
+        if item.kind == Kind::Pack || (item.kind != Kind::Message && len != 0) {
+            return Err(format!(
+                "pack: a {:?} item of {len} bytes inside",
+                item.kind
+            ));
+        }
+        items.push((item, &payload[PACKED_HEADER..PACKED_HEADER + len]));
+        payload = &payload[PACKED_HEADER + len..];
+    }
+    Ok(items)
 }
 
 /// An importer's report.
@@ -300,6 +346,44 @@ mod tests {
         backwards[16..24].copy_from_slice(&3u64.to_le_bytes());
         assert!(Item::decode(&backwards).is_err());
         assert!(Ack::decode(&[9; 24]).is_err());
+    }
+
+    #[test]
+    fn packs_round_trip_and_bad_packs_are_refused() {
+        let a = Item {
+            kind: Kind::Message,
+            flags: FLAG_OLDEST,
+            from: 0,
+            to: 16,
+        };
+        let b = Item {
+            kind: Kind::EndOfStream,
+            flags: 0,
+            from: 16,
+            to: 24,
+        };
+        let mut pack = Vec::new();
+        pack_item(&mut pack, &a, b"hello");
+        pack_item(&mut pack, &b, b"");
+        assert_eq!(unpack(&pack), Ok(vec![(a, &b"hello"[..]), (b, &b""[..])]));
+        assert!(unpack(&pack[..pack.len() - 1]).is_err());
+        let mut long = Vec::new();
+        pack_item(&mut long, &a, b"x");
+        long[ITEM_LEN..PACKED_HEADER].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(unpack(&long).is_err());
+        let mut nested = Vec::new();
+        pack_item(
+            &mut nested,
+            &Item {
+                kind: Kind::Pack,
+                ..a
+            },
+            b"",
+        );
+        assert!(unpack(&nested).is_err());
+        let mut eos_bytes = Vec::new();
+        pack_item(&mut eos_bytes, &b, b"x");
+        assert!(unpack(&eos_bytes).is_err());
     }
 
     #[test]
