@@ -185,14 +185,16 @@ struct Exporter<'a> {
 /// An item published, kept until the importers hold it: header, payload, attachment.
 type Pending = (Item, ZBytes, ZBytes);
 
+/// Small items waiting to go out together: the pack's payload, and the positions it spans.
+type Pack = RefCell<(Vec<u8>, Option<(u64, u64)>)>;
+
 impl Exporter<'_> {
     fn pump(&self, consumer: &mut Consumer) -> anyhow::Result<std::convert::Infallible> {
         let pending: RefCell<Vec<Pending>> = RefCell::new(Vec::new());
         // The batch in flight (stopping waits for it), or refused because stopping.
         let work: RefCell<Option<crate::Work>> = RefCell::new(None);
         let refused = Cell::new(false);
-        // Small items waiting to go out together: payload, and the positions it spans.
-        let pack: RefCell<(Vec<u8>, Option<(u64, u64)>)> = RefCell::new((Vec::new(), None));
+        let pack: Pack = RefCell::new((Vec::new(), None));
         let first = Cell::new(true);
         loop {
             pending.borrow_mut().clear();
@@ -260,11 +262,7 @@ impl Exporter<'_> {
     }
 
     /// Publishes the pack being filled, if any.
-    fn flush(
-        &self,
-        pack: &RefCell<(Vec<u8>, Option<(u64, u64)>)>,
-        pending: &RefCell<Vec<Pending>>,
-    ) {
+    fn flush(&self, pack: &Pack, pending: &RefCell<Vec<Pending>>) {
         let (payload, span) = {
             let mut pack = pack.borrow_mut();
             (std::mem::take(&mut pack.0), pack.1.take())
