@@ -1,5 +1,6 @@
 #!/bin/bash
-# Install (or uninstall) shmem-broker: binaries, systemd units, system users, example config, docs.
+# Install (or uninstall) shmem-broker and shmem-bridge: binaries, systemd units, system users,
+# example configs, docs.
 #
 #   systemd/install.sh [--prefix PREFIX] [--from DIR] [--uninstall]
 #
@@ -12,15 +13,18 @@
 #                    touched, and systemd-sysusers / systemctl are not run
 #
 # Layout (PREFIX=/usr/local):
-#   PREFIX/bin/shmem-broker, PREFIX/bin/shmemctl
-#   /etc/systemd/system/shmem-broker.{socket,service}   (PREFIX=/usr: /usr/lib/systemd/system)
+#   PREFIX/bin/shmem-broker, PREFIX/bin/shmemctl, PREFIX/bin/shmem-bridge
+#   /etc/systemd/system/shmem-broker.{socket,service}, shmem-bridge.service
+#                                                       (PREFIX=/usr: /usr/lib/systemd/system)
 #   PREFIX/lib/sysusers.d/shmem-broker.conf
-#   /etc/shmem-broker/shmem-broker.toml                 (never overwritten: a changed example
+#   /etc/shmem-broker/shmem-broker.toml, bridge.toml    (never overwritten: a changed example
 #                                                        goes next to it as .toml.new)
-#   PREFIX/share/doc/shmem-broker/{README.md,PROTOCOL.md}
+#   PREFIX/share/doc/shmem-broker/{README.md,PROTOCOL.md,bridge.md}
 # Afterwards (DESTDIR empty): systemd-sysusers creates the shmem-broker user and the shmem
 # group, and systemd reloads its units if it is running. Start with:
 #   systemctl enable --now shmem-broker.socket
+# and, once /etc/shmem-broker/bridge.toml describes your exports and imports:
+#   systemctl enable --now shmem-bridge.service
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,11 +57,12 @@ if [ "$PREFIX" = /usr ]; then UNITDIR=/usr/lib/systemd/system; else UNITDIR=/etc
 SYSUSERSDIR=${PREFIX%/}/lib/sysusers.d
 DOCDIR=${PREFIX%/}/share/doc/shmem-broker
 CONFDIR=/etc/shmem-broker
-CONFIG=$CONFDIR/shmem-broker.toml
-EXAMPLE_CONFIG=$REPO/config/shmem-broker.toml
-UNITS="shmem-broker.socket shmem-broker.service"
-BINARIES="shmem-broker shmemctl"
-DOCS="README.md PROTOCOL.md"
+CONFIGS="shmem-broker.toml bridge.toml"   # config/NAME -> $CONFDIR/NAME
+UNITS="shmem-broker.socket shmem-broker.service shmem-bridge.service"
+BINARIES="shmem-broker shmemctl shmem-bridge"
+DOCS="README.md PROTOCOL.md bridge/README.md:bridge.md"   # SOURCE[:INSTALLED NAME]
+doc_src() { echo "${1%%:*}"; }
+doc_dst() { case "$1" in *:*) echo "${1#*:}";; *) echo "$1";; esac; }
 
 # Acting on the real system (not staging into DESTDIR) with systemd running?
 live_systemd() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
@@ -83,17 +88,19 @@ if [ "$UNINSTALL" = yes ]; then
   for bin in $BINARIES; do remove "$BINDIR/$bin"; done
   for unit in $UNITS; do remove "$UNITDIR/$unit"; done
   remove "$SYSUSERSDIR/shmem-broker.conf"
-  for doc in $DOCS; do remove "$DOCDIR/$doc"; done
+  for doc in $DOCS; do remove "$DOCDIR/$(doc_dst "$doc")"; done
   remove_dir_if_empty "$DOCDIR"
-  # The config stays if anyone changed it; so does a .new that differs from this version's.
-  for file in "$CONFIG" "$CONFIG.new"; do
-    if [ -e "$DESTDIR$file" ]; then
-      if cmp -s "$DESTDIR$file" "$EXAMPLE_CONFIG"; then
-        remove "$file"
-      else
-        say "kept $DESTDIR$file (edited; remove it yourself if it is no longer wanted)"
+  # A config stays if anyone changed it; so does a .new that differs from this version's.
+  for name in $CONFIGS; do
+    for file in "$CONFDIR/$name" "$CONFDIR/$name.new"; do
+      if [ -e "$DESTDIR$file" ]; then
+        if cmp -s "$DESTDIR$file" "$REPO/config/$name"; then
+          remove "$file"
+        else
+          say "kept $DESTDIR$file (edited; remove it yourself if it is no longer wanted)"
+        fi
       fi
-    fi
+    done
   done
   remove_dir_if_empty "$CONFDIR"
   if live_systemd; then say "systemctl daemon-reload"; systemctl daemon-reload; fi
@@ -116,8 +123,10 @@ fi
 for bin in $BINARIES; do
   [ -x "$FROM/$bin" ] || die "$FROM/$bin not found: run 'cargo build --release' in $REPO first"
 done
-for file in "$REPO/systemd/shmem-broker.socket" "$REPO/systemd/shmem-broker.service" \
-            "$REPO/systemd/shmem-broker.sysusers" "$EXAMPLE_CONFIG"; do
+for file in $(for unit in $UNITS; do echo "$REPO/systemd/$unit"; done) \
+            "$REPO/systemd/shmem-broker.sysusers" \
+            $(for name in $CONFIGS; do echo "$REPO/config/$name"; done) \
+            $(for doc in $DOCS; do echo "$REPO/$(doc_src "$doc")"; done); do
   [ -f "$file" ] || die "$file is missing from the source tree"
 done
 case "$PREFIX" in
@@ -136,11 +145,14 @@ done
 tmp=$(mktemp -d); trap 'rm -rf -- "$tmp"' EXIT
 for unit in $UNITS; do
   sed -e "s|^ExecStart=[^ ]*/shmem-broker\\b|ExecStart=$BINDIR/shmem-broker|" \
+      -e "s|^ExecStart=[^ ]*/shmem-bridge\\b|ExecStart=$BINDIR/shmem-bridge|" \
       -e "s|file:///[^ ]*/share/doc/shmem-broker/|file://$DOCDIR/|g" \
       "$REPO/systemd/$unit" > "$tmp/$unit"
 done
 grep -qx "ExecStart=$BINDIR/shmem-broker\( .*\)\{0,1\}" "$tmp/shmem-broker.service" ||
   die "could not point ExecStart= of shmem-broker.service at $BINDIR/shmem-broker"
+grep -qx "ExecStart=$BINDIR/shmem-bridge\( .*\)\{0,1\}" "$tmp/shmem-bridge.service" ||
+  die "could not point ExecStart= of shmem-bridge.service at $BINDIR/shmem-bridge"
 for unit in $UNITS; do
   install -m 0644 "$tmp/$unit" "$DESTDIR$UNITDIR/$unit"
   say "installed $DESTDIR$UNITDIR/$unit ($(grep -m1 -E '^(ExecStart|ListenStream)=' "$tmp/$unit"))"
@@ -150,21 +162,25 @@ install -m 0644 "$REPO/systemd/shmem-broker.sysusers" "$DESTDIR$SYSUSERSDIR/shme
 say "installed $DESTDIR$SYSUSERSDIR/shmem-broker.conf"
 
 for doc in $DOCS; do
-  install -m 0644 "$REPO/$doc" "$DESTDIR$DOCDIR/$doc"
-  say "installed $DESTDIR$DOCDIR/$doc"
+  install -m 0644 "$REPO/$(doc_src "$doc")" "$DESTDIR$DOCDIR/$(doc_dst "$doc")"
+  say "installed $DESTDIR$DOCDIR/$(doc_dst "$doc")"
 done
 
-# Never overwrite the administrator's config.
-if [ ! -e "$DESTDIR$CONFIG" ]; then
-  install -m 0644 "$EXAMPLE_CONFIG" "$DESTDIR$CONFIG"
-  say "installed $DESTDIR$CONFIG"
-elif cmp -s "$DESTDIR$CONFIG" "$EXAMPLE_CONFIG"; then
-  say "kept $DESTDIR$CONFIG (already this version's example)"
-  rm -f -- "$DESTDIR$CONFIG.new"
-else
-  install -m 0644 "$EXAMPLE_CONFIG" "$DESTDIR$CONFIG.new"
-  say "kept $DESTDIR$CONFIG (it differs from the example); this version's example is $DESTDIR$CONFIG.new"
-fi
+# Never overwrite the administrator's configs.
+for name in $CONFIGS; do
+  CONFIG=$CONFDIR/$name
+  EXAMPLE_CONFIG=$REPO/config/$name
+  if [ ! -e "$DESTDIR$CONFIG" ]; then
+    install -m 0644 "$EXAMPLE_CONFIG" "$DESTDIR$CONFIG"
+    say "installed $DESTDIR$CONFIG"
+  elif cmp -s "$DESTDIR$CONFIG" "$EXAMPLE_CONFIG"; then
+    say "kept $DESTDIR$CONFIG (already this version's example)"
+    rm -f -- "$DESTDIR$CONFIG.new"
+  else
+    install -m 0644 "$EXAMPLE_CONFIG" "$DESTDIR$CONFIG.new"
+    say "kept $DESTDIR$CONFIG (it differs from the example); this version's example is $DESTDIR$CONFIG.new"
+  fi
+done
 
 if [ -z "$DESTDIR" ]; then
   if command -v systemd-sysusers >/dev/null; then
@@ -178,6 +194,7 @@ if [ -z "$DESTDIR" ]; then
     systemctl daemon-reload
   fi
   say "done; start the broker with: systemctl enable --now shmem-broker.socket"
+  say "and the bridge, once $CONFDIR/bridge.toml says what to carry: systemctl enable --now shmem-bridge.service"
 else
   say "staged in $DESTDIR (systemd-sysusers and systemctl daemon-reload not run)"
 fi

@@ -131,6 +131,18 @@ fn wait_for_stdout_or_log(proc: &mut Proc, needle: &str) {
 }
 
 fn exporter(ns: &str, broker: &Broker, channel: &str, key: &str, importers: &[&str]) -> Proc {
+    exporter_with(ns, broker, channel, key, importers, &[])
+}
+
+/// [`exporter`] with more arguments.
+fn exporter_with(
+    ns: &str,
+    broker: &Broker,
+    channel: &str,
+    key: &str,
+    importers: &[&str],
+    extra: &[&str],
+) -> Proc {
     let socket = broker
         .socket_path()
         .to_str()
@@ -151,15 +163,29 @@ fn exporter(ns: &str, broker: &Broker, channel: &str, key: &str, importers: &[&s
     for name in importers {
         args.extend(["--importer", name]);
     }
+    args.extend(extra);
     let mut proc = bridge(ns, broker.dir(), "export", &args);
     wait_for_stdout_or_log(&mut proc, "exporting");
     proc
 }
 
 fn importer(ns: &str, broker: &Broker, state: &Path, channel: &str, key: &str, name: &str) -> Proc {
+    importer_with(ns, broker, state, channel, key, name, &[])
+}
+
+/// [`importer`] with more arguments.
+fn importer_with(
+    ns: &str,
+    broker: &Broker,
+    state: &Path,
+    channel: &str,
+    key: &str,
+    name: &str,
+    extra: &[&str],
+) -> Proc {
     let socket = broker.socket_path().to_str().expect("utf-8 path");
     let state = state.to_str().expect("utf-8 path");
-    let args = [
+    let mut args = vec![
         "import",
         channel,
         "--key",
@@ -177,6 +203,7 @@ fn importer(ns: &str, broker: &Broker, state: &Path, channel: &str, key: &str, n
         "--connect",
         ROUTER,
     ];
+    args.extend(extra);
     let mut proc = bridge(ns, broker.dir(), "import", &args);
     wait_for_stdout_or_log(&mut proc, "importing");
     proc
@@ -512,4 +539,133 @@ fn slow_remote_consumer_slows_the_producer_and_bridges_stay_bounded() {
         );
     }
     assert!(link.export.is_running() && link.import.is_running());
+}
+
+/// A hostile peer on the Zenoh keys (`bridge-rogue`, in host B's namespace) forges an item far
+/// ahead of the stream marked "oldest" (with a made-up tag and without one), an ack claiming
+/// everything stored, and an importer liveliness token it never acks for, all while real
+/// messages flow. With a key file on both bridges every message arrives once, in order, and
+/// nothing forged gets in: the importer reports the samples that failed authentication.
+/// Without the check, the importer stores the forged item and drops the real ones after it as
+/// duplicates (the stream stops, or a message with sequence number u64::MAX shows up).
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn hostile_publisher_on_the_key_cannot_inject_or_forge_positions() {
+    require_root();
+    let hosts = Hosts::new();
+    let a = Broker::start(None);
+    let b = Broker::start(None);
+    let state = temp_dir();
+    let key_file = state.path().join("bridge.key");
+    std::fs::write(&key_file, numbered(0x5eed, 32)).expect("write the key file");
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod the key file");
+    let key_arg = ["--key-file", key_file.to_str().expect("utf-8 path")];
+    a.ctl_ok(&["create", "out", "--capacity", "256KiB"]);
+    let _router = router(&hosts, a.dir());
+    let _export = exporter_with(&hosts.a, &a, "out", "test/out", &["hostB"], &key_arg);
+    let import = importer_with(
+        &hosts.b,
+        &b,
+        state.path(),
+        "in",
+        "test/out",
+        "hostB",
+        &key_arg,
+    );
+    let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
+    rogue_cmd
+        .args(["netns", "exec", &hosts.b])
+        .arg(env!("CARGO_BIN_EXE_bridge-rogue"))
+        .args([ROUTER, "test/out", "hostB", "300"]);
+    let mut rogue = Proc::start(rogue_cmd, "rogue", b.dir(), Stdio::null(), None);
+    wait_for_stdout_or_log(&mut rogue, "forging");
+    // The forged samples are flowing before, during and after the real ones.
+    std::thread::sleep(Duration::from_millis(500));
+    let (count, len) = (3_000u64, 512);
+    let producer = produce(a.socket_path().to_path_buf(), "out", count, len);
+    let b_socket = b.socket_path().to_path_buf();
+    let consumer = Background::spawn("consumer", move || {
+        consume_in_order(&connect(&b_socket), "in", count, len, |_| {})
+    });
+    // A few seconds when nothing forged is believed; an exporter that waits for the rogue's
+    // liveliness token (it never acks) holds the stream for as long as the rogue runs.
+    consumer.join(Duration::from_secs(60));
+    producer.join(WAIT);
+    let log = import.stderr_text();
+    assert!(
+        log.contains("failed authentication"),
+        "the importer did not report the forged samples: {log}"
+    );
+    assert!(
+        !log.contains("gap"),
+        "the importer stored past a forged position: {log}"
+    );
+    assert!(
+        rogue.is_running(),
+        "the rogue stopped early: {}",
+        rogue.stderr_text()
+    );
+}
+
+/// SIGTERM to either bridge mid-stream: it takes nothing new, finishes what is in flight (the
+/// exporter's batch confirmed and released from its ring, the importer's item stored and
+/// acked), logs "stopped: drained" and exits 0; started again, the stream goes on with nothing
+/// lost or repeated. Because the exporter released its batch before exiting, the next exporter
+/// sends nothing twice: the importer never drops a duplicate (a bridge that exits at once
+/// leaves its batch unreleased, and the next one sends it again).
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn sigterm_drains_in_flight_work_and_exits_0() {
+    require_root();
+    let mut link = link_one("256KiB");
+    let (count, len) = (20_000u64, 512);
+    let producer = produce(link.a.socket_path().to_path_buf(), "out", count, len);
+    let client = link.b.client();
+    let mut stops = Vec::new();
+    let mut import_logs = String::new();
+    consume_in_order(&client, "in", count, len, |got| {
+        if got == count / 3 {
+            link.export.signal(libc::SIGTERM);
+            stops.push((
+                "exporter",
+                link.export.wait_exit(WAIT),
+                link.export.stderr_text(),
+            ));
+            link.export = exporter(&link.hosts.a, &link.a, "out", "test/out", &["hostB"]);
+        } else if got == 2 * count / 3 {
+            link.import.signal(libc::SIGTERM);
+            stops.push((
+                "importer",
+                link.import.wait_exit(WAIT),
+                link.import.stderr_text(),
+            ));
+            import_logs.push_str(&link.import.stderr_text());
+            link.import = importer(
+                &link.hosts.b,
+                &link.b,
+                link.state.path(),
+                "in",
+                "test/out",
+                "hostB",
+            );
+        }
+    });
+    producer.join(WAIT);
+    assert_eq!(stops.len(), 2);
+    for (which, status, log) in &stops {
+        assert!(status.success(), "{which} exited {status}: {log}");
+        assert!(
+            log.contains("stopped: drained"),
+            "{which} did not drain: {log}"
+        );
+    }
+    // The importer that ran across the exporter's stop saw nothing twice.
+    assert!(
+        !import_logs.contains("duplicates dropped"),
+        "the restarted exporter sent again what the stopped one had delivered: {import_logs}"
+    );
 }

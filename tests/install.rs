@@ -9,8 +9,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const BINARIES: [&str; 2] = ["shmem-broker", "shmemctl"];
-const UNITS: [&str; 2] = ["shmem-broker.socket", "shmem-broker.service"];
+const BINARIES: [&str; 3] = ["shmem-broker", "shmemctl", "shmem-bridge"];
+const UNITS: [&str; 3] = [
+    "shmem-broker.socket",
+    "shmem-broker.service",
+    "shmem-bridge.service",
+];
+/// (source in the repository, name in the doc folder)
+const DOCS: [(&str, &str); 3] = [
+    ("README.md", "README.md"),
+    ("PROTOCOL.md", "PROTOCOL.md"),
+    ("bridge/README.md", "bridge.md"),
+];
 
 fn install_script() -> PathBuf {
     workspace_dir().join("systemd").join("install.sh")
@@ -111,10 +121,11 @@ fn check_installed(destdir: &Path, bindir: &str, unitdir: &str, sysusersdir: &st
         );
         for (got, want) in text.lines().zip(shipped.lines()) {
             if want.starts_with("ExecStart=") {
+                let program = unit.split('.').next().expect("unit name");
                 let args = want.split_once(' ').map(|(_, a)| a);
                 let expected = match args {
-                    Some(args) => format!("ExecStart={bindir}/shmem-broker {args}"),
-                    None => format!("ExecStart={bindir}/shmem-broker"),
+                    Some(args) => format!("ExecStart={bindir}/{program} {args}"),
+                    None => format!("ExecStart={bindir}/{program}"),
                 };
                 assert_eq!(got, expected, "{unit}: ExecStart= not rewritten");
             } else if want.starts_with("Documentation=") && want.contains("share/doc/shmem-broker")
@@ -147,14 +158,22 @@ fn check_installed(destdir: &Path, bindir: &str, unitdir: &str, sysusersdir: &st
         "{}",
         sysusers.display()
     );
-    for doc in ["README.md", "PROTOCOL.md"] {
-        let installed = staged(destdir, &format!("{docdir}/{doc}"));
-        assert_eq!(read(&installed), read(&workspace_dir().join(doc)), "{doc}");
+    for (source, name) in DOCS {
+        let installed = staged(destdir, &format!("{docdir}/{name}"));
+        assert_eq!(
+            read(&installed),
+            read(&workspace_dir().join(source)),
+            "{name}"
+        );
     }
 }
 
 fn example_config() -> Vec<u8> {
     read(&workspace_dir().join("config").join("shmem-broker.toml"))
+}
+
+fn example_bridge_config() -> Vec<u8> {
+    read(&workspace_dir().join("config").join("bridge.toml"))
 }
 
 #[test]
@@ -176,19 +195,25 @@ fn install_keeps_an_edited_config_and_uninstall_removes_the_rest() {
     );
     assert_eq!(read(&config), example_config());
     assert!(!config_new.exists());
+    let bridge_config = staged(&destdir, "/etc/shmem-broker/bridge.toml");
+    assert_eq!(read(&bridge_config), example_bridge_config());
     assert!(
         stdout.contains("installed") && stdout.contains("/usr/local/bin/shmem-broker"),
         "install.sh should say what it does:\n{stdout}"
     );
     let expected_files = [
+        "etc/shmem-broker/bridge.toml",
         "etc/shmem-broker/shmem-broker.toml",
+        "etc/systemd/system/shmem-bridge.service",
         "etc/systemd/system/shmem-broker.service",
         "etc/systemd/system/shmem-broker.socket",
+        "usr/local/bin/shmem-bridge",
         "usr/local/bin/shmem-broker",
         "usr/local/bin/shmemctl",
         "usr/local/lib/sysusers.d/shmem-broker.conf",
         "usr/local/share/doc/shmem-broker/PROTOCOL.md",
         "usr/local/share/doc/shmem-broker/README.md",
+        "usr/local/share/doc/shmem-broker/bridge.md",
     ];
     assert_eq!(files_below(&destdir), expected_files);
 

@@ -110,6 +110,9 @@ enum Section {
     Control,
     /// shmemctl send|recv against socat
     Cli,
+    /// shmem-bridge over a veth link against raw Zenoh and socat over TCP (needs root; runs
+    /// shmem-bridge-bench from the same folder)
+    Bridge,
 }
 
 fn main() -> ExitCode {
@@ -231,9 +234,39 @@ fn run(args: &Args) -> Result<bool> {
         );
     }
     drop(data_broker);
+    if wants(Section::Bridge) {
+        eprintln!("shmem-bench: bridge (shmem-bridge-bench)");
+        r.bridge = r.record("bridge", bridge_section(&plan));
+    }
     r.wall_secs = started.elapsed().as_secs_f64();
     write_outputs(args, &r)?;
     Ok(r.failures.is_empty())
+}
+
+/// The bridge section's Markdown, from `shmem-bridge-bench` (its own binary, so that this one
+/// does not link Zenoh): it needs root and network namespaces and says "skipped" without them;
+/// `--quick` makes it a tiny run.
+fn bridge_section(plan: &Plan) -> Result<String> {
+    let bin = match proc::find_binary("shmem-bridge-bench", None) {
+        Ok(bin) => bin,
+        Err(_) => {
+            return Ok("## bridge\n\nskipped: shmem-bridge-bench not built \
+                       (`cargo build --release -p shmem-bridge`)\n"
+                .into())
+        }
+    };
+    let mut cmd = std::process::Command::new(&bin);
+    if plan.quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("{} exited {}", bin.display(), out.status);
+    }
+    String::from_utf8(out.stdout).context("shmem-bridge-bench wrote something not UTF-8")
 }
 
 fn limits_section(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {

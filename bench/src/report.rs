@@ -730,5 +730,9 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
          from starting the sender until both have exited."
     );
     cli_section(r, &mut out);
+    if let Some(bridge) = &r.bridge {
+        out.push('\n');
+        out.push_str(bridge);
+    }
     out
 }

@@ -314,6 +314,8 @@ pub struct Results {
     pub many_clients: Option<ManyClients>,
     pub activation: Option<Activation>,
     pub cli: Option<CliRun>,
+    /// The bridge section, as shmem-bridge-bench wrote it (Markdown).
+    pub bridge: Option<String>,
     pub failures: Vec<Failure>,
     pub wall_secs: f64,
 }

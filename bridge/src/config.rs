@@ -7,6 +7,7 @@
 //! version = 1
 //! socket = "/run/shmem-broker/control.sock"   # default: the client library's discovery
 //! state_dir = "/var/lib/shmem-bridge"         # default: $STATE_DIRECTORY, else that
+//! key_file = "/etc/shmem-broker/bridge.key"   # HMAC key shared by both sides (recommended)
 //! [zenoh]
 //! mode = "peer"                               # or "client"
 //! connect = ["tcp/192.0.2.1:7447"]
@@ -40,6 +41,7 @@ const TOP: &[&str] = &[
     "version",
     "socket",
     "state_dir",
+    "key_file",
     "zenoh",
     "logging",
     "export",
@@ -54,6 +56,7 @@ const IMPORT: &[&str] = &["key", "channel", "name", "capacity"];
 pub struct Config {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub mode: Option<String>,
     pub connect: Vec<String>,
     pub listen: Vec<String>,
@@ -222,6 +225,7 @@ impl Parser<'_> {
                 }
                 "socket" => config.socket = Some(self.string(&path, &span, item)?.into()),
                 "state_dir" => config.state_dir = Some(self.string(&path, &span, item)?.into()),
+                "key_file" => config.key_file = Some(self.string(&path, &span, item)?.into()),
                 "zenoh" => {
                     let table = item
                         .as_table_like()
@@ -415,6 +419,51 @@ mod tests {
         assert_eq!(config.exports[0].importers, vec!["hostB".to_string()]);
         assert_eq!(config.imports[0].create_capacity, Some(65536));
         assert_eq!(config.connect, vec!["tcp/10.77.0.1:7447".to_string()]);
+    }
+
+    /// config/bridge.toml (installed as /etc/shmem-broker/bridge.toml) is read as shipped,
+    /// names every key this parser knows, and is still valid with every commented-out
+    /// `#key = value` line switched on.
+    #[test]
+    fn the_example_config_is_valid_and_shows_every_key() {
+        let text = include_str!("../../config/bridge.toml");
+        let path = Path::new("config/bridge.toml");
+        let config = parse(text, path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.exports.len(), 1);
+        assert_eq!(config.imports.len(), 1);
+        for key in TOP
+            .iter()
+            .chain(ZENOH)
+            .chain(LOGGING)
+            .chain(EXPORT)
+            .chain(IMPORT)
+        {
+            let shown = text.lines().any(|line| {
+                let line = line.trim_start_matches('#');
+                line.starts_with(&format!("{key} ="))
+                    || line.starts_with(&format!("[{key}]"))
+                    || line.starts_with(&format!("[[{key}]]"))
+            });
+            assert!(shown, "config/bridge.toml does not show `{key}`");
+        }
+        let all_on: String = text
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&all_on, path).unwrap_or_else(|e| panic!("{e}\n{all_on}"));
+        assert!(config.socket.is_some() && config.state_dir.is_some());
+        assert!(config.key_file.is_some() && !config.connect.is_empty());
+        assert_eq!(config.imports[0].create_capacity, Some(16 << 20));
     }
 
     #[test]

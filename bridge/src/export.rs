@@ -14,11 +14,16 @@
 //! nothing. An importer that reports itself idle while behind the batch (it lost items on the
 //! way: a link cut, a restart) for two heartbeats is sent the rest of the batch again.
 //!
+//! With a key file ([`crate::auth`]) every item is tagged, acks without the right tag are
+//! dropped (never counted as stored), and a running importer that is not named is waited for
+//! only once it has sent an authenticated ack (so a forged liveliness token cannot hold the
+//! export).
+//!
 //! On a channel whose `slow_consumer` policy is `drop`, none of this: samples are published
 //! with Zenoh's drop congestion control, the batch is released at once, and importers report
 //! the gaps.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -33,10 +38,16 @@ use zenoh::sample::SampleKind;
 use zenoh::{Session, Wait};
 
 use crate::attach_retrying;
-use crate::wire::{self, Ack, Item, Kind, HEARTBEAT};
+use crate::auth::{Auth, Rejects};
+use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 
 /// Most items per batch; the ring's capacity bounds the bytes.
 const MAX_BATCH: usize = 4096;
+/// Messages up to this size travel packed, several to a sample ([`wire::pack_item`]): one
+/// Zenoh sample per 64-byte message would cost more than the message.
+const PACK_ITEM_MAX: usize = 8 << 10;
+/// A pack is published once it holds this many bytes (and at the end of each batch).
+const PACK_BYTES: usize = 60 << 10;
 
 #[derive(Clone, Debug)]
 pub struct ExportSpec {
@@ -64,6 +75,7 @@ pub fn run(
     session: &Session,
     socket: &std::path::Path,
     spec: &ExportSpec,
+    auth: Option<&Arc<Auth>>,
     log: &Logger,
 ) -> anyhow::Result<()> {
     let log = log.new(slog::o!("export" => spec.channel.clone(), "key" => spec.key.clone()));
@@ -72,6 +84,8 @@ pub fn run(
     let acks = {
         let shared = shared.clone();
         let log = log.clone();
+        let auth = auth.cloned();
+        let rejects = Rejects::new("acks");
         session
             .declare_subscriber(wire::ack_wildcard(&spec.key))
             .callback(move |sample| {
@@ -79,12 +93,15 @@ pub fn run(
                 let Some(name) = wire::importer_of(key).map(str::to_string) else {
                     return;
                 };
-                match Ack::decode(&sample.payload().to_bytes()) {
+                match wire::open_ack(auth.as_deref(), key, &sample.payload().to_bytes()) {
                     Ok(ack) => {
                         lock(&shared).acks.insert(name, ack);
                         shared.1.notify_all();
                     }
-                    Err(e) => debug!(log, "ignored a malformed ack"; "from" => name, "error" => e),
+                    Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
+                    Err(Refused::Malformed(e)) => {
+                        debug!(log, "ignored a malformed ack"; "from" => name, "error" => e)
+                    }
                 }
             })
             .wait()
@@ -149,6 +166,7 @@ pub fn run(
         shared: &shared,
         log: &log,
         lossy,
+        auth: auth.map(|a| &**a),
     };
     let failed = exporter.pump(&mut consumer);
     drop((acks, live));
@@ -161,24 +179,49 @@ struct Exporter<'a> {
     shared: &'a Shared,
     log: &'a Logger,
     lossy: bool,
+    auth: Option<&'a Auth>,
 }
+
+/// An item published, kept until the importers hold it: header, payload, attachment.
+type Pending = (Item, ZBytes, ZBytes);
+
+/// Small items waiting to go out together: the pack's payload, and the positions it spans.
+type Pack = RefCell<(Vec<u8>, Option<(u64, u64)>)>;
 
 impl Exporter<'_> {
     fn pump(&self, consumer: &mut Consumer) -> anyhow::Result<std::convert::Infallible> {
-        let pending: RefCell<Vec<(Item, ZBytes)>> = RefCell::new(Vec::new());
+        let pending: RefCell<Vec<Pending>> = RefCell::new(Vec::new());
+        // The batch in flight (stopping waits for it), or refused because stopping.
+        let work: RefCell<Option<crate::Work>> = RefCell::new(None);
+        let refused = Cell::new(false);
+        let pack: Pack = RefCell::new((Vec::new(), None));
+        let first = Cell::new(true);
         loop {
             pending.borrow_mut().clear();
+            first.set(true);
             consumer
                 .recv_batch_confirmed(
                     MAX_BATCH,
                     |from, to, read| {
+                        if refused.get() {
+                            return;
+                        }
+                        if work.borrow().is_none() {
+                            match crate::begin_work() {
+                                Some(started) => *work.borrow_mut() = Some(started),
+                                None => {
+                                    refused.set(true);
+                                    return;
+                                }
+                            }
+                        }
                         let (kind, bytes) = match read {
                             ReadItem::Message(bytes) => (Kind::Message, bytes),
                             ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
                             ReadItem::Padding => (Kind::Padding, &[][..]),
                         };
                         let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
-                        if pending.borrow().is_empty() {
+                        if first.replace(false) {
                             flags |= wire::FLAG_OLDEST;
                         }
                         let item = Item {
@@ -187,21 +230,68 @@ impl Exporter<'_> {
                             from,
                             to,
                         };
-                        let payload = ZBytes::from(bytes.to_vec());
-                        self.put(&item, &payload);
-                        pending.borrow_mut().push((item, payload));
+                        if bytes.len() > PACK_ITEM_MAX {
+                            self.flush(&pack, &pending);
+                            self.publish(item, bytes.to_vec(), &pending);
+                            return;
+                        }
+                        let full = {
+                            let mut pack = pack.borrow_mut();
+                            wire::pack_item(&mut pack.0, &item, bytes);
+                            let span = pack.1.map_or((from, to), |(start, _)| (start, to));
+                            pack.1 = Some(span);
+                            pack.0.len() >= PACK_BYTES
+                        };
+                        if full {
+                            self.flush(&pack, &pending);
+                        }
                     },
-                    |_| self.confirmed(&pending.borrow()),
+                    // A refused batch stays in the ring for the next run.
+                    |_| {
+                        self.flush(&pack, &pending);
+                        !refused.get() && self.confirmed(&pending.borrow())
+                    },
                 )
                 .with_context(|| format!("read channel {}", self.spec.channel))?;
+            // Released (or left in the ring): no longer in flight.
+            drop(work.borrow_mut().take());
+            if refused.get() {
+                crate::wait_for_the_end();
+            }
         }
     }
 
-    fn put(&self, item: &Item, payload: &ZBytes) {
+    /// Publishes the pack being filled, if any.
+    fn flush(&self, pack: &Pack, pending: &RefCell<Vec<Pending>>) {
+        let (payload, span) = {
+            let mut pack = pack.borrow_mut();
+            (std::mem::take(&mut pack.0), pack.1.take())
+        };
+        let Some((from, to)) = span else {
+            return;
+        };
+        let item = Item {
+            kind: Kind::Pack,
+            flags: if self.lossy { wire::FLAG_LOSSY } else { 0 },
+            from,
+            to,
+        };
+        self.publish(item, payload, pending);
+    }
+
+    /// Publishes one sample and keeps it until the batch is confirmed.
+    fn publish(&self, item: Item, payload: Vec<u8>, pending: &RefCell<Vec<Pending>>) {
+        let attachment = ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, &payload));
+        let sample = (item, ZBytes::from(payload), attachment);
+        self.put(&sample);
+        pending.borrow_mut().push(sample);
+    }
+
+    fn put(&self, (item, payload, attachment): &Pending) {
         if let Err(e) = self
             .publisher
             .put(payload.clone())
-            .attachment(item.encode())
+            .attachment(attachment.clone())
             .wait()
         {
             // Not sent: the importers will report themselves behind, and it is sent again.
@@ -210,8 +300,8 @@ impl Exporter<'_> {
     }
 
     /// Returns (true) once every importer waited for holds the whole batch.
-    fn confirmed(&self, batch: &[(Item, ZBytes)]) -> bool {
-        let Some(end) = batch.last().map(|(item, _)| item.to) else {
+    fn confirmed(&self, batch: &[Pending]) -> bool {
+        let Some(end) = batch.last().map(|(item, _, _)| item.to) else {
             return true;
         };
         if self.lossy {
@@ -222,7 +312,13 @@ impl Exporter<'_> {
         let mut announced_wait = false;
         let mut importers = lock(self.shared);
         loop {
-            let mut waited: BTreeSet<String> = importers.live.clone();
+            // With a key, a liveliness token alone (anyone can declare one) is not enough.
+            let mut waited: BTreeSet<String> = importers
+                .live
+                .iter()
+                .filter(|name| self.auth.is_none() || importers.acks.contains_key(*name))
+                .cloned()
+                .collect();
             waited.extend(self.spec.importers.iter().cloned());
             let behind: Vec<(String, Option<Ack>)> = waited
                 .iter()
@@ -256,11 +352,11 @@ impl Exporter<'_> {
             }
             if let Some(from) = resend_from {
                 drop(importers);
-                let again: Vec<_> = batch.iter().filter(|(item, _)| item.to > from).collect();
+                let again: Vec<_> = batch.iter().filter(|(item, _, _)| item.to > from).collect();
                 info!(self.log, "sending again what an importer lost on the way";
                       "after" => from, "messages" => again.len());
-                for (item, payload) in again {
-                    self.put(item, payload);
+                for sample in again {
+                    self.put(sample);
                 }
                 importers = lock(self.shared);
                 continue;

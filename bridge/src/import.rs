@@ -23,8 +23,9 @@ use slog::{debug, info, warn, Logger};
 use zenoh::qos::CongestionControl;
 use zenoh::{Session, Wait};
 
+use crate::auth::{Auth, Rejects};
 use crate::state::{Record, Resume, StateFile};
-use crate::wire::{self, Ack, Item, Kind, HEARTBEAT};
+use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 use crate::{attach_retrying, connect_retrying};
 
 /// Bytes of received samples waiting for the local ring (one larger sample is let in alone).
@@ -113,6 +114,7 @@ pub fn run(
     socket: &Path,
     state_dir: &Path,
     spec: &ImportSpec,
+    auth: Option<&Arc<Auth>>,
     log: &Logger,
 ) -> anyhow::Result<()> {
     let log = log.new(
@@ -155,29 +157,43 @@ pub fn run(
         last: AtomicU64::new(last.unwrap_or(0)),
         busy: AtomicBool::new(false),
     });
+    let ack_key = wire::ack_key(&spec.key, &spec.name);
     let acks = session
-        .declare_publisher(wire::ack_key(&spec.key, &spec.name))
+        .declare_publisher(ack_key.clone())
         .congestion_control(CongestionControl::Drop)
         .wait()
         .map_err(|e| anyhow::anyhow!("declare the ack publisher: {e}"))?;
     let _subscriber = {
         let inbox = inbox.clone();
         let log = log.clone();
+        let (auth, key) = (auth.cloned(), spec.key.clone());
+        let rejects = Rejects::new("items");
         session
             .declare_subscriber(spec.key.clone())
             .callback(move |sample| {
-                let item = match sample.attachment().map(|a| Item::decode(&a.to_bytes())) {
-                    Some(Ok(item)) => item,
-                    Some(Err(e)) => {
-                        debug!(log, "ignored a sample with a malformed attachment"; "error" => e);
-                        return;
+                let Some(attachment) = sample.attachment() else {
+                    match auth {
+                        Some(_) => rejects.add(&log, "a sample without the bridge's attachment"),
+                        None => debug!(log, "ignored a sample without the bridge's attachment"),
                     }
-                    None => {
-                        debug!(log, "ignored a sample without the bridge's attachment");
-                        return;
-                    }
+                    return;
                 };
-                inbox.push(item, sample.payload().to_bytes().into_owned());
+                let payload = sample.payload().to_bytes();
+                match wire::open_item(auth.as_deref(), &key, &attachment.to_bytes(), &payload) {
+                    Ok(item) if item.kind == Kind::Pack => match wire::unpack(&payload) {
+                        Ok(items) => {
+                            for (item, bytes) in items {
+                                inbox.push(item, bytes.to_vec());
+                            }
+                        }
+                        Err(e) => debug!(log, "ignored a malformed pack"; "error" => e),
+                    },
+                    Ok(item) => inbox.push(item, payload.into_owned()),
+                    Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
+                    Err(Refused::Malformed(e)) => {
+                        debug!(log, "ignored a sample with a malformed attachment"; "error" => e)
+                    }
+                }
             })
             .wait()
             .map_err(|e| anyhow::anyhow!("subscribe to {}: {e}", spec.key))?
@@ -190,8 +206,9 @@ pub fn run(
     {
         let inbox = inbox.clone();
         let progress = progress.clone();
+        let (auth, ack_key) = (auth.cloned(), ack_key.clone());
         let acks = session
-            .declare_publisher(wire::ack_key(&spec.key, &spec.name))
+            .declare_publisher(ack_key.clone())
             .congestion_control(CongestionControl::Drop)
             .wait()
             .map_err(|e| anyhow::anyhow!("declare the heartbeat publisher: {e}"))?;
@@ -203,7 +220,9 @@ pub fn run(
                     idle: !progress.busy.load(Ordering::Acquire) && inbox.is_empty(),
                 };
                 // A lost heartbeat is followed by the next one.
-                let _ = acks.put(ack.encode()).wait();
+                let _ = acks
+                    .put(wire::seal_ack(auth.as_deref(), &ack_key, &ack))
+                    .wait();
                 std::thread::sleep(HEARTBEAT);
             })
             .context("start the heartbeat thread")?;
@@ -224,6 +243,10 @@ pub fn run(
             importer.duplicates.report(&log);
             continue;
         };
+        // Stopping: the item stays unstored; the exporter still holds it for the next run.
+        let Some(work) = crate::begin_work() else {
+            crate::wait_for_the_end();
+        };
         progress.busy.store(true, Ordering::Release);
         importer.take(item, &payload)?;
         progress
@@ -231,14 +254,17 @@ pub fn run(
             .store(importer.last.unwrap_or(0), Ordering::Release);
         progress.busy.store(false, Ordering::Release);
         since_ack += 1;
-        if since_ack >= ACK_EVERY || inbox.is_empty() {
+        if since_ack >= ACK_EVERY || inbox.is_empty() || crate::stopping() {
             since_ack = 0;
             let ack = Ack {
                 last: importer.last.unwrap_or(0),
                 idle: inbox.is_empty(),
             };
-            let _ = acks.put(ack.encode()).wait();
+            let _ = acks
+                .put(wire::seal_ack(auth.map(|a| &**a), &ack_key, &ack))
+                .wait();
         }
+        drop(work);
     }
 }
 
@@ -305,6 +331,10 @@ struct Importer<'a> {
 
 impl Importer<'_> {
     fn take(&mut self, item: Item, payload: &[u8]) -> anyhow::Result<()> {
+        if item.kind == Kind::Pack {
+            // Unpacked on arrival; a pack is never an item of the stream.
+            return Ok(());
+        }
         if let Some(last) = self.last {
             if item.to <= last {
                 self.duplicates.add(&item, self.log);

@@ -12,6 +12,7 @@
 //! [`wire`], [`export`], [`import`] and [`state`]; the README's "Between hosts" section sums
 //! them up.
 
+mod auth;
 mod config;
 mod export;
 mod import;
@@ -19,7 +20,9 @@ mod state;
 mod wire;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -66,6 +69,10 @@ struct Net {
     /// Zenoh mode: peer (default) or client (through a router).
     #[arg(long, value_name = "MODE", value_parser = ["peer", "client"])]
     mode: Option<String>,
+    /// Shared key (16+ bytes, mode 0600) authenticating every item and ack with HMAC-SHA256;
+    /// samples failing it are dropped and reported. Give the same file to both sides.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -169,13 +176,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for name in &importers {
                 wire::check_name(name).map_err(anyhow::Error::msg)?;
             }
+            let auth = load_auth(net.key_file.as_deref(), &log)?;
             let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), &log)?;
             let spec = ExportSpec {
                 channel,
                 key,
                 importers,
             };
-            export::run(&session, &socket_path(net.socket), &spec, &log)
+            export::run(
+                &session,
+                &socket_path(net.socket),
+                &spec,
+                auth.as_ref(),
+                &log,
+            )
         }
         (
             Some(Command::Import {
@@ -195,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|text| shmem_broker_client::size::parse_size(&text))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
+            let auth = load_auth(net.key_file.as_deref(), &log)?;
             let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), &log)?;
             let spec = ImportSpec {
                 key,
@@ -203,7 +218,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 create_capacity,
             };
             let state_dir = state_dir.unwrap_or_else(default_state_dir);
-            import::run(&session, &socket_path(net.socket), &state_dir, &spec, &log)
+            import::run(
+                &session,
+                &socket_path(net.socket),
+                &state_dir,
+                &spec,
+                auth.as_ref(),
+                &log,
+            )
         }
     }
 }
@@ -217,7 +239,10 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
         connect: file.connect.clone(),
         listen: file.listen.clone(),
         mode: file.mode.clone(),
+        key_file: file.key_file.clone(),
     };
+    let auth = load_auth(net.key_file.as_deref(), log)?;
+    let auth = auth.as_ref();
     let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), log)?;
     let socket = socket_path(net.socket);
     let state_dir = file.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -225,7 +250,7 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
         for spec in &file.exports {
             let (session, socket, log) = (&session, &socket, log.clone());
             scope.spawn(move || loop {
-                if let Err(e) = export::run(session, socket, spec, &log) {
+                if let Err(e) = export::run(session, socket, spec, auth, &log) {
                     error!(log, "export stopped; starting it again in 1 s"; "channel" => &spec.channel, "error" => format!("{e:#}"));
                 }
                 std::thread::sleep(Duration::from_secs(1));
@@ -234,7 +259,7 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
         for spec in &file.imports {
             let (session, socket, state_dir, log) = (&session, &socket, &state_dir, log.clone());
             scope.spawn(move || loop {
-                if let Err(e) = import::run(session, socket, state_dir, spec, &log) {
+                if let Err(e) = import::run(session, socket, state_dir, spec, auth, &log) {
                     error!(log, "import stopped; starting it again in 1 s"; "channel" => &spec.channel, "error" => format!("{e:#}"));
                 }
                 std::thread::sleep(Duration::from_secs(1));
@@ -244,13 +269,71 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The shared key, if a key file is given; without one, says that anyone who can publish on
+/// the keys can inject or forge.
+fn load_auth(path: Option<&Path>, log: &Logger) -> anyhow::Result<Option<Arc<auth::Auth>>> {
+    match path {
+        Some(path) => {
+            let auth =
+                auth::Auth::load(path).with_context(|| format!("key file {}", path.display()))?;
+            info!(log, "items and acks authenticated (HMAC-SHA256)"; "key_file" => %path.display());
+            Ok(Some(Arc::new(auth)))
+        }
+        None => {
+            warn!(log, "no key file: anyone who can publish on the Zenoh keys can inject messages or forge positions (see --key-file)");
+            Ok(None)
+        }
+    }
+}
+
 fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
     discovery::client_socket_path(explicit)
 }
 
-/// SIGTERM and SIGINT end the process at once: the exporter releases nothing from its ring
-/// before the importers hold it, and the importer records each item before storing it, so
-/// stopping anywhere is as safe as a SIGKILL, which is what the tests do.
+/// Set by SIGTERM/SIGINT: exporters and importers take no new work.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Exporters holding a published, unconfirmed batch and importers storing an item.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// How long a stop waits for work in flight (an importer that never acks would hold it).
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A piece of work the process finishes before it stops; see [`begin_work`].
+pub struct Work(());
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts a piece of work (an exporter's batch, an importer's item), or `None` once the process
+/// is stopping: the caller then takes nothing new and waits to be ended. The count goes up
+/// before the flag is read and the signal thread sets the flag before reading the count (both
+/// SeqCst): either the work is refused or the stop waits for it.
+pub fn begin_work() -> Option<Work> {
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let work = Work(());
+    (!STOPPING.load(Ordering::SeqCst)).then_some(work)
+}
+
+/// Whether a stop signal came.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Parks the calling thread for good: the signal thread ends the process.
+pub fn wait_for_the_end() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// SIGTERM and SIGINT drain, then exit 0: no exporter publishes a new batch and no importer
+/// takes a new item; an exporter's batch in flight is confirmed by its importers and released
+/// from its ring, an importer's item is stored and acked; at most [`DRAIN`], then exit anyway
+/// (what was in flight is sent again by the next run: the exporter releases nothing its
+/// importers do not hold, and the importer records each item before storing it, so stopping
+/// anywhere is as safe as a SIGKILL). A second signal exits at once.
 fn stop_on_signals(log: &Logger) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .context("install signal handlers")?;
@@ -258,10 +341,24 @@ fn stop_on_signals(log: &Logger) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                info!(log, "stopping"; "signal" => signal);
-                std::process::exit(0);
+            let Some(signal) = signals.forever().next() else {
+                return;
+            };
+            info!(log, "stopping: finishing the work in flight"; "signal" => signal);
+            STOPPING.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + DRAIN;
+            while IN_FLIGHT.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                if signals.pending().next().is_some() {
+                    warn!(log, "second signal: stopping at once");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
+            match IN_FLIGHT.load(Ordering::SeqCst) {
+                0 => info!(log, "stopped: drained"),
+                left => warn!(log, "stopped with work in flight (the next run sends it again)"; "in_flight" => left),
+            }
+            std::process::exit(0);
         })
         .context("start the signal thread")?;
     Ok(())

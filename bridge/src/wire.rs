@@ -5,6 +5,10 @@
 //!   its stream positions `from`..`to` in the exported ring. The positions number the stream:
 //!   one item's `to` is the next one's `from`, so a receiver that remembers the last `to` it
 //!   stored tells a duplicate (`to <= last`) and a gap (`from > last`) apart from the next item.
+//!   Small items travel packed, several to a sample ([`Kind::Pack`], [`pack_item`],
+//!   [`unpack`]): the sample's attachment spans their positions, its payload holds each
+//!   item's header, length and bytes; the receiver takes them one by one as if each had come
+//!   alone.
 //! * `KEY/@ack/NAME`: the importer named NAME reports ([`Ack`]) the last position it stored in
 //!   its local channel, whether it is idle, and its state, after each item and every
 //!   [`HEARTBEAT`].
@@ -12,9 +16,13 @@
 //!
 //! `@` chunks are verbatim in Zenoh: a user's `KEY/**` subscription never sees them.
 //! Everything here comes from the network and is checked before use: a malformed attachment
-//! or ack is logged and ignored, never trusted.
+//! or ack is logged and ignored, never trusted. With a shared key ([`crate::auth`]) an item's
+//! attachment and an ack end with an HMAC-SHA256 tag ([`seal_item`], [`open_item`],
+//! [`seal_ack`], [`open_ack`]), checked before anything else is read from the sample.
 
 use std::time::Duration;
+
+use crate::auth::{Auth, Domain, TAG_LEN};
 
 /// How often an importer repeats its ack when nothing else makes it send one.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
@@ -23,6 +31,9 @@ const VERSION: u8 = 1;
 const KIND_MESSAGE: u8 = 1;
 const KIND_END_OF_STREAM: u8 = 2;
 const KIND_PADDING: u8 = 3;
+const KIND_PACK: u8 = 4;
+/// Bytes before each packed item's bytes: its header, then its length (u64, little-endian).
+pub const PACKED_HEADER: usize = ITEM_LEN + 8;
 const ITEM_LEN: usize = 24;
 const ACK_LEN: usize = 24;
 
@@ -34,6 +45,8 @@ pub enum Kind {
     /// Padding of the exported ring (empty payload): stored nowhere, only recorded, so that
     /// the positions stay contiguous.
     Padding,
+    /// Several items in one sample; never stored as such (see [`unpack`]).
+    Pack,
 }
 
 /// Item flag: the export's channel has policy `drop`; gaps are expected, store past them.
@@ -60,6 +73,7 @@ impl Item {
             Kind::Message => KIND_MESSAGE,
             Kind::EndOfStream => KIND_END_OF_STREAM,
             Kind::Padding => KIND_PADDING,
+            Kind::Pack => KIND_PACK,
         });
         out.push(self.flags);
         out.extend_from_slice(&[0; 5]);
@@ -85,6 +99,7 @@ impl Item {
             KIND_MESSAGE => Kind::Message,
             KIND_END_OF_STREAM => Kind::EndOfStream,
             KIND_PADDING => Kind::Padding,
+            KIND_PACK => Kind::Pack,
             other => return Err(format!("unknown item kind {other}")),
         };
         let flags = bytes[2];
@@ -103,6 +118,41 @@ impl Item {
             to,
         })
     }
+}
+
+/// Appends `item` with its bytes to a pack's payload.
+pub fn pack_item(pack: &mut Vec<u8>, item: &Item, bytes: &[u8]) {
+    pack.extend_from_slice(&item.encode());
+    pack.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    pack.extend_from_slice(bytes);
+}
+
+/// The items of a pack's payload, each checked like a sample's attachment (a pack inside a
+/// pack, a length past the end, bytes on a padding or end-of-stream item: refused whole).
+pub fn unpack(mut payload: &[u8]) -> Result<Vec<(Item, &[u8])>, String> {
+    let mut items = Vec::new();
+    while !payload.is_empty() {
+        if payload.len() < PACKED_HEADER {
+            return Err(format!(
+                "pack: {} bytes left, less than a header",
+                payload.len()
+            ));
+        }
+        let item = Item::decode(&payload[..ITEM_LEN])?;
+        let len = usize::try_from(u64_at(payload, ITEM_LEN))
+            .ok()
+            .filter(|&len| len <= payload.len() - PACKED_HEADER)
+            .ok_or_else(|| "pack: an item longer than the pack".to_string())?;
+        if item.kind == Kind::Pack || (item.kind != Kind::Message && len != 0) {
+            return Err(format!(
+                "pack: a {:?} item of {len} bytes inside",
+                item.kind
+            ));
+        }
+        items.push((item, &payload[PACKED_HEADER..PACKED_HEADER + len]));
+        payload = &payload[PACKED_HEADER + len..];
+    }
+    Ok(items)
 }
 
 /// An importer's report.
@@ -134,6 +184,80 @@ impl Ack {
             idle: bytes[1] == 1,
             last: u64_at(bytes, 8),
         })
+    }
+}
+
+/// Why a sample was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Not something a bridge of this version sends.
+    Malformed(String),
+    /// Fails authentication (no tag, a wrong one, or a tag where no key is configured).
+    Unauthenticated(&'static str),
+}
+
+/// The attachment of `item` published on `key` with `payload`: its header, then its tag.
+pub fn seal_item(auth: Option<&Auth>, key: &str, item: &Item, payload: &[u8]) -> Vec<u8> {
+    let mut out = item.encode();
+    if let Some(auth) = auth {
+        let tag = auth.tag(Domain::Item, key, &out, payload);
+        out.extend_from_slice(&tag);
+    }
+    out
+}
+
+/// The item a sample on `key` carries, if its attachment is well-formed and, with a key,
+/// its tag is right (checked first: nothing of a forged sample is read).
+pub fn open_item(
+    auth: Option<&Auth>,
+    key: &str,
+    attachment: &[u8],
+    payload: &[u8],
+) -> Result<Item, Refused> {
+    let header = authenticated(auth, Domain::Item, key, attachment, payload, ITEM_LEN)?;
+    Item::decode(header).map_err(Refused::Malformed)
+}
+
+/// An ack published on `ack_key` (which names the importer), tagged with a key.
+pub fn seal_ack(auth: Option<&Auth>, ack_key: &str, ack: &Ack) -> Vec<u8> {
+    let mut out = ack.encode();
+    if let Some(auth) = auth {
+        let tag = auth.tag(Domain::Ack, ack_key, &out, &[]);
+        out.extend_from_slice(&tag);
+    }
+    out
+}
+
+pub fn open_ack(auth: Option<&Auth>, ack_key: &str, bytes: &[u8]) -> Result<Ack, Refused> {
+    let header = authenticated(auth, Domain::Ack, ack_key, bytes, &[], ACK_LEN)?;
+    Ack::decode(header).map_err(Refused::Malformed)
+}
+
+/// The header of a sealed sample once its tag is checked.
+fn authenticated<'b>(
+    auth: Option<&Auth>,
+    domain: Domain,
+    key: &str,
+    sealed: &'b [u8],
+    payload: &[u8],
+    header_len: usize,
+) -> Result<&'b [u8], Refused> {
+    match auth {
+        None if sealed.len() == header_len + TAG_LEN => Err(Refused::Unauthenticated(
+            "the sender authenticates its samples: give this bridge the same --key-file",
+        )),
+        None => Ok(sealed),
+        Some(_) if sealed.len() != header_len + TAG_LEN => Err(Refused::Unauthenticated(
+            "no tag (the sender has no key file?)",
+        )),
+        Some(auth) => {
+            let (header, tag) = sealed.split_at(header_len);
+            if auth.verify(domain, key, header, payload, tag) {
+                Ok(header)
+            } else {
+                Err(Refused::Unauthenticated("wrong tag"))
+            }
+        }
     }
 }
 
@@ -222,6 +346,44 @@ mod tests {
         backwards[16..24].copy_from_slice(&3u64.to_le_bytes());
         assert!(Item::decode(&backwards).is_err());
         assert!(Ack::decode(&[9; 24]).is_err());
+    }
+
+    #[test]
+    fn packs_round_trip_and_bad_packs_are_refused() {
+        let a = Item {
+            kind: Kind::Message,
+            flags: FLAG_OLDEST,
+            from: 0,
+            to: 16,
+        };
+        let b = Item {
+            kind: Kind::EndOfStream,
+            flags: 0,
+            from: 16,
+            to: 24,
+        };
+        let mut pack = Vec::new();
+        pack_item(&mut pack, &a, b"hello");
+        pack_item(&mut pack, &b, b"");
+        assert_eq!(unpack(&pack), Ok(vec![(a, &b"hello"[..]), (b, &b""[..])]));
+        assert!(unpack(&pack[..pack.len() - 1]).is_err());
+        let mut long = Vec::new();
+        pack_item(&mut long, &a, b"x");
+        long[ITEM_LEN..PACKED_HEADER].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(unpack(&long).is_err());
+        let mut nested = Vec::new();
+        pack_item(
+            &mut nested,
+            &Item {
+                kind: Kind::Pack,
+                ..a
+            },
+            b"",
+        );
+        assert!(unpack(&nested).is_err());
+        let mut eos_bytes = Vec::new();
+        pack_item(&mut eos_bytes, &b, b"x");
+        assert!(unpack(&eos_bytes).is_err());
     }
 
     #[test]

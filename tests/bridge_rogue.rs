@@ -1,0 +1,91 @@
+//! `bridge-rogue`: a hostile Zenoh peer for tests/bridge.rs. It does what anyone who can
+//! publish on a bridge's keys can do, with the wire format written out here by hand (not taken
+//! from the bridge's code): it forges an item far ahead of the stream and marked "oldest" (an
+//! importer that takes it stores it and then drops every real item as a duplicate), once with a
+//! made-up tag and once without, forges an ack claiming everything stored, and holds an
+//! importer liveliness token it never acks for (an exporter that waits for it stalls).
+//!
+//! ```text
+//! bridge-rogue ENDPOINT KEY IMPORTER SECONDS
+//! ```
+//! Prints "forging" on stderr after the first round, "done N" when SECONDS have passed.
+
+use std::time::{Duration, Instant};
+
+use zenoh::Wait;
+
+/// The bridge's item attachment, version 1: version, kind (1 message), flags (2 oldest),
+/// 5 bytes of zero, from, to (little-endian).
+fn forged_item(from: u64, to: u64) -> Vec<u8> {
+    let mut out = vec![1u8, 1, 2, 0, 0, 0, 0, 0];
+    out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(&to.to_le_bytes());
+    out
+}
+
+/// The bridge's ack, version 1: version, idle, 6 zero bytes, last, 8 zero bytes.
+fn forged_ack(last: u64) -> Vec<u8> {
+    let mut out = vec![1u8, 0, 0, 0, 0, 0, 0, 0];
+    out.extend_from_slice(&last.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [endpoint, key, importer, seconds] = &args[..] else {
+        eprintln!("usage: bridge-rogue ENDPOINT KEY IMPORTER SECONDS");
+        std::process::exit(2);
+    };
+    let seconds: u64 = seconds.parse().expect("SECONDS");
+    let mut config = zenoh::Config::default();
+    for (k, v) in [
+        ("mode", "\"client\"".to_string()),
+        ("scouting/multicast/enabled", "false".into()),
+        ("connect/endpoints", format!("[\"{endpoint}\"]")),
+    ] {
+        config.insert_json5(k, &v).expect("zenoh config");
+    }
+    let session = zenoh::open(config).wait().expect("open the Zenoh session");
+    let _token = session
+        .liveliness()
+        .declare_token(format!("{key}/@importer/rogue"))
+        .wait()
+        .expect("liveliness token");
+    let items = session
+        .declare_publisher(key.clone())
+        .wait()
+        .expect("declare publisher");
+    let acks = session
+        .declare_publisher(format!("{key}/@ack/{importer}"))
+        .wait()
+        .expect("declare ack publisher");
+    // Far ahead of anything the test sends; payload like a numbered message of the test's.
+    let (from, to) = (1u64 << 40, (1u64 << 40) + 4096);
+    let mut payload = vec![0xEEu8; 512];
+    payload[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut rounds = 0u64;
+    while Instant::now() < deadline {
+        let untagged = forged_item(from, to);
+        let mut tagged = untagged.clone();
+        tagged.extend_from_slice(&[0x5A; 32]);
+        for attachment in [untagged, tagged] {
+            items
+                .put(payload.clone())
+                .attachment(attachment)
+                .wait()
+                .expect("put");
+        }
+        let mut ack = forged_ack(u64::MAX / 2);
+        acks.put(ack.clone()).wait().expect("put ack");
+        ack.extend_from_slice(&[0x5A; 32]);
+        acks.put(ack).wait().expect("put ack");
+        rounds += 1;
+        if rounds == 1 {
+            eprintln!("forging");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("done {rounds}");
+}
