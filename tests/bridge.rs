@@ -277,10 +277,20 @@ fn consume_in_order(
 ) {
     let mut consumer = client.consumer(channel).expect("attach consumer");
     let mut next = 0u64;
+    // A stalled stream fails the test by this deadline instead of hanging the run.
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let message = match consumer.recv() {
+        let message = match consumer.try_recv() {
             Ok(Some(message)) => message,
             Ok(None) => break,
+            Err(err) if err.is_empty() => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{channel}: stream stalled after {next} of {count} messages"
+                );
+                readable(consumer.ready_fd(), Duration::from_millis(100));
+                continue;
+            }
             Err(err) => panic!("recv: {err}"),
         };
         let seq = seq_of(&message);
@@ -394,12 +404,20 @@ fn fan_out_to_two_remote_importers() {
     let _i2 = importer(&hosts.b, &b, state.path(), "in2", "test/fan", "b2");
     let (count, len) = (5_000, 4096);
     let producer = produce(a.socket_path().to_path_buf(), "out", count, len);
-    let b_socket = b.socket_path().to_path_buf();
-    let c2 = Background::spawn("consumer in2", move || {
-        consume_in_order(&connect(&b_socket), "in2", count, len, |_| {})
-    });
-    consume_in_order(&b.client(), "in1", count, len, |_| {});
-    c2.join(Duration::from_secs(120));
+    // Both consumers on threads of their own, joined with a deadline: a stalled stream fails
+    // the test instead of hanging the run.
+    let consumers: Vec<_> = ["in1", "in2"]
+        .into_iter()
+        .map(|channel| {
+            let socket = b.socket_path().to_path_buf();
+            Background::spawn(channel, move || {
+                consume_in_order(&connect(&socket), channel, count, len, |_| {})
+            })
+        })
+        .collect();
+    for consumer in consumers {
+        consumer.join(Duration::from_secs(120));
+    }
     producer.join(WAIT);
 }
 

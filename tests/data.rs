@@ -206,16 +206,6 @@ fn library_try_send_and_try_recv_report_would_block() {
     assert_eq!(accepted, received);
 }
 
-/// Whether `fd` turns readable within `timeout`.
-fn readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
-    let mut fds = [rustix::event::PollFd::new(
-        &fd,
-        rustix::event::PollFlags::IN,
-    )];
-    let timeout = rustix::event::Timespec::try_from(timeout).expect("timeout");
-    matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
-}
-
 #[test]
 fn ready_fd_is_readable_when_there_is_progress_and_only_then() {
     let broker = Broker::start(None);

@@ -565,6 +565,16 @@ pub fn proc_exe(pid: u32) -> PathBuf {
         .unwrap_or_else(|e| panic!("readlink /proc/{pid}/exe: {e}"))
 }
 
+/// Whether `fd` turns readable within `timeout`.
+pub fn readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec::try_from(timeout).expect("timeout");
+    matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+}
+
 /// Fails the test unless it runs as root. Tests that call this carry
 /// `#[cfg_attr(not(as_root), ignore = "needs root")]`: built by a normal user they are listed
 /// as ignored, so a summary never counts them as passed; built by root (CI) they run, and this
