@@ -360,3 +360,26 @@ fn status_shows_the_last_reload_and_why_it_was_rejected() {
         }
     });
 }
+
+#[test]
+fn a_fanout_producer_killed_mid_stream_ends_its_stream_badly() {
+    const SENT: usize = 196_608;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "fan", "--max-producers", "2", "--capacity", "1MiB"]);
+    let mut receiver = broker.spawn_ctl(&["recv", "fan", "--streams", "2"], Stdio::null(), None);
+    broker.wait_for_peer("fan", receiver.pid(), "consumer");
+    send(&broker, "fan", b"clean\n", &[]).expect_success();
+    let mut sender = broker.spawn_ctl(&["send", "fan"], Stdio::piped(), None);
+    let mut pipe = sender.take_stdin().expect("sender stdin");
+    pipe.write_all(&vec![7u8; SENT]).expect("feed the sender");
+    wait_for_bytes_written(&broker, "fan", (SENT + 6) as u64);
+    sender.kill9();
+    let out = receiver.output(WAIT);
+    out.expect_error(&[&format!(
+        "producer pid {} went away without end-of-stream after {SENT} bytes",
+        sender.pid()
+    )]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert_eq!(out.stdout.len(), SENT + 6, "everything before the end is delivered");
+    drop(pipe);
+}

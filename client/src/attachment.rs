@@ -93,6 +93,9 @@ pub(crate) struct Attachment {
     /// One-to-one consumers: a producer that went away without end-of-stream, as the broker
     /// told (pid, position its stream stopped at, bytes it wrote).
     pub producer_gone: Option<(u32, u64, u64)>,
+    /// Fan-out consumers: producers that went away without end-of-stream, as the broker told
+    /// (producer id, pid, position its stream stopped at in our ring from it, bytes).
+    pub producers_gone: Vec<(u32, u32, u64, u64)>,
 }
 
 /// What one attach request brought back.
@@ -209,6 +212,7 @@ impl Attachment {
             wake_fd,
             lane_events: Vec::new(),
             producer_gone: None,
+            producers_gone: Vec::new(),
         };
         Ok((attachment, rings))
     }
@@ -406,8 +410,20 @@ impl Attachment {
                 pid,
                 position,
                 bytes,
+                producer: None,
                 ..
             } => self.producer_gone = Some((pid, position, bytes)),
+            Event::ProducerGone {
+                pid,
+                position,
+                bytes,
+                producer: Some(producer),
+                ..
+            } => {
+                // One entry per producer: a later one replaces what an earlier one said.
+                self.producers_gone.retain(|g| g.0 != producer);
+                self.producers_gone.push((producer, pid, position, bytes));
+            }
             lane @ (Event::LaneAdded { .. } | Event::LaneRemoved { .. }) => {
                 self.lane_events.push((lane, fds))
             }

@@ -529,6 +529,7 @@ impl MergedReader {
         read: &mut impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
         self.prepare(attachment)?;
+        self.report_gone(attachment)?;
         let count = self.members.peers.len();
         for step in 0..count {
             let index = (self.cursor + step) % count;
@@ -557,6 +558,31 @@ impl MergedReader {
             }
         }
         Ok(None)
+    }
+
+    /// A producer that went away without end-of-stream (as the broker told) is reported once,
+    /// as soon as everything it wrote to our ring from it has been read; the others are read
+    /// on. One whose ring is no longer read (replaced, dropped) is forgotten.
+    fn report_gone(&mut self, attachment: &mut Attachment) -> Result<()> {
+        let peers = &self.members.peers;
+        attachment
+            .producers_gone
+            .retain(|(producer, ..)| peers.iter().any(|p| p.id == *producer));
+        let done = attachment.producers_gone.iter().position(|(producer, _, position, _)| {
+            peers
+                .iter()
+                .any(|p| p.id == *producer && p.end.position() >= *position)
+        });
+        let Some(index) = done else {
+            return Ok(());
+        };
+        let (producer, pid, _, bytes) = attachment.producers_gone.remove(index);
+        self.last_producer = Some(producer);
+        Err(Error::ProducerGone {
+            channel: attachment.channel.clone(),
+            pid,
+            bytes,
+        })
     }
 
     /// Asks every producer to signal when it writes; false (and nothing armed) if some ring

@@ -323,11 +323,16 @@ pub enum Event {
     /// not end with an end-of-stream mark (it failed, was interrupted or killed). `position`
     /// is where its stream stopped in the ring: once the consumer has read up to it, the
     /// stream is over. `bytes` is what that producer wrote while attached.
+    ///
+    /// Fan-out channels: `producer` names the producer slot (what `last_producer()` reports),
+    /// and `position` and `bytes` are about this consumer's ring from it.
     ProducerGone {
         channel: String,
         pid: u32,
         position: u64,
         bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        producer: Option<u32>,
     },
 }
 

@@ -226,6 +226,7 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
     let mut ends = 0;
     let mut missed = 0;
     let mut lost = 0u64;
+    let mut gone = 0u64;
     loop {
         let received = match consumer.recv_into(&mut message) {
             Ok(got) => got,
@@ -236,6 +237,17 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
             }
             Err(err @ Error::ProducerGone { .. }) if follow => {
                 eprintln!("shmemctl: {err}; waiting for the next producer");
+                continue;
+            }
+            // A stream that ended badly still ends: the last one fails recv with its own
+            // line, an earlier one is said now and fails recv at the end.
+            Err(err @ Error::ProducerGone { .. }) => {
+                ends += 1;
+                if options.streams.is_some_and(|wanted| ends >= wanted) {
+                    return Err(err.into());
+                }
+                eprintln!("shmemctl: {err}");
+                gone += 1;
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -267,8 +279,9 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
         }
         ends += 1;
         if options.streams.is_some_and(|wanted| ends >= wanted) {
-            return match lost {
-                0 => Ok(()),
+            return match (lost, gone) {
+                (0, 0) => Ok(()),
+                (0, _) => Err(Said(report::FAILURE).into()),
                 _ => Err(Said(report::STREAMS_LOST).into()),
             };
         }

@@ -139,6 +139,9 @@ struct ProducerSlot {
     holder: Option<Attached>,
     /// Written by consumers to wake this slot's producer; made at first use.
     space_ready: Option<OwnedFd>,
+    /// Fan-out channels: each queue's ring `bytes_written` from this slot when the current
+    /// producer attached (a ring made later started at 0).
+    stream_start: Vec<(u32, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +227,7 @@ impl Channel {
                 id: 0,
                 holder: None,
                 space_ready,
+                stream_start: Vec::new(),
             }],
             queues: Vec::new(),
             next_queue_id: 1,
@@ -279,6 +283,7 @@ impl Channel {
                     id: id as u32,
                     holder: None,
                     space_ready,
+                    stream_start: Vec::new(),
                 })
                 .collect(),
             queues: Vec::new(),
@@ -528,6 +533,11 @@ impl Channel {
                 names.extend(["ring", "wake"]);
                 lanes.push(LaneInfo { peer: queue.id });
             }
+            self.slots[index].stream_start = self
+                .queues
+                .iter()
+                .map(|q| (q.id, q.lanes[index].ring.stats().bytes_written))
+                .collect();
             let info = self.attach_info(Role::Producer, self.slots[index].id, names, lanes);
             Grant {
                 info,
@@ -572,6 +582,7 @@ impl Channel {
             id,
             holder: None,
             space_ready,
+            stream_start: Vec::new(),
         });
         Ok((self.slots.len() - 1, notices))
     }
@@ -735,7 +746,7 @@ impl Channel {
         let mut grant = self.single_grant(Role::Consumer).map_err(internal)?;
         if self.slots[0].holder.is_none() {
             if let Some(gone) = self.unclean_end {
-                grant.notices.push(self.producer_gone(session, gone));
+                grant.notices.push(self.producer_gone(session, None, gone));
             }
         }
         self.queues[0].holder = Some(Attached {
@@ -832,7 +843,29 @@ impl Channel {
                 queue.lanes[index].ring.clear_waiter(Role::Producer);
             }
             let mut notices = Vec::new();
-            if let (false, Some(queue)) = (self.meta.is_fanout(), self.queues.first()) {
+            if self.meta.is_fanout() {
+                // Each attached consumer reads its own ring from this slot: whatever this
+                // producer left there decides, as below, and costs that consumer's view of
+                // this producer only.
+                let start = std::mem::take(&mut self.slots[index].stream_start);
+                for queue in &self.queues {
+                    let (Some(holder), Some(lane)) = (&queue.holder, queue.lanes.get(index)) else {
+                        continue;
+                    };
+                    let (position, clean) = lane.ring.producer_end();
+                    if clean {
+                        continue;
+                    }
+                    let from = start
+                        .iter()
+                        .find(|(q, _)| *q == queue.id)
+                        .map_or(0, |(_, bytes)| *bytes);
+                    let bytes = lane.ring.stats().bytes_written.saturating_sub(from);
+                    let gone = (attached.peer.pid, position, bytes);
+                    let producer = Some(self.slots[index].id);
+                    notices.push(self.producer_gone(holder.session, producer, gone));
+                }
+            } else if let Some(queue) = self.queues.first() {
                 // Whatever the producer left in the ring decides: only `close` writes the
                 // end-of-stream mark, so its absence means the producer did not finish. A
                 // hostile producer can only misreport its own stream.
@@ -843,7 +876,7 @@ impl Channel {
                     let gone = (attached.peer.pid, position, bytes);
                     self.unclean_end = Some(gone);
                     if let Some(holder) = &queue.holder {
-                        notices.push(self.producer_gone(holder.session, gone));
+                        notices.push(self.producer_gone(holder.session, None, gone));
                     }
                 }
             }
@@ -862,12 +895,19 @@ impl Channel {
         Some((Role::Consumer, attached.peer, notices))
     }
 
-    fn producer_gone(&self, session: SessionId, (pid, position, bytes): (u32, u64, u64)) -> Notice {
+    /// The `producer_gone` event for `session`; `producer` is the slot in a fan-out channel.
+    fn producer_gone(
+        &self,
+        session: SessionId,
+        producer: Option<u32>,
+        (pid, position, bytes): (u32, u64, u64),
+    ) -> Notice {
         let event = Event::ProducerGone {
             channel: self.meta.name.clone(),
             pid,
             position,
             bytes,
+            producer,
         };
         (session, event, Vec::new())
     }
