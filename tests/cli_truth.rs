@@ -383,3 +383,18 @@ fn a_fanout_producer_killed_mid_stream_ends_its_stream_badly() {
     assert_eq!(out.stdout.len(), SENT + 6, "everything before the end is delivered");
     drop(pipe);
 }
+
+#[test]
+fn recv_on_a_dropped_channel_says_so() {
+    let broker = Broker::start(None);
+    for args in [&["create", "gone1"][..], &["create", "gone2", "--max-producers", "2"]] {
+        broker.ctl_ok(args);
+        let name = args[1];
+        let mut receiver = broker.spawn_ctl(&["recv", name], Stdio::null(), None);
+        broker.wait_for_peer(name, receiver.pid(), "consumer");
+        broker.ctl_ok(&["drop", name]);
+        let out = receiver.output(WAIT);
+        out.expect_error(&[&format!("channel dropped: {name}")]);
+        assert_eq!(out.status.code(), Some(1), "{out}");
+    }
+}
