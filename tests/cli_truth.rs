@@ -365,7 +365,14 @@ fn status_shows_the_last_reload_and_why_it_was_rejected() {
 fn a_fanout_producer_killed_mid_stream_ends_its_stream_badly() {
     const SENT: usize = 196_608;
     let broker = Broker::start(None);
-    broker.ctl_ok(&["create", "fan", "--max-producers", "2", "--capacity", "1MiB"]);
+    broker.ctl_ok(&[
+        "create",
+        "fan",
+        "--max-producers",
+        "2",
+        "--capacity",
+        "1MiB",
+    ]);
     let mut receiver = broker.spawn_ctl(&["recv", "fan", "--streams", "2"], Stdio::null(), None);
     broker.wait_for_peer("fan", receiver.pid(), "consumer");
     send(&broker, "fan", b"clean\n", &[]).expect_success();
@@ -380,14 +387,21 @@ fn a_fanout_producer_killed_mid_stream_ends_its_stream_badly() {
         sender.pid()
     )]);
     assert_eq!(out.status.code(), Some(1), "{out}");
-    assert_eq!(out.stdout.len(), SENT + 6, "everything before the end is delivered");
+    assert_eq!(
+        out.stdout.len(),
+        SENT + 6,
+        "everything before the end is delivered"
+    );
     drop(pipe);
 }
 
 #[test]
 fn recv_on_a_dropped_channel_says_so() {
     let broker = Broker::start(None);
-    for args in [&["create", "gone1"][..], &["create", "gone2", "--max-producers", "2"]] {
+    for args in [
+        &["create", "gone1"][..],
+        &["create", "gone2", "--max-producers", "2"],
+    ] {
         broker.ctl_ok(args);
         let name = args[1];
         let mut receiver = broker.spawn_ctl(&["recv", name], Stdio::null(), None);
@@ -397,4 +411,37 @@ fn recv_on_a_dropped_channel_says_so() {
         out.expect_error(&[&format!("channel dropped: {name}")]);
         assert_eq!(out.status.code(), Some(1), "{out}");
     }
+}
+
+#[test]
+fn an_interrupted_recv_reports_exactly_what_stdout_took() {
+    const SENT: usize = 786_432;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "count", "--capacity", "1MiB"]);
+    let output = broker.dir().join("received.bin");
+    let mut receiver = broker.spawn_ctl(
+        &["recv", "count"],
+        Stdio::null(),
+        Some(Stdio::from(File::create(&output).expect("create output"))),
+    );
+    broker.wait_for_peer("count", receiver.pid(), "consumer");
+    let mut sender = broker.spawn_ctl(&["send", "count", "--chunk", "4KiB"], Stdio::piped(), None);
+    let mut pipe = sender.take_stdin().expect("sender stdin");
+    pipe.write_all(&vec![7u8; SENT]).expect("feed the sender");
+    wait_for(
+        WAIT,
+        "recv to write everything",
+        || match std::fs::metadata(&output).map(|m| m.len()) {
+            Ok(len) if len == SENT as u64 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    receiver.signal(libc::SIGINT);
+    let out = receiver.output(WAIT);
+    assert_eq!(out.status.code(), Some(130), "{out}");
+    out.expect_error(&[
+        "recv from count interrupted by SIGINT after 786432 bytes (768KiB) in 192 messages",
+    ]);
+    sender.signal(libc::SIGKILL);
+    drop(pipe);
 }

@@ -568,11 +568,14 @@ impl MergedReader {
         attachment
             .producers_gone
             .retain(|(producer, ..)| peers.iter().any(|p| p.id == *producer));
-        let done = attachment.producers_gone.iter().position(|(producer, _, position, _)| {
-            peers
-                .iter()
-                .any(|p| p.id == *producer && p.end.position() >= *position)
-        });
+        let done = attachment
+            .producers_gone
+            .iter()
+            .position(|(producer, _, position, _)| {
+                peers
+                    .iter()
+                    .any(|p| p.id == *producer && p.end.position() >= *position)
+            });
         let Some(index) = done else {
             return Ok(());
         };

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use shmem_broker_client::ring::RingError;
 use shmem_broker_client::size::format_size;
 use shmem_broker_client::{Client, Error, Role};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -228,12 +229,34 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
     let mut lost = 0u64;
     let mut gone = 0u64;
     loop {
-        let received = match consumer.recv_into(&mut message) {
+        // Without --max-bytes each message goes straight from the ring to stdout, never
+        // copied here; the count is taken per message, so an interrupt reports exactly the
+        // messages stdout took. --max-bytes may cut a message, so it takes a copy.
+        let step = match options.max_bytes {
+            None => consumer.recv_to_fd(stdout.as_fd()).map(|got| match got {
+                Some(len) => {
+                    progress.add(len);
+                    Received::Written
+                }
+                None => Received::End,
+            }),
+            Some(_) => consumer.recv_into(&mut message).map(|got| match got {
+                true => Received::Copied,
+                false => Received::End,
+            }),
+        };
+        let received = match step {
             Ok(got) => got,
+            // Writing stdout from the ring failed: stdout is to blame (a full disk, a closed
+            // pipe), not the channel.
+            Err(Error::Ring {
+                source: RingError::Io(e),
+                ..
+            }) => return Err(StdoutError(e).into()),
             Err(err @ Error::ProducerLost { .. }) => {
                 eprintln!("shmemctl: {err}");
                 lost += 1;
-                false
+                Received::End
             }
             Err(err @ Error::ProducerGone { .. }) if follow => {
                 eprintln!("shmemctl: {err}; waiting for the next producer");
@@ -259,7 +282,10 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
             );
             missed = consumer.missed();
         }
-        if received {
+        if let Received::Written = received {
+            continue;
+        }
+        if let Received::Copied = received {
             let done = progress.bytes.load(Ordering::Relaxed);
             let room = options
                 .max_bytes
@@ -286,6 +312,16 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
             };
         }
     }
+}
+
+/// What one receive did.
+enum Received {
+    /// A message went from the ring to stdout (and was counted).
+    Written,
+    /// A message is in the buffer, to be written.
+    Copied,
+    /// A stream ended (cleanly, or its ring was lost).
+    End,
 }
 
 /// Writes all of `bytes` to `fd` with write(2), no buffer in between (the count that a
