@@ -445,3 +445,84 @@ fn an_interrupted_recv_reports_exactly_what_stdout_took() {
     sender.signal(libc::SIGKILL);
     drop(pipe);
 }
+
+/// The row of `list` for `channel`.
+fn list_row(broker: &Broker, channel: &str) -> String {
+    let list = broker.ctl_ok(&["list"]);
+    list.lines()
+        .find(|l| l.starts_with(&format!("{channel} ")))
+        .unwrap_or_else(|| panic!("no row for {channel}: {list}"))
+        .to_string()
+}
+
+#[test]
+fn fanout_totals_survive_the_consumers_leaving() {
+    const MIB: usize = 1 << 20;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "wide",
+        "--max-consumers",
+        "2",
+        "--capacity",
+        "1MiB",
+    ]);
+    let output = |n| broker.dir().join(format!("out{n}.bin"));
+    let receivers: Vec<Proc> = (0..2)
+        .map(|n| {
+            let out = File::create(output(n)).expect("create output");
+            let receiver =
+                broker.spawn_ctl(&["recv", "wide"], Stdio::null(), Some(Stdio::from(out)));
+            broker.wait_for_peer("wide", receiver.pid(), "consumer");
+            receiver
+        })
+        .collect();
+    send(&broker, "wide", &vec![5u8; 20 * MIB], &["--chunk", "64KiB"]).expect_success();
+    for (n, mut receiver) in receivers.into_iter().enumerate() {
+        receiver.output(WAIT).expect_success();
+        assert_eq!(
+            std::fs::metadata(output(n)).expect("output").len(),
+            20 * MIB as u64
+        );
+    }
+    let info = broker.info("wide");
+    assert!(
+        info["peers"].as_array().is_some_and(|p| p.is_empty()),
+        "{info}"
+    );
+    assert_eq!(json_u64(&info, "bytes_written"), 20 * MIB as u64, "{info}");
+    assert_eq!(json_u64(&info, "messages_written"), 320, "{info}");
+    assert_eq!(
+        json_u64(&info, "messages_read"),
+        640,
+        "both consumers' reads: {info}"
+    );
+    assert_eq!(json_u64(&info, "bytes_unread"), 0, "{info}");
+    let row = list_row(&broker, "wide");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[fields.len() - 3..], ["320", "20MiB", "0B"], "{row}");
+}
+
+#[test]
+fn end_of_stream_marks_are_not_unread_payload() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "marks", "--capacity", "64KiB"]);
+    send(&broker, "marks", b"", &[]).expect_success();
+    let info = broker.info("marks");
+    assert_eq!(json_u64(&info, "bytes_unread"), 0, "only a mark: {info}");
+    send(&broker, "marks", b"abc", &[]).expect_success();
+    let info = broker.info("marks");
+    assert_eq!(json_u64(&info, "bytes_written"), 3, "{info}");
+    assert_eq!(
+        json_u64(&info, "bytes_unread"),
+        3,
+        "the message, not its frame or the marks: {info}"
+    );
+    let row = list_row(&broker, "marks");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields[fields.len() - 2..],
+        ["3B", "3B"],
+        "written, unread: {row}"
+    );
+}

@@ -399,8 +399,15 @@ pub struct ChannelInfo {
     pub messages_written: u64,
     pub bytes_written: u64,
     pub messages_read: u64,
-    /// Fill level: bytes written and not yet read.
+    /// Fill level: message bytes written and not yet read (end-of-stream marks and framing
+    /// not counted).
     pub bytes_unread: u64,
+    /// Messages consumers lost to a full ring (policy `drop`), over the channel's life.
+    #[serde(default)]
+    pub messages_lost: u64,
+    /// Consumers the broker disconnected (fell behind under policy `disconnect`).
+    #[serde(default)]
+    pub evictions: u64,
     /// Removed from the config; goes away when its last client detaches.
     #[serde(default)]
     pub pending_removal: bool,

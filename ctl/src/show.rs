@@ -100,8 +100,11 @@ pub fn info(out: &mut impl Write, c: &ChannelInfo) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "messages:  {} written, {} read",
-        c.messages_written, c.messages_read
+        "messages:  {} written, {} read, {} lost; {} evicted",
+        c.messages_written,
+        c.messages_read,
+        c.messages_lost,
+        count(c.evictions, "consumer")
     )?;
     writeln!(
         out,

@@ -550,6 +550,10 @@ impl Registry {
                 info!(self.log, "detached"; "channel" => name, "role" => %role,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
                 notices = told;
+                if channel.meta.is_fanout() {
+                    // The totals, with what the rings that went with this peer counted.
+                    self.fd_store.save(channel);
+                }
             }
         }
         self.remove_if_unused(name);
