@@ -526,3 +526,33 @@ fn end_of_stream_marks_are_not_unread_payload() {
         "written, unread: {row}"
     );
 }
+
+#[test]
+fn recv_says_when_the_broker_stopped_for_good() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "orphan", "--capacity", "64KiB"]);
+    let mut receiver = broker.spawn_ctl(&["recv", "orphan"], Stdio::null(), None);
+    broker.wait_for_peer("orphan", receiver.pid(), "consumer");
+    broker.proc_mut().signal(libc::SIGTERM);
+    broker.proc_mut().wait_exit(WAIT);
+    let out = receiver.output(Duration::from_secs(15));
+    out.expect_error(&[
+        "recv from orphan: the broker at",
+        "stopped and did not come back within 5s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+}
+
+#[test]
+fn recv_across_a_broker_restart_says_what_became_of_its_channel() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "fleeting", "--capacity", "64KiB"]);
+    let mut receiver = broker.spawn_ctl(&["recv", "fleeting"], Stdio::null(), None);
+    broker.wait_for_peer("fleeting", receiver.pid(), "consumer");
+    broker.proc_mut().signal(libc::SIGTERM);
+    broker.proc_mut().wait_exit(WAIT);
+    // Back within the grace period, without the runtime channel (no fd store here).
+    broker.restart();
+    let out = receiver.output(Duration::from_secs(15));
+    out.expect_error(&["channel dropped: fleeting"]);
+}

@@ -721,7 +721,9 @@ fn a_durable_consumers_queue_survives_restart_and_crash() {
         producer.close().unwrap_or_else(|e| panic!("close: {e}"));
         // The anonymous consumer reads everything and leaves: its reads stay counted.
         for seq in 0..COUNT {
-            let got = anonymous.recv().unwrap_or_else(|e| panic!("recv {seq}: {e}"));
+            let got = anonymous
+                .recv()
+                .unwrap_or_else(|e| panic!("recv {seq}: {e}"));
             assert_eq!(got, Some(message(seq, 200)), "message {seq}");
         }
         assert_eq!(anonymous.recv().ok(), Some(None), "end-of-stream");
@@ -730,7 +732,11 @@ fn a_durable_consumers_queue_survives_restart_and_crash() {
         let info = channel_info(&broker, FAN);
         // The channel's totals outlive the anonymous consumer's rings and the broker.
         assert_eq!(json_u64(&info, "messages_written"), COUNT, "{what}: {info}");
-        assert_eq!(json_u64(&info, "bytes_written"), COUNT * 200, "{what}: {info}");
+        assert_eq!(
+            json_u64(&info, "bytes_written"),
+            COUNT * 200,
+            "{what}: {info}"
+        );
         assert_eq!(json_u64(&info, "messages_read"), COUNT, "{what}: {info}");
         let peers = json_array(&info, "peers");
         let keep = peers

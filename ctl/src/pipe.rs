@@ -213,14 +213,18 @@ pub struct RecvOptions<'a> {
 /// A stream that did not end cleanly (its producer went away, its ring was lost) ends `recv`
 /// with an error, unless it follows (then it says so and waits for the next producer).
 pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> {
-    let mut attach = client.attach(name);
+    // A restart keeps the channel's ring (systemd's fd store): recv takes its place again and
+    // reads on. One that brings another ring, or a fan-out channel's, ends recv with a line.
+    let mut attach = client.attach(name).reconnect(true);
     if let Some(durable) = options.durable {
         attach = attach.durable(durable);
     }
     let mut consumer = attach.consumer()?;
+    let socket = client.socket_path().to_path_buf();
     drop(client);
     let progress = Arc::new(Progress::default());
     on_interrupt("recv from", name, progress.clone())?;
+    watch_broker(socket, name, progress.clone());
     let stdout = io::stdout();
     let follow = options.streams.is_none();
     let mut message = Vec::new();
@@ -312,6 +316,44 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
             };
         }
     }
+}
+
+/// How long recv waits for a broker that went away before it gives up on it.
+const BROKER_GRACE: Duration = Duration::from_secs(5);
+/// How often recv looks for the broker.
+const BROKER_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Ends recv (exit 1, one line) once no broker has answered on the socket for
+/// `BROKER_GRACE` and nothing came through meanwhile: the broker stopped for good, and no
+/// producer-gone or dropped-channel news can come any more. "Answered" is a connect that
+/// succeeds, so a socket-activated broker's socket, held by systemd, counts as a broker (the
+/// connect starts it). While data flows, recv reads on: the ring works without the broker.
+fn watch_broker(socket: std::path::PathBuf, name: &str, progress: Arc<Progress>) {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut away_since: Option<Instant> = None;
+        let mut last_bytes = progress.bytes.load(Ordering::Relaxed);
+        loop {
+            std::thread::sleep(BROKER_PROBE_EVERY);
+            let bytes = progress.bytes.load(Ordering::Relaxed);
+            let moved = bytes != last_bytes;
+            last_bytes = bytes;
+            if moved || std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                away_since = None;
+                continue;
+            }
+            let since = *away_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= BROKER_GRACE {
+                eprintln!(
+                    "shmemctl: error: recv from {name}: the broker at {} stopped and did not come back within {}s (after {})",
+                    socket.display(),
+                    BROKER_GRACE.as_secs(),
+                    progress.summary()
+                );
+                std::process::exit(i32::from(report::FAILURE));
+            }
+        }
+    });
 }
 
 /// What one receive did.
