@@ -556,3 +556,40 @@ fn recv_across_a_broker_restart_says_what_became_of_its_channel() {
     let out = receiver.output(Duration::from_secs(15));
     out.expect_error(&["channel dropped: fleeting"]);
 }
+
+#[test]
+fn a_lost_end_of_stream_mark_is_said_with_the_messages_missed() {
+    const CHUNK: usize = 4096;
+    const MESSAGES: usize = 64;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "lossy",
+        "--max-consumers",
+        "2",
+        "--slow-consumer",
+        "drop",
+        "--capacity",
+        "64KiB",
+    ]);
+    let mut receiver = broker.spawn_ctl(&["recv", "lossy"], Stdio::null(), None);
+    broker.wait_for_peer("lossy", receiver.pid(), "consumer");
+    // The consumer stops reading: its ring fills, the rest and the end-of-stream mark drop.
+    receiver.signal(libc::SIGSTOP);
+    send(
+        &broker,
+        "lossy",
+        &vec![3u8; CHUNK * MESSAGES],
+        &["--chunk", "4KiB"],
+    )
+    .expect_success();
+    receiver.signal(libc::SIGCONT);
+    let out = receiver.output(WAIT);
+    let delivered = out.stdout.len() / CHUNK;
+    assert!(delivered > 0 && delivered < MESSAGES, "{out}");
+    out.expect_error(&[&format!(
+        "finished, but its end-of-stream mark was lost (ring full, slow_consumer = drop) with {} messages missed",
+        MESSAGES - delivered
+    )]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+}

@@ -12,7 +12,7 @@ use crate::connection::{Connection, EventWithFds};
 use crate::control::ControlPage;
 use crate::error::{Error, Result};
 use crate::ring::SharedRing;
-use crate::wire::{AttachInfo, ErrorCode, Event, Request, Role};
+use crate::wire::{AttachInfo, ErrorCode, Event, LostEnd, Request, Role};
 
 /// How long to spin on the ring before sleeping. A wake-up through an eventfd costs tens of
 /// microseconds here, so a peer that answers within this window never pays for one.
@@ -94,8 +94,9 @@ pub(crate) struct Attachment {
     /// told (pid, position its stream stopped at, bytes it wrote).
     pub producer_gone: Option<(u32, u64, u64)>,
     /// Fan-out consumers: producers that went away without end-of-stream, as the broker told
-    /// (producer id, pid, position its stream stopped at in our ring from it, bytes).
-    pub producers_gone: Vec<(u32, u32, u64, u64)>,
+    /// (producer id, pid, position its stream stopped at in our ring from it, bytes, and
+    /// messages missed before a mark that did not fit if the producer did close).
+    pub producers_gone: Vec<(u32, u32, u64, u64, Option<u64>)>,
 }
 
 /// What one attach request brought back.
@@ -418,15 +419,26 @@ impl Attachment {
                 position,
                 bytes,
                 producer: Some(producer),
+                end_lost,
                 ..
             } => {
                 // One entry per producer: a later one replaces what an earlier one said.
                 self.producers_gone.retain(|g| g.0 != producer);
-                self.producers_gone.push((producer, pid, position, bytes));
+                self.producers_gone
+                    .push((producer, pid, position, bytes, end_lost));
             }
             lane @ (Event::LaneAdded { .. } | Event::LaneRemoved { .. }) => {
                 self.lane_events.push((lane, fds))
             }
+        }
+    }
+
+    /// Tells the broker which consumers' rings had no room for this producer's end-of-stream
+    /// mark. Best effort: a broker that is away or older only means those consumers hear that
+    /// the producer went away instead.
+    pub fn tell_end_lost(&mut self, lost: Vec<LostEnd>) {
+        if self.broker_connected {
+            let _ = self.conn.call(&Request::EndLost { lost });
         }
     }
 

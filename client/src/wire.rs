@@ -242,6 +242,21 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// Version 4, on a fan-out producer's attached connection after `close`: the consumers
+    /// whose ring had no room for its end-of-stream mark (policy `drop`), so that the broker
+    /// tells them the stream ended instead of that the producer went away.
+    EndLost {
+        lost: Vec<LostEnd>,
+    },
+}
+
+/// A consumer that missed a producer's end-of-stream mark, and the messages it missed just
+/// before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostEnd {
+    /// The consumer queue's id.
+    pub consumer: u32,
+    pub missed: u64,
 }
 
 /// Machine-readable error codes. Clients must treat unknown codes like `Internal`.
@@ -333,6 +348,11 @@ pub enum Event {
         bytes: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         producer: Option<u32>,
+        /// Fan-out channels, policy `drop`: the producer closed its stream, but its
+        /// end-of-stream mark did not fit this consumer's ring; it missed this many messages
+        /// just before it (the ones its ring had no room for).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_lost: Option<u64>,
     },
 }
 

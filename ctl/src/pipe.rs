@@ -262,13 +262,13 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
                 lost += 1;
                 Received::End
             }
-            Err(err @ Error::ProducerGone { .. }) if follow => {
+            Err(err @ (Error::ProducerGone { .. } | Error::EndOfStreamLost { .. })) if follow => {
                 eprintln!("shmemctl: {err}; waiting for the next producer");
                 continue;
             }
             // A stream that ended badly still ends: the last one fails recv with its own
             // line, an earlier one is said now and fails recv at the end.
-            Err(err @ Error::ProducerGone { .. }) => {
+            Err(err @ (Error::ProducerGone { .. } | Error::EndOfStreamLost { .. })) => {
                 ends += 1;
                 if options.streams.is_some_and(|wanted| ends >= wanted) {
                     return Err(err.into());

@@ -19,7 +19,8 @@ use rustix::event::{eventfd, EventfdFlags};
 use shmem_broker_client::control::BrokerControlPage;
 use shmem_broker_client::ring::{Eviction, RingStats, SharedRing, HEADER_SIZE, LAYOUT_VERSION};
 use shmem_broker_client::wire::{
-    AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, Origin, PeerInfo, Role, SlowConsumer,
+    AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, LostEnd, Origin, PeerInfo, Role,
+    SlowConsumer,
 };
 use shmem_ipc::mem::mfd::Memfd;
 
@@ -198,6 +199,9 @@ struct ProducerSlot {
     /// Fan-out channels: each queue's ring `bytes_written` from this slot when the current
     /// producer attached (a ring made later started at 0).
     stream_start: Vec<(u32, u64)>,
+    /// What the current producer said after `close`: the queues whose ring had no room for
+    /// its end-of-stream mark, with the messages each missed before it.
+    end_lost: Vec<(u32, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,6 +290,7 @@ impl Channel {
                 holder: None,
                 space_ready,
                 stream_start: Vec::new(),
+                end_lost: Vec::new(),
             }],
             queues: Vec::new(),
             next_queue_id: 1,
@@ -343,6 +348,7 @@ impl Channel {
                     holder: None,
                     space_ready,
                     stream_start: Vec::new(),
+                    end_lost: Vec::new(),
                 })
                 .collect(),
             queues: Vec::new(),
@@ -661,6 +667,7 @@ impl Channel {
                 names.extend(["ring", "wake"]);
                 lanes.push(LaneInfo { peer: queue.id });
             }
+            self.slots[index].end_lost.clear();
             self.slots[index].stream_start = self
                 .queues
                 .iter()
@@ -711,6 +718,7 @@ impl Channel {
             holder: None,
             space_ready,
             stream_start: Vec::new(),
+            end_lost: Vec::new(),
         });
         Ok((self.slots.len() - 1, notices))
     }
@@ -977,6 +985,7 @@ impl Channel {
                 // producer left there decides, as below, and costs that consumer's view of
                 // this producer only.
                 let start = std::mem::take(&mut self.slots[index].stream_start);
+                let end_lost = std::mem::take(&mut self.slots[index].end_lost);
                 for queue in &self.queues {
                     let (Some(holder), Some(lane)) = (&queue.holder, queue.lanes.get(index)) else {
                         continue;
@@ -991,8 +1000,12 @@ impl Channel {
                         .map_or(0, |(_, bytes)| *bytes);
                     let bytes = lane.ring.stats().bytes_written.saturating_sub(from);
                     let gone = (attached.peer.pid, position, bytes);
-                    let producer = Some(self.slots[index].id);
-                    notices.push(self.producer_gone(holder.session, producer, gone));
+                    let mut notice =
+                        self.producer_gone(holder.session, Some(self.slots[index].id), gone);
+                    if let Event::ProducerGone { end_lost: lost, .. } = &mut notice.1 {
+                        *lost = end_lost.iter().find(|(q, _)| *q == queue.id).map(|l| l.1);
+                    }
+                    notices.push(notice);
                 }
             } else if let Some(queue) = self.queues.first() {
                 // Whatever the producer left in the ring decides: only `close` writes the
@@ -1024,6 +1037,37 @@ impl Channel {
         Some((Role::Consumer, attached.peer, notices))
     }
 
+    /// A fan-out producer (`session`) closed its stream under policy `drop`, and its
+    /// end-of-stream mark did not fit the rings of the queues in `lost`. Only believed for
+    /// rings that turn out to lack the mark when it detaches, and only about its own stream.
+    pub fn end_lost(&mut self, session: SessionId, lost: &[LostEnd]) -> Result<(), Refusal> {
+        let holds = |s: &&mut ProducerSlot| s.holder.as_ref().is_some_and(|a| a.session == session);
+        let policy = self.meta.slow_consumer;
+        let queues: Vec<u32> = self.queues.iter().map(|q| q.id).collect();
+        let Some(slot) = self.slots.iter_mut().find(holds) else {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "end_lost: this connection is not a fan-out producer's".into(),
+            ));
+        };
+        if policy != SlowConsumer::Drop || !self.meta.is_fanout() {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "end_lost: only channels with slow_consumer = drop lose end-of-stream marks".into(),
+            ));
+        }
+        // One entry per queue that exists: a list as long as the client likes stays bounded.
+        slot.end_lost = queues
+            .iter()
+            .filter_map(|id| {
+                lost.iter()
+                    .find(|l| l.consumer == *id)
+                    .map(|l| (*id, l.missed))
+            })
+            .collect();
+        Ok(())
+    }
+
     /// The `producer_gone` event for `session`; `producer` is the slot in a fan-out channel.
     fn producer_gone(
         &self,
@@ -1037,6 +1081,7 @@ impl Channel {
             position,
             bytes,
             producer,
+            end_lost: None,
         };
         (session, event, Vec::new())
     }

@@ -9,8 +9,8 @@ use shmem_broker_client::names::validate_channel_name;
 use shmem_broker_client::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
 use shmem_broker_client::size::format_size;
 use shmem_broker_client::wire::{
-    ChannelList, Dropped, ErrorCode, Event, Origin, Reply, Role, SlowConsumer, MAX_ENDPOINTS,
-    MIN_PROTOCOL_VERSION, SEALED_RINGS_VERSION,
+    ChannelList, Dropped, ErrorCode, Event, LostEnd, Origin, Reply, Role, SlowConsumer,
+    MAX_ENDPOINTS, MIN_PROTOCOL_VERSION, SEALED_RINGS_VERSION,
 };
 use slog::{info, warn, Logger};
 
@@ -558,6 +558,22 @@ impl Registry {
         }
         self.remove_if_unused(name);
         notices
+    }
+
+    /// A fan-out producer attached to `name` through `session` lost its end-of-stream mark
+    /// in the rings of the consumers in `lost` ([`Channel::end_lost`]).
+    pub fn end_lost(&mut self, name: Option<&str>, session: SessionId, lost: &[LostEnd]) -> Reply {
+        let channel = name.and_then(|name| self.channels.get_mut(name));
+        let Some(channel) = channel else {
+            return Reply::failure(
+                ErrorCode::BadRequest,
+                "end_lost: this connection is not attached to a channel",
+            );
+        };
+        match channel.end_lost(session, lost) {
+            Ok(()) => Reply::success(()),
+            Err(refusal) => Reply::failure(refusal.code, refusal.message),
+        }
     }
 
     /// Drops durable consumer `consumer` of channel `name`: its owner, the channel's owner

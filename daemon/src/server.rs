@@ -520,6 +520,11 @@ impl Server {
                 self.tell_all(session, outcome.events, woken);
                 (outcome.reply, outcome.fds)
             }
+            Request::EndLost { lost } => (
+                self.registry
+                    .end_lost(session.attached.as_deref(), session.id, &lost),
+                Vec::new(),
+            ),
             Request::Attach {
                 channel,
                 role,
