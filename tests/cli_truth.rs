@@ -593,3 +593,127 @@ fn a_lost_end_of_stream_mark_is_said_with_the_messages_missed() {
     )]);
     assert_eq!(out.status.code(), Some(1), "{out}");
 }
+
+/// Waits until a running `shmemctl monitor` printed a line with all of `needles`.
+fn wait_for_line(monitor: &Proc, needles: &[&str]) -> String {
+    wait_for(WAIT, format!("a monitor line with {needles:?}"), || {
+        let text = monitor.stdout_text();
+        match text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            Some(line) => Ok(line.to_string()),
+            None => Err(text),
+        }
+    })
+}
+
+/// Until `monitor` shows it is subscribed: consumers of `channel` come and go meanwhile.
+fn wait_until_watching(broker: &Broker, monitor: &Proc, channel: &str) {
+    let client = broker.client();
+    wait_for(WAIT, "the monitor to subscribe", || {
+        drop(client.consumer(channel).expect("consumer"));
+        let text = monitor.stdout_text();
+        if text.contains(&format!("attach channel={channel}"))
+            || text.contains(&format!("\"channel\":\"{channel}\""))
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+}
+
+#[test]
+fn monitor_prints_attach_detach_loss_reload_and_drop_as_they_happen() {
+    let broker = Broker::start(Some("version = 1\n"));
+    broker.ctl_ok(&["create", "seen", "--capacity", "64KiB"]);
+    broker.ctl_ok(&[
+        "create",
+        "lossy",
+        "--max-consumers",
+        "2",
+        "--slow-consumer",
+        "drop",
+        "--capacity",
+        "64KiB",
+    ]);
+    let monitor = broker.spawn_ctl(&["monitor"], Stdio::null(), None);
+    wait_until_watching(&broker, &monitor, "seen");
+
+    send(&broker, "seen", b"hello\n", &[]).expect_success();
+    wait_for_line(
+        &monitor,
+        &["attach channel=seen role=producer pid=", "uid=0"],
+    );
+    wait_for_line(&monitor, &["detach channel=seen role=producer"]);
+
+    // A consumer that never reads loses what does not fit.
+    let stalled = broker.client().consumer("lossy").expect("consumer");
+    send(
+        &broker,
+        "lossy",
+        &vec![1u8; 256 << 10],
+        &["--chunk", "4KiB"],
+    )
+    .expect_success();
+    wait_for_line(&monitor, &["loss channel=lossy count="]);
+    drop(stalled);
+
+    // A rejected reload, whose error quotes the file: escaped, one line.
+    std::fs::write(broker.config_path(), "version = 1\n\"evil\u{1b}[2J\" = 1\n").expect("config");
+    let mut broker = broker;
+    broker.proc_mut().signal(libc::SIGHUP);
+    let line = wait_for_line(&monitor, &["reload (rejected:"]);
+    assert!(!line.contains('\u{1b}'), "escaped: {line:?}");
+
+    broker.ctl_ok(&["drop", "seen"]);
+    wait_for_line(&monitor, &["drop channel=seen pid="]);
+
+    let json = broker.spawn_ctl(&["monitor", "lossy", "--json"], Stdio::null(), None);
+    wait_until_watching(&broker, &json, "lossy");
+    let text = json.stdout_text();
+    let first = text.lines().next().expect("a line");
+    let event: serde_json::Value = serde_json::from_str(first).expect("JSON lines");
+    assert_eq!(event["event"], "monitor", "{first}");
+    assert_eq!(event["what"], "attach", "{first}");
+    assert!(!text.contains("seen"), "only channel lossy: {text}");
+}
+
+#[test]
+fn a_monitor_that_never_reads_does_not_hold_up_the_broker() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "busy",
+        "--capacity",
+        "4KiB",
+        "--max-consumers",
+        "64",
+    ]);
+    let client = broker.client();
+    let monitor = client.monitor(None).expect("monitor");
+    // Thousands of events the monitor does not read: far more than the socket holds.
+    for _ in 0..2000 {
+        drop(client.consumer("busy").expect("consumer"));
+    }
+    // The broker answers others at once.
+    broker.ctl_ok(&["list"]);
+    // Once it reads, the monitor learns it missed events.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut monitor = monitor;
+    std::thread::spawn(move || {
+        while let Ok(Some(event)) = monitor.next_event() {
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    let dropped = wait_for(WAIT, "a monitor_dropped event", || {
+        drop(client.consumer("busy").expect("consumer"));
+        while let Ok(event) = rx.try_recv() {
+            if let shmem_broker_client::wire::Event::MonitorDropped { count } = event {
+                return Ok(count);
+            }
+        }
+        Err("none yet".to_string())
+    });
+    assert!(dropped > 0);
+}

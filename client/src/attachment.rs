@@ -427,6 +427,8 @@ impl Attachment {
                 self.producers_gone
                     .push((producer, pid, position, bytes, end_lost));
             }
+            // Only a connection that asked to monitor gets these.
+            Event::Monitor(_) | Event::MonitorDropped { .. } => {}
             lane @ (Event::LaneAdded { .. } | Event::LaneRemoved { .. }) => {
                 self.lane_events.push((lane, fds))
             }

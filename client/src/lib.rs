@@ -32,7 +32,7 @@ pub mod ring;
 pub mod size;
 pub mod wire;
 
-pub use client::{Attach, Client, CreateOptions, NewChannel};
+pub use client::{Attach, Client, CreateOptions, Monitor, NewChannel};
 pub use consumer::Consumer;
 pub use error::{Error, Result};
 pub use producer::Producer;

@@ -248,6 +248,66 @@ pub enum Request {
     EndLost {
         lost: Vec<LostEnd>,
     },
+    /// Version 4: this connection watches the broker (all channels, or `channel`): it gets
+    /// `monitor` events as things happen, and `monitor_dropped` when it fell behind.
+    Monitor {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
+}
+
+/// What a `monitor` event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorKind {
+    Create,
+    Attach,
+    Detach,
+    Drop,
+    DropConsumer,
+    Eviction,
+    Loss,
+    Reload,
+}
+
+impl std::fmt::Display for MonitorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MonitorKind::Create => "create",
+            MonitorKind::Attach => "attach",
+            MonitorKind::Detach => "detach",
+            MonitorKind::Drop => "drop",
+            MonitorKind::DropConsumer => "drop-consumer",
+            MonitorKind::Eviction => "eviction",
+            MonitorKind::Loss => "loss",
+            MonitorKind::Reload => "reload",
+        })
+    }
+}
+
+/// One thing that happened, as a `monitor` event carries it. Strings a client chose (names) or
+/// a config file holds (a reload's error) are data: print them escaped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    pub at_unix_ms: u64,
+    pub what: MonitorKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// A durable consumer's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Messages lost (`loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Why (`eviction`, a rejected `reload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A consumer that missed a producer's end-of-stream mark, and the messages it missed just
@@ -334,6 +394,10 @@ pub enum Event {
     LaneRemoved { generation: u64, peer: u32 },
     /// This consumer was detached by the broker; the attachment is over.
     Disconnected { channel: String, reason: String },
+    /// Version 4, to a connection that sent `monitor`.
+    Monitor(MonitorEvent),
+    /// Version 4, to a monitor that read too slowly: this many events were left out here.
+    MonitorDropped { count: u64 },
     /// Version 4, one-to-one channels: the producer's connection closed and its stream does
     /// not end with an end-of-stream mark (it failed, was interrupted or killed). `position`
     /// is where its stream stopped in the ring: once the consumer has read up to it, the
