@@ -657,7 +657,8 @@ fn monitor_prints_attach_detach_loss_reload_and_drop_as_they_happen() {
     wait_for_line(&monitor, &["loss channel=lossy count="]);
     drop(stalled);
 
-    // A rejected reload, whose error quotes the file: escaped, one line.
+    // A rejected reload, whose error quotes the file: one line, escaped (the broker's error
+    // quotes the key escaped already; shmemctl escapes what it prints again).
     std::fs::write(broker.config_path(), "version = 1\n\"evil\u{1b}[2J\" = 1\n").expect("config");
     let mut broker = broker;
     broker.proc_mut().signal(libc::SIGHUP);
@@ -716,4 +717,22 @@ fn a_monitor_that_never_reads_does_not_hold_up_the_broker() {
         Err("none yet".to_string())
     });
     assert!(dropped > 0);
+}
+
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn a_monitor_sees_only_channels_its_user_may_attach_to() {
+    require_root();
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "open", "--consumers", "*"]);
+    broker.ctl_ok(&["create", "secret"]);
+    let monitor = broker.spawn_ctl_as(NOBODY, &["monitor"], Stdio::null());
+    wait_until_watching(&broker, &monitor, "open");
+    let client = broker.client();
+    drop(client.consumer("secret").expect("consumer"));
+    // Events are told in order: once this one shows, the one before was judged.
+    drop(client.producer("open").expect("producer"));
+    wait_for_line(&monitor, &["attach channel=open role=producer"]);
+    let text = monitor.stdout_text();
+    assert!(!text.contains("secret"), "uid {NOBODY} may not watch channel secret: {text}");
 }
