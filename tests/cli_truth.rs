@@ -734,5 +734,8 @@ fn a_monitor_sees_only_channels_its_user_may_attach_to() {
     drop(client.producer("open").expect("producer"));
     wait_for_line(&monitor, &["attach channel=open role=producer"]);
     let text = monitor.stdout_text();
-    assert!(!text.contains("secret"), "uid {NOBODY} may not watch channel secret: {text}");
+    assert!(
+        !text.contains("secret"),
+        "uid {NOBODY} may not watch channel secret: {text}"
+    );
 }

@@ -220,16 +220,6 @@ fn utc(secs: u64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(super::utc(1_795_792_000), "2026-11-27 15:06:40 UTC");
-    }
-}
-
 /// One line for a monitor event: text (client-chosen strings escaped) or JSON.
 pub fn monitor_line(out: &mut impl Write, event: &Event, json: bool) -> io::Result<()> {
     if json {
@@ -274,4 +264,14 @@ pub fn monitor_line(out: &mut impl Write, event: &Event, json: bool) -> io::Resu
         _ => return Ok(()),
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_792_000), "2026-11-27 15:06:40 UTC");
+    }
 }
