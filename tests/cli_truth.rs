@@ -360,3 +360,388 @@ fn status_shows_the_last_reload_and_why_it_was_rejected() {
         }
     });
 }
+
+#[test]
+fn a_fanout_producer_killed_mid_stream_ends_its_stream_badly() {
+    const SENT: usize = 196_608;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "fan",
+        "--max-producers",
+        "2",
+        "--capacity",
+        "1MiB",
+    ]);
+    let mut receiver = broker.spawn_ctl(&["recv", "fan", "--streams", "2"], Stdio::null(), None);
+    broker.wait_for_peer("fan", receiver.pid(), "consumer");
+    send(&broker, "fan", b"clean\n", &[]).expect_success();
+    let mut sender = broker.spawn_ctl(&["send", "fan"], Stdio::piped(), None);
+    let mut pipe = sender.take_stdin().expect("sender stdin");
+    pipe.write_all(&vec![7u8; SENT]).expect("feed the sender");
+    wait_for_bytes_written(&broker, "fan", (SENT + 6) as u64);
+    sender.kill9();
+    let out = receiver.output(WAIT);
+    out.expect_error(&[&format!(
+        "producer pid {} went away without end-of-stream after {SENT} bytes",
+        sender.pid()
+    )]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert_eq!(
+        out.stdout.len(),
+        SENT + 6,
+        "everything before the end is delivered"
+    );
+    drop(pipe);
+}
+
+#[test]
+fn recv_on_a_dropped_channel_says_so() {
+    let broker = Broker::start(None);
+    for args in [
+        &["create", "gone1"][..],
+        &["create", "gone2", "--max-producers", "2"],
+    ] {
+        broker.ctl_ok(args);
+        let name = args[1];
+        let mut receiver = broker.spawn_ctl(&["recv", name], Stdio::null(), None);
+        broker.wait_for_peer(name, receiver.pid(), "consumer");
+        broker.ctl_ok(&["drop", name]);
+        let out = receiver.output(WAIT);
+        out.expect_error(&[&format!("channel dropped: {name}")]);
+        assert_eq!(out.status.code(), Some(1), "{out}");
+    }
+}
+
+#[test]
+fn an_interrupted_recv_reports_exactly_what_stdout_took() {
+    const SENT: usize = 786_432;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "count", "--capacity", "1MiB"]);
+    let output = broker.dir().join("received.bin");
+    let mut receiver = broker.spawn_ctl(
+        &["recv", "count"],
+        Stdio::null(),
+        Some(Stdio::from(File::create(&output).expect("create output"))),
+    );
+    broker.wait_for_peer("count", receiver.pid(), "consumer");
+    let mut sender = broker.spawn_ctl(&["send", "count", "--chunk", "4KiB"], Stdio::piped(), None);
+    let mut pipe = sender.take_stdin().expect("sender stdin");
+    pipe.write_all(&vec![7u8; SENT]).expect("feed the sender");
+    wait_for(
+        WAIT,
+        "recv to write everything",
+        || match std::fs::metadata(&output).map(|m| m.len()) {
+            Ok(len) if len == SENT as u64 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    receiver.signal(libc::SIGINT);
+    let out = receiver.output(WAIT);
+    assert_eq!(out.status.code(), Some(130), "{out}");
+    out.expect_error(&[
+        "recv from count interrupted by SIGINT after 786432 bytes (768KiB) in 192 messages",
+    ]);
+    sender.signal(libc::SIGKILL);
+    drop(pipe);
+}
+
+/// The row of `list` for `channel`.
+fn list_row(broker: &Broker, channel: &str) -> String {
+    let list = broker.ctl_ok(&["list"]);
+    list.lines()
+        .find(|l| l.starts_with(&format!("{channel} ")))
+        .unwrap_or_else(|| panic!("no row for {channel}: {list}"))
+        .to_string()
+}
+
+#[test]
+fn fanout_totals_survive_the_consumers_leaving() {
+    const MIB: usize = 1 << 20;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "wide",
+        "--max-consumers",
+        "2",
+        "--capacity",
+        "1MiB",
+    ]);
+    let output = |n| broker.dir().join(format!("out{n}.bin"));
+    let receivers: Vec<Proc> = (0..2)
+        .map(|n| {
+            let out = File::create(output(n)).expect("create output");
+            let receiver =
+                broker.spawn_ctl(&["recv", "wide"], Stdio::null(), Some(Stdio::from(out)));
+            broker.wait_for_peer("wide", receiver.pid(), "consumer");
+            receiver
+        })
+        .collect();
+    send(&broker, "wide", &vec![5u8; 20 * MIB], &["--chunk", "64KiB"]).expect_success();
+    for (n, mut receiver) in receivers.into_iter().enumerate() {
+        receiver.output(WAIT).expect_success();
+        assert_eq!(
+            std::fs::metadata(output(n)).expect("output").len(),
+            20 * MIB as u64
+        );
+    }
+    let info = broker.info("wide");
+    assert!(
+        info["peers"].as_array().is_some_and(|p| p.is_empty()),
+        "{info}"
+    );
+    assert_eq!(json_u64(&info, "bytes_written"), 20 * MIB as u64, "{info}");
+    assert_eq!(json_u64(&info, "messages_written"), 320, "{info}");
+    assert_eq!(
+        json_u64(&info, "messages_read"),
+        640,
+        "both consumers' reads: {info}"
+    );
+    assert_eq!(json_u64(&info, "bytes_unread"), 0, "{info}");
+    let row = list_row(&broker, "wide");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[fields.len() - 3..], ["320", "20MiB", "0B"], "{row}");
+}
+
+#[test]
+fn end_of_stream_marks_are_not_unread_payload() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "marks", "--capacity", "64KiB"]);
+    send(&broker, "marks", b"", &[]).expect_success();
+    let info = broker.info("marks");
+    assert_eq!(json_u64(&info, "bytes_unread"), 0, "only a mark: {info}");
+    send(&broker, "marks", b"abc", &[]).expect_success();
+    let info = broker.info("marks");
+    assert_eq!(json_u64(&info, "bytes_written"), 3, "{info}");
+    assert_eq!(
+        json_u64(&info, "bytes_unread"),
+        3,
+        "the message, not its frame or the marks: {info}"
+    );
+    let row = list_row(&broker, "marks");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields[fields.len() - 2..],
+        ["3B", "3B"],
+        "written, unread: {row}"
+    );
+}
+
+#[test]
+fn recv_says_when_the_broker_stopped_for_good() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "orphan", "--capacity", "64KiB"]);
+    let mut receiver = broker.spawn_ctl(&["recv", "orphan"], Stdio::null(), None);
+    broker.wait_for_peer("orphan", receiver.pid(), "consumer");
+    broker.proc_mut().signal(libc::SIGTERM);
+    broker.proc_mut().wait_exit(WAIT);
+    let out = receiver.output(Duration::from_secs(15));
+    out.expect_error(&[
+        "recv from orphan: the broker at",
+        "stopped and did not come back within 5s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+}
+
+#[test]
+fn recv_across_a_broker_restart_says_what_became_of_its_channel() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "fleeting", "--capacity", "64KiB"]);
+    let mut receiver = broker.spawn_ctl(&["recv", "fleeting"], Stdio::null(), None);
+    broker.wait_for_peer("fleeting", receiver.pid(), "consumer");
+    broker.proc_mut().signal(libc::SIGTERM);
+    broker.proc_mut().wait_exit(WAIT);
+    // Back within the grace period, without the runtime channel (no fd store here).
+    broker.restart();
+    let out = receiver.output(Duration::from_secs(15));
+    out.expect_error(&["channel dropped: fleeting"]);
+}
+
+#[test]
+fn a_lost_end_of_stream_mark_is_said_with_the_messages_missed() {
+    const CHUNK: usize = 4096;
+    const MESSAGES: usize = 64;
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "lossy",
+        "--max-consumers",
+        "2",
+        "--slow-consumer",
+        "drop",
+        "--capacity",
+        "64KiB",
+    ]);
+    let mut receiver = broker.spawn_ctl(&["recv", "lossy"], Stdio::null(), None);
+    broker.wait_for_peer("lossy", receiver.pid(), "consumer");
+    // The consumer stops reading: its ring fills, the rest and the end-of-stream mark drop.
+    receiver.signal(libc::SIGSTOP);
+    send(
+        &broker,
+        "lossy",
+        &vec![3u8; CHUNK * MESSAGES],
+        &["--chunk", "4KiB"],
+    )
+    .expect_success();
+    receiver.signal(libc::SIGCONT);
+    let out = receiver.output(WAIT);
+    let delivered = out.stdout.len() / CHUNK;
+    assert!(delivered > 0 && delivered < MESSAGES, "{out}");
+    out.expect_error(&[&format!(
+        "finished, but its end-of-stream mark was lost (ring full, slow_consumer = drop) with {} messages missed",
+        MESSAGES - delivered
+    )]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+}
+
+/// Waits until a running `shmemctl monitor` printed a line with all of `needles`.
+fn wait_for_line(monitor: &Proc, needles: &[&str]) -> String {
+    wait_for(WAIT, format!("a monitor line with {needles:?}"), || {
+        let text = monitor.stdout_text();
+        match text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            Some(line) => Ok(line.to_string()),
+            None => Err(text),
+        }
+    })
+}
+
+/// Until `monitor` shows it is subscribed: consumers of `channel` come and go meanwhile.
+fn wait_until_watching(broker: &Broker, monitor: &Proc, channel: &str) {
+    let client = broker.client();
+    wait_for(WAIT, "the monitor to subscribe", || {
+        drop(client.consumer(channel).expect("consumer"));
+        let text = monitor.stdout_text();
+        if text.contains(&format!("attach channel={channel}"))
+            || text.contains(&format!("\"what\":\"attach\",\"channel\":\"{channel}\""))
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+}
+
+#[test]
+fn monitor_prints_attach_detach_loss_reload_and_drop_as_they_happen() {
+    let broker = Broker::start(Some("version = 1\n"));
+    broker.ctl_ok(&["create", "seen", "--capacity", "64KiB"]);
+    broker.ctl_ok(&[
+        "create",
+        "lossy",
+        "--max-consumers",
+        "2",
+        "--slow-consumer",
+        "drop",
+        "--capacity",
+        "64KiB",
+    ]);
+    let monitor = broker.spawn_ctl(&["monitor"], Stdio::null(), None);
+    wait_until_watching(&broker, &monitor, "seen");
+
+    send(&broker, "seen", b"hello\n", &[]).expect_success();
+    wait_for_line(
+        &monitor,
+        &["attach channel=seen role=producer pid=", "uid=0"],
+    );
+    wait_for_line(&monitor, &["detach channel=seen role=producer"]);
+
+    // A consumer that never reads loses what does not fit.
+    let stalled = broker.client().consumer("lossy").expect("consumer");
+    send(
+        &broker,
+        "lossy",
+        &vec![1u8; 256 << 10],
+        &["--chunk", "4KiB"],
+    )
+    .expect_success();
+    wait_for_line(&monitor, &["loss channel=lossy count="]);
+    drop(stalled);
+
+    // A rejected reload, whose error quotes the file: one line, escaped (the broker's error
+    // quotes the key escaped already; shmemctl escapes what it prints again).
+    std::fs::write(broker.config_path(), "version = 1\n\"evil\u{1b}[2J\" = 1\n").expect("config");
+    let mut broker = broker;
+    broker.proc_mut().signal(libc::SIGHUP);
+    let line = wait_for_line(&monitor, &["reload (rejected:"]);
+    assert!(!line.contains('\u{1b}'), "escaped: {line:?}");
+
+    broker.ctl_ok(&["drop", "seen"]);
+    wait_for_line(&monitor, &["drop channel=seen pid="]);
+
+    let json = broker.spawn_ctl(&["monitor", "lossy", "--json"], Stdio::null(), None);
+    wait_until_watching(&broker, &json, "lossy");
+    let text = json.stdout_text();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "monitor" && e["what"] == "attach" && e["channel"] == "lossy"),
+        "{text}"
+    );
+    assert!(!text.contains("seen"), "only channel lossy: {text}");
+}
+
+#[test]
+fn a_monitor_that_never_reads_does_not_hold_up_the_broker() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "busy",
+        "--capacity",
+        "4KiB",
+        "--max-consumers",
+        "64",
+    ]);
+    let client = broker.client();
+    let monitor = client.monitor(None).expect("monitor");
+    // Thousands of events the monitor does not read: far more than the socket holds.
+    for _ in 0..2000 {
+        drop(client.consumer("busy").expect("consumer"));
+    }
+    // The broker answers others at once.
+    broker.ctl_ok(&["list"]);
+    // Once it reads, the monitor learns it missed events.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut monitor = monitor;
+    std::thread::spawn(move || {
+        while let Ok(Some(event)) = monitor.next_event() {
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    let dropped = wait_for(WAIT, "a monitor_dropped event", || {
+        drop(client.consumer("busy").expect("consumer"));
+        while let Ok(event) = rx.try_recv() {
+            if let shmem_broker_client::wire::Event::MonitorDropped { count } = event {
+                return Ok(count);
+            }
+        }
+        Err("none yet".to_string())
+    });
+    assert!(dropped > 0);
+}
+
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn a_monitor_sees_only_channels_its_user_may_attach_to() {
+    require_root();
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "open", "--consumers", "*"]);
+    broker.ctl_ok(&["create", "secret"]);
+    let monitor = broker.spawn_ctl_as(NOBODY, &["monitor"], Stdio::null());
+    wait_until_watching(&broker, &monitor, "open");
+    let client = broker.client();
+    drop(client.consumer("secret").expect("consumer"));
+    // Events are told in order: once this one shows, the one before was judged.
+    drop(client.producer("open").expect("producer"));
+    wait_for_line(&monitor, &["attach channel=open role=producer"]);
+    let text = monitor.stdout_text();
+    assert!(
+        !text.contains("secret"),
+        "uid {NOBODY} may not watch channel secret: {text}"
+    );
+}

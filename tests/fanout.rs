@@ -309,8 +309,9 @@ fn slow_consumer_block_makes_the_producer_wait_and_loses_nothing() {
     // fast one too (it gets each message only as the slow ring takes it).
     wait_for(WAIT, "the slow consumer's ring to fill", || {
         let peer = consumer_peer(&s.broker, "feed", s.slow_id).ok_or("slow consumer gone")?;
+        // Unread counts message bytes; a 100-byte message takes a 128-byte frame.
         match json_u64(&peer, "bytes_unread") {
-            n if n + 2 * MESSAGE as u64 > RING => Ok(()),
+            n if (n + 2 * MESSAGE as u64) * 128 / MESSAGE as u64 > RING => Ok(()),
             n => Err(format!("{n} bytes unread: {peer}")),
         }
     });

@@ -707,7 +707,7 @@ fn a_durable_consumers_queue_survives_restart_and_crash() {
                 .consumer()
                 .unwrap_or_else(|e| panic!("attach the durable consumer: {e}")),
         );
-        let _anonymous = client
+        let mut anonymous = client
             .consumer(FAN)
             .unwrap_or_else(|e| panic!("attach an anonymous consumer: {e}"));
         let mut producer = client
@@ -719,9 +719,25 @@ fn a_durable_consumers_queue_survives_restart_and_crash() {
                 .unwrap_or_else(|e| panic!("send {seq}: {e}"));
         }
         producer.close().unwrap_or_else(|e| panic!("close: {e}"));
+        // The anonymous consumer reads everything and leaves: its reads stay counted.
+        for seq in 0..COUNT {
+            let got = anonymous
+                .recv()
+                .unwrap_or_else(|e| panic!("recv {seq}: {e}"));
+            assert_eq!(got, Some(message(seq, 200)), "message {seq}");
+        }
+        assert_eq!(anonymous.recv().ok(), Some(None), "end-of-stream");
     }
     let kept = |what: &str| {
         let info = channel_info(&broker, FAN);
+        // The channel's totals outlive the anonymous consumer's rings and the broker.
+        assert_eq!(json_u64(&info, "messages_written"), COUNT, "{what}: {info}");
+        assert_eq!(
+            json_u64(&info, "bytes_written"),
+            COUNT * 200,
+            "{what}: {info}"
+        );
+        assert_eq!(json_u64(&info, "messages_read"), COUNT, "{what}: {info}");
         let peers = json_array(&info, "peers");
         let keep = peers
             .iter()

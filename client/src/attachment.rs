@@ -15,7 +15,7 @@ use crate::connection::{Connection, EventWithFds};
 use crate::control::ControlPage;
 use crate::error::{Error, Result};
 use crate::ring::SharedRing;
-use crate::wire::{AttachInfo, ErrorCode, Event, Request, Role};
+use crate::wire::{AttachInfo, ErrorCode, Event, LostEnd, Request, Role};
 
 /// How long to spin on the ring before sleeping. A wake-up through an eventfd costs tens of
 /// microseconds here, so a peer that answers within this window never pays for one.
@@ -104,6 +104,10 @@ pub(crate) struct Attachment {
     /// While the broker is away and the endpoint reconnects: fires every
     /// `RECONNECT_INTERVAL`, so a caller parked on `ready_fd()` comes back to re-attach.
     retry_timer: Option<OwnedFd>,
+    /// Fan-out consumers: producers that went away without end-of-stream, as the broker told
+    /// (producer id, pid, position its stream stopped at in our ring from it, bytes, and
+    /// messages missed before a mark that did not fit if the producer did close).
+    pub producers_gone: Vec<(u32, u32, u64, u64, Option<u64>)>,
 }
 
 /// What one attach request brought back.
@@ -228,6 +232,7 @@ impl Attachment {
             producer_gone: None,
             ready,
             retry_timer: None,
+            producers_gone: Vec::new(),
         };
         Ok((attachment, rings))
     }
@@ -457,11 +462,36 @@ impl Attachment {
                 pid,
                 position,
                 bytes,
+                producer: None,
                 ..
             } => self.producer_gone = Some((pid, position, bytes)),
+            Event::ProducerGone {
+                pid,
+                position,
+                bytes,
+                producer: Some(producer),
+                end_lost,
+                ..
+            } => {
+                // One entry per producer: a later one replaces what an earlier one said.
+                self.producers_gone.retain(|g| g.0 != producer);
+                self.producers_gone
+                    .push((producer, pid, position, bytes, end_lost));
+            }
+            // Only a connection that asked to monitor gets these.
+            Event::Monitor(_) | Event::MonitorDropped { .. } => {}
             lane @ (Event::LaneAdded { .. } | Event::LaneRemoved { .. }) => {
                 self.lane_events.push((lane, fds))
             }
+        }
+    }
+
+    /// Tells the broker which consumers' rings had no room for this producer's end-of-stream
+    /// mark. Best effort: a broker that is away or older only means those consumers hear that
+    /// the producer went away instead.
+    pub fn tell_end_lost(&mut self, lost: Vec<LostEnd>) {
+        if self.broker_connected {
+            let _ = self.conn.call(&Request::EndLost { lost });
         }
     }
 

@@ -9,7 +9,7 @@ use crate::consumer::Consumer;
 use crate::discovery::client_socket_path;
 use crate::error::{Error, Result};
 use crate::producer::Producer;
-use crate::wire::{ChannelInfo, ChannelList, Dropped, Request, SlowConsumer, StatusInfo};
+use crate::wire::{ChannelInfo, ChannelList, Dropped, Event, Request, SlowConsumer, StatusInfo};
 
 /// A connection to a shmem-broker.
 ///
@@ -34,6 +34,19 @@ use crate::wire::{ChannelInfo, ChannelList, Dropped, Request, SlowConsumer, Stat
 pub struct Client {
     socket: PathBuf,
     control: Mutex<Connection>,
+}
+
+/// A connection that watches the broker; see [`Client::monitor`].
+pub struct Monitor {
+    conn: Connection,
+}
+
+impl Monitor {
+    /// The next event, blocking until there is one: [`Event::Monitor`] or
+    /// [`Event::MonitorDropped`]. `Ok(None)` when the broker closed the connection.
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        Ok(self.conn.read_event()?.map(|(event, _fds)| event))
+    }
 }
 
 /// An attach being set up; see [`Client::attach`].
@@ -226,6 +239,17 @@ impl Client {
             channel,
             options: AttachOptions::default(),
         }
+    }
+
+    /// Watches what happens at the broker (attaches, detaches, drops, evictions, losses,
+    /// reloads) on a connection of its own, for every channel this user may watch or only
+    /// `channel`.
+    pub fn monitor(&self, channel: Option<&str>) -> Result<Monitor> {
+        let mut conn = Connection::connect(&self.socket)?;
+        conn.call(&Request::Monitor {
+            channel: channel.map(str::to_string),
+        })?;
+        Ok(Monitor { conn })
     }
 
     /// The broker's status: versions, uptime, socket, quota usage.

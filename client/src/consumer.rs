@@ -169,9 +169,11 @@ impl Consumer {
 
     /// Writes the next message straight from the ring to `fd` (a file, pipe or socket),
     /// blocking until there is one and until `fd` has taken all of it: the bytes are never
-    /// copied in this process. Returns false at end-of-stream.
-    pub fn recv_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<bool> {
-        self.blocking(|r, _| Ok(message_step(r.try_read_to_fd(fd)?)))
+    /// copied in this process. Returns the message's length, `None` at end-of-stream.
+    pub fn recv_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<Option<usize>> {
+        let mut written = 0;
+        let got = self.blocking(|r, _| Ok(message_step(r.try_read_to_fd(fd, &mut written)?)))?;
+        Ok(got.then_some(written))
     }
 
     /// Receives the next message or returns [`TryRecvError::Empty`] if there is none yet.

@@ -74,6 +74,20 @@ pub enum Error {
         /// Bytes it wrote while attached.
         bytes: u64,
     },
+    /// Fan-out consumers, policy `drop`: the producer closed its stream, but its end-of-stream
+    /// mark found this consumer's ring full, after `missed` messages that did not fit either.
+    /// Returned once, after the last message that did; the other producers are read on.
+    #[error(
+        "channel {channel}: producer pid {pid} finished, but its end-of-stream mark was lost (ring full, slow_consumer = drop) with {missed} messages missed before it"
+    )]
+    EndOfStreamLost {
+        /// The channel.
+        channel: String,
+        /// The producer that finished.
+        pid: u32,
+        /// Messages that did not fit before the mark.
+        missed: u64,
+    },
     /// A reconnecting endpoint could not take its place again after the broker came back.
     #[error("channel {channel}: {reason}")]
     Reattach {

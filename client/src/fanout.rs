@@ -14,7 +14,7 @@ use crate::attachment::{Attachment, LaneOrFault};
 use crate::control::ControlPage;
 use crate::error::{Error, Result};
 use crate::ring::{Eviction, RingError, RingReader, RingWriter, SharedRing};
-use crate::wire::{Event, Role, SlowConsumer};
+use crate::wire::{Event, LostEnd, Role, SlowConsumer};
 
 /// One ring of a fan-out endpoint: our end of it and how to wake the peer at the other end.
 struct Peer<E> {
@@ -382,6 +382,7 @@ impl FanoutWriter {
     pub fn close(&mut self, attachment: &mut Attachment) -> Result<()> {
         self.prepare(attachment)?;
         let ids: Vec<u32> = self.members.peers.iter().map(|p| p.id).collect();
+        let mut lost = Vec::new();
         for id in ids {
             while let Some(index) = self.members.index_of(id) {
                 let peer = &mut self.members.peers[index];
@@ -402,11 +403,21 @@ impl FanoutWriter {
                 if peer.end.take_consumer_waiting() {
                     peer.wake();
                 }
+                if !written && self.policy == SlowConsumer::Drop {
+                    lost.push(LostEnd {
+                        consumer: id,
+                        missed: if told { 0 } else { missed },
+                    });
+                }
                 if written || self.policy != SlowConsumer::Block {
                     break;
                 }
                 self.wait_for_room(attachment, index, 0)?;
             }
+        }
+        if !lost.is_empty() {
+            // The broker tells those consumers the stream ended when this producer detaches.
+            attachment.tell_end_lost(lost);
         }
         Ok(())
     }
@@ -557,6 +568,7 @@ impl MergedReader {
         read: &mut impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
         self.prepare(attachment)?;
+        self.report_gone(attachment)?;
         let count = self.members.peers.len();
         for step in 0..count {
             let index = (self.cursor + step) % count;
@@ -585,6 +597,43 @@ impl MergedReader {
             }
         }
         Ok(None)
+    }
+
+    /// A producer that went away without end-of-stream, or whose mark did not fit our ring (as
+    /// the broker told), is reported once,
+    /// as soon as everything it wrote to our ring from it has been read; the others are read
+    /// on. One whose ring is no longer read (replaced, dropped) is forgotten.
+    fn report_gone(&mut self, attachment: &mut Attachment) -> Result<()> {
+        let peers = &self.members.peers;
+        attachment
+            .producers_gone
+            .retain(|(producer, ..)| peers.iter().any(|p| p.id == *producer));
+        let done = attachment
+            .producers_gone
+            .iter()
+            .position(|(producer, _, position, ..)| {
+                peers
+                    .iter()
+                    .any(|p| p.id == *producer && p.end.position() >= *position)
+            });
+        let Some(index) = done else {
+            return Ok(());
+        };
+        let (producer, pid, _, bytes, end_lost) = attachment.producers_gone.remove(index);
+        self.last_producer = Some(producer);
+        let channel = attachment.channel.clone();
+        Err(match end_lost {
+            Some(missed) => Error::EndOfStreamLost {
+                channel,
+                pid,
+                missed,
+            },
+            None => Error::ProducerGone {
+                channel,
+                pid,
+                bytes,
+            },
+        })
     }
 
     /// Asks every producer to signal when it writes; false (and nothing armed) if some ring

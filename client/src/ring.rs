@@ -1048,7 +1048,8 @@ pub enum ReadOutcome {
 /// Where a message read from the ring goes.
 enum Sink<'a> {
     Buffer(&'a mut Vec<u8>),
-    Fd(BorrowedFd<'a>),
+    /// The fd, and where to say how many bytes the message had.
+    Fd(BorrowedFd<'a>, &'a mut usize),
 }
 
 /// What a batch read found.
@@ -1330,13 +1331,18 @@ impl RingReader {
     }
 
     /// Writes the next message straight from the ring to `fd` (blocking until all of it is
-    /// written), skipping padding: no copy in this process at all.
-    pub fn try_read_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<ReadOutcome, RingError> {
+    /// written), skipping padding: no copy in this process at all. `written` is set to the
+    /// message's length when one was written.
+    pub fn try_read_to_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        written: &mut usize,
+    ) -> Result<ReadOutcome, RingError> {
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             return Ok(ReadOutcome::Empty);
         }
-        let outcome = self.next_frame(Sink::Fd(fd), &mut unread);
+        let outcome = self.next_frame(Sink::Fd(fd, written), &mut unread);
         self.commit();
         outcome
     }
@@ -1416,7 +1422,10 @@ impl RingReader {
                                 out.set_len(len as usize);
                             }
                         }
-                        Sink::Fd(fd) => self.ring.write_out(start, len as usize, *fd)?,
+                        Sink::Fd(fd, written) => {
+                            self.ring.write_out(start, len as usize, *fd)?;
+                            **written = len as usize;
+                        }
                     }
                     self.messages_read = self.messages_read.saturating_add(1);
                 }
@@ -1664,16 +1673,22 @@ mod tests {
         );
         assert!(write(&mut w, b"defg"));
         let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
+        let mut written = 0;
         assert_eq!(
-            r.try_read_to_fd(write_end.as_fd()).expect("read"),
+            r.try_read_to_fd(write_end.as_fd(), &mut written)
+                .expect("read"),
             ReadOutcome::Message
         );
+        assert_eq!(written, 3);
         assert_eq!(
-            r.try_read_to_fd(write_end.as_fd()).expect("read"),
+            r.try_read_to_fd(write_end.as_fd(), &mut written)
+                .expect("read"),
             ReadOutcome::Message
         );
+        assert_eq!(written, 4);
         assert_eq!(
-            r.try_read_to_fd(write_end.as_fd()).expect("read"),
+            r.try_read_to_fd(write_end.as_fd(), &mut written)
+                .expect("read"),
             ReadOutcome::Empty
         );
         let mut got = [0u8; 16];

@@ -283,6 +283,98 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// Version 4, on a fan-out producer's attached connection after `close`: the consumers
+    /// whose ring had no room for its end-of-stream mark (policy `drop`), so that the broker
+    /// tells them the stream ended instead of that the producer went away.
+    EndLost {
+        /// The consumers whose ring had no room for the mark.
+        lost: Vec<LostEnd>,
+    },
+    /// Version 4: this connection watches the broker (all channels, or `channel`): it gets
+    /// `monitor` events as things happen, and `monitor_dropped` when it fell behind.
+    Monitor {
+        /// Only this channel; all channels the asker may watch if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
+}
+
+/// What a `monitor` event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorKind {
+    /// A channel was created.
+    Create,
+    /// A producer or consumer attached.
+    Attach,
+    /// A producer or consumer detached.
+    Detach,
+    /// A channel was dropped.
+    Drop,
+    /// A durable consumer was dropped.
+    DropConsumer,
+    /// Consumers were disconnected (policy `disconnect`).
+    Eviction,
+    /// Messages were lost to full rings (policy `drop`).
+    Loss,
+    /// The config was reloaded, or a reload was rejected.
+    Reload,
+}
+
+impl std::fmt::Display for MonitorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MonitorKind::Create => "create",
+            MonitorKind::Attach => "attach",
+            MonitorKind::Detach => "detach",
+            MonitorKind::Drop => "drop",
+            MonitorKind::DropConsumer => "drop-consumer",
+            MonitorKind::Eviction => "eviction",
+            MonitorKind::Loss => "loss",
+            MonitorKind::Reload => "reload",
+        })
+    }
+}
+
+/// One thing that happened, as a `monitor` event carries it. Strings a client chose (names) or
+/// a config file holds (a reload's error) are data: print them escaped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// What happened.
+    pub what: MonitorKind,
+    /// The channel it happened to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The role of the peer that attached or detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The peer's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The peer's uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// A durable consumer's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Messages lost (`loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Why (`eviction`, a rejected `reload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A consumer that missed a producer's end-of-stream mark, and the messages it missed just
+/// before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostEnd {
+    /// The consumer queue's id.
+    pub consumer: u32,
+    /// Messages it missed just before the mark.
+    pub missed: u64,
 }
 
 /// Machine-readable error codes. Clients must treat unknown codes like `Internal`.
@@ -396,10 +488,20 @@ pub enum Event {
         /// Why, for humans.
         reason: String,
     },
+    /// Version 4, to a connection that sent `monitor`.
+    Monitor(MonitorEvent),
+    /// Version 4, to a monitor that read too slowly: this many events were left out here.
+    MonitorDropped {
+        /// Events left out.
+        count: u64,
+    },
     /// Version 4, one-to-one channels: the producer's connection closed and its stream does
     /// not end with an end-of-stream mark (it failed, was interrupted or killed). `position`
     /// is where its stream stopped in the ring: once the consumer has read up to it, the
     /// stream is over. `bytes` is what that producer wrote while attached.
+    ///
+    /// Fan-out channels: `producer` names the producer slot (what `last_producer()` reports),
+    /// and `position` and `bytes` are about this consumer's ring from it.
     ProducerGone {
         /// The channel.
         channel: String,
@@ -409,6 +511,14 @@ pub enum Event {
         position: u64,
         /// Bytes it wrote while attached.
         bytes: u64,
+        /// Fan-out channels: the producer's id (what `last_producer()` reports).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        producer: Option<u32>,
+        /// Fan-out channels, policy `drop`: the producer closed its stream, but its
+        /// end-of-stream mark did not fit this consumer's ring; it missed this many messages
+        /// just before it (the ones its ring had no room for).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_lost: Option<u64>,
     },
 }
 
@@ -488,8 +598,15 @@ pub struct ChannelInfo {
     pub bytes_written: u64,
     /// Data messages read.
     pub messages_read: u64,
-    /// Fill level: bytes written and not yet read.
+    /// Fill level: message bytes written and not yet read (end-of-stream marks and framing
+    /// not counted).
     pub bytes_unread: u64,
+    /// Messages consumers lost to a full ring (policy `drop`), over the channel's life.
+    #[serde(default)]
+    pub messages_lost: u64,
+    /// Consumers the broker disconnected (fell behind under policy `disconnect`).
+    #[serde(default)]
+    pub evictions: u64,
     /// Removed from the config; goes away when its last client detaches.
     #[serde(default)]
     pub pending_removal: bool,

@@ -87,6 +87,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print what happens at the broker as it happens, one line each: attaches, detaches,
+    /// drops, evictions, losses and config reloads (admins see every channel, others those
+    /// they may attach to or own)
+    Monitor {
+        /// Only this channel's events
+        name: Option<String>,
+        /// Print one JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// The broker's version, uptime, socket, config and counts
     Status {
         /// Print JSON instead of text
@@ -232,6 +242,14 @@ fn run(args: Args) -> Result<()> {
                 show::info(&mut out, &info)
             };
             printed.map_err(StdoutError)?;
+        }
+        Command::Monitor { name, json } => {
+            let mut monitor = client.monitor(name.as_deref())?;
+            drop(client);
+            while let Some(event) = monitor.next_event()? {
+                show::monitor_line(&mut out, &event, json).map_err(StdoutError)?;
+            }
+            anyhow::bail!("the broker closed the connection (it stopped or restarted)");
         }
         Command::Status { json } => {
             let status = client.status()?;

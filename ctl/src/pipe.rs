@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use shmem_broker_client::ring::RingError;
 use shmem_broker_client::size::format_size;
 use shmem_broker_client::{Client, Error, Role};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -212,30 +213,68 @@ pub struct RecvOptions<'a> {
 /// A stream that did not end cleanly (its producer went away, its ring was lost) ends `recv`
 /// with an error, unless it follows (then it says so and waits for the next producer).
 pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> {
-    let mut attach = client.attach(name);
+    // A restart keeps the channel's ring (systemd's fd store): recv takes its place again and
+    // reads on. One that brings another ring, or a fan-out channel's, ends recv with a line.
+    let mut attach = client.attach(name).reconnect(true);
     if let Some(durable) = options.durable {
         attach = attach.durable(durable);
     }
     let mut consumer = attach.consumer()?;
+    let socket = client.socket_path().to_path_buf();
     drop(client);
     let progress = Arc::new(Progress::default());
     on_interrupt("recv from", name, progress.clone())?;
+    watch_broker(socket, name, progress.clone());
     let stdout = io::stdout();
     let follow = options.streams.is_none();
     let mut message = Vec::new();
     let mut ends = 0;
     let mut missed = 0;
     let mut lost = 0u64;
+    let mut gone = 0u64;
     loop {
-        let received = match consumer.recv_into(&mut message) {
+        // Without --max-bytes each message goes straight from the ring to stdout, never
+        // copied here; the count is taken per message, so an interrupt reports exactly the
+        // messages stdout took. --max-bytes may cut a message, so it takes a copy.
+        let step = match options.max_bytes {
+            None => consumer.recv_to_fd(stdout.as_fd()).map(|got| match got {
+                Some(len) => {
+                    progress.add(len);
+                    Received::Written
+                }
+                None => Received::End,
+            }),
+            Some(_) => consumer.recv_into(&mut message).map(|got| match got {
+                true => Received::Copied,
+                false => Received::End,
+            }),
+        };
+        let received = match step {
             Ok(got) => got,
+            // Writing stdout from the ring failed: stdout is to blame (a full disk, a closed
+            // pipe), not the channel.
+            Err(Error::Ring {
+                error: RingError::Io(e),
+                ..
+            }) => return Err(StdoutError(e).into()),
             Err(err @ Error::ProducerLost { .. }) => {
                 eprintln!("shmemctl: {err}");
                 lost += 1;
-                false
+                Received::End
             }
-            Err(err @ Error::ProducerGone { .. }) if follow => {
+            Err(err @ (Error::ProducerGone { .. } | Error::EndOfStreamLost { .. })) if follow => {
                 eprintln!("shmemctl: {err}; waiting for the next producer");
+                continue;
+            }
+            // A stream that ended badly still ends: the last one fails recv with its own
+            // line, an earlier one is said now and fails recv at the end.
+            Err(err @ (Error::ProducerGone { .. } | Error::EndOfStreamLost { .. })) => {
+                ends += 1;
+                if options.streams.is_some_and(|wanted| ends >= wanted) {
+                    return Err(err.into());
+                }
+                eprintln!("shmemctl: {err}");
+                gone += 1;
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -247,7 +286,10 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
             );
             missed = consumer.missed();
         }
-        if received {
+        if let Received::Written = received {
+            continue;
+        }
+        if let Received::Copied = received {
             let done = progress.bytes.load(Ordering::Relaxed);
             let room = options
                 .max_bytes
@@ -267,12 +309,61 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
         }
         ends += 1;
         if options.streams.is_some_and(|wanted| ends >= wanted) {
-            return match lost {
-                0 => Ok(()),
+            return match (lost, gone) {
+                (0, 0) => Ok(()),
+                (0, _) => Err(Said(report::FAILURE).into()),
                 _ => Err(Said(report::STREAMS_LOST).into()),
             };
         }
     }
+}
+
+/// How long recv waits for a broker that went away before it gives up on it.
+const BROKER_GRACE: Duration = Duration::from_secs(5);
+/// How often recv looks for the broker.
+const BROKER_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Ends recv (exit 1, one line) once no broker has answered on the socket for
+/// `BROKER_GRACE` and nothing came through meanwhile: the broker stopped for good, and no
+/// producer-gone or dropped-channel news can come any more. "Answered" is a connect that
+/// succeeds, so a socket-activated broker's socket, held by systemd, counts as a broker (the
+/// connect starts it). While data flows, recv reads on: the ring works without the broker.
+fn watch_broker(socket: std::path::PathBuf, name: &str, progress: Arc<Progress>) {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut away_since: Option<Instant> = None;
+        let mut last_bytes = progress.bytes.load(Ordering::Relaxed);
+        loop {
+            std::thread::sleep(BROKER_PROBE_EVERY);
+            let bytes = progress.bytes.load(Ordering::Relaxed);
+            let moved = bytes != last_bytes;
+            last_bytes = bytes;
+            if moved || std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                away_since = None;
+                continue;
+            }
+            let since = *away_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= BROKER_GRACE {
+                eprintln!(
+                    "shmemctl: error: recv from {name}: the broker at {} stopped and did not come back within {}s (after {})",
+                    socket.display(),
+                    BROKER_GRACE.as_secs(),
+                    progress.summary()
+                );
+                std::process::exit(i32::from(report::FAILURE));
+            }
+        }
+    });
+}
+
+/// What one receive did.
+enum Received {
+    /// A message went from the ring to stdout (and was counted).
+    Written,
+    /// A message is in the buffer, to be written.
+    Copied,
+    /// A stream ended (cleanly, or its ring was lost).
+    End,
 }
 
 /// Writes all of `bytes` to `fd` with write(2), no buffer in between (the count that a

@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use shmem_broker_client::size::format_size;
+use shmem_broker_client::wire::Event;
 use shmem_broker_client::{ChannelInfo, Role, StatusInfo};
 
 /// `1 message`, `2 messages`.
@@ -100,8 +101,11 @@ pub fn info(out: &mut impl Write, c: &ChannelInfo) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "messages:  {} written, {} read",
-        c.messages_written, c.messages_read
+        "messages:  {} written, {} read, {} lost; {} evicted",
+        c.messages_written,
+        c.messages_read,
+        c.messages_lost,
+        count(c.evictions, "consumer")
     )?;
     writeln!(
         out,
@@ -214,6 +218,52 @@ fn utc(secs: u64) -> String {
         rest % 3600 / 60,
         rest % 60
     )
+}
+
+/// One line for a monitor event: text (client-chosen strings escaped) or JSON.
+pub fn monitor_line(out: &mut impl Write, event: &Event, json: bool) -> io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, event)?;
+        writeln!(out)?;
+        return out.flush();
+    }
+    match event {
+        Event::Monitor(e) => {
+            let mut line = format!("{} {}", utc(e.at_unix_ms / 1000), e.what);
+            if let Some(channel) = &e.channel {
+                line.push_str(&format!(" channel={}", channel.escape_debug()));
+            }
+            if let Some(role) = e.role {
+                line.push_str(&format!(" role={role}"));
+            }
+            if let Some(name) = &e.name {
+                line.push_str(&format!(" name={}", name.escape_debug()));
+            }
+            if let Some(pid) = e.pid {
+                line.push_str(&format!(" pid={pid}"));
+            }
+            if let Some(uid) = e.uid {
+                line.push_str(&format!(" uid={uid}"));
+            }
+            if let Some(count) = e.count {
+                line.push_str(&format!(" count={count}"));
+            }
+            if let Some(detail) = &e.detail {
+                line.push_str(&format!(" ({})", detail.escape_debug()));
+            }
+            writeln!(out, "{line}")?;
+        }
+        Event::MonitorDropped { count: dropped } => {
+            writeln!(
+                out,
+                "{} dropped: this monitor read too slowly",
+                count(*dropped, "event")
+            )?;
+        }
+        // Nothing else comes to a monitor connection.
+        _ => return Ok(()),
+    }
+    out.flush()
 }
 
 #[cfg(test)]

@@ -11,14 +11,16 @@
 //! consumer gets everything the producers wrote, whenever it attaches. The broker keeps all
 //! fds, so rings and their data outlive any client.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{eventfd, EventfdFlags};
 use shmem_broker_client::control::BrokerControlPage;
-use shmem_broker_client::ring::{Eviction, SharedRing, HEADER_SIZE, LAYOUT_VERSION};
+use shmem_broker_client::ring::{Eviction, RingStats, SharedRing, HEADER_SIZE, LAYOUT_VERSION};
 use shmem_broker_client::wire::{
-    AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, Origin, PeerInfo, Role, SlowConsumer,
+    AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, LostEnd, Origin, PeerInfo, Role,
+    SlowConsumer,
 };
 use shmem_ipc::mem::mfd::Memfd;
 
@@ -118,6 +120,57 @@ pub struct Lane {
     /// The broker's own mapping, for counters and to flag a drop.
     pub ring: SharedRing,
     pub memfd: Memfd,
+    /// The ring's counters when the broker last added them to the channel's totals.
+    pub seen: Cell<Counts>,
+}
+
+/// Counters taken from rings (what clients stored there: any value, so every sum saturates).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub messages_written: u64,
+    pub bytes_written: u64,
+    pub messages_read: u64,
+    pub messages_lost: u64,
+}
+
+impl Counts {
+    /// A ring's counters now; a consumer never counts more read than its producer wrote.
+    fn of(ring: &SharedRing) -> Counts {
+        let stats = ring.stats();
+        Counts {
+            messages_written: stats.messages_written,
+            bytes_written: stats.bytes_written,
+            messages_read: stats.messages_read.min(stats.messages_written),
+            messages_lost: stats.messages_lost,
+        }
+    }
+
+    /// How far each counter moved since `before` (a counter that went back moved 0).
+    fn since(self, before: Counts) -> Counts {
+        Counts {
+            messages_written: self
+                .messages_written
+                .saturating_sub(before.messages_written),
+            bytes_written: self.bytes_written.saturating_sub(before.bytes_written),
+            messages_read: self.messages_read.saturating_sub(before.messages_read),
+            messages_lost: self.messages_lost.saturating_sub(before.messages_lost),
+        }
+    }
+}
+
+/// A channel's running totals, kept by the broker so that they outlive the rings they were
+/// counted in (fan-out rings come and go with their consumers) and, through systemd's fd
+/// store, the broker itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Per producer slot: what its producers wrote (messages, bytes). Every consumer gets the
+    /// same messages, so each observation adds the most any one ring from the slot grew.
+    pub written: Vec<(u64, u64)>,
+    /// Summed over every consumer's rings.
+    pub messages_read: u64,
+    pub messages_lost: u64,
+    /// Consumers the broker disconnected for falling behind or for a corrupt ring.
+    pub evictions: u64,
 }
 
 impl Lane {
@@ -126,7 +179,11 @@ impl Lane {
             .map_err(|e| {
                 std::io::Error::other(format!("creating ring for channel {channel:?}: {e}"))
             })?;
-        Ok(Lane { ring, memfd })
+        Ok(Lane {
+            ring,
+            memfd,
+            seen: Cell::new(Counts::default()),
+        })
     }
 
     fn share(&self) -> std::io::Result<OwnedFd> {
@@ -139,6 +196,12 @@ struct ProducerSlot {
     holder: Option<Attached>,
     /// Written by consumers to wake this slot's producer; made at first use.
     space_ready: Option<OwnedFd>,
+    /// Fan-out channels: each queue's ring `bytes_written` from this slot when the current
+    /// producer attached (a ring made later started at 0).
+    stream_start: Vec<(u32, u64)>,
+    /// What the current producer said after `close`: the queues whose ring had no room for
+    /// its end-of-stream mark, with the messages each missed before it.
+    end_lost: Vec<(u32, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,6 +260,8 @@ pub struct Channel {
     /// its stream stopped, bytes it wrote). Consumers that attach before the next producer
     /// are told too. Cleared when a producer attaches.
     unclean_end: Option<(u32, u64, u64)>,
+    /// Running totals, brought up to date from the rings by `observe`.
+    totals: RefCell<Totals>,
 }
 
 impl Channel {
@@ -224,6 +289,8 @@ impl Channel {
                 id: 0,
                 holder: None,
                 space_ready,
+                stream_start: Vec::new(),
+                end_lost: Vec::new(),
             }],
             queues: Vec::new(),
             next_queue_id: 1,
@@ -232,6 +299,7 @@ impl Channel {
             pending_removal: false,
             stream_start: 0,
             unclean_end: None,
+            totals: RefCell::new(Totals::default()),
             meta,
         };
         if let Some(lane) = lane {
@@ -279,6 +347,8 @@ impl Channel {
                     id: id as u32,
                     holder: None,
                     space_ready,
+                    stream_start: Vec::new(),
+                    end_lost: Vec::new(),
                 })
                 .collect(),
             queues: Vec::new(),
@@ -288,6 +358,7 @@ impl Channel {
             pending_removal: false,
             stream_start: 0,
             unclean_end: None,
+            totals: RefCell::new(Totals::default()),
             meta,
         };
         for queue in queues {
@@ -331,6 +402,74 @@ impl Channel {
 
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// Adds what the rings counted since the last look to the running totals. Called before
+    /// any ring goes away and whenever the totals are shown or saved, so nothing counted in a
+    /// ring is lost with it.
+    fn observe(&self) {
+        let mut totals = self.totals.borrow_mut();
+        if totals.written.len() < self.slots.len() {
+            totals.written.resize(self.slots.len(), (0, 0));
+        }
+        let mut grew = vec![Counts::default(); self.slots.len()];
+        for queue in &self.queues {
+            for (slot, lane) in queue.lanes.iter().enumerate() {
+                let now = Counts::of(&lane.ring);
+                let moved = now.since(lane.seen.replace(now));
+                if let Some(grew) = grew.get_mut(slot) {
+                    grew.messages_written = grew.messages_written.max(moved.messages_written);
+                    grew.bytes_written = grew.bytes_written.max(moved.bytes_written);
+                }
+                totals.messages_read = totals.messages_read.saturating_add(moved.messages_read);
+                totals.messages_lost = totals.messages_lost.saturating_add(moved.messages_lost);
+            }
+        }
+        for (total, grew) in totals.written.iter_mut().zip(grew) {
+            total.0 = total.0.saturating_add(grew.messages_written);
+            total.1 = total.1.saturating_add(grew.bytes_written);
+        }
+    }
+
+    /// The running totals, up to date, as systemd's fd store keeps them.
+    pub fn totals(&self) -> Totals {
+        self.observe();
+        self.totals.borrow().clone()
+    }
+
+    /// Takes back totals saved by an earlier broker (its rings' counters as it last saw them
+    /// included, so what was written while no broker ran is counted at the next look).
+    pub fn restore_totals(&mut self, totals: Totals, seen: &[(u32, u32, Counts)]) {
+        for (queue_id, slot, counts) in seen {
+            let lane = self
+                .queues
+                .iter()
+                .find(|q| q.id == *queue_id)
+                .and_then(|q| q.lanes.get(*slot as usize));
+            if let Some(lane) = lane {
+                lane.seen.set(*counts);
+            }
+        }
+        let mut totals = totals;
+        // Stored by an earlier broker; still, never more slots than the channel has.
+        totals.written.truncate(self.slots.len());
+        *self.totals.borrow_mut() = totals;
+    }
+
+    /// Each kept (not anonymous) ring's counters as last added to the totals: (queue id,
+    /// slot, counts).
+    pub fn seen_counts(&self) -> Vec<(u32, u32, Counts)> {
+        self.observe();
+        self.queues
+            .iter()
+            .filter(|q| q.kind != QueueKind::Anonymous)
+            .flat_map(|q| {
+                q.lanes
+                    .iter()
+                    .enumerate()
+                    .map(move |(slot, lane)| (q.id, slot as u32, lane.seen.get()))
+            })
+            .collect()
     }
 
     /// What of a fan-out channel systemd's fd store keeps; `None` for one-to-one channels.
@@ -536,6 +675,12 @@ impl Channel {
                 names.extend(["ring", "wake"]);
                 lanes.push(LaneInfo { peer: queue.id });
             }
+            self.slots[index].end_lost.clear();
+            self.slots[index].stream_start = self
+                .queues
+                .iter()
+                .map(|q| (q.id, q.lanes[index].ring.stats().bytes_written))
+                .collect();
             let info = self.attach_info(Role::Producer, self.slots[index].id, names, lanes);
             Grant {
                 info,
@@ -580,6 +725,8 @@ impl Channel {
             id,
             holder: None,
             space_ready,
+            stream_start: Vec::new(),
+            end_lost: Vec::new(),
         });
         Ok((self.slots.len() - 1, notices))
     }
@@ -743,7 +890,7 @@ impl Channel {
         let mut grant = self.single_grant(Role::Consumer).map_err(internal)?;
         if self.slots[0].holder.is_none() {
             if let Some(gone) = self.unclean_end {
-                grant.notices.push(self.producer_gone(session, gone));
+                grant.notices.push(self.producer_gone(session, None, gone));
             }
         }
         self.queues[0].holder = Some(Attached {
@@ -803,6 +950,7 @@ impl Channel {
 
     /// Removes queue `index` and its rings; the attached producers are told to stop writing.
     fn remove_queue(&mut self, index: usize) -> Vec<Notice> {
+        self.observe();
         let queue = self.queues.remove(index);
         let generation = self.bump(Role::Producer);
         self.slots
@@ -840,7 +988,34 @@ impl Channel {
                 queue.lanes[index].ring.clear_waiter(Role::Producer);
             }
             let mut notices = Vec::new();
-            if let (false, Some(queue)) = (self.meta.is_fanout(), self.queues.first()) {
+            if self.meta.is_fanout() {
+                // Each attached consumer reads its own ring from this slot: whatever this
+                // producer left there decides, as below, and costs that consumer's view of
+                // this producer only.
+                let start = std::mem::take(&mut self.slots[index].stream_start);
+                let end_lost = std::mem::take(&mut self.slots[index].end_lost);
+                for queue in &self.queues {
+                    let (Some(holder), Some(lane)) = (&queue.holder, queue.lanes.get(index)) else {
+                        continue;
+                    };
+                    let (position, clean) = lane.ring.producer_end();
+                    if clean {
+                        continue;
+                    }
+                    let from = start
+                        .iter()
+                        .find(|(q, _)| *q == queue.id)
+                        .map_or(0, |(_, bytes)| *bytes);
+                    let bytes = lane.ring.stats().bytes_written.saturating_sub(from);
+                    let gone = (attached.peer.pid, position, bytes);
+                    let mut notice =
+                        self.producer_gone(holder.session, Some(self.slots[index].id), gone);
+                    if let Event::ProducerGone { end_lost: lost, .. } = &mut notice.1 {
+                        *lost = end_lost.iter().find(|(q, _)| *q == queue.id).map(|l| l.1);
+                    }
+                    notices.push(notice);
+                }
+            } else if let Some(queue) = self.queues.first() {
                 // Whatever the producer left in the ring decides: only `close` writes the
                 // end-of-stream mark, so its absence means the producer did not finish. A
                 // hostile producer can only misreport its own stream.
@@ -851,7 +1026,7 @@ impl Channel {
                     let gone = (attached.peer.pid, position, bytes);
                     self.unclean_end = Some(gone);
                     if let Some(holder) = &queue.holder {
-                        notices.push(self.producer_gone(holder.session, gone));
+                        notices.push(self.producer_gone(holder.session, None, gone));
                     }
                 }
             }
@@ -870,12 +1045,51 @@ impl Channel {
         Some((Role::Consumer, attached.peer, notices))
     }
 
-    fn producer_gone(&self, session: SessionId, (pid, position, bytes): (u32, u64, u64)) -> Notice {
+    /// A fan-out producer (`session`) closed its stream under policy `drop`, and its
+    /// end-of-stream mark did not fit the rings of the queues in `lost`. Only believed for
+    /// rings that turn out to lack the mark when it detaches, and only about its own stream.
+    pub fn end_lost(&mut self, session: SessionId, lost: &[LostEnd]) -> Result<(), Refusal> {
+        let holds = |s: &&mut ProducerSlot| s.holder.as_ref().is_some_and(|a| a.session == session);
+        let policy = self.meta.slow_consumer;
+        let queues: Vec<u32> = self.queues.iter().map(|q| q.id).collect();
+        let Some(slot) = self.slots.iter_mut().find(holds) else {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "end_lost: this connection is not a fan-out producer's".into(),
+            ));
+        };
+        if policy != SlowConsumer::Drop || !self.meta.is_fanout() {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "end_lost: only channels with slow_consumer = drop lose end-of-stream marks".into(),
+            ));
+        }
+        // One entry per queue that exists: a list as long as the client likes stays bounded.
+        slot.end_lost = queues
+            .iter()
+            .filter_map(|id| {
+                lost.iter()
+                    .find(|l| l.consumer == *id)
+                    .map(|l| (*id, l.missed))
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// The `producer_gone` event for `session`; `producer` is the slot in a fan-out channel.
+    fn producer_gone(
+        &self,
+        session: SessionId,
+        producer: Option<u32>,
+        (pid, position, bytes): (u32, u64, u64),
+    ) -> Notice {
         let event = Event::ProducerGone {
             channel: self.meta.name.clone(),
             pid,
             position,
             bytes,
+            producer,
+            end_lost: None,
         };
         (session, event, Vec::new())
     }
@@ -951,6 +1165,8 @@ impl Channel {
             if fell_behind {
                 match queue.holder.take() {
                     Some(holder) => {
+                        let mut totals = self.totals.borrow_mut();
+                        totals.evictions = totals.evictions.saturating_add(1);
                         sessions.push(holder.session);
                         notices.push((
                             holder.session,
@@ -997,6 +1213,7 @@ impl Channel {
     /// Gives away queue `index` an empty ring from slot `slot` in place of the old one; the
     /// slot's producer, if attached, is told to write there.
     fn replace_away_lane(&mut self, index: usize, slot: usize) -> std::io::Result<Vec<Notice>> {
+        self.observe();
         let queue = &mut self.queues[index];
         ensure(&mut queue.data_ready)?;
         let lane = Lane::new(
@@ -1062,6 +1279,8 @@ impl Channel {
             bytes_written: 0,
             messages_read: 0,
             bytes_unread: 0,
+            messages_lost: 0,
+            evictions: 0,
             pending_removal: self.pending_removal,
             max_producers: self.meta.max_producers,
             max_consumers: self.meta.max_consumers,
@@ -1088,18 +1307,15 @@ impl Channel {
         // within the ring memory.
         for (index, slot) in self.slots.iter().enumerate() {
             let mut producer = endpoint(Role::Producer, slot.id, slot.holder.as_ref());
-            let mut bytes_written = 0u64;
             for lane in self.queues.iter().map(|q| &q.lanes[index]) {
                 // Counters are what clients stored in their rings: sums saturate.
                 let stats = lane.ring.stats();
                 // Every consumer gets the same messages; the busiest ring counts them.
                 producer.messages = producer.messages.max(stats.messages_written);
-                bytes_written = bytes_written.max(stats.bytes_written);
-                producer.bytes_unread = producer.bytes_unread.saturating_add(stats.bytes_unread);
+                producer.bytes_unread =
+                    producer.bytes_unread.saturating_add(unread_payload(&stats));
                 producer.messages_lost = producer.messages_lost.saturating_add(stats.messages_lost);
             }
-            info.messages_written = info.messages_written.saturating_add(producer.messages);
-            info.bytes_written = info.bytes_written.saturating_add(bytes_written);
             if slot.holder.is_some() {
                 info.peers.push(producer);
             }
@@ -1112,18 +1328,36 @@ impl Channel {
                 let stats = lane.ring.stats();
                 let read = stats.messages_read.min(stats.messages_written);
                 consumer.messages = consumer.messages.saturating_add(read);
-                consumer.bytes_unread = consumer.bytes_unread.saturating_add(stats.bytes_unread);
+                consumer.bytes_unread =
+                    consumer.bytes_unread.saturating_add(unread_payload(&stats));
                 consumer.messages_lost = consumer.messages_lost.saturating_add(stats.messages_lost);
                 info.ring_bytes = info.ring_bytes.saturating_add(self.capacity);
             }
-            info.messages_read = info.messages_read.saturating_add(consumer.messages);
             info.bytes_unread = info.bytes_unread.saturating_add(consumer.bytes_unread);
             if queue.holder.is_some() || queue.name().is_some() {
                 info.peers.push(consumer);
             }
         }
+        let totals = self.totals();
+        for (messages, bytes) in &totals.written {
+            info.messages_written = info.messages_written.saturating_add(*messages);
+            info.bytes_written = info.bytes_written.saturating_add(*bytes);
+        }
+        info.messages_read = totals.messages_read;
+        info.messages_lost = totals.messages_lost;
+        info.evictions = totals.evictions;
         info
     }
+}
+
+/// Message bytes in a ring not yet read: what its positions say is unread, less what is not
+/// a message (an end-of-stream mark, a loss record or padding left when every message has
+/// been read) and never more than was written there.
+fn unread_payload(stats: &RingStats) -> u64 {
+    if stats.messages_read >= stats.messages_written {
+        return 0;
+    }
+    stats.bytes_unread.min(stats.bytes_written)
 }
 
 /// The refusal for a uid that asks to `what` (attach as it, drop it) of someone else's

@@ -16,6 +16,7 @@
 //! checked (seals, sizes, fd types, metadata) and a bad one is logged, closed and removed from
 //! the store, never trusted. Outside systemd (`NOTIFY_SOCKET` unset) nothing is stored.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -32,7 +33,7 @@ use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use slog::{error, info, warn, Logger};
 
 use crate::access::AccessList;
-use crate::channel::{Channel, ChannelMeta, Lane, QueueRecord, RestoredQueue};
+use crate::channel::{Channel, ChannelMeta, Counts, Lane, QueueRecord, RestoredQueue, Totals};
 
 const PREFIX: &str = "ch.";
 const PARTS: [&str; 4] = ["ring", "data", "space", "meta"];
@@ -63,6 +64,12 @@ struct StoredMeta {
     queues: Vec<QueueRecord>,
     #[serde(default)]
     next_queue_id: u32,
+    /// Fan-out channels: the running totals, and the counters of the kept rings as they were
+    /// last added to them (a one-to-one channel's totals are its ring's own counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    totals: Option<Totals>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seen: Vec<(u32, u32, Counts)>,
 }
 
 fn one() -> u32 {
@@ -167,6 +174,8 @@ impl FdStore {
         meta.slots = parts.slots;
         meta.queues = parts.queues;
         meta.next_queue_id = parts.next_queue_id;
+        meta.totals = Some(channel.totals());
+        meta.seen = channel.seen_counts();
         let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
         let desired: BTreeMap<String, BorrowedFd<'_>> = parts
             .fds
@@ -359,6 +368,8 @@ fn stored_meta(channel: &Channel) -> StoredMeta {
         slots: 0,
         queues: Vec::new(),
         next_queue_id: 0,
+        totals: None,
+        seen: Vec::new(),
     }
 }
 
@@ -555,13 +566,17 @@ fn assemble_fanout(
             lanes,
         });
     }
-    Channel::restore_fanout(
+    let mut channel = Channel::restore_fanout(
         meta,
         stored.capacity,
         slots,
         queues,
         stored.next_queue_id.max(1),
-    )
+    )?;
+    if let Some(totals) = &stored.totals {
+        channel.restore_totals(totals.clone(), &stored.seen);
+    }
+    Ok(channel)
 }
 
 /// The entry's fd if it is an eventfd (the entry is handed back for bookkeeping).
@@ -589,12 +604,20 @@ fn open_lane(
     let memfd = Memfd::try_from_file(std::fs::File::from(memfd_copy))
         .map_err(|_| "ring fd is not a memfd".to_string())?;
     match SharedRing::open(ring_fd, capacity) {
-        Ok(ring) => Ok(Lane { ring, memfd }),
+        Ok(ring) => Ok(Lane {
+            ring,
+            memfd,
+            seen: Cell::new(Counts::default()),
+        }),
         Err(err) if sealed_and_sized(&memfd, capacity) => {
             let (ring, memfd) = SharedRing::create(label, capacity)
                 .map_err(|e| format!("cannot replace scribbled ring {label}: {e}"))?;
             replaced.push(format!("{label}: {err}"));
-            Ok(Lane { ring, memfd })
+            Ok(Lane {
+                ring,
+                memfd,
+                seen: Cell::new(Counts::default()),
+            })
         }
         Err(err) => Err(err.to_string()),
     }

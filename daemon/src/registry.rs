@@ -9,8 +9,8 @@ use shmem_broker_client::names::validate_channel_name;
 use shmem_broker_client::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
 use shmem_broker_client::size::format_size;
 use shmem_broker_client::wire::{
-    ChannelList, Dropped, ErrorCode, Event, Origin, Reply, Role, SlowConsumer, MAX_ENDPOINTS,
-    MIN_PROTOCOL_VERSION, SEALED_RINGS_VERSION,
+    ChannelList, Dropped, ErrorCode, Event, LostEnd, MonitorEvent, MonitorKind, Origin, Reply,
+    Role, SlowConsumer, MAX_ENDPOINTS, MIN_PROTOCOL_VERSION, SEALED_RINGS_VERSION,
 };
 use slog::{info, warn, Logger};
 
@@ -132,6 +132,33 @@ pub struct Registry {
     quotas: Quotas,
     fd_store: FdStore,
     log: Logger,
+    /// What happened since the server last looked, for `monitor` connections, each with the
+    /// owner of a channel that no longer exists (who may still see its drop).
+    watched: Vec<(MonitorEvent, Option<u32>)>,
+    /// Per channel: the loss total last reported to monitors.
+    losses_told: BTreeMap<String, u64>,
+}
+
+/// Milliseconds since the epoch, for monitor events.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A monitor event about `channel`, the rest to be filled in.
+pub fn watched(what: MonitorKind, channel: Option<&str>) -> MonitorEvent {
+    MonitorEvent {
+        at_unix_ms: now_unix_ms(),
+        what,
+        channel: channel.map(str::to_string),
+        role: None,
+        pid: None,
+        uid: None,
+        name: None,
+        count: None,
+        detail: None,
+    }
 }
 
 impl Registry {
@@ -143,7 +170,59 @@ impl Registry {
             quotas: Quotas::from_config(config),
             fd_store,
             log,
+            watched: Vec::new(),
+            losses_told: BTreeMap::new(),
         }
+    }
+
+    /// Notes an event for monitors.
+    pub fn watch(&mut self, event: MonitorEvent) {
+        self.watched.push((event, None));
+    }
+
+    /// The events noted since the last call.
+    pub fn take_watched(&mut self) -> Vec<(MonitorEvent, Option<u32>)> {
+        std::mem::take(&mut self.watched)
+    }
+
+    /// Notes the messages lost since the last look (rings count them, the broker does not see
+    /// them happen: it looks at every housekeeping pass, so that what monitors are told is
+    /// what happened since; with no monitor the events go nowhere).
+    pub fn look_for_losses(&mut self) {
+        for channel in self.channels.values() {
+            let lost = channel.totals().messages_lost;
+            let told = self
+                .losses_told
+                .entry(channel.name().to_string())
+                .or_insert(0);
+            if lost > *told {
+                let mut event = watched(MonitorKind::Loss, Some(channel.name()));
+                event.count = Some(lost - *told);
+                self.watched.push((event, None));
+                *told = lost;
+            }
+        }
+    }
+
+    /// Whether `peer` may see what happens to channel `name`: admins see every channel,
+    /// others those they may attach to (either way) or own. `owner` answers for a channel
+    /// that is gone (dropped).
+    pub fn may_watch(&self, name: &str, owner: Option<u32>, peer: &PeerCredentials) -> bool {
+        if self.is_admin(peer) {
+            return true;
+        }
+        match self.channels.get(name) {
+            Some(channel) => {
+                channel.meta.owner_uid == Some(peer.uid)
+                    || channel.access(Role::Producer).admits(peer)
+                    || channel.access(Role::Consumer).admits(peer)
+            }
+            None => owner.is_some_and(|uid| uid == peer.uid),
+        }
+    }
+
+    pub fn is_admin(&self, peer: &PeerCredentials) -> bool {
+        peer.uid == 0 || is_admin(peer, &self.limits.admin_gids)
     }
 
     /// What `uid` holds in channels it owns; `clients` is filled in by the caller.
@@ -391,6 +470,10 @@ impl Registry {
             Ok(channel) => {
                 info!(self.log, "channel created"; "channel" => name, "capacity" => capacity,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                let mut event = watched(MonitorKind::Create, Some(name));
+                event.pid = Some(peer.pid);
+                event.uid = Some(peer.uid);
+                self.watch(event);
                 self.fd_store.save(&channel);
                 let reply = Reply::success(channel.info());
                 self.insert(channel);
@@ -436,6 +519,11 @@ impl Registry {
             .collect();
         info!(self.log, "channel dropped"; "channel" => name, "attached" => events.len(),
             "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+        let mut event = watched(MonitorKind::Drop, Some(name));
+        event.pid = Some(peer.pid);
+        event.uid = Some(peer.uid);
+        self.watched.push((event, channel.meta.owner_uid));
+        self.losses_told.remove(name);
         Outcome {
             events,
             ..Outcome::reply(Reply::success(Dropped {
@@ -523,6 +611,12 @@ impl Registry {
         }
         info!(self.log, "attached"; "channel" => name, "role" => %role, "id" => grant.info.id,
             "consumer_name" => consumer_name, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+        let mut event = watched(MonitorKind::Attach, Some(name));
+        event.role = Some(role);
+        event.pid = Some(peer.pid);
+        event.uid = Some(peer.uid);
+        event.name = consumer_name.map(str::to_string);
+        self.watch(event);
         Outcome {
             reply: Reply::success(&grant.info),
             fds: grant.fds,
@@ -550,10 +644,35 @@ impl Registry {
                 info!(self.log, "detached"; "channel" => name, "role" => %role,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
                 notices = told;
+                let mut event = watched(MonitorKind::Detach, Some(name));
+                event.role = Some(role);
+                event.pid = Some(peer.pid);
+                event.uid = Some(peer.uid);
+                self.watched.push((event, None));
+                if channel.meta.is_fanout() {
+                    // The totals, with what the rings that went with this peer counted.
+                    self.fd_store.save(channel);
+                }
             }
         }
         self.remove_if_unused(name);
         notices
+    }
+
+    /// A fan-out producer attached to `name` through `session` lost its end-of-stream mark
+    /// in the rings of the consumers in `lost` ([`Channel::end_lost`]).
+    pub fn end_lost(&mut self, name: Option<&str>, session: SessionId, lost: &[LostEnd]) -> Reply {
+        let channel = name.and_then(|name| self.channels.get_mut(name));
+        let Some(channel) = channel else {
+            return Reply::failure(
+                ErrorCode::BadRequest,
+                "end_lost: this connection is not attached to a channel",
+            );
+        };
+        match channel.end_lost(session, lost) {
+            Ok(()) => Reply::success(()),
+            Err(refusal) => Reply::failure(refusal.code, refusal.message),
+        }
     }
 
     /// Drops durable consumer `consumer` of channel `name`: its owner, the channel's owner
@@ -574,6 +693,11 @@ impl Registry {
             Ok(events) => {
                 info!(self.log, "durable consumer dropped"; "channel" => name, "consumer_name" => consumer,
                     "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                let mut event = watched(MonitorKind::DropConsumer, Some(name));
+                event.name = Some(consumer.to_string());
+                event.pid = Some(peer.pid);
+                event.uid = Some(peer.uid);
+                self.watch(event);
                 Outcome {
                     events,
                     ..Outcome::reply(Reply::success(Dropped {
@@ -602,6 +726,10 @@ impl Registry {
             if !evicted.is_empty() {
                 warn!(self.log, "slow consumers disconnected"; "channel" => channel.name(),
                     "attached" => evicted.len());
+                let mut event = watched(MonitorKind::Eviction, Some(channel.name()));
+                event.count = Some(evicted.len() as u64);
+                event.detail = Some("fell behind (slow_consumer = disconnect)".into());
+                self.watched.push((event, None));
             }
             notices.extend(told);
             sessions.extend(evicted);

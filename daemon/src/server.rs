@@ -12,7 +12,8 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use shmem_broker_client::wire::{
-    ErrorCode, Event, ReloadOutcome, Reply, Request, Role, StatusInfo, PROTOCOL_VERSION,
+    ErrorCode, Event, MonitorKind, ReloadOutcome, Reply, Request, Role, StatusInfo,
+    PROTOCOL_VERSION,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -25,9 +26,11 @@ use crate::listener::{refuse_passed_fds, ControlSocket};
 use crate::logging::{PeerLogBudget, SUPPRESSED_TAG, SUPPRESSION_WINDOW};
 use crate::notify::Notifier;
 use crate::peer::PeerCredentials;
-use crate::registry::{ChannelSpec, Registry};
-use crate::session::{Input, ReadStatus, Session, SCM_MAX_FD};
+use crate::registry::{watched, ChannelSpec, Registry};
+use crate::session::{Input, ReadStatus, Session, Watch, SCM_MAX_FD};
 
+/// What a `monitor` connection may have queued before it is left out of events.
+const MONITOR_QUEUE_BYTES: usize = 256 * 1024;
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 /// Session ids start here and are never reused, so a stale id can never name a newer client.
@@ -144,6 +147,7 @@ impl Server {
             if now >= next_housekeeping {
                 self.expire_stalled();
                 self.disconnect_slow_consumers();
+                self.registry.look_for_losses();
                 for (uid, count) in self.log_budget.take_due(now) {
                     self.report_suppressed(uid, count);
                 }
@@ -176,8 +180,60 @@ impl Server {
                     Token(id) => self.drive(id),
                 }
             }
+            self.tell_monitors();
             let summary = self.summary();
             self.notifier.status(summary);
+        }
+    }
+
+    /// Hands what happened to the `monitor` connections that may see it. Each has a bounded
+    /// queue: one that does not read is left out of events (and told how many, once it has
+    /// caught up) instead of making the broker buffer without end; the loop never waits on it.
+    fn tell_monitors(&mut self) {
+        let events = self.registry.take_watched();
+        if events.is_empty() {
+            return;
+        }
+        let mut woken = Vec::new();
+        for session in self.sessions.values_mut() {
+            let Some(only) = session.monitor.as_ref().map(|w| w.channel.clone()) else {
+                continue;
+            };
+            let mut told = false;
+            for (event, owner) in &events {
+                let channel = event.channel.as_deref();
+                if only.is_some() && only.as_deref() != channel {
+                    continue;
+                }
+                let visible = match channel {
+                    Some(name) => self.registry.may_watch(name, *owner, &session.peer),
+                    // Broker-wide events (a reload) are for admins.
+                    None => self.registry.is_admin(&session.peer),
+                };
+                if !visible {
+                    continue;
+                }
+                if session.queued_bytes() >= MONITOR_QUEUE_BYTES {
+                    if let Some(watch) = &mut session.monitor {
+                        watch.dropped = watch.dropped.saturating_add(1);
+                    }
+                    continue;
+                }
+                if let Some(watch) = &mut session.monitor {
+                    let count = std::mem::take(&mut watch.dropped);
+                    if count > 0 {
+                        session.queue_event(&Event::MonitorDropped { count }, Vec::new());
+                    }
+                }
+                session.queue_event(&Event::Monitor(event.clone()), Vec::new());
+                told = true;
+            }
+            if told {
+                woken.push(session.id);
+            }
+        }
+        for id in woken {
+            self.drive(id);
         }
     }
 
@@ -208,6 +264,12 @@ impl Server {
         let at_unix_secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let mut event = watched(MonitorKind::Reload, None);
+        event.detail = Some(match &failure {
+            None => "ok".into(),
+            Some(error) => format!("rejected: {error}"),
+        });
+        self.registry.watch(event);
         self.last_reload = Some(ReloadOutcome {
             at_unix_secs,
             ok: failure.is_none(),
@@ -528,6 +590,19 @@ impl Server {
                 self.tell_all(session, outcome.events, woken);
                 (outcome.reply, outcome.fds)
             }
+            Request::Monitor { channel } => {
+                session.monitor = Some(Watch {
+                    channel,
+                    dropped: 0,
+                });
+                info!(self.log, "monitor attached"; "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                (Reply::success(()), Vec::new())
+            }
+            Request::EndLost { lost } => (
+                self.registry
+                    .end_lost(session.attached.as_deref(), session.id, &lost),
+                Vec::new(),
+            ),
             Request::Attach {
                 channel,
                 role,

@@ -67,6 +67,16 @@ pub struct Session {
     completed_requests: u64,
     /// When the bytes now buffered started arriving without forming a whole request.
     partial_since: Option<Instant>,
+    /// Set once the client sent `monitor`: what it watches.
+    pub monitor: Option<Watch>,
+}
+
+/// A `monitor` connection's subscription.
+pub struct Watch {
+    /// Only this channel's events (`None`: every channel the client may watch).
+    pub channel: Option<String>,
+    /// Events left out since the client last kept up, to be told before the next one.
+    pub dropped: u64,
 }
 
 impl Session {
@@ -84,6 +94,7 @@ impl Session {
             opened: Instant::now(),
             completed_requests: 0,
             partial_since: None,
+            monitor: None,
         }
     }
 
@@ -203,6 +214,11 @@ impl Session {
             _ => None,
         };
         self.push(FrameKind::Event, 0, event, fds, lane_added)
+    }
+
+    /// Bytes queued for the client and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     pub fn queue_reply(&mut self, id: u32, reply: &Reply, fds: Vec<OwnedFd>) -> bool {
