@@ -6,11 +6,11 @@
 //! numbers (these tests run the debug broker, overflow checks on).
 
 use serde_json::Value;
+use shmem_broker_tests::raw_ring::Mapping;
 use shmem_broker_tests::*;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Offsets in a ring's header (see client/src/ring.rs).
@@ -25,58 +25,6 @@ const MESSAGES_READ: usize = 136;
 
 /// Long enough for the broker's housekeeping (every 500 ms) to have looked twice.
 const HOUSEKEEPING_TWICE: Duration = Duration::from_millis(1500);
-
-/// A ring's header page mapped MAP_SHARED, for writing what a hostile peer would.
-struct Mapping {
-    ptr: *mut std::ffi::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(fd: &OwnedFd) -> Mapping {
-        let len = 4096;
-        // SAFETY: a fresh mapping of the header page of a ring memfd we hold (every ring is
-        // larger than a page), at an address the kernel chooses; touched only through atomics
-        // within `len` (see write_u64/write_u32).
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .expect("mmap the ring MAP_SHARED");
-        Mapping { ptr, len }
-    }
-
-    fn write_u64(&self, offset: usize, value: u64) {
-        assert!(offset & 7 == 0 && offset + 8 <= self.len);
-        // SAFETY: in bounds and aligned (checked above); shared memory is accessed atomically.
-        unsafe {
-            (*(self.ptr.cast::<u8>().add(offset) as *const AtomicU64))
-                .store(value, Ordering::SeqCst)
-        }
-    }
-
-    fn write_u32(&self, offset: usize, value: u32) {
-        assert!(offset & 3 == 0 && offset + 4 <= self.len);
-        // SAFETY: as in write_u64.
-        unsafe {
-            (*(self.ptr.cast::<u8>().add(offset) as *const AtomicU32))
-                .store(value, Ordering::SeqCst)
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped; nothing refers to it any more.
-        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
-    }
-}
 
 /// A raw fan-out producer's rings, one per consumer queue, in the order of its `lanes`
 /// (its fds are `control`, `wait`, then `ring`, `wake` per queue).
@@ -118,7 +66,7 @@ fn recv_beside_a_hostile_producer(
     assert_eq!(hostile.reply["result"]["id"], 0, "{}", hostile.reply);
     let rings = producer_rings(&hostile);
     assert_eq!(rings.len(), 1, "one consumer queue: {}", hostile.reply);
-    let map = Mapping::new(rings[0].0);
+    let map = Mapping::new(rings[0].0, 4096);
     attack(&map);
     wake(rings[0].1);
     let input = broker.dir().join(format!("{channel}.in"));
@@ -214,7 +162,7 @@ fn a_producer_flagging_its_ring_dropped_does_not_stop_the_others_messages() {
     let mut consumer = client.consumer("drop-flag").expect("attach the consumer");
     let hostile = raw_attach_any(broker.socket_path(), "drop-flag", "producer");
     let rings = producer_rings(&hostile);
-    let map = Mapping::new(rings[0].0);
+    let map = Mapping::new(rings[0].0, 4096);
     map.write_u32(DROPPED, 1);
     wake(rings[0].1);
     let mut honest = client
@@ -273,7 +221,7 @@ fn a_producer_flagging_an_away_durable_consumer_leaves_the_other_producers_data(
     }
     honest.close().expect("close");
     {
-        let map = Mapping::new(rings[0].0);
+        let map = Mapping::new(rings[0].0, 4096);
         map.write_u32(EVICTED, 1);
         map.write_u64(MESSAGES_WRITTEN, u64::MAX);
     }
@@ -311,7 +259,7 @@ fn a_consumer_scribbling_its_ring_header_does_not_lock_producers_out() {
     ]);
     let hostile = raw_attach_any(broker.socket_path(), "hdr", "consumer");
     // Its fds: control, wait, then ring and wake per producer slot.
-    let map = Mapping::new(&hostile.fds[2]);
+    let map = Mapping::new(&hostile.fds[2], 4096);
     map.write_u64(MAGIC, 0);
     let out_path = broker.dir().join("hdr.out");
     let mut receiver = broker.spawn_ctl(
@@ -363,7 +311,7 @@ fn a_producer_scribbling_a_durable_consumers_ring_header_does_not_lock_it_out() 
     let hostile = raw_attach_any(broker.socket_path(), "hdrd", "producer");
     let rings = producer_rings(&hostile);
     assert_eq!(rings.len(), 1, "the durable queue: {}", hostile.reply);
-    Mapping::new(rings[0].0).write_u64(MAGIC, 0);
+    Mapping::new(rings[0].0, 4096).write_u64(MAGIC, 0);
     drop(hostile);
     let mut honest = client.producer("hdrd").expect("attach the honest producer");
     for i in 0..100 {
@@ -425,7 +373,7 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
     let first = raw_attach_any(broker.socket_path(), "count-p", "producer");
     let second = raw_attach_any(broker.socket_path(), "count-p", "producer");
     for (raw, read) in [(&first, u64::MAX), (&second, 5)] {
-        let map = Mapping::new(producer_rings(raw)[0].0);
+        let map = Mapping::new(producer_rings(raw)[0].0, 4096);
         for offset in [MESSAGES_WRITTEN, BYTES_WRITTEN, MESSAGES_LOST] {
             map.write_u64(offset, u64::MAX);
         }
@@ -438,7 +386,7 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
     assert_eq!(json_u64(&info, "messages_read"), u64::MAX, "{info}");
     // The channel's counts are the broker's running totals: a ring whose counters go back
     // leaves them as they were (a peer cannot erase what was counted).
-    let third = Mapping::new(producer_rings(&first)[0].0);
+    let third = Mapping::new(producer_rings(&first)[0].0, 4096);
     third.write_u64(MESSAGES_WRITTEN, 7);
     let info = counters_are_shown_clamped(&mut broker, "count-p");
     assert_eq!(json_u64(&info, "messages_read"), u64::MAX, "{info}");
@@ -456,7 +404,7 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
         "2",
     ]);
     let raw = raw_attach_any(broker.socket_path(), "count-q", "producer");
-    let map = Mapping::new(producer_rings(&raw)[0].0);
+    let map = Mapping::new(producer_rings(&raw)[0].0, 4096);
     map.write_u64(MESSAGES_WRITTEN, 7);
     map.write_u64(MESSAGES_READ, 100);
     let info = counters_are_shown_clamped(&mut broker, "count-q");
@@ -489,7 +437,7 @@ fn counters_scribbled_in_two_durable_consumers_rings_are_summed_saturating() {
     let rings = producer_rings(&raw);
     assert_eq!(rings.len(), 2, "a ring per durable queue: {}", raw.reply);
     for (ring, _) in &rings {
-        let map = Mapping::new(ring);
+        let map = Mapping::new(ring, 4096);
         for offset in [
             MESSAGES_WRITTEN,
             BYTES_WRITTEN,

@@ -3,55 +3,9 @@
 //! top of the u64 range, where a sum with them would overflow. The victim must report a
 //! corrupt ring (one line, exit 1), never panic (exit 101), and the broker must keep serving.
 
+use shmem_broker_tests::raw_ring::Mapping;
 use shmem_broker_tests::*;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-/// The ring mapped MAP_SHARED, as a hostile peer maps it.
-struct Mapping {
-    ptr: *mut std::ffi::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(fd: &OwnedFd, len: u64) -> Mapping {
-        let len = usize::try_from(len).expect("ring fits in memory");
-        // SAFETY: a fresh mapping of a memfd we hold, at an address the kernel chooses; it is
-        // only ever touched through atomics within `len` (see `word`).
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .expect("mmap the ring MAP_SHARED");
-        Mapping { ptr, len }
-    }
-
-    fn word(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset & 7 == 0 && offset + 8 <= self.len);
-        // SAFETY: in bounds and aligned (checked above) in a mapping that lives as long as
-        // `self`; shared memory is only accessed atomically.
-        unsafe { &*(self.ptr.cast::<u8>().add(offset) as *const AtomicU64) }
-    }
-
-    fn half(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset & 3 == 0 && offset + 4 <= self.len);
-        // SAFETY: as in `word`.
-        unsafe { &*(self.ptr.cast::<u8>().add(offset) as *const AtomicU32) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped; nothing refers to it any more.
-        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
-    }
-}
+use std::sync::atomic::Ordering;
 
 // Header offsets (client/src/ring.rs, layout 2).
 const SEAL_KEY: usize = 32;
@@ -82,8 +36,8 @@ fn shmemctl_recv_reports_a_corrupt_ring_when_a_producer_set_positions_near_2_pow
     let map = Mapping::new(&raw.fds[0], ring_size(&raw));
     let key = map.word(SEAL_KEY).load(Ordering::SeqCst);
     let offset = DATA + (NEAR_THE_END % CAPACITY) as usize;
-    map.half(offset).store(0, Ordering::SeqCst);
-    map.half(offset + 4).store(1 | 1 << 16, Ordering::SeqCst); // DATA, a span of 1 unit
+    map.write_u32(offset, 0);
+    map.write_u32(offset + 4, 1 | 1 << 16); // DATA, a span of 1 unit
     map.word(offset + 8)
         .store(NEAR_THE_END.wrapping_add(1) ^ key, Ordering::SeqCst);
     map.word(READ_POS).store(NEAR_THE_END, Ordering::SeqCst);

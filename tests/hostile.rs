@@ -9,13 +9,13 @@ use serde_json::{json, Value};
 use shmem_broker_client::ring::{ReadOutcome, RingReader, RingWriter, SharedRing};
 use shmem_broker_client::{Client, Error};
 use shmem_broker_tests::old_kernel::start_broker_without_so_passrights;
+use shmem_broker_tests::raw_ring::Mapping;
 use shmem_broker_tests::*;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -878,57 +878,6 @@ fn producer_cannot_resize_or_reseal_the_ring_and_the_consumer_keeps_working() {
 
 // ---------------------------------------------------------------------------------------------
 // 6. A peer scribbling on the ring gets the other side a "corrupt ring" error, nothing worse
-
-/// The ring mapped MAP_SHARED, for writing garbage into it.
-struct Mapping {
-    ptr: *mut std::ffi::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(fd: &OwnedFd, len: u64) -> Mapping {
-        let len = usize::try_from(len).expect("ring fits in memory");
-        // SAFETY: a fresh mapping of a memfd we hold, at an address the kernel chooses; we only
-        // ever touch it through atomics within `len` (see write_u64/write_u32).
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .expect("mmap the ring MAP_SHARED");
-        Mapping { ptr, len }
-    }
-
-    fn write_u64(&self, offset: usize, value: u64) {
-        assert!(offset & 7 == 0 && offset + 8 <= self.len);
-        // SAFETY: in bounds and aligned (checked above); shared memory is accessed atomically.
-        unsafe {
-            (*(self.ptr.cast::<u8>().add(offset) as *const AtomicU64))
-                .store(value, Ordering::SeqCst)
-        }
-    }
-
-    fn write_u32(&self, offset: usize, value: u32) {
-        assert!(offset & 3 == 0 && offset + 4 <= self.len);
-        // SAFETY: as in write_u64.
-        unsafe {
-            (*(self.ptr.cast::<u8>().add(offset) as *const AtomicU32))
-                .store(value, Ordering::SeqCst)
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped; nothing refers to it any more.
-        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
-    }
-}
 
 const WRITE_POS: usize = 64;
 const READ_POS: usize = 128;

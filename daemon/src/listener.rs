@@ -36,7 +36,7 @@ pub struct ControlSocket {
 }
 
 /// `SO_PASSRIGHTS` (Linux 6.16+), not in the libc crate yet: the asm-generic value, which
-/// these architectures use.
+/// these architectures use; `None` elsewhere (the broker then behaves as on an older kernel).
 #[cfg(any(
     target_arch = "x86",
     target_arch = "x86_64",
@@ -48,7 +48,19 @@ pub struct ControlSocket {
     target_arch = "powerpc64",
     target_arch = "s390x"
 ))]
-const SO_PASSRIGHTS: libc::c_int = 83;
+const SO_PASSRIGHTS: Option<libc::c_int> = Some(83);
+#[cfg(not(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
+const SO_PASSRIGHTS: Option<libc::c_int> = None;
 
 /// Turns off `SO_PASSRIGHTS` on a Unix socket: a peer's `sendmsg` with `SCM_RIGHTS` then fails
 /// with `EPERM` and nothing is queued, so no client fd ever reaches the broker. The option
@@ -57,53 +69,28 @@ const SO_PASSRIGHTS: libc::c_int = 83;
 /// 6.18, and in the kernel's `unix_stream_connect`. Returns false where the kernel lacks it
 /// (`ENOPROTOOPT` before 6.16, `EINVAL` on odd socket types).
 pub fn refuse_passed_fds(socket: BorrowedFd<'_>) -> io::Result<bool> {
-    #[cfg(any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "arm",
-        target_arch = "aarch64",
-        target_arch = "riscv64",
-        target_arch = "loongarch64",
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "s390x"
-    ))]
-    {
-        let off: libc::c_int = 0;
-        // SAFETY: `off` is a live c_int and the length passed is exactly its size; the kernel
-        // only reads it. The fd is borrowed, so it is open for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PASSRIGHTS,
-                std::ptr::addr_of!(off).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENOPROTOOPT | libc::EINVAL) => Ok(false),
-            _ => Err(err),
-        }
+    let Some(option) = SO_PASSRIGHTS else {
+        return Ok(false);
+    };
+    let off: libc::c_int = 0;
+    // SAFETY: `off` is a live c_int and the length passed is exactly its size; the kernel
+    // only reads it. The fd is borrowed, so it is open for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::addr_of!(off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
     }
-    #[cfg(not(any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "arm",
-        target_arch = "aarch64",
-        target_arch = "riscv64",
-        target_arch = "loongarch64",
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "s390x"
-    )))]
-    {
-        let _ = socket;
-        Ok(false)
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOPROTOOPT | libc::EINVAL) => Ok(false),
+        _ => Err(err),
     }
 }
 

@@ -20,6 +20,7 @@
 //! it ends (PR_SET_PDEATHSIG), which is what keeps a killed test run from leaking brokers.
 
 pub mod old_kernel;
+pub mod raw_ring;
 pub mod systemd;
 use serde_json::Value;
 use std::fmt;
