@@ -335,6 +335,18 @@ impl Importer<'_> {
             // Unpacked on arrival; a pack is never an item of the stream.
             return Ok(());
         }
+        if self.last.is_none()
+            && item.from > 0
+            && item.flags & (wire::FLAG_LOSSY | wire::FLAG_OLDEST) == 0
+        {
+            // A fresh importer whose subscription matched in the middle of a batch: storing
+            // this item would make the batch's earlier items, sent again once this importer
+            // reports itself idle and behind, look like duplicates. It waits for the batch's
+            // first item (flagged oldest), or for position 0.
+            debug!(self.log, "joined in the middle of a batch; waiting for its first item";
+                   "from" => item.from);
+            return Ok(());
+        }
         if let Some(last) = self.last {
             if item.to <= last {
                 self.duplicates.add(&item, self.log);
