@@ -38,7 +38,9 @@ BROKER=$(realpath -m "$BIN_DIR/shmem-broker")
 T=$(mktemp -d); trap 'rm -rf -- "$T"' EXIT
 cp "$REPO/systemd/shmem-broker.socket" "$T/shmem-broker.socket"
 # ExecStart= runs the built binary; its arguments, if any, are kept.
+# ExecReload= checks the config with the same binary before the SIGHUP.
 sed -e "s|^ExecStart=[^ ]*/shmem-broker\\b|ExecStart=$BROKER|" \
+    -e "s|^ExecReload=[^ ]*/shmem-broker\\b|ExecReload=$BROKER|" \
     "$REPO/systemd/shmem-broker.service" > "$T/shmem-broker.service"
 grep -q "^ExecStart=$BROKER\\b" "$T/shmem-broker.service" ||
   die "no ExecStart=.../shmem-broker line to point at $BROKER in systemd/shmem-broker.service"
