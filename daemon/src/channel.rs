@@ -763,6 +763,7 @@ impl Channel {
         };
         let index = match existing {
             Some(index) => {
+                // Before the eviction notice: another uid must not take (or even learn) it.
                 if let (Some(name), Some(owner)) = (name, self.queues[index].owner()) {
                     if owner != peer.uid && peer.uid != 0 {
                         return Err(not_the_owner(
@@ -787,17 +788,6 @@ impl Channel {
                             away_cause(cause)
                         ),
                     ));
-                }
-                if let (Some(name), Some(owner)) = (name, self.queues[index].owner()) {
-                    if owner != peer.uid && peer.uid != 0 {
-                        return Err(not_the_owner(
-                            channel,
-                            name,
-                            owner,
-                            peer.uid,
-                            "attach as it",
-                        ));
-                    }
                 }
                 if let Some(holder) = &self.queues[index].holder {
                     return Err(refuse(
