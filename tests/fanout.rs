@@ -207,6 +207,67 @@ fn a_late_joiner_starts_at_the_next_message() {
     );
 }
 
+/// Consumers joining while a producer streams without pause each get every message whose
+/// send started after their attach returned. The broker bumps the control page and then writes
+/// the lane event; a busy producer that saw the bump before the event was in its socket used to
+/// take the bump as done and write on without the new consumer's ring until the next change
+/// (found by the fan-out soak: anonymous consumers missed thousands of messages).
+#[test]
+fn late_joiners_of_a_busy_producer_get_every_message_sent_after_their_attach() {
+    const JOINERS: usize = 60;
+    let broker = Broker::start(None);
+    let client = broker.client();
+    create(&client, "busy", 1 << 20, 1, 2, SlowConsumer::Block);
+    let mut early = client.consumer("busy").expect("attach the first consumer");
+    let mut producer = client.producer("busy").expect("attach the producer");
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicU64::new(0));
+    let early = Background::spawn("first consumer", move || {
+        let mut buf = Vec::new();
+        while early.recv_into(&mut buf).expect("first consumer recv") {}
+    });
+    let sending = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        Background::spawn("producer", move || {
+            let mut seq = 0;
+            while stop.load(Ordering::SeqCst) == 0 {
+                producer.send(&record(0, seq, 64)).expect("send");
+                seq += 1;
+                sent.store(seq, Ordering::SeqCst);
+            }
+            producer.close().expect("close");
+        })
+    };
+    for joiner in 0..JOINERS {
+        let mut late = client.consumer("busy").expect("attach a late consumer");
+        // Sends that started before this load may or may not reach the new consumer; the one
+        // after them must.
+        let started_before = sent.load(Ordering::SeqCst) + 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let first = loop {
+            match late.try_recv() {
+                Ok(Some(message)) => break parse(&message).1,
+                Ok(None) => panic!("end-of-stream before any message"),
+                Err(TryRecvError::Empty) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "joiner {joiner}: no message within 5 s"
+                    );
+                    readable(late.ready_fd(), Duration::from_millis(10));
+                }
+                Err(e) => panic!("joiner {joiner}: {e}"),
+            }
+        };
+        assert!(
+            first <= started_before,
+            "joiner {joiner}: first message {first}, but message {started_before} was sent after its attach returned"
+        );
+    }
+    stop.store(1, Ordering::SeqCst);
+    sending.join(TRANSFER);
+    early.join(TRANSFER);
+}
+
 /// A channel with a fast consumer (reading on a thread) and a slow one (attached, not reading),
 /// and its producer.
 struct SlowSetup {

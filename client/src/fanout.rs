@@ -102,7 +102,11 @@ impl<E> Membership<E> {
         // after the attach reply), even one that came later than the bump it belongs to.
         // Events newer than `now` may have been read already (the broker bumps the page, then
         // sends): once applied they count as seen, or the next change would wait for them.
-        let mut newest = now;
+        // Only applied events advance the generation: a bump whose event is not here yet (the
+        // broker writes it right after the bump, and before it answers the attach behind it)
+        // is looked for again at the next call, so a new consumer's ring is written from the
+        // first message sent after its attach returned, by busy endpoints too.
+        let mut newest = self.generation;
         for (event, fds) in attachment.take_lane_events() {
             match event {
                 Event::LaneAdded { generation, peer } => {
