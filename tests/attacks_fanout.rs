@@ -3,10 +3,11 @@
 //! that ring only (the consumer reads every honest producer's messages, and a durable
 //! consumer's queue keeps the other producers' data); counters scribbled to `u64::MAX` in the
 //! rings of two producers or two durable consumers neither crash `list`/`info` nor show wrapped
-//! numbers (these tests run the debug broker, overflow checks on).
+//! numbers (these tests run the debug broker, overflow checks on); a consumer cannot write its
+//! producer's ring at all (layout 3: it is handed that memfd read-only).
 
 use serde_json::Value;
-use shmem_broker_tests::raw_ring::Mapping;
+use shmem_broker_tests::raw_ring::{Mapping, ACK_MESSAGES_READ};
 use shmem_broker_tests::*;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -21,7 +22,6 @@ const WRITE_POS: usize = 64;
 const MESSAGES_WRITTEN: usize = 72;
 const BYTES_WRITTEN: usize = 80;
 const MESSAGES_LOST: usize = 88;
-const MESSAGES_READ: usize = 136;
 
 /// Long enough for the broker's housekeeping (every 500 ms) to have looked twice.
 const HOUSEKEEPING_TWICE: Duration = Duration::from_millis(1500);
@@ -29,10 +29,19 @@ const HOUSEKEEPING_TWICE: Duration = Duration::from_millis(1500);
 /// A raw fan-out producer's rings, one per consumer queue, in the order of its `lanes`
 /// (its fds are `control`, `wait`, then `ring`, `wake` per queue).
 fn producer_rings(raw: &RawAttach) -> Vec<(&OwnedFd, &OwnedFd)> {
-    raw.fds[2..]
-        .chunks(2)
-        .map(|pair| (&pair[0], &pair[1]))
+    raw.lanes()
+        .into_iter()
+        .map(|lane| (lane.ring, lane.wake))
         .collect()
+}
+
+/// What a raw consumer may write: the ack page of each of its lanes, as `messages_read`.
+fn scribble_messages_read(consumer: &RawAttach, values: &[u64]) {
+    let lanes = consumer.lanes();
+    assert_eq!(lanes.len(), values.len(), "{}", consumer.reply);
+    for (lane, value) in lanes.iter().zip(values) {
+        Mapping::new(lane.ack, 4096).write_u64(ACK_MESSAGES_READ, *value);
+    }
 }
 
 fn wake(fd: &OwnedFd) {
@@ -243,11 +252,13 @@ fn a_producer_flagging_an_away_durable_consumer_leaves_the_other_producers_data(
     broker.assert_running();
 }
 
-/// A consumer that scribbles the header of its own ring (slot 0's, which exists from creation)
-/// and stays attached: every producer attach used to fail opening that ring ("bad magic"), so
-/// one consumer locked every producer out. Now the producer skips that ring alone.
+/// A consumer that scribbled the header of its own ring (slot 0's, which exists from creation)
+/// and stayed attached used to lock every producer out ("bad magic"). Since layout 3 it
+/// cannot: the ring memfd comes read-only (mapping it writable fails, and so does opening it
+/// again for writing: the broker's memfds are mode 0600, see tests/read_only.rs for another
+/// uid). What the consumer does own, its ack page, it may scribble: producers go on.
 #[test]
-fn a_consumer_scribbling_its_ring_header_does_not_lock_producers_out() {
+fn a_consumer_cannot_scribble_its_ring_header_and_producers_get_in() {
     let broker = Broker::start(None);
     broker.ctl_ok(&[
         "create",
@@ -258,9 +269,16 @@ fn a_consumer_scribbling_its_ring_header_does_not_lock_producers_out() {
         "2",
     ]);
     let hostile = raw_attach_any(broker.socket_path(), "hdr", "consumer");
-    // Its fds: control, wait, then ring and wake per producer slot.
-    let map = Mapping::new(&hostile.fds[2], 4096);
-    map.write_u64(MAGIC, 0);
+    let lanes = hostile.lanes();
+    let refused = Mapping::try_new(lanes[0].ring, 4096).err();
+    assert_eq!(
+        refused.map(|e| e.raw_os_error()),
+        Some(Some(libc::EACCES)),
+        "a consumer must not be able to map its producer's ring writable"
+    );
+    let map = Mapping::new(lanes[0].ack, 4096);
+    map.write_u64(0, u64::MAX);
+    map.write_u64(ACK_MESSAGES_READ, u64::MAX);
     let out_path = broker.dir().join("hdr.out");
     let mut receiver = broker.spawn_ctl(
         &["recv", "hdr"],
@@ -372,13 +390,14 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
     ]);
     let first = raw_attach_any(broker.socket_path(), "count-p", "producer");
     let second = raw_attach_any(broker.socket_path(), "count-p", "producer");
-    for (raw, read) in [(&first, u64::MAX), (&second, 5)] {
+    for raw in [&first, &second] {
         let map = Mapping::new(producer_rings(raw)[0].0, 4096);
         for offset in [MESSAGES_WRITTEN, BYTES_WRITTEN, MESSAGES_LOST] {
             map.write_u64(offset, u64::MAX);
         }
-        map.write_u64(MESSAGES_READ, read);
     }
+    let consumer = raw_attach_any(broker.socket_path(), "count-p", "consumer");
+    scribble_messages_read(&consumer, &[u64::MAX, 5]);
     // One ring claims 5 messages read of u64::MAX written: shown as read.
     let info = counters_are_shown_clamped(&mut broker, "count-p");
     assert_eq!(json_u64(&info, "messages_written"), u64::MAX, "{info}");
@@ -392,7 +411,7 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
     assert_eq!(json_u64(&info, "messages_read"), u64::MAX, "{info}");
     assert_eq!(json_u64(&info, "messages_written"), u64::MAX, "{info}");
     drop(third);
-    drop((first, second));
+    drop((first, second, consumer));
 
     // A ring that claims more read than written counts no more than written.
     broker.ctl_ok(&[
@@ -406,17 +425,17 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
     let raw = raw_attach_any(broker.socket_path(), "count-q", "producer");
     let map = Mapping::new(producer_rings(&raw)[0].0, 4096);
     map.write_u64(MESSAGES_WRITTEN, 7);
-    map.write_u64(MESSAGES_READ, 100);
+    let consumer = raw_attach_any(broker.socket_path(), "count-q", "consumer");
+    scribble_messages_read(&consumer, &[100]);
     let info = counters_are_shown_clamped(&mut broker, "count-q");
     assert_eq!(json_u64(&info, "messages_read"), 7, "clamped: {info}");
     drop(map);
-    drop(raw);
+    drop((raw, consumer));
 }
 
 #[test]
 fn counters_scribbled_in_two_durable_consumers_rings_are_summed_saturating() {
     let mut broker = Broker::start(None);
-    let client = broker.client();
     broker.ctl_ok(&[
         "create",
         "count-c",
@@ -426,24 +445,15 @@ fn counters_scribbled_in_two_durable_consumers_rings_are_summed_saturating() {
         "2",
     ]);
     for name in ["a", "b"] {
-        let consumer = client
-            .attach("count-c")
-            .durable(name)
-            .consumer()
-            .expect("attach a durable consumer");
-        drop(consumer);
+        let consumer = raw_attach_as(broker.socket_path(), "count-c", "consumer", Some(name));
+        scribble_messages_read(&consumer, &[u64::MAX]);
     }
     let raw = raw_attach_any(broker.socket_path(), "count-c", "producer");
     let rings = producer_rings(&raw);
     assert_eq!(rings.len(), 2, "a ring per durable queue: {}", raw.reply);
     for (ring, _) in &rings {
         let map = Mapping::new(ring, 4096);
-        for offset in [
-            MESSAGES_WRITTEN,
-            BYTES_WRITTEN,
-            MESSAGES_LOST,
-            MESSAGES_READ,
-        ] {
+        for offset in [MESSAGES_WRITTEN, BYTES_WRITTEN, MESSAGES_LOST] {
             map.write_u64(offset, u64::MAX);
         }
     }

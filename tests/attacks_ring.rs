@@ -1,20 +1,19 @@
 //! Hostile ring positions and counters against the real broker and the real `shmemctl`: a
-//! peer maps the channel's ring memfd (as any attached client can) and writes values near the
-//! top of the u64 range, where a sum with them would overflow. The victim must report a
+//! peer maps what it may write of the channel's ring (a producer the ring memfd, a consumer
+//! its ack page) and writes values near the top of the u64 range, where a sum with them would
+//! overflow. The victim must report a
 //! corrupt ring (one line, exit 1), never panic (exit 101), and the broker must keep serving.
 
-use shmem_broker_tests::raw_ring::Mapping;
+use shmem_broker_tests::raw_ring::{Mapping, ACK_MESSAGES_READ, ACK_READ_POS};
 use shmem_broker_tests::*;
 use std::sync::atomic::Ordering;
 
-// Header offsets (client/src/ring.rs, layout 2).
+// Header offsets (client/src/ring.rs, layout 3).
 const SEAL_KEY: usize = 32;
 const WRITE_POS: usize = 64;
 const MESSAGES_WRITTEN: usize = 72;
 const BYTES_WRITTEN: usize = 80;
 const MESSAGES_LOST: usize = 88;
-const READ_POS: usize = 128;
-const MESSAGES_READ: usize = 136;
 const DATA: usize = 4096;
 const CAPACITY: u64 = 64 * 1024;
 
@@ -29,18 +28,17 @@ fn ring_size(raw: &RawAttach) -> u64 {
 fn shmemctl_recv_reports_a_corrupt_ring_when_a_producer_set_positions_near_2_pow_64() {
     let mut broker = Broker::start(None);
     broker.ctl_ok(&["create", "near-end-recv", "--capacity", "64KiB"]);
-    // The hostile producer attaches first and prepares the ring for the consumer to come:
-    // both positions 16 bytes below 2^64 and, there, an empty data frame sealed as published,
-    // so that following it would add its size to the read position.
+    // The hostile producer attaches first and prepares the ring for the consumer to come: its
+    // position 16 bytes below 2^64 and, there, an empty data frame sealed as published. (The
+    // read position is the consumer's, in its ack page, which the producer cannot write.)
     let raw = raw_attach(broker.socket_path(), "near-end-recv", "producer");
-    let map = Mapping::new(&raw.fds[0], ring_size(&raw));
+    let map = Mapping::new(raw.fd("ring"), ring_size(&raw));
     let key = map.word(SEAL_KEY).load(Ordering::SeqCst);
     let offset = DATA + (NEAR_THE_END % CAPACITY) as usize;
     map.write_u32(offset, 0);
     map.write_u32(offset + 4, 1 | 1 << 16); // DATA, a span of 1 unit
     map.word(offset + 8)
         .store(NEAR_THE_END.wrapping_add(1) ^ key, Ordering::SeqCst);
-    map.word(READ_POS).store(NEAR_THE_END, Ordering::SeqCst);
     map.word(WRITE_POS).store(NEAR_THE_END, Ordering::SeqCst);
     let out = broker.ctl(&["recv", "near-end-recv"]);
     assert_eq!(out.status.code(), Some(1), "{out}");
@@ -54,11 +52,11 @@ fn shmemctl_send_reports_a_corrupt_ring_when_a_consumer_set_positions_near_2_pow
     let mut broker = Broker::start(None);
     broker.ctl_ok(&["create", "near-end-send", "--capacity", "64KiB"]);
     let raw = raw_attach(broker.socket_path(), "near-end-send", "consumer");
-    let map = Mapping::new(&raw.fds[0], ring_size(&raw));
-    map.word(READ_POS).store(NEAR_THE_END, Ordering::SeqCst);
-    map.word(WRITE_POS).store(NEAR_THE_END, Ordering::SeqCst);
-    // Standard input is empty: the producer writes its end-of-stream mark, a frame whose size
-    // added to the write position would pass 2^64.
+    // All a consumer can write: its ack page, where it claims to have read up to 2^64 - 16.
+    let map = Mapping::new(raw.fd("ack"), 4096);
+    map.word(ACK_READ_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    // Standard input is empty: the producer writes its end-of-stream mark after checking the
+    // consumer's position against its own.
     let out = broker.ctl(&["send", "near-end-send"]);
     assert_eq!(out.status.code(), Some(1), "{out}");
     out.expect_error(&["corrupt ring", "near-end-send", "positions out of range"]);
@@ -77,25 +75,25 @@ fn counters_set_to_u64_max_in_several_rings_do_not_crash_the_broker_listing_them
         "--max-consumers",
         "2",
     ]);
-    let client = broker.client();
-    let _producer = client.producer("max-counters").expect("attach a producer");
-    // Two consumers, each with its ring from the producer (fds: control, wait, ring, wake).
-    let raws: Vec<RawAttach> = (0..2)
+    // Two consumers, each with its ring from one producer; each side scribbles what it may
+    // write: the producer its counters in both rings, each consumer its ack page.
+    let consumers: Vec<RawAttach> = (0..2)
         .map(|_| raw_attach_any(broker.socket_path(), "max-counters", "consumer"))
         .collect();
-    let maps: Vec<Mapping> = raws
-        .iter()
-        .map(|raw| Mapping::new(&raw.fds[2], CAPACITY + 4096))
-        .collect();
-    for map in &maps {
-        for counter in [
-            MESSAGES_WRITTEN,
-            BYTES_WRITTEN,
-            MESSAGES_LOST,
-            MESSAGES_READ,
-        ] {
+    let producer = raw_attach_any(broker.socket_path(), "max-counters", "producer");
+    let mut maps = Vec::new();
+    for lane in producer.lanes() {
+        let map = Mapping::new(lane.ring, CAPACITY + 4096);
+        for counter in [MESSAGES_WRITTEN, BYTES_WRITTEN, MESSAGES_LOST] {
             map.word(counter).store(u64::MAX, Ordering::SeqCst);
         }
+        maps.push(map);
+    }
+    for consumer in &consumers {
+        let map = Mapping::new(consumer.lanes()[0].ack, 4096);
+        map.word(ACK_MESSAGES_READ)
+            .store(u64::MAX, Ordering::SeqCst);
+        maps.push(map);
     }
     // The broker adds the rings' counters up for `list` and `info`.
     broker.ctl_ok(&["list"]);

@@ -4,6 +4,7 @@
 //! killed and re-attached, an anonymous consumer's rings freed, and what an old (version 1 or 2)
 //! client is told.
 
+use shmem_broker_client::wire::SPLIT_RINGS_VERSION;
 use shmem_broker_client::{Client, Consumer, Error, Producer, SlowConsumer, TryRecvError};
 use shmem_broker_tests::*;
 use std::collections::HashMap;
@@ -865,24 +866,25 @@ fn older_clients_are_told_what_they_cannot_do() {
         "wide",
         &["wide", "protocol version 2", "this client speaks version 1"],
     );
-    // ...and neither 1 nor 2 reads the sealed rings (layout 2) new channels get.
-    for version in [1, 2] {
+    // ...and none before 5 reads the split rings (layout 3) new channels get.
+    for version in 1..SPLIT_RINGS_VERSION {
         let speaks = format!("this client speaks version {version}");
         refused(
             version,
             "narrow",
-            &["narrow", "layout 2", "protocol version 3", &speaks],
+            &["narrow", "layout 3", "protocol version 5", &speaks],
         );
     }
-    refused(2, "wide", &["wide", "layout 2", "protocol version 3"]);
-    let granted = attach(3, "narrow");
-    assert_eq!(granted.version, 3);
+    refused(2, "wide", &["wide", "layout 3", "protocol version 5"]);
+    refused(4, "wide", &["wide", "layout 3", "protocol version 5"]);
+    let granted = attach(SPLIT_RINGS_VERSION, "narrow");
+    assert_eq!(granted.version, SPLIT_RINGS_VERSION);
     let body = granted.json();
-    assert_eq!(body["ok"], true, "version 3 attaches: {body}");
-    assert_eq!(body["result"]["ring_layout"], 2, "reply: {body}");
+    assert_eq!(body["ok"], true, "version 5 attaches: {body}");
+    assert_eq!(body["result"]["ring_layout"], 3, "reply: {body}");
     assert_eq!(
         body["result"]["fds"],
-        serde_json::json!(["ring", "data_ready", "space_ready"])
+        serde_json::json!(["ring", "ack", "data_ready", "space_ready"])
     );
 }
 

@@ -292,16 +292,21 @@ fn try_calls_do_not_block_when_a_hostile_peer_makes_the_shared_eventfd_blocking(
     with_deadline(WAIT, "try calls on a blocking eventfd", move || {
         let mut consumer = connect(&socket).consumer("nonblock-c").expect("consumer");
         let hostile_producer = raw_attach(&socket, "nonblock-c", "producer");
-        // fds: ring, data_ready, space_ready.
-        rustix::fs::fcntl_setfl(&hostile_producer.fds[1], rustix::fs::OFlags::empty())
-            .expect("clear O_NONBLOCK");
+        rustix::fs::fcntl_setfl(
+            hostile_producer.fd("data_ready"),
+            rustix::fs::OFlags::empty(),
+        )
+        .expect("clear O_NONBLOCK");
         for _ in 0..3 {
             assert!(consumer.try_recv().is_err_and(|e| e.is_empty()));
         }
         let mut producer = connect(&socket).producer("nonblock-p").expect("producer");
         let hostile_consumer = raw_attach(&socket, "nonblock-p", "consumer");
-        rustix::fs::fcntl_setfl(&hostile_consumer.fds[2], rustix::fs::OFlags::empty())
-            .expect("clear O_NONBLOCK");
+        rustix::fs::fcntl_setfl(
+            hostile_consumer.fd("space_ready"),
+            rustix::fs::OFlags::empty(),
+        )
+        .expect("clear O_NONBLOCK");
         fill_ring(&mut producer, &[1u8; 1000], 100);
         for _ in 0..3 {
             assert!(producer.try_send(&[1u8; 1000]).is_err_and(|e| e.is_full()));

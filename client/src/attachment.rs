@@ -14,7 +14,7 @@ use rustix::time::{
 use crate::connection::{Connection, EventWithFds};
 use crate::control::ControlPage;
 use crate::error::{Error, Result};
-use crate::ring::SharedRing;
+use crate::ring::{RingFds, SharedRing};
 use crate::wire::{AttachInfo, ErrorCode, Event, LostEnd, Request, Role};
 
 /// How long to spin on the ring before sleeping. A wake-up through an eventfd costs tens of
@@ -33,7 +33,37 @@ const BROKER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const CALLS_PER_CLOCK_CHECK: u32 = 1024;
 /// Longest a re-attach may hold up a send or receive while the broker is starting.
 const REATTACH_PATIENCE: Duration = Duration::from_millis(250);
-const SINGLE_FDS: [&str; 3] = ["ring", "data_ready", "space_ready"];
+
+/// Whether `names` (an attach reply's `fds`) has the shape this library knows: one-to-one
+/// `ring [ack] data_ready space_ready`, fan-out `control wait` then `ring [ack] wake` per lane
+/// (`ack` is there for layout-3 rings, which may sit beside older ones restored from an fd
+/// store).
+fn fd_names_make_sense(names: &[String], fanout: bool, lanes: usize) -> bool {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let Some(rest) = (if fanout {
+        names.strip_prefix(&["control", "wait"][..])
+    } else {
+        Some(&names[..])
+    }) else {
+        return false;
+    };
+    let mut rest = rest;
+    let mut groups = 0;
+    while let Some(after_ring) = rest.strip_prefix(&["ring"][..]) {
+        let after_ack = after_ring.strip_prefix(&["ack"][..]).unwrap_or(after_ring);
+        let tail: &[&str] = if fanout {
+            &["wake"]
+        } else {
+            &["data_ready", "space_ready"]
+        };
+        match after_ack.strip_prefix(tail) {
+            Some(next) => rest = next,
+            None => return false,
+        }
+        groups += 1;
+    }
+    rest.is_empty() && groups == if fanout { lanes } else { 1 }
+}
 
 /// How an endpoint attaches; built with [`Client::attach`](crate::Client::attach).
 #[derive(Clone, Debug, Default)]
@@ -137,20 +167,16 @@ impl Grant {
         })?;
         let info: AttachInfo = answer.decode()?;
         let fanout = info.fds.first().map(String::as_str) == Some("control");
-        let expected: Vec<&str> = if fanout {
-            let mut names = vec!["control", "wait"];
-            for _ in &info.lanes {
-                names.extend(["ring", "wake"]);
-            }
-            names
-        } else {
-            SINGLE_FDS.to_vec()
-        };
-        if info.fds != expected || answer.fds.len() != expected.len() {
+        if !fd_names_make_sense(&info.fds, fanout, info.lanes.len())
+            || answer.fds.len() != info.fds.len()
+        {
             return Err(Error::Protocol(format!(
-                "attach reply carries {} fds named {:?}, expected {expected:?}",
+                "attach reply carries {} fds named {:?}, which is not the shape of a {} attach \
+                 with {} lanes",
                 answer.fds.len(),
-                info.fds
+                info.fds,
+                if fanout { "fan-out" } else { "one-to-one" },
+                info.lanes.len()
             )));
         }
         Ok(Grant {
@@ -159,6 +185,28 @@ impl Grant {
             fds: answer.fds,
             fanout,
         })
+    }
+}
+
+/// An attach reply's fds with their names, taken in order.
+struct NamedFds(std::collections::VecDeque<(String, OwnedFd)>);
+
+impl NamedFds {
+    fn next(&mut self) -> Result<OwnedFd> {
+        self.0
+            .pop_front()
+            .map(|(_, fd)| fd)
+            .ok_or_else(|| Error::Protocol("attach reply lost its fds".into()))
+    }
+
+    /// A `ring` fd and the `ack` fd after it, if there is one.
+    fn next_ring(&mut self) -> Result<RingFds> {
+        let ring = self.next()?;
+        let ack = match self.0.front() {
+            Some((name, _)) if name == "ack" => Some(self.next()?),
+            _ => None,
+        };
+        Ok(RingFds { ring, ack })
     }
 }
 
@@ -178,28 +226,24 @@ impl Attachment {
         let grant = Grant::request(socket, channel, role, options.name.as_deref(), None)?;
         let fanout = grant.fanout;
         let capacity = grant.info.capacity;
-        let mut fds = grant.fds.into_iter();
-        let mut next = || {
-            fds.next()
-                .ok_or_else(|| Error::Protocol("attach reply lost its fds".into()))
-        };
+        let mut fds = NamedFds(grant.info.fds.iter().cloned().zip(grant.fds).collect());
         let (rings, ring_identity, wait_fd, wake_fd) = if fanout {
-            let control_fd = next()?;
+            let control_fd = fds.next()?;
             let control = ControlPage::open(&control_fd)
                 .map_err(|e| Error::io(format!("control page of channel {channel}"), e))?;
-            let wait_fd = nonblocking(next()?)?;
+            let wait_fd = nonblocking(fds.next()?)?;
             let mut lanes = Vec::new();
             for lane in &grant.info.lanes {
-                let (ring, wake) = (next()?, next()?);
+                let (ring, wake) = (fds.next_ring()?, fds.next()?);
                 let opened = open_lane(channel, capacity, lane.peer, ring, wake);
                 lanes.push(opened.map_err(|e| (lane.peer, e.to_string())));
             }
             (Rings::Fanout { control, lanes }, None, wait_fd, None)
         } else {
-            let ring_fd = next()?;
-            let data_ready = nonblocking(next()?)?;
-            let space_ready = nonblocking(next()?)?;
-            let identity = identity(&ring_fd)?;
+            let ring_fd = fds.next_ring()?;
+            let data_ready = nonblocking(fds.next()?)?;
+            let space_ready = nonblocking(fds.next()?)?;
+            let identity = identity(&ring_fd.ring)?;
             let ring = SharedRing::open(ring_fd, capacity).map_err(|e| Error::ring(channel, e))?;
             let (wait_fd, wake_fd) = match role {
                 Role::Producer => (space_ready, data_ready),
@@ -240,15 +284,25 @@ impl Attachment {
     /// Turns a lane event's fds into a lane.
     pub fn open_lane(&self, peer: u32, fds: Vec<OwnedFd>) -> Result<Lane> {
         let mut fds = fds.into_iter();
-        match (fds.next(), fds.next(), fds.next()) {
-            (Some(ring), Some(wake), None) => {
-                open_lane(&self.channel, self.info.capacity, peer, ring, wake)
+        // A ring, its ack page if it has one (layout 3), and the eventfd.
+        let (ring, ack, wake) = match (fds.next(), fds.next(), fds.next(), fds.next()) {
+            (Some(ring), Some(wake), None, None) => (ring, None, wake),
+            (Some(ring), Some(ack), Some(wake), None) => (ring, Some(ack), wake),
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "lane event for peer {peer} of channel {} does not carry a ring and an \
+                     eventfd",
+                    self.channel
+                )))
             }
-            _ => Err(Error::Protocol(format!(
-                "lane event for peer {peer} of channel {} does not carry a ring and an eventfd",
-                self.channel
-            ))),
-        }
+        };
+        open_lane(
+            &self.channel,
+            self.info.capacity,
+            peer,
+            RingFds { ring, ack },
+            wake,
+        )
     }
 
     /// Lane events read from the connection and not applied yet (one that came late).
@@ -644,7 +698,7 @@ fn open_lane(
     channel: &str,
     capacity: u64,
     peer: u32,
-    ring: OwnedFd,
+    ring: RingFds,
     wake: OwnedFd,
 ) -> Result<Lane> {
     Ok(Lane {

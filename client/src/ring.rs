@@ -1,6 +1,7 @@
 //! The shared-memory ring of one channel: a sealed memfd holding a one-page header and a data
 //! area of `capacity` bytes, in which the producer writes length-prefixed frames and the
-//! consumer reads them.
+//! consumer reads them, and (layout 3) a second sealed one-page memfd, the *ack page*, holding
+//! what the consumer writes.
 //!
 //! # Why not `shmem_ipc::sharedring`
 //! We use shmem-ipc for what it does well (memfd creation, the SHRINK-seal check and the raw
@@ -11,18 +12,39 @@
 //! on every empty->non-empty transition (80-90 % of the throughput on this hardware, see
 //! `shared/docs/performance-facts.md`). So the positions live in the shared header here.
 //!
-//! # Layout (version 2), all integers little-endian atomics
+//! # Layout (version 3), all integers little-endian atomics
+//! The ring memfd (written by the producer; the consumer maps it read-only):
 //! ```text
 //! 0     magic u64 "SHMRING1", layout u32 = 2, flags u32, capacity u64, dropped u32,
 //!       evicted u32 (a fan-out producer cut this consumer off: 1 fell behind, 2 corrupt ring),
 //!       seal_key u64 (random, even; layout 2)
 //! 64    write_pos u64, messages_written u64, bytes_written u64,
 //!       messages_lost u64                                         (written by the producer)
-//! 128   read_pos u64, messages_read u64                           (written by the consumer)
-//! 192   consumer_waiting u32   (consumer is asleep on the data_ready eventfd)
-//! 256   producer_waiting u32   (producer is asleep on the space_ready eventfd)
+//! 128   unused in layout 3 (zero): layouts 1 and 2 keep the consumer's line here
+//! 192   unused in layout 3 (zero): layouts 1 and 2 keep consumer_waiting here
+//! 256   producer_waiting u32   (producer is asleep on the space_ready eventfd: a ticket)
 //! 4096  data[capacity]
 //! ```
+//! The ack memfd, 4096 bytes (written by the consumer; the producer maps it read-only):
+//! ```text
+//! 0     read_pos u64, messages_read u64
+//! 64    consumer_waiting u32   (consumer is asleep on the data_ready eventfd: a ticket)
+//! ```
+//!
+//! # Read-only where a side only reads (layout 3)
+//! Each side maps the other's memfd from an `O_RDONLY` fd, which the kernel refuses to map
+//! writable (`EACCES`), so a consumer cannot scribble on the producer's frames and a producer
+//! cannot move the consumer's position. The broker creates both memfds with mode 0600, so a
+//! client of another uid cannot reopen its read-only fd writable through `/proc/self/fd` either
+//! (seals cannot do this: `F_SEAL_WRITE` would stop the writer too, and `F_SEAL_FUTURE_WRITE`
+//! would stop the next producer that attaches to the same ring). A client running as the
+//! broker's own uid (or with `CAP_DAC_OVERRIDE`) can reopen it; that uid is trusted anyway.
+//!
+//! Because neither side may write the other's memory, a waker cannot clear the sleeper's
+//! waiting flag as layouts 1 and 2 do (`swap` to 0). Instead the sleeper stores a *ticket*, a
+//! number that changes with every sleep and is never 0, and clears it when it wakes; the waker
+//! writes the eventfd when it sees a ticket it has not woken yet (`handshake::take_ticket`).
+//! A sleeper always stores fresh tickets, which a layout-2 peer reads as a plain "waiting".
 //! Positions are 64-bit byte counters that only grow; the offset in the data area is
 //! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`, and
 //! no position exceeds [`MAX_POSITION`] (so that no sum with one wraps).
@@ -49,9 +71,11 @@
 //! While the seal does not match, the consumer watches it, loading `write_pos` only now and
 //! then (and always before it sleeps), so seals are only ever a shortcut.
 //!
-//! Layout 1 (what brokers before protocol version 3 created, and what an fd store may still
-//! hold) is the same without seals: 8-byte frame headers (`len u32`, `kind u32`), frames padded
-//! to multiples of 8, no `seal_key`. Both sides read the layout from the ring and follow it.
+//! Layout 2 (what brokers of protocol versions 3 and 4 created) is layout 3 in one memfd: the
+//! consumer's line and waiting flag at offsets 128 and 192 of the header, every byte writable
+//! by both sides. Layout 1 (what brokers before protocol version 3 created) is layout 2 without seals: 8-byte frame headers (`len u32`, `kind u32`), frames padded
+//! to multiples of 8, no `seal_key`. Both sides read the layout from the ring and follow it;
+//! an fd store may still hold rings of layouts 1 and 2, which keep working as they did.
 //!
 //! # Trust
 //! Each side keeps its own position in private memory and treats everything the peer can write
@@ -61,23 +85,26 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
-use shmem_ipc::mem::mmap::MmapRaw;
 
 use crate::wire::{Role, SlowConsumer};
 
 mod handshake;
+mod mapping;
+
+use mapping::Mapping;
 
 /// The layout new rings get.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// The oldest layout this library still reads and writes.
 pub const MIN_LAYOUT_VERSION: u32 = 1;
 pub const HEADER_SIZE: u64 = 4096;
+/// Size of a layout-3 ring's ack memfd (the consumer's page).
+pub const ACK_SIZE: u64 = 4096;
 const CACHE_LINE: u64 = 64;
 /// Data areas are whole pages: `capacity` is a multiple of this.
 pub const CAPACITY_GRANULE: u64 = 4096;
@@ -176,6 +203,15 @@ struct Header {
 const _: () = assert!(std::mem::size_of::<Header>() == 320);
 const _: () = assert!(std::mem::size_of::<Header>() as u64 <= HEADER_SIZE);
 
+/// A layout-3 ring's ack memfd: what the consumer writes.
+#[repr(C)]
+struct AckPage {
+    consumer: ConsumerLine,
+    consumer_waiting: WaitLine,
+}
+
+const _: () = assert!(std::mem::size_of::<AckPage>() as u64 <= ACK_SIZE);
+
 /// Largest payload a ring of `capacity` bytes carries in one message (in the current layout;
 /// a layout-1 ring takes 8 bytes more).
 pub fn max_message_len(capacity: u64) -> u64 {
@@ -245,25 +281,78 @@ pub struct RingStats {
     pub messages_lost: u64,
 }
 
-/// A mapped ring: the mapping stays valid as long as this value lives, whatever the peer does
-/// to the file, because the memfd is sealed against shrinking.
+/// A mapped ring: the mappings stay valid as long as this value lives, whatever the peer does
+/// to the files, because the memfds are sealed against shrinking.
 pub struct SharedRing {
-    map: MmapRaw,
+    /// The ring memfd: header and data.
+    map: Mapping,
+    /// Layout 3: the ack memfd (the consumer's page).
+    ack: Option<Mapping>,
     capacity: u64,
+    layout: u32,
     format: FrameFormat,
-    /// The memfd's device and inode: the same for every mapping of the ring in this process.
+    /// The ring memfd's device and inode: the same for every mapping of the ring in this
+    /// process.
     file: (u64, u64),
 }
 
-// SAFETY: the mapping is plain shared memory reached only through atomics and raw copies; it is
-// not tied to the thread that created it.
-unsafe impl Send for SharedRing {}
+/// The memfds of one ring, as the broker holds them.
+pub struct RingFiles {
+    /// Header and data: what the producer writes.
+    pub ring: Memfd,
+    /// Layout 3: the consumer's page. `None` for rings of layouts 1 and 2.
+    pub ack: Option<Memfd>,
+}
+
+/// The fds one side of a ring is given: each writable if that side writes it, `O_RDONLY`
+/// otherwise.
+pub struct RingFds {
+    pub ring: OwnedFd,
+    pub ack: Option<OwnedFd>,
+}
+
+impl RingFiles {
+    /// Fds for `side` (`None`: the broker itself, everything writable): the producer gets the
+    /// ring writable and the ack page read-only, the consumer the other way round. A layout-1
+    /// or 2 ring has one memfd, which both sides write.
+    pub fn share(&self, side: Option<Role>) -> std::io::Result<RingFds> {
+        let Some(ack) = &self.ack else {
+            return Ok(RingFds {
+                ring: self.ring.as_file().as_fd().try_clone_to_owned()?,
+                ack: None,
+            });
+        };
+        let ring_writable = side != Some(Role::Consumer);
+        let ack_writable = side != Some(Role::Producer);
+        Ok(RingFds {
+            ring: share_memfd(&self.ring, ring_writable)?,
+            ack: Some(share_memfd(ack, ack_writable)?),
+        })
+    }
+}
+
+/// A new fd for `memfd`: a duplicate if `writable`, else the file opened again read-only
+/// through `/proc/self/fd` (the only way to get an `O_RDONLY` fd of a memfd; the mode 0600 the
+/// creator gave it keeps clients of other uids from doing the same towards `O_RDWR`).
+fn share_memfd(memfd: &Memfd, writable: bool) -> std::io::Result<OwnedFd> {
+    let fd = memfd.as_file().as_fd();
+    if writable {
+        return fd.try_clone_to_owned();
+    }
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
+}
 
 impl SharedRing {
-    /// Creates a ring memfd of `capacity` data bytes (a multiple of 4 KiB), initialises its
-    /// header and seals it against shrinking, growing and further sealing, so no client can
-    /// truncate it (SIGBUS for the others), grow it, or make it read-only.
-    pub fn create(name: &str, capacity: u64) -> Result<(SharedRing, Memfd), RingError> {
+    /// Creates a ring of `capacity` data bytes (a multiple of 4 KiB) in the current layout:
+    /// the ring memfd and the ack memfd, mode 0600, headers initialised, sealed against
+    /// shrinking, growing and further sealing, so no client can truncate them (SIGBUS for the
+    /// others), grow them, or make them read-only.
+    pub fn create(name: &str, capacity: u64) -> Result<(SharedRing, RingFiles), RingError> {
         SharedRing::create_in_layout(name, capacity, LAYOUT_VERSION)
     }
 
@@ -271,20 +360,19 @@ impl SharedRing {
         name: &str,
         capacity: u64,
         layout: u32,
-    ) -> Result<(SharedRing, Memfd), RingError> {
+    ) -> Result<(SharedRing, RingFiles), RingError> {
         check_capacity(capacity)?;
-        let memfd = MemfdOptions::default()
-            .allow_sealing(true)
-            .close_on_exec(true)
-            .create(format!("shmem-broker:{name}"))
-            .map_err(memfd_error)?;
-        memfd.as_file().set_len(HEADER_SIZE + capacity)?;
-        let mut seals = SealsHashSet::new();
-        seals.insert(FileSeal::SealShrink);
-        seals.insert(FileSeal::SealGrow);
-        seals.insert(FileSeal::SealSeal);
-        memfd.add_seals(&seals).map_err(memfd_error)?;
-        let mut ring = SharedRing::map(&memfd, capacity)?;
+        let ring_file = sealed_memfd(&format!("shmem-broker:{name}"), HEADER_SIZE + capacity)?;
+        let ack_file = match layout {
+            3.. => Some(sealed_memfd(&format!("shmem-broker:{name}:ack"), ACK_SIZE)?),
+            _ => None,
+        };
+        let files = RingFiles {
+            ring: ring_file,
+            ack: ack_file,
+        };
+        let fds = files.share(None)?;
+        let mut ring = SharedRing::map(&fds, capacity)?;
         let seal_key = new_seal_key();
         let id = &ring.header().identity;
         id.layout.store(layout, Ordering::Relaxed);
@@ -293,30 +381,22 @@ impl SharedRing {
             id.seal_key.store(seal_key, Ordering::Relaxed);
         }
         id.magic.store(MAGIC, Ordering::Release);
+        ring.layout = layout;
         ring.format = FrameFormat::of(layout, seal_key);
-        Ok((ring, memfd))
+        Ok((ring, files))
     }
 
-    /// Maps a ring memfd received from the broker after checking that it is a memfd, carries
-    /// all three seals, has exactly the announced size and an intact header.
-    pub fn open(fd: OwnedFd, capacity: u64) -> Result<SharedRing, RingError> {
+    /// Maps a ring received from the broker after checking that each fd is a memfd, carries
+    /// all three seals, has exactly the announced size, and that the header is intact and its
+    /// layout matches the fds (an ack memfd exactly for layout 3). Each memfd is mapped
+    /// writable only if its fd is.
+    pub fn open(fds: RingFds, capacity: u64) -> Result<SharedRing, RingError> {
         check_capacity(capacity)?;
-        let memfd = Memfd::try_from_file(File::from(fd))
-            .map_err(|_| RingError::Rejected("not a memfd".into()))?;
-        let seals = memfd.seals().map_err(memfd_error)?;
-        for seal in [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal] {
-            if !seals.contains(&seal) {
-                return Err(RingError::Rejected(format!("missing seal {seal:?}")));
-            }
+        check_memfd(&fds.ring, HEADER_SIZE + capacity)?;
+        if let Some(ack) = &fds.ack {
+            check_memfd(ack, ACK_SIZE)?;
         }
-        let size = memfd.as_file().metadata()?.len();
-        if size != HEADER_SIZE + capacity {
-            return Err(RingError::Rejected(format!(
-                "memfd is {size} bytes, expected {}",
-                HEADER_SIZE + capacity
-            )));
-        }
-        let ring = SharedRing::map(&memfd, capacity)?;
+        let ring = SharedRing::map(&fds, capacity)?;
         let id = &ring.header().identity;
         if id.magic.load(Ordering::Acquire) != MAGIC {
             return Err(RingError::Corrupt("bad magic in ring header".into()));
@@ -327,6 +407,12 @@ impl SharedRing {
                 "ring layout {layout}, this library reads layouts {MIN_LAYOUT_VERSION} to {LAYOUT_VERSION}"
             )));
         }
+        if (layout >= 3) != ring.ack.is_some() {
+            return Err(RingError::Rejected(format!(
+                "a ring of layout {layout} comes {} an ack memfd",
+                if layout >= 3 { "with" } else { "without" }
+            )));
+        }
         if id.capacity.load(Ordering::Relaxed) != capacity {
             return Err(RingError::Corrupt(
                 "capacity in ring header does not match".into(),
@@ -334,22 +420,29 @@ impl SharedRing {
         }
         // Read once: a peer rewriting the key later changes nothing here.
         let format = FrameFormat::of(layout, id.seal_key.load(Ordering::Relaxed));
-        Ok(SharedRing { format, ..ring })
+        Ok(SharedRing {
+            format,
+            layout,
+            ..ring
+        })
     }
 
-    fn map(memfd: &Memfd, capacity: u64) -> Result<SharedRing, RingError> {
+    fn map(fds: &RingFds, capacity: u64) -> Result<SharedRing, RingError> {
         let len = usize::try_from(HEADER_SIZE + capacity)
             .map_err(|_| RingError::Rejected("ring larger than the address space".into()))?;
-        let metadata = memfd.as_file().metadata()?;
-        let map = shmem_ipc::mem::raw_memfd(memfd, len).map_err(|err| match err {
-            shmem_ipc::Error::Io(io) => RingError::Io(io),
-            other => RingError::Rejected(other.to_string()),
-        })?;
+        let stat = rustix::fs::fstat(&fds.ring).map_err(std::io::Error::from)?;
+        let map = Mapping::new(fds.ring.as_fd(), len)?;
+        let ack = match &fds.ack {
+            Some(ack) => Some(Mapping::new(ack.as_fd(), ACK_SIZE as usize)?),
+            None => None,
+        };
         Ok(SharedRing {
             map,
+            ack,
             capacity,
+            layout: MIN_LAYOUT_VERSION,
             format: FrameFormat::of(MIN_LAYOUT_VERSION, 0),
-            file: (metadata.dev(), metadata.ino()),
+            file: (stat.st_dev, stat.st_ino),
         })
     }
 
@@ -367,30 +460,60 @@ impl SharedRing {
     pub fn identity_intact(&self) -> bool {
         let id = &self.header().identity;
         id.magic.load(Ordering::Relaxed) == MAGIC
-            && id.layout.load(Ordering::Relaxed) == self.layout()
+            && id.layout.load(Ordering::Relaxed) == self.layout
             && id.capacity.load(Ordering::Relaxed) == self.capacity
     }
 
     /// The ring's layout version.
     pub fn layout(&self) -> u32 {
-        if self.format.seal_key.is_some() {
-            2
-        } else {
-            1
-        }
+        self.layout
+    }
+
+    /// Whether this mapping may write what the producer writes (the ring memfd).
+    fn producer_writable(&self) -> bool {
+        self.map.writable()
+    }
+
+    /// Whether this mapping may write what the consumer writes (the ack page in layout 3).
+    fn consumer_writable(&self) -> bool {
+        self.ack.as_ref().unwrap_or(&self.map).writable()
     }
 
     fn header(&self) -> &Header {
         // SAFETY: the mapping is at least HEADER_SIZE (>= size_of::<Header>()) bytes, page
         // aligned (so aligned for Header), and lives as long as `self`; the seals guarantee the
         // file cannot shrink under it. Every field is an atomic, so concurrent writes by a
-        // hostile peer are data the type expects, not undefined behaviour.
-        unsafe { &*(self.map.as_mut_ptr() as *const Header) }
+        // hostile peer are data the type expects, not undefined behaviour. Fields are only
+        // stored to when the mapping is writable (`producer_writable`, `consumer_writable`).
+        unsafe { &*(self.map.as_ptr() as *const Header) }
     }
 
+    /// What the consumer writes: its line and waiting flag, in the ack page (layout 3) or in
+    /// the header (layouts 1 and 2).
+    fn consumer_side(&self) -> (&ConsumerLine, &AtomicU32) {
+        match &self.ack {
+            Some(ack) => {
+                // SAFETY: as for `header`: the ack mapping is ACK_SIZE (>= size_of::<AckPage>())
+                // bytes, page aligned, sealed against shrinking, lives as long as `self`, and
+                // holds only atomics.
+                let page = unsafe { &*(ack.as_ptr() as *const AckPage) };
+                (&page.consumer, &page.consumer_waiting.waiting)
+            }
+            None => {
+                let h = self.header();
+                (&h.consumer, &h.consumer_waiting.waiting)
+            }
+        }
+    }
+
+    /// Whether a waker must leave the sleeper's flag alone and go by its tickets (layout 3,
+    /// where the flag is in memory the waker maps read-only).
+    fn wakes_by_ticket(&self) -> bool {
+        self.ack.is_some()
+    }
     fn data(&self) -> *mut u8 {
         // SAFETY: HEADER_SIZE is within the mapping (its length is HEADER_SIZE + capacity).
-        unsafe { self.map.as_mut_ptr().add(HEADER_SIZE as usize) }
+        unsafe { self.map.as_ptr().add(HEADER_SIZE as usize) }
     }
 
     /// An atomic view of a u32 at `offset` (a multiple of 4, below `capacity`) of the data area.
@@ -465,8 +588,11 @@ impl SharedRing {
     }
 
     /// Marks the ring as belonging to a dropped channel; both sides see it on their next call.
+    /// Only the broker calls this; a mapping that may not write the header does nothing.
     pub fn mark_dropped(&self) {
-        self.header().identity.dropped.store(1, Ordering::Release);
+        if self.producer_writable() {
+            self.header().identity.dropped.store(1, Ordering::Release);
+        }
     }
 
     pub fn is_dropped(&self) -> bool {
@@ -474,12 +600,15 @@ impl SharedRing {
     }
 
     /// Marks the consumer of this ring as cut off by its producer, which writes no more into
-    /// it; the consumer and the broker read the cause.
+    /// it; the consumer and the broker read the cause. Only the producer's (and the broker's)
+    /// mapping may write it; any other does nothing.
     pub fn mark_evicted(&self, cause: Eviction) {
-        self.header()
-            .identity
-            .evicted
-            .store(cause as u32, Ordering::Release);
+        if self.producer_writable() {
+            self.header()
+                .identity
+                .evicted
+                .store(cause as u32, Ordering::Release);
+        }
     }
 
     /// Why the producer cut this ring's consumer off, if it did. Any value but the two the
@@ -514,9 +643,8 @@ impl SharedRing {
     /// frame-aligned, or the write position behind the read position or more than `capacity`
     /// ahead of it): a peer scribbled on them.
     pub fn unread_if_sound(&self) -> Option<u64> {
-        let h = self.header();
-        let write_pos = h.producer.write_pos.load(Ordering::Acquire);
-        let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
+        let write_pos = self.header().producer.write_pos.load(Ordering::Acquire);
+        let read_pos = self.consumer_side().0.read_pos.load(Ordering::Acquire);
         check_positions(read_pos, write_pos, self).ok()
     }
 
@@ -546,12 +674,13 @@ impl SharedRing {
     /// them up must saturate (the broker's `Channel::info` does).
     pub fn stats(&self) -> RingStats {
         let h = self.header();
+        let consumer = self.consumer_side().0;
         let written = h.producer.write_pos.load(Ordering::Acquire);
-        let read = h.consumer.read_pos.load(Ordering::Acquire);
+        let read = consumer.read_pos.load(Ordering::Acquire);
         RingStats {
             messages_written: h.producer.messages_written.load(Ordering::Relaxed),
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
-            messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
+            messages_read: consumer.messages_read.load(Ordering::Relaxed),
             bytes_unread: written.saturating_sub(read).min(self.capacity),
             messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
         }
@@ -566,13 +695,19 @@ impl SharedRing {
 
     /// Clears the waiting flag of the side that detached. Never the other side's: that one
     /// may be asleep right now, and clearing its flag would lose its next wake-up.
+    /// Only the broker calls this (its mappings are writable); a mapping that is not writable
+    /// where the flag lives is left alone.
     pub fn clear_waiter(&self, side: Role) {
-        let h = self.header();
-        let flag = match side {
-            Role::Producer => &h.producer_waiting.waiting,
-            Role::Consumer => &h.consumer_waiting.waiting,
+        let (flag, writable) = match side {
+            Role::Producer => (
+                &self.header().producer_waiting.waiting,
+                self.producer_writable(),
+            ),
+            Role::Consumer => (self.consumer_side().1, self.consumer_writable()),
         };
-        flag.store(0, Ordering::Relaxed);
+        if writable {
+            flag.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -580,6 +715,46 @@ fn check_capacity(capacity: u64) -> Result<(), RingError> {
     if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % CAPACITY_GRANULE != 0 {
         return Err(RingError::Rejected(format!(
             "capacity {capacity} must be a multiple of {CAPACITY_GRANULE} between {MIN_CAPACITY} and {MAX_CAPACITY}"
+        )));
+    }
+    Ok(())
+}
+
+/// A new memfd of `len` bytes, mode 0600 (see the module docs), sealed against shrinking,
+/// growing and further sealing.
+fn sealed_memfd(name: &str, len: u64) -> Result<Memfd, RingError> {
+    let memfd = MemfdOptions::default()
+        .allow_sealing(true)
+        .close_on_exec(true)
+        .create(name)
+        .map_err(memfd_error)?;
+    rustix::fs::fchmod(memfd.as_file(), rustix::fs::Mode::from_raw_mode(0o600))
+        .map_err(std::io::Error::from)?;
+    memfd.as_file().set_len(len)?;
+    let mut seals = SealsHashSet::new();
+    seals.insert(FileSeal::SealShrink);
+    seals.insert(FileSeal::SealGrow);
+    seals.insert(FileSeal::SealSeal);
+    memfd.add_seals(&seals).map_err(memfd_error)?;
+    Ok(memfd)
+}
+
+/// Checks that `fd` (from the broker) is a memfd that carries all three seals and is exactly
+/// `len` bytes long, so that mapping `len` bytes of it can never fault.
+fn check_memfd(fd: &OwnedFd, len: u64) -> Result<(), RingError> {
+    let file = File::from(fd.try_clone()?);
+    let memfd =
+        Memfd::try_from_file(file).map_err(|_| RingError::Rejected("not a memfd".into()))?;
+    let seals = memfd.seals().map_err(memfd_error)?;
+    for seal in [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal] {
+        if !seals.contains(&seal) {
+            return Err(RingError::Rejected(format!("missing seal {seal:?}")));
+        }
+    }
+    let size = memfd.as_file().metadata()?.len();
+    if size != len {
+        return Err(RingError::Rejected(format!(
+            "memfd is {size} bytes, expected {len}"
         )));
     }
     Ok(())
@@ -610,15 +785,24 @@ pub struct RingWriter {
     messages_written: u64,
     bytes_written: u64,
     messages_lost: u64,
+    /// Layout 3: the consumer's sleep ticket this writer last woke it for.
+    woken_ticket: u32,
+    /// The ticket of this writer's last sleep.
+    sleep_ticket: u32,
 }
 
 impl RingWriter {
     /// A writer on `ring`; `Rejected` if this process already has one on the same ring (any
     /// mapping of the same memfd), `Corrupt` if the header's positions are inconsistent.
     pub fn new(ring: SharedRing) -> Result<RingWriter, RingError> {
+        if !ring.producer_writable() {
+            return Err(RingError::Rejected(
+                "the ring's fd is read-only: this side may only read it".into(),
+            ));
+        }
         let h = ring.header();
         let write_pos = h.producer.write_pos.load(Ordering::Acquire);
-        let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
+        let read_pos = ring.consumer_side().0.read_pos.load(Ordering::Acquire);
         check_positions(read_pos, write_pos, &ring)?;
         // The set only holds plain keys: a panic elsewhere while it was locked left it intact.
         let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -636,6 +820,8 @@ impl RingWriter {
             messages_written: h.producer.messages_written.load(Ordering::Relaxed),
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
             messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
+            woken_ticket: 0,
+            sleep_ticket: 0,
             ring,
         })
     }
@@ -675,7 +861,7 @@ impl RingWriter {
         if cached >= wanted {
             return Ok(cached);
         }
-        let read_pos = handshake::observe(&self.ring.header().consumer.read_pos);
+        let read_pos = handshake::observe(&self.ring.consumer_side().0.read_pos);
         if read_pos < self.read_floor {
             return Err(RingError::Corrupt(format!(
                 "consumer position went backwards ({read_pos} < {})",
@@ -993,8 +1179,13 @@ impl RingWriter {
 
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
     /// Pairs with [`RingReader::prepare_to_sleep`] (store flag, then re-check the ring).
-    pub fn take_consumer_waiting(&self) -> bool {
-        handshake::take_waiting(&self.ring.header().consumer_waiting.waiting)
+    pub fn take_consumer_waiting(&mut self) -> bool {
+        let flag = self.ring.consumer_side().1;
+        if self.ring.wakes_by_ticket() {
+            handshake::take_ticket(flag, &mut self.woken_ticket)
+        } else {
+            handshake::take_waiting(flag)
+        }
     }
 
     /// True if a write of `payload` bytes would make progress now (write the frame, or at least
@@ -1013,9 +1204,11 @@ impl RingWriter {
     /// Announces that the producer is about to block for space. Returns false (do not sleep) if
     /// space appeared in the meantime.
     pub fn prepare_to_sleep(&mut self, needed_payload: usize) -> Result<bool, RingError> {
+        self.sleep_ticket = handshake::next_ticket(self.sleep_ticket);
         handshake::prepare_to_sleep(
             self,
             |w| &w.ring.header().producer_waiting.waiting,
+            |w| w.sleep_ticket,
             |w| w.can_progress(needed_payload),
         )
     }
@@ -1091,6 +1284,10 @@ pub struct RingReader {
     /// Seals only: the last frame came by its seal, so the next may be the rest of the same
     /// publish (a batch), which only the position shows.
     position_due: bool,
+    /// Layout 3: the producer's sleep ticket this reader last woke it for.
+    woken_ticket: u32,
+    /// The ticket of this reader's last sleep.
+    sleep_ticket: u32,
 }
 
 /// Whether a poll must load the producer's position even when seals say nothing came.
@@ -1110,14 +1307,21 @@ const POSITION_EVERY: u32 = 1024;
 
 impl RingReader {
     pub fn new(ring: SharedRing) -> Result<RingReader, RingError> {
-        let h = ring.header();
-        let read_pos = h.consumer.read_pos.load(Ordering::Acquire);
-        let write_pos = h.producer.write_pos.load(Ordering::Acquire);
+        if !ring.consumer_writable() {
+            return Err(RingError::Rejected(
+                "the ring's ack fd is read-only: this side may only read it".into(),
+            ));
+        }
+        let consumer = ring.consumer_side().0;
+        let read_pos = consumer.read_pos.load(Ordering::Acquire);
+        let write_pos = ring.header().producer.write_pos.load(Ordering::Acquire);
         check_positions(read_pos, write_pos, &ring)?;
         Ok(RingReader {
             read_pos,
             write_seen: write_pos,
-            messages_read: h.consumer.messages_read.load(Ordering::Relaxed),
+            messages_read: consumer.messages_read.load(Ordering::Relaxed),
+            woken_ticket: 0,
+            sleep_ticket: 0,
             missed: 0,
             published_pos: read_pos,
             freed: false,
@@ -1454,7 +1658,7 @@ impl RingReader {
         if self.read_pos == self.published_pos {
             return;
         }
-        let h = &self.ring.header().consumer;
+        let h = self.ring.consumer_side().0;
         h.messages_read.store(self.messages_read, Ordering::Relaxed);
         // Release suffices: the fence in `take_producer_waiting`, which callers run after every
         // read, orders it before the waiting-flag load.
@@ -1467,22 +1671,31 @@ impl RingReader {
     /// producer is asleep waiting for space, so it must be woken. Costs nothing when nothing
     /// was freed.
     pub fn take_producer_waiting(&mut self) -> bool {
-        std::mem::take(&mut self.freed)
-            && handshake::take_waiting(&self.ring.header().producer_waiting.waiting)
+        if !std::mem::take(&mut self.freed) {
+            return false;
+        }
+        let flag = &self.ring.header().producer_waiting.waiting;
+        if self.ring.wakes_by_ticket() {
+            handshake::take_ticket(flag, &mut self.woken_ticket)
+        } else {
+            handshake::take_waiting(flag)
+        }
     }
 
     /// Announces that the consumer is about to block. Returns false (do not sleep) if data
     /// arrived in the meantime.
     pub fn prepare_to_sleep(&mut self) -> Result<bool, RingError> {
+        self.sleep_ticket = handshake::next_ticket(self.sleep_ticket);
         handshake::prepare_to_sleep(
             self,
-            |r| &r.ring.header().consumer_waiting.waiting,
+            |r| r.ring.consumer_side().1,
+            |r| r.sleep_ticket,
             |r| Ok(r.unread(Poll::Exact)? > 0),
         )
     }
 
     pub fn done_sleeping(&self) {
-        handshake::done_sleeping(&self.ring.header().consumer_waiting.waiting);
+        handshake::done_sleeping(self.ring.consumer_side().1);
     }
 }
 
@@ -1507,20 +1720,21 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    fn pair(capacity: u64) -> (RingWriter, RingReader, Memfd) {
+    fn pair(capacity: u64) -> (RingWriter, RingReader, RingFiles) {
         pair_in(LAYOUT_VERSION, capacity)
     }
 
-    fn pair_in(layout: u32, capacity: u64) -> (RingWriter, RingReader, Memfd) {
+    fn pair_in(layout: u32, capacity: u64) -> (RingWriter, RingReader, RingFiles) {
         let (ring, memfd) = SharedRing::create_in_layout("test", capacity, layout).expect("create");
         drop(ring);
-        let open = || {
-            let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
-            SharedRing::open(fd, capacity).expect("open")
+        // Each side with the fds the broker gives it (layout 3: the other's memfd read-only).
+        let open = |side| {
+            let fds = memfd.share(Some(side)).expect("share");
+            SharedRing::open(fds, capacity).expect("open")
         };
         (
-            RingWriter::new(open()).expect("writer"),
-            RingReader::new(open()).expect("reader"),
+            RingWriter::new(open(Role::Producer)).expect("writer"),
+            RingReader::new(open(Role::Consumer)).expect("reader"),
             memfd,
         )
     }
@@ -1699,7 +1913,7 @@ mod tests {
 
     /// A 4 KiB ring where one message was read, a second (`[1; 100]`) is unread, and a refused
     /// large write published only the padding up to the end of the data area.
-    fn padding_after_a_message() -> (RingWriter, RingReader, Memfd) {
+    fn padding_after_a_message() -> (RingWriter, RingReader, RingFiles) {
         let (mut w, mut r, fd) = pair(4096);
         assert!(write(&mut w, &[0; 100]));
         let mut out = Vec::new();
@@ -1718,18 +1932,19 @@ mod tests {
     #[test]
     fn fuzz_findings_stay_fixed() {
         // Unaligned positions would make the next frame header straddle the end of the ring.
-        let (w, _r, memfd) = pair(4096);
-        w.ring()
-            .header()
-            .consumer
+        let (_w, _r, memfd) = pair(4096);
+        let broker = open_again(&memfd, 4096);
+        broker
+            .consumer_side()
+            .0
             .read_pos
             .store(4092, Ordering::SeqCst);
-        w.ring()
+        broker
             .header()
             .producer
             .write_pos
             .store(4100, Ordering::SeqCst);
-        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        let fd = memfd.share(None).expect("share");
         let ring = SharedRing::open(fd, 4096).expect("open");
         assert!(matches!(RingReader::new(ring), Err(RingError::Corrupt(_))));
 
@@ -1811,7 +2026,7 @@ mod tests {
             assert_eq!(out, vec![i; 100]);
         }
         drop(r);
-        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        let fd = memfd.share(None).expect("share");
         let mut r2 = RingReader::new(SharedRing::open(fd, 8192).expect("open")).expect("reader");
         for i in 4..10u8 {
             assert_eq!(
@@ -1864,8 +2079,8 @@ mod tests {
             Err(RingError::Corrupt(_))
         ));
         r.ring()
-            .header()
-            .consumer
+            .consumer_side()
+            .0
             .read_pos
             .store(u64::MAX, Ordering::SeqCst);
         // The writer trusts the consumer position it saw last until that runs out of room;
@@ -1895,8 +2110,8 @@ mod tests {
         assert!(RingWriter::new(open_again(&memfd, 4096)).is_ok());
     }
 
-    fn open_again(memfd: &Memfd, capacity: u64) -> SharedRing {
-        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+    fn open_again(memfd: &RingFiles, capacity: u64) -> SharedRing {
+        let fd = memfd.share(None).expect("share");
         SharedRing::open(fd, capacity).expect("open")
     }
 
@@ -1907,12 +2122,14 @@ mod tests {
             .create("plain")
             .expect("memfd");
         memfd.as_file().set_len(HEADER_SIZE + 4096).expect("len");
-        let err = SharedRing::open(OwnedFd::from(memfd.into_file()), 4096)
-            .err()
-            .expect("refused");
+        let fds = RingFds {
+            ring: OwnedFd::from(memfd.into_file()),
+            ack: None,
+        };
+        let err = SharedRing::open(fds, 4096).err().expect("refused");
         assert!(err.to_string().contains("missing seal"), "{err}");
         let (_ring, memfd) = SharedRing::create("x", 8192).expect("create");
-        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+        let fd = memfd.share(None).expect("share");
         let err = SharedRing::open(fd, 4096).err().expect("refused");
         assert!(err.to_string().contains("expected"), "{err}");
     }
@@ -2055,19 +2272,24 @@ mod hostile_positions {
         u64::MAX - (1 << 40),
     ];
 
-    fn shared(capacity: u64) -> (SharedRing, Memfd) {
+    fn shared(capacity: u64) -> (SharedRing, RingFiles) {
         SharedRing::create("hostile", capacity).expect("create")
     }
 
-    fn reopen(memfd: &Memfd, capacity: u64) -> SharedRing {
-        let fd = OwnedFd::from(memfd.as_file().try_clone().expect("dup"));
+    fn reopen(memfd: &RingFiles, capacity: u64) -> SharedRing {
+        let fd = memfd.share(None).expect("share");
         SharedRing::open(fd, capacity).expect("open")
     }
 
     fn set_positions(ring: &SharedRing, read: u64, write: u64) {
-        let h = ring.header();
-        h.consumer.read_pos.store(read, Ordering::SeqCst);
-        h.producer.write_pos.store(write, Ordering::SeqCst);
+        ring.consumer_side()
+            .0
+            .read_pos
+            .store(read, Ordering::SeqCst);
+        ring.header()
+            .producer
+            .write_pos
+            .store(write, Ordering::SeqCst);
     }
 
     fn is_corrupt<T: std::fmt::Debug>(result: &Result<T, RingError>) -> bool {
@@ -2223,7 +2445,7 @@ mod hostile_positions {
             &h.producer.messages_written,
             &h.producer.bytes_written,
             &h.producer.messages_lost,
-            &h.consumer.messages_read,
+            &ring.consumer_side().0.messages_read,
         ] {
             counter.store(u64::MAX, Ordering::SeqCst);
         }

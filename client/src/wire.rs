@@ -22,13 +22,16 @@ use serde::{Deserialize, Serialize};
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"SHMB";
 /// The newest protocol version, what this library speaks and the broker answers up to.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Oldest version the broker still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The first version whose clients read ring layout 2.
 pub const SEALED_RINGS_VERSION: u16 = 3;
 /// The first version whose clients understand the `producer_gone` event.
 pub const PRODUCER_GONE_VERSION: u16 = 4;
+/// The first version whose clients read ring layout 3 (each ring in two memfds, the other
+/// side's mapped read-only, `ack` fds in attach replies and lane events).
+pub const SPLIT_RINGS_VERSION: u16 = 5;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 16;
 /// Largest request body the broker reads; anything larger is refused before it is buffered.
@@ -38,8 +41,8 @@ pub const MAX_REPLY_BODY: u32 = 16 * 1024 * 1024;
 /// Most producers or consumers one channel may have.
 pub const MAX_ENDPOINTS: u32 = 64;
 /// Most file descriptors one message carries: a fan-out attach carries its control page and
-/// eventfd plus a ring and an eventfd per peer.
-pub const MAX_FDS_PER_MESSAGE: usize = 2 + 2 * MAX_ENDPOINTS as usize;
+/// eventfd plus a ring, its ack page and an eventfd per peer.
+pub const MAX_FDS_PER_MESSAGE: usize = 2 + 3 * MAX_ENDPOINTS as usize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]

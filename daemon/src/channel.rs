@@ -17,12 +17,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{eventfd, EventfdFlags};
 use shmem_broker_client::control::BrokerControlPage;
-use shmem_broker_client::ring::{Eviction, RingStats, SharedRing, HEADER_SIZE, LAYOUT_VERSION};
+use shmem_broker_client::ring::{
+    Eviction, RingFiles, RingStats, SharedRing, HEADER_SIZE, LAYOUT_VERSION,
+};
 use shmem_broker_client::wire::{
     AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, LostEnd, Origin, PeerInfo, Role,
     SlowConsumer,
 };
-use shmem_ipc::mem::mfd::Memfd;
 
 use crate::access::AccessList;
 use crate::peer::PeerCredentials;
@@ -119,7 +120,7 @@ fn new_eventfd() -> std::io::Result<OwnedFd> {
 pub struct Lane {
     /// The broker's own mapping, for counters and to flag a drop.
     pub ring: SharedRing,
-    pub memfd: Memfd,
+    pub files: RingFiles,
     /// The ring's counters when the broker last added them to the channel's totals.
     pub seen: Cell<Counts>,
 }
@@ -175,19 +176,32 @@ pub struct Totals {
 
 impl Lane {
     fn new(channel: &str, slot: u32, queue: u32, capacity: u64) -> std::io::Result<Lane> {
-        let (ring, memfd) = SharedRing::create(&format!("{channel}:p{slot}:c{queue}"), capacity)
+        let (ring, files) = SharedRing::create(&format!("{channel}:p{slot}:c{queue}"), capacity)
             .map_err(|e| {
                 std::io::Error::other(format!("creating ring for channel {channel:?}: {e}"))
             })?;
         Ok(Lane {
             ring,
-            memfd,
+            files,
             seen: Cell::new(Counts::default()),
         })
     }
 
-    fn share(&self) -> std::io::Result<OwnedFd> {
-        self.memfd.as_file().as_fd().try_clone_to_owned()
+    /// The ring's fds for `role`, in the order of [`Lane::fd_names`]: what that side writes
+    /// writable, the rest read-only (layout 3; older rings restored from the fd store are one
+    /// memfd both sides write).
+    fn share(&self, role: Role) -> std::io::Result<Vec<OwnedFd>> {
+        let fds = self.files.share(Some(role))?;
+        Ok(std::iter::once(fds.ring).chain(fds.ack).collect())
+    }
+
+    /// The names of the fds [`Lane::share`] gives, as attach replies list them.
+    fn fd_names(&self) -> &'static [&'static str] {
+        if self.files.ack.is_some() {
+            &["ring", "ack"]
+        } else {
+            &["ring"]
+        }
     }
 }
 
@@ -500,8 +514,14 @@ impl Channel {
             for (slot, lane) in self.slots.iter().zip(&queue.lanes) {
                 fds.push((
                     format!("q{}/p{}.ring", queue.id, slot.id),
-                    lane.memfd.as_file().as_fd(),
+                    lane.files.ring.as_file().as_fd(),
                 ));
+                if let Some(ack) = &lane.files.ack {
+                    fds.push((
+                        format!("q{}/p{}.ack", queue.id, slot.id),
+                        ack.as_file().as_fd(),
+                    ));
+                }
             }
         }
         Some(DurableParts {
@@ -670,9 +690,11 @@ impl Channel {
                     queue.lanes[index] =
                         Lane::new(channel, slot, queue.id, capacity).map_err(internal)?;
                 }
-                fds.push(queue.lanes[index].share().map_err(internal)?);
+                let lane = &queue.lanes[index];
+                fds.extend(lane.share(Role::Producer).map_err(internal)?);
                 fds.push(share(&queue.data_ready).map_err(internal)?);
-                names.extend(["ring", "wake"]);
+                names.extend(lane.fd_names());
+                names.push("wake");
                 lanes.push(LaneInfo { peer: queue.id });
             }
             self.slots[index].end_lost.clear();
@@ -712,7 +734,9 @@ impl Channel {
         for queue in &self.queues {
             let lane = Lane::new(&self.meta.name, id, queue.id, self.capacity)?;
             if let Some(holder) = &queue.holder {
-                told.push((holder.session, vec![lane.share()?, share(&space_ready)?]));
+                let mut fds = lane.share(Role::Consumer)?;
+                fds.push(share(&space_ready)?);
+                told.push((holder.session, fds));
             }
             lanes.push(lane);
         }
@@ -838,9 +862,10 @@ impl Channel {
         let mut lanes = Vec::new();
         for (slot, lane) in self.slots.iter_mut().zip(&queue.lanes) {
             ensure(&mut slot.space_ready).map_err(internal)?;
-            fds.push(lane.share().map_err(internal)?);
+            fds.extend(lane.share(Role::Consumer).map_err(internal)?);
             fds.push(share(&slot.space_ready).map_err(internal)?);
-            names.extend(["ring", "wake"]);
+            names.extend(lane.fd_names());
+            names.push("wake");
             lanes.push(LaneInfo { peer: slot.id });
         }
         let info = self.attach_info(Role::Consumer, queue.id, names, lanes);
@@ -896,12 +921,11 @@ impl Channel {
         let mut wake_created = ensure(&mut self.slots[0].space_ready)?;
         let queue = &mut self.queues[0];
         wake_created |= ensure(&mut queue.data_ready)?;
-        let fds = vec![
-            queue.lanes[0].share()?,
-            share(&queue.data_ready)?,
-            share(&self.slots[0].space_ready)?,
-        ];
-        let names = vec!["ring", "data_ready", "space_ready"];
+        let mut fds = queue.lanes[0].share(role)?;
+        fds.push(share(&queue.data_ready)?);
+        fds.push(share(&self.slots[0].space_ready)?);
+        let mut names = queue.lanes[0].fd_names().to_vec();
+        names.extend(["data_ready", "space_ready"]);
         Ok(Grant {
             info: self.attach_info(role, 0, names, Vec::new()),
             fds,
@@ -921,7 +945,9 @@ impl Channel {
         for slot in &self.slots {
             let lane = Lane::new(&self.meta.name, slot.id, id, self.capacity)?;
             if let Some(holder) = &slot.holder {
-                told.push((holder.session, vec![lane.share()?, share(&data_ready)?]));
+                let mut fds = lane.share(Role::Producer)?;
+                fds.push(share(&data_ready)?);
+                told.push((holder.session, fds));
             }
             lanes.push(lane);
         }
@@ -1213,10 +1239,11 @@ impl Channel {
             self.capacity,
         )?;
         let told = match &self.slots[slot].holder {
-            Some(holder) => vec![(
-                holder.session,
-                vec![lane.share()?, share(&queue.data_ready)?],
-            )],
+            Some(holder) => {
+                let mut fds = lane.share(Role::Producer)?;
+                fds.push(share(&queue.data_ready)?);
+                vec![(holder.session, fds)]
+            }
             None => Vec::new(),
         };
         queue.lanes[slot] = lane;
@@ -1512,7 +1539,7 @@ mod tests {
 
     /// Fills `lane`'s ring with 100-byte messages, as a producer would.
     fn fill(lane: &Lane) {
-        let ring = SharedRing::open(lane.share().expect("share"), 4096).expect("open");
+        let ring = SharedRing::open(lane.files.share(None).expect("share"), 4096).expect("open");
         let mut writer = shmem_broker_client::ring::RingWriter::new(ring).expect("writer");
         while writer
             .try_write_with(100, |buf| buf.fill(7))
@@ -1580,29 +1607,35 @@ mod tests {
             .attach_consumer(4, &peer(13), Some("b"), || Ok(()))
             .ok()
             .expect("c1");
+        // The producer's counters in the ring's header, the consumer's in its ack page: what
+        // each side can write.
+        let scribble = |fd: &OwnedFd, offsets: &[usize]| {
+            let len = HEADER_SIZE as usize;
+            // SAFETY: a fresh shared mapping of the memfd's first page (both are at least a
+            // page), written with atomics at aligned offsets inside it, and unmapped below.
+            unsafe {
+                let base = rustix::mm::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                    rustix::mm::MapFlags::SHARED,
+                    fd,
+                    0,
+                )
+                .expect("mmap");
+                for offset in offsets {
+                    let word =
+                        &*(base.cast::<u8>().add(*offset) as *const std::sync::atomic::AtomicU64);
+                    word.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+                }
+                rustix::mm::munmap(base, len).expect("munmap");
+            }
+        };
         for queue in &channel.queues {
             for lane in &queue.lanes {
-                let fd = lane.share().expect("share");
-                let len = HEADER_SIZE as usize;
-                // SAFETY: a fresh shared mapping of the ring's header page, written with
-                // atomics at aligned offsets inside it, and unmapped below.
-                unsafe {
-                    let base = rustix::mm::mmap(
-                        std::ptr::null_mut(),
-                        len,
-                        rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                        rustix::mm::MapFlags::SHARED,
-                        &fd,
-                        0,
-                    )
-                    .expect("mmap");
-                    for offset in [64, 72, 80, 88, 136] {
-                        let word = &*(base.cast::<u8>().add(offset)
-                            as *const std::sync::atomic::AtomicU64);
-                        word.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    rustix::mm::munmap(base, len).expect("munmap");
-                }
+                let fds = lane.files.share(None).expect("share");
+                scribble(&fds.ring, &[64, 72, 80, 88]);
+                scribble(fds.ack.as_ref().expect("layout 3"), &[8]);
             }
         }
         let info = channel.info();

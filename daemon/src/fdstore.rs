@@ -26,7 +26,7 @@ use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
 use shmem_broker_client::names::validate_stored_channel_name;
 use shmem_broker_client::ring::{
-    SharedRing, CAPACITY_GRANULE, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY,
+    RingFds, RingFiles, SharedRing, CAPACITY_GRANULE, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY,
 };
 use shmem_broker_client::wire::{Origin, SlowConsumer, MAX_ENDPOINTS};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
@@ -36,7 +36,7 @@ use crate::access::AccessList;
 use crate::channel::{Channel, ChannelMeta, Counts, Lane, QueueRecord, RestoredQueue, Totals};
 
 const PREFIX: &str = "ch.";
-const PARTS: [&str; 4] = ["ring", "data", "space", "meta"];
+const PARTS: [&str; 5] = ["ring", "ack", "data", "space", "meta"];
 /// Metadata is a few hundred bytes; anything bigger is not ours.
 const MAX_META_LEN: u64 = 64 * 1024;
 const META_VERSION: u32 = 1;
@@ -128,6 +128,7 @@ impl FdStore {
     fn resave(&mut self, channel: &Channel) {
         if !channel.meta.is_fanout() {
             self.remove(&fd_name(channel.name(), "ring"));
+            self.remove(&fd_name(channel.name(), "ack"));
         }
         self.save(channel);
     }
@@ -137,8 +138,11 @@ impl FdStore {
         if let Some((lane, _)) = channel.single_ring() {
             self.store(
                 &fd_name(channel.name(), "ring"),
-                lane.memfd.as_file().as_fd(),
+                lane.files.ring.as_file().as_fd(),
             )?;
+            if let Some(ack) = &lane.files.ack {
+                self.store(&fd_name(channel.name(), "ack"), ack.as_file().as_fd())?;
+            }
         }
         self.store(&fd_name(channel.name(), "meta"), meta.as_file().as_fd())?;
         self.try_save_wake(channel)
@@ -515,6 +519,8 @@ fn assemble_single(
     replaced: &mut Vec<String>,
 ) -> Result<Channel, String> {
     let ring_fd = take_one(entries, "", "ring")?.fd;
+    // Layout 3 rings have one; older ones, which keep working, do not.
+    let ack_fd = take(entries, "", "ack")?.map(|entry| entry.fd);
     // The eventfds exist once someone attached: both or neither.
     let data = take(entries, "", "data")?;
     let space = take(entries, "", "space")?;
@@ -524,7 +530,7 @@ fn assemble_single(
         _ => return Err("one of the two eventfds is missing".into()),
     };
     let label = format!("{}:p0:c0", meta.name);
-    let lane = open_lane(ring_fd, capacity, &label, replaced)?;
+    let lane = open_lane(ring_fd, ack_fd, capacity, &label, replaced)?;
     Channel::assemble(meta, capacity, Some(lane), wake).map_err(|e| e.to_string())
 }
 
@@ -556,9 +562,11 @@ fn assemble_fanout(
         };
         let mut lanes = Vec::new();
         for slot in 0..slots.len() {
-            let ring = take_one(entries, &format!("q{}/p{slot}", queue.id), "ring")?;
+            let path = format!("q{}/p{slot}", queue.id);
+            let ring = used(take_one(entries, &path, "ring")?);
+            let ack = take(entries, &path, "ack")?.map(&mut used);
             let label = format!("{}:p{slot}:c{}", stored.name, queue.id);
-            lanes.push(open_lane(used(ring), stored.capacity, &label, replaced)?);
+            lanes.push(open_lane(ring, ack, stored.capacity, &label, replaced)?);
         }
         queues.push(RestoredQueue {
             record: queue.clone(),
@@ -594,28 +602,39 @@ fn eventfd_checked(entry: StoredFd) -> Result<StoredFd, String> {
 /// over one ring would let any client of it do what only an admin's `drop` may.
 fn open_lane(
     ring_fd: OwnedFd,
+    ack_fd: Option<OwnedFd>,
     capacity: u64,
     label: &str,
     replaced: &mut Vec<String>,
 ) -> Result<Lane, String> {
-    let memfd_copy = ring_fd
-        .try_clone()
-        .map_err(|e| format!("cannot duplicate ring fd: {e}"))?;
-    let memfd = Memfd::try_from_file(std::fs::File::from(memfd_copy))
-        .map_err(|_| "ring fd is not a memfd".to_string())?;
-    match SharedRing::open(ring_fd, capacity) {
+    let as_memfd = |fd: &OwnedFd, what: &str| {
+        let copy = fd
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate {what} fd: {e}"))?;
+        Memfd::try_from_file(std::fs::File::from(copy))
+            .map_err(|_| format!("{what} fd is not a memfd"))
+    };
+    let files = RingFiles {
+        ring: as_memfd(&ring_fd, "ring")?,
+        ack: ack_fd.as_ref().map(|fd| as_memfd(fd, "ack")).transpose()?,
+    };
+    let fds = RingFds {
+        ring: ring_fd,
+        ack: ack_fd,
+    };
+    match SharedRing::open(fds, capacity) {
         Ok(ring) => Ok(Lane {
             ring,
-            memfd,
+            files,
             seen: Cell::new(Counts::default()),
         }),
-        Err(err) if sealed_and_sized(&memfd, capacity) => {
-            let (ring, memfd) = SharedRing::create(label, capacity)
+        Err(err) if sealed_and_sized(&files.ring, capacity) => {
+            let (ring, files) = SharedRing::create(label, capacity)
                 .map_err(|e| format!("cannot replace scribbled ring {label}: {e}"))?;
             replaced.push(format!("{label}: {err}"));
             Ok(Lane {
                 ring,
-                memfd,
+                files,
                 seen: Cell::new(Counts::default()),
             })
         }

@@ -11,6 +11,7 @@ use shmem_broker_client::size::format_size;
 use shmem_broker_client::wire::{
     ChannelList, Dropped, ErrorCode, Event, LostEnd, MonitorEvent, MonitorKind, Origin, Reply,
     Role, SlowConsumer, MAX_ENDPOINTS, MIN_PROTOCOL_VERSION, SEALED_RINGS_VERSION,
+    SPLIT_RINGS_VERSION,
 };
 use slog::{info, warn, Logger};
 
@@ -556,6 +557,14 @@ impl Registry {
             );
         }
         let layout = channel.ring_layout();
+        if layout >= 3 && version < SPLIT_RINGS_VERSION {
+            return Outcome::error(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "channel {name:?} has rings in layout {layout} (each ring in two memfds, the other side's read-only): attaching to it needs protocol version {SPLIT_RINGS_VERSION}; this client speaks version {version}, which reads layouts up to 2"
+                ),
+            );
+        }
         if layout >= 2 && version < SEALED_RINGS_VERSION {
             return Outcome::error(
                 ErrorCode::UnsupportedVersion,

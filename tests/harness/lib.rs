@@ -1266,6 +1266,61 @@ pub struct RawAttach {
     pub fds: Vec<std::os::fd::OwnedFd>,
 }
 
+/// One lane of a raw fan-out attach: the ring (the producer's memfd), its ack page (the
+/// consumer's) and the eventfd.
+pub struct RawLane<'a> {
+    pub ring: &'a std::os::fd::OwnedFd,
+    pub ack: &'a std::os::fd::OwnedFd,
+    pub wake: &'a std::os::fd::OwnedFd,
+}
+
+impl RawAttach {
+    /// The names the reply gives its fds, in order.
+    pub fn fd_names(&self) -> Vec<String> {
+        self.reply["result"]["fds"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The first fd named `name` (one-to-one: `ring`, `ack`, `data_ready`, `space_ready`).
+    pub fn fd(&self, name: &str) -> &std::os::fd::OwnedFd {
+        let names = self.fd_names();
+        let index = names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no fd named {name} in {names:?}"));
+        &self.fds[index]
+    }
+
+    /// A fan-out attach's lanes (`ring`, `ack`, `wake` after `control` and `wait`).
+    pub fn lanes(&self) -> Vec<RawLane<'_>> {
+        let names = self.fd_names();
+        assert_eq!(
+            names.get(..2),
+            Some(&["control".to_string(), "wait".to_string()][..])
+        );
+        assert_eq!(names.len(), self.fds.len(), "fds: {names:?}");
+        self.fds[2..]
+            .chunks(3)
+            .zip(names[2..].chunks(3))
+            .map(|(fds, names)| {
+                assert_eq!(names, ["ring", "ack", "wake"], "a layout-3 lane");
+                RawLane {
+                    ring: &fds[0],
+                    ack: &fds[1],
+                    wake: &fds[2],
+                }
+            })
+            .collect()
+    }
+}
+
 /// Reads exactly `buf.len()` bytes with `recvmsg`, collecting any fds passed along.
 pub fn read_exact_with_fds(
     stream: &UnixStream,
@@ -1313,25 +1368,35 @@ pub fn read_frame_with_fds(
 
 /// Attaches to `channel` as `role` ("producer" or "consumer") by writing the request frame
 /// ourselves and receiving the reply and its fds with `recvmsg`. Fails the test unless the
-/// broker says ok and sends exactly 3 fds.
+/// broker says ok and sends the 4 fds of a one-to-one attach.
 pub fn raw_attach(socket: &Path, channel: &str, role: &str) -> RawAttach {
     let raw = raw_attach_any(socket, channel, role);
     assert_eq!(
-        raw.fds.len(),
-        3,
-        "an attach reply carries ring, data_ready and space_ready: {}",
+        raw.fd_names(),
+        ["ring", "ack", "data_ready", "space_ready"],
+        "a one-to-one attach reply: {}",
         raw.reply
     );
+    assert_eq!(raw.fds.len(), 4, "reply: {}", raw.reply);
     raw
 }
 
 /// [`raw_attach`] to any channel (one with many producers or consumers replies with
-/// `control`, `wait`, then `ring`, `wake` per peer).
+/// `control`, `wait`, then `ring`, `ack`, `wake` per peer: [`RawAttach::lanes`]).
 pub fn raw_attach_any(socket: &Path, channel: &str, role: &str) -> RawAttach {
+    raw_attach_as(socket, channel, role, None)
+}
+
+/// [`raw_attach_any`], as durable consumer `name` if given.
+pub fn raw_attach_as(socket: &Path, channel: &str, role: &str, name: Option<&str>) -> RawAttach {
     let version = shmem_broker_client::wire::PROTOCOL_VERSION;
     let mut stream = UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
-    let body = serde_json::json!({"op": "attach", "channel": channel, "role": role}).to_string();
+    let mut body = serde_json::json!({"op": "attach", "channel": channel, "role": role});
+    if let Some(name) = name {
+        body["name"] = name.into();
+    }
+    let body = body.to_string();
     let mut frame = frame_header(version, KIND_REQUEST, 1, body.len() as u32).to_vec();
     frame.extend_from_slice(body.as_bytes());
     stream

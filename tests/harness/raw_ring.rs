@@ -1,5 +1,7 @@
 //! A ring memfd mapped `MAP_SHARED` and writable, as a hostile peer maps the rings it is handed:
-//! the attack tests write positions, flags, counters and headers through it.
+//! the attack tests write positions, flags, counters and headers through it. Since ring layout
+//! 3 a peer can map only its own side writable: a producer the ring memfd, a consumer the ack
+//! page (offsets below).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -10,10 +12,20 @@ pub struct Mapping {
     len: usize,
 }
 
+/// Offsets in a layout-3 ring's ack page (the consumer's memfd).
+pub const ACK_READ_POS: usize = 0;
+pub const ACK_MESSAGES_READ: usize = 8;
+pub const ACK_CONSUMER_WAITING: usize = 64;
+
 impl Mapping {
     /// Maps the first `len` bytes of `fd` (the header page: 4096; the whole ring: 4096 plus
     /// its capacity).
     pub fn new(fd: &OwnedFd, len: u64) -> Mapping {
+        Mapping::try_new(fd, len).expect("mmap the ring MAP_SHARED")
+    }
+
+    /// [`Mapping::new`], with the kernel's refusal as an error (`EACCES` for a read-only fd).
+    pub fn try_new(fd: &OwnedFd, len: u64) -> std::io::Result<Mapping> {
         let len = usize::try_from(len).expect("ring fits in memory");
         // SAFETY: a fresh mapping of a memfd we hold, at an address the kernel chooses; it is
         // only ever touched through atomics within `len` (see `word`, `write_u32`).
@@ -26,9 +38,8 @@ impl Mapping {
                 fd,
                 0,
             )
-        }
-        .expect("mmap the ring MAP_SHARED");
-        Mapping { ptr, len }
+        }?;
+        Ok(Mapping { ptr, len })
     }
 
     /// The 8-byte word at `offset`, for atomic loads and stores.

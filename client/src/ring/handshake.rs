@@ -16,6 +16,9 @@
 //! them sees the other's store, so either the sleeper sees the progress and stays awake, or
 //! the waker sees the flag and wakes it.
 //!
+//! Both waking rules are modelled: `take_waiting` (layouts 1 and 2: the waker clears the flag)
+//! and `take_ticket` (layout 3: the waker only reads it, see the ring's module docs).
+//!
 //! What the model shows: removing either fence, weakening them to AcqRel, or storing the
 //! flag after the re-check makes both models end with a thread asleep for ever (loom reports
 //! a deadlock). What it does not cover: the ring logic around the handshake (which position
@@ -77,15 +80,23 @@ pub(crate) fn observe<P: Position>(position: &P) -> u64 {
     position.load(Ordering::Acquire)
 }
 
-/// Before sleeping: announces it in the side's waiting `flag`, then asks `can_progress`
-/// (which must look at the other side's position through [`observe`]) once more. `Ok(true)`:
-/// sleep on the eventfd now; `Ok(false)`: progress is possible, the flag is withdrawn.
+/// The ticket for a side's next sleep: never 0 (which means awake) and different from the last
+/// one, so a waker that goes by tickets ([`take_ticket`]) wakes every sleep once.
+pub(crate) fn next_ticket(last: u32) -> u32 {
+    last.wrapping_add(1).max(1)
+}
+
+/// Before sleeping: announces it in the side's waiting `flag` (storing the sleep's `ticket`),
+/// then asks `can_progress` (which must look at the other side's position through [`observe`])
+/// once more. `Ok(true)`: sleep on the eventfd now; `Ok(false)`: progress is possible, the
+/// flag is withdrawn.
 pub(crate) fn prepare_to_sleep<S, F: Flag, E>(
     side: &mut S,
     flag: impl Fn(&S) -> &F,
+    ticket: impl Fn(&S) -> u32,
     can_progress: impl FnOnce(&mut S) -> Result<bool, E>,
 ) -> Result<bool, E> {
-    flag(side).store(1, Ordering::SeqCst);
+    flag(side).store(ticket(side), Ordering::SeqCst);
     F::fence(Ordering::SeqCst);
     if can_progress(side)? {
         done_sleeping(flag(side));
@@ -105,6 +116,24 @@ pub(crate) fn done_sleeping<F: Flag>(flag: &F) {
 pub(crate) fn take_waiting<F: Flag>(flag: &F) -> bool {
     F::fence(Ordering::SeqCst);
     flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0
+}
+
+/// [`take_waiting`] for a flag the waker may only read (layout 3): true if the other side
+/// sleeps on a ticket other than `woken`, the one this waker last woke; that ticket is then
+/// remembered, so each sleep costs one wake-up. The same fence, then one load.
+pub(crate) fn take_ticket<F: Flag>(flag: &F, woken: &mut u32) -> bool {
+    F::fence(Ordering::SeqCst);
+    let ticket = flag.load(Ordering::Relaxed);
+    if ticket == 0 {
+        // Awake: whatever it sleeps on next is new to us, even a ticket equal to the last.
+        *woken = 0;
+        return false;
+    }
+    if ticket == *woken {
+        return false;
+    }
+    *woken = ticket;
+    true
 }
 
 #[cfg(all(test, loom))]
@@ -175,6 +204,8 @@ mod loom_model {
 
     /// The header fields of the handshake, one ring, and the channel's two eventfds.
     struct Ring {
+        /// Layout 3: wakers only read the flags and go by tickets.
+        by_ticket: bool,
         write_pos: AtomicU64,
         read_pos: AtomicU64,
         consumer_waiting: AtomicU32,
@@ -184,8 +215,9 @@ mod loom_model {
     }
 
     impl Ring {
-        fn new(write_pos: u64) -> Arc<Ring> {
+        fn new(write_pos: u64, by_ticket: bool) -> Arc<Ring> {
             Arc::new(Ring {
+                by_ticket,
                 write_pos: AtomicU64::new(write_pos),
                 read_pos: AtomicU64::new(0),
                 consumer_waiting: AtomicU32::new(0),
@@ -199,8 +231,17 @@ mod loom_model {
         /// take_consumer_waiting and eventfd write).
         fn produce(&self, write_pos: u64) {
             publish(&self.write_pos, write_pos);
-            if take_waiting(&self.consumer_waiting) {
+            if self.take(&self.consumer_waiting) {
                 self.data_ready.write();
+            }
+        }
+
+        /// The waker's check: take_ticket (layout 3) or take_waiting, as the ring says.
+        fn take(&self, flag: &AtomicU32) -> bool {
+            if self.by_ticket {
+                take_ticket(flag, &mut 0)
+            } else {
+                take_waiting(flag)
             }
         }
 
@@ -208,7 +249,7 @@ mod loom_model {
         /// the eventfd write).
         fn consume(&self, read_pos: u64) {
             publish(&self.read_pos, read_pos);
-            if take_waiting(&self.producer_waiting) {
+            if self.take(&self.producer_waiting) {
                 self.space_ready.write();
             }
         }
@@ -219,9 +260,8 @@ mod loom_model {
             while observe(&self.write_pos) <= read_pos {
                 self.data_ready.drain();
                 let can_read = |ring: &mut &Ring| Ok::<_, ()>(observe(&ring.write_pos) > read_pos);
-                if prepare_to_sleep(&mut &*self, |ring| &ring.consumer_waiting, can_read)
-                    == Ok(true)
-                {
+                let waiting = |ring: &&Ring| &ring.consumer_waiting;
+                if prepare_to_sleep(&mut &*self, waiting, |_| 1, can_read) == Ok(true) {
                     self.data_ready.read();
                     done_sleeping(&self.consumer_waiting);
                 }
@@ -234,7 +274,8 @@ mod loom_model {
             while observe(&self.read_pos) < read_pos {
                 self.space_ready.drain();
                 let room = |ring: &mut &Ring| Ok::<_, ()>(observe(&ring.read_pos) >= read_pos);
-                if prepare_to_sleep(&mut &*self, |ring| &ring.producer_waiting, room) == Ok(true) {
+                let waiting = |ring: &&Ring| &ring.producer_waiting;
+                if prepare_to_sleep(&mut &*self, waiting, |_| 1, room) == Ok(true) {
                     self.space_ready.read();
                     done_sleeping(&self.producer_waiting);
                 }
@@ -244,8 +285,27 @@ mod loom_model {
 
     #[test]
     fn loom_a_consumer_going_to_sleep_is_woken_by_the_publish_it_waits_for() {
-        loom::model(|| {
-            let ring = Ring::new(0);
+        consumer_woken(false);
+    }
+
+    #[test]
+    fn loom_a_consumer_going_to_sleep_is_woken_by_ticket() {
+        consumer_woken(true);
+    }
+
+    #[test]
+    fn loom_a_producer_waiting_for_room_is_woken_by_the_read_that_frees_it() {
+        producer_woken(false);
+    }
+
+    #[test]
+    fn loom_a_producer_waiting_for_room_is_woken_by_ticket() {
+        producer_woken(true);
+    }
+
+    fn consumer_woken(by_ticket: bool) {
+        loom::model(move || {
+            let ring = Ring::new(0, by_ticket);
             let producer = {
                 let ring = ring.clone();
                 thread::spawn(move || ring.produce(16))
@@ -255,11 +315,10 @@ mod loom_model {
         });
     }
 
-    #[test]
-    fn loom_a_producer_waiting_for_room_is_woken_by_the_read_that_frees_it() {
-        loom::model(|| {
+    fn producer_woken(by_ticket: bool) {
+        loom::model(move || {
             // A full ring: one 16-byte frame in a ring of 16 bytes.
-            let ring = Ring::new(16);
+            let ring = Ring::new(16, by_ticket);
             let consumer = {
                 let ring = ring.clone();
                 thread::spawn(move || ring.consume(16))
