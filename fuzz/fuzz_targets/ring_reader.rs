@@ -31,7 +31,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shmem_broker_client::ring::{
-    BatchOutcome, ReadOutcome, RingError, RingReader, SharedRing, HEADER_SIZE, MAX_POSITION,
+    BatchOutcome, ReadOutcome, RingError, RingFds, RingReader, SharedRing, HEADER_SIZE, MAX_POSITION,
 };
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -83,7 +83,9 @@ fn fixture() -> &'static Mutex<Fixture> {
     FIXTURE.get_or_init(|| {
         let (ring, memfd) = SharedRing::create(RING_NAME, CAPACITY).expect("create ring");
         drop(ring);
-        let memfd = memfd.into_file();
+        // Layouts 1 and 2 (one memfd) are fuzzed here: `reset` rewrites the header to them, and
+        // the ack page the broker would give a layout-3 ring is left out.
+        let memfd = memfd.ring.into_file();
         // SAFETY: mapping a memfd of exactly MAP_LEN bytes (sealed against shrinking).
         let raw = unsafe {
             libc::mmap(
@@ -196,7 +198,7 @@ impl Fixture {
             }
         }
         let fd = OwnedFd::from(self.memfd.try_clone().expect("dup"));
-        let ring = SharedRing::open(fd, CAPACITY)?;
+        let ring = SharedRing::open(RingFds { ring: fd, ack: None }, CAPACITY)?;
         self.guard_new_mapping();
         RingReader::new(ring)
     }

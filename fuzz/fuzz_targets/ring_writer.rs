@@ -31,7 +31,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shmem_broker_client::ring::{
-    BatchOutcome, ReadOutcome, RingError, RingReader, RingWriter, SharedRing, HEADER_SIZE,
+    BatchOutcome, ReadOutcome, RingError, RingFds, RingReader, RingWriter, SharedRing, HEADER_SIZE,
     MAX_POSITION,
 };
 use std::collections::VecDeque;
@@ -91,7 +91,9 @@ fn fixture() -> &'static Mutex<Fixture> {
     FIXTURE.get_or_init(|| {
         let (ring, memfd) = SharedRing::create("fuzz-writer", CAPACITY).expect("create ring");
         drop(ring);
-        let memfd = memfd.into_file();
+        // Layouts 1 and 2 (one memfd) are fuzzed here: `reset` rewrites the header to them, and
+        // the ack page the broker would give a layout-3 ring is left out.
+        let memfd = memfd.ring.into_file();
         // SAFETY: mapping a memfd of exactly MAP_LEN bytes (sealed against shrinking).
         let raw = unsafe {
             libc::mmap(
@@ -156,7 +158,7 @@ impl Fixture {
 
     fn open(&self) -> Result<SharedRing, RingError> {
         let fd = OwnedFd::from(self.memfd.try_clone().expect("dup"));
-        SharedRing::open(fd, CAPACITY)
+        SharedRing::open(RingFds { ring: fd, ack: None }, CAPACITY)
     }
 }
 

@@ -704,6 +704,69 @@ impl Broker {
         broker
     }
 
+    /// Starts the broker as systemd restarts it with a filled fd store: `LISTEN_FDS` with the
+    /// control socket (bound here, named `control`) and `stored`, each under its fd name, so a
+    /// test can hand it what another (an older) broker would have left there.
+    pub fn start_with_stored_fds(stored: Vec<(std::os::fd::OwnedFd, String)>) -> Broker {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let dir = temp_dir();
+        let config_path = write_config(dir.path(), MINIMAL_CONFIG);
+        let socket = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", socket.display()));
+        let mut names = vec!["control".to_string()];
+        let mut fds = vec![OwnedFd::from(listener)];
+        for (fd, name) in stored {
+            fds.push(fd);
+            names.push(name);
+        }
+        let mut cmd = Command::new("sh");
+        // LISTEN_PID must be the broker's own pid: the shell's, which exec keeps.
+        cmd.arg("-c")
+            .arg(r#"export LISTEN_PID=$$; exec "$0" "$@""#)
+            .arg(broker_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--log-level")
+            .arg("debug")
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        assert!(raw.len() <= 32, "at most 32 fds");
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. Each fd is
+        // first copied above every target number, then moved to 3, 4, ... in order, so no
+        // target overwrites a source not yet moved; dup2 leaves the copies without CLOEXEC.
+        unsafe {
+            cmd.pre_exec(move || {
+                // No allocation after fork: a fixed array (checked before the fork).
+                let mut high = [0i32; 32];
+                for (slot, fd) in high.iter_mut().zip(&raw) {
+                    *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                    if *slot < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                for (index, fd) in high[..raw.len()].iter().enumerate() {
+                    if libc::dup2(*fd, 3 + index as i32) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let proc = Proc::start(cmd, "broker", dir.path(), Stdio::null(), None);
+        drop(fds);
+        let mut broker = Broker {
+            proc,
+            socket,
+            config_path,
+            socket_activated: true,
+            dir,
+        };
+        broker.wait_ready();
+        broker
+    }
+
     fn wait_ready(&mut self) {
         let what = format!(
             "the broker to answer `shmemctl status` on {}",

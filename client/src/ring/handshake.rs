@@ -260,8 +260,9 @@ mod loom_model {
             while observe(&self.write_pos) <= read_pos {
                 self.data_ready.drain();
                 let can_read = |ring: &mut &Ring| Ok::<_, ()>(observe(&ring.write_pos) > read_pos);
-                let waiting = |ring: &&Ring| &ring.consumer_waiting;
-                if prepare_to_sleep(&mut &*self, waiting, |_| 1, can_read) == Ok(true) {
+                let asleep =
+                    prepare_to_sleep(&mut &*self, |ring| &ring.consumer_waiting, |_| 1, can_read);
+                if asleep == Ok(true) {
                     self.data_ready.read();
                     done_sleeping(&self.consumer_waiting);
                 }
@@ -274,8 +275,9 @@ mod loom_model {
             while observe(&self.read_pos) < read_pos {
                 self.space_ready.drain();
                 let room = |ring: &mut &Ring| Ok::<_, ()>(observe(&ring.read_pos) >= read_pos);
-                let waiting = |ring: &&Ring| &ring.producer_waiting;
-                if prepare_to_sleep(&mut &*self, waiting, |_| 1, room) == Ok(true) {
+                let asleep =
+                    prepare_to_sleep(&mut &*self, |ring| &ring.producer_waiting, |_| 1, room);
+                if asleep == Ok(true) {
                     self.space_ready.read();
                     done_sleeping(&self.producer_waiting);
                 }
