@@ -119,10 +119,12 @@ fn invalid_names_are_refused_through_the_library_too() {
         let client = connect(&socket);
         ["a b".to_string(), too_long]
             .into_iter()
-            .map(|name| match client.create(&name, Some(64 * 1024)) {
-                Ok(_) => format!("create({name:?}) succeeded"),
-                Err(e) => e.to_string(),
-            })
+            .map(
+                |name| match client.channel(&name).capacity(64 * 1024).create() {
+                    Ok(_) => format!("create({name:?}) succeeded"),
+                    Err(e) => e.to_string(),
+                },
+            )
             .collect::<Vec<_>>()
     });
     for error in errors {

@@ -163,7 +163,9 @@ fn library_try_send_and_try_recv_report_would_block() {
     let (accepted, received) = with_deadline(Duration::from_secs(60), "library try_*", move || {
         let client = connect(&socket);
         client
-            .create("nb", Some(64 * 1024))
+            .channel("nb")
+            .capacity(64 * 1024)
+            .create()
             .expect("create channel nb through the library");
         let mut consumer = client.consumer("nb").expect("attach a consumer to nb");
         match consumer.try_recv() {

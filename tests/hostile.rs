@@ -675,14 +675,10 @@ fn attach_storm_from_one_uid_is_refused_beyond_max_attaches_per_sec() {
     let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
     for name in &names {
         client
-            .create_with(
-                name,
-                &shmem_broker_client::CreateOptions {
-                    capacity: Some(4096),
-                    consumers: vec![NOBODY.to_string()],
-                    ..Default::default()
-                },
-            )
+            .channel(name)
+            .capacity(4096)
+            .consumers([NOBODY.to_string()])
+            .create()
             .unwrap_or_else(|e| panic!("create {name}: {e}"));
     }
     let requests: Vec<Value> = names

@@ -42,7 +42,7 @@ fn bound_broker_reports_bound_socket_and_its_identity() {
         env!("CARGO_PKG_VERSION"),
         "status: {status}"
     );
-    assert_eq!(json_u64(&status, "protocol"), 4, "status: {status}");
+    assert_eq!(json_u64(&status, "protocol"), 5, "status: {status}");
     assert_eq!(
         json_str(&status, "config_file"),
         broker.config_path().to_str().expect("utf-8 temp path"),

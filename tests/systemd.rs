@@ -751,6 +751,19 @@ fn a_durable_consumers_queue_survives_restart_and_crash() {
             "{what}: only the durable queue's ring is kept: {info}"
         );
     };
+    // The anonymous consumer's connection closed with its scope; the broker frees its queue
+    // when it reads the hang-up, which may come after a request on another connection.
+    wait_for(WAIT, "the anonymous consumer's queue to go", || {
+        let info = channel_info(&broker, FAN);
+        let attached = json_array(&info, "peers")
+            .iter()
+            .any(|p| p["role"] == "consumer" && p["attached"] == true);
+        if attached {
+            Err(info.to_string())
+        } else {
+            Ok(())
+        }
+    });
     kept("before the restart");
 
     lab.systemctl_ok(&["restart", SERVICE]);

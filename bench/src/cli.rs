@@ -77,7 +77,9 @@ fn shmemctl_once(
     let client = broker.client()?;
     let channel = format!("bench.cli.{rep}");
     client
-        .create(&channel, Some(16 << 20))
+        .channel(&channel)
+        .capacity(16 << 20)
+        .create()
         .with_context(|| format!("creating {channel}"))?;
     let mut recv = Command::new(ctl);
     recv.args(["recv", &channel])

@@ -60,7 +60,10 @@ impl Control<'_> {
     pub fn attach(&self, broker: &Broker, iterations: usize) -> Result<Attach> {
         let client = broker.client()?;
         let name = "bench.attach";
-        client.create(name, None).context("creating bench.attach")?;
+        client
+            .channel(name)
+            .create()
+            .context("creating bench.attach")?;
         let warmup = 20;
         let mut samples = Vec::with_capacity(iterations);
         let mut busy_retries = 0u64;
@@ -106,7 +109,7 @@ impl Control<'_> {
         let start = now_ns();
         while created < limit {
             let name = format!("c{created:05}");
-            if let Err(err) = client.create(&name, Some(4096)) {
+            if let Err(err) = client.channel(&name).capacity(4096).create() {
                 // Measure what exists; the report says why there are not more.
                 create_error = Some(format!("channel {} of {count}: {err}", created + 1));
                 break;
@@ -184,7 +187,9 @@ impl Control<'_> {
         let channels = clients.div_ceil(2);
         for i in 0..channels {
             client
-                .create(&format!("m{i:04}"), Some(64 << 10))
+                .channel(&format!("m{i:04}"))
+                .capacity(64 << 10)
+                .create()
                 .with_context(|| format!("creating channel {i}"))?;
         }
         let rss_channels = broker.rss()?;

@@ -95,23 +95,14 @@ impl Attach<'_> {
     }
 }
 
-/// Options for [`Client::create_with`].
-#[derive(Clone, Debug, Default)]
-pub struct CreateOptions {
-    /// Ring data bytes (rounded up to 4 KiB); the broker's `default_capacity` if `None`.
-    pub capacity: Option<u64>,
-    /// Who else may attach as producer: `*`, a user name or uid, `@group` or `@gid`.
-    pub producers: Vec<String>,
-    /// Who else may attach as consumer.
-    pub consumers: Vec<String>,
-}
-
-/// A channel being set up; see [`Client::channel`].
-#[must_use = "a channel is made only by `create()`"]
+/// A channel being set up: the one way to create a channel; see [`Client::channel`].
+#[must_use = "a channel is made only by `create()` or `open_or_create()`"]
 pub struct NewChannel<'a> {
     client: &'a Client,
     name: String,
-    options: CreateOptions,
+    capacity: Option<u64>,
+    producers: Vec<String>,
+    consumers: Vec<String>,
     max_producers: Option<u32>,
     max_consumers: Option<u32>,
     slow_consumer: Option<SlowConsumer>,
@@ -120,23 +111,19 @@ pub struct NewChannel<'a> {
 impl NewChannel<'_> {
     /// Ring data bytes (rounded up to 4 KiB) [default: the broker's `default_capacity`].
     pub fn capacity(mut self, bytes: u64) -> Self {
-        self.options.capacity = Some(bytes);
+        self.capacity = Some(bytes);
         self
     }
 
     /// Who else may attach as producer: `*`, a user name or uid, `@group` or `@gid`.
     pub fn producers<S: Into<String>>(mut self, who: impl IntoIterator<Item = S>) -> Self {
-        self.options
-            .producers
-            .extend(who.into_iter().map(Into::into));
+        self.producers.extend(who.into_iter().map(Into::into));
         self
     }
 
     /// Who else may attach as consumer.
     pub fn consumers<S: Into<String>>(mut self, who: impl IntoIterator<Item = S>) -> Self {
-        self.options
-            .consumers
-            .extend(who.into_iter().map(Into::into));
+        self.consumers.extend(who.into_iter().map(Into::into));
         self
     }
 
@@ -185,9 +172,9 @@ impl NewChannel<'_> {
     fn create_request(self) -> Result<ChannelInfo> {
         self.client.call(&Request::Create {
             channel: self.name,
-            capacity: self.options.capacity,
-            producers: self.options.producers,
-            consumers: self.options.consumers,
+            capacity: self.capacity,
+            producers: self.producers,
+            consumers: self.consumers,
             max_producers: self.max_producers,
             max_consumers: self.max_consumers,
             slow_consumer: self.slow_consumer,
@@ -270,29 +257,9 @@ impl Client {
         })
     }
 
-    /// Creates a channel owned by the calling uid (needs root or an admin group).
-    pub fn create(&self, channel: &str, capacity: Option<u64>) -> Result<ChannelInfo> {
-        self.create_with(
-            channel,
-            &CreateOptions {
-                capacity,
-                ..CreateOptions::default()
-            },
-        )
-    }
-
-    /// Creates a channel with access lists; [`channel`](Self::channel) is the builder for
-    /// everything else.
-    pub fn create_with(&self, channel: &str, options: &CreateOptions) -> Result<ChannelInfo> {
-        NewChannel {
-            options: options.clone(),
-            ..self.channel(channel)
-        }
-        .create()
-    }
-
-    /// Sets up a channel to create, for everything [`create_with`](Self::create_with) does not
-    /// cover:
+    /// Sets up a channel to create (owned by the calling uid; needs root or an admin group):
+    /// the one way to create a channel, with [`NewChannel::create`] or
+    /// [`NewChannel::open_or_create`] at the end.
     ///
     /// ```no_run
     /// # use shmem_broker_client::{Client, SlowConsumer};
@@ -309,7 +276,9 @@ impl Client {
         NewChannel {
             client: self,
             name: name.to_string(),
-            options: CreateOptions::default(),
+            capacity: None,
+            producers: Vec::new(),
+            consumers: Vec::new(),
             max_producers: None,
             max_consumers: None,
             slow_consumer: None,

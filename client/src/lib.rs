@@ -38,7 +38,7 @@ pub mod wire;
 
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncConsumer, AsyncProducer};
-pub use client::{Attach, Client, CreateOptions, Monitor, NewChannel};
+pub use client::{Attach, Client, Monitor, NewChannel};
 pub use consumer::Consumer;
 pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;

@@ -195,6 +195,11 @@ impl Lane {
         Ok(std::iter::once(fds.ring).chain(fds.ack).collect())
     }
 
+    /// The memfds the broker holds for this lane.
+    fn open_fds(&self) -> usize {
+        1 + usize::from(self.files.ack.is_some())
+    }
+
     /// The names of the fds [`Lane::share`] gives, as attach replies list them.
     fn fd_names(&self) -> &'static [&'static str] {
         if self.files.ack.is_some() {
@@ -587,7 +592,10 @@ impl Channel {
         let queue_fds: usize = self
             .queues
             .iter()
-            .map(|q| q.lanes.len() + usize::from(q.data_ready.is_some()))
+            .map(|q| {
+                q.lanes.iter().map(Lane::open_fds).sum::<usize>()
+                    + usize::from(q.data_ready.is_some())
+            })
             .sum();
         slot_fds + queue_fds + usize::from(self.control.is_some())
     }
@@ -1469,7 +1477,8 @@ mod tests {
         notices
             .iter()
             .filter_map(|(session, event, fds)| match event {
-                Event::LaneAdded { peer, .. } if fds.len() == 2 => Some((*session, *peer)),
+                // A ring, its ack page and the eventfd.
+                Event::LaneAdded { peer, .. } if fds.len() == 3 => Some((*session, *peer)),
                 _ => None,
             })
             .collect()
@@ -1478,12 +1487,16 @@ mod tests {
     #[test]
     fn one_to_one_keeps_the_version_1_shape() {
         let mut channel = Channel::create(meta(1, 1, SlowConsumer::Block), 4096).expect("create");
-        assert_eq!(channel.open_fds(), 1, "an idle channel holds its ring only");
+        assert_eq!(
+            channel.open_fds(),
+            2,
+            "an idle channel holds its ring and ack page only"
+        );
         let grant = channel
             .attach_producer(1, &peer(10))
             .ok()
             .expect("producer");
-        assert_eq!(grant.info.fds, ["ring", "data_ready", "space_ready"]);
+        assert_eq!(grant.info.fds, ["ring", "ack", "data_ready", "space_ready"]);
         assert!(grant.wake_created && grant.notices.is_empty());
         let refused = channel.attach_producer(2, &peer(11)).err().expect("busy");
         assert_eq!(refused.code, ErrorCode::ChannelBusy);
@@ -1503,7 +1516,7 @@ mod tests {
             .expect("c1");
         assert_eq!(
             first.info.fds,
-            ["control", "wait", "ring", "wake"],
+            ["control", "wait", "ring", "ack", "wake"],
             "slot 0 exists"
         );
         let producer = channel.attach_producer(2, &peer(11)).ok().expect("p0");

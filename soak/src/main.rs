@@ -497,7 +497,9 @@ fn run(options: &Options) -> i32 {
         .unwrap_or_else(|e| panic!("start {}: {e}", options.broker.display()));
     let client = connect(&socket);
     let info = client
-        .create(CHANNEL, Some(options.capacity))
+        .channel(CHANNEL)
+        .capacity(options.capacity)
+        .create()
         .unwrap_or_else(|e| fail(&format!("create: {e}")));
     println!(
         "soak: broker pid {} on {}, channel {CHANNEL:?} of {} bytes, {} messages, seed {}, work dir {}",
