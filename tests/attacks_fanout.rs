@@ -14,7 +14,7 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Offsets in a ring's header (see client/src/ring.rs).
+/// Offsets in a ring's header (see proto/src/ring.rs).
 const MAGIC: usize = 0;
 const DROPPED: usize = 24;
 const EVICTED: usize = 28;

@@ -8,7 +8,7 @@ use shmem_broker_tests::raw_ring::{Mapping, ACK_MESSAGES_READ, ACK_READ_POS};
 use shmem_broker_tests::*;
 use std::sync::atomic::Ordering;
 
-// Header offsets (client/src/ring.rs, layout 3).
+// Header offsets (proto/src/ring.rs, layout 3).
 const SEAL_KEY: usize = 32;
 const WRITE_POS: usize = 64;
 const MESSAGES_WRITTEN: usize = 72;

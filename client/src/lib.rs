@@ -23,18 +23,15 @@ mod attachment;
 mod client;
 mod connection;
 mod consumer;
-#[doc(hidden)]
-pub mod control;
-pub mod discovery;
 mod error;
 mod fanout;
-pub mod fdpass;
-pub mod names;
 mod producer;
+
+// What the broker and every client agree on lives in `shmem-broker-proto`; the raw ring and
+// control-page types stay out of this crate's documented API.
 #[doc(hidden)]
-pub mod ring;
-pub mod size;
-pub mod wire;
+pub use shmem_broker_proto::{control, fdpass, ring};
+pub use shmem_broker_proto::{discovery, names, size, wire};
 
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncConsumer, AsyncProducer};

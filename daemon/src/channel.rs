@@ -16,11 +16,11 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{eventfd, EventfdFlags};
-use shmem_broker_client::control::BrokerControlPage;
-use shmem_broker_client::ring::{
+use shmem_broker_proto::control::BrokerControlPage;
+use shmem_broker_proto::ring::{
     Eviction, RingFiles, RingStats, SharedRing, HEADER_SIZE, LAYOUT_VERSION,
 };
-use shmem_broker_client::wire::{
+use shmem_broker_proto::wire::{
     AttachInfo, ChannelInfo, ErrorCode, Event, LaneInfo, LostEnd, Origin, PeerInfo, Role,
     SlowConsumer,
 };
@@ -837,7 +837,7 @@ impl Channel {
             }
             None => {
                 if let Some(name) = name {
-                    shmem_broker_client::names::validate_consumer_name(name)
+                    shmem_broker_proto::names::validate_consumer_name(name)
                         .map_err(|m| refuse(ErrorCode::InvalidName, m))?;
                     admit_new_name().map_err(|m| refuse(ErrorCode::LimitReached, m))?;
                 }
@@ -1553,7 +1553,7 @@ mod tests {
     /// Fills `lane`'s ring with 100-byte messages, as a producer would.
     fn fill(lane: &Lane) {
         let ring = SharedRing::open(lane.files.share(None).expect("share"), 4096).expect("open");
-        let mut writer = shmem_broker_client::ring::RingWriter::new(ring).expect("writer");
+        let mut writer = shmem_broker_proto::ring::RingWriter::new(ring).expect("writer");
         while writer
             .try_write_with(100, |buf| buf.fill(7))
             .expect("write")

@@ -7,9 +7,9 @@
 //! `[[channel]]` an unknown key sits in, hence the document walk below instead of derived structs.
 
 use crate::access::{resolve_group, AccessList};
-use shmem_broker_client::names::validate_channel_name;
-use shmem_broker_client::size::{format_size, parse_size};
-use shmem_broker_client::wire::{SlowConsumer, MAX_ENDPOINTS};
+use shmem_broker_proto::names::validate_channel_name;
+use shmem_broker_proto::size::{format_size, parse_size};
+use shmem_broker_proto::wire::{SlowConsumer, MAX_ENDPOINTS};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ const CONFIG_VERSION: i64 = 1;
 const PAGE_SIZE: u64 = 4096;
 
 /// Largest ring the client library maps.
-const RING_MAX_CAPACITY: u64 = shmem_broker_client::ring::MAX_CAPACITY;
+const RING_MAX_CAPACITY: u64 = shmem_broker_proto::ring::MAX_CAPACITY;
 
 /// Smallest capacity a channel may have (one page).
 const MIN_CAPACITY: u64 = PAGE_SIZE;

@@ -1,7 +1,7 @@
 //! The broker's side of the wire framing: bytes from one client in, requests (or what is wrong
 //! with the bytes) out. Pure, so it can be fuzzed without sockets.
 
-use shmem_broker_client::wire::{
+use shmem_broker_proto::wire::{
     ErrorCode, FrameHeader, FrameKind, HeaderError, Request, HEADER_LEN, MAGIC, MAX_REQUEST_BODY,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
@@ -137,7 +137,7 @@ fn invalid(id: u32, code: ErrorCode, message: &str, close: bool) -> Input {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shmem_broker_client::wire::encode_frame;
+    use shmem_broker_proto::wire::encode_frame;
 
     #[test]
     fn splits_a_stream_into_requests() {

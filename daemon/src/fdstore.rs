@@ -24,11 +24,11 @@ use std::os::unix::fs::FileExt;
 
 use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
-use shmem_broker_client::names::validate_stored_channel_name;
-use shmem_broker_client::ring::{
+use shmem_broker_proto::names::validate_stored_channel_name;
+use shmem_broker_proto::ring::{
     RingFds, RingFiles, SharedRing, CAPACITY_GRANULE, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY,
 };
-use shmem_broker_client::wire::{Origin, SlowConsumer, MAX_ENDPOINTS};
+use shmem_broker_proto::wire::{Origin, SlowConsumer, MAX_ENDPOINTS};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use slog::{error, info, warn, Logger};
 

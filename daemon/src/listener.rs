@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::Mode;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use shmem_broker_client::discovery::default_socket_path;
+use shmem_broker_proto::discovery::default_socket_path;
 
 /// The fd name `shmem-broker.socket` gives its socket (`FileDescriptorName=control`).
 pub const CONTROL_FD_NAME: &str = "control";

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use shmem_broker_client::size::format_size;
-use shmem_broker_client::wire::QuotaUsage;
+use shmem_broker_proto::size::format_size;
+use shmem_broker_proto::wire::QuotaUsage;
 
 use crate::config::{Config, PerUidQuotas};
 

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use shmem_broker_client::names::validate_channel_name;
-use shmem_broker_client::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
-use shmem_broker_client::size::format_size;
-use shmem_broker_client::wire::{
+use shmem_broker_proto::names::validate_channel_name;
+use shmem_broker_proto::ring::{CAPACITY_GRANULE, MIN_CAPACITY};
+use shmem_broker_proto::size::format_size;
+use shmem_broker_proto::wire::{
     ChannelList, Dropped, ErrorCode, Event, LostEnd, MonitorEvent, MonitorKind, Origin, Reply,
     Role, SlowConsumer, MAX_ENDPOINTS, MIN_PROTOCOL_VERSION, SEALED_RINGS_VERSION,
     SPLIT_RINGS_VERSION,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use shmem_broker_client::wire::{
+use shmem_broker_proto::wire::{
     ErrorCode, Event, MonitorKind, ReloadOutcome, Reply, Request, Role, StatusInfo,
     PROTOCOL_VERSION,
 };

@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use shmem_broker_client::fdpass::send_with_fds;
-use shmem_broker_client::wire::{
+use shmem_broker_proto::fdpass::send_with_fds;
+use shmem_broker_proto::wire::{
     encode_frame_version, Event, FrameKind, Reply, PRODUCER_GONE_VERSION, PROTOCOL_VERSION,
 };
 use std::io::IoSliceMut;

@@ -257,7 +257,7 @@ fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) {
     let format = Format::new(seed, 1, producer.capacity());
     // Nobody else can publish now. If the last producer died sending `published`, whether
     // that message reached the ring cannot be told from outside: the ring's messages_written
-    // is stored before its write position (client/src/ring.rs, `publish`), so it may count a
+    // is stored before its write position (proto/src/ring.rs, `publish`), so it may count a
     // message never published. It is sent again, logged first, and the consumer accepts one
     // copy of it per resend.
     let mut seq = shared.published.load(Ordering::SeqCst);

@@ -5,7 +5,7 @@
 //! interleaving and every reordering the memory model allows:
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg loom" cargo test -p shmem-broker-client --release --lib loom
+//! RUSTFLAGS="--cfg loom" cargo test -p shmem-broker-proto --release --lib loom
 //! ```
 //!
 //! A side that cannot go on (the consumer: nothing to read; the producer: no room) stores its

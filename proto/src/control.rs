@@ -26,6 +26,7 @@ use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 use crate::wire::Role;
 
+/// Size of a fan-out channel's control page.
 pub const CONTROL_SIZE: usize = 4096;
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMCTRL1");
 const MAGIC_OFFSET: usize = 0;

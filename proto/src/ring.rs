@@ -102,12 +102,14 @@ use mapping::Mapping;
 pub const LAYOUT_VERSION: u32 = 3;
 /// The oldest layout this library still reads and writes.
 pub const MIN_LAYOUT_VERSION: u32 = 1;
+/// Size of a ring memfd's header page; the data area follows it.
 pub const HEADER_SIZE: u64 = 4096;
 /// Size of a layout-3 ring's ack memfd (the consumer's page).
 pub const ACK_SIZE: u64 = 4096;
 const CACHE_LINE: u64 = 64;
 /// Data areas are whole pages: `capacity` is a multiple of this.
 pub const CAPACITY_GRANULE: u64 = 4096;
+/// The smallest data area a ring may have.
 pub const MIN_CAPACITY: u64 = CAPACITY_GRANULE;
 /// Ring positions are u64 and frame lengths u32: keep capacities well inside both.
 pub const MAX_CAPACITY: u64 = 1 << 40;
@@ -149,14 +151,27 @@ impl Eviction {
     }
 }
 
+/// What can go wrong with a ring.
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
+    /// The peer wrote something inconsistent into the shared memory (what, in words).
     #[error("corrupt ring: {0}")]
     Corrupt(String),
+    /// A memfd is not what the broker makes (not a memfd, seals or size wrong, unknown layout,
+    /// or this side may not write it).
     #[error("ring memfd rejected: {0}")]
     Rejected(String),
+    /// A message larger than the ring carries.
     #[error("message of {len} bytes does not fit in a ring of {capacity} bytes (at most {max} per message)")]
-    TooLarge { len: usize, capacity: u64, max: u64 },
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The ring's data bytes.
+        capacity: u64,
+        /// The largest message it carries.
+        max: u64,
+    },
+    /// A system call on the memfds failed.
     #[error("shared memory: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -273,9 +288,13 @@ fn new_seal_key() -> u64 {
 /// clients can write, so they are clamped into a sane range rather than trusted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingStats {
+    /// Data messages the producers of this ring published.
     pub messages_written: u64,
+    /// Their payload bytes.
     pub bytes_written: u64,
+    /// Data messages the consumer read.
     pub messages_read: u64,
+    /// Bytes published and not read yet (at most the capacity).
     pub bytes_unread: u64,
     /// Messages a fan-out producer could not fit (slow-consumer policy `drop`).
     pub messages_lost: u64,
@@ -307,7 +326,9 @@ pub struct RingFiles {
 /// The fds one side of a ring is given: each writable if that side writes it, `O_RDONLY`
 /// otherwise.
 pub struct RingFds {
+    /// The ring memfd (header and data).
     pub ring: OwnedFd,
+    /// The ack page (layout 3 only).
     pub ack: Option<OwnedFd>,
 }
 
@@ -446,6 +467,7 @@ impl SharedRing {
         })
     }
 
+    /// The data area's size in bytes.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -595,6 +617,7 @@ impl SharedRing {
         }
     }
 
+    /// Whether the broker marked the ring's channel dropped.
     pub fn is_dropped(&self) -> bool {
         self.header().identity.dropped.load(Ordering::Acquire) != 0
     }
@@ -832,10 +855,12 @@ impl RingWriter {
         self.write_pos
     }
 
+    /// The mapped ring this writer writes.
     pub fn ring(&self) -> &SharedRing {
         &self.ring
     }
 
+    /// The largest message this ring carries.
     pub fn max_message_len(&self) -> u64 {
         max_message_len(self.ring.capacity)
     }
@@ -1213,6 +1238,7 @@ impl RingWriter {
         )
     }
 
+    /// After waking (or deciding not to sleep): withdraws the producer's waiting flag.
     pub fn done_sleeping(&self) {
         handshake::done_sleeping(&self.ring.header().producer_waiting.waiting);
     }
@@ -1259,7 +1285,9 @@ pub enum BatchOutcome {
 /// One item of [`RingReader::try_read_batch_confirmed`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadItem<'a> {
+    /// A message's payload (copied out of the ring already).
     Message(&'a [u8]),
+    /// The producer closed cleanly here.
     EndOfStream,
     /// Padding at the end of a lap with nothing published after it yet.
     Padding,
@@ -1306,6 +1334,8 @@ enum Poll {
 const POSITION_EVERY: u32 = 1024;
 
 impl RingReader {
+    /// A reader on `ring`, resuming at the consumer's published position; `Rejected` if this
+    /// side may not write the consumer's fields, `Corrupt` if the positions are inconsistent.
     pub fn new(ring: SharedRing) -> Result<RingReader, RingError> {
         if !ring.consumer_writable() {
             return Err(RingError::Rejected(
@@ -1337,6 +1367,7 @@ impl RingReader {
         self.missed
     }
 
+    /// The mapped ring this reader reads.
     pub fn ring(&self) -> &SharedRing {
         &self.ring
     }
@@ -1694,6 +1725,7 @@ impl RingReader {
         )
     }
 
+    /// After waking (or deciding not to sleep): withdraws the consumer's waiting flag.
     pub fn done_sleeping(&self) {
         handshake::done_sleeping(self.ring.consumer_side().1);
     }
