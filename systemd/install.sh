@@ -20,6 +20,8 @@
 #   /etc/shmem-broker/shmem-broker.toml, bridge.toml    (never overwritten: a changed example
 #                                                        goes next to it as .toml.new)
 #   PREFIX/share/doc/shmem-broker/{README.md,PROTOCOL.md,bridge.md}
+#   PREFIX/lib/libshmem_broker.{so,a}, PREFIX/include/shmem_broker.h,
+#   PREFIX/lib/pkgconfig/shmem-broker.pc                 (the C library, when --from has it)
 # Afterwards (DESTDIR empty): systemd-sysusers creates the shmem-broker user and the shmem
 # group, and systemd reloads its units if it is running. Start with:
 #   systemctl enable --now shmem-broker.socket
@@ -56,6 +58,10 @@ BINDIR=${PREFIX%/}/bin
 if [ "$PREFIX" = /usr ]; then UNITDIR=/usr/lib/systemd/system; else UNITDIR=/etc/systemd/system; fi
 SYSUSERSDIR=${PREFIX%/}/lib/sysusers.d
 DOCDIR=${PREFIX%/}/share/doc/shmem-broker
+LIBDIR=${PREFIX%/}/lib
+INCLUDEDIR=${PREFIX%/}/include
+PKGCONFIGDIR=$LIBDIR/pkgconfig
+CLIBS="libshmem_broker.so libshmem_broker.a"   # built by `cargo build` in bindings/c
 CONFDIR=/etc/shmem-broker
 CONFIGS="shmem-broker.toml bridge.toml"   # config/NAME -> $CONFDIR/NAME
 UNITS="shmem-broker.socket shmem-broker.service shmem-bridge.service"
@@ -90,6 +96,10 @@ if [ "$UNINSTALL" = yes ]; then
   remove "$SYSUSERSDIR/shmem-broker.conf"
   for doc in $DOCS; do remove "$DOCDIR/$(doc_dst "$doc")"; done
   remove_dir_if_empty "$DOCDIR"
+  for lib in $CLIBS; do remove "$LIBDIR/$lib"; done
+  remove "$INCLUDEDIR/shmem_broker.h"
+  remove "$PKGCONFIGDIR/shmem-broker.pc"
+  remove_dir_if_empty "$PKGCONFIGDIR"
   # A config stays if anyone changed it; so does a .new that differs from this version's.
   for name in $CONFIGS; do
     for file in "$CONFDIR/$name" "$CONFDIR/$name.new"; do
@@ -165,6 +175,25 @@ for doc in $DOCS; do
   install -m 0644 "$REPO/$(doc_src "$doc")" "$DESTDIR$DOCDIR/$(doc_dst "$doc")"
   say "installed $DESTDIR$DOCDIR/$(doc_dst "$doc")"
 done
+
+# The C library, header and pkg-config file, when the build has them (cargo build --release
+# makes them with the binaries).
+if [ -f "$FROM/libshmem_broker.so" ] && [ -f "$FROM/libshmem_broker.a" ]; then
+  install -d -m 0755 "$DESTDIR$LIBDIR" "$DESTDIR$INCLUDEDIR" "$DESTDIR$PKGCONFIGDIR"
+  for lib in $CLIBS; do
+    install -m 0644 "$FROM/$lib" "$DESTDIR$LIBDIR/$lib"
+    say "installed $DESTDIR$LIBDIR/$lib"
+  done
+  install -m 0644 "$REPO/bindings/c/include/shmem_broker.h" "$DESTDIR$INCLUDEDIR/shmem_broker.h"
+  say "installed $DESTDIR$INCLUDEDIR/shmem_broker.h"
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/Cargo.toml" | head -n1)
+  sed -e "s|@PREFIX@|${PREFIX%/}|" -e "s|@VERSION@|$version|" "$REPO/bindings/c/shmem-broker.pc.in" \
+    > "$tmp/shmem-broker.pc"
+  install -m 0644 "$tmp/shmem-broker.pc" "$DESTDIR$PKGCONFIGDIR/shmem-broker.pc"
+  say "installed $DESTDIR$PKGCONFIGDIR/shmem-broker.pc"
+else
+  say "no C library in $FROM (libshmem_broker.so/.a): the C header and pkg-config file are not installed"
+fi
 
 # Never overwrite the administrator's configs.
 for name in $CONFIGS; do

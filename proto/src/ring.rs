@@ -15,7 +15,7 @@
 //! # Layout (version 3), all integers little-endian atomics
 //! The ring memfd (written by the producer; the consumer maps it read-only):
 //! ```text
-//! 0     magic u64 "SHMRING1", layout u32 = 2, flags u32, capacity u64, dropped u32,
+//! 0     magic u64 "SHMRING1", layout u32 = 3, flags u32, capacity u64, dropped u32,
 //!       evicted u32 (a fan-out producer cut this consumer off: 1 fell behind, 2 corrupt ring),
 //!       seal_key u64 (random, even; layout 2)
 //! 64    write_pos u64, messages_written u64, bytes_written u64,
