@@ -278,6 +278,8 @@ def w_read_batch(limit):
 
 W_REATTACH_WRITER = bytes([12, 0])
 W_REATTACH_READER = bytes([12, 1])
+W_READER_SLEEP = bytes([12, 2])
+W_READER_AWAKE = bytes([12, 3])
 
 
 def w_read_pos(value, mode=0):
@@ -348,6 +350,17 @@ write("ring_writer", "layout-3-hostile-ack",
       start(L3) + w_send(10) + w_header(1, 2**64 - 1) + w_header(2, 7) + w_misc(3) + w_misc(3)
       + w_header(2, 0) + w_misc(3) + w_data(0, b"\x08" * 12) + w_send(10) + w_misc(4)
       + w_header(255, 1) + W_REATTACH_WRITER + w_send(10) + W_REATTACH_READER + W_READ)
+# Wake-ups across re-attaches: each new reader's or writer's first sleep must be woken (in
+# layout 3 a waker remembers the ticket it woke last; see client/src/ring.rs first_ticket).
+for name, layout in [("layout-3", L3), ("layout-2", 0)]:
+    write("ring_writer", name + "-reader-reattach-wake",
+          start(layout) + W_READER_SLEEP + w_send(3) + w_misc(3) + W_READER_AWAKE + W_READ
+          + W_REATTACH_READER + W_READER_SLEEP + w_send(3) + w_misc(3) + w_misc(3)
+          + W_READER_AWAKE + W_READ)
+    write("ring_writer", name + "-writer-reattach-wake",
+          start(layout) + w_send(3000) + W_READ + w_send(1000) + w_send(2000)
+          + w_misc(1, 2000) + W_READ + w_misc(2) + W_REATTACH_WRITER + w_misc(1, 3000)
+          + W_READ + W_READ + w_send(3000))
 write("ring_writer", "layout-3-near-2-pow-64",
       start(2**64 - 16 | 3 | L3) + w_send(3) + W_EOS + W_REATTACH_WRITER + w_send(3))
 

@@ -9,7 +9,8 @@
 //! script interleaving the writer's calls (`try_write_with`, `try_write_up_to`, `try_write_batch`,
 //! `make_room`, `count_lost` + `try_write_after_gap`, `try_write_gap`,
 //! `try_write_end_of_stream`, `can_progress`, `prepare_to_sleep`, `done_sleeping`,
-//! `take_consumer_waiting`, `stats`, re-attaching) with the consumer's: honest reads, or
+//! `take_consumer_waiting`, `stats`, re-attaching) with the consumer's: honest reads, sleeping
+//! (`prepare_to_sleep`, `done_sleeping`) and re-attaching, or
 //! hostile stores through the fuzzer's own mapping of what a consumer can write: `read_pos`
 //! (anywhere in the u64 range, or near where it is, or near 2^64), `messages_read`, its
 //! waiting flag, and in layouts 1 and 2 (one memfd) also the producer's waiting flag, the
@@ -27,6 +28,12 @@
 //!   memfd); a store anywhere else (the consumer's position, the identity) would be a wild
 //!   write; the slices `fill` gets are exactly the length asked for;
 //! * `stats().bytes_unread` never exceeds the capacity;
+//! * while the consumer behaves, one wake-up per sleep each way: `take_consumer_waiting` is true
+//!   exactly when the reader announced a sleep the writer has not woken yet, and
+//!   `take_producer_waiting` exactly when the reader released space since it last looked while
+//!   the writer sleeps unwoken, across re-attaches of either side (the broker clears the
+//!   waiting flag of the side that left; a side that attaches anew must be woken on its first
+//!   sleep, and a new waker wakes a layout-3 sleeper once more);
 //! * as long as the consumer has only behaved, the honest reader receives exactly what the
 //!   writer said it wrote, in order (loss counts included), and the writer reports no error.
 //!
@@ -65,11 +72,15 @@ const READ_POS_AT: usize = 128;
 const HOSTILE_WORDS: [usize; 9] = [24, 64, 72, 80, 88, 136, 192, 256, 8];
 /// Header bytes the writer may change: the producer line and the two waiting flags.
 const WRITER_OWNS: [(usize, usize); 3] = [(64, 96), (192, 196), (256, 260)];
-/// Header bytes the reader may change: the consumer line and the producer's waiting flag.
-const READER_OWNS: [(usize, usize); 2] = [(128, 144), (256, 260)];
+/// Header bytes the reader may change: the consumer line and the two waiting flags (its own,
+/// and the producer's, which it clears on a wake-up).
+const READER_OWNS: [(usize, usize); 3] = [(128, 144), (192, 196), (256, 260)];
+const CONSUMER_WAITING_AT: usize = 192;
+const PRODUCER_WAITING_AT: usize = 256;
 // Layout 3: the ack page holds the consumer's line and flag, which the writer only reads, and
 // a waker goes by tickets instead of clearing the sleeper's flag.
 const ACK_READ_POS_AT: usize = 0;
+const ACK_CONSUMER_WAITING_AT: usize = 64;
 /// The words of the ack page a hostile consumer scribbles on: `read_pos`, `messages_read`,
 /// `consumer_waiting` (as a u64 word).
 const ACK_HOSTILE_WORDS: [usize; 3] = [0, 8, 64];
@@ -178,6 +189,17 @@ impl Fixture {
         // SAFETY: [offset, offset + n) is inside the ack mapping; the writer and reader of this
         // process hold no reference into it between their calls.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ack.add(offset), n) }
+    }
+
+    /// The consumer's waiting flag in `layout`.
+    fn consumer_waiting(&self, layout: u32) -> &AtomicU32 {
+        if layout == 3 {
+            assert!(ACK_CONSUMER_WAITING_AT + 4 <= ACK_SIZE as usize);
+            // SAFETY: in bounds and aligned (the mapping is page aligned).
+            unsafe { &*(self.ack.add(ACK_CONSUMER_WAITING_AT) as *const AtomicU32) }
+        } else {
+            self.u32_at(CONSUMER_WAITING_AT)
+        }
     }
 
     /// The consumer's `read_pos` in `layout`.
@@ -292,6 +314,14 @@ struct State {
     lost: u64,
     /// Losses earlier readers read (a re-attached reader counts from 0).
     missed_before: u64,
+    /// The honest reader announced a sleep (its flag is up), and whether the writer woke it.
+    consumer_asleep: bool,
+    consumer_woken: bool,
+    /// The writer announced a sleep, and whether the reader woke it.
+    producer_asleep: bool,
+    producer_woken: bool,
+    /// The reader released space since its last `take_producer_waiting`.
+    freed: bool,
 }
 
 impl State {
@@ -409,6 +439,11 @@ fuzz_target!(|data: &[u8]| {
         sequence: 0,
         lost: 0,
         missed_before: 0,
+        consumer_asleep: false,
+        consumer_woken: false,
+        producer_asleep: false,
+        producer_woken: false,
+        freed: false,
     };
     let max = state
         .writer
@@ -544,11 +579,28 @@ fuzz_target!(|data: &[u8]| {
                     }
                     1 => {
                         let result = writer.prepare_to_sleep(len);
-                        state.check(result, false, "prepare_to_sleep");
+                        if let Some(sleep) = state.check(result, false, "prepare_to_sleep") {
+                            state.producer_asleep = sleep;
+                            state.producer_woken = false;
+                        }
                     }
-                    2 => writer.done_sleeping(),
+                    2 => {
+                        writer.done_sleeping();
+                        state.producer_asleep = false;
+                    }
                     3 => {
-                        let _ = writer.take_consumer_waiting();
+                        // Exactly one wake-up per sleep of the consumer.
+                        let woke = writer.take_consumer_waiting();
+                        if state.clean {
+                            assert_eq!(
+                                woke,
+                                state.consumer_asleep && !state.consumer_woken,
+                                "take_consumer_waiting (consumer asleep: {}, woken: {})",
+                                state.consumer_asleep,
+                                state.consumer_woken
+                            );
+                        }
+                        state.consumer_woken |= woke;
                     }
                     _ => {
                         let stats = writer.ring().stats();
@@ -561,8 +613,23 @@ fuzz_target!(|data: &[u8]| {
                 let Some(reader) = state.reader.as_mut() else {
                     continue;
                 };
+                let before = reader.position();
                 let outcome = reader.try_read_into(&mut out);
-                let _ = reader.take_producer_waiting();
+                // Exactly one wake-up per sleep of the producer, on the first read that
+                // released space (this one or a batch since the last look).
+                let freed = state.freed || reader.position() != before;
+                let woke = reader.take_producer_waiting();
+                if state.clean {
+                    assert_eq!(
+                        woke,
+                        freed && state.producer_asleep && !state.producer_woken,
+                        "take_producer_waiting (freed: {freed}, producer asleep: {}, woken: {})",
+                        state.producer_asleep,
+                        state.producer_woken
+                    );
+                }
+                state.producer_woken |= woke;
+                state.freed = false;
                 check_read(&mut state, outcome, &out, true, true);
             }
             11 => {
@@ -571,7 +638,9 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let mut got = Vec::new();
+                let before = reader.position();
                 let outcome = reader.try_read_batch(limit, &mut scratch, |m| got.push(m.to_vec()));
+                state.freed |= reader.position() != before;
                 match outcome {
                     Ok(BatchOutcome::Messages(n)) => {
                         assert_eq!(n, got.len());
@@ -590,19 +659,59 @@ fuzz_target!(|data: &[u8]| {
                     Err(err) => check_read(&mut state, Err(err), &[], true, true),
                 }
             }
-            // Either side detaches and comes back.
-            12 => {
-                if script.u8().is_multiple_of(2) {
+            // Either side detaches and comes back (the broker clears the waiting flag of the
+            // side that left, as `SharedRing::clear_waiter` does), or the reader sleeps.
+            12 => match script.u8() % 4 {
+                0 => {
                     state.writer = None;
+                    fixture
+                        .u32_at(PRODUCER_WAITING_AT)
+                        .store(0, Ordering::SeqCst);
+                    state.producer_asleep = false;
+                    // A new writer has woken nothing yet: in layout 3 it wakes a consumer
+                    // asleep on a ticket once more (layouts 1 and 2: the flag is down once
+                    // woken).
+                    state.consumer_woken &= layout != 3;
                     state.writer = attach_writer(state.clean);
-                } else {
+                    continue;
+                }
+                1 => {
                     let old = state.reader.take();
                     state.missed_before += old.as_ref().map_or(0, RingReader::missed);
                     drop(old);
+                    fixture.consumer_waiting(layout).store(0, Ordering::SeqCst);
+                    state.consumer_asleep = false;
+                    state.freed = false;
+                    state.producer_woken &= layout != 3;
                     state.reader = attach_reader(state.clean);
+                    continue;
                 }
-                continue;
-            }
+                2 => {
+                    let Some(reader) = state.reader.as_mut() else {
+                        continue;
+                    };
+                    match reader.prepare_to_sleep() {
+                        Ok(sleep) => {
+                            assert!(
+                                !(sleep && state.clean && !state.expected.is_empty()),
+                                "the reader would sleep with {:?} unread",
+                                state.expected
+                            );
+                            state.consumer_asleep = sleep;
+                            state.consumer_woken = false;
+                        }
+                        Err(RingError::Corrupt(_)) if !state.clean => {}
+                        Err(err) => panic!("reader prepare_to_sleep: {err:?}"),
+                    }
+                }
+                _ => {
+                    let Some(reader) = state.reader.as_mut() else {
+                        continue;
+                    };
+                    reader.done_sleeping();
+                    state.consumer_asleep = false;
+                }
+            },
             // From here on, hostile.
             13 => {
                 state.clean = false;
