@@ -205,6 +205,37 @@ write("ring_reader", "positions-near-2-pow-64",
       start(0) + send(10) + set_write_pos(16, 3) + READ + set_read_pos(2**64 - 32, 3) + REATTACH
       + READ + set_write_pos(MAX_POSITION + 16) + READ)
 
+# ring_reader, layout 3 (start bit 2; see the target): the consumer maps the ring memfd
+# read-only, its position and flag live in the ack page, which the producer cannot write
+L3 = 4
+write("ring_reader", "layout-3-round-trip",
+      start(L3) + (send(5, 1) + READ) * 4 + EOS + READ + READ)
+write("ring_reader", "layout-3-wrap", start(L3) + (send(700, 2) + READ) * 12 + misc(4))
+write("ring_reader", "layout-3-batches",
+      start(L3 | (1 << 40)) + (batch(8, 20) + read_batch(5) + read_batch(15)) * 4)
+write("ring_reader", "layout-3-sleep-wake",
+      start(L3) + misc(1) + misc(5) + send(10) + misc(3) + misc(2) + READ + misc(1) + misc(3)
+      + misc(0) + send(3000) + misc(1) + read_batch(4) + misc(3) + misc(2))
+write("ring_reader", "layout-3-reattach",
+      start(L3) + send(10) + send(20) + READ + REATTACH + READ + PRODUCER_REATTACH + send(30)
+      + REATTACH + read_batch(8))
+# The producer writes where layouts 1 and 2 kept the consumer's line and flag (unused in
+# layout 3): the reader must not look there, and the ring stays clean.
+write("ring_reader", "layout-3-old-consumer-line",
+      start(L3) + send(10) + set_read_pos(0, 2) + header_u64(136, 2**64 - 1)
+      + header_u64(192, 1) + READ + send(20) + REATTACH + READ + misc(1) + misc(2))
+write("ring_reader", "layout-3-hostile-layout",
+      start(L3) + send(10) + header_u64(8, 2) + REATTACH + READ + header_u64(8, 3) + REATTACH
+      + READ + header_u64(8, 4) + REATTACH)
+write("ring_reader", "layout-3-hostile-frames",
+      start(L3) + send(100) + frame_header(0, 4088, 1) + READ + send(10)
+      + data_bytes(120, b"\xff" * 16) + set_write_pos(2**64 - 16) + read_batch(3) + REATTACH)
+write("ring_reader", "layout-3-near-2-pow-64",
+      start(2**64 - 16 | 3 | L3) + send(3) + READ + REATTACH
+      + header_u64(64, MAX_POSITION) + REATTACH + READ)
+write("ring_reader", "layout-3-below-max-position",
+      start(2 | L3 | (4 << 4)) + (send(1000) + READ) * 6 + EOS + READ)
+
 # --- ring_writer: start position + operations (a producer facing a hostile consumer) ---------
 
 def w_send(length, fill=0):
@@ -247,6 +278,8 @@ def w_read_batch(limit):
 
 W_REATTACH_WRITER = bytes([12, 0])
 W_REATTACH_READER = bytes([12, 1])
+W_READER_SLEEP = bytes([12, 2])
+W_READER_AWAKE = bytes([12, 3])
 
 
 def w_read_pos(value, mode=0):
@@ -295,6 +328,41 @@ write("ring_writer", "hostile-identity",
       + w_header(255, 0) + W_REATTACH_WRITER + w_send(3))
 write("ring_writer", "hostile-data",
       start(0) + w_send(100) + w_data(0, b"\xff" * 16) + w_send(100) + W_READ + W_READ)
+
+# ring_writer, layout 3: the producer maps the ack page read-only; the hostile consumer
+# scribbles only its ack page (w_header picks ack words, w_data ack bytes)
+write("ring_writer", "layout-3-round-trip",
+      start(L3) + (w_send(5, 1) + W_READ) * 4 + W_EOS + W_READ + W_READ)
+write("ring_writer", "layout-3-fill-sleep-drain",
+      start(L3) + w_send(1000) * 4 + w_misc(1, 1000) + W_READ + w_misc(3) + w_misc(3)
+      + w_misc(0, 1000) + w_misc(2) + w_send(1000) + w_read_batch(8) + w_misc(3))
+write("ring_writer", "layout-3-gaps-and-reattach",
+      start(L3) + w_send(10) + w_after_gap(3, 20) + w_gap(2) + w_batch(8, 20) + W_EOS
+      + W_REATTACH_WRITER + w_read_batch(8) + W_REATTACH_READER + w_read_batch(8) + W_READ)
+write("ring_writer", "layout-3-up-to-and-make-room",
+      start(L3 | 4000) + w_up_to(3000, 10) + W_READ + w_make_room(3500) + W_READ
+      + w_make_room(3500) + w_send(3500) + W_READ)
+write("ring_writer", "layout-3-hostile-read-pos",
+      start(L3 | (1 << 40)) + w_send(2000) + w_read_pos(5000, 5) + w_send(2000)
+      + w_read_pos(0, 3) + w_send(3000) + w_read_pos(0, 4) + w_misc(0, 3000)
+      + W_REATTACH_WRITER + w_send(3))
+write("ring_writer", "layout-3-hostile-ack",
+      start(L3) + w_send(10) + w_header(1, 2**64 - 1) + w_header(2, 7) + w_misc(3) + w_misc(3)
+      + w_header(2, 0) + w_misc(3) + w_data(0, b"\x08" * 12) + w_send(10) + w_misc(4)
+      + w_header(255, 1) + W_REATTACH_WRITER + w_send(10) + W_REATTACH_READER + W_READ)
+# Wake-ups across re-attaches: each new reader's or writer's first sleep must be woken (in
+# layout 3 a waker remembers the ticket it woke last; see client/src/ring.rs first_ticket).
+for name, layout in [("layout-3", L3), ("layout-2", 0)]:
+    write("ring_writer", name + "-reader-reattach-wake",
+          start(layout) + W_READER_SLEEP + w_send(3) + w_misc(3) + W_READER_AWAKE + W_READ
+          + W_REATTACH_READER + W_READER_SLEEP + w_send(3) + w_misc(3) + w_misc(3)
+          + W_READER_AWAKE + W_READ)
+    write("ring_writer", name + "-writer-reattach-wake",
+          start(layout) + w_send(3000) + W_READ + w_send(1000) + w_send(2000)
+          + w_misc(1, 2000) + W_READ + w_misc(2) + W_REATTACH_WRITER + w_misc(1, 3000)
+          + W_READ + W_READ + w_send(3000))
+write("ring_writer", "layout-3-near-2-pow-64",
+      start(2**64 - 16 | 3 | L3) + w_send(3) + W_EOS + W_REATTACH_WRITER + w_send(3))
 
 total = 0
 for dirpath, _, files in os.walk(os.path.join(HERE, "corpus")):

@@ -1,10 +1,13 @@
 //! The consumer side of a channel ring facing a hostile producer.
 //!
-//! A 4 KiB ring is created with `SharedRing::create`; a `RingReader` opens it through a dup of
-//! the memfd (`SharedRing::open`), exactly as a consumer does with the fd the broker sends. The
-//! fuzz input is a script for the other side, which maps the same memfd itself and may behave
-//! (write well-formed frames and publish them as PROTOCOL.md says) or scribble anything on the
-//! header and the data area, interleaved with the reader's calls: `try_read_into`,
+//! A 4 KiB ring is created with `SharedRing::create`; a `RingReader` opens it
+//! (`SharedRing::open`) with the fds the broker would send a consumer: in layout 3
+//! (`RingFiles::share(Some(Role::Consumer))`) the ring memfd `O_RDONLY` and its own ack page
+//! writable, so a store by the reader into the producer's memory is a SIGSEGV the fuzzer
+//! reports; in layouts 1 and 2 a dup of the one memfd. The fuzz input is a script for the other
+//! side, which maps the ring memfd itself (and the ack page read-only, as a producer gets it)
+//! and may behave (write well-formed frames and publish them as PROTOCOL.md says) or scribble
+//! anything on the header and the data area, interleaved with the reader's calls: `try_read_into`,
 //! `try_read_batch`, `has_unread`, `prepare_to_sleep`, `done_sleeping`, `take_producer_waiting`,
 //! `stats`, and re-attaching (a new `RingReader` on a new mapping, resuming at the shared
 //! `read_pos`).
@@ -17,10 +20,14 @@
 //!   whenever the address space allows one (a read past the end is a SIGSEGV);
 //! * a message it hands out fits in the ring (at most `capacity` minus a frame header);
 //! * as long as the producer has only behaved, the reader returns exactly what was sent, in
-//!   order, with end-of-stream marks where they were written, and never an error.
+//!   order, with end-of-stream marks where they were written, and never an error. In layout 3
+//!   the producer may write what it likes in the header words layout 3 leaves unused (where
+//!   layouts 1 and 2 kept the consumer's line and flag): that is still behaving, and the reader
+//!   must not look there.
 //!
-//! Input: an 8-byte starting position (bit 3 picks the ring layout: set 1, clear 2, whose
-//! producer seals each publish as PROTOCOL.md says; bits 0-1 where it lies: 0 and 1 below
+//! Input: an 8-byte starting position (bits 2-3 pick the ring layout: bit 3 set 1; else bit 2
+//! set 3, clear 2; layouts 2 and 3 seal each publish as PROTOCOL.md says; bits 0-1 where it
+//! lies: 0 and 1 below
 //! 2^62, 2 within a few laps below `MAX_POSITION`, 3 anywhere in the u64 range, so positions
 //! near 2^64 are explored, where the reader must refuse to attach), then operations of one
 //! opcode byte and its operands (little-endian; missing bytes read as 0). A ring is only
@@ -31,10 +38,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use shmem_broker_client::ring::{
-    BatchOutcome, ReadOutcome, RingError, RingFds, RingReader, SharedRing, HEADER_SIZE, MAX_POSITION,
+    BatchOutcome, ReadOutcome, RingError, RingFds, RingFiles, RingReader, SharedRing, ACK_SIZE,
+    HEADER_SIZE, MAX_POSITION,
 };
+use shmem_broker_client::Role;
 use std::collections::{HashSet, VecDeque};
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -43,7 +51,8 @@ const CAPACITY: u64 = 4096;
 const MAP_LEN: usize = (HEADER_SIZE + CAPACITY) as usize;
 const RING_NAME: &str = "fuzz-ring";
 
-// Header layout, PROTOCOL.md "The ring (layout 2)".
+// Header layout, PROTOCOL.md "The ring" (layouts 1 and 2; layout 3 moves the consumer's line
+// and flag to the ack page, at ACK_READ_POS_AT...).
 const MAGIC_AT: usize = 0;
 const LAYOUT_AT: usize = 8;
 const CAPACITY_AT: usize = 16;
@@ -54,16 +63,30 @@ const BYTES_WRITTEN_AT: usize = 80;
 const READ_POS_AT: usize = 128;
 const MESSAGES_READ_AT: usize = 136;
 const CONSUMER_WAITING_AT: usize = 192;
+// The ack page of layout 3.
+const ACK_READ_POS_AT: usize = 0;
+const ACK_MESSAGES_READ_AT: usize = 8;
+const ACK_CONSUMER_WAITING_AT: usize = 64;
+/// Header bytes a layout-3 reader reads: the identity, the producer line, `producer_waiting`.
+/// The producer may write the rest without breaking the protocol.
+const LAYOUT_3_READ: [(usize, usize); 3] = [(0, 40), (64, 96), (256, 260)];
 
 const KIND_DATA: u32 = 1;
 const KIND_END_OF_STREAM: u32 = 2;
 const KIND_PAD: u32 = 3;
 
 /// The ring, created once per process and wiped before every input, and the fuzzer's own
-/// mapping of it (the "producer process").
+/// mappings of it (the "producer process").
 struct Fixture {
-    memfd: File,
+    /// The ring memfd and the ack page, as the broker holds them.
+    files: RingFiles,
+    /// The ring memfd, writable: the producer's.
     raw: *mut u8,
+    /// The ack page read-only, as a layout-3 producer maps it.
+    ack: *const u8,
+    /// The ack page writable: only `reset` (the broker setting up a fresh ring) and the
+    /// known-issue stand-ins write through it, never the producer.
+    ack_broker: *mut u8,
     /// Start addresses of mappings of the ring memfd that are not the reader's.
     others: HashSet<usize>,
     /// Guard pages we placed (they stay; a later reader mapping at the same place reuses them).
@@ -81,30 +104,32 @@ unsafe impl Send for Fixture {}
 fn fixture() -> &'static Mutex<Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let (ring, memfd) = SharedRing::create(RING_NAME, CAPACITY).expect("create ring");
+        // A layout-3 ring; `reset` rewrites the header to the layout an input picks (layouts 1
+        // and 2 then use the ring memfd alone, as their brokers did).
+        let (ring, files) = SharedRing::create(RING_NAME, CAPACITY).expect("create ring");
         drop(ring);
-        // Layouts 1 and 2 (one memfd) are fuzzed here: `reset` rewrites the header to them, and
-        // the ack page the broker would give a layout-3 ring is left out.
-        let memfd = memfd.ring.into_file();
-        // SAFETY: mapping a memfd of exactly MAP_LEN bytes (sealed against shrinking).
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MAP_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                memfd.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(raw, libc::MAP_FAILED, "mmap");
+        let producer = files.share(Some(Role::Producer)).expect("producer fds");
+        let raw = map(&producer.ring, MAP_LEN, true);
+        let ack = map(
+            producer.ack.as_ref().expect("layout 3"),
+            ACK_SIZE as usize,
+            false,
+        );
+        let broker = files.share(None).expect("broker fds");
+        let ack_broker = map(
+            broker.ack.as_ref().expect("layout 3"),
+            ACK_SIZE as usize,
+            true,
+        );
         let others = ring_mappings()
             .into_iter()
             .map(|(start, _)| start)
             .collect();
         Mutex::new(Fixture {
-            memfd,
-            raw: raw.cast(),
+            files,
+            raw,
+            ack,
+            ack_broker,
             others,
             guards: HashSet::new(),
             pending_guard: None,
@@ -112,12 +137,36 @@ fn fixture() -> &'static Mutex<Fixture> {
     })
 }
 
-/// (start, end) of every mapping of the ring memfd in this process.
+/// Maps `len` bytes of `fd` shared, writable or not; the mapping lives for the whole process.
+fn map(fd: &OwnedFd, len: usize, writable: bool) -> *mut u8 {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: a new mapping where the kernel likes of a memfd of at least `len` bytes (sealed
+    // against shrinking); nothing is replaced.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(raw, libc::MAP_FAILED, "mmap");
+    raw.cast()
+}
+
+/// (start, end) of every mapping of the ring memfd (not the ack page) in this process.
 fn ring_mappings() -> Vec<(usize, usize)> {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let tag = format!("memfd:shmem-broker:{RING_NAME}");
+    let tag = format!("/memfd:shmem-broker:{RING_NAME}");
+    let deleted = format!("{tag} (deleted)");
     maps.lines()
-        .filter(|line| line.contains(&tag))
+        .filter(|line| line.ends_with(&deleted) || line.ends_with(&tag))
         .filter_map(|line| {
             let range = line.split_whitespace().next()?;
             let (start, end) = range.split_once('-')?;
@@ -156,28 +205,71 @@ impl Fixture {
         self.u64_at(HEADER_SIZE as usize + offset as usize)
     }
 
+    /// A word of the ack page through the producer's read-only mapping.
+    fn ack_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= ACK_SIZE as usize);
+        // SAFETY: in bounds and aligned (the mapping is page aligned); only ever loaded from.
+        unsafe { &*(self.ack.add(offset) as *const AtomicU64) }
+    }
+
+    /// A word of the ack page through the broker's writable mapping.
+    fn ack_broker_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= ACK_SIZE as usize);
+        // SAFETY: in bounds and aligned (the mapping is page aligned).
+        unsafe { &*(self.ack_broker.add(offset) as *const AtomicU64) }
+    }
+
+    /// Where the consumer's `read_pos` is in `format`'s layout, as the producer sees it.
+    fn read_pos(&self, format: Format) -> &AtomicU64 {
+        if format.layout == 3 {
+            self.ack_u64(ACK_READ_POS_AT)
+        } else {
+            self.u64_at(READ_POS_AT)
+        }
+    }
+
+    /// The consumer's waiting flag in `format`'s layout.
+    fn consumer_waiting(&self, format: Format) -> u32 {
+        if format.layout == 3 {
+            // SAFETY: in bounds and aligned; only loaded from.
+            unsafe { &*(self.ack.add(ACK_CONSUMER_WAITING_AT) as *const AtomicU32) }
+                .load(Ordering::Relaxed)
+        } else {
+            self.u32_at(CONSUMER_WAITING_AT).load(Ordering::Relaxed)
+        }
+    }
+
     /// Back to a freshly created ring in `format`'s layout whose positions both stand at
     /// `start`.
     fn reset(&self, start: u64, format: Format) {
-        // SAFETY: the whole mapping is ours to write.
-        unsafe { std::ptr::write_bytes(self.raw, 0, MAP_LEN) };
+        // SAFETY: the whole mappings are ours to write (the broker setting up a fresh ring).
+        unsafe {
+            std::ptr::write_bytes(self.raw, 0, MAP_LEN);
+            std::ptr::write_bytes(self.ack_broker, 0, ACK_SIZE as usize);
+        }
         self.u64_at(MAGIC_AT)
             .store(u64::from_le_bytes(*b"SHMRING1"), Ordering::Relaxed);
         self.u32_at(LAYOUT_AT)
-            .store(format.layout(), Ordering::Relaxed);
+            .store(format.layout, Ordering::Relaxed);
         self.u64_at(SEAL_KEY_AT)
             .store(format.seal_key.unwrap_or(0), Ordering::Relaxed);
         self.u64_at(CAPACITY_AT).store(CAPACITY, Ordering::Relaxed);
         self.u64_at(WRITE_POS_AT).store(start, Ordering::Relaxed);
-        self.u64_at(READ_POS_AT).store(start, Ordering::Relaxed);
+        if format.layout == 3 {
+            self.ack_broker_u64(ACK_READ_POS_AT)
+                .store(start, Ordering::Relaxed);
+        } else {
+            self.u64_at(READ_POS_AT).store(start, Ordering::Relaxed);
+        }
     }
 
-    /// A consumer attaching: a new mapping through a dup of the memfd, as the broker's fd
-    /// arrives. Puts a guard page after the new mapping when that page is free.
-    fn attach(&mut self) -> Result<RingReader, RingError> {
+    /// A consumer attaching: new mappings of the fds the broker sends a consumer (layout 3:
+    /// the ring memfd read-only, the ack page writable; layouts 1 and 2: a dup of the one
+    /// memfd). Puts a guard page after the new ring mapping when that page is free.
+    fn attach(&mut self, format: Format) -> Result<RingReader, RingError> {
         if known("attach-unaligned")
             && !self
-                .u64_at(READ_POS_AT)
+                .read_pos(format)
                 .load(Ordering::Relaxed)
                 .is_multiple_of(8)
         {
@@ -188,17 +280,33 @@ impl Fixture {
         }
         if known("counter-overflow") {
             // Stand-in for the fix (wrapping counters): keep the scribbled count from overflowing.
-            let count = self.u64_at(MESSAGES_READ_AT).load(Ordering::Relaxed);
-            self.u64_at(MESSAGES_READ_AT)
-                .store(count.min(u64::MAX / 2), Ordering::Relaxed);
+            let count = if format.layout == 3 {
+                self.ack_broker_u64(ACK_MESSAGES_READ_AT)
+            } else {
+                self.u64_at(MESSAGES_READ_AT)
+            };
+            count.store(
+                count.load(Ordering::Relaxed).min(u64::MAX / 2),
+                Ordering::Relaxed,
+            );
         }
         if let Some(page) = self.pending_guard.take() {
             if place_guard(page) {
                 self.guards.insert(page);
             }
         }
-        let fd = OwnedFd::from(self.memfd.try_clone().expect("dup"));
-        let ring = SharedRing::open(RingFds { ring: fd, ack: None }, CAPACITY)?;
+        let fds = if format.layout == 3 {
+            self.files
+                .share(Some(Role::Consumer))
+                .expect("consumer fds")
+        } else {
+            let fd = OwnedFd::from(self.files.ring.as_file().try_clone().expect("dup"));
+            RingFds {
+                ring: fd,
+                ack: None,
+            }
+        };
+        let ring = SharedRing::open(fds, CAPACITY)?;
         self.guard_new_mapping();
         RingReader::new(ring)
     }
@@ -311,23 +419,14 @@ impl std::fmt::Debug for Expected {
     }
 }
 
-/// The frame format of the ring under test.
+/// The layout and frame format of the ring under test.
 #[derive(Clone, Copy)]
 struct Format {
+    layout: u32,
     /// Frame header size; frames start and end at multiples of it.
     unit: u64,
-    /// Layout 2 only.
+    /// Layouts 2 and 3.
     seal_key: Option<u64>,
-}
-
-impl Format {
-    fn layout(self) -> u32 {
-        if self.seal_key.is_some() {
-            2
-        } else {
-            1
-        }
-    }
 }
 
 /// The producer: well-behaved when asked to send, hostile on other operations.
@@ -346,7 +445,7 @@ impl Producer {
     /// store. Returns the frames published (a prefix of `frames`).
     fn send(&mut self, ring: &Fixture, frames: &[(u32, Vec<u8>)]) -> usize {
         let unit = self.format.unit;
-        let read_pos = ring.u64_at(READ_POS_AT).load(Ordering::Acquire);
+        let read_pos = ring.read_pos(self.format).load(Ordering::Acquire);
         if read_pos > self.write_pos
             || self.write_pos - read_pos > CAPACITY
             || !self.write_pos.is_multiple_of(unit)
@@ -477,11 +576,13 @@ fuzz_target!(|data: &[u8]| {
     let first = script.u64();
     let format = if first & 8 != 0 {
         Format {
+            layout: 1,
             unit: 8,
             seal_key: None,
         }
     } else {
         Format {
+            layout: if first & 4 != 0 { 3 } else { 2 },
             unit: 16,
             seal_key: Some(first.rotate_left(17) & !1),
         }
@@ -503,7 +604,7 @@ fuzz_target!(|data: &[u8]| {
     // deliver exactly `expected`.
     let mut clean = start <= MAX_POSITION;
     let mut expected: VecDeque<Expected> = VecDeque::new();
-    let mut reader = match fixture.attach() {
+    let mut reader = match fixture.attach(format) {
         Ok(reader) => Some(reader),
         Err(RingError::Corrupt(_)) if !clean => None,
         Err(err) => panic!("attach to a fresh ring at {start}: {err:?}"),
@@ -681,15 +782,14 @@ fuzz_target!(|data: &[u8]| {
                     }
                     _ => {
                         let _ = reader.ring().is_dropped();
-                        let waiting = fixture.u32_at(CONSUMER_WAITING_AT).load(Ordering::Relaxed);
-                        let _ = waiting;
+                        let _ = fixture.consumer_waiting(format);
                     }
                 }
             }
             // The consumer detaches (or dies) and a new one attaches.
             8 => {
                 reader = None;
-                match fixture.attach() {
+                match fixture.attach(format) {
                     Ok(new) => reader = Some(new),
                     Err(RingError::Corrupt(_) | RingError::Rejected(_)) if !clean => {}
                     Err(err) => panic!("re-attach failed (clean: {clean}): {err:?}"),
@@ -705,7 +805,7 @@ fuzz_target!(|data: &[u8]| {
                     0 => value,
                     1 => producer.write_pos.wrapping_add(value % 64).wrapping_sub(32),
                     2 => fixture
-                        .u64_at(READ_POS_AT)
+                        .read_pos(format)
                         .load(Ordering::Relaxed)
                         .wrapping_add(value % (2 * CAPACITY)),
                     _ => u64::MAX - value % 64,
@@ -715,9 +815,14 @@ fuzz_target!(|data: &[u8]| {
                     .store(position, Ordering::SeqCst);
             }
             11 => {
-                clean = false;
                 let offset = usize::from(script.u16()) * 8 % HEADER_SIZE as usize;
                 let value = script.u64();
+                // Layout 3: a word the reader does not read is the producer's to fill.
+                let unused = format.layout == 3
+                    && LAYOUT_3_READ
+                        .iter()
+                        .all(|&(start, end)| offset + 8 <= start || offset >= end);
+                clean &= unused;
                 fixture.u64_at(offset).store(value, Ordering::SeqCst);
             }
             12 => {
@@ -741,8 +846,11 @@ fuzz_target!(|data: &[u8]| {
                 let bytes: Vec<u8> = (0..n).map(|_| script.u8()).collect();
                 fixture.write_bytes(HEADER_SIZE as usize + offset, &bytes);
             }
+            // The consumer's position. Layout 3 keeps it in the ack page, which the producer
+            // cannot write: it writes where layouts 1 and 2 kept it, which the reader must
+            // ignore (the ring stays clean).
             _ => {
-                clean = false;
+                clean &= format.layout == 3;
                 let value = script.u64();
                 let position = match script.u8() % 4 {
                     3 => u64::MAX - value % 64,

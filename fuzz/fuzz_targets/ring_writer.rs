@@ -1,28 +1,44 @@
 //! The producer side of a channel ring facing a hostile consumer.
 //!
-//! A 4 KiB ring is created with `SharedRing::create`; a `RingWriter` opens it through a dup of
-//! the memfd (`SharedRing::open`), exactly as a producer does with the fd the broker sends, and
-//! so does an honest `RingReader` (the consumer, while it behaves). The fuzz input is a script
-//! interleaving the writer's calls (`try_write_with`, `try_write_up_to`, `try_write_batch`,
+//! A 4 KiB ring is created with `SharedRing::create`; a `RingWriter` opens it
+//! (`SharedRing::open`) with the fds the broker sends a producer, and so does an honest
+//! `RingReader` (the consumer, while it behaves) with a consumer's: in layout 3
+//! (`RingFiles::share(Some(role))`) each gets the other's memfd `O_RDONLY` (the writer the ack
+//! page, the reader the ring memfd), so a store into the other side's memory is a SIGSEGV the
+//! fuzzer reports; in layouts 1 and 2 both get a dup of the one memfd. The fuzz input is a
+//! script interleaving the writer's calls (`try_write_with`, `try_write_up_to`, `try_write_batch`,
 //! `make_room`, `count_lost` + `try_write_after_gap`, `try_write_gap`,
 //! `try_write_end_of_stream`, `can_progress`, `prepare_to_sleep`, `done_sleeping`,
-//! `take_consumer_waiting`, `stats`, re-attaching) with the consumer's: honest reads, or
-//! hostile stores through the fuzzer's own mapping of the memfd: `read_pos` (anywhere in the
-//! u64 range, or near where it is, or near 2^64), `messages_read`, the waiting flags, the
-//! dropped and evicted words, the producer's own counters, any header word, data bytes.
+//! `take_consumer_waiting`, `stats`, re-attaching) with the consumer's: honest reads, sleeping
+//! (`prepare_to_sleep`, `done_sleeping`) and re-attaching, or
+//! hostile stores through the fuzzer's own mapping of what a consumer can write: `read_pos`
+//! (anywhere in the u64 range, or near where it is, or near 2^64), `messages_read`, its
+//! waiting flag, and in layouts 1 and 2 (one memfd) also the producer's waiting flag, the
+//! dropped and evicted words, the producer's own counters, any header word, data bytes; in
+//! layout 3 any word or bytes of its ack page (the ring memfd it can only read).
 //!
 //! Checks:
 //! * the writer never panics and returns only `Ok(..)`, `Err(RingError::Corrupt(..))`, or
 //!   `TooLarge` exactly when the message is larger than `max_message_len` (`Rejected` too when
 //!   re-attaching to a ring whose identity was scribbled on);
-//! * the writer changes no header word but its own (the producer line, the two waiting
-//!   flags): a store anywhere else (the consumer's position, the identity) would be a wild
+//! * the writer changes no header word but its own (the producer line and the waiting flags:
+//!   both in layouts 1 and 2, its own in layout 3) and nothing in the ack page, and the honest
+//!   reader nothing but the consumer line and its flag (layouts 1 and 2: in the header, with
+//!   the producer's flag it clears on a wake-up; layout 3: in the ack page, nothing in the ring
+//!   memfd); a store anywhere else (the consumer's position, the identity) would be a wild
 //!   write; the slices `fill` gets are exactly the length asked for;
 //! * `stats().bytes_unread` never exceeds the capacity;
+//! * while the consumer behaves, one wake-up per sleep each way: `take_consumer_waiting` is true
+//!   exactly when the reader announced a sleep the writer has not woken yet, and
+//!   `take_producer_waiting` exactly when the reader released space since it last looked while
+//!   the writer sleeps unwoken, across re-attaches of either side (the broker clears the
+//!   waiting flag of the side that left; a side that attaches anew must be woken on its first
+//!   sleep, and a new waker wakes a layout-3 sleeper once more);
 //! * as long as the consumer has only behaved, the honest reader receives exactly what the
 //!   writer said it wrote, in order (loss counts included), and the writer reports no error.
 //!
-//! Input: an 8-byte starting position (bit 3: layout 1 if set, else 2; bits 0-1: 0 and 1 below
+//! Input: an 8-byte starting position (bit 3: layout 1 if set, else bit 2: 3 if set, 2 if
+//! clear; bits 0-1: 0 and 1 below
 //! 2^62, 2 within a few laps below `MAX_POSITION`, 3 anywhere in the u64 range), then
 //! operations of one opcode byte and its operands (little-endian; missing bytes read as 0).
 //! `make_seeds.py` writes well-formed examples.
@@ -31,11 +47,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use shmem_broker_client::ring::{
-    BatchOutcome, ReadOutcome, RingError, RingFds, RingReader, RingWriter, SharedRing, HEADER_SIZE,
-    MAX_POSITION,
+    BatchOutcome, ReadOutcome, RingError, RingFds, RingFiles, RingReader, RingWriter, SharedRing,
+    ACK_SIZE, HEADER_SIZE, MAX_POSITION,
 };
+use shmem_broker_client::Role;
 use std::collections::VecDeque;
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -43,7 +59,8 @@ use std::sync::{Mutex, OnceLock};
 const CAPACITY: u64 = 4096;
 const MAP_LEN: usize = (HEADER_SIZE + CAPACITY) as usize;
 
-// Header layout, PROTOCOL.md "The ring (layout 2)".
+// Header layout, PROTOCOL.md "The ring" (layouts 1 and 2; layout 3 moves the consumer's line
+// and flag to the ack page).
 const MAGIC_AT: usize = 0;
 const LAYOUT_AT: usize = 8;
 const CAPACITY_AT: usize = 16;
@@ -55,8 +72,25 @@ const READ_POS_AT: usize = 128;
 const HOSTILE_WORDS: [usize; 9] = [24, 64, 72, 80, 88, 136, 192, 256, 8];
 /// Header bytes the writer may change: the producer line and the two waiting flags.
 const WRITER_OWNS: [(usize, usize); 3] = [(64, 96), (192, 196), (256, 260)];
-/// Header bytes the reader may change: the consumer line and the producer's waiting flag.
-const READER_OWNS: [(usize, usize); 2] = [(128, 144), (256, 260)];
+/// Header bytes the reader may change: the consumer line and the two waiting flags (its own,
+/// and the producer's, which it clears on a wake-up).
+const READER_OWNS: [(usize, usize); 3] = [(128, 144), (192, 196), (256, 260)];
+const CONSUMER_WAITING_AT: usize = 192;
+const PRODUCER_WAITING_AT: usize = 256;
+// Layout 3: the ack page holds the consumer's line and flag, which the writer only reads, and
+// a waker goes by tickets instead of clearing the sleeper's flag.
+const ACK_READ_POS_AT: usize = 0;
+const ACK_CONSUMER_WAITING_AT: usize = 64;
+/// The words of the ack page a hostile consumer scribbles on: `read_pos`, `messages_read`,
+/// `consumer_waiting` (as a u64 word).
+const ACK_HOSTILE_WORDS: [usize; 3] = [0, 8, 64];
+/// Header bytes the writer may change in layout 3: the producer line and its waiting flag.
+const WRITER_OWNS_3: [(usize, usize); 2] = [(64, 96), (256, 260)];
+/// Ack bytes the reader may change in layout 3: the consumer line and its waiting flag.
+const READER_OWNS_ACK_3: [(usize, usize); 2] = [(0, 16), (64, 68)];
+
+/// A byte range: start, end (exclusive).
+type Range = (usize, usize);
 
 /// The first byte outside the `allowed` ranges (sorted) that differs between two copies of the
 /// header. Compares slices (a memcmp), not bytes one by one: this runs after every call.
@@ -76,10 +110,15 @@ fn changed_outside(before: &[u8], after: &[u8], allowed: &[(usize, usize)]) -> O
 }
 
 /// The ring, created once per process and wiped before every input, and the fuzzer's own
-/// mapping of it (the "consumer process").
+/// mappings of it.
 struct Fixture {
-    memfd: File,
+    /// The ring memfd and the ack page, as the broker holds them.
+    files: RingFiles,
+    /// The ring memfd, writable: the hostile consumer's in layouts 1 and 2; in layout 3 only
+    /// `reset` (the broker setting up a fresh ring) writes through it, and the checks read it.
     raw: *mut u8,
+    /// The ack page, writable: the hostile consumer's in layout 3.
+    ack: *mut u8,
 }
 
 // SAFETY: used from the fuzzing thread only (behind a Mutex); the raw pointer is a MAP_SHARED
@@ -89,28 +128,33 @@ unsafe impl Send for Fixture {}
 fn fixture() -> &'static Mutex<Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let (ring, memfd) = SharedRing::create("fuzz-writer", CAPACITY).expect("create ring");
+        // A layout-3 ring; `reset` rewrites the header to the layout an input picks (layouts 1
+        // and 2 then use the ring memfd alone, as their brokers did).
+        let (ring, files) = SharedRing::create("fuzz-writer", CAPACITY).expect("create ring");
         drop(ring);
-        // Layouts 1 and 2 (one memfd) are fuzzed here: `reset` rewrites the header to them, and
-        // the ack page the broker would give a layout-3 ring is left out.
-        let memfd = memfd.ring.into_file();
-        // SAFETY: mapping a memfd of exactly MAP_LEN bytes (sealed against shrinking).
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MAP_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                memfd.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(raw, libc::MAP_FAILED, "mmap");
-        Mutex::new(Fixture {
-            memfd,
-            raw: raw.cast(),
-        })
+        let broker = files.share(None).expect("broker fds");
+        let raw = map(&broker.ring, MAP_LEN);
+        let ack = map(broker.ack.as_ref().expect("layout 3"), ACK_SIZE as usize);
+        Mutex::new(Fixture { files, raw, ack })
     })
+}
+
+/// Maps `len` bytes of `fd` shared and writable; the mapping lives for the whole process.
+fn map(fd: &OwnedFd, len: usize) -> *mut u8 {
+    // SAFETY: a new mapping where the kernel likes of a memfd of at least `len` bytes (sealed
+    // against shrinking); nothing is replaced.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(raw, libc::MAP_FAILED, "mmap");
+    raw.cast()
 }
 
 impl Fixture {
@@ -133,18 +177,61 @@ impl Fixture {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.raw.add(offset), n) }
     }
 
-    /// A copy of the header page, to check what a writer call changed.
-    fn header(&self) -> Vec<u8> {
-        // SAFETY: the first HEADER_SIZE bytes of the mapping; nothing writes them while this
-        // copies (the writer and reader only run inside their calls, on this thread).
-        unsafe { std::slice::from_raw_parts(self.raw, HEADER_SIZE as usize) }.to_vec()
+    fn ack_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= ACK_SIZE as usize);
+        // SAFETY: in bounds and aligned (the mapping is page aligned).
+        unsafe { &*(self.ack.add(offset) as *const AtomicU64) }
+    }
+
+    fn write_ack_bytes(&self, offset: usize, bytes: &[u8]) {
+        let size = ACK_SIZE as usize;
+        let n = bytes.len().min(size - offset.min(size));
+        // SAFETY: [offset, offset + n) is inside the ack mapping; the writer and reader of this
+        // process hold no reference into it between their calls.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ack.add(offset), n) }
+    }
+
+    /// The consumer's waiting flag in `layout`.
+    fn consumer_waiting(&self, layout: u32) -> &AtomicU32 {
+        if layout == 3 {
+            assert!(ACK_CONSUMER_WAITING_AT + 4 <= ACK_SIZE as usize);
+            // SAFETY: in bounds and aligned (the mapping is page aligned).
+            unsafe { &*(self.ack.add(ACK_CONSUMER_WAITING_AT) as *const AtomicU32) }
+        } else {
+            self.u32_at(CONSUMER_WAITING_AT)
+        }
+    }
+
+    /// The consumer's `read_pos` in `layout`.
+    fn read_pos(&self, layout: u32) -> &AtomicU64 {
+        if layout == 3 {
+            self.ack_u64(ACK_READ_POS_AT)
+        } else {
+            self.u64_at(READ_POS_AT)
+        }
+    }
+
+    /// A copy of the header page and of the ack page, to check what a call changed.
+    fn snapshot(&self) -> (Vec<u8>, Vec<u8>) {
+        // SAFETY: the first HEADER_SIZE bytes of the ring mapping and the whole ack mapping;
+        // nothing writes them while this copies (the writer and reader only run inside their
+        // calls, on this thread).
+        unsafe {
+            (
+                std::slice::from_raw_parts(self.raw, HEADER_SIZE as usize).to_vec(),
+                std::slice::from_raw_parts(self.ack, ACK_SIZE as usize).to_vec(),
+            )
+        }
     }
 
     /// Back to a freshly created ring in layout `layout` whose positions both stand at
     /// `start`.
     fn reset(&self, start: u64, layout: u32, seal_key: u64) {
-        // SAFETY: the whole mapping is ours to write; no writer or reader exists right now.
-        unsafe { std::ptr::write_bytes(self.raw, 0, MAP_LEN) };
+        // SAFETY: the whole mappings are ours to write; no writer or reader exists right now.
+        unsafe {
+            std::ptr::write_bytes(self.raw, 0, MAP_LEN);
+            std::ptr::write_bytes(self.ack, 0, ACK_SIZE as usize);
+        }
         self.u64_at(MAGIC_AT)
             .store(u64::from_le_bytes(*b"SHMRING1"), Ordering::Relaxed);
         self.u32_at(LAYOUT_AT).store(layout, Ordering::Relaxed);
@@ -153,12 +240,21 @@ impl Fixture {
         }
         self.u64_at(CAPACITY_AT).store(CAPACITY, Ordering::Relaxed);
         self.u64_at(WRITE_POS_AT).store(start, Ordering::Relaxed);
-        self.u64_at(READ_POS_AT).store(start, Ordering::Relaxed);
+        self.read_pos(layout).store(start, Ordering::Relaxed);
     }
 
-    fn open(&self) -> Result<SharedRing, RingError> {
-        let fd = OwnedFd::from(self.memfd.try_clone().expect("dup"));
-        SharedRing::open(RingFds { ring: fd, ack: None }, CAPACITY)
+    /// Maps the ring with the fds the broker gives `role` (layout 3: the other side's memfd
+    /// read-only; layouts 1 and 2: a dup of the one memfd).
+    fn open(&self, layout: u32, role: Role) -> Result<SharedRing, RingError> {
+        let fds = if layout == 3 {
+            self.files.share(Some(role)).expect("fds of a side")
+        } else {
+            RingFds {
+                ring: OwnedFd::from(self.files.ring.as_file().try_clone().expect("dup")),
+                ack: None,
+            }
+        };
+        SharedRing::open(fds, CAPACITY)
     }
 }
 
@@ -218,6 +314,14 @@ struct State {
     lost: u64,
     /// Losses earlier readers read (a re-attached reader counts from 0).
     missed_before: u64,
+    /// The honest reader announced a sleep (its flag is up), and whether the writer woke it.
+    consumer_asleep: bool,
+    consumer_woken: bool,
+    /// The writer announced a sleep, and whether the reader woke it.
+    producer_asleep: bool,
+    producer_woken: bool,
+    /// The reader released space since its last `take_producer_waiting`.
+    freed: bool,
 }
 
 impl State {
@@ -299,7 +403,11 @@ fuzz_target!(|data: &[u8]| {
     let mut script = Script { data, at: 0 };
 
     let first = script.u64();
-    let (layout, unit) = if first & 8 != 0 { (1, 8) } else { (2, 16) };
+    let (layout, unit) = match first & 12 {
+        8 | 12 => (1, 8),
+        4 => (3, 16),
+        _ => (2, 16),
+    };
     let start = match first & 3 {
         0 | 1 => first % (1 << 62),
         2 => MAX_POSITION - (first >> 4) % (4 * CAPACITY),
@@ -307,12 +415,18 @@ fuzz_target!(|data: &[u8]| {
     } & !(unit - 1);
     fixture.reset(start, layout, first.rotate_left(17) & !1);
     let clean = start <= MAX_POSITION;
-    let attach_writer = |clean: bool| match fixture.open().and_then(RingWriter::new) {
+    let attach_writer = |clean: bool| match fixture
+        .open(layout, Role::Producer)
+        .and_then(RingWriter::new)
+    {
         Ok(writer) => Some(writer),
         Err(RingError::Corrupt(_) | RingError::Rejected(_)) if !clean => None,
         Err(err) => panic!("writer attach (clean: {clean}): {err:?}"),
     };
-    let attach_reader = |clean: bool| match fixture.open().and_then(RingReader::new) {
+    let attach_reader = |clean: bool| match fixture
+        .open(layout, Role::Consumer)
+        .and_then(RingReader::new)
+    {
         Ok(reader) => Some(reader),
         Err(RingError::Corrupt(_) | RingError::Rejected(_)) if !clean => None,
         Err(err) => panic!("reader attach (clean: {clean}): {err:?}"),
@@ -325,6 +439,11 @@ fuzz_target!(|data: &[u8]| {
         sequence: 0,
         lost: 0,
         missed_before: 0,
+        consumer_asleep: false,
+        consumer_woken: false,
+        producer_asleep: false,
+        producer_woken: false,
+        freed: false,
     };
     let max = state
         .writer
@@ -337,7 +456,7 @@ fuzz_target!(|data: &[u8]| {
     while !script.done() && steps < 512 {
         steps += 1;
         let op = script.u8() % 16;
-        let before = fixture.header();
+        let before = fixture.snapshot();
         match op {
             // Writer calls.
             0..=2 => {
@@ -460,11 +579,28 @@ fuzz_target!(|data: &[u8]| {
                     }
                     1 => {
                         let result = writer.prepare_to_sleep(len);
-                        state.check(result, false, "prepare_to_sleep");
+                        if let Some(sleep) = state.check(result, false, "prepare_to_sleep") {
+                            state.producer_asleep = sleep;
+                            state.producer_woken = false;
+                        }
                     }
-                    2 => writer.done_sleeping(),
+                    2 => {
+                        writer.done_sleeping();
+                        state.producer_asleep = false;
+                    }
                     3 => {
-                        let _ = writer.take_consumer_waiting();
+                        // Exactly one wake-up per sleep of the consumer.
+                        let woke = writer.take_consumer_waiting();
+                        if state.clean {
+                            assert_eq!(
+                                woke,
+                                state.consumer_asleep && !state.consumer_woken,
+                                "take_consumer_waiting (consumer asleep: {}, woken: {})",
+                                state.consumer_asleep,
+                                state.consumer_woken
+                            );
+                        }
+                        state.consumer_woken |= woke;
                     }
                     _ => {
                         let stats = writer.ring().stats();
@@ -477,8 +613,23 @@ fuzz_target!(|data: &[u8]| {
                 let Some(reader) = state.reader.as_mut() else {
                     continue;
                 };
+                let before = reader.position();
                 let outcome = reader.try_read_into(&mut out);
-                let _ = reader.take_producer_waiting();
+                // Exactly one wake-up per sleep of the producer, on the first read that
+                // released space (this one or a batch since the last look).
+                let freed = state.freed || reader.position() != before;
+                let woke = reader.take_producer_waiting();
+                if state.clean {
+                    assert_eq!(
+                        woke,
+                        freed && state.producer_asleep && !state.producer_woken,
+                        "take_producer_waiting (freed: {freed}, producer asleep: {}, woken: {})",
+                        state.producer_asleep,
+                        state.producer_woken
+                    );
+                }
+                state.producer_woken |= woke;
+                state.freed = false;
                 check_read(&mut state, outcome, &out, true, true);
             }
             11 => {
@@ -487,7 +638,9 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let mut got = Vec::new();
+                let before = reader.position();
                 let outcome = reader.try_read_batch(limit, &mut scratch, |m| got.push(m.to_vec()));
+                state.freed |= reader.position() != before;
                 match outcome {
                     Ok(BatchOutcome::Messages(n)) => {
                         assert_eq!(n, got.len());
@@ -506,24 +659,64 @@ fuzz_target!(|data: &[u8]| {
                     Err(err) => check_read(&mut state, Err(err), &[], true, true),
                 }
             }
-            // Either side detaches and comes back.
-            12 => {
-                if script.u8().is_multiple_of(2) {
+            // Either side detaches and comes back (the broker clears the waiting flag of the
+            // side that left, as `SharedRing::clear_waiter` does), or the reader sleeps.
+            12 => match script.u8() % 4 {
+                0 => {
                     state.writer = None;
+                    fixture
+                        .u32_at(PRODUCER_WAITING_AT)
+                        .store(0, Ordering::SeqCst);
+                    state.producer_asleep = false;
+                    // A new writer has woken nothing yet: in layout 3 it wakes a consumer
+                    // asleep on a ticket once more (layouts 1 and 2: the flag is down once
+                    // woken).
+                    state.consumer_woken &= layout != 3;
                     state.writer = attach_writer(state.clean);
-                } else {
+                    continue;
+                }
+                1 => {
                     let old = state.reader.take();
                     state.missed_before += old.as_ref().map_or(0, RingReader::missed);
                     drop(old);
+                    fixture.consumer_waiting(layout).store(0, Ordering::SeqCst);
+                    state.consumer_asleep = false;
+                    state.freed = false;
+                    state.producer_woken &= layout != 3;
                     state.reader = attach_reader(state.clean);
+                    continue;
                 }
-                continue;
-            }
+                2 => {
+                    let Some(reader) = state.reader.as_mut() else {
+                        continue;
+                    };
+                    match reader.prepare_to_sleep() {
+                        Ok(sleep) => {
+                            assert!(
+                                !(sleep && state.clean && !state.expected.is_empty()),
+                                "the reader would sleep with {:?} unread",
+                                state.expected
+                            );
+                            state.consumer_asleep = sleep;
+                            state.consumer_woken = false;
+                        }
+                        Err(RingError::Corrupt(_)) if !state.clean => {}
+                        Err(err) => panic!("reader prepare_to_sleep: {err:?}"),
+                    }
+                }
+                _ => {
+                    let Some(reader) = state.reader.as_mut() else {
+                        continue;
+                    };
+                    reader.done_sleeping();
+                    state.consumer_asleep = false;
+                }
+            },
             // From here on, hostile.
             13 => {
                 state.clean = false;
                 let value = script.u64();
-                let read_pos = fixture.u64_at(READ_POS_AT).load(Ordering::Relaxed);
+                let read_pos = fixture.read_pos(layout).load(Ordering::Relaxed);
                 let write_pos = fixture.u64_at(WRITE_POS_AT).load(Ordering::Relaxed);
                 let position = match script.u8() % 6 {
                     0 => value,
@@ -533,15 +726,23 @@ fuzz_target!(|data: &[u8]| {
                     4 => MAX_POSITION.wrapping_add(value % 64).wrapping_sub(32),
                     _ => read_pos.wrapping_add(value % (2 * CAPACITY)),
                 };
-                fixture
-                    .u64_at(READ_POS_AT)
-                    .store(position, Ordering::SeqCst);
+                fixture.read_pos(layout).store(position, Ordering::SeqCst);
                 continue;
             }
             14 => {
                 state.clean = false;
                 let pick = usize::from(script.u8());
                 let value = script.u64();
+                if layout == 3 {
+                    // What the consumer can write: its ack page.
+                    let offset = if pick < 200 {
+                        ACK_HOSTILE_WORDS[pick % ACK_HOSTILE_WORDS.len()]
+                    } else {
+                        (pick * 8) % ACK_SIZE as usize
+                    };
+                    fixture.ack_u64(offset).store(value, Ordering::SeqCst);
+                    continue;
+                }
                 let offset = if pick < 200 {
                     HOSTILE_WORDS[pick % HOSTILE_WORDS.len()]
                 } else {
@@ -555,18 +756,35 @@ fuzz_target!(|data: &[u8]| {
                 let offset = usize::from(script.u16()) % CAPACITY as usize;
                 let n = usize::from(script.u8() % 32);
                 let bytes: Vec<u8> = (0..n).map(|_| script.u8()).collect();
-                fixture.write_bytes(HEADER_SIZE as usize + offset, &bytes);
+                if layout == 3 {
+                    // The data area is the producer's: bytes of the ack page instead.
+                    fixture.write_ack_bytes(offset % ACK_SIZE as usize, &bytes);
+                } else {
+                    fixture.write_bytes(HEADER_SIZE as usize + offset, &bytes);
+                }
                 continue;
             }
         }
-        // Only the writer's own header words may have changed (the reader calls above
-        // write the consumer line: they are checked against their own words).
-        let after = fixture.header();
-        let allowed: &[(usize, usize)] = if op >= 10 { &READER_OWNS } else { &WRITER_OWNS };
-        if let Some(at) = changed_outside(&before, &after, allowed) {
+        // Only the writer's own words may have changed (the reader calls above write the
+        // consumer's: they are checked against their own words). In layouts 1 and 2 the ack
+        // page is not part of the ring: nobody may change it.
+        let after = fixture.snapshot();
+        let (header_allowed, ack_allowed): (&[Range], &[Range]) = match (layout, op >= 10) {
+            (3, false) => (&WRITER_OWNS_3, &[]),
+            (3, true) => (&[], &READER_OWNS_ACK_3),
+            (_, false) => (&WRITER_OWNS, &[]),
+            (_, true) => (&READER_OWNS, &[]),
+        };
+        if let Some(at) = changed_outside(&before.0, &after.0, header_allowed) {
             panic!(
                 "operation {op} changed header byte {at}: {:#x} -> {:#x}",
-                before[at], after[at]
+                before.0[at], after.0[at]
+            );
+        }
+        if let Some(at) = changed_outside(&before.1, &after.1, ack_allowed) {
+            panic!(
+                "operation {op} changed ack byte {at}: {:#x} -> {:#x}",
+                before.1[at], after.1[at]
             );
         }
         // An honest ring that went past MAX_POSITION (after 2^64 - 2^42 bytes) is reported

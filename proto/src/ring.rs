@@ -45,6 +45,9 @@
 //! number that changes with every sleep and is never 0, and clears it when it wakes; the waker
 //! writes the eventfd when it sees a ticket it has not woken yet (`handshake::take_ticket`).
 //! A sleeper always stores fresh tickets, which a layout-2 peer reads as a plain "waiting".
+//! The waker's memory of the ticket it woke last outlives the sleeper's attachment, so each new
+//! reader or writer starts its tickets at a random number: one that started at 1 like its
+//! predecessor would sleep on the ticket already woken, and stay asleep.
 //! Positions are 64-bit byte counters that only grow; the offset in the data area is
 //! `pos % capacity`. Unread bytes are `write_pos - read_pos`, never more than `capacity`, and
 //! no position exceeds [`MAX_POSITION`] (so that no sum with one wraps).
@@ -275,6 +278,18 @@ impl FrameFormat {
         // Positions stay below MAX_POSITION; wrapping keeps even a stray one from panicking.
         self.seal_key.map(|key| pos.wrapping_add(1) ^ key)
     }
+}
+
+/// Where a new reader's or writer's sleep tickets start (its first is the next one): a random
+/// number, not a fixed one. A waker remembers the ticket it woke last for as long as it stays
+/// attached, across the sleeper's detach, so a side attaching anew whose tickets started where
+/// its predecessor's did would sleep on that very ticket and never be woken (see the module
+/// docs). A clash is left to chance: 1 in 2^32 per attach (and a blocking receive or send
+/// sleeps at most a second).
+fn first_ticket() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    // Each RandomState has new random keys; the low half of the hash is as random as the rest.
+    RandomState::new().hash_one(std::process::id()) as u32
 }
 
 /// A random seal key. Even, so that no seal ((pos + 1) ^ key, pos a multiple of 16) is 0,
@@ -844,7 +859,7 @@ impl RingWriter {
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
             messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
             woken_ticket: 0,
-            sleep_ticket: 0,
+            sleep_ticket: first_ticket(),
             ring,
         })
     }
@@ -1351,7 +1366,7 @@ impl RingReader {
             write_seen: write_pos,
             messages_read: consumer.messages_read.load(Ordering::Relaxed),
             woken_ticket: 0,
-            sleep_ticket: 0,
+            sleep_ticket: first_ticket(),
             missed: 0,
             published_pos: read_pos,
             freed: false,
@@ -2286,6 +2301,70 @@ mod tests {
             ReadOutcome::Message
         );
         assert_eq!(out, vec![2u8; 3500]);
+    }
+
+    /// Layout 3 wakes by tickets: a waker remembers the ticket it last woke. A side that
+    /// attaches anew (a new `RingReader` or `RingWriter` on the same ring) must not sleep on
+    /// that same ticket, or the waker takes it for a sleep already woken and never wakes it.
+    #[test]
+    fn a_consumer_that_attaches_anew_is_woken_on_its_first_sleep() {
+        let (mut w, mut r, memfd) = pair(4096);
+        let mut out = Vec::new();
+        assert!(r.prepare_to_sleep().expect("prepare"), "empty: sleep");
+        assert!(write(&mut w, b"one"));
+        assert!(w.take_consumer_waiting(), "the first consumer is woken");
+        r.done_sleeping();
+        assert_eq!(
+            read_settled(&mut r, &mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        drop(r);
+        // The next consumer (the producer wrote nothing meanwhile, so it never saw the flag
+        // down) sleeps, and the producer writes.
+        let open = memfd.share(Some(Role::Consumer)).expect("share");
+        let mut r = RingReader::new(SharedRing::open(open, 4096).expect("open")).expect("reader");
+        assert!(r.prepare_to_sleep().expect("prepare"), "empty: sleep");
+        assert!(write(&mut w, b"two"));
+        assert!(
+            w.take_consumer_waiting(),
+            "the new consumer sleeps and data came: it must be woken"
+        );
+    }
+
+    #[test]
+    fn a_producer_that_attaches_anew_is_woken_on_its_first_sleep() {
+        let (mut w, mut r, memfd) = pair(4096);
+        let mut out = Vec::new();
+        // Wrap the ring: a 3000-byte message read, then 1000 and (after padding) 2000 unread,
+        // so that 1000 bytes are free, not enough for the next 2000.
+        assert!(write(&mut w, &[1u8; 3000]));
+        assert_eq!(
+            read_settled(&mut r, &mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(write(&mut w, &[2u8; 1000]));
+        assert!(write(&mut w, &[3u8; 2000]));
+        assert!(w.prepare_to_sleep(2000).expect("prepare"), "full: sleep");
+        assert_eq!(
+            read_settled(&mut r, &mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(r.take_producer_waiting(), "the first producer is woken");
+        w.done_sleeping();
+        drop(w);
+        // The next producer (the consumer freed nothing meanwhile, so it never saw the flag
+        // down) waits for more room than there is, and the consumer frees some.
+        let open = memfd.share(Some(Role::Producer)).expect("share");
+        let mut w = RingWriter::new(SharedRing::open(open, 4096).expect("open")).expect("writer");
+        assert!(w.prepare_to_sleep(3000).expect("prepare"), "full: sleep");
+        assert_eq!(
+            read_settled(&mut r, &mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(
+            r.take_producer_waiting(),
+            "the new producer sleeps and room came: it must be woken"
+        );
     }
 }
 
