@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use slog::{crit, Level};
 
-use shmem_broker_daemon::config::{Config, LogFormat};
+use shmem_broker_daemon::config::{parse_level, Config, LogFormat};
 use shmem_broker_daemon::fdstore::FdStore;
 use shmem_broker_daemon::listener::ControlSocket;
 use shmem_broker_daemon::logging::PeerLogBudget;
@@ -31,25 +31,12 @@ struct Args {
     /// Validate the config, print the problem if any, and exit (1 if invalid, 0 if fine)
     #[arg(long)]
     check_config: bool,
-    /// Lowest level logged: trace, debug, info, warn, error [default: the config's, else info]
+    /// Lowest level logged: trace, debug, info, warn, error, critical [default: the config's, else info]
     #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
     log_level: Option<Level>,
     /// term (human) or json (one object per line) [default: the config's, else term]
     #[arg(long, value_name = "FORMAT", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<LogFormat>()))]
     log_format: Option<LogFormat>,
-}
-
-fn parse_level(text: &str) -> Result<Level, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "trace" => Ok(Level::Trace),
-        "debug" => Ok(Level::Debug),
-        "info" => Ok(Level::Info),
-        "warn" | "warning" => Ok(Level::Warning),
-        "error" => Ok(Level::Error),
-        _ => Err(format!(
-            "unknown log level {text:?} (use trace, debug, info, warn, error)"
-        )),
-    }
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,117 @@
+//! Taking in connections: accepting them, reading who the peer is, and refusing it (with an
+//! error it can read) when its uid's quota, the closer's backlog or the fd limit says no.
+
+use std::io;
+use std::os::fd::AsFd;
+
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use shmem_broker_client::wire::{ErrorCode, Reply};
+use slog::{debug, warn};
+
+use super::{Server, PENDING_CLOSE_PER_UID};
+use crate::listener::refuse_passed_fds;
+use crate::peer::PeerCredentials;
+use crate::session::{Session, SCM_MAX_FD};
+
+/// Fds the broker holds besides clients and channels (epoll, listener, signal pipe, std streams).
+const FIXED_FDS: usize = 16;
+/// Fds kept free for attaches in flight, the fd store's metadata memfds, and one `recvmsg`
+/// full of fds a client sends uninvited on a kernel without `SO_PASSRIGHTS` (if they did not
+/// fit the fd table, the kernel would drop the rest in this thread: see `closer`).
+const FD_RESERVE: usize = 64 + SCM_MAX_FD;
+
+/// RLIMIT_NOFILE as it is now (the launcher raised it to the hard limit).
+pub(super) fn fd_limit() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+impl Server {
+    /// Accepts every connection waiting in the backlog.
+    pub(super) fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // EMFILE/ENFILE: the connection stays in the backlog; try again when a
+                    // client leaves and frees an fd, instead of spinning on it now.
+                    warn!(self.log, "cannot accept connection"; "error" => %err);
+                    self.accept_paused = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: UnixStream) {
+        // Accepted sockets inherit this from the listener (Linux 6.16+); set it again in case
+        // the listener could not take it. The result does not matter: where it fails, fds
+        // already queued or sent later are handed to the closer like on older kernels.
+        let _ = refuse_passed_fds(stream.as_fd());
+        let peer = match PeerCredentials::of(stream.as_fd()) {
+            Ok(peer) => peer,
+            Err(err) => {
+                warn!(self.log, "cannot read peer credentials; closing"; "error" => %err);
+                self.closer.discard(u32::MAX, 1, stream);
+                return;
+            }
+        };
+        let id = self.next_session;
+        self.next_session += 1;
+        if let Err(message) = self.admit_check(peer.uid) {
+            warn!(self.log, "client refused"; "peer_pid" => peer.pid, "peer_uid" => peer.uid,
+                "reason" => &message);
+            let mut session = Session::new(id, stream, peer);
+            session.queue_reply(
+                0,
+                &Reply::failure(ErrorCode::LimitReached, message),
+                Vec::new(),
+            );
+            let _ = session.flush(); // best effort; the socket buffer of a new connection is empty
+            self.closer
+                .discard(session.peer.uid, session.held_fds(), session);
+            return;
+        }
+        if let Err(err) = self.poll.registry().register(
+            &mut stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(self.log, "cannot watch connection"; "error" => %err);
+            self.closer.discard(peer.uid, 1, stream);
+            return;
+        }
+        debug!(self.log, "client connected"; "session" => id, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+        self.sessions.insert(id, Session::new(id, stream, peer));
+        self.drive(id);
+    }
+
+    /// Quotas and the fd limit, checked before a connection is served.
+    fn admit_check(&self, uid: u32) -> Result<(), String> {
+        self.registry
+            .quotas()
+            .admit_client(uid, self.clients_of(uid), self.sessions.len())?;
+        let closing = self.closer.pending_of(uid);
+        if closing >= PENDING_CLOSE_PER_UID {
+            return Err(format!(
+                "{closing} file descriptors from uid {uid}'s earlier connections are still being closed (limit {PENDING_CLOSE_PER_UID}); try again later"
+            ));
+        }
+        // Each client holds one fd, each channel one or three, an attach three more for a
+        // moment; fds handed to the closer count until they are really closed.
+        let in_use =
+            FIXED_FDS + self.sessions.len() + self.registry.open_fds() + self.closer.pending();
+        if in_use + FD_RESERVE >= self.fd_limit {
+            return Err(format!(
+                "broker is out of file descriptors ({in_use} of {} in use); try again later",
+                self.fd_limit
+            ));
+        }
+        Ok(())
+    }
+}
