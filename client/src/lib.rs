@@ -35,6 +35,7 @@ mod producer;
 pub mod ring;
 pub mod size;
 pub mod wire;
+mod zero_copy;
 
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncConsumer, AsyncProducer};
@@ -43,4 +44,5 @@ pub use consumer::Consumer;
 pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;
 pub use ring::ReadItem;
+pub use zero_copy::{Loan, Sample};
 pub use wire::{ChannelInfo, ErrorCode, PeerInfo, Role, SlowConsumer, StatusInfo};
