@@ -110,8 +110,13 @@ impl<'a> Ours<'a> {
             _ => (Wait::Block, 0),
         };
         let budget = self.plan.throughput_ms;
+        let (produce, consume) = match series {
+            Series::OursRecvRef => (Role::Produce, Role::ConsumeRef),
+            Series::OursLoan => (Role::ProduceLoan, Role::ConsumeRef),
+            _ => (Role::Produce, Role::Consume),
+        };
         let mut producer = self.task(
-            Role::Produce,
+            produce,
             self.link(Some(&channel), None),
             size,
             wait,
@@ -119,7 +124,7 @@ impl<'a> Ours<'a> {
         );
         producer.batch = batch;
         let mut consumer = self.task(
-            Role::Consume,
+            consume,
             self.link(None, Some(&channel)),
             size,
             wait,

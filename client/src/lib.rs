@@ -4,7 +4,8 @@
 //! This crate owns everything both sides of the control socket agree on: the framed wire
 //! protocol ([`wire`]), passing fds with SCM_RIGHTS ([`fdpass`]), the shared ring layout
 //! (module `ring`) and control page (module `control`), channel names and sizes; and the API
-//! programs use: [`Client`], [`Producer`], [`Consumer`].
+//! programs use: [`Client`], [`Producer`], [`Consumer`], and their zero-copy paths [`Loan`]
+//! (a message written in place) and [`Sample`] (a message read in place).
 //!
 //! `ring` and `control` are public for the broker, the tests and the fuzz targets of this
 //! workspace only (hidden from the docs, no stable API). They are safe to use all the same:
