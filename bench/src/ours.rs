@@ -115,21 +115,9 @@ impl<'a> Ours<'a> {
             Series::OursLoan => (Role::ProduceLoan, Role::ConsumeRef),
             _ => (Role::Produce, Role::Consume),
         };
-        let mut producer = self.task(
-            produce,
-            self.link(Some(&channel), None),
-            size,
-            wait,
-            budget,
-        );
+        let mut producer = self.task(produce, self.link(Some(&channel), None), size, wait, budget);
         producer.batch = batch;
-        let mut consumer = self.task(
-            consume,
-            self.link(None, Some(&channel)),
-            size,
-            wait,
-            budget,
-        );
+        let mut consumer = self.task(consume, self.link(None, Some(&channel)), size, wait, budget);
         // The consumer hands up to 4 producer batches at a time to its callback.
         consumer.batch = batch * 4;
         let label = format!("{} {size} B", series.short());

@@ -51,11 +51,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sample.copy_to(&mut head);
         let seq = u64::from_le_bytes(head);
         if seq != received || sample.len() != MESSAGE_LEN || sample.get(9) != Some(seq as u8) {
-            return Err(format!("message {received} arrived as {seq} ({} bytes)", sample.len()).into());
+            return Err(format!(
+                "message {received} arrived as {seq} ({} bytes)",
+                sample.len()
+            )
+            .into());
         }
         received += 1;
     }
-    writer.join().map_err(|_| "the producer thread panicked")??;
+    writer
+        .join()
+        .map_err(|_| "the producer thread panicked")??;
     println!("sent and received {received} messages in place");
     client.drop_channel("zero-copy-example")?;
     Ok(())

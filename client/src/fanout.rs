@@ -287,8 +287,8 @@ impl FanoutWriter {
                 return Ok(Some(FanoutLoan::Scratch));
             }
             let peer = &mut self.members.peers[0];
-            let reserved =
-                isolate_fault(peer, |w| w.try_reserve(len)).map_err(Self::ring_error(attachment))?;
+            let reserved = isolate_fault(peer, |w| w.try_reserve(len))
+                .map_err(Self::ring_error(attachment))?;
             // Padding may have been published: a consumer asleep must come and pass it.
             if peer.end.take_consumer_waiting() {
                 peer.wake();

@@ -45,5 +45,5 @@ pub use consumer::Consumer;
 pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;
 pub use ring::ReadItem;
-pub use zero_copy::{Loan, Sample};
 pub use wire::{ChannelInfo, ErrorCode, PeerInfo, Role, SlowConsumer, StatusInfo};
+pub use zero_copy::{Loan, Sample};
