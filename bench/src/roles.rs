@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::now_ns;
-use crate::transport::{Rx, Tx};
+use crate::transport::{Rx, Stamps, Tx};
 
 /// What a worker reports back. Times are CLOCK_MONOTONIC nanoseconds, comparable across the
 /// two processes.
@@ -203,7 +203,7 @@ pub fn produce_loaned(tx: &mut impl Tx, size: usize, budget_ns: u64) -> Result<O
 pub fn consume_ref(rx: &mut impl Rx, size: usize) -> Result<Outcome> {
     let mut expected = 0u64;
     let mut start = None;
-    while let Some((len, head, tail)) = rx.recv_stamps()? {
+    while let Some(Stamps { len, head, tail }) = rx.recv_stamps()? {
         start.get_or_insert_with(now_ns);
         if len != size {
             bail!("message {expected}: got {len} bytes, expected {size}");

@@ -33,14 +33,21 @@ pub trait Tx {
     }
 }
 
+/// What a borrowed receive reads of a message: its length and its first and last 8 bytes.
+pub struct Stamps {
+    pub len: usize,
+    pub head: [u8; 8],
+    pub tail: [u8; 8],
+}
+
 pub trait Rx {
     /// The next message into `buf`; false at end of stream.
     fn recv(&mut self, buf: &mut Vec<u8>) -> Result<bool>;
     /// Up to `max` messages handed to `each`; `None` at end of stream.
     fn recv_batch(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> Result<Option<usize>>;
-    /// Borrowed receive of the next message, reading only its stamps: its length and the
-    /// first and last 8 bytes (the last only from 16 bytes); `None` at end of stream.
-    fn recv_stamps(&mut self) -> Result<Option<(usize, [u8; 8], [u8; 8])>> {
+    /// Borrowed receive of the next message, reading only its stamps (the last 8 bytes are
+    /// meaningful from 16 bytes on); `None` at end of stream.
+    fn recv_stamps(&mut self) -> Result<Option<Stamps>> {
         bail!("this transport has no borrowed receive")
     }
 }
@@ -128,14 +135,18 @@ impl Rx for ChannelRx {
         }
     }
 
-    fn recv_stamps(&mut self) -> Result<Option<(usize, [u8; 8], [u8; 8])>> {
+    fn recv_stamps(&mut self) -> Result<Option<Stamps>> {
         let Some(sample) = self.consumer.recv_ref().context("Consumer::recv_ref")? else {
             return Ok(None);
         };
         let (mut head, mut tail) = ([0; 8], [0; 8]);
         sample.copy_to(&mut head);
         sample.read_at(sample.len().saturating_sub(8), &mut tail);
-        Ok(Some((sample.len(), head, tail)))
+        Ok(Some(Stamps {
+            len: sample.len(),
+            head,
+            tail,
+        }))
     }
 }
 
