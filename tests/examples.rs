@@ -36,3 +36,14 @@ fn example_async_pipe_moves_thousands_of_messages() {
         "{stdout}"
     );
 }
+
+#[test]
+fn example_zero_copy_moves_thousands_of_messages_in_place() {
+    let broker = Broker::start(None);
+    let out = run_example(&broker, "zero_copy", &["3000"]);
+    let stdout = out.expect_success();
+    assert!(
+        stdout.contains("sent and received 3000 messages in place"),
+        "{stdout}"
+    );
+}

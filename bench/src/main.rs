@@ -344,6 +344,9 @@ fn data_section(
             if size <= Plan::BATCHED_MAX_SIZE {
                 series.push(Series::OursBatched);
             }
+            if Plan::ZERO_COPY_SIZES.contains(&size) {
+                series.extend([Series::OursRecvRef, Series::OursLoan]);
+            }
         }
         if peers.is_some() {
             series.extend([Series::Unix, Series::Pipe]);

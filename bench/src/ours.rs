@@ -110,21 +110,14 @@ impl<'a> Ours<'a> {
             _ => (Wait::Block, 0),
         };
         let budget = self.plan.throughput_ms;
-        let mut producer = self.task(
-            Role::Produce,
-            self.link(Some(&channel), None),
-            size,
-            wait,
-            budget,
-        );
+        let (produce, consume) = match series {
+            Series::OursRecvRef => (Role::Produce, Role::ConsumeRef),
+            Series::OursLoan => (Role::ProduceLoan, Role::ConsumeRef),
+            _ => (Role::Produce, Role::Consume),
+        };
+        let mut producer = self.task(produce, self.link(Some(&channel), None), size, wait, budget);
         producer.batch = batch;
-        let mut consumer = self.task(
-            Role::Consume,
-            self.link(None, Some(&channel)),
-            size,
-            wait,
-            budget,
-        );
+        let mut consumer = self.task(consume, self.link(None, Some(&channel)), size, wait, budget);
         // The consumer hands up to 4 producer batches at a time to its callback.
         consumer.batch = batch * 4;
         let label = format!("{} {size} B", series.short());

@@ -103,6 +103,10 @@ impl Plan {
 
     pub const BATCHED_MAX_SIZE: usize = 4 << 10;
 
+    /// Sizes the zero-copy series (borrowed receive, loan) are measured at, beside
+    /// send/recv_into: where a copy costs more than the call around it.
+    pub const ZERO_COPY_SIZES: [usize; 2] = [64 << 10, 1 << 20];
+
     /// Consumers of the fan-out measurement: the performance issue's 1 producer to 4.
     pub const FANOUT_CONSUMERS: usize = 4;
 

@@ -152,6 +152,8 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
         (Series::OursBlocking, OURS[0], Marker::Circle),
         (Series::OursSpin, OURS[1], Marker::Triangle),
         (Series::OursBatched, OURS[2], Marker::Cross),
+        (Series::OursRecvRef, OURS[1], Marker::Circle),
+        (Series::OursLoan, OURS[2], Marker::Circle),
         (Series::Unix, UNIX[0], Marker::Circle),
         (Series::UnixBuffered, UNIX[2], Marker::Cross),
         (Series::Pipe, PIPE[0], Marker::Circle),

@@ -66,10 +66,12 @@ fn yes_no(met: Option<bool>, quick: bool) -> &'static str {
     }
 }
 
-const TP_SERIES: [Series; 7] = [
+const TP_SERIES: [Series; 9] = [
     Series::OursBlocking,
     Series::OursSpin,
     Series::OursBatched,
+    Series::OursRecvRef,
+    Series::OursLoan,
     Series::Unix,
     Series::UnixBuffered,
     Series::Pipe,

@@ -16,6 +16,11 @@ pub enum Series {
     OursSpin,
     /// `Producer::send_batch` + `Consumer::recv_batch`.
     OursBatched,
+    /// `Producer::send` + `Consumer::recv_ref`, reading only the stamps (borrowed receive).
+    OursRecvRef,
+    /// `Producer::loan` writing only the stamps + `Consumer::recv_ref` reading only them:
+    /// zero-copy both ways.
+    OursLoan,
     /// Unix stream socketpair, one write(2)/read(2) per message.
     Unix,
     /// Unix stream socketpair through 64 KiB user-space buffers (BufWriter/BufReader).
@@ -32,6 +37,8 @@ impl Series {
             Series::OursBlocking => "shmem-broker send/recv_into",
             Series::OursSpin => "shmem-broker send/try_recv_into (busy-poll)",
             Series::OursBatched => "shmem-broker send_batch/recv_batch",
+            Series::OursRecvRef => "shmem-broker send/recv_ref (reads the stamps only)",
+            Series::OursLoan => "shmem-broker loan/recv_ref (stamps written and read in place)",
             Series::Unix => "Unix socket",
             Series::UnixBuffered => "Unix socket, 64 KiB buffered",
             Series::Pipe => "pipe",
@@ -44,6 +51,8 @@ impl Series {
             Series::OursBlocking => "ours",
             Series::OursSpin => "ours busy-poll",
             Series::OursBatched => "ours batched",
+            Series::OursRecvRef => "ours recv_ref",
+            Series::OursLoan => "ours loan",
             Series::Unix => "unix",
             Series::UnixBuffered => "unix buffered",
             Series::Pipe => "pipe",

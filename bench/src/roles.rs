@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::now_ns;
-use crate::transport::{Rx, Tx};
+use crate::transport::{Rx, Stamps, Tx};
 
 /// What a worker reports back. Times are CLOCK_MONOTONIC nanoseconds, comparable across the
 /// two processes.
@@ -40,7 +40,7 @@ fn message(size: usize) -> Vec<u8> {
 /// Messages this long carry the stamp at both ends.
 const TAIL_STAMP_MIN: usize = 16;
 
-fn stamp(buf: &mut [u8], value: u64) {
+pub fn stamp(buf: &mut [u8], value: u64) {
     buf[..8].copy_from_slice(&value.to_le_bytes());
     if buf.len() >= TAIL_STAMP_MIN {
         let tail = buf.len() - 8;
@@ -164,6 +164,58 @@ pub fn consume(rx: &mut impl Rx, size: usize, batch: usize) -> Result<Outcome> {
         if let Some(err) = failure {
             return Err(err);
         }
+    }
+    Ok(Outcome {
+        start_ns: start.unwrap_or_default(),
+        end_ns: now_ns(),
+        messages: expected,
+        bytes: expected * size as u64,
+        samples_ns: Vec::new(),
+    })
+}
+
+/// Like [`produce`], with loans: each message is written in place, only its stamps (the rest
+/// of the loan holds whatever was there), so no byte of it is copied.
+pub fn produce_loaned(tx: &mut impl Tx, size: usize, budget_ns: u64) -> Result<Outcome> {
+    let every = clock_every(size);
+    let start = now_ns();
+    let deadline = start + budget_ns;
+    let mut seq = 0u64;
+    loop {
+        tx.send_stamps_in_place(size, seq)?;
+        seq += 1;
+        if seq % every == 0 && now_ns() >= deadline {
+            break;
+        }
+    }
+    tx.finish()?;
+    Ok(Outcome {
+        start_ns: start,
+        end_ns: now_ns(),
+        messages: seq,
+        bytes: seq * size as u64,
+        samples_ns: Vec::new(),
+    })
+}
+
+/// Like [`consume`], with borrowed receives that read only the stamps: the length and both
+/// sequence numbers are checked, and no other byte is copied.
+pub fn consume_ref(rx: &mut impl Rx, size: usize) -> Result<Outcome> {
+    let mut expected = 0u64;
+    let mut start = None;
+    while let Some(Stamps { len, head, tail }) = rx.recv_stamps()? {
+        start.get_or_insert_with(now_ns);
+        if len != size {
+            bail!("message {expected}: got {len} bytes, expected {size}");
+        }
+        let got = u64::from_le_bytes(head);
+        if got != expected {
+            bail!("message {expected}: got sequence number {got} (lost or reordered)");
+        }
+        if size >= TAIL_STAMP_MIN && u64::from_le_bytes(tail) != expected {
+            bail!("message {expected}: ends with another sequence number (torn or corrupted)");
+        }
+        expected += 1;
     }
     Ok(Outcome {
         start_ns: start.unwrap_or_default(),

@@ -26,6 +26,18 @@ pub trait Tx {
     fn send_batch(&mut self, messages: &[&[u8]]) -> Result<()>;
     /// End of stream: the receiver's next `recv` returns false.
     fn finish(&mut self) -> Result<()>;
+    /// Zero-copy send of a `size`-byte message of which only the stamps (`seq` in the first
+    /// and, from 16 bytes, the last 8 bytes) are written, in place.
+    fn send_stamps_in_place(&mut self, _size: usize, _seq: u64) -> Result<()> {
+        bail!("this transport has no zero-copy send")
+    }
+}
+
+/// What a borrowed receive reads of a message: its length and its first and last 8 bytes.
+pub struct Stamps {
+    pub len: usize,
+    pub head: [u8; 8],
+    pub tail: [u8; 8],
 }
 
 pub trait Rx {
@@ -33,6 +45,11 @@ pub trait Rx {
     fn recv(&mut self, buf: &mut Vec<u8>) -> Result<bool>;
     /// Up to `max` messages handed to `each`; `None` at end of stream.
     fn recv_batch(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> Result<Option<usize>>;
+    /// Borrowed receive of the next message, reading only its stamps (the last 8 bytes are
+    /// meaningful from 16 bytes on); `None` at end of stream.
+    fn recv_stamps(&mut self) -> Result<Option<Stamps>> {
+        bail!("this transport has no borrowed receive")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -70,6 +87,12 @@ impl Tx for ChannelTx {
             Some(producer) => producer.close().context("Producer::close"),
             None => Ok(()),
         }
+    }
+
+    fn send_stamps_in_place(&mut self, size: usize, seq: u64) -> Result<()> {
+        let mut loan = self.producer()?.loan(size).context("Producer::loan")?;
+        crate::roles::stamp(&mut loan, seq);
+        loan.send().context("Loan::send")
     }
 }
 
@@ -110,6 +133,20 @@ impl Rx for ChannelRx {
                 }
             },
         }
+    }
+
+    fn recv_stamps(&mut self) -> Result<Option<Stamps>> {
+        let Some(sample) = self.consumer.recv_ref().context("Consumer::recv_ref")? else {
+            return Ok(None);
+        };
+        let (mut head, mut tail) = ([0; 8], [0; 8]);
+        sample.copy_to(&mut head);
+        sample.read_at(sample.len().saturating_sub(8), &mut tail);
+        Ok(Some(Stamps {
+            len: sample.len(),
+            head,
+            tail,
+        }))
     }
 }
 

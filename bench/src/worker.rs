@@ -31,6 +31,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum Role {
     Produce,
     Consume,
+    /// Produce with loans, writing only the stamps in place (our channels only).
+    ProduceLoan,
+    /// Consume with borrowed receives, reading only the stamps (our channels only).
+    ConsumeRef,
     Ping,
     Pong,
     StampSend,
@@ -39,11 +43,11 @@ pub enum Role {
 
 impl Role {
     fn sends(self) -> bool {
-        !matches!(self, Role::Consume | Role::StampRecv)
+        !matches!(self, Role::Consume | Role::ConsumeRef | Role::StampRecv)
     }
 
     fn receives(self) -> bool {
-        !matches!(self, Role::Produce | Role::StampSend)
+        !matches!(self, Role::Produce | Role::ProduceLoan | Role::StampSend)
     }
 }
 
@@ -156,6 +160,10 @@ fn run<T: Tx, R: Rx>(task: &Task, tx: Option<T>, rx: Option<R>) -> Result<()> {
         )?,
         Role::Produce => roles::produce(tx.as_mut().ok_or_else(tx_needed)?, size, budget_ns)?,
         Role::Consume => roles::consume(rx.as_mut().ok_or_else(rx_needed)?, size, task.batch)?,
+        Role::ProduceLoan => {
+            roles::produce_loaned(tx.as_mut().ok_or_else(tx_needed)?, size, budget_ns)?
+        }
+        Role::ConsumeRef => roles::consume_ref(rx.as_mut().ok_or_else(rx_needed)?, size)?,
         Role::Ping => roles::ping(
             tx.as_mut().ok_or_else(tx_needed)?,
             rx.as_mut().ok_or_else(rx_needed)?,

@@ -7,9 +7,9 @@
 //! Every wait is "try, and only on would-block wait for the fd": the `try_*` call arms the
 //! wake-up before it reports would-block, so a wake-up can come early but never be missed.
 //!
-//! Not here yet: loan futures (filling a message in the ring across `.await` points) come with
-//! the loan API; until then [`AsyncProducer::send`] copies the message in, like
-//! [`Producer::try_send`]. Closing writes the end-of-stream mark and may wait for room: do it
+//! [`AsyncProducer::loan`] lends a message in the ring that can be filled across `.await`
+//! points (a [`Loan`] is `Send`) and [`AsyncConsumer::recv_ref`] lends a received one; both
+//! are the zero-copy paths of [`Producer::loan`] and [`Consumer::recv_ref`]. Closing writes the end-of-stream mark and may wait for room: do it
 //! with [`AsyncProducer::into_inner`] and [`Producer::close`] on a blocking thread
 //! (`tokio::task::spawn_blocking`), or drop the producer.
 
@@ -21,6 +21,7 @@ use tokio::io::Interest;
 use crate::consumer::Consumer;
 use crate::error::{Error, Result, TryRecvError, TrySendError};
 use crate::producer::Producer;
+use crate::zero_copy::{Loan, Sample};
 
 /// A [`Producer`] whose sends are futures. Made inside a tokio runtime with the I/O driver
 /// enabled (`new` panics elsewhere, like every tokio I/O type).
@@ -93,6 +94,22 @@ impl AsyncProducer {
         }
     }
 
+    /// Lends a writable `len`-byte message in the ring once there is room (see
+    /// [`Producer::loan`] and [`Loan`]); fill it, across `.await` points if need be, then
+    /// [`send`](Loan::send) it (which does not wait). Cancel-safe: a future dropped before it
+    /// completes has reserved nothing, and a loan dropped unsent publishes nothing.
+    pub async fn loan(&mut self, len: usize) -> Result<Loan<'_>> {
+        let slot = loop {
+            match self.inner.get_mut().try_reserve(len) {
+                Ok(slot) => break slot,
+                Err(TrySendError::Full) => {}
+                Err(TrySendError::Failed(e)) => return Err(e),
+            }
+            self.wait().await?;
+        };
+        Ok(Loan::new(self.inner.get_mut(), slot, len))
+    }
+
     /// Waits for `ready_fd()` to fire, then forgets that readiness: the caller tries again
     /// after every wake-up, so an early or stale one costs one try and none is lost.
     async fn wait(&mut self) -> Result<()> {
@@ -157,6 +174,27 @@ impl AsyncConsumer {
             // Tried again after every wake-up: an early or stale one costs one try.
             guard.clear_ready();
         }
+    }
+
+    /// Borrowed receive: the next message left in the ring, waiting (without blocking the
+    /// thread) until there is one; its space is released when the [`Sample`] is dropped.
+    /// `Ok(None)` is end-of-stream. See [`Consumer::recv_ref`]. Cancel-safe like
+    /// [`recv`](Self::recv).
+    pub async fn recv_ref(&mut self) -> Result<Option<Sample<'_>>> {
+        let payload = loop {
+            match self.inner.get_mut().try_peek() {
+                Ok(payload) => break payload,
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Failed(e)) => return Err(e),
+            }
+            let mut guard = self
+                .inner
+                .readable_mut()
+                .await
+                .map_err(|e| Error::io("waiting on ready_fd", e))?;
+            guard.clear_ready();
+        };
+        Ok(self.inner.get_mut().hold(payload))
     }
 
     /// The consumer.

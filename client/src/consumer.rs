@@ -6,8 +6,9 @@ use std::path::Path;
 use crate::attachment::{AttachOptions, Attachment, Rings};
 use crate::error::{Error, Result, TryRecvError};
 use crate::fanout::MergedReader;
-use crate::ring::{BatchOutcome, ReadItem, ReadOutcome, RingError, RingReader};
+use crate::ring::{BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader};
 use crate::wire::Role;
+use crate::zero_copy::{Held, Sample};
 
 /// Reads messages from a channel's ring. Obtained from [`Client::consumer`](crate::Client::consumer).
 ///
@@ -188,6 +189,63 @@ impl Consumer {
         self.non_blocking(|r, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
+    /// Borrowed receive: the next message left in the shared ring, blocking until there is
+    /// one; its space goes back to the producer when the [`Sample`] is dropped (so a producer
+    /// waiting for room waits until then). `Ok(None)` is end-of-stream, as for
+    /// [`recv`](Self::recv). See [`Sample`] for what it offers and why (a hostile producer
+    /// can rewrite the bytes while they are borrowed).
+    ///
+    /// ```no_run
+    /// # let client = shmem_broker_client::Client::connect_default()?;
+    /// # let mut consumer = client.consumer("frames")?;
+    /// let mut header = [0u8; 16];
+    /// while let Some(sample) = consumer.recv_ref()? {
+    ///     let n = sample.copy_to(&mut header); // only the bytes needed
+    ///     println!("{} bytes, starting {:?}", sample.len(), &header[..n]);
+    /// } // dropped here: its space is released
+    /// # Ok::<(), shmem_broker_client::Error>(())
+    /// ```
+    pub fn recv_ref(&mut self) -> Result<Option<Sample<'_>>> {
+        let held = self.blocking(|r, _| Ok(peek_step(r.try_peek()?)))?;
+        Ok(self.hold(held))
+    }
+
+    /// Non-blocking [`recv_ref`](Self::recv_ref): [`TryRecvError::Empty`] when empty.
+    pub fn try_recv_ref(&mut self) -> Result<Option<Sample<'_>>, TryRecvError> {
+        let held = self.try_peek()?;
+        Ok(self.hold(held))
+    }
+
+    /// One non-blocking borrowed receive, without the borrow: the message stays unreleased
+    /// until [`release`](Self::release).
+    pub(crate) fn try_peek(&mut self) -> Result<Option<Payload>, TryRecvError> {
+        self.non_blocking(|r, _| Ok(peek_step(r.try_peek()?)))
+    }
+
+    /// The sample for a message `try_peek` left in the ring, naming its ring.
+    pub(crate) fn hold(&mut self, payload: Option<Payload>) -> Option<Sample<'_>> {
+        let producer = self.last_producer();
+        payload.map(|payload| Sample::new(self, Held { payload, producer }))
+    }
+
+    /// Releases a message a borrowed receive left in the ring (the one of `producer` in a
+    /// fan-out channel) and wakes its producer if it waits for room.
+    pub(crate) fn release(&mut self, producer: Option<u32>) {
+        match &mut self.source {
+            Source::Single(reader) => {
+                reader.release();
+                if reader.take_producer_waiting() {
+                    self.attachment.wake_peer();
+                }
+            }
+            Source::Merged(merged) => {
+                if let Some(producer) = producer {
+                    merged.release(producer);
+                }
+            }
+        }
+    }
+
     /// One attempt: checks the channel is still usable, runs `read` on the ring (with the
     /// private scratch buffer; `None`: nothing to read), and wakes a producer that went to sleep
     /// waiting for space.
@@ -316,6 +374,16 @@ fn message_step(outcome: ReadOutcome) -> Option<bool> {
         ReadOutcome::Message => Some(true),
         ReadOutcome::EndOfStream => Some(false),
         ReadOutcome::Empty => None,
+    }
+}
+
+/// A borrowed read: `Some(Some(_))` a message left in the ring, `Some(None)` end-of-stream,
+/// `None` empty.
+fn peek_step(peeked: Peeked) -> Option<Option<Payload>> {
+    match peeked {
+        Peeked::Message(payload) => Some(Some(payload)),
+        Peeked::EndOfStream => Some(None),
+        Peeked::Empty => None,
     }
 }
 

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use crate::attachment::{Attachment, LaneOrFault};
 use crate::control::ControlPage;
 use crate::error::{Error, Result};
-use crate::ring::{Eviction, RingError, RingReader, RingWriter, SharedRing};
+use crate::ring::{Eviction, Payload, RingError, RingReader, RingWriter, SharedRing};
 use crate::wire::{Event, LostEnd, Role, SlowConsumer};
 
 /// One ring of a fan-out endpoint: our end of it and how to wake the peer at the other end.
@@ -136,9 +136,19 @@ impl<E> Membership<E> {
 pub(crate) struct FanoutWriter {
     members: Membership<RingWriter>,
     policy: SlowConsumer,
-    /// Where zero-copy fills go first: a message must reach several rings, and copying it out
-    /// of one consumer's ring into the next would let that consumer rewrite it for the others.
+    /// Where zero-copy fills and loans go when they cannot be in a ring: a message must reach
+    /// several rings, and copying it out of one consumer's ring into the next would let that
+    /// consumer rewrite it for the others (each consumer can write its whole ring today).
     scratch: Vec<u8>,
+}
+
+/// Where a fan-out loan's bytes are (see [`FanoutWriter::reserve`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FanoutLoan {
+    /// In the ring of the only consumer, `peer`.
+    Lane { peer: u32, payload: Payload },
+    /// In the private scratch buffer, copied into every ring at send.
+    Scratch,
 }
 
 impl FanoutWriter {
@@ -216,25 +226,17 @@ impl FanoutWriter {
         }
     }
 
-    /// Zero-copy flavours: `fill` writes up to `max` bytes into a private buffer and returns
-    /// how many it used; that message is then delivered. Non-blocking calls check for room
-    /// first, so `fill` runs only if the message will go out. Returns the length sent, `None`
-    /// if it would block.
+    /// `send_up_to`: `fill` writes up to `max` bytes into a private buffer and returns how
+    /// many it used; that message is then delivered, waiting as `deliver` does. Returns the
+    /// length sent. (Its length is known only after the fill, so it cannot be a loan.)
     pub fn deliver_filled(
         &mut self,
         attachment: &mut Attachment,
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> usize,
-        blocking: bool,
-    ) -> Result<Option<usize>> {
+    ) -> Result<usize> {
         self.prepare(attachment)?;
         check_fits(attachment, max)?;
-        if !blocking
-            && self.policy == SlowConsumer::Block
-            && !self.room_everywhere(attachment, max)?
-        {
-            return Ok(None);
-        }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.resize(max, 0);
@@ -242,12 +244,154 @@ impl FanoutWriter {
         let result = if used == 0 && max > 0 {
             Ok(0)
         } else {
-            // With room checked above, a non-blocking delivery cannot come up short.
             self.deliver(attachment, &[&scratch[..used]], true)
                 .map(|_| used)
         };
         self.scratch = scratch;
-        result.map(Some)
+        result
+    }
+
+    /// Makes room for a loan of `len` bytes. With one consumer, and unless that consumer is
+    /// owed a loss record (policy `drop`), the loan is a frame reserved in its ring: no copy at
+    /// all. Otherwise it is the private scratch buffer (not zeroed: it holds earlier messages
+    /// of this producer), copied into each ring at send: with several consumers, a loan in one
+    /// of their rings would let that consumer rewrite the message before it is copied to the
+    /// others. Blocking under policy `block`: waits for room in the one ring; with several
+    /// consumers the waiting is left to [`publish_loan`](Self::publish_loan). Non-blocking:
+    /// `None` (and `ready_fd()` armed) if a ring under policy `block` has no room; policies
+    /// `drop` and `disconnect` never wait: a full ring gets a scratch loan, whose send then
+    /// loses the message for that consumer (or disconnects it).
+    pub fn reserve(
+        &mut self,
+        attachment: &mut Attachment,
+        len: usize,
+        blocking: bool,
+    ) -> Result<Option<FanoutLoan>> {
+        loop {
+            self.prepare(attachment)?;
+            check_fits(attachment, len)?;
+            let in_ring = match self.members.peers.as_slice() {
+                [only] => self.policy == SlowConsumer::Block || only.missed == 0,
+                _ => false,
+            };
+            if !in_ring {
+                if !blocking
+                    && self.policy == SlowConsumer::Block
+                    && !self.room_everywhere(attachment, len)?
+                {
+                    return Ok(None);
+                }
+                if self.scratch.len() < len {
+                    self.scratch.resize(len, 0);
+                }
+                return Ok(Some(FanoutLoan::Scratch));
+            }
+            let peer = &mut self.members.peers[0];
+            let reserved = isolate_fault(peer, |w| w.try_reserve(len))
+                .map_err(Self::ring_error(attachment))?;
+            // Padding may have been published: a consumer asleep must come and pass it.
+            if peer.end.take_consumer_waiting() {
+                peer.wake();
+            }
+            match reserved {
+                Some(Some(payload)) => {
+                    return Ok(Some(FanoutLoan::Lane {
+                        peer: peer.id,
+                        payload,
+                    }))
+                }
+                // Found corrupt (and flagged evicted): without it, look again.
+                None => {
+                    self.members.peers.remove(0);
+                    continue;
+                }
+                Some(None) => {}
+            }
+            match self.policy {
+                SlowConsumer::Block if blocking => self.wait_for_room(attachment, 0, len)?,
+                // Arms the wake-up, unless room appeared meanwhile: then look again.
+                SlowConsumer::Block => {
+                    if !self.room_everywhere(attachment, len)? {
+                        return Ok(None);
+                    }
+                }
+                SlowConsumer::Drop | SlowConsumer::Disconnect => {
+                    if self.scratch.len() < len {
+                        self.scratch.resize(len, 0);
+                    }
+                    return Ok(Some(FanoutLoan::Scratch));
+                }
+            }
+        }
+    }
+
+    /// The first `len` bytes of the scratch buffer, to read (a scratch loan made it at least
+    /// that long).
+    pub fn scratch(&self, len: usize) -> &[u8] {
+        &self.scratch[..len.min(self.scratch.len())]
+    }
+
+    /// The first `len` bytes of the scratch buffer, for a [`FanoutLoan::Scratch`] loan
+    /// (which made it at least that long).
+    pub fn scratch_mut(&mut self, len: usize) -> &mut [u8] {
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
+        &mut self.scratch[..len]
+    }
+
+    /// Sends a loan of `len` bytes to the consumers known when it was made (one that attached
+    /// while it was filled gets the next message, as with a batch being sent): a reserved
+    /// frame is published, a scratch loan is copied into every ring under the channel's
+    /// policy (blocking under `block` only if the loan was made blocking: a non-blocking one
+    /// found room everywhere first, and room only grows).
+    pub fn publish_loan(
+        &mut self,
+        attachment: &mut Attachment,
+        loan: FanoutLoan,
+        len: usize,
+    ) -> Result<()> {
+        match loan {
+            FanoutLoan::Lane { peer, .. } => {
+                // Peers change only in calls the loan's borrow of the producer rules out.
+                let Some(index) = self.members.index_of(peer) else {
+                    return Ok(());
+                };
+                let end = &mut self.members.peers[index];
+                let sent = isolate_fault(end, |w| w.commit_reserved(len))
+                    .map_err(Self::ring_error(attachment))?;
+                if end.end.take_consumer_waiting() {
+                    end.wake();
+                }
+                if sent.is_none() {
+                    self.members.peers.remove(index);
+                }
+                Ok(())
+            }
+            FanoutLoan::Scratch => {
+                self.scratch_mut(len);
+                let scratch = std::mem::take(&mut self.scratch);
+                let message = &scratch[..len];
+                let result = match self.policy {
+                    SlowConsumer::Block => self.write_waiting(attachment, &[message]),
+                    SlowConsumer::Drop | SlowConsumer::Disconnect => {
+                        self.write_lossy(attachment, message)
+                    }
+                };
+                self.scratch = scratch;
+                result
+            }
+        }
+    }
+
+    /// Forgets a loan: a reserved frame is abandoned (nothing published), a scratch loan
+    /// needs nothing.
+    pub fn abandon_loan(&mut self, loan: FanoutLoan) {
+        if let FanoutLoan::Lane { peer, .. } = loan {
+            if let Some(index) = self.members.index_of(peer) {
+                self.members.peers[index].end.abandon_reserved();
+            }
+        }
     }
 
     /// True if every consumer's ring has room for `len` bytes now. If not, and the caller
@@ -601,6 +745,20 @@ impl MergedReader {
             }
         }
         Ok(None)
+    }
+
+    /// Releases the message a borrowed receive left in producer `peer`'s ring (the one
+    /// [`last_producer`](Self::last_producer) named), and wakes that producer if it waits for
+    /// room.
+    pub fn release(&mut self, peer: u32) {
+        // Rings change only in calls the sample's borrow of the consumer rules out.
+        if let Some(index) = self.members.index_of(peer) {
+            let end = &mut self.members.peers[index];
+            end.end.release();
+            if end.end.take_producer_waiting() {
+                end.wake();
+            }
+        }
     }
 
     /// A producer that went away without end-of-stream, or whose mark did not fit our ring (as

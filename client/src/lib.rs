@@ -4,7 +4,8 @@
 //! This crate owns everything both sides of the control socket agree on: the framed wire
 //! protocol ([`wire`]), passing fds with SCM_RIGHTS ([`fdpass`]), the shared ring layout
 //! (module `ring`) and control page (module `control`), channel names and sizes; and the API
-//! programs use: [`Client`], [`Producer`], [`Consumer`].
+//! programs use: [`Client`], [`Producer`], [`Consumer`], and their zero-copy paths [`Loan`]
+//! (a message written in place) and [`Sample`] (a message read in place).
 //!
 //! `ring` and `control` are public for the broker, the tests and the fuzz targets of this
 //! workspace only (hidden from the docs, no stable API). They are safe to use all the same:
@@ -26,6 +27,7 @@ mod consumer;
 mod error;
 mod fanout;
 mod producer;
+mod zero_copy;
 
 // What the broker and every client agree on lives in `shmem-broker-proto`; the raw ring and
 // control-page types stay out of this crate's documented API.
@@ -41,3 +43,4 @@ pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;
 pub use ring::ReadItem;
 pub use wire::{ChannelInfo, ErrorCode, PeerInfo, Role, SlowConsumer, StatusInfo};
+pub use zero_copy::{Loan, Sample};

@@ -8,6 +8,7 @@ use crate::error::{Error, Result, TrySendError};
 use crate::fanout::FanoutWriter;
 use crate::ring::{RingError, RingWriter};
 use crate::wire::Role;
+use crate::zero_copy::{Loan, LoanSlot};
 
 /// Writes messages into a channel's ring. Obtained from [`Client::producer`](crate::Client::producer).
 ///
@@ -144,15 +145,15 @@ impl Producer {
 
     /// Zero-copy send: `fill` writes the `len`-byte message straight into the shared ring.
     /// Blocks while the ring is full; `fill` is called exactly once.
+    ///
+    /// In a fan-out channel this is a [`loan`](Self::loan): in the ring with one consumer, in a
+    /// private buffer copied to each ring with several (see [`Loan`]). The buffer is not
+    /// zeroed: `fill` must write all of it.
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
-        if let Route::Fanout(fanout) = &mut self.route {
-            let fill = |buf: &mut [u8]| {
-                fill(buf);
-                len
-            };
-            return fanout
-                .deliver_filled(&mut self.attachment, len, fill, true)
-                .map(|_| ());
+        if let Route::Fanout(_) = &self.route {
+            let mut loan = self.loan(len)?;
+            fill(&mut loan);
+            return loan.send();
         }
         let mut fill = Some(fill);
         self.blocking(len, |w| fixed_step(w, len, &mut fill))
@@ -179,9 +180,7 @@ impl Producer {
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<usize> {
         if let Route::Fanout(fanout) = &mut self.route {
-            return fanout
-                .deliver_filled(&mut self.attachment, max, fill, true)
-                .map(|sent| sent.unwrap_or(0));
+            return fanout.deliver_filled(&mut self.attachment, max, fill);
         }
         let mut fill = Some(fill);
         self.blocking(max, |w| {
@@ -195,28 +194,116 @@ impl Producer {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), TrySendError> {
+        if let Route::Fanout(_) = &self.route {
+            let mut loan = self.try_loan(len)?;
+            fill(&mut loan);
+            return Ok(loan.send()?);
+        }
+        let mut fill = Some(fill);
+        self.non_blocking(len, |w| fixed_step(w, len, &mut fill))
+    }
+
+    /// Lends a writable `len`-byte message in the shared ring (zero-copy), waiting while there
+    /// is no room; [`Loan::send`] publishes it, dropping the loan sends nothing. The bytes are
+    /// not zeroed: they hold whatever earlier messages left there, so write all of them. See
+    /// [`Loan`] for where the bytes are (in a fan-out channel with several consumers, a
+    /// private buffer copied at send) and why handing them out is sound.
+    ///
+    /// ```no_run
+    /// # let client = shmem_broker_client::Client::connect_default()?;
+    /// # let mut producer = client.producer("frames")?;
+    /// let mut loan = producer.loan(4)?;
+    /// loan.copy_from_slice(b"ping");
+    /// loan.send()?;
+    /// # Ok::<(), shmem_broker_client::Error>(())
+    /// ```
+    pub fn loan(&mut self, len: usize) -> Result<Loan<'_>> {
+        let slot = self.reserve(len)?;
+        Ok(Loan::new(self, slot, len))
+    }
+
+    /// [`loan`](Self::loan) that returns [`TrySendError::Full`] instead of waiting, after
+    /// which [`ready_fd`](Self::ready_fd) turns readable when there may be room.
+    pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, TrySendError> {
+        let slot = self.try_reserve(len)?;
+        Ok(Loan::new(self, slot, len))
+    }
+
+    /// Makes room for a loan, waiting as `send` does.
+    fn reserve(&mut self, len: usize) -> Result<LoanSlot> {
         if let Route::Fanout(fanout) = &mut self.route {
-            let mut fill = Some(fill);
+            return loop {
+                if let Some(loan) = fanout.reserve(&mut self.attachment, len, true)? {
+                    break Ok(LoanSlot::Fanout(loan));
+                }
+            };
+        }
+        self.blocking(len, |w| w.try_reserve(len))
+            .map(LoanSlot::Ring)
+    }
+
+    /// Makes room for a loan now, or reports [`TrySendError::Full`] with the wake-up armed.
+    pub(crate) fn try_reserve(&mut self, len: usize) -> Result<LoanSlot, TrySendError> {
+        if let Route::Fanout(fanout) = &mut self.route {
             loop {
-                let once = |buf: &mut [u8]| {
-                    if let Some(fill) = fill.take() {
-                        fill(buf);
-                    }
-                    len
-                };
-                if fanout
-                    .deliver_filled(&mut self.attachment, len, once, false)?
-                    .is_some()
-                {
-                    return Ok(());
+                if let Some(loan) = fanout.reserve(&mut self.attachment, len, false)? {
+                    return Ok(LoanSlot::Fanout(loan));
                 }
                 if self.attachment.options.busy_poll || !self.attachment.read_broker_events() {
                     return Err(TrySendError::Full);
                 }
             }
         }
-        let mut fill = Some(fill);
-        self.non_blocking(len, |w| fixed_step(w, len, &mut fill))
+        self.non_blocking(len, |w| w.try_reserve(len))
+            .map(LoanSlot::Ring)
+    }
+
+    /// Publishes a loan of `len` bytes and wakes the consumer(s) if they sleep.
+    pub(crate) fn publish_loan(&mut self, slot: LoanSlot, len: usize) -> Result<()> {
+        match (&mut self.route, slot) {
+            (Route::Fanout(fanout), LoanSlot::Fanout(loan)) => {
+                fanout.publish_loan(&mut self.attachment, loan, len)
+            }
+            (Route::Single(writer), LoanSlot::Ring(_)) => {
+                let sent = writer
+                    .commit_reserved(len)
+                    .map_err(|e| Error::ring(&self.attachment.channel, e));
+                if writer.take_consumer_waiting() {
+                    self.attachment.wake_peer();
+                }
+                sent
+            }
+            _ => Err(Error::Protocol(
+                "a loan was sent through a route it was not made on".into(),
+            )),
+        }
+    }
+
+    /// Forgets a loan: nothing is published.
+    pub(crate) fn abandon_loan(&mut self, slot: LoanSlot) {
+        match (&mut self.route, slot) {
+            (Route::Fanout(fanout), LoanSlot::Fanout(loan)) => fanout.abandon_loan(loan),
+            (Route::Single(writer), LoanSlot::Ring(_)) => writer.abandon_reserved(),
+            _ => {}
+        }
+    }
+
+    /// The bytes of a loan in the fan-out scratch buffer, to read.
+    pub(crate) fn scratch(&self, len: usize) -> &[u8] {
+        match &self.route {
+            Route::Fanout(fanout) => fanout.scratch(len),
+            // Scratch loans are made by fan-out routes only.
+            Route::Single(_) => &[],
+        }
+    }
+
+    /// The bytes of a loan in the fan-out scratch buffer.
+    pub(crate) fn scratch_mut(&mut self, len: usize) -> &mut [u8] {
+        match &mut self.route {
+            Route::Fanout(fanout) => fanout.scratch_mut(len),
+            // Scratch loans are made by fan-out routes only.
+            Route::Single(_) => &mut [],
+        }
     }
 
     /// One attempt: checks the channel is still usable, runs `write` on the ring (`None`: no

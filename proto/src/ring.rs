@@ -98,8 +98,10 @@ use crate::wire::{Role, SlowConsumer};
 
 mod handshake;
 mod mapping;
+mod zero_copy;
 
 use mapping::Mapping;
+pub use zero_copy::{Payload, Peeked};
 
 /// The layout new rings get.
 pub const LAYOUT_VERSION: u32 = 3;
@@ -1284,6 +1286,8 @@ enum Sink<'a> {
     Buffer(&'a mut Vec<u8>),
     /// The fd, and where to say how many bytes the message had.
     Fd(BorrowedFd<'a>, &'a mut usize),
+    /// Left in the ring: where the payload starts in the data area, and its length.
+    Peek(&'a mut Option<(usize, usize)>),
 }
 
 /// What a batch read found.
@@ -1676,6 +1680,7 @@ impl RingReader {
                             self.ring.write_out(start, len as usize, *fd)?;
                             **written = len as usize;
                         }
+                        Sink::Peek(at) => **at = Some((start, len as usize)),
                     }
                     self.messages_read = self.messages_read.saturating_add(1);
                 }
@@ -1767,7 +1772,7 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    fn pair(capacity: u64) -> (RingWriter, RingReader, RingFiles) {
+    pub(super) fn pair(capacity: u64) -> (RingWriter, RingReader, RingFiles) {
         pair_in(LAYOUT_VERSION, capacity)
     }
 

@@ -2,7 +2,7 @@
 //! defaults. Nothing here reads a file.
 
 use crate::access::AccessList;
-use shmem_broker_client::wire::SlowConsumer;
+use shmem_broker_proto::wire::SlowConsumer;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -8,9 +8,9 @@ use super::parse::{ChannelTable, Document};
 use super::values::{access_list, admin_gids, Field, MIN_CAPACITY, RING_MAX_CAPACITY};
 use super::ConfigError;
 use crate::access::AccessList;
-use shmem_broker_client::names::validate_channel_name;
-use shmem_broker_client::size::format_size;
-use shmem_broker_client::wire::SlowConsumer;
+use shmem_broker_proto::names::validate_channel_name;
+use shmem_broker_proto::size::format_size;
+use shmem_broker_proto::wire::SlowConsumer;
 use toml::Spanned;
 
 /// The settings `document` describes, or the first thing wrong with them.

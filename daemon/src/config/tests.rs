@@ -4,7 +4,7 @@ use super::error::{closest, line_column};
 use super::parse::known_keys;
 use super::*;
 use crate::access::{AccessList, Principal};
-use shmem_broker_client::wire::SlowConsumer;
+use shmem_broker_proto::wire::SlowConsumer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

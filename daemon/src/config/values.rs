@@ -10,8 +10,8 @@ use super::error::{describe, Source};
 use super::parse::{Leaf, StringList};
 use super::ConfigError;
 use crate::access::{resolve_group, AccessList};
-use shmem_broker_client::size::{format_size, parse_size};
-use shmem_broker_client::wire::MAX_ENDPOINTS;
+use shmem_broker_proto::size::{format_size, parse_size};
+use shmem_broker_proto::wire::MAX_ENDPOINTS;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -22,7 +22,7 @@ use toml::{Spanned, Value};
 pub(super) const PAGE_SIZE: u64 = 4096;
 
 /// Largest ring the client library maps.
-pub(super) const RING_MAX_CAPACITY: u64 = shmem_broker_client::ring::MAX_CAPACITY;
+pub(super) const RING_MAX_CAPACITY: u64 = shmem_broker_proto::ring::MAX_CAPACITY;
 
 /// Smallest capacity a channel may have (one page).
 pub(super) const MIN_CAPACITY: u64 = PAGE_SIZE;

@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use mio::net::UnixStream;
 use mio::{Interest, Token};
-use shmem_broker_client::wire::{ErrorCode, Reply};
+use shmem_broker_proto::wire::{ErrorCode, Reply};
 use slog::{debug, warn};
 
 use super::{Server, PENDING_CLOSE_PER_UID};

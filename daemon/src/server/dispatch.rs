@@ -2,7 +2,7 @@
 //! events it causes queued for the sessions they concern.
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use shmem_broker_client::wire::{
+use shmem_broker_proto::wire::{
     ErrorCode, Event, Reply, Request, Role, StatusInfo, PROTOCOL_VERSION,
 };
 use slog::{info, warn};

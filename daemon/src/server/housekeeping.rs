@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use shmem_broker_client::wire::Event;
+use shmem_broker_proto::wire::Event;
 use slog::warn;
 
 use super::Server;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token};
-use shmem_broker_client::wire::{MonitorKind, ReloadOutcome};
+use shmem_broker_proto::wire::{MonitorKind, ReloadOutcome};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slog::{debug, error, info, warn, Logger};

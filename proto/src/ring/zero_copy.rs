@@ -1,0 +1,227 @@
+//! The ring's frame logic with the payload left in the ring for the caller: reserve/commit
+//! for the producer ([`RingWriter::try_reserve`]) and peek/release for the consumer
+//! ([`RingReader::try_peek`]). The client's loans and borrowed samples (`crate::zero_copy`)
+//! are built on these; the copying paths stay as they are.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{ReadOutcome, RingError, RingReader, RingWriter, Sink, KIND_DATA};
+
+/// Where the payload of one data frame lies in a ring mapping.
+///
+/// Guarantees the ring gives with it: `ptr` is 8-byte aligned (frames start at multiples of
+/// their 8- or 16-byte unit, one header unit before the payload, in a page-aligned data area)
+/// and the frame extends at least to the next multiple of 8 bytes past `ptr + len`, inside the
+/// data area (frames are padded to their unit). So every 8-byte word that holds a payload
+/// byte is mapped and aligned, and can be read with an atomic load ([`Payload::load`]). The
+/// pointer is valid as long as the ring's mapping is, i.e. while its writer or reader lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Payload {
+    /// First payload byte.
+    pub ptr: *mut u8,
+    /// Payload length.
+    pub len: usize,
+}
+
+impl Payload {
+    /// Copies payload bytes `from..from + out.len()` (cut at the end of the payload) into
+    /// `out` with relaxed atomic 8-byte loads, and returns how many it copied.
+    ///
+    /// # Safety
+    /// The ring mapping this payload came from must still be mapped (the writer or reader that
+    /// made it is alive). Nothing else is needed: the loads are atomic, so a peer rewriting
+    /// the bytes at the same time yields some value for each word, never undefined behaviour.
+    pub unsafe fn load(&self, from: usize, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len.saturating_sub(from));
+        let out = &mut out[..n];
+        let mut done = 0;
+        while done < n {
+            let at = from + done;
+            let within = at % 8;
+            // SAFETY: `at < len`, so the aligned word holding byte `at` is one the ring
+            // guarantees mapped and 8-byte aligned (see the type's docs); the caller
+            // guarantees the mapping is still there. An atomic load is sound whatever another
+            // process writes to the word meanwhile, and on read-only memory (loads of at most
+            // the pointer size are never turned into writes).
+            let word = unsafe { AtomicU64::from_ptr(self.ptr.add(at - within).cast::<u64>()) }
+                .load(Ordering::Relaxed)
+                .to_ne_bytes();
+            let take = (8 - within).min(n - done);
+            out[done..done + take].copy_from_slice(&word[within..within + take]);
+            done += take;
+        }
+        n
+    }
+}
+
+/// What [`RingReader::try_peek`] found.
+#[derive(Debug)]
+pub enum Peeked {
+    /// A message, left in the ring until [`RingReader::release`].
+    Message(Payload),
+    /// The producer closed cleanly here (already released).
+    EndOfStream,
+    /// Nothing to read right now.
+    Empty,
+}
+
+impl RingWriter {
+    /// Reserves a data frame of `len` payload bytes at the staged position and returns where
+    /// its payload lies, for the caller to fill and then [`commit_reserved`] or
+    /// [`abandon_reserved`]; nothing is visible to the consumer until the commit. `Ok(None)`
+    /// if there is no room right now (padding in front of the frame may have been published,
+    /// as by the other writes, so that the consumer passes it and frees the room).
+    ///
+    /// Until the commit or abandon, no other write may be made through this writer (the
+    /// client's `Loan` holds the producer mutably borrowed for that). A reservation that is
+    /// neither committed nor abandoned is harmless: the next write stages over it.
+    ///
+    /// [`commit_reserved`]: Self::commit_reserved
+    /// [`abandon_reserved`]: Self::abandon_reserved
+    pub fn try_reserve(&mut self, len: usize) -> Result<Option<Payload>, RingError> {
+        self.check_len(len)?;
+        let mut free = self.free_space(self.room_for(len))?;
+        let capacity = self.ring.capacity;
+        let needed = self.ring.frame_len(len as u64);
+        let until_end = capacity - self.staged_pos % capacity;
+        // As in stage_frame: a frame that would wrap starts the next lap behind a PAD frame.
+        if (needed > until_end && !self.stage_padding(&mut free)) || free < needed {
+            self.publish();
+            return Ok(None);
+        }
+        let offset = self.staged_pos % capacity + self.ring.format.unit;
+        // offset + len <= capacity: the frame fits before the end (checked above), so the
+        // payload is inside the data area; `wrapping_add` only computes the address.
+        Ok(Some(Payload {
+            ptr: self.ring.data().wrapping_add(offset as usize),
+            len,
+        }))
+    }
+
+    /// Publishes the frame [`try_reserve`](Self::try_reserve) reserved for `len` bytes (the
+    /// same `len`), whose payload the caller has written. `Corrupt` if the consumer's position
+    /// turned inconsistent meanwhile (nothing is published then).
+    pub fn commit_reserved(&mut self, len: usize) -> Result<(), RingError> {
+        self.check_len(len)?;
+        // The room was there at the reservation and the consumer only frees more (a read
+        // position going backwards is reported by free_space), so this finds it again.
+        let mut free = self.free_space(self.ring.frame_len(len as u64))?;
+        // The payload is already in place: the fill only says how much of it is used.
+        if !self.stage_frame(KIND_DATA, len, |_| len, &mut free) {
+            self.abandon_reserved();
+            return Err(RingError::Corrupt(
+                "the room reserved for a message is gone".into(),
+            ));
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Forgets a reservation: nothing of it (nor the padding staged in front of it) becomes
+    /// visible, and the next write reuses the space.
+    pub fn abandon_reserved(&mut self) {
+        self.staged_pos = self.write_pos;
+    }
+}
+
+impl RingReader {
+    /// Finds the next message (skipping padding and loss records) and leaves it in the ring:
+    /// its space is not released, to the producer, until [`release`](Self::release). An
+    /// end-of-stream mark, or padding alone, is released at once, as by `try_read_into`.
+    ///
+    /// Until the release, no other read may be made through this reader (the client's
+    /// `Sample` holds the consumer mutably borrowed for that); a release that never comes is
+    /// made by the next read.
+    pub fn try_peek(&mut self) -> Result<Peeked, RingError> {
+        let mut unread = self.unread_cached()?;
+        if unread == 0 {
+            return Ok(Peeked::Empty);
+        }
+        let mut at = None;
+        let outcome = self.next_frame(Sink::Peek(&mut at), &mut unread);
+        match (outcome, at) {
+            (Ok(ReadOutcome::Message), Some((start, len))) => Ok(Peeked::Message(Payload {
+                // `start + len` is inside the data area: next_frame checked the frame ends
+                // there.
+                ptr: self.ring.data().wrapping_add(start),
+                len,
+            })),
+            (outcome, _) => {
+                self.commit();
+                match outcome? {
+                    ReadOutcome::EndOfStream => Ok(Peeked::EndOfStream),
+                    // A message always records where it is: this arm is only "empty".
+                    ReadOutcome::Message | ReadOutcome::Empty => Ok(Peeked::Empty),
+                }
+            }
+        }
+    }
+
+    /// Releases the message [`try_peek`](Self::try_peek) returned (and anything skipped before
+    /// it): one store of the read position. Then [`take_producer_waiting`] says whether to
+    /// wake the producer.
+    ///
+    /// [`take_producer_waiting`]: Self::take_producer_waiting
+    pub fn release(&mut self) {
+        self.commit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::pair;
+    use super::*;
+
+    fn load_all(payload: Payload) -> Vec<u8> {
+        let mut out = vec![0; payload.len];
+        // SAFETY: the test's reader and writer (and so the mapping) outlive this call.
+        assert_eq!(unsafe { payload.load(0, &mut out) }, payload.len);
+        out
+    }
+
+    #[test]
+    fn reserved_frames_round_trip_across_the_wrap_and_abandoned_ones_leave_nothing() {
+        let (mut w, mut r, _fd) = pair(4096);
+        for i in 0..3000usize {
+            let len = i % 1500;
+            let payload = w.try_reserve(len).expect("reserve").expect("room");
+            // SAFETY: the reservation is inside the mapping and nobody else writes it.
+            let buf = unsafe { std::slice::from_raw_parts_mut(payload.ptr, len) };
+            buf.iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (i ^ j) as u8);
+            if i % 7 == 3 {
+                w.abandon_reserved();
+                assert!(matches!(r.try_peek().expect("peek"), Peeked::Empty));
+                continue;
+            }
+            w.commit_reserved(len).expect("commit");
+            let Peeked::Message(got) = r.try_peek().expect("peek") else {
+                panic!("message {i} missing");
+            };
+            assert_eq!(got.len, len);
+            let bytes = load_all(got);
+            assert!(bytes.iter().enumerate().all(|(j, &b)| b == (i ^ j) as u8));
+            // Partial loads at every alignment.
+            for from in [0, 1, 7, 8, 9, len / 2, len] {
+                let mut part = vec![0; 11];
+                // SAFETY: as above.
+                let n = unsafe { got.load(from, &mut part) };
+                assert_eq!(n, 11.min(len.saturating_sub(from)));
+                assert_eq!(&part[..n], &bytes[from.min(len)..from.min(len) + n]);
+            }
+            r.release();
+        }
+    }
+
+    #[test]
+    fn a_peeked_message_keeps_its_space_until_released() {
+        let (mut w, mut r, _fd) = pair(4096);
+        assert!(w.try_reserve(3000).expect("reserve").is_some());
+        w.commit_reserved(3000).expect("commit");
+        assert!(matches!(r.try_peek().expect("peek"), Peeked::Message(_)));
+        assert!(w.try_reserve(3000).expect("reserve").is_none());
+        r.release();
+        assert!(w.try_reserve(3000).expect("reserve").is_some());
+    }
+}
