@@ -1276,6 +1276,8 @@ impl Channel {
             max_consumers: self.meta.max_consumers,
             slow_consumer: self.meta.slow_consumer,
             ring_bytes: 0,
+            fullest_ring_bytes: 0,
+            wakeups: 0,
         };
         let endpoint = |role, id, holder: Option<&Attached>| PeerInfo {
             pid: holder.map_or(0, |a| a.peer.pid),
@@ -1322,6 +1324,9 @@ impl Channel {
                     consumer.bytes_unread.saturating_add(unread_payload(&stats));
                 consumer.messages_lost = consumer.messages_lost.saturating_add(stats.messages_lost);
                 info.ring_bytes = info.ring_bytes.saturating_add(self.capacity);
+                // Position-based, already clamped to the capacity by `stats`.
+                info.fullest_ring_bytes = info.fullest_ring_bytes.max(stats.bytes_unread);
+                info.wakeups = info.wakeups.saturating_add(stats.wakeups);
             }
             info.bytes_unread = info.bytes_unread.saturating_add(consumer.bytes_unread);
             if queue.holder.is_some() || queue.name().is_some() {
@@ -1596,7 +1601,7 @@ mod tests {
                         0,
                     )
                     .expect("mmap");
-                    for offset in [64, 72, 80, 88, 136] {
+                    for offset in [64, 72, 80, 88, 96, 136, 144] {
                         let word = &*(base.cast::<u8>().add(offset)
                             as *const std::sync::atomic::AtomicU64);
                         word.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
@@ -1611,6 +1616,8 @@ mod tests {
         assert_eq!(info.messages_read, u64::MAX);
         assert!(info.bytes_unread <= info.ring_bytes);
         assert!(info.peers.iter().all(|p| p.messages_lost == u64::MAX));
+        assert_eq!(info.wakeups, u64::MAX);
+        assert!(info.fullest_ring_bytes <= info.capacity);
     }
 
     #[test]
