@@ -94,7 +94,8 @@ fn input_size(input: &impl AsFd, skip: u64) -> Option<u64> {
     Some(size.saturating_sub(at).saturating_sub(skip))
 }
 
-/// The progress bar of `what`, counting `progress`'s bytes.
+/// The progress bar of `what`, counting `progress`'s bytes (finished by hand on success; a
+/// failure drops it, which leaves it as it was).
 fn bar(what: String, total: Option<u64>, forced: bool, progress: &Arc<Progress>) -> Option<Bar> {
     let progress = progress.clone();
     crate::progress::start(what, total, forced, move || {
@@ -263,7 +264,7 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
         &progress,
     );
     let outcome = receive(&mut consumer, name, &options, &progress);
-    if let Some(bar) = bar {
+    if let (Some(bar), Ok(())) = (bar, &outcome) {
         bar.finish();
     }
     outcome

@@ -74,15 +74,29 @@ pub fn start(
 }
 
 impl Bar {
-    /// Takes the last count, draws the bar a last time and leaves it on its line.
+    /// Takes the last count and draws the bar a last time, left on its line.
     pub fn finish(mut self) {
+        self.stop_ticker();
+        self.bar.finish();
+    }
+
+    fn stop_ticker(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(ticker) = self.ticker.take() {
-            // The ticker only sleeps and sets positions: it cannot have panicked but through
-            // indicatif, and then there is no bar left to finish.
+            // The ticker only sleeps and sets positions: there is nothing to report if it
+            // panicked inside indicatif, and the transfer itself is not affected.
             let _ = ticker.join();
         }
-        self.bar.finish();
+    }
+}
+
+impl Drop for Bar {
+    /// A transfer that failed: the bar stays as it was, and the error line comes after it.
+    fn drop(&mut self) {
+        if self.ticker.is_some() {
+            self.stop_ticker();
+            self.bar.abandon();
+        }
     }
 }
 
@@ -115,14 +129,16 @@ impl TermLike for LineLog {
     fn move_cursor_left(&self, _: usize) -> io::Result<()> {
         Ok(())
     }
+    // indicatif blanks the old line with spaces before a redraw: that is nothing to log.
     fn write_line(&self, s: &str) -> io::Result<()> {
-        LineLog::write(&format!("{s}\n"))
+        self.write_str(s)
     }
     fn write_str(&self, s: &str) -> io::Result<()> {
-        if s.is_empty() {
+        let line = s.trim_end();
+        if line.is_empty() {
             return Ok(());
         }
-        LineLog::write(&format!("{s}\n"))
+        LineLog::write(&format!("{line}\n"))
     }
     fn clear_line(&self) -> io::Result<()> {
         Ok(())
