@@ -23,7 +23,11 @@ const CAPACITY: u64 = 64 * 1024;
 /// `top --once` output: the row of `channel`, split into its columns.
 fn top_row(out: &str, channel: &str) -> Vec<String> {
     out.lines()
-        .map(|line| line.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .map(|line| {
+            line.split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .find(|cols| cols.first().map(String::as_str) == Some(channel))
         .unwrap_or_else(|| panic!("no row for {channel} in:\n{out}"))
 }
@@ -75,7 +79,9 @@ fn top_once_shows_the_traffic_rate_and_the_attached_counts() {
         "{out}"
     );
     assert_eq!(
-        text.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        text.lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
         Some(vec![
             "CHANNEL", "PROD", "CONS", "MSG/S", "BYTES/S", "FILL", "LAG", "LOST", "EVICT", "WAKE/S"
         ]),
@@ -165,7 +171,14 @@ fn sample(samples: &[serde_json::Value], name: &str, channel: Option<&str>) -> f
 fn metrics_parse_with_the_prometheus_parsers_and_count_the_traffic_sent() {
     let broker = Broker::start(None);
     broker.ctl_ok(&["create", "one", "--capacity", "1MiB"]);
-    broker.ctl_ok(&["create", "fan", "--capacity", "1MiB", "--max-consumers", "2"]);
+    broker.ctl_ok(&[
+        "create",
+        "fan",
+        "--capacity",
+        "1MiB",
+        "--max-consumers",
+        "2",
+    ]);
     let client = broker.client();
     // one: 100 messages of 1 to 100 bytes, all read; both ends stay attached.
     let mut consumer = client.consumer("one").expect("consumer");
@@ -194,12 +207,19 @@ fn metrics_parse_with_the_prometheus_parsers_and_count_the_traffic_sent() {
 
     let dir = temp_dir();
     let text = broker.ctl_ok(&["metrics"]);
-    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF:\n{text}");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF:\n{text}"
+    );
     let exposition = dir.path().join("stdout.txt");
     fs::write(&exposition, &text).expect("write the exposition");
     let textfile_dir = dir.path().join("textfile");
     fs::create_dir(&textfile_dir).expect("mkdir");
-    broker.ctl_ok(&["metrics", "--textfile", textfile_dir.to_str().expect("utf-8")]);
+    broker.ctl_ok(&[
+        "metrics",
+        "--textfile",
+        textfile_dir.to_str().expect("utf-8"),
+    ]);
     let textfile = textfile_dir.join("shmem_broker.prom");
     let names: Vec<String> = fs::read_dir(&textfile_dir)
         .expect("read_dir")
@@ -217,7 +237,11 @@ fn metrics_parse_with_the_prometheus_parsers_and_count_the_traffic_sent() {
         let one = Some("one");
         let fan = Some("fan");
         let check = |name: &str, channel, want: f64| {
-            assert_eq!(sample(&s, name, channel), want, "{format}: {name} {channel:?}");
+            assert_eq!(
+                sample(&s, name, channel),
+                want,
+                "{format}: {name} {channel:?}"
+            );
         };
         check("shmem_broker_channels", None, 2.0);
         check("shmem_broker_channel_messages_total", one, 100.0);
@@ -236,8 +260,16 @@ fn metrics_parse_with_the_prometheus_parsers_and_count_the_traffic_sent() {
         check("shmem_broker_channel_bytes_total", fan, 5000.0);
         check("shmem_broker_channel_read_messages_total", fan, 10.0);
         check("shmem_broker_channel_consumers", fan, 2.0);
-        check("shmem_broker_channel_slowest_consumer_lag_bytes", fan, 5000.0);
-        check("shmem_broker_channel_ring_memory_bytes", fan, 2.0 * 1048576.0);
+        check(
+            "shmem_broker_channel_slowest_consumer_lag_bytes",
+            fan,
+            5000.0,
+        );
+        check(
+            "shmem_broker_channel_ring_memory_bytes",
+            fan,
+            2.0 * 1048576.0,
+        );
         let fill = sample(&s, "shmem_broker_channel_ring_fill_ratio", fan);
         assert!(fill > 0.0 && fill < 0.01, "{format}: fill {fill}");
         // Ring memory: both channels' rings, within the broker's quota.
@@ -269,7 +301,10 @@ fn metrics_textfile_replaces_a_planted_link_instead_of_writing_through_it() {
     assert_eq!(fs::read_to_string(&victim).expect("read"), "precious\n");
     let written = textfiles.join("shmem_broker.prom");
     let meta = fs::symlink_metadata(&written).expect("stat");
-    assert!(meta.file_type().is_file(), "a regular file replaced the link");
+    assert!(
+        meta.file_type().is_file(),
+        "a regular file replaced the link"
+    );
     assert!(fs::read_to_string(&written)
         .expect("read")
         .contains("shmem_broker_channel_messages_total{channel=\"x\"} 0"));
@@ -310,7 +345,10 @@ fn wakeup_counters_and_positions_a_client_scribbled_are_shown_clamped() {
     let top = broker.ctl_ok(&["top", "--once", "--interval", "0.1"]);
     let row = top_row(&top, "scribbled");
     assert_eq!(row[5], "100%", "fill is at most 100%:\n{top}");
-    assert_eq!(row[9], "0", "a counter stuck at the maximum moves 0 per second:\n{top}");
+    assert_eq!(
+        row[9], "0",
+        "a counter stuck at the maximum moves 0 per second:\n{top}"
+    );
     let metrics = broker.ctl_ok(&["metrics"]);
     assert!(
         metrics.contains("shmem_broker_channel_ring_fill_ratio{channel=\"scribbled\"} 1.0"),
@@ -378,7 +416,10 @@ fn progress_goes_to_stderr_only_with_the_flag_and_never_into_the_data() {
             }
         } else {
             assert_eq!(sent.stderr, "", "no terminal, no --progress: {sent}");
-            assert_eq!(received.stderr, "", "no terminal, no --progress: {received}");
+            assert_eq!(
+                received.stderr, "",
+                "no terminal, no --progress: {received}"
+            );
         }
     }
 }

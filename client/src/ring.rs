@@ -1485,8 +1485,8 @@ impl RingReader {
     /// was freed.
     pub fn take_producer_waiting(&mut self) -> bool {
         let h = self.ring.header();
-        let wake = std::mem::take(&mut self.freed)
-            && handshake::take_waiting(&h.producer_waiting.waiting);
+        let wake =
+            std::mem::take(&mut self.freed) && handshake::take_waiting(&h.producer_waiting.waiting);
         if wake {
             count_wakeup(&h.consumer.wakeups);
         }

@@ -133,16 +133,8 @@ pub fn openmetrics(snap: &Snapshot) -> Result<String> {
         "Eventfd wake-ups counted in the channel's rings that exist now (resets when a consumer's rings go)",
         wakeups,
     );
-    registry.register(
-        "channel_producers",
-        "Producers attached now",
-        producers,
-    );
-    registry.register(
-        "channel_consumers",
-        "Consumers attached now",
-        consumers,
-    );
+    registry.register("channel_producers", "Producers attached now", producers);
+    registry.register("channel_consumers", "Consumers attached now", consumers);
     registry.register_with_unit(
         "channel_capacity",
         "Data bytes of each of the channel's rings",

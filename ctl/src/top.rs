@@ -197,7 +197,12 @@ pub fn run(client: &Client, options: Options, out: &mut impl Write) -> Result<()
 }
 
 /// One snapshot as plain text: the header line, then a table with aligned columns.
-fn plain(out: &mut impl Write, first: &Snapshot, second: &Snapshot, key: SortKey) -> io::Result<()> {
+fn plain(
+    out: &mut impl Write,
+    first: &Snapshot,
+    second: &Snapshot,
+    key: SortKey,
+) -> io::Result<()> {
     writeln!(out, "{}", header(second))?;
     let mut rows = lines(Some(first), second);
     sort(&mut rows, key, false);
