@@ -210,6 +210,8 @@ fn install_keeps_an_edited_config_and_uninstall_removes_the_rest() {
         "etc/shmem-broker/bridge.toml",
         "etc/shmem-broker/shmem-broker.toml",
         "etc/systemd/system/shmem-bridge.service",
+        "etc/systemd/system/shmem-broker-metrics.service",
+        "etc/systemd/system/shmem-broker-metrics.timer",
         "etc/systemd/system/shmem-broker.service",
         "etc/systemd/system/shmem-broker.socket",
         "usr/local/bin/shmem-bridge",
