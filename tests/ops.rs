@@ -423,3 +423,69 @@ fn progress_goes_to_stderr_only_with_the_flag_and_never_into_the_data() {
         }
     }
 }
+
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn the_metrics_timer_writes_the_textfile_under_a_real_systemd() {
+    use shmem_broker_tests::systemd::{
+        rewrite_unit_line, service_reachable_binary, LabBroker, SystemdLab, SOCKET,
+    };
+    require_root();
+    let lab = SystemdLab::boot();
+    let broker = LabBroker::install(&lab, "version = 1\n");
+    lab.systemctl_ok(&["start", SOCKET]);
+    broker.ctl_ok(&["create", "watched"]);
+    // The project's units, every hardening line kept; only ExecStart= points at the built
+    // shmemctl and the lab's socket.
+    let ctl = service_reachable_binary(&lab, &ctl_bin());
+    let units = workspace_dir().join("systemd");
+    let service = fs::read_to_string(units.join("shmem-broker-metrics.service")).expect("read");
+    let service = rewrite_unit_line(
+        &service,
+        "ExecStart=",
+        &format!(
+            "ExecStart={} --socket {} metrics --textfile %t/shmem-broker-metrics",
+            ctl.display(),
+            broker.socket().display()
+        ),
+    );
+    let timer = fs::read_to_string(units.join("shmem-broker-metrics.timer")).expect("read");
+    lab.install_unit("shmem-broker-metrics.service", &service);
+    lab.install_unit("shmem-broker-metrics.timer", &timer);
+    lab.daemon_reload();
+    lab.systemctl_ok(&["start", "shmem-broker-metrics.timer"]);
+    let file = "/run/shmem-broker-metrics/shmem_broker.prom";
+    let text = wait_for(WAIT, "the timer's first run to write the textfile", || {
+        let out = lab.run(&["cat", file], Stdio::null(), CTL_TIMEOUT);
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{out}"))
+        }
+    });
+    assert!(
+        text.contains("shmem_broker_channel_messages_total{channel=\"watched\"} 0"),
+        "{text}"
+    );
+    // Readable by node_exporter (another user), in a directory it can enter.
+    let modes = lab.run(
+        &[
+            "stat",
+            "-c",
+            "%a %F %U %n",
+            "/run/shmem-broker-metrics",
+            file,
+        ],
+        Stdio::null(),
+        CTL_TIMEOUT,
+    );
+    assert_eq!(
+        modes.expect_success(),
+        format!(
+            "755 directory shmem-broker-metrics /run/shmem-broker-metrics\n\
+             644 regular file shmem-broker-metrics {file}\n"
+        )
+    );
+    let result = lab.show("shmem-broker-metrics.service", "Result");
+    assert_eq!(result.trim(), "success");
+}
