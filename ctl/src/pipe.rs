@@ -6,7 +6,6 @@
 
 use std::io::{self, IsTerminal, Read};
 use std::os::fd::AsFd;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
