@@ -489,3 +489,56 @@ fn the_metrics_timer_writes_the_textfile_under_a_real_systemd() {
     let result = lab.show("shmem-broker-metrics.service", "Result");
     assert_eq!(result.trim(), "success");
 }
+
+#[test]
+fn top_on_a_terminal_is_full_screen_sorts_on_a_key_and_quits_on_q() {
+    // A real pseudo-terminal: script(1) runs top on one and forwards our keys to it.
+    let script = require_tool("script", "bsdutils");
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "on-screen"]);
+    let command = format!(
+        "stty cols 120 rows 20; {} --socket {} top",
+        ctl_bin().display(),
+        broker.socket_path().display()
+    );
+    let mut cmd = Command::new(script);
+    cmd.args(["-qfec", &command, "/dev/null"]);
+    let mut top = Proc::start(cmd, "top-on-a-pty", broker.dir(), Stdio::piped(), None);
+    let mut keys = top.take_stdin().expect("script's stdin");
+    use std::io::Write as _;
+    std::thread::sleep(Duration::from_millis(1500));
+    keys.write_all(b"b").expect("press b");
+    keys.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    keys.write_all(b"q").expect("press q");
+    keys.flush().expect("flush");
+    let out = top.output(WAIT);
+    let screen = out.expect_success();
+    assert!(
+        screen.contains("\x1b[?1049h"),
+        "entered the alternate screen:\n{out}"
+    );
+    assert!(
+        screen.contains("on-screen"),
+        "drew the channel's row:\n{out}"
+    );
+    // ratatui redraws only the cells that changed: on `b` the sort mark leaves column 8 of
+    // the header row (right after CHANNEL) and lands after BYTES/S.
+    assert!(screen.contains("CHANNELv"), "sorted by name first:\n{out}");
+    assert!(
+        screen.contains("\x1b[2;8H\x1b[7m "),
+        "b moved the sort mark off CHANNEL:\n{out}"
+    );
+    let moved_to = screen.split("\x1b[2;").skip(1).find_map(|rest| {
+        let (column, cell) = rest.split_once('H')?;
+        (cell.starts_with('v') && column != "8").then(|| column.to_string())
+    });
+    assert!(
+        moved_to.is_some(),
+        "b put the sort mark on another column:\n{out}"
+    );
+    assert!(
+        screen.contains("\x1b[?1049l"),
+        "left the alternate screen on q:\n{out}"
+    );
+}
