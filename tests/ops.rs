@@ -542,3 +542,63 @@ fn top_on_a_terminal_is_full_screen_sorts_on_a_key_and_quits_on_q() {
         "left the alternate screen on q:\n{out}"
     );
 }
+
+/// One HTTP/1.1 GET of `path` from `addr`: the whole response as text.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to shmemctl metrics");
+    stream
+        .set_read_timeout(Some(CTL_TIMEOUT))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+}
+
+#[test]
+fn metrics_over_http_on_loopback_only_and_a_silent_client_holds_nobody_up() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "served"]);
+    let refused = broker.ctl(&["metrics", "--listen", "0.0.0.0:9477"]);
+    refused.expect_error(&["--listen 0.0.0.0:9477", "only a loopback address"]);
+
+    let mut server = broker.spawn_ctl(&["metrics", "--listen", "127.0.0.1:0"], Stdio::null(), None);
+    let addr = wait_for(WAIT, "shmemctl to say where it listens", || {
+        let said = server.stderr_text();
+        said.lines()
+            .find_map(|l| l.strip_prefix("shmemctl: serving http://"))
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .map(String::from)
+            .ok_or(said)
+    });
+    // A client that connects and never sends a request: the next scrape is answered all the
+    // same, once the server has given up on it (2 s).
+    let _silent = std::net::TcpStream::connect(&addr).expect("connect");
+    let started = std::time::Instant::now();
+    let response = http_get(&addr, "/metrics");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a silent client held the scrape up for {:?}",
+        started.elapsed()
+    );
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(head.contains("application/openmetrics-text"), "{response}");
+    let dir = temp_dir();
+    let file = dir.path().join("scraped.txt");
+    fs::write(&file, body).expect("write the body");
+    let samples = parse_exposition(dir.path(), "openmetrics", &file);
+    assert_eq!(
+        sample(&samples, "shmem_broker_channel_producers", Some("served")),
+        0.0
+    );
+    assert_eq!(sample(&samples, "shmem_broker_channels", None), 1.0);
+    // Anything but /metrics: 404; an endless head: refused without reading it all.
+    assert!(http_get(&addr, "/").starts_with("HTTP/1.1 404"));
+    let long = format!("/metrics?{}", "x".repeat(20_000));
+    assert!(http_get(&addr, &long).starts_with("HTTP/1.1 431"));
+    assert!(server.is_running(), "{}", server.stderr_text());
+}

@@ -2,13 +2,14 @@
 //!
 //! One job per file: `main.rs` the command line, `pipe.rs` send and recv, `show.rs` the text
 //! and JSON output, `report.rs` how errors are said and which exit code they give; `top.rs`,
-//! `metrics.rs` and `progress.rs` the live view, the Prometheus output and the progress bars,
-//! from the looks `snapshot.rs` takes.
+//! `metrics.rs` (with `serve.rs`, its HTTP endpoint) and `progress.rs` the live view, the
+//! Prometheus output and the progress bars, from the looks `snapshot.rs` takes.
 
 mod metrics;
 mod pipe;
 mod progress;
 mod report;
+mod serve;
 mod show;
 mod snapshot;
 mod top;
@@ -179,6 +180,10 @@ enum Command {
         /// textfile collector reads) instead of printing
         #[arg(long, value_name = "DIR")]
         textfile: Option<PathBuf>,
+        /// Serve them over HTTP at http://ADDR/metrics instead (loopback addresses only, like
+        /// 127.0.0.1:9477), until killed
+        #[arg(long, value_name = "ADDR", conflicts_with = "textfile")]
+        listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -357,7 +362,14 @@ fn run(args: Args) -> Result<()> {
             };
             top::run(&client, options, &mut out)?;
         }
-        Command::Metrics { textfile } => {
+        Command::Metrics {
+            listen: Some(addr), ..
+        } => {
+            let socket = client.socket_path().to_path_buf();
+            drop(client);
+            serve::serve(&socket, addr)?;
+        }
+        Command::Metrics { textfile, .. } => {
             let snap = snapshot::Snapshot::take(&client)?;
             metrics::run(&snap, textfile.as_deref(), &mut out)?;
         }
