@@ -4,6 +4,8 @@
 #     runs the built binary must be clean: exit 0 and no output line about the units.
 #  2. `systemd-analyze security --offline=yes` of the service must rate its exposure at most
 #     MAX_EXPOSURE (default 1.5; 0 is best, 10 worst).
+#  The same two checks for shmem-bridge.service and for shmem-broker-metrics.service (with its
+#  .timer), whose ExecStart= runs the built shmem-bridge / shmemctl.
 #
 #   systemd/check-units.sh [--bin-dir DIR] [--max-exposure N]
 #
@@ -97,6 +99,33 @@ else
   echo "ok: shmem-bridge.service exposure $exposure <= $MAX_EXPOSURE"
 fi
 # ---- end shmem-bridge.service ----
+
+# ---- shmem-broker-metrics.service and .timer (issue 15): the same checks, with the built shmemctl ----
+CTL=$(realpath -m "$BIN_DIR/shmemctl")
+[ -x "$CTL" ] || die "$CTL not found: run 'cargo build --workspace' first"
+sed -e "s|^ExecStart=[^ ]*/shmemctl\\b|ExecStart=$CTL|" \
+    "$REPO/systemd/shmem-broker-metrics.service" > "$T/shmem-broker-metrics.service"
+grep -q "^ExecStart=$CTL\\b" "$T/shmem-broker-metrics.service" ||
+  die "no ExecStart=.../shmemctl line to point at $CTL in systemd/shmem-broker-metrics.service"
+cp "$REPO/systemd/shmem-broker-metrics.timer" "$T/shmem-broker-metrics.timer"
+echo "== systemd-analyze verify shmem-broker-metrics.service .timer (with the broker's units)"
+rc=0
+out=$(cd "$T" && SYSTEMD_LOG_COLOR=0 systemd-analyze verify "$T/shmem-broker.socket" "$T/shmem-broker.service" "$T/shmem-broker-metrics.service" "$T/shmem-broker-metrics.timer" 2>&1) || rc=$?
+[ -z "$out" ] || printf '%s\n' "$out"
+if [ "$rc" -ne 0 ] || printf '%s\n' "$out" | grep -q 'shmem-broker-metrics'; then
+  echo "FAIL: systemd-analyze verify of the metrics units (exit $rc, output above)"; failed=1
+else
+  echo "ok: verify is clean"
+fi
+out=$(cd "$T" && SYSTEMD_LOG_COLOR=0 systemd-analyze security --offline=yes --no-pager "$T/shmem-broker-metrics.service" 2>&1) || true
+exposure=$(printf '%s\n' "$out" | sed -n 's/.*Overall exposure level for shmem-broker-metrics\.service: *\([0-9][0-9]*\.[0-9]*\).*/\1/p')
+if [ -z "$exposure" ] || awk -v e="$exposure" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(e + 0 > m + 0) }'; then
+  printf '%s\n' "$out" | grep -E '^✗|^\s*✗' || true
+  echo "FAIL: shmem-broker-metrics.service exposure ${exposure:-unknown} is above $MAX_EXPOSURE"; failed=1
+else
+  echo "ok: shmem-broker-metrics.service exposure $exposure <= $MAX_EXPOSURE"
+fi
+# ---- end shmem-broker-metrics ----
 
 [ "$failed" -eq 0 ] || exit 1
 echo "units OK"

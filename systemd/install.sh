@@ -14,7 +14,8 @@
 #
 # Layout (PREFIX=/usr/local):
 #   PREFIX/bin/shmem-broker, PREFIX/bin/shmemctl, PREFIX/bin/shmem-bridge
-#   /etc/systemd/system/shmem-broker.{socket,service}, shmem-bridge.service
+#   /etc/systemd/system/shmem-broker.{socket,service}, shmem-bridge.service,
+#                       shmem-broker-metrics.{service,timer}
 #                                                       (PREFIX=/usr: /usr/lib/systemd/system)
 #   PREFIX/lib/sysusers.d/shmem-broker.conf
 #   /etc/shmem-broker/shmem-broker.toml, bridge.toml    (never overwritten: a changed example
@@ -27,6 +28,8 @@
 #   systemctl enable --now shmem-broker.socket
 # and, once /etc/shmem-broker/bridge.toml describes your exports and imports:
 #   systemctl enable --now shmem-bridge.service
+# and, to feed node_exporter's textfile collector (/run/shmem-broker-metrics) every 15 s:
+#   systemctl enable --now shmem-broker-metrics.timer
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,7 +67,7 @@ PKGCONFIGDIR=$LIBDIR/pkgconfig
 CLIBS="libshmem_broker.so libshmem_broker.a"   # built by `cargo build` in bindings/c
 CONFDIR=/etc/shmem-broker
 CONFIGS="shmem-broker.toml bridge.toml"   # config/NAME -> $CONFDIR/NAME
-UNITS="shmem-broker.socket shmem-broker.service shmem-bridge.service"
+UNITS="shmem-broker.socket shmem-broker.service shmem-bridge.service shmem-broker-metrics.service shmem-broker-metrics.timer"
 BINARIES="shmem-broker shmemctl shmem-bridge"
 DOCS="README.md PROTOCOL.md bridge/README.md:bridge.md"   # SOURCE[:INSTALLED NAME]
 doc_src() { echo "${1%%:*}"; }
@@ -156,6 +159,7 @@ tmp=$(mktemp -d); trap 'rm -rf -- "$tmp"' EXIT
 for unit in $UNITS; do
   sed -e "s|^ExecStart=[^ ]*/shmem-broker\\b|ExecStart=$BINDIR/shmem-broker|" \
       -e "s|^ExecStart=[^ ]*/shmem-bridge\\b|ExecStart=$BINDIR/shmem-bridge|" \
+      -e "s|^ExecStart=[^ ]*/shmemctl\\b|ExecStart=$BINDIR/shmemctl|" \
       -e "s|file:///[^ ]*/share/doc/shmem-broker/|file://$DOCDIR/|g" \
       "$REPO/systemd/$unit" > "$tmp/$unit"
 done
@@ -163,6 +167,8 @@ grep -qx "ExecStart=$BINDIR/shmem-broker\( .*\)\{0,1\}" "$tmp/shmem-broker.servi
   die "could not point ExecStart= of shmem-broker.service at $BINDIR/shmem-broker"
 grep -qx "ExecStart=$BINDIR/shmem-bridge\( .*\)\{0,1\}" "$tmp/shmem-bridge.service" ||
   die "could not point ExecStart= of shmem-bridge.service at $BINDIR/shmem-bridge"
+grep -qx "ExecStart=$BINDIR/shmemctl\( .*\)\{0,1\}" "$tmp/shmem-broker-metrics.service" ||
+  die "could not point ExecStart= of shmem-broker-metrics.service at $BINDIR/shmemctl"
 for unit in $UNITS; do
   install -m 0644 "$tmp/$unit" "$DESTDIR$UNITDIR/$unit"
   say "installed $DESTDIR$UNITDIR/$unit ($(grep -m1 -E '^(ExecStart|ListenStream)=' "$tmp/$unit"))"
@@ -224,6 +230,7 @@ if [ -z "$DESTDIR" ]; then
   fi
   say "done; start the broker with: systemctl enable --now shmem-broker.socket"
   say "and the bridge, once $CONFDIR/bridge.toml says what to carry: systemctl enable --now shmem-bridge.service"
+  say "and metrics for node_exporter (/run/shmem-broker-metrics): systemctl enable --now shmem-broker-metrics.timer"
 else
   say "staged in $DESTDIR (systemd-sysusers and systemctl daemon-reload not run)"
 fi

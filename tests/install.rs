@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const BINARIES: [&str; 3] = ["shmem-broker", "shmemctl", "shmem-bridge"];
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 5] = [
     "shmem-broker.socket",
     "shmem-broker.service",
     "shmem-bridge.service",
+    "shmem-broker-metrics.service",
+    "shmem-broker-metrics.timer",
 ];
 /// (source in the repository, name in the doc folder)
 const DOCS: [(&str, &str); 3] = [
@@ -121,7 +123,10 @@ fn check_installed(destdir: &Path, bindir: &str, unitdir: &str, sysusersdir: &st
         );
         for (got, want) in text.lines().zip(shipped.lines()) {
             if want.starts_with("ExecStart=") {
-                let program = unit.split('.').next().expect("unit name");
+                let program = match unit.split('.').next().expect("unit name") {
+                    "shmem-broker-metrics" => "shmemctl",
+                    program => program,
+                };
                 let args = want.split_once(' ').map(|(_, a)| a);
                 let expected = match args {
                     Some(args) => format!("ExecStart={bindir}/{program} {args}"),
@@ -205,11 +210,17 @@ fn install_keeps_an_edited_config_and_uninstall_removes_the_rest() {
         "etc/shmem-broker/bridge.toml",
         "etc/shmem-broker/shmem-broker.toml",
         "etc/systemd/system/shmem-bridge.service",
+        "etc/systemd/system/shmem-broker-metrics.service",
+        "etc/systemd/system/shmem-broker-metrics.timer",
         "etc/systemd/system/shmem-broker.service",
         "etc/systemd/system/shmem-broker.socket",
         "usr/local/bin/shmem-bridge",
         "usr/local/bin/shmem-broker",
         "usr/local/bin/shmemctl",
+        "usr/local/include/shmem_broker.h",
+        "usr/local/lib/libshmem_broker.a",
+        "usr/local/lib/libshmem_broker.so",
+        "usr/local/lib/pkgconfig/shmem-broker.pc",
         "usr/local/lib/sysusers.d/shmem-broker.conf",
         "usr/local/share/doc/shmem-broker/PROTOCOL.md",
         "usr/local/share/doc/shmem-broker/README.md",

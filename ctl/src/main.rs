@@ -1,11 +1,18 @@
 //! `shmemctl`: look at and manage a running shmem-broker, and pipe data through its channels.
 //!
 //! One job per file: `main.rs` the command line, `pipe.rs` send and recv, `show.rs` the text
-//! and JSON output, `report.rs` how errors are said and which exit code they give.
+//! and JSON output, `report.rs` how errors are said and which exit code they give; `top.rs`,
+//! `metrics.rs` (with `serve.rs`, its HTTP endpoint) and `progress.rs` the live view, the
+//! Prometheus output and the progress bars, from the looks `snapshot.rs` takes.
 
+mod metrics;
 mod pipe;
+mod progress;
 mod report;
+mod serve;
 mod show;
+mod snapshot;
+mod top;
 
 use std::io;
 use std::path::PathBuf;
@@ -119,6 +126,10 @@ enum Command {
         /// stderr is a terminal)
         #[arg(long, short)]
         verbose: bool,
+        /// Show the progress bar (bytes, rate, ETA when standard input is a file) on stderr
+        /// even when it is no terminal (on a terminal it is always shown)
+        #[arg(long)]
+        progress: bool,
     },
     /// Write a channel's messages to standard output until end-of-stream. A stream that ends
     /// without its mark (the producer failed, was interrupted or killed) is an error.
@@ -141,7 +152,50 @@ enum Command {
         /// is consumed all the same)
         #[arg(long, value_name = "N", value_parser = nonzero_size)]
         max_bytes: Option<u64>,
+        /// Show the progress bar (bytes, rate, ETA with --max-bytes) on stderr even when it
+        /// is no terminal (on a terminal it is always shown)
+        #[arg(long)]
+        progress: bool,
     },
+    /// Live view of every channel, refreshed each interval: producers and consumers attached,
+    /// messages/s, bytes/s, fill of the fullest ring, lag of the slowest consumer, losses and
+    /// evictions since the channel was made, wake-ups/s; broker totals on top. Keys sort
+    /// (n m b f l o e w, r reverses), q quits. With --once, or when standard output is no
+    /// terminal, prints one plain snapshot (two looks an interval apart, for the rates).
+    Top {
+        /// Print one plain snapshot and exit
+        #[arg(long)]
+        once: bool,
+        /// Seconds between looks (0.1 to 3600)
+        #[arg(long, value_name = "SECS", default_value = "1", value_parser = interval)]
+        interval: std::time::Duration,
+        /// Sort rows by this column
+        #[arg(long, value_enum, default_value_t = top::SortKey::Name)]
+        sort: top::SortKey,
+    },
+    /// Print the broker's numbers in the OpenMetrics text format (for Prometheus), or with
+    /// --textfile write them for node_exporter's textfile collector
+    Metrics {
+        /// Write DIR/shmem_broker.prom atomically (Prometheus text format 0.0.4, what the
+        /// textfile collector reads) instead of printing
+        #[arg(long, value_name = "DIR")]
+        textfile: Option<PathBuf>,
+        /// Serve them over HTTP at http://ADDR/metrics instead (loopback addresses only, like
+        /// 127.0.0.1:9477), until killed
+        #[arg(long, value_name = "ADDR", conflicts_with = "textfile")]
+        listen: Option<std::net::SocketAddr>,
+    },
+}
+
+/// `--interval`: seconds, 0.1 to 3600.
+fn interval(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err("must be between 0.1 and 3600 seconds".into());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn nonzero_size(text: &str) -> Result<u64, String> {
@@ -265,12 +319,14 @@ fn run(args: Args) -> Result<()> {
             chunk,
             skip,
             verbose,
+            progress,
         } => {
             drop(out);
             let options = pipe::SendOptions {
                 chunk,
                 skip,
                 verbose,
+                progress,
             };
             pipe::send(client, &name, options)?;
         }
@@ -280,6 +336,7 @@ fn run(args: Args) -> Result<()> {
             durable,
             streams,
             max_bytes,
+            progress,
         } => {
             drop(out);
             if let Some(name) = &durable {
@@ -289,8 +346,32 @@ fn run(args: Args) -> Result<()> {
                 durable: durable.as_deref(),
                 streams: (!follow).then_some(streams),
                 max_bytes,
+                progress,
             };
             pipe::recv(client, &name, options)?;
+        }
+        Command::Top {
+            once,
+            interval,
+            sort,
+        } => {
+            let options = top::Options {
+                once,
+                interval,
+                sort,
+            };
+            top::run(&client, options, &mut out)?;
+        }
+        Command::Metrics {
+            listen: Some(addr), ..
+        } => {
+            let socket = client.socket_path().to_path_buf();
+            drop(client);
+            serve::serve(&socket, addr)?;
+        }
+        Command::Metrics { textfile, .. } => {
+            let snap = snapshot::Snapshot::take(&client)?;
+            metrics::run(&snap, textfile.as_deref(), &mut out)?;
         }
     }
     Ok(())

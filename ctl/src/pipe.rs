@@ -17,6 +17,7 @@ use shmem_broker_client::size::format_size;
 use shmem_broker_client::{Client, Error, Role};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::progress::Bar;
 use crate::report::{self, Said, StdoutError};
 use crate::show::count;
 
@@ -76,6 +77,29 @@ pub struct SendOptions {
     pub chunk: Option<u64>,
     pub skip: u64,
     pub verbose: bool,
+    /// Show the progress bar even when stderr is no terminal.
+    pub progress: bool,
+}
+
+/// The bytes left to read on `input` if it is a regular file (for the bar's ETA): its size
+/// less where it stands now and what `--skip` will pass over.
+fn input_size(input: &impl AsFd, skip: u64) -> Option<u64> {
+    let stat = rustix::fs::fstat(input).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    let at = rustix::fs::seek(input, rustix::fs::SeekFrom::Current(0)).ok()?;
+    let size = u64::try_from(stat.st_size).ok()?;
+    Some(size.saturating_sub(at).saturating_sub(skip))
+}
+
+/// The progress bar of `what`, counting `progress`'s bytes (finished by hand on success; a
+/// failure drops it, which leaves it as it was).
+fn bar(what: String, total: Option<u64>, forced: bool, progress: &Arc<Progress>) -> Option<Bar> {
+    let progress = progress.clone();
+    crate::progress::start(what, total, forced, move || {
+        progress.bytes.load(Ordering::Relaxed)
+    })
 }
 
 pub fn send(client: Client, name: &str, options: SendOptions) -> Result<()> {
@@ -95,9 +119,11 @@ pub fn send(client: Client, name: &str, options: SendOptions) -> Result<()> {
         format_size(chunk as u64)
     );
     let mut stdin = io::stdin().lock();
+    let size = input_size(&stdin, options.skip);
     skip_input(&mut stdin, options.skip)?;
     let progress = Arc::new(Progress::default());
     on_interrupt("send to", name, progress.clone())?;
+    let bar = bar(format!("send {name}"), size, options.progress, &progress);
     let start = Instant::now();
     if options.verbose || io::stderr().is_terminal() {
         watch_for_blocking(socket, name, start, progress.clone());
@@ -128,6 +154,9 @@ pub fn send(client: Client, name: &str, options: SendOptions) -> Result<()> {
         }
     }
     producer.close()?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
     Ok(())
 }
 
@@ -207,6 +236,8 @@ pub struct RecvOptions<'a> {
     /// Stop after this many end-of-stream marks (`None`: follow forever).
     pub streams: Option<u64>,
     pub max_bytes: Option<u64>,
+    /// Show the progress bar even when stderr is no terminal.
+    pub progress: bool,
 }
 
 /// Copies messages to standard output until `streams` end-of-stream marks (`None`: forever).
@@ -225,6 +256,26 @@ pub fn recv(client: Client, name: &str, options: RecvOptions<'_>) -> Result<()> 
     let progress = Arc::new(Progress::default());
     on_interrupt("recv from", name, progress.clone())?;
     watch_broker(socket, name, progress.clone());
+    let bar = bar(
+        format!("recv {name}"),
+        options.max_bytes,
+        options.progress,
+        &progress,
+    );
+    let outcome = receive(&mut consumer, name, &options, &progress);
+    if let (Some(bar), Ok(())) = (bar, &outcome) {
+        bar.finish();
+    }
+    outcome
+}
+
+/// The receive loop of `recv`.
+fn receive(
+    consumer: &mut shmem_broker_client::Consumer,
+    name: &str,
+    options: &RecvOptions<'_>,
+    progress: &Progress,
+) -> Result<()> {
     let stdout = io::stdout();
     let follow = options.streams.is_none();
     let mut message = Vec::new();

@@ -1311,6 +1311,8 @@ impl Channel {
             max_consumers: self.meta.max_consumers,
             slow_consumer: self.meta.slow_consumer,
             ring_bytes: 0,
+            fullest_ring_bytes: 0,
+            wakeups: 0,
         };
         let endpoint = |role, id, holder: Option<&Attached>| PeerInfo {
             pid: holder.map_or(0, |a| a.peer.pid),
@@ -1357,6 +1359,9 @@ impl Channel {
                     consumer.bytes_unread.saturating_add(unread_payload(&stats));
                 consumer.messages_lost = consumer.messages_lost.saturating_add(stats.messages_lost);
                 info.ring_bytes = info.ring_bytes.saturating_add(self.capacity);
+                // Position-based, already clamped to the capacity by `stats`.
+                info.fullest_ring_bytes = info.fullest_ring_bytes.max(stats.bytes_unread);
+                info.wakeups = info.wakeups.saturating_add(stats.wakeups);
             }
             info.bytes_unread = info.bytes_unread.saturating_add(consumer.bytes_unread);
             if queue.holder.is_some() || queue.name().is_some() {
@@ -1647,8 +1652,8 @@ mod tests {
         for queue in &channel.queues {
             for lane in &queue.lanes {
                 let fds = lane.files.share(None).expect("share");
-                scribble(&fds.ring, &[64, 72, 80, 88]);
-                scribble(fds.ack.as_ref().expect("layout 3"), &[8]);
+                scribble(&fds.ring, &[64, 72, 80, 88, 96]);
+                scribble(fds.ack.as_ref().expect("layout 3"), &[8, 16]);
             }
         }
         let info = channel.info();
@@ -1657,6 +1662,8 @@ mod tests {
         assert_eq!(info.messages_read, u64::MAX);
         assert!(info.bytes_unread <= info.ring_bytes);
         assert!(info.peers.iter().all(|p| p.messages_lost == u64::MAX));
+        assert_eq!(info.wakeups, u64::MAX);
+        assert!(info.fullest_ring_bytes <= info.capacity);
     }
 
     #[test]

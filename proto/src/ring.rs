@@ -19,7 +19,7 @@
 //!       evicted u32 (a fan-out producer cut this consumer off: 1 fell behind, 2 corrupt ring),
 //!       seal_key u64 (random, even; layout 2)
 //! 64    write_pos u64, messages_written u64, bytes_written u64,
-//!       messages_lost u64                                         (written by the producer)
+//!       messages_lost u64, wakeups u64                            (written by the producer)
 //! 128   unused in layout 3 (zero): layouts 1 and 2 keep the consumer's line here
 //! 192   unused in layout 3 (zero): layouts 1 and 2 keep consumer_waiting here
 //! 256   producer_waiting u32   (producer is asleep on the space_ready eventfd: a ticket)
@@ -27,7 +27,7 @@
 //! ```
 //! The ack memfd, 4096 bytes (written by the consumer; the producer maps it read-only):
 //! ```text
-//! 0     read_pos u64, messages_read u64
+//! 0     read_pos u64, messages_read u64, wakeups u64
 //! 64    consumer_waiting u32   (consumer is asleep on the data_ready eventfd: a ticket)
 //! ```
 //!
@@ -198,12 +198,17 @@ struct ProducerLine {
     messages_written: AtomicU64,
     bytes_written: AtomicU64,
     messages_lost: AtomicU64,
+    /// Times this producer woke the consumer (wrote its eventfd after finding it asleep).
+    /// Appended: the fields above keep their offsets.
+    wakeups: AtomicU64,
 }
 
 #[repr(C, align(64))]
 struct ConsumerLine {
     read_pos: AtomicU64,
     messages_read: AtomicU64,
+    /// Times this consumer woke the producer. Appended: the fields above keep their offsets.
+    wakeups: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -315,6 +320,8 @@ pub struct RingStats {
     pub bytes_unread: u64,
     /// Messages a fan-out producer could not fit (slow-consumer policy `drop`).
     pub messages_lost: u64,
+    /// Wake-ups both sides counted (each side's own counter, saturating sum).
+    pub wakeups: u64,
 }
 
 /// A mapped ring: the mappings stay valid as long as this value lives, whatever the peer does
@@ -723,6 +730,11 @@ impl SharedRing {
             messages_read: consumer.messages_read.load(Ordering::Relaxed),
             bytes_unread: written.saturating_sub(read).min(self.capacity),
             messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
+            wakeups: h
+                .producer
+                .wakeups
+                .load(Ordering::Relaxed)
+                .saturating_add(consumer.wakeups.load(Ordering::Relaxed)),
         }
     }
 
@@ -1223,11 +1235,15 @@ impl RingWriter {
     /// Pairs with [`RingReader::prepare_to_sleep`] (store flag, then re-check the ring).
     pub fn take_consumer_waiting(&mut self) -> bool {
         let flag = self.ring.consumer_side().1;
-        if self.ring.wakes_by_ticket() {
+        let wake = if self.ring.wakes_by_ticket() {
             handshake::take_ticket(flag, &mut self.woken_ticket)
         } else {
             handshake::take_waiting(flag)
+        };
+        if wake {
+            count_wakeup(&self.ring.header().producer.wakeups);
         }
+        wake
     }
 
     /// True if a write of `payload` bytes would make progress now (write the frame, or at least
@@ -1726,11 +1742,15 @@ impl RingReader {
             return false;
         }
         let flag = &self.ring.header().producer_waiting.waiting;
-        if self.ring.wakes_by_ticket() {
+        let wake = if self.ring.wakes_by_ticket() {
             handshake::take_ticket(flag, &mut self.woken_ticket)
         } else {
             handshake::take_waiting(flag)
+        };
+        if wake {
+            count_wakeup(&self.ring.consumer_side().0.wakeups);
         }
+        wake
     }
 
     /// Announces that the consumer is about to block. Returns false (do not sleep) if data
@@ -1749,6 +1769,14 @@ impl RingReader {
     pub fn done_sleeping(&self) {
         handshake::done_sleeping(self.ring.consumer_side().1);
     }
+}
+
+/// Counts one wake-up in the waker's own counter, for `shmemctl top`. Only this side writes
+/// it (a load and a store, no locked instruction on the wake path); the peer may scribble on
+/// it, so it saturates rather than wraps, and nobody takes a decision from it.
+fn count_wakeup(counter: &AtomicU64) {
+    let now = counter.load(Ordering::Relaxed);
+    counter.store(now.saturating_add(1), Ordering::Relaxed);
 }
 
 /// Checks a pair of positions (one of them, or both, read from the header) and returns the
@@ -2276,6 +2304,7 @@ mod tests {
             "passing the padding freed the space the producer waits for: it must be woken"
         );
         assert!(!r.take_producer_waiting(), "one wake-up per freeing");
+        assert_eq!(r.ring().stats().wakeups, 1, "the wake-up was counted once");
     }
 
     #[test]
@@ -2561,7 +2590,9 @@ mod hostile_positions {
             &h.producer.messages_written,
             &h.producer.bytes_written,
             &h.producer.messages_lost,
+            &h.producer.wakeups,
             &ring.consumer_side().0.messages_read,
+            &ring.consumer_side().0.wakeups,
         ] {
             counter.store(u64::MAX, Ordering::SeqCst);
         }
@@ -2578,8 +2609,16 @@ mod hostile_positions {
             );
         }
         assert_eq!(reader.missed(), u64::MAX);
+        // Both sides find the other asleep and count a wake-up on top of a counter the peer
+        // set to the maximum: it saturates, and so does the sum in `stats`.
+        ring.consumer_side().1.store(1, Ordering::SeqCst);
+        h.producer_waiting.waiting.store(1, Ordering::SeqCst);
+        assert!(writer.take_consumer_waiting());
+        assert!(reader.take_producer_waiting());
         let stats = ring.stats();
         assert_eq!(stats.messages_written, u64::MAX);
         assert_eq!(stats.messages_read, u64::MAX);
+        assert_eq!(stats.wakeups, u64::MAX);
+        assert_eq!(h.producer.wakeups.load(Ordering::SeqCst), u64::MAX);
     }
 }

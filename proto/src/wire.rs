@@ -625,6 +625,15 @@ pub struct ChannelInfo {
     /// Ring memory the channel holds now: one ring per producer and consumer pair.
     #[serde(default)]
     pub ring_bytes: u64,
+    /// The fullest ring's fill: the most bytes (frames included) written to one of the
+    /// channel's rings and not yet read, at most `capacity`. 0 from older brokers.
+    #[serde(default)]
+    pub fullest_ring_bytes: u64,
+    /// Wake-ups (eventfd writes after finding the peer asleep) counted in the channel's rings
+    /// that exist now, both sides summed: it goes back when a fan-out consumer's rings go.
+    /// Clients write it: informational only. 0 from older brokers.
+    #[serde(default)]
+    pub wakeups: u64,
 }
 
 impl ChannelInfo {

@@ -987,7 +987,7 @@ impl<'a> LabBroker<'a> {
 }
 
 /// `binary` if the service user can execute it where it is, else a copy in the lab dir.
-fn service_reachable_binary(lab: &SystemdLab, binary: &Path) -> PathBuf {
+pub fn service_reachable_binary(lab: &SystemdLab, binary: &Path) -> PathBuf {
     match reachable_by_services(binary, 0o001) {
         Ok(()) => binary.to_path_buf(),
         Err(why) => {
