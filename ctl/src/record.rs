@@ -241,11 +241,6 @@ pub fn parse_rate(text: &str) -> Result<u32, String> {
     }
 }
 
-/// A recording's header.
-struct Header {
-    channel: String,
-}
-
 /// One record read from a file.
 struct Record {
     kind: Kind,
@@ -263,7 +258,8 @@ struct Reader {
 }
 
 impl Reader {
-    fn open(path: &Path) -> Result<(Reader, Header)> {
+    /// Opens a recording and checks its header.
+    fn open(path: &Path) -> Result<Reader> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut reader = Reader {
             input: BufReader::with_capacity(1 << 20, file),
@@ -271,8 +267,8 @@ impl Reader {
             offset: 0,
             index: 0,
         };
-        let header = reader.header()?;
-        Ok((reader, header))
+        reader.header()?;
+        Ok(reader)
     }
 
     fn fail(&self, what: impl std::fmt::Display) -> anyhow::Error {
@@ -294,7 +290,9 @@ impl Reader {
         Ok(got)
     }
 
-    fn header(&mut self) -> Result<Header> {
+    /// Checks the file header. The recorded channel's name is checked but not kept: any
+    /// channel can take the replay.
+    fn header(&mut self) -> Result<()> {
         let mut fixed = [0u8; FILE_HEADER_LEN];
         let got = self.fill(&mut fixed)?;
         if got < MAGIC.len() || fixed[..MAGIC.len()] != MAGIC {
@@ -321,11 +319,10 @@ impl Reader {
         if self.fill(&mut name)? < name_len {
             return Err(self.fail("truncated: the file ends inside the channel name"));
         }
-        let channel = String::from_utf8(name)
-            .ok()
-            .filter(|n| validate_channel_name(n).is_ok())
-            .ok_or_else(|| self.fail("the channel name in the header is not a valid name"))?;
-        Ok(Header { channel })
+        match String::from_utf8(name) {
+            Ok(name) if validate_channel_name(&name).is_ok() => Ok(()),
+            _ => Err(self.fail("the channel name in the header is not a valid name")),
+        }
     }
 
     /// The next record, its payload in `payload`; `None` at the end of the file (between
@@ -388,16 +385,10 @@ impl Reader {
 /// marks end-of-stream. A file that turns out malformed or truncated stops the replay there,
 /// without the mark.
 pub fn replay(client: Client, path: &Path, name: &str, pace: Pace) -> Result<()> {
-    let (mut reader, header) = Reader::open(path)?;
+    let mut reader = Reader::open(path)?;
     let mut producer = client.producer(name)?;
     drop(client);
     let max = producer.max_message_len();
-    if header.channel != name {
-        eprintln!(
-            "shmemctl: replaying a recording of channel {} into {name}",
-            header.channel
-        );
-    }
     let progress = Arc::new(Mutex::new(Replayed::default()));
     on_replay_interrupt(format!("replay into {name}"), progress.clone())?;
     let start = Instant::now();
