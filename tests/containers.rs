@@ -120,7 +120,13 @@ impl Lab {
     }
 
     fn run(&self, cmd: Command) -> CmdOutput {
-        run(cmd, "container", self.broker.dir(), Stdio::null(), CTL_TIMEOUT)
+        run(
+            cmd,
+            "container",
+            self.broker.dir(),
+            Stdio::null(),
+            CTL_TIMEOUT,
+        )
     }
 }
 
@@ -146,7 +152,11 @@ fn containers_in_their_own_namespaces_move_64_mib_and_are_seen_by_their_host_uid
         .to_string();
     let lines: Vec<&str> = look.lines().collect();
     assert_eq!(lines.first(), Some(&"0"), "root inside:\n{look}");
-    assert_eq!(lines.get(2), Some(&"control.sock"), "only the socket:\n{look}");
+    assert_eq!(
+        lines.get(2),
+        Some(&"control.sock"),
+        "only the socket:\n{look}"
+    );
     assert!(
         !look.contains("shm") && !look.contains("eth"),
         "no /dev/shm, no host network:\n{look}"
@@ -192,9 +202,17 @@ fn containers_in_their_own_namespaces_move_64_mib_and_are_seen_by_their_host_uid
     // The containers' root is not the broker's root: a channel that does not list their
     // uids refuses both, naming the uid the kernel reported.
     lab.run(lab.ctl(PRODUCER_UID, &["send", "closed"]))
-        .expect_error(&["permission denied", "closed", &format!("uid {PRODUCER_UID}")]);
+        .expect_error(&[
+            "permission denied",
+            "closed",
+            &format!("uid {PRODUCER_UID}"),
+        ]);
     lab.run(lab.ctl(CONSUMER_UID, &["recv", "closed"]))
-        .expect_error(&["permission denied", "closed", &format!("uid {CONSUMER_UID}")]);
+        .expect_error(&[
+            "permission denied",
+            "closed",
+            &format!("uid {CONSUMER_UID}"),
+        ]);
     // And the roles are the lists' own: the consumer's uid may not produce into boxed.
     lab.run(lab.ctl(CONSUMER_UID, &["send", "boxed"]))
         .expect_error(&["permission denied", "boxed", &format!("uid {CONSUMER_UID}")]);

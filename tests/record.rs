@@ -193,7 +193,8 @@ fn round_trip_keeps_every_boundary_from_1_byte_to_1_mib() {
     let out = recorder.output(TRANSFER);
     out.expect_success();
     assert!(
-        out.stderr.contains(&format!("recorded {} messages", messages.len())),
+        out.stderr
+            .contains(&format!("recorded {} messages", messages.len())),
         "{out}"
     );
 
@@ -202,15 +203,19 @@ fn round_trip_keeps_every_boundary_from_1_byte_to_1_mib() {
     let (ends, bodies): (Vec<&Rec>, Vec<&Rec>) = records.iter().partition(|r| r.kind != 1);
     assert_eq!(ends.len(), 1, "one end-of-stream record: {ends:?}");
     assert_eq!(ends[0].kind, 2, "a clean end-of-stream mark");
-    assert_eq!(records.last().map(|r| r.kind), Some(2), "the mark comes last");
+    assert_eq!(
+        records.last().map(|r| r.kind),
+        Some(2),
+        "the mark comes last"
+    );
     assert_eq!(bodies.len(), messages.len());
     for (i, (rec, want)) in bodies.iter().zip(&messages).enumerate() {
-        assert_eq!(
-            rec.payload.len(),
-            want.len(),
-            "message {i}: boundary moved"
+        assert_eq!(rec.payload.len(), want.len(), "message {i}: boundary moved");
+        assert!(
+            rec.payload == *want,
+            "message {i} ({} bytes) differs",
+            want.len()
         );
-        assert!(rec.payload == *want, "message {i} ({} bytes) differs", want.len());
         assert_eq!(rec.producer, NO_PRODUCER, "one-to-one: no producer id");
     }
     assert!(
@@ -224,7 +229,11 @@ fn round_trip_keeps_every_boundary_from_1_byte_to_1_mib() {
     end.expect("replay ends with its end-of-stream mark");
     assert_eq!(got.len(), messages.len(), "replayed message count");
     for (i, (got, want)) in got.iter().zip(&messages).enumerate() {
-        assert!(got == want, "replayed message {i} differs ({} bytes)", want.len());
+        assert!(
+            got == want,
+            "replayed message {i} differs ({} bytes)",
+            want.len()
+        );
     }
 }
 
@@ -236,7 +245,13 @@ fn fan_out_recording_keeps_each_producers_id_and_order() {
     create(&client, "fan", 1 << 20, 2, 2);
     let file = broker.dir().join("fan.rec");
     let mut recorder = broker.spawn_ctl(
-        &["record", "fan", &file.display().to_string(), "--streams", "2"],
+        &[
+            "record",
+            "fan",
+            &file.display().to_string(),
+            "--streams",
+            "2",
+        ],
         Stdio::null(),
         None,
     );
@@ -280,7 +295,11 @@ fn fan_out_recording_keeps_each_producers_id_and_order() {
             "producer {id}'s end-of-stream mark is recorded with its id, after its messages"
         );
     }
-    assert_eq!(records.len() as u64, 2 * PER_PRODUCER + 2, "nothing else recorded");
+    assert_eq!(
+        records.len() as u64,
+        2 * PER_PRODUCER + 2,
+        "nothing else recorded"
+    );
 
     // Replayed into a one-to-one channel, the merged order of the recording is kept.
     create(&client, "merged", 1 << 20, 1, 1);
@@ -293,7 +312,10 @@ fn fan_out_recording_keeps_each_producers_id_and_order() {
         .map(|r| &r.payload)
         .collect();
     assert_eq!(got.len(), want.len());
-    assert!(got.iter().zip(want).all(|(g, w)| g == w), "merged order changed");
+    assert!(
+        got.iter().zip(want).all(|(g, w)| g == w),
+        "merged order changed"
+    );
 }
 
 #[test]
@@ -333,7 +355,13 @@ fn rate_and_as_recorded_pace_the_replay_and_keep_order() {
     );
 
     broker
-        .ctl(&["replay", &file.display().to_string(), "paced", "--rate", "0/s"])
+        .ctl(&[
+            "replay",
+            &file.display().to_string(),
+            "paced",
+            "--rate",
+            "0/s",
+        ])
         .expect_usage_error(&["--rate", "at least 1/s"]);
     broker
         .ctl(&[
@@ -349,6 +377,8 @@ fn rate_and_as_recorded_pace_the_replay_and_keep_order() {
 
 /// A replay of a bad file: one error line naming the problem, exit 1, the messages before it
 /// delivered, and no end-of-stream mark (the consumer learns the stream was cut).
+/// Each case replays into a channel of its own: a one-to-one channel keeps telling a newly
+/// attached consumer that the last producer went away (until another producer attaches).
 fn replay_refused(broker: &Broker, bytes: &[u8], needles: &[&str], delivered: usize) {
     let file = broker.dir().join("hostile.rec");
     fs::write(&file, bytes).expect("write recording");
@@ -359,10 +389,20 @@ fn replay_refused(broker: &Broker, bytes: &[u8], needles: &[&str], delivered: us
         assert_eq!(out.status.code(), Some(1), "{out}");
         return;
     }
-    let (out, got, end, _) = replay_and_drain(broker, &file, "victim", &[]);
+    static CASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let channel = format!(
+        "victim{}",
+        CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    create(&broker.client(), &channel, 64 << 10, 1, 1);
+    let (out, got, end, _) = replay_and_drain(broker, &file, &channel, &[]);
     out.expect_error(needles);
     assert_eq!(out.status.code(), Some(1), "{out}");
-    assert_eq!(got.len(), delivered, "messages before the bad record");
+    assert_eq!(
+        got.len(),
+        delivered,
+        "messages before the bad record (then {end:?}):\n{out}"
+    );
     assert!(
         matches!(end, Err(Error::ProducerGone { .. })),
         "the consumer must learn the replay did not finish, got {end:?}"
@@ -388,7 +428,12 @@ fn hostile_recordings_are_refused_with_one_line_and_no_end_mark() {
     replay_refused(
         &broker,
         &liar,
-        &["truncated", "record 4", "4294967295 bytes", "ends after 50 bytes"],
+        &[
+            "truncated",
+            "record 4",
+            "4294967295 bytes",
+            "ends after 50 bytes",
+        ],
         3,
     );
 
@@ -396,12 +441,22 @@ fn hostile_recordings_are_refused_with_one_line_and_no_end_mark() {
     replay_refused(
         &broker,
         &whole[..whole.len() - 1],
-        &["truncated", "record 3", "claims 100 bytes", "after 99 bytes"],
+        &[
+            "truncated",
+            "record 3",
+            "claims 100 bytes",
+            "after 99 bytes",
+        ],
         2,
     );
     let mut cut_header = whole.clone();
     cut_header.extend_from_slice(&[1, 0, 0]);
-    replay_refused(&broker, &cut_header, &["truncated", "record 4", "3 of its 20"], 3);
+    replay_refused(
+        &broker,
+        &cut_header,
+        &["truncated", "record 4", "3 of its 20"],
+        3,
+    );
 
     // Unknown kind, reserved bytes, an end record with a payload.
     let mut bad_kind = whole.clone();
@@ -424,14 +479,29 @@ fn hostile_recordings_are_refused_with_one_line_and_no_end_mark() {
             },
         ],
     );
-    replay_refused(&broker, &end_with_payload, &["record 2", "end-of-stream"], 1);
+    replay_refused(
+        &broker,
+        &end_with_payload,
+        &["record 2", "end-of-stream"],
+        1,
+    );
 
     // A message larger than the channel takes: refused by name before it is sent.
     let too_big = recording("victim", &[message(0, 10), message(1, 64 << 10)]);
-    replay_refused(&broker, &too_big, &["record 2", "does not fit channel victim"], 1);
+    replay_refused(
+        &broker,
+        &too_big,
+        &["record 2", "does not fit channel victim"],
+        1,
+    );
 
     // Headers: not a recording, a future version, a name too long, not a valid name, cut.
-    replay_refused(&broker, b"hello world, not a recording", &["not a shmemctl recording"], 0);
+    replay_refused(
+        &broker,
+        b"hello world, not a recording",
+        &["not a shmemctl recording"],
+        0,
+    );
     let mut future = whole.clone();
     future[8] = 2;
     replay_refused(&broker, &future, &["format version 2", "version 1 only"], 0);
@@ -467,23 +537,33 @@ fn record_follow_ends_at_a_record_boundary_on_sigint() {
     wait_for_consumer(&broker, "live", recorder.pid());
     let mut producer = client.producer("live").expect("attach");
     for i in 0..50u64 {
-        producer.send(&payload(0, i, 1 + i as usize * 100)).expect("send");
+        producer
+            .send(&payload(0, i, 1 + i as usize * 100))
+            .expect("send");
     }
     producer.close().expect("close");
     // The mark is recorded and --follow goes on waiting; the file is complete on disk.
-    wait_for(WAIT, "the recording to hold 50 messages and the mark", || {
-        let len = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        let want = 20 + 4 + (0..50u64).map(|i| 20 + 1 + i * 100).sum::<u64>() + 20;
-        if len == want {
-            Ok(())
-        } else {
-            Err(format!("{len} of {want} bytes"))
-        }
-    });
+    wait_for(
+        WAIT,
+        "the recording to hold 50 messages and the mark",
+        || {
+            let len = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let want = 20 + 4 + (0..50u64).map(|i| 20 + 1 + i * 100).sum::<u64>() + 20;
+            if len == want {
+                Ok(())
+            } else {
+                Err(format!("{len} of {want} bytes"))
+            }
+        },
+    );
     recorder.signal(libc::SIGINT);
     let out = recorder.output(TRANSFER);
     assert_eq!(out.status.code(), Some(130), "{out}");
-    assert!(out.stderr.contains("interrupted by SIGINT after 50 messages"), "{out}");
+    assert!(
+        out.stderr
+            .contains("interrupted by SIGINT after 50 messages"),
+        "{out}"
+    );
     let (_, records) = parse_recording(&file);
     assert_eq!(records.len(), 51);
 }

@@ -205,11 +205,13 @@ fn main() -> ExitCode {
     // These two describe shmemctl itself and need no broker.
     let done = match &args.command {
         Command::Completions { shell } => Some(docs::completions(*shell)),
-        Command::Man { list: true, .. } => Some(say(
-            &mut io::stdout().lock(),
-            format_args!("{}", docs::subcommands().join("\n")),
-        )
-        .map_err(anyhow::Error::from)),
+        Command::Man { list: true, .. } => Some(
+            say(
+                &mut io::stdout().lock(),
+                format_args!("{}", docs::subcommands().join("\n")),
+            )
+            .map_err(anyhow::Error::from),
+        ),
         Command::Man { subcommand, .. } => Some(docs::man(subcommand.as_deref())),
         _ => None,
     };

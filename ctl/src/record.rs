@@ -159,7 +159,10 @@ pub fn record(client: Client, name: &str, path: &Path, streams: Option<u64>) -> 
     loop {
         // Whatever is there is taken without a flush; the file is flushed before waiting, so
         // a recording that is read while it grows ends at the last message received.
-        let got = match consumer.try_recv_into(&mut message).map_err(TryRecvError::into_failure) {
+        let got = match consumer
+            .try_recv_into(&mut message)
+            .map_err(TryRecvError::into_failure)
+        {
             Ok(got) => Ok(got),
             Err(Some(failure)) => Err(failure),
             Err(None) => {
@@ -411,7 +414,9 @@ pub fn replay(client: Client, path: &Path, name: &str, pace: Pace) -> Result<()>
             Pace::Asap => None,
             Pace::Rate(rate) => {
                 let nanos = u128::from(sent) * 1_000_000_000 / u128::from(rate);
-                Some(Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
+                Some(Duration::from_nanos(
+                    u64::try_from(nanos).unwrap_or(u64::MAX),
+                ))
             }
             Pace::AsRecorded => {
                 let first = *first_time.get_or_insert(record.time_ns);
