@@ -77,8 +77,9 @@ impl SystemdLab {
         SystemdLab::boot_with(false)
     }
 
-    /// A lab whose /etc, /usr and /var are overlays of the host's with a tmpfs on top, and whose
-    /// systemd also loads units from /usr/lib/systemd/system: a package can be installed,
+    /// A lab whose /etc, /usr and /var are overlays of the host's with a tmpfs on top, whose
+    /// /tmp is its own, and whose systemd also loads units from /usr/lib/systemd/system, which
+    /// starts empty (never the host's units: see sd-init.sh): a package can be installed,
     /// enabled and purged in it (dpkg, systemd-sysusers, useradd) and the host's files, user
     /// database and dpkg database stay as they were. Whatever the lab writes there is gone
     /// with it.

@@ -6,8 +6,10 @@ W=$1
 UNIT_PATH="/etc/systemd/system:$W/units"
 # SystemdLab::boot_overlaid: /etc, /usr and /var as overlays with a tmpfs on top, so a package
 # can be installed and purged here without touching the host (first, before the mounts below
-# land on top of /etc). The lab also loads the units packages put in /usr/lib/systemd/system
-# (after its own: its stand-in targets and journald win).
+# land on top of /etc). The lab also loads the units packages put in /usr/lib/systemd/system,
+# which starts EMPTY (a tmpfs): the host's units there must never be loaded here, since their
+# sysinit.target.wants/ links would start e.g. systemd-tmpfiles-setup.service, whose
+# `--remove --boot` empties the host's /tmp. /tmp is private too, for the same reason.
 if [ -e "$W/overlay-root" ]; then
     mkdir -p "$W/overlay"
     mount -n -t tmpfs -o mode=755 tmpfs "$W/overlay"
@@ -16,6 +18,8 @@ if [ -e "$W/overlay-root" ]; then
         mount -n -t overlay overlay \
             -o "lowerdir=/$d,upperdir=$W/overlay/$d-upper,workdir=$W/overlay/$d-work" "/$d"
     done
+    mount -n -t tmpfs -o mode=755 tmpfs /usr/lib/systemd/system
+    mount -n -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
     UNIT_PATH="$UNIT_PATH:/usr/lib/systemd/system"
 fi
 mount -n -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
