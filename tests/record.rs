@@ -112,7 +112,7 @@ fn sizes() -> Vec<usize> {
         (1 << 20) - 1,
         1 << 20,
     ];
-    let mut rng = XorShift64::new(0x5ec0_4d);
+    let mut rng = XorShift64::new(0x005e_c04d);
     for _ in 0..60 {
         sizes.push(1 + (rng.next_u64() % 200_000) as usize);
     }
