@@ -331,3 +331,46 @@ fn package_builds_installs_activates_and_purges_cleanly() {
         "the host got the package"
     );
 }
+
+/// `shmemctl completions SHELL` and the man page generators describe the binaries themselves:
+/// they work with no broker anywhere, and a shell clap_complete does not know is refused.
+#[test]
+fn completions_and_man_pages_need_no_broker() {
+    let tmp = temp_dir();
+    let nowhere = tmp.path().join("no-broker.sock");
+    let ctl = |args: &[&str]| {
+        let mut cmd = Command::new(ctl_bin());
+        cmd.arg("--socket").arg(&nowhere).args(args);
+        run(cmd, "shmemctl", tmp.path(), Stdio::null(), CTL_TIMEOUT)
+    };
+    for (shell, marker) in [
+        ("bash", "complete -F _shmemctl"),
+        ("zsh", "#compdef shmemctl"),
+        ("fish", "complete -c shmemctl"),
+    ] {
+        let out = ctl(&["completions", shell]);
+        let script = out.expect_success();
+        assert!(
+            script.contains(marker) && script.contains("replay"),
+            "{shell}:\n{out}"
+        );
+    }
+    ctl(&["completions", "tcsh"]).expect_usage_error(&["tcsh"]);
+    let page = ctl(&["man"]);
+    assert!(page.expect_success().starts_with(".ie") && page.stdout.contains(".TH shmemctl 1"));
+    let listed = ctl(&["man", "--list"]);
+    let names: Vec<&str> = listed.expect_success().lines().collect();
+    assert!(
+        names.contains(&"record") && !names.contains(&"man"),
+        "{listed}"
+    );
+    ctl(&["man", "nope"]).expect_error(&["no subcommand \"nope\""]);
+    let broker = run(
+        command(&broker_bin().display().to_string(), &["--man"]),
+        "shmem-broker",
+        tmp.path(),
+        Stdio::null(),
+        CTL_TIMEOUT,
+    );
+    assert!(broker.expect_success().contains(".TH shmem-broker 8"));
+}
