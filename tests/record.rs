@@ -567,3 +567,32 @@ fn record_follow_ends_at_a_record_boundary_on_sigint() {
     let (_, records) = parse_recording(&file);
     assert_eq!(records.len(), 51);
 }
+
+#[test]
+fn a_producer_gone_without_its_mark_is_recorded_as_cut_and_record_exits_3() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    create(&client, "cut", 1 << 20, 1, 1);
+    let file = broker.dir().join("cut.rec");
+    let mut recorder = broker.spawn_ctl(
+        &["record", "cut", &file.display().to_string()],
+        Stdio::null(),
+        None,
+    );
+    wait_for_consumer(&broker, "cut", recorder.pid());
+    let mut producer = client.producer("cut").expect("attach");
+    for i in 0..5u64 {
+        producer.send(&payload(0, i, 1000)).expect("send");
+    }
+    // Gone without close(): no end-of-stream mark.
+    drop(producer);
+    let out = recorder.output(TRANSFER);
+    assert_eq!(out.status.code(), Some(3), "{out}");
+    assert!(
+        out.stderr.contains("went away without end-of-stream"),
+        "{out}"
+    );
+    let (_, records) = parse_recording(&file);
+    let kinds: Vec<u8> = records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [1, 1, 1, 1, 1, 3], "five messages, then the cut");
+}
