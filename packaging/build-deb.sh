@@ -63,4 +63,5 @@ if grep -q /usr/local "$OUT"/units/*; then
     exit 1
 fi
 
-cargo deb -p shmem-broker-daemon --no-build "$@"
+# Stripped: the release profile keeps line tables (debug = 1) for backtraces and profiles.
+cargo deb -p shmem-broker-daemon --no-build --strip "$@"

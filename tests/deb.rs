@@ -58,10 +58,10 @@ fn command(program: &str, args: &[&str]) -> Command {
 /// Builds the package into `out`; returns the .deb.
 fn build_package(out: &Path, logs: &Path) -> PathBuf {
     let mut cmd = Command::new(workspace_dir().join("packaging").join("build-deb.sh"));
-    // Stripped and quickly compressed: ~80 MB of debug binaries otherwise take minutes of xz.
+    // Quickly compressed (build-deb.sh strips): debug binaries otherwise take minutes of xz.
     cmd.env("PROFILE", "dev")
         .env("BUILD", "no")
-        .args(["--strip", "--fast", "--output"])
+        .args(["--fast", "--output"])
         .arg(out);
     let built = run(cmd, "build-deb", logs, Stdio::null(), BUILD_TIMEOUT);
     assert!(built.success(), "packaging failed:\n{built}");
