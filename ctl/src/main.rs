@@ -3,11 +3,14 @@
 //! One job per file: `main.rs` the command line, `pipe.rs` send and recv, `show.rs` the text
 //! and JSON output, `report.rs` how errors are said and which exit code they give; `top.rs`,
 //! `metrics.rs` (with `serve.rs`, its HTTP endpoint) and `progress.rs` the live view, the
-//! Prometheus output and the progress bars, from the looks `snapshot.rs` takes.
+//! Prometheus output and the progress bars, from the looks `snapshot.rs` takes; `record.rs`
+//! record and replay, `docs.rs` shell completions and the man page.
 
+mod docs;
 mod metrics;
 mod pipe;
 mod progress;
+mod record;
 mod report;
 mod serve;
 mod show;
@@ -157,6 +160,52 @@ enum Command {
         #[arg(long)]
         progress: bool,
     },
+    /// Record a channel's messages into FILE, keeping their boundaries, receive times and
+    /// producers (format: docs/record-format.md), until end-of-stream
+    Record {
+        /// The channel to record
+        name: String,
+        /// The recording to write (replaced if it exists)
+        file: PathBuf,
+        /// Stop after this many end-of-stream marks (one per producer that closes)
+        #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "follow",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        streams: u64,
+        /// Keep recording until interrupted (SIGINT/SIGTERM end it at a record boundary)
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Send the messages of a recording into a channel as its producer, then mark
+    /// end-of-stream. A malformed or truncated file stops the replay with an error and no mark.
+    Replay {
+        /// The recording to read
+        file: PathBuf,
+        /// The channel to send into
+        name: String,
+        /// Send at most this many messages per second, like 1000/s [default: as fast as the
+        /// channel takes them]
+        #[arg(long, value_name = "N/s", value_parser = record::parse_rate,
+              conflicts_with = "as_recorded")]
+        rate: Option<u32>,
+        /// Keep the gaps between the messages' receive times in the recording
+        #[arg(long)]
+        as_recorded: bool,
+    },
+    /// Print a completion script for SHELL on standard output (see the README for where it goes)
+    Completions {
+        /// bash, zsh or fish (also elvish, powershell)
+        shell: clap_complete::Shell,
+    },
+    /// Print the shmemctl(1) man page (roff) on standard output, or shmemctl-SUBCOMMAND(1);
+    /// `--list` names the subcommands. The Debian package runs this at build time.
+    #[command(hide = true)]
+    Man {
+        /// The subcommand whose page to print
+        subcommand: Option<String>,
+        /// Print the subcommands that have a page, one a line
+        #[arg(long, conflicts_with = "subcommand")]
+        list: bool,
+    },
     /// Live view of every channel, refreshed each interval: producers and consumers attached,
     /// messages/s, bytes/s, fill of the fullest ring, lag of the slowest consumer, losses and
     /// evictions since the channel was made, wake-ups/s; broker totals on top. Keys sort
@@ -207,7 +256,20 @@ fn nonzero_size(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    // These two describe shmemctl itself and need no broker.
+    let done = match &args.command {
+        Command::Completions { shell } => Some(docs::completions(*shell)),
+        Command::Man { list: true, .. } => Some(
+            say(
+                &mut io::stdout().lock(),
+                format_args!("{}", docs::subcommands().join("\n")),
+            )
+            .map_err(anyhow::Error::from),
+        ),
+        Command::Man { subcommand, .. } => Some(docs::man(subcommand.as_deref())),
+        _ => None,
+    };
+    match done.unwrap_or_else(|| run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report::finish(err),
     }
@@ -373,6 +435,31 @@ fn run(args: Args) -> Result<()> {
             let snap = snapshot::Snapshot::take(&client)?;
             metrics::run(&snap, textfile.as_deref(), &mut out)?;
         }
+        Command::Record {
+            name,
+            file,
+            streams,
+            follow,
+        } => {
+            drop(out);
+            record::record(client, &name, &file, (!follow).then_some(streams))?;
+        }
+        Command::Replay {
+            file,
+            name,
+            rate,
+            as_recorded,
+        } => {
+            drop(out);
+            let pace = match (rate, as_recorded) {
+                (Some(rate), _) => record::Pace::Rate(rate),
+                (None, true) => record::Pace::AsRecorded,
+                (None, false) => record::Pace::Asap,
+            };
+            record::replay(client, &file, &name, pace)?;
+        }
+        // Handled in main, before connecting.
+        Command::Completions { .. } | Command::Man { .. } => {}
     }
     Ok(())
 }

@@ -37,10 +37,36 @@ struct Args {
     /// term (human) or json (one object per line) [default: the config's, else term]
     #[arg(long, value_name = "FORMAT", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<LogFormat>()))]
     log_format: Option<LogFormat>,
+    /// Print the shmem-broker(8) man page (roff) and exit: the Debian package generates it
+    /// at build time from these very definitions
+    #[arg(long, hide = true)]
+    man: bool,
+}
+
+/// Writes shmem-broker(8) on standard output.
+fn print_man() -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut page = Vec::new();
+    let rendered = clap_mangen::Man::new(Args::command())
+        .section("8")
+        .manual("shmem-broker")
+        .render(&mut page);
+    let mut stdout = std::io::stdout().lock();
+    match rendered.and_then(|()| stdout.write_all(&page).and_then(|()| stdout.flush())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shmem-broker: writing the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        return print_man();
+    }
     let config = match Config::discover(args.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {

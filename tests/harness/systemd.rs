@@ -74,6 +74,20 @@ impl SystemdLab {
     /// Boots a lab and waits until its systemd reports `running` (or `degraded`). Panics with
     /// the reason (and the launcher's output) if it cannot. Needs root.
     pub fn boot() -> SystemdLab {
+        SystemdLab::boot_with(false)
+    }
+
+    /// A lab whose /etc, /usr and /var are overlays of the host's with a tmpfs on top, whose
+    /// /tmp is its own, and whose systemd also loads units from /usr/lib/systemd/system, which
+    /// starts empty (never the host's units: see sd-init.sh): a package can be installed,
+    /// enabled and purged in it (dpkg, systemd-sysusers, useradd) and the host's files, user
+    /// database and dpkg database stay as they were. Whatever the lab writes there is gone
+    /// with it.
+    pub fn boot_overlaid() -> SystemdLab {
+        SystemdLab::boot_with(true)
+    }
+
+    fn boot_with(overlaid: bool) -> SystemdLab {
         assert!(
             rustix::process::geteuid().is_root(),
             "SystemdLab::boot needs root: call require_root() first"
@@ -95,6 +109,11 @@ impl SystemdLab {
         let log_dir = dir.path().join("logs");
         fs::create_dir(&log_dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", log_dir.display()));
 
+        if overlaid {
+            // sd-init.sh looks for this file.
+            let marker = dir.path().join("overlay-root");
+            fs::write(&marker, "").unwrap_or_else(|e| panic!("write {}: {e}", marker.display()));
+        }
         let script = scripts_dir().join("sd-up.sh");
         let launcher_log = dir.path().join("launcher.log");
         let log = File::create(&launcher_log)
