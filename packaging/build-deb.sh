@@ -52,7 +52,7 @@ gzip -9n "$OUT"/man/*
 "$BIN/shmemctl" completions fish > "$OUT/completions/shmemctl.fish"
 
 # The units as shipped, run from /usr/bin, their docs in /usr/share/doc/shmem-broker.
-for unit in shmem-broker.service shmem-broker.socket; do
+for unit in shmem-broker.service shmem-broker.socket shmem-broker-metrics.service shmem-broker-metrics.timer; do
     sed -e 's|/usr/local/bin/|/usr/bin/|g' \
         -e 's|file:///usr/local/share/doc/shmem-broker/|file:///usr/share/doc/shmem-broker/|g' \
         "systemd/$unit" > "$OUT/units/$unit"

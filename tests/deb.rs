@@ -21,6 +21,8 @@ const FILES: &[&str] = &[
     "./etc/shmem-broker/shmem-broker.toml",
     "./usr/bin/shmem-broker",
     "./usr/bin/shmemctl",
+    "./usr/lib/systemd/system/shmem-broker-metrics.service",
+    "./usr/lib/systemd/system/shmem-broker-metrics.timer",
     "./usr/lib/systemd/system/shmem-broker.service",
     "./usr/lib/systemd/system/shmem-broker.socket",
     "./usr/lib/sysusers.d/shmem-broker.conf",
@@ -37,12 +39,14 @@ const FILES: &[&str] = &[
     "./usr/share/man/man1/shmemctl-drop.1.gz",
     "./usr/share/man/man1/shmemctl-info.1.gz",
     "./usr/share/man/man1/shmemctl-list.1.gz",
+    "./usr/share/man/man1/shmemctl-metrics.1.gz",
     "./usr/share/man/man1/shmemctl-monitor.1.gz",
     "./usr/share/man/man1/shmemctl-record.1.gz",
     "./usr/share/man/man1/shmemctl-recv.1.gz",
     "./usr/share/man/man1/shmemctl-replay.1.gz",
     "./usr/share/man/man1/shmemctl-send.1.gz",
     "./usr/share/man/man1/shmemctl-status.1.gz",
+    "./usr/share/man/man1/shmemctl-top.1.gz",
     "./usr/share/man/man1/shmemctl.1.gz",
     "./usr/share/man/man5/shmem-broker.toml.5.gz",
     "./usr/share/man/man8/shmem-broker.8.gz",
@@ -285,6 +289,10 @@ fn package_builds_installs_activates_and_purges_cleanly() {
         "purge left the user"
     );
     assert!(
+        !lab_has(&lab, "passwd", "shmem-broker-metrics"),
+        "purge left the metrics timer's user"
+    );
+    assert!(
         !lab_has(&lab, "group", "shmem-broker"),
         "purge left the user's group"
     );
@@ -292,7 +300,11 @@ fn package_builds_installs_activates_and_purges_cleanly() {
         !lab_has(&lab, "group", "shmem"),
         "purge left the shmem group"
     );
-    for unit in ["shmem-broker.socket", "shmem-broker.service"] {
+    for unit in [
+        "shmem-broker.socket",
+        "shmem-broker.service",
+        "shmem-broker-metrics.timer",
+    ] {
         assert_eq!(
             lab.show(unit, "LoadState"),
             "not-found",
