@@ -1,7 +1,9 @@
 //! The C library from a C programmer's side: `systemd/install.sh` stages the library, header
 //! and pkg-config file, the system C compiler builds the two example programs against them
 //! through `pkg-config`, and they move 64 MiB to `shmemctl`, from it and to each other (SHA-256
-//! checked), then run under valgrind with no leak and no invalid access.
+//! checked; zero-copy loans and borrowed receives, and copies), then run under valgrind with no
+//! leak and no invalid access; `tests/c/api_check.c` goes through the rest of the API
+//! (non-blocking calls, pollable fds, batches, argument checks, create/list/drop).
 
 use shmem_broker_tests::*;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ struct Built {
     lib_dir: PathBuf,
     send: PathBuf,
     recv: PathBuf,
+    api_check: PathBuf,
 }
 
 fn build_examples() -> Built {
@@ -53,7 +56,11 @@ fn build_examples() -> Built {
         .expect("run pkg-config");
     assert!(flags.status.success(), "pkg-config: {flags:?}");
     let flags = String::from_utf8(flags.stdout).expect("pkg-config output is UTF-8");
-    let compile = |name: &str| {
+    let compile = |source: &str| {
+        let name = Path::new(source)
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .expect("a file name");
         let out = stage.path().join(name);
         let status = Command::new(&cc)
             .args([
@@ -64,7 +71,7 @@ fn build_examples() -> Built {
                 "-Werror",
                 "-O2",
             ])
-            .arg(workspace_dir().join(format!("bindings/c/examples/{name}.c")))
+            .arg(workspace_dir().join(source))
             .arg("-o")
             .arg(&out)
             .args(flags.split_whitespace())
@@ -72,13 +79,14 @@ fn build_examples() -> Built {
             .expect("run cc");
         assert!(
             status.success(),
-            "cc {name}.c against the installed library"
+            "cc {source} against the installed library"
         );
         out
     };
     Built {
-        send: compile("shmem-cat-send"),
-        recv: compile("shmem-cat-recv"),
+        send: compile("bindings/c/examples/shmem-cat-send.c"),
+        recv: compile("bindings/c/examples/shmem-cat-recv.c"),
+        api_check: compile("tests/c/api_check.c"),
         lib_dir: root.join("lib"),
         _stage: stage,
     }
@@ -156,6 +164,11 @@ fn c_programs_move_64_mib_to_and_from_shmemctl_and_each_other() {
     let broker = Broker::start(None);
     let input = broker.dir().join("input");
     write_random_file(&input, SIXTY_FOUR_MIB, 13);
+    let with = |mut cmd: Command, args: &[&str]| {
+        cmd.args(args);
+        cmd
+    };
+    // By default the examples loan (send) and borrow (receive); --copy goes through buffers.
     for (name, sender, receiver) in [
         (
             "c-to-ctl",
@@ -169,8 +182,8 @@ fn c_programs_move_64_mib_to_and_from_shmemctl_and_each_other() {
         ),
         (
             "c-to-c",
-            c_command(&built, &broker, &built.send, &[]),
-            c_command(&built, &broker, &built.recv, &[]),
+            with(c_command(&built, &broker, &built.send, &[]), &["--copy"]),
+            with(c_command(&built, &broker, &built.recv, &[]), &["--copy"]),
         ),
     ] {
         broker.ctl_ok(&["create", name, "--capacity", "1MiB"]);
@@ -203,4 +216,42 @@ fn c_examples_run_clean_under_valgrind() {
     sender.arg("grind");
     receiver.arg("grind");
     transfer(sender, receiver, &input, &broker.dir().join("grind.out"));
+}
+
+/// Runs `tests/c/api_check.c` (under `wrapper` if given) on a fresh channel.
+fn run_api_check(built: &Built, wrapper: &[&str]) {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "c-api", "--capacity", "64KiB"]);
+    let mut cmd = c_command(built, &broker, &built.api_check, wrapper);
+    let out = cmd.arg("c-api").output().expect("run api_check");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "api_check ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_c_api_behaves_as_its_header_says() {
+    let built = build_examples();
+    run_api_check(&built, &[]);
+}
+
+#[test]
+fn the_c_api_check_runs_clean_under_valgrind() {
+    let valgrind = require_tool("valgrind", "valgrind");
+    let built = build_examples();
+    let valgrind = valgrind.to_str().expect("UTF-8 path");
+    run_api_check(
+        &built,
+        &[
+            valgrind,
+            "--quiet",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+        ],
+    );
 }

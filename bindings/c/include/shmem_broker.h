@@ -20,6 +20,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -99,6 +100,10 @@
 // pending for the next receive.
 #define SHMEM_ERR_BUFFER_TOO_SMALL -37
 
+// The producer has a loan outstanding (send or abandon it first), or the consumer a borrowed
+// message (release it first).
+#define SHMEM_ERR_BUSY -38
+
 // A system call failed.
 #define SHMEM_ERR_IO -40
 
@@ -114,10 +119,19 @@
 // A connection to the broker, for requests (list, info, create, drop) and to attach.
 typedef struct shmem_client shmem_client;
 
-// A consumer attached to a channel.
+// A consumer attached to a channel, and the borrowed message it may be holding.
+//
+// As for [`ShmemProducer`]: a [`Sample`] borrows its consumer mutably, so the consumer lives
+// in its own allocation and every function that touches it first checks that no sample is
+// held.
 typedef struct shmem_consumer shmem_consumer;
 
-// A producer attached to a channel.
+// A producer attached to a channel, and the loan it may have outstanding.
+//
+// A [`Loan`] borrows its producer mutably, and C holds both at once, so the producer lives in
+// its own allocation (`producer`, from `Box::into_raw`, freed in `Drop`) and the loan borrows
+// it for `'static`: sound because every function that touches the producer first checks that
+// no loan is outstanding (`SHMEM_ERR_BUSY`), and the loan is dropped before the producer.
 typedef struct shmem_producer shmem_producer;
 
 // How to create a channel; zeroed fields take the broker's defaults.
@@ -148,12 +162,12 @@ typedef struct shmem_message {
   // The message's bytes (may be NULL when `len` is 0).
   const void *data;
   // Its length.
-  uintptr_t len;
+  size_t len;
 } shmem_message;
 
 // Called by [`shmem_recv_batch`] for each message: `data` is valid for `len` bytes during
 // the call only.
-typedef void (*shmem_message_fn)(void *ctx, const void *data, uintptr_t len);
+typedef void (*shmem_message_fn)(void *ctx, const void *data, size_t len);
 
 #ifdef __cplusplus
 extern "C" {
@@ -239,13 +253,13 @@ int shmem_consumer_attach(struct shmem_client *client,
 //
 // # Safety
 // `producer` is a live producer; `data` points to `len` readable bytes (or `len` is 0).
-int shmem_send(struct shmem_producer *producer, const void *data, uintptr_t len);
+int shmem_send(struct shmem_producer *producer, const void *data, size_t len);
 
 // [`shmem_send`] without waiting: `SHMEM_WOULD_BLOCK` when there is no room now.
 //
 // # Safety
 // As [`shmem_send`].
-int shmem_try_send(struct shmem_producer *producer, const void *data, uintptr_t len);
+int shmem_try_send(struct shmem_producer *producer, const void *data, size_t len);
 
 // Sends `count` messages, publishing as many at once as fit, waiting for room as needed.
 //
@@ -253,7 +267,7 @@ int shmem_try_send(struct shmem_producer *producer, const void *data, uintptr_t 
 // `producer` is a live producer; `messages` points to `count` valid messages.
 int shmem_send_batch(struct shmem_producer *producer,
                      const struct shmem_message *messages,
-                     uintptr_t count);
+                     size_t count);
 
 // Sends as many of `count` messages as fit now, in order, and says how many in `*sent`;
 // `SHMEM_WOULD_BLOCK` (and `*sent` 0) when not even the first fits.
@@ -262,14 +276,46 @@ int shmem_send_batch(struct shmem_producer *producer,
 // As [`shmem_send_batch`]; `sent` points to writable storage.
 int shmem_try_send_batch(struct shmem_producer *producer,
                          const struct shmem_message *messages,
-                         uintptr_t count,
-                         uintptr_t *sent);
+                         size_t count,
+                         size_t *sent);
+
+// Lends `len` bytes in the ring (zero-copy send): `*data` is where to write them. Publish
+// with [`shmem_loan_send`], or give the space back with [`shmem_loan_abandon`]; until then
+// this producer's other calls return `SHMEM_ERR_BUSY`. Waits for room like [`shmem_send`].
+// The bytes are not zeroed: write every one of them.
+//
+// # Safety
+// `producer` is a live producer; `data` points to writable storage. `*data` is valid for
+// `len` bytes until the loan is sent or abandoned (or the producer freed).
+int shmem_loan(struct shmem_producer *producer, size_t len, void **data);
+
+// [`shmem_loan`] without waiting: `SHMEM_WOULD_BLOCK` (and `*data` NULL) when there is no
+// room now.
+//
+// # Safety
+// As [`shmem_loan`].
+int shmem_try_loan(struct shmem_producer *producer, size_t len, void **data);
+
+// Publishes the outstanding loan: the consumers can read it from now on.
+// `SHMEM_ERR_INVALID_ARGUMENT` if there is none.
+//
+// # Safety
+// `producer` is a live producer; the pointer [`shmem_loan`] gave is not used afterwards.
+int shmem_loan_send(struct shmem_producer *producer);
+
+// Gives the outstanding loan's space back without publishing anything (nothing if there is
+// none).
+//
+// # Safety
+// `producer` is NULL or a live producer; the pointer [`shmem_loan`] gave is not used
+// afterwards.
+void shmem_loan_abandon(struct shmem_producer *producer);
 
 // The largest message this producer's channel carries.
 //
 // # Safety
 // `producer` is NULL (0 is returned) or a live producer.
-uintptr_t shmem_producer_max_message_len(const struct shmem_producer *producer);
+size_t shmem_producer_max_message_len(const struct shmem_producer *producer);
 
 // A file descriptor that becomes readable whenever a non-blocking call on this producer may
 // go on (room, a consumer coming or going, the broker's news), for `poll`/`epoll`. It
@@ -301,13 +347,42 @@ void shmem_producer_free(struct shmem_producer *producer);
 // # Safety
 // `consumer` is a live consumer; `buf` points to `capacity` writable bytes; `len` to writable
 // storage.
-int shmem_recv(struct shmem_consumer *consumer, void *buf, uintptr_t capacity, uintptr_t *len);
+int shmem_recv(struct shmem_consumer *consumer, void *buf, size_t capacity, size_t *len);
 
 // [`shmem_recv`] without waiting: `SHMEM_WOULD_BLOCK` when no message is there.
 //
 // # Safety
 // As [`shmem_recv`].
-int shmem_try_recv(struct shmem_consumer *consumer, void *buf, uintptr_t capacity, uintptr_t *len);
+int shmem_try_recv(struct shmem_consumer *consumer, void *buf, size_t capacity, size_t *len);
+
+// Lends the next message where it lies in the ring (zero-copy receive), waiting for one:
+// `*data` and `*len` say where and how long. Its space goes back to the producer with
+// [`shmem_recv_ref_release`]; until then this consumer's other calls return
+// `SHMEM_ERR_BUSY`, and a producer waiting for room waits for it. `SHMEM_END_OF_STREAM` (and
+// `*data` NULL, `*len` 0) when the producer closed its stream.
+//
+// The bytes are shared memory the producer can write: an honest producer never touches a
+// published message, but a hostile one can change it while you read. Copy out what you must
+// be able to trust before checking it.
+//
+// # Safety
+// `consumer` is a live consumer; `data` and `len` point to writable storage. `*data` is valid
+// for `*len` bytes until the release (or the consumer is freed).
+int shmem_recv_ref(struct shmem_consumer *consumer, const void **data, size_t *len);
+
+// [`shmem_recv_ref`] without waiting: `SHMEM_WOULD_BLOCK` when no message is there.
+//
+// # Safety
+// As [`shmem_recv_ref`].
+int shmem_try_recv_ref(struct shmem_consumer *consumer, const void **data, size_t *len);
+
+// Releases the message [`shmem_recv_ref`] lent: its space goes back to the producer. Nothing
+// if none is held.
+//
+// # Safety
+// `consumer` is NULL or a live consumer; the pointer [`shmem_recv_ref`] gave is not used
+// afterwards.
+void shmem_recv_ref_release(struct shmem_consumer *consumer);
 
 // Receives up to `max` messages, waiting for at least one, calling `each(ctx, data, len)` for
 // each (`data` is valid during the call only); `*count` says how many. `SHMEM_END_OF_STREAM`
@@ -316,10 +391,10 @@ int shmem_try_recv(struct shmem_consumer *consumer, void *buf, uintptr_t capacit
 // # Safety
 // `consumer` is a live consumer; `each` a function safe to call with `ctx`; `count` writable.
 int shmem_recv_batch(struct shmem_consumer *consumer,
-                     uintptr_t max,
+                     size_t max,
                      shmem_message_fn each,
                      void *ctx,
-                     uintptr_t *count);
+                     size_t *count);
 
 // A file descriptor that becomes readable whenever a non-blocking call on this consumer may
 // go on (a message, a producer coming or going, end-of-stream, the broker's news), for

@@ -14,7 +14,8 @@ use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use shmem_broker_client::{
-    Client, Consumer, Error, ErrorCode, Producer, SlowConsumer, TryRecvError, TrySendError,
+    Client, Consumer, Error, ErrorCode, Loan, Producer, Sample, SlowConsumer, TryRecvError,
+    TrySendError,
 };
 
 /// Success.
@@ -68,6 +69,9 @@ pub const SHMEM_ERR_CORRUPT: c_int = -36;
 /// Receive: the buffer is too small; `*len` says how large the message is, and it stays
 /// pending for the next receive.
 pub const SHMEM_ERR_BUFFER_TOO_SMALL: c_int = -37;
+/// The producer has a loan outstanding (send or abandon it first), or the consumer a borrowed
+/// message (release it first).
+pub const SHMEM_ERR_BUSY: c_int = -38;
 /// A system call failed.
 pub const SHMEM_ERR_IO: c_int = -40;
 /// The broker said something this library does not understand.
@@ -82,17 +86,131 @@ pub struct ShmemClient {
     client: Client,
 }
 
-/// A producer attached to a channel.
+/// A producer attached to a channel, and the loan it may have outstanding.
+///
+/// A [`Loan`] borrows its producer mutably, and C holds both at once, so the producer lives in
+/// its own allocation (`producer`, from `Box::into_raw`, freed in `Drop`) and the loan borrows
+/// it for `'static`: sound because every function that touches the producer first checks that
+/// no loan is outstanding (`SHMEM_ERR_BUSY`), and the loan is dropped before the producer.
 pub struct ShmemProducer {
-    producer: Producer,
+    loan: Option<Loan<'static>>,
+    producer: *mut Producer,
+    /// Fixed for the producer's life, so reading them needs no access to it while a loan is out.
+    max_message_len: usize,
+    ready_fd: c_int,
 }
 
-/// A consumer attached to a channel.
+impl ShmemProducer {
+    fn new(producer: Producer) -> ShmemProducer {
+        let max_message_len = producer.max_message_len();
+        let ready_fd = producer.ready_fd().as_raw_fd();
+        ShmemProducer {
+            loan: None,
+            producer: Box::into_raw(Box::new(producer)),
+            max_message_len,
+            ready_fd,
+        }
+    }
+
+    /// The producer, when no loan borrows it.
+    fn producer(&mut self) -> Result<&mut Producer, Failure> {
+        if self.loan.is_some() {
+            return Err(Failure(
+                SHMEM_ERR_BUSY,
+                "this producer has a loan outstanding: send or abandon it first".into(),
+            ));
+        }
+        // SAFETY: `producer` came from Box::into_raw and is freed only in Drop; no loan
+        // borrows it (checked above), and `&mut self` makes this the only access.
+        Ok(unsafe { &mut *self.producer })
+    }
+
+    /// Makes a loan with `take` and keeps it; returns where to write (`None`: would block).
+    fn lend(
+        &mut self,
+        take: impl FnOnce(&'static mut Producer) -> Result<Option<Loan<'static>>, Failure>,
+    ) -> Result<Option<*mut u8>, Failure> {
+        self.producer()?;
+        // SAFETY: as in `producer`; the `'static` borrow ends when the loan is dropped, which
+        // happens before the producer is freed (send, abandon and Drop all end the loan
+        // first), and nothing else touches the producer meanwhile (`producer()` refuses).
+        let producer: &'static mut Producer = unsafe { &mut *self.producer };
+        let Some(mut loan) = take(producer)? else {
+            return Ok(None);
+        };
+        let ptr = loan.as_mut_ptr();
+        self.loan = Some(loan);
+        Ok(Some(ptr))
+    }
+}
+
+impl Drop for ShmemProducer {
+    fn drop(&mut self) {
+        // An unsent loan publishes nothing; it must end before its producer.
+        self.loan = None;
+        if !self.producer.is_null() {
+            // SAFETY: from Box::into_raw in `new`, freed exactly once, here (close() takes it
+            // out and leaves NULL); no loan borrows it any more.
+            drop(unsafe { Box::from_raw(self.producer) });
+        }
+    }
+}
+
+/// A consumer attached to a channel, and the borrowed message it may be holding.
+///
+/// As for [`ShmemProducer`]: a [`Sample`] borrows its consumer mutably, so the consumer lives
+/// in its own allocation and every function that touches it first checks that no sample is
+/// held.
 pub struct ShmemConsumer {
-    consumer: Consumer,
+    sample: Option<Sample<'static>>,
+    consumer: *mut Consumer,
     /// A message received into here that the caller's buffer could not take yet.
     pending: Option<Vec<u8>>,
+    /// `pending`, handed out by a borrowed receive (released with it).
+    pending_lent: bool,
     buffer: Vec<u8>,
+    ready_fd: c_int,
+}
+
+impl ShmemConsumer {
+    fn new(consumer: Consumer) -> ShmemConsumer {
+        let ready_fd = consumer.ready_fd().as_raw_fd();
+        ShmemConsumer {
+            sample: None,
+            consumer: Box::into_raw(Box::new(consumer)),
+            pending: None,
+            pending_lent: false,
+            buffer: Vec::new(),
+            ready_fd,
+        }
+    }
+
+    fn check_not_lent(&self) -> Result<(), Failure> {
+        if self.sample.is_some() || self.pending_lent {
+            return Err(Failure(
+                SHMEM_ERR_BUSY,
+                "this consumer holds a borrowed message: release it first".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The consumer, when no sample borrows it.
+    fn consumer(&mut self) -> Result<&mut Consumer, Failure> {
+        self.check_not_lent()?;
+        // SAFETY: from Box::into_raw, freed only in Drop; no sample borrows it (checked), and
+        // `&mut self` makes this the only access.
+        Ok(unsafe { &mut *self.consumer })
+    }
+}
+
+impl Drop for ShmemConsumer {
+    fn drop(&mut self) {
+        self.sample = None;
+        // SAFETY: from Box::into_raw in `new`, freed exactly once, here; no sample borrows it
+        // any more.
+        drop(unsafe { Box::from_raw(self.consumer) });
+    }
 }
 
 /// How to create a channel; zeroed fields take the broker's defaults.
@@ -482,7 +600,7 @@ pub unsafe extern "C" fn shmem_producer_attach(
             .reconnect(reconnect)
             .producer()?;
         // SAFETY: `out` is not NULL and writable (checked; the contract).
-        unsafe { *out = Box::into_raw(Box::new(ShmemProducer { producer })) };
+        unsafe { *out = Box::into_raw(Box::new(ShmemProducer::new(producer))) };
         Ok(SHMEM_OK)
     })
 }
@@ -513,13 +631,8 @@ pub unsafe extern "C" fn shmem_consumer_attach(
             attach = attach.durable(name);
         }
         let consumer = attach.consumer()?;
-        let handle = ShmemConsumer {
-            consumer,
-            pending: None,
-            buffer: Vec::new(),
-        };
         // SAFETY: `out` is not NULL and writable (checked; the contract).
-        unsafe { *out = Box::into_raw(Box::new(handle)) };
+        unsafe { *out = Box::into_raw(Box::new(ShmemConsumer::new(consumer))) };
         Ok(SHMEM_OK)
     })
 }
@@ -539,7 +652,7 @@ pub unsafe extern "C" fn shmem_send(
         let producer = unsafe { handle(producer, "producer") }?;
         // SAFETY: the contract.
         let message = unsafe { bytes_arg(data, len) }?;
-        producer.producer.send(message)?;
+        producer.producer()?.send(message)?;
         Ok(SHMEM_OK)
     })
 }
@@ -559,7 +672,7 @@ pub unsafe extern "C" fn shmem_try_send(
         let producer = unsafe { handle(producer, "producer") }?;
         // SAFETY: the contract.
         let message = unsafe { bytes_arg(data, len) }?;
-        match producer.producer.try_send(message) {
+        match producer.producer()?.try_send(message) {
             Ok(()) => Ok(SHMEM_OK),
             Err(err) => send_failure(err).map(|()| SHMEM_WOULD_BLOCK),
         }
@@ -602,7 +715,7 @@ pub unsafe extern "C" fn shmem_send_batch(
         let producer = unsafe { handle(producer, "producer") }?;
         // SAFETY: the contract.
         let batch = unsafe { batch_arg(messages, count) }?;
-        producer.producer.send_batch(&batch)?;
+        producer.producer()?.send_batch(&batch)?;
         Ok(SHMEM_OK)
     })
 }
@@ -625,7 +738,7 @@ pub unsafe extern "C" fn shmem_try_send_batch(
         // SAFETY: the contract.
         let batch = unsafe { batch_arg(messages, count) }?;
         out_ptr(sent, "sent")?;
-        let (code, n) = match producer.producer.try_send_batch(&batch) {
+        let (code, n) = match producer.producer()?.try_send_batch(&batch) {
             Ok(n) => (SHMEM_OK, n),
             Err(err) => send_failure(err).map(|()| (SHMEM_WOULD_BLOCK, 0))?,
         };
@@ -635,6 +748,93 @@ pub unsafe extern "C" fn shmem_try_send_batch(
     })
 }
 
+/// Lends `len` bytes in the ring (zero-copy send): `*data` is where to write them. Publish
+/// with [`shmem_loan_send`], or give the space back with [`shmem_loan_abandon`]; until then
+/// this producer's other calls return `SHMEM_ERR_BUSY`. Waits for room like [`shmem_send`].
+/// The bytes are not zeroed: write every one of them.
+///
+/// # Safety
+/// `producer` is a live producer; `data` points to writable storage. `*data` is valid for
+/// `len` bytes until the loan is sent or abandoned (or the producer freed).
+#[no_mangle]
+pub unsafe extern "C" fn shmem_loan(
+    producer: *mut ShmemProducer,
+    len: usize,
+    data: *mut *mut c_void,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let producer = unsafe { handle(producer, "producer") }?;
+        out_ptr(data, "data")?;
+        let ptr = producer.lend(|p| Ok(Some(p.loan(len)?)))?;
+        // SAFETY: not NULL (checked), writable (the contract).
+        unsafe { *data = ptr.unwrap_or(std::ptr::null_mut()).cast() };
+        Ok(SHMEM_OK)
+    })
+}
+
+/// [`shmem_loan`] without waiting: `SHMEM_WOULD_BLOCK` (and `*data` NULL) when there is no
+/// room now.
+///
+/// # Safety
+/// As [`shmem_loan`].
+#[no_mangle]
+pub unsafe extern "C" fn shmem_try_loan(
+    producer: *mut ShmemProducer,
+    len: usize,
+    data: *mut *mut c_void,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let producer = unsafe { handle(producer, "producer") }?;
+        out_ptr(data, "data")?;
+        let ptr = producer.lend(|p| match p.try_loan(len) {
+            Ok(loan) => Ok(Some(loan)),
+            Err(err) => send_failure(err).map(|()| None),
+        })?;
+        // SAFETY: not NULL (checked), writable (the contract).
+        unsafe { *data = ptr.unwrap_or(std::ptr::null_mut()).cast() };
+        Ok(if ptr.is_some() {
+            SHMEM_OK
+        } else {
+            SHMEM_WOULD_BLOCK
+        })
+    })
+}
+
+/// Publishes the outstanding loan: the consumers can read it from now on.
+/// `SHMEM_ERR_INVALID_ARGUMENT` if there is none.
+///
+/// # Safety
+/// `producer` is a live producer; the pointer [`shmem_loan`] gave is not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_loan_send(producer: *mut ShmemProducer) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let producer = unsafe { handle(producer, "producer") }?;
+        let loan = producer
+            .loan
+            .take()
+            .ok_or_else(|| invalid("this producer has no loan outstanding"))?;
+        loan.send()?;
+        Ok(SHMEM_OK)
+    })
+}
+
+/// Gives the outstanding loan's space back without publishing anything (nothing if there is
+/// none).
+///
+/// # Safety
+/// `producer` is NULL or a live producer; the pointer [`shmem_loan`] gave is not used
+/// afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_loan_abandon(producer: *mut ShmemProducer) {
+    // SAFETY: NULL or live (the contract).
+    if let Some(producer) = unsafe { producer.as_mut() } {
+        drop(catch_unwind(AssertUnwindSafe(|| producer.loan = None)));
+    }
+}
+
 /// The largest message this producer's channel carries.
 ///
 /// # Safety
@@ -642,7 +842,7 @@ pub unsafe extern "C" fn shmem_try_send_batch(
 #[no_mangle]
 pub unsafe extern "C" fn shmem_producer_max_message_len(producer: *const ShmemProducer) -> usize {
     // SAFETY: NULL or live (the contract).
-    unsafe { producer.as_ref() }.map_or(0, |p| p.producer.max_message_len())
+    unsafe { producer.as_ref() }.map_or(0, |p| p.max_message_len)
 }
 
 /// A file descriptor that becomes readable whenever a non-blocking call on this producer may
@@ -654,7 +854,7 @@ pub unsafe extern "C" fn shmem_producer_max_message_len(producer: *const ShmemPr
 #[no_mangle]
 pub unsafe extern "C" fn shmem_producer_fd(producer: *const ShmemProducer) -> c_int {
     // SAFETY: NULL or live (the contract).
-    unsafe { producer.as_ref() }.map_or(-1, |p| p.producer.ready_fd().as_raw_fd())
+    unsafe { producer.as_ref() }.map_or(-1, |p| p.ready_fd)
 }
 
 /// Writes the end-of-stream mark (the consumers learn the stream is complete) and frees the
@@ -669,8 +869,15 @@ pub unsafe extern "C" fn shmem_producer_close(producer: *mut ShmemProducer) -> c
             return Err(invalid("producer is NULL"));
         }
         // SAFETY: a pointer from Box::into_raw, freed once (the contract).
-        let producer = unsafe { Box::from_raw(producer) };
-        producer.producer.close()?;
+        let mut handle = unsafe { Box::from_raw(producer) };
+        // A loan still out is abandoned: the end-of-stream mark follows what was sent.
+        handle.loan = None;
+        let raw = std::mem::replace(&mut handle.producer, std::ptr::null_mut());
+        drop(handle);
+        // SAFETY: from Box::into_raw in ShmemProducer::new; the handle no longer holds it (its
+        // Drop skips NULL), so it is freed once, here, and no loan borrows it any more.
+        let producer = unsafe { Box::from_raw(raw) };
+        producer.close()?;
         Ok(SHMEM_OK)
     })
 }
@@ -700,11 +907,12 @@ fn deliver(
     receive: impl FnOnce(&mut Consumer, &mut Vec<u8>) -> Result<Option<bool>, Failure>,
 ) -> Result<c_int, Failure> {
     out_ptr(len, "len")?;
+    consumer.check_not_lent()?;
     let message = match consumer.pending.take() {
         Some(message) => message,
         None => {
             let mut buffer = std::mem::take(&mut consumer.buffer);
-            match receive(&mut consumer.consumer, &mut buffer)? {
+            match receive(consumer.consumer()?, &mut buffer)? {
                 Some(true) => buffer,
                 Some(false) => {
                     consumer.buffer = buffer;
@@ -791,6 +999,116 @@ pub unsafe extern "C" fn shmem_try_recv(
     })
 }
 
+/// Lends the next message where it lies in the ring (zero-copy receive), waiting for one:
+/// `*data` and `*len` say where and how long. Its space goes back to the producer with
+/// [`shmem_recv_ref_release`]; until then this consumer's other calls return
+/// `SHMEM_ERR_BUSY`, and a producer waiting for room waits for it. `SHMEM_END_OF_STREAM` (and
+/// `*data` NULL, `*len` 0) when the producer closed its stream.
+///
+/// The bytes are shared memory the producer can write: an honest producer never touches a
+/// published message, but a hostile one can change it while you read. Copy out what you must
+/// be able to trust before checking it.
+///
+/// # Safety
+/// `consumer` is a live consumer; `data` and `len` point to writable storage. `*data` is valid
+/// for `*len` bytes until the release (or the consumer is freed).
+#[no_mangle]
+pub unsafe extern "C" fn shmem_recv_ref(
+    consumer: *mut ShmemConsumer,
+    data: *mut *const c_void,
+    len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let consumer = unsafe { handle(consumer, "consumer") }?;
+        // SAFETY: the contract.
+        unsafe { borrow_next(consumer, data, len, |c| Ok(Some(c.recv_ref()?))) }
+    })
+}
+
+/// [`shmem_recv_ref`] without waiting: `SHMEM_WOULD_BLOCK` when no message is there.
+///
+/// # Safety
+/// As [`shmem_recv_ref`].
+#[no_mangle]
+pub unsafe extern "C" fn shmem_try_recv_ref(
+    consumer: *mut ShmemConsumer,
+    data: *mut *const c_void,
+    len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let consumer = unsafe { handle(consumer, "consumer") }?;
+        // SAFETY: the contract.
+        unsafe {
+            borrow_next(consumer, data, len, |c| match c.try_recv_ref() {
+                Ok(sample) => Ok(Some(sample)),
+                Err(err) => recv_failure(err).map(|()| None),
+            })
+        }
+    })
+}
+
+/// Takes the next message with `take` and keeps it lent: `take` gives `None` (would block),
+/// `Some(None)` (end-of-stream) or the sample.
+///
+/// # Safety
+/// `data` and `len` point to writable storage.
+unsafe fn borrow_next(
+    consumer: &mut ShmemConsumer,
+    data: *mut *const c_void,
+    len: *mut usize,
+    take: impl FnOnce(&'static mut Consumer) -> Result<Option<Option<Sample<'static>>>, Failure>,
+) -> Result<c_int, Failure> {
+    out_ptr(data, "data")?;
+    out_ptr(len, "len")?;
+    consumer.check_not_lent()?;
+    let (code, ptr, n) = if let Some(pending) = &consumer.pending {
+        // A message a too-small buffer left pending: lent from our own memory.
+        consumer.pending_lent = true;
+        (SHMEM_OK, pending.as_ptr(), pending.len())
+    } else {
+        // SAFETY: from Box::into_raw, freed only in Drop, after the sample; no sample borrows
+        // it (checked), and nothing else touches it while this one lives (every other call
+        // checks `check_not_lent` first).
+        let target: &'static mut Consumer = unsafe { &mut *consumer.consumer };
+        match take(target)? {
+            None => (SHMEM_WOULD_BLOCK, std::ptr::null(), 0),
+            Some(None) => (SHMEM_END_OF_STREAM, std::ptr::null(), 0),
+            Some(Some(sample)) => {
+                let found = (SHMEM_OK, sample.as_ptr(), sample.len());
+                consumer.sample = Some(sample);
+                found
+            }
+        }
+    };
+    // SAFETY: both checked not NULL, writable (the contract).
+    unsafe {
+        *data = ptr.cast();
+        *len = n;
+    }
+    Ok(code)
+}
+
+/// Releases the message [`shmem_recv_ref`] lent: its space goes back to the producer. Nothing
+/// if none is held.
+///
+/// # Safety
+/// `consumer` is NULL or a live consumer; the pointer [`shmem_recv_ref`] gave is not used
+/// afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_recv_ref_release(consumer: *mut ShmemConsumer) {
+    // SAFETY: NULL or live (the contract).
+    if let Some(consumer) = unsafe { consumer.as_mut() } {
+        drop(catch_unwind(AssertUnwindSafe(|| {
+            consumer.sample = None;
+            if std::mem::take(&mut consumer.pending_lent) {
+                consumer.pending = None;
+            }
+        })));
+    }
+}
+
 /// Receives up to `max` messages, waiting for at least one, calling `each(ctx, data, len)` for
 /// each (`data` is valid during the call only); `*count` says how many. `SHMEM_END_OF_STREAM`
 /// (and `*count` 0) when the producer closed its stream.
@@ -810,12 +1128,13 @@ pub unsafe extern "C" fn shmem_recv_batch(
         let consumer = unsafe { handle(consumer, "consumer") }?;
         let each = each.ok_or_else(|| invalid("each is NULL"))?;
         out_ptr(count, "count")?;
+        consumer.check_not_lent()?;
         let delivered = if let Some(message) = consumer.pending.take() {
             // SAFETY: `each` may be called with `ctx` (the contract); the bytes live for the call.
             unsafe { each(ctx, message.as_ptr().cast(), message.len()) };
             1
         } else {
-            let got = consumer.consumer.recv_batch(max.max(1), |message| {
+            let got = consumer.consumer()?.recv_batch(max.max(1), |message| {
                 // SAFETY: as above.
                 unsafe { each(ctx, message.as_ptr().cast(), message.len()) }
             })?;
@@ -843,7 +1162,7 @@ pub unsafe extern "C" fn shmem_recv_batch(
 #[no_mangle]
 pub unsafe extern "C" fn shmem_consumer_fd(consumer: *const ShmemConsumer) -> c_int {
     // SAFETY: NULL or live (the contract).
-    unsafe { consumer.as_ref() }.map_or(-1, |c| c.consumer.ready_fd().as_raw_fd())
+    unsafe { consumer.as_ref() }.map_or(-1, |c| c.ready_fd)
 }
 
 /// Frees a consumer (a durable one keeps its queue at the broker). NULL is ignored.
