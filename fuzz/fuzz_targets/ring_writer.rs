@@ -68,13 +68,14 @@ const SEAL_KEY_AT: usize = 32;
 const WRITE_POS_AT: usize = 64;
 const READ_POS_AT: usize = 128;
 /// The words a consumer may scribble on besides `read_pos`: flags (dropped/evicted share a
-/// word), counters, `write_pos`, the waiting flags (as u64 words).
-const HOSTILE_WORDS: [usize; 9] = [24, 64, 72, 80, 88, 136, 192, 256, 8];
-/// Header bytes the writer may change: the producer line and the two waiting flags.
-const WRITER_OWNS: [(usize, usize); 3] = [(64, 96), (192, 196), (256, 260)];
-/// Header bytes the reader may change: the consumer line and the two waiting flags (its own,
-/// and the producer's, which it clears on a wake-up).
-const READER_OWNS: [(usize, usize); 3] = [(128, 144), (192, 196), (256, 260)];
+/// word), counters (wake-ups included), `write_pos`, the waiting flags (as u64 words).
+const HOSTILE_WORDS: [usize; 11] = [24, 64, 72, 80, 88, 96, 136, 144, 192, 256, 8];
+/// Header bytes the writer may change: the producer line (positions and counters, wake-ups at
+/// 96) and the two waiting flags.
+const WRITER_OWNS: [(usize, usize); 3] = [(64, 104), (192, 196), (256, 260)];
+/// Header bytes the reader may change: the consumer line (wake-ups at 144) and the two
+/// waiting flags (its own, and the producer's, which it clears on a wake-up).
+const READER_OWNS: [(usize, usize); 3] = [(128, 152), (192, 196), (256, 260)];
 const CONSUMER_WAITING_AT: usize = 192;
 const PRODUCER_WAITING_AT: usize = 256;
 // Layout 3: the ack page holds the consumer's line and flag, which the writer only reads, and
@@ -82,12 +83,13 @@ const PRODUCER_WAITING_AT: usize = 256;
 const ACK_READ_POS_AT: usize = 0;
 const ACK_CONSUMER_WAITING_AT: usize = 64;
 /// The words of the ack page a hostile consumer scribbles on: `read_pos`, `messages_read`,
-/// `consumer_waiting` (as a u64 word).
-const ACK_HOSTILE_WORDS: [usize; 3] = [0, 8, 64];
+/// `wakeups`, `consumer_waiting` (as a u64 word).
+const ACK_HOSTILE_WORDS: [usize; 4] = [0, 8, 16, 64];
 /// Header bytes the writer may change in layout 3: the producer line and its waiting flag.
-const WRITER_OWNS_3: [(usize, usize); 2] = [(64, 96), (256, 260)];
-/// Ack bytes the reader may change in layout 3: the consumer line and its waiting flag.
-const READER_OWNS_ACK_3: [(usize, usize); 2] = [(0, 16), (64, 68)];
+const WRITER_OWNS_3: [(usize, usize); 2] = [(64, 104), (256, 260)];
+/// Ack bytes the reader may change in layout 3: the consumer line (wake-ups at 16) and its
+/// waiting flag.
+const READER_OWNS_ACK_3: [(usize, usize); 2] = [(0, 24), (64, 68)];
 
 /// A byte range: start, end (exclusive).
 type Range = (usize, usize);
