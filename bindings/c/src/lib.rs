@@ -342,6 +342,29 @@ fn guard(body: impl FnOnce() -> Result<c_int, Failure>) -> c_int {
     }
 }
 
+/// Hands `value` to C through `out`, boxed: the caller owns it and frees it with the matching
+/// `*_free` function.
+///
+/// # Safety
+/// `out` is not NULL and points to writable storage.
+unsafe fn give<T>(out: *mut *mut T, value: T) {
+    // SAFETY: the caller's contract.
+    unsafe { *out = Box::into_raw(Box::new(value)) };
+}
+
+/// Frees a handle [`give`] handed out (NULL is ignored); a panic in its drop stays here.
+///
+/// # Safety
+/// `handle` is NULL or came from [`give`] and is not used afterwards.
+unsafe fn free_handle<T>(handle: *mut T) {
+    if !handle.is_null() {
+        drop(catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: from Box::into_raw in `give`, freed once (the caller's contract).
+            drop(unsafe { Box::from_raw(handle) })
+        })));
+    }
+}
+
 /// A `&str` from a C string that must not be NULL.
 ///
 /// # Safety
@@ -406,8 +429,8 @@ pub unsafe extern "C" fn shmem_client_connect(
             // SAFETY: not NULL, NUL-terminated (the contract).
             Client::connect(unsafe { str_arg(socket, "socket") }?)?
         };
-        // SAFETY: `out` is not NULL and writable (checked; the contract).
-        unsafe { *out = Box::into_raw(Box::new(ShmemClient { client })) };
+        // SAFETY: `out` is not NULL (checked) and writable (the contract).
+        unsafe { give(out, ShmemClient { client }) };
         Ok(SHMEM_OK)
     })
 }
@@ -418,12 +441,8 @@ pub unsafe extern "C" fn shmem_client_connect(
 /// `client` is NULL or came from [`shmem_client_connect`] and is not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn shmem_client_free(client: *mut ShmemClient) {
-    if !client.is_null() {
-        // SAFETY: a pointer from Box::into_raw, freed once (the contract).
-        drop(catch_unwind(AssertUnwindSafe(|| {
-            drop(unsafe { Box::from_raw(client) })
-        })));
-    }
+    // SAFETY: NULL or from Box::into_raw in this library, freed once (the contract).
+    unsafe { free_handle(client) }
 }
 
 /// Creates channel `name` with `options` (NULL: every default). Needs root or an admin group
@@ -599,8 +618,8 @@ pub unsafe extern "C" fn shmem_producer_attach(
             .attach(channel)
             .reconnect(reconnect)
             .producer()?;
-        // SAFETY: `out` is not NULL and writable (checked; the contract).
-        unsafe { *out = Box::into_raw(Box::new(ShmemProducer::new(producer))) };
+        // SAFETY: `out` is not NULL (checked) and writable (the contract).
+        unsafe { give(out, ShmemProducer::new(producer)) };
         Ok(SHMEM_OK)
     })
 }
@@ -631,8 +650,8 @@ pub unsafe extern "C" fn shmem_consumer_attach(
             attach = attach.durable(name);
         }
         let consumer = attach.consumer()?;
-        // SAFETY: `out` is not NULL and writable (checked; the contract).
-        unsafe { *out = Box::into_raw(Box::new(ShmemConsumer::new(consumer))) };
+        // SAFETY: `out` is not NULL (checked) and writable (the contract).
+        unsafe { give(out, ShmemConsumer::new(consumer)) };
         Ok(SHMEM_OK)
     })
 }
@@ -889,12 +908,8 @@ pub unsafe extern "C" fn shmem_producer_close(producer: *mut ShmemProducer) -> c
 /// `producer` is NULL or a live producer, not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn shmem_producer_free(producer: *mut ShmemProducer) {
-    if !producer.is_null() {
-        // SAFETY: a pointer from Box::into_raw, freed once (the contract).
-        drop(catch_unwind(AssertUnwindSafe(|| {
-            drop(unsafe { Box::from_raw(producer) })
-        })));
-    }
+    // SAFETY: NULL or from Box::into_raw in this library, freed once (the contract).
+    unsafe { free_handle(producer) }
 }
 
 /// Hands the next message (pending or received by `receive`) to `buf`, or says how large it
@@ -1171,12 +1186,8 @@ pub unsafe extern "C" fn shmem_consumer_fd(consumer: *const ShmemConsumer) -> c_
 /// `consumer` is NULL or a live consumer, not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn shmem_consumer_free(consumer: *mut ShmemConsumer) {
-    if !consumer.is_null() {
-        // SAFETY: a pointer from Box::into_raw, freed once (the contract).
-        drop(catch_unwind(AssertUnwindSafe(|| {
-            drop(unsafe { Box::from_raw(consumer) })
-        })));
-    }
+    // SAFETY: NULL or from Box::into_raw in this library, freed once (the contract).
+    unsafe { free_handle(consumer) }
 }
 
 #[cfg(test)]
