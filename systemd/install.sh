@@ -126,11 +126,13 @@ if [ -z "$FROM" ]; then
   FROM=$REPO/target/release
   missing=no
   for bin in $BINARIES; do [ -x "$FROM/$bin" ] || missing=yes; done
+  for lib in $CLIBS; do [ -f "$FROM/$lib" ] || missing=yes; done
   if [ "$missing" = yes ]; then
     command -v cargo >/dev/null ||
       die "no release build in $FROM and no cargo in PATH: run 'cargo build --release' in $REPO first"
     say "cargo build --release (in $REPO)"
-    (cd "$REPO" && cargo build --release --bins) || die "cargo build --release failed"
+    (cd "$REPO" && cargo build --release --bins && cargo build --release -p shmem-broker-c) ||
+      die "cargo build --release failed"
   fi
 fi
 for bin in $BINARIES; do
