@@ -4,8 +4,10 @@
 //! what the consumer writes.
 //!
 //! # Why not `shmem_ipc::sharedring`
-//! We use shmem-ipc for what it does well (memfd creation, the SHRINK-seal check and the raw
-//! mapping: [`shmem_ipc::mem::raw_memfd`]), but its ring falls short for a broker in three ways:
+//! We use shmem-ipc for what it does well (memfd creation and sealing, through its `memfd`
+//! re-export); the mapping is our own (`mapping.rs`: memmap2's raw mapping, which shmem-ipc
+//! uses, is always read-write, and ring layout 3 maps the other side's memfd read-only). Its
+//! ring falls short for a broker in three ways:
 //! its read and write indices live in each process's private memory (a re-attaching consumer or
 //! producer would start at offset 0, so a detach could never resume), a message that wraps takes
 //! two publishes (a producer killed in between leaves a torn message), and it writes an eventfd
