@@ -27,6 +27,18 @@ static void count_message(void *ctx, const void *data, size_t len) {
     batch_bytes += len;
 }
 
+/* A callback that calls back into the consumer it is called for: refused, not re-entered. */
+static int reentry_rc = 12345;
+
+static void reenter(void *ctx, const void *data, size_t len) {
+    (void)data;
+    (void)len;
+    char buf[16];
+    size_t got = 0;
+    reentry_rc = shmem_try_recv((shmem_consumer *)ctx, buf, sizeof buf, &got);
+    shmem_consumer_free((shmem_consumer *)ctx); /* ignored: the batch still uses it */
+}
+
 static int readable(int fd, int timeout_ms) {
     struct pollfd p = {.fd = fd, .events = POLLIN};
     return poll(&p, 1, timeout_ms) == 1;
@@ -117,6 +129,9 @@ int main(int argc, char **argv) {
         CHECK(count >= 1);
     }
     CHECK(batch_seen == 5 && batch_bytes == 17 && calls == 5);
+    CHECK(shmem_send(producer, "re", 2) == SHMEM_OK);
+    CHECK(shmem_recv_batch(consumer, 1, reenter, consumer, &count) == SHMEM_OK && count == 1);
+    CHECK(reentry_rc == SHMEM_ERR_BUSY);
     CHECK(shmem_recv_batch(consumer, 16, NULL, NULL, &count) == SHMEM_ERR_INVALID_ARGUMENT);
 
     /* A full ring: try_send says so; the producer's fd turns readable once there is room. */

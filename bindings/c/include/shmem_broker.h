@@ -388,6 +388,8 @@ void shmem_recv_ref_release(struct shmem_consumer *consumer);
 // each (`data` is valid during the call only); `*count` says how many. `SHMEM_END_OF_STREAM`
 // (and `*count` 0) when the producer closed its stream.
 //
+// `each` may not free this consumer; a call into it from `each` gets `SHMEM_ERR_BUSY`.
+//
 // # Safety
 // `consumer` is a live consumer; `each` a function safe to call with `ctx`; `count` writable.
 int shmem_recv_batch(struct shmem_consumer *consumer,

@@ -168,6 +168,8 @@ pub struct ShmemConsumer {
     pending: Option<Vec<u8>>,
     /// `pending`, handed out by a borrowed receive (released with it).
     pending_lent: bool,
+    /// Inside a [`shmem_recv_batch`] callback: the consumer is in use further up the stack.
+    in_batch: bool,
     buffer: Vec<u8>,
     ready_fd: c_int,
 }
@@ -180,12 +182,19 @@ impl ShmemConsumer {
             consumer: Box::into_raw(Box::new(consumer)),
             pending: None,
             pending_lent: false,
+            in_batch: false,
             buffer: Vec::new(),
             ready_fd,
         }
     }
 
     fn check_not_lent(&self) -> Result<(), Failure> {
+        if self.in_batch {
+            return Err(Failure(
+                SHMEM_ERR_BUSY,
+                "called from this consumer's own shmem_recv_batch callback".into(),
+            ));
+        }
         if self.sample.is_some() || self.pending_lent {
             return Err(Failure(
                 SHMEM_ERR_BUSY,
@@ -259,7 +268,9 @@ thread_local! {
 fn set_error(message: &str) {
     // Messages come from the broker and the OS: never let an inner NUL cut them short.
     let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|last| *last.borrow_mut() = text);
+    // `try_with`: a call from a thread-local destructor that runs after ours finds no slot;
+    // the message is lost then, but no panic crosses into C.
+    let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = text);
 }
 
 /// Why the last call on this thread that failed did so, in words (empty if none failed).
@@ -267,7 +278,9 @@ fn set_error(message: &str) {
 /// thread.
 #[no_mangle]
 pub extern "C" fn shmem_last_error_message() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|last| last.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// A failure to report: a code and the message.
@@ -1128,6 +1141,8 @@ pub unsafe extern "C" fn shmem_recv_ref_release(consumer: *mut ShmemConsumer) {
 /// each (`data` is valid during the call only); `*count` says how many. `SHMEM_END_OF_STREAM`
 /// (and `*count` 0) when the producer closed its stream.
 ///
+/// `each` may not free this consumer; a call into it from `each` gets `SHMEM_ERR_BUSY`.
+///
 /// # Safety
 /// `consumer` is a live consumer; `each` a function safe to call with `ctx`; `count` writable.
 #[no_mangle]
@@ -1139,27 +1154,44 @@ pub unsafe extern "C" fn shmem_recv_batch(
     count: *mut usize,
 ) -> c_int {
     guard(|| {
-        // SAFETY: the contract.
-        let consumer = unsafe { handle(consumer, "consumer") }?;
         let each = each.ok_or_else(|| invalid("each is NULL"))?;
         out_ptr(count, "count")?;
-        consumer.check_not_lent()?;
-        let delivered = if let Some(message) = consumer.pending.take() {
-            // SAFETY: `each` may be called with `ctx` (the contract); the bytes live for the call.
-            unsafe { each(ctx, message.as_ptr().cast(), message.len()) };
-            1
-        } else {
-            let got = consumer.consumer()?.recv_batch(max.max(1), |message| {
-                // SAFETY: as above.
-                unsafe { each(ctx, message.as_ptr().cast(), message.len()) }
-            })?;
-            match got {
-                Some(n) => n,
-                None => {
-                    // SAFETY: not NULL (checked), writable (the contract).
-                    unsafe { *count = 0 };
-                    return Ok(SHMEM_END_OF_STREAM);
-                }
+        // The handle is borrowed only around the callbacks, never across them: a callback that
+        // calls back into this consumer gets a fresh borrow, sees `in_batch` and is refused
+        // (SHMEM_ERR_BUSY) without touching the `Consumer` the batch is using.
+        let (pending, target) = {
+            // SAFETY: the contract.
+            let handle = unsafe { handle(consumer, "consumer") }?;
+            handle.check_not_lent()?;
+            handle.in_batch = true;
+            (handle.pending.take(), handle.consumer)
+        };
+        let delivered = match pending {
+            Some(message) => {
+                // SAFETY: `each` may be called with `ctx` (the contract); the bytes are ours
+                // and live for the call.
+                unsafe { each(ctx, message.as_ptr().cast(), message.len()) };
+                Ok(Some(1))
+            }
+            None => {
+                // SAFETY: from Box::into_raw, freed only when the handle is (which a callback
+                // cannot do while `in_batch` is set); no sample borrows it (checked above) and
+                // nothing else reaches it during the batch (`in_batch`).
+                let target = unsafe { &mut *target };
+                target.recv_batch(max.max(1), |message| {
+                    // SAFETY: as above; the bytes live for the call.
+                    unsafe { each(ctx, message.as_ptr().cast(), message.len()) }
+                })
+            }
+        };
+        // SAFETY: the contract (still live: the callbacks could not free it).
+        unsafe { handle(consumer, "consumer") }?.in_batch = false;
+        let delivered = match delivered? {
+            Some(n) => n,
+            None => {
+                // SAFETY: not NULL (checked), writable (the contract).
+                unsafe { *count = 0 };
+                return Ok(SHMEM_END_OF_STREAM);
             }
         };
         // SAFETY: as above.
@@ -1186,6 +1218,11 @@ pub unsafe extern "C" fn shmem_consumer_fd(consumer: *const ShmemConsumer) -> c_
 /// `consumer` is NULL or a live consumer, not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn shmem_consumer_free(consumer: *mut ShmemConsumer) {
+    // SAFETY: NULL or live (the contract).
+    if unsafe { consumer.as_ref() }.is_some_and(|c| c.in_batch) {
+        set_error("shmem_consumer_free from the consumer's own shmem_recv_batch callback: ignored");
+        return;
+    }
     // SAFETY: NULL or from Box::into_raw in this library, freed once (the contract).
     unsafe { free_handle(consumer) }
 }
