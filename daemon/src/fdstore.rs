@@ -26,7 +26,8 @@ use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
 use shmem_broker_proto::names::validate_stored_channel_name;
 use shmem_broker_proto::ring::{
-    RingFds, RingFiles, SharedRing, CAPACITY_GRANULE, HEADER_SIZE, MAX_CAPACITY, MIN_CAPACITY,
+    check_sealed_memfd, RingFds, RingFiles, SharedRing, CAPACITY_GRANULE, HEADER_SIZE,
+    MAX_CAPACITY, MIN_CAPACITY,
 };
 use shmem_broker_proto::wire::{Origin, SlowConsumer, MAX_ENDPOINTS};
 use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
@@ -650,13 +651,9 @@ fn inode_of(fd: BorrowedFd<'_>) -> u64 {
 /// Carries the seals the broker put on its rings and has the size of a ring of `capacity`:
 /// what only the broker could have made so.
 fn sealed_and_sized(memfd: &Memfd, capacity: u64) -> bool {
-    let sealed = memfd.seals().is_ok_and(|seals| {
-        [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal]
-            .iter()
-            .all(|seal| seals.contains(seal))
-    });
-    let size = memfd.as_file().metadata().map(|m| m.len());
-    sealed && size.is_ok_and(|len| Some(len) == HEADER_SIZE.checked_add(capacity))
+    HEADER_SIZE
+        .checked_add(capacity)
+        .is_some_and(|len| check_sealed_memfd(memfd.as_file().as_fd(), len).is_ok())
 }
 
 /// The metadata and its JSON text.

@@ -89,7 +89,6 @@
 //! inconsistency is reported as [`RingError::Corrupt`], never acted on.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -439,9 +438,9 @@ impl SharedRing {
     /// writable only if its fd is.
     pub fn open(fds: RingFds, capacity: u64) -> Result<SharedRing, RingError> {
         check_capacity(capacity)?;
-        check_memfd(&fds.ring, HEADER_SIZE + capacity)?;
+        check_sealed_memfd(fds.ring.as_fd(), HEADER_SIZE + capacity)?;
         if let Some(ack) = &fds.ack {
-            check_memfd(ack, ACK_SIZE)?;
+            check_sealed_memfd(ack.as_fd(), ACK_SIZE)?;
         }
         let ring = SharedRing::map(&fds, capacity)?;
         let id = &ring.header().identity;
@@ -793,20 +792,26 @@ fn sealed_memfd(name: &str, len: u64) -> Result<Memfd, RingError> {
     Ok(memfd)
 }
 
-/// Checks that `fd` (from the broker) is a memfd that carries all three seals and is exactly
-/// `len` bytes long, so that mapping `len` bytes of it can never fault.
-fn check_memfd(fd: &OwnedFd, len: u64) -> Result<(), RingError> {
-    let file = File::from(fd.try_clone()?);
-    let memfd =
-        Memfd::try_from_file(file).map_err(|_| RingError::Rejected("not a memfd".into()))?;
-    let seals = memfd.seals().map_err(memfd_error)?;
-    for seal in [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal] {
-        if !seals.contains(&seal) {
-            return Err(RingError::Rejected(format!("missing seal {seal:?}")));
+/// Checks that `fd` is a memfd that carries the three seals the broker puts on ring memfds
+/// (shrink, grow, seal) and is exactly `len` bytes long, so that mapping `len` bytes of it can
+/// never fault and nobody can change its size or seals. Clients run it on what the broker
+/// sends; the broker on what systemd's fd store gives back.
+pub fn check_sealed_memfd(fd: BorrowedFd<'_>, len: u64) -> Result<(), RingError> {
+    use rustix::fs::SealFlags;
+    // F_GET_SEALS fails (EINVAL) on anything but a memfd.
+    let seals =
+        rustix::fs::fcntl_get_seals(fd).map_err(|_| RingError::Rejected("not a memfd".into()))?;
+    for (seal, name) in [
+        (SealFlags::SHRINK, "F_SEAL_SHRINK"),
+        (SealFlags::GROW, "F_SEAL_GROW"),
+        (SealFlags::SEAL, "F_SEAL_SEAL"),
+    ] {
+        if !seals.contains(seal) {
+            return Err(RingError::Rejected(format!("missing seal {name}")));
         }
     }
-    let size = memfd.as_file().metadata()?.len();
-    if size != len {
+    let size = rustix::fs::fstat(fd).map_err(std::io::Error::from)?.st_size;
+    if u64::try_from(size).ok() != Some(len) {
         return Err(RingError::Rejected(format!(
             "memfd is {size} bytes, expected {len}"
         )));
