@@ -582,24 +582,32 @@ pub unsafe extern "C" fn shmem_string_free(text: *mut c_char) {
     }
 }
 
-/// Reads attach options: (durable name, reconnect).
+/// The attach both `shmem_*_attach` functions start from: the client's request for
+/// `channel`, with the options' reconnect, and the durable name if one is given.
 ///
 /// # Safety
-/// `options` is NULL or valid, its `durable_name` NULL or NUL-terminated.
-unsafe fn attach_options<'a>(
+/// `client` is a live client; `channel` NUL-terminated; `options` NULL or valid, its
+/// `durable_name` NULL or NUL-terminated.
+unsafe fn attach_request<'a>(
+    client: *mut ShmemClient,
+    channel: *const c_char,
     options: *const ShmemAttachOptions,
-) -> Result<(Option<&'a str>, bool), Failure> {
+) -> Result<(shmem_broker_client::Attach<'a>, Option<&'a str>), Failure> {
+    // SAFETY: the contract.
+    let client = unsafe { handle(client, "client") }?;
+    // SAFETY: the contract.
+    let channel = unsafe { str_arg(channel, "channel") }?;
     // SAFETY: NULL or valid (the contract).
-    let Some(options) = (unsafe { options.as_ref() }) else {
-        return Ok((None, false));
-    };
-    let name = if options.durable_name.is_null() {
-        None
-    } else {
+    let (name, reconnect) = match unsafe { options.as_ref() } {
+        None => (None, false),
+        Some(options) if options.durable_name.is_null() => (None, options.reconnect != 0),
         // SAFETY: not NULL, NUL-terminated (the contract).
-        Some(unsafe { str_arg(options.durable_name, "durable_name") }?)
+        Some(options) => (
+            Some(unsafe { str_arg(options.durable_name, "durable_name") }?),
+            options.reconnect != 0,
+        ),
     };
-    Ok((name, options.reconnect != 0))
+    Ok((client.client.attach(channel).reconnect(reconnect), name))
 }
 
 /// Attaches as a producer of `channel` (`options` NULL: no reconnect). `*out` is a producer
@@ -617,20 +625,12 @@ pub unsafe extern "C" fn shmem_producer_attach(
 ) -> c_int {
     guard(|| {
         // SAFETY: the contract.
-        let client = unsafe { handle(client, "client") }?;
-        // SAFETY: the contract.
-        let channel = unsafe { str_arg(channel, "channel") }?;
-        // SAFETY: the contract.
-        let (name, reconnect) = unsafe { attach_options(options) }?;
+        let (attach, name) = unsafe { attach_request(client, channel, options) }?;
         out_ptr(out, "out")?;
         if name.is_some() {
             return Err(invalid("durable_name is for consumers"));
         }
-        let producer = client
-            .client
-            .attach(channel)
-            .reconnect(reconnect)
-            .producer()?;
+        let producer = attach.producer()?;
         // SAFETY: `out` is not NULL (checked) and writable (the contract).
         unsafe { give(out, ShmemProducer::new(producer)) };
         Ok(SHMEM_OK)
@@ -652,13 +652,8 @@ pub unsafe extern "C" fn shmem_consumer_attach(
 ) -> c_int {
     guard(|| {
         // SAFETY: the contract.
-        let client = unsafe { handle(client, "client") }?;
-        // SAFETY: the contract.
-        let channel = unsafe { str_arg(channel, "channel") }?;
-        // SAFETY: the contract.
-        let (name, reconnect) = unsafe { attach_options(options) }?;
+        let (mut attach, name) = unsafe { attach_request(client, channel, options) }?;
         out_ptr(out, "out")?;
-        let mut attach = client.client.attach(channel).reconnect(reconnect);
         if let Some(name) = name {
             attach = attach.durable(name);
         }
