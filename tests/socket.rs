@@ -214,3 +214,43 @@ fn sigterm_with_attached_clients_exits_with_status_0() {
     // part of this test.
     drop((recv, send));
 }
+
+/// Each side of a ring gets the other's memfd read-only, which the broker makes by reopening it
+/// through /proc/self/fd. A broker started where /proc is hidden must say so at start-up and
+/// exit 1, not run and fail every attach with a bare I/O error.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn broker_without_proc_fails_at_start_naming_proc() {
+    require_root();
+    require_tool("unshare", "util-linux");
+    let dir = temp_dir();
+    let socket = dir.path().join("control.sock");
+    let mut cmd = Command::new("unshare");
+    // A private mount namespace whose /proc is an empty tmpfs; the broker is exec'd inside it.
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs none /proc && exec \"$0\" \"$@\"")
+        .arg(broker_bin())
+        .arg("--socket")
+        .arg(&socket);
+    let mut broker = Proc::start(cmd, "broker-without-proc", dir.path(), Stdio::null(), None);
+    let out = broker.output(WAIT);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a broker that cannot reopen memfds read-only must exit 1:\n{out}"
+    );
+    let cause: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with("shmem-broker: "))
+        .collect();
+    assert_eq!(
+        cause.len(),
+        1,
+        "one plain line on stderr names the cause:\n{out}"
+    );
+    assert!(
+        cause[0].contains("/proc/self/fd") && cause[0].contains("mounted"),
+        "the line should name /proc as the cause:\n{out}"
+    );
+}

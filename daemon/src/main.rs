@@ -16,6 +16,8 @@ use shmem_broker_daemon::listener::ControlSocket;
 use shmem_broker_daemon::logging::PeerLogBudget;
 use shmem_broker_daemon::registry::Registry;
 use shmem_broker_daemon::server::Server;
+use shmem_broker_proto::ring::{SharedRing, MIN_CAPACITY};
+use shmem_broker_proto::wire::Role;
 
 /// Broker for named shared-memory channels between processes on one machine.
 #[derive(Parser, Debug)]
@@ -106,6 +108,7 @@ fn run(
     log_budget: PeerLogBudget,
 ) -> Result<(), String> {
     raise_fd_limit(log);
+    check_read_only_reopen()?;
     let socket_path = args.socket.clone().or_else(|| config.socket.clone());
     let (control, stored) = ControlSocket::open(socket_path, config.socket_mode)?;
     if !control.refuses_passed_fds {
@@ -126,6 +129,22 @@ fn run(
     )
     .map_err(|e| format!("cannot start event loop: {e}"))?;
     server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// Each side of a ring gets the other side's memfd read-only, which the broker can only make by
+/// reopening the memfd through `/proc/self/fd`. Where /proc is not mounted in the broker's
+/// namespace every attach would fail with an obscure I/O error, so find out once, at start-up,
+/// by sharing a throw-away ring the way an attach does, and name the cause.
+fn check_read_only_reopen() -> Result<(), String> {
+    let (_ring, files) = SharedRing::create("start-up check", MIN_CAPACITY)
+        .map_err(|e| format!("cannot create a ring memfd: {e}"))?;
+    files.share(Some(Role::Consumer)).map_err(|e| {
+        format!(
+            "cannot hand out ring memfds read-only: reopening one through /proc/self/fd failed \
+             ({e}); the broker needs /proc mounted in its mount namespace"
+        )
+    })?;
+    Ok(())
 }
 
 /// Every attach costs a few fds for a moment and every client one for its life, so take the
