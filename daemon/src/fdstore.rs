@@ -34,7 +34,41 @@ use shmem_ipc::mem::mfd::{FileSeal, Memfd, MemfdOptions, SealsHashSet};
 use slog::{error, info, warn, Logger};
 
 use crate::access::AccessList;
-use crate::channel::{Channel, ChannelMeta, Counts, Lane, QueueRecord, RestoredQueue, Totals};
+use crate::channel::{Channel, ChannelMeta, Counts, Lane, Totals};
+
+/// A consumer queue as systemd's fd store keeps it: its id, and the durable consumer's name
+/// (`None`: the single consumer's queue of a `max_consumers = 1` channel) and owner.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRecord {
+    pub id: u32,
+    pub name: Option<String>,
+    /// The uid that registered the durable name. Absent in records of brokers that did not
+    /// keep owners: such a name is claimed by the next uid that attaches to it (it was open to
+    /// every admitted consumer until then, so nobody loses anything they had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+}
+
+/// What of a fan-out channel outlives the broker in systemd's fd store: its producer slots,
+/// and the queues of durable consumers (and of the single consumer of a `max_consumers = 1`
+/// channel) with their rings. Anonymous consumers' queues end with their connections anyway,
+/// and the control page is made afresh (sealed against writes, it cannot be mapped writable
+/// again).
+pub struct DurableParts<'a> {
+    pub slots: u32,
+    pub next_queue_id: u32,
+    pub queues: Vec<QueueRecord>,
+    /// Named `p{slot}.space`, `q{queue}.data` and `q{queue}/p{slot}.ring`.
+    pub fds: Vec<(String, BorrowedFd<'a>)>,
+}
+
+/// A durable queue read back from systemd's fd store.
+pub struct RestoredQueue {
+    pub record: QueueRecord,
+    pub data_ready: Option<OwnedFd>,
+    /// One per producer slot, in slot order.
+    pub lanes: Vec<Lane>,
+}
 
 const PREFIX: &str = "ch.";
 const PARTS: [&str; 5] = ["ring", "ack", "data", "space", "meta"];
