@@ -127,7 +127,7 @@ impl Server {
         }
     }
 
-    /// One line for the warnings the log held back for `uid` (see `logging::PeerBudgets`).
+    /// One line for the warnings the log held back for `uid` (see `logging::guard::PeerBudgets`).
     pub(super) fn report_suppressed(&self, uid: u32, count: u64) {
         warn!(self.log, #SUPPRESSED_TAG, "suppressed repeated warnings caused by one peer uid";
             "suppressed" => count, "peer_uid" => uid,

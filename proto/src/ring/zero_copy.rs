@@ -5,7 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ReadOutcome, RingError, RingReader, RingWriter, Sink, KIND_DATA};
+use super::layout::KIND_DATA;
+use super::reader::Sink;
+use super::{ReadOutcome, RingError, RingReader, RingWriter};
 
 /// Where the payload of one data frame lies in a ring mapping.
 ///

@@ -1,0 +1,483 @@
+//! The producer's side of a ring: staging frames, publishing them, waking the consumer.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
+
+use super::handshake;
+use super::layout::{
+    first_ticket, max_message_len, KIND_DATA, KIND_END_OF_STREAM, KIND_LOST, KIND_PAD,
+};
+use super::RingError;
+
+use super::files::{check_positions, count_wakeup, SharedRing};
+
+/// Rings this process has a [`RingWriter`] on, by their memfd's device and inode (which stay
+/// taken while the writer's mapping keeps the file alive).
+pub(super) static WRITERS: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+
+/// Publishing side. There is one at a time per ring: the broker grants one producer per ring,
+/// and [`RingWriter::new`] refuses a second writer in the same process whatever the broker
+/// did, since two would hand out `&mut` slices of the same bytes. It resumes at the
+/// `write_pos` the previous producer published.
+pub struct RingWriter {
+    pub(super) ring: SharedRing,
+    /// What the consumer can see.
+    pub(super) write_pos: u64,
+    /// End of the frames written but not yet published (== write_pos between calls).
+    pub(super) staged_pos: u64,
+    /// Lowest read position still possible: the consumer's position never goes backwards.
+    pub(super) read_floor: u64,
+    /// Size of the first frame staged since the last publish (what its span says).
+    pub(super) first_frame: u64,
+    pub(super) messages_written: u64,
+    pub(super) bytes_written: u64,
+    pub(super) messages_lost: u64,
+    /// Layout 3: the consumer's sleep ticket this writer last woke it for.
+    pub(super) woken_ticket: u32,
+    /// The ticket of this writer's last sleep.
+    pub(super) sleep_ticket: u32,
+}
+
+impl RingWriter {
+    /// A writer on `ring`; `Rejected` if this process already has one on the same ring (any
+    /// mapping of the same memfd), `Corrupt` if the header's positions are inconsistent.
+    pub fn new(ring: SharedRing) -> Result<RingWriter, RingError> {
+        if !ring.producer_writable() {
+            return Err(RingError::Rejected(
+                "the ring's fd is read-only: this side may only read it".into(),
+            ));
+        }
+        let h = ring.header();
+        let write_pos = h.producer.write_pos.load(Ordering::Acquire);
+        let read_pos = ring.consumer_side().0.read_pos.load(Ordering::Acquire);
+        check_positions(read_pos, write_pos, &ring)?;
+        // The set only holds plain keys: a panic elsewhere while it was locked left it intact.
+        let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if !writers.insert(ring.file) {
+            return Err(RingError::Rejected(
+                "this process already has a writer on this ring".into(),
+            ));
+        }
+        drop(writers);
+        Ok(RingWriter {
+            write_pos,
+            staged_pos: write_pos,
+            read_floor: read_pos,
+            first_frame: 0,
+            messages_written: h.producer.messages_written.load(Ordering::Relaxed),
+            bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),
+            messages_lost: h.producer.messages_lost.load(Ordering::Relaxed),
+            woken_ticket: 0,
+            sleep_ticket: first_ticket(),
+            ring,
+        })
+    }
+
+    /// The published write position: the byte counter just past the last frame the consumer
+    /// can see. It only grows, and a producer that attaches next continues from it.
+    pub fn position(&self) -> u64 {
+        self.write_pos
+    }
+
+    /// The mapped ring this writer writes.
+    pub fn ring(&self) -> &SharedRing {
+        &self.ring
+    }
+
+    /// The largest message this ring carries.
+    pub fn max_message_len(&self) -> u64 {
+        max_message_len(self.ring.capacity)
+    }
+
+    pub(super) fn check_len(&self, len: usize) -> Result<(), RingError> {
+        if len as u64 > self.max_message_len() {
+            return Err(RingError::TooLarge {
+                len,
+                capacity: self.ring.capacity,
+                max: self.max_message_len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes the producer may stage, counted from the consumer position seen last time; only
+    /// if that is less than `wanted` is the shared position loaded again (a cross-core cache
+    /// miss the common case avoids). A stale position only ever understates the free space.
+    pub(super) fn free_space(&mut self, wanted: u64) -> Result<u64, RingError> {
+        // read_floor <= staged_pos <= read_floor + capacity: both were checked together
+        // (check_positions) and staging never goes past the free space.
+        let cached = self.ring.capacity - (self.staged_pos - self.read_floor);
+        if cached >= wanted {
+            return Ok(cached);
+        }
+        let read_pos = handshake::observe(&self.ring.consumer_side().0.read_pos);
+        if read_pos < self.read_floor {
+            return Err(RingError::Corrupt(format!(
+                "consumer position went backwards ({read_pos} < {})",
+                self.read_floor
+            )));
+        }
+        let unread = check_positions(read_pos, self.staged_pos, &self.ring)?;
+        self.read_floor = read_pos;
+        Ok(self.ring.capacity - unread)
+    }
+
+    /// Room a frame of `payload` bytes needs now, counting the padding it may need first.
+    pub(super) fn room_for(&self, payload: usize) -> u64 {
+        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        let needed = self.ring.frame_len(payload as u64);
+        if needed > until_end {
+            until_end + needed
+        } else {
+            needed
+        }
+    }
+
+    /// Writes a data frame of `len` payload bytes filled in by `fill`, straight in the ring.
+    /// Returns `Ok(false)` without calling `fill` if there is no room right now.
+    pub fn try_write_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<bool, RingError> {
+        let written = self.try_write_up_to(len, |buf| {
+            fill(buf);
+            len
+        })?;
+        Ok(written.is_some())
+    }
+
+    /// Reserves room for up to `max` payload bytes and lets `fill` write the message straight
+    /// into the ring, returning its length (0 of a non-empty reservation: no message).
+    /// `Ok(None)` if there is no room for `max` bytes right now (and `fill` was not called),
+    /// else the length written.
+    pub fn try_write_up_to(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<Option<usize>, RingError> {
+        self.check_len(max)?;
+        let mut free = self.free_space(self.room_for(max))?;
+        let mut used = None;
+        let staged = self.stage_frame(
+            KIND_DATA,
+            max,
+            |buf| {
+                let n = fill(buf).min(max);
+                used = Some(n);
+                n
+            },
+            &mut free,
+        );
+        self.publish();
+        Ok(if staged { used } else { None })
+    }
+
+    /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
+    /// single publish. Returns how many were written.
+    pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
+        let mut wanted: u64 = 0;
+        for message in messages {
+            self.check_len(message.len())?;
+            wanted = wanted.saturating_add(self.ring.frame_len(message.len() as u64));
+        }
+        let mut free = self.free_space(wanted.min(self.ring.capacity))?;
+        let mut written = 0;
+        for message in messages {
+            if !self.stage_frame(
+                KIND_DATA,
+                message.len(),
+                |buf| {
+                    buf.copy_from_slice(message);
+                    message.len()
+                },
+                &mut free,
+            ) {
+                break;
+            }
+            written += 1;
+        }
+        self.publish();
+        Ok(written)
+    }
+
+    /// True if a data frame of `len` bytes fits right now. A frame that must start a new lap
+    /// gets its padding published first (the consumer skips it), so that the answer turns true
+    /// once the consumer has passed it, which is what `can_progress` and the wake-ups expect:
+    /// without it, a frame longer than the free space minus the tail would never fit.
+    pub fn make_room(&mut self, len: usize) -> Result<bool, RingError> {
+        self.check_len(len)?;
+        let needed = self.ring.frame_len(len as u64);
+        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        if needed > until_end {
+            let mut free = self.free_space(until_end)?;
+            if !self.stage_padding(&mut free) {
+                return Ok(false);
+            }
+            self.publish();
+        }
+        Ok(self.free_space(needed)? >= needed)
+    }
+
+    /// Counts `count` messages this ring's consumer did not get (it was full); the count is
+    /// in the header for `shmemctl info` and goes in-band with [`try_write_after_gap`].
+    ///
+    /// [`try_write_after_gap`]: Self::try_write_after_gap
+    pub fn count_lost(&mut self, count: u64) {
+        self.messages_lost = self.messages_lost.saturating_add(count);
+        self.ring
+            .header()
+            .producer
+            .messages_lost
+            .store(self.messages_lost, Ordering::Relaxed);
+    }
+
+    /// Writes a LOST frame saying `missed` messages are gone here, then `message`, and
+    /// publishes both together; `Ok(false)` (nothing written) unless both fit now.
+    pub fn try_write_after_gap(&mut self, missed: u64, message: &[u8]) -> Result<bool, RingError> {
+        self.check_len(message.len())?;
+        let wanted = (self.ring.frame_len(8) + self.ring.frame_len(message.len() as u64)) * 2;
+        let mut free = self.free_space(wanted.min(self.ring.capacity))?;
+        let saved = (self.staged_pos, self.messages_written, self.bytes_written);
+        let staged = self.stage_lost(missed, &mut free)
+            && self.stage_frame(
+                KIND_DATA,
+                message.len(),
+                |buf| {
+                    buf.copy_from_slice(message);
+                    message.len()
+                },
+                &mut free,
+            );
+        if !staged {
+            // Nothing of a half-staged pair may become visible; the bytes were never published.
+            (self.staged_pos, self.messages_written, self.bytes_written) = saved;
+            return Ok(false);
+        }
+        self.publish();
+        Ok(true)
+    }
+
+    /// Writes a LOST frame alone (before an end-of-stream mark); `Ok(false)` if it does not
+    /// fit now.
+    pub fn try_write_gap(&mut self, missed: u64) -> Result<bool, RingError> {
+        let mut free = self.free_space(self.room_for(8))?;
+        let written = self.stage_lost(missed, &mut free);
+        self.publish();
+        Ok(written)
+    }
+
+    pub(super) fn stage_lost(&mut self, missed: u64, free: &mut u64) -> bool {
+        self.stage_frame(
+            KIND_LOST,
+            8,
+            |buf| {
+                buf.copy_from_slice(&missed.to_le_bytes());
+                8
+            },
+            free,
+        )
+    }
+
+    /// Writes the end-of-stream mark. Returns `Ok(false)` if there is no room right now.
+    pub fn try_write_end_of_stream(&mut self) -> Result<bool, RingError> {
+        let mut free = self.free_space(self.room_for(0))?;
+        let written = self.stage_frame(KIND_END_OF_STREAM, 0, |_| 0, &mut free);
+        self.publish();
+        Ok(written)
+    }
+
+    /// Writes one frame of up to `len` payload bytes at the staged position, unpublished;
+    /// `fill` returns how many it used. False if it does not fit in `free` bytes (a padding
+    /// frame may have been staged all the same). A fill that uses nothing of a non-empty
+    /// reservation stages no frame.
+    pub(super) fn stage_frame(
+        &mut self,
+        kind: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+        free: &mut u64,
+    ) -> bool {
+        let capacity = self.ring.capacity;
+        let needed = self.ring.frame_len(len as u64);
+        let until_end = capacity - self.staged_pos % capacity;
+        // The frame would wrap: pad out the tail first (a complete frame of its own), then the
+        // frame starts at offset 0 once the consumer has freed room there.
+        if needed > until_end && !self.stage_padding(free) {
+            return false;
+        }
+        if *free < needed {
+            return false;
+        }
+        let offset = self.staged_pos % capacity;
+        // SAFETY: offset + needed <= capacity (the frame fits before the end, checked above),
+        // so the payload range [offset + unit, offset + unit + len) lies inside the mapped
+        // data area. In this process nothing else forms a reference to these bytes: this is
+        // the only RingWriter on the ring here (`RingWriter::new` refuses a second one), the
+        // slice lives only during `fill`, and a RingReader reads only bytes the writer has
+        // published, through raw copies. Another process (a hostile consumer) may write them
+        // concurrently, outside what Rust's model sees: it can only garble the message it is
+        // itself about to receive; u8 has no invalid values and the library never reads this
+        // slice back for any decision (a `fill` that reads back what it wrote may see the
+        // peer's bytes).
+        let payload = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ring
+                    .data()
+                    .add((offset + self.ring.format.unit) as usize),
+                len,
+            )
+        };
+        let used = fill(payload).min(len);
+        if used == 0 && len > 0 {
+            return true;
+        }
+        let size = self.ring.frame_len(used as u64);
+        // The staged position is at most MAX_POSITION + capacity (check_positions and the
+        // free space bound it), so this cannot wrap; it is refused rather than assumed.
+        let Some(end) = self.staged_pos.checked_add(size) else {
+            return false;
+        };
+        self.put_header(offset, used as u32, kind, size);
+        self.staged_pos = end;
+        *free -= size;
+        if kind == KIND_DATA {
+            // Counters come from shared memory a peer may have set to anything: they stop at
+            // u64::MAX rather than wrap (or panic).
+            self.messages_written = self.messages_written.saturating_add(1);
+            self.bytes_written = self.bytes_written.saturating_add(used as u64);
+        }
+        true
+    }
+
+    /// Stages a PAD frame over the rest of the lap; false if the tail is not free yet.
+    pub(super) fn stage_padding(&mut self, free: &mut u64) -> bool {
+        let offset = self.staged_pos % self.ring.capacity;
+        let until_end = self.ring.capacity - offset;
+        // As in stage_frame: the advance cannot wrap, but is refused rather than assumed.
+        let end = match self.staged_pos.checked_add(until_end) {
+            Some(end) if *free >= until_end => end,
+            _ => return false,
+        };
+        let len = (until_end - self.ring.format.unit) as u32;
+        self.put_header(offset, len, KIND_PAD, until_end);
+        self.staged_pos = end;
+        *free -= until_end;
+        true
+    }
+
+    /// Writes the header of a `size`-byte frame at `offset`. With seals, the first frame of a
+    /// publish also gets its span, as if it were the only frame (`publish` corrects that).
+    pub(super) fn put_header(&mut self, offset: u64, len: u32, kind: u32, size: u64) {
+        let span = if self.staged_pos == self.write_pos && self.ring.format.seal_key.is_some() {
+            self.first_frame = size;
+            self.span(size)
+        } else {
+            0
+        };
+        self.ring.data_u32(offset).store(len, Ordering::Relaxed);
+        self.ring
+            .data_u32(offset + 4)
+            .store(kind | span, Ordering::Relaxed);
+    }
+
+    /// The span field (high half of the kind word) for a publish of `bytes`; 0 (the consumer
+    /// asks the position instead) if it does not fit.
+    pub(super) fn span(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes / self.ring.format.unit)
+            .ok()
+            .filter(|&units| units <= 0xffff)
+            .map_or(0, |units| units << 16)
+    }
+
+    /// Makes everything staged visible to the consumer with one release store.
+    pub(super) fn publish(&mut self) {
+        if self.staged_pos == self.write_pos {
+            return;
+        }
+        let first = self.write_pos;
+        self.write_pos = self.staged_pos;
+        let offset = first % self.ring.capacity;
+        let seal = self.ring.format.seal(first);
+        if seal.is_some() && self.write_pos - first != self.first_frame {
+            // More than one frame: the first one's span (written as if it were alone, so a
+            // single message stores its header once) must cover them all. Rewriting a line
+            // the consumer watches costs a transfer, so only batches pay it.
+            let word = self.ring.data_u32(offset + 4);
+            let kind = word.load(Ordering::Relaxed) & self.ring.format.kind_mask;
+            word.store(kind | self.span(self.write_pos - first), Ordering::Relaxed);
+        }
+        let h = &self.ring.header().producer;
+        // Release suffices: the fence in `take_consumer_waiting`, which always follows a
+        // publish, orders this store before the waiting-flag load.
+        handshake::publish(&h.write_pos, self.write_pos);
+        if let Some(seal) = seal {
+            // After write_pos (release after release): a consumer that sees the seal also
+            // sees the position covering the frame, and never gets ahead of it.
+            self.ring
+                .data_u64(offset + 8)
+                .store(seal, Ordering::Release);
+        }
+        // The counters come last: a producer killed in between leaves them short of what was
+        // published, never counting a message nobody can read (the next writer starts from
+        // them). Only `info` shows them.
+        h.messages_written
+            .store(self.messages_written, Ordering::Relaxed);
+        h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
+    }
+
+    /// After publishing: true if the consumer said it is going to sleep and must be woken.
+    /// Pairs with [`RingReader::prepare_to_sleep`] (store flag, then re-check the ring).
+    pub fn take_consumer_waiting(&mut self) -> bool {
+        let flag = self.ring.consumer_side().1;
+        let wake = if self.ring.wakes_by_ticket() {
+            handshake::take_ticket(flag, &mut self.woken_ticket)
+        } else {
+            handshake::take_waiting(flag)
+        };
+        if wake {
+            count_wakeup(&self.ring.header().producer.wakeups);
+        }
+        wake
+    }
+
+    /// True if a write of `payload` bytes would make progress now (write the frame, or at least
+    /// the padding in front of it).
+    pub fn can_progress(&mut self, payload: usize) -> Result<bool, RingError> {
+        let needed = self.ring.frame_len(payload as u64);
+        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        let free = self.free_space(u64::MAX)?;
+        Ok(if needed > until_end {
+            free >= until_end
+        } else {
+            free >= needed
+        })
+    }
+
+    /// Announces that the producer is about to block for space. Returns false (do not sleep) if
+    /// space appeared in the meantime.
+    pub fn prepare_to_sleep(&mut self, needed_payload: usize) -> Result<bool, RingError> {
+        self.sleep_ticket = handshake::next_ticket(self.sleep_ticket);
+        handshake::prepare_to_sleep(
+            self,
+            |w| &w.ring.header().producer_waiting.waiting,
+            |w| w.sleep_ticket,
+            |w| w.can_progress(needed_payload),
+        )
+    }
+
+    /// After waking (or deciding not to sleep): withdraws the producer's waiting flag.
+    pub fn done_sleeping(&self) {
+        handshake::done_sleeping(&self.ring.header().producer_waiting.waiting);
+    }
+}
+
+impl Drop for RingWriter {
+    fn drop(&mut self) {
+        WRITERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.ring.file);
+    }
+}
