@@ -13,7 +13,7 @@ use super::layout::{
     CAPACITY_GRANULE, HEADER_SIZE, KIND_END_OF_STREAM, LAYOUT_VERSION, MAGIC, MAX_CAPACITY,
     MAX_POSITION, MIN_CAPACITY, MIN_LAYOUT_VERSION,
 };
-use super::mapping::Mapping;
+use super::mapping::{load_acquire, Mapping};
 use super::RingError;
 use crate::wire::{Role, SlowConsumer};
 
@@ -136,7 +136,7 @@ impl SharedRing {
         }
         let ring = SharedRing::map(&fds, capacity)?;
         let id = &ring.header().identity;
-        if id.magic.load(Ordering::Acquire) != MAGIC {
+        if load_acquire(&id.magic) != MAGIC {
             return Err(RingError::Corrupt("bad magic in ring header".into()));
         }
         let layout = id.layout.load(Ordering::Relaxed);
@@ -341,7 +341,7 @@ impl SharedRing {
 
     /// Whether the broker marked the ring's channel dropped.
     pub fn is_dropped(&self) -> bool {
-        self.header().identity.dropped.load(Ordering::Acquire) != 0
+        load_acquire(&self.header().identity.dropped) != 0
     }
 
     /// Marks the consumer of this ring as cut off by its producer, which writes no more into
@@ -359,7 +359,7 @@ impl SharedRing {
     /// Why the producer cut this ring's consumer off, if it did. Any value but the two the
     /// library writes came from a hostile peer and reads as corruption.
     pub fn eviction(&self) -> Option<Eviction> {
-        match self.header().identity.evicted.load(Ordering::Acquire) {
+        match load_acquire(&self.header().identity.evicted) {
             0 => None,
             1 => Some(Eviction::FellBehind),
             _ => Some(Eviction::Corrupt),
@@ -388,8 +388,8 @@ impl SharedRing {
     /// frame-aligned, or the write position behind the read position or more than `capacity`
     /// ahead of it): a peer scribbled on them.
     pub fn unread_if_sound(&self) -> Option<u64> {
-        let write_pos = self.header().producer.write_pos.load(Ordering::Acquire);
-        let read_pos = self.consumer_side().0.read_pos.load(Ordering::Acquire);
+        let write_pos = load_acquire(&self.header().producer.write_pos);
+        let read_pos = load_acquire(&self.consumer_side().0.read_pos);
         check_positions(read_pos, write_pos, self).ok()
     }
 
@@ -398,7 +398,7 @@ impl SharedRing {
     /// connection closes, to tell the consumer whether the stream ended cleanly. Everything
     /// here was written by that producer: a hostile one can only misreport its own stream.
     pub fn producer_end(&self) -> (u64, bool) {
-        let write_pos = self.header().producer.write_pos.load(Ordering::Acquire);
+        let write_pos = load_acquire(&self.header().producer.write_pos);
         let size = self.frame_len(0);
         let unit = self.format.unit;
         let ends_clean = match write_pos.checked_sub(size) {
@@ -420,8 +420,8 @@ impl SharedRing {
     pub fn stats(&self) -> RingStats {
         let h = self.header();
         let consumer = self.consumer_side().0;
-        let written = h.producer.write_pos.load(Ordering::Acquire);
-        let read = consumer.read_pos.load(Ordering::Acquire);
+        let written = load_acquire(&h.producer.write_pos);
+        let read = load_acquire(&consumer.read_pos);
         RingStats {
             messages_written: h.producer.messages_written.load(Ordering::Relaxed),
             bytes_written: h.producer.bytes_written.load(Ordering::Relaxed),

@@ -42,6 +42,7 @@ pub(crate) trait Flag {
 pub(crate) trait Position {
     fn load(&self, order: Ordering) -> u64;
     fn store(&self, value: u64, order: Ordering);
+    fn fence(order: Ordering);
 }
 
 impl Flag for std::sync::atomic::AtomicU32 {
@@ -66,6 +67,9 @@ impl Position for std::sync::atomic::AtomicU64 {
     fn store(&self, value: u64, order: Ordering) {
         self.store(value, order)
     }
+    fn fence(order: Ordering) {
+        std::sync::atomic::fence(order)
+    }
 }
 
 /// Makes a side's progress visible: the new position, after everything it covers (frames
@@ -75,9 +79,13 @@ pub(crate) fn publish<P: Position>(position: &P, value: u64) {
     position.store(value, Ordering::Release);
 }
 
-/// The other side's position, and everything it published up to it.
+/// The other side's position, and everything it published up to it. The position may lie in
+/// a read-only mapping, where Rust promises only `Relaxed` loads (see `mapping::load_acquire`):
+/// a Relaxed load and an Acquire fence.
 pub(crate) fn observe<P: Position>(position: &P) -> u64 {
-    position.load(Ordering::Acquire)
+    let value = position.load(Ordering::Relaxed);
+    P::fence(Ordering::Acquire);
+    value
 }
 
 /// The ticket for a side's next sleep: never 0 (which means awake) and different from the last
@@ -164,6 +172,9 @@ mod loom_model {
         }
         fn store(&self, value: u64, order: Ordering) {
             self.store(value, order)
+        }
+        fn fence(order: Ordering) {
+            loom::sync::atomic::fence(order)
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use rustix::fs::OFlags;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -59,4 +60,55 @@ impl Drop for Mapping {
         // into the mapping outlives `self` (every accessor borrows the ring that owns it).
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+// Layout 3 maps the peer's memfd read-only, and the ring loads 32- and 64-bit atomics from it.
+// Rust promises that an atomic load works on read-only memory only for `Relaxed` loads no wider
+// than a per-target limit (std's "Atomic accesses to read-only memory": 8 bytes on the targets
+// below, 4 bytes on 32-bit ones, none elsewhere); a wider or stronger load may be built from a
+// read-modify-write, which would fault. So the ring is built only where 8-byte loads qualify.
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "loongarch64",
+    target_arch = "mips64",
+    target_arch = "mips64r6",
+    target_arch = "powerpc64",
+    target_arch = "riscv64",
+    target_arch = "sparc64",
+    target_arch = "s390x",
+)))]
+compile_error!(
+    "shmem-broker maps peer memory read-only and loads 64-bit atomics from it, which Rust \
+     guarantees only on 64-bit targets whose relaxed 8-byte loads are plain loads"
+);
+
+/// A 32- or 64-bit atomic of a ring, for [`load_acquire`].
+pub(crate) trait Word {
+    type Value;
+    fn load_relaxed(&self) -> Self::Value;
+}
+
+impl Word for AtomicU32 {
+    type Value = u32;
+    fn load_relaxed(&self) -> u32 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+impl Word for AtomicU64 {
+    type Value = u64;
+    fn load_relaxed(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// An Acquire load of a word that may lie in a read-only mapping: a `Relaxed` load (the only
+/// kind Rust promises on read-only memory) followed by an Acquire fence, which orders every
+/// later access after it exactly as an Acquire load would. Every Acquire load of ring memory
+/// goes through here, whichever side owns the word, so none is missed.
+pub(crate) fn load_acquire<W: Word>(word: &W) -> W::Value {
+    let value = word.load_relaxed();
+    fence(Ordering::Acquire);
+    value
 }

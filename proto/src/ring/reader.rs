@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use super::files::{check_positions, count_wakeup, SharedRing};
 use super::handshake;
 use super::layout::{first_ticket, CACHE_LINE, KIND_DATA, KIND_END_OF_STREAM, KIND_LOST, KIND_PAD};
+use super::mapping::load_acquire;
 use super::RingError;
 
 /// What the consumer found in the ring.
@@ -101,8 +102,8 @@ impl RingReader {
             ));
         }
         let consumer = ring.consumer_side().0;
-        let read_pos = consumer.read_pos.load(Ordering::Acquire);
-        let write_pos = ring.header().producer.write_pos.load(Ordering::Acquire);
+        let read_pos = load_acquire(&consumer.read_pos);
+        let write_pos = load_acquire(&ring.header().producer.write_pos);
         check_positions(read_pos, write_pos, &ring)?;
         Ok(RingReader {
             read_pos,
@@ -179,7 +180,7 @@ impl RingReader {
     /// publish covers if the span says (both checked against the ring; a frame that fails is
     /// left to the position check to report).
     pub(super) fn sealed_frame(&self, offset: u64, seal: u64) -> Option<(u64, Option<u64>)> {
-        if self.ring.data_u64(offset + 8).load(Ordering::Acquire) != seal {
+        if load_acquire(self.ring.data_u64(offset + 8)) != seal {
             return None;
         }
         let len = u64::from(self.ring.data_u32(offset).load(Ordering::Relaxed));

@@ -8,6 +8,7 @@ use super::handshake;
 use super::layout::{
     first_ticket, max_message_len, KIND_DATA, KIND_END_OF_STREAM, KIND_LOST, KIND_PAD,
 };
+use super::mapping::load_acquire;
 use super::RingError;
 
 use super::files::{check_positions, count_wakeup, SharedRing};
@@ -49,8 +50,8 @@ impl RingWriter {
             ));
         }
         let h = ring.header();
-        let write_pos = h.producer.write_pos.load(Ordering::Acquire);
-        let read_pos = ring.consumer_side().0.read_pos.load(Ordering::Acquire);
+        let write_pos = load_acquire(&h.producer.write_pos);
+        let read_pos = load_acquire(&ring.consumer_side().0.read_pos);
         check_positions(read_pos, write_pos, &ring)?;
         // The set only holds plain keys: a panic elsewhere while it was locked left it intact.
         let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
