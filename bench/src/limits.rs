@@ -34,7 +34,7 @@ pub fn memcpy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<Rate> {
                     loop {
                         black_box(&mut dst).copy_from_slice(black_box(&src));
                         copies += 1;
-                        if copies % every == 0 && now_ns() >= deadline {
+                        if copies.is_multiple_of(every) && now_ns() >= deadline {
                             break;
                         }
                     }

@@ -12,6 +12,8 @@
 mod broker;
 mod cli;
 mod control;
+mod data;
+mod iox;
 mod limits;
 mod machine;
 mod ours;
@@ -38,12 +40,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::broker::{Broker, BIG_CONFIG, DEFAULT_CONFIG};
 use crate::control::Control;
 use crate::ours::Ours;
-use crate::peers::{Peers, Stream};
+use crate::peers::Peers;
 use crate::plan::Plan;
-use crate::results::{
-    format_size, Fanout, FanoutRate, Latency, LatencyMode, Rate, Results, Series, Throughput,
-    Transport,
-};
+use crate::results::{format_size, Fanout, FanoutRate, Results, Series, Throughput};
 use crate::sys::CorePair;
 
 #[derive(Parser)]
@@ -104,6 +103,9 @@ enum Section {
     Ours,
     /// Unix socket and pipe: throughput and latency
     Peers,
+    /// iceoryx2 publish-subscribe: throughput (zero-copy and copy-out receive) and busy-poll
+    /// latency
+    Iceoryx2,
     /// One producer to 4 consumer processes: our fan-out channel against 4 Unix sockets
     Fanout,
     /// Attach, 10k channels, 1k clients, socket activation
@@ -206,9 +208,13 @@ fn run(args: &Args) -> Result<bool> {
         ),
         _ => None,
     };
-    if wants(Section::Ours) || wants(Section::Peers) {
-        let broker = data_broker.as_ref().filter(|_| wants(Section::Ours));
-        data_section(&plan, cores, broker, wants(Section::Peers), &mut r);
+    if wants(Section::Ours) || wants(Section::Peers) || wants(Section::Iceoryx2) {
+        let wanted = data::Wanted {
+            broker: data_broker.as_ref().filter(|_| wants(Section::Ours)),
+            peers: wants(Section::Peers),
+            iceoryx: wants(Section::Iceoryx2),
+        };
+        data::section(&plan, cores, wanted, &mut r);
     }
     if wants(Section::Fanout) {
         fanout_section(&plan, data_broker.as_ref(), &mut r);
@@ -287,187 +293,13 @@ fn limits_section(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
             &format!("memcpy {}", format_size(size)),
             limits::memcpy(size, plan.memcpy_ms, cores.map(|c| c.a)),
         ) {
-            log_rate(Series::Memcpy, size, rate);
+            data::log_rate(Series::Memcpy, size, rate);
             r.throughput.push(Throughput {
                 series: Series::Memcpy,
                 size,
                 rate,
             });
         }
-    }
-}
-
-fn log_rate(series: Series, size: usize, rate: Rate) {
-    eprintln!(
-        "  throughput {:>7} {:<14} {:>8.3} GB/s {:>10.0} msg/s",
-        format_size(size),
-        series.short(),
-        rate.gb_per_s,
-        rate.msgs_per_s
-    );
-}
-
-fn log_latency(transport: Transport, mode: LatencyMode, size: usize, p: &stats::Percentiles) {
-    eprintln!(
-        "  latency    {:>7} {:<13} {:<26} p50 {:>10} p99 {:>10} p99.9 {:>10}",
-        format_size(size),
-        transport.label(),
-        mode.label(),
-        report::fmt_ns(p.p50),
-        report::fmt_ns(p.p99),
-        report::fmt_ns(p.p999)
-    );
-}
-
-/// Throughput and latency of our channels and the peers, size by size, the transports
-/// interleaved so that drift on a noisy machine hits them all alike.
-fn data_section(
-    plan: &Plan,
-    cores: Option<CorePair>,
-    broker: Option<&Broker>,
-    with_peers: bool,
-    r: &mut Results,
-) {
-    let ours = match broker {
-        Some(broker) => r.record("connecting to the broker", Ours::new(broker, plan, cores)),
-        None => None,
-    };
-    let peers = with_peers.then(|| Peers::new(plan, cores));
-    if ours.is_none() && peers.is_none() {
-        return;
-    }
-    eprintln!("shmem-bench: throughput and latency");
-    for &size in &plan.sizes {
-        let mut series = Vec::new();
-        if ours.is_some() {
-            series.extend([Series::OursBlocking, Series::OursSpin]);
-            if size <= Plan::BATCHED_MAX_SIZE {
-                series.push(Series::OursBatched);
-            }
-            if Plan::ZERO_COPY_SIZES.contains(&size) {
-                series.extend([Series::OursRecvRef, Series::OursLoan]);
-            }
-        }
-        if peers.is_some() {
-            series.extend([Series::Unix, Series::Pipe]);
-            if size <= Plan::BATCHED_MAX_SIZE {
-                series.push(Series::UnixBuffered);
-            }
-        }
-        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); series.len()];
-        let mut rates: Vec<Vec<Rate>> = vec![Vec::new(); series.len()];
-        for _ in 0..plan.throughput_reps {
-            for (i, &s) in series.iter().enumerate() {
-                let result = match (s, &ours, &peers) {
-                    (Series::Unix, _, Some(p)) => p.throughput(Stream::Unix, false, size),
-                    (Series::UnixBuffered, _, Some(p)) => p.throughput(Stream::Unix, true, size),
-                    (Series::Pipe, _, Some(p)) => p.throughput(Stream::Pipe, false, size),
-                    (_, Some(o), _) => o.throughput(s, size),
-                    _ => continue,
-                };
-                if let Some(rate) = r.record(
-                    &format!("throughput {} {}", s.short(), format_size(size)),
-                    result,
-                ) {
-                    runs[i].push(rate.gb_per_s);
-                    rates[i].push(rate);
-                }
-            }
-        }
-        for (i, &s) in series.iter().enumerate() {
-            let Some(mid) = stats::median(&runs[i]) else {
-                continue;
-            };
-            if let Some(&rate) = rates[i].iter().find(|rate| rate.gb_per_s == mid) {
-                log_rate(s, size, rate);
-                r.throughput.push(Throughput {
-                    series: s,
-                    size,
-                    rate,
-                });
-            }
-        }
-        for mode in [
-            LatencyMode::BusyPoll,
-            LatencyMode::Blocking,
-            LatencyMode::Asleep,
-        ] {
-            let mut transports = Vec::new();
-            if ours.is_some() {
-                transports.push(Transport::Ours);
-            }
-            if peers.is_some() {
-                transports.extend([Transport::Unix, Transport::Pipe]);
-            }
-            let budget = match mode {
-                LatencyMode::Asleep => plan.paced_ms,
-                LatencyMode::BusyPoll | LatencyMode::Blocking => plan.latency_ms,
-            } / plan.latency_rounds;
-            // The target compares our 64 B busy-poll latency with the core-to-core round
-            // trip: measure that beside each of its rounds too.
-            let beside = |transport| {
-                transport == Transport::Ours
-                    && mode == LatencyMode::BusyPoll
-                    && size == report::LATENCY_TARGET_SIZE
-            };
-            let mut pooled: Vec<(Transport, stats::Samples)> = Vec::new();
-            for _ in 0..plan.latency_rounds {
-                for &transport in &transports {
-                    if beside(transport) {
-                        core_to_core_beside(plan, cores, r);
-                    }
-                    let result = match (transport, &ours, &peers) {
-                        (Transport::Ours, Some(o), _) => o.latency(mode, size, budget),
-                        (Transport::Unix, _, Some(p)) => {
-                            p.latency(Stream::Unix, mode, size, budget)
-                        }
-                        (Transport::Pipe, _, Some(p)) => {
-                            p.latency(Stream::Pipe, mode, size, budget)
-                        }
-                        _ => continue,
-                    };
-                    let what = format!(
-                        "latency {} {} {}",
-                        transport.label(),
-                        mode.label(),
-                        format_size(size)
-                    );
-                    let Some(samples) = r.record(&what, result) else {
-                        continue;
-                    };
-                    match pooled.iter_mut().find(|(t, _)| *t == transport) {
-                        Some((_, pool)) => pool.ns.extend(samples.ns),
-                        None => pooled.push((transport, samples)),
-                    }
-                }
-            }
-            if transports.iter().any(|&t| beside(t)) {
-                core_to_core_beside(plan, cores, r);
-            }
-            for (transport, samples) in pooled {
-                let Some(one_way) = stats::Percentiles::of(&samples.ns, samples.scale) else {
-                    continue;
-                };
-                log_latency(transport, mode, size, &one_way);
-                r.latency.push(Latency {
-                    transport,
-                    mode,
-                    size,
-                    one_way,
-                });
-            }
-        }
-    }
-}
-
-fn core_to_core_beside(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
-    let measured = limits::core_to_core(cores, plan.core_to_core_ms / 2);
-    if let Some(c2c) = r.record("core-to-core round trip beside the latency run", measured) {
-        eprintln!(
-            "  core-to-core round trip p50 {}",
-            report::fmt_ns(c2c.round_trip.p50)
-        );
-        r.core_to_core_beside.push(c2c.round_trip.p50);
     }
 }
 

@@ -52,6 +52,11 @@ const PIPE: [RGBColor; 3] = [
     RGBColor(0x31, 0xa3, 0x54),
     RGBColor(0x74, 0xc4, 0x76),
 ];
+const ICEORYX: [RGBColor; 3] = [
+    RGBColor(0x54, 0x27, 0x8f),
+    RGBColor(0x80, 0x7d, 0xba),
+    RGBColor(0xbc, 0xbd, 0xdc),
+];
 const LIMIT: RGBColor = RGBColor(0x52, 0x52, 0x52);
 
 fn transport_colors(t: Transport) -> [RGBColor; 3] {
@@ -59,6 +64,7 @@ fn transport_colors(t: Transport) -> [RGBColor; 3] {
         Transport::Ours => OURS,
         Transport::Unix => UNIX,
         Transport::Pipe => PIPE,
+        Transport::Iceoryx => ICEORYX,
     }
 }
 
@@ -158,6 +164,8 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
         (Series::UnixBuffered, UNIX[2], Marker::Cross),
         (Series::Pipe, PIPE[0], Marker::Circle),
         (Series::Memcpy, LIMIT, Marker::Circle),
+        (Series::IceoryxZeroCopy, ICEORYX[0], Marker::Circle),
+        (Series::IceoryxCopy, ICEORYX[1], Marker::Triangle),
     ];
     let lines: Vec<Line> = series
         .iter()
@@ -179,7 +187,12 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
 
 pub fn latency(r: &Results, path: &Path) -> Result<()> {
     let mut lines = Vec::new();
-    for transport in [Transport::Ours, Transport::Unix, Transport::Pipe] {
+    for transport in [
+        Transport::Ours,
+        Transport::Iceoryx,
+        Transport::Unix,
+        Transport::Pipe,
+    ] {
         let colors = transport_colors(transport);
         let modes = [
             (LatencyMode::BusyPoll, Marker::Circle),

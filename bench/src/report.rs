@@ -11,6 +11,9 @@ use crate::stats::Percentiles;
 /// The message size of the latency targets.
 pub const LATENCY_TARGET_SIZE: usize = 64;
 
+/// The iceoryx2 release the bench links (bench/Cargo.toml).
+const ICEORYX2_VERSION: &str = "0.10";
+
 /// One target of the performance issue, evaluated on this run.
 pub struct Target {
     pub name: &'static str,
@@ -389,11 +392,62 @@ fn throughput_tables(r: &Results, out: &mut String) {
     }
 }
 
+/// Our channels beside the other shared-memory transports, like with like: borrowed receive
+/// against iceoryx2's zero-copy receive, copying receive against its receive + copy out.
+fn shm_peers_table(r: &Results, out: &mut String) {
+    let measured = |s| r.throughput.iter().any(|t| t.series == s);
+    if !measured(Series::IceoryxCopy) {
+        return;
+    }
+    let pairs = [
+        (Series::OursRecvRef, Series::IceoryxZeroCopy),
+        (Series::OursBlocking, Series::IceoryxCopy),
+    ];
+    let _ = writeln!(
+        out,
+        "\n**Beside other shared-memory transports** (GB/s, messages/s; ratio = ours / peer)\n\n\
+         iceoryx2: the `[u8]` publish-subscribe API, publisher `loan_slice_uninit` + copy in + \
+         `send` with `RetryUntilDelivered` back-pressure (nothing dropped), subscriber queue of \
+         as many samples as our ring holds messages (2 to 4096), both sides connected \
+         (`update_connections()` after seeing each other) before the first message. Its \
+         subscriber has no blocking receive, so it busy-polls `receive()`. *zero-copy* reads \
+         each sample's length and stamps where it lies (like `recv_ref`), *copy-out* copies \
+         it into a buffer (like `recv_into`)."
+    );
+    let _ = write!(out, "| size |");
+    for (ours, peer) in pairs {
+        let _ = write!(out, " {} | {} | ratio |", ours.short(), peer.short());
+    }
+    let _ = writeln!(out, "\n|---:|{}", "---:|---:|---:|".repeat(pairs.len()));
+    let cell = |rate: Option<Rate>| {
+        rate.map_or("–".into(), |t| {
+            format!("{:.2} ({})", t.gb_per_s, fmt_msgs(t.msgs_per_s))
+        })
+    };
+    for &size in &r.sizes {
+        let _ = write!(out, "| {} |", format_size(size));
+        for (ours, peer) in pairs {
+            let (o, p) = (r.throughput(ours, size), r.throughput(peer, size));
+            let x = ratio(o.map(|t| t.gb_per_s), p.map(|t| t.gb_per_s));
+            let _ = write!(out, " {} | {} | {} |", cell(o), cell(p), fmt_ratio(x));
+        }
+        let _ = writeln!(out);
+    }
+}
+
 fn latency_cell(p: Option<Percentiles>) -> String {
     p.map_or("–".into(), |p| {
         format!("{} / {} / {}", fmt_ns(p.p50), fmt_ns(p.p99), fmt_ns(p.p999))
     })
 }
+
+/// Every transport measured in some mode, in table order.
+const TRANSPORTS: [Transport; 4] = [
+    Transport::Ours,
+    Transport::Iceoryx,
+    Transport::Unix,
+    Transport::Pipe,
+];
 
 fn latency_tables(r: &Results, out: &mut String) {
     for mode in [
@@ -401,23 +455,28 @@ fn latency_tables(r: &Results, out: &mut String) {
         LatencyMode::Blocking,
         LatencyMode::Asleep,
     ] {
+        let columns: Vec<Transport> = TRANSPORTS
+            .into_iter()
+            .filter(|&t| r.latency.iter().any(|l| l.transport == t && l.mode == mode))
+            .collect();
         let _ = writeln!(out, "\n**{}** (one-way p50 / p99 / p99.9)\n", mode.label());
-        let _ = writeln!(
-            out,
-            "| size | shmem-broker | Unix socket | pipe | unix p50 / ours p50 | samples (ours) |"
-        );
-        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+        let _ = write!(out, "| size |");
+        for t in &columns {
+            let _ = write!(out, " {} |", t.label());
+        }
+        let _ = writeln!(out, " unix p50 / ours p50 | samples (ours) |");
+        let _ = writeln!(out, "|---:|{}---:|---:|", "---:|".repeat(columns.len()));
         for &size in &r.sizes {
             let get = |t| r.latency(t, mode, size);
             let ours = get(Transport::Ours);
             let x = ratio(get(Transport::Unix).map(|p| p.p50), ours.map(|p| p.p50));
+            let _ = write!(out, "| {} |", format_size(size));
+            for &t in &columns {
+                let _ = write!(out, " {} |", latency_cell(get(t)));
+            }
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} |",
-                format_size(size),
-                latency_cell(ours),
-                latency_cell(get(Transport::Unix)),
-                latency_cell(get(Transport::Pipe)),
+                " {} | {} |",
                 fmt_ratio(x),
                 ours.map_or("–".into(), |p| p.samples.to_string())
             );
@@ -607,7 +666,8 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
         "Measured by `shmem-bench` (crate `bench/`) in one run on one machine: our channels \
          through the real broker and client library between two processes and from one \
          producer to four consumer processes, Unix stream sockets and pipes between the same \
-         processes, and the machine's own limits. Every number below \
+         processes, iceoryx2 publish-subscribe (crate `iceoryx2` {ICEORYX2_VERSION}) pinned \
+         the same way, and the machine's own limits. Every number below \
          comes from that run; the machine is a shared 2-vCPU VM, so expect run-to-run noise of \
          10-30 %.\n"
     );
@@ -615,7 +675,7 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
         out,
         "```sh\ncargo build --release --workspace\n{}\n```\n\nThe full suite takes 2-4 \
          minutes; `--quick` is the smoke run CI uses (a few seconds, every code path, no \
-         meaningful numbers, no timing assertions); `--only ours,peers,fanout,limits,control,cli` and \
+         meaningful numbers, no timing assertions); `--only ours,peers,iceoryx2,fanout,limits,control,cli` and \
          `--sizes 64,65536` narrow a run; `--json FILE` keeps the raw results.\n",
         r.command
     );
@@ -682,6 +742,7 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
         Plan::batch_for(64)
     );
     throughput_tables(r, &mut out);
+    shm_peers_table(r, &mut out);
     if let Some((tp, _)) = &plot_names {
         let _ = writeln!(out, "\n![throughput against message size]({tp})");
     }

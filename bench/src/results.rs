@@ -29,6 +29,11 @@ pub enum Series {
     Pipe,
     /// Single-thread memcpy, one process: the machine's limit.
     Memcpy,
+    /// iceoryx2 publish-subscribe: loan + copy in + send; `receive` reading only the stamps
+    /// where the sample lies (zero-copy receive, like our `recv_ref`).
+    IceoryxZeroCopy,
+    /// iceoryx2: loan + copy in + send; `receive` + copy the payload out (like `recv_into`).
+    IceoryxCopy,
 }
 
 impl Series {
@@ -43,6 +48,8 @@ impl Series {
             Series::UnixBuffered => "Unix socket, 64 KiB buffered",
             Series::Pipe => "pipe",
             Series::Memcpy => "memcpy (1 thread)",
+            Series::IceoryxZeroCopy => "iceoryx2 loan+send/receive (reads the stamps in place)",
+            Series::IceoryxCopy => "iceoryx2 loan+send/receive + copy out",
         }
     }
 
@@ -57,6 +64,8 @@ impl Series {
             Series::UnixBuffered => "unix buffered",
             Series::Pipe => "pipe",
             Series::Memcpy => "memcpy",
+            Series::IceoryxZeroCopy => "iceoryx2 zero-copy",
+            Series::IceoryxCopy => "iceoryx2 copy-out",
         }
     }
 }
@@ -165,6 +174,8 @@ pub enum Transport {
     Ours,
     Unix,
     Pipe,
+    /// iceoryx2 publish-subscribe (busy-poll only: its subscriber has no blocking receive).
+    Iceoryx,
 }
 
 impl Transport {
@@ -173,6 +184,7 @@ impl Transport {
             Transport::Ours => "shmem-broker",
             Transport::Unix => "Unix socket",
             Transport::Pipe => "pipe",
+            Transport::Iceoryx => "iceoryx2",
         }
     }
 }

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use shmem_broker_client::Client;
 
+use crate::iox;
 use crate::proc::Proc;
 use crate::roles::{self, Outcome};
 use crate::sys::{self, CorePair};
@@ -63,6 +64,12 @@ pub enum Link {
     Stream { buffered: bool },
     /// Send only, the same bytes to each of `streams` byte streams, on fds 4, 5, ...
     StreamFanOut { buffered: bool, streams: usize },
+    /// iceoryx2 publish-subscribe services the parent created: publish on `tx`, subscribe to
+    /// `rx`.
+    Iceoryx {
+        tx: Option<String>,
+        rx: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,6 +137,16 @@ pub fn worker_main(cpu: Option<usize>, task: &str) -> Result<()> {
         Link::StreamFanOut { buffered, streams } => {
             let tx = StreamFanTx::from_inherited(*streams, *buffered);
             run(&task, Some(tx), None::<StreamRx>)
+        }
+        Link::Iceoryx { tx, rx } => {
+            let (tx, rx) = iox::open(
+                tx.as_deref(),
+                rx.as_deref(),
+                task.size,
+                task.role.sends(),
+                task.role.receives(),
+            )?;
+            run(&task, tx, rx)
         }
     }
 }
