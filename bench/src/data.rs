@@ -13,14 +13,17 @@ use crate::report;
 use crate::results::{
     format_size, Latency, LatencyMode, Rate, Results, Series, Throughput, Transport,
 };
+use crate::ring::SharedRing;
 use crate::stats::{self, Percentiles, Samples};
 use crate::sys::CorePair;
+use crate::transport::Wait;
 
 /// Everything measured side by side; a member is `None` when its section is not in the run.
 pub struct Contenders<'a> {
     pub ours: Option<Ours<'a>>,
     pub peers: Option<Peers<'a>>,
     pub iox: Option<Iceoryx<'a>>,
+    pub ring: Option<SharedRing<'a>>,
 }
 
 impl Contenders<'_> {
@@ -40,6 +43,9 @@ impl Contenders<'_> {
         if self.iox.is_some() {
             series.extend([Series::IceoryxZeroCopy, Series::IceoryxCopy]);
         }
+        if self.ring.is_some() {
+            series.extend([Series::Ring, Series::RingSpin]);
+        }
         if self.peers.is_some() {
             series.extend([Series::Unix, Series::Pipe]);
             if size <= Plan::BATCHED_MAX_SIZE {
@@ -56,6 +62,8 @@ impl Contenders<'_> {
             Series::Pipe => self.peers.as_ref()?.throughput(Stream::Pipe, false, size),
             Series::IceoryxZeroCopy => self.iox.as_ref()?.throughput(true, size),
             Series::IceoryxCopy => self.iox.as_ref()?.throughput(false, size),
+            Series::Ring => self.ring.as_ref()?.throughput(Wait::Block, size),
+            Series::RingSpin => self.ring.as_ref()?.throughput(Wait::Spin, size),
             Series::Memcpy => return None,
             _ => self.ours.as_ref()?.throughput(series, size),
         })
@@ -70,6 +78,9 @@ impl Contenders<'_> {
         // iceoryx2's subscriber has no blocking receive: busy-poll only.
         if self.iox.is_some() && mode == LatencyMode::BusyPoll {
             transports.push(Transport::Iceoryx);
+        }
+        if self.ring.is_some() {
+            transports.push(Transport::Ring);
         }
         if self.peers.is_some() {
             transports.extend([Transport::Unix, Transport::Pipe]);
@@ -95,11 +106,12 @@ impl Contenders<'_> {
                 .as_ref()?
                 .latency(Stream::Pipe, mode, size, budget),
             Transport::Iceoryx => self.iox.as_ref()?.latency(size, budget),
+            Transport::Ring => self.ring.as_ref()?.latency(mode, size, budget),
         })
     }
 
     fn is_empty(&self) -> bool {
-        self.ours.is_none() && self.peers.is_none() && self.iox.is_none()
+        self.ours.is_none() && self.peers.is_none() && self.iox.is_none() && self.ring.is_none()
     }
 }
 
@@ -130,6 +142,7 @@ pub struct Wanted<'a> {
     pub broker: Option<&'a Broker>,
     pub peers: bool,
     pub iceoryx: bool,
+    pub ring: bool,
 }
 
 /// Throughput and latency of everything wanted, size by size.
@@ -142,6 +155,7 @@ pub fn section(plan: &Plan, cores: Option<CorePair>, wanted: Wanted<'_>, r: &mut
         ours,
         peers: wanted.peers.then(|| Peers::new(plan, cores)),
         iox: wanted.iceoryx.then(|| Iceoryx::new(plan, cores)),
+        ring: wanted.ring.then(|| SharedRing::new(plan, cores)),
     };
     if c.is_empty() {
         return;

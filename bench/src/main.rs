@@ -23,6 +23,7 @@ mod plot;
 mod proc;
 mod report;
 mod results;
+mod ring;
 mod roles;
 mod stats;
 mod sys;
@@ -106,6 +107,8 @@ enum Section {
     /// iceoryx2 publish-subscribe: throughput (zero-copy and copy-out receive) and busy-poll
     /// latency
     Iceoryx2,
+    /// The seed's shmem_ipc::sharedring between two processes: throughput and latency
+    Ring,
     /// One producer to 4 consumer processes: our fan-out channel against 4 Unix sockets
     Fanout,
     /// Attach, 10k channels, 1k clients, socket activation
@@ -208,11 +211,18 @@ fn run(args: &Args) -> Result<bool> {
         ),
         _ => None,
     };
-    if wants(Section::Ours) || wants(Section::Peers) || wants(Section::Iceoryx2) {
+    let data = [
+        Section::Ours,
+        Section::Peers,
+        Section::Iceoryx2,
+        Section::Ring,
+    ];
+    if data.into_iter().any(wants) {
         let wanted = data::Wanted {
             broker: data_broker.as_ref().filter(|_| wants(Section::Ours)),
             peers: wants(Section::Peers),
             iceoryx: wants(Section::Iceoryx2),
+            ring: wants(Section::Ring),
         };
         data::section(&plan, cores, wanted, &mut r);
     }

@@ -57,6 +57,11 @@ const ICEORYX: [RGBColor; 3] = [
     RGBColor(0x80, 0x7d, 0xba),
     RGBColor(0xbc, 0xbd, 0xdc),
 ];
+const RING: [RGBColor; 3] = [
+    RGBColor(0xa6, 0x36, 0x03),
+    RGBColor(0xe6, 0x55, 0x0d),
+    RGBColor(0xfd, 0x8d, 0x3c),
+];
 const LIMIT: RGBColor = RGBColor(0x52, 0x52, 0x52);
 
 fn transport_colors(t: Transport) -> [RGBColor; 3] {
@@ -65,6 +70,7 @@ fn transport_colors(t: Transport) -> [RGBColor; 3] {
         Transport::Unix => UNIX,
         Transport::Pipe => PIPE,
         Transport::Iceoryx => ICEORYX,
+        Transport::Ring => RING,
     }
 }
 
@@ -166,6 +172,8 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
         (Series::Memcpy, LIMIT, Marker::Circle),
         (Series::IceoryxZeroCopy, ICEORYX[0], Marker::Circle),
         (Series::IceoryxCopy, ICEORYX[1], Marker::Triangle),
+        (Series::Ring, RING[0], Marker::Circle),
+        (Series::RingSpin, RING[1], Marker::Triangle),
     ];
     let lines: Vec<Line> = series
         .iter()
@@ -190,6 +198,7 @@ pub fn latency(r: &Results, path: &Path) -> Result<()> {
     for transport in [
         Transport::Ours,
         Transport::Iceoryx,
+        Transport::Ring,
         Transport::Unix,
         Transport::Pipe,
     ] {

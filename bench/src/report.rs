@@ -393,15 +393,18 @@ fn throughput_tables(r: &Results, out: &mut String) {
 }
 
 /// Our channels beside the other shared-memory transports, like with like: borrowed receive
-/// against iceoryx2's zero-copy receive, copying receive against its receive + copy out.
+/// against iceoryx2's zero-copy receive, copying receive against its receive + copy out, and
+/// blocking / busy-polling against the bare shmem-ipc ring doing the same.
 fn shm_peers_table(r: &Results, out: &mut String) {
     let measured = |s| r.throughput.iter().any(|t| t.series == s);
-    if !measured(Series::IceoryxCopy) {
+    if !measured(Series::IceoryxCopy) && !measured(Series::Ring) {
         return;
     }
     let pairs = [
         (Series::OursRecvRef, Series::IceoryxZeroCopy),
         (Series::OursBlocking, Series::IceoryxCopy),
+        (Series::OursBlocking, Series::Ring),
+        (Series::OursSpin, Series::RingSpin),
     ];
     let _ = writeln!(
         out,
@@ -412,7 +415,11 @@ fn shm_peers_table(r: &Results, out: &mut String) {
          (`update_connections()` after seeing each other) before the first message. Its \
          subscriber has no blocking receive, so it busy-polls `receive()`. *zero-copy* reads \
          each sample's length and stamps where it lies (like `recv_ref`), *copy-out* copies \
-         it into a buffer (like `recv_into`)."
+         it into a buffer (like `recv_into`). shmem-ipc ring: `shmem_ipc::sharedring` (the \
+         ring this project started from) between the same two processes, a byte ring of our \
+         ring's capacity carrying the same fixed-size messages, copied in and out; blocking \
+         sides wait as its API does (`block_until_writable` / `block_until_readable` on its \
+         eventfds), busy-polling sides retry."
     );
     let _ = write!(out, "| size |");
     for (ours, peer) in pairs {
@@ -442,9 +449,10 @@ fn latency_cell(p: Option<Percentiles>) -> String {
 }
 
 /// Every transport measured in some mode, in table order.
-const TRANSPORTS: [Transport; 4] = [
+const TRANSPORTS: [Transport; 5] = [
     Transport::Ours,
     Transport::Iceoryx,
+    Transport::Ring,
     Transport::Unix,
     Transport::Pipe,
 ];
@@ -667,7 +675,8 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
          through the real broker and client library between two processes and from one \
          producer to four consumer processes, Unix stream sockets and pipes between the same \
          processes, iceoryx2 publish-subscribe (crate `iceoryx2` {ICEORYX2_VERSION}) pinned \
-         the same way, and the machine's own limits. Every number below \
+         the same way, the `shmem_ipc::sharedring` ring between two processes, and the \
+         machine's own limits. Every number below \
          comes from that run; the machine is a shared 2-vCPU VM, so expect run-to-run noise of \
          10-30 %.\n"
     );
@@ -675,7 +684,7 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
         out,
         "```sh\ncargo build --release --workspace\n{}\n```\n\nThe full suite takes 2-4 \
          minutes; `--quick` is the smoke run CI uses (a few seconds, every code path, no \
-         meaningful numbers, no timing assertions); `--only ours,peers,iceoryx2,fanout,limits,control,cli` and \
+         meaningful numbers, no timing assertions); `--only ours,peers,iceoryx2,ring,fanout,limits,control,cli` and \
          `--sizes 64,65536` narrow a run; `--json FILE` keeps the raw results.\n",
         r.command
     );

@@ -34,6 +34,10 @@ pub enum Series {
     IceoryxZeroCopy,
     /// iceoryx2: loan + copy in + send; `receive` + copy the payload out (like `recv_into`).
     IceoryxCopy,
+    /// `shmem_ipc::sharedring`, both sides blocking on its eventfds.
+    Ring,
+    /// `shmem_ipc::sharedring`, both sides busy-polling.
+    RingSpin,
 }
 
 impl Series {
@@ -50,6 +54,8 @@ impl Series {
             Series::Memcpy => "memcpy (1 thread)",
             Series::IceoryxZeroCopy => "iceoryx2 loan+send/receive (reads the stamps in place)",
             Series::IceoryxCopy => "iceoryx2 loan+send/receive + copy out",
+            Series::Ring => "shmem-ipc sharedring (eventfd wake-ups)",
+            Series::RingSpin => "shmem-ipc sharedring (busy-poll)",
         }
     }
 
@@ -66,6 +72,8 @@ impl Series {
             Series::Memcpy => "memcpy",
             Series::IceoryxZeroCopy => "iceoryx2 zero-copy",
             Series::IceoryxCopy => "iceoryx2 copy-out",
+            Series::Ring => "shmem-ipc ring",
+            Series::RingSpin => "shmem-ipc ring busy-poll",
         }
     }
 }
@@ -176,6 +184,8 @@ pub enum Transport {
     Pipe,
     /// iceoryx2 publish-subscribe (busy-poll only: its subscriber has no blocking receive).
     Iceoryx,
+    /// `shmem_ipc::sharedring`.
+    Ring,
 }
 
 impl Transport {
@@ -185,6 +195,7 @@ impl Transport {
             Transport::Unix => "Unix socket",
             Transport::Pipe => "pipe",
             Transport::Iceoryx => "iceoryx2",
+            Transport::Ring => "shmem-ipc ring",
         }
     }
 }

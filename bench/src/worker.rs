@@ -15,13 +15,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use shmem_broker_client::Client;
 
-use crate::iox;
 use crate::proc::Proc;
 use crate::roles::{self, Outcome};
 use crate::sys::{self, CorePair};
 use crate::transport::{
     ChannelRx, ChannelTx, Rx, StreamFanTx, StreamRx, StreamTx, Tx, Wait, RX_FD, TX_FD,
 };
+use crate::{iox, ring};
 
 pub const WORKER_SUBCOMMAND: &str = "__worker";
 
@@ -70,6 +70,9 @@ pub enum Link {
         tx: Option<String>,
         rx: Option<String>,
     },
+    /// `shmem_ipc::sharedring` rings of `capacity` bytes: the sending ring's memfd, empty and
+    /// full eventfds on fds 4, 5, 6 (if `tx`), then the receiving ring's (if `rx`).
+    SharedRing { capacity: usize, tx: bool, rx: bool },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -146,6 +149,10 @@ pub fn worker_main(cpu: Option<usize>, task: &str) -> Result<()> {
                 task.role.sends(),
                 task.role.receives(),
             )?;
+            run(&task, tx, rx)
+        }
+        Link::SharedRing { capacity, tx, rx } => {
+            let (tx, rx) = ring::open(*capacity, *tx, *rx, task.size, task.wait)?;
             run(&task, tx, rx)
         }
     }
