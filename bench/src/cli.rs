@@ -167,5 +167,7 @@ pub fn run(ctl: &Path, broker: &Broker, dir: &Path, bytes: u64, reps: usize) -> 
         shmemctl_gb_per_s: median(&ours).unwrap_or_default(),
         socat_gb_per_s: median(&theirs),
         reps: ours.len(),
+        shmemctl_runs: ours,
+        socat_runs: theirs,
     })
 }

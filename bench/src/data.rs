@@ -11,7 +11,7 @@ use crate::peers::{Peers, Stream};
 use crate::plan::Plan;
 use crate::report;
 use crate::results::{
-    format_size, Latency, LatencyMode, Rate, Results, Series, Throughput, Transport,
+    format_size, Block, Latency, LatencyMode, Rate, Results, Series, Throughput, Transport,
 };
 use crate::ring::SharedRing;
 use crate::stats::{self, Percentiles, Samples};
@@ -161,21 +161,82 @@ pub fn section(plan: &Plan, cores: Option<CorePair>, wanted: Wanted<'_>, r: &mut
         return;
     }
     eprintln!("shmem-bench: throughput and latency");
+    let mut noise = Noise::new(plan, cores);
     for &size in &plan.sizes {
-        throughput_block(plan, &c, size, r);
+        let block = noise.open(r, "throughput", size);
+        throughput_block(plan, &c, size, block, r);
+        noise.close(r, block);
         for mode in [
             LatencyMode::BusyPoll,
             LatencyMode::Blocking,
             LatencyMode::Asleep,
         ] {
-            latency_block(plan, cores, &c, mode, size, r);
+            let block = noise.open(r, mode.label(), size);
+            latency_block(plan, &c, mode, size, block, r);
+            noise.close(r, block);
         }
+    }
+}
+
+/// Measures the core-to-core round trip between blocks of measurements and records it with
+/// them: the round trip after one block is the one before the next.
+pub struct Noise<'a> {
+    plan: &'a Plan,
+    cores: Option<CorePair>,
+    last: Option<f64>,
+}
+
+impl<'a> Noise<'a> {
+    pub fn new(plan: &'a Plan, cores: Option<CorePair>) -> Noise<'a> {
+        Noise {
+            plan,
+            cores,
+            last: None,
+        }
+    }
+
+    fn measure(&self, r: &mut Results) -> Option<f64> {
+        let measured = limits::core_to_core(self.cores, self.plan.core_to_core_beside_ms);
+        let c2c = r.record("core-to-core round trip beside a block", measured)?;
+        Some(c2c.round_trip.p50)
+    }
+
+    /// Starts a block; its index in [`Results::blocks`].
+    pub fn open(&mut self, r: &mut Results, what: &str, size: usize) -> usize {
+        let before = match self.last.take() {
+            Some(ns) => Some(ns),
+            None => self.measure(r),
+        };
+        r.blocks.push(Block {
+            what: what.to_string(),
+            size,
+            c2c_before_ns: before,
+            c2c_after_ns: None,
+        });
+        r.blocks.len() - 1
+    }
+
+    pub fn close(&mut self, r: &mut Results, block: usize) {
+        let after = self.measure(r);
+        if let Some(b) = r.blocks.get_mut(block) {
+            b.c2c_after_ns = after;
+            let state = r.state(Some(block));
+            eprintln!(
+                "  core-to-core round trip {} before, {} after ({})",
+                r.blocks[block]
+                    .c2c_before_ns
+                    .map_or("–".into(), report::fmt_ns),
+                after.map_or("–".into(), report::fmt_ns),
+                state.label()
+            );
+        }
+        self.last = after;
     }
 }
 
 /// Every throughput series at `size`, the series taking turns run by run; the median run of
 /// each is kept.
-fn throughput_block(plan: &Plan, c: &Contenders<'_>, size: usize, r: &mut Results) {
+fn throughput_block(plan: &Plan, c: &Contenders<'_>, size: usize, block: usize, r: &mut Results) {
     let series = c.series(size);
     let mut rates: Vec<Vec<Rate>> = vec![Vec::new(); series.len()];
     for _ in 0..plan.throughput_reps {
@@ -198,6 +259,8 @@ fn throughput_block(plan: &Plan, c: &Contenders<'_>, size: usize, r: &mut Result
                 series: s,
                 size,
                 rate,
+                runs: rates[i].clone(),
+                block: Some(block),
             });
         }
     }
@@ -207,10 +270,10 @@ fn throughput_block(plan: &Plan, c: &Contenders<'_>, size: usize, r: &mut Result
 /// and each one's samples pooled.
 fn latency_block(
     plan: &Plan,
-    cores: Option<CorePair>,
     c: &Contenders<'_>,
     mode: LatencyMode,
     size: usize,
+    block: usize,
     r: &mut Results,
 ) {
     let transports = c.transports(mode);
@@ -218,19 +281,9 @@ fn latency_block(
         LatencyMode::Asleep => plan.paced_ms,
         LatencyMode::BusyPoll | LatencyMode::Blocking => plan.latency_ms,
     } / plan.latency_rounds;
-    // The target compares our 64 B busy-poll latency with the core-to-core round trip:
-    // measure that beside each of its rounds too.
-    let beside = |transport| {
-        transport == Transport::Ours
-            && mode == LatencyMode::BusyPoll
-            && size == report::LATENCY_TARGET_SIZE
-    };
-    let mut pooled: Vec<(Transport, Samples)> = Vec::new();
+    let mut pooled: Vec<(Transport, Samples, Vec<f64>)> = Vec::new();
     for _ in 0..plan.latency_rounds {
         for &transport in &transports {
-            if beside(transport) {
-                core_to_core_beside(plan, cores, r);
-            }
             let Some(result) = c.latency(transport, mode, size, budget) else {
                 continue;
             };
@@ -243,16 +296,17 @@ fn latency_block(
             let Some(samples) = r.record(&what, result) else {
                 continue;
             };
-            match pooled.iter_mut().find(|(t, _)| *t == transport) {
-                Some((_, pool)) => pool.ns.extend(samples.ns),
-                None => pooled.push((transport, samples)),
+            let round_p50 = Percentiles::of(&samples.ns, samples.scale).map(|p| p.p50);
+            match pooled.iter_mut().find(|(t, _, _)| *t == transport) {
+                Some((_, pool, p50s)) => {
+                    pool.ns.extend(samples.ns);
+                    p50s.extend(round_p50);
+                }
+                None => pooled.push((transport, samples, round_p50.into_iter().collect())),
             }
         }
     }
-    if transports.iter().any(|&t| beside(t)) {
-        core_to_core_beside(plan, cores, r);
-    }
-    for (transport, samples) in pooled {
+    for (transport, samples, round_p50s) in pooled {
         let Some(one_way) = Percentiles::of(&samples.ns, samples.scale) else {
             continue;
         };
@@ -262,17 +316,8 @@ fn latency_block(
             mode,
             size,
             one_way,
+            round_p50s,
+            block: Some(block),
         });
-    }
-}
-
-fn core_to_core_beside(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
-    let measured = limits::core_to_core(cores, plan.core_to_core_ms / 2);
-    if let Some(c2c) = r.record("core-to-core round trip beside the latency run", measured) {
-        eprintln!(
-            "  core-to-core round trip p50 {}",
-            report::fmt_ns(c2c.round_trip.p50)
-        );
-        r.core_to_core_beside.push(c2c.round_trip.p50);
     }
 }

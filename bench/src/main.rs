@@ -16,6 +16,7 @@ mod data;
 mod iox;
 mod limits;
 mod machine;
+mod ops_report;
 mod ours;
 mod peers;
 mod plan;
@@ -27,6 +28,7 @@ mod ring;
 mod roles;
 mod stats;
 mod sys;
+mod targets;
 mod transport;
 mod worker;
 
@@ -197,6 +199,7 @@ fn run(args: &Args) -> Result<bool> {
         latency_ms: plan.latency_ms,
         paced_ms: plan.paced_ms,
         latency_rounds: plan.latency_rounds,
+        core_to_core_beside_ms: plan.core_to_core_beside_ms,
         ..Results::default()
     };
 
@@ -227,7 +230,7 @@ fn run(args: &Args) -> Result<bool> {
         data::section(&plan, cores, wanted, &mut r);
     }
     if wants(Section::Fanout) {
-        fanout_section(&plan, data_broker.as_ref(), &mut r);
+        fanout_section(&plan, cores, data_broker.as_ref(), &mut r);
     }
     if let (true, Some(broker_bin), Some(ctl_bin)) =
         (wants(Section::Control), &broker_bin, &ctl_bin)
@@ -308,6 +311,8 @@ fn limits_section(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
                 series: Series::Memcpy,
                 size,
                 rate,
+                runs: vec![rate],
+                block: None,
             });
         }
     }
@@ -338,7 +343,7 @@ fn median_run(runs: &[FanoutRate]) -> Option<FanoutRate> {
 /// One producer to [`Plan::FANOUT_CONSUMERS`] consumer processes, size by size: our fan-out
 /// channel and one Unix socket per consumer, interleaved run by run like the 1:1 section.
 /// Ours needs the broker; without it only the sockets run.
-fn fanout_section(plan: &Plan, broker: Option<&Broker>, r: &mut Results) {
+fn fanout_section(plan: &Plan, cores: Option<CorePair>, broker: Option<&Broker>, r: &mut Results) {
     let ours = match broker {
         Some(broker) => r.record("connecting to the broker", Ours::new(broker, plan, None)),
         None => None,
@@ -351,7 +356,9 @@ fn fanout_section(plan: &Plan, broker: Option<&Broker>, r: &mut Results) {
         consumers + 1,
         r.machine.nproc
     );
+    let mut noise = data::Noise::new(plan, cores);
     for &size in &plan.fanout_sizes {
+        let block = noise.open(r, "fan-out", size);
         let (mut ours_runs, mut unix_runs) = (Vec::new(), Vec::new());
         for _ in 0..plan.throughput_reps {
             if let Some(o) = &ours {
@@ -367,7 +374,11 @@ fn fanout_section(plan: &Plan, broker: Option<&Broker>, r: &mut Results) {
             batched: Plan::fanout_batched(size),
             ours: median_run(&ours_runs),
             unix: median_run(&unix_runs),
+            ours_runs: ours_runs.iter().map(|f| f.per_consumer.gb_per_s).collect(),
+            unix_runs: unix_runs.iter().map(|f| f.per_consumer.gb_per_s).collect(),
+            block: Some(block),
         };
+        noise.close(r, block);
         for (label, rate) in [("ours", row.ours), ("unix sockets", row.unix)] {
             if let Some(rate) = rate {
                 log_fanout(label, size, consumers, rate);

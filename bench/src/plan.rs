@@ -31,6 +31,8 @@ pub struct Plan {
     pub cli_reps: usize,
     pub memcpy_ms: u64,
     pub core_to_core_ms: u64,
+    /// The core-to-core round trip measured between blocks (see [`crate::data::Noise`]).
+    pub core_to_core_beside_ms: u64,
 }
 
 impl Plan {
@@ -53,6 +55,7 @@ impl Plan {
             cli_reps: 3,
             memcpy_ms: 300,
             core_to_core_ms: 1000,
+            core_to_core_beside_ms: 100,
         }
     }
 
@@ -77,6 +80,7 @@ impl Plan {
             cli_reps: 1,
             memcpy_ms: 10,
             core_to_core_ms: 20,
+            core_to_core_beside_ms: 5,
         }
     }
 

@@ -160,6 +160,10 @@ pub struct Fanout {
     pub batched: bool,
     pub ours: Option<FanoutRate>,
     pub unix: Option<FanoutRate>,
+    /// Every run's per-consumer GB/s: the run-to-run noise.
+    pub ours_runs: Vec<f64>,
+    pub unix_runs: Vec<f64>,
+    pub block: Option<usize>,
 }
 
 impl Fanout {
@@ -174,7 +178,68 @@ impl Fanout {
 pub struct Throughput {
     pub series: Series,
     pub size: usize,
+    /// The median run.
     pub rate: Rate,
+    /// Every run, in the order taken: their spread is the run-to-run noise.
+    pub runs: Vec<Rate>,
+    /// The block ([`Results::blocks`]) it was measured in.
+    pub block: Option<usize>,
+}
+
+impl Throughput {
+    /// The slowest and fastest run, GB/s.
+    pub fn range(&self) -> (f64, f64) {
+        range(self.runs.iter().map(|r| r.gb_per_s))
+            .unwrap_or((self.rate.gb_per_s, self.rate.gb_per_s))
+    }
+}
+
+/// (min, max) of some values; `None` if there are none.
+pub fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    values.fold(None, |acc, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })
+}
+
+/// A stretch of measurements taken back to back (one message size's throughput series, or one
+/// latency mode at one size), with the core-to-core round trip measured just before and just
+/// after it: this VM flips between a fast and a slow core-to-core state, which moves
+/// small-message results by up to 3x, so results are compared only within one state.
+#[derive(Clone, Debug, Serialize)]
+pub struct Block {
+    pub what: String,
+    pub size: usize,
+    /// Core-to-core round trip p50 before and after, nanoseconds.
+    pub c2c_before_ns: Option<f64>,
+    pub c2c_after_ns: Option<f64>,
+}
+
+/// The core-to-core state a block ran in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CpuState {
+    /// Within [`FAST_STATE_FACTOR`] of the fastest round trip of the run, before and after.
+    Fast,
+    /// Slower than that, before and after.
+    Slow,
+    /// Fast on one side and slow on the other: the state changed during the block.
+    Changed,
+    Unknown,
+}
+
+/// A round trip more than this many times the run's fastest is the slow state (fast 60 ns and
+/// slow 300 ns on the AMD VM of issue 14; 106-130 ns, one state, on the Intel one).
+pub const FAST_STATE_FACTOR: f64 = 1.5;
+
+impl CpuState {
+    pub fn label(self) -> &'static str {
+        match self {
+            CpuState::Fast => "fast",
+            CpuState::Slow => "slow",
+            CpuState::Changed => "changed during the block",
+            CpuState::Unknown => "not measured",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -226,8 +291,18 @@ pub struct Latency {
     pub transport: Transport,
     pub mode: LatencyMode,
     pub size: usize,
-    /// One-way, nanoseconds.
+    /// One-way, nanoseconds, all rounds pooled.
     pub one_way: Percentiles,
+    /// Each round's own p50: their spread is the run-to-run noise.
+    pub round_p50s: Vec<f64>,
+    pub block: Option<usize>,
+}
+
+impl Latency {
+    /// The lowest and highest p50 of a round.
+    pub fn p50_range(&self) -> (f64, f64) {
+        range(self.round_p50s.iter().copied()).unwrap_or((self.one_way.p50, self.one_way.p50))
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -295,6 +370,9 @@ pub struct CliRun {
     pub shmemctl_gb_per_s: f64,
     pub socat_gb_per_s: Option<f64>,
     pub reps: usize,
+    /// Every repeat, GB/s: the run-to-run noise.
+    pub shmemctl_runs: Vec<f64>,
+    pub socat_runs: Vec<f64>,
 }
 
 /// A section that could not run, and why.
@@ -333,14 +411,14 @@ pub struct Results {
     pub latency_ms: u64,
     pub paced_ms: u64,
     pub latency_rounds: u64,
+    /// Core-to-core measurement between blocks.
+    pub core_to_core_beside_ms: u64,
     pub throughput: Vec<Throughput>,
     pub latency: Vec<Latency>,
     pub fanout: Vec<Fanout>,
     pub core_to_core: Option<CoreToCore>,
-    /// p50 of the core-to-core round trip measured again beside our 64 B busy-poll latency
-    /// run (before each of its rounds and after the last): on a VM whose vCPUs the host moves
-    /// about, the round trip at the start can differ by a quarter from the one during that run.
-    pub core_to_core_beside: Vec<f64>,
+    /// Blocks of measurements with the core-to-core round trip beside each.
+    pub blocks: Vec<Block>,
     pub attach: Option<Attach>,
     pub many_channels: Option<ManyChannels>,
     pub many_clients: Option<ManyClients>,
@@ -353,12 +431,48 @@ pub struct Results {
 }
 
 impl Results {
-    /// The core-to-core round trip (p50) the busy-poll latency target compares with: the
-    /// median of every measurement of it in this run.
-    pub fn core_to_core_reference(&self) -> Option<f64> {
-        let mut all: Vec<f64> = self.core_to_core_beside.clone();
-        all.extend(self.core_to_core.as_ref().map(|c| c.round_trip.p50));
-        crate::stats::median(&all)
+    /// The fastest core-to-core round trip (p50) of the run: the fast state's.
+    pub fn fastest_c2c(&self) -> Option<f64> {
+        let beside = self
+            .blocks
+            .iter()
+            .flat_map(|b| [b.c2c_before_ns, b.c2c_after_ns])
+            .flatten();
+        let start = self.core_to_core.as_ref().map(|c| c.round_trip.p50);
+        range(beside.chain(start)).map(|(lo, _)| lo)
+    }
+
+    /// The core-to-core state `block` ran in.
+    pub fn state(&self, block: Option<usize>) -> CpuState {
+        let (Some(block), Some(fastest)) =
+            (block.and_then(|b| self.blocks.get(b)), self.fastest_c2c())
+        else {
+            return CpuState::Unknown;
+        };
+        let fast = |ns: f64| ns <= fastest * FAST_STATE_FACTOR;
+        match (block.c2c_before_ns, block.c2c_after_ns) {
+            (Some(a), Some(b)) if fast(a) && fast(b) => CpuState::Fast,
+            (Some(a), Some(b)) if !fast(a) && !fast(b) => CpuState::Slow,
+            (Some(_), Some(_)) => CpuState::Changed,
+            _ => CpuState::Unknown,
+        }
+    }
+
+    pub fn throughput_entry(&self, series: Series, size: usize) -> Option<&Throughput> {
+        self.throughput
+            .iter()
+            .find(|t| t.series == series && t.size == size)
+    }
+
+    pub fn latency_entry(
+        &self,
+        transport: Transport,
+        mode: LatencyMode,
+        size: usize,
+    ) -> Option<&Latency> {
+        self.latency
+            .iter()
+            .find(|l| l.transport == transport && l.mode == mode && l.size == size)
     }
 
     pub fn throughput(&self, series: Series, size: usize) -> Option<Rate> {

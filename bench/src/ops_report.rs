@@ -1,0 +1,149 @@
+//! BENCHMARKS.md, the control plane and CLI sections.
+
+use std::fmt::Write as _;
+
+use crate::report::{fmt_mib, fmt_ns, fmt_ratio, fmt_secs, ratio};
+use crate::results::Results;
+
+pub fn control_section(r: &Results, out: &mut String) {
+    let _ = writeln!(out, "\n| measurement | result |\n|---|---|");
+    if let Some(a) = &r.attach {
+        let _ = writeln!(
+            out,
+            "| attach (`Client::producer` + drop, {} times) | p50 {}, p99 {}, p99.9 {}; {} busy retries |",
+            a.latency.samples,
+            fmt_ns(a.latency.p50),
+            fmt_ns(a.latency.p99),
+            fmt_ns(a.latency.p999),
+            a.busy_retries
+        );
+    }
+    if let Some(m) = &r.many_channels {
+        let _ = writeln!(
+            out,
+            "| create {} channels (4 KiB rings, one `Client`) | {} ({}/channel) |",
+            m.channels,
+            fmt_secs(m.create_secs),
+            fmt_secs(m.create_secs / m.channels.max(1) as f64)
+        );
+        if let Some(err) = &m.create_error {
+            let _ = writeln!(
+                out,
+                "| channels wanted | {}; {} |",
+                m.wanted,
+                err.replace('|', "\\|")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| broker open fds with {} channels | {} (RLIMIT_NOFILE {}) |",
+            m.channels,
+            m.broker_fds,
+            m.broker_nofile.map_or("unknown".into(), |n| n.to_string())
+        );
+        let _ = writeln!(
+            out,
+            "| `shmemctl list --json` with {} channels (process start to exit, median) | {} ({} KiB of JSON) |",
+            m.channels,
+            fmt_secs(m.ctl_list_secs),
+            m.ctl_list_bytes / 1024
+        );
+        let _ = writeln!(
+            out,
+            "| `Client::list` with {} channels (in-process, median) | {} |",
+            m.channels,
+            fmt_secs(m.client_list_secs)
+        );
+        if m.channels < m.wanted {
+            let scale = m.wanted as f64 / m.channels.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "| *extrapolated linearly to {}* | *create {}, `shmemctl list --json` {}* |",
+                m.wanted,
+                fmt_secs(m.create_secs * scale),
+                fmt_secs(m.ctl_list_secs * scale)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| broker RSS with {} channels | {} (anon {}, shmem {}) |",
+            m.channels,
+            fmt_mib(m.broker_rss.total_kib),
+            fmt_mib(m.broker_rss.anon_kib),
+            fmt_mib(m.broker_rss.shmem_kib)
+        );
+    }
+    if let Some(c) = &r.many_clients {
+        let _ = writeln!(
+            out,
+            "| attach {} clients (producer/consumer alternately over {} channels of 64 KiB) | {} |",
+            c.clients,
+            c.channels,
+            fmt_secs(c.attach_all_secs)
+        );
+        for (what, rss) in [
+            ("idle", c.rss_idle),
+            ("with the channels, no clients", c.rss_channels),
+            ("with all clients attached", c.rss_attached),
+        ] {
+            let _ = writeln!(
+                out,
+                "| broker VmRSS {what} | {} (anon {}, file {}, shmem {}) |",
+                fmt_mib(rss.total_kib),
+                fmt_mib(rss.anon_kib),
+                fmt_mib(rss.file_kib),
+                fmt_mib(rss.shmem_kib)
+            );
+        }
+    }
+    if let Some(a) = &r.activation {
+        let _ = writeln!(
+            out,
+            "| first `shmemctl list`, socket-activated broker (list start to exit, median of {}) | {} |",
+            a.reps,
+            fmt_secs(a.first_list_secs)
+        );
+        let _ = writeln!(
+            out,
+            "| same, from starting `systemd-socket-activate` | {} |",
+            fmt_secs(a.from_spawn_secs)
+        );
+        let _ = writeln!(
+            out,
+            "| second `shmemctl list` (broker running) | {} |",
+            fmt_secs(a.warm_list_secs)
+        );
+    }
+}
+
+pub fn cli_section(r: &Results, out: &mut String) {
+    let Some(c) = &r.cli else {
+        let _ = writeln!(out, "\nNot measured.");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n| {} MiB from /dev/shm to /dev/null | GB/s (median of {}) |\n|---|---:|",
+        c.bytes >> 20,
+        c.reps
+    );
+    let _ = writeln!(
+        out,
+        "| `shmemctl send ch < FILE` + `shmemctl recv ch > /dev/null` (16 MiB ring, 1 MiB messages) | {:.2} |",
+        c.shmemctl_gb_per_s
+    );
+    let _ = writeln!(
+        out,
+        "| `socat -u -b 1048576 STDIN UNIX-CONNECT:S < FILE` + `socat -u -b 1048576 UNIX-LISTEN:S STDOUT > /dev/null` | {} |",
+        c.socat_gb_per_s
+            .map_or("socat not installed".into(), |s| format!("{s:.2}"))
+    );
+    let _ = writeln!(
+        out,
+        "| ratio | {} |",
+        fmt_ratio(
+            c.socat_gb_per_s
+                .and_then(|s| ratio(Some(c.shmemctl_gb_per_s), Some(s)))
+        )
+    );
+}
