@@ -26,6 +26,7 @@ mod report;
 mod results;
 mod ring;
 mod roles;
+mod sections;
 mod stats;
 mod sys;
 mod targets;
@@ -431,15 +432,19 @@ fn control_section(plan: &Plan, control: &Control, r: &mut Results) {
     }
 }
 
-/// `docs/bench.svg` -> (`docs/bench-throughput.svg`, `docs/bench-latency.svg`).
-fn plot_paths(svg: &Path) -> (PathBuf, PathBuf) {
+/// `docs/bench.svg` -> (`docs/bench-SLUG-throughput.svg`, `docs/bench-SLUG-latency.svg`), SLUG
+/// the CPU model's (each model's section of BENCHMARKS.md has its own plots).
+fn plot_paths(svg: &Path, slug: &str) -> (PathBuf, PathBuf) {
     let stem = svg.with_extension("");
     let name = |suffix: &str| {
         let mut s = stem.clone().into_os_string();
         s.push(suffix);
         PathBuf::from(s)
     };
-    (name("-throughput.svg"), name("-latency.svg"))
+    (
+        name(&format!("-{slug}-throughput.svg")),
+        name(&format!("-{slug}-latency.svg")),
+    )
 }
 
 /// `target` as a link from a file in `from_dir`: relative when it lies below it.
@@ -462,7 +467,7 @@ fn link_from(from_dir: &Path, target: &Path) -> String {
 fn write_outputs(args: &Args, r: &Results) -> Result<()> {
     let mut plot_links = None;
     if let Some(svg) = &args.svg {
-        let (tp, lat) = plot_paths(svg);
+        let (tp, lat) = plot_paths(svg, &sections::slug(&r.machine.cpu_model));
         if let Some(parent) = tp.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
@@ -476,13 +481,32 @@ fn write_outputs(args: &Args, r: &Results) -> Result<()> {
             .unwrap_or(Path::new(""));
         plot_links = Some((link_from(report_dir, &tp), link_from(report_dir, &lat)));
     }
-    let markdown = report::render(r, plot_links);
+    let rendered = report::render(r, plot_links);
+    let model = &r.machine.cpu_model;
     match &args.out {
         Some(path) => {
+            // Only this CPU model's section of an existing report is replaced.
+            let existing = match fs::read_to_string(path) {
+                Ok(text) => Some(text),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+            };
+            let markdown = sections::merge(
+                existing.as_deref(),
+                &rendered.preamble,
+                model,
+                &rendered.section,
+            );
             fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("shmem-bench: wrote {}", path.display());
+            eprintln!(
+                "shmem-bench: wrote the {model} section of {}",
+                path.display()
+            );
         }
-        None => print!("{markdown}"),
+        None => print!(
+            "{}",
+            sections::merge(None, &rendered.preamble, model, &rendered.section)
+        ),
     }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(r).context("encoding the results")?;

@@ -8,6 +8,7 @@ use crate::results::{
     format_size, Fanout, FanoutRate, LatencyMode, Rate, Results, Series, Transport,
     FAST_STATE_FACTOR,
 };
+use crate::sections;
 use crate::stats::Percentiles;
 use crate::targets::targets;
 
@@ -310,8 +311,8 @@ fn targets_section(r: &Results, out: &mut String) {
          agrees (ratios are given as median (worst pairing - best pairing) of the repeats); \
          when the spread of the repeats straddles the goal it is *within noise*. *CPU state*: \
          the core-to-core round trip measured just before and after the block the numbers come \
-         from (fast: within {FAST_STATE_FACTOR}x of the run's fastest, {}), see \
-         [Noise](#noise); ratios compare series measured in the same block, taking turns.\n\n\
+         from (fast: within {FAST_STATE_FACTOR}x of the run's fastest, {}), listed under \
+         *Noise* below; ratios compare series measured in the same block, taking turns.\n\n\
          | target | measured | CPU state | |\n|---|---|---|---|",
         r.fastest_c2c().map_or("–".into(), fmt_ns)
     );
@@ -359,10 +360,38 @@ fn noise_section(r: &Results, out: &mut String) {
     }
 }
 
-pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
+/// A run's Markdown: the common preamble of BENCHMARKS.md, and this CPU model's section.
+pub struct Rendered {
+    pub preamble: String,
+    pub section: String,
+}
+
+fn preamble() -> String {
+    format!(
+        "# shmem-broker benchmarks\n\n\
+         Measured by `shmem-bench` (crate `bench/`), each section in one run on one machine: our \
+         channels through the real broker and client library between two processes and from \
+         one producer to four consumer processes, Unix stream sockets and pipes between the \
+         same processes, iceoryx2 publish-subscribe (crate `iceoryx2` {ICEORYX2_VERSION}) \
+         pinned the same way, the `shmem_ipc::sharedring` ring between two processes, and the \
+         machine's own limits. The machines are shared 2-vCPU VMs, so expect run-to-run noise \
+         of 10-30 % and more: every section records the noise it measured.\n\n\
+         The same kind of VM comes with an Intel Xeon or an AMD EPYC CPU. This file keeps the \
+         latest full run per CPU model, a section each: a run replaces only its own model's \
+         section, so a regression on one family cannot hide behind the other.\n\n\
+         ```sh\ncargo build --release --workspace\n\
+         cargo run --release -p shmem-broker-bench -- --all --out BENCHMARKS.md --svg docs/bench.svg\n\
+         ```\n\n\
+         The full suite takes about 10 minutes; `--quick` is the smoke run CI uses (every code \
+         path and every peer once, no meaningful numbers, no verdicts); `--only \
+         ours,peers,iceoryx2,ring,fanout,limits,control,cli` and `--sizes 64,65536` \
+         narrow a run; `--json FILE` keeps the raw results."
+    )
+}
+
+pub fn render(r: &Results, plot_names: Option<(String, String)>) -> Rendered {
     let m = &r.machine;
     let mut out = String::new();
-    let _ = writeln!(out, "# shmem-broker benchmarks\n");
     if r.quick {
         let _ = writeln!(
             out,
@@ -370,25 +399,7 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
              These numbers are not measurements; run without `--quick` for those.\n"
         );
     }
-    let _ = writeln!(
-        out,
-        "Measured by `shmem-bench` (crate `bench/`) in one run on one machine: our channels \
-         through the real broker and client library between two processes and from one \
-         producer to four consumer processes, Unix stream sockets and pipes between the same \
-         processes, iceoryx2 publish-subscribe (crate `iceoryx2` {ICEORYX2_VERSION}) pinned \
-         the same way, the `shmem_ipc::sharedring` ring between two processes, and the \
-         machine's own limits. Every number below \
-         comes from that run; the machine is a shared 2-vCPU VM, so expect run-to-run noise of \
-         10-30 %.\n"
-    );
-    let _ = writeln!(
-        out,
-        "```sh\ncargo build --release --workspace\n{}\n```\n\nThe full suite takes 2-4 \
-         minutes; `--quick` is the smoke run CI uses (a few seconds, every code path, no \
-         meaningful numbers, no timing assertions); `--only ours,peers,iceoryx2,ring,fanout,limits,control,cli` and \
-         `--sizes 64,65536` narrow a run; `--json FILE` keeps the raw results.\n",
-        r.command
-    );
+    let _ = writeln!(out, "Run: `{}`\n", r.command);
     let _ = writeln!(out, "| machine | |\n|---|---|");
     let _ = writeln!(out, "| CPU | {} |", m.cpu_model);
     let _ = writeln!(out, "| nproc | {} |", m.nproc);
@@ -497,5 +508,8 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> String {
         out.push('\n');
         out.push_str(bridge);
     }
-    out
+    Rendered {
+        preamble: preamble(),
+        section: format!("## {}\n\n{}", m.cpu_model, sections::demote(&out)),
+    }
 }
