@@ -245,7 +245,7 @@ fn run(args: &Args) -> Result<bool> {
     }
     if let (true, Some(broker), Some(ctl_bin)) = (wants(Section::Cli), &data_broker, &ctl_bin) {
         eprintln!(
-            "shmem-bench: CLI, {} through shmemctl and socat",
+            "shmem-bench: CLI, {} through shmemctl, socat and dd",
             format_size(plan.cli_bytes as usize)
         );
         r.cli = r.record(

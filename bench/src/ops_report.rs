@@ -140,10 +140,31 @@ pub fn cli_section(r: &Results, out: &mut String) {
     );
     let _ = writeln!(
         out,
-        "| ratio | {} |",
-        fmt_ratio(
-            c.socat_gb_per_s
-                .and_then(|s| ratio(Some(c.shmemctl_gb_per_s), Some(s)))
-        )
+        "| `dd bs=1M < FILE \\| dd bs=1M of=/dev/null` (a pipe) | {} |",
+        c.dd_gb_per_s
+            .map_or("dd not installed".into(), |s| format!("{s:.2}"))
+    );
+    for (peer, gbps) in [
+        ("socat", c.socat_gb_per_s),
+        ("dd through a pipe", c.dd_gb_per_s),
+    ] {
+        let _ = writeln!(
+            out,
+            "| shmemctl / {peer} | {} |",
+            fmt_ratio(gbps.and_then(|s| ratio(Some(c.shmemctl_gb_per_s), Some(s))))
+        );
+    }
+    let runs = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "\nEvery repeat, GB/s: shmemctl {}; socat {}; dd {}.",
+        runs(&c.shmemctl_runs),
+        runs(&c.socat_runs),
+        runs(&c.dd_runs)
     );
 }

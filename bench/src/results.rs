@@ -373,6 +373,9 @@ pub struct CliRun {
     /// Every repeat, GB/s: the run-to-run noise.
     pub shmemctl_runs: Vec<f64>,
     pub socat_runs: Vec<f64>,
+    /// `dd bs=1M | dd bs=1M of=/dev/null` (coreutils), through a pipe.
+    pub dd_gb_per_s: Option<f64>,
+    pub dd_runs: Vec<f64>,
 }
 
 /// A section that could not run, and why.

@@ -23,7 +23,7 @@ const ANY_END: &str = "<!-- shmem-bench end of CPU section: ";
 /// file) is replaced whole.
 pub fn merge(existing: Option<&str>, preamble: &str, model: &str, section: &str) -> String {
     let (start, end) = (marker(model, false), marker(model, true));
-    let ours = format!("{start}\n\n{}\n{end}\n", section.trim_end());
+    let ours = format!("{start}\n\n{}\n\n{end}\n", section.trim_end());
     let Some(existing) = existing.filter(|e| e.contains(ANY_SECTION)) else {
         return format!("{}\n\n{ours}", preamble.trim_end());
     };
