@@ -31,7 +31,7 @@ use crate::results::Rate;
 use crate::stats::Samples;
 use crate::sys::CorePair;
 use crate::transport::{Rx, Stamps, Tx, Wait};
-use crate::worker::{run_pair, Link, Role, Side, Task};
+use crate::worker::{run_group, run_pair, Link, Role, Side, Task};
 
 type Service = PubSub<ipc::Service, [u8], ()>;
 
@@ -346,6 +346,20 @@ impl<'a> Iceoryx<'a> {
         let (p, c) = run_pair(&label, Side::new(producer), Side::new(consumer), self.cores)?;
         drop(services);
         Rate::from_pair(&p, &c)
+    }
+
+    /// `pairs` services busy at once, a publisher and a subscriber process each, all unpinned
+    /// (the subscribers busy-poll: iceoryx2 has no blocking receive).
+    pub fn throughput_pairs(&self, pairs: usize, size: usize) -> Result<Rate> {
+        let services = create_services(pairs, size, &self.next_id)?;
+        let mut sides = Vec::with_capacity(pairs * 2);
+        for name in &services.names {
+            sides.push(Side::new(self.task(Role::Produce, Some(name), None, size)));
+            sides.push(Side::new(self.task(Role::Consume, None, Some(name), size)));
+        }
+        let outcomes = run_group(&format!("iceoryx2 {pairs} pairs"), sides)?;
+        drop(services);
+        crate::scale::aggregate(&outcomes)
     }
 
     /// Busy-poll ping-pong over two services, one-way samples (round trip / 2).

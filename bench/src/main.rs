@@ -26,6 +26,7 @@ mod report;
 mod results;
 mod ring;
 mod roles;
+mod scale;
 mod sections;
 mod stats;
 mod sys;
@@ -116,8 +117,11 @@ enum Section {
     Fanout,
     /// Attach, 10k channels, 1k clients, socket activation
     Control,
-    /// shmemctl send|recv against socat
+    /// shmemctl send|recv against socat and dd
     Cli,
+    /// Throughput against channels busy at once (ours, iceoryx2, Unix sockets); broker RSS and
+    /// attach time against attached clients
+    Scale,
     /// shmem-bridge over a veth link against raw Zenoh and socat over TCP (needs root; runs
     /// shmem-bridge-bench from the same folder)
     Bridge,
@@ -169,6 +173,7 @@ fn run(args: &Args) -> Result<bool> {
         .context("creating a temporary directory")?;
     let needs_binaries = wants(Section::Ours)
         || wants(Section::Fanout)
+        || wants(Section::Scale)
         || wants(Section::Control)
         || wants(Section::Cli);
     let (broker_bin, ctl_bin) = if needs_binaries {
@@ -207,7 +212,10 @@ fn run(args: &Args) -> Result<bool> {
     if wants(Section::Limits) {
         limits_section(&plan, cores, &mut r);
     }
-    let wants_data_broker = wants(Section::Ours) || wants(Section::Fanout) || wants(Section::Cli);
+    let wants_data_broker = wants(Section::Ours)
+        || wants(Section::Fanout)
+        || wants(Section::Cli)
+        || wants(Section::Scale);
     let data_broker = match &broker_bin {
         Some(bin) if wants_data_broker => r.record(
             "starting the broker",
@@ -242,6 +250,17 @@ fn run(args: &Args) -> Result<bool> {
             dir: dir.path(),
         };
         control_section(&plan, &control, &mut r);
+    }
+    if wants(Section::Scale) {
+        let control = broker_bin
+            .as_ref()
+            .zip(ctl_bin.as_ref())
+            .map(|(broker_bin, ctl_bin)| Control {
+                broker_bin,
+                ctl_bin,
+                dir: dir.path(),
+            });
+        scale::section(&plan, data_broker.as_ref(), control.as_ref(), &mut r);
     }
     if let (true, Some(broker), Some(ctl_bin)) = (wants(Section::Cli), &data_broker, &ctl_bin) {
         eprintln!(
@@ -432,19 +451,15 @@ fn control_section(plan: &Plan, control: &Control, r: &mut Results) {
     }
 }
 
-/// `docs/bench.svg` -> (`docs/bench-SLUG-throughput.svg`, `docs/bench-SLUG-latency.svg`), SLUG
-/// the CPU model's (each model's section of BENCHMARKS.md has its own plots).
-fn plot_paths(svg: &Path, slug: &str) -> (PathBuf, PathBuf) {
+/// `docs/bench.svg` -> `docs/bench-SLUG-{throughput,latency,scale}.svg`, SLUG the CPU model's
+/// (each model's section of BENCHMARKS.md has its own plots).
+fn plot_paths(svg: &Path, slug: &str) -> [PathBuf; 3] {
     let stem = svg.with_extension("");
-    let name = |suffix: &str| {
+    ["throughput", "latency", "scale"].map(|what| {
         let mut s = stem.clone().into_os_string();
-        s.push(suffix);
+        s.push(format!("-{slug}-{what}.svg"));
         PathBuf::from(s)
-    };
-    (
-        name(&format!("-{slug}-throughput.svg")),
-        name(&format!("-{slug}-latency.svg")),
-    )
+    })
 }
 
 /// `target` as a link from a file in `from_dir`: relative when it lies below it.
@@ -467,19 +482,27 @@ fn link_from(from_dir: &Path, target: &Path) -> String {
 fn write_outputs(args: &Args, r: &Results) -> Result<()> {
     let mut plot_links = None;
     if let Some(svg) = &args.svg {
-        let (tp, lat) = plot_paths(svg, &sections::slug(&r.machine.cpu_model));
+        let [tp, lat, sc] = plot_paths(svg, &sections::slug(&r.machine.cpu_model));
         if let Some(parent) = tp.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         plot::throughput(r, &tp)?;
         plot::latency(r, &lat)?;
+        let scale = !r.scale_pairs.is_empty();
+        if scale {
+            plot::scale(r, &sc)?;
+        }
         eprintln!("shmem-bench: wrote {} and {}", tp.display(), lat.display());
         let report_dir = args
             .out
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new(""));
-        plot_links = Some((link_from(report_dir, &tp), link_from(report_dir, &lat)));
+        plot_links = Some(report::PlotLinks {
+            throughput: link_from(report_dir, &tp),
+            latency: link_from(report_dir, &lat),
+            scale: scale.then(|| link_from(report_dir, &sc)),
+        });
     }
     let rendered = report::render(r, plot_links);
     let model = &r.machine.cpu_model;

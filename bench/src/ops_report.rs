@@ -1,9 +1,10 @@
-//! BENCHMARKS.md, the control plane and CLI sections.
+//! BENCHMARKS.md, the control plane, scale and CLI sections.
 
 use std::fmt::Write as _;
 
 use crate::report::{fmt_mib, fmt_ns, fmt_ratio, fmt_secs, ratio};
-use crate::results::Results;
+use crate::results::{format_size, Results, Transport};
+use crate::scale;
 
 pub fn control_section(r: &Results, out: &mut String) {
     let _ = writeln!(out, "\n| measurement | result |\n|---|---|");
@@ -167,4 +168,80 @@ pub fn cli_section(r: &Results, out: &mut String) {
         runs(&c.socat_runs),
         runs(&c.dd_runs)
     );
+}
+
+/// Throughput against channels busy at once, and the broker against attached clients.
+pub fn scale_section(r: &Results, out: &mut String) {
+    if r.scale_pairs.is_empty() && r.scale_clients.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Scale\n\n{} messages over 1 to {} channels busy at once: a producer and a \
+         consumer process per channel, all **unpinned** on the machine's {} CPU(s), one {} ms \
+         run per point (no repeats: read the shape, not the digits). Ours blocking \
+         (`send`/`recv_into`), iceoryx2 with its subscribers busy-polling (it has no blocking \
+         receive), Unix socketpairs blocking. *All pairs* = every message received / (last \
+         receive - first send); every pair checked like the 1:1 runs.\n",
+        format_size(scale::SIZE),
+        r.scale_pairs.iter().map(|p| p.pairs).max().unwrap_or(0),
+        r.machine.nproc,
+        r.throughput_ms
+    );
+    let mut counts: Vec<usize> = r.scale_pairs.iter().map(|p| p.pairs).collect();
+    counts.dedup();
+    let transports = [Transport::Ours, Transport::Iceoryx, Transport::Unix];
+    let _ = write!(out, "| pairs |");
+    for t in transports {
+        let _ = write!(out, " {} GB/s (all pairs) |", t.label());
+    }
+    let _ = writeln!(
+        out,
+        " ours / iceoryx2 | ours / Unix |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    for pairs in counts {
+        let get = |t| {
+            r.scale_pairs
+                .iter()
+                .find(|p| p.transport == t && p.pairs == pairs)
+                .map(|p| p.aggregate.gb_per_s)
+        };
+        let _ = write!(out, "| {pairs} |");
+        for t in transports {
+            let _ = write!(
+                out,
+                " {} |",
+                get(t).map_or("–".into(), |g| format!("{g:.2}"))
+            );
+        }
+        let _ = writeln!(
+            out,
+            " {} | {} |",
+            fmt_ratio(ratio(get(Transport::Ours), get(Transport::Iceoryx))),
+            fmt_ratio(ratio(get(Transport::Ours), get(Transport::Unix)))
+        );
+    }
+    if r.scale_clients.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nThe broker with more and more clients attached (a fresh broker each, `max_clients = \
+         20000`; producer and consumer alternately over channels of 64 KiB; each client its \
+         own connection, all in the benchmark's process):\n\n\
+         | clients | attach all | one attach, the last 100 (mean) | broker VmRSS attached | anon | shmem |\n\
+         |---:|---:|---:|---:|---:|---:|"
+    );
+    for c in &r.scale_clients {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.clients,
+            fmt_secs(c.attach_all_secs),
+            fmt_ns(c.attach_last_secs * 1e9),
+            fmt_mib(c.rss_attached.total_kib),
+            fmt_mib(c.rss_attached.anon_kib),
+            fmt_mib(c.rss_attached.shmem_kib)
+        );
+    }
 }

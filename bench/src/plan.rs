@@ -33,6 +33,10 @@ pub struct Plan {
     pub core_to_core_ms: u64,
     /// The core-to-core round trip measured between blocks (see [`crate::data::Noise`]).
     pub core_to_core_beside_ms: u64,
+    /// Channels busy at once in the scale section.
+    pub scale_pairs: Vec<usize>,
+    /// Clients attached in the scale section.
+    pub scale_clients: Vec<usize>,
 }
 
 impl Plan {
@@ -56,6 +60,8 @@ impl Plan {
             memcpy_ms: 300,
             core_to_core_ms: 1000,
             core_to_core_beside_ms: 100,
+            scale_pairs: vec![1, 2, 8, 64],
+            scale_clients: vec![1000, 10_000],
         }
     }
 
@@ -81,6 +87,9 @@ impl Plan {
             memcpy_ms: 10,
             core_to_core_ms: 20,
             core_to_core_beside_ms: 5,
+            // The code paths only: the curves are for full runs.
+            scale_pairs: vec![1, 2],
+            scale_clients: vec![50],
         }
     }
 

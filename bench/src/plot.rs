@@ -74,7 +74,22 @@ fn transport_colors(t: Transport) -> [RGBColor; 3] {
     }
 }
 
-fn draw(path: &Path, caption: &str, y_desc: &str, lines: &[Line]) -> Result<()> {
+/// The x axis: log2 of a message size, or of a count.
+struct XAxis {
+    desc: &'static str,
+    label: fn(&f64) -> String,
+}
+
+const SIZES_AXIS: XAxis = XAxis {
+    desc: "message size",
+    label: size_label,
+};
+
+fn count_label(x: &f64) -> String {
+    format!("{}", 2f64.powf(x.round()) as u64)
+}
+
+fn draw(path: &Path, caption: &str, x: XAxis, y_desc: &str, lines: &[Line]) -> Result<()> {
     let values = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
     let (lo, hi) = values
         .filter(|v| *v > 0.0)
@@ -103,10 +118,10 @@ fn draw(path: &Path, caption: &str, y_desc: &str, lines: &[Line]) -> Result<()> 
         .map_err(plot_error)?;
     chart
         .configure_mesh()
-        .x_desc("message size")
+        .x_desc(x.desc)
         .y_desc(y_desc)
         .x_labels(((x_hi - x_lo) as usize).max(2))
-        .x_label_formatter(&size_label)
+        .x_label_formatter(&x.label)
         .draw()
         .map_err(plot_error)?;
     for line in lines {
@@ -189,8 +204,14 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
         })
         .filter(|l| !l.points.is_empty())
         .collect();
-    draw(path, "Throughput (GB/s, log scale)", "GB/s", &lines)
-        .with_context(|| format!("writing {}", path.display()))
+    draw(
+        path,
+        "Throughput (GB/s, log scale)",
+        SIZES_AXIS,
+        "GB/s",
+        &lines,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn latency(r: &Results, path: &Path) -> Result<()> {
@@ -240,6 +261,42 @@ pub fn latency(r: &Results, path: &Path) -> Result<()> {
             points,
         });
     }
-    draw(path, "One-way latency p50 (µs, log scale)", "µs", &lines)
-        .with_context(|| format!("writing {}", path.display()))
+    draw(
+        path,
+        "One-way latency p50 (µs, log scale)",
+        SIZES_AXIS,
+        "µs",
+        &lines,
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Aggregate throughput against the number of channels busy at once.
+pub fn scale(r: &Results, path: &Path) -> Result<()> {
+    let lines: Vec<Line> = [Transport::Ours, Transport::Iceoryx, Transport::Unix]
+        .into_iter()
+        .map(|t| Line {
+            label: format!("{}, 64 KiB messages", t.label()),
+            color: transport_colors(t)[0],
+            marker: Marker::Circle,
+            points: r
+                .scale_pairs
+                .iter()
+                .filter(|p| p.transport == t)
+                .map(|p| ((p.pairs as f64).log2(), p.aggregate.gb_per_s))
+                .collect(),
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect();
+    draw(
+        path,
+        "Throughput, all pairs together (GB/s, log scale)",
+        XAxis {
+            desc: "channels busy at once (producer/consumer pairs)",
+            label: count_label,
+        },
+        "GB/s",
+        &lines,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }

@@ -384,12 +384,19 @@ fn preamble() -> String {
          ```\n\n\
          The full suite takes about 10 minutes; `--quick` is the smoke run CI uses (every code \
          path and every peer once, no meaningful numbers, no verdicts); `--only \
-         ours,peers,iceoryx2,ring,fanout,limits,control,cli` and `--sizes 64,65536` \
+         ours,peers,iceoryx2,ring,fanout,scale,limits,control,cli` and `--sizes 64,65536` \
          narrow a run; `--json FILE` keeps the raw results."
     )
 }
 
-pub fn render(r: &Results, plot_names: Option<(String, String)>) -> Rendered {
+/// Where the plots are, relative to the report.
+pub struct PlotLinks {
+    pub throughput: String,
+    pub latency: String,
+    pub scale: Option<String>,
+}
+
+pub fn render(r: &Results, plot_names: Option<PlotLinks>) -> Rendered {
     let m = &r.machine;
     let mut out = String::new();
     if r.quick {
@@ -452,8 +459,8 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> Rendered {
     );
     throughput_tables(r, &mut out);
     shm_peers_table(r, &mut out);
-    if let Some((tp, _)) = &plot_names {
-        let _ = writeln!(out, "\n![throughput against message size]({tp})");
+    if let Some(PlotLinks { throughput, .. }) = &plot_names {
+        let _ = writeln!(out, "\n![throughput against message size]({throughput})");
     }
 
     fanout_section(r, &mut out);
@@ -476,8 +483,15 @@ pub fn render(r: &Results, plot_names: Option<(String, String)>) -> Rendered {
         r.paced_ms / r.latency_rounds.max(1)
     );
     latency_tables(r, &mut out);
-    if let Some((_, lat)) = &plot_names {
-        let _ = writeln!(out, "\n![latency against message size]({lat})");
+    if let Some(PlotLinks { latency, .. }) = &plot_names {
+        let _ = writeln!(out, "\n![latency against message size]({latency})");
+    }
+    ops_report::scale_section(r, &mut out);
+    if let Some(scale) = plot_names.as_ref().and_then(|p| p.scale.as_ref()) {
+        let _ = writeln!(
+            out,
+            "\n![throughput against channels busy at once]({scale})"
+        );
     }
 
     noise_section(r, &mut out);

@@ -347,6 +347,8 @@ pub struct ManyClients {
     pub clients: usize,
     pub channels: usize,
     pub attach_all_secs: f64,
+    /// Mean time of one of the last 100 attaches (with nearly all the others attached).
+    pub attach_last_secs: f64,
     pub rss_idle: Rss,
     pub rss_channels: Rss,
     pub rss_attached: Rss,
@@ -425,6 +427,10 @@ pub struct Results {
     pub attach: Option<Attach>,
     pub many_channels: Option<ManyChannels>,
     pub many_clients: Option<ManyClients>,
+    /// Aggregate throughput against the number of channels busy at once.
+    pub scale_pairs: Vec<crate::scale::PairsPoint>,
+    /// The broker with more and more clients attached.
+    pub scale_clients: Vec<ManyClients>,
     pub activation: Option<Activation>,
     pub cli: Option<CliRun>,
     /// The bridge section, as shmem-bridge-bench wrote it (Markdown).

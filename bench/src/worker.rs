@@ -402,3 +402,25 @@ pub fn run_fanout(
         .collect::<Result<Vec<_>>>()?;
     Ok((produced, consumed))
 }
+
+/// Runs all `sides` at the same time, unpinned (more processes than cores: the scheduler
+/// places them); returns their outcomes in the order given.
+pub fn run_group(label: &str, sides: Vec<Side>) -> Result<Vec<Outcome>> {
+    let budget = Duration::from_millis(sides.iter().map(|s| s.task.budget_ms).max().unwrap_or(0));
+    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
+    let mut workers = Vec::with_capacity(sides.len());
+    for (i, side) in sides.into_iter().enumerate() {
+        workers.push(Worker::spawn(format!("{label} [{i}]"), &side, None)?);
+    }
+    for worker in &mut workers {
+        worker.expect_ready(setup_deadline)?;
+    }
+    for worker in &mut workers {
+        worker.go()?;
+    }
+    let run_deadline = Instant::now() + budget * 3 + Duration::from_secs(60);
+    workers
+        .into_iter()
+        .map(|worker| worker.outcome(run_deadline))
+        .collect()
+}
