@@ -1,5 +1,5 @@
 //! End to end with the CLI: `shmemctl send ch < FILE` into `shmemctl recv ch > /dev/null`,
-//! against `socat` moving the same file through a Unix socket. FILE lives in /dev/shm so the
+//! against `socat` moving the same file through a Unix socket and `dd` through a pipe. FILE lives in /dev/shm so the
 //! disk is not what is measured. Neither side is pinned: this is what a user running the
 //! commands gets.
 
@@ -148,15 +148,45 @@ fn socat_once(socat: &Path, dir: &Path, file: &mut File, rep: usize) -> Result<f
     Ok((now_ns() - start) as f64 / 1e9)
 }
 
+/// `dd bs=1M < FILE | dd bs=1M of=/dev/null`: the same bytes through a pipe, what a shell
+/// pipeline without either tool would get.
+fn dd_once(dd: &Path, file: &mut File) -> Result<f64> {
+    let mut send = Command::new(dd);
+    send.args(["bs=1M", "status=none"])
+        .stdin(stdin_from(file)?)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let start = now_ns();
+    let mut sender = Proc::spawn("dd (send)", &mut send)?;
+    let pipe = sender
+        .child_mut()
+        .stdout
+        .take()
+        .context("dd's stdout pipe")?;
+    let mut recv = Command::new(dd);
+    recv.args(["bs=1M", "of=/dev/null", "status=none"])
+        .stdin(Stdio::from(pipe))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut receiver = Proc::spawn("dd (receive)", &mut recv)?;
+    wait_both(&mut sender, &mut receiver)?;
+    Ok((now_ns() - start) as f64 / 1e9)
+}
+
 pub fn run(ctl: &Path, broker: &Broker, dir: &Path, bytes: u64, reps: usize) -> Result<CliRun> {
     let mut file = shm_file(bytes)?;
     let socat = which("socat");
+    let dd = which("dd");
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
+    let mut pipe = Vec::new();
     for rep in 0..reps.max(1) {
         ours.push(bytes as f64 / shmemctl_once(ctl, broker, &mut file, bytes, rep)? / 1e9);
         if let Some(socat) = &socat {
             theirs.push(bytes as f64 / socat_once(socat, dir, &mut file, rep)? / 1e9);
+        }
+        if let Some(dd) = &dd {
+            pipe.push(bytes as f64 / dd_once(dd, &mut file)? / 1e9);
         }
     }
     if socat.is_none() {
@@ -167,5 +197,9 @@ pub fn run(ctl: &Path, broker: &Broker, dir: &Path, bytes: u64, reps: usize) -> 
         shmemctl_gb_per_s: median(&ours).unwrap_or_default(),
         socat_gb_per_s: median(&theirs),
         reps: ours.len(),
+        dd_gb_per_s: median(&pipe),
+        shmemctl_runs: ours,
+        socat_runs: theirs,
+        dd_runs: pipe,
     })
 }

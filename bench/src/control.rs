@@ -28,6 +28,9 @@ fn fd_count(pid: u32) -> Result<usize> {
         .count())
 }
 
+/// Attaches timed on their own at the end of [`Control::many_clients`].
+const LAST_ATTACHES: usize = 100;
+
 pub struct Control<'a> {
     pub broker_bin: &'a Path,
     pub ctl_bin: &'a Path,
@@ -181,7 +184,17 @@ impl Control<'_> {
     /// `clients` attachments held at once, alternately producer and consumer over
     /// `clients / 2` channels, and the broker's resident memory.
     pub fn many_clients(&self, clients: usize) -> Result<ManyClients> {
-        let broker = Broker::start(self.broker_bin, self.dir, "clients", BIG_CONFIG)?;
+        self.many_clients_with(clients, BIG_CONFIG, "clients")
+    }
+
+    /// [`Control::many_clients`] on a broker started with `config` (named `name`).
+    pub fn many_clients_with(
+        &self,
+        clients: usize,
+        config: &str,
+        name: &str,
+    ) -> Result<ManyClients> {
+        let broker = Broker::start(self.broker_bin, self.dir, name, config)?;
         let rss_idle = broker.rss()?;
         let client = broker.client()?;
         let channels = clients.div_ceil(2);
@@ -196,7 +209,13 @@ impl Control<'_> {
         let start = now_ns();
         let mut producers = Vec::with_capacity(channels);
         let mut consumers = Vec::with_capacity(channels);
+        // The last attaches show what one costs with that many already attached.
+        let last = clients.saturating_sub(LAST_ATTACHES);
+        let mut last_start = start;
         for i in 0..clients {
+            if i == last {
+                last_start = now_ns();
+            }
             let name = format!("m{:04}", i / 2);
             if i % 2 == 0 {
                 producers.push(
@@ -212,7 +231,9 @@ impl Control<'_> {
                 );
             }
         }
-        let attach_all_secs = (now_ns() - start) as f64 / 1e9;
+        let end = now_ns();
+        let attach_all_secs = (end - start) as f64 / 1e9;
+        let attach_last_secs = (end - last_start) as f64 / 1e9 / (clients - last).max(1) as f64;
         let status = client.status().context("status")?;
         // The endpoints plus this control connection.
         if status.clients < clients {
@@ -227,6 +248,7 @@ impl Control<'_> {
             clients,
             channels,
             attach_all_secs,
+            attach_last_secs,
             rss_idle,
             rss_channels,
             rss_attached,

@@ -34,7 +34,7 @@ pub fn memcpy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<Rate> {
                     loop {
                         black_box(&mut dst).copy_from_slice(black_box(&src));
                         copies += 1;
-                        if copies % every == 0 && now_ns() >= deadline {
+                        if copies.is_multiple_of(every) && now_ns() >= deadline {
                             break;
                         }
                     }
@@ -61,6 +61,8 @@ struct Line(AtomicU64);
 
 /// Round trips per timed sample: reading the clock costs about as much as a round trip.
 const TRIPS_PER_SAMPLE: u64 = 100;
+/// Samples a core-to-core measurement takes at the least.
+const MIN_SAMPLES: usize = 5;
 
 /// Atomic ping-pong of one cache line between threads pinned to the two cores: thread a writes
 /// an odd number and waits for the next even one, thread b answers. Samples are averages over
@@ -122,7 +124,9 @@ pub fn core_to_core(cores: Option<CorePair>, budget_ms: u64) -> Result<CoreToCor
                     if t0 >= warm {
                         samples.push((t1 - t0) / TRIPS_PER_SAMPLE);
                     }
-                    if t1 >= deadline {
+                    // However short the budget (and however often this thread is descheduled
+                    // on a busy machine), end with a few samples.
+                    if t1 >= deadline && samples.len() >= MIN_SAMPLES {
                         break;
                     }
                 }

@@ -12,8 +12,11 @@
 mod broker;
 mod cli;
 mod control;
+mod data;
+mod iox;
 mod limits;
 mod machine;
+mod ops_report;
 mod ours;
 mod peers;
 mod plan;
@@ -21,9 +24,13 @@ mod plot;
 mod proc;
 mod report;
 mod results;
+mod ring;
 mod roles;
+mod scale;
+mod sections;
 mod stats;
 mod sys;
+mod targets;
 mod transport;
 mod worker;
 
@@ -38,12 +45,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::broker::{Broker, BIG_CONFIG, DEFAULT_CONFIG};
 use crate::control::Control;
 use crate::ours::Ours;
-use crate::peers::{Peers, Stream};
+use crate::peers::Peers;
 use crate::plan::Plan;
-use crate::results::{
-    format_size, Fanout, FanoutRate, Latency, LatencyMode, Rate, Results, Series, Throughput,
-    Transport,
-};
+use crate::results::{format_size, Fanout, FanoutRate, Results, Series, Throughput};
 use crate::sys::CorePair;
 
 #[derive(Parser)]
@@ -104,12 +108,20 @@ enum Section {
     Ours,
     /// Unix socket and pipe: throughput and latency
     Peers,
+    /// iceoryx2 publish-subscribe: throughput (zero-copy and copy-out receive) and busy-poll
+    /// latency
+    Iceoryx2,
+    /// The seed's shmem_ipc::sharedring between two processes: throughput and latency
+    Ring,
     /// One producer to 4 consumer processes: our fan-out channel against 4 Unix sockets
     Fanout,
     /// Attach, 10k channels, 1k clients, socket activation
     Control,
-    /// shmemctl send|recv against socat
+    /// shmemctl send|recv against socat and dd
     Cli,
+    /// Throughput against channels busy at once (ours, iceoryx2, Unix sockets); broker RSS and
+    /// attach time against attached clients
+    Scale,
     /// shmem-bridge over a veth link against raw Zenoh and socat over TCP (needs root; runs
     /// shmem-bridge-bench from the same folder)
     Bridge,
@@ -161,6 +173,7 @@ fn run(args: &Args) -> Result<bool> {
         .context("creating a temporary directory")?;
     let needs_binaries = wants(Section::Ours)
         || wants(Section::Fanout)
+        || wants(Section::Scale)
         || wants(Section::Control)
         || wants(Section::Cli);
     let (broker_bin, ctl_bin) = if needs_binaries {
@@ -192,13 +205,17 @@ fn run(args: &Args) -> Result<bool> {
         latency_ms: plan.latency_ms,
         paced_ms: plan.paced_ms,
         latency_rounds: plan.latency_rounds,
+        core_to_core_beside_ms: plan.core_to_core_beside_ms,
         ..Results::default()
     };
 
     if wants(Section::Limits) {
         limits_section(&plan, cores, &mut r);
     }
-    let wants_data_broker = wants(Section::Ours) || wants(Section::Fanout) || wants(Section::Cli);
+    let wants_data_broker = wants(Section::Ours)
+        || wants(Section::Fanout)
+        || wants(Section::Cli)
+        || wants(Section::Scale);
     let data_broker = match &broker_bin {
         Some(bin) if wants_data_broker => r.record(
             "starting the broker",
@@ -206,12 +223,23 @@ fn run(args: &Args) -> Result<bool> {
         ),
         _ => None,
     };
-    if wants(Section::Ours) || wants(Section::Peers) {
-        let broker = data_broker.as_ref().filter(|_| wants(Section::Ours));
-        data_section(&plan, cores, broker, wants(Section::Peers), &mut r);
+    let data = [
+        Section::Ours,
+        Section::Peers,
+        Section::Iceoryx2,
+        Section::Ring,
+    ];
+    if data.into_iter().any(wants) {
+        let wanted = data::Wanted {
+            broker: data_broker.as_ref().filter(|_| wants(Section::Ours)),
+            peers: wants(Section::Peers),
+            iceoryx: wants(Section::Iceoryx2),
+            ring: wants(Section::Ring),
+        };
+        data::section(&plan, cores, wanted, &mut r);
     }
     if wants(Section::Fanout) {
-        fanout_section(&plan, data_broker.as_ref(), &mut r);
+        fanout_section(&plan, cores, data_broker.as_ref(), &mut r);
     }
     if let (true, Some(broker_bin), Some(ctl_bin)) =
         (wants(Section::Control), &broker_bin, &ctl_bin)
@@ -223,9 +251,20 @@ fn run(args: &Args) -> Result<bool> {
         };
         control_section(&plan, &control, &mut r);
     }
+    if wants(Section::Scale) {
+        let control = broker_bin
+            .as_ref()
+            .zip(ctl_bin.as_ref())
+            .map(|(broker_bin, ctl_bin)| Control {
+                broker_bin,
+                ctl_bin,
+                dir: dir.path(),
+            });
+        scale::section(&plan, data_broker.as_ref(), control.as_ref(), &mut r);
+    }
     if let (true, Some(broker), Some(ctl_bin)) = (wants(Section::Cli), &data_broker, &ctl_bin) {
         eprintln!(
-            "shmem-bench: CLI, {} through shmemctl and socat",
+            "shmem-bench: CLI, {} through shmemctl, socat and dd",
             format_size(plan.cli_bytes as usize)
         );
         r.cli = r.record(
@@ -287,187 +326,15 @@ fn limits_section(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
             &format!("memcpy {}", format_size(size)),
             limits::memcpy(size, plan.memcpy_ms, cores.map(|c| c.a)),
         ) {
-            log_rate(Series::Memcpy, size, rate);
+            data::log_rate(Series::Memcpy, size, rate);
             r.throughput.push(Throughput {
                 series: Series::Memcpy,
                 size,
                 rate,
+                runs: vec![rate],
+                block: None,
             });
         }
-    }
-}
-
-fn log_rate(series: Series, size: usize, rate: Rate) {
-    eprintln!(
-        "  throughput {:>7} {:<14} {:>8.3} GB/s {:>10.0} msg/s",
-        format_size(size),
-        series.short(),
-        rate.gb_per_s,
-        rate.msgs_per_s
-    );
-}
-
-fn log_latency(transport: Transport, mode: LatencyMode, size: usize, p: &stats::Percentiles) {
-    eprintln!(
-        "  latency    {:>7} {:<13} {:<26} p50 {:>10} p99 {:>10} p99.9 {:>10}",
-        format_size(size),
-        transport.label(),
-        mode.label(),
-        report::fmt_ns(p.p50),
-        report::fmt_ns(p.p99),
-        report::fmt_ns(p.p999)
-    );
-}
-
-/// Throughput and latency of our channels and the peers, size by size, the transports
-/// interleaved so that drift on a noisy machine hits them all alike.
-fn data_section(
-    plan: &Plan,
-    cores: Option<CorePair>,
-    broker: Option<&Broker>,
-    with_peers: bool,
-    r: &mut Results,
-) {
-    let ours = match broker {
-        Some(broker) => r.record("connecting to the broker", Ours::new(broker, plan, cores)),
-        None => None,
-    };
-    let peers = with_peers.then(|| Peers::new(plan, cores));
-    if ours.is_none() && peers.is_none() {
-        return;
-    }
-    eprintln!("shmem-bench: throughput and latency");
-    for &size in &plan.sizes {
-        let mut series = Vec::new();
-        if ours.is_some() {
-            series.extend([Series::OursBlocking, Series::OursSpin]);
-            if size <= Plan::BATCHED_MAX_SIZE {
-                series.push(Series::OursBatched);
-            }
-            if Plan::ZERO_COPY_SIZES.contains(&size) {
-                series.extend([Series::OursRecvRef, Series::OursLoan]);
-            }
-        }
-        if peers.is_some() {
-            series.extend([Series::Unix, Series::Pipe]);
-            if size <= Plan::BATCHED_MAX_SIZE {
-                series.push(Series::UnixBuffered);
-            }
-        }
-        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); series.len()];
-        let mut rates: Vec<Vec<Rate>> = vec![Vec::new(); series.len()];
-        for _ in 0..plan.throughput_reps {
-            for (i, &s) in series.iter().enumerate() {
-                let result = match (s, &ours, &peers) {
-                    (Series::Unix, _, Some(p)) => p.throughput(Stream::Unix, false, size),
-                    (Series::UnixBuffered, _, Some(p)) => p.throughput(Stream::Unix, true, size),
-                    (Series::Pipe, _, Some(p)) => p.throughput(Stream::Pipe, false, size),
-                    (_, Some(o), _) => o.throughput(s, size),
-                    _ => continue,
-                };
-                if let Some(rate) = r.record(
-                    &format!("throughput {} {}", s.short(), format_size(size)),
-                    result,
-                ) {
-                    runs[i].push(rate.gb_per_s);
-                    rates[i].push(rate);
-                }
-            }
-        }
-        for (i, &s) in series.iter().enumerate() {
-            let Some(mid) = stats::median(&runs[i]) else {
-                continue;
-            };
-            if let Some(&rate) = rates[i].iter().find(|rate| rate.gb_per_s == mid) {
-                log_rate(s, size, rate);
-                r.throughput.push(Throughput {
-                    series: s,
-                    size,
-                    rate,
-                });
-            }
-        }
-        for mode in [
-            LatencyMode::BusyPoll,
-            LatencyMode::Blocking,
-            LatencyMode::Asleep,
-        ] {
-            let mut transports = Vec::new();
-            if ours.is_some() {
-                transports.push(Transport::Ours);
-            }
-            if peers.is_some() {
-                transports.extend([Transport::Unix, Transport::Pipe]);
-            }
-            let budget = match mode {
-                LatencyMode::Asleep => plan.paced_ms,
-                LatencyMode::BusyPoll | LatencyMode::Blocking => plan.latency_ms,
-            } / plan.latency_rounds;
-            // The target compares our 64 B busy-poll latency with the core-to-core round
-            // trip: measure that beside each of its rounds too.
-            let beside = |transport| {
-                transport == Transport::Ours
-                    && mode == LatencyMode::BusyPoll
-                    && size == report::LATENCY_TARGET_SIZE
-            };
-            let mut pooled: Vec<(Transport, stats::Samples)> = Vec::new();
-            for _ in 0..plan.latency_rounds {
-                for &transport in &transports {
-                    if beside(transport) {
-                        core_to_core_beside(plan, cores, r);
-                    }
-                    let result = match (transport, &ours, &peers) {
-                        (Transport::Ours, Some(o), _) => o.latency(mode, size, budget),
-                        (Transport::Unix, _, Some(p)) => {
-                            p.latency(Stream::Unix, mode, size, budget)
-                        }
-                        (Transport::Pipe, _, Some(p)) => {
-                            p.latency(Stream::Pipe, mode, size, budget)
-                        }
-                        _ => continue,
-                    };
-                    let what = format!(
-                        "latency {} {} {}",
-                        transport.label(),
-                        mode.label(),
-                        format_size(size)
-                    );
-                    let Some(samples) = r.record(&what, result) else {
-                        continue;
-                    };
-                    match pooled.iter_mut().find(|(t, _)| *t == transport) {
-                        Some((_, pool)) => pool.ns.extend(samples.ns),
-                        None => pooled.push((transport, samples)),
-                    }
-                }
-            }
-            if transports.iter().any(|&t| beside(t)) {
-                core_to_core_beside(plan, cores, r);
-            }
-            for (transport, samples) in pooled {
-                let Some(one_way) = stats::Percentiles::of(&samples.ns, samples.scale) else {
-                    continue;
-                };
-                log_latency(transport, mode, size, &one_way);
-                r.latency.push(Latency {
-                    transport,
-                    mode,
-                    size,
-                    one_way,
-                });
-            }
-        }
-    }
-}
-
-fn core_to_core_beside(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
-    let measured = limits::core_to_core(cores, plan.core_to_core_ms / 2);
-    if let Some(c2c) = r.record("core-to-core round trip beside the latency run", measured) {
-        eprintln!(
-            "  core-to-core round trip p50 {}",
-            report::fmt_ns(c2c.round_trip.p50)
-        );
-        r.core_to_core_beside.push(c2c.round_trip.p50);
     }
 }
 
@@ -496,7 +363,7 @@ fn median_run(runs: &[FanoutRate]) -> Option<FanoutRate> {
 /// One producer to [`Plan::FANOUT_CONSUMERS`] consumer processes, size by size: our fan-out
 /// channel and one Unix socket per consumer, interleaved run by run like the 1:1 section.
 /// Ours needs the broker; without it only the sockets run.
-fn fanout_section(plan: &Plan, broker: Option<&Broker>, r: &mut Results) {
+fn fanout_section(plan: &Plan, cores: Option<CorePair>, broker: Option<&Broker>, r: &mut Results) {
     let ours = match broker {
         Some(broker) => r.record("connecting to the broker", Ours::new(broker, plan, None)),
         None => None,
@@ -509,7 +376,9 @@ fn fanout_section(plan: &Plan, broker: Option<&Broker>, r: &mut Results) {
         consumers + 1,
         r.machine.nproc
     );
+    let mut noise = data::Noise::new(plan, cores);
     for &size in &plan.fanout_sizes {
+        let block = noise.open(r, "fan-out", size);
         let (mut ours_runs, mut unix_runs) = (Vec::new(), Vec::new());
         for _ in 0..plan.throughput_reps {
             if let Some(o) = &ours {
@@ -525,7 +394,11 @@ fn fanout_section(plan: &Plan, broker: Option<&Broker>, r: &mut Results) {
             batched: Plan::fanout_batched(size),
             ours: median_run(&ours_runs),
             unix: median_run(&unix_runs),
+            ours_runs: ours_runs.iter().map(|f| f.per_consumer.gb_per_s).collect(),
+            unix_runs: unix_runs.iter().map(|f| f.per_consumer.gb_per_s).collect(),
+            block: Some(block),
         };
+        noise.close(r, block);
         for (label, rate) in [("ours", row.ours), ("unix sockets", row.unix)] {
             if let Some(rate) = rate {
                 log_fanout(label, size, consumers, rate);
@@ -578,15 +451,15 @@ fn control_section(plan: &Plan, control: &Control, r: &mut Results) {
     }
 }
 
-/// `docs/bench.svg` -> (`docs/bench-throughput.svg`, `docs/bench-latency.svg`).
-fn plot_paths(svg: &Path) -> (PathBuf, PathBuf) {
+/// `docs/bench.svg` -> `docs/bench-SLUG-{throughput,latency,scale}.svg`, SLUG the CPU model's
+/// (each model's section of BENCHMARKS.md has its own plots).
+fn plot_paths(svg: &Path, slug: &str) -> [PathBuf; 3] {
     let stem = svg.with_extension("");
-    let name = |suffix: &str| {
+    ["throughput", "latency", "scale"].map(|what| {
         let mut s = stem.clone().into_os_string();
-        s.push(suffix);
+        s.push(format!("-{slug}-{what}.svg"));
         PathBuf::from(s)
-    };
-    (name("-throughput.svg"), name("-latency.svg"))
+    })
 }
 
 /// `target` as a link from a file in `from_dir`: relative when it lies below it.
@@ -609,27 +482,54 @@ fn link_from(from_dir: &Path, target: &Path) -> String {
 fn write_outputs(args: &Args, r: &Results) -> Result<()> {
     let mut plot_links = None;
     if let Some(svg) = &args.svg {
-        let (tp, lat) = plot_paths(svg);
+        let [tp, lat, sc] = plot_paths(svg, &sections::slug(&r.machine.cpu_model));
         if let Some(parent) = tp.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         plot::throughput(r, &tp)?;
         plot::latency(r, &lat)?;
+        let scale = !r.scale_pairs.is_empty();
+        if scale {
+            plot::scale(r, &sc)?;
+        }
         eprintln!("shmem-bench: wrote {} and {}", tp.display(), lat.display());
         let report_dir = args
             .out
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new(""));
-        plot_links = Some((link_from(report_dir, &tp), link_from(report_dir, &lat)));
+        plot_links = Some(report::PlotLinks {
+            throughput: link_from(report_dir, &tp),
+            latency: link_from(report_dir, &lat),
+            scale: scale.then(|| link_from(report_dir, &sc)),
+        });
     }
-    let markdown = report::render(r, plot_links);
+    let rendered = report::render(r, plot_links);
+    let model = &r.machine.cpu_model;
     match &args.out {
         Some(path) => {
+            // Only this CPU model's section of an existing report is replaced.
+            let existing = match fs::read_to_string(path) {
+                Ok(text) => Some(text),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+            };
+            let markdown = sections::merge(
+                existing.as_deref(),
+                &rendered.preamble,
+                model,
+                &rendered.section,
+            );
             fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("shmem-bench: wrote {}", path.display());
+            eprintln!(
+                "shmem-bench: wrote the {model} section of {}",
+                path.display()
+            );
         }
-        None => print!("{markdown}"),
+        None => print!(
+            "{}",
+            sections::merge(None, &rendered.preamble, model, &rendered.section)
+        ),
     }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(r).context("encoding the results")?;

@@ -14,7 +14,7 @@ use crate::roles::Outcome;
 use crate::stats::Samples;
 use crate::sys::CorePair;
 use crate::transport::Wait;
-use crate::worker::{run_fanout, run_pair, Link, Role, Side, Task};
+use crate::worker::{run_fanout, run_group, run_pair, Link, Role, Side, Task};
 
 /// How long the workers of a fan-out run may take to show up attached at the broker.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,6 +123,35 @@ impl<'a> Ours<'a> {
         let label = format!("{} {size} B", series.short());
         let (p, c) = run_pair(&label, Side::new(producer), Side::new(consumer), self.cores)?;
         Rate::from_pair(&p, &c)
+    }
+
+    /// `pairs` channels busy at once, a producer and a consumer process each, all unpinned
+    /// and blocking: their aggregate rate.
+    pub fn throughput_pairs(&self, pairs: usize, size: usize) -> Result<Rate> {
+        let channels = (0..pairs)
+            .map(|_| self.channel("scale", size))
+            .collect::<Result<Vec<_>>>()?;
+        let budget = self.plan.throughput_ms;
+        let mut sides = Vec::with_capacity(pairs * 2);
+        for channel in &channels {
+            let link = |tx, rx| self.link(tx, rx);
+            sides.push(Side::new(self.task(
+                Role::Produce,
+                link(Some(channel), None),
+                size,
+                Wait::Block,
+                budget,
+            )));
+            sides.push(Side::new(self.task(
+                Role::Consume,
+                link(None, Some(channel)),
+                size,
+                Wait::Block,
+                budget,
+            )));
+        }
+        let outcomes = run_group(&format!("ours {pairs} pairs"), sides)?;
+        crate::scale::aggregate(&outcomes)
     }
 
     /// One fan-out run: one producer, `consumers` consumers, each its own process, on a channel

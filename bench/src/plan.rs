@@ -31,6 +31,12 @@ pub struct Plan {
     pub cli_reps: usize,
     pub memcpy_ms: u64,
     pub core_to_core_ms: u64,
+    /// The core-to-core round trip measured between blocks (see [`crate::data::Noise`]).
+    pub core_to_core_beside_ms: u64,
+    /// Channels busy at once in the scale section.
+    pub scale_pairs: Vec<usize>,
+    /// Clients attached in the scale section.
+    pub scale_clients: Vec<usize>,
 }
 
 impl Plan {
@@ -53,6 +59,9 @@ impl Plan {
             cli_reps: 3,
             memcpy_ms: 300,
             core_to_core_ms: 1000,
+            core_to_core_beside_ms: 100,
+            scale_pairs: vec![1, 2, 8, 64],
+            scale_clients: vec![1000, 10_000],
         }
     }
 
@@ -77,6 +86,10 @@ impl Plan {
             cli_reps: 1,
             memcpy_ms: 10,
             core_to_core_ms: 20,
+            core_to_core_beside_ms: 5,
+            // The code paths only: the curves are for full runs.
+            scale_pairs: vec![1, 2],
+            scale_clients: vec![50],
         }
     }
 

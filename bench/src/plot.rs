@@ -52,6 +52,16 @@ const PIPE: [RGBColor; 3] = [
     RGBColor(0x31, 0xa3, 0x54),
     RGBColor(0x74, 0xc4, 0x76),
 ];
+const ICEORYX: [RGBColor; 3] = [
+    RGBColor(0x54, 0x27, 0x8f),
+    RGBColor(0x80, 0x7d, 0xba),
+    RGBColor(0xbc, 0xbd, 0xdc),
+];
+const RING: [RGBColor; 3] = [
+    RGBColor(0xa6, 0x36, 0x03),
+    RGBColor(0xe6, 0x55, 0x0d),
+    RGBColor(0xfd, 0x8d, 0x3c),
+];
 const LIMIT: RGBColor = RGBColor(0x52, 0x52, 0x52);
 
 fn transport_colors(t: Transport) -> [RGBColor; 3] {
@@ -59,10 +69,27 @@ fn transport_colors(t: Transport) -> [RGBColor; 3] {
         Transport::Ours => OURS,
         Transport::Unix => UNIX,
         Transport::Pipe => PIPE,
+        Transport::Iceoryx => ICEORYX,
+        Transport::Ring => RING,
     }
 }
 
-fn draw(path: &Path, caption: &str, y_desc: &str, lines: &[Line]) -> Result<()> {
+/// The x axis: log2 of a message size, or of a count.
+struct XAxis {
+    desc: &'static str,
+    label: fn(&f64) -> String,
+}
+
+const SIZES_AXIS: XAxis = XAxis {
+    desc: "message size",
+    label: size_label,
+};
+
+fn count_label(x: &f64) -> String {
+    format!("{}", 2f64.powf(x.round()) as u64)
+}
+
+fn draw(path: &Path, caption: &str, x: XAxis, y_desc: &str, lines: &[Line]) -> Result<()> {
     let values = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
     let (lo, hi) = values
         .filter(|v| *v > 0.0)
@@ -91,10 +118,10 @@ fn draw(path: &Path, caption: &str, y_desc: &str, lines: &[Line]) -> Result<()> 
         .map_err(plot_error)?;
     chart
         .configure_mesh()
-        .x_desc("message size")
+        .x_desc(x.desc)
         .y_desc(y_desc)
         .x_labels(((x_hi - x_lo) as usize).max(2))
-        .x_label_formatter(&size_label)
+        .x_label_formatter(&x.label)
         .draw()
         .map_err(plot_error)?;
     for line in lines {
@@ -158,6 +185,10 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
         (Series::UnixBuffered, UNIX[2], Marker::Cross),
         (Series::Pipe, PIPE[0], Marker::Circle),
         (Series::Memcpy, LIMIT, Marker::Circle),
+        (Series::IceoryxZeroCopy, ICEORYX[0], Marker::Circle),
+        (Series::IceoryxCopy, ICEORYX[1], Marker::Triangle),
+        (Series::Ring, RING[0], Marker::Circle),
+        (Series::RingSpin, RING[1], Marker::Triangle),
     ];
     let lines: Vec<Line> = series
         .iter()
@@ -173,13 +204,25 @@ pub fn throughput(r: &Results, path: &Path) -> Result<()> {
         })
         .filter(|l| !l.points.is_empty())
         .collect();
-    draw(path, "Throughput (GB/s, log scale)", "GB/s", &lines)
-        .with_context(|| format!("writing {}", path.display()))
+    draw(
+        path,
+        "Throughput (GB/s, log scale)",
+        SIZES_AXIS,
+        "GB/s",
+        &lines,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn latency(r: &Results, path: &Path) -> Result<()> {
     let mut lines = Vec::new();
-    for transport in [Transport::Ours, Transport::Unix, Transport::Pipe] {
+    for transport in [
+        Transport::Ours,
+        Transport::Iceoryx,
+        Transport::Ring,
+        Transport::Unix,
+        Transport::Pipe,
+    ] {
         let colors = transport_colors(transport);
         let modes = [
             (LatencyMode::BusyPoll, Marker::Circle),
@@ -218,6 +261,42 @@ pub fn latency(r: &Results, path: &Path) -> Result<()> {
             points,
         });
     }
-    draw(path, "One-way latency p50 (µs, log scale)", "µs", &lines)
-        .with_context(|| format!("writing {}", path.display()))
+    draw(
+        path,
+        "One-way latency p50 (µs, log scale)",
+        SIZES_AXIS,
+        "µs",
+        &lines,
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Aggregate throughput against the number of channels busy at once.
+pub fn scale(r: &Results, path: &Path) -> Result<()> {
+    let lines: Vec<Line> = [Transport::Ours, Transport::Iceoryx, Transport::Unix]
+        .into_iter()
+        .map(|t| Line {
+            label: format!("{}, 64 KiB messages", t.label()),
+            color: transport_colors(t)[0],
+            marker: Marker::Circle,
+            points: r
+                .scale_pairs
+                .iter()
+                .filter(|p| p.transport == t)
+                .map(|p| ((p.pairs as f64).log2(), p.aggregate.gb_per_s))
+                .collect(),
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect();
+    draw(
+        path,
+        "Throughput, all pairs together (GB/s, log scale)",
+        XAxis {
+            desc: "channels busy at once (producer/consumer pairs)",
+            label: count_label,
+        },
+        "GB/s",
+        &lines,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }

@@ -29,6 +29,15 @@ pub enum Series {
     Pipe,
     /// Single-thread memcpy, one process: the machine's limit.
     Memcpy,
+    /// iceoryx2 publish-subscribe: loan + copy in + send; `receive` reading only the stamps
+    /// where the sample lies (zero-copy receive, like our `recv_ref`).
+    IceoryxZeroCopy,
+    /// iceoryx2: loan + copy in + send; `receive` + copy the payload out (like `recv_into`).
+    IceoryxCopy,
+    /// `shmem_ipc::sharedring`, both sides blocking on its eventfds.
+    Ring,
+    /// `shmem_ipc::sharedring`, both sides busy-polling.
+    RingSpin,
 }
 
 impl Series {
@@ -43,6 +52,10 @@ impl Series {
             Series::UnixBuffered => "Unix socket, 64 KiB buffered",
             Series::Pipe => "pipe",
             Series::Memcpy => "memcpy (1 thread)",
+            Series::IceoryxZeroCopy => "iceoryx2 loan+send/receive (reads the stamps in place)",
+            Series::IceoryxCopy => "iceoryx2 loan+send/receive + copy out",
+            Series::Ring => "shmem-ipc sharedring (eventfd wake-ups)",
+            Series::RingSpin => "shmem-ipc sharedring (busy-poll)",
         }
     }
 
@@ -57,6 +70,10 @@ impl Series {
             Series::UnixBuffered => "unix buffered",
             Series::Pipe => "pipe",
             Series::Memcpy => "memcpy",
+            Series::IceoryxZeroCopy => "iceoryx2 zero-copy",
+            Series::IceoryxCopy => "iceoryx2 copy-out",
+            Series::Ring => "shmem-ipc ring",
+            Series::RingSpin => "shmem-ipc ring busy-poll",
         }
     }
 }
@@ -143,6 +160,10 @@ pub struct Fanout {
     pub batched: bool,
     pub ours: Option<FanoutRate>,
     pub unix: Option<FanoutRate>,
+    /// Every run's per-consumer GB/s: the run-to-run noise.
+    pub ours_runs: Vec<f64>,
+    pub unix_runs: Vec<f64>,
+    pub block: Option<usize>,
 }
 
 impl Fanout {
@@ -157,7 +178,68 @@ impl Fanout {
 pub struct Throughput {
     pub series: Series,
     pub size: usize,
+    /// The median run.
     pub rate: Rate,
+    /// Every run, in the order taken: their spread is the run-to-run noise.
+    pub runs: Vec<Rate>,
+    /// The block ([`Results::blocks`]) it was measured in.
+    pub block: Option<usize>,
+}
+
+impl Throughput {
+    /// The slowest and fastest run, GB/s.
+    pub fn range(&self) -> (f64, f64) {
+        range(self.runs.iter().map(|r| r.gb_per_s))
+            .unwrap_or((self.rate.gb_per_s, self.rate.gb_per_s))
+    }
+}
+
+/// (min, max) of some values; `None` if there are none.
+pub fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    values.fold(None, |acc, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })
+}
+
+/// A stretch of measurements taken back to back (one message size's throughput series, or one
+/// latency mode at one size), with the core-to-core round trip measured just before and just
+/// after it: this VM flips between a fast and a slow core-to-core state, which moves
+/// small-message results by up to 3x, so results are compared only within one state.
+#[derive(Clone, Debug, Serialize)]
+pub struct Block {
+    pub what: String,
+    pub size: usize,
+    /// Core-to-core round trip p50 before and after, nanoseconds.
+    pub c2c_before_ns: Option<f64>,
+    pub c2c_after_ns: Option<f64>,
+}
+
+/// The core-to-core state a block ran in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CpuState {
+    /// Within [`FAST_STATE_FACTOR`] of the fastest round trip of the run, before and after.
+    Fast,
+    /// Slower than that, before and after.
+    Slow,
+    /// Fast on one side and slow on the other: the state changed during the block.
+    Changed,
+    Unknown,
+}
+
+/// A round trip more than this many times the run's fastest is the slow state (fast 60 ns and
+/// slow 300 ns on the AMD VM of issue 14; 106-130 ns, one state, on the Intel one).
+pub const FAST_STATE_FACTOR: f64 = 1.5;
+
+impl CpuState {
+    pub fn label(self) -> &'static str {
+        match self {
+            CpuState::Fast => "fast",
+            CpuState::Slow => "slow",
+            CpuState::Changed => "changed during the block",
+            CpuState::Unknown => "not measured",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -165,6 +247,10 @@ pub enum Transport {
     Ours,
     Unix,
     Pipe,
+    /// iceoryx2 publish-subscribe (busy-poll only: its subscriber has no blocking receive).
+    Iceoryx,
+    /// `shmem_ipc::sharedring`.
+    Ring,
 }
 
 impl Transport {
@@ -173,6 +259,8 @@ impl Transport {
             Transport::Ours => "shmem-broker",
             Transport::Unix => "Unix socket",
             Transport::Pipe => "pipe",
+            Transport::Iceoryx => "iceoryx2",
+            Transport::Ring => "shmem-ipc ring",
         }
     }
 }
@@ -203,8 +291,18 @@ pub struct Latency {
     pub transport: Transport,
     pub mode: LatencyMode,
     pub size: usize,
-    /// One-way, nanoseconds.
+    /// One-way, nanoseconds, all rounds pooled.
     pub one_way: Percentiles,
+    /// Each round's own p50: their spread is the run-to-run noise.
+    pub round_p50s: Vec<f64>,
+    pub block: Option<usize>,
+}
+
+impl Latency {
+    /// The lowest and highest p50 of a round.
+    pub fn p50_range(&self) -> (f64, f64) {
+        range(self.round_p50s.iter().copied()).unwrap_or((self.one_way.p50, self.one_way.p50))
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -249,6 +347,8 @@ pub struct ManyClients {
     pub clients: usize,
     pub channels: usize,
     pub attach_all_secs: f64,
+    /// Mean time of one of the last 100 attaches (with nearly all the others attached).
+    pub attach_last_secs: f64,
     pub rss_idle: Rss,
     pub rss_channels: Rss,
     pub rss_attached: Rss,
@@ -272,6 +372,12 @@ pub struct CliRun {
     pub shmemctl_gb_per_s: f64,
     pub socat_gb_per_s: Option<f64>,
     pub reps: usize,
+    /// Every repeat, GB/s: the run-to-run noise.
+    pub shmemctl_runs: Vec<f64>,
+    pub socat_runs: Vec<f64>,
+    /// `dd bs=1M | dd bs=1M of=/dev/null` (coreutils), through a pipe.
+    pub dd_gb_per_s: Option<f64>,
+    pub dd_runs: Vec<f64>,
 }
 
 /// A section that could not run, and why.
@@ -310,17 +416,21 @@ pub struct Results {
     pub latency_ms: u64,
     pub paced_ms: u64,
     pub latency_rounds: u64,
+    /// Core-to-core measurement between blocks.
+    pub core_to_core_beside_ms: u64,
     pub throughput: Vec<Throughput>,
     pub latency: Vec<Latency>,
     pub fanout: Vec<Fanout>,
     pub core_to_core: Option<CoreToCore>,
-    /// p50 of the core-to-core round trip measured again beside our 64 B busy-poll latency
-    /// run (before each of its rounds and after the last): on a VM whose vCPUs the host moves
-    /// about, the round trip at the start can differ by a quarter from the one during that run.
-    pub core_to_core_beside: Vec<f64>,
+    /// Blocks of measurements with the core-to-core round trip beside each.
+    pub blocks: Vec<Block>,
     pub attach: Option<Attach>,
     pub many_channels: Option<ManyChannels>,
     pub many_clients: Option<ManyClients>,
+    /// Aggregate throughput against the number of channels busy at once.
+    pub scale_pairs: Vec<crate::scale::PairsPoint>,
+    /// The broker with more and more clients attached.
+    pub scale_clients: Vec<ManyClients>,
     pub activation: Option<Activation>,
     pub cli: Option<CliRun>,
     /// The bridge section, as shmem-bridge-bench wrote it (Markdown).
@@ -330,12 +440,48 @@ pub struct Results {
 }
 
 impl Results {
-    /// The core-to-core round trip (p50) the busy-poll latency target compares with: the
-    /// median of every measurement of it in this run.
-    pub fn core_to_core_reference(&self) -> Option<f64> {
-        let mut all: Vec<f64> = self.core_to_core_beside.clone();
-        all.extend(self.core_to_core.as_ref().map(|c| c.round_trip.p50));
-        crate::stats::median(&all)
+    /// The fastest core-to-core round trip (p50) of the run: the fast state's.
+    pub fn fastest_c2c(&self) -> Option<f64> {
+        let beside = self
+            .blocks
+            .iter()
+            .flat_map(|b| [b.c2c_before_ns, b.c2c_after_ns])
+            .flatten();
+        let start = self.core_to_core.as_ref().map(|c| c.round_trip.p50);
+        range(beside.chain(start)).map(|(lo, _)| lo)
+    }
+
+    /// The core-to-core state `block` ran in.
+    pub fn state(&self, block: Option<usize>) -> CpuState {
+        let (Some(block), Some(fastest)) =
+            (block.and_then(|b| self.blocks.get(b)), self.fastest_c2c())
+        else {
+            return CpuState::Unknown;
+        };
+        let fast = |ns: f64| ns <= fastest * FAST_STATE_FACTOR;
+        match (block.c2c_before_ns, block.c2c_after_ns) {
+            (Some(a), Some(b)) if fast(a) && fast(b) => CpuState::Fast,
+            (Some(a), Some(b)) if !fast(a) && !fast(b) => CpuState::Slow,
+            (Some(_), Some(_)) => CpuState::Changed,
+            _ => CpuState::Unknown,
+        }
+    }
+
+    pub fn throughput_entry(&self, series: Series, size: usize) -> Option<&Throughput> {
+        self.throughput
+            .iter()
+            .find(|t| t.series == series && t.size == size)
+    }
+
+    pub fn latency_entry(
+        &self,
+        transport: Transport,
+        mode: LatencyMode,
+        size: usize,
+    ) -> Option<&Latency> {
+        self.latency
+            .iter()
+            .find(|l| l.transport == transport && l.mode == mode && l.size == size)
     }
 
     pub fn throughput(&self, series: Series, size: usize) -> Option<Rate> {

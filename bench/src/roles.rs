@@ -90,7 +90,7 @@ pub fn produce(tx: &mut impl Tx, size: usize, budget_ns: u64) -> Result<Outcome>
         stamp(&mut msg, seq);
         tx.send(&msg)?;
         seq += 1;
-        if seq % every == 0 && now_ns() >= deadline {
+        if seq.is_multiple_of(every) && now_ns() >= deadline {
             break;
         }
     }
@@ -125,7 +125,7 @@ pub fn produce_batched(
         let refs: Vec<&[u8]> = block.iter().map(Vec::as_slice).collect();
         tx.send_batch(&refs)?;
         calls += 1;
-        if calls % every == 0 && now_ns() >= deadline {
+        if calls.is_multiple_of(every) && now_ns() >= deadline {
             break;
         }
     }
@@ -184,7 +184,7 @@ pub fn produce_loaned(tx: &mut impl Tx, size: usize, budget_ns: u64) -> Result<O
     loop {
         tx.send_stamps_in_place(size, seq)?;
         seq += 1;
-        if seq % every == 0 && now_ns() >= deadline {
+        if seq.is_multiple_of(every) && now_ns() >= deadline {
             break;
         }
     }

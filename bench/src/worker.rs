@@ -21,6 +21,7 @@ use crate::sys::{self, CorePair};
 use crate::transport::{
     ChannelRx, ChannelTx, Rx, StreamFanTx, StreamRx, StreamTx, Tx, Wait, RX_FD, TX_FD,
 };
+use crate::{iox, ring};
 
 pub const WORKER_SUBCOMMAND: &str = "__worker";
 
@@ -63,6 +64,15 @@ pub enum Link {
     Stream { buffered: bool },
     /// Send only, the same bytes to each of `streams` byte streams, on fds 4, 5, ...
     StreamFanOut { buffered: bool, streams: usize },
+    /// iceoryx2 publish-subscribe services the parent created: publish on `tx`, subscribe to
+    /// `rx`.
+    Iceoryx {
+        tx: Option<String>,
+        rx: Option<String>,
+    },
+    /// `shmem_ipc::sharedring` rings of `capacity` bytes: the sending ring's memfd, empty and
+    /// full eventfds on fds 4, 5, 6 (if `tx`), then the receiving ring's (if `rx`).
+    SharedRing { capacity: usize, tx: bool, rx: bool },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,6 +140,20 @@ pub fn worker_main(cpu: Option<usize>, task: &str) -> Result<()> {
         Link::StreamFanOut { buffered, streams } => {
             let tx = StreamFanTx::from_inherited(*streams, *buffered);
             run(&task, Some(tx), None::<StreamRx>)
+        }
+        Link::Iceoryx { tx, rx } => {
+            let (tx, rx) = iox::open(
+                tx.as_deref(),
+                rx.as_deref(),
+                task.size,
+                task.role.sends(),
+                task.role.receives(),
+            )?;
+            run(&task, tx, rx)
+        }
+        Link::SharedRing { capacity, tx, rx } => {
+            let (tx, rx) = ring::open(*capacity, *tx, *rx, task.size, task.wait)?;
+            run(&task, tx, rx)
         }
     }
 }
@@ -377,4 +401,26 @@ pub fn run_fanout(
         .map(|reader| reader.outcome(run_deadline))
         .collect::<Result<Vec<_>>>()?;
     Ok((produced, consumed))
+}
+
+/// Runs all `sides` at the same time, unpinned (more processes than cores: the scheduler
+/// places them); returns their outcomes in the order given.
+pub fn run_group(label: &str, sides: Vec<Side>) -> Result<Vec<Outcome>> {
+    let budget = Duration::from_millis(sides.iter().map(|s| s.task.budget_ms).max().unwrap_or(0));
+    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
+    let mut workers = Vec::with_capacity(sides.len());
+    for (i, side) in sides.into_iter().enumerate() {
+        workers.push(Worker::spawn(format!("{label} [{i}]"), &side, None)?);
+    }
+    for worker in &mut workers {
+        worker.expect_ready(setup_deadline)?;
+    }
+    for worker in &mut workers {
+        worker.go()?;
+    }
+    let run_deadline = Instant::now() + budget * 3 + Duration::from_secs(60);
+    workers
+        .into_iter()
+        .map(|worker| worker.outcome(run_deadline))
+        .collect()
 }
