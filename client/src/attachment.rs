@@ -1,6 +1,6 @@
-//! What producers and consumers share: the attach handshake, the connection kept open for the
-//! life of the attachment, re-attaching after a broker restart, and sleeping on an eventfd
-//! without missing a broker event.
+//! An endpoint's attachment to the broker: the connection kept open for the life of the
+//! attachment, the broker's events on it, re-attaching after a broker restart, `ready_fd()`,
+//! and sleeping on the endpoint's eventfd without missing a broker event.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -12,15 +12,11 @@ use rustix::time::{
 };
 
 use crate::connection::{Connection, EventWithFds};
-use crate::control::ControlPage;
 use crate::error::{Error, Result};
-use crate::ring::{RingFds, SharedRing};
+use crate::grant::{identity, lane_from_event, Grant, Lane, Opened, Rings};
+use crate::lanes::SOLE_PEER;
 use crate::wire::{AttachInfo, ErrorCode, Event, LostEnd, Request, Role};
 
-/// How long to spin on the ring before sleeping. A wake-up through an eventfd costs tens of
-/// microseconds here, so a peer that answers within this window never pays for one.
-const SPIN: Duration = Duration::from_micros(30);
-const SPIN_BEFORE_YIELDING: Duration = Duration::from_micros(5);
 /// Upper bound on one sleep. Wake-ups are exact in the protocol; the bound only limits how long
 /// a peer that clears our waiting flag (buggy or hostile) can stall us.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -34,37 +30,6 @@ const CALLS_PER_CLOCK_CHECK: u32 = 1024;
 /// Longest a re-attach may hold up a send or receive while the broker is starting.
 const REATTACH_PATIENCE: Duration = Duration::from_millis(250);
 
-/// Whether `names` (an attach reply's `fds`) has the shape this library knows: one-to-one
-/// `ring [ack] data_ready space_ready`, fan-out `control wait` then `ring [ack] wake` per lane
-/// (`ack` is there for layout-3 rings, which may sit beside older ones restored from an fd
-/// store).
-fn fd_names_make_sense(names: &[String], fanout: bool, lanes: usize) -> bool {
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let Some(rest) = (if fanout {
-        names.strip_prefix(&["control", "wait"][..])
-    } else {
-        Some(&names[..])
-    }) else {
-        return false;
-    };
-    let mut rest = rest;
-    let mut groups = 0;
-    while let Some(after_ring) = rest.strip_prefix(&["ring"][..]) {
-        let after_ack = after_ring.strip_prefix(&["ack"][..]).unwrap_or(after_ring);
-        let tail: &[&str] = if fanout {
-            &["wake"]
-        } else {
-            &["data_ready", "space_ready"]
-        };
-        match after_ack.strip_prefix(tail) {
-            Some(next) => rest = next,
-            None => return false,
-        }
-        groups += 1;
-    }
-    rest.is_empty() && groups == if fanout { lanes } else { 1 }
-}
-
 /// How an endpoint attaches; built with [`Client::attach`](crate::Client::attach).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct AttachOptions {
@@ -74,29 +39,6 @@ pub(crate) struct AttachOptions {
     pub busy_poll: bool,
     /// A durable consumer's name.
     pub name: Option<String>,
-}
-
-/// The rings an attach handed over.
-pub(crate) enum Rings {
-    /// A one-to-one channel: its one ring.
-    Single(SharedRing),
-    /// A fan-out channel: the control page and one ring per peer.
-    Fanout {
-        control: ControlPage,
-        lanes: Vec<LaneOrFault>,
-    },
-}
-
-/// A lane as handed over, or the peer id and why its ring could not be opened: a peer can
-/// scribble on a ring's header, and that must cost that lane only.
-pub(crate) type LaneOrFault = std::result::Result<Lane, (u32, String)>;
-
-/// One ring of a fan-out endpoint and the eventfd that wakes the peer at its other end.
-pub(crate) struct Lane {
-    /// Producer id (for a consumer) or consumer queue id (for a producer).
-    pub peer: u32,
-    pub ring: SharedRing,
-    pub wake: OwnedFd,
 }
 
 pub(crate) struct Attachment {
@@ -118,15 +60,10 @@ pub(crate) struct Attachment {
     dropped: bool,
     /// Why the broker detached this endpoint, if it did.
     disconnected: Option<String>,
-    /// Readable when the peer made progress (data for a consumer, space for a producer).
+    /// Readable when a peer made progress (data for a consumer, space for a producer).
     wait_fd: OwnedFd,
-    /// Written to wake the peer of a one-to-one channel (fan-out lanes carry their own).
-    wake_fd: Option<OwnedFd>,
     /// Lane changes read from the broker, not yet applied by the endpoint.
     lane_events: Vec<EventWithFds>,
-    /// One-to-one consumers: a producer that went away without end-of-stream, as the broker
-    /// told (pid, position its stream stopped at, bytes it wrote).
-    pub producer_gone: Option<(u32, u64, u64)>,
     /// What `ready_fd()` hands out: an epoll instance watching `wait_fd`, the broker
     /// connection while it is up (events, hang-up) and `retry_timer` while it is down, so it
     /// turns readable for everything that can change what a `try_*` call returns.
@@ -134,85 +71,11 @@ pub(crate) struct Attachment {
     /// While the broker is away and the endpoint reconnects: fires every
     /// `RECONNECT_INTERVAL`, so a caller parked on `ready_fd()` comes back to re-attach.
     retry_timer: Option<OwnedFd>,
-    /// Fan-out consumers: producers that went away without end-of-stream, as the broker told
-    /// (producer id, pid, position its stream stopped at in our ring from it, bytes, and
-    /// messages missed before a mark that did not fit if the producer did close).
+    /// Consumers: producers that went away without end-of-stream, as the broker told
+    /// (producer id, [`SOLE_PEER`] in a one-to-one channel; pid; position its stream stopped
+    /// at in our ring from it; bytes; and messages missed before a mark that did not fit if
+    /// the producer did close).
     pub producers_gone: Vec<(u32, u32, u64, u64, Option<u64>)>,
-}
-
-/// What one attach request brought back.
-struct Grant {
-    conn: Connection,
-    info: AttachInfo,
-    fds: Vec<OwnedFd>,
-    /// The reply has the fan-out shape (control page, own eventfd, a ring per peer).
-    fanout: bool,
-}
-
-impl Grant {
-    /// Attaches over a new connection; `patience` bounds the wait for the broker's answer.
-    fn request(
-        socket: &Path,
-        channel: &str,
-        role: Role,
-        name: Option<&str>,
-        patience: Option<Duration>,
-    ) -> Result<Grant> {
-        let mut conn = Connection::connect(socket)?;
-        conn.set_timeout(patience)?;
-        let answer = conn.call(&Request::Attach {
-            channel: channel.to_string(),
-            role,
-            name: name.map(str::to_string),
-        })?;
-        let info: AttachInfo = answer.decode()?;
-        let fanout = info.fds.first().map(String::as_str) == Some("control");
-        if !fd_names_make_sense(&info.fds, fanout, info.lanes.len())
-            || answer.fds.len() != info.fds.len()
-        {
-            return Err(Error::Protocol(format!(
-                "attach reply carries {} fds named {:?}, which is not the shape of a {} attach \
-                 with {} lanes",
-                answer.fds.len(),
-                info.fds,
-                if fanout { "fan-out" } else { "one-to-one" },
-                info.lanes.len()
-            )));
-        }
-        Ok(Grant {
-            conn,
-            info,
-            fds: answer.fds,
-            fanout,
-        })
-    }
-}
-
-/// An attach reply's fds with their names, taken in order.
-struct NamedFds(std::collections::VecDeque<(String, OwnedFd)>);
-
-impl NamedFds {
-    fn next(&mut self) -> Result<OwnedFd> {
-        self.0
-            .pop_front()
-            .map(|(_, fd)| fd)
-            .ok_or_else(|| Error::Protocol("attach reply lost its fds".into()))
-    }
-
-    /// A `ring` fd and the `ack` fd after it, if there is one.
-    fn next_ring(&mut self) -> Result<RingFds> {
-        let ring = self.next()?;
-        let ack = match self.0.front() {
-            Some((name, _)) if name == "ack" => Some(self.next()?),
-            _ => None,
-        };
-        Ok(RingFds { ring, ack })
-    }
-}
-
-fn identity(fd: &OwnedFd) -> Result<(u64, u64)> {
-    let stat = rustix::fs::fstat(fd).map_err(|e| Error::io("inspecting ring fd", e.into()))?;
-    Ok((stat.st_dev, stat.st_ino))
 }
 
 impl Attachment {
@@ -224,44 +87,24 @@ impl Attachment {
         options: AttachOptions,
     ) -> Result<(Attachment, Rings)> {
         let grant = Grant::request(socket, channel, role, options.name.as_deref(), None)?;
-        let fanout = grant.fanout;
-        let capacity = grant.info.capacity;
-        let mut fds = NamedFds(grant.info.fds.iter().cloned().zip(grant.fds).collect());
-        let (rings, ring_identity, wait_fd, wake_fd) = if fanout {
-            let control_fd = fds.next()?;
-            let control = ControlPage::open(&control_fd)
-                .map_err(|e| Error::io(format!("control page of channel {channel}"), e))?;
-            let wait_fd = nonblocking(fds.next()?)?;
-            let mut lanes = Vec::new();
-            for lane in &grant.info.lanes {
-                let (ring, wake) = (fds.next_ring()?, fds.next()?);
-                let opened = open_lane(channel, capacity, lane.peer, ring, wake);
-                lanes.push(opened.map_err(|e| (lane.peer, e.to_string())));
-            }
-            (Rings::Fanout { control, lanes }, None, wait_fd, None)
-        } else {
-            let ring_fd = fds.next_ring()?;
-            let data_ready = nonblocking(fds.next()?)?;
-            let space_ready = nonblocking(fds.next()?)?;
-            let identity = identity(&ring_fd.ring)?;
-            let ring = SharedRing::open(ring_fd, capacity).map_err(|e| Error::ring(channel, e))?;
-            let (wait_fd, wake_fd) = match role {
-                Role::Producer => (space_ready, data_ready),
-                Role::Consumer => (data_ready, space_ready),
-            };
-            (Rings::Single(ring), Some(identity), wait_fd, Some(wake_fd))
-        };
+        let Opened {
+            conn,
+            info,
+            rings,
+            ring_identity,
+            wait_fd,
+        } = grant.open(channel, role)?;
         let ready = epoll::create(epoll::CreateFlags::CLOEXEC)
             .map_err(|e| Error::io("creating the endpoint's epoll instance", e.into()))?;
         watch(&ready, &wait_fd)?;
-        watch(&ready, &grant.conn)?;
+        watch(&ready, &conn)?;
         let attachment = Attachment {
             channel: channel.to_string(),
-            info: grant.info,
+            info,
             socket: socket.to_path_buf(),
             role,
             options,
-            conn: grant.conn,
+            conn,
             broker_connected: true,
             last_reconnect: None,
             calls_since_clock_check: 0,
@@ -271,9 +114,7 @@ impl Attachment {
             dropped: false,
             disconnected: None,
             wait_fd,
-            wake_fd,
             lane_events: Vec::new(),
-            producer_gone: None,
             ready,
             retry_timer: None,
             producers_gone: Vec::new(),
@@ -283,26 +124,7 @@ impl Attachment {
 
     /// Turns a lane event's fds into a lane.
     pub fn open_lane(&self, peer: u32, fds: Vec<OwnedFd>) -> Result<Lane> {
-        let mut fds = fds.into_iter();
-        // A ring, its ack page if it has one (layout 3), and the eventfd.
-        let (ring, ack, wake) = match (fds.next(), fds.next(), fds.next(), fds.next()) {
-            (Some(ring), Some(wake), None, None) => (ring, None, wake),
-            (Some(ring), Some(ack), Some(wake), None) => (ring, Some(ack), wake),
-            _ => {
-                return Err(Error::Protocol(format!(
-                    "lane event for peer {peer} of channel {} does not carry a ring and an \
-                     eventfd",
-                    self.channel
-                )))
-            }
-        };
-        open_lane(
-            &self.channel,
-            self.info.capacity,
-            peer,
-            RingFds { ring, ack },
-            wake,
-        )
+        lane_from_event(&self.channel, self.info.capacity, peer, fds)
     }
 
     /// Lane events read from the connection and not applied yet (one that came late).
@@ -516,17 +338,12 @@ impl Attachment {
                 pid,
                 position,
                 bytes,
-                producer: None,
-                ..
-            } => self.producer_gone = Some((pid, position, bytes)),
-            Event::ProducerGone {
-                pid,
-                position,
-                bytes,
-                producer: Some(producer),
+                producer,
                 end_lost,
                 ..
             } => {
+                // A one-to-one channel's event names no producer: it is its one lane's.
+                let producer = producer.unwrap_or(SOLE_PEER);
                 // One entry per producer: a later one replaces what an earlier one said.
                 self.producers_gone.retain(|g| g.0 != producer);
                 self.producers_gone
@@ -546,37 +363,6 @@ impl Attachment {
     pub fn tell_end_lost(&mut self, lost: Vec<LostEnd>) {
         if self.broker_connected {
             let _ = self.conn.call(&Request::EndLost { lost });
-        }
-    }
-
-    /// Wakes the peer of a one-to-one channel.
-    pub fn wake_peer(&self) {
-        if let Some(fd) = &self.wake_fd {
-            // EAGAIN means the counter is already huge, i.e. the peer has a wake-up pending.
-            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
-        }
-    }
-
-    /// Spins briefly until `ready()`; true if it became ready. After the first few
-    /// microseconds it yields the CPU between looks: a peer that answers at once is caught by
-    /// the pure spin, and one that is waiting for this very CPU (more busy processes than
-    /// cores, as with a producer and several consumers on a small machine) gets it.
-    pub fn spin(mut ready: impl FnMut() -> bool) -> bool {
-        let start = Instant::now();
-        loop {
-            for _ in 0..64 {
-                if ready() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            let spun = start.elapsed();
-            if spun >= SPIN {
-                return false;
-            }
-            if spun >= SPIN_BEFORE_YIELDING {
-                std::thread::yield_now();
-            }
         }
     }
 
@@ -614,8 +400,9 @@ impl Attachment {
         }
     }
 
-    /// Sleeps until the peer signals, the broker sends an event, or the sleep bound passes. The
-    /// caller has drained the eventfd, then set its waiting flag and re-checked the ring.
+    /// Sleeps until a peer signals, the broker sends an event, or the sleep bound passes. The
+    /// caller (`Lanes::wait`, the one wait routine) has drained the eventfd, then set its
+    /// waiting flag(s) and re-checked the ring(s).
     pub fn sleep(&mut self) -> Result<()> {
         let longest = if !self.broker_connected && self.options.reconnect {
             RECONNECT_INTERVAL
@@ -684,28 +471,6 @@ fn retry_timer() -> std::io::Result<OwnedFd> {
         },
     )?;
     Ok(timer)
-}
-
-fn nonblocking(fd: OwnedFd) -> Result<OwnedFd> {
-    // Sleeping is poll-then-read, so a read must never block even if someone else drained the
-    // counter in between.
-    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)
-        .map_err(|e| Error::io("eventfd from broker", e.into()))?;
-    Ok(fd)
-}
-
-fn open_lane(
-    channel: &str,
-    capacity: u64,
-    peer: u32,
-    ring: RingFds,
-    wake: OwnedFd,
-) -> Result<Lane> {
-    Ok(Lane {
-        peer,
-        ring: SharedRing::open(ring, capacity).map_err(|e| Error::ring(channel, e))?,
-        wake: nonblocking(wake)?,
-    })
 }
 
 impl AsFd for Connection {

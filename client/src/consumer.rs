@@ -1,11 +1,11 @@
-//! The reading end of a channel.
+//! The reading end of a channel: the public API over its lanes ([`LaneReader`]).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use crate::attachment::{AttachOptions, Attachment, Rings};
+use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result, TryRecvError};
-use crate::fanout::MergedReader;
+use crate::lane_reader::LaneReader;
 use crate::ring::{BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader};
 use crate::wire::Role;
 use crate::zero_copy::{Held, Sample};
@@ -35,31 +35,19 @@ use crate::zero_copy::{Held, Sample};
 /// the next ones read on from the others (that producer's end-of-stream will not come).
 pub struct Consumer {
     attachment: Attachment,
-    source: Source,
+    /// Where messages come from: one lane (ring) per producer, one in a one-to-one channel.
+    reader: LaneReader,
     /// Private copy of the message a batch callback is looking at.
     scratch: Vec<u8>,
-}
-
-/// Where messages come from: the one ring of a one-to-one channel, or one per producer.
-enum Source {
-    Single(RingReader),
-    Merged(MergedReader),
 }
 
 impl Consumer {
     pub(crate) fn attach(socket: &Path, channel: &str, options: AttachOptions) -> Result<Consumer> {
         let (attachment, rings) = Attachment::open(socket, channel, Role::Consumer, options)?;
-        let source = match rings {
-            Rings::Single(ring) => {
-                Source::Single(RingReader::new(ring).map_err(|e| Error::ring(channel, e))?)
-            }
-            Rings::Fanout { control, lanes } => {
-                Source::Merged(MergedReader::new(&attachment, control, lanes)?)
-            }
-        };
+        let reader = LaneReader::new(&attachment, rings)?;
         Ok(Consumer {
             attachment,
-            source,
+            reader,
             scratch: Vec::new(),
         })
     }
@@ -67,19 +55,13 @@ impl Consumer {
     /// The id of the producer whose message (or end-of-stream mark) the last receive returned;
     /// `None` before the first, and always in a one-to-one channel.
     pub fn last_producer(&self) -> Option<u32> {
-        match &self.source {
-            Source::Single(_) => None,
-            Source::Merged(merged) => merged.last_producer(),
-        }
+        self.reader.last_producer()
     }
 
     /// Messages this consumer missed since it attached because its ring was full (fan-out
     /// channels with `slow_consumer = "drop"`). Counted as the gaps are reached in the stream.
     pub fn missed(&self) -> u64 {
-        match &self.source {
-            Source::Single(reader) => reader.missed(),
-            Source::Merged(merged) => merged.missed(),
-        }
+        self.reader.missed()
     }
 
     /// The channel's name.
@@ -129,10 +111,7 @@ impl Consumer {
     /// One-to-one channels: the stream position of the next message, a byte counter that only
     /// grows and names each message for the life of the ring (`None` in a fan-out channel).
     pub fn position(&self) -> Option<u64> {
-        match &self.source {
-            Source::Single(reader) => Some(reader.position()),
-            Source::Merged(_) => None,
-        }
+        self.reader.position()
     }
 
     /// Hands up to `max` items (messages, end-of-stream marks, and padding that nothing follows
@@ -150,7 +129,7 @@ impl Consumer {
         mut each: impl FnMut(u64, u64, ReadItem<'_>),
         confirm: impl FnOnce(usize) -> bool,
     ) -> Result<usize> {
-        if let Source::Merged(_) = self.source {
+        if self.reader.fanout() {
             return Err(Error::Unsupported {
                 channel: self.attachment.channel.clone(),
                 what: "confirmed reads with stream positions (one-to-one channels only)".into(),
@@ -222,62 +201,35 @@ impl Consumer {
         self.non_blocking(|r, _| Ok(peek_step(r.try_peek()?)))
     }
 
-    /// The sample for a message `try_peek` left in the ring, naming its ring.
+    /// The sample for a message `try_peek` left in the ring, naming its lane.
     pub(crate) fn hold(&mut self, payload: Option<Payload>) -> Option<Sample<'_>> {
         let producer = self.last_producer();
-        payload.map(|payload| Sample::new(self, Held { payload, producer }))
+        let lane = self.reader.last_lane();
+        payload.map(|payload| {
+            let held = Held {
+                payload,
+                lane,
+                producer,
+            };
+            Sample::new(self, held)
+        })
     }
 
-    /// Releases a message a borrowed receive left in the ring (the one of `producer` in a
-    /// fan-out channel) and wakes its producer if it waits for room.
-    pub(crate) fn release(&mut self, producer: Option<u32>) {
-        match &mut self.source {
-            Source::Single(reader) => {
-                reader.release();
-                if reader.take_producer_waiting() {
-                    self.attachment.wake_peer();
-                }
-            }
-            Source::Merged(merged) => {
-                if let Some(producer) = producer {
-                    merged.release(producer);
-                }
-            }
-        }
+    /// Releases a message a borrowed receive left in the ring of `lane` and wakes its
+    /// producer if it waits for room.
+    pub(crate) fn release(&mut self, lane: u32) {
+        self.reader.release(lane);
     }
 
-    /// One attempt: checks the channel is still usable, runs `read` on the ring (with the
-    /// private scratch buffer; `None`: nothing to read), and wakes a producer that went to sleep
-    /// waiting for space.
+    /// One attempt: checks the channel is still usable, runs `read` on the rings in turn
+    /// (with the private scratch buffer; `None`: nothing to read), and wakes a producer that
+    /// went to sleep waiting for space.
     fn step<T>(
         &mut self,
         mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
-        let reader = match &mut self.source {
-            Source::Single(reader) => reader,
-            Source::Merged(merged) => {
-                return merged.try_read(&mut self.attachment, &mut self.scratch, &mut read)
-            }
-        };
-        self.attachment.ensure_usable(reader.ring().is_dropped())?;
-        // A producer that went away without end-of-stream: once everything it wrote has been
-        // read, say so (once) instead of waiting for a mark that will never come.
-        if let Some((pid, position, bytes)) = self.attachment.producer_gone {
-            if reader.position() >= position {
-                self.attachment.producer_gone = None;
-                return Err(Error::ProducerGone {
-                    channel: self.attachment.channel.clone(),
-                    pid,
-                    bytes,
-                });
-            }
-        }
-        let got = read(reader, &mut self.scratch)
-            .map_err(|e| Error::ring(&self.attachment.channel, e))?;
-        if reader.take_producer_waiting() {
-            self.attachment.wake_peer();
-        }
-        Ok(got)
+        self.reader
+            .try_read(&mut self.attachment, &mut self.scratch, &mut read)
     }
 
     /// Attempts until `read` finds something, sleeping while the ring is empty.
@@ -321,33 +273,11 @@ impl Consumer {
     /// Asks the producer(s) to signal `ready_fd()` on their next write; false if data
     /// arrived meanwhile.
     fn arm(&mut self) -> Result<bool> {
-        match &mut self.source {
-            Source::Single(reader) => {
-                self.attachment.drain_wakeups();
-                reader
-                    .prepare_to_sleep()
-                    .map_err(|e| Error::ring(&self.attachment.channel, e))
-            }
-            Source::Merged(merged) => merged.arm(&self.attachment),
-        }
+        self.reader.arm(&self.attachment)
     }
 
     fn wait_for_data(&mut self) -> Result<()> {
-        let reader = match &mut self.source {
-            Source::Single(reader) => reader,
-            Source::Merged(merged) => return merged.wait_for_data(&mut self.attachment),
-        };
-        if Attachment::spin(|| reader.has_unread()) {
-            return Ok(());
-        }
-        if self.arm()? {
-            let slept = self.attachment.sleep();
-            if let Source::Single(reader) = &self.source {
-                reader.done_sleeping();
-            }
-            slept?;
-        }
-        Ok(())
+        self.reader.wait_for_data(&mut self.attachment)
     }
 
     /// An fd that becomes readable when a `try_recv` that returned [`TryRecvError::Empty`]

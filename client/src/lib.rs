@@ -25,7 +25,10 @@ mod client;
 mod connection;
 mod consumer;
 mod error;
-mod fanout;
+mod grant;
+mod lane_reader;
+mod lane_writer;
+mod lanes;
 mod producer;
 mod zero_copy;
 

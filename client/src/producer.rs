@@ -1,14 +1,13 @@
-//! The writing end of a channel.
+//! The writing end of a channel: the public API over its lanes ([`LaneWriter`]).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use crate::attachment::{AttachOptions, Attachment, Rings};
-use crate::error::{Error, Result, TrySendError};
-use crate::fanout::FanoutWriter;
-use crate::ring::{RingError, RingWriter};
+use crate::attachment::{AttachOptions, Attachment};
+use crate::error::{Result, TrySendError};
+use crate::lane_writer::{LaneWriter, LoanSlot};
 use crate::wire::Role;
-use crate::zero_copy::{Loan, LoanSlot};
+use crate::zero_copy::Loan;
 
 /// Writes messages into a channel's ring. Obtained from [`Client::producer`](crate::Client::producer).
 ///
@@ -28,36 +27,21 @@ use crate::zero_copy::{Loan, LoanSlot};
 /// it). With no consumer attached, messages go nowhere.
 pub struct Producer {
     attachment: Attachment,
-    route: Route,
-}
-
-/// Where messages go: the one ring of a one-to-one channel, or every consumer's ring.
-enum Route {
-    Single(RingWriter),
-    Fanout(FanoutWriter),
+    /// Where messages go: one lane (ring) per consumer, one in a one-to-one channel.
+    writer: LaneWriter,
 }
 
 impl Producer {
     pub(crate) fn attach(socket: &Path, channel: &str, options: AttachOptions) -> Result<Producer> {
         let (attachment, rings) = Attachment::open(socket, channel, Role::Producer, options)?;
-        let route = match rings {
-            Rings::Single(ring) => {
-                Route::Single(RingWriter::new(ring).map_err(|e| Error::ring(channel, e))?)
-            }
-            Rings::Fanout { control, lanes } => {
-                Route::Fanout(FanoutWriter::new(&attachment, control, lanes)?)
-            }
-        };
-        Ok(Producer { attachment, route })
+        let writer = LaneWriter::new(&attachment, rings)?;
+        Ok(Producer { attachment, writer })
     }
 
     /// One-to-one channels: the published write position, a byte counter just past the last
     /// message or mark the consumer can see; it only grows (`None` in a fan-out channel).
     pub fn position(&self) -> Option<u64> {
-        match &self.route {
-            Route::Single(writer) => Some(writer.position()),
-            Route::Fanout(_) => None,
-        }
+        self.writer.position()
     }
 
     /// This producer's id in its channel: what consumers' [`last_producer`] reports.
@@ -69,10 +53,7 @@ impl Producer {
 
     /// Consumers this producer writes to (as of its last call); 1 in a one-to-one channel.
     pub fn consumers(&self) -> usize {
-        match &self.route {
-            Route::Single(_) => 1,
-            Route::Fanout(fanout) => fanout.consumers(),
-        }
+        self.writer.consumers()
     }
 
     /// The channel's name.
@@ -110,53 +91,36 @@ impl Producer {
     /// made visible together with one publish (and at most one wake-up), which is what makes
     /// small messages fast.
     pub fn send_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
-        if let Route::Fanout(fanout) = &mut self.route {
-            return fanout
-                .deliver(&mut self.attachment, messages, true)
-                .map(|_| ());
-        }
-        let mut rest = messages;
-        while let Some(first) = rest.first() {
-            let sent = self.blocking(first.len(), |w| batch_step(w, rest))?;
-            rest = &rest[sent..];
-        }
-        Ok(())
+        self.writer
+            .deliver(&mut self.attachment, messages, true)
+            .map(drop)
     }
 
     /// Sends as many of `messages` as fit now (at least one, else [`TrySendError::Full`]) and
     /// returns how many.
     pub fn try_send_batch(&mut self, messages: &[&[u8]]) -> Result<usize, TrySendError> {
-        if let Route::Fanout(fanout) = &mut self.route {
-            loop {
-                match fanout.deliver(&mut self.attachment, messages, false)? {
-                    0 if !messages.is_empty() => {}
-                    sent => return Ok(sent),
-                }
-                if self.attachment.options.busy_poll || !self.attachment.read_broker_events() {
-                    return Err(TrySendError::Full);
-                }
-            }
+        if messages.is_empty() {
+            return Ok(0);
         }
-        match messages.first() {
-            None => Ok(0),
-            Some(first) => self.non_blocking(first.len(), |w| batch_step(w, messages)),
-        }
+        self.non_blocking(|writer, attachment| {
+            let sent = writer.deliver(attachment, messages, false)?;
+            Ok((sent > 0).then_some(sent))
+        })
     }
 
     /// Zero-copy send: `fill` writes the `len`-byte message straight into the shared ring.
     /// Blocks while the ring is full; `fill` is called exactly once.
     ///
-    /// In a fan-out channel this is a [`loan`](Self::loan): in the ring with one consumer, in a
-    /// private buffer copied to each ring with several (see [`Loan`]). The buffer is not
-    /// zeroed: `fill` must write all of it.
+    /// In a fan-out channel with several consumers `fill` writes a private buffer copied to
+    /// each ring (see [`Loan`]). The buffer is not zeroed: `fill` must write all of it.
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
-        if let Route::Fanout(_) = &self.route {
-            let mut loan = self.loan(len)?;
-            fill(&mut loan);
-            return loan.send();
-        }
-        let mut fill = Some(fill);
-        self.blocking(len, |w| fixed_step(w, len, &mut fill))
+        let fill = |buf: &mut [u8]| {
+            fill(buf);
+            len
+        };
+        self.writer
+            .write_up_to(&mut self.attachment, len, fill, true)
+            .map(drop)
     }
 
     /// Zero-copy send of a message whose length is known only once it is written: waits for
@@ -179,13 +143,11 @@ impl Producer {
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<usize> {
-        if let Route::Fanout(fanout) = &mut self.route {
-            return fanout.deliver_filled(&mut self.attachment, max, fill);
-        }
-        let mut fill = Some(fill);
-        self.blocking(max, |w| {
-            w.try_write_up_to(max, |buf| fill.take().map_or(0, |fill| fill(buf)))
-        })
+        let sent = self
+            .writer
+            .write_up_to(&mut self.attachment, max, fill, true)?;
+        // A blocking write always ends with the message sent.
+        Ok(sent.unwrap_or(0))
     }
 
     /// Zero-copy send that returns [`TrySendError::Full`] instead of blocking.
@@ -194,13 +156,17 @@ impl Producer {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), TrySendError> {
-        if let Route::Fanout(_) = &self.route {
-            let mut loan = self.try_loan(len)?;
-            fill(&mut loan);
-            return Ok(loan.send()?);
-        }
+        // Called at most once: only the attempt that sends calls it.
         let mut fill = Some(fill);
-        self.non_blocking(len, |w| fixed_step(w, len, &mut fill))
+        self.non_blocking(|writer, attachment| {
+            let fill = |buf: &mut [u8]| {
+                if let Some(fill) = fill.take() {
+                    fill(buf);
+                }
+                len
+            };
+            Ok(writer.write_up_to(attachment, len, fill, false)?.map(drop))
+        })
     }
 
     /// Lends a writable `len`-byte message in the shared ring (zero-copy), waiting while there
@@ -218,7 +184,11 @@ impl Producer {
     /// # Ok::<(), shmem_broker_client::Error>(())
     /// ```
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>> {
-        let slot = self.reserve(len)?;
+        let slot = loop {
+            if let Some(slot) = self.writer.reserve(&mut self.attachment, len, true)? {
+                break slot;
+            }
+        };
         Ok(Loan::new(self, slot, len))
     }
 
@@ -229,171 +199,53 @@ impl Producer {
         Ok(Loan::new(self, slot, len))
     }
 
-    /// Makes room for a loan, waiting as `send` does.
-    fn reserve(&mut self, len: usize) -> Result<LoanSlot> {
-        if let Route::Fanout(fanout) = &mut self.route {
-            return loop {
-                if let Some(loan) = fanout.reserve(&mut self.attachment, len, true)? {
-                    break Ok(LoanSlot::Fanout(loan));
-                }
-            };
-        }
-        self.blocking(len, |w| w.try_reserve(len))
-            .map(LoanSlot::Ring)
-    }
-
     /// Makes room for a loan now, or reports [`TrySendError::Full`] with the wake-up armed.
     pub(crate) fn try_reserve(&mut self, len: usize) -> Result<LoanSlot, TrySendError> {
-        if let Route::Fanout(fanout) = &mut self.route {
-            loop {
-                if let Some(loan) = fanout.reserve(&mut self.attachment, len, false)? {
-                    return Ok(LoanSlot::Fanout(loan));
-                }
-                if self.attachment.options.busy_poll || !self.attachment.read_broker_events() {
-                    return Err(TrySendError::Full);
-                }
-            }
-        }
-        self.non_blocking(len, |w| w.try_reserve(len))
-            .map(LoanSlot::Ring)
+        self.non_blocking(|writer, attachment| writer.reserve(attachment, len, false))
     }
 
     /// Publishes a loan of `len` bytes and wakes the consumer(s) if they sleep.
     pub(crate) fn publish_loan(&mut self, slot: LoanSlot, len: usize) -> Result<()> {
-        match (&mut self.route, slot) {
-            (Route::Fanout(fanout), LoanSlot::Fanout(loan)) => {
-                fanout.publish_loan(&mut self.attachment, loan, len)
-            }
-            (Route::Single(writer), LoanSlot::Ring(_)) => {
-                let sent = writer
-                    .commit_reserved(len)
-                    .map_err(|e| Error::ring(&self.attachment.channel, e));
-                if writer.take_consumer_waiting() {
-                    self.attachment.wake_peer();
-                }
-                sent
-            }
-            _ => Err(Error::Protocol(
-                "a loan was sent through a route it was not made on".into(),
-            )),
-        }
+        self.writer.publish_loan(&mut self.attachment, slot, len)
     }
 
     /// Forgets a loan: nothing is published.
     pub(crate) fn abandon_loan(&mut self, slot: LoanSlot) {
-        match (&mut self.route, slot) {
-            (Route::Fanout(fanout), LoanSlot::Fanout(loan)) => fanout.abandon_loan(loan),
-            (Route::Single(writer), LoanSlot::Ring(_)) => writer.abandon_reserved(),
-            _ => {}
-        }
+        self.writer.abandon_loan(slot)
     }
 
-    /// The bytes of a loan in the fan-out scratch buffer, to read.
+    /// The bytes of a scratch loan, to read.
     pub(crate) fn scratch(&self, len: usize) -> &[u8] {
-        match &self.route {
-            Route::Fanout(fanout) => fanout.scratch(len),
-            // Scratch loans are made by fan-out routes only.
-            Route::Single(_) => &[],
-        }
+        self.writer.scratch(len)
     }
 
-    /// The bytes of a loan in the fan-out scratch buffer.
+    /// The bytes of a scratch loan.
     pub(crate) fn scratch_mut(&mut self, len: usize) -> &mut [u8] {
-        match &mut self.route {
-            Route::Fanout(fanout) => fanout.scratch_mut(len),
-            // Scratch loans are made by fan-out routes only.
-            Route::Single(_) => &mut [],
-        }
+        self.writer.scratch_mut(len)
     }
 
-    /// One attempt: checks the channel is still usable, runs `write` on the ring (`None`: no
-    /// room), and wakes a consumer that went to sleep. Even a refused write may have published
-    /// padding, so the wake-up check follows every attempt (publish, fence, flag).
-    fn step<T>(
-        &mut self,
-        write: impl FnOnce(&mut RingWriter) -> Result<Option<T>, RingError>,
-    ) -> Result<Option<T>> {
-        let writer = single(&mut self.route)?;
-        self.attachment.ensure_usable(writer.ring().is_dropped())?;
-        let written = write(writer).map_err(|e| Error::ring(&self.attachment.channel, e))?;
-        if writer.take_consumer_waiting() {
-            self.attachment.wake_peer();
-        }
-        Ok(written)
-    }
-
-    /// Attempts until `write` succeeds, sleeping while there is no room for `needed` bytes.
-    fn blocking<T>(
-        &mut self,
-        needed: usize,
-        mut write: impl FnMut(&mut RingWriter) -> Result<Option<T>, RingError>,
-    ) -> Result<T> {
-        loop {
-            if let Some(done) = self.step(&mut write)? {
-                return Ok(done);
-            }
-            self.wait_for_room(needed)?;
-        }
-    }
-
-    /// One attempt, or [`TrySendError::Full`] after arming the wake-up so `ready_fd()` turns
-    /// readable when room appears (not for busy pollers). If room appeared while arming, the
-    /// attempt is made again instead.
+    /// Attempts until `attempt` succeeds or reports no room (`None`, with the wake-up armed
+    /// so `ready_fd()` turns readable when room appears, except for busy pollers): then
+    /// [`TrySendError::Full`]. A broker event read meanwhile is acted on by another attempt;
+    /// none may stay unread, or `ready_fd()` would stay readable.
     fn non_blocking<T>(
         &mut self,
-        needed: usize,
-        mut write: impl FnMut(&mut RingWriter) -> Result<Option<T>, RingError>,
+        mut attempt: impl FnMut(&mut LaneWriter, &mut Attachment) -> Result<Option<T>>,
     ) -> Result<T, TrySendError> {
         loop {
-            if let Some(done) = self.step(&mut write)? {
+            if let Some(done) = attempt(&mut self.writer, &mut self.attachment)? {
                 return Ok(done);
             }
-            if self.attachment.options.busy_poll {
-                return Err(TrySendError::Full);
-            }
-            // A broker event read now is acted on by the next attempt; none may stay unread,
-            // or `ready_fd()` would stay readable.
-            if self.attachment.read_broker_events() {
-                continue;
-            }
-            if self.arm(needed)? {
+            if self.attachment.options.busy_poll || !self.attachment.read_broker_events() {
                 return Err(TrySendError::Full);
             }
         }
-    }
-
-    /// Asks the consumer to signal `ready_fd()` when it frees space; false if room for
-    /// `needed` bytes appeared meanwhile.
-    fn arm(&mut self, needed: usize) -> Result<bool> {
-        self.attachment.drain_wakeups();
-        single(&mut self.route)?
-            .prepare_to_sleep(needed)
-            .map_err(|e| Error::ring(&self.attachment.channel, e))
-    }
-
-    fn wait_for_room(&mut self, len: usize) -> Result<()> {
-        let Route::Single(writer) = &mut self.route else {
-            return Ok(());
-        };
-        if Attachment::spin(|| writer.can_progress(len).unwrap_or(true)) {
-            return Ok(());
-        }
-        if self.arm(len)? {
-            let slept = self.attachment.sleep();
-            single(&mut self.route)?.done_sleeping();
-            slept?;
-        }
-        let dropped = single(&mut self.route)?.ring().is_dropped();
-        self.attachment.ensure_usable(dropped)
     }
 
     /// Writes the end-of-stream mark (waiting for room if needed; in a fan-out channel only
     /// under policy `block`) and detaches.
     pub fn close(mut self) -> Result<()> {
-        if let Route::Fanout(fanout) = &mut self.route {
-            return fanout.close(&mut self.attachment);
-        }
-        self.blocking(0, |w| Ok(w.try_write_end_of_stream()?.then_some(())))
+        self.writer.close(&mut self.attachment)
     }
 
     /// An fd that becomes readable when a `try_send` that returned [`TrySendError::Full`] may
@@ -412,36 +264,6 @@ impl Producer {
     pub(crate) fn busy_poll(&self) -> bool {
         self.attachment.options.busy_poll
     }
-}
-
-/// The ring of a one-to-one channel (every fan-out path returns before asking for it).
-fn single(route: &mut Route) -> Result<&mut RingWriter> {
-    match route {
-        Route::Single(writer) => Ok(writer),
-        Route::Fanout(_) => Err(Error::Protocol(
-            "one-to-one send path used on a fan-out channel".into(),
-        )),
-    }
-}
-
-/// A fixed-length message whose bytes `fill` writes (called at most once).
-fn fixed_step(
-    writer: &mut RingWriter,
-    len: usize,
-    fill: &mut Option<impl FnOnce(&mut [u8])>,
-) -> Result<Option<()>, RingError> {
-    let written = writer.try_write_with(len, |buf| {
-        if let Some(fill) = fill.take() {
-            fill(buf)
-        }
-    })?;
-    Ok(written.then_some(()))
-}
-
-/// As many of `messages` as fit (`None` if not even the first does).
-fn batch_step(writer: &mut RingWriter, messages: &[&[u8]]) -> Result<Option<usize>, RingError> {
-    let sent = writer.try_write_batch(messages)?;
-    Ok((sent > 0).then_some(sent))
 }
 
 impl AsRawFd for Producer {

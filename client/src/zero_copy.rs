@@ -46,27 +46,16 @@ use std::ops::{Deref, DerefMut};
 
 use crate::consumer::Consumer;
 use crate::error::Result;
-use crate::fanout::FanoutLoan;
+use crate::lane_writer::LoanSlot;
 use crate::producer::Producer;
 use crate::ring::Payload;
-
-/// Where a loan's bytes are.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum LoanSlot {
-    /// A frame reserved in the ring of a one-to-one channel.
-    Ring(Payload),
-    /// A fan-out loan: in the only consumer's ring, or in the producer's private buffer.
-    Fanout(FanoutLoan),
-}
 
 impl LoanSlot {
     /// The reserved frame, if the loan is one.
     fn payload(self) -> Option<Payload> {
         match self {
-            LoanSlot::Ring(payload) | LoanSlot::Fanout(FanoutLoan::Lane { payload, .. }) => {
-                Some(payload)
-            }
-            LoanSlot::Fanout(FanoutLoan::Scratch) => None,
+            LoanSlot::Lane { payload, .. } => Some(payload),
+            LoanSlot::Scratch => None,
         }
     }
 }
@@ -183,7 +172,9 @@ impl std::fmt::Debug for Loan<'_> {
 /// A borrowed message: where it lies in the ring, and whose ring that is.
 pub(crate) struct Held {
     pub payload: Payload,
-    /// Fan-out channels: the producer whose ring holds it.
+    /// The lane whose ring holds it.
+    pub lane: u32,
+    /// Fan-out channels: the producer that sent it (that lane's peer).
     pub producer: Option<u32>,
 }
 
@@ -285,7 +276,7 @@ impl<'a> Sample<'a> {
 
 impl Drop for Sample<'_> {
     fn drop(&mut self) {
-        self.consumer.release(self.held.producer);
+        self.consumer.release(self.held.lane);
     }
 }
 

@@ -1,0 +1,386 @@
+//! The lanes of an endpoint, the one shape every channel has on the client side: a lane is one
+//! ring (single-producer single-consumer) and the eventfd that wakes the peer at its other end.
+//! A one-to-one channel is one lane and no control page (its wake fd is the attach reply's
+//! `data_ready` for a producer, `space_ready` for a consumer); a fan-out channel is the same
+//! with a lane per peer, kept in step with the broker through the control page's counters and
+//! lane events. Here live the one routine that waits for a lane (spin, arm, sleep), the one
+//! that wakes a peer, and the one message-size check.
+
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use crate::attachment::Attachment;
+use crate::control::ControlPage;
+use crate::error::{Error, Result};
+use crate::grant::LaneOrFault;
+use crate::ring::{RingError, RingReader, RingWriter, SharedRing};
+use crate::wire::{Event, Role};
+
+/// How long to spin on the ring before sleeping. A wake-up through an eventfd costs tens of
+/// microseconds here, so a peer that answers within this window never pays for one.
+const SPIN: Duration = Duration::from_micros(30);
+const SPIN_BEFORE_YIELDING: Duration = Duration::from_micros(5);
+
+/// The peer id of the one lane of a one-to-one channel (whose attach reply names no peers).
+pub(crate) const SOLE_PEER: u32 = 0;
+
+/// Our end of a lane's ring: what the shared lane code needs of a writer or a reader.
+pub(crate) trait End: Sized {
+    /// `can_progress` can say yes where the operation then finds nothing (a reader's quick
+    /// poll trusts a frame's seal; the read checks the positions), so a wait after such a
+    /// false alarm skips the spin (see `Lanes::wait`). A writer's answer is exact.
+    const SPIN_MAY_MISLEAD: bool;
+    /// Takes the ring as this side.
+    fn open(ring: SharedRing) -> std::result::Result<Self, RingError>;
+    fn ring(&self) -> &SharedRing;
+    /// After an operation: true if the peer asked to be woken by it (and must be now).
+    fn take_peer_waiting(&mut self) -> bool;
+    /// True if an operation needing `needed` bytes (room for a writer; a reader needs none)
+    /// would make progress now, or if the ring cannot be made sense of (the next operation
+    /// reports it).
+    fn can_progress(&mut self, needed: usize) -> bool;
+    /// Sets this side's waiting flag; false (do not sleep) if progress became possible.
+    fn prepare_to_sleep(&mut self, needed: usize) -> std::result::Result<bool, RingError>;
+    /// Withdraws the waiting flag.
+    fn done_sleeping(&self);
+}
+
+impl End for RingWriter {
+    const SPIN_MAY_MISLEAD: bool = false;
+    fn open(ring: SharedRing) -> std::result::Result<Self, RingError> {
+        RingWriter::new(ring)
+    }
+    fn ring(&self) -> &SharedRing {
+        RingWriter::ring(self)
+    }
+    fn take_peer_waiting(&mut self) -> bool {
+        self.take_consumer_waiting()
+    }
+    fn can_progress(&mut self, needed: usize) -> bool {
+        RingWriter::can_progress(self, needed).unwrap_or(true)
+    }
+    fn prepare_to_sleep(&mut self, needed: usize) -> std::result::Result<bool, RingError> {
+        RingWriter::prepare_to_sleep(self, needed)
+    }
+    fn done_sleeping(&self) {
+        RingWriter::done_sleeping(self)
+    }
+}
+
+impl End for RingReader {
+    const SPIN_MAY_MISLEAD: bool = true;
+    fn open(ring: SharedRing) -> std::result::Result<Self, RingError> {
+        RingReader::new(ring)
+    }
+    fn ring(&self) -> &SharedRing {
+        RingReader::ring(self)
+    }
+    fn take_peer_waiting(&mut self) -> bool {
+        self.take_producer_waiting()
+    }
+    fn can_progress(&mut self, _: usize) -> bool {
+        self.has_unread()
+    }
+    fn prepare_to_sleep(&mut self, _: usize) -> std::result::Result<bool, RingError> {
+        RingReader::prepare_to_sleep(self)
+    }
+    fn done_sleeping(&self) {
+        RingReader::done_sleeping(self)
+    }
+}
+
+/// One ring of an endpoint and how to wake the peer at its other end.
+pub(crate) struct Lane<E> {
+    /// Producer id (for a consumer) or consumer queue id (for a producer); [`SOLE_PEER`] in
+    /// a one-to-one channel.
+    pub id: u32,
+    pub end: E,
+    wake: OwnedFd,
+    /// Producers, policy `drop`: messages this consumer missed and has not been told of yet.
+    pub missed: u64,
+    /// Producers: this consumer is still to get the messages being delivered.
+    pub pending: bool,
+}
+
+impl<E: End> Lane<E> {
+    /// Wakes the peer (the one wake routine). EAGAIN means the counter is already huge, i.e.
+    /// the peer has a wake-up pending.
+    pub fn wake(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// After an operation on the ring (publish, fence, flag): wakes the peer if it sleeps.
+    pub fn wake_if_waiting(&mut self) {
+        if self.end.take_peer_waiting() {
+            self.wake();
+        }
+    }
+}
+
+/// Which lanes a wait is for.
+#[derive(Clone, Copy)]
+pub(crate) enum Which {
+    /// Any lane making progress will do (a consumer waiting for a message).
+    All,
+    /// Only this one (a producer waiting for room in one consumer's ring).
+    One(usize),
+}
+
+/// A ring operation that failed: in lane `index` (the caller decides what that costs), or for
+/// the endpoint as a whole.
+pub(crate) enum Fault {
+    Lane(usize, RingError),
+    Endpoint(Error),
+}
+
+/// The lanes of one endpoint.
+pub(crate) struct Lanes<E> {
+    /// Fan-out channels only: the page whose counters say the lanes changed.
+    control: Option<ControlPage>,
+    role: Role,
+    generation: u64,
+    pub list: Vec<Lane<E>>,
+    /// Lanes whose ring could not be opened (a peer scribbled its header or positions), with
+    /// why: skipped, like a ring found corrupt later, and reported once by a consumer. One bad
+    /// ring must not fail the endpoint, or its peer could lock everyone out of the channel.
+    pub unopened: Vec<(u32, String)>,
+    /// The last spin saw progress that the operation after it did not make (a glimpse of a
+    /// ring that is corrupt, say): the next wait goes straight to the exact check before
+    /// sleeping, which reports it, instead of spinning on it again.
+    spin_misled: bool,
+}
+
+impl<E: End> Lanes<E> {
+    pub fn new(
+        attachment: &Attachment,
+        control: Option<ControlPage>,
+        role: Role,
+        lanes: Vec<LaneOrFault>,
+    ) -> Result<Lanes<E>> {
+        let one_to_one = control.is_none();
+        let mut members = Lanes {
+            control,
+            role,
+            generation: attachment.info.generation,
+            list: Vec::new(),
+            unopened: Vec::new(),
+            spin_misled: false,
+        };
+        for lane in lanes {
+            match lane {
+                // The one lane of a one-to-one channel is all there is: its fault is the
+                // endpoint's.
+                Ok(lane) if one_to_one => {
+                    let end =
+                        E::open(lane.ring).map_err(|e| Error::ring(&attachment.channel, e))?;
+                    members.push(lane.peer, end, lane.wake);
+                }
+                lane => members.add(lane),
+            }
+        }
+        Ok(members)
+    }
+
+    fn push(&mut self, id: u32, end: E, wake: OwnedFd) {
+        self.list.push(Lane {
+            id,
+            end,
+            wake,
+            missed: 0,
+            pending: false,
+        });
+    }
+
+    /// A fan-out channel: lanes come and go, and a fault in one costs that lane only (in a
+    /// one-to-one channel it is the endpoint's error, as the lane is all there is).
+    pub fn fanout(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// Takes a lane the broker handed over, or notes why it could not be opened.
+    fn add(&mut self, lane: LaneOrFault) {
+        let lane = match lane {
+            Ok(lane) => lane,
+            Err(unopened) => {
+                self.list.retain(|p| p.id != unopened.0);
+                self.unopened.push(unopened);
+                return;
+            }
+        };
+        // The lane it replaces goes first: a ring has one writer per process at a time.
+        self.list.retain(|p| p.id != lane.peer);
+        match E::open(lane.ring) {
+            Ok(end) => self.push(lane.peer, end, lane.wake),
+            Err(err) => self.unopened.push((lane.peer, err.to_string())),
+        }
+    }
+
+    /// Checks that the channel is usable and applies lane changes: what every operation does
+    /// first. A one-to-one ring's dropped flag is the broker's word (its peer can only hurt
+    /// itself by setting it); in a fan-out channel any one ring's flag may come from the peer
+    /// at its other end, which must not make this endpoint give up on the others, so the drop
+    /// is learned from the broker's event alone (which wakes a sleeper, and a busy endpoint
+    /// sees within the attachment's broker check interval).
+    pub fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
+        let dropped = self.control.is_none() && self.list.iter().any(|l| l.end.ring().is_dropped());
+        attachment.ensure_usable(dropped)?;
+        self.refresh(attachment);
+        Ok(())
+    }
+
+    /// Applies the broker's lane events if the control page says there are new ones: one
+    /// atomic load when nothing changed.
+    fn refresh(&mut self, attachment: &mut Attachment) {
+        let now = self
+            .control
+            .as_ref()
+            .map_or(self.generation, |c| c.generation(self.role));
+        if now == self.generation && !attachment.has_lane_events() {
+            return;
+        }
+        // Every event is applied once, whenever it arrives (each comes exactly once, and only
+        // after the attach reply), even one that came later than the bump it belongs to.
+        // Events newer than `now` may have been read already (the broker bumps the page, then
+        // sends): once applied they count as seen, or the next change would wait for them.
+        // Only applied events advance the generation: a bump whose event is not here yet (the
+        // broker writes it right after the bump, and before it answers the attach behind it)
+        // is looked for again at the next call, so a new consumer's ring is written from the
+        // first message sent after its attach returned, by busy endpoints too.
+        let mut newest = self.generation;
+        for (event, fds) in attachment.take_lane_events() {
+            match event {
+                Event::LaneAdded { generation, peer } => {
+                    let lane = attachment
+                        .open_lane(peer, fds)
+                        .map_err(|e| (peer, e.to_string()));
+                    self.add(lane);
+                    newest = newest.max(generation);
+                }
+                Event::LaneRemoved { generation, peer } => {
+                    self.list.retain(|p| p.id != peer);
+                    newest = newest.max(generation);
+                }
+                _ => {}
+            }
+        }
+        self.generation = newest;
+    }
+
+    pub fn index_of(&self, id: u32) -> Option<usize> {
+        self.list.iter().position(|p| p.id == id)
+    }
+
+    fn range(&self, which: Which) -> Range<usize> {
+        match which {
+            Which::All => 0..self.list.len(),
+            Which::One(index) => {
+                let len = self.list.len();
+                index.min(len)..index.saturating_add(1).min(len)
+            }
+        }
+    }
+
+    /// An operation made progress: the next wait spins again.
+    pub fn progressed(&mut self) {
+        self.spin_misled = false;
+    }
+
+    /// The one wait: spins briefly until lane(s) `which` can make progress for `needed`
+    /// bytes, else asks their peers for a wake-up and sleeps until one comes, the broker
+    /// says something, or the sleep bound passes. The caller looks again either way.
+    pub fn wait(
+        &mut self,
+        attachment: &mut Attachment,
+        which: Which,
+        needed: usize,
+    ) -> std::result::Result<(), Fault> {
+        let range = self.range(which);
+        let lanes = &mut self.list[range];
+        if !std::mem::take(&mut self.spin_misled)
+            && spin(|| lanes.iter_mut().any(|l| l.end.can_progress(needed)))
+        {
+            self.spin_misled = E::SPIN_MAY_MISLEAD;
+            return Ok(());
+        }
+        if self.arm(attachment, which, needed)? {
+            let slept = attachment.sleep();
+            self.disarm(which);
+            slept.map_err(Fault::Endpoint)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the peers of lanes `which` to signal the endpoint's wait fd (and so `ready_fd()`)
+    /// when they make progress; false (and nothing left armed) if progress became possible
+    /// meanwhile. The wait fd is emptied first, never after a flag is set (which could
+    /// swallow the wake-up for that very flag).
+    pub fn arm(
+        &mut self,
+        attachment: &Attachment,
+        which: Which,
+        needed: usize,
+    ) -> std::result::Result<bool, Fault> {
+        attachment.drain_wakeups();
+        for index in self.range(which) {
+            let armed = self.list[index].end.prepare_to_sleep(needed);
+            match armed {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.disarm(which);
+                    return Ok(false);
+                }
+                Err(err) => {
+                    self.disarm(which);
+                    return Err(Fault::Lane(index, err));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn disarm(&self, which: Which) {
+        for lane in &self.list[self.range(which)] {
+            lane.end.done_sleeping();
+        }
+    }
+}
+
+/// The one message-size check: a message of `len` bytes fits this channel's rings. Made before
+/// any ring is touched, so it is refused the same with or without peers attached.
+pub(crate) fn check_fits(attachment: &Attachment, len: usize) -> Result<()> {
+    let capacity = attachment.info.capacity;
+    let max = crate::ring::max_message_len(capacity);
+    if len as u64 > max {
+        return Err(Error::MessageTooLarge {
+            channel: attachment.channel.clone(),
+            len,
+            max,
+            capacity,
+        });
+    }
+    Ok(())
+}
+
+/// Spins briefly until `ready()`; true if it became ready. After the first few microseconds
+/// it yields the CPU between looks: a peer that answers at once is caught by the pure spin,
+/// and one that is waiting for this very CPU (more busy processes than cores, as with a
+/// producer and several consumers on a small machine) gets it.
+fn spin(mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        let spun = start.elapsed();
+        if spun >= SPIN {
+            return false;
+        }
+        if spun >= SPIN_BEFORE_YIELDING {
+            std::thread::yield_now();
+        }
+    }
+}
