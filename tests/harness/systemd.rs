@@ -124,20 +124,18 @@ impl SystemdLab {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup the launcher log fd"))
             .stderr(log);
-        // SAFETY: setsid and prctl are async-signal-safe and touch no memory of the parent.
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
                 // Own session: a ^C on the test's terminal is not systemd's business.
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                // The launcher (and, by unshare --kill-child, systemd) dies with the test thread.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
                 Ok(())
             });
         }
+        // The launcher (and, by unshare --kill-child, systemd) dies with the test thread.
+        shmem_broker_testkit::process::die_with_parent(&mut cmd);
         let launcher = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
