@@ -54,7 +54,8 @@ fn shmemctl_send_reports_a_corrupt_ring_when_a_consumer_set_positions_near_2_pow
     let raw = raw_attach(broker.socket_path(), "near-end-send", "consumer");
     // All a consumer can write: its ack page, where it claims to have read up to 2^64 - 16.
     let map = Mapping::new(raw.fd("ack"), 4096);
-    map.u64_at(ACK_READ_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    map.u64_at(ACK_READ_POS)
+        .store(NEAR_THE_END, Ordering::SeqCst);
     // Standard input is empty: the producer writes its end-of-stream mark after checking the
     // consumer's position against its own.
     let out = broker.ctl(&["send", "near-end-send"]);

@@ -22,8 +22,8 @@ fn message(seq: u64) -> Vec<u8> {
 
 /// The sequence number of a received message, after checking it is exactly what was sent.
 fn check(received: &[u8], index: usize) -> u64 {
-    let (_, seq) = stamp::check_numbered(received)
-        .unwrap_or_else(|e| panic!("message #{index}: {e}"));
+    let (_, seq) =
+        stamp::check_numbered(received).unwrap_or_else(|e| panic!("message #{index}: {e}"));
     assert!(
         seq < N,
         "message #{index} carries sequence number {seq}, beyond {N}"

@@ -99,7 +99,11 @@ pub(crate) fn start_broker(bin: &Path, dir: &Path) -> (Child, Client) {
         .spawn()
         .unwrap_or_else(|e| fail(&format!("start {}: {e}", bin.display())));
     let client = wait_until_answers(&socket, PATIENCE, || {
-        broker.try_wait().ok().flatten().map(|status| status.to_string())
+        broker
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|status| status.to_string())
     })
     .unwrap_or_else(|e| fail(&format!("{e}; see {}", dir.join("broker.log").display())));
     (broker, client)

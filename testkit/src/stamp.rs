@@ -237,7 +237,13 @@ pub fn check_ends(buf: &[u8], size: usize, expected: u64) -> Result<(), String> 
 
 /// [`check_ends`] for a message read in place, of which only the length and the stamps at its
 /// head and its tail (its last 8 bytes) were copied out.
-pub fn check_stamps(len: usize, head: u64, tail: u64, size: usize, expected: u64) -> Result<(), String> {
+pub fn check_stamps(
+    len: usize,
+    head: u64,
+    tail: u64,
+    size: usize,
+    expected: u64,
+) -> Result<(), String> {
     if len != size {
         return Err(format!(
             "message {expected}: got {len} bytes, expected {size}"

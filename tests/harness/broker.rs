@@ -152,7 +152,10 @@ impl Broker {
             .env("LISTEN_FDS", fds.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"));
         // Moved to 3, 4, ... in order, as systemd passes them.
-        let moves: Vec<(i32, i32)> = (3..).zip(&fds).map(|(at, fd)| (fd.as_raw_fd(), at)).collect();
+        let moves: Vec<(i32, i32)> = (3..)
+            .zip(&fds)
+            .map(|(at, fd)| (fd.as_raw_fd(), at))
+            .collect();
         assert!(moves.len() <= DUP_ONTO_MAX, "at most {DUP_ONTO_MAX} fds");
         // SAFETY: dup_onto only calls fcntl and dup2 (async-signal-safe) and does not allocate;
         // the fds stay open in this process until the child has started.

@@ -4,9 +4,7 @@
 //! reports the bookkeeping at the end.
 
 use super::{Shared, ANOMALIES, ANOMALY_CORRUPT, ANOMALY_DUPLICATE, ANOMALY_LOST};
-use crate::common::{
-    fail, kill, spawn_child, start_broker, stop, Rng, SharedMap, CHANNEL, NONE,
-};
+use crate::common::{fail, kill, spawn_child, start_broker, stop, Rng, SharedMap, CHANNEL, NONE};
 use crate::Options;
 use shmem_broker_client::ErrorCode;
 use std::path::PathBuf;
