@@ -2,11 +2,11 @@
 //! attaching with retries, the broker and the child processes the driver starts (each dies with
 //! the driver, testkit's `die_with_parent`), stopping them, and the driver's random numbers.
 
-use shmem_broker_client::{Client, ErrorCode};
+use shmem_broker_client::{Client, ErrorCode, Producer};
 use shmem_broker_testkit::broker::{self, wait_until_answers};
 use shmem_broker_testkit::process::die_with_parent;
 use shmem_broker_testkit::ring::Mapping;
-use shmem_broker_testkit::stamp::splitmix;
+use shmem_broker_testkit::stamp::{splitmix, Format};
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
@@ -82,6 +82,31 @@ impl<T: SharedState> SharedMap<T> {
 /// Connects to the broker, waiting up to 20 s for it to answer.
 pub(crate) fn connect(socket: &Path) -> Client {
     wait_until_answers(socket, PATIENCE, || None).unwrap_or_else(|e| fail(&format!("connect: {e}")))
+}
+
+/// Sends message `(stream, seq)` of `len` bytes (`format`'s) without blocking the process
+/// for good: while the ring is full, waits on the producer's ready fd and looks at `stop`.
+/// Returns false, the message unsent, once `stop` is raised; fails the process (its error
+/// prefixed with `label`) on any other error.
+pub(crate) fn send(
+    producer: &mut Producer,
+    format: &Format,
+    (stream, seq, len): (u64, u64, usize),
+    stop: &AtomicU64,
+    label: &str,
+) -> bool {
+    loop {
+        match producer.try_send_with(len, |buf| format.fill(stream, seq, buf)) {
+            Ok(()) => return true,
+            Err(err) if err.is_full() => {
+                if stop.load(Ordering::SeqCst) != 0 {
+                    return false;
+                }
+                wait_readable(producer.ready_fd(), 100);
+            }
+            Err(err) => fail(&format!("{label}send {seq}: {err}")),
+        }
+    }
 }
 
 /// Starts `BROKER --socket DIR/broker.sock --log-level warn`, its stderr in `DIR/broker.log`,

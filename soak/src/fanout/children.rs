@@ -3,7 +3,7 @@
 //! message of every stream against the shared bookkeeping (the rules are in the module above).
 
 use super::*;
-use crate::common::{attach, connect, wait_readable, SharedMap, CHANNEL};
+use crate::common::{attach, connect, send, wait_readable, SharedMap, CHANNEL};
 use shmem_broker_client::{ErrorCode, TryRecvError};
 use shmem_broker_testkit::stamp::Hint;
 use std::cell::Cell;
@@ -69,25 +69,17 @@ pub fn producer_main(args: &[String]) {
     }
     state.producer_starts.fetch_add(1, Ordering::SeqCst);
     let s = stream as u64;
+    let label = format!("stream {stream}: ");
     while seq < setup.per_stream {
         if stop.load(Ordering::SeqCst) != 0 {
             return; // dropping the producer detaches (and leaves end-of-stream marks)
         }
         let len = format.len_of(s, seq);
         slot.intent.store(seq, Ordering::SeqCst);
-        loop {
-            // Under `block`, a non-blocking send goes to every consumer or to none.
-            match producer.try_send_with(len, |buf| format.fill(s, seq, buf)) {
-                Ok(()) => break,
-                Err(err) if err.is_full() => {
-                    if stop.load(Ordering::SeqCst) != 0 {
-                        slot.intent.store(NONE, Ordering::SeqCst);
-                        return;
-                    }
-                    wait_readable(producer.ready_fd(), 100);
-                }
-                Err(err) => fail(&format!("stream {stream}: send {seq}: {err}")),
-            }
+        // Under `block`, a non-blocking send goes to every consumer or to none.
+        if !send(&mut producer, &format, (s, seq, len), stop, &label) {
+            slot.intent.store(NONE, Ordering::SeqCst);
+            return;
         }
         slot.published.store(seq + 1, Ordering::SeqCst);
         seq += 1;

@@ -2,7 +2,7 @@
 //! stopped, and a consumer that checks every message against the shared bookkeeping.
 
 use super::{Shared, ANOMALY_CORRUPT, ANOMALY_DUPLICATE, ANOMALY_LOST, RESEND_LOG};
-use crate::common::{attach, connect, fail, wait_readable, SharedMap, CHANNEL, NONE};
+use crate::common::{attach, connect, fail, send, wait_readable, SharedMap, CHANNEL, NONE};
 use shmem_broker_client::TryRecvError;
 use shmem_broker_testkit::stamp::{Format, Hint};
 use std::path::Path;
@@ -34,18 +34,15 @@ pub(crate) fn producer_main(socket: &Path, state: &Path, seed: u64, total: u64) 
         }
         let len = format.len_of(0, seq);
         shared.intent_seq.store(seq, Ordering::SeqCst);
-        loop {
-            match producer.try_send_with(len, |buf| format.fill(0, seq, buf)) {
-                Ok(()) => break,
-                Err(err) if err.is_full() => {
-                    if shared.stop_producer.load(Ordering::SeqCst) != 0 {
-                        shared.intent_seq.store(NONE, Ordering::SeqCst);
-                        return;
-                    }
-                    wait_readable(producer.ready_fd(), 100);
-                }
-                Err(err) => fail(&format!("send {seq}: {err}")),
-            }
+        if !send(
+            &mut producer,
+            &format,
+            (0, seq, len),
+            &shared.stop_producer,
+            "",
+        ) {
+            shared.intent_seq.store(NONE, Ordering::SeqCst);
+            return;
         }
         shared.published.store(seq + 1, Ordering::SeqCst);
         seq += 1;
