@@ -202,11 +202,8 @@ fn searchable_temp_dir() -> tempfile::TempDir {
 fn broker_command(dir: &Path, socket: &Path, config: &str) -> Command {
     let config_path = dir.join("broker.toml");
     std::fs::write(&config_path, config).expect("write the config");
-    let mut cmd = Command::new(broker_bin());
-    cmd.arg("--config")
-        .arg(&config_path)
-        .arg("--socket")
-        .arg(socket);
+    let mut cmd = shmem_broker_testkit::broker::command(&broker_bin(), socket);
+    cmd.arg("--config").arg(&config_path);
     cmd
 }
 
@@ -294,17 +291,12 @@ fn socket_gets_socket_mode_under_a_restrictive_umask() {
             });
         }
         let mut broker = Proc::start(cmd, "broker", dir.path(), Stdio::null(), None);
-        wait_for(WAIT, "the broker to serve", || {
-            if let Some(status) = broker.try_status() {
-                panic!("broker exited ({status}): {}", broker.stderr_text());
-            }
-            let out = run_ctl(&socket, dir.path(), &["status"], Duration::from_secs(5));
-            if out.success() {
-                Ok(())
-            } else {
-                Err(out.to_string())
-            }
+        let answered = shmem_broker_testkit::broker::wait_until_answers(&socket, WAIT, || {
+            broker.try_status().map(|status| status.to_string())
         });
+        if let Err(why) = answered {
+            panic!("{why}: {}", broker.stderr_text());
+        }
         let got = std::fs::symlink_metadata(&socket).expect("lstat").mode() & 0o7777;
         assert_eq!(
             format!("{got:04o}"),

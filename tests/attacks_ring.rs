@@ -33,13 +33,13 @@ fn shmemctl_recv_reports_a_corrupt_ring_when_a_producer_set_positions_near_2_pow
     // read position is the consumer's, in its ack page, which the producer cannot write.)
     let raw = raw_attach(broker.socket_path(), "near-end-recv", "producer");
     let map = Mapping::new(raw.fd("ring"), ring_size(&raw));
-    let key = map.word(SEAL_KEY).load(Ordering::SeqCst);
+    let key = map.u64_at(SEAL_KEY).load(Ordering::SeqCst);
     let offset = DATA + (NEAR_THE_END % CAPACITY) as usize;
     map.write_u32(offset, 0);
     map.write_u32(offset + 4, 1 | 1 << 16); // DATA, a span of 1 unit
-    map.word(offset + 8)
+    map.u64_at(offset + 8)
         .store(NEAR_THE_END.wrapping_add(1) ^ key, Ordering::SeqCst);
-    map.word(WRITE_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    map.u64_at(WRITE_POS).store(NEAR_THE_END, Ordering::SeqCst);
     let out = broker.ctl(&["recv", "near-end-recv"]);
     assert_eq!(out.status.code(), Some(1), "{out}");
     out.expect_error(&["corrupt ring", "near-end-recv", "positions out of range"]);
@@ -54,7 +54,8 @@ fn shmemctl_send_reports_a_corrupt_ring_when_a_consumer_set_positions_near_2_pow
     let raw = raw_attach(broker.socket_path(), "near-end-send", "consumer");
     // All a consumer can write: its ack page, where it claims to have read up to 2^64 - 16.
     let map = Mapping::new(raw.fd("ack"), 4096);
-    map.word(ACK_READ_POS).store(NEAR_THE_END, Ordering::SeqCst);
+    map.u64_at(ACK_READ_POS)
+        .store(NEAR_THE_END, Ordering::SeqCst);
     // Standard input is empty: the producer writes its end-of-stream mark after checking the
     // consumer's position against its own.
     let out = broker.ctl(&["send", "near-end-send"]);
@@ -85,13 +86,13 @@ fn counters_set_to_u64_max_in_several_rings_do_not_crash_the_broker_listing_them
     for lane in producer.lanes() {
         let map = Mapping::new(lane.ring, CAPACITY + 4096);
         for counter in [MESSAGES_WRITTEN, BYTES_WRITTEN, MESSAGES_LOST] {
-            map.word(counter).store(u64::MAX, Ordering::SeqCst);
+            map.u64_at(counter).store(u64::MAX, Ordering::SeqCst);
         }
         maps.push(map);
     }
     for consumer in &consumers {
         let map = Mapping::new(consumer.lanes()[0].ack, 4096);
-        map.word(ACK_MESSAGES_READ)
+        map.u64_at(ACK_MESSAGES_READ)
             .store(u64::MAX, Ordering::SeqCst);
         maps.push(map);
     }

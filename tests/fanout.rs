@@ -37,31 +37,16 @@ fn create(
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
 }
 
-/// A self-checking message: producer tag, sequence number, then bytes derived from both, so a
-/// torn, shifted or mixed-up message is recognised.
+/// A self-checking message (testkit's numbered messages): producer tag, sequence number, then
+/// bytes derived from both, so a torn, shifted or mixed-up message is recognised. At least a
+/// numbered header long.
 fn record(producer: u32, seq: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len.max(12));
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&producer.to_le_bytes());
-    out.extend((12..len.max(12)).map(|i| (seq as usize * 31 + i * 7 + producer as usize) as u8));
-    out
+    stamp::numbered(producer, seq, len.max(stamp::HEADER))
 }
 
 /// (producer tag, sequence) of a message made by [`record`]; fails the test on anything else.
 fn parse(message: &[u8]) -> (u32, u64) {
-    assert!(
-        message.len() >= 12,
-        "message of {} bytes is too short to be a record",
-        message.len()
-    );
-    let seq = u64::from_le_bytes(message[..8].try_into().expect("8 bytes"));
-    let producer = u32::from_le_bytes(message[8..12].try_into().expect("4 bytes"));
-    assert_eq!(
-        message,
-        &record(producer, seq, message.len())[..],
-        "message {seq} of producer {producer} is corrupt"
-    );
-    (producer, seq)
+    stamp::check_numbered(message).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn attached_consumers(broker: &Broker, channel: &str) -> usize {

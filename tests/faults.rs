@@ -13,72 +13,26 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
-// Self-checking messages: each carries its producer generation, sequence number, length and a
-// checksum, so a torn or garbled message cannot pass for a good one.
+// Self-checking messages (testkit's numbered messages): each carries its producer generation
+// (as its stream), sequence number, length and a CRC, and its bytes derive from them, so a torn
+// or garbled message cannot pass for a good one.
 
-const MSG_MAGIC: &[u8; 4] = b"TMSG";
+/// Bytes a message has beyond its payload: the numbered header and room the sizes below were
+/// chosen with.
 const MSG_HEADER: usize = 32;
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for chunk in bytes.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
 
 /// Fills `out` (MSG_HEADER + payload bytes) with message `seq` of producer generation `gen`.
 fn fill_message(out: &mut [u8], gen: u32, seq: u64) {
-    let (header, payload) = out.split_at_mut(MSG_HEADER);
-    XorShift64::new((u64::from(gen) << 40) ^ seq ^ 0x5EED).fill(payload);
-    header[0..4].copy_from_slice(MSG_MAGIC);
-    header[4..8].copy_from_slice(&gen.to_le_bytes());
-    header[8..16].copy_from_slice(&seq.to_le_bytes());
-    header[16..24].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    header[24..32].copy_from_slice(&fnv1a(payload).to_le_bytes());
+    stamp::fill_numbered(gen, seq, out);
 }
 
 fn message(gen: u32, seq: u64, payload_len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; MSG_HEADER + payload_len];
-    fill_message(&mut out, gen, seq);
-    out
+    stamp::numbered(gen, seq, MSG_HEADER + payload_len)
 }
 
 /// Checks a received message; returns its (generation, sequence number).
 fn verify(message: &[u8]) -> Result<(u32, u64), String> {
-    let field = |range: std::ops::Range<usize>| -> u64 {
-        let mut bytes = [0u8; 8];
-        bytes[..range.len()].copy_from_slice(&message[range]);
-        u64::from_le_bytes(bytes)
-    };
-    if message.len() < MSG_HEADER || &message[0..4] != MSG_MAGIC {
-        return Err(format!(
-            "a {}-byte message without a valid header: {:02x?}",
-            message.len(),
-            &message[..message.len().min(32)]
-        ));
-    }
-    let (gen, seq, len, sum) = (
-        field(4..8) as u32,
-        field(8..16),
-        field(16..24),
-        field(24..32),
-    );
-    let payload = &message[MSG_HEADER..];
-    if payload.len() as u64 != len {
-        return Err(format!(
-            "message gen {gen} seq {seq} says {len} payload bytes but carries {}: torn",
-            payload.len()
-        ));
-    }
-    if fnv1a(payload) != sum {
-        return Err(format!(
-            "message gen {gen} seq {seq} ({len} bytes) fails its checksum: torn or garbled"
-        ));
-    }
-    Ok((gen, seq))
+    stamp::check_numbered(message)
 }
 
 /// Payload sizes for the producer-crash test: 1 KiB to about 1 MiB, varying with `seq`.

@@ -81,12 +81,9 @@ fn attach_error<T>(result: Result<T, Error>, what: &str) -> Error {
     }
 }
 
-/// Test payload `i`: `len` bytes derived from `i`, first 8 bytes the index.
+/// Test payload `i`: a numbered message (testkit) of `len` bytes, at least its header.
 fn payload(i: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len.max(8)];
-    XorShift64::new(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).fill(&mut out);
-    out[..8].copy_from_slice(&i.to_le_bytes());
-    out
+    stamp::numbered(0, i, len.max(stamp::HEADER))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1068,8 +1065,7 @@ fn consumer_that_never_reads_blocks_only_its_own_producer() {
     let sender = Background::spawn("bulk producer", move || {
         let mut buf = vec![0u8; LEN];
         for i in 0..MESSAGES {
-            buf[..8].copy_from_slice(&i.to_le_bytes());
-            buf[LEN - 8..].copy_from_slice(&(!i).to_le_bytes());
+            stamp::stamp_ends(&mut buf, i);
             producer.send(&buf)?;
         }
         producer.close()
@@ -1078,14 +1074,7 @@ fn consumer_that_never_reads_blocks_only_its_own_producer() {
         let mut buf = Vec::new();
         let mut count = 0u64;
         while consumer.recv_into(&mut buf).map_err(|e| e.to_string())? {
-            let head = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
-            let tail = u64::from_le_bytes(buf[buf.len() - 8..].try_into().expect("8 bytes"));
-            if buf.len() != LEN || head != count || tail != !count {
-                return Err(format!(
-                    "message {count}: {} bytes, head {head}, tail {tail:#x}",
-                    buf.len()
-                ));
-            }
+            stamp::check_ends(&buf, LEN, count)?;
             count += 1;
         }
         Ok(count)

@@ -333,13 +333,14 @@ fn wakeup_counters_and_positions_a_client_scribbled_are_shown_clamped() {
     let mut maps = Vec::new();
     for lane in producer.lanes() {
         let map = Mapping::new(lane.ring, CAPACITY + 4096);
-        map.word(PRODUCER_WAKEUPS).store(u64::MAX, Ordering::SeqCst);
-        map.word(WRITE_POS).store(1 << 50, Ordering::SeqCst);
+        map.u64_at(PRODUCER_WAKEUPS)
+            .store(u64::MAX, Ordering::SeqCst);
+        map.u64_at(WRITE_POS).store(1 << 50, Ordering::SeqCst);
         maps.push(map);
     }
     for consumer in &consumers {
         let map = Mapping::new(consumer.lanes()[0].ack, 4096);
-        map.word(ACK_WAKEUPS).store(u64::MAX, Ordering::SeqCst);
+        map.u64_at(ACK_WAKEUPS).store(u64::MAX, Ordering::SeqCst);
         maps.push(map);
     }
     let info = broker.info("scribbled");

@@ -10,36 +10,27 @@ const A_READS: usize = 3_000;
 const CAPACITY: u64 = 256 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Message `seq`: its number (8 bytes LE) and a payload whose size and bytes derive from it.
+/// Message `seq`: a numbered message (testkit) whose size derives from `seq` too.
 fn message(seq: u64) -> Vec<u8> {
     let len = if seq % 500 == 7 {
         64 * 1024
     } else {
         (seq.wrapping_mul(2_654_435_761) % 6000) as usize
     };
-    let mut out = seq.to_le_bytes().to_vec();
-    out.extend((0..len).map(|i| (seq as u8).wrapping_mul(31).wrapping_add(i as u8)));
-    out
+    stamp::numbered(0, seq, stamp::HEADER + len)
 }
 
 /// The sequence number of a received message, after checking it is exactly what was sent.
 fn check(received: &[u8], index: usize) -> u64 {
-    assert!(
-        received.len() >= 8,
-        "message #{index} has {} bytes, too short for a sequence number",
-        received.len()
-    );
-    let seq = u64::from_le_bytes(received[..8].try_into().expect("8 bytes"));
+    let (_, seq) =
+        stamp::check_numbered(received).unwrap_or_else(|e| panic!("message #{index}: {e}"));
     assert!(
         seq < N,
         "message #{index} carries sequence number {seq}, beyond {N}"
     );
-    let want = message(seq);
     assert!(
-        received == want.as_slice(),
-        "message #{index} (seq {seq}): {} bytes received, {} sent, or the bytes differ",
-        received.len(),
-        want.len()
+        received == message(seq).as_slice(),
+        "message #{index} (seq {seq}) is not the message of that number"
     );
     seq
 }

@@ -14,24 +14,14 @@ const MESSAGES: u64 = 3000;
 /// Bound for one whole exchange with debug binaries on a small shared machine.
 const EXCHANGE: Duration = Duration::from_secs(120);
 
+/// Message `seq` of `producer`: a numbered message of 16 to 715 bytes.
 fn message(producer: u32, seq: u64) -> Vec<u8> {
-    let len = 16 + (seq % 700) as usize;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&producer.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend((12..len).map(|i| (seq as usize * 13 + i + producer as usize) as u8));
-    out
+    stamp::numbered(producer, seq, 16 + (seq % 700) as usize)
 }
 
+/// (producer, seq) of a message made by [`message`]; fails the test if it is damaged.
 fn parse(bytes: &[u8]) -> (u32, u64) {
-    let producer = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-    let seq = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
-    assert_eq!(
-        bytes,
-        &message(producer, seq)[..],
-        "message {producer}/{seq} damaged"
-    );
-    (producer, seq)
+    stamp::check_numbered(bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn fanout(client: &Client, name: &str, producers: u32, consumers: u32) {

@@ -384,7 +384,7 @@ fn a_consumer_rewriting_its_ring_cannot_change_a_loan_sent_to_another() {
         let mut passes = 0u64;
         while !scribbling.load(Ordering::Relaxed) {
             for offset in (0..4096).step_by(8) {
-                ack.word(offset).store(
+                ack.u64_at(offset).store(
                     passes.wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     Ordering::Relaxed,
                 );

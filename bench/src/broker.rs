@@ -2,11 +2,12 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use shmem_broker_client::Client;
+use shmem_broker_testkit::broker::wait_until_answers;
 
 use crate::proc::Proc;
 use crate::sys::{self, Rss};
@@ -33,14 +34,9 @@ impl Broker {
         fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = shmem_broker_testkit::broker::command(bin, &socket);
         cmd.arg("--config")
             .arg(&config_path)
-            .arg("--socket")
-            .arg(&socket)
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -51,25 +47,22 @@ impl Broker {
     }
 
     fn wait_until_serving(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.proc.try_wait()? {
-                bail!(
-                    "the broker exited ({status}) at start; its log:\n{}",
-                    self.log_tail()
-                );
+        let proc = &mut self.proc;
+        let answered = wait_until_answers(&self.socket, timeout, || {
+            // An error waiting counts as gone: the log tells why.
+            match proc.try_wait() {
+                Ok(None) => None,
+                Ok(Some(status)) => Some(status.to_string()),
+                Err(e) => Some(e.to_string()),
             }
-            if self.socket.exists() && Client::connect(&self.socket).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the broker did not answer on {} within {timeout:?}; its log:\n{}",
-                    self.socket.display(),
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        });
+        match answered {
+            Ok(_) => Ok(()),
+            Err(why) => bail!(
+                "{why} on {} within {timeout:?}; its log:\n{}",
+                self.socket.display(),
+                self.log_tail()
+            ),
         }
     }
 

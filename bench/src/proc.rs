@@ -1,14 +1,11 @@
 //! Processes the benchmark starts: every one is owned by a [`Proc`], which kills and reaps it
 //! when dropped, and is SIGKILLed by the kernel should the benchmark itself die.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-
-use crate::sys;
 
 pub struct Proc {
     name: String,
@@ -19,10 +16,8 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: impl Into<String>, cmd: &mut Command) -> Result<Proc> {
         let name = name.into();
-        // SAFETY: the hook only calls prctl, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| sys::die_with_parent());
-        }
+        // A killed benchmark leaves no broker or worker behind.
+        shmem_broker_testkit::process::die_with_parent(cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;

@@ -37,41 +37,12 @@ fn message(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 31 + 7) as u8).collect()
 }
 
-/// Messages this long carry the stamp at both ends.
-const TAIL_STAMP_MIN: usize = 16;
-
-pub fn stamp(buf: &mut [u8], value: u64) {
-    buf[..8].copy_from_slice(&value.to_le_bytes());
-    if buf.len() >= TAIL_STAMP_MIN {
-        let tail = buf.len() - 8;
-        buf[tail..].copy_from_slice(&value.to_le_bytes());
-    }
-}
-
-fn read_stamp(buf: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&buf[..8]);
-    u64::from_le_bytes(bytes)
-}
+// The stamps (sequence number or send time at both ends) are testkit's end stamps.
+pub use shmem_broker_testkit::stamp::stamp_ends as stamp;
+use shmem_broker_testkit::stamp::{check_stamps, read_stamp};
 
 fn check(buf: &[u8], size: usize, expected: u64) -> Result<()> {
-    if buf.len() != size {
-        bail!(
-            "message {expected}: got {} bytes, expected {size}",
-            buf.len()
-        );
-    }
-    let got = read_stamp(buf);
-    if got != expected {
-        bail!("message {expected}: got sequence number {got} (lost or reordered)");
-    }
-    if size >= TAIL_STAMP_MIN {
-        let tail = read_stamp(&buf[size - 8..]);
-        if tail != expected {
-            bail!("message {expected}: ends with sequence number {tail} (torn or corrupted)");
-        }
-    }
-    Ok(())
+    shmem_broker_testkit::stamp::check_ends(buf, size, expected).map_err(anyhow::Error::msg)
 }
 
 /// How often the producer looks at the clock: about every 256 KiB sent.
@@ -205,16 +176,8 @@ pub fn consume_ref(rx: &mut impl Rx, size: usize) -> Result<Outcome> {
     let mut start = None;
     while let Some(Stamps { len, head, tail }) = rx.recv_stamps()? {
         start.get_or_insert_with(now_ns);
-        if len != size {
-            bail!("message {expected}: got {len} bytes, expected {size}");
-        }
-        let got = u64::from_le_bytes(head);
-        if got != expected {
-            bail!("message {expected}: got sequence number {got} (lost or reordered)");
-        }
-        if size >= TAIL_STAMP_MIN && u64::from_le_bytes(tail) != expected {
-            bail!("message {expected}: ends with another sequence number (torn or corrupted)");
-        }
+        let (head, tail) = (u64::from_le_bytes(head), u64::from_le_bytes(tail));
+        check_stamps(len, head, tail, size, expected).map_err(anyhow::Error::msg)?;
         expected += 1;
     }
     Ok(Outcome {
@@ -338,24 +301,4 @@ pub fn stamp_recv(rx: &mut impl Rx, size: usize) -> Result<Outcome> {
         samples_ns: samples,
         ..Outcome::default()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn check_catches_wrong_sequence_and_torn_tail() {
-        let mut msg = message(64);
-        stamp(&mut msg, 7);
-        assert!(check(&msg, 64, 7).is_ok());
-        assert!(check(&msg, 64, 8).is_err());
-        assert!(check(&msg[..32], 64, 7).is_err());
-        msg[60] ^= 1;
-        assert!(check(&msg, 64, 7).is_err());
-        // Too short for a tail stamp: the head alone is checked.
-        let mut small = message(8);
-        stamp(&mut small, 3);
-        assert!(check(&small, 8, 3).is_ok());
-    }
 }

@@ -129,52 +129,9 @@ pub fn rss_of(pid: u32) -> Result<Rss> {
     })
 }
 
-/// In a child between fork and exec, duplicates each `(source, target)` fd onto `target`
-/// (without FD_CLOEXEC, so it survives exec). Only async-signal-safe calls.
-///
-/// # Safety
-/// Call only in a `pre_exec` hook.
-pub unsafe fn dup_onto(fds: &[(i32, i32)]) -> io::Result<()> {
-    // First move every source above the targets, so that a source sitting on another entry's
-    // target is not clobbered by an earlier dup2.
-    let mut moved = [0i32; 8];
-    if fds.len() > moved.len() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    for (i, &(source, _)) in fds.iter().enumerate() {
-        let fd = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, 64);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        moved[i] = fd;
-    }
-    for (i, &(_, target)) in fds.iter().enumerate() {
-        // dup2 leaves FD_CLOEXEC clear on the new fd: it survives exec.
-        if libc::dup2(moved[i], target) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Makes the kernel SIGKILL the calling process when the thread that spawned it dies, so a
-/// killed benchmark leaves no broker or worker behind.
-///
-/// # Safety
-/// Call only in a `pre_exec` hook.
-pub unsafe fn die_with_parent() -> io::Result<()> {
-    if libc::prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        0,
-        0,
-        0,
-    ) != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+// Handing a worker its fds at fixed numbers: testkit's one copy (also the harness's
+// socket-activated broker uses it).
+pub use shmem_broker_testkit::process::dup_onto;
 
 /// Puts an fd in non-blocking mode.
 pub fn set_nonblocking(fd: i32) -> Result<()> {

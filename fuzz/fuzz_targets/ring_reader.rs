@@ -42,8 +42,9 @@ use shmem_broker_client::ring::{
     HEADER_SIZE, MAX_POSITION,
 };
 use shmem_broker_client::Role;
+use shmem_broker_testkit::ring::Mapping;
 use std::collections::{HashSet, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -81,12 +82,12 @@ struct Fixture {
     /// The ring memfd and the ack page, as the broker holds them.
     files: RingFiles,
     /// The ring memfd, writable: the producer's.
-    raw: *mut u8,
+    raw: Mapping,
     /// The ack page read-only, as a layout-3 producer maps it.
-    ack: *const u8,
+    ack: Mapping,
     /// The ack page writable: only `reset` (the broker setting up a fresh ring) and the
     /// known-issue stand-ins write through it, never the producer.
-    ack_broker: *mut u8,
+    ack_broker: Mapping,
     /// Start addresses of mappings of the ring memfd that are not the reader's.
     others: HashSet<usize>,
     /// Guard pages we placed (they stay; a later reader mapping at the same place reuses them).
@@ -97,10 +98,6 @@ struct Fixture {
     pending_guard: Option<usize>,
 }
 
-// SAFETY: used from the fuzzing thread only (behind a Mutex); the raw pointer is a MAP_SHARED
-// mapping that lives for the whole process.
-unsafe impl Send for Fixture {}
-
 fn fixture() -> &'static Mutex<Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -109,18 +106,13 @@ fn fixture() -> &'static Mutex<Fixture> {
         let (ring, files) = SharedRing::create(RING_NAME, CAPACITY).expect("create ring");
         drop(ring);
         let producer = files.share(Some(Role::Producer)).expect("producer fds");
-        let raw = map(&producer.ring, MAP_LEN, true);
-        let ack = map(
-            producer.ack.as_ref().expect("layout 3"),
-            ACK_SIZE as usize,
-            false,
-        );
+        // Mappings of testkit (the one copy the attack tests use too); they live for the
+        // whole process, in the fixture.
+        let raw = Mapping::new(&producer.ring, MAP_LEN as u64);
+        let ack = Mapping::read_only(producer.ack.as_ref().expect("layout 3"), ACK_SIZE)
+            .expect("map the ack page read-only");
         let broker = files.share(None).expect("broker fds");
-        let ack_broker = map(
-            broker.ack.as_ref().expect("layout 3"),
-            ACK_SIZE as usize,
-            true,
-        );
+        let ack_broker = Mapping::new(broker.ack.as_ref().expect("layout 3"), ACK_SIZE);
         let others = ring_mappings()
             .into_iter()
             .map(|(start, _)| start)
@@ -135,29 +127,6 @@ fn fixture() -> &'static Mutex<Fixture> {
             pending_guard: None,
         })
     })
-}
-
-/// Maps `len` bytes of `fd` shared, writable or not; the mapping lives for the whole process.
-fn map(fd: &OwnedFd, len: usize, writable: bool) -> *mut u8 {
-    let prot = if writable {
-        libc::PROT_READ | libc::PROT_WRITE
-    } else {
-        libc::PROT_READ
-    };
-    // SAFETY: a new mapping where the kernel likes of a memfd of at least `len` bytes (sealed
-    // against shrinking); nothing is replaced.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            prot,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(raw, libc::MAP_FAILED, "mmap");
-    raw.cast()
 }
 
 /// (start, end) of every mapping of the ring memfd (not the ack page) in this process.
@@ -180,15 +149,11 @@ fn ring_mappings() -> Vec<(usize, usize)> {
 
 impl Fixture {
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= MAP_LEN);
-        // SAFETY: in bounds and aligned (the mapping is page aligned).
-        unsafe { &*(self.raw.add(offset) as *const AtomicU64) }
+        self.raw.u64_at(offset)
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= MAP_LEN);
-        // SAFETY: as above.
-        unsafe { &*(self.raw.add(offset) as *const AtomicU32) }
+        self.raw.u32_at(offset)
     }
 
     fn data_u32(&self, offset: u64) -> &AtomicU32 {
@@ -196,44 +161,32 @@ impl Fixture {
     }
 
     fn write_bytes(&self, offset: usize, bytes: &[u8]) {
-        let n = bytes.len().min(MAP_LEN - offset.min(MAP_LEN));
-        // SAFETY: [offset, offset + n) is inside the mapping; nobody else runs concurrently.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.raw.add(offset), n) }
+        self.raw.write_bytes(offset, bytes);
     }
 
     fn data_u64(&self, offset: u64) -> &AtomicU64 {
         self.u64_at(HEADER_SIZE as usize + offset as usize)
     }
 
-    /// A word of the ack page through the producer's read-only mapping.
-    fn ack_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= ACK_SIZE as usize);
-        // SAFETY: in bounds and aligned (the mapping is page aligned); only ever loaded from.
-        unsafe { &*(self.ack.add(offset) as *const AtomicU64) }
-    }
-
     /// A word of the ack page through the broker's writable mapping.
     fn ack_broker_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= ACK_SIZE as usize);
-        // SAFETY: in bounds and aligned (the mapping is page aligned).
-        unsafe { &*(self.ack_broker.add(offset) as *const AtomicU64) }
+        self.ack_broker.u64_at(offset)
     }
 
-    /// Where the consumer's `read_pos` is in `format`'s layout, as the producer sees it.
-    fn read_pos(&self, format: Format) -> &AtomicU64 {
+    /// The consumer's `read_pos` in `format`'s layout, as the producer sees it (through its
+    /// read-only mapping of the ack page in layout 3).
+    fn read_pos(&self, format: Format) -> u64 {
         if format.layout == 3 {
-            self.ack_u64(ACK_READ_POS_AT)
+            self.ack.load_u64(ACK_READ_POS_AT)
         } else {
-            self.u64_at(READ_POS_AT)
+            self.u64_at(READ_POS_AT).load(Ordering::Acquire)
         }
     }
 
     /// The consumer's waiting flag in `format`'s layout.
     fn consumer_waiting(&self, format: Format) -> u32 {
         if format.layout == 3 {
-            // SAFETY: in bounds and aligned; only loaded from.
-            unsafe { &*(self.ack.add(ACK_CONSUMER_WAITING_AT) as *const AtomicU32) }
-                .load(Ordering::Relaxed)
+            self.ack.load_u32(ACK_CONSUMER_WAITING_AT)
         } else {
             self.u32_at(CONSUMER_WAITING_AT).load(Ordering::Relaxed)
         }
@@ -242,11 +195,9 @@ impl Fixture {
     /// Back to a freshly created ring in `format`'s layout whose positions both stand at
     /// `start`.
     fn reset(&self, start: u64, format: Format) {
-        // SAFETY: the whole mappings are ours to write (the broker setting up a fresh ring).
-        unsafe {
-            std::ptr::write_bytes(self.raw, 0, MAP_LEN);
-            std::ptr::write_bytes(self.ack_broker, 0, ACK_SIZE as usize);
-        }
+        // The broker setting up a fresh ring.
+        self.raw.zero();
+        self.ack_broker.zero();
         self.u64_at(MAGIC_AT)
             .store(u64::from_le_bytes(*b"SHMRING1"), Ordering::Relaxed);
         self.u32_at(LAYOUT_AT)
@@ -267,12 +218,7 @@ impl Fixture {
     /// the ring memfd read-only, the ack page writable; layouts 1 and 2: a dup of the one
     /// memfd). Puts a guard page after the new ring mapping when that page is free.
     fn attach(&mut self, format: Format) -> Result<RingReader, RingError> {
-        if known("attach-unaligned")
-            && !self
-                .read_pos(format)
-                .load(Ordering::Relaxed)
-                .is_multiple_of(8)
-        {
+        if known("attach-unaligned") && !self.read_pos(format).is_multiple_of(8) {
             // What the fix does: a consumer position that is not a frame boundary is corrupt.
             return Err(RingError::Corrupt(
                 "unaligned read_pos (known issue)".into(),
@@ -445,7 +391,7 @@ impl Producer {
     /// store. Returns the frames published (a prefix of `frames`).
     fn send(&mut self, ring: &Fixture, frames: &[(u32, Vec<u8>)]) -> usize {
         let unit = self.format.unit;
-        let read_pos = ring.read_pos(self.format).load(Ordering::Acquire);
+        let read_pos = ring.read_pos(self.format);
         if read_pos > self.write_pos
             || self.write_pos - read_pos > CAPACITY
             || !self.write_pos.is_multiple_of(unit)
@@ -806,7 +752,6 @@ fuzz_target!(|data: &[u8]| {
                     1 => producer.write_pos.wrapping_add(value % 64).wrapping_sub(32),
                     2 => fixture
                         .read_pos(format)
-                        .load(Ordering::Relaxed)
                         .wrapping_add(value % (2 * CAPACITY)),
                     _ => u64::MAX - value % 64,
                 };

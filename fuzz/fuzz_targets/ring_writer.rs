@@ -51,8 +51,9 @@ use shmem_broker_client::ring::{
     ACK_SIZE, HEADER_SIZE, MAX_POSITION,
 };
 use shmem_broker_client::Role;
+use shmem_broker_testkit::ring::Mapping;
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -118,14 +119,10 @@ struct Fixture {
     files: RingFiles,
     /// The ring memfd, writable: the hostile consumer's in layouts 1 and 2; in layout 3 only
     /// `reset` (the broker setting up a fresh ring) writes through it, and the checks read it.
-    raw: *mut u8,
+    raw: Mapping,
     /// The ack page, writable: the hostile consumer's in layout 3.
-    ack: *mut u8,
+    ack: Mapping,
 }
-
-// SAFETY: used from the fuzzing thread only (behind a Mutex); the raw pointer is a MAP_SHARED
-// mapping that lives for the whole process.
-unsafe impl Send for Fixture {}
 
 fn fixture() -> &'static Mutex<Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
@@ -135,70 +132,41 @@ fn fixture() -> &'static Mutex<Fixture> {
         let (ring, files) = SharedRing::create("fuzz-writer", CAPACITY).expect("create ring");
         drop(ring);
         let broker = files.share(None).expect("broker fds");
-        let raw = map(&broker.ring, MAP_LEN);
-        let ack = map(broker.ack.as_ref().expect("layout 3"), ACK_SIZE as usize);
+        // Mappings of testkit (the one copy the attack tests use too); they live for the
+        // whole process, in the fixture.
+        let raw = Mapping::new(&broker.ring, MAP_LEN as u64);
+        let ack = Mapping::new(broker.ack.as_ref().expect("layout 3"), ACK_SIZE);
         Mutex::new(Fixture { files, raw, ack })
     })
 }
 
-/// Maps `len` bytes of `fd` shared and writable; the mapping lives for the whole process.
-fn map(fd: &OwnedFd, len: usize) -> *mut u8 {
-    // SAFETY: a new mapping where the kernel likes of a memfd of at least `len` bytes (sealed
-    // against shrinking); nothing is replaced.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(raw, libc::MAP_FAILED, "mmap");
-    raw.cast()
-}
-
 impl Fixture {
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= MAP_LEN);
-        // SAFETY: in bounds and aligned (the mapping is page aligned).
-        unsafe { &*(self.raw.add(offset) as *const AtomicU64) }
+        self.raw.u64_at(offset)
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= MAP_LEN);
-        // SAFETY: as above.
-        unsafe { &*(self.raw.add(offset) as *const AtomicU32) }
+        self.raw.u32_at(offset)
     }
 
     fn write_bytes(&self, offset: usize, bytes: &[u8]) {
-        let n = bytes.len().min(MAP_LEN - offset.min(MAP_LEN));
-        // SAFETY: [offset, offset + n) is inside the mapping; the writer and reader of this
-        // process hold no reference into the ring between their calls.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.raw.add(offset), n) }
+        // The writer and reader of this process hold no reference into the ring between their
+        // calls.
+        self.raw.write_bytes(offset, bytes);
     }
 
     fn ack_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= ACK_SIZE as usize);
-        // SAFETY: in bounds and aligned (the mapping is page aligned).
-        unsafe { &*(self.ack.add(offset) as *const AtomicU64) }
+        self.ack.u64_at(offset)
     }
 
     fn write_ack_bytes(&self, offset: usize, bytes: &[u8]) {
-        let size = ACK_SIZE as usize;
-        let n = bytes.len().min(size - offset.min(size));
-        // SAFETY: [offset, offset + n) is inside the ack mapping; the writer and reader of this
-        // process hold no reference into it between their calls.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ack.add(offset), n) }
+        self.ack.write_bytes(offset, bytes);
     }
 
     /// The consumer's waiting flag in `layout`.
     fn consumer_waiting(&self, layout: u32) -> &AtomicU32 {
         if layout == 3 {
-            assert!(ACK_CONSUMER_WAITING_AT + 4 <= ACK_SIZE as usize);
-            // SAFETY: in bounds and aligned (the mapping is page aligned).
-            unsafe { &*(self.ack.add(ACK_CONSUMER_WAITING_AT) as *const AtomicU32) }
+            self.ack.u32_at(ACK_CONSUMER_WAITING_AT)
         } else {
             self.u32_at(CONSUMER_WAITING_AT)
         }
@@ -213,27 +181,22 @@ impl Fixture {
         }
     }
 
-    /// A copy of the header page and of the ack page, to check what a call changed.
+    /// A copy of the header page and of the ack page, to check what a call changed (nothing
+    /// writes them while this copies: the writer and reader only run inside their calls, on
+    /// this thread).
     fn snapshot(&self) -> (Vec<u8>, Vec<u8>) {
-        // SAFETY: the first HEADER_SIZE bytes of the ring mapping and the whole ack mapping;
-        // nothing writes them while this copies (the writer and reader only run inside their
-        // calls, on this thread).
-        unsafe {
-            (
-                std::slice::from_raw_parts(self.raw, HEADER_SIZE as usize).to_vec(),
-                std::slice::from_raw_parts(self.ack, ACK_SIZE as usize).to_vec(),
-            )
-        }
+        (
+            self.raw.copy(0, HEADER_SIZE as usize),
+            self.ack.copy(0, ACK_SIZE as usize),
+        )
     }
 
     /// Back to a freshly created ring in layout `layout` whose positions both stand at
     /// `start`.
     fn reset(&self, start: u64, layout: u32, seal_key: u64) {
-        // SAFETY: the whole mappings are ours to write; no writer or reader exists right now.
-        unsafe {
-            std::ptr::write_bytes(self.raw, 0, MAP_LEN);
-            std::ptr::write_bytes(self.ack, 0, ACK_SIZE as usize);
-        }
+        // No writer or reader exists right now.
+        self.raw.zero();
+        self.ack.zero();
         self.u64_at(MAGIC_AT)
             .store(u64::from_le_bytes(*b"SHMRING1"), Ordering::Relaxed);
         self.u32_at(LAYOUT_AT).store(layout, Ordering::Relaxed);

@@ -3,12 +3,14 @@
 
 use serde_json::Value;
 use std::fs;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use shmem_broker_testkit::broker::wait_until_answers;
+use shmem_broker_testkit::process::{dup_onto, DUP_ONTO_MAX};
 
 use crate::{
     broker_bin, ctl_bin, json_array, require_tool, run, tail, temp_dir, wait_for, CmdOutput, Proc,
@@ -63,14 +65,8 @@ impl Broker {
         let socket = dir
             .path()
             .join(options.socket_relative.unwrap_or("control.sock"));
-        let mut cmd = Command::new(broker_bin());
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("debug")
-            .args(options.extra_args);
+        let mut cmd = broker_command(&config_path, &socket);
+        cmd.args(options.extra_args);
         if let Some(prepare) = options.before_start {
             prepare(&socket);
         }
@@ -155,28 +151,16 @@ impl Broker {
             .arg("debug")
             .env("LISTEN_FDS", fds.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"));
-        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        assert!(raw.len() <= 32, "at most 32 fds");
-        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. Each fd is
-        // first copied above every target number, then moved to 3, 4, ... in order, so no
-        // target overwrites a source not yet moved; dup2 leaves the copies without CLOEXEC.
+        // Moved to 3, 4, ... in order, as systemd passes them.
+        let moves: Vec<(i32, i32)> = (3..)
+            .zip(&fds)
+            .map(|(at, fd)| (fd.as_raw_fd(), at))
+            .collect();
+        assert!(moves.len() <= DUP_ONTO_MAX, "at most {DUP_ONTO_MAX} fds");
+        // SAFETY: dup_onto only calls fcntl and dup2 (async-signal-safe) and does not allocate;
+        // the fds stay open in this process until the child has started.
         unsafe {
-            cmd.pre_exec(move || {
-                // No allocation after fork: a fixed array (checked before the fork).
-                let mut high = [0i32; 32];
-                for (slot, fd) in high.iter_mut().zip(&raw) {
-                    *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
-                    if *slot < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                for (index, fd) in high[..raw.len()].iter().enumerate() {
-                    if libc::dup2(*fd, 3 + index as i32) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || dup_onto(&moves));
         }
         let proc = Proc::start(cmd, "broker", dir.path(), Stdio::null(), None);
         drop(fds);
@@ -192,27 +176,17 @@ impl Broker {
     }
 
     fn wait_ready(&mut self) {
-        let what = format!(
-            "the broker to answer `shmemctl status` on {}",
-            self.socket.display()
-        );
-        let socket = self.socket.clone();
-        let dir = self.dir.path().to_path_buf();
         let proc = &mut self.proc;
-        wait_for(WAIT, what, || {
-            if let Some(status) = proc.try_status() {
-                panic!(
-                    "the broker exited ({status}) before it answered; its stderr:\n{}",
-                    proc.stderr_text()
-                );
-            }
-            let out = run_ctl(&socket, &dir, &["status"], Duration::from_secs(5));
-            if out.success() {
-                Ok(())
-            } else {
-                Err(out.to_string())
-            }
+        let answered = wait_until_answers(&self.socket, WAIT, || {
+            proc.try_status().map(|status| status.to_string())
         });
+        if let Err(why) = answered {
+            panic!(
+                "{why} on {} within {WAIT:?}; its stderr:\n{}",
+                self.socket.display(),
+                tail(&self.proc.stderr_text(), LOG_TAIL)
+            );
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -413,6 +387,17 @@ pub fn connect(socket: &Path) -> shmem_broker_client::Client {
         .unwrap_or_else(|e| panic!("Client::connect({}): {e}", socket.display()))
 }
 
+/// `shmem-broker --socket SOCKET --config CONFIG --log-level debug`, as testkit builds a broker
+/// command line (environment cleared of systemd's and the client's variables).
+fn broker_command(config: &Path, socket: &Path) -> Command {
+    let mut cmd = shmem_broker_testkit::broker::command(&broker_bin(), socket);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--log-level")
+        .arg("debug");
+    cmd
+}
+
 fn write_config(dir: &Path, content: &str) -> PathBuf {
     let path = dir.join("broker.toml");
     fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -431,13 +416,7 @@ impl Broker {
         if let Some(pid) = self.proc.is_running().then(|| self.proc.pid()) {
             panic!("restart(): the previous broker (pid {pid}) is still running");
         }
-        let mut cmd = Command::new(broker_bin());
-        cmd.arg("--config")
-            .arg(&self.config_path)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--log-level")
-            .arg("debug");
+        let cmd = broker_command(&self.config_path, &self.socket);
         self.proc = Proc::start(cmd, "broker", self.dir.path(), Stdio::null(), None);
         self.wait_ready();
     }

@@ -22,7 +22,6 @@
 // One module per job, all re-exported so tests `use shmem_broker_tests::*`: `paths`, `waiting`,
 // `processes`, `broker`, `json`, `wire`, `data`, `hostile`.
 pub mod old_kernel;
-pub mod raw_ring;
 pub mod systemd;
 
 mod broker;
@@ -46,6 +45,10 @@ pub use wire::*;
 use std::time::Duration;
 
 pub use shmem_broker_client;
+/// Rings mapped as a hostile peer maps them: the one copy, shared with the fuzz targets.
+pub use shmem_broker_testkit::ring as raw_ring;
+/// Numbered messages that check themselves: the one copy, shared with the soak.
+pub use shmem_broker_testkit::stamp;
 
 /// How long a test waits for something that should happen promptly (a broker answering, a peer
 /// appearing or going away, a process exiting after a signal).

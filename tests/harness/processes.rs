@@ -1,7 +1,6 @@
 //! Processes: spawning children that die with the test, their output, and what /proc says.
 
 use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,21 +20,6 @@ pub struct Proc {
     stdout_path: Option<PathBuf>,
     stderr_path: PathBuf,
     status: Option<ExitStatus>,
-}
-
-/// Makes the kernel SIGKILL the child when the thread that spawned it ends, so a test binary
-/// killed mid-run (timeout, ^C) leaves no broker behind.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent;
-    // nothing else runs between fork and exec here.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// The command line as a person would type it (binaries shown by file name).
@@ -102,7 +86,8 @@ impl Proc {
             .stdout(stdout)
             .stderr(stderr)
             .env_remove("SHMEM_BROKER_SOCKET");
-        die_with_parent(&mut cmd);
+        // A test binary killed mid-run (timeout, ^C) leaves no broker behind.
+        shmem_broker_testkit::process::die_with_parent(&mut cmd);
         let command_line = describe_command(&cmd);
         let child = cmd
             .spawn()

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Boot a throwaway, real systemd as PID 1 of new pid + mount + uts + cgroup namespaces, for the
-# shmem-broker tests (tests/harness/systemd.rs) and for trying units by hand.
+# shmem-broker tests (tests/harness/systemd/) and for trying units by hand.
 #
 #   sd-up.sh WORKDIR          boot in the background; prints the host pid of that systemd
 #                             (tear down with sd-down.sh WORKDIR)
