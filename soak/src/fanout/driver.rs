@@ -482,7 +482,10 @@ pub fn run(options: &Options) -> i32 {
                 .map(|(layout, rings)| format!("{rings} in layout {layout}"))
                 .collect();
             println!("  rings the broker held at the end: {}", text.join(", "));
-            counts.iter().all(|&(layout, _)| layout == 2) && !counts.is_empty()
+            counts
+                .iter()
+                .all(|&(layout, _)| layout == shmem_broker_client::ring::LAYOUT_VERSION)
+                && !counts.is_empty()
         }
         Err(why) => {
             println!("  ring layout not checked: {why}");
