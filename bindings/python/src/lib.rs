@@ -337,7 +337,9 @@ fn lend(
             }),
         },
     )?;
-    let view = PyMemoryView::from(lent.bind(py).as_any())?.into_any().unbind();
+    let view = PyMemoryView::from(lent.bind(py).as_any())?
+        .into_any()
+        .unbind();
     Ok((
         Lending {
             view: view.clone_ref(py),
@@ -504,14 +506,10 @@ impl PyProducer {
         // `bytes` cannot change while we read it, so it is sent from where it lies; any other
         // buffer (bytearray, memoryview, numpy array) could be written by another thread once
         // the GIL is let go, so it is copied first, while the GIL is held.
-        let (keep, owned): (Option<Bound<'_, PyBytes>>, Vec<u8>) =
-            match data.cast::<PyBytes>() {
-                Ok(bytes) => (Some(bytes.clone()), Vec::new()),
-                Err(_) => (
-                    None,
-                    pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?,
-                ),
-            };
+        let (keep, owned): (Option<Bound<'_, PyBytes>>, Vec<u8>) = match data.cast::<PyBytes>() {
+            Ok(bytes) => (Some(bytes.clone()), Vec::new()),
+            Err(_) => (None, pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?),
+        };
         let message = match &keep {
             Some(bytes) => Message {
                 addr: bytes.as_bytes().as_ptr() as usize,
@@ -693,7 +691,11 @@ impl PyConsumer {
         let deadline = deadline(timeout)?;
         let (inner, fd) = (&self.inner, self.fd);
         unlocked(py, || loop {
-            match step(&mut lock(inner))? {
+            // The lock is held for the step only, never across the wait below (which takes
+            // the GIL to run signal handlers: holding both could deadlock with a thread that
+            // holds the GIL and wants the lock).
+            let found = step(&mut lock(inner))?;
+            match found {
                 Step::Got(value) => return Ok(Some(value)),
                 Step::End => return Ok(None),
                 Step::Empty => wait_readable(fd, deadline)?,

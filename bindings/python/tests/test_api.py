@@ -120,8 +120,17 @@ def test_a_loan_view_outliving_its_producer_stays_mapped(client, channel):
     assert array.sum() == 7 * 16
     del array
     gc.collect()
-    # The producer is gone now (without end-of-stream): another can attach.
-    with client.producer(channel) as again:
+    # The producer is gone now (without end-of-stream): another can attach, once the broker
+    # has seen the first one's connection close.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            again = client.producer(channel)
+            break
+        except shmem_broker.ChannelBusy:
+            assert time.monotonic() < deadline, "the first producer never detached"
+            time.sleep(0.05)
+    with again:
         again.send(b"ok")
 
 
