@@ -300,3 +300,24 @@ def test_borrowed_memory_cannot_be_written_by_numpy(client, channel):
             array[0] = 0
         del array
         consumer.release()
+
+
+def test_durable_consumer_keeps_its_queue_while_away(client):
+    client.create("py-durable", capacity=65536, max_consumers=2)
+    try:
+        with client.consumer("py-durable", durable="keeper") as consumer:
+            assert consumer.channel == "py-durable"
+        with client.producer("py-durable") as producer:
+            producer.send(b"while away")
+        with client.consumer("py-durable", durable="keeper") as consumer:
+            assert consumer.recv(timeout=30) == b"while away"
+            assert consumer.recv(timeout=30) is None
+    finally:
+        client.drop("py-durable")
+
+
+def test_reconnect_is_accepted(client, channel):
+    with client.consumer(channel, reconnect=True) as consumer:
+        with client.producer(channel, reconnect=True) as producer:
+            producer.send(b"r")
+        assert list(consumer) == [b"r"]

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ class Client:
 
     def __init__(self, socket: str | PathLike[str] | None = None) -> None: ...
     @property
-    def socket(self) -> str: ...
+    def socket(self) -> Path: ...
     def producer(self, name: str, *, reconnect: bool = False) -> Producer: ...
     def consumer(
         self, name: str, *, durable: str | None = None, reconnect: bool = False
