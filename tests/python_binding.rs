@@ -100,7 +100,11 @@ fn python_package_passes_its_pytest_suite_against_a_real_broker() {
     );
     // Shown with --nocapture; on failure the assertion below carries it.
     println!("{report}");
-    assert!(out.status.success(), "pytest failed ({}):\n{report}", out.status);
+    assert!(
+        out.status.success(),
+        "pytest failed ({}):\n{report}",
+        out.status
+    );
     // No test may be skipped here: this machine has everything they need.
     assert!(
         report.contains(" passed") && !report.contains("skipped"),

@@ -30,7 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         received += 1;
     }
     let seconds = start.elapsed().as_secs_f64();
-    sender.join().map_err(|_| "the producer thread panicked")??;
+    sender
+        .join()
+        .map_err(|_| "the producer thread panicked")??;
     if received != count {
         return Err(format!("received {received} of {count}").into());
     }
