@@ -145,11 +145,9 @@ def python_pipe(size, count):
 
 
 def build_native(tmp: Path) -> tuple[Path, Path]:
-    subprocess.run(
-        ["cargo", "build", "--release", "-p", "shmem-broker-daemon", "-p", "shmem-broker-c",
-         "-p", "shmem-broker-client", "--example", "pair_bench"],
-        cwd=ROOT, check=True,
-    )
+    for what in (["-p", "shmem-broker-daemon", "-p", "shmem-broker-c"],
+                 ["-p", "shmem-broker-client", "--example", "pair_bench"]):
+        subprocess.run(["cargo", "build", "--release", *what], cwd=ROOT, check=True)
     c_bench = tmp / "pair_bench_c"
     subprocess.run(
         ["cc", "-O2", "-std=c11", "-I", str(ROOT / "bindings/c/include"),
