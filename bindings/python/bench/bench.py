@@ -4,7 +4,8 @@
     python bindings/python/bench/bench.py  # builds the rest, starts its own broker, prints rows
 
 Python producer to Python consumer (two processes) at 64 B, 64 KiB and 1 MiB through a
-shmem-broker channel (send(bytes) / recv() -> bytes, and zero-copy loan / recv_view), against
+shmem-broker channel (send(bytes) / recv() -> bytes; and zero-copy: a loan the producer fills
+whole, a recv_view the consumer releases without reading it), against
 multiprocessing.shared_memory (a ring of slots, two semaphores) and multiprocessing.Pipe; then
 C (libshmem_broker, bench/pair_bench.c) against the Rust client (client/examples/pair_bench.rs),
 one producer thread and one consumer thread each. Every figure is the median of --runs runs,
@@ -53,7 +54,8 @@ def _broker_consumer(socket, channel, zero_copy, ready, out):
         else:
             for _ in consumer:
                 n += 1
-    out.put((n, time.perf_counter()))
+        end = time.perf_counter()
+    out.put((n, end))
 
 
 def python_broker(socket, size, count, zero_copy):
@@ -70,7 +72,7 @@ def python_broker(socket, size, count, zero_copy):
         if zero_copy:
             for _ in range(count):
                 view = producer.loan(size)
-                view[:8] = b"\0" * 8  # a message is written, at least its header
+                view[:] = message  # the whole message written in place (one copy)
                 producer.send()
         else:
             for _ in range(count):
@@ -211,7 +213,7 @@ def main() -> int:
             n = max(1, int(PY_COUNT[size] * args.scale))
             cases = [
                 ("Python -> Python, shmem-broker send/recv", lambda: python_broker(socket, size, n, False)),
-                ("Python -> Python, shmem-broker loan/recv_view", lambda: python_broker(socket, size, n, True)),
+                ("Python -> Python, shmem-broker loan (filled) / recv_view (not read)", lambda: python_broker(socket, size, n, True)),
                 ("Python -> Python, multiprocessing.shared_memory + 2 semaphores", lambda: python_shared_memory(size, n)),
                 ("Python -> Python, multiprocessing.Pipe", lambda: python_pipe(size, n)),
             ]
