@@ -444,6 +444,15 @@ impl Drop for ProducerInner {
     }
 }
 
+/// A non-blocking call's failure. Its would-block (`None`) is handled by every caller before
+/// this, so it cannot come here; were it to, it is reported, never taken for success.
+fn failure(err: Option<Error>) -> Fail {
+    err.map_or_else(
+        || Fail::Code(code::OTHER, "would block".into()),
+        Fail::Shmem,
+    )
+}
+
 fn closed() -> Fail {
     Fail::Code(code::INVALID_ARGUMENT, "this endpoint is closed".into())
 }
@@ -526,7 +535,7 @@ impl PyProducer {
             match inner.producer()?.try_send(message.as_slice()) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Full) => {}
-                Err(err) => return Err(err.into_failure().map_or_else(closed, Fail::Shmem)),
+                Err(err) => return Err(failure(err.into_failure())),
             }
             drop(inner);
             wait_readable(fd, None)?;
@@ -548,7 +557,7 @@ impl PyProducer {
             let taken = inner.take_loan(|p| match p.try_loan(n) {
                 Ok(loan) => Ok(Some(loan)),
                 Err(TrySendError::Full) => Ok(None),
-                Err(err) => Err(err.into_failure().map_or_else(closed, Fail::Shmem)),
+                Err(err) => Err(failure(err.into_failure())),
             })?;
             if let Some(addr) = taken {
                 return Ok(addr);
@@ -714,7 +723,7 @@ impl PyConsumer {
                     inner.buffer = buffer;
                     Ok(Step::Empty)
                 }
-                Err(err) => Err(err.into_failure().map_or_else(closed, Fail::Shmem)),
+                Err(err) => Err(failure(err.into_failure())),
             }
         })?;
         Ok(got.map(|buffer| {
@@ -754,7 +763,7 @@ impl PyConsumer {
                 }
                 Ok(None) => Ok(Step::End),
                 Err(TryRecvError::Empty) => Ok(Step::Empty),
-                Err(err) => Err(err.into_failure().map_or_else(closed, Fail::Shmem)),
+                Err(err) => Err(failure(err.into_failure())),
             }
         })?;
         let Some((addr, len)) = got else {

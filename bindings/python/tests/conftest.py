@@ -38,7 +38,7 @@ def client(socket_path: str) -> shmem_broker.Client:
 @pytest.fixture
 def channel(client: shmem_broker.Client, request: pytest.FixtureRequest) -> str:
     """A fresh one-to-one channel of 1 MiB, dropped afterwards."""
-    name = f"py-{request.node.name[:40]}-{next(_names)}".replace("[", "-").replace("]", "")
+    name = f"py-{request.node.name[:40]}-{os.getpid()}-{next(_names)}".replace("[", "-").replace("]", "")
     client.create(name, capacity=1 << 20)
     yield name
     try:
