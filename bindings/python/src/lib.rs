@@ -505,13 +505,20 @@ impl Message {
 
 #[pymethods]
 impl PyProducer {
-    /// Sends `data` (any bytes-like object), waiting for room. Without `data`, publishes the
-    /// outstanding loan.
-    #[pyo3(signature = (data=None, /))]
-    fn send(&self, py: Python<'_>, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    /// Sends `data` (any bytes-like object), waiting up to `timeout` seconds for room (`None`:
+    /// for ever; `0`: not at all) and raising `TimeoutError` when none came. Without `data`,
+    /// publishes the outstanding loan.
+    #[pyo3(signature = (data=None, /, timeout=None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        data: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
         let Some(data) = data else {
             return self.end_loan(py, true);
         };
+        let deadline = deadline(timeout)?;
         // `bytes` cannot change while we read it, so it is sent from where it lies; any other
         // buffer (bytearray, memoryview, numpy array) could be written by another thread once
         // the GIL is let go, so it is copied first, while the GIL is held.
@@ -538,7 +545,7 @@ impl PyProducer {
                 Err(err) => return Err(failure(err.into_failure())),
             }
             drop(inner);
-            wait_readable(fd, None)?;
+            wait_readable(fd, deadline)?;
         });
         drop(keep);
         sent

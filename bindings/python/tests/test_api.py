@@ -232,6 +232,26 @@ def test_fileno_with_select(client, channel):
         assert consumer.recv(timeout=0) == b"wake"
 
 
+def test_send_timeout_and_producer_fileno(client, channel):
+    """A ring nobody reads fills: send(timeout=0) raises TimeoutError; the producer's fd turns
+    readable once the consumer makes room, and the send goes through."""
+    with client.consumer(channel) as consumer, client.producer(channel) as producer:
+        block = bytes(64 << 10)
+        sent = 0
+        with pytest.raises(TimeoutError):
+            for _ in range(1000):
+                producer.send(block, timeout=0)
+                sent += 1
+        assert 0 < sent < 1000
+        assert select.select([producer], [], [], 0.1)[0] == []
+        assert consumer.recv(timeout=30) == block
+        assert select.select([producer], [], [], 30)[0] == [producer]
+        producer.send(block, timeout=0)
+        # Drained, so that closing finds room for the end-of-stream mark.
+        for _ in range(sent):
+            assert consumer.recv(timeout=30) == block
+
+
 def test_fileno_with_asyncio_add_reader(client, channel):
     async def main():
         loop = asyncio.get_running_loop()
