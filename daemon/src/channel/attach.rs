@@ -88,6 +88,7 @@ impl Channel {
             ];
             let mut names = vec!["control", "wait"];
             let mut lanes = Vec::new();
+            let front = self.slot_front(index);
             let (channel, slot, capacity) = (&self.meta.name, self.slots[index].id, self.capacity);
             for queue in &mut self.queues {
                 ensure(&mut queue.data_ready).map_err(internal)?;
@@ -97,6 +98,7 @@ impl Channel {
                     // new producer could add to, so it starts afresh.
                     queue.lanes[index] =
                         Lane::new(channel, slot, queue.id, capacity).map_err(internal)?;
+                    queue.lanes[index].stream.set(front);
                 }
                 let lane = &queue.lanes[index];
                 fds.extend(lane.share(Role::Producer).map_err(internal)?);

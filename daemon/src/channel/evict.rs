@@ -91,7 +91,7 @@ impl Channel {
         index: usize,
         slot: usize,
     ) -> std::io::Result<Vec<Notice>> {
-        self.observe();
+        let front = self.slot_front(slot);
         let queue = &mut self.queues[index];
         ensure(&mut queue.data_ready)?;
         let lane = Lane::new(
@@ -100,6 +100,7 @@ impl Channel {
             queue.id,
             self.capacity,
         )?;
+        lane.stream.set(front);
         let told = match &self.slots[slot].holder {
             Some(holder) => {
                 let mut fds = lane.share(Role::Producer)?;

@@ -45,8 +45,9 @@ impl Counts {
 /// store, the broker itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
-    /// Per producer slot: what its producers wrote (messages, bytes). Every consumer gets the
-    /// same messages, so each observation adds the most any one ring from the slot grew.
+    /// Per producer slot: what its producers wrote (messages, bytes): the front of the slot's
+    /// stream, the furthest any of its rings got (each ring's counters placed in the stream
+    /// where it joined, so a consumer that lags and catches up later is not counted twice).
     pub written: Vec<(u64, u64)>,
     /// Summed over every consumer's rings.
     pub messages_read: u64,
@@ -64,23 +65,35 @@ impl Channel {
         if totals.written.len() < self.slots.len() {
             totals.written.resize(self.slots.len(), (0, 0));
         }
-        let mut grew = vec![Counts::default(); self.slots.len()];
         for queue in &self.queues {
             for (slot, lane) in queue.lanes.iter().enumerate() {
                 let now = Counts::of(&lane.ring);
                 let moved = now.since(lane.seen.replace(now));
-                if let Some(grew) = grew.get_mut(slot) {
-                    grew.messages_written = grew.messages_written.max(moved.messages_written);
-                    grew.bytes_written = grew.bytes_written.max(moved.bytes_written);
+                let (messages, bytes) = lane.stream.get();
+                let at = (
+                    messages.saturating_add(moved.messages_written),
+                    bytes.saturating_add(moved.bytes_written),
+                );
+                lane.stream.set(at);
+                if let Some(front) = totals.written.get_mut(slot) {
+                    front.0 = front.0.max(at.0);
+                    front.1 = front.1.max(at.1);
                 }
                 totals.messages_read = totals.messages_read.saturating_add(moved.messages_read);
                 totals.messages_lost = totals.messages_lost.saturating_add(moved.messages_lost);
             }
         }
-        for (total, grew) in totals.written.iter_mut().zip(grew) {
-            total.0 = total.0.saturating_add(grew.messages_written);
-            total.1 = total.1.saturating_add(grew.bytes_written);
-        }
+    }
+
+    /// Where a ring that joins slot `slot` now starts in its stream: the front, up to date.
+    pub(super) fn slot_front(&self, slot: usize) -> (u64, u64) {
+        self.observe();
+        self.totals
+            .borrow()
+            .written
+            .get(slot)
+            .copied()
+            .unwrap_or((0, 0))
     }
 
     /// The running totals, up to date, as systemd's fd store keeps them.

@@ -21,6 +21,11 @@ pub struct Lane {
     pub files: RingFiles,
     /// The ring's counters when the broker last added them to the channel's totals.
     pub seen: Cell<Counts>,
+    /// Where `seen` lies in its slot's stream: (messages, bytes) its producers had written
+    /// when this ring's counters said `seen`. A ring joins at the stream's front (see
+    /// [`Channel::slot_front`]) and then moves with its own counters, so consumers that lag
+    /// by different amounts all land on the same stream positions.
+    pub stream: Cell<(u64, u64)>,
 }
 
 impl Lane {
@@ -38,6 +43,7 @@ impl Lane {
             ring,
             files,
             seen: Cell::new(Counts::default()),
+            stream: Cell::new((0, 0)),
         })
     }
 
@@ -166,8 +172,10 @@ impl Channel {
         // Everything that can fail comes first, so that a failure (out of fds) changes nothing.
         let mut lanes = Vec::new();
         let mut told = Vec::new();
-        for slot in &self.slots {
+        let fronts: Vec<(u64, u64)> = (0..self.slots.len()).map(|s| self.slot_front(s)).collect();
+        for (slot, front) in self.slots.iter().zip(fronts) {
             let lane = Lane::new(&self.meta.name, slot.id, id, self.capacity)?;
+            lane.stream.set(front);
             if let Some(holder) = &slot.holder {
                 let mut fds = lane.share(Role::Producer)?;
                 fds.push(share(&data_ready)?);

@@ -107,6 +107,14 @@ impl Channel {
         let mut totals = totals;
         // Stored by an earlier broker; still, never more slots than the channel has.
         totals.written.truncate(self.slots.len());
+        // The store keeps no stream positions: each kept ring is placed at its slot's front
+        // as last saved (exact for rings level with the front; one that lagged counts its lag
+        // once more as it catches up).
+        for queue in &self.queues {
+            for (lane, front) in queue.lanes.iter().zip(&totals.written) {
+                lane.stream.set(*front);
+            }
+        }
         *self.totals.borrow_mut() = totals;
     }
 

@@ -273,6 +273,8 @@ pub(super) fn open_lane(
             ring,
             files,
             seen: Cell::new(Counts::default()),
+            // Placed at its slot's front by `Channel::restore_totals`.
+            stream: Cell::new((0, 0)),
         }),
         Err(err) if sealed_and_sized(&files.ring, capacity) => {
             let (ring, files) = SharedRing::create(label, capacity)
@@ -282,6 +284,7 @@ pub(super) fn open_lane(
                 ring,
                 files,
                 seen: Cell::new(Counts::default()),
+                stream: Cell::new((0, 0)),
             })
         }
         Err(err) => Err(err.to_string()),
