@@ -8,6 +8,11 @@ use shmem_broker_client::{Client, SlowConsumer};
 use crate::codes::*;
 use crate::guard::*;
 use crate::handles::*;
+// For the documentation's links only.
+#[cfg(doc)]
+use crate::{
+    consumer::shmem_consumer_free, producer::shmem_producer_close, producer::shmem_producer_free,
+};
 
 /// Connects to the broker at `socket`, or (NULL) where the broker listens by default
 /// (`$SHMEM_BROKER_SOCKET`, else the system socket). On success `*out` is a client the caller

@@ -8,6 +8,9 @@ use shmem_broker_client::{Client, Consumer, Loan, Producer, Sample};
 
 use crate::codes::*;
 use crate::guard::*;
+// For the documentation's links only.
+#[cfg(doc)]
+use crate::consumer::shmem_recv_batch;
 
 /// A connection to the broker, for requests (list, info, create, drop) and to attach.
 pub struct ShmemClient {
