@@ -5,6 +5,9 @@
 //!
 //! Messages in these tests carry their own sequence number, so "nothing lost, nothing
 //! repeated, in order" is checked message by message; bulk transfers check a SHA-256.
+//!
+//! One file of about 700 lines on purpose: its nine tests share the two-host lab (namespaces,
+//! veth, brokers, router) defined here, and each is one independent case of the bridge.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

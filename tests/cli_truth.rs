@@ -2,6 +2,9 @@
 //! never a silent wait, errors said once about the right thing, input checked alike, counts
 //! that read right. Every test runs the real shmemctl against a real broker and checks its exit
 //! code and its one line of stderr.
+//!
+//! One file of about 750 lines on purpose: its length is 25 independent cases of one area
+//! (shmemctl at either end of a pipeline), sharing a few helpers.
 
 use shmem_broker_tests::*;
 use std::fs::File;

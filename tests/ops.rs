@@ -3,6 +3,9 @@
 //! bars of `send`/`recv`, against the real broker with real traffic; and the numbers a hostile
 //! client can write into its ring (wake-up counters, positions) shown clamped, never crashing
 //! the broker or `shmemctl`.
+//!
+//! One file of about 600 lines on purpose: its length is the independent cases of one area
+//! (what an operator sees), sharing the ring offsets and output parsers defined first.
 
 use shmem_broker_tests::raw_ring::Mapping;
 use shmem_broker_tests::*;

@@ -6,6 +6,9 @@
 //!
 //! Needs root (it boots systemd in new namespaces and creates the project's system users on the
 //! machine, as an installer would): built by another user, each test is listed as ignored.
+//!
+//! One file of about 800 lines on purpose: its five tests are long end-to-end scenarios in the
+//! same lab (a booted systemd with the project's units), sharing its setup and helpers.
 
 use serde_json::Value;
 use shmem_broker_tests::systemd::{

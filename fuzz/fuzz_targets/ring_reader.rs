@@ -33,6 +33,10 @@
 //! opcode byte and its operands (little-endian; missing bytes read as 0). A ring is only
 //! "clean" while its positions stay at or below `MAX_POSITION`. `make_seeds.py` writes
 //! well-formed examples.
+//!
+//! The file stays whole (about 800 lines) on purpose: it is one fuzz target, one binary for
+//! libFuzzer, and its length is the fixture, one opcode per reader call or hostile store, and
+//! the check of each; read apart they would no longer show the model in one place.
 
 #![no_main]
 

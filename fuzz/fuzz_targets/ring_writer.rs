@@ -42,6 +42,10 @@
 //! 2^62, 2 within a few laps below `MAX_POSITION`, 3 anywhere in the u64 range), then
 //! operations of one opcode byte and its operands (little-endian; missing bytes read as 0).
 //! `make_seeds.py` writes well-formed examples.
+//!
+//! The file stays whole (about 800 lines) on purpose: it is one fuzz target, one binary for
+//! libFuzzer, and its length is the fixture, one opcode per writer call or consumer move, and
+//! the check of each; read apart they would no longer show the model in one place.
 
 #![no_main]
 

@@ -1,4 +1,4 @@
-//! Hostile clients and faults (tests/hostile.rs, tests/faults.rs).
+//! Hostile clients and faults (tests/hostile_*.rs, tests/faults.rs).
 
 use serde_json::Value;
 use std::fs;

@@ -1,0 +1,312 @@
+//! Consumer functions: receive (copy, borrowed, batch), release and free.
+
+use std::ffi::{c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use shmem_broker_client::{Consumer, Sample};
+
+use crate::codes::*;
+use crate::guard::*;
+use crate::handles::*;
+
+/// Hands the next message (pending or received by `receive`) to `buf`, or says how large it
+/// is and keeps it.
+pub(crate) fn deliver(
+    consumer: &mut ShmemConsumer,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+    receive: impl FnOnce(&mut Consumer, &mut Vec<u8>) -> Result<Option<bool>, Failure>,
+) -> Result<c_int, Failure> {
+    out_ptr(len, "len")?;
+    consumer.check_not_lent()?;
+    let message = match consumer.pending.take() {
+        Some(message) => message,
+        None => {
+            let mut buffer = std::mem::take(&mut consumer.buffer);
+            match receive(consumer.consumer()?, &mut buffer)? {
+                Some(true) => buffer,
+                Some(false) => {
+                    consumer.buffer = buffer;
+                    // SAFETY: not NULL (checked), writable (the caller's contract).
+                    unsafe { *len = 0 };
+                    return Ok(SHMEM_END_OF_STREAM);
+                }
+                None => {
+                    consumer.buffer = buffer;
+                    // SAFETY: as above.
+                    unsafe { *len = 0 };
+                    return Ok(SHMEM_WOULD_BLOCK);
+                }
+            }
+        }
+    };
+    // SAFETY: as above.
+    unsafe { *len = message.len() };
+    if message.len() > capacity {
+        let needed = message.len();
+        consumer.pending = Some(message);
+        return Err(Failure(
+            SHMEM_ERR_BUFFER_TOO_SMALL,
+            format!("the message has {needed} bytes, the buffer {capacity}; it stays pending"),
+        ));
+    }
+    if !message.is_empty() {
+        if buf.is_null() {
+            consumer.pending = Some(message);
+            return Err(invalid("buf is NULL"));
+        }
+        // SAFETY: `buf` holds `capacity` >= message.len() writable bytes (the contract), and
+        // cannot overlap our own vector.
+        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), message.len()) };
+    }
+    consumer.buffer = message;
+    Ok(SHMEM_OK)
+}
+
+/// Receives the next message into `buf` (`capacity` bytes), waiting for one; `*len` is its
+/// length. `SHMEM_END_OF_STREAM` (and `*len` 0) when the producer closed its stream. A message
+/// larger than `capacity` gives `SHMEM_ERR_BUFFER_TOO_SMALL` with its length in `*len` and
+/// stays pending for the next receive.
+///
+/// # Safety
+/// `consumer` is a live consumer; `buf` points to `capacity` writable bytes; `len` to writable
+/// storage.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_recv(
+    consumer: *mut ShmemConsumer,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let consumer = unsafe { handle(consumer, "consumer") }?;
+        deliver(consumer, buf, capacity, len, |c, buffer| {
+            Ok(Some(c.recv_into(buffer)?))
+        })
+    })
+}
+
+/// [`shmem_recv`] without waiting: `SHMEM_WOULD_BLOCK` when no message is there.
+///
+/// # Safety
+/// As [`shmem_recv`].
+#[no_mangle]
+pub unsafe extern "C" fn shmem_try_recv(
+    consumer: *mut ShmemConsumer,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let consumer = unsafe { handle(consumer, "consumer") }?;
+        deliver(consumer, buf, capacity, len, |c, buffer| {
+            match c.try_recv_into(buffer) {
+                Ok(more) => Ok(Some(more)),
+                Err(err) => recv_failure(err).map(|()| None),
+            }
+        })
+    })
+}
+
+/// Lends the next message where it lies in the ring (zero-copy receive), waiting for one:
+/// `*data` and `*len` say where and how long. Its space goes back to the producer with
+/// [`shmem_recv_ref_release`]; until then this consumer's other calls return
+/// `SHMEM_ERR_BUSY`, and a producer waiting for room waits for it. `SHMEM_END_OF_STREAM` (and
+/// `*data` NULL, `*len` 0) when the producer closed its stream.
+///
+/// The bytes are shared memory the producer can write: an honest producer never touches a
+/// published message, but a hostile one can change it while you read. Copy out what you must
+/// be able to trust before checking it.
+///
+/// # Safety
+/// `consumer` is a live consumer; `data` and `len` point to writable storage. `*data` is valid
+/// for `*len` bytes until the release (or the consumer is freed).
+#[no_mangle]
+pub unsafe extern "C" fn shmem_recv_ref(
+    consumer: *mut ShmemConsumer,
+    data: *mut *const c_void,
+    len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let consumer = unsafe { handle(consumer, "consumer") }?;
+        // SAFETY: the contract.
+        unsafe { borrow_next(consumer, data, len, |c| Ok(Some(c.recv_ref()?))) }
+    })
+}
+
+/// [`shmem_recv_ref`] without waiting: `SHMEM_WOULD_BLOCK` when no message is there.
+///
+/// # Safety
+/// As [`shmem_recv_ref`].
+#[no_mangle]
+pub unsafe extern "C" fn shmem_try_recv_ref(
+    consumer: *mut ShmemConsumer,
+    data: *mut *const c_void,
+    len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the contract.
+        let consumer = unsafe { handle(consumer, "consumer") }?;
+        // SAFETY: the contract.
+        unsafe {
+            borrow_next(consumer, data, len, |c| match c.try_recv_ref() {
+                Ok(sample) => Ok(Some(sample)),
+                Err(err) => recv_failure(err).map(|()| None),
+            })
+        }
+    })
+}
+
+/// Takes the next message with `take` and keeps it lent: `take` gives `None` (would block),
+/// `Some(None)` (end-of-stream) or the sample.
+///
+/// # Safety
+/// `data` and `len` point to writable storage.
+pub(crate) unsafe fn borrow_next(
+    consumer: &mut ShmemConsumer,
+    data: *mut *const c_void,
+    len: *mut usize,
+    take: impl FnOnce(&'static mut Consumer) -> Result<Option<Option<Sample<'static>>>, Failure>,
+) -> Result<c_int, Failure> {
+    out_ptr(data, "data")?;
+    out_ptr(len, "len")?;
+    consumer.check_not_lent()?;
+    let (code, ptr, n) = if let Some(pending) = &consumer.pending {
+        // A message a too-small buffer left pending: lent from our own memory.
+        consumer.pending_lent = true;
+        (SHMEM_OK, pending.as_ptr(), pending.len())
+    } else {
+        // SAFETY: from Box::into_raw, freed only in Drop, after the sample; no sample borrows
+        // it (checked), and nothing else touches it while this one lives (every other call
+        // checks `check_not_lent` first).
+        let target: &'static mut Consumer = unsafe { &mut *consumer.consumer };
+        match take(target)? {
+            None => (SHMEM_WOULD_BLOCK, std::ptr::null(), 0),
+            Some(None) => (SHMEM_END_OF_STREAM, std::ptr::null(), 0),
+            Some(Some(sample)) => {
+                let found = (SHMEM_OK, sample.as_ptr(), sample.len());
+                consumer.sample = Some(sample);
+                found
+            }
+        }
+    };
+    // SAFETY: both checked not NULL, writable (the contract).
+    unsafe {
+        *data = ptr.cast();
+        *len = n;
+    }
+    Ok(code)
+}
+
+/// Releases the message [`shmem_recv_ref`] lent: its space goes back to the producer. Nothing
+/// if none is held.
+///
+/// # Safety
+/// `consumer` is NULL or a live consumer; the pointer [`shmem_recv_ref`] gave is not used
+/// afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_recv_ref_release(consumer: *mut ShmemConsumer) {
+    // SAFETY: NULL or live (the contract).
+    if let Some(consumer) = unsafe { consumer.as_mut() } {
+        drop(catch_unwind(AssertUnwindSafe(|| {
+            consumer.sample = None;
+            if std::mem::take(&mut consumer.pending_lent) {
+                consumer.pending = None;
+            }
+        })));
+    }
+}
+
+/// Receives up to `max` messages, waiting for at least one, calling `each(ctx, data, len)` for
+/// each (`data` is valid during the call only); `*count` says how many. `SHMEM_END_OF_STREAM`
+/// (and `*count` 0) when the producer closed its stream.
+///
+/// `each` may not free this consumer; a call into it from `each` gets `SHMEM_ERR_BUSY`.
+///
+/// # Safety
+/// `consumer` is a live consumer; `each` a function safe to call with `ctx`; `count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_recv_batch(
+    consumer: *mut ShmemConsumer,
+    max: usize,
+    each: shmem_message_fn,
+    ctx: *mut c_void,
+    count: *mut usize,
+) -> c_int {
+    guard(|| {
+        let each = each.ok_or_else(|| invalid("each is NULL"))?;
+        out_ptr(count, "count")?;
+        // The handle is borrowed only around the callbacks, never across them: a callback that
+        // calls back into this consumer gets a fresh borrow, sees `in_batch` and is refused
+        // (SHMEM_ERR_BUSY) without touching the `Consumer` the batch is using.
+        let (pending, target) = {
+            // SAFETY: the contract.
+            let handle = unsafe { handle(consumer, "consumer") }?;
+            handle.check_not_lent()?;
+            handle.in_batch = true;
+            (handle.pending.take(), handle.consumer)
+        };
+        let delivered = match pending {
+            Some(message) => {
+                // SAFETY: `each` may be called with `ctx` (the contract); the bytes are ours
+                // and live for the call.
+                unsafe { each(ctx, message.as_ptr().cast(), message.len()) };
+                Ok(Some(1))
+            }
+            None => {
+                // SAFETY: from Box::into_raw, freed only when the handle is (which a callback
+                // cannot do while `in_batch` is set); no sample borrows it (checked above) and
+                // nothing else reaches it during the batch (`in_batch`).
+                let target = unsafe { &mut *target };
+                target.recv_batch(max.max(1), |message| {
+                    // SAFETY: as above; the bytes live for the call.
+                    unsafe { each(ctx, message.as_ptr().cast(), message.len()) }
+                })
+            }
+        };
+        // SAFETY: the contract (still live: the callbacks could not free it).
+        unsafe { handle(consumer, "consumer") }?.in_batch = false;
+        let delivered = match delivered? {
+            Some(n) => n,
+            None => {
+                // SAFETY: not NULL (checked), writable (the contract).
+                unsafe { *count = 0 };
+                return Ok(SHMEM_END_OF_STREAM);
+            }
+        };
+        // SAFETY: as above.
+        unsafe { *count = delivered };
+        Ok(SHMEM_OK)
+    })
+}
+
+/// A file descriptor that becomes readable whenever a non-blocking call on this consumer may
+/// go on (a message, a producer coming or going, end-of-stream, the broker's news), for
+/// `poll`/`epoll`. It belongs to the consumer: do not close it or read from it. -1 for NULL.
+///
+/// # Safety
+/// `consumer` is NULL or a live consumer.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_consumer_fd(consumer: *const ShmemConsumer) -> c_int {
+    // SAFETY: NULL or live (the contract).
+    unsafe { consumer.as_ref() }.map_or(-1, |c| c.ready_fd)
+}
+
+/// Frees a consumer (a durable one keeps its queue at the broker). NULL is ignored.
+///
+/// # Safety
+/// `consumer` is NULL or a live consumer, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn shmem_consumer_free(consumer: *mut ShmemConsumer) {
+    // SAFETY: NULL or live (the contract).
+    if unsafe { consumer.as_ref() }.is_some_and(|c| c.in_batch) {
+        set_error("shmem_consumer_free from the consumer's own shmem_recv_batch callback: ignored");
+        return;
+    }
+    // SAFETY: NULL or from Box::into_raw in this library, freed once (the contract).
+    unsafe { free_handle(consumer) }
+}

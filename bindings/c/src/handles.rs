@@ -1,0 +1,193 @@
+//! The handles C holds (client, producer, consumer: boxed Rust values) and the plain structs
+//! it passes in (channel and attach options, batch messages, the batch callback).
+
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::AsRawFd;
+
+use shmem_broker_client::{Client, Consumer, Loan, Producer, Sample};
+
+use crate::codes::*;
+use crate::guard::*;
+// For the documentation's links only.
+#[cfg(doc)]
+use crate::consumer::shmem_recv_batch;
+
+/// A connection to the broker, for requests (list, info, create, drop) and to attach.
+pub struct ShmemClient {
+    pub(crate) client: Client,
+}
+
+/// A producer attached to a channel, and the loan it may have outstanding.
+///
+/// A [`Loan`] borrows its producer mutably, and C holds both at once, so the producer lives in
+/// its own allocation (`producer`, from `Box::into_raw`, freed in `Drop`) and the loan borrows
+/// it for `'static`: sound because every function that touches the producer first checks that
+/// no loan is outstanding (`SHMEM_ERR_BUSY`), and the loan is dropped before the producer.
+pub struct ShmemProducer {
+    pub(crate) loan: Option<Loan<'static>>,
+    pub(crate) producer: *mut Producer,
+    /// Fixed for the producer's life, so reading them needs no access to it while a loan is out.
+    pub(crate) max_message_len: usize,
+    pub(crate) ready_fd: c_int,
+}
+
+impl ShmemProducer {
+    pub(crate) fn new(producer: Producer) -> ShmemProducer {
+        let max_message_len = producer.max_message_len();
+        let ready_fd = producer.ready_fd().as_raw_fd();
+        ShmemProducer {
+            loan: None,
+            producer: Box::into_raw(Box::new(producer)),
+            max_message_len,
+            ready_fd,
+        }
+    }
+
+    /// The producer, when no loan borrows it.
+    pub(crate) fn producer(&mut self) -> Result<&mut Producer, Failure> {
+        if self.loan.is_some() {
+            return Err(Failure(
+                SHMEM_ERR_BUSY,
+                "this producer has a loan outstanding: send or abandon it first".into(),
+            ));
+        }
+        // SAFETY: `producer` came from Box::into_raw and is freed only in Drop; no loan
+        // borrows it (checked above), and `&mut self` makes this the only access.
+        Ok(unsafe { &mut *self.producer })
+    }
+
+    /// Makes a loan with `take` and keeps it; returns where to write (`None`: would block).
+    pub(crate) fn lend(
+        &mut self,
+        take: impl FnOnce(&'static mut Producer) -> Result<Option<Loan<'static>>, Failure>,
+    ) -> Result<Option<*mut u8>, Failure> {
+        self.producer()?;
+        // SAFETY: as in `producer`; the `'static` borrow ends when the loan is dropped, which
+        // happens before the producer is freed (send, abandon and Drop all end the loan
+        // first), and nothing else touches the producer meanwhile (`producer()` refuses).
+        let producer: &'static mut Producer = unsafe { &mut *self.producer };
+        let Some(mut loan) = take(producer)? else {
+            return Ok(None);
+        };
+        let ptr = loan.as_mut_ptr();
+        self.loan = Some(loan);
+        Ok(Some(ptr))
+    }
+}
+
+impl Drop for ShmemProducer {
+    fn drop(&mut self) {
+        // An unsent loan publishes nothing; it must end before its producer.
+        self.loan = None;
+        if !self.producer.is_null() {
+            // SAFETY: from Box::into_raw in `new`, freed exactly once, here (close() takes it
+            // out and leaves NULL); no loan borrows it any more.
+            drop(unsafe { Box::from_raw(self.producer) });
+        }
+    }
+}
+
+/// A consumer attached to a channel, and the borrowed message it may be holding.
+///
+/// As for [`ShmemProducer`]: a [`Sample`] borrows its consumer mutably, so the consumer lives
+/// in its own allocation and every function that touches it first checks that no sample is
+/// held.
+pub struct ShmemConsumer {
+    pub(crate) sample: Option<Sample<'static>>,
+    pub(crate) consumer: *mut Consumer,
+    /// A message received into here that the caller's buffer could not take yet.
+    pub(crate) pending: Option<Vec<u8>>,
+    /// `pending`, handed out by a borrowed receive (released with it).
+    pub(crate) pending_lent: bool,
+    /// Inside a [`shmem_recv_batch`] callback: the consumer is in use further up the stack.
+    pub(crate) in_batch: bool,
+    pub(crate) buffer: Vec<u8>,
+    pub(crate) ready_fd: c_int,
+}
+
+impl ShmemConsumer {
+    pub(crate) fn new(consumer: Consumer) -> ShmemConsumer {
+        let ready_fd = consumer.ready_fd().as_raw_fd();
+        ShmemConsumer {
+            sample: None,
+            consumer: Box::into_raw(Box::new(consumer)),
+            pending: None,
+            pending_lent: false,
+            in_batch: false,
+            buffer: Vec::new(),
+            ready_fd,
+        }
+    }
+
+    pub(crate) fn check_not_lent(&self) -> Result<(), Failure> {
+        if self.in_batch {
+            return Err(Failure(
+                SHMEM_ERR_BUSY,
+                "called from this consumer's own shmem_recv_batch callback".into(),
+            ));
+        }
+        if self.sample.is_some() || self.pending_lent {
+            return Err(Failure(
+                SHMEM_ERR_BUSY,
+                "this consumer holds a borrowed message: release it first".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The consumer, when no sample borrows it.
+    pub(crate) fn consumer(&mut self) -> Result<&mut Consumer, Failure> {
+        self.check_not_lent()?;
+        // SAFETY: from Box::into_raw, freed only in Drop; no sample borrows it (checked), and
+        // `&mut self` makes this the only access.
+        Ok(unsafe { &mut *self.consumer })
+    }
+}
+
+impl Drop for ShmemConsumer {
+    fn drop(&mut self) {
+        self.sample = None;
+        // SAFETY: from Box::into_raw in `new`, freed exactly once, here; no sample borrows it
+        // any more.
+        drop(unsafe { Box::from_raw(self.consumer) });
+    }
+}
+
+/// How to create a channel; zeroed fields take the broker's defaults.
+#[repr(C)]
+pub struct ShmemChannelOptions {
+    /// Ring data bytes per producer/consumer pair (0: the broker's default_capacity).
+    pub capacity: u64,
+    /// Producers attached at once, 1 to 64 (0: 1).
+    pub max_producers: u32,
+    /// Consumers attached at once, 1 to 64 (0: 1).
+    pub max_consumers: u32,
+    /// What a full consumer ring costs: 0 block, 1 drop, 2 disconnect.
+    pub slow_consumer: i32,
+    /// Non-zero: succeed if the channel exists already (open it as it is).
+    pub open_existing: i32,
+}
+
+/// How to attach; a zeroed struct (or NULL) attaches anonymously without reconnecting.
+#[repr(C)]
+pub struct ShmemAttachOptions {
+    /// Consumers: attach as this durable consumer (NUL-terminated), resuming its queue; NULL
+    /// for an anonymous consumer. Must be NULL for producers.
+    pub durable_name: *const c_char,
+    /// Non-zero: re-attach by itself when the broker restarts.
+    pub reconnect: i32,
+}
+
+/// One message of a batch send.
+#[repr(C)]
+pub struct ShmemMessage {
+    /// The message's bytes (may be NULL when `len` is 0).
+    pub data: *const c_void,
+    /// Its length.
+    pub len: usize,
+}
+
+/// Called by [`shmem_recv_batch`] for each message: `data` is valid for `len` bytes during
+/// the call only.
+pub type shmem_message_fn =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, data: *const c_void, len: usize)>;

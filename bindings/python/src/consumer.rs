@@ -1,0 +1,209 @@
+//! `shmem_broker.Consumer`: receive (copy, borrowed), release, close.
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use shmem_broker_client::{Consumer, Sample, TryRecvError};
+
+use crate::fail::*;
+use crate::lent::*;
+
+/// The consumer, and the borrowed message (sample) that may borrow it; as for
+/// [`ProducerInner`].
+pub(crate) struct ConsumerInner {
+    pub(crate) sample: Option<Sample<'static>>,
+    /// NULL once closed.
+    pub(crate) consumer: *mut Consumer,
+    pub(crate) buffer: Vec<u8>,
+}
+
+// SAFETY: the raw pointer is an owned `Box<Consumer>` (Consumer is Send); the sample is Send;
+// the value is reached only through its Mutex.
+unsafe impl Send for ConsumerInner {}
+
+impl ConsumerInner {
+    /// The consumer, when it is open and no sample borrows it.
+    fn consumer(&mut self) -> Outcome<&'static mut Consumer> {
+        // A sample still here is no longer reachable from Python (its lending ended first):
+        // give its space back.
+        self.sample = None;
+        // SAFETY: NULL or from Box::into_raw, freed only in close (which sets NULL) or Drop;
+        // no sample borrows it (dropped above); the `'static` borrow is used only while
+        // `&mut self` (under the Mutex) is held, or kept in `self.sample`, which is dropped
+        // before the consumer is freed.
+        unsafe { self.consumer.as_mut() }.ok_or_else(closed)
+    }
+
+    fn close(&mut self) {
+        self.sample = None;
+        let raw = std::mem::replace(&mut self.consumer, std::ptr::null_mut());
+        if !raw.is_null() {
+            // SAFETY: from Box::into_raw, freed once (the field is NULL from now on); no
+            // sample borrows it any more.
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+}
+
+impl Drop for ConsumerInner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A consumer attached to a channel. Iterating over it yields each message (`bytes`) until
+/// end-of-stream. A context manager: leaving the `with` block detaches.
+#[pyclass(frozen, module = "shmem_broker._native", name = "Consumer")]
+pub(crate) struct PyConsumer {
+    pub(crate) inner: Arc<Mutex<ConsumerInner>>,
+    pub(crate) lending: Mutex<Option<Lending>>,
+    pub(crate) channel: String,
+    pub(crate) fd: RawFd,
+}
+
+/// What one receive found: a message, end-of-stream, or nothing yet.
+pub(crate) enum Step<T> {
+    Got(T),
+    End,
+    Empty,
+}
+
+impl PyConsumer {
+    /// Receives with `step` (non-blocking), waiting on the fd until `deadline`.
+    fn receive<T: Send>(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        step: impl Send + Sync + Fn(&mut ConsumerInner) -> Outcome<Step<T>>,
+    ) -> PyResult<Option<T>> {
+        end_lending(py, &self.lending, "the borrowed message")?;
+        let deadline = deadline(timeout)?;
+        let (inner, fd) = (&self.inner, self.fd);
+        unlocked(py, || loop {
+            // The lock is held for the step only, never across the wait below (which takes
+            // the GIL to run signal handlers: holding both could deadlock with a thread that
+            // holds the GIL and wants the lock).
+            let found = step(&mut lock(inner))?;
+            match found {
+                Step::Got(value) => return Ok(Some(value)),
+                Step::End => return Ok(None),
+                Step::Empty => wait_readable(fd, deadline)?,
+            }
+        })
+    }
+
+    fn recv_bytes(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyBytes>>> {
+        let got = self.receive(py, timeout, |inner| {
+            // Taken out of the state while it is read, so no other receive reuses it meanwhile.
+            let mut buffer = std::mem::take(&mut inner.buffer);
+            match inner.consumer()?.try_recv_into(&mut buffer) {
+                Ok(true) => Ok(Step::Got(buffer)),
+                Ok(false) => Ok(Step::End),
+                Err(TryRecvError::Empty) => {
+                    inner.buffer = buffer;
+                    Ok(Step::Empty)
+                }
+                Err(err) => Err(failure(err.into_failure())),
+            }
+        })?;
+        Ok(got.map(|buffer| {
+            let bytes = PyBytes::new(py, &buffer).unbind();
+            // Back for the next receive to reuse its allocation (held only briefly by others:
+            // no receive holds the lock while it waits).
+            lock(&self.inner).buffer = buffer;
+            bytes
+        }))
+    }
+}
+
+#[pymethods]
+impl PyConsumer {
+    /// The next message as `bytes`, waiting up to `timeout` seconds (`None`: for ever;
+    /// `0`: not at all) and raising `TimeoutError` when none came. `None` at end-of-stream.
+    #[pyo3(signature = (timeout=None))]
+    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyBytes>>> {
+        self.recv_bytes(py, timeout)
+    }
+
+    /// Borrowed receive: the next message where it lies in the ring, as a read-only
+    /// memoryview (`numpy.frombuffer` reads it without a copy); `None` at end-of-stream.
+    /// The view stays valid until the next receive on this consumer, `release()` or close;
+    /// those release it and raise `BufferError` while another view of it (a slice, a numpy
+    /// array) is alive. The bytes are the producer's shared memory: a hostile producer can
+    /// change them while you read; copy what you must trust before checking it.
+    #[pyo3(signature = (timeout=None))]
+    fn recv_view(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        let got = self.receive(py, timeout, |inner| {
+            let consumer = inner.consumer()?;
+            match consumer.try_recv_ref() {
+                Ok(Some(sample)) => {
+                    let found = (sample.as_ptr() as usize, sample.len());
+                    inner.sample = Some(sample);
+                    Ok(Step::Got(found))
+                }
+                Ok(None) => Ok(Step::End),
+                Err(TryRecvError::Empty) => Ok(Step::Empty),
+                Err(err) => Err(failure(err.into_failure())),
+            }
+        })?;
+        let Some((addr, len)) = got else {
+            return Ok(None);
+        };
+        let (lending, view) = lend(py, addr, len, true, self.inner.clone())?;
+        *lock(&self.lending) = Some(lending);
+        Ok(Some(view))
+    }
+
+    /// Gives the borrowed message's space back to the producer now (the next receive would).
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        end_lending(py, &self.lending, "the borrowed message")?;
+        lock(&self.inner).sample = None;
+        Ok(())
+    }
+
+    /// Detaches (a durable consumer keeps its place at the broker). Closing twice does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        end_lending(py, &self.lending, "the borrowed message")?;
+        let inner = &self.inner;
+        py.detach(|| lock(inner).close());
+        Ok(())
+    }
+
+    /// The fd that becomes readable when a message (or end-of-stream, or news) may be there,
+    /// for select/poll/asyncio's `add_reader`; then call `recv(timeout=0)` until it raises
+    /// `TimeoutError`. It belongs to the consumer: do not read from or close it.
+    fn fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyBytes>>> {
+        self.recv_bytes(py, None)
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (_exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+}

@@ -1,0 +1,261 @@
+//! `shmem_broker.Producer`: send (one, non-blocking, batch), loans, close.
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use shmem_broker_client::{Loan, Producer, TrySendError};
+
+use crate::fail::*;
+use crate::lent::*;
+
+/// The producer, and the loan that may borrow it.
+///
+/// A [`Loan`] borrows its producer mutably and both live here, so the producer lives in its
+/// own allocation (`producer`, from `Box::into_raw`, freed in `close` or `Drop`) and the loan
+/// borrows it for `'static`: sound because everything that touches the producer checks first
+/// that no loan is out, and the loan is always dropped before the producer.
+pub(crate) struct ProducerInner {
+    pub(crate) loan: Option<Loan<'static>>,
+    /// NULL once closed.
+    pub(crate) producer: *mut Producer,
+}
+
+// SAFETY: the raw pointer is an owned `Box<Producer>` (Producer is Send); the loan is Send;
+// the value is reached only through its Mutex.
+unsafe impl Send for ProducerInner {}
+
+impl ProducerInner {
+    /// The producer, when it is open and no loan borrows it.
+    fn producer(&mut self) -> Outcome<&mut Producer> {
+        if self.loan.is_some() {
+            return Err(Fail::Code(
+                code::BUSY,
+                "this producer has a loan outstanding: send() or abandon() it first".into(),
+            ));
+        }
+        // SAFETY: NULL or from Box::into_raw, freed only in close/Drop (which set NULL); no
+        // loan borrows it (checked), and `&mut self` (under the Mutex) is the only access.
+        unsafe { self.producer.as_mut() }.ok_or_else(closed)
+    }
+
+    /// Takes a loan with `take` and keeps it; returns the address of its bytes.
+    fn take_loan(
+        &mut self,
+        take: impl FnOnce(&'static mut Producer) -> Outcome<Option<Loan<'static>>>,
+    ) -> Outcome<Option<usize>> {
+        self.producer()?;
+        // SAFETY: as in `producer`; the `'static` borrow ends when the loan is dropped, which
+        // happens before the producer is freed (publish, abandon, close and Drop end the loan
+        // first), and nothing else reaches the producer meanwhile (`producer()` refuses).
+        let producer: &'static mut Producer = unsafe { &mut *self.producer };
+        let Some(mut loan) = take(producer)? else {
+            return Ok(None);
+        };
+        let addr = loan.as_mut_ptr() as usize;
+        self.loan = Some(loan);
+        Ok(Some(addr))
+    }
+
+    /// Closes: end-of-stream if `finish`, else just detaches.
+    fn close(&mut self, finish: bool) -> Outcome<()> {
+        self.loan = None;
+        let raw = std::mem::replace(&mut self.producer, std::ptr::null_mut());
+        if raw.is_null() {
+            return Ok(());
+        }
+        // SAFETY: from Box::into_raw, freed once (the field is NULL from now on); no loan
+        // borrows it any more (dropped above).
+        let producer = unsafe { Box::from_raw(raw) };
+        if finish {
+            producer.close()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ProducerInner {
+    fn drop(&mut self) {
+        // Without end-of-stream: the consumers learn the producer went away unfinished.
+        let _ = self.close(false);
+    }
+}
+
+/// A producer attached to a channel. A context manager: leaving the `with` block normally
+/// closes the stream (end-of-stream); leaving it by an exception detaches without one, so the
+/// consumers learn the stream is incomplete.
+#[pyclass(frozen, module = "shmem_broker._native", name = "Producer")]
+pub(crate) struct PyProducer {
+    pub(crate) inner: Arc<Mutex<ProducerInner>>,
+    pub(crate) lending: Mutex<Option<Lending>>,
+    pub(crate) channel: String,
+    pub(crate) max_message_len: usize,
+    pub(crate) fd: RawFd,
+}
+
+impl PyProducer {
+    /// Ends the outstanding loan: publishes it, or abandons it.
+    fn end_loan(&self, py: Python<'_>, publish: bool) -> PyResult<()> {
+        end_lending(py, &self.lending, "the loan")?;
+        let inner = &self.inner;
+        unlocked(py, || {
+            let mut inner = lock(inner);
+            match inner.loan.take() {
+                Some(loan) if publish => Ok(loan.send()?),
+                Some(_) => Ok(()),
+                None if publish => Err(Fail::Code(
+                    code::INVALID_ARGUMENT,
+                    "send() without data needs a loan outstanding (producer.loan(n))".into(),
+                )),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+/// The bytes of a message to send, readable without the GIL.
+pub(crate) struct Message {
+    addr: usize,
+    len: usize,
+}
+
+impl Message {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `addr` is the start of `len` bytes of an immutable `bytes` object (or of our
+        // own copy) that the caller keeps alive for the whole send (`send` holds a reference).
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+}
+
+#[pymethods]
+impl PyProducer {
+    /// Sends `data` (any bytes-like object), waiting up to `timeout` seconds for room (`None`:
+    /// for ever; `0`: not at all) and raising `TimeoutError` when none came. Without `data`,
+    /// publishes the outstanding loan.
+    #[pyo3(signature = (data=None, /, timeout=None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        data: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let Some(data) = data else {
+            return self.end_loan(py, true);
+        };
+        let deadline = deadline(timeout)?;
+        // `bytes` cannot change while we read it, so it is sent from where it lies; any other
+        // buffer (bytearray, memoryview, numpy array) could be written by another thread once
+        // the GIL is let go, so it is copied first, while the GIL is held.
+        let (keep, owned): (Option<Bound<'_, PyBytes>>, Vec<u8>) = match data.cast::<PyBytes>() {
+            Ok(bytes) => (Some(bytes.clone()), Vec::new()),
+            Err(_) => (None, pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?),
+        };
+        let message = match &keep {
+            Some(bytes) => Message {
+                addr: bytes.as_bytes().as_ptr() as usize,
+                len: bytes.as_bytes().len(),
+            },
+            None => Message {
+                addr: owned.as_ptr() as usize,
+                len: owned.len(),
+            },
+        };
+        let (inner, fd) = (&self.inner, self.fd);
+        let sent = unlocked(py, || loop {
+            let mut inner = lock(inner);
+            match inner.producer()?.try_send(message.as_slice()) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full) => {}
+                Err(err) => return Err(failure(err.into_failure())),
+            }
+            drop(inner);
+            wait_readable(fd, deadline)?;
+        });
+        drop(keep);
+        sent
+    }
+
+    /// Lends `n` bytes of the ring, waiting for room: a writable memoryview to fill, published
+    /// by `send()` (or given back by `abandon()`). The bytes are not zeroed. The memoryview is
+    /// released by `send()`/`abandon()`; those raise `BufferError` while another view of it
+    /// (a slice, a numpy array) is still alive.
+    #[pyo3(signature = (n, /, timeout=None))]
+    fn loan(&self, py: Python<'_>, n: usize, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let deadline = deadline(timeout)?;
+        let (inner, fd) = (&self.inner, self.fd);
+        let addr = unlocked(py, || loop {
+            let mut inner = lock(inner);
+            let taken = inner.take_loan(|p| match p.try_loan(n) {
+                Ok(loan) => Ok(Some(loan)),
+                Err(TrySendError::Full) => Ok(None),
+                Err(err) => Err(failure(err.into_failure())),
+            })?;
+            if let Some(addr) = taken {
+                return Ok(addr);
+            }
+            drop(inner);
+            wait_readable(fd, deadline)?;
+        })?;
+        let (lending, view) = lend(py, addr, n, false, self.inner.clone())?;
+        *lock(&self.lending) = Some(lending);
+        Ok(view)
+    }
+
+    /// Gives the outstanding loan's space back without publishing anything (nothing if none).
+    fn abandon(&self, py: Python<'_>) -> PyResult<()> {
+        self.end_loan(py, false)
+    }
+
+    /// Writes end-of-stream (the consumers learn the stream is complete) and detaches.
+    /// An outstanding loan is abandoned first. Closing twice does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.end_loan(py, false)?;
+        let inner = &self.inner;
+        unlocked(py, || lock(inner).close(true))
+    }
+
+    /// Detaches without end-of-stream: the consumers learn the stream is incomplete.
+    fn detach(&self, py: Python<'_>) -> PyResult<()> {
+        self.end_loan(py, false)?;
+        let inner = &self.inner;
+        unlocked(py, || lock(inner).close(false))
+    }
+
+    /// The fd that becomes readable when a blocked send or loan may go on (for select/poll).
+    /// It belongs to the producer: do not read from or close it.
+    fn fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The largest message this channel carries.
+    #[getter]
+    fn max_message_len(&self) -> usize {
+        self.max_message_len
+    }
+
+    #[getter]
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (exc_type, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        if exc_type.is_some_and(|t| !t.is_none()) {
+            self.detach(py)?;
+        } else {
+            self.close(py)?;
+        }
+        Ok(false)
+    }
+}
