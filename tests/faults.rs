@@ -553,7 +553,9 @@ fn attach_detach_cycles_leave_no_fds_or_memory_behind() {
         "the broker's fd count to return to its level before",
         || {
             let now = open_fd_count(pid);
-            if now == fds_before {
+            // At most: fds of connections closed off the event loop may still have been open
+            // at the first count; a leak shows as more.
+            if now <= fds_before {
                 Ok(())
             } else {
                 Err(format!("{now} fds open, {fds_before} before the cycles"))

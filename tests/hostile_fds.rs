@@ -124,7 +124,9 @@ fn fds_sent_to_the_broker_are_closed_and_the_request_is_still_answered() {
                 .into_iter()
                 .filter(|t| t.contains("stray-fd-from-test"))
                 .collect();
-            if now == baseline && memfds.is_empty() {
+            // At most: an earlier connection's fd that the broker closes off its event loop
+            // may still have been open when the baseline was taken; a kept fd shows as more.
+            if now <= baseline && memfds.is_empty() {
                 Ok(())
             } else {
                 Err(format!(
@@ -163,7 +165,7 @@ fn fds_sent_to_the_broker_are_closed_and_the_request_is_still_answered() {
                 .into_iter()
                 .filter(|t| t.contains("stray-fd-from-test"))
                 .count();
-            if now == baseline && held == 0 {
+            if now <= baseline && held == 0 {
                 Ok(())
             } else {
                 Err(format!(
