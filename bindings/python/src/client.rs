@@ -62,6 +62,7 @@ impl PyClient {
             fd: producer.ready_fd().as_raw_fd(),
             inner: Arc::new(Mutex::new(ProducerInner {
                 loan: None,
+                view_pending: false,
                 producer: Box::into_raw(Box::new(producer)),
             })),
             lending: Mutex::new(None),
@@ -91,6 +92,7 @@ impl PyClient {
             fd: consumer.ready_fd().as_raw_fd(),
             inner: Arc::new(Mutex::new(ConsumerInner {
                 sample: None,
+                view_pending: false,
                 consumer: Box::into_raw(Box::new(consumer)),
                 buffer: Vec::new(),
             })),

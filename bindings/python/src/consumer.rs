@@ -14,6 +14,10 @@ use crate::lent::*;
 /// [`ProducerInner`].
 pub(crate) struct ConsumerInner {
     pub(crate) sample: Option<Sample<'static>>,
+    /// The sample is taken but its memoryview not yet registered in `PyConsumer::lending`
+    /// (the thread making it is between the two): nothing may give the sample's space back or
+    /// free the consumer meanwhile, or that view would point into reused or unmapped memory.
+    pub(crate) view_pending: bool,
     /// NULL once closed.
     pub(crate) consumer: *mut Consumer,
     pub(crate) buffer: Vec<u8>,
@@ -26,6 +30,7 @@ unsafe impl Send for ConsumerInner {}
 impl ConsumerInner {
     /// The consumer, when it is open and no sample borrows it.
     fn consumer(&mut self) -> Outcome<&'static mut Consumer> {
+        self.check_no_view_pending()?;
         // A sample still here is no longer reachable from Python (its lending ended first):
         // give its space back.
         self.sample = None;
@@ -34,6 +39,17 @@ impl ConsumerInner {
         // `&mut self` (under the Mutex) is held, or kept in `self.sample`, which is dropped
         // before the consumer is freed.
         unsafe { self.consumer.as_mut() }.ok_or_else(closed)
+    }
+
+    /// Refuses while another thread is making the memoryview of a borrowed message.
+    pub(crate) fn check_no_view_pending(&self) -> Outcome<()> {
+        if self.view_pending {
+            return Err(Fail::Code(
+                code::BUSY,
+                "another thread is borrowing from this consumer right now".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn close(&mut self) {
@@ -141,6 +157,7 @@ impl PyConsumer {
                 Ok(Some(sample)) => {
                     let found = (sample.as_ptr() as usize, sample.len());
                     inner.sample = Some(sample);
+                    inner.view_pending = true;
                     Ok(Step::Got(found))
                 }
                 Ok(None) => Ok(Step::End),
@@ -151,15 +168,32 @@ impl PyConsumer {
         let Some((addr, len)) = got else {
             return Ok(None);
         };
-        let (lending, view) = lend(py, addr, len, true, self.inner.clone())?;
-        *lock(&self.lending) = Some(lending);
+        let (lending, view) = match lend(py, addr, len, true, self.inner.clone()) {
+            Ok(made) => made,
+            Err(err) => {
+                // No view came to be: the message's space is given back.
+                let mut inner = lock(&self.inner);
+                inner.sample = None;
+                inner.view_pending = false;
+                return Err(err);
+            }
+        };
+        // Registered before the sample may be given back (lock order: lending, then inner).
+        let mut lending_slot = lock(&self.lending);
+        *lending_slot = Some(lending);
+        lock(&self.inner).view_pending = false;
+        drop(lending_slot);
         Ok(Some(view))
     }
 
     /// Gives the borrowed message's space back to the producer now (the next receive would).
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         end_lending(py, &self.lending, "the borrowed message")?;
-        lock(&self.inner).sample = None;
+        let mut inner = lock(&self.inner);
+        inner
+            .check_no_view_pending()
+            .map_err(|fail| fail.into_pyerr(py))?;
+        inner.sample = None;
         Ok(())
     }
 
@@ -167,8 +201,12 @@ impl PyConsumer {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         end_lending(py, &self.lending, "the borrowed message")?;
         let inner = &self.inner;
-        py.detach(|| lock(inner).close());
-        Ok(())
+        unlocked(py, || {
+            let mut inner = lock(inner);
+            inner.check_no_view_pending()?;
+            inner.close();
+            Ok(())
+        })
     }
 
     /// The fd that becomes readable when a message (or end-of-stream, or news) may be there,

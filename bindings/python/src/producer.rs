@@ -18,6 +18,10 @@ use crate::lent::*;
 /// that no loan is out, and the loan is always dropped before the producer.
 pub(crate) struct ProducerInner {
     pub(crate) loan: Option<Loan<'static>>,
+    /// The loan is taken but its memoryview not yet registered in `PyProducer::lending` (the
+    /// thread making it is between the two): nothing may end the loan or free the producer
+    /// meanwhile, or that view would point into published or unmapped memory.
+    pub(crate) view_pending: bool,
     /// NULL once closed.
     pub(crate) producer: *mut Producer,
 }
@@ -55,11 +59,24 @@ impl ProducerInner {
         };
         let addr = loan.as_mut_ptr() as usize;
         self.loan = Some(loan);
+        self.view_pending = true;
         Ok(Some(addr))
+    }
+
+    /// Refuses while another thread is making the memoryview of a loan.
+    fn check_no_view_pending(&self) -> Outcome<()> {
+        if self.view_pending {
+            return Err(Fail::Code(
+                code::BUSY,
+                "another thread is lending from this producer right now".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Closes: end-of-stream if `finish`, else just detaches.
     fn close(&mut self, finish: bool) -> Outcome<()> {
+        self.check_no_view_pending()?;
         self.loan = None;
         let raw = std::mem::replace(&mut self.producer, std::ptr::null_mut());
         if raw.is_null() {
@@ -77,7 +94,9 @@ impl ProducerInner {
 
 impl Drop for ProducerInner {
     fn drop(&mut self) {
-        // Without end-of-stream: the consumers learn the producer went away unfinished.
+        // Without end-of-stream: the consumers learn the producer went away unfinished. No
+        // view can be pending here: the thread making one holds a reference to us.
+        self.view_pending = false;
         let _ = self.close(false);
     }
 }
@@ -101,6 +120,7 @@ impl PyProducer {
         let inner = &self.inner;
         unlocked(py, || {
             let mut inner = lock(inner);
+            inner.check_no_view_pending()?;
             match inner.loan.take() {
                 Some(loan) if publish => Ok(loan.send()?),
                 Some(_) => Ok(()),
@@ -197,8 +217,21 @@ impl PyProducer {
             drop(inner);
             wait_readable(fd, deadline)?;
         })?;
-        let (lending, view) = lend(py, addr, n, false, self.inner.clone())?;
-        *lock(&self.lending) = Some(lending);
+        let (lending, view) = match lend(py, addr, n, false, self.inner.clone()) {
+            Ok(made) => made,
+            Err(err) => {
+                // No view came to be: the loan is given back.
+                let mut inner = lock(&self.inner);
+                inner.loan = None;
+                inner.view_pending = false;
+                return Err(err);
+            }
+        };
+        // Registered before the loan may end (lock order: lending, then inner).
+        let mut lending_slot = lock(&self.lending);
+        *lending_slot = Some(lending);
+        lock(&self.inner).view_pending = false;
+        drop(lending_slot);
         Ok(view)
     }
 
