@@ -291,3 +291,36 @@ fn try_send_of_a_frame_that_must_wrap_waits_for_the_consumer_not_forever() {
     );
     assert_eq!(reading.join(WAIT), Some(vec![2u8; 3500]));
 }
+
+/// Policy `drop`: a consumer that missed the last messages must learn it before the end of the
+/// stream. When its ring has room for the end-of-stream mark (16 bytes) but not for the loss
+/// record in front of it (32), the producer used to write the mark alone: the consumer saw a
+/// clean end and never learned of the lost message. Now the mark is not written either, and
+/// the broker tells the consumer at the producer's detach (`EndOfStreamLost`, with the count).
+#[test]
+fn drop_policy_never_writes_an_end_mark_without_the_loss_record_before_it() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    create(&client, "tight", 4096, 1, 2, SlowConsumer::Drop);
+    let mut consumer = client.consumer("tight").expect("attach the consumer");
+    let mut producer = client.producer("tight").expect("attach the producer");
+    // Frames are 16 bytes of header plus the payload in 16-byte units, in a 4096-byte ring.
+    producer.send(&[1u8; 2032]).expect("send A"); // [0, 2048)
+    let a = consumer.recv().expect("receive A").expect("A");
+    assert_eq!(a.len(), 2032);
+    producer.send(&[2u8; 2032]).expect("send B"); // [2048, 4096)
+    producer.send(&[3u8; 2016]).expect("send C"); // [0, 2032): 16 bytes free, mid-ring
+                                                  // No room for D (a 32-byte frame): the consumer misses it (policy drop never waits).
+    producer.send(&[4u8; 16]).expect("send D, which is lost");
+    producer.close().expect("close");
+    let b = consumer.recv().expect("receive B").expect("B");
+    assert_eq!(b, vec![2u8; 2032]);
+    let c = consumer.recv().expect("receive C").expect("C");
+    assert_eq!(c, vec![3u8; 2016]);
+    match consumer.recv() {
+        Err(Error::EndOfStreamLost { missed, .. }) => {
+            assert_eq!(missed, 1, "the lost message is counted")
+        }
+        other => panic!("expected EndOfStreamLost with 1 missed, got {other:?}"),
+    }
+}

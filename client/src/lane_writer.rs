@@ -471,9 +471,11 @@ impl LaneWriter {
             while let Some(index) = self.lanes.index_of(id) {
                 let missed = self.lanes.list[index].missed;
                 let written = self.on_lane(attachment, index, |w| {
-                    // A consumer that lost the last messages learns of them before the end.
+                    // A consumer that lost the last messages learns of them before the end:
+                    // no end mark without the loss record in front of it (where the record
+                    // does not fit, the broker tells the loss and the end, see below).
                     let told = missed == 0 || w.try_write_gap(missed)?;
-                    Ok((told, w.try_write_end_of_stream()?))
+                    Ok((told, told && w.try_write_end_of_stream()?))
                 })?;
                 let Some((told, written)) = written else {
                     break;
