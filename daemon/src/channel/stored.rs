@@ -118,10 +118,17 @@ impl Channel {
         *self.totals.borrow_mut() = totals;
     }
 
-    /// Each kept (not anonymous) ring's counters as last added to the totals: (queue id,
-    /// slot, counts).
-    pub fn seen_counts(&self) -> Vec<(u32, u32, Counts)> {
+    /// What the fd store keeps of the counts, from one look: the totals, and each kept (not
+    /// anonymous) ring's counters as added to them, (queue id, slot, counts). One look, so
+    /// nothing counted between two looks is in one and not the other (lost or counted twice
+    /// after a restart).
+    pub fn stored_counts(&self) -> (Totals, Vec<(u32, u32, Counts)>) {
         self.observe();
+        let totals = self.totals.borrow().clone();
+        (totals, self.kept_seen())
+    }
+
+    fn kept_seen(&self) -> Vec<(u32, u32, Counts)> {
         self.queues
             .iter()
             .filter(|q| q.kind != QueueKind::Anonymous)

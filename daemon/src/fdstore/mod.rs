@@ -123,8 +123,9 @@ impl FdStore {
         meta.slots = parts.slots;
         meta.queues = parts.queues;
         meta.next_queue_id = parts.next_queue_id;
-        meta.totals = Some(channel.totals());
-        meta.seen = channel.seen_counts();
+        let (totals, seen) = channel.stored_counts();
+        meta.totals = Some(totals);
+        meta.seen = seen;
         let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
         let desired: BTreeMap<String, BorrowedFd<'_>> = parts
             .fds
