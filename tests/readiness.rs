@@ -314,3 +314,24 @@ fn try_calls_do_not_block_when_a_hostile_peer_makes_the_shared_eventfd_blocking(
         drop((hostile_producer, hostile_consumer));
     });
 }
+
+/// `broker_connected()` answers for the time of the call: endpoints that have not touched
+/// their connection since the broker died (nothing to send, nothing to wait for) say false
+/// all the same.
+#[test]
+fn idle_endpoints_know_at_once_that_the_broker_is_gone() {
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "idle", "--capacity", "16KiB"]);
+    let client = broker.client();
+    let producer = client.producer("idle").expect("producer");
+    let consumer = client.consumer("idle").expect("consumer");
+    assert!(producer.broker_connected() && consumer.broker_connected());
+    broker.proc_mut().kill9();
+    wait_for(WAIT, "both endpoints to say the broker is gone", || match (
+        producer.broker_connected(),
+        consumer.broker_connected(),
+    ) {
+        (false, false) => Ok(()),
+        both => Err(format!("(producer, consumer) connected: {both:?}")),
+    });
+}

@@ -176,8 +176,23 @@ impl Attachment {
         self.ready.as_fd()
     }
 
+    /// The flag is brought up to date when the connection is read, which an endpoint that
+    /// never waits may not do for a while; a hang-up not read yet is seen here without
+    /// reading (`POLLRDHUP`), so the answer holds at the time of the call.
     pub fn broker_connected(&self) -> bool {
-        self.broker_connected
+        if !self.broker_connected {
+            return false;
+        }
+        let mut fds = [PollFd::new(&self.conn, PollFlags::RDHUP)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let hung_up = matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR);
+        !hung_up
     }
 
     /// With `reconnect`, re-attaches after the broker went away (at most every
