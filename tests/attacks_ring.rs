@@ -105,3 +105,42 @@ fn counters_set_to_u64_max_in_several_rings_do_not_crash_the_broker_listing_them
     let channel = find_channel(&channels, "max-counters").expect("listed");
     assert_eq!(json_u64(channel, "messages_read"), u64::MAX, "{channel}");
 }
+
+/// The ring header's `dropped` flag (offset 24) lies in the producer's memfd since layout 3.
+/// A hostile producer of a one-to-one channel sets it and leaves: its consumer must not take
+/// the channel for dropped (only the broker's event says so), and reads the next producer's
+/// messages.
+#[test]
+fn a_producer_flagging_a_one_to_one_ring_dropped_does_not_end_the_consumers_channel() {
+    const DROPPED: usize = 24;
+    let mut broker = Broker::start(None);
+    broker.ctl_ok(&["create", "flagged", "--capacity", "64KiB"]);
+    let client = broker.client();
+    let mut consumer = client.consumer("flagged").expect("attach the consumer");
+    let hostile = raw_attach_any(broker.socket_path(), "flagged", "producer");
+    let map = Mapping::new(hostile.fd("ring"), 4096);
+    map.write_u32(DROPPED, 1);
+    let wake: u64 = 1;
+    rustix::io::write(hostile.fd("data_ready"), &wake.to_ne_bytes()).expect("wake the consumer");
+    drop(map);
+    drop(hostile);
+    let mut honest = client
+        .producer("flagged")
+        .expect("attach the honest producer");
+    for i in 0..3u8 {
+        honest.send(&[i; 8]).expect("send");
+    }
+    honest.close().expect("close");
+    let mut received = Vec::new();
+    loop {
+        match consumer.recv() {
+            Ok(Some(message)) => received.push(message[0]),
+            Ok(None) => break,
+            // The hostile producer left without end-of-stream: reported, then read on.
+            Err(shmem_broker_client::Error::ProducerGone { .. }) => {}
+            Err(err) => panic!("the consumer gave up on the channel: {err}"),
+        }
+    }
+    assert_eq!(received, vec![0, 1, 2]);
+    broker.assert_running();
+}

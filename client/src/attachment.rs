@@ -259,9 +259,9 @@ impl Attachment {
     }
 
     /// Called before every ring operation: now and then looks at the broker connection,
-    /// re-attaches if that is due, and fails with `ChannelDropped` once the broker said so (in
-    /// the ring or on the socket), or with the reason a re-attach failed.
-    pub fn ensure_usable(&mut self, ring_dropped: bool) -> Result<()> {
+    /// re-attaches if that is due, and fails with `ChannelDropped` once the broker said so on
+    /// the socket, or with the reason a re-attach failed.
+    pub fn ensure_usable(&mut self) -> Result<()> {
         self.check_broker_now_and_then();
         self.reattach_if_due();
         if let Some(reason) = &self.failed {
@@ -269,9 +269,6 @@ impl Attachment {
                 channel: self.channel.clone(),
                 reason: reason.clone(),
             });
-        }
-        if ring_dropped {
-            self.dropped = true;
         }
         while let Some(event) = self.conn.take_pending_event() {
             self.on_event(event);

@@ -33,7 +33,6 @@ pub(crate) trait End: Sized {
     const SPIN_MAY_MISLEAD: bool;
     /// Takes the ring as this side.
     fn open(ring: SharedRing) -> std::result::Result<Self, RingError>;
-    fn ring(&self) -> &SharedRing;
     /// After an operation: true if the peer asked to be woken by it (and must be now).
     fn take_peer_waiting(&mut self) -> bool;
     /// True if an operation needing `needed` bytes (room for a writer; a reader needs none)
@@ -50,9 +49,6 @@ impl End for RingWriter {
     const SPIN_MAY_MISLEAD: bool = false;
     fn open(ring: SharedRing) -> std::result::Result<Self, RingError> {
         RingWriter::new(ring)
-    }
-    fn ring(&self) -> &SharedRing {
-        RingWriter::ring(self)
     }
     fn take_peer_waiting(&mut self) -> bool {
         self.take_consumer_waiting()
@@ -72,9 +68,6 @@ impl End for RingReader {
     const SPIN_MAY_MISLEAD: bool = true;
     fn open(ring: SharedRing) -> std::result::Result<Self, RingError> {
         RingReader::new(ring)
-    }
-    fn ring(&self) -> &SharedRing {
-        RingReader::ring(self)
     }
     fn take_peer_waiting(&mut self) -> bool {
         self.take_producer_waiting()
@@ -217,14 +210,12 @@ impl<E: End> Lanes<E> {
     }
 
     /// Checks that the channel is usable and applies lane changes: what every operation does
-    /// first. A one-to-one ring's dropped flag is the broker's word (its peer can only hurt
-    /// itself by setting it); in a fan-out channel any one ring's flag may come from the peer
-    /// at its other end, which must not make this endpoint give up on the others, so the drop
-    /// is learned from the broker's event alone (which wakes a sleeper, and a busy endpoint
-    /// sees within the attachment's broker check interval).
+    /// first. A drop is learned from the broker's event alone, never from a ring's `dropped`
+    /// flag: since layout 3 that flag lies in the producer's memfd, so a hostile producer could
+    /// set it and make its consumer (another user) give up on the channel. The event wakes a
+    /// sleeper, and a busy endpoint sees it within the attachment's broker check interval.
     pub fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
-        let dropped = self.control.is_none() && self.list.iter().any(|l| l.end.ring().is_dropped());
-        attachment.ensure_usable(dropped)?;
+        attachment.ensure_usable()?;
         self.refresh(attachment);
         Ok(())
     }
