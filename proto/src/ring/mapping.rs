@@ -106,7 +106,9 @@ impl Word for AtomicU64 {
 /// An Acquire load of a word that may lie in a read-only mapping: a `Relaxed` load (the only
 /// kind Rust promises on read-only memory) followed by an Acquire fence, which orders every
 /// later access after it exactly as an Acquire load would. Every Acquire load of ring memory
-/// goes through here, whichever side owns the word, so none is missed.
+/// goes through here, whichever side owns the word, so none is missed; the one exception is
+/// `handshake::observe`, which does the same over the handshake's own atomics trait so that
+/// loom can model it.
 pub(crate) fn load_acquire<W: Word>(word: &W) -> W::Value {
     let value = word.load_relaxed();
     fence(Ordering::Acquire);
