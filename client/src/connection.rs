@@ -175,6 +175,10 @@ impl Connection {
         }
     }
 
+    pub fn has_pending_event(&self) -> bool {
+        !self.pending_events.is_empty()
+    }
+
     pub fn take_pending_event(&mut self) -> Option<EventWithFds> {
         self.pending_events.pop_front()
     }

@@ -93,12 +93,19 @@ impl LaneReader {
 
     /// Checks the channel is usable, picks up producers that came or went, and reports a
     /// fan-out ring that could not be opened or that its producer flagged evicted.
+    #[inline(always)]
     fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
         // Rings the broker replaced come in first, so a flag on the old one is not reported.
         self.lanes.prepare(attachment)?;
         if !self.lanes.fanout() {
             return Ok(());
         }
+        self.check_fanout_rings(attachment)
+    }
+
+    /// Fan-out: reports a ring that could not be opened or that its producer flagged evicted.
+    #[inline(never)]
+    fn check_fanout_rings(&mut self, attachment: &Attachment) -> Result<()> {
         if let Some((producer, reason)) = self.lanes.unopened.pop() {
             return Err(Error::ProducerLost {
                 channel: attachment.channel.clone(),
@@ -185,10 +192,16 @@ impl LaneReader {
     /// the broker told), is reported once, as soon as everything it wrote to our ring has been
     /// read; the others are read on. One whose ring is no longer read (replaced, dropped) is
     /// forgotten.
+    #[inline(always)]
     fn report_gone(&mut self, attachment: &mut Attachment) -> Result<()> {
         if attachment.producers_gone.is_empty() {
             return Ok(());
         }
+        self.report_gone_now(attachment)
+    }
+
+    #[inline(never)]
+    fn report_gone_now(&mut self, attachment: &mut Attachment) -> Result<()> {
         let lanes = &self.lanes.list;
         attachment
             .producers_gone

@@ -57,6 +57,7 @@ impl LaneWriter {
     }
 
     /// Checks the channel is usable and picks up consumers that came or went.
+    #[inline(always)]
     fn prepare(&mut self, attachment: &mut Attachment) -> Result<()> {
         self.lanes.prepare(attachment)?;
         // A consumer whose ring could not be opened spoiled it itself: it is skipped, and
@@ -67,6 +68,7 @@ impl LaneWriter {
 
     /// The message goes to one consumer that is not owed a loss record (policy `drop`), so it
     /// can be written in place in that consumer's ring.
+    #[inline]
     fn in_ring(&self) -> bool {
         match self.lanes.list.as_slice() {
             [only] => self.policy == SlowConsumer::Block || only.missed == 0,

@@ -189,8 +189,21 @@ impl SharedRing {
         self.capacity
     }
 
+    #[inline]
     pub(super) fn frame_len(&self, payload: u64) -> u64 {
         self.format.frame_len(payload)
+    }
+
+    /// Where stream position `pos` lies in the data area. Capacities are whole pages and
+    /// usually a power of two, where this is a mask instead of a division (which costs tens of
+    /// cycles, several times per frame); `capacity` is never 0 (`check_capacity`).
+    #[inline]
+    pub(super) fn offset_of(&self, pos: u64) -> u64 {
+        if self.capacity.is_power_of_two() {
+            pos & (self.capacity - 1)
+        } else {
+            pos % self.capacity
+        }
     }
 
     /// Whether the identity fields of the header (magic, layout, capacity) still say what they
@@ -404,7 +417,7 @@ impl SharedRing {
         let ends_clean = match write_pos.checked_sub(size) {
             // Frames never wrap, so an aligned frame start lies wholly inside the data area.
             Some(start) if write_pos % unit == 0 && self.capacity >= size => {
-                let offset = start % self.capacity;
+                let offset = self.offset_of(start);
                 offset + size <= self.capacity
                     && self.data_u32(offset).load(Ordering::Relaxed) == 0
                     && self.data_u32(offset + 4).load(Ordering::Relaxed) & self.format.kind_mask

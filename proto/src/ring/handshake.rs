@@ -45,28 +45,37 @@ pub(crate) trait Position {
     fn fence(order: Ordering);
 }
 
+// The handshake runs for every message, from the client crate: `#[inline]` lets it cross
+// the crate boundary (without LTO, a plain generic impl here is not inlined there).
 impl Flag for std::sync::atomic::AtomicU32 {
+    #[inline]
     fn load(&self, order: Ordering) -> u32 {
         self.load(order)
     }
+    #[inline]
     fn store(&self, value: u32, order: Ordering) {
         self.store(value, order)
     }
+    #[inline]
     fn swap(&self, value: u32, order: Ordering) -> u32 {
         self.swap(value, order)
     }
+    #[inline]
     fn fence(order: Ordering) {
         std::sync::atomic::fence(order)
     }
 }
 
 impl Position for std::sync::atomic::AtomicU64 {
+    #[inline]
     fn load(&self, order: Ordering) -> u64 {
         self.load(order)
     }
+    #[inline]
     fn store(&self, value: u64, order: Ordering) {
         self.store(value, order)
     }
+    #[inline]
     fn fence(order: Ordering) {
         std::sync::atomic::fence(order)
     }
@@ -75,6 +84,7 @@ impl Position for std::sync::atomic::AtomicU64 {
 /// Makes a side's progress visible: the new position, after everything it covers (frames
 /// written, or frames read out). The fence in [`take_waiting`], which every caller runs after
 /// publishing, orders it before the flag load.
+#[inline]
 pub(crate) fn publish<P: Position>(position: &P, value: u64) {
     position.store(value, Ordering::Release);
 }
@@ -82,6 +92,7 @@ pub(crate) fn publish<P: Position>(position: &P, value: u64) {
 /// The other side's position, and everything it published up to it. The position may lie in
 /// a read-only mapping, where Rust promises only `Relaxed` loads (see `mapping::load_acquire`):
 /// a Relaxed load and an Acquire fence.
+#[inline]
 pub(crate) fn observe<P: Position>(position: &P) -> u64 {
     let value = position.load(Ordering::Relaxed);
     P::fence(Ordering::Acquire);
@@ -90,6 +101,7 @@ pub(crate) fn observe<P: Position>(position: &P) -> u64 {
 
 /// The ticket for a side's next sleep: never 0 (which means awake) and different from the last
 /// one, so a waker that goes by tickets ([`take_ticket`]) wakes every sleep once.
+#[inline]
 pub(crate) fn next_ticket(last: u32) -> u32 {
     last.wrapping_add(1).max(1)
 }
@@ -98,6 +110,7 @@ pub(crate) fn next_ticket(last: u32) -> u32 {
 /// then asks `can_progress` (which must look at the other side's position through [`observe`])
 /// once more. `Ok(true)`: sleep on the eventfd now; `Ok(false)`: progress is possible, the
 /// flag is withdrawn.
+#[inline]
 pub(crate) fn prepare_to_sleep<S, F: Flag, E>(
     side: &mut S,
     flag: impl Fn(&S) -> &F,
@@ -114,6 +127,7 @@ pub(crate) fn prepare_to_sleep<S, F: Flag, E>(
 }
 
 /// After waking (or deciding not to sleep): withdraws the flag.
+#[inline]
 pub(crate) fn done_sleeping<F: Flag>(flag: &F) {
     flag.store(0, Ordering::Relaxed);
 }
@@ -121,6 +135,7 @@ pub(crate) fn done_sleeping<F: Flag>(flag: &F) {
 /// After publishing: true if the other side announced that it sleeps, so it must be woken
 /// (the flag is cleared: one wake-up per announcement). Costs a fence and a load of a line
 /// nobody wrote when nobody sleeps.
+#[inline]
 pub(crate) fn take_waiting<F: Flag>(flag: &F) -> bool {
     F::fence(Ordering::SeqCst);
     flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0
@@ -129,6 +144,7 @@ pub(crate) fn take_waiting<F: Flag>(flag: &F) -> bool {
 /// [`take_waiting`] for a flag the waker may only read (layout 3): true if the other side
 /// sleeps on a ticket other than `woken`, the one this waker last woke; that ticket is then
 /// remembered, so each sleep costs one wake-up. The same fence, then one load.
+#[inline]
 pub(crate) fn take_ticket<F: Flag>(flag: &F, woken: &mut u32) -> bool {
     F::fence(Ordering::SeqCst);
     let ticket = flag.load(Ordering::Relaxed);

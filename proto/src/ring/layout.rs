@@ -114,6 +114,7 @@ const _: () = assert!(std::mem::size_of::<AckPage>() as u64 <= ACK_SIZE);
 
 /// Largest payload a ring of `capacity` bytes carries in one message (in the current layout;
 /// a layout-1 ring takes 8 bytes more).
+#[inline]
 pub fn max_message_len(capacity: u64) -> u64 {
     FrameFormat::of(LAYOUT_VERSION, 0).max_message_len(capacity)
 }
@@ -147,8 +148,15 @@ impl FrameFormat {
         }
     }
 
+    /// Size of a frame carrying `payload` bytes. `unit` is 8 or 16 (see `of`), a power of two,
+    /// so rounding up is a mask: this runs for every frame, where a division costs tens of
+    /// cycles. Saturating: a huge `payload` (a peer's `len`) gives a huge size, which every
+    /// caller then finds larger than the ring.
+    #[inline]
     pub(super) fn frame_len(self, payload: u64) -> u64 {
-        self.unit + payload.div_ceil(self.unit) * self.unit
+        let mask = self.unit - 1;
+        self.unit
+            .saturating_add(payload.saturating_add(mask) & !mask)
     }
 
     pub(super) fn max_message_len(self, capacity: u64) -> u64 {

@@ -140,7 +140,7 @@ impl RingReader {
             // it comes both arrive at once instead of one after the other; with seals, the
             // frame's own first line says whether it came, and the position is not needed.
             let capacity = self.ring.capacity;
-            let offset = self.read_pos % capacity;
+            let offset = self.ring.offset_of(self.read_pos);
             self.ring.prefetch((offset + CACHE_LINE).min(capacity - 1));
             match self.ring.format.seal(self.read_pos) {
                 Some(seal) => {
@@ -201,6 +201,7 @@ impl RingReader {
 
     /// True if there is something to read (or the ring is inconsistent, which the next read
     /// reports).
+    #[inline]
     pub fn has_unread(&mut self) -> bool {
         self.unread(Poll::Quick).map_or(true, |n| n > 0)
     }
@@ -261,6 +262,7 @@ impl RingReader {
     /// The stream position this reader is at: the byte counter of the next frame, which
     /// equals the position last published between calls. It only grows, names each frame
     /// uniquely for the life of the ring, and is what a consumer that attaches next starts at.
+    #[inline]
     pub fn position(&self) -> u64 {
         self.read_pos
     }
@@ -358,7 +360,7 @@ impl RingReader {
                     return Ok(ReadOutcome::Empty);
                 }
             }
-            let offset = self.read_pos % capacity;
+            let offset = self.ring.offset_of(self.read_pos);
             let until_end = capacity - offset;
             if *unread < self.ring.format.unit {
                 return Err(RingError::Corrupt(format!(
@@ -461,6 +463,7 @@ impl RingReader {
     /// After a read: true if it freed space (a message, or only padding skipped) and the
     /// producer is asleep waiting for space, so it must be woken. Costs nothing when nothing
     /// was freed.
+    #[inline]
     pub fn take_producer_waiting(&mut self) -> bool {
         if !std::mem::take(&mut self.freed) {
             return false;

@@ -45,13 +45,20 @@ fn write(w: &mut RingWriter, bytes: &[u8]) -> bool {
 
 #[test]
 fn messages_round_trip_across_the_wrap() {
-    for layout in MIN_LAYOUT_VERSION..=LAYOUT_VERSION {
-        round_trip_across_the_wrap(layout);
+    // A power-of-two capacity takes offsets with a mask, any other with a division
+    // (`SharedRing::offset_of`): both wrap the same.
+    let ring = pair(3 * 4096).0;
+    assert_eq!(ring.ring().offset_of(3 * 4096 + 100), 100);
+    assert_eq!(pair(4096).0.ring().offset_of(5 * 4096 + 100), 100);
+    for capacity in [4096, 3 * 4096] {
+        for layout in MIN_LAYOUT_VERSION..=LAYOUT_VERSION {
+            round_trip_across_the_wrap(layout, capacity);
+        }
     }
 }
 
-fn round_trip_across_the_wrap(layout: u32) {
-    let (mut w, mut r, _fd) = pair_in(layout, 4096);
+fn round_trip_across_the_wrap(layout: u32, capacity: u64) {
+    let (mut w, mut r, _fd) = pair_in(layout, capacity);
     assert_eq!(r.ring().layout(), layout);
     let mut out = Vec::new();
     for i in 0..2000u32 {

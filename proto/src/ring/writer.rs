@@ -77,6 +77,7 @@ impl RingWriter {
 
     /// The published write position: the byte counter just past the last frame the consumer
     /// can see. It only grows, and a producer that attaches next continues from it.
+    #[inline]
     pub fn position(&self) -> u64 {
         self.write_pos
     }
@@ -126,7 +127,7 @@ impl RingWriter {
 
     /// Room a frame of `payload` bytes needs now, counting the padding it may need first.
     pub(super) fn room_for(&self, payload: usize) -> u64 {
-        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        let until_end = self.ring.capacity - self.ring.offset_of(self.staged_pos);
         let needed = self.ring.frame_len(payload as u64);
         if needed > until_end {
             until_end + needed
@@ -210,7 +211,7 @@ impl RingWriter {
     pub fn make_room(&mut self, len: usize) -> Result<bool, RingError> {
         self.check_len(len)?;
         let needed = self.ring.frame_len(len as u64);
-        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        let until_end = self.ring.capacity - self.ring.offset_of(self.staged_pos);
         if needed > until_end {
             let mut free = self.free_space(until_end)?;
             if !self.stage_padding(&mut free) {
@@ -302,7 +303,7 @@ impl RingWriter {
     ) -> bool {
         let capacity = self.ring.capacity;
         let needed = self.ring.frame_len(len as u64);
-        let until_end = capacity - self.staged_pos % capacity;
+        let until_end = capacity - self.ring.offset_of(self.staged_pos);
         // The frame would wrap: pad out the tail first (a complete frame of its own), then the
         // frame starts at offset 0 once the consumer has freed room there.
         if needed > until_end && !self.stage_padding(free) {
@@ -311,7 +312,7 @@ impl RingWriter {
         if *free < needed {
             return false;
         }
-        let offset = self.staged_pos % capacity;
+        let offset = self.ring.offset_of(self.staged_pos);
         // SAFETY: offset + needed <= capacity (the frame fits before the end, checked above),
         // so the payload range [offset + unit, offset + unit + len) lies inside the mapped
         // data area. In this process nothing else forms a reference to these bytes: this is
@@ -354,7 +355,7 @@ impl RingWriter {
 
     /// Stages a PAD frame over the rest of the lap; false if the tail is not free yet.
     pub(super) fn stage_padding(&mut self, free: &mut u64) -> bool {
-        let offset = self.staged_pos % self.ring.capacity;
+        let offset = self.ring.offset_of(self.staged_pos);
         let until_end = self.ring.capacity - offset;
         // As in stage_frame: the advance cannot wrap, but is refused rather than assumed.
         let end = match self.staged_pos.checked_add(until_end) {
@@ -399,7 +400,7 @@ impl RingWriter {
         }
         let first = self.write_pos;
         self.write_pos = self.staged_pos;
-        let offset = first % self.ring.capacity;
+        let offset = self.ring.offset_of(first);
         let seal = self.ring.format.seal(first);
         if seal.is_some() && self.write_pos - first != self.first_frame {
             // More than one frame: the first one's span (written as if it were alone, so a
@@ -430,6 +431,7 @@ impl RingWriter {
 
     /// After publishing: true if the consumer said it is going to sleep and must be woken.
     /// Pairs with [`RingReader::prepare_to_sleep`] (store flag, then re-check the ring).
+    #[inline]
     pub fn take_consumer_waiting(&mut self) -> bool {
         let flag = self.ring.consumer_side().1;
         let wake = if self.ring.wakes_by_ticket() {
@@ -447,7 +449,7 @@ impl RingWriter {
     /// the padding in front of it).
     pub fn can_progress(&mut self, payload: usize) -> Result<bool, RingError> {
         let needed = self.ring.frame_len(payload as u64);
-        let until_end = self.ring.capacity - self.staged_pos % self.ring.capacity;
+        let until_end = self.ring.capacity - self.ring.offset_of(self.staged_pos);
         let free = self.free_space(u64::MAX)?;
         Ok(if needed > until_end {
             free >= until_end

@@ -85,13 +85,13 @@ impl RingWriter {
         let mut free = self.free_space(self.room_for(len))?;
         let capacity = self.ring.capacity;
         let needed = self.ring.frame_len(len as u64);
-        let until_end = capacity - self.staged_pos % capacity;
+        let until_end = capacity - self.ring.offset_of(self.staged_pos);
         // As in stage_frame: a frame that would wrap starts the next lap behind a PAD frame.
         if (needed > until_end && !self.stage_padding(&mut free)) || free < needed {
             self.publish();
             return Ok(None);
         }
-        let offset = self.staged_pos % capacity + self.ring.format.unit;
+        let offset = self.ring.offset_of(self.staged_pos) + self.ring.format.unit;
         // offset + len <= capacity: the frame fits before the end (checked above), so the
         // payload is inside the data area; `wrapping_add` only computes the address.
         Ok(Some(Payload {
