@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shmem_broker_tests::*;
@@ -649,34 +649,54 @@ fn sigterm_drains_in_flight_work_and_exits_0() {
     let mut link = link_one("256KiB");
     let (count, len) = (20_000u64, 512);
     let producer = produce(link.a.socket_path().to_path_buf(), "out", count, len);
-    let client = link.b.client();
+    // The consumer reads on in its own thread while a bridge drains: the importer can only
+    // store the exporter's last batch (and so let it drain) while someone empties "in".
+    let got = AtomicU64::new(0);
     let mut stops = Vec::new();
     let mut import_logs = String::new();
-    consume_across_importer_restarts(&client, "in", count, len, true, &mut |got| {
-        if got == count / 3 {
-            link.export.signal(libc::SIGTERM);
-            stops.push((
-                "exporter",
-                link.export.wait_exit(WAIT),
-                link.export.stderr_text(),
-            ));
-            link.export = exporter(&link.hosts.a, &link.a, "out", "test/out", &["hostB"]);
-        } else if got == 2 * count / 3 {
-            link.import.signal(libc::SIGTERM);
-            stops.push((
-                "importer",
-                link.import.wait_exit(WAIT),
-                link.import.stderr_text(),
-            ));
-            import_logs.push_str(&link.import.stderr_text());
-            link.import = importer(
-                &link.hosts.b,
-                &link.b,
-                link.state.path(),
-                "in",
-                "test/out",
-                "hostB",
-            );
+    std::thread::scope(|scope| {
+        let b = &link.b;
+        let got = &got;
+        let consumer = scope.spawn(move || {
+            let client = b.client();
+            consume_across_importer_restarts(&client, "in", count, len, true, &mut |n| {
+                got.store(n, Ordering::Release)
+            });
+        });
+        let reach = |n: u64| {
+            wait_for(WAIT, format!("{n} messages through the bridge"), || {
+                let now = got.load(Ordering::Acquire);
+                (now >= n || consumer.is_finished())
+                    .then_some(())
+                    .ok_or_else(|| format!("{now} so far"))
+            })
+        };
+        reach(count / 3);
+        link.export.signal(libc::SIGTERM);
+        stops.push((
+            "exporter",
+            link.export.wait_exit(WAIT),
+            link.export.stderr_text(),
+        ));
+        link.export = exporter(&link.hosts.a, &link.a, "out", "test/out", &["hostB"]);
+        reach(2 * count / 3);
+        link.import.signal(libc::SIGTERM);
+        stops.push((
+            "importer",
+            link.import.wait_exit(WAIT),
+            link.import.stderr_text(),
+        ));
+        import_logs.push_str(&link.import.stderr_text());
+        link.import = importer(
+            &link.hosts.b,
+            &link.b,
+            link.state.path(),
+            "in",
+            "test/out",
+            "hostB",
+        );
+        if let Err(panic) = consumer.join() {
+            std::panic::resume_unwind(panic);
         }
     });
     producer.join(WAIT);
