@@ -1,6 +1,7 @@
 //! `shmem_broker.Client`: channel requests (list, info, create, drop) and attaching.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
@@ -60,6 +61,7 @@ impl PyClient {
             channel: producer.channel().to_string(),
             max_message_len: producer.max_message_len(),
             fd: producer.ready_fd().as_raw_fd(),
+            closed: AtomicBool::new(false),
             inner: Arc::new(Mutex::new(ProducerInner {
                 loan: None,
                 view_pending: false,
@@ -90,6 +92,7 @@ impl PyClient {
         Ok(PyConsumer {
             channel: consumer.channel().to_string(),
             fd: consumer.ready_fd().as_raw_fd(),
+            closed: AtomicBool::new(false),
             inner: Arc::new(Mutex::new(ConsumerInner {
                 sample: None,
                 view_pending: false,

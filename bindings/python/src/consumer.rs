@@ -1,6 +1,7 @@
 //! `shmem_broker.Consumer`: receive (copy, borrowed), release, close.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
@@ -77,6 +78,8 @@ pub(crate) struct PyConsumer {
     pub(crate) lending: Mutex<Option<Lending>>,
     pub(crate) channel: String,
     pub(crate) fd: RawFd,
+    /// Set by `close()`: `fd` is closed with the consumer and its number may be reused.
+    pub(crate) closed: AtomicBool,
 }
 
 /// What one receive found: a message, end-of-stream, or nothing yet.
@@ -206,14 +209,16 @@ impl PyConsumer {
             inner.check_no_view_pending()?;
             inner.close();
             Ok(())
-        })
+        })?;
+        self.closed.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The fd that becomes readable when a message (or end-of-stream, or news) may be there,
     /// for select/poll/asyncio's `add_reader`; then call `recv(timeout=0)` until it raises
     /// `TimeoutError`. It belongs to the consumer: do not read from or close it.
-    fn fileno(&self) -> RawFd {
-        self.fd
+    fn fileno(&self) -> PyResult<RawFd> {
+        checked_fileno(self.fd, &self.closed)
     }
 
     #[getter]

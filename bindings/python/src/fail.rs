@@ -3,6 +3,7 @@
 
 use std::ffi::c_int;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -187,6 +188,15 @@ pub(crate) fn failure(err: Option<Error>) -> Fail {
         || Fail::Code(code::OTHER, "would block".into()),
         Fail::Shmem,
     )
+}
+
+/// An endpoint's `fileno()`: `ValueError` once it is closed, as for Python's own files (its fd
+/// is closed with it, and a number handed out then could name a file opened since).
+pub(crate) fn checked_fileno(fd: RawFd, closed: &AtomicBool) -> PyResult<RawFd> {
+    if closed.load(Ordering::Acquire) {
+        return Err(PyValueError::new_err("fileno() of a closed endpoint"));
+    }
+    Ok(fd)
 }
 
 pub(crate) fn closed() -> Fail {

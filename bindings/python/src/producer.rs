@@ -1,6 +1,7 @@
 //! `shmem_broker.Producer`: send (one, non-blocking, batch), loans, close.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
@@ -111,6 +112,8 @@ pub(crate) struct PyProducer {
     pub(crate) channel: String,
     pub(crate) max_message_len: usize,
     pub(crate) fd: RawFd,
+    /// Set by `close()`: `fd` is closed with the producer and its number may be reused.
+    pub(crate) closed: AtomicBool,
 }
 
 impl PyProducer {
@@ -169,7 +172,7 @@ impl PyProducer {
         // the GIL is let go, so it is copied first, while the GIL is held.
         let (keep, owned): (Option<Bound<'_, PyBytes>>, Vec<u8>) = match data.cast::<PyBytes>() {
             Ok(bytes) => (Some(bytes.clone()), Vec::new()),
-            Err(_) => (None, pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?),
+            Err(_) => (None, buffer_bytes(py, data)?),
         };
         let message = match &keep {
             Some(bytes) => Message {
@@ -245,7 +248,9 @@ impl PyProducer {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.end_loan(py, false)?;
         let inner = &self.inner;
-        unlocked(py, || lock(inner).close(true))
+        unlocked(py, || lock(inner).close(true))?;
+        self.closed.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Detaches without end-of-stream: the consumers learn the stream is incomplete.
@@ -257,8 +262,8 @@ impl PyProducer {
 
     /// The fd that becomes readable when a blocked send or loan may go on (for select/poll).
     /// It belongs to the producer: do not read from or close it.
-    fn fileno(&self) -> RawFd {
-        self.fd
+    fn fileno(&self) -> PyResult<RawFd> {
+        checked_fileno(self.fd, &self.closed)
     }
 
     /// The largest message this channel carries.
@@ -291,4 +296,15 @@ impl PyProducer {
         }
         Ok(false)
     }
+}
+
+/// The bytes of any object with the buffer protocol, copied. A buffer of another item type (a
+/// numpy `float32` array, an `array('i')`) is read as its bytes, through `memoryview.cast('B')`,
+/// as `bytes(obj)` would; that needs a C-contiguous buffer (else a `TypeError` saying so).
+fn buffer_bytes(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(buffer) = pyo3::buffer::PyBuffer::<u8>::get(data) {
+        return buffer.to_vec(py);
+    }
+    let bytes = pyo3::types::PyMemoryView::from(data)?.call_method1("cast", ("B",))?;
+    pyo3::buffer::PyBuffer::<u8>::get(&bytes)?.to_vec(py)
 }

@@ -232,6 +232,43 @@ def test_fileno_with_select(client, channel):
         assert consumer.recv(timeout=0) == b"wake"
 
 
+def test_fileno_of_a_closed_endpoint_raises(client, channel):
+    """After close() the endpoint's fd is closed and its number free for the next open file:
+    fileno() raises ValueError, as a closed Python file's does, instead of handing it out."""
+    consumer = client.consumer(channel)
+    producer = client.producer(channel)
+    assert consumer.fileno() >= 0 and producer.fileno() >= 0
+    producer.close()
+    consumer.close()
+    for endpoint in (producer, consumer):
+        with pytest.raises(ValueError):
+            endpoint.fileno()
+        with pytest.raises(ValueError):
+            select.select([endpoint], [], [], 0)
+
+
+def test_send_takes_buffers_of_any_item_type(client, channel):
+    """numpy arrays and array.array of wider items are bytes-like too: sent as their bytes."""
+    import array
+
+    floats = numpy.linspace(0, 1, 5, dtype=numpy.float32)
+    ints = array.array("i", [1, -2, 3])
+    with client.consumer(channel) as consumer:
+        with client.producer(channel) as producer:
+            producer.send(floats)
+            producer.send(ints)
+            producer.send(numpy.arange(6, dtype=numpy.int64).reshape(2, 3))
+            with pytest.raises(TypeError):
+                producer.send(numpy.arange(8, dtype=numpy.int32)[::2])  # not contiguous
+            producer.send(b"still usable")
+        assert list(consumer) == [
+            floats.tobytes(),
+            ints.tobytes(),
+            numpy.arange(6, dtype=numpy.int64).tobytes(),
+            b"still usable",
+        ]
+
+
 def test_send_timeout_and_producer_fileno(client, channel):
     """A ring nobody reads fills: send(timeout=0) raises TimeoutError; the producer's fd turns
     readable once the consumer makes room, and the send goes through."""
