@@ -221,14 +221,33 @@ fn sigterm_with_attached_clients_exits_with_status_0() {
 #[test]
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn broker_without_proc_fails_at_start_naming_proc() {
+    // A private mount namespace whose /proc is an empty tmpfs.
+    broker_fails_at_start_naming_proc("mount -t tmpfs none /proc");
+}
+
+/// Whatever else is mounted on /proc, a path under /proc/self/fd may name some other file than
+/// the memfd: the broker must refuse to hand that out (it checks device and inode) rather than
+/// give clients a file it did not create. Here /proc/self/fd/0..63 are plain files of a tmpfs.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn broker_with_something_else_on_proc_fails_at_start_naming_proc() {
+    broker_fails_at_start_naming_proc(
+        "mount -t tmpfs none /proc && mkdir -p /proc/self/fd && \
+         for n in $(seq 0 63); do echo decoy > /proc/self/fd/$n; done",
+    );
+}
+
+/// Starts the broker in a private mount namespace after `prepare` (a shell line) and checks
+/// that it exits 1 with one stderr line naming /proc.
+fn broker_fails_at_start_naming_proc(prepare: &str) {
     require_root();
     require_tool("unshare", "util-linux");
     let dir = temp_dir();
     let socket = dir.path().join("control.sock");
     let mut cmd = Command::new("unshare");
-    // A private mount namespace whose /proc is an empty tmpfs; the broker is exec'd inside it.
+    // The broker is exec'd inside the namespace once `prepare` has run.
     cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount -t tmpfs none /proc && exec \"$0\" \"$@\"")
+        .arg(format!("{prepare} && exec \"$0\" \"$@\""))
         .arg(broker_bin())
         .arg("--socket")
         .arg(&socket);

@@ -141,7 +141,7 @@ fn check_read_only_reopen() -> Result<(), String> {
     files.share(Some(Role::Consumer)).map_err(|e| {
         format!(
             "cannot hand out ring memfds read-only: reopening one through /proc/self/fd failed \
-             ({e}); the broker needs /proc mounted in its mount namespace"
+             ({e}); the broker needs the proc file system mounted on /proc in its mount namespace"
         )
     })?;
     Ok(())

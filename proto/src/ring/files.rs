@@ -72,17 +72,28 @@ impl RingFiles {
 /// A new fd for `memfd`: a duplicate if `writable`, else the file opened again read-only
 /// through `/proc/self/fd` (the only way to get an `O_RDONLY` fd of a memfd; the mode 0600 the
 /// creator gave it keeps clients of other uids from doing the same towards `O_RDWR`).
+///
+/// The path names the memfd only where /proc is the proc file system; whatever else is mounted
+/// there could hand the client some other file. So the reopened file must be the memfd (same
+/// device and inode), else this fails.
 pub(super) fn share_memfd(memfd: &Memfd, writable: bool) -> std::io::Result<OwnedFd> {
     let fd = memfd.as_file().as_fd();
     if writable {
         return fd.try_clone_to_owned();
     }
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    Ok(rustix::fs::open(
+    let reopened = rustix::fs::open(
         path.as_str(),
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
-    )?)
+    )?;
+    let (memfd_stat, reopened_stat) = (rustix::fs::fstat(fd)?, rustix::fs::fstat(&reopened)?);
+    if (memfd_stat.st_dev, memfd_stat.st_ino) != (reopened_stat.st_dev, reopened_stat.st_ino) {
+        return Err(std::io::Error::other(format!(
+            "{path} is not the memfd (is /proc the proc file system?)"
+        )));
+    }
+    Ok(reopened)
 }
 
 impl SharedRing {
