@@ -1,6 +1,6 @@
 //! Fan-out endpoints coming and going through the real broker: a durable consumer killed and
-//! re-attached, an anonymous consumer's rings freed, and an idle producer not making the broker
-//! hold fds for consumers that left.
+//! re-attached, an anonymous consumer's rings freed, an idle producer not making the broker
+//! hold fds for consumers that left, and a consumer attaching while the producer closes.
 
 use shmem_broker_client::{Error, SlowConsumer};
 use shmem_broker_tests::fanout::*;
@@ -235,4 +235,52 @@ fn an_idle_producer_does_not_make_the_broker_hold_fds_for_consumers_that_left() 
             Err(format!("{now} fds, {settled} after the first 20 consumers"))
         }
     });
+}
+
+/// A consumer that attaches while the producer's `close()` waits for room in another
+/// consumer's ring is owed the end-of-stream mark as much as the others: it is told the stream
+/// ended, not that its producer went away without finishing.
+#[test]
+fn a_consumer_attaching_while_the_producer_closes_gets_the_end_mark() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    create(&client, "closing", 64 << 10, 1, 2, SlowConsumer::Block);
+    let mut slow = client
+        .consumer("closing")
+        .expect("attach the slow consumer");
+    let mut producer = client.producer("closing").expect("attach the producer");
+    let message = vec![7u8; 1000];
+    let mut sent = 0u64;
+    // Fill the slow consumer's ring, so that the end mark has to wait for room.
+    loop {
+        match producer.try_send(&message) {
+            Ok(()) => sent += 1,
+            Err(shmem_broker_client::TrySendError::Full) => break,
+            Err(err) => panic!("send: {err}"),
+        }
+    }
+    let closing = Background::spawn("close", move || producer.close());
+    // Long enough for close() to reach its wait (a late attach before it would get the mark
+    // with or without the rule under test, so this only ever errs towards passing).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!closing.is_finished(), "close() did not wait for room");
+    let mut late = client
+        .consumer("closing")
+        .expect("attach the late consumer");
+    wait_for_consumers(&broker, "closing", 2);
+    let mut received = 0u64;
+    let mut buf = Vec::new();
+    while slow.recv_into(&mut buf).expect("slow consumer: recv") {
+        received += 1;
+    }
+    assert_eq!(
+        received, sent,
+        "the slow consumer got every message, then the end mark"
+    );
+    closing.join(TRANSFER).expect("close");
+    let end = Background::spawn("late recv", move || late.recv_into(&mut Vec::new()));
+    match end.join(TRANSFER) {
+        Ok(false) => {}
+        other => panic!("the late consumer should see the end of the stream, got {other:?}"),
+    }
 }

@@ -465,11 +465,13 @@ impl LaneWriter {
     pub fn close(&mut self, attachment: &mut Attachment) -> Result<()> {
         self.prepare(attachment)?;
         let mut lost = Vec::new();
-        for lane in &mut self.lanes.list {
-            lane.pending = true;
-        }
-        while let Some(first) = self.lanes.list.iter().position(|l| l.pending) {
+        // Consumers done with (marked, or told through the broker). Not a flag set on the
+        // lanes at the start: a consumer that attaches while this waits for room in another's
+        // ring comes in as a new lane, and it is owed the mark as much as the others.
+        let mut done: Vec<u32> = Vec::new();
+        while let Some(first) = self.lanes.list.iter().position(|l| !done.contains(&l.id)) {
             let id = self.lanes.list[first].id;
+            done.push(id);
             while let Some(index) = self.lanes.index_of(id) {
                 let missed = self.lanes.list[index].missed;
                 let written = self.on_lane(attachment, index, |w| {
@@ -493,7 +495,6 @@ impl LaneWriter {
                     });
                 }
                 if written || self.policy != SlowConsumer::Block {
-                    lane.pending = false;
                     break;
                 }
                 self.wait_for_room(attachment, index, 0)?;
