@@ -433,6 +433,34 @@ fn counters_scribbled_in_two_producers_rings_are_summed_saturating() {
     drop((raw, consumer));
 }
 
+/// A producer that sets its ring's counters to X, then 0, then X again between the broker's
+/// looks must not have X counted twice: the broker takes what a ring counted only when it grows
+/// past the most it showed before.
+#[test]
+fn counters_that_go_down_and_up_again_are_counted_once() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&[
+        "create",
+        "seesaw",
+        "--capacity",
+        "64KiB",
+        "--max-producers",
+        "2",
+    ]);
+    let raw = raw_attach_any(broker.socket_path(), "seesaw", "producer");
+    let map = Mapping::new(producer_rings(&raw)[0].0, 4096);
+    for value in [1000, 0, 1000, 0, 1000] {
+        map.write_u64(MESSAGES_WRITTEN, value);
+        map.write_u64(BYTES_WRITTEN, value * 64);
+        broker.ctl_ok(&["info", "seesaw"]);
+    }
+    let info = broker.info("seesaw");
+    assert_eq!(json_u64(&info, "messages_written"), 1000, "{info}");
+    assert_eq!(json_u64(&info, "bytes_written"), 64_000, "{info}");
+    drop(map);
+    drop(raw);
+}
+
 #[test]
 fn counters_scribbled_in_two_durable_consumers_rings_are_summed_saturating() {
     let mut broker = Broker::start(None);

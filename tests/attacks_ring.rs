@@ -124,6 +124,8 @@ fn a_producer_flagging_a_one_to_one_ring_dropped_does_not_end_the_consumers_chan
     rustix::io::write(hostile.fd("data_ready"), &wake.to_ne_bytes()).expect("wake the consumer");
     drop(map);
     drop(hostile);
+    // Its slot is free once the broker has seen it go (max_producers = 1).
+    broker.wait_for_no_peer_with_role("flagged", "producer");
     let mut honest = client
         .producer("flagged")
         .expect("attach the honest producer");

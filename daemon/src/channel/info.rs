@@ -27,6 +27,18 @@ impl Counts {
         }
     }
 
+    /// Each counter at the most it has been in `self` or `before`: what the broker remembers
+    /// of a ring, so that a counter set back and forth (X, 0, X) is counted once, not once per
+    /// climb.
+    pub(super) fn highest(self, before: Counts) -> Counts {
+        Counts {
+            messages_written: self.messages_written.max(before.messages_written),
+            bytes_written: self.bytes_written.max(before.bytes_written),
+            messages_read: self.messages_read.max(before.messages_read),
+            messages_lost: self.messages_lost.max(before.messages_lost),
+        }
+    }
+
     /// How far each counter moved since `before` (a counter that went back moved 0).
     pub(super) fn since(self, before: Counts) -> Counts {
         Counts {
@@ -68,7 +80,9 @@ impl Channel {
         for queue in &self.queues {
             for (slot, lane) in queue.lanes.iter().enumerate() {
                 let now = Counts::of(&lane.ring);
-                let moved = now.since(lane.seen.replace(now));
+                let seen = lane.seen.get();
+                let moved = now.since(seen);
+                lane.seen.set(now.highest(seen));
                 let (messages, bytes) = lane.stream.get();
                 let at = (
                     messages.saturating_add(moved.messages_written),
