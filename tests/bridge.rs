@@ -223,6 +223,17 @@ struct Link {
     import: Proc,
 }
 
+/// `link_one`'s exporter: channel "out" on host A to key test/out, waiting for importer hostB.
+fn link_exporter(hosts: &Hosts, a: &Broker) -> Proc {
+    exporter(&hosts.a, a, "out", "test/out", &["hostB"])
+}
+
+/// `link_one`'s importer: key test/out into channel "in" on host B, as hostB, its record in
+/// `state` (a restarted one resumes from there).
+fn link_importer(hosts: &Hosts, b: &Broker, state: &Path) -> Proc {
+    importer(&hosts.b, b, state, "in", "test/out", "hostB")
+}
+
 fn link_one(capacity: &str) -> Link {
     let hosts = Hosts::new();
     let a = Broker::start(None);
@@ -231,8 +242,8 @@ fn link_one(capacity: &str) -> Link {
     a.ctl_ok(&["create", "out", "--capacity", capacity]);
     b.ctl_ok(&["create", "in", "--capacity", capacity]);
     let router = router(&hosts, a.dir());
-    let export = exporter(&hosts.a, &a, "out", "test/out", &["hostB"]);
-    let import = importer(&hosts.b, &b, state.path(), "in", "test/out", "hostB");
+    let export = link_exporter(&hosts, &a);
+    let import = link_importer(&hosts, &b, state.path());
     Link {
         hosts,
         a,
@@ -462,17 +473,10 @@ fn survives_sigkill(kill_importer: bool) {
         if kills.contains(&next) {
             if kill_importer {
                 link.import.kill9();
-                link.import = importer(
-                    &link.hosts.b,
-                    &link.b,
-                    link.state.path(),
-                    "in",
-                    "test/out",
-                    "hostB",
-                );
+                link.import = link_importer(&link.hosts, &link.b, link.state.path());
             } else {
                 link.export.kill9();
-                link.export = exporter(&link.hosts.a, &link.a, "out", "test/out", &["hostB"]);
+                link.export = link_exporter(&link.hosts, &link.a);
             }
         }
     }
@@ -678,7 +682,7 @@ fn sigterm_drains_in_flight_work_and_exits_0() {
             link.export.wait_exit(WAIT),
             link.export.stderr_text(),
         ));
-        link.export = exporter(&link.hosts.a, &link.a, "out", "test/out", &["hostB"]);
+        link.export = link_exporter(&link.hosts, &link.a);
         reach(2 * count / 3);
         link.import.signal(libc::SIGTERM);
         stops.push((
@@ -687,14 +691,7 @@ fn sigterm_drains_in_flight_work_and_exits_0() {
             link.import.stderr_text(),
         ));
         import_logs.push_str(&link.import.stderr_text());
-        link.import = importer(
-            &link.hosts.b,
-            &link.b,
-            link.state.path(),
-            "in",
-            "test/out",
-            "hostB",
-        );
+        link.import = link_importer(&link.hosts, &link.b, link.state.path());
         if let Err(panic) = consumer.join() {
             std::panic::resume_unwind(panic);
         }
