@@ -80,6 +80,8 @@ impl Channel {
                 ));
             }
         };
+        // This slot's rings are the new producer's from here on.
+        self.observe_rebasing(|_, slot| slot == index);
         let grant = if self.meta.is_fanout() {
             ensure(&mut self.slots[index].space_ready).map_err(internal)?;
             let mut fds = vec![
@@ -231,6 +233,8 @@ impl Channel {
                 index
             }
         };
+        // This queue's rings are the new consumer's from here on.
+        self.observe_rebasing(|queue, _| queue == index);
         let queue = &self.queues[index];
         let mut fds = vec![
             self.control_fd().map_err(internal)?,
@@ -280,6 +284,7 @@ impl Channel {
                 format!("channel busy: consumer pid {} attached", holder.peer.pid),
             ));
         }
+        self.observe_rebasing(|queue, _| queue == 0);
         let mut grant = self.single_grant(Role::Consumer).map_err(internal)?;
         if self.slots[0].holder.is_none() {
             if let Some(gone) = self.unclean_end {

@@ -28,14 +28,24 @@ impl Counts {
     }
 
     /// Each counter at the most it has been in `self` or `before`: what the broker remembers
-    /// of a ring, so that a counter set back and forth (X, 0, X) is counted once, not once per
-    /// climb.
+    /// of a ring while its holder stays, so that a counter set back and forth (X, 0, X) is
+    /// counted once, not once per climb.
     pub(super) fn highest(self, before: Counts) -> Counts {
         Counts {
             messages_written: self.messages_written.max(before.messages_written),
             bytes_written: self.bytes_written.max(before.bytes_written),
             messages_read: self.messages_read.max(before.messages_read),
             messages_lost: self.messages_lost.max(before.messages_lost),
+        }
+    }
+
+    /// Each counter at the least of `self` and `other`.
+    pub(super) fn lowest(self, other: Counts) -> Counts {
+        Counts {
+            messages_written: self.messages_written.min(other.messages_written),
+            bytes_written: self.bytes_written.min(other.bytes_written),
+            messages_read: self.messages_read.min(other.messages_read),
+            messages_lost: self.messages_lost.min(other.messages_lost),
         }
     }
 
@@ -73,16 +83,29 @@ impl Channel {
     /// any ring goes away and whenever the totals are shown or saved, so nothing counted in a
     /// ring is lost with it.
     pub(super) fn observe(&self) {
+        self.observe_rebasing(|_, _| false);
+    }
+
+    /// `observe`, and the rings of the lanes `(queue index, slot)` that `handed_over` picks
+    /// are remembered at their counters as they are now, not at the most they ever showed:
+    /// they go to a new producer or consumer, which writes on from there. Without this a
+    /// former holder that set its counters high, let the broker look, and set them back low
+    /// before leaving would keep its successor's first messages from being counted.
+    pub(super) fn observe_rebasing(&self, handed_over: impl Fn(usize, usize) -> bool) {
         let mut totals = self.totals.borrow_mut();
         if totals.written.len() < self.slots.len() {
             totals.written.resize(self.slots.len(), (0, 0));
         }
-        for queue in &self.queues {
+        for (queue_index, queue) in self.queues.iter().enumerate() {
             for (slot, lane) in queue.lanes.iter().enumerate() {
                 let now = Counts::of(&lane.ring);
                 let seen = lane.seen.get();
                 let moved = now.since(seen);
-                lane.seen.set(now.highest(seen));
+                lane.seen.set(if handed_over(queue_index, slot) {
+                    now
+                } else {
+                    now.highest(seen)
+                });
                 let (messages, bytes) = lane.stream.get();
                 let at = (
                     messages.saturating_add(moved.messages_written),

@@ -101,7 +101,9 @@ impl Channel {
                 .find(|q| q.id == *queue_id)
                 .and_then(|q| q.lanes.get(*slot as usize));
             if let Some(lane) = lane {
-                lane.seen.set(*counts);
+                // No more than the ring shows now: a ring replaced at restore (its header was
+                // scribbled) starts at 0, and its new counts must not wait to pass the old.
+                lane.seen.set(counts.lowest(Counts::of(&lane.ring)));
             }
         }
         let mut totals = totals;
