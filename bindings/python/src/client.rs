@@ -57,15 +57,17 @@ impl PyClient {
         let producer = unlocked(py, || {
             Ok(client.attach(name).reconnect(reconnect).producer()?)
         })?;
+        let closed = Arc::new(AtomicBool::new(false));
         Ok(PyProducer {
             channel: producer.channel().to_string(),
             max_message_len: producer.max_message_len(),
             fd: producer.ready_fd().as_raw_fd(),
-            closed: AtomicBool::new(false),
+            closed: closed.clone(),
             inner: Arc::new(Mutex::new(ProducerInner {
                 loan: None,
                 view_pending: false,
                 producer: Box::into_raw(Box::new(producer)),
+                closed,
             })),
             lending: Mutex::new(None),
         })
@@ -89,15 +91,17 @@ impl PyClient {
             }
             Ok(attach.consumer()?)
         })?;
+        let closed = Arc::new(AtomicBool::new(false));
         Ok(PyConsumer {
             channel: consumer.channel().to_string(),
             fd: consumer.ready_fd().as_raw_fd(),
-            closed: AtomicBool::new(false),
+            closed: closed.clone(),
             inner: Arc::new(Mutex::new(ConsumerInner {
                 sample: None,
                 view_pending: false,
                 consumer: Box::into_raw(Box::new(consumer)),
                 buffer: Vec::new(),
+                closed,
             })),
             lending: Mutex::new(None),
         })

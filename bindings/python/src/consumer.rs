@@ -22,6 +22,8 @@ pub(crate) struct ConsumerInner {
     /// NULL once closed.
     pub(crate) consumer: *mut Consumer,
     pub(crate) buffer: Vec<u8>,
+    /// Set where `consumer` is freed; as `ProducerInner::closed`.
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 // SAFETY: the raw pointer is an owned `Box<Consumer>` (Consumer is Send); the sample is Send;
@@ -57,6 +59,7 @@ impl ConsumerInner {
         self.sample = None;
         let raw = std::mem::replace(&mut self.consumer, std::ptr::null_mut());
         if !raw.is_null() {
+            self.closed.store(true, Ordering::Release);
             // SAFETY: from Box::into_raw, freed once (the field is NULL from now on); no
             // sample borrows it any more.
             drop(unsafe { Box::from_raw(raw) });
@@ -78,8 +81,8 @@ pub(crate) struct PyConsumer {
     pub(crate) lending: Mutex<Option<Lending>>,
     pub(crate) channel: String,
     pub(crate) fd: RawFd,
-    /// Set by `close()`: `fd` is closed with the consumer and its number may be reused.
-    pub(crate) closed: AtomicBool,
+    /// `ConsumerInner::closed`.
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 /// What one receive found: a message, end-of-stream, or nothing yet.
@@ -209,9 +212,7 @@ impl PyConsumer {
             inner.check_no_view_pending()?;
             inner.close();
             Ok(())
-        })?;
-        self.closed.store(true, Ordering::Release);
-        Ok(())
+        })
     }
 
     /// The fd that becomes readable when a message (or end-of-stream, or news) may be there,

@@ -25,6 +25,10 @@ pub(crate) struct ProducerInner {
     pub(crate) view_pending: bool,
     /// NULL once closed.
     pub(crate) producer: *mut Producer,
+    /// Set where `producer` is freed (close, detach, a failed close, drop): its fd is closed
+    /// with it, and `fileno()` must not hand out the number any more (the next open file may
+    /// take it). Shared with the `PyProducer`, which reads it without the lock.
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 // SAFETY: the raw pointer is an owned `Box<Producer>` (Producer is Send); the loan is Send;
@@ -83,6 +87,7 @@ impl ProducerInner {
         if raw.is_null() {
             return Ok(());
         }
+        self.closed.store(true, Ordering::Release);
         // SAFETY: from Box::into_raw, freed once (the field is NULL from now on); no loan
         // borrows it any more (dropped above).
         let producer = unsafe { Box::from_raw(raw) };
@@ -112,8 +117,8 @@ pub(crate) struct PyProducer {
     pub(crate) channel: String,
     pub(crate) max_message_len: usize,
     pub(crate) fd: RawFd,
-    /// Set by `close()`: `fd` is closed with the producer and its number may be reused.
-    pub(crate) closed: AtomicBool,
+    /// `ProducerInner::closed`.
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 impl PyProducer {
@@ -248,9 +253,7 @@ impl PyProducer {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.end_loan(py, false)?;
         let inner = &self.inner;
-        unlocked(py, || lock(inner).close(true))?;
-        self.closed.store(true, Ordering::Release);
-        Ok(())
+        unlocked(py, || lock(inner).close(true))
     }
 
     /// Detaches without end-of-stream: the consumers learn the stream is incomplete.

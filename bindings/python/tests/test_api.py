@@ -245,6 +245,13 @@ def test_fileno_of_a_closed_endpoint_raises(client, channel):
             endpoint.fileno()
         with pytest.raises(ValueError):
             select.select([endpoint], [], [], 0)
+    # Detaching (how a `with` block left by an exception ends a producer) closes it as well.
+    producer = client.producer(channel)
+    with pytest.raises(RuntimeError):
+        with producer:
+            raise RuntimeError("leaves the block")
+    with pytest.raises(ValueError):
+        producer.fileno()
 
 
 def test_send_takes_buffers_of_any_item_type(client, channel):
