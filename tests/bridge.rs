@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmem_broker_tests::*;
@@ -654,48 +655,51 @@ fn sigterm_drains_in_flight_work_and_exits_0() {
     let (count, len) = (20_000u64, 512);
     let producer = produce(link.a.socket_path().to_path_buf(), "out", count, len);
     // The consumer reads on in its own thread while a bridge drains: the importer can only
-    // store the exporter's last batch (and so let it drain) while someone empties "in".
-    let got = AtomicU64::new(0);
-    let mut stops = Vec::new();
-    let mut import_logs = String::new();
-    std::thread::scope(|scope| {
-        let b = &link.b;
-        let got = &got;
-        let consumer = scope.spawn(move || {
-            let client = b.client();
+    // store the exporter's last batch (and so let it drain) while someone empties "in". It runs
+    // in `Background` (joined with a deadline), so a failure here cannot leave it blocked.
+    let got = Arc::new(AtomicU64::new(0));
+    let client = link.b.client();
+    let consumer = Background::spawn("consumer", {
+        let got = got.clone();
+        move || {
             consume_across_importer_restarts(&client, "in", count, len, true, &mut |n| {
                 got.store(n, Ordering::Release)
-            });
-        });
-        let reach = |n: u64| {
-            wait_for(WAIT, format!("{n} messages through the bridge"), || {
-                let now = got.load(Ordering::Acquire);
-                (now >= n || consumer.is_finished())
-                    .then_some(())
-                    .ok_or_else(|| format!("{now} so far"))
             })
-        };
-        reach(count / 3);
-        link.export.signal(libc::SIGTERM);
-        stops.push((
-            "exporter",
-            link.export.wait_exit(WAIT),
-            link.export.stderr_text(),
-        ));
-        link.export = link_exporter(&link.hosts, &link.a);
-        reach(2 * count / 3);
-        link.import.signal(libc::SIGTERM);
-        stops.push((
-            "importer",
-            link.import.wait_exit(WAIT),
-            link.import.stderr_text(),
-        ));
-        import_logs.push_str(&link.import.stderr_text());
-        link.import = link_importer(&link.hosts, &link.b, link.state.path());
-        if let Err(panic) = consumer.join() {
-            std::panic::resume_unwind(panic);
         }
     });
+    let reach = |n: u64| {
+        wait_for(WAIT, format!("{n} messages through the bridge"), || {
+            let now = got.load(Ordering::Acquire);
+            (now >= n || consumer.is_finished())
+                .then_some(())
+                .ok_or_else(|| format!("{now} so far"))
+        });
+        // Stopped while the stream still flows, or the drain would have nothing to do.
+        let now = got.load(Ordering::Acquire);
+        assert!(
+            now < count,
+            "the stream was through ({now}) before the stop"
+        );
+    };
+    let mut stops = Vec::new();
+    reach(count / 3);
+    link.export.signal(libc::SIGTERM);
+    stops.push((
+        "exporter",
+        link.export.wait_exit(WAIT),
+        link.export.stderr_text(),
+    ));
+    link.export = link_exporter(&link.hosts, &link.a);
+    reach(2 * count / 3);
+    link.import.signal(libc::SIGTERM);
+    stops.push((
+        "importer",
+        link.import.wait_exit(WAIT),
+        link.import.stderr_text(),
+    ));
+    let import_logs = link.import.stderr_text();
+    link.import = link_importer(&link.hosts, &link.b, link.state.path());
+    consumer.join(Duration::from_secs(120));
     producer.join(WAIT);
     assert_eq!(stops.len(), 2);
     for (which, status, log) in &stops {
