@@ -237,6 +237,17 @@ fn broker_with_something_else_on_proc_fails_at_start_naming_proc() {
     );
 }
 
+/// The same with FIFOs there: opening one for reading would wait for a writer, so the broker
+/// opens without waiting, and refuses as above instead of hanging at start-up.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn broker_with_fifos_on_proc_fails_at_start_naming_proc() {
+    broker_fails_at_start_naming_proc(
+        "mount -t tmpfs none /proc && mkdir -p /proc/self/fd && \
+         for n in $(seq 0 63); do mkfifo /proc/self/fd/$n; done",
+    );
+}
+
 /// Starts the broker in a private mount namespace after `prepare` (a shell line) and checks
 /// that it exits 1 with one stderr line naming /proc.
 fn broker_fails_at_start_naming_proc(prepare: &str) {

@@ -3,6 +3,8 @@
 //! policy `block`; a fan-out channel has a lane per consumer queue, each ring single-producer
 //! single-consumer, so no consumer ever sees another's data or positions.
 
+use std::collections::HashSet;
+
 use crate::attachment::Attachment;
 use crate::error::{Error, Result};
 use crate::grant::Rings;
@@ -465,14 +467,17 @@ impl LaneWriter {
     pub fn close(&mut self, attachment: &mut Attachment) -> Result<()> {
         self.prepare(attachment)?;
         let mut lost = Vec::new();
-        // Consumers done with (marked, or told through the broker). Not a flag set on the
-        // lanes at the start: a consumer that attaches while this waits for room in another's
-        // ring comes in as a new lane, and it is owed the mark as much as the others.
-        let mut done: Vec<u32> = Vec::new();
-        while let Some(first) = self.lanes.list.iter().position(|l| !done.contains(&l.id)) {
+        // Rings done with (marked, or told through the broker), by identity. Not a flag set on
+        // the lanes at the start: a consumer that attaches while this waits for room in
+        // another's ring comes in as a new lane, and a ring the broker replaces meanwhile comes
+        // in as a new ring; each is owed the mark as much as the others, and none gets two.
+        let mut done: HashSet<(u64, u64)> = HashSet::new();
+        let fresh =
+            |done: &HashSet<(u64, u64)>, end: &RingWriter| !done.contains(&end.ring().file());
+        while let Some(first) = self.lanes.list.iter().position(|l| fresh(&done, &l.end)) {
             let id = self.lanes.list[first].id;
-            done.push(id);
             while let Some(index) = self.lanes.index_of(id) {
+                done.insert(self.lanes.list[index].end.ring().file());
                 let missed = self.lanes.list[index].missed;
                 let written = self.on_lane(attachment, index, |w| {
                     // A consumer that lost the last messages learns of them before the end:

@@ -75,7 +75,8 @@ impl RingFiles {
 ///
 /// The path names the memfd only where /proc is the proc file system; whatever else is mounted
 /// there could hand the client some other file. So the reopened file must be the memfd (same
-/// device and inode), else this fails.
+/// device and inode), else this fails. Opened non-blocking, so that a FIFO there cannot hang
+/// the broker before the check; the flag is cleared for the client.
 pub(super) fn share_memfd(memfd: &Memfd, writable: bool) -> std::io::Result<OwnedFd> {
     let fd = memfd.as_file().as_fd();
     if writable {
@@ -84,7 +85,7 @@ pub(super) fn share_memfd(memfd: &Memfd, writable: bool) -> std::io::Result<Owne
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let reopened = rustix::fs::open(
         path.as_str(),
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NONBLOCK,
         rustix::fs::Mode::empty(),
     )?;
     let (memfd_stat, reopened_stat) = (rustix::fs::fstat(fd)?, rustix::fs::fstat(&reopened)?);
@@ -93,6 +94,7 @@ pub(super) fn share_memfd(memfd: &Memfd, writable: bool) -> std::io::Result<Owne
             "{path} is not the memfd (is /proc the proc file system?)"
         )));
     }
+    rustix::fs::fcntl_setfl(&reopened, rustix::fs::OFlags::empty())?;
     Ok(reopened)
 }
 
@@ -193,6 +195,12 @@ impl SharedRing {
             format: FrameFormat::of(MIN_LAYOUT_VERSION, 0),
             file: (stat.st_dev, stat.st_ino),
         })
+    }
+
+    /// Which ring this is: its memfd's (device, inode), the same in every process that maps
+    /// it, and different for a ring that replaced it.
+    pub fn file(&self) -> (u64, u64) {
+        self.file
     }
 
     /// The data area's size in bytes.
