@@ -253,7 +253,7 @@ impl SharedRing {
     }
 
     /// The ack page as a whole (layout 3).
-    fn ack_page(&self) -> Option<&AckPage> {
+    pub(super) fn ack_page(&self) -> Option<&AckPage> {
         self.ack.as_ref().map(|ack| {
             // SAFETY: as for `header`: the ack mapping is ACK_SIZE (>= size_of::<AckPage>())
             // bytes, page aligned, sealed against shrinking, lives as long as `self`, and holds
