@@ -156,7 +156,12 @@ impl LaneReader {
     /// read until they come (`held_for_gone`): each is due at the end of a producer's stream,
     /// and the frames after that end (its successor's, or the end-of-stream) must not be
     /// handed out before it. Per read that is one `Relaxed` load of a line of our own ack page
-    /// and a compare, plus a length for the batch limit.
+    /// and a compare, plus a length for the batch limit. The count is loaded before the read
+    /// loads the ring's positions, not after: a consumer descheduled between the two loads
+    /// while, just then, its producer dies, the broker counts and the next producer attaches
+    /// and writes, can still read that next producer's first frames before the report (which
+    /// then follows them). Closing that window would take the ring read's own position load,
+    /// inside `RingReader`, which this per-message path leaves alone.
     pub fn try_read<T>(
         &mut self,
         attachment: &mut Attachment,
