@@ -4,7 +4,7 @@
 //! overflow. The victim must report a
 //! corrupt ring (one line, exit 1), never panic (exit 101), and the broker must keep serving.
 
-use shmem_broker_tests::raw_ring::{Mapping, ACK_MESSAGES_READ, ACK_READ_POS};
+use shmem_broker_tests::raw_ring::{Mapping, ACK_MESSAGES_READ, ACK_PRODUCERS_GONE, ACK_READ_POS};
 use shmem_broker_tests::*;
 use std::sync::atomic::Ordering;
 
@@ -144,5 +144,87 @@ fn a_producer_flagging_a_one_to_one_ring_dropped_does_not_end_the_consumers_chan
         }
     }
     assert_eq!(received, vec![0, 1, 2]);
+    broker.assert_running();
+}
+
+/// This process's own mapping of channel `channel`'s ack page, reopened writable through
+/// `/proc/self/map_files` (the consumer's own memfd, which the client maps and closes: what a
+/// buggy or hostile consumer can scribble). Opening `map_files` needs root.
+fn own_ack_page(channel: &str) -> Mapping {
+    // The broker names it "shmem-broker:CHANNEL:pSLOT:cQUEUE:ack".
+    let prefix = format!("/memfd:shmem-broker:{channel}:");
+    for entry in std::fs::read_dir("/proc/self/map_files").expect("list /proc/self/map_files") {
+        let path = entry.expect("an fd entry").path();
+        let Ok(target) = std::fs::read_link(&path) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if target.starts_with(&prefix) && target.contains(":ack") {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("reopen our own ack page writable");
+            return Mapping::new(file, 4096);
+        }
+    }
+    panic!("no ack page of {channel:?} among this process's mappings");
+}
+
+/// The ack page's `producers_gone` count (offset 128) is the broker's announcement of a
+/// `producer_gone` event on its way, and the consumer's client does not read past it until the
+/// event comes. It lies in the consumer's own memfd, so a consumer that scribbles it (here:
+/// u64::MAX, an event that will never come) can mislead only itself, and only for the wait's
+/// bound (1 s): a blocking receive and a `try_recv` parked on `ready_fd()` both get the
+/// messages.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn a_consumer_scribbling_its_own_producers_gone_count_still_receives_within_the_bound() {
+    require_root();
+    let mut broker = Broker::start(None);
+    let client = broker.client();
+    for (channel, blocking) in [("scribbled-try", false), ("scribbled-blocking", true)] {
+        broker.ctl_ok(&["create", channel, "--capacity", "64KiB"]);
+        let mut consumer = client.consumer(channel).expect("attach the consumer");
+        let ack = own_ack_page(channel);
+        ack.u64_at(ACK_PRODUCERS_GONE)
+            .store(u64::MAX, Ordering::SeqCst);
+        let mut producer = client.producer(channel).expect("attach the producer");
+        for i in 0..3u8 {
+            producer.send(&[i; 8]).expect("send");
+        }
+        producer.close().expect("close");
+        // Within WAIT (10 s), for a wait bounded at 1 s: never for ever.
+        let received = with_deadline(WAIT, "the scribbling consumer to drain", move || {
+            let mut received = Vec::new();
+            loop {
+                let got = if blocking {
+                    consumer.recv()
+                } else {
+                    match consumer.try_recv() {
+                        Err(shmem_broker_client::TryRecvError::Empty) => {
+                            // Nothing else will happen on this channel: only the wait's
+                            // bound can make ready_fd() readable.
+                            assert!(
+                                readable(consumer.ready_fd(), WAIT),
+                                "ready_fd() stayed quiet after {received:?}"
+                            );
+                            continue;
+                        }
+                        Err(shmem_broker_client::TryRecvError::Failed(e)) => Err(e),
+                        Ok(got) => Ok(got),
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                match got {
+                    Ok(Some(message)) => received.push(message[0]),
+                    Ok(None) => break received,
+                    Err(err) => panic!("after {received:?}: {err}"),
+                }
+            }
+        });
+        assert_eq!(received, vec![0, 1, 2], "{channel}");
+        drop(ack);
+    }
     broker.assert_running();
 }

@@ -5,7 +5,7 @@
 //! Killed clients are helper processes: this test binary run again with only one `#[ignore]`d
 //! helper test selected (see `self_exec_command`), using the client library like any program.
 
-use shmem_broker_client::{Client, Error, ErrorCode};
+use shmem_broker_client::{Client, Error, ErrorCode, TryRecvError};
 use shmem_broker_tests::*;
 use std::io::Write;
 use std::path::Path;
@@ -54,8 +54,8 @@ fn env(name: &str) -> String {
 }
 
 /// Not a test: a producer process. `$SHMEM_TEST_MODE` is `midway:N` (send N messages, then
-/// stop for good half-way through writing message N into the ring) or `flood` (send until
-/// killed).
+/// stop for good half-way through writing message N into the ring), `flood` (send until
+/// killed) or `flood-small` (the same with small messages).
 #[test]
 #[ignore = "helper process body: started by other tests in this file"]
 fn helper_producer() {
@@ -92,9 +92,12 @@ fn helper_producer() {
             })
             .expect("helper: send_with");
     } else {
+        // `flood` (big messages) or `flood-small` (100-byte payloads, for small rings).
+        let small = mode == "flood-small";
         for seq in 0.. {
+            let len = if small { 100 } else { big_len(seq) };
             producer
-                .send(&message(gen, seq, big_len(seq)))
+                .send(&message(gen, seq, len))
                 .expect("helper: send");
         }
     }
@@ -297,6 +300,234 @@ fn producer_killed_mid_message_leaves_only_complete_messages() {
         "generation 2 in order, no gap"
     );
     assert_eq!(of(3), (0..50).collect::<Vec<_>>(), "generation 3 whole");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8b. producers killed while the consumer lags behind
+
+/// What a lagging consumer is handed, in stream order.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Message(u32, u64),
+    /// A producer went away without end-of-stream: its pid.
+    Gone(u32),
+    EndOfStream,
+}
+
+/// Two producers of channel `name` are SIGKILLed half-way through a message, one after the
+/// other, and a third sends 5 messages and closes, all while the consumer (attached first)
+/// reads nothing; the broker tells it of both deaths before it reads a byte. Draining then, it
+/// must get each producer's complete messages followed by one report of that producer's death,
+/// and end-of-stream only for the one that closed. A one-to-one channel's producers all have
+/// the same lane, and a fan-out channel's killed producer leaves its slot (and lane id) to the
+/// next: a report per lane would keep the last death only.
+fn lagging_consumer_gets_every_producer_gone(create: &[&str], batch: bool) {
+    let broker = Broker::start(None);
+    broker.ctl_ok(create);
+    let name = create[1];
+    let client = broker.client();
+    let mut consumer = client.consumer(name).expect("attach the consumer");
+
+    let mut want = Vec::new();
+    for (gen, count) in [(1u32, 3u64), (2, 2)] {
+        let mut producer = spawn_helper(
+            &broker,
+            "helper_producer",
+            name,
+            &[
+                (ENV_GEN, &gen.to_string()),
+                (ENV_MODE, &format!("midway:{count}")),
+            ],
+        );
+        wait_for_stdout_line(&mut producer, "HELPER-MIDWAY", WAIT * 2);
+        want.extend((0..count).map(|seq| Got::Message(gen, seq)));
+        want.push(Got::Gone(producer.pid()));
+        producer.kill9();
+        broker.wait_for_no_peer_with_role(name, "producer");
+    }
+    let mut last = client.producer(name).expect("a third producer attaches");
+    for seq in 0..5 {
+        last.send(&message(3, seq, 100)).expect("send");
+        want.push(Got::Message(3, seq));
+    }
+    last.close().expect("close");
+    want.push(Got::EndOfStream);
+
+    let got = with_deadline(WAIT, "the consumer to drain the channel", move || {
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        let take = |got: &mut Vec<Got>, m: &[u8]| match verify(m) {
+            Ok((gen, seq)) => got.push(Got::Message(gen, seq)),
+            Err(e) => panic!("after {got:?}: bad message: {e}"),
+        };
+        // Until the end-of-stream, then whatever else is there (nothing, or a report that
+        // came late).
+        while got.last() != Some(&Got::EndOfStream) {
+            let result = if batch {
+                consumer
+                    .recv_batch(16, |m| take(&mut got, m))
+                    .map(|n| n.is_some())
+            } else {
+                consumer.recv_into(&mut buf).inspect(|&message| {
+                    if message {
+                        take(&mut got, &buf);
+                    }
+                })
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => got.push(Got::EndOfStream),
+                Err(Error::ProducerGone { pid, .. }) => got.push(Got::Gone(pid)),
+                Err(e) => panic!("after {got:?}: {e}"),
+            }
+        }
+        loop {
+            match consumer.try_recv_into(&mut buf) {
+                Err(TryRecvError::Empty) => break,
+                Ok(true) => take(&mut got, &buf),
+                Ok(false) => got.push(Got::EndOfStream),
+                Err(TryRecvError::Failed(Error::ProducerGone { pid, .. })) => {
+                    got.push(Got::Gone(pid))
+                }
+                Err(e) => panic!("after {got:?}: {e}"),
+            }
+        }
+        got
+    });
+    assert_eq!(got, want, "what the lagging consumer got, in order");
+}
+
+/// A fan-out channel with room for two producers: the second takes the first one's slot.
+const FANOUT: &[&str] = &[
+    "create",
+    "lagn",
+    "--capacity",
+    "8MiB",
+    "--max-producers",
+    "2",
+    "--max-consumers",
+    "2",
+];
+const ONE_TO_ONE: &[&str] = &["create", "lag1", "--capacity", "8MiB"];
+
+#[test]
+fn producers_killed_while_one_to_one_consumer_lags_are_each_reported() {
+    lagging_consumer_gets_every_producer_gone(ONE_TO_ONE, false);
+}
+
+#[test]
+fn producers_killed_while_one_to_one_batch_consumer_lags_are_each_reported() {
+    lagging_consumer_gets_every_producer_gone(ONE_TO_ONE, true);
+}
+
+#[test]
+fn producers_killed_while_fanout_consumer_lags_are_each_reported() {
+    lagging_consumer_gets_every_producer_gone(FANOUT, false);
+}
+
+#[test]
+fn producers_killed_while_fanout_batch_consumer_lags_are_each_reported() {
+    lagging_consumer_gets_every_producer_gone(FANOUT, true);
+}
+
+/// Two producers in turn fill a 64 KiB ring that a slow consumer (1 ms a message) drains, and
+/// each is SIGKILLed while blocked on the full ring, more than a ring's worth ahead of the
+/// consumer; a third sends and closes. The consumer gets each producer's messages without a
+/// gap, each followed by that producer's one report, and the end-of-stream last.
+#[test]
+fn producers_killed_a_ring_ahead_of_a_slow_consumer_are_each_reported() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "slow", "--capacity", "64KiB"]);
+    let client = broker.client();
+    let mut consumer = client.consumer("slow").expect("attach the consumer");
+    let reader = Background::spawn("the slow consumer", move || -> Vec<Got> {
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        while got.last() != Some(&Got::EndOfStream) {
+            got.push(match consumer.recv_into(&mut buf) {
+                Ok(true) => match verify(&buf) {
+                    Ok((gen, seq)) => Got::Message(gen, seq),
+                    Err(e) => panic!("bad message: {e}"),
+                },
+                Ok(false) => Got::EndOfStream,
+                Err(Error::ProducerGone { pid, .. }) => Got::Gone(pid),
+                Err(e) => panic!("{e}"),
+            });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got
+    });
+    let mut killed = Vec::new();
+    for gen in ["1", "2"] {
+        let before = json_u64(&broker.info("slow"), "messages_written");
+        let mut producer = spawn_helper(
+            &broker,
+            "helper_producer",
+            "slow",
+            &[(ENV_GEN, gen), (ENV_MODE, "flood-small")],
+        );
+        // Full: the producer waits for room, a ring's worth ahead of the consumer.
+        wait_for_info(
+            &broker,
+            "slow",
+            "the ring to fill",
+            &|| reader.is_finished(),
+            |info| {
+                info["bytes_unread"].as_u64().is_some_and(|n| n > 60 << 10)
+                    && info["messages_written"]
+                        .as_u64()
+                        .is_some_and(|n| n >= before + 300)
+            },
+        );
+        killed.push(producer.pid());
+        producer.kill9();
+        broker.wait_for_no_peer_with_role("slow", "producer");
+    }
+    let mut last = client.producer("slow").expect("a third producer attaches");
+    for seq in 0..5 {
+        last.send(&message(3, seq, 100)).expect("send");
+    }
+    last.close().expect("close");
+    let got = reader.join(WAIT);
+
+    // Runs of messages of one generation, each checked to be 0, 1, 2, ... without a gap.
+    let mut shape = Vec::new();
+    for item in &got {
+        match (item, shape.last_mut()) {
+            (&Got::Message(gen, seq), Some(Got::Message(last_gen, count)))
+                if gen == *last_gen && seq == *count =>
+            {
+                *count += 1
+            }
+            (&Got::Message(gen, 0), _) => shape.push(Got::Message(gen, 1)),
+            (Got::Message(gen, seq), _) => panic!("gen {gen} message {seq} out of turn: {got:?}"),
+            (&Got::Gone(pid), _) => shape.push(Got::Gone(pid)),
+            (Got::EndOfStream, _) => shape.push(Got::EndOfStream),
+        }
+    }
+    let counts: Vec<u64> = shape
+        .iter()
+        .filter_map(|s| match s {
+            Got::Message(_, count) => Some(*count),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        counts.len() == 3 && counts[0] >= 300 && counts[1] >= 300,
+        "a ring's worth and more from each killed producer: {shape:?}"
+    );
+    assert_eq!(
+        shape,
+        [
+            Got::Message(1, counts[0]),
+            Got::Gone(killed[0]),
+            Got::Message(2, counts[1]),
+            Got::Gone(killed[1]),
+            Got::Message(3, 5),
+            Got::EndOfStream,
+        ],
+        "runs of messages per producer, then its report"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

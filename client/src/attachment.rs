@@ -76,6 +76,13 @@ pub(crate) struct Attachment {
     /// at in our ring from it; bytes; and messages missed before a mark that did not fit if
     /// the producer did close).
     pub producers_gone: Vec<(u32, u32, u64, u64, Option<u64>)>,
+    /// Consumers: per producer id, the highest ack-page count a `producer_gone` event read so
+    /// far carried (`announced`), for the lane to take (`take_gone_announced`).
+    gone_announced: Vec<(u32, u64)>,
+    /// Consumers: a one-shot timer in `ready`'s watch list, set while a lane waits for an
+    /// announced `producer_gone` event, so a caller parked on `ready_fd()` comes back when
+    /// that wait's bound passes even if the event never comes. Made the first time it is needed.
+    gone_timer: Option<OwnedFd>,
 }
 
 impl Attachment {
@@ -118,6 +125,8 @@ impl Attachment {
             ready,
             retry_timer: None,
             producers_gone: Vec::new(),
+            gone_announced: Vec::new(),
+            gone_timer: None,
         };
         Ok((attachment, rings))
     }
@@ -148,7 +157,7 @@ impl Attachment {
     /// would-block path only, so `ready_fd()` is quiet again when `try_*` reports would-block.
     pub fn read_broker_events(&mut self) -> bool {
         let mut news = !self.lane_events.is_empty();
-        if let Some(timer) = &self.retry_timer {
+        for timer in [&self.retry_timer, &self.gone_timer].into_iter().flatten() {
             let mut ticks = [0u8; 8];
             news |= rustix::io::read(timer, &mut ticks).is_ok();
         }
@@ -170,6 +179,67 @@ impl Attachment {
             news = true;
         }
         news
+    }
+
+    /// Whether the broker connection was up when it was last read (no syscall; what
+    /// `read_broker_events` found).
+    pub fn broker_was_connected(&self) -> bool {
+        self.broker_connected
+    }
+
+    /// The highest ack-page count carried by the `producer_gone` events read for `producer`
+    /// since the last call (0 if none), forgetting the entries of producers not in `keep`.
+    pub fn take_gone_announced(&mut self, producer: u32, keep: impl Fn(u32) -> bool) -> u64 {
+        let mut highest = 0;
+        self.gone_announced.retain(|&(id, announced)| {
+            if id == producer {
+                highest = announced;
+                return false;
+            }
+            keep(id)
+        });
+        highest
+    }
+
+    /// Makes `ready_fd()` readable at `deadline` (once), for a lane that waits for an
+    /// announced event until then. Best effort: without the timer a caller parked on
+    /// `ready_fd()` is woken by the event, or by any other change, as before.
+    pub fn wake_ready_at(&mut self, deadline: Instant) {
+        if self.gone_timer.is_none() {
+            let Ok(timer) = timerfd_create(
+                TimerfdClockId::Monotonic,
+                TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+            ) else {
+                return;
+            };
+            if watch(&self.ready, &timer).is_err() {
+                return;
+            }
+            self.gone_timer = Some(timer);
+        }
+        let Some(timer) = &self.gone_timer else {
+            return;
+        };
+        // At least a nanosecond: an all-zero value would disarm the timer instead.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        let at = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let _ = timerfd_settime(
+            timer,
+            TimerfdTimerFlags::empty(),
+            &Itimerspec {
+                it_interval: zero,
+                it_value: at,
+            },
+        );
     }
 
     /// The fd `ready_fd()` returns (see `ready`).
@@ -373,14 +443,25 @@ impl Attachment {
                 bytes,
                 producer,
                 end_lost,
+                announced,
                 ..
             } => {
                 // A one-to-one channel's event names no producer: it is its one lane's.
                 let producer = producer.unwrap_or(SOLE_PEER);
-                // One entry per producer: a later one replaces what an earlier one said.
-                self.producers_gone.retain(|g| g.0 != producer);
-                self.producers_gone
-                    .push((producer, pid, position, bytes, end_lost));
+                // One entry per producer that went away, in the order they went: several
+                // producers in turn on the same lane (a one-to-one channel's, or a fan-out
+                // slot taken over) each get theirs. The same death told again (a one-to-one
+                // consumer re-attaching after a broker restart) is one.
+                let gone = (producer, pid, position, bytes, end_lost);
+                if !self.producers_gone.contains(&gone) {
+                    self.producers_gone.push(gone);
+                }
+                if let Some(announced) = announced {
+                    match self.gone_announced.iter_mut().find(|g| g.0 == producer) {
+                        Some(entry) => entry.1 = entry.1.max(announced),
+                        None => self.gone_announced.push((producer, announced)),
+                    }
+                }
             }
             // Only a connection that asked to monitor gets these.
             Event::Monitor(_) | Event::MonitorDropped { .. } => {}

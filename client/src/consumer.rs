@@ -89,14 +89,20 @@ impl Consumer {
     /// Receives the next message into `buf` (reusing its allocation). Returns false at
     /// end-of-stream.
     pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
-        self.blocking(|r, _| Ok(message_step(r.try_read_into(buf)?)))
+        self.blocking(|r, _, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
     /// Hands up to `max` messages to `each`, blocking until there is at least one, and frees
     /// their space in the ring with one store. Returns how many, or `None` at end-of-stream.
     /// Each message is copied once, into a buffer the callback borrows.
     pub fn recv_batch(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> Result<Option<usize>> {
-        self.blocking(|r, scratch| Ok(batch_step(r.try_read_batch(max, scratch, &mut each)?)))
+        self.blocking(|r, scratch, limit| {
+            Ok(batch_step(r.try_read_batch(
+                max.min(limit),
+                scratch,
+                &mut each,
+            )?))
+        })
     }
 
     /// Non-blocking [`recv_batch`](Self::recv_batch): [`TryRecvError::Empty`] when empty.
@@ -105,7 +111,13 @@ impl Consumer {
         max: usize,
         mut each: impl FnMut(&[u8]),
     ) -> Result<Option<usize>, TryRecvError> {
-        self.non_blocking(|r, scratch| Ok(batch_step(r.try_read_batch(max, scratch, &mut each)?)))
+        self.non_blocking(|r, scratch, limit| {
+            Ok(batch_step(r.try_read_batch(
+                max.min(limit),
+                scratch,
+                &mut each,
+            )?))
+        })
     }
 
     /// One-to-one channels: the stream position of the next message, a byte counter that only
@@ -137,8 +149,8 @@ impl Consumer {
         }
         let mut confirm = Some(confirm);
         let mut asked = false;
-        self.blocking(|r, scratch| {
-            let n = r.try_read_batch_confirmed(max, scratch, &mut each, |n| {
+        self.blocking(|r, scratch, limit| {
+            let n = r.try_read_batch_confirmed(max.min(limit), scratch, &mut each, |n| {
                 asked = true;
                 confirm.take().is_some_and(|ask| ask(n))
             })?;
@@ -152,7 +164,7 @@ impl Consumer {
     /// copied in this process. Returns the message's length, `None` at end-of-stream.
     pub fn recv_to_fd(&mut self, fd: BorrowedFd<'_>) -> Result<Option<usize>> {
         let mut written = 0;
-        let got = self.blocking(|r, _| Ok(message_step(r.try_read_to_fd(fd, &mut written)?)))?;
+        let got = self.blocking(|r, _, _| Ok(message_step(r.try_read_to_fd(fd, &mut written)?)))?;
         Ok(got.then_some(written))
     }
 
@@ -165,7 +177,7 @@ impl Consumer {
 
     /// Non-blocking [`recv_into`](Self::recv_into).
     pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool, TryRecvError> {
-        self.non_blocking(|r, _| Ok(message_step(r.try_read_into(buf)?)))
+        self.non_blocking(|r, _, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
     /// Borrowed receive: the next message left in the shared ring, blocking until there is
@@ -185,7 +197,7 @@ impl Consumer {
     /// # Ok::<(), shmem_broker_client::Error>(())
     /// ```
     pub fn recv_ref(&mut self) -> Result<Option<Sample<'_>>> {
-        let held = self.blocking(|r, _| Ok(peek_step(r.try_peek()?)))?;
+        let held = self.blocking(|r, _, _| Ok(peek_step(r.try_peek()?)))?;
         Ok(self.hold(held))
     }
 
@@ -198,7 +210,7 @@ impl Consumer {
     /// One non-blocking borrowed receive, without the borrow: the message stays unreleased
     /// until [`release`](Self::release).
     pub(crate) fn try_peek(&mut self) -> Result<Option<Payload>, TryRecvError> {
-        self.non_blocking(|r, _| Ok(peek_step(r.try_peek()?)))
+        self.non_blocking(|r, _, _| Ok(peek_step(r.try_peek()?)))
     }
 
     /// The sample for a message `try_peek` left in the ring, naming its lane.
@@ -222,11 +234,12 @@ impl Consumer {
     }
 
     /// One attempt: checks the channel is still usable, runs `read` on the rings in turn
-    /// (with the private scratch buffer; `None`: nothing to read), and wakes a producer that
-    /// went to sleep waiting for space.
+    /// (with the private scratch buffer and the most messages it may take, see
+    /// [`LaneReader::try_read`]; `None`: nothing to read), and wakes a producer that went to
+    /// sleep waiting for space.
     fn step<T>(
         &mut self,
-        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>, usize) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
         self.reader
             .try_read(&mut self.attachment, &mut self.scratch, &mut read)
@@ -235,7 +248,7 @@ impl Consumer {
     /// Attempts until `read` finds something, sleeping while the ring is empty.
     fn blocking<T>(
         &mut self,
-        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>, usize) -> Result<Option<T>, RingError>,
     ) -> Result<T> {
         loop {
             if let Some(got) = self.step(&mut read)? {
@@ -250,7 +263,7 @@ impl Consumer {
     /// attempt is made again instead.
     fn non_blocking<T>(
         &mut self,
-        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+        mut read: impl FnMut(&mut RingReader, &mut Vec<u8>, usize) -> Result<Option<T>, RingError>,
     ) -> Result<T, TryRecvError> {
         loop {
             if let Some(got) = self.step(&mut read)? {

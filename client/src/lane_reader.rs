@@ -2,12 +2,21 @@
 //! remembers whose message it returned ([`LaneReader`]). A one-to-one channel is this with one
 //! lane.
 
+use std::time::{Duration, Instant};
+
 use crate::attachment::Attachment;
 use crate::error::{Error, Result};
 use crate::grant::Rings;
 use crate::lanes::{Fault, Lanes, Which};
 use crate::ring::{RingError, RingReader};
 use crate::wire::Role;
+
+/// Longest a lane waits for a `producer_gone` event its ring's ack page announced before it is
+/// read on regardless. The broker counts the event and sends it straight after, so it is
+/// normally there within microseconds; it does not come only if the broker died in between
+/// (seen as a hang-up: the wait ends at once) or if this process scribbled its own ack page
+/// (its count is ours to write: the cost is this wait, once per scribble).
+const GONE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// A consumer's rings, one per producer (one in a one-to-one channel), read in turn.
 ///
@@ -139,37 +148,123 @@ impl LaneReader {
     }
 
     /// One pass over the producers' rings, starting after the one read last, until `read`
-    /// finds something; wakes each producer that waits for the room a read freed.
+    /// finds something; wakes each producer that waits for the room a read freed. `read` is
+    /// told how many messages it may take at most: one while a producer of that ring is to
+    /// be reported gone, so a batch stops at that producer's last message.
+    ///
+    /// A lane whose ack page announces more `producer_gone` events than have been read is not
+    /// read until they come (`held_for_gone`): each is due at the end of a producer's stream,
+    /// and the frames after that end (its successor's, or the end-of-stream) must not be
+    /// handed out before it. Per read that is one `Relaxed` load of a line of our own ack page
+    /// and a compare, plus a length for the batch limit. The count is loaded before the read
+    /// loads the ring's positions, not after: a consumer descheduled between the two loads
+    /// while, just then, its producer dies, the broker counts and the next producer attaches
+    /// and writes, can still read that next producer's first frames before the report (which
+    /// then follows them). Closing that window would take the ring read's own position load,
+    /// inside `RingReader`, which this per-message path leaves alone.
     pub fn try_read<T>(
         &mut self,
         attachment: &mut Attachment,
         scratch: &mut Vec<u8>,
-        read: &mut impl FnMut(&mut RingReader, &mut Vec<u8>) -> Result<Option<T>, RingError>,
+        read: &mut impl FnMut(&mut RingReader, &mut Vec<u8>, usize) -> Result<Option<T>, RingError>,
     ) -> Result<Option<T>> {
-        self.prepare(attachment)?;
-        self.report_gone(attachment)?;
-        let count = self.lanes.list.len();
-        // No division on this path: with one lane it runs once per message.
-        let mut index = self.cursor.min(count);
-        for _ in 0..count {
-            if index >= count {
-                index = 0;
+        'again: loop {
+            self.prepare(attachment)?;
+            self.report_gone(attachment)?;
+            let count = self.lanes.list.len();
+            // No division on this path: with one lane it runs once per message.
+            let mut index = self.cursor.min(count);
+            for _ in 0..count {
+                if index >= count {
+                    index = 0;
+                }
+                let lane = &self.lanes.list[index];
+                if lane.end.ring().producers_gone_announced() > lane.gone_known {
+                    match self.held_for_gone(attachment, index) {
+                        Gone::Read => {}
+                        // Reports and lanes are brought up to date before anything written
+                        // after the events is read.
+                        Gone::Came => continue 'again,
+                        Gone::Held => {
+                            index += 1;
+                            continue;
+                        }
+                    }
+                }
+                let limit = if attachment.producers_gone.is_empty() {
+                    usize::MAX
+                } else {
+                    self.limit_for(attachment, index)
+                };
+                let lane = &mut self.lanes.list[index];
+                let got = match read(&mut lane.end, scratch, limit) {
+                    Ok(got) => got,
+                    Err(err) => return Err(self.fault(attachment, index, err)),
+                };
+                let lane = &mut self.lanes.list[index];
+                lane.wake_if_waiting();
+                if let Some(got) = got {
+                    self.cursor = index + 1;
+                    self.last_producer = Some(lane.id);
+                    self.lanes.progressed();
+                    return Ok(Some(got));
+                }
+                index += 1;
             }
-            let lane = &mut self.lanes.list[index];
-            let got = match read(&mut lane.end, scratch) {
-                Ok(got) => got,
-                Err(err) => return Err(self.fault(attachment, index, err)),
-            };
-            lane.wake_if_waiting();
-            if let Some(got) = got {
-                self.cursor = index + 1;
-                self.last_producer = Some(lane.id);
-                self.lanes.progressed();
-                return Ok(Some(got));
-            }
-            index += 1;
+            return Ok(None);
         }
-        Ok(None)
+    }
+
+    /// The most messages a read of lane `index` may take: one while a producer of its ring is
+    /// to be reported gone (the report is due after that producer's last message, and
+    /// `report_gone` looks before every read).
+    #[inline(never)]
+    fn limit_for(&self, attachment: &Attachment, index: usize) -> usize {
+        let id = self.lanes.list[index].id;
+        if attachment.producers_gone.iter().any(|g| g.0 == id) {
+            1
+        } else {
+            usize::MAX
+        }
+    }
+
+    /// Lane `index`'s ack page counts more `producer_gone` events than have been read: reads
+    /// the broker's events (without waiting). `Came` if any came (the caller starts over, so
+    /// a report now due is made first); `Read` if the lane may be read (all announced events
+    /// are in, or the wait is given up: the broker connection is gone, or `GONE_PATIENCE`
+    /// passed, after which it is read as if nothing had been announced, the behaviour of
+    /// clients that ignore the count); `Held` if it must wait: a blocking receive sleeps until
+    /// the broker writes (`Lanes::wait` skips held lanes), a `try_*` call reports would-block
+    /// with `ready_fd()` watching the broker connection and a timer for the bound.
+    #[inline(never)]
+    fn held_for_gone(&mut self, attachment: &mut Attachment, index: usize) -> Gone {
+        let lanes = &mut self.lanes.list;
+        let id = lanes[index].id;
+        // Loaded before the events are read: every event counted up to here is in the
+        // connection by then (the broker counts, then sends).
+        let announced = lanes[index].end.ring().producers_gone_announced();
+        let taken = attachment.take_gone_announced(id, |p| lanes.iter().any(|l| l.id == p));
+        let came = attachment.read_broker_events();
+        let lane = &mut lanes[index];
+        let taken = taken.max(attachment.take_gone_announced(id, |_| true));
+        lane.gone_known = lane.gone_known.max(taken);
+        if lane.gone_known >= announced {
+            lane.gone_wait = None;
+            return Gone::Came;
+        }
+        if came {
+            return Gone::Came;
+        }
+        let since = *lane.gone_wait.get_or_insert_with(Instant::now);
+        let deadline = since + GONE_PATIENCE;
+        if !attachment.broker_was_connected() || Instant::now() >= deadline {
+            // Given up: this count is taken as read, so the lane is not held for it again.
+            lane.gone_known = announced;
+            lane.gone_wait = None;
+            return Gone::Read;
+        }
+        attachment.wake_ready_at(deadline);
+        Gone::Held
     }
 
     /// Releases the message a borrowed receive left in lane `peer`'s ring, and wakes that
@@ -255,4 +350,14 @@ impl LaneReader {
             Fault::Endpoint(err) => err,
         }
     }
+}
+
+/// What `LaneReader::held_for_gone` found.
+enum Gone {
+    /// Read the lane.
+    Read,
+    /// Broker events came: start the pass over.
+    Came,
+    /// Do not read the lane now.
+    Held,
 }

@@ -43,6 +43,8 @@ pub(crate) trait End: Sized {
     fn prepare_to_sleep(&mut self, needed: usize) -> std::result::Result<bool, RingError>;
     /// Withdraws the waiting flag.
     fn done_sleeping(&self);
+    /// The ring this end maps.
+    fn ring(&self) -> &SharedRing;
 }
 
 impl End for RingWriter {
@@ -61,6 +63,9 @@ impl End for RingWriter {
     }
     fn done_sleeping(&self) {
         RingWriter::done_sleeping(self)
+    }
+    fn ring(&self) -> &SharedRing {
+        RingWriter::ring(self)
     }
 }
 
@@ -81,6 +86,9 @@ impl End for RingReader {
     fn done_sleeping(&self) {
         RingReader::done_sleeping(self)
     }
+    fn ring(&self) -> &SharedRing {
+        RingReader::ring(self)
+    }
 }
 
 /// One ring of an endpoint and how to wake the peer at its other end.
@@ -94,6 +102,13 @@ pub(crate) struct Lane<E> {
     pub missed: u64,
     /// Producers: this consumer is still to get the messages being delivered.
     pub pending: bool,
+    /// Consumers: the ring's `producers_gone` count (its ack page) up to which the broker's
+    /// `producer_gone` events have been read, or that was there when the lane was opened
+    /// (events counted before then came with the attach or a lane event already read).
+    pub gone_known: u64,
+    /// Consumers: since when this lane is not read because its count announced a
+    /// `producer_gone` event that has not come yet (see `LaneReader::held_for_gone`).
+    pub gone_wait: Option<Instant>,
 }
 
 impl<E: End> Lane<E> {
@@ -176,12 +191,15 @@ impl<E: End> Lanes<E> {
     }
 
     fn push(&mut self, id: u32, end: E, wake: OwnedFd) {
+        let gone_known = end.ring().producers_gone_announced();
         self.list.push(Lane {
             id,
             end,
             wake,
             missed: 0,
             pending: false,
+            gone_known,
+            gone_wait: None,
         });
     }
 
@@ -294,8 +312,14 @@ impl<E: End> Lanes<E> {
     ) -> std::result::Result<(), Fault> {
         let range = self.range(which);
         let lanes = &mut self.list[range];
+        // A lane held for a `producer_gone` event has data that must not be read yet: the
+        // wait is for the event (on the broker connection, which `sleep` watches).
         if !std::mem::take(&mut self.spin_misled)
-            && spin(|| lanes.iter_mut().any(|l| l.end.can_progress(needed)))
+            && spin(|| {
+                lanes
+                    .iter_mut()
+                    .any(|l| l.gone_wait.is_none() && l.end.can_progress(needed))
+            })
         {
             self.spin_misled = E::SPIN_MAY_MISLEAD;
             return Ok(());
@@ -320,6 +344,11 @@ impl<E: End> Lanes<E> {
     ) -> std::result::Result<bool, Fault> {
         attachment.drain_wakeups();
         for index in self.range(which) {
+            // Held for a broker event (see `wait`): its data is there already, and the event
+            // wakes `ready_fd()` through the broker connection.
+            if self.list[index].gone_wait.is_some() {
+                continue;
+            }
             let armed = self.list[index].end.prepare_to_sleep(needed);
             match armed {
                 Ok(true) => {}

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 pub const ACK_READ_POS: usize = 0;
 pub const ACK_MESSAGES_READ: usize = 8;
 pub const ACK_CONSUMER_WAITING: usize = 64;
+/// The broker's count of `producer_gone` events announced to the consumer.
+pub const ACK_PRODUCERS_GONE: usize = 128;
 
 /// The first `len` bytes of a memfd, mapped shared; unmapped on drop.
 pub struct Mapping {

@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 
-use shmem_broker_proto::ring::HEADER_SIZE;
+use shmem_broker_proto::ring::{SharedRing, HEADER_SIZE};
 use shmem_broker_proto::wire::{
     AttachInfo, ErrorCode, Event, LaneInfo, LostEnd, Role, SlowConsumer,
 };
@@ -288,7 +288,10 @@ impl Channel {
         let mut grant = self.single_grant(Role::Consumer).map_err(internal)?;
         if self.slots[0].holder.is_none() {
             if let Some(gone) = self.unclean_end {
-                grant.notices.push(self.producer_gone(session, None, gone));
+                let ring = &self.queues[0].lanes[0].ring;
+                grant
+                    .notices
+                    .push(self.producer_gone(session, None, ring, gone));
             }
         }
         self.queues[0].holder = Some(Attached {
@@ -347,8 +350,12 @@ impl Channel {
                         .map_or(0, |(_, bytes)| *bytes);
                     let bytes = lane.ring.stats().bytes_written.saturating_sub(from);
                     let gone = (attached.peer.pid, position, bytes);
-                    let mut notice =
-                        self.producer_gone(holder.session, Some(self.slots[index].id), gone);
+                    let mut notice = self.producer_gone(
+                        holder.session,
+                        Some(self.slots[index].id),
+                        &lane.ring,
+                        gone,
+                    );
                     if let Event::ProducerGone { end_lost: lost, .. } = &mut notice.1 {
                         *lost = end_lost.iter().find(|(q, _)| *q == queue.id).map(|l| l.1);
                     }
@@ -365,7 +372,7 @@ impl Channel {
                     let gone = (attached.peer.pid, position, bytes);
                     self.unclean_end = Some(gone);
                     if let Some(holder) = &queue.holder {
-                        notices.push(self.producer_gone(holder.session, None, gone));
+                        notices.push(self.producer_gone(holder.session, None, ring, gone));
                     }
                 }
             }
@@ -415,13 +422,18 @@ impl Channel {
         Ok(())
     }
 
-    /// The `producer_gone` event for `session`; `producer` is the slot in a fan-out channel.
+    /// The `producer_gone` event for `session`, the consumer of `ring`; `producer` is the slot
+    /// in a fan-out channel. Counted in the ring's ack page first (the caller sends the notice
+    /// after this returns), so a consumer that sees the count knows the event is on its way and
+    /// reads it before it reads past the producer's end (PROTOCOL.md, "producer_gone").
     pub(super) fn producer_gone(
         &self,
         session: SessionId,
         producer: Option<u32>,
+        ring: &SharedRing,
         (pid, position, bytes): (u32, u64, u64),
     ) -> Notice {
+        let announced = ring.announce_producer_gone();
         let event = Event::ProducerGone {
             channel: self.meta.name.clone(),
             pid,
@@ -429,6 +441,7 @@ impl Channel {
             bytes,
             producer,
             end_lost: None,
+            announced,
         };
         (session, event, Vec::new())
     }

@@ -262,19 +262,51 @@ impl SharedRing {
     /// What the consumer writes: its line and waiting flag, in the ack page (layout 3) or in
     /// the header (layouts 1 and 2).
     pub(super) fn consumer_side(&self) -> (&ConsumerLine, &AtomicU32) {
-        match &self.ack {
-            Some(ack) => {
-                // SAFETY: as for `header`: the ack mapping is ACK_SIZE (>= size_of::<AckPage>())
-                // bytes, page aligned, sealed against shrinking, lives as long as `self`, and
-                // holds only atomics.
-                let page = unsafe { &*(ack.as_ptr() as *const AckPage) };
-                (&page.consumer, &page.consumer_waiting.waiting)
-            }
+        match self.ack_page() {
+            Some(page) => (&page.consumer, &page.consumer_waiting.waiting),
             None => {
                 let h = self.header();
                 (&h.consumer, &h.consumer_waiting.waiting)
             }
         }
+    }
+
+    /// The ack page as a whole (layout 3).
+    pub(super) fn ack_page(&self) -> Option<&AckPage> {
+        self.ack.as_ref().map(|ack| {
+            // SAFETY: as for `header`: the ack mapping is ACK_SIZE (>= size_of::<AckPage>())
+            // bytes, page aligned, sealed against shrinking, lives as long as `self`, and holds
+            // only atomics, so a peer writing it concurrently yields values, never UB.
+            unsafe { &*(ack.as_ptr() as *const AckPage) }
+        })
+    }
+
+    /// How many `producer_gone` events the broker has announced for this ring's consumer (see
+    /// [`announce_producer_gone`](Self::announce_producer_gone)); 0 for rings without an ack
+    /// page and for rings created before the count existed. One `Relaxed` load of the
+    /// consumer's own page: the consumer's mapping can write it, so it is the consumer's to
+    /// believe or not (a wrong value only misleads the consumer itself).
+    #[inline]
+    pub fn producers_gone_announced(&self) -> u64 {
+        self.ack_page()
+            .map_or(0, |page| page.broker.producers_gone.load(Ordering::Relaxed))
+    }
+
+    /// The broker, before it queues a `producer_gone` event for this ring's consumer: counts
+    /// it in the ack page, so a consumer that finds the count ahead of the events it has read
+    /// knows one is on its way. Returns the new count (what the event carries), or `None` where
+    /// there is no ack page or this mapping may not write it. The value was writable by the
+    /// consumer: saturating, never a panic.
+    pub fn announce_producer_gone(&self) -> Option<u64> {
+        let page = self.ack_page()?;
+        if !self.consumer_writable() {
+            return None;
+        }
+        let counter = &page.broker.producers_gone;
+        let next = counter.load(Ordering::Relaxed).saturating_add(1);
+        // Release: whoever sees the count (or anything the broker did after it) sees it whole.
+        counter.store(next, Ordering::Release);
+        Some(next)
     }
 
     /// Whether a waker must leave the sleeper's flag alone and go by its tickets (layout 3,

@@ -103,14 +103,30 @@ pub(super) struct Header {
 const _: () = assert!(std::mem::size_of::<Header>() == 320);
 const _: () = assert!(std::mem::size_of::<Header>() as u64 <= HEADER_SIZE);
 
-/// A layout-3 ring's ack memfd: what the consumer writes.
+/// What the broker writes into a layout-3 ring's ack page. Appended after the consumer's
+/// lines: rings created before it (kept in systemd's fd store) hold zero here, which means
+/// "nothing announced".
+#[repr(C, align(64))]
+pub(super) struct BrokerLine {
+    /// How many `producer_gone` events the broker has queued for this ring's consumer (each
+    /// counted before it is sent). The page is the consumer's, read-only to the producer, so
+    /// no producer can hide its predecessor's death; the consumer can scribble it and only
+    /// mislead itself.
+    pub(super) producers_gone: AtomicU64,
+}
+
+/// A layout-3 ring's ack memfd: what the consumer writes, and the broker's line.
 #[repr(C)]
 pub(super) struct AckPage {
     pub(super) consumer: ConsumerLine,
     pub(super) consumer_waiting: WaitLine,
+    pub(super) broker: BrokerLine,
 }
 
 const _: () = assert!(std::mem::size_of::<AckPage>() as u64 <= ACK_SIZE);
+// The existing fields keep their offsets (0 and 64): rings from the fd store stay readable.
+const _: () = assert!(std::mem::offset_of!(AckPage, consumer_waiting) == 64);
+const _: () = assert!(std::mem::offset_of!(AckPage, broker) == 128);
 
 /// Largest payload a ring of `capacity` bytes carries in one message (in the current layout;
 /// a layout-1 ring takes 8 bytes more).

@@ -31,6 +31,9 @@
 //! ```text
 //! 0     read_pos u64, messages_read u64, wakeups u64
 //! 64    consumer_waiting u32   (consumer is asleep on the data_ready eventfd: a ticket)
+//! 128   producers_gone u64     (written by the broker: producer_gone events it announced
+//!                               to this ring's consumer, each counted before it is sent;
+//!                               zero in rings made before it existed)
 //! ```
 //!
 //! # Read-only where a side only reads (layout 3)

@@ -614,3 +614,33 @@ fn a_producer_that_attaches_anew_is_woken_on_its_first_sleep() {
         "the new producer sleeps and room came: it must be woken"
     );
 }
+
+/// The broker's count of `producer_gone` events in the ack page: counted by the broker's
+/// mapping only (a producer's, which maps the page read-only, counts nothing), seen by the
+/// consumer, saturating at a value the consumer scribbled, and zero for a layout without an
+/// ack page.
+#[test]
+fn producers_gone_count_is_the_brokers_to_write_and_saturates() {
+    let (writer, reader, files) = pair(4096);
+    let broker = SharedRing::open(files.share(None).expect("share"), 4096).expect("open");
+    assert_eq!(reader.ring().producers_gone_announced(), 0, "a new ring");
+    assert_eq!(broker.announce_producer_gone(), Some(1));
+    assert_eq!(broker.announce_producer_gone(), Some(2));
+    assert_eq!(
+        writer.ring().announce_producer_gone(),
+        None,
+        "read-only to the producer"
+    );
+    assert_eq!(reader.ring().producers_gone_announced(), 2);
+    assert_eq!(writer.ring().producers_gone_announced(), 2);
+    // The consumer's own page: it may scribble the count, the broker saturates on it.
+    let ack = reader.ring().ack_page().expect("layout 3");
+    ack.broker.producers_gone.store(u64::MAX, Ordering::Relaxed);
+    assert_eq!(broker.announce_producer_gone(), Some(u64::MAX));
+    let (_, old, _) = pair_in(2, 4096);
+    assert_eq!(
+        old.ring().producers_gone_announced(),
+        0,
+        "layout 2: no ack page"
+    );
+}

@@ -362,6 +362,11 @@ pub enum Event {
         /// just before it (the ones its ring had no room for).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         end_lost: Option<u64>,
+        /// The ring's `producers_gone` count in its ack page once this event was counted
+        /// there (layout-3 rings; the broker counts before it sends). A consumer that finds the
+        /// count above the highest of these it has read knows an event is on its way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        announced: Option<u64>,
     },
 }
 
