@@ -134,14 +134,6 @@ impl ShmemConsumer {
         }
         Ok(())
     }
-
-    /// The consumer, when no sample borrows it.
-    pub(crate) fn consumer(&mut self) -> Result<&mut Consumer, Failure> {
-        self.check_not_lent()?;
-        // SAFETY: from Box::into_raw, freed only in Drop; no sample borrows it (checked), and
-        // `&mut self` makes this the only access.
-        Ok(unsafe { &mut *self.consumer })
-    }
 }
 
 impl Drop for ShmemConsumer {

@@ -24,6 +24,9 @@ pub enum ReadOutcome {
 /// Where a message read from the ring goes.
 pub(super) enum Sink<'a> {
     Buffer(&'a mut Vec<u8>),
+    /// The caller's buffer when the message fits (its length goes to the `Option`), else the
+    /// vector (the `Option` stays `None`).
+    Slice(&'a mut [u8], &'a mut Vec<u8>, &'a mut Option<usize>),
     /// The fd, and where to say how many bytes the message had.
     Fd(BorrowedFd<'a>, &'a mut usize),
     /// Left in the ring: where the payload starts in the data area, and its length.
@@ -218,6 +221,25 @@ impl RingReader {
         outcome
     }
 
+    /// Copies the next message into `buf` if it fits (`*fitted` is then its length), else
+    /// into `spill` (replacing its contents; `*fitted` is `None`), skipping padding: either way
+    /// the message is read, once, and its space released.
+    pub fn try_read_into_slice(
+        &mut self,
+        buf: &mut [u8],
+        spill: &mut Vec<u8>,
+        fitted: &mut Option<usize>,
+    ) -> Result<ReadOutcome, RingError> {
+        *fitted = None;
+        let mut unread = self.unread_cached()?;
+        if unread == 0 {
+            return Ok(ReadOutcome::Empty);
+        }
+        let outcome = self.next_frame(Sink::Slice(buf, spill, fitted), &mut unread);
+        self.commit();
+        outcome
+    }
+
     /// Hands up to `max` available messages to `each` (through the private buffer `scratch`)
     /// and releases their space with a single store. Stops before an end-of-stream mark unless
     /// it is the first thing read.
@@ -399,25 +421,27 @@ impl RingReader {
                 KIND_DATA => {
                     let start = (offset + self.ring.format.unit) as usize;
                     match &mut sink {
-                        Sink::Buffer(out) => {
-                            out.clear();
-                            out.reserve(len as usize);
-                            // SAFETY: the source range [offset + unit, offset + unit + len) lies
-                            // inside the data area (its frame's size <= until_end), `out` has
-                            // room for len bytes after reserve, and the two never overlap
-                            // (private heap vs shared mapping). A raw copy forms no reference to
-                            // the shared bytes: a hostile producer rewriting them while we copy
-                            // only changes what we receive; we copy them out before looking at
-                            // any.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    self.ring.data().add(start),
-                                    out.as_mut_ptr(),
-                                    len as usize,
-                                );
-                                out.set_len(len as usize);
+                        Sink::Buffer(out) => self.copy_to_vec(start, len as usize, out),
+                        Sink::Slice(buf, spill, fitted) => match buf.get_mut(..len as usize) {
+                            Some(out) => {
+                                // SAFETY: the source range [start, start + len) lies inside
+                                // the data area (its frame's size <= until_end), `out` is len
+                                // writable bytes, and the two never overlap (a `&mut [u8]` is
+                                // never our shared mapping, which only ever lends raw pointers
+                                // and shared reads). A raw copy forms no reference to the
+                                // shared bytes: a hostile producer rewriting them while we
+                                // copy only changes what we receive.
+                                unsafe {
+                                    std::ptr::copy_nonoverlapping(
+                                        self.ring.data().add(start),
+                                        out.as_mut_ptr(),
+                                        out.len(),
+                                    );
+                                }
+                                **fitted = Some(out.len());
                             }
-                        }
+                            None => self.copy_to_vec(start, len as usize, spill),
+                        },
                         Sink::Fd(fd, written) => {
                             self.ring.write_out(start, len as usize, *fd)?;
                             **written = len as usize;
@@ -442,6 +466,23 @@ impl RingReader {
                 KIND_END_OF_STREAM => return Ok(ReadOutcome::EndOfStream),
                 _ => continue,
             }
+        }
+    }
+
+    /// Copies the `len` payload bytes at data offset `start` into `out` (replacing its
+    /// contents). The caller has checked that they lie inside the data area.
+    #[inline(always)]
+    fn copy_to_vec(&self, start: usize, len: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the source range [start, start + len) lies inside the data area (the
+        // caller's check: its frame's size <= until_end), `out` has room for len bytes after
+        // reserve, and the two never overlap (private heap vs shared mapping). A raw copy
+        // forms no reference to the shared bytes: a hostile producer rewriting them while we
+        // copy only changes what we receive; we copy them out before looking at any.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ring.data().add(start), out.as_mut_ptr(), len);
+            out.set_len(len);
         }
     }
 
