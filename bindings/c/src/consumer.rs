@@ -18,6 +18,7 @@ use crate::handles::*;
 /// # Safety
 /// `buf` is NULL or points to `capacity` writable bytes that nothing else uses during the
 /// call; `len` is NULL or points to writable storage.
+#[inline(always)]
 pub(crate) unsafe fn deliver(
     consumer: &mut ShmemConsumer,
     buf: *mut c_void,
@@ -33,7 +34,7 @@ pub(crate) unsafe fn deliver(
     consumer.check_not_lent()?;
     let message = match consumer.pending.take() {
         Some(message) => message,
-        None => {
+        None => 'received: {
             // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
             // (checked above), and `&mut` on the handle
             // makes this the only access.
@@ -52,23 +53,16 @@ pub(crate) unsafe fn deliver(
                 // handed out writable.
                 unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), room) }
             };
-            let mut spill = std::mem::take(&mut consumer.buffer);
-            'spilled: {
-                let (code, n) = match receive(target, out, &mut spill) {
-                    Ok(Some(Some(Landed::Spill))) => break 'spilled spill,
-                    Ok(Some(Some(Landed::Buf(n)))) => (SHMEM_OK, n),
-                    Ok(Some(None)) => (SHMEM_END_OF_STREAM, 0),
-                    Ok(None) => (SHMEM_WOULD_BLOCK, 0),
-                    Err(err) => {
-                        consumer.buffer = spill;
-                        return Err(err);
-                    }
-                };
-                consumer.buffer = spill;
-                // SAFETY: not NULL (checked), writable (the caller's contract).
-                unsafe { *len = n };
-                return Ok(code);
-            }
+            // A message that did not fit lies in our vector, and goes on as a pending one.
+            let (code, n) = match receive(target, out, &mut consumer.buffer)? {
+                Some(Some(Landed::Spill)) => break 'received std::mem::take(&mut consumer.buffer),
+                Some(Some(Landed::Buf(n))) => (SHMEM_OK, n),
+                Some(None) => (SHMEM_END_OF_STREAM, 0),
+                None => (SHMEM_WOULD_BLOCK, 0),
+            };
+            // SAFETY: not NULL (checked), writable (the caller's contract).
+            unsafe { *len = n };
+            return Ok(code);
         }
     };
     // SAFETY: not NULL (checked), writable (the caller's contract).
