@@ -6,7 +6,9 @@ use std::path::Path;
 use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result, TryRecvError};
 use crate::lane_reader::LaneReader;
-use crate::ring::{BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader};
+use crate::ring::{
+    BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader, SliceSink,
+};
 use crate::wire::Role;
 use crate::zero_copy::{Held, Sample};
 
@@ -119,17 +121,20 @@ impl Consumer {
     /// }
     /// # Ok::<(), shmem_broker_client::Error>(())
     /// ```
+    // Inlined into the caller, as the C binding's `shmem_recv` wants one call per message.
+    #[inline]
     pub fn recv_into_slice(
         &mut self,
         buf: &mut [u8],
         spill: &mut Vec<u8>,
     ) -> Result<Option<Landed>> {
         self.blocking(|r, _| {
-            let mut fitted = None;
-            Ok(slice_step(
-                r.try_read_into_slice(buf, spill, &mut fitted)?,
-                fitted,
-            ))
+            let mut sink = SliceSink {
+                buf: &mut *buf,
+                spill: &mut *spill,
+                fitted: None,
+            };
+            Ok(slice_step(r.try_read_into_slice(&mut sink)?, sink.fitted))
         })
     }
 
@@ -141,11 +146,12 @@ impl Consumer {
         spill: &mut Vec<u8>,
     ) -> Result<Option<Landed>, TryRecvError> {
         self.non_blocking(|r, _| {
-            let mut fitted = None;
-            Ok(slice_step(
-                r.try_read_into_slice(buf, spill, &mut fitted)?,
-                fitted,
-            ))
+            let mut sink = SliceSink {
+                buf: &mut *buf,
+                spill: &mut *spill,
+                fitted: None,
+            };
+            Ok(slice_step(r.try_read_into_slice(&mut sink)?, sink.fitted))
         })
     }
 

@@ -13,7 +13,8 @@ use crate::handles::*;
 /// is and keeps it.
 ///
 /// `receive` copies a message that fits straight into `buf` (one copy, as the Rust client's
-/// `recv_into`); one that does not goes to the consumer's own vector and stays pending.
+/// `recv_into`); one that does not goes to the consumer's own vector and on as a pending one.
+/// Inlined into each receive function, with the rare work (a pending message) out of line.
 ///
 /// # Safety
 /// `buf` is NULL or points to `capacity` writable bytes that nothing else uses during the
@@ -32,40 +33,56 @@ pub(crate) unsafe fn deliver(
 ) -> Result<c_int, Failure> {
     out_ptr(len, "len")?;
     consumer.check_not_lent()?;
-    let message = match consumer.pending.take() {
-        Some(message) => message,
-        None => 'received: {
-            // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
-            // (checked above), and `&mut` on the handle
-            // makes this the only access.
-            let target = unsafe { &mut *consumer.consumer };
-            // The slice covers no more than the largest message (shorter than the ring):
-            // that is all a receive may write, whatever `capacity` a caller passes.
-            let room = usize::try_from(target.capacity()).map_or(capacity, |c| capacity.min(c));
-            let out: &mut [u8] = if buf.is_null() {
-                // Only an empty message fits; any other goes to the vector, and then to
-                // the checks below (too small, or NULL), as if it had been pending.
-                &mut []
-            } else {
-                // SAFETY: not NULL, and `room` <= `capacity` writable bytes that nothing else
-                // touches meanwhile (the caller's contract, from the C one). They are not
-                // ours: our vector is a separate allocation, and the ring's mapping is never
-                // handed out writable.
-                unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), room) }
-            };
-            // A message that did not fit lies in our vector, and goes on as a pending one.
-            let (code, n) = match receive(target, out, &mut consumer.buffer)? {
-                Some(Some(Landed::Spill)) => break 'received std::mem::take(&mut consumer.buffer),
-                Some(Some(Landed::Buf(n))) => (SHMEM_OK, n),
-                Some(None) => (SHMEM_END_OF_STREAM, 0),
-                None => (SHMEM_WOULD_BLOCK, 0),
-            };
-            // SAFETY: not NULL (checked), writable (the caller's contract).
-            unsafe { *len = n };
-            return Ok(code);
+    if let Some(message) = consumer.pending.take() {
+        // SAFETY: the contract.
+        return unsafe { deliver_held(consumer, message, buf, capacity, len) };
+    }
+    // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
+    // (checked above), and `&mut` on the handle makes this the only access.
+    let target = unsafe { &mut *consumer.consumer };
+    // The slice covers no more than the largest message (shorter than the ring): that is all
+    // a receive may write, whatever `capacity` a caller passes.
+    let room = usize::try_from(target.capacity()).map_or(capacity, |c| capacity.min(c));
+    let out: &mut [u8] = if buf.is_null() {
+        // Only an empty message fits; any other goes to the vector, and then to the checks of
+        // `deliver_held` (too small, or NULL).
+        &mut []
+    } else {
+        // SAFETY: not NULL, and `room` <= `capacity` writable bytes that nothing else touches
+        // meanwhile (the caller's contract, from the C one). They are not ours: our vector is
+        // a separate allocation, and the ring's mapping is never handed out writable.
+        unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), room) }
+    };
+    let (code, n) = match receive(target, out, &mut consumer.buffer)? {
+        Some(Some(Landed::Buf(n))) => (SHMEM_OK, n),
+        Some(Some(Landed::Spill)) => {
+            let message = std::mem::take(&mut consumer.buffer);
+            // SAFETY: the contract.
+            return unsafe { deliver_held(consumer, message, buf, capacity, len) };
         }
+        Some(None) => (SHMEM_END_OF_STREAM, 0),
+        None => (SHMEM_WOULD_BLOCK, 0),
     };
     // SAFETY: not NULL (checked), writable (the caller's contract).
+    unsafe { *len = n };
+    Ok(code)
+}
+
+/// Hands `message` (pending, or just received into our vector) to `buf` if it fits, else says
+/// how large it is and keeps it pending.
+///
+/// # Safety
+/// As [`deliver`]; `len` is not NULL.
+#[cold]
+#[inline(never)]
+unsafe fn deliver_held(
+    consumer: &mut ShmemConsumer,
+    message: Vec<u8>,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+) -> Result<c_int, Failure> {
+    // SAFETY: not NULL (the caller checked), writable (the contract).
     unsafe { *len = message.len() };
     if message.len() > capacity {
         let needed = message.len();

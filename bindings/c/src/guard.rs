@@ -94,11 +94,12 @@ pub(crate) fn invalid(what: &str) -> Failure {
 /// then cost what the Rust client's do, plus the panic guard's one call.
 #[inline(always)]
 pub(crate) fn guard(body: impl FnOnce() -> Result<c_int, Failure>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(code)) => code,
-        Ok(Err(failure)) => failed(failure),
-        Err(_) => panicked(),
-    }
+    // The failure is turned into its code inside, so only a `c_int` crosses the guard.
+    let run = || match body() {
+        Ok(code) => code,
+        Err(failure) => failed(failure),
+    };
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| panicked())
 }
 
 #[cold]

@@ -22,15 +22,25 @@ pub enum ReadOutcome {
 }
 
 /// Where a message read from the ring goes.
-pub(super) enum Sink<'a> {
+pub(super) enum Sink<'a, 'b> {
     Buffer(&'a mut Vec<u8>),
-    /// The caller's buffer when the message fits (its length goes to the `Option`), else the
-    /// vector (the `Option` stays `None`).
-    Slice(&'a mut [u8], &'a mut Vec<u8>, &'a mut Option<usize>),
+    Slice(&'a mut SliceSink<'b>),
     /// The fd, and where to say how many bytes the message had.
     Fd(BorrowedFd<'a>, &'a mut usize),
     /// Left in the ring: where the payload starts in the data area, and its length.
     Peek(&'a mut Option<(usize, usize)>),
+}
+
+/// Where [`RingReader::try_read_into_slice`] copies a message: into `buf` when it fits, else
+/// into `spill`. One reference to it is all the read passes along.
+#[derive(Debug)]
+pub struct SliceSink<'a> {
+    /// The caller's buffer.
+    pub buf: &'a mut [u8],
+    /// Takes a message longer than `buf` (its contents replaced).
+    pub spill: &'a mut Vec<u8>,
+    /// After a message: its length if it went to `buf`, `None` if it went to `spill`.
+    pub fitted: Option<usize>,
 }
 
 /// What a batch read found.
@@ -221,21 +231,19 @@ impl RingReader {
         outcome
     }
 
-    /// Copies the next message into `buf` if it fits (`*fitted` is then its length), else
-    /// into `spill` (replacing its contents; `*fitted` is `None`), skipping padding: either way
-    /// the message is read, once, and its space released.
+    /// Copies the next message into `sink.buf` if it fits (`sink.fitted` is then its length),
+    /// else into `sink.spill` (replacing its contents; `sink.fitted` is `None`), skipping
+    /// padding: either way the message is read, once, and its space released.
     pub fn try_read_into_slice(
         &mut self,
-        buf: &mut [u8],
-        spill: &mut Vec<u8>,
-        fitted: &mut Option<usize>,
+        sink: &mut SliceSink<'_>,
     ) -> Result<ReadOutcome, RingError> {
-        *fitted = None;
+        sink.fitted = None;
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             return Ok(ReadOutcome::Empty);
         }
-        let outcome = self.next_frame(Sink::Slice(buf, spill, fitted), &mut unread);
+        let outcome = self.next_frame(Sink::Slice(sink), &mut unread);
         self.commit();
         outcome
     }
@@ -369,7 +377,7 @@ impl RingReader {
     /// publishing the new position.
     pub(super) fn next_frame(
         &mut self,
-        mut sink: Sink<'_>,
+        mut sink: Sink<'_, '_>,
         unread: &mut u64,
     ) -> Result<ReadOutcome, RingError> {
         let capacity = self.ring.capacity;
@@ -422,7 +430,7 @@ impl RingReader {
                     let start = (offset + self.ring.format.unit) as usize;
                     match &mut sink {
                         Sink::Buffer(out) => self.copy_to_vec(start, len as usize, out),
-                        Sink::Slice(buf, spill, fitted) => match buf.get_mut(..len as usize) {
+                        Sink::Slice(sink) => match sink.buf.get_mut(..len as usize) {
                             Some(out) => {
                                 // SAFETY: the source range [start, start + len) lies inside
                                 // the data area (its frame's size <= until_end), `out` is len
@@ -438,9 +446,9 @@ impl RingReader {
                                         out.len(),
                                     );
                                 }
-                                **fitted = Some(out.len());
+                                sink.fitted = Some(out.len());
                             }
-                            None => self.copy_to_vec(start, len as usize, spill),
+                            None => self.copy_to_vec(start, len as usize, sink.spill),
                         },
                         Sink::Fd(fd, written) => {
                             self.ring.write_out(start, len as usize, *fd)?;
