@@ -225,7 +225,9 @@ fn library_recv_into_slice_fills_the_buffer_or_spills_in_order() {
             .capacity(64 * 1024)
             .create()
             .expect("create channel slice through the library");
-        let mut consumer = client.consumer("slice").expect("attach a consumer to slice");
+        let mut consumer = client
+            .consumer("slice")
+            .expect("attach a consumer to slice");
         let producer_client = connect(&socket);
         let mut producer = producer_client
             .producer("slice")
@@ -257,7 +259,10 @@ fn library_recv_into_slice_fills_the_buffer_or_spills_in_order() {
                         &buf[..n]
                     }
                     Landed::Spill => {
-                        assert!(buf.iter().all(|&b| b == 0xEE), "a spilled message wrote buf");
+                        assert!(
+                            buf.iter().all(|&b| b == 0xEE),
+                            "a spilled message wrote buf"
+                        );
                         &spill[..]
                     }
                 };
@@ -266,13 +271,21 @@ fn library_recv_into_slice_fills_the_buffer_or_spills_in_order() {
                     size > BUF,
                     "a {size}-byte message landed in {landed:?}"
                 );
-                assert!(got == &message[..], "round {round}, message {i} ({size} bytes) changed");
+                assert!(
+                    got == &message[..],
+                    "round {round}, message {i} ({size} bytes) changed"
+                );
             }
         }
-        assert!(guard.iter().all(|&b| b == 0), "bytes past the buffer written");
+        assert!(
+            guard.iter().all(|&b| b == 0),
+            "bytes past the buffer written"
+        );
         producer.close().expect("close the producer");
         assert_eq!(
-            consumer.recv_into_slice(buf, &mut spill).expect("recv after close"),
+            consumer
+                .recv_into_slice(buf, &mut spill)
+                .expect("recv after close"),
             None,
             "after the producer closed, recv_into_slice reports end-of-stream"
         );
