@@ -1,6 +1,6 @@
 //! Moving data: a 256 MiB file through a 1 MiB ring with `shmemctl send`/`recv` in both attach
 //! orders, checked by SHA-256; end-of-stream on an empty stream; the library's non-blocking
-//! calls.
+//! calls and its receive into a caller's slice.
 
 use shmem_broker_tests::*;
 use std::fs::File;
@@ -206,6 +206,90 @@ fn library_try_send_and_try_recv_report_would_block() {
         (accepted, received)
     });
     assert_eq!(accepted, received);
+}
+
+/// `recv_into_slice` (what the C binding's `shmem_recv` uses): a message that fits lands in the
+/// caller's buffer (and nothing past its length is touched), a longer one in the spill vector
+/// (and the buffer is untouched), in order, across the ring's wrap (padding) and empty
+/// messages; the non-blocking form says empty, and end-of-stream is `None`.
+#[test]
+fn library_recv_into_slice_fills_the_buffer_or_spills_in_order() {
+    use shmem_broker_client::Landed;
+    const BUF: usize = 1024;
+    let broker = Broker::start(None);
+    let socket = broker.socket_path().to_path_buf();
+    with_deadline(Duration::from_secs(60), "recv_into_slice", move || {
+        let client = connect(&socket);
+        client
+            .channel("slice")
+            .capacity(64 * 1024)
+            .create()
+            .expect("create channel slice through the library");
+        let mut consumer = client
+            .consumer("slice")
+            .expect("attach a consumer to slice");
+        let producer_client = connect(&socket);
+        let mut producer = producer_client
+            .producer("slice")
+            .expect("attach a producer to slice");
+        let (mut buf, mut spill) = ([0u8; BUF + 8], Vec::new());
+        let (buf, guard) = buf.split_at_mut(BUF);
+        match consumer.try_recv_into_slice(buf, &mut spill) {
+            Err(e) => assert!(e.is_empty(), "try_recv_into_slice on an empty ring: {e}"),
+            Ok(got) => panic!("try_recv_into_slice on an empty ring returned {got:?}"),
+        }
+        // Sizes around the buffer's, and enough bytes to wrap the 64 KiB ring many times.
+        let sizes = [0, 1, BUF - 1, BUF, BUF + 1, 7, 5000, 0, BUF, 40_000];
+        for round in 0..40usize {
+            for (i, &size) in sizes.iter().enumerate() {
+                let fill = (round * sizes.len() + i) as u8;
+                let message = vec![fill; size];
+                producer.send(&message).expect("send");
+                buf.fill(0xEE);
+                let landed = consumer
+                    .recv_into_slice(buf, &mut spill)
+                    .expect("recv_into_slice")
+                    .expect("a message, not end-of-stream");
+                let got = match landed {
+                    Landed::Buf(n) => {
+                        assert!(
+                            buf[n..].iter().all(|&b| b == 0xEE),
+                            "bytes past the message written"
+                        );
+                        &buf[..n]
+                    }
+                    Landed::Spill => {
+                        assert!(
+                            buf.iter().all(|&b| b == 0xEE),
+                            "a spilled message wrote buf"
+                        );
+                        &spill[..]
+                    }
+                };
+                assert_eq!(
+                    landed == Landed::Spill,
+                    size > BUF,
+                    "a {size}-byte message landed in {landed:?}"
+                );
+                assert!(
+                    got == &message[..],
+                    "round {round}, message {i} ({size} bytes) changed"
+                );
+            }
+        }
+        assert!(
+            guard.iter().all(|&b| b == 0),
+            "bytes past the buffer written"
+        );
+        producer.close().expect("close the producer");
+        assert_eq!(
+            consumer
+                .recv_into_slice(buf, &mut spill)
+                .expect("recv after close"),
+            None,
+            "after the producer closed, recv_into_slice reports end-of-stream"
+        );
+    });
 }
 
 #[test]

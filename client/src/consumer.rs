@@ -6,7 +6,9 @@ use std::path::Path;
 use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result, TryRecvError};
 use crate::lane_reader::LaneReader;
-use crate::ring::{BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader};
+use crate::ring::{
+    BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader, SliceSink,
+};
 use crate::wire::Role;
 use crate::zero_copy::{Held, Sample};
 
@@ -39,6 +41,15 @@ pub struct Consumer {
     reader: LaneReader,
     /// Private copy of the message a batch callback is looking at.
     scratch: Vec<u8>,
+}
+
+/// Where [`Consumer::recv_into_slice`] put a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Landed {
+    /// In the caller's buffer: its first this many bytes.
+    Buf(usize),
+    /// In the spill vector, all of it: the buffer was too small.
+    Spill,
 }
 
 impl Consumer {
@@ -90,6 +101,58 @@ impl Consumer {
     /// end-of-stream.
     pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         self.blocking(|r, _, _| Ok(message_step(r.try_read_into(buf)?)))
+    }
+
+    /// Receives the next message into `buf` when it fits, else into `spill` (reusing its
+    /// allocation), blocking until there is one: for a caller with a buffer of its own and
+    /// no `Vec` (the C binding), one copy either way. `Ok(None)` is end-of-stream.
+    ///
+    /// ```no_run
+    /// # let client = shmem_broker_client::Client::connect_default()?;
+    /// # let mut consumer = client.consumer("frames")?;
+    /// use shmem_broker_client::Landed;
+    /// let (mut buf, mut spill) = ([0u8; 4096], Vec::new());
+    /// while let Some(landed) = consumer.recv_into_slice(&mut buf, &mut spill)? {
+    ///     let message = match landed {
+    ///         Landed::Buf(n) => &buf[..n],
+    ///         Landed::Spill => &spill[..], // longer than 4096 bytes
+    ///     };
+    ///     println!("{} bytes", message.len());
+    /// }
+    /// # Ok::<(), shmem_broker_client::Error>(())
+    /// ```
+    // Inlined into the caller, as the C binding's `shmem_recv` wants one call per message.
+    #[inline]
+    pub fn recv_into_slice(
+        &mut self,
+        buf: &mut [u8],
+        spill: &mut Vec<u8>,
+    ) -> Result<Option<Landed>> {
+        self.blocking(|r, _| {
+            let mut sink = SliceSink {
+                buf: &mut *buf,
+                spill: &mut *spill,
+                fitted: None,
+            };
+            Ok(slice_step(r.try_read_into_slice(&mut sink)?, sink.fitted))
+        })
+    }
+
+    /// Non-blocking [`recv_into_slice`](Self::recv_into_slice): [`TryRecvError::Empty`] when
+    /// empty.
+    pub fn try_recv_into_slice(
+        &mut self,
+        buf: &mut [u8],
+        spill: &mut Vec<u8>,
+    ) -> Result<Option<Landed>, TryRecvError> {
+        self.non_blocking(|r, _| {
+            let mut sink = SliceSink {
+                buf: &mut *buf,
+                spill: &mut *spill,
+                fitted: None,
+            };
+            Ok(slice_step(r.try_read_into_slice(&mut sink)?, sink.fitted))
+        })
     }
 
     /// Hands up to `max` messages to `each`, blocking until there is at least one, and frees
@@ -316,6 +379,16 @@ fn message_step(outcome: ReadOutcome) -> Option<bool> {
     match outcome {
         ReadOutcome::Message => Some(true),
         ReadOutcome::EndOfStream => Some(false),
+        ReadOutcome::Empty => None,
+    }
+}
+
+/// A read into a slice: `Some(Some(_))` a message and where it went (`fitted`: its length in
+/// the slice), `Some(None)` end-of-stream, `None` empty.
+fn slice_step(outcome: ReadOutcome, fitted: Option<usize>) -> Option<Option<Landed>> {
+    match outcome {
+        ReadOutcome::Message => Some(Some(fitted.map_or(Landed::Spill, Landed::Buf))),
+        ReadOutcome::EndOfStream => Some(None),
         ReadOutcome::Empty => None,
     }
 }

@@ -41,7 +41,7 @@ pub use shmem_broker_proto::{discovery, names, size, wire};
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncConsumer, AsyncProducer};
 pub use client::{Attach, Client, Monitor, NewChannel};
-pub use consumer::Consumer;
+pub use consumer::{Consumer, Landed};
 pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;
 pub use ring::ReadItem;

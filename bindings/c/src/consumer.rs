@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use shmem_broker_client::{Consumer, Sample};
+use shmem_broker_client::{Consumer, Landed, Sample};
 
 use crate::codes::*;
 use crate::guard::*;
@@ -11,37 +11,78 @@ use crate::handles::*;
 
 /// Hands the next message (pending or received by `receive`) to `buf`, or says how large it
 /// is and keeps it.
-pub(crate) fn deliver(
+///
+/// `receive` copies a message that fits straight into `buf` (one copy, as the Rust client's
+/// `recv_into`); one that does not goes to the consumer's own vector and on as a pending one.
+/// Inlined into each receive function, with the rare work (a pending message) out of line.
+///
+/// # Safety
+/// `buf` is NULL or points to `capacity` writable bytes that nothing else uses during the
+/// call; `len` is NULL or points to writable storage.
+#[inline(always)]
+pub(crate) unsafe fn deliver(
     consumer: &mut ShmemConsumer,
     buf: *mut c_void,
     capacity: usize,
     len: *mut usize,
-    receive: impl FnOnce(&mut Consumer, &mut Vec<u8>) -> Result<Option<bool>, Failure>,
+    receive: impl FnOnce(
+        &mut Consumer,
+        &mut [u8],
+        &mut Vec<u8>,
+    ) -> Result<Option<Option<Landed>>, Failure>,
 ) -> Result<c_int, Failure> {
     out_ptr(len, "len")?;
     consumer.check_not_lent()?;
-    let message = match consumer.pending.take() {
-        Some(message) => message,
-        None => {
-            let mut buffer = std::mem::take(&mut consumer.buffer);
-            match receive(consumer.consumer()?, &mut buffer)? {
-                Some(true) => buffer,
-                Some(false) => {
-                    consumer.buffer = buffer;
-                    // SAFETY: not NULL (checked), writable (the caller's contract).
-                    unsafe { *len = 0 };
-                    return Ok(SHMEM_END_OF_STREAM);
-                }
-                None => {
-                    consumer.buffer = buffer;
-                    // SAFETY: as above.
-                    unsafe { *len = 0 };
-                    return Ok(SHMEM_WOULD_BLOCK);
-                }
-            }
-        }
+    if let Some(message) = consumer.pending.take() {
+        // SAFETY: the contract.
+        return unsafe { deliver_held(consumer, message, buf, capacity, len) };
+    }
+    // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
+    // (checked above), and `&mut` on the handle makes this the only access.
+    let target = unsafe { &mut *consumer.consumer };
+    // The slice covers no more than the largest message (shorter than the ring): that is all
+    // a receive may write, whatever `capacity` a caller passes.
+    let room = usize::try_from(target.capacity()).map_or(capacity, |c| capacity.min(c));
+    let out: &mut [u8] = if buf.is_null() {
+        // Only an empty message fits; any other goes to the vector, and then to the checks of
+        // `deliver_held` (too small, or NULL).
+        &mut []
+    } else {
+        // SAFETY: not NULL, and `room` <= `capacity` writable bytes that nothing else touches
+        // meanwhile (the caller's contract, from the C one). They are not ours: our vector is
+        // a separate allocation, and the ring's mapping is never handed out writable.
+        unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), room) }
     };
-    // SAFETY: as above.
+    let (code, n) = match receive(target, out, &mut consumer.buffer)? {
+        Some(Some(Landed::Buf(n))) => (SHMEM_OK, n),
+        Some(Some(Landed::Spill)) => {
+            let message = std::mem::take(&mut consumer.buffer);
+            // SAFETY: the contract.
+            return unsafe { deliver_held(consumer, message, buf, capacity, len) };
+        }
+        Some(None) => (SHMEM_END_OF_STREAM, 0),
+        None => (SHMEM_WOULD_BLOCK, 0),
+    };
+    // SAFETY: not NULL (checked), writable (the caller's contract).
+    unsafe { *len = n };
+    Ok(code)
+}
+
+/// Hands `message` (pending, or just received into our vector) to `buf` if it fits, else says
+/// how large it is and keeps it pending.
+///
+/// # Safety
+/// As [`deliver`]; `len` is not NULL.
+#[cold]
+#[inline(never)]
+unsafe fn deliver_held(
+    consumer: &mut ShmemConsumer,
+    message: Vec<u8>,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+) -> Result<c_int, Failure> {
+    // SAFETY: not NULL (the caller checked), writable (the contract).
     unsafe { *len = message.len() };
     if message.len() > capacity {
         let needed = message.len();
@@ -82,9 +123,12 @@ pub unsafe extern "C" fn shmem_recv(
     guard(|| {
         // SAFETY: the contract.
         let consumer = unsafe { handle(consumer, "consumer") }?;
-        deliver(consumer, buf, capacity, len, |c, buffer| {
-            Ok(Some(c.recv_into(buffer)?))
-        })
+        // SAFETY: the contract.
+        unsafe {
+            deliver(consumer, buf, capacity, len, |c, out, spill| {
+                Ok(Some(c.recv_into_slice(out, spill)?))
+            })
+        }
     })
 }
 
@@ -102,12 +146,15 @@ pub unsafe extern "C" fn shmem_try_recv(
     guard(|| {
         // SAFETY: the contract.
         let consumer = unsafe { handle(consumer, "consumer") }?;
-        deliver(consumer, buf, capacity, len, |c, buffer| {
-            match c.try_recv_into(buffer) {
-                Ok(more) => Ok(Some(more)),
-                Err(err) => recv_failure(err).map(|()| None),
-            }
-        })
+        // SAFETY: the contract.
+        unsafe {
+            deliver(consumer, buf, capacity, len, |c, out, spill| {
+                match c.try_recv_into_slice(out, spill) {
+                    Ok(landed) => Ok(Some(landed)),
+                    Err(err) => recv_failure(err).map(|()| None),
+                }
+            })
+        }
     })
 }
 

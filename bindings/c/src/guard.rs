@@ -89,18 +89,31 @@ pub(crate) fn invalid(what: &str) -> Failure {
 
 /// Runs `body`, turning a failure into its code (message kept for the thread) and a panic into
 /// `SHMEM_ERR_PANIC`.
+///
+/// Inlined, with the failures out of line: the per-message calls (`shmem_send`, `shmem_recv`)
+/// then cost what the Rust client's do, plus the panic guard's one call.
+#[inline(always)]
 pub(crate) fn guard(body: impl FnOnce() -> Result<c_int, Failure>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(code)) => code,
-        Ok(Err(Failure(code, message))) => {
-            set_error(&message);
-            code
-        }
-        Err(_) => {
-            set_error("internal error in libshmem_broker (a panic, caught at the C boundary)");
-            SHMEM_ERR_PANIC
-        }
-    }
+    // The failure is turned into its code inside, so only a `c_int` crosses the guard.
+    let run = || match body() {
+        Ok(code) => code,
+        Err(failure) => failed(failure),
+    };
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| panicked())
+}
+
+#[cold]
+#[inline(never)]
+fn failed(Failure(code, message): Failure) -> c_int {
+    set_error(&message);
+    code
+}
+
+#[cold]
+#[inline(never)]
+fn panicked() -> c_int {
+    set_error("internal error in libshmem_broker (a panic, caught at the C boundary)");
+    SHMEM_ERR_PANIC
 }
 
 /// Hands `value` to C through `out`, boxed: the caller owns it and frees it with the matching
@@ -144,15 +157,17 @@ pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a s
 ///
 /// # Safety
 /// `ptr` is NULL or a live handle of this library not used by another thread meanwhile.
+#[inline(always)]
 pub(crate) unsafe fn handle<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, Failure> {
     // SAFETY: the caller's contract; NULL is refused by `as_mut`.
-    unsafe { ptr.as_mut() }.ok_or_else(|| invalid(&format!("{what} is NULL")))
+    unsafe { ptr.as_mut() }.ok_or_else(|| null_arg(what))
 }
 
 /// A byte slice from a pointer and length (NULL allowed when `len` is 0).
 ///
 /// # Safety
 /// `ptr` points to `len` readable bytes, or `len` is 0.
+#[inline(always)]
 pub(crate) unsafe fn bytes_arg<'a>(ptr: *const c_void, len: usize) -> Result<&'a [u8], Failure> {
     if len == 0 {
         return Ok(&[]);
@@ -164,9 +179,17 @@ pub(crate) unsafe fn bytes_arg<'a>(ptr: *const c_void, len: usize) -> Result<&'a
     Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
 }
 
+#[inline(always)]
 pub(crate) fn out_ptr<T>(out: *mut T, what: &str) -> Result<(), Failure> {
     if out.is_null() {
-        return Err(invalid(&format!("{what} is NULL")));
+        return Err(null_arg(what));
     }
     Ok(())
+}
+
+/// "`what` is NULL".
+#[cold]
+#[inline(never)]
+fn null_arg(what: &str) -> Failure {
+    invalid(&format!("{what} is NULL"))
 }

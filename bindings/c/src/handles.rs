@@ -44,12 +44,10 @@ impl ShmemProducer {
     }
 
     /// The producer, when no loan borrows it.
+    #[inline(always)]
     pub(crate) fn producer(&mut self) -> Result<&mut Producer, Failure> {
         if self.loan.is_some() {
-            return Err(Failure(
-                SHMEM_ERR_BUSY,
-                "this producer has a loan outstanding: send or abandon it first".into(),
-            ));
+            return Err(loan_outstanding());
         }
         // SAFETY: `producer` came from Box::into_raw and is freed only in Drop; no loan
         // borrows it (checked above), and `&mut self` makes this the only access.
@@ -73,6 +71,15 @@ impl ShmemProducer {
         self.loan = Some(loan);
         Ok(Some(ptr))
     }
+}
+
+#[cold]
+#[inline(never)]
+fn loan_outstanding() -> Failure {
+    Failure(
+        SHMEM_ERR_BUSY,
+        "this producer has a loan outstanding: send or abandon it first".into(),
+    )
 }
 
 impl Drop for ShmemProducer {
@@ -119,28 +126,24 @@ impl ShmemConsumer {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn check_not_lent(&self) -> Result<(), Failure> {
-        if self.in_batch {
-            return Err(Failure(
-                SHMEM_ERR_BUSY,
-                "called from this consumer's own shmem_recv_batch callback".into(),
-            ));
-        }
-        if self.sample.is_some() || self.pending_lent {
-            return Err(Failure(
-                SHMEM_ERR_BUSY,
-                "this consumer holds a borrowed message: release it first".into(),
-            ));
+        if self.in_batch || self.sample.is_some() || self.pending_lent {
+            return Err(self.lent());
         }
         Ok(())
     }
 
-    /// The consumer, when no sample borrows it.
-    pub(crate) fn consumer(&mut self) -> Result<&mut Consumer, Failure> {
-        self.check_not_lent()?;
-        // SAFETY: from Box::into_raw, freed only in Drop; no sample borrows it (checked), and
-        // `&mut self` makes this the only access.
-        Ok(unsafe { &mut *self.consumer })
+    /// Why [`check_not_lent`](Self::check_not_lent) refused.
+    #[cold]
+    #[inline(never)]
+    fn lent(&self) -> Failure {
+        let why = if self.in_batch {
+            "called from this consumer's own shmem_recv_batch callback"
+        } else {
+            "this consumer holds a borrowed message: release it first"
+        };
+        Failure(SHMEM_ERR_BUSY, why.into())
     }
 }
 

@@ -1,8 +1,11 @@
-/* pair_bench SOCKET CHANNEL SIZE COUNT: one producer thread sends COUNT messages of SIZE bytes
- * (shmem_send) to one consumer thread (shmem_recv into a buffer) through CHANNEL, which must
- * exist; prints "SECONDS" from the first send to end-of-stream. The C side of the "C against
- * the Rust client" rows of BENCHMARKS.md; client/examples/pair_bench.rs is the Rust side, line
- * for line. Built by bench.py: cc pair_bench.c $(pkg-config --cflags --libs shmem-broker). */
+/* pair_bench SOCKET CHANNEL SIZE COUNT [serial]: one producer thread sends COUNT messages of
+ * SIZE bytes (shmem_send) to one consumer thread (shmem_recv into a buffer) through CHANNEL,
+ * which must exist; prints "SECONDS" from the first send to end-of-stream. The C side of the
+ * "C against the Rust client" rows of BENCHMARKS.md; client/examples/pair_bench.rs is the Rust
+ * side, line for line. With "serial", one thread sends a burst (at most 1000 messages, at most
+ * 4 MiB) and then receives it, over and over: no thread ever waits, so an instruction count
+ * (callgrind) is the calls' own. Built by bench.py: cc pair_bench.c $(pkg-config --cflags
+ * --libs shmem-broker). */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <shmem_broker.h>
@@ -10,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* Bytes of one serial burst (frames included): half the 8 MiB channel bench.py creates. */
+#define BURST_BYTES (4UL << 20)
 
 struct job {
     shmem_producer *producer;
@@ -32,8 +38,9 @@ static void *produce(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: pair_bench SOCKET CHANNEL SIZE COUNT\n");
+    int serial = argc == 6 && strcmp(argv[5], "serial") == 0;
+    if (argc != 5 && !serial) {
+        fprintf(stderr, "usage: pair_bench SOCKET CHANNEL SIZE COUNT [serial]\n");
         return 2;
     }
     size_t size = strtoull(argv[3], NULL, 10);
@@ -50,6 +57,41 @@ int main(int argc, char **argv) {
     char *buf = malloc(size ? size : 1);
     struct timespec start, end;
     clock_gettime(CLOCK_MONOTONIC, &start);
+    if (serial) {
+        char *message = calloc(1, size ? size : 1);
+        unsigned long burst = BURST_BYTES / (size + 64);
+        burst = burst < 1 ? 1 : burst > 1000 ? 1000 : burst;
+        unsigned long received = 0;
+        size_t len = 0;
+        if (buf == NULL || message == NULL)
+            return 1;
+        while (received < count) {
+            unsigned long n = burst < count - received ? burst : count - received;
+            for (unsigned long i = 0; i < n; i++)
+                if (shmem_send(job.producer, message, size) != SHMEM_OK) {
+                    fprintf(stderr, "pair_bench: send: %s\n", shmem_last_error_message());
+                    return 1;
+                }
+            for (unsigned long i = 0; i < n; i++)
+                if (shmem_recv(consumer, buf, size ? size : 1, &len) != SHMEM_OK) {
+                    fprintf(stderr, "pair_bench: recv: %s\n", shmem_last_error_message());
+                    return 1;
+                }
+            received += n;
+        }
+        if (shmem_producer_close(job.producer) != SHMEM_OK ||
+            shmem_recv(consumer, buf, size ? size : 1, &len) != SHMEM_END_OF_STREAM) {
+            fprintf(stderr, "pair_bench: end: %s\n", shmem_last_error_message());
+            return 1;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        printf("%.6f\n", (double)(end.tv_sec - start.tv_sec) + (end.tv_nsec - start.tv_nsec) / 1e9);
+        free(message);
+        free(buf);
+        shmem_consumer_free(consumer);
+        shmem_client_free(client);
+        return 0;
+    }
     pthread_t thread;
     if (buf == NULL || pthread_create(&thread, NULL, produce, &job) != 0)
         return 1;

@@ -110,7 +110,7 @@ pub use layout::{
     max_message_len, Eviction, RingStats, ACK_SIZE, CAPACITY_GRANULE, HEADER_SIZE, LAYOUT_VERSION,
     MAX_CAPACITY, MAX_POSITION, MIN_CAPACITY, MIN_LAYOUT_VERSION,
 };
-pub use reader::{BatchOutcome, ReadItem, ReadOutcome, RingReader};
+pub use reader::{BatchOutcome, ReadItem, ReadOutcome, RingReader, SliceSink};
 pub use writer::RingWriter;
 pub use zero_copy::{Payload, Peeked};
 

@@ -22,12 +22,25 @@ pub enum ReadOutcome {
 }
 
 /// Where a message read from the ring goes.
-pub(super) enum Sink<'a> {
+pub(super) enum Sink<'a, 'b> {
     Buffer(&'a mut Vec<u8>),
+    Slice(&'a mut SliceSink<'b>),
     /// The fd, and where to say how many bytes the message had.
     Fd(BorrowedFd<'a>, &'a mut usize),
     /// Left in the ring: where the payload starts in the data area, and its length.
     Peek(&'a mut Option<(usize, usize)>),
+}
+
+/// Where [`RingReader::try_read_into_slice`] copies a message: into `buf` when it fits, else
+/// into `spill`. One reference to it is all the read passes along.
+#[derive(Debug)]
+pub struct SliceSink<'a> {
+    /// The caller's buffer.
+    pub buf: &'a mut [u8],
+    /// Takes a message longer than `buf` (its contents replaced).
+    pub spill: &'a mut Vec<u8>,
+    /// After a message: its length if it went to `buf`, `None` if it went to `spill`.
+    pub fitted: Option<usize>,
 }
 
 /// What a batch read found.
@@ -218,6 +231,23 @@ impl RingReader {
         outcome
     }
 
+    /// Copies the next message into `sink.buf` if it fits (`sink.fitted` is then its length),
+    /// else into `sink.spill` (replacing its contents; `sink.fitted` is `None`), skipping
+    /// padding: either way the message is read, once, and its space released.
+    pub fn try_read_into_slice(
+        &mut self,
+        sink: &mut SliceSink<'_>,
+    ) -> Result<ReadOutcome, RingError> {
+        sink.fitted = None;
+        let mut unread = self.unread_cached()?;
+        if unread == 0 {
+            return Ok(ReadOutcome::Empty);
+        }
+        let outcome = self.next_frame(Sink::Slice(sink), &mut unread);
+        self.commit();
+        outcome
+    }
+
     /// Hands up to `max` available messages to `each` (through the private buffer `scratch`)
     /// and releases their space with a single store. Stops before an end-of-stream mark unless
     /// it is the first thing read.
@@ -347,7 +377,7 @@ impl RingReader {
     /// publishing the new position.
     pub(super) fn next_frame(
         &mut self,
-        mut sink: Sink<'_>,
+        mut sink: Sink<'_, '_>,
         unread: &mut u64,
     ) -> Result<ReadOutcome, RingError> {
         let capacity = self.ring.capacity;
@@ -399,25 +429,27 @@ impl RingReader {
                 KIND_DATA => {
                     let start = (offset + self.ring.format.unit) as usize;
                     match &mut sink {
-                        Sink::Buffer(out) => {
-                            out.clear();
-                            out.reserve(len as usize);
-                            // SAFETY: the source range [offset + unit, offset + unit + len) lies
-                            // inside the data area (its frame's size <= until_end), `out` has
-                            // room for len bytes after reserve, and the two never overlap
-                            // (private heap vs shared mapping). A raw copy forms no reference to
-                            // the shared bytes: a hostile producer rewriting them while we copy
-                            // only changes what we receive; we copy them out before looking at
-                            // any.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    self.ring.data().add(start),
-                                    out.as_mut_ptr(),
-                                    len as usize,
-                                );
-                                out.set_len(len as usize);
+                        Sink::Buffer(out) => self.copy_to_vec(start, len as usize, out),
+                        Sink::Slice(sink) => match sink.buf.get_mut(..len as usize) {
+                            Some(out) => {
+                                // SAFETY: the source range [start, start + len) lies inside
+                                // the data area (its frame's size <= until_end), `out` is len
+                                // writable bytes, and the two never overlap (a `&mut [u8]` is
+                                // never our shared mapping, which only ever lends raw pointers
+                                // and shared reads). A raw copy forms no reference to the
+                                // shared bytes: a hostile producer rewriting them while we
+                                // copy only changes what we receive.
+                                unsafe {
+                                    std::ptr::copy_nonoverlapping(
+                                        self.ring.data().add(start),
+                                        out.as_mut_ptr(),
+                                        out.len(),
+                                    );
+                                }
+                                sink.fitted = Some(out.len());
                             }
-                        }
+                            None => self.copy_to_vec(start, len as usize, sink.spill),
+                        },
                         Sink::Fd(fd, written) => {
                             self.ring.write_out(start, len as usize, *fd)?;
                             **written = len as usize;
@@ -442,6 +474,23 @@ impl RingReader {
                 KIND_END_OF_STREAM => return Ok(ReadOutcome::EndOfStream),
                 _ => continue,
             }
+        }
+    }
+
+    /// Copies the `len` payload bytes at data offset `start` into `out` (replacing its
+    /// contents). The caller has checked that they lie inside the data area.
+    #[inline(always)]
+    fn copy_to_vec(&self, start: usize, len: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the source range [start, start + len) lies inside the data area (the
+        // caller's check: its frame's size <= until_end), `out` has room for len bytes after
+        // reserve, and the two never overlap (private heap vs shared mapping). A raw copy
+        // forms no reference to the shared bytes: a hostile producer rewriting them while we
+        // copy only changes what we receive; we copy them out before looking at any.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ring.data().add(start), out.as_mut_ptr(), len);
+            out.set_len(len);
         }
     }
 
