@@ -128,7 +128,7 @@ impl Consumer {
         buf: &mut [u8],
         spill: &mut Vec<u8>,
     ) -> Result<Option<Landed>> {
-        self.blocking(|r, _| {
+        self.blocking(|r, _, _| {
             let mut sink = SliceSink {
                 buf: &mut *buf,
                 spill: &mut *spill,
@@ -145,7 +145,7 @@ impl Consumer {
         buf: &mut [u8],
         spill: &mut Vec<u8>,
     ) -> Result<Option<Landed>, TryRecvError> {
-        self.non_blocking(|r, _| {
+        self.non_blocking(|r, _, _| {
             let mut sink = SliceSink {
                 buf: &mut *buf,
                 spill: &mut *spill,
