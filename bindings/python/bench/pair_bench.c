@@ -26,14 +26,20 @@ struct job {
 
 static void *produce(void *arg) {
     struct job *job = arg;
-    char *buf = calloc(1, job->size ? job->size : 1);
-    job->rc = buf ? SHMEM_OK : SHMEM_ERR_OTHER;
-    for (unsigned long i = 0; i < job->count && job->rc == SHMEM_OK; i++)
-        job->rc = shmem_send(job->producer, buf, job->size);
+    /* `job` lies on the consumer thread's stack, next to what that thread writes for every
+       message: the loop works on copies (a load or store of that cache line per message would
+       bounce it between the two cores), and the result is stored once at the end, as the Rust
+       twin's thread owns its values and returns its result. */
+    shmem_producer *producer = job->producer;
+    size_t size = job->size;
+    unsigned long count = job->count;
+    char *buf = calloc(1, size ? size : 1);
+    int rc = buf ? SHMEM_OK : SHMEM_ERR_OTHER;
+    for (unsigned long i = 0; i < count && rc == SHMEM_OK; i++)
+        rc = shmem_send(producer, buf, size);
     free(buf);
-    int closed = shmem_producer_close(job->producer);
-    if (job->rc == SHMEM_OK)
-        job->rc = closed;
+    int closed = shmem_producer_close(producer);
+    job->rc = rc == SHMEM_OK ? closed : rc;
     return NULL;
 }
 
