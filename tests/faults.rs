@@ -4,6 +4,10 @@
 //!
 //! Killed clients are helper processes: this test binary run again with only one `#[ignore]`d
 //! helper test selected (see `self_exec_command`), using the client library like any program.
+//!
+//! About 800 lines on purpose: the helper bodies must live in the binary that starts them, and
+//! the lagging-consumer tests (producers killed while the consumer is behind) use the same
+//! helpers and kill sequence as the ones before them.
 
 use shmem_broker_client::{Client, Error, ErrorCode, TryRecvError};
 use shmem_broker_tests::*;
