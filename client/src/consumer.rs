@@ -128,14 +128,7 @@ impl Consumer {
         buf: &mut [u8],
         spill: &mut Vec<u8>,
     ) -> Result<Option<Landed>> {
-        self.blocking(|r, _, _| {
-            let mut sink = SliceSink {
-                buf: &mut *buf,
-                spill: &mut *spill,
-                fitted: None,
-            };
-            Ok(slice_step(r.try_read_into_slice(&mut sink)?, sink.fitted))
-        })
+        self.blocking(|r, _, _| read_into_slice(r, buf, spill))
     }
 
     /// Non-blocking [`recv_into_slice`](Self::recv_into_slice): [`TryRecvError::Empty`] when
@@ -145,14 +138,7 @@ impl Consumer {
         buf: &mut [u8],
         spill: &mut Vec<u8>,
     ) -> Result<Option<Landed>, TryRecvError> {
-        self.non_blocking(|r, _, _| {
-            let mut sink = SliceSink {
-                buf: &mut *buf,
-                spill: &mut *spill,
-                fitted: None,
-            };
-            Ok(slice_step(r.try_read_into_slice(&mut sink)?, sink.fitted))
-        })
+        self.non_blocking(|r, _, _| read_into_slice(r, buf, spill))
     }
 
     /// Hands up to `max` messages to `each`, blocking until there is at least one, and frees
@@ -383,14 +369,24 @@ fn message_step(outcome: ReadOutcome) -> Option<bool> {
     }
 }
 
-/// A read into a slice: `Some(Some(_))` a message and where it went (`fitted`: its length in
-/// the slice), `Some(None)` end-of-stream, `None` empty.
-fn slice_step(outcome: ReadOutcome, fitted: Option<usize>) -> Option<Option<Landed>> {
-    match outcome {
-        ReadOutcome::Message => Some(Some(fitted.map_or(Landed::Spill, Landed::Buf))),
+/// One read into `buf`, or into `spill` for a message longer than `buf`: `Some(Some(_))` where
+/// the message landed, `Some(None)` end-of-stream, `None` empty.
+#[inline(always)]
+fn read_into_slice(
+    reader: &mut RingReader,
+    buf: &mut [u8],
+    spill: &mut Vec<u8>,
+) -> Result<Option<Option<Landed>>, RingError> {
+    let mut sink = SliceSink {
+        buf,
+        spill,
+        fitted: None,
+    };
+    Ok(match reader.try_read_into_slice(&mut sink)? {
+        ReadOutcome::Message => Some(Some(sink.fitted.map_or(Landed::Spill, Landed::Buf))),
         ReadOutcome::EndOfStream => Some(None),
         ReadOutcome::Empty => None,
-    }
+    })
 }
 
 /// A borrowed read: `Some(Some(_))` a message left in the ring, `Some(None)` end-of-stream,
