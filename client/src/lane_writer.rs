@@ -472,9 +472,12 @@ impl LaneWriter {
         // another's ring comes in as a new lane, and a ring the broker replaces meanwhile comes
         // in as a new ring; each is owed the mark as much as the others, and none gets two.
         let mut done: HashSet<(u64, u64)> = HashSet::new();
-        let fresh =
-            |done: &HashSet<(u64, u64)>, end: &RingWriter| !done.contains(&end.ring().file());
-        while let Some(first) = self.lanes.list.iter().position(|l| fresh(&done, &l.end)) {
+        while let Some(first) = self
+            .lanes
+            .list
+            .iter()
+            .position(|lane| !done.contains(&lane.end.ring().file()))
+        {
             let id = self.lanes.list[first].id;
             while let Some(index) = self.lanes.index_of(id) {
                 done.insert(self.lanes.list[index].end.ring().file());

@@ -90,7 +90,8 @@ impl Channel {
             ];
             let mut names = vec!["control", "wait"];
             let mut lanes = Vec::new();
-            let front = self.slot_front(index);
+            // Just observed (above).
+            let front = self.observed_front(index);
             let (channel, slot, capacity) = (&self.meta.name, self.slots[index].id, self.capacity);
             for queue in &mut self.queues {
                 ensure(&mut queue.data_ready).map_err(internal)?;

@@ -125,6 +125,11 @@ impl Channel {
     /// Where a ring that joins slot `slot` now starts in its stream: the front, up to date.
     pub(super) fn slot_front(&self, slot: usize) -> (u64, u64) {
         self.observe();
+        self.observed_front(slot)
+    }
+
+    /// Slot `slot`'s front as of the last `observe` (for callers that just made one).
+    pub(super) fn observed_front(&self, slot: usize) -> (u64, u64) {
         self.totals
             .borrow()
             .written

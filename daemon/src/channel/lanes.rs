@@ -172,7 +172,10 @@ impl Channel {
         // Everything that can fail comes first, so that a failure (out of fds) changes nothing.
         let mut lanes = Vec::new();
         let mut told = Vec::new();
-        let fronts: Vec<(u64, u64)> = (0..self.slots.len()).map(|s| self.slot_front(s)).collect();
+        self.observe();
+        let fronts: Vec<(u64, u64)> = (0..self.slots.len())
+            .map(|s| self.observed_front(s))
+            .collect();
         for (slot, front) in self.slots.iter().zip(fronts) {
             let lane = Lane::new(&self.meta.name, slot.id, id, self.capacity)?;
             lane.stream.set(front);
