@@ -20,9 +20,17 @@ use std::time::Duration;
 const TRANSFER: Duration = Duration::from_secs(300);
 const MESSAGES: u64 = 3000;
 
-/// Sizes around frame units, cache lines, pages and the wrap, at least 8 (the sequence).
+/// Messages numbered from here on are large: a writer starts them at the ring's first byte
+/// whenever its consumer borrows in place and has read past the room they need there.
+const LARGE: std::ops::Range<u64> = 1 << 32..(1 << 32) + 300;
+
+/// Sizes around frame units, cache lines, pages and the wrap, at least 8 (the sequence); from
+/// `LARGE.start` on, 256 KiB to 700 KiB.
 fn size(seq: u64) -> usize {
     const SIZES: [usize; 12] = [8, 9, 15, 16, 17, 63, 64, 65, 1000, 4095, 4096, 12000];
+    if seq >= LARGE.start {
+        return (256 << 10) + (seq % 7) as usize * 70_001;
+    }
     SIZES[(seq % 12) as usize] + (seq % 5) as usize
 }
 
@@ -61,8 +69,8 @@ fn check(sample: &Sample<'_>, seq: u64) {
 
 /// Receives `count` messages with `recv_ref` (every third with `try_recv_ref`), then the
 /// end-of-stream mark.
-fn consume(consumer: &mut Consumer, count: u64) {
-    for seq in 0..count {
+fn consume(consumer: &mut Consumer, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
         if seq % 3 == 1 {
             loop {
                 match consumer.try_recv_ref() {
@@ -92,8 +100,8 @@ fn consume(consumer: &mut Consumer, count: u64) {
 
 /// Sends `count` messages written in place: with `loan`, `try_loan` (waiting on `ready_fd`
 /// when full; the probe loan is dropped, which must publish nothing) and `send_with`.
-fn produce(producer: &mut Producer, count: u64) {
-    for seq in 0..count {
+fn produce(producer: &mut Producer, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
         let len = size(seq);
         match seq % 3 {
             0 => {
@@ -129,18 +137,19 @@ fn fanout(client: &Client, name: &str, capacity: u64, consumers: u32) {
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
 }
 
-/// `consumers` consumers attached first, then a producer sending MESSAGES in place.
-fn round_trip(socket: &Path, channel: &str, consumers: usize) {
+/// `consumers` consumers attached first, then a producer sending messages `seqs` in place.
+fn round_trip(socket: &Path, channel: &str, consumers: usize, seqs: std::ops::Range<u64>) {
     let readers: Vec<_> = (0..consumers)
         .map(|i| {
             let mut consumer = connect(socket).consumer(channel).expect("attach consumer");
+            let seqs = seqs.clone();
             Background::spawn(&format!("consumer {i}"), move || {
-                consume(&mut consumer, MESSAGES)
+                consume(&mut consumer, seqs)
             })
         })
         .collect();
     let mut producer = connect(socket).producer(channel).expect("attach producer");
-    produce(&mut producer, MESSAGES);
+    produce(&mut producer, seqs);
     producer.close().expect("close");
     for reader in readers {
         reader.join(TRANSFER);
@@ -151,21 +160,34 @@ fn round_trip(socket: &Path, channel: &str, consumers: usize) {
 fn loans_and_borrowed_samples_carry_thousands_of_messages_one_to_one() {
     let broker = Broker::start(None);
     broker.ctl_ok(&["create", "z1", "--capacity", "32KiB"]);
-    round_trip(broker.socket_path(), "z1", 1);
+    round_trip(broker.socket_path(), "z1", 1, 0..MESSAGES);
+}
+
+#[test]
+fn large_borrowed_messages_arrive_intact_while_the_producer_starts_laps_over() {
+    // 256-700 KiB through a 2 MiB ring: with a consumer borrowing in place, the producer
+    // starts most messages at the ring's first byte, padding the rest of the lap, right
+    // behind the consumer; every byte is checked.
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "zl", "--capacity", "2MiB"]);
+    round_trip(broker.socket_path(), "zl", 1, LARGE);
+    let info = broker.client().info("zl").expect("info");
+    let carried: u64 = LARGE.map(|seq| size(seq) as u64).sum();
+    assert_eq!(info.bytes_written, carried);
 }
 
 #[test]
 fn fanout_loans_to_one_consumer_are_in_its_ring_and_carry_thousands_of_messages() {
     let broker = Broker::start(None);
     fanout(&broker.client(), "zf1", 32 << 10, 4);
-    round_trip(broker.socket_path(), "zf1", 1);
+    round_trip(broker.socket_path(), "zf1", 1, 0..MESSAGES);
 }
 
 #[test]
 fn fanout_loans_to_several_consumers_carry_thousands_of_messages_to_each() {
     let broker = Broker::start(None);
     fanout(&broker.client(), "zf3", 32 << 10, 4);
-    round_trip(broker.socket_path(), "zf3", 3);
+    round_trip(broker.socket_path(), "zf3", 3, 0..MESSAGES);
 }
 
 /// Loans filled with junk and dropped, around every message (some of them needing padding to

@@ -219,3 +219,36 @@ fn counters_a_peer_set_to_the_maximum_do_not_overflow() {
     assert_eq!(stats.wakeups, u64::MAX);
     assert_eq!(h.producer.wakeups.load(Ordering::SeqCst), u64::MAX);
 }
+
+#[test]
+fn a_consumer_cannot_make_the_writer_skip_positions_past_half_the_space() {
+    use super::writer::{REWIND_MIN_FRAME, REWIND_UNTIL_POSITION};
+    // Each rewind skips the rest of a lap (a consumer can trigger one per frame by claiming
+    // to have read it); past the half, frames follow each other as if there were none.
+    let capacity = 2 << 20;
+    let lap_start = |pos: u64| pos & !(capacity - 1);
+    for (start, rewinds) in [
+        (lap_start(REWIND_UNTIL_POSITION) - 2 * capacity, true),
+        (lap_start(REWIND_UNTIL_POSITION) + capacity, false),
+    ] {
+        let (ring, memfd) = shared(capacity);
+        set_positions(&ring, start, start);
+        // What a consumer that borrows in place says (and one that lies can say).
+        let consumer = ring.consumer_side().0;
+        consumer.reads_in_place.store(1, Ordering::SeqCst);
+        let mut writer = RingWriter::new(reopen(&memfd, capacity)).expect("writer");
+        let frame = writer.ring().frame_len(REWIND_MIN_FRAME);
+        for i in 0..2 {
+            let written = writer.try_write_with(REWIND_MIN_FRAME as usize, |buf| buf.fill(i));
+            assert!(written.expect("write"), "room for frame {i}");
+            // What a consumer writes: "read it all".
+            consumer.read_pos.store(writer.write_pos, Ordering::SeqCst);
+        }
+        let expected = if rewinds { frame } else { 2 * frame };
+        assert_eq!(
+            writer.ring().offset_of(writer.write_pos),
+            expected,
+            "from {start:#x}"
+        );
+    }
+}

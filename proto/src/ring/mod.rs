@@ -59,7 +59,8 @@
 //!
 //! A frame is a 16-byte header (`len u32`, `kind u16`, `span u16`, `seal u64`) and `len`
 //! payload bytes, padded to a multiple of 16. A frame never wraps: when it does not fit before
-//! the end of the data area the producer first publishes a PAD frame covering the rest. Kinds:
+//! the end of the data area the producer first publishes a PAD frame covering the rest (and a
+//! large frame may start the next lap early, see `RingWriter::rewind_if_room_at_start`). Kinds:
 //! 1 DATA, 2 END_OF_STREAM, 3 PAD, 4 LOST (payload: u64 count of messages this consumer missed
 //! here, written by a fan-out producer whose `slow_consumer` policy is `drop`). A frame becomes
 //! visible only when the producer stores the new `write_pos` (release), so a producer killed
@@ -144,3 +145,6 @@ mod tests;
 
 #[cfg(test)]
 mod hostile_positions;
+
+#[cfg(test)]
+mod rewind_tests;

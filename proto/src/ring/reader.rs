@@ -88,6 +88,8 @@ pub struct RingReader {
     pub(super) woken_ticket: u32,
     /// The ticket of this reader's last sleep.
     pub(super) sleep_ticket: u32,
+    /// This reader has said, in its line, that it borrows messages in place (`try_peek`).
+    pub(super) reads_in_place: bool,
 }
 
 /// Whether a poll must load the producer's position even when seals say nothing came.
@@ -118,6 +120,9 @@ impl RingReader {
         let read_pos = load_acquire(&consumer.read_pos);
         let write_pos = load_acquire(&ring.header().producer.write_pos);
         check_positions(read_pos, write_pos, &ring)?;
+        // This consumer copies until it borrows: its predecessor's way of reading says nothing
+        // about its own.
+        consumer.reads_in_place.store(0, Ordering::Relaxed);
         Ok(RingReader {
             read_pos,
             write_seen: write_pos,
@@ -129,6 +134,7 @@ impl RingReader {
             freed: false,
             polls_unsealed: 0,
             position_due: false,
+            reads_in_place: false,
             ring,
         })
     }

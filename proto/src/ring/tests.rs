@@ -28,7 +28,10 @@ fn pair_in(layout: u32, capacity: u64) -> (RingWriter, RingReader, RingFiles) {
 
 /// Reads until something other than "empty" comes: what only the producer's position
 /// shows (a frame without a seal) turns up at the latest at the reader's next load of it.
-fn read_settled(r: &mut RingReader, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
+pub(super) fn read_settled(
+    r: &mut RingReader,
+    out: &mut Vec<u8>,
+) -> Result<ReadOutcome, RingError> {
     for _ in 0..POSITION_EVERY {
         match r.try_read_into(out) {
             Ok(ReadOutcome::Empty) => continue,
@@ -38,7 +41,7 @@ fn read_settled(r: &mut RingReader, out: &mut Vec<u8>) -> Result<ReadOutcome, Ri
     r.try_read_into(out)
 }
 
-fn write(w: &mut RingWriter, bytes: &[u8]) -> bool {
+pub(super) fn write(w: &mut RingWriter, bytes: &[u8]) -> bool {
     w.try_write_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
         .expect("write")
 }

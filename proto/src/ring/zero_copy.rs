@@ -82,6 +82,7 @@ impl RingWriter {
     /// [`abandon_reserved`]: Self::abandon_reserved
     pub fn try_reserve(&mut self, len: usize) -> Result<Option<Payload>, RingError> {
         self.check_len(len)?;
+        self.rewind_if_room_at_start(self.ring.frame_len(len as u64))?;
         let mut free = self.free_space(self.room_for(len))?;
         let capacity = self.ring.capacity;
         let needed = self.ring.frame_len(len as u64);
@@ -135,6 +136,14 @@ impl RingReader {
     /// `Sample` holds the consumer mutably borrowed for that); a release that never comes is
     /// made by the next read.
     pub fn try_peek(&mut self) -> Result<Peeked, RingError> {
+        if !self.reads_in_place {
+            self.reads_in_place = true;
+            self.ring
+                .consumer_side()
+                .0
+                .reads_in_place
+                .store(1, Ordering::Relaxed);
+        }
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             return Ok(Peeked::Empty);
