@@ -370,6 +370,7 @@ impl RingReader {
         fd: BorrowedFd<'_>,
         written: &mut usize,
     ) -> Result<ReadOutcome, RingError> {
+        self.say_reads_in_place();
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             return Ok(ReadOutcome::Empty);
