@@ -285,7 +285,9 @@ impl Consumer {
     /// One attempt: checks the channel is still usable, runs `read` on the rings in turn
     /// (with the private scratch buffer and the most messages it may take, see
     /// [`LaneReader::try_read`]; `None`: nothing to read), and wakes a producer that went to
-    /// sleep waiting for space.
+    /// sleep waiting for space. Inlined, as are `blocking` and `LaneReader::try_read`: each
+    /// receive function is then one frame over the ring read, its result never copied.
+    #[inline(always)]
     fn step<T>(
         &mut self,
         mut read: impl FnMut(&mut RingReader, &mut Vec<u8>, usize) -> Result<Option<T>, RingError>,
@@ -295,6 +297,7 @@ impl Consumer {
     }
 
     /// Attempts until `read` finds something, sleeping while the ring is empty.
+    #[inline(always)]
     fn blocking<T>(
         &mut self,
         mut read: impl FnMut(&mut RingReader, &mut Vec<u8>, usize) -> Result<Option<T>, RingError>,

@@ -162,6 +162,10 @@ impl LaneReader {
     /// and writes, can still read that next producer's first frames before the report (which
     /// then follows them). Closing that window would take the ring read's own position load,
     /// inside `RingReader`, which this per-message path leaves alone.
+    ///
+    /// Always inlined, into each receive function (each has its own `read`): the result then
+    /// reaches the caller without a copy through memory at every level.
+    #[inline(always)]
     pub fn try_read<T>(
         &mut self,
         attachment: &mut Attachment,

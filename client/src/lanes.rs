@@ -74,6 +74,8 @@ impl End for RingReader {
     fn open(ring: SharedRing) -> std::result::Result<Self, RingError> {
         RingReader::new(ring)
     }
+    // Once per received message: inlined into the caller's receive, in whatever crate.
+    #[inline]
     fn take_peer_waiting(&mut self) -> bool {
         self.take_producer_waiting()
     }

@@ -78,6 +78,8 @@ impl Producer {
     }
 
     /// Sends one message, blocking while the ring is full.
+    // Inlined into the caller: the C binding's `shmem_send` then makes one call per message.
+    #[inline]
     pub fn send(&mut self, message: &[u8]) -> Result<()> {
         self.send_with(message.len(), |buf| buf.copy_from_slice(message))
     }

@@ -33,9 +33,10 @@ pub(crate) unsafe fn deliver(
 ) -> Result<c_int, Failure> {
     out_ptr(len, "len")?;
     consumer.check_not_lent()?;
-    if let Some(message) = consumer.pending.take() {
+    // Looked at, not taken: taking writes the field back on every receive.
+    if consumer.pending.is_some() {
         // SAFETY: the contract.
-        return unsafe { deliver_held(consumer, message, buf, capacity, len) };
+        return unsafe { deliver_pending(consumer, buf, capacity, len) };
     }
     // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
     // (checked above), and `&mut` on the handle makes this the only access.
@@ -66,6 +67,23 @@ pub(crate) unsafe fn deliver(
     // SAFETY: not NULL (checked), writable (the caller's contract).
     unsafe { *len = n };
     Ok(code)
+}
+
+/// [`deliver_held`] for the pending message.
+///
+/// # Safety
+/// As [`deliver_held`].
+#[cold]
+#[inline(never)]
+unsafe fn deliver_pending(
+    consumer: &mut ShmemConsumer,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+) -> Result<c_int, Failure> {
+    let message = consumer.pending.take().unwrap_or_default();
+    // SAFETY: the contract.
+    unsafe { deliver_held(consumer, message, buf, capacity, len) }
 }
 
 /// Hands `message` (pending, or just received into our vector) to `buf` if it fits, else says

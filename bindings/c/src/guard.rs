@@ -169,14 +169,15 @@ pub(crate) unsafe fn handle<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T,
 /// `ptr` points to `len` readable bytes, or `len` is 0.
 #[inline(always)]
 pub(crate) unsafe fn bytes_arg<'a>(ptr: *const c_void, len: usize) -> Result<&'a [u8], Failure> {
+    // The pointer first: a message with one is one test.
+    if !ptr.is_null() {
+        // SAFETY: not NULL, `len` readable bytes (the caller's contract).
+        return Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) });
+    }
     if len == 0 {
         return Ok(&[]);
     }
-    if ptr.is_null() {
-        return Err(invalid("data is NULL but len is not 0"));
-    }
-    // SAFETY: not NULL, `len` readable bytes (the caller's contract).
-    Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+    Err(invalid("data is NULL but len is not 0"))
 }
 
 #[inline(always)]
