@@ -69,9 +69,11 @@ impl Server {
 
     fn admit(&mut self, mut stream: UnixStream) {
         // Accepted sockets inherit this from the listener (Linux 6.16+); set it again in case
-        // the listener could not take it. The result does not matter: where it fails, fds
-        // already queued or sent later are handed to the closer like on older kernels.
-        let _ = refuse_passed_fds(stream.as_fd());
+        // the listener could not take it, or the client connected before it did. Where it
+        // fails, fds already queued or sent later are handed to the closer like on older
+        // kernels; where it holds, the connection may be closed on this thread once nothing
+        // is left unread in it (`Session::holds_no_fds`).
+        let refuses_fds = matches!(refuse_passed_fds(stream.as_fd()), Ok(true));
         let peer = match PeerCredentials::of(stream.as_fd()) {
             Ok(peer) => peer,
             Err(err) => {
@@ -106,7 +108,9 @@ impl Server {
             return;
         }
         debug!(self.log, "client connected"; "session" => id, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
-        self.sessions.insert(id, Session::new(id, stream, peer));
+        let mut session = Session::new(id, stream, peer);
+        session.refuses_fds = refuses_fds;
+        self.sessions.insert(id, session);
         self.drive(id);
     }
 

@@ -314,10 +314,9 @@ impl Server {
         debug!(self.log, "client disconnected"; "session" => session.id,
             "peer_pid" => session.peer.pid, "peer_uid" => session.peer.uid);
         let uid = session.peer.uid;
-        if self.control.refuses_passed_fds {
-            // The connection inherited `SO_PASSRIGHTS` off from the listener when it was made,
-            // so the kernel never queued an fd in it: closing it frees bytes only and cannot
-            // sleep. Closed here, it costs no closer-thread wake-up on every detach.
+        if session.holds_no_fds() {
+            // No client fd can be dropped with it, so the close frees bytes only and cannot
+            // sleep: done here, it costs no closer-thread wake-up on every detach.
             drop(session);
         } else {
             // Closing the socket drops whatever the client left queued in it (fds included),
