@@ -69,6 +69,12 @@ fn lingering_socket() -> (TcpListener, OwnedFd) {
     (listener, OwnedFd::from(stream))
 }
 
+/// The last lines of a broker log, for a failure message.
+fn last_lines(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 /// Runs `shmemctl status` as nobody and returns how long it took; it must succeed.
 fn timed_status_of_another_uid(broker: &Broker) -> Duration {
     let started = Instant::now();
@@ -185,6 +191,50 @@ fn a_lingering_socket_left_unread_in_a_closed_connection_does_not_stall_other_cl
     assert!(
         !broker.log().contains("uninvited"),
         "the fd should have stayed unread in the queue (the test did not attack what it says)"
+    );
+}
+
+/// A connection made before the broker turned passed fds off on its listener (socket
+/// activation: this connection is what starts the broker) can hold an fd queued before it was
+/// accepted. The broker closes connections that refuse fds and have nothing left unread on its
+/// event loop; this one must still go to a closer thread, or its close would sleep out the
+/// linger there.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn a_lingering_socket_queued_before_the_broker_started_does_not_stall_other_clients() {
+    require_root();
+    let broker = Broker::start_socket_activated(None);
+    let (_tcp_listener, tcp) = lingering_socket();
+    let stream = connect_raw(broker.socket_path());
+    // Sent at once, while the broker is still starting: the listener it inherits from
+    // systemd-socket-activate took fds when this connection was made.
+    let mut flood = Vec::new();
+    for id in 0..3000u32 {
+        flood.extend_from_slice(&request_frame(id, br#"{"op":"status"}"#));
+    }
+    (&stream).write_all(&flood).expect("send the flood");
+    let sent = shmem_broker_client::fdpass::send_with_fds(stream.as_fd(), b" ", &[tcp.as_fd()])
+        .expect("queue the lingering socket before the broker is up");
+    assert_eq!(sent, 1);
+    drop(tcp);
+    // The broker starts, answers until its send buffer is full and stops reading.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let out = broker.ctl_timeout(&["status"], LINGER * 2);
+    let took = started.elapsed();
+    assert!(out.success(), "status: {out}");
+    assert!(
+        took < ANSWER_WITHIN,
+        "status took {took:?}: the broker stalled closing the connection"
+    );
+    let log = broker.log();
+    assert!(
+        log.contains("refuses_passed_fds: true") && !log.contains("uninvited"),
+        "the broker should refuse fds from then on and the fd stay unread in the queue (the \
+         test did not attack what it says):\n{}",
+        last_lines(&log)
     );
 }
 

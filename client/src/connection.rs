@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::fdpass::{recv_with_fds, send_with_fds};
 use crate::wire::{
-    encode_frame, Event, FrameHeader, FrameKind, Reply, Request, HEADER_LEN, MAX_REPLY_BODY,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    encode_frame, ErrorBody, Event, FrameHeader, FrameKind, Reply, Request, HEADER_LEN,
+    MAX_REPLY_BODY, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// How long a request watches for its reply before blocking, and how much of that without
@@ -80,6 +80,17 @@ impl Connection {
 
     /// Sends `request` and waits for its reply. Broker refusals become [`Error::Broker`].
     pub fn call(&mut self, request: &Request) -> Result<Answer> {
+        let (body, fds) = self.exchange(request)?;
+        let reply = parse_reply(&body)?;
+        Ok(Answer {
+            result: reply.result,
+            fds,
+        })
+    }
+
+    /// Sends `request` and returns the reply frame's body and fds (events that came first are
+    /// kept for [`read_event`](Self::read_event)).
+    fn exchange(&mut self, request: &Request) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let frame = encode_frame(FrameKind::Request, id, request);
@@ -100,20 +111,7 @@ impl Connection {
                     }
                 }
                 // Id 0: the broker refused the connection itself (a quota, a framing error).
-                FrameKind::Reply if header.id == id || header.id == 0 => {
-                    let reply: Reply = serde_json::from_slice(&body)
-                        .map_err(|e| Error::Protocol(format!("malformed reply: {e}")))?;
-                    if let Some(error) = reply.error.filter(|_| !reply.ok) {
-                        return Err(Error::Broker {
-                            code: error.code,
-                            message: error.message,
-                        });
-                    }
-                    return Ok(Answer {
-                        result: reply.result,
-                        fds,
-                    });
-                }
+                FrameKind::Reply if header.id == id || header.id == 0 => return Ok((body, fds)),
                 other => {
                     return Err(Error::Protocol(format!(
                         "unexpected {other:?} frame with id {} while waiting for reply {id}",
@@ -148,10 +146,24 @@ impl Connection {
         }
     }
 
-    /// Like [`call`](Self::call), decoding the result into `T`.
+    /// Like [`call`](Self::call), decoding the result into `T`: in one pass over the reply,
+    /// where [`Reply`] would first scan a result of megabytes (a list of 10,000 channels) to
+    /// keep it as raw text. A reply that does not decode so is decoded again the two-pass way,
+    /// for the same errors as [`call`](Self::call) and [`Answer::decode`] give.
     pub fn call_for<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
-        let answer = self.call(request)?;
-        answer.decode()
+        let (body, fds) = self.exchange(request)?;
+        if let Ok(reply) = serde_json::from_slice::<TypedReply<T>>(&body) {
+            broker_error(reply.ok, reply.error)?;
+            if let Some(result) = reply.result {
+                return Ok(result);
+            }
+        }
+        let reply = parse_reply(&body)?;
+        Answer {
+            result: reply.result,
+            fds,
+        }
+        .decode()
     }
 
     /// Reads one event after `poll` said the socket is readable. `Ok(None)` means the broker
@@ -247,6 +259,35 @@ impl Connection {
             format!("connection to broker at {}", self.path.display()),
             source,
         )
+    }
+}
+
+/// A reply with its result decoded straight into `T` ([`Connection::call_for`]).
+#[derive(serde::Deserialize)]
+struct TypedReply<T> {
+    ok: bool,
+    #[serde(default = "Option::default")]
+    result: Option<T>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+/// A reply frame's body, its result kept as raw text; a failure becomes [`Error::Broker`].
+fn parse_reply(body: &[u8]) -> Result<Reply> {
+    let mut reply: Reply = serde_json::from_slice(body)
+        .map_err(|e| Error::Protocol(format!("malformed reply: {e}")))?;
+    broker_error(reply.ok, reply.error.take())?;
+    Ok(reply)
+}
+
+/// The broker's refusal, if the reply is one.
+fn broker_error(ok: bool, error: Option<ErrorBody>) -> Result<()> {
+    match error.filter(|_| !ok) {
+        Some(error) => Err(Error::Broker {
+            code: error.code,
+            message: error.message,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -78,7 +78,10 @@ impl Grant {
         patience: Option<Duration>,
     ) -> Result<Grant> {
         let mut conn = Connection::connect(socket)?;
-        conn.set_timeout(patience)?;
+        // A new socket has no timeouts: two syscalls an attach without patience can skip.
+        if patience.is_some() {
+            conn.set_timeout(patience)?;
+        }
         let answer = conn.call(&Request::Attach {
             channel: channel.to_string(),
             role,

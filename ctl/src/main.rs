@@ -290,10 +290,13 @@ fn run(args: Args) -> Result<()> {
     match args.command {
         Command::List { json } => {
             let channels = client.list()?;
+            // Stdout is line-buffered: a listing of 10,000 channels is some 300,000 lines of
+            // JSON, a write(2) each without this buffer. Both printers flush it at the end.
+            let mut buffered = io::BufWriter::with_capacity(1 << 16, &mut out);
             let printed = if json {
-                show::json(&mut out, &ChannelList { channels })
+                show::json(&mut buffered, &ChannelList { channels })
             } else {
-                show::table(&mut out, &channels)
+                show::table(&mut buffered, &channels)
             };
             printed.map_err(StdoutError)?;
         }

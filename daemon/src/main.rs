@@ -15,7 +15,7 @@ use shmem_broker_daemon::fdstore::FdStore;
 use shmem_broker_daemon::listener::ControlSocket;
 use shmem_broker_daemon::logging::PeerLogBudget;
 use shmem_broker_daemon::registry::Registry;
-use shmem_broker_daemon::server::Server;
+use shmem_broker_daemon::server::{fds_wanted, Server};
 use shmem_broker_proto::ring::{SharedRing, MIN_CAPACITY};
 use shmem_broker_proto::wire::Role;
 
@@ -107,7 +107,7 @@ fn run(
     log: &slog::Logger,
     log_budget: PeerLogBudget,
 ) -> Result<(), String> {
-    raise_fd_limit(log);
+    raise_fd_limit(log, &config);
     check_read_only_reopen()?;
     let socket_path = args.socket.clone().or_else(|| config.socket.clone());
     let (control, stored) = ControlSocket::open(socket_path, config.socket_mode)?;
@@ -147,15 +147,33 @@ fn check_read_only_reopen() -> Result<(), String> {
     Ok(())
 }
 
-/// Every attach costs a few fds for a moment and every client one for its life, so take the
-/// whole hard limit the administrator allows rather than the 1024 soft default.
-fn raise_fd_limit(log: &slog::Logger) {
+/// Every attach costs a few fds for a moment, every client one and every channel up to four for
+/// its life, so take the whole hard limit the administrator allows rather than the 1024 soft
+/// default, log what the limit is, and warn when it is below what the config's `max_clients`
+/// and `max_channels` may need (clients are then refused for lack of fds before the quotas).
+fn raise_fd_limit(log: &slog::Logger, config: &Config) {
     use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
+    let limit = getrlimit(Resource::Nofile);
+    let before = limit.current;
     if limit.current < limit.maximum {
-        limit.current = limit.maximum;
-        if let Err(err) = setrlimit(Resource::Nofile, limit) {
-            slog::debug!(log, "cannot raise RLIMIT_NOFILE"; "error" => %err);
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            slog::warn!(log, "cannot raise RLIMIT_NOFILE to its hard limit"; "error" => %err);
         }
+    }
+    let show = |n: Option<u64>| n.map_or("unlimited".to_string(), |n| n.to_string());
+    let now = getrlimit(Resource::Nofile).current;
+    let wanted = fds_wanted(config.max_clients, config.max_channels);
+    slog::info!(log, "file descriptor limit"; "RLIMIT_NOFILE" => show(now),
+        "was" => show(before), "hard" => show(limit.maximum), "wanted" => wanted);
+    if now.is_some_and(|n| n < wanted as u64) {
+        slog::warn!(log, "RLIMIT_NOFILE is below what max_clients and max_channels may need: \
+            clients and channels will be refused for lack of fds first; raise the hard limit \
+            (LimitNOFILE= in the systemd unit, or ulimit -Hn)";
+            "RLIMIT_NOFILE" => show(now), "wanted" => wanted,
+            "max_clients" => config.max_clients, "max_channels" => config.max_channels);
     }
 }

@@ -69,6 +69,9 @@ pub struct Session {
     partial_since: Option<Instant>,
     /// Set once the client sent `monitor`: what it watches.
     pub monitor: Option<Watch>,
+    /// `SO_PASSRIGHTS` was turned off on this connection when it was accepted: from then on
+    /// the kernel queues no fd in it (see [`Session::holds_no_fds`]).
+    pub refuses_fds: bool,
 }
 
 /// A `monitor` connection's subscription.
@@ -95,7 +98,18 @@ impl Session {
             completed_requests: 0,
             partial_since: None,
             monitor: None,
+            refuses_fds: false,
         }
+    }
+
+    /// Whether closing this connection's socket is sure to drop no fd a client passed: it
+    /// refuses fds since it was accepted, and nothing is left unread in it, so no fd sent
+    /// before then either (on a stream socket every fd comes with at least one byte, and the
+    /// kernel hands it over with the first byte read). A connection made before the listener
+    /// refused fds (socket activation, or the moment between `listen` and the broker turning
+    /// the option off) may still hold some until it is read to the end.
+    pub fn holds_no_fds(&self) -> bool {
+        self.refuses_fds && rustix::io::ioctl_fionread(&self.stream).is_ok_and(|queued| queued == 0)
     }
 
     /// Reads what the socket has, up to one maximal frame of buffered input. Reads go through

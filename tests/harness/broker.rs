@@ -30,6 +30,9 @@ pub struct BrokerOptions<'a> {
     pub extra_args: &'a [&'a str],
     /// Called with the socket path before the broker starts (to leave a stale socket there...).
     pub before_start: Option<&'a dyn Fn(&Path)>,
+    /// Soft and hard RLIMIT_NOFILE for the broker (lowering needs no privilege), so that a test
+    /// can run it out of fds quickly whatever limit the machine gives.
+    pub nofile: Option<u64>,
 }
 
 /// A running broker in its own temp dir, killed on drop. Its stderr (started with
@@ -67,6 +70,22 @@ impl Broker {
             .join(options.socket_relative.unwrap_or("control.sock"));
         let mut cmd = broker_command(&config_path, &socket);
         cmd.args(options.extra_args);
+        if let Some(limit) = options.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe, reads a value copied into the closure
+            // and changes only the child's own limit.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(prepare) = options.before_start {
             prepare(&socket);
         }

@@ -21,6 +21,25 @@ const FIXED_FDS: usize = 16;
 /// fit the fd table, the kernel would drop the rest in this thread: see `closer`).
 const FD_RESERVE: usize = 64 + SCM_MAX_FD;
 
+/// Fds kept for clients when channels are created: a broker whose channels took every fd could
+/// not let anyone in to drop them.
+const CLIENT_ROOM: usize = 64;
+/// Fds a one-to-one channel holds at most: the ring and ack memfds and the two eventfds (made
+/// at its first attach).
+const FDS_PER_CHANNEL: usize = 4;
+
+/// Fds the broker may come to hold with `max_clients` connections and `max_channels`
+/// one-to-one channels, each attached once: what RLIMIT_NOFILE should allow so that these
+/// quotas, not the fd limit, are what refuses clients. (Fan-out channels hold more: a ring per
+/// producer and consumer pair, which their `max_ring_bytes` budget bounds.)
+pub fn fds_wanted(max_clients: usize, max_channels: usize) -> usize {
+    FIXED_FDS
+        .saturating_add(FD_RESERVE)
+        .saturating_add(CLIENT_ROOM)
+        .saturating_add(max_clients)
+        .saturating_add(max_channels.saturating_mul(FDS_PER_CHANNEL))
+}
+
 /// RLIMIT_NOFILE as it is now (the launcher raised it to the hard limit).
 pub(super) fn fd_limit() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
@@ -50,9 +69,11 @@ impl Server {
 
     fn admit(&mut self, mut stream: UnixStream) {
         // Accepted sockets inherit this from the listener (Linux 6.16+); set it again in case
-        // the listener could not take it. The result does not matter: where it fails, fds
-        // already queued or sent later are handed to the closer like on older kernels.
-        let _ = refuse_passed_fds(stream.as_fd());
+        // the listener could not take it, or the client connected before it did. Where it
+        // fails, fds already queued or sent later are handed to the closer like on older
+        // kernels; where it holds, the connection may be closed on this thread once nothing
+        // is left unread in it (`Session::holds_no_fds`).
+        let refuses_fds = matches!(refuse_passed_fds(stream.as_fd()), Ok(true));
         let peer = match PeerCredentials::of(stream.as_fd()) {
             Ok(peer) => peer,
             Err(err) => {
@@ -87,7 +108,9 @@ impl Server {
             return;
         }
         debug!(self.log, "client connected"; "session" => id, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
-        self.sessions.insert(id, Session::new(id, stream, peer));
+        let mut session = Session::new(id, stream, peer);
+        session.refuses_fds = refuses_fds;
+        self.sessions.insert(id, session);
         self.drive(id);
     }
 
@@ -102,13 +125,38 @@ impl Server {
                 "{closing} file descriptors from uid {uid}'s earlier connections are still being closed (limit {PENDING_CLOSE_PER_UID}); try again later"
             ));
         }
-        // Each client holds one fd, each channel one or three, an attach three more for a
-        // moment; fds handed to the closer count until they are really closed.
-        let in_use =
-            FIXED_FDS + self.sessions.len() + self.registry.open_fds() + self.closer.pending();
-        if in_use + FD_RESERVE >= self.fd_limit {
+        let in_use = self.fds_in_use();
+        if in_use.saturating_add(FD_RESERVE) >= self.fd_limit {
             return Err(format!(
                 "broker is out of file descriptors ({in_use} of {} in use); try again later",
+                self.fd_limit
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each client holds one fd, each channel up to four (more for fan-out), an attach three
+    /// more for a moment; fds handed to the closer count until they are really closed.
+    fn fds_in_use(&self) -> usize {
+        FIXED_FDS
+            .saturating_add(self.sessions.len())
+            .saturating_add(self.registry.open_fds())
+            .saturating_add(self.closer.pending())
+    }
+
+    /// Whether one more channel fits the fd limit with room left for [`CLIENT_ROOM`] more
+    /// clients: channels must not use up the fds the broker needs to let anyone in (to list
+    /// or drop channels).
+    pub(super) fn channel_fits(&self) -> Result<(), String> {
+        let in_use = self.fds_in_use();
+        let wanted = in_use
+            .saturating_add(FDS_PER_CHANNEL)
+            .saturating_add(FD_RESERVE)
+            .saturating_add(CLIENT_ROOM);
+        if wanted >= self.fd_limit {
+            return Err(format!(
+                "broker is out of file descriptors for another channel ({in_use} of {} in use, \
+                 {CLIENT_ROOM} kept for clients); drop channels or raise its RLIMIT_NOFILE",
                 self.fd_limit
             ));
         }

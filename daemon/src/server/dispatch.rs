@@ -57,15 +57,25 @@ impl Server {
                 max_consumers,
                 slow_consumer,
             } => {
-                let spec = ChannelSpec {
-                    capacity,
-                    producers: &producers,
-                    consumers: &consumers,
-                    max_producers,
-                    max_consumers,
-                    slow_consumer,
+                let reply = match self.channel_fits() {
+                    Err(message) => {
+                        warn!(self.log, "create refused"; "channel" => &channel,
+                            "reason" => &message, "peer_pid" => peer.pid, "peer_uid" => peer.uid);
+                        Reply::failure(ErrorCode::LimitReached, message)
+                    }
+                    Ok(()) => {
+                        let spec = ChannelSpec {
+                            capacity,
+                            producers: &producers,
+                            consumers: &consumers,
+                            max_producers,
+                            max_consumers,
+                            slow_consumer,
+                        };
+                        self.registry.create(&channel, &spec, &peer)
+                    }
                 };
-                (self.registry.create(&channel, &spec, &peer), Vec::new())
+                (reply, Vec::new())
             }
             Request::Drop { channel } => {
                 let outcome = self.registry.drop_channel(&channel, &peer);
