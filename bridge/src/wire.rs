@@ -10,7 +10,7 @@
 //!   item's header, length and bytes; the receiver takes them one by one as if each had come
 //!   alone.
 //! * `KEY/@ack/NAME`: the importer named NAME reports ([`Ack`]) the last position it stored in
-//!   its local channel, whether it is idle, and its state, after each item and every
+//!   its local channel and whether it is idle, after storing what it took and every
 //!   [`HEARTBEAT`].
 //! * `KEY/@importer/NAME`: a liveliness token each importer holds while it runs.
 //!
