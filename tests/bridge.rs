@@ -6,7 +6,7 @@
 //! Messages in these tests carry their own sequence number, so "nothing lost, nothing
 //! repeated, in order" is checked message by message; bulk transfers check a SHA-256.
 //!
-//! One file of about 700 lines on purpose: its nine tests share the two-host lab (namespaces,
+//! One file of about 750 lines on purpose: its eleven tests share the two-host lab (namespaces,
 //! veth, brokers, router) defined here, and each is one independent case of the bridge.
 
 use std::path::{Path, PathBuf};
@@ -444,14 +444,22 @@ fn fan_out_to_two_remote_importers() {
 /// Kills `which` bridge with SIGKILL three times mid-stream and starts it again; every message
 /// arrives exactly once, in order.
 fn survives_sigkill(kill_importer: bool) {
+    survives_sigkills(kill_importer, 30_000, 512, 3, Duration::ZERO);
+}
+
+/// Kills `which` bridge with SIGKILL `kills` times, evenly through a stream of `count`
+/// messages of `len` bytes, and starts it again; every message arrives exactly once, in
+/// order. With a `pause`, the consumer stops that long before each kill, so that everything
+/// in between fills up: the importer waits for room with a run in hand, and the exporter has
+/// its whole ring (256 KiB) published and unreleased.
+fn survives_sigkills(kill_importer: bool, count: u64, len: usize, kills: u64, pause: Duration) {
     let mut link = link_one("256KiB");
-    let (count, len) = (30_000u64, 512);
     let producer = produce(link.a.socket_path().to_path_buf(), "out", count, len);
     let client = link.b.client();
     let mut consumer = client.consumer("in").expect("attach consumer");
     let mut next = 0u64;
-    let kills = [count / 4, count / 2, 3 * count / 4];
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let kills: Vec<u64> = (1..=kills).map(|k| k * count / (kills + 1)).collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let message = match consumer.recv() {
             Ok(Some(message)) => message,
@@ -472,6 +480,7 @@ fn survives_sigkill(kill_importer: bool) {
         );
         next += 1;
         if kills.contains(&next) {
+            std::thread::sleep(pause);
             if kill_importer {
                 link.import.kill9();
                 link.import = link_importer(&link.hosts, &link.b, link.state.path());
@@ -497,6 +506,27 @@ fn importing_bridge_sigkilled_mid_stream_loses_and_repeats_nothing() {
 fn exporting_bridge_sigkilled_mid_stream_loses_and_repeats_nothing() {
     require_root();
     survives_sigkill(false);
+}
+
+/// Small messages travel packed and are stored in runs (one record, one publish of up to a
+/// thousand messages): killed eight times while they flow, the importer is mostly inside a
+/// run (recorded, publishing, or waiting for room); each restart resumes exactly after what
+/// its channel holds.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn importing_bridge_sigkilled_inside_runs_of_small_messages_loses_and_repeats_nothing() {
+    require_root();
+    survives_sigkills(true, 200_000, 64, 8, Duration::ZERO);
+}
+
+/// The exporter keeps its whole ring in flight (published, not yet stored remotely) while
+/// the remote consumer pauses; killed then, six times, the next exporter reads all of it
+/// again with the same positions and the importer drops what it already holds.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn exporting_bridge_sigkilled_with_its_whole_ring_in_flight_loses_and_repeats_nothing() {
+    require_root();
+    survives_sigkills(false, 40_000, 1024, 6, Duration::from_millis(700));
 }
 
 #[test]

@@ -1,18 +1,19 @@
 //! `shmem-bridge export`: the channel's consumer, publishing each message on the key.
 //!
-//! The exporter reads with [`Consumer::recv_batch_confirmed`]: a batch (at most what the ring
-//! holds) is published, and only once every importer it waits for has reported the batch's
-//! last position stored in its own channel does the exporter release the batch from the ring.
-//! Until then the messages stay in the local ring, so an exporter killed at any point loses
-//! nothing: the next one attaches at the same read position, reads the same items with the
-//! same positions, and the importers drop what they already hold. While it waits, the local
-//! producer waits for room: a full remote ring slows the local producer.
+//! The exporter reads ahead ([`Consumer::try_recv_ahead`]): it publishes items as they come,
+//! several batches in flight, and releases them from the ring ([`Consumer::release_to`]) only
+//! up to the last position every importer it waits for has reported stored in its own
+//! channel. Until then the items stay in the local ring, so an exporter killed at any point
+//! loses nothing: the next one attaches at the released position, reads the same items with
+//! the same positions, and the importers drop what they already hold. The window is the ring:
+//! once it is full of items not yet stored remotely, the local producer waits for room, so a
+//! full remote ring slows the local producer.
 //!
 //! Which importers it waits for: those named with `--importer` (config `importers`), whether
 //! they run or not, like durable consumers, and every importer that is running (its liveliness
-//! token is up). With none of either, it waits for one to appear instead of publishing into
-//! nothing. An importer that reports itself idle while behind the batch (it lost items on the
-//! way: a link cut, a restart) for two heartbeats is sent the rest of the batch again.
+//! token is up). With none of either, it releases nothing until one appears. An importer that
+//! reports itself idle while behind what was published (it lost items on the way: a link cut,
+//! a restart) for two heartbeats is sent everything after its position again.
 //!
 //! With a key file ([`crate::auth`]) every item is tagged, acks without the right tag are
 //! dropped (never counted as stored), and a running importer that is not named is waited for
@@ -20,16 +21,15 @@
 //! export).
 //!
 //! On a channel whose `slow_consumer` policy is `drop`, none of this: samples are published
-//! with Zenoh's drop congestion control, the batch is released at once, and importers report
-//! the gaps.
+//! with Zenoh's drop congestion control, items are released as soon as published, and
+//! importers report the gaps.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use shmem_broker_client::{Consumer, ReadItem, SlowConsumer};
+use shmem_broker_client::{Consumer, ReadItem, SlowConsumer, TryRecvError};
 use slog::{debug, info, warn, Logger};
 use zenoh::bytes::ZBytes;
 use zenoh::pubsub::Publisher;
@@ -39,14 +39,15 @@ use zenoh::{Session, Wait};
 
 use crate::attach_retrying;
 use crate::auth::{Auth, Rejects};
+use crate::doorbell::Doorbell;
 use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 
-/// Most items per batch; the ring's capacity bounds the bytes.
+/// Most items per read; the ring's capacity bounds the bytes in flight.
 const MAX_BATCH: usize = 4096;
 /// Messages up to this size travel packed, several to a sample ([`wire::pack_item`]): one
 /// Zenoh sample per 64-byte message would cost more than the message.
 const PACK_ITEM_MAX: usize = 8 << 10;
-/// A pack is published once it holds this many bytes (and at the end of each batch).
+/// A pack is published once it holds this many bytes (and at the end of each read).
 const PACK_BYTES: usize = 60 << 10;
 
 #[derive(Clone, Debug)]
@@ -64,7 +65,8 @@ struct Importers {
     live: BTreeSet<String>,
 }
 
-type Shared = Arc<(Mutex<Importers>, Condvar)>;
+/// The importers, and the doorbell the callbacks ring when they change.
+type Shared = Arc<(Mutex<Importers>, Doorbell)>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Importers> {
     // A callback that panicked cannot leave the maps half-updated in a way that matters here.
@@ -79,7 +81,7 @@ pub fn run(
     log: &Logger,
 ) -> anyhow::Result<()> {
     let log = log.new(slog::o!("export" => spec.channel.clone(), "key" => spec.key.clone()));
-    let shared: Shared = Arc::default();
+    let shared: Shared = Arc::new((Mutex::default(), Doorbell::new()?));
 
     let acks = {
         let shared = shared.clone();
@@ -96,7 +98,7 @@ pub fn run(
                 match wire::open_ack(auth.as_deref(), key, &sample.payload().to_bytes()) {
                     Ok(ack) => {
                         lock(&shared).acks.insert(name, ack);
-                        shared.1.notify_all();
+                        shared.1.ring();
                     }
                     Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
                     Err(Refused::Malformed(e)) => {
@@ -128,7 +130,7 @@ pub fn run(
                     importers.live.remove(&name);
                 }
                 drop(importers);
-                shared.1.notify_all();
+                shared.1.ring();
             })
             .wait()
             .map_err(|e| anyhow::anyhow!("watch importers: {e}"))?
@@ -168,7 +170,7 @@ pub fn run(
         lossy,
         auth: auth.map(|a| &**a),
     };
-    let failed = exporter.pump(&mut consumer);
+    let failed = exporter.pump(&mut consumer, start);
     drop((acks, live));
     failed.map(|never| match never {})
 }
@@ -182,92 +184,121 @@ struct Exporter<'a> {
     auth: Option<&'a Auth>,
 }
 
-/// An item published, kept until the importers hold it: header, payload, attachment.
-type Pending = (Item, ZBytes, ZBytes);
+/// A sample published, kept until the importers hold it: header (its `to` is the end of its
+/// last item), payload, attachment.
+type Sent = (Item, ZBytes, ZBytes);
 
-/// Small items waiting to go out together: the pack's payload, and the positions it spans.
-type Pack = RefCell<(Vec<u8>, Option<(u64, u64)>)>;
+/// What is in flight: published, not yet released from the ring.
+struct Window {
+    /// In order; their positions run from `released` without a hole.
+    sent: VecDeque<Sent>,
+    /// The ring's released position: where the next exporter would start.
+    released: u64,
+    /// Small items waiting to go out together: the pack's payload, and the positions it spans.
+    pack: (Vec<u8>, Option<(u64, u64)>),
+    /// Held while anything is in flight, so that a stop waits for it (see [`crate::Work`]).
+    work: Option<crate::Work>,
+    /// Since when each importer has been idle and behind at the same position.
+    stalled: HashMap<String, (u64, Instant)>,
+    /// "No importer yet" was logged for what is in flight.
+    announced_wait: bool,
+}
 
 impl Exporter<'_> {
-    fn pump(&self, consumer: &mut Consumer) -> anyhow::Result<std::convert::Infallible> {
-        let pending: RefCell<Vec<Pending>> = RefCell::new(Vec::new());
-        // The batch in flight (stopping waits for it), or refused because stopping.
-        let work: RefCell<Option<crate::Work>> = RefCell::new(None);
-        let refused = Cell::new(false);
-        let pack: Pack = RefCell::new((Vec::new(), None));
-        let first = Cell::new(true);
+    fn pump(
+        &self,
+        consumer: &mut Consumer,
+        start: u64,
+    ) -> anyhow::Result<std::convert::Infallible> {
+        let mut window = Window {
+            sent: VecDeque::new(),
+            released: start,
+            pack: (Vec::new(), None),
+            work: None,
+            stalled: HashMap::new(),
+            announced_wait: false,
+        };
         loop {
-            pending.borrow_mut().clear();
-            first.set(true);
-            consumer
-                .recv_batch_confirmed(
-                    MAX_BATCH,
-                    |from, to, read| {
-                        if refused.get() {
-                            return;
-                        }
-                        if work.borrow().is_none() {
-                            match crate::begin_work() {
-                                Some(started) => *work.borrow_mut() = Some(started),
-                                None => {
-                                    refused.set(true);
-                                    return;
-                                }
-                            }
-                        }
-                        let (kind, bytes) = match read {
-                            ReadItem::Message(bytes) => (Kind::Message, bytes),
-                            ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
-                            ReadItem::Padding => (Kind::Padding, &[][..]),
-                        };
-                        let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
-                        if first.replace(false) {
-                            flags |= wire::FLAG_OLDEST;
-                        }
-                        let item = Item {
-                            kind,
-                            flags,
-                            from,
-                            to,
-                        };
-                        if bytes.len() > PACK_ITEM_MAX {
-                            self.flush(&pack, &pending);
-                            self.publish(item, bytes.to_vec(), &pending);
-                            return;
-                        }
-                        let full = {
-                            let mut pack = pack.borrow_mut();
-                            wire::pack_item(&mut pack.0, &item, bytes);
-                            let span = pack.1.map_or((from, to), |(start, _)| (start, to));
-                            pack.1 = Some(span);
-                            pack.0.len() >= PACK_BYTES
-                        };
-                        if full {
-                            self.flush(&pack, &pending);
-                        }
-                    },
-                    // A refused batch stays in the ring for the next run.
-                    |_| {
-                        self.flush(&pack, &pending);
-                        !refused.get() && self.confirmed(&pending.borrow())
-                    },
-                )
-                .with_context(|| format!("read channel {}", self.spec.channel))?;
-            // Released (or left in the ring): no longer in flight.
-            drop(work.borrow_mut().take());
-            if refused.get() {
-                crate::wait_for_the_end();
+            self.release_stored(consumer, &mut window)?;
+            if window.sent.is_empty() {
+                // Nothing in flight: a stop need not wait for this exporter.
+                window.work = None;
             }
+            match self.read_more(consumer, &mut window)? {
+                Some(0) => {}
+                Some(_) => continue,
+                None => {
+                    // Stopping: only acks matter now (the ring may have more, not to be read).
+                    self.shared.1.wait(None, HEARTBEAT / 2);
+                    continue;
+                }
+            }
+            if window.sent.is_empty() {
+                window.work = None;
+            }
+            // Until a new item is published (the empty read armed `ready_fd`), an importer
+            // reports, or half a heartbeat passes (for the resends).
+            self.shared.1.wait(Some(consumer.ready_fd()), HEARTBEAT / 2);
+        }
+    }
+
+    /// Reads and publishes what came after the items in flight; returns how many items, or
+    /// `None` if it did not read because the process is stopping (once nothing is in flight
+    /// either, the thread waits for the end instead).
+    fn read_more(
+        &self,
+        consumer: &mut Consumer,
+        window: &mut Window,
+    ) -> anyhow::Result<Option<usize>> {
+        if window.work.is_none() {
+            match crate::begin_work() {
+                Some(work) => window.work = Some(work),
+                // Nothing in flight (the work is dropped only then).
+                None => crate::wait_for_the_end(),
+            }
+        } else if crate::stopping() {
+            return Ok(None);
+        }
+        let got = consumer.try_recv_ahead(MAX_BATCH, |from, to, read| {
+            let (kind, bytes) = match read {
+                ReadItem::Message(bytes) => (Kind::Message, bytes),
+                ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
+                ReadItem::Padding => (Kind::Padding, &[][..]),
+            };
+            let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
+            if from == window.released {
+                flags |= wire::FLAG_OLDEST;
+            }
+            let item = Item {
+                kind,
+                flags,
+                from,
+                to,
+            };
+            if bytes.len() > PACK_ITEM_MAX {
+                self.flush(window);
+                self.publish(item, bytes.to_vec(), window);
+                return;
+            }
+            wire::pack_item(&mut window.pack.0, &item, bytes);
+            let span = window.pack.1.map_or((from, to), |(start, _)| (start, to));
+            window.pack.1 = Some(span);
+            if window.pack.0.len() >= PACK_BYTES {
+                self.flush(window);
+            }
+        });
+        self.flush(window);
+        match got {
+            Ok(n) => Ok(Some(n)),
+            Err(TryRecvError::Empty) => Ok(Some(0)),
+            Err(e) => Err(e).with_context(|| format!("read channel {}", self.spec.channel)),
         }
     }
 
     /// Publishes the pack being filled, if any.
-    fn flush(&self, pack: &Pack, pending: &RefCell<Vec<Pending>>) {
-        let (payload, span) = {
-            let mut pack = pack.borrow_mut();
-            (std::mem::take(&mut pack.0), pack.1.take())
-        };
-        let Some((from, to)) = span else {
+    fn flush(&self, window: &mut Window) {
+        let payload = std::mem::take(&mut window.pack.0);
+        let Some((from, to)) = window.pack.1.take() else {
             return;
         };
         let item = Item {
@@ -276,18 +307,18 @@ impl Exporter<'_> {
             from,
             to,
         };
-        self.publish(item, payload, pending);
+        self.publish(item, payload, window);
     }
 
-    /// Publishes one sample and keeps it until the batch is confirmed.
-    fn publish(&self, item: Item, payload: Vec<u8>, pending: &RefCell<Vec<Pending>>) {
+    /// Publishes one sample and keeps it until the importers hold it.
+    fn publish(&self, item: Item, payload: Vec<u8>, window: &mut Window) {
         let attachment = ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, &payload));
         let sample = (item, ZBytes::from(payload), attachment);
         self.put(&sample);
-        pending.borrow_mut().push(sample);
+        window.sent.push_back(sample);
     }
 
-    fn put(&self, (item, payload, attachment): &Pending) {
+    fn put(&self, (item, payload, attachment): &Sent) {
         if let Err(e) = self
             .publisher
             .put(payload.clone())
@@ -299,74 +330,121 @@ impl Exporter<'_> {
         }
     }
 
-    /// Returns (true) once every importer waited for holds the whole batch.
-    fn confirmed(&self, batch: &[Pending]) -> bool {
-        let Some(end) = batch.last().map(|(item, _, _)| item.to) else {
-            return true;
+    /// Releases from the ring every sample all importers waited for hold (all of them on a
+    /// `drop` channel), and sends again what an importer idle and behind for two heartbeats
+    /// lost on the way.
+    fn release_stored(&self, consumer: &mut Consumer, window: &mut Window) -> anyhow::Result<()> {
+        let Some(end) = window.sent.back().map(|(item, _, _)| item.to) else {
+            return Ok(());
         };
-        if self.lossy {
-            return true;
-        }
-        // Since when each importer has been idle and behind at the same position.
-        let mut stalled: HashMap<String, (u64, Instant)> = HashMap::new();
-        let mut announced_wait = false;
-        let mut importers = lock(self.shared);
-        loop {
+        let (stored, behind) = if self.lossy {
+            (end, Vec::new())
+        } else {
+            let importers = lock(self.shared);
             // With a key, a liveliness token alone (anyone can declare one) is not enough.
-            let mut waited: BTreeSet<String> = importers
+            let mut waited: BTreeSet<&str> = importers
                 .live
                 .iter()
                 .filter(|name| self.auth.is_none() || importers.acks.contains_key(*name))
-                .cloned()
+                .map(String::as_str)
                 .collect();
-            waited.extend(self.spec.importers.iter().cloned());
-            let behind: Vec<(String, Option<Ack>)> = waited
+            waited.extend(self.spec.importers.iter().map(String::as_str));
+            if waited.is_empty() && !window.announced_wait {
+                info!(self.log, "no importer yet: holding what was published"; "samples" => window.sent.len());
+                window.announced_wait = true;
+            }
+            let ack = |name: &str| importers.acks.get(name).copied();
+            let stored = waited
                 .iter()
-                .filter_map(|name| {
-                    let ack = importers.acks.get(name).copied();
-                    (ack.map_or(0, |a| a.last) < end).then(|| (name.clone(), ack))
-                })
+                .map(|name| ack(name).map_or(0, |a| a.last))
+                .min()
+                .unwrap_or(window.released);
+            let behind: Vec<(String, Ack)> = waited
+                .iter()
+                .filter_map(|name| ack(name).map(|a| (name.to_string(), a)))
+                .filter(|(_, a)| a.last < end)
                 .collect();
-            if !waited.is_empty() && behind.is_empty() {
-                return true;
-            }
-            if waited.is_empty() && !announced_wait {
-                info!(self.log, "no importer yet: holding the batch"; "messages" => batch.len());
-                announced_wait = true;
-            }
-            let now = Instant::now();
-            let mut resend_from: Option<u64> = None;
-            for (name, ack) in &behind {
-                let Some(ack) = ack else { continue };
-                if !ack.idle {
-                    stalled.remove(name);
-                    continue;
-                }
-                let since = stalled.entry(name.clone()).or_insert((ack.last, now));
-                if since.0 != ack.last {
-                    *since = (ack.last, now);
-                } else if now.duration_since(since.1) >= 2 * HEARTBEAT {
-                    since.1 = now;
-                    resend_from = Some(resend_from.map_or(ack.last, |r: u64| r.min(ack.last)));
-                }
-            }
-            if let Some(from) = resend_from {
-                drop(importers);
-                let again: Vec<_> = batch.iter().filter(|(item, _, _)| item.to > from).collect();
-                info!(self.log, "sending again what an importer lost on the way";
-                      "after" => from, "messages" => again.len());
-                for sample in again {
-                    self.put(sample);
-                }
-                importers = lock(self.shared);
+            (stored, behind)
+        };
+        // The last sample wholly stored (acks name item ends, which may fall inside a pack).
+        let done = window
+            .sent
+            .iter()
+            .take_while(|(item, _, _)| item.to <= stored)
+            .count();
+        if done > 0 {
+            let to = window.sent[done - 1].0.to;
+            consumer
+                .release_to(to)
+                .with_context(|| format!("release channel {}", self.spec.channel))?;
+            window.sent.drain(..done);
+            window.released = to;
+            window.announced_wait = false;
+        }
+        self.resend_lost(window, &behind);
+        Ok(())
+    }
+
+    /// Sends again everything after the position of an importer that has been idle and
+    /// behind at the same position for two heartbeats (it lost items on the way).
+    fn resend_lost(&self, window: &mut Window, behind: &[(String, Ack)]) {
+        let now = Instant::now();
+        let mut resend_from: Option<u64> = None;
+        window
+            .stalled
+            .retain(|name, _| behind.iter().any(|(b, a)| b == name && a.idle));
+        for (name, ack) in behind {
+            if !ack.idle {
                 continue;
             }
-            importers = self
-                .shared
-                .1
-                .wait_timeout(importers, HEARTBEAT / 2)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            let since = window
+                .stalled
+                .entry(name.clone())
+                .or_insert((ack.last, now));
+            if since.0 != ack.last {
+                *since = (ack.last, now);
+            } else if now.duration_since(since.1) >= 2 * HEARTBEAT {
+                since.1 = now;
+                resend_from = Some(resend_from.map_or(ack.last, |r: u64| r.min(ack.last)));
+            }
         }
+        let Some(from) = resend_from else {
+            return;
+        };
+        // The oldest sample held says so, even if it did not when first sent (items before it
+        // were in flight then): an importer behind it stores it over the gap.
+        if let Some(first) = window.sent.front_mut() {
+            if first.0.from == window.released {
+                *first = self.flagged_oldest(first);
+            }
+        }
+        let again: Vec<&Sent> = window
+            .sent
+            .iter()
+            .filter(|(item, _, _)| item.to > from)
+            .collect();
+        info!(self.log, "sending again what an importer lost on the way";
+              "after" => from, "samples" => again.len());
+        for sample in again {
+            self.put(sample);
+        }
+    }
+
+    /// `sample` with its first item flagged oldest (sealed again), if it is not yet.
+    fn flagged_oldest(&self, sample: &Sent) -> Sent {
+        let (mut item, payload, _) = sample.clone();
+        let mut bytes = payload.to_bytes().into_owned();
+        let changed = if item.kind == Kind::Pack {
+            wire::flag_first_packed(&mut bytes)
+        } else {
+            let before = item.flags;
+            item.flags |= wire::FLAG_OLDEST;
+            item.flags != before
+        };
+        if !changed {
+            return sample.clone();
+        }
+        let attachment = ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, &bytes));
+        (item, ZBytes::from(bytes), attachment)
     }
 }

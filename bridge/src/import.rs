@@ -7,9 +7,11 @@
 //!
 //! Each item's positions are checked against the last one stored (see [`crate::wire`]):
 //! duplicates (an exporter that restarted, a batch sent again) are dropped and counted, a gap
-//! is reported with its size, and the item stored. Before storing an item the importer records
-//! it in its state file ([`crate::state`]), so a restarted importer knows exactly where its
-//! channel stands.
+//! is reported with its size, and the item stored. Items are stored in runs: consecutive
+//! messages (and the padding between them) go into the channel with one publish
+//! ([`Producer::try_send_all`], all or nothing), recorded first in the state file
+//! ([`crate::state`]) with one record for the run, so a restarted importer knows exactly where
+//! its channel stands.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -32,7 +34,12 @@ use crate::{attach_retrying, connect_retrying};
 pub const QUEUE_BYTES: usize = 8 << 20;
 const QUEUE_ITEMS: usize = 8192;
 /// Ack at least this often while storing a long burst.
-const ACK_EVERY: u32 = 256;
+const ACK_EVERY: usize = 256;
+/// Most items stored as one run (one record, one publish), and taken from the queue at once.
+const RUN_ITEMS: usize = 1024;
+/// Most bytes (messages with their frames) in one run, and at most a quarter of the channel's
+/// ring, so that a run finds room at once while the local consumer keeps up.
+const RUN_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ImportSpec {
@@ -76,19 +83,23 @@ impl Inbox {
         self.changed.notify_all();
     }
 
-    fn pop(&self, timeout: Duration) -> Option<(Item, Vec<u8>)> {
+    /// Up to `max` items, waiting up to `timeout` for the first (none if none came).
+    fn pop(&self, timeout: Duration, max: usize) -> Vec<(Item, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
         let mut queue = self.lock();
         loop {
-            if let Some((item, payload)) = queue.items.pop_front() {
-                queue.bytes = queue.bytes.saturating_sub(payload.len());
+            if !queue.items.is_empty() {
+                let count = queue.items.len().min(max);
+                let taken: Vec<_> = queue.items.drain(..count).collect();
+                let bytes: usize = taken.iter().map(|(_, payload)| payload.len()).sum();
+                queue.bytes = queue.bytes.saturating_sub(bytes);
                 drop(queue);
                 self.changed.notify_all();
-                return Some((item, payload));
+                return taken;
             }
             let now = Instant::now();
             if now >= deadline {
-                return None;
+                return Vec::new();
             }
             queue = self
                 .changed
@@ -235,25 +246,30 @@ pub fn run(
         log: &log,
         producer: Some(producer),
         last,
+        run: Run::default(),
         duplicates: Duplicates::default(),
     };
-    let mut since_ack = 0u32;
+    let mut since_ack = 0;
     loop {
-        let Some((item, payload)) = inbox.pop(HEARTBEAT) else {
+        let items = inbox.pop(HEARTBEAT, RUN_ITEMS);
+        if items.is_empty() {
             importer.duplicates.report(&log);
             continue;
-        };
-        // Stopping: the item stays unstored; the exporter still holds it for the next run.
+        }
+        // Stopping: the items stay unstored; the exporter still holds them for the next run.
         let Some(work) = crate::begin_work() else {
             crate::wait_for_the_end();
         };
         progress.busy.store(true, Ordering::Release);
-        importer.take(item, &payload)?;
+        since_ack += items.len();
+        for (item, payload) in items {
+            importer.take(item, payload)?;
+        }
+        importer.store_run()?;
         progress
             .last
             .store(importer.last.unwrap_or(0), Ordering::Release);
         progress.busy.store(false, Ordering::Release);
-        since_ack += 1;
         if since_ack >= ACK_EVERY || inbox.is_empty() || crate::stopping() {
             since_ack = 0;
             let ack = Ack {
@@ -324,13 +340,26 @@ struct Importer<'a> {
     log: &'a Logger,
     /// `None` after an end-of-stream mark: the next item attaches a new producer.
     producer: Option<Producer>,
-    /// The `to` of the last item stored; `None` before the first one of a fresh importer.
+    /// The `to` of the last item taken (stored, or in `run` until [`Importer::store_run`]);
+    /// `None` before the first one of a fresh importer.
     last: Option<u64>,
+    /// Items taken and not stored yet.
+    run: Run,
     duplicates: Duplicates,
 }
 
+/// Consecutive items (messages and padding) to store together.
+#[derive(Default)]
+struct Run {
+    /// The `to` of the last item stored before the run's first one (what its record calls
+    /// done: a gap stored over is not part of it).
+    done: u64,
+    items: Vec<(Item, Vec<u8>)>,
+    bytes: usize,
+}
+
 impl Importer<'_> {
-    fn take(&mut self, item: Item, payload: &[u8]) -> anyhow::Result<()> {
+    fn take(&mut self, item: Item, payload: Vec<u8>) -> anyhow::Result<()> {
         if item.kind == Kind::Pack {
             // Unpacked on arrival; a pack is never an item of the stream.
             return Ok(());
@@ -339,11 +368,11 @@ impl Importer<'_> {
             && item.from > 0
             && item.flags & (wire::FLAG_LOSSY | wire::FLAG_OLDEST) == 0
         {
-            // A fresh importer whose subscription matched in the middle of a batch: storing
-            // this item would make the batch's earlier items, sent again once this importer
-            // reports itself idle and behind, look like duplicates. It waits for the batch's
-            // first item (flagged oldest), or for position 0.
-            debug!(self.log, "joined in the middle of a batch; waiting for its first item";
+            // A fresh importer whose subscription matched in the middle of the stream: storing
+            // this item would make the earlier items the exporter holds, sent again once this
+            // importer reports itself idle and behind, look like duplicates. It waits for the
+            // oldest item the exporter holds (flagged), or for position 0.
+            debug!(self.log, "joined in the middle of the stream; waiting for the oldest item";
                    "from" => item.from);
             return Ok(());
         }
@@ -370,47 +399,141 @@ impl Importer<'_> {
                 warn!(self.log, "gap: part of the exported stream never arrived";
                       "missing_positions" => format!("{last}..{}", item.from),
                       "missing_bytes_with_framing" => item.from - last);
+                // A run has no hole: what came before the gap is stored first.
+                self.store_run()?;
             }
         }
         self.duplicates.report(self.log);
-        let producer = match self.producer.as_mut() {
-            Some(producer) => producer,
+        let done = self.last.unwrap_or(item.from);
+        self.last = Some(item.to);
+        if item.kind == Kind::EndOfStream {
+            self.store_run()?;
+            return self.end_of_stream(done, &item);
+        }
+        if self.run.items.is_empty() {
+            self.run.done = done;
+        }
+        // With its frame's header and alignment (under 32 bytes) in the local ring.
+        self.run.bytes = self.run.bytes.saturating_add(payload.len() + 32);
+        self.run.items.push((item, payload));
+        let capacity = self.producer.as_ref().map_or(u64::MAX, |p| p.capacity());
+        let most = usize::try_from(capacity / 4)
+            .unwrap_or(usize::MAX)
+            .min(RUN_BYTES);
+        if self.run.items.len() >= RUN_ITEMS || self.run.bytes >= most {
+            self.store_run()?;
+        }
+        Ok(())
+    }
+
+    /// The channel's producer, attaching a new one after an end-of-stream.
+    fn producer(&mut self) -> anyhow::Result<&mut Producer> {
+        Ok(match self.producer {
+            Some(ref mut producer) => producer,
             None => self
                 .producer
                 .insert(attach_producer(self.client, self.spec, self.log)?),
-        };
+        })
+    }
+
+    /// Passes an end-of-stream mark on (after the run before it, stored up to `done`).
+    fn end_of_stream(&mut self, done: u64, item: &Item) -> anyhow::Result<()> {
+        let producer = self.producer()?;
         let local_before = producer.position().unwrap_or(0);
-        let record = match item.kind {
-            // Nothing goes into the channel: recorded as done at once.
-            Kind::Padding => Record {
-                done: item.to,
-                local_before,
-                next: item.to,
-            },
-            _ => Record {
-                done: self.last.unwrap_or(item.from),
-                local_before,
-                next: item.to,
-            },
+        // The mark is a frame header, as an empty message is.
+        let local_after = producer
+            .end_position(&[&[]])
+            .context("room for an end-of-stream mark")?;
+        let record = Record {
+            done,
+            local_before,
+            local_after,
+            next: item.to,
         };
-        self.state
-            .write(&record)
-            .with_context(|| format!("write {}", self.state.path().display()))?;
-        if item.kind == Kind::Padding {
-            // Recorded above; nothing to store.
-        } else if item.kind == Kind::EndOfStream {
-            if let Some(producer) = self.producer.take() {
-                producer
-                    .close()
-                    .with_context(|| format!("end-of-stream into {}", self.spec.channel))?;
-            }
-            info!(self.log, "end-of-stream passed on"; "position" => item.to);
-        } else {
+        self.write(&record)?;
+        if let Some(producer) = self.producer.take() {
             producer
-                .send(payload)
-                .with_context(|| format!("send into {}", self.spec.channel))?;
+                .close()
+                .with_context(|| format!("end-of-stream into {}", self.spec.channel))?;
         }
-        self.last = Some(item.to);
+        info!(self.log, "end-of-stream passed on"; "position" => item.to);
         Ok(())
+    }
+
+    /// Stores the run: each part with one record, then one publish of all its messages (or,
+    /// when they do not all fit now, its first message alone, waiting for room).
+    fn store_run(&mut self) -> anyhow::Result<()> {
+        let run = std::mem::take(&mut self.run);
+        let mut done = run.done;
+        let mut rest = &run.items[..];
+        while let Some((last, _)) = rest.last() {
+            let messages: Vec<&[u8]> = rest
+                .iter()
+                .filter(|(item, _)| item.kind == Kind::Message)
+                .map(|(_, payload)| &payload[..])
+                .collect();
+            let (stored, end) = if self.store(done, last.to, &messages, true)? {
+                (last.to, rest.len())
+            } else {
+                // Not all fit now: up to the first message (padding before it included).
+                let first = rest
+                    .iter()
+                    .position(|(item, _)| item.kind == Kind::Message)
+                    .unwrap_or(rest.len() - 1);
+                let to = rest[first].0.to;
+                self.store(done, to, &messages[..1], false)?;
+                (to, first + 1)
+            };
+            done = stored;
+            rest = &rest[end..];
+        }
+        Ok(())
+    }
+
+    /// Records, then stores `messages` (the items up to position `next` after `done`) with one
+    /// publish: `try_all`, only if all fit now (false if not: nothing stored, nothing
+    /// published); else waiting for room, which `messages` must then be one at most.
+    fn store(
+        &mut self,
+        done: u64,
+        next: u64,
+        messages: &[&[u8]],
+        try_all: bool,
+    ) -> anyhow::Result<bool> {
+        let channel = self.spec.channel.clone();
+        let producer = self.producer()?;
+        let local_before = producer.position().unwrap_or(0);
+        let local_after = producer.end_position(messages).with_context(|| {
+            format!("channel {channel}: the messages cannot be in its ring at once")
+        })?;
+        let record = Record {
+            // Padding alone puts nothing in the channel: recorded as stored at once.
+            done: if messages.is_empty() { next } else { done },
+            local_before,
+            local_after,
+            next,
+        };
+        self.write(&record)?;
+        if messages.is_empty() {
+            return Ok(true);
+        }
+        let producer = self.producer()?;
+        if try_all {
+            return producer
+                .try_send_all(messages)
+                .with_context(|| format!("send into {channel}"));
+        }
+        for message in messages {
+            producer
+                .send(message)
+                .with_context(|| format!("send into {channel}"))?;
+        }
+        Ok(true)
+    }
+
+    fn write(&self, record: &Record) -> anyhow::Result<()> {
+        self.state
+            .write(record)
+            .with_context(|| format!("write {}", self.state.path().display()))
     }
 }

@@ -14,6 +14,7 @@
 
 mod auth;
 mod config;
+mod doorbell;
 mod export;
 mod import;
 mod state;
@@ -292,7 +293,7 @@ fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
 
 /// Set by SIGTERM/SIGINT: exporters and importers take no new work.
 static STOPPING: AtomicBool = AtomicBool::new(false);
-/// Exporters holding a published, unconfirmed batch and importers storing an item.
+/// Exporters holding published, unreleased items and importers storing a run of items.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// How long a stop waits for work in flight (an importer that never acks would hold it).
 const DRAIN: Duration = Duration::from_secs(10);
@@ -306,7 +307,7 @@ impl Drop for Work {
     }
 }
 
-/// Starts a piece of work (an exporter's batch, an importer's item), or `None` once the process
+/// Starts a piece of work (an exporter's items in flight, an importer's run), or `None` once the process
 /// is stopping: the caller then takes nothing new and waits to be ended. The count goes up
 /// before the flag is read and the signal thread sets the flag before reading the count (both
 /// SeqCst): either the work is refused or the stop waits for it.
@@ -328,12 +329,12 @@ pub fn wait_for_the_end() -> ! {
     }
 }
 
-/// SIGTERM and SIGINT drain, then exit 0: no exporter publishes a new batch and no importer
-/// takes a new item; an exporter's batch in flight is confirmed by its importers and released
-/// from its ring, an importer's item is stored and acked; at most [`DRAIN`], then exit anyway
-/// (what was in flight is sent again by the next run: the exporter releases nothing its
-/// importers do not hold, and the importer records each item before storing it, so stopping
-/// anywhere is as safe as a SIGKILL). A second signal exits at once.
+/// SIGTERM and SIGINT drain, then exit 0: no exporter reads a new item and no importer takes
+/// a new one; an exporter's items in flight are confirmed by its importers and released from
+/// its ring, an importer's items taken are stored and acked; at most [`DRAIN`], then exit
+/// anyway (what was in flight is sent again by the next run: the exporter releases nothing
+/// its importers do not hold, and the importer records each run before storing it, so
+/// stopping anywhere is as safe as a SIGKILL). A second signal exits at once.
 fn stop_on_signals(log: &Logger) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .context("install signal handlers")?;

@@ -1,13 +1,24 @@
 //! The importer's one durable fact: which position of the exported stream its local channel
 //! holds, kept so that a restarted importer neither stores an item twice nor skips one.
 //!
-//! Before it stores an item, the importer writes (one `pwrite` of 32 bytes, which a SIGKILL
-//! cannot tear) the record `done, local_before, next`: `done` is the `to` of the last item
-//! known to be in the channel, `local_before` the channel's write position before this item,
-//! `next` the item's `to`. After a restart the channel's write position says which it was: if
-//! it is still `local_before`, the item never got in (last = `done`); if it moved on, it did
-//! (last = `next`). The ring publishes an item with one store of its write position, so there
-//! is no window in which the item is half in: this holds across a SIGKILL at any instruction.
+//! Before it stores a run of items (messages, and the exported ring's padding between them),
+//! the importer writes (one `pwrite` of 40 bytes, which a SIGKILL cannot tear) the record
+//! `done, local_before, local_after, next`: `done` is the `to` of the last item known to be in
+//! the channel, `local_before` the channel's write position before the run, `local_after` the
+//! position once the run is in ([`Producer::end_position`]), `next` the run's last `to`. The
+//! run's messages are published together with one store of the write position
+//! ([`Producer::try_send_all`]: all of them or none; a run that does not fit now is cut down
+//! to its first message, recorded again), so after a restart that position says which it
+//! was: if it reached `local_after`, the run got in (last = `next`); if not (still
+//! `local_before`, or moved only by padding published before a message that waits for room at
+//! the start of the ring), none of it did (last = `done`). No part of a run is ever in the
+//! channel alone: this holds across a SIGKILL at any instruction.
+//!
+//! A record of the first version (32 bytes, no `local_after`, one item per record) is read
+//! as one whose run took any movement of the position.
+//!
+//! [`Producer::end_position`]: shmem_broker_client::Producer::end_position
+//! [`Producer::try_send_all`]: shmem_broker_client::Producer::try_send_all
 //!
 //! Limits: the importer must be the channel's only producer (another producer moving the write
 //! position while the importer is away looks like the item got in), and the record is not
@@ -18,8 +29,11 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"SHMBRIM1";
-const LEN: usize = 32;
+const MAGIC: &[u8; 8] = b"SHMBRIM2";
+const LEN: usize = 40;
+/// The first version: `done, local_before, next`.
+const MAGIC_V1: &[u8; 8] = b"SHMBRIM1";
+const LEN_V1: usize = 32;
 
 /// What the record says after a restart, judged against the channel's write position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,16 +51,18 @@ pub enum Resume {
 pub struct Record {
     pub done: u64,
     pub local_before: u64,
+    pub local_after: u64,
     pub next: u64,
 }
 
 impl Record {
     pub fn resume(&self, local_now: u64) -> Resume {
-        use std::cmp::Ordering::*;
-        match local_now.cmp(&self.local_before) {
-            Equal => Resume::At(self.done),
-            Greater => Resume::At(self.next),
-            Less => Resume::ChannelRecreated(self.done),
+        if local_now < self.local_before {
+            Resume::ChannelRecreated(self.done)
+        } else if local_now >= self.local_after {
+            Resume::At(self.next)
+        } else {
+            Resume::At(self.done)
         }
     }
 }
@@ -83,7 +99,8 @@ impl StateFile {
         if n == 0 {
             return Ok(None);
         }
-        if n != LEN || &buf[..8] != MAGIC {
+        let v1 = n == LEN_V1 && &buf[..8] == MAGIC_V1;
+        if !v1 && (n != LEN || &buf[..8] != MAGIC) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -97,10 +114,20 @@ impl StateFile {
             w.copy_from_slice(&buf[at..at + 8]);
             u64::from_le_bytes(w)
         };
+        if v1 {
+            // Its item got in if the position moved at all.
+            return Ok(Some(Record {
+                done: word(8),
+                local_before: word(16),
+                local_after: word(16).saturating_add(1),
+                next: word(24),
+            }));
+        }
         Ok(Some(Record {
             done: word(8),
             local_before: word(16),
-            next: word(24),
+            local_after: word(24),
+            next: word(32),
         }))
     }
 
@@ -110,7 +137,8 @@ impl StateFile {
         buf[..8].copy_from_slice(MAGIC);
         buf[8..16].copy_from_slice(&record.done.to_le_bytes());
         buf[16..24].copy_from_slice(&record.local_before.to_le_bytes());
-        buf[24..32].copy_from_slice(&record.next.to_le_bytes());
+        buf[24..32].copy_from_slice(&record.local_after.to_le_bytes());
+        buf[32..40].copy_from_slice(&record.next.to_le_bytes());
         let n = self.file.write_at(&buf, 0)?;
         if n != LEN {
             return Err(io::Error::new(
@@ -134,13 +162,25 @@ mod tests {
         let record = Record {
             done: 10,
             local_before: 4096,
+            local_after: 4200,
             next: 20,
         };
         state.write(&record).expect("write");
         assert_eq!(state.read().expect("read"), Some(record));
         assert_eq!(record.resume(4096), Resume::At(10));
+        // Moved by padding only (the run's first message waits at the ring's start): not in.
+        assert_eq!(record.resume(4150), Resume::At(10));
         assert_eq!(record.resume(4200), Resume::At(20));
         assert_eq!(record.resume(0), Resume::ChannelRecreated(10));
+        // A record of the first version: any movement meant its item got in.
+        let mut v1 = Vec::from(&MAGIC_V1[..]);
+        for word in [10u64, 4096, 20] {
+            v1.extend_from_slice(&word.to_le_bytes());
+        }
+        fs::write(state.path(), &v1).expect("write v1");
+        let old = state.read().expect("read v1").expect("a record");
+        assert_eq!(old.resume(4096), Resume::At(10));
+        assert_eq!(old.resume(4097), Resume::At(20));
         fs::write(state.path(), b"garbage").expect("overwrite");
         assert!(state.read().is_err());
         fs::remove_dir_all(&dir).expect("clean up");

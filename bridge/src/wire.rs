@@ -10,7 +10,7 @@
 //!   item's header, length and bytes; the receiver takes them one by one as if each had come
 //!   alone.
 //! * `KEY/@ack/NAME`: the importer named NAME reports ([`Ack`]) the last position it stored in
-//!   its local channel, whether it is idle, and its state, after each item and every
+//!   its local channel and whether it is idle, after storing what it took and every
 //!   [`HEARTBEAT`].
 //! * `KEY/@importer/NAME`: a liveliness token each importer holds while it runs.
 //!
@@ -51,8 +51,10 @@ pub enum Kind {
 
 /// Item flag: the export's channel has policy `drop`; gaps are expected, store past them.
 pub const FLAG_LOSSY: u8 = 1;
-/// Item flag: the oldest item the exporter still holds (the first of its batch): whatever came
-/// before it is gone from the exporter, so a receiver behind it stores it over the gap.
+/// Item flag: the oldest item the exporter still holds (its `from` is the exporter's released
+/// position): whatever came before it is gone from the exporter, so a receiver behind it
+/// stores it over the gap. Set when it is first published if nothing before it was in flight,
+/// else when it is sent again to an importer behind it.
 pub const FLAG_OLDEST: u8 = 2;
 
 /// The attachment of one sample of the stream.
@@ -125,6 +127,19 @@ pub fn pack_item(pack: &mut Vec<u8>, item: &Item, bytes: &[u8]) {
     pack.extend_from_slice(&item.encode());
     pack.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     pack.extend_from_slice(bytes);
+}
+
+/// Flags the first item of a pack's payload (made by [`pack_item`]) [`FLAG_OLDEST`]; true if
+/// that changed it.
+pub fn flag_first_packed(pack: &mut [u8]) -> bool {
+    // The flags are the third byte of an item's header (see `Item::encode`).
+    match pack.get_mut(2) {
+        Some(flags) if *flags & FLAG_OLDEST == 0 => {
+            *flags |= FLAG_OLDEST;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The items of a pack's payload, each checked like a sample's attachment (a pack inside a
@@ -366,6 +381,13 @@ mod tests {
         pack_item(&mut pack, &a, b"hello");
         pack_item(&mut pack, &b, b"");
         assert_eq!(unpack(&pack), Ok(vec![(a, &b"hello"[..]), (b, &b""[..])]));
+        // Flagging the first item oldest (a resend of the oldest pack held) changes it alone.
+        let mut unflagged = Vec::new();
+        pack_item(&mut unflagged, &Item { flags: 0, ..a }, b"hello");
+        pack_item(&mut unflagged, &b, b"");
+        assert!(flag_first_packed(&mut unflagged));
+        assert!(!flag_first_packed(&mut unflagged));
+        assert_eq!(unflagged, pack);
         assert!(unpack(&pack[..pack.len() - 1]).is_err());
         let mut long = Vec::new();
         pack_item(&mut long, &a, b"x");

@@ -191,10 +191,7 @@ impl Consumer {
         confirm: impl FnOnce(usize) -> bool,
     ) -> Result<usize> {
         if self.reader.fanout() {
-            return Err(Error::Unsupported {
-                channel: self.attachment.channel.clone(),
-                what: "confirmed reads with stream positions (one-to-one channels only)".into(),
-            });
+            return Err(self.unsupported_fanout());
         }
         let mut confirm = Some(confirm);
         let mut asked = false;
@@ -206,6 +203,76 @@ impl Consumer {
             // Confirmed or refused, the call is over once asked (0 items if refused).
             Ok(asked.then_some(n))
         })
+    }
+
+    /// Reading ahead, for a consumer that passes items on and may release them only once they
+    /// are safe elsewhere (the bridge's exporter), with several batches in flight: hands up to
+    /// `max` items after those read so far, released or not, to `each` with their stream
+    /// positions (as [`recv_batch_confirmed`](Self::recv_batch_confirmed) does), and releases
+    /// nothing. They stay in the ring, the producer waiting for room once it is full of them,
+    /// until [`release_to`](Self::release_to) names one's `to`. Returns how many, or
+    /// [`TryRecvError::Empty`] when nothing new is published (arming
+    /// [`ready_fd`](Self::ready_fd) as [`try_recv`](Self::try_recv) does).
+    ///
+    /// A consumer that detaches (or is killed) with items read ahead leaves them unreleased:
+    /// the next one that attaches (the same durable consumer, or any in a one-to-one channel)
+    /// reads them again, with the same positions. Any other receive releases everything read
+    /// ahead before it (a refused [`recv_batch_confirmed`](Self::recv_batch_confirmed) goes back
+    /// to the released position, and reads those items again). One-to-one channels only
+    /// ([`Error::Unsupported`] in a fan-out channel).
+    ///
+    /// ```no_run
+    /// # let client = shmem_broker_client::Client::connect_default()?;
+    /// # let mut consumer = client.consumer("frames")?;
+    /// # fn stored_elsewhere(_from: u64, _to: u64, _item: shmem_broker_client::ReadItem<'_>) {}
+    /// let mut last = None;
+    /// match consumer.try_recv_ahead(64, |from, to, item| {
+    ///     stored_elsewhere(from, to, item);
+    ///     last = Some(to);
+    /// }) {
+    ///     Err(e) if !e.is_empty() => return Err(e.into()),
+    ///     _ => {} // some items, or none new yet
+    /// }
+    /// // ... once the other side confirms it holds everything up to `last`:
+    /// if let Some(to) = last {
+    ///     consumer.release_to(to)?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_recv_ahead(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(u64, u64, ReadItem<'_>),
+    ) -> Result<usize, TryRecvError> {
+        if self.reader.fanout() {
+            return Err(self.unsupported_fanout().into());
+        }
+        self.non_blocking(|r, scratch, limit| {
+            let n = r.try_read_ahead(max.min(limit), scratch, &mut each)?;
+            Ok((n > 0).then_some(n))
+        })
+    }
+
+    /// Releases the items [`try_recv_ahead`](Self::try_recv_ahead) handed out, up to and
+    /// including the one whose `to` is `position` (one store; a producer waiting for room is
+    /// woken). `position` is checked: it must be the `to` of an item read ahead and not
+    /// released yet, or the released position itself (nothing to do); anything else is
+    /// [`Error::BadRelease`] and releases nothing. Released items are never read again.
+    pub fn release_to(&mut self, position: u64) -> Result<()> {
+        self.reader
+            .release_to(position)
+            .map_err(|error| Error::BadRelease {
+                channel: self.attachment.channel.clone(),
+                error,
+            })
+    }
+
+    /// The error for a stream-position call in a fan-out channel.
+    fn unsupported_fanout(&self) -> Error {
+        Error::Unsupported {
+            channel: self.attachment.channel.clone(),
+            what: "reads with stream positions (one-to-one channels only)".into(),
+        }
     }
 
     /// Writes the next message straight from the ring to `fd` (a file, pipe or socket),

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::ring::RingError;
+use crate::ring::{BadRelease, RingError};
 use crate::wire::ErrorCode;
 
 /// Every failure of this library. New kinds of failure may come in later versions, so a
@@ -124,6 +124,18 @@ pub enum Error {
         channel: String,
         /// What was asked.
         what: String,
+    },
+    /// A one-to-one consumer was asked to release up to a stream position that is not the end
+    /// of an item it read ahead and has not released ([`Consumer::release_to`]); nothing was
+    /// released.
+    ///
+    /// [`Consumer::release_to`]: crate::Consumer::release_to
+    #[error("channel {channel}: {error}")]
+    BadRelease {
+        /// The channel.
+        channel: String,
+        /// The position, and why it is refused.
+        error: BadRelease,
     },
     /// The broker spoke a protocol version this library does not know, or broke the protocol.
     #[error("protocol error: {0}")]

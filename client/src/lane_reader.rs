@@ -8,7 +8,7 @@ use crate::attachment::Attachment;
 use crate::error::{Error, Result};
 use crate::grant::Rings;
 use crate::lanes::{Fault, Lanes, Which};
-use crate::ring::{RingError, RingReader};
+use crate::ring::{BadRelease, RingError, RingReader};
 use crate::wire::Role;
 
 /// Longest a lane waits for a `producer_gone` event its ring's ack page announced before it is
@@ -280,6 +280,21 @@ impl LaneReader {
             lane.end.release();
             lane.wake_if_waiting();
         }
+    }
+
+    /// One-to-one channels: releases the ring up to `position`, an end of an item read ahead
+    /// ([`RingReader::release_to`] checks it), and wakes the producer if it waits for room.
+    pub fn release_to(&mut self, position: u64) -> std::result::Result<(), BadRelease> {
+        let fanout = self.lanes.fanout();
+        let Some(lane) = self.lanes.list.first_mut().filter(|_| !fanout) else {
+            return Err(BadRelease {
+                position,
+                why: "the consumer has no ring of its own to release",
+            });
+        };
+        lane.end.release_to(position)?;
+        lane.wake_if_waiting();
+        Ok(())
     }
 
     /// The lane the last read came from: whose ring a borrowed message is in.

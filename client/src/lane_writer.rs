@@ -209,6 +209,36 @@ impl LaneWriter {
         }
     }
 
+    /// One-to-one channels: where the write position will be once `messages` are written.
+    pub fn end_position(&self, messages: &[&[u8]]) -> Option<u64> {
+        if self.lanes.fanout() {
+            return None;
+        }
+        let lane = self.lanes.list.first()?;
+        lane.end.end_position(messages.iter().map(|m| m.len()))
+    }
+
+    /// One-to-one channels: all of `messages` with one publish if they fit now, else none.
+    pub fn deliver_all(&mut self, attachment: &mut Attachment, messages: &[&[u8]]) -> Result<bool> {
+        self.prepare(attachment)?;
+        if let Some(len) = messages.iter().map(|m| m.len()).max() {
+            check_fits(attachment, len)?;
+        }
+        if self.lanes.fanout() {
+            return Err(Error::Unsupported {
+                channel: attachment.channel.clone(),
+                what: "all-or-nothing batches (one-to-one channels only)".into(),
+            });
+        }
+        if self.lanes.list.is_empty() {
+            return Ok(false);
+        }
+        // A dropped ring (`None`) took nothing.
+        Ok(self
+            .on_lane(attachment, 0, |w| w.try_write_all(messages))?
+            .unwrap_or(false))
+    }
+
     /// Policy `block`, not waiting: as many of `messages` as fit in every ring now. With one
     /// consumer that is a batch with one publish (what makes small messages fast); with
     /// several, one message at a time, each once it fits everywhere.

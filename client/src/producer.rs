@@ -110,6 +110,26 @@ impl Producer {
         })
     }
 
+    /// One-to-one channels: the write position once `messages` are sent from here, as
+    /// [`try_send_all`](Self::try_send_all) or sends one by one leave it (padding included
+    /// where a message must start a new lap of the ring). `None` in a fan-out channel or if a
+    /// message can never fit. A producer that records this before sending knows afterwards,
+    /// from [`position`](Self::position) alone, whether the messages got in: only once the
+    /// position reaches it (an earlier position moved only by padding means they did not).
+    pub fn end_position(&self, messages: &[&[u8]]) -> Option<u64> {
+        self.writer.end_position(messages)
+    }
+
+    /// One-to-one channels: sends all of `messages` with one publish if they all fit right
+    /// now, else sends none and publishes nothing, not even padding (`Ok(false)`; wait for
+    /// [`ready_fd`](Self::ready_fd) or send fewer): the consumer, and a producer that looks
+    /// at [`position`](Self::position) after a crash, sees all of them or none.
+    /// [`Error::Unsupported`] in a fan-out channel. Messages that need more than the ring's
+    /// capacity together never fit at once.
+    pub fn try_send_all(&mut self, messages: &[&[u8]]) -> Result<bool> {
+        self.writer.deliver_all(&mut self.attachment, messages)
+    }
+
     /// Zero-copy send: `fill` writes the `len`-byte message straight into the shared ring.
     /// Blocks while the ring is full; `fill` is called exactly once.
     ///

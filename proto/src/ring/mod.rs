@@ -100,6 +100,7 @@
 //! `mapping.rs` (mmap); tests in `tests.rs` and `hostile_positions.rs`.
 
 mod files;
+mod forwarding;
 mod handshake;
 mod layout;
 mod mapping;
@@ -108,6 +109,7 @@ mod writer;
 mod zero_copy;
 
 pub use files::{check_sealed_memfd, RingFds, RingFiles, SharedRing};
+pub use forwarding::BadRelease;
 pub use layout::{
     max_message_len, Eviction, RingStats, ACK_SIZE, CAPACITY_GRANULE, HEADER_SIZE, LAYOUT_VERSION,
     MAX_CAPACITY, MAX_POSITION, MIN_CAPACITY, MIN_LAYOUT_VERSION,

@@ -1,6 +1,7 @@
 //! The consumer's side of a ring: finding published frames (by seal or by position), copying
 //! them out, committing the read position, waking the producer.
 
+use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 
@@ -90,6 +91,10 @@ pub struct RingReader {
     pub(super) sleep_ticket: u32,
     /// This reader has said, in its line, that it borrows messages in place (`try_peek`).
     pub(super) reads_in_place: bool,
+    /// Items read ahead and not released ([`RingReader::try_read_ahead`]): each one's end
+    /// (stream position) and the count of messages read up to it, in order; the positions a
+    /// release may name.
+    pub(super) ahead: VecDeque<(u64, u64)>,
 }
 
 /// Whether a poll must load the producer's position even when seals say nothing came.
@@ -135,6 +140,7 @@ impl RingReader {
             polls_unsealed: 0,
             position_due: false,
             reads_in_place: false,
+            ahead: VecDeque::new(),
             ring,
         })
     }
@@ -355,8 +361,9 @@ impl RingReader {
         }
     }
 
-    /// Back to the last published position, forgetting what was read since.
+    /// Back to the last published position, forgetting what was read since (read ahead too).
     pub(super) fn rewind(&mut self, (messages_read, missed): (u64, u64)) {
+        self.ahead.clear();
         self.read_pos = self.published_pos;
         self.messages_read = messages_read;
         self.missed = missed;
@@ -501,12 +508,13 @@ impl RingReader {
         }
     }
 
-    /// Publishes the local read position (releasing the space) with one store, if it moved: a
-    /// poll of an empty ring writes nothing.
+    /// Publishes the local read position (releasing the space, and whatever was read ahead)
+    /// with one store, if it moved: a poll of an empty ring writes nothing.
     pub(super) fn commit(&mut self) {
         if self.read_pos == self.published_pos {
             return;
         }
+        self.ahead.clear();
         let h = self.ring.consumer_side().0;
         h.messages_read.store(self.messages_read, Ordering::Relaxed);
         // Release suffices: the fence in `take_producer_waiting`, which callers run after every
