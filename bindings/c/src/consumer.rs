@@ -54,7 +54,32 @@ pub(crate) unsafe fn deliver(
         // a separate allocation, and the ring's mapping is never handed out writable.
         unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), room) }
     };
-    let (code, n) = match receive(target, out, &mut consumer.buffer)? {
+    // The common case first and alone: a message in the caller's buffer is one compare.
+    let got = receive(target, out, &mut consumer.buffer);
+    if let Ok(Some(Some(Landed::Buf(n)))) = got {
+        // SAFETY: not NULL (checked), writable (the caller's contract).
+        unsafe { *len = n };
+        return Ok(SHMEM_OK);
+    }
+    // SAFETY: the contract.
+    unsafe { landed_rarely(consumer, got, buf, capacity, len) }
+}
+
+/// The rest of [`deliver`]: a message in our vector (too long for `buf`), end-of-stream,
+/// would-block or a failure.
+///
+/// # Safety
+/// As [`deliver_held`].
+#[cold]
+#[inline(never)]
+unsafe fn landed_rarely(
+    consumer: &mut ShmemConsumer,
+    got: Result<Option<Option<Landed>>, Failure>,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+) -> Result<c_int, Failure> {
+    let (code, n) = match got? {
         Some(Some(Landed::Buf(n))) => (SHMEM_OK, n),
         Some(Some(Landed::Spill)) => {
             let message = std::mem::take(&mut consumer.buffer);
@@ -64,7 +89,7 @@ pub(crate) unsafe fn deliver(
         Some(None) => (SHMEM_END_OF_STREAM, 0),
         None => (SHMEM_WOULD_BLOCK, 0),
     };
-    // SAFETY: not NULL (checked), writable (the caller's contract).
+    // SAFETY: not NULL (the caller checked), writable (the contract).
     unsafe { *len = n };
     Ok(code)
 }
