@@ -36,8 +36,8 @@ static void reenter(void *ctx, const void *data, size_t len) {
     char buf[16];
     size_t got = 0;
     reentry_rc = shmem_try_recv((shmem_consumer *)ctx, buf, sizeof buf, &got);
-    const void *data = NULL;
-    if (shmem_try_recv_ref((shmem_consumer *)ctx, &data, &got) != SHMEM_ERR_BUSY)
+    const void *lent = NULL;
+    if (shmem_try_recv_ref((shmem_consumer *)ctx, &lent, &got) != SHMEM_ERR_BUSY)
         reentry_rc = 54321;
     shmem_consumer_free((shmem_consumer *)ctx); /* ignored: the batch still uses it */
 }
