@@ -36,6 +36,9 @@ static void reenter(void *ctx, const void *data, size_t len) {
     char buf[16];
     size_t got = 0;
     reentry_rc = shmem_try_recv((shmem_consumer *)ctx, buf, sizeof buf, &got);
+    const void *lent = NULL;
+    if (shmem_try_recv_ref((shmem_consumer *)ctx, &lent, &got) != SHMEM_ERR_BUSY)
+        reentry_rc = 54321;
     shmem_consumer_free((shmem_consumer *)ctx); /* ignored: the batch still uses it */
 }
 
@@ -99,6 +102,30 @@ int main(int argc, char **argv) {
     CHECK(shmem_recv(consumer, buf, 2, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 5);
     CHECK(shmem_recv(consumer, buf, sizeof buf, &len) == SHMEM_OK && len == 5);
     CHECK(memcmp(buf, "hello", 5) == 0);
+
+    /* A pending message lent by a borrowed receive blocks the consumer's other calls as a
+     * borrowed ring message does; released, it is gone. */
+    int pending_calls = 0;
+    size_t pending_count = 0;
+    CHECK(shmem_send(producer, "pending", 7) == SHMEM_OK);
+    CHECK(shmem_recv(consumer, buf, 2, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 7);
+    CHECK(shmem_recv_ref(consumer, &data, &len) == SHMEM_OK && len == 7);
+    CHECK(memcmp(data, "pending", 7) == 0);
+    CHECK(shmem_try_recv(consumer, buf, sizeof buf, &len) == SHMEM_ERR_BUSY);
+    CHECK(shmem_try_recv_ref(consumer, &data, &len) == SHMEM_ERR_BUSY);
+    CHECK(shmem_recv_batch(consumer, 4, count_message, &pending_calls, &pending_count) ==
+          SHMEM_ERR_BUSY);
+    shmem_recv_ref_release(consumer);
+    CHECK(shmem_try_recv(consumer, buf, sizeof buf, &len) == SHMEM_WOULD_BLOCK);
+    /* A pending message goes to a batch; the consumer is idle again after it. */
+    CHECK(shmem_send(producer, "pending", 7) == SHMEM_OK);
+    CHECK(shmem_recv(consumer, buf, 2, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 7);
+    CHECK(shmem_recv_batch(consumer, 4, count_message, &pending_calls, &pending_count) ==
+              SHMEM_OK &&
+          pending_count == 1 && pending_calls == 1);
+    CHECK(shmem_try_recv(consumer, buf, sizeof buf, &len) == SHMEM_WOULD_BLOCK);
+    batch_seen = 0;
+    batch_bytes = 0;
 
     /* A loan blocks the producer's other calls until sent; an abandoned one sends nothing. */
     void *slot = NULL;

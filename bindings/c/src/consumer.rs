@@ -32,18 +32,18 @@ pub(crate) unsafe fn deliver(
     ) -> Result<Option<Option<Landed>>, Failure>,
 ) -> Result<c_int, Failure> {
     out_ptr(len, "len")?;
-    consumer.check_not_lent()?;
-    // Looked at, not taken: taking writes the field back on every receive.
-    if consumer.pending.is_some() {
+    // One compare for all that is rare: a borrowed message out, a batch running (refused), a
+    // pending message (handed over first).
+    if consumer.busy != Busy::Idle {
         // SAFETY: the contract.
-        return unsafe { deliver_pending(consumer, buf, capacity, len) };
+        return unsafe { deliver_busy(consumer, buf, capacity, len) };
     }
     // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
     // (checked above), and `&mut` on the handle makes this the only access.
     let target = unsafe { &mut *consumer.consumer };
-    // The slice covers no more than the largest message (shorter than the ring): that is all
-    // a receive may write, whatever `capacity` a caller passes.
-    let room = usize::try_from(target.capacity()).map_or(capacity, |c| capacity.min(c));
+    // A slice may not be longer than isize::MAX bytes (`from_raw_parts_mut`'s rule), whatever
+    // `capacity` a caller passes; a receive writes no more than the message into it anyway.
+    let room = capacity.min(isize::MAX as usize);
     let out: &mut [u8] = if buf.is_null() {
         // Only an empty message fits; any other goes to the vector, and then to the checks of
         // `deliver_held` (too small, or NULL).
@@ -54,7 +54,32 @@ pub(crate) unsafe fn deliver(
         // a separate allocation, and the ring's mapping is never handed out writable.
         unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), room) }
     };
-    let (code, n) = match receive(target, out, &mut consumer.buffer)? {
+    // The common case first and alone: a message in the caller's buffer is one compare.
+    let got = receive(target, out, &mut consumer.buffer);
+    if let Ok(Some(Some(Landed::Buf(n)))) = got {
+        // SAFETY: not NULL (checked), writable (the caller's contract).
+        unsafe { *len = n };
+        return Ok(SHMEM_OK);
+    }
+    // SAFETY: the contract.
+    unsafe { landed_rarely(consumer, got, buf, capacity, len) }
+}
+
+/// The rest of [`deliver`]: a message in our vector (too long for `buf`), end-of-stream,
+/// would-block or a failure.
+///
+/// # Safety
+/// As [`deliver_held`].
+#[cold]
+#[inline(never)]
+unsafe fn landed_rarely(
+    consumer: &mut ShmemConsumer,
+    got: Result<Option<Option<Landed>>, Failure>,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+) -> Result<c_int, Failure> {
+    let (code, n) = match got? {
         Some(Some(Landed::Buf(n))) => (SHMEM_OK, n),
         Some(Some(Landed::Spill)) => {
             let message = std::mem::take(&mut consumer.buffer);
@@ -64,24 +89,26 @@ pub(crate) unsafe fn deliver(
         Some(None) => (SHMEM_END_OF_STREAM, 0),
         None => (SHMEM_WOULD_BLOCK, 0),
     };
-    // SAFETY: not NULL (checked), writable (the caller's contract).
+    // SAFETY: not NULL (the caller checked), writable (the contract).
     unsafe { *len = n };
     Ok(code)
 }
 
-/// [`deliver_held`] for the pending message.
+/// [`deliver`] when the handle is not idle: refused while a borrowed message is out or a
+/// batch runs, else (a pending message) [`deliver_held`] for the pending message.
 ///
 /// # Safety
 /// As [`deliver_held`].
 #[cold]
 #[inline(never)]
-unsafe fn deliver_pending(
+unsafe fn deliver_busy(
     consumer: &mut ShmemConsumer,
     buf: *mut c_void,
     capacity: usize,
     len: *mut usize,
 ) -> Result<c_int, Failure> {
-    let message = consumer.pending.take().unwrap_or_default();
+    consumer.check_not_lent()?;
+    let message = consumer.take_pending().unwrap_or_default();
     // SAFETY: the contract.
     unsafe { deliver_held(consumer, message, buf, capacity, len) }
 }
@@ -104,7 +131,7 @@ unsafe fn deliver_held(
     unsafe { *len = message.len() };
     if message.len() > capacity {
         let needed = message.len();
-        consumer.pending = Some(message);
+        consumer.keep_pending(message);
         return Err(Failure(
             SHMEM_ERR_BUFFER_TOO_SMALL,
             format!("the message has {needed} bytes, the buffer {capacity}; it stays pending"),
@@ -112,7 +139,7 @@ unsafe fn deliver_held(
     }
     if !message.is_empty() {
         if buf.is_null() {
-            consumer.pending = Some(message);
+            consumer.keep_pending(message);
             return Err(invalid("buf is NULL"));
         }
         // SAFETY: `buf` holds `capacity` >= message.len() writable bytes (the contract), and
@@ -240,10 +267,9 @@ pub(crate) unsafe fn borrow_next(
     out_ptr(data, "data")?;
     out_ptr(len, "len")?;
     consumer.check_not_lent()?;
-    let (code, ptr, n) = if let Some(pending) = &consumer.pending {
-        // A message a too-small buffer left pending: lent from our own memory.
-        consumer.pending_lent = true;
-        (SHMEM_OK, pending.as_ptr(), pending.len())
+    // A message a too-small buffer left pending: lent from our own memory.
+    let (code, ptr, n) = if let Some((ptr, n)) = consumer.lend_pending() {
+        (SHMEM_OK, ptr, n)
     } else {
         // SAFETY: from Box::into_raw, freed only in Drop, after the sample; no sample borrows
         // it (checked), and nothing else touches it while this one lives (every other call
@@ -254,7 +280,7 @@ pub(crate) unsafe fn borrow_next(
             Some(None) => (SHMEM_END_OF_STREAM, std::ptr::null(), 0),
             Some(Some(sample)) => {
                 let found = (SHMEM_OK, sample.as_ptr(), sample.len());
-                consumer.sample = Some(sample);
+                consumer.lend_sample(sample);
                 found
             }
         }
@@ -277,12 +303,7 @@ pub(crate) unsafe fn borrow_next(
 pub unsafe extern "C" fn shmem_recv_ref_release(consumer: *mut ShmemConsumer) {
     // SAFETY: NULL or live (the contract).
     if let Some(consumer) = unsafe { consumer.as_mut() } {
-        drop(catch_unwind(AssertUnwindSafe(|| {
-            consumer.sample = None;
-            if std::mem::take(&mut consumer.pending_lent) {
-                consumer.pending = None;
-            }
-        })));
+        drop(catch_unwind(AssertUnwindSafe(|| consumer.release())));
     }
 }
 
@@ -306,15 +327,18 @@ pub unsafe extern "C" fn shmem_recv_batch(
         let each = each.ok_or_else(|| invalid("each is NULL"))?;
         out_ptr(count, "count")?;
         // The handle is borrowed only around the callbacks, never across them: a callback that
-        // calls back into this consumer gets a fresh borrow, sees `in_batch` and is refused
+        // calls back into this consumer gets a fresh borrow, sees `Busy::Batch` and is refused
         // (SHMEM_ERR_BUSY) without touching the `Consumer` the batch is using.
         let (pending, target) = {
             // SAFETY: the contract.
             let handle = unsafe { handle(consumer, "consumer") }?;
             handle.check_not_lent()?;
-            handle.in_batch = true;
-            (handle.pending.take(), handle.consumer)
+            let pending = handle.take_pending();
+            handle.busy = Busy::Batch;
+            (pending, handle.consumer)
         };
+        // Ends the batch state however the batch ends: returned, failed or panicked.
+        let batch = BatchGuard(consumer);
         let delivered = match pending {
             Some(message) => {
                 // SAFETY: `each` may be called with `ctx` (the contract); the bytes are ours
@@ -324,8 +348,8 @@ pub unsafe extern "C" fn shmem_recv_batch(
             }
             None => {
                 // SAFETY: from Box::into_raw, freed only when the handle is (which a callback
-                // cannot do while `in_batch` is set); no sample borrows it (checked above) and
-                // nothing else reaches it during the batch (`in_batch`).
+                // cannot do during the batch); no sample borrows it (checked above) and
+                // nothing else reaches it during the batch (`Busy::Batch`).
                 let target = unsafe { &mut *target };
                 target.recv_batch(max.max(1), |message| {
                     // SAFETY: as above; the bytes live for the call.
@@ -333,8 +357,7 @@ pub unsafe extern "C" fn shmem_recv_batch(
                 })
             }
         };
-        // SAFETY: the contract (still live: the callbacks could not free it).
-        unsafe { handle(consumer, "consumer") }?.in_batch = false;
+        drop(batch);
         let delivered = match delivered? {
             Some(n) => n,
             None => {
@@ -347,6 +370,21 @@ pub unsafe extern "C" fn shmem_recv_batch(
         unsafe { *count = delivered };
         Ok(SHMEM_OK)
     })
+}
+
+/// Puts a consumer handle back to idle when dropped: the end of [`shmem_recv_batch`], on every
+/// path out of it (a panic included).
+struct BatchGuard(*mut ShmemConsumer);
+
+impl Drop for BatchGuard {
+    fn drop(&mut self) {
+        // SAFETY: a live handle (shmem_recv_batch's contract) that its callbacks could not free
+        // (`shmem_consumer_free` refuses during the batch); no borrow of it is held here, the
+        // batch having borrowed it only around its callbacks.
+        if let Some(handle) = unsafe { self.0.as_mut() } {
+            handle.busy = Busy::Idle;
+        }
+    }
 }
 
 /// A file descriptor that becomes readable whenever a non-blocking call on this consumer may
@@ -368,7 +406,7 @@ pub unsafe extern "C" fn shmem_consumer_fd(consumer: *const ShmemConsumer) -> c_
 #[no_mangle]
 pub unsafe extern "C" fn shmem_consumer_free(consumer: *mut ShmemConsumer) {
     // SAFETY: NULL or live (the contract).
-    if unsafe { consumer.as_ref() }.is_some_and(|c| c.in_batch) {
+    if unsafe { consumer.as_ref() }.is_some_and(|c| c.busy == Busy::Batch) {
         set_error("shmem_consumer_free from the consumer's own shmem_recv_batch callback: ignored");
         return;
     }

@@ -100,50 +100,111 @@ impl Drop for ShmemProducer {
 /// in its own allocation and every function that touches it first checks that no sample is
 /// held.
 pub struct ShmemConsumer {
+    /// What the handle is doing besides being idle: one field, so the per-message calls pay
+    /// one compare for all of it. Changed only together with what it summarises (`sample`,
+    /// `pending`), by the methods below and the batch's guard.
+    pub(crate) busy: Busy,
     pub(crate) sample: Option<Sample<'static>>,
     pub(crate) consumer: *mut Consumer,
     /// A message received into here that the caller's buffer could not take yet.
     pub(crate) pending: Option<Vec<u8>>,
-    /// `pending`, handed out by a borrowed receive (released with it).
-    pub(crate) pending_lent: bool,
-    /// Inside a [`shmem_recv_batch`] callback: the consumer is in use further up the stack.
-    pub(crate) in_batch: bool,
     pub(crate) buffer: Vec<u8>,
     pub(crate) ready_fd: c_int,
+}
+
+/// What a consumer handle is in the middle of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Busy {
+    /// Nothing: a receive goes straight to the ring.
+    Idle,
+    /// A message a too-small buffer left in `pending`: the next receive hands it over first.
+    Pending,
+    /// A borrowed message (`sample`) is out: every other call is refused.
+    Sample,
+    /// The pending message is lent by a borrowed receive: every other call is refused.
+    Lent,
+    /// Inside a [`shmem_recv_batch`] callback: the consumer is in use further up the stack,
+    /// every other call is refused.
+    Batch,
 }
 
 impl ShmemConsumer {
     pub(crate) fn new(consumer: Consumer) -> ShmemConsumer {
         let ready_fd = consumer.ready_fd().as_raw_fd();
         ShmemConsumer {
+            busy: Busy::Idle,
             sample: None,
             consumer: Box::into_raw(Box::new(consumer)),
             pending: None,
-            pending_lent: false,
-            in_batch: false,
             buffer: Vec::new(),
             ready_fd,
         }
     }
 
+    /// Refuses (`SHMEM_ERR_BUSY`) while a borrowed message is out or a batch runs.
     #[inline(always)]
     pub(crate) fn check_not_lent(&self) -> Result<(), Failure> {
-        if self.in_batch || self.sample.is_some() || self.pending_lent {
-            return Err(self.lent());
+        match self.busy {
+            Busy::Idle | Busy::Pending => Ok(()),
+            Busy::Sample | Busy::Lent | Busy::Batch => Err(self.lent()),
         }
-        Ok(())
     }
 
     /// Why [`check_not_lent`](Self::check_not_lent) refused.
     #[cold]
     #[inline(never)]
     fn lent(&self) -> Failure {
-        let why = if self.in_batch {
+        let why = if self.busy == Busy::Batch {
             "called from this consumer's own shmem_recv_batch callback"
         } else {
             "this consumer holds a borrowed message: release it first"
         };
         Failure(SHMEM_ERR_BUSY, why.into())
+    }
+
+    /// Keeps `message` for the next receive.
+    pub(crate) fn keep_pending(&mut self, message: Vec<u8>) {
+        self.pending = Some(message);
+        self.busy = Busy::Pending;
+    }
+
+    /// The pending message, if any, handed out (no longer kept).
+    pub(crate) fn take_pending(&mut self) -> Option<Vec<u8>> {
+        if self.busy == Busy::Pending {
+            self.busy = Busy::Idle;
+        }
+        self.pending.take()
+    }
+
+    /// Lends the pending message (a borrowed receive): where it is and how long.
+    pub(crate) fn lend_pending(&mut self) -> Option<(*const u8, usize)> {
+        let pending = self.pending.as_ref()?;
+        self.busy = Busy::Lent;
+        Some((pending.as_ptr(), pending.len()))
+    }
+
+    /// Keeps a borrowed message until [`release`](Self::release).
+    pub(crate) fn lend_sample(&mut self, sample: Sample<'static>) {
+        self.sample = Some(sample);
+        self.busy = Busy::Sample;
+    }
+
+    /// Ends a borrowed message: the sample's space goes back to the producer, a lent pending
+    /// message is dropped. Nothing otherwise (in a batch, the batch's guard ends it).
+    pub(crate) fn release(&mut self) {
+        match self.busy {
+            Busy::Sample => {
+                let sample = self.sample.take();
+                self.busy = Busy::Idle;
+                drop(sample);
+            }
+            Busy::Lent => {
+                self.busy = Busy::Idle;
+                self.pending = None;
+            }
+            Busy::Idle | Busy::Pending | Busy::Batch => {}
+        }
     }
 }
 
