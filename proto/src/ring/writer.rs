@@ -233,14 +233,16 @@ impl RingWriter {
     /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
     /// single publish. Returns how many were written.
     pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
-        let mut wanted: u64 = 0;
+        let (mut wanted, mut longest) = (0u64, 0);
         for message in messages {
-            self.check_len(message.len())?;
+            longest = longest.max(message.len());
             wanted = wanted.saturating_add(self.ring.frame_len(message.len() as u64));
         }
+        self.check_len(longest)?;
         let mut free = self.free_space(wanted.min(self.ring.capacity))?;
-        let mut written = 0;
-        for message in messages {
+        let mut written = self.stage_run(messages, &mut free);
+        // The rest, if any, pads out the lap first or does not fit: one frame at a time.
+        for message in &messages[written..] {
             if !self.stage_frame(
                 KIND_DATA,
                 message.len(),
@@ -256,6 +258,64 @@ impl RingWriter {
         }
         self.publish();
         Ok(written)
+    }
+
+    /// The batch fast path: stages data frames for the first of `messages` (each at most
+    /// `max_message_len`) that fit both in `free` and before the end of the lap, where no
+    /// padding is needed: bounding the run by both once leaves one size check per frame.
+    /// Returns how many; the position and counters move once per run.
+    fn stage_run(&mut self, messages: &[&[u8]], free: &mut u64) -> usize {
+        let (unit, data) = (self.ring.format.unit, self.ring.data());
+        let offset = self.ring.offset_of(self.staged_pos);
+        let room = (*free).min(self.ring.capacity - offset);
+        // As in stage_frame: the staged position cannot wrap, but that is refused rather than
+        // assumed (the general path then refuses each frame the same way).
+        if self.staged_pos.checked_add(room).is_none() {
+            return 0;
+        }
+        let (mut at, mut bytes, mut count) = (0, 0u64, 0);
+        for message in messages {
+            let size = self.ring.frame_len(message.len() as u64);
+            if size > room - at {
+                break;
+            }
+            let header = offset + at;
+            // SAFETY: the payload [header + unit, header + unit + len) lies inside the run, so
+            // inside the data area. A raw copy forms no reference to the shared bytes (the
+            // consumer may write them, and only garbles the message it is about to receive),
+            // and `message` is the caller's memory, not the mapping: this is the only
+            // RingWriter on the ring in this process and it never lends staged bytes out
+            // across a call.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    message.as_ptr(),
+                    data.add((header + unit) as usize),
+                    message.len(),
+                );
+            }
+            // len <= max_message_len < u32::MAX (the caller's check_len).
+            let len = message.len() as u32;
+            if at == 0 {
+                // The publish's first frame, if staged_pos == write_pos: it gets the span.
+                self.put_header(header, len, KIND_DATA, size);
+            } else {
+                self.ring.data_u32(header).store(len, Ordering::Relaxed);
+                self.ring
+                    .data_u32(header + 4)
+                    .store(KIND_DATA, Ordering::Relaxed);
+            }
+            at += size;
+            bytes += message.len() as u64;
+            count += 1;
+        }
+        // staged_pos + at <= staged_pos + room, checked above; at <= room <= free.
+        self.staged_pos += at;
+        *free -= at;
+        // Counters come from shared memory a peer may have set to anything: they stop at
+        // u64::MAX rather than wrap (or panic).
+        self.messages_written = self.messages_written.saturating_add(count);
+        self.bytes_written = self.bytes_written.saturating_add(bytes);
+        count as usize
     }
 
     /// True if a data frame of `len` bytes fits right now. A frame that must start a new lap
