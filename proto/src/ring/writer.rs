@@ -41,7 +41,8 @@ pub struct RingWriter {
     pub(super) staged_pos: u64,
     /// Lowest read position still possible: the consumer's position never goes backwards.
     pub(super) read_floor: u64,
-    /// Size of the first frame staged since the last publish (what its span says).
+    /// What the span of the first frame staged since the last publish says it covers (that
+    /// frame's size, or a batch's run of frames).
     pub(super) first_frame: u64,
     pub(super) messages_written: u64,
     pub(super) bytes_written: u64,
@@ -233,14 +234,17 @@ impl RingWriter {
     /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
     /// single publish. Returns how many were written.
     pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
-        let (mut wanted, mut longest) = (0u64, 0);
+        // One pass sums up the batch: its frames' sizes (what it needs without padding) and
+        // payload bytes, and its longest message.
+        let mut sum = Batch::default();
+        let mut longest = 0;
         for message in messages {
             longest = longest.max(message.len());
-            wanted = wanted.saturating_add(self.ring.frame_len(message.len() as u64));
+            sum.add(self.frame_size(message), message.len());
         }
         self.check_len(longest)?;
-        let mut free = self.free_space(wanted.min(self.ring.capacity))?;
-        let mut written = self.stage_run(messages, &mut free);
+        let mut free = self.free_space(sum.frames.min(self.ring.capacity))?;
+        let mut written = self.stage_run(messages, sum, &mut free);
         // The rest, if any, pads out the lap first or does not fit: one frame at a time.
         for message in &messages[written..] {
             if !self.stage_frame(
@@ -260,11 +264,21 @@ impl RingWriter {
         Ok(written)
     }
 
-    /// The batch fast path: stages data frames for the first of `messages` (each at most
-    /// `max_message_len`) that fit both in `free` and before the end of the lap, where no
-    /// padding is needed: bounding the run by both once leaves one size check per frame.
-    /// Returns how many; the position and counters move once per run.
-    fn stage_run(&mut self, messages: &[&[u8]], free: &mut u64) -> usize {
+    /// The size of `message`'s frame, if it is at most `max_message_len` (else a wrong one,
+    /// for a message `check_len` refuses): `frame_len` without its saturation, which a length
+    /// taken as a u32 and a unit of 8 or 16 (ours, not a peer's) never need.
+    #[inline(always)]
+    fn frame_size(&self, message: &[u8]) -> u64 {
+        let unit = self.ring.format.unit;
+        unit + ((u64::from(message.len() as u32) + (unit - 1)) & !(unit - 1))
+    }
+
+    /// The batch fast path: stages data frames for the first of `messages` (all checked
+    /// against `max_message_len`; `sum` is all of them) that fit both in `free` and before the
+    /// end of the lap, where no padding is needed. Usually the whole batch does, which one
+    /// comparison says; otherwise a pass without copies finds how many. The copies then need
+    /// no check at all. Returns how many; the position and counters move once per run.
+    fn stage_run(&mut self, messages: &[&[u8]], sum: Batch, free: &mut u64) -> usize {
         let (unit, data) = (self.ring.format.unit, self.ring.data());
         let offset = self.ring.offset_of(self.staged_pos);
         let room = (*free).min(self.ring.capacity - offset);
@@ -273,19 +287,29 @@ impl RingWriter {
         if self.staged_pos.checked_add(room).is_none() {
             return 0;
         }
-        let (mut at, mut bytes, mut count) = (0, 0u64, 0);
-        for message in messages {
-            let size = self.ring.frame_len(message.len() as u64);
-            if size > room - at {
-                break;
-            }
-            let header = offset + at;
-            // SAFETY: the payload [header + unit, header + unit + len) lies inside the run, so
-            // inside the data area. A raw copy forms no reference to the shared bytes (the
-            // consumer may write them, and only garbles the message it is about to receive),
-            // and `message` is the caller's memory, not the mapping: this is the only
-            // RingWriter on the ring in this process and it never lends staged bytes out
-            // across a call.
+        let (count, run) = if sum.frames <= room {
+            (messages.len(), sum)
+        } else {
+            let mut run = Batch::default();
+            let fits = messages.iter().take_while(|message| {
+                let size = self.frame_size(message);
+                // run.frames <= room
+                let fits = size <= room - run.frames;
+                if fits {
+                    run.add(size, message.len());
+                }
+                fits
+            });
+            (fits.count(), run)
+        };
+        let mut header = offset;
+        for message in &messages[..count] {
+            // SAFETY: the payload [header + unit, header + unit + len) lies inside the run
+            // (its frames end at offset + run.frames <= offset + room), so inside the data
+            // area. A raw copy forms no reference to the shared bytes (the consumer may write
+            // them, and only garbles the message it is about to receive), and `message` is the
+            // caller's memory, not the mapping: this is the only RingWriter on the ring in this
+            // process and it never lends staged bytes out across a call.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     message.as_ptr(),
@@ -293,29 +317,31 @@ impl RingWriter {
                     message.len(),
                 );
             }
-            // len <= max_message_len < u32::MAX (the caller's check_len).
-            let len = message.len() as u32;
-            if at == 0 {
-                // The publish's first frame, if staged_pos == write_pos: it gets the span.
-                self.put_header(header, len, KIND_DATA, size);
-            } else {
-                self.ring.data_u32(header).store(len, Ordering::Relaxed);
-                self.ring
-                    .data_u32(header + 4)
-                    .store(KIND_DATA, Ordering::Relaxed);
-            }
-            at += size;
-            bytes += message.len() as u64;
-            count += 1;
+            // len <= max_message_len < u32::MAX.
+            self.ring
+                .data_u32(header)
+                .store(message.len() as u32, Ordering::Relaxed);
+            self.ring
+                .data_u32(header + 4)
+                .store(KIND_DATA, Ordering::Relaxed);
+            header += self.frame_size(message);
         }
-        // staged_pos + at <= staged_pos + room, checked above; at <= room <= free.
-        self.staged_pos += at;
-        *free -= at;
+        if count > 0 && self.staged_pos == self.write_pos && self.ring.format.seal_key.is_some() {
+            // The run starts the publish: its first frame's span covers the whole run (what
+            // put_header does for a single frame; publish widens it if more frames follow).
+            self.first_frame = run.frames;
+            self.ring
+                .data_u32(offset + 4)
+                .store(KIND_DATA | self.span(run.frames), Ordering::Relaxed);
+        }
+        // staged_pos + run.frames <= staged_pos + room, checked above; run.frames <= free.
+        self.staged_pos += run.frames;
+        *free -= run.frames;
         // Counters come from shared memory a peer may have set to anything: they stop at
         // u64::MAX rather than wrap (or panic).
-        self.messages_written = self.messages_written.saturating_add(count);
-        self.bytes_written = self.bytes_written.saturating_add(bytes);
-        count as usize
+        self.messages_written = self.messages_written.saturating_add(count as u64);
+        self.bytes_written = self.bytes_written.saturating_add(run.payload);
+        count
     }
 
     /// True if a data frame of `len` bytes fits right now. A frame that must start a new lap
@@ -517,8 +543,9 @@ impl RingWriter {
         let offset = self.ring.offset_of(first);
         let seal = self.ring.format.seal(first);
         if seal.is_some() && self.write_pos - first != self.first_frame {
-            // More than one frame: the first one's span (written as if it were alone, so a
-            // single message stores its header once) must cover them all. Rewriting a line
+            // More than the first frame's span says (it was written as if that frame, or a
+            // batch's run, were alone, so a single message stores its header once): it must
+            // cover them all. Rewriting a line
             // the consumer watches costs a transfer, so only batches pay it.
             let word = self.ring.data_u32(offset + 4);
             let kind = word.load(Ordering::Relaxed) & self.ring.format.kind_mask;
@@ -587,6 +614,24 @@ impl RingWriter {
     /// After waking (or deciding not to sleep): withdraws the producer's waiting flag.
     pub fn done_sleeping(&self) {
         handshake::done_sleeping(&self.ring.header().producer_waiting.waiting);
+    }
+}
+
+/// What some messages of a batch add up to.
+#[derive(Clone, Copy, Default)]
+struct Batch {
+    /// Their frames' bytes, without padding.
+    frames: u64,
+    /// Their payload bytes.
+    payload: u64,
+}
+
+impl Batch {
+    #[inline(always)]
+    fn add(&mut self, frame: u64, payload: usize) {
+        // Saturating: the caller's slices may repeat the same bytes any number of times.
+        self.frames = self.frames.saturating_add(frame);
+        self.payload = self.payload.saturating_add(payload as u64);
     }
 }
 
