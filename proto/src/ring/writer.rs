@@ -279,7 +279,7 @@ impl RingWriter {
     /// comparison says; otherwise a pass without copies finds how many. The copies then need
     /// no check at all. Returns how many; the position and counters move once per run.
     fn stage_run(&mut self, messages: &[&[u8]], sum: Batch, free: &mut u64) -> usize {
-        let (unit, data) = (self.ring.format.unit, self.ring.data());
+        let unit = self.ring.format.unit;
         let offset = self.ring.offset_of(self.staged_pos);
         let room = (*free).min(self.ring.capacity - offset);
         // As in stage_frame: the staged position cannot wrap, but that is refused rather than
@@ -302,29 +302,15 @@ impl RingWriter {
             });
             (fits.count(), run)
         };
-        let mut header = offset;
-        for message in &messages[..count] {
-            // SAFETY: the payload [header + unit, header + unit + len) lies inside the run
-            // (its frames end at offset + run.frames <= offset + room), so inside the data
-            // area. A raw copy forms no reference to the shared bytes (the consumer may write
-            // them, and only garbles the message it is about to receive), and `message` is the
-            // caller's memory, not the mapping: this is the only RingWriter on the ring in this
-            // process and it never lends staged bytes out across a call.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    message.as_ptr(),
-                    data.add((header + unit) as usize),
-                    message.len(),
-                );
+        let run_messages = &messages[..count];
+        // SAFETY: the run's frames end at offset + run.frames <= offset + room, inside the
+        // data area; unit is 16 in layouts 2 and up, else 8 (FrameFormat::of).
+        unsafe {
+            if unit == 16 {
+                copy_run::<16>(&self.ring, offset, run_messages);
+            } else {
+                copy_run::<8>(&self.ring, offset, run_messages);
             }
-            // len <= max_message_len < u32::MAX.
-            self.ring
-                .data_u32(header)
-                .store(message.len() as u32, Ordering::Relaxed);
-            self.ring
-                .data_u32(header + 4)
-                .store(KIND_DATA, Ordering::Relaxed);
-            header += self.frame_size(message);
         }
         if count > 0 && self.staged_pos == self.write_pos && self.ring.format.seal_key.is_some() {
             // The run starts the publish: its first frame's span covers the whole run (what
@@ -614,6 +600,39 @@ impl RingWriter {
     /// After waking (or deciding not to sleep): withdraws the producer's waiting flag.
     pub fn done_sleeping(&self) {
         handshake::done_sleeping(&self.ring.header().producer_waiting.waiting);
+    }
+}
+
+/// Writes `messages` (each at most `max_message_len`) as consecutive data frames from data
+/// offset `offset` on, headers included (no span). The frame unit is a constant here, so that
+/// the loop keeps what it needs in registers across the copies.
+///
+/// # Safety
+///
+/// `UNIT` is `ring`'s frame unit and the frames end inside its data area.
+unsafe fn copy_run<const UNIT: u64>(ring: &SharedRing, offset: u64, messages: &[&[u8]]) {
+    let data = ring.data();
+    let mut header = offset;
+    for message in messages {
+        // SAFETY: the payload [header + UNIT, header + UNIT + len) lies inside the frames, so
+        // inside the data area (the caller's promise). A raw copy forms no reference to the
+        // shared bytes (the consumer may write them, and only garbles the message it is about
+        // to receive), and `message` is the caller's memory, not the mapping: this is the only
+        // RingWriter on the ring in this process and it never lends staged bytes out across a
+        // call.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                message.as_ptr(),
+                data.add((header + UNIT) as usize),
+                message.len(),
+            );
+        }
+        // len <= max_message_len < u32::MAX.
+        let len = message.len() as u32;
+        ring.data_u32(header).store(len, Ordering::Relaxed);
+        ring.data_u32(header + 4).store(KIND_DATA, Ordering::Relaxed);
+        // frame_len, without the saturation a u32 length and a unit of 8 or 16 never need.
+        header += UNIT + ((u64::from(len) + (UNIT - 1)) & !(UNIT - 1));
     }
 }
 
