@@ -1,7 +1,7 @@
 //! The batch fast paths (`RingWriter::stage_run`, `RingReader::read_run`): batches across the
 //! end of a lap, batches that only partly fit, and a hostile frame in the middle of a batch.
-use super::tests::pair_in;
 use super::layout::{KIND_LOST, KIND_PAD};
+use super::tests::pair_in;
 use super::*;
 use std::sync::atomic::Ordering;
 
@@ -29,7 +29,11 @@ fn a_batch_across_the_end_of_the_lap_arrives_whole_in_every_layout() {
         let batch = messages(20);
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         // Part of it fits before the end; the rest goes after padding at the lap's start.
-        assert_eq!(w.try_write_batch(&refs).expect("write"), 20, "layout {layout}");
+        assert_eq!(
+            w.try_write_batch(&refs).expect("write"),
+            20,
+            "layout {layout}"
+        );
         assert!(w.ring().offset_of(w.position()) < 1000, "layout {layout}");
         let (got, outcome) = read_all(&mut r, usize::MAX);
         assert_eq!(outcome.expect("read"), BatchOutcome::Messages(20));
@@ -41,7 +45,12 @@ fn a_batch_across_the_end_of_the_lap_arrives_whole_in_every_layout() {
         let payload: usize = batch.iter().map(Vec::len).sum();
         let bytes = header.bytes_written.load(Ordering::Relaxed);
         assert_eq!(bytes, before * 40 + payload as u64, "layout {layout}");
-        let read = r.ring().consumer_side().0.messages_read.load(Ordering::Relaxed);
+        let read = r
+            .ring()
+            .consumer_side()
+            .0
+            .messages_read
+            .load(Ordering::Relaxed);
         assert_eq!(read, before + 20);
     }
 }
@@ -108,7 +117,11 @@ fn a_hostile_frame_in_the_middle_of_a_batch_is_reported_as_corrupt() {
     ];
     for (what, scribble, detail) in cases {
         let (got, error) = read_after_scribble(scribble);
-        assert_eq!(got, [b"aaaaa", b"bbbbb"], "{what}: the frames before it only");
+        assert_eq!(
+            got,
+            [b"aaaaa", b"bbbbb"],
+            "{what}: the frames before it only"
+        );
         let RingError::Corrupt(message) = error else {
             panic!("{what}: {error:?}");
         };
@@ -120,9 +133,18 @@ fn a_hostile_frame_in_the_middle_of_a_batch_is_reported_as_corrupt() {
 fn a_frame_longer_than_the_ring_or_the_lap_in_a_batch_is_reported_as_corrupt() {
     // Lengths that overflow a frame size or reach past the end of the lap, as the last frame
     // of a publish and as one in the middle.
-    for (at, len) in [(64, u32::MAX), (64, 4096 - 80), (128, u32::MAX - 15), (128, 4000)] {
-        let (got, error) = read_after_scribble(|ring| ring.data_u32(at).store(len, Ordering::Relaxed));
+    for (at, len) in [
+        (64, u32::MAX),
+        (64, 4096 - 80),
+        (128, u32::MAX - 15),
+        (128, 4000),
+    ] {
+        let (got, error) =
+            read_after_scribble(|ring| ring.data_u32(at).store(len, Ordering::Relaxed));
         assert_eq!(got.len() as u64, at / 32, "{at} {len}");
-        assert!(matches!(error, RingError::Corrupt(_)), "{at} {len}: {error:?}");
+        assert!(
+            matches!(error, RingError::Corrupt(_)),
+            "{at} {len}: {error:?}"
+        );
     }
 }

@@ -513,7 +513,9 @@ impl RingWriter {
     /// The span field (high half of the kind word) for a publish of `bytes`; 0 (the consumer
     /// asks the position instead) if it does not fit.
     pub(super) fn span(&self, bytes: u64) -> u32 {
-        u32::try_from(bytes / self.ring.format.unit)
+        // The unit is a power of two (8 or 16): a shift, where a division costs tens of cycles
+        // on every publish.
+        u32::try_from(bytes >> self.ring.format.unit.trailing_zeros())
             .ok()
             .filter(|&units| units <= 0xffff)
             .map_or(0, |units| units << 16)
@@ -630,7 +632,8 @@ unsafe fn copy_run<const UNIT: u64>(ring: &SharedRing, offset: u64, messages: &[
         // len <= max_message_len < u32::MAX.
         let len = message.len() as u32;
         ring.data_u32(header).store(len, Ordering::Relaxed);
-        ring.data_u32(header + 4).store(KIND_DATA, Ordering::Relaxed);
+        ring.data_u32(header + 4)
+            .store(KIND_DATA, Ordering::Relaxed);
         // frame_len, without the saturation a u32 length and a unit of 8 or 16 never need.
         header += UNIT + ((u64::from(len) + (UNIT - 1)) & !(UNIT - 1));
     }
