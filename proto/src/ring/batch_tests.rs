@@ -91,9 +91,12 @@ fn read_after_scribble(scribble: impl FnOnce(&SharedRing)) -> (Vec<Vec<u8>>, Rin
     (got, error)
 }
 
+/// What a case does, the scribble, and what its error says.
+type Case = (&'static str, fn(&SharedRing), &'static str);
+
 #[test]
 fn a_hostile_frame_in_the_middle_of_a_batch_is_reported_as_corrupt() {
-    let cases: [(&str, fn(&SharedRing), &str); 4] = [
+    let cases: [Case; 4] = [
         (
             "length past the publish",
             |ring| ring.data_u32(64).store(1_000_000, Ordering::Relaxed),
