@@ -286,6 +286,55 @@ fn scribbled_frame_kind_is_a_corrupt_ring_error_for_the_consumer() {
     assert_channel_can_be_recreated(&mut broker, "scribble-kind");
 }
 
+/// A raw producer publishes, in one store of its position, two good 5-byte messages and then
+/// a frame of kind `kind` (5 bytes long, 32-byte frames: a 16-byte header and 5 bytes padded to
+/// 16); returns what the honest consumer's `recv_batch` handed over, and its error.
+fn batch_with_bad_frame(broker: &Broker, name: &str, kind: u32) -> (Vec<Vec<u8>>, String) {
+    broker.ctl_ok(&["create", name, "--capacity", "64KiB"]);
+    let client = broker.client();
+    let mut consumer = client.consumer(name).expect("attach the honest consumer");
+    let raw = raw_attach(broker.socket_path(), name, "producer");
+    let (_, ring_size) = attach_capacity(&raw);
+    let map = Mapping::new(raw.fd("ring"), ring_size);
+    let waiting = Background::spawn("the honest consumer's recv_batch", move || {
+        let mut got = Vec::new();
+        match consumer.recv_batch(64, |m| got.push(m.to_vec())) {
+            Ok(n) => Err(format!("recv_batch returned {n:?} from a scribbled ring")),
+            Err(e) => Ok((got, e.to_string())),
+        }
+    });
+    for (frame, kind) in [(0, 1), (1, 1), (2, kind)] {
+        let at = DATA + 32 * frame;
+        map.write_u32(at, 5);
+        map.write_u32(at + 4, kind);
+        map.write_u64(at + 16, u64::from_le_bytes(*b"message\0"));
+    }
+    map.write_u64(WRITE_POS, 96);
+    rustix::io::write(raw.fd("data_ready"), &1u64.to_ne_bytes()).expect("wake the consumer");
+    let result = waiting.join(WAIT);
+    drop(map);
+    drop(raw);
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_bad_frame_in_the_middle_of_a_batch_is_a_corrupt_ring_error_after_the_good_ones() {
+    let mut broker = Broker::start(None);
+    for (name, kind, detail) in [
+        ("batch-kind", 0x4242, "unknown frame kind"),
+        ("batch-pad", 3, "does not reach the end"),
+    ] {
+        let (got, error) = batch_with_bad_frame(&broker, name, kind);
+        assert_eq!(
+            got,
+            [b"messa", b"messa"],
+            "{name}: the two good messages only"
+        );
+        assert_corrupt_ring_error(&error, name, detail);
+        assert_channel_can_be_recreated(&mut broker, name);
+    }
+}
+
 #[test]
 fn scribbled_read_position_is_a_corrupt_ring_error_for_the_producer() {
     let mut broker = Broker::start(None);

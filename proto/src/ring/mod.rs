@@ -151,3 +151,6 @@ mod hostile_positions;
 
 #[cfg(test)]
 mod rewind_tests;
+
+#[cfg(test)]
+mod batch_tests;

@@ -11,7 +11,7 @@ pub(super) fn pair(capacity: u64) -> (RingWriter, RingReader, RingFiles) {
     pair_in(LAYOUT_VERSION, capacity)
 }
 
-fn pair_in(layout: u32, capacity: u64) -> (RingWriter, RingReader, RingFiles) {
+pub(super) fn pair_in(layout: u32, capacity: u64) -> (RingWriter, RingReader, RingFiles) {
     let (ring, memfd) = SharedRing::create_in_layout("test", capacity, layout).expect("create");
     drop(ring);
     // Each side with the fds the broker gives it (layout 3: the other's memfd read-only).

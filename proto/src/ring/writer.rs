@@ -41,7 +41,8 @@ pub struct RingWriter {
     pub(super) staged_pos: u64,
     /// Lowest read position still possible: the consumer's position never goes backwards.
     pub(super) read_floor: u64,
-    /// Size of the first frame staged since the last publish (what its span says).
+    /// What the span of the first frame staged since the last publish says it covers (that
+    /// frame's size, or a batch's run of frames).
     pub(super) first_frame: u64,
     pub(super) messages_written: u64,
     pub(super) bytes_written: u64,
@@ -233,14 +234,19 @@ impl RingWriter {
     /// Writes as many of `messages` as fit right now, in order, and makes them visible with a
     /// single publish. Returns how many were written.
     pub fn try_write_batch(&mut self, messages: &[&[u8]]) -> Result<usize, RingError> {
-        let mut wanted: u64 = 0;
+        // One pass sums up the batch: its frames' sizes (what it needs without padding) and
+        // payload bytes, and its longest message.
+        let mut sum = Batch::default();
+        let mut longest = 0;
         for message in messages {
-            self.check_len(message.len())?;
-            wanted = wanted.saturating_add(self.ring.frame_len(message.len() as u64));
+            longest = longest.max(message.len());
+            sum.add(self.frame_size(message), message.len());
         }
-        let mut free = self.free_space(wanted.min(self.ring.capacity))?;
-        let mut written = 0;
-        for message in messages {
+        self.check_len(longest)?;
+        let mut free = self.free_space(sum.frames.min(self.ring.capacity))?;
+        let mut written = self.stage_run(messages, sum, &mut free);
+        // The rest, if any, pads out the lap first or does not fit: one frame at a time.
+        for message in &messages[written..] {
             if !self.stage_frame(
                 KIND_DATA,
                 message.len(),
@@ -256,6 +262,72 @@ impl RingWriter {
         }
         self.publish();
         Ok(written)
+    }
+
+    /// The size of `message`'s frame, if it is at most `max_message_len` (else a wrong one,
+    /// for a message `check_len` refuses): `frame_len` without its saturation, which a length
+    /// taken as a u32 and a unit of 8 or 16 (ours, not a peer's) never need.
+    #[inline(always)]
+    fn frame_size(&self, message: &[u8]) -> u64 {
+        let unit = self.ring.format.unit;
+        unit + ((u64::from(message.len() as u32) + (unit - 1)) & !(unit - 1))
+    }
+
+    /// The batch fast path: stages data frames for the first of `messages` (all checked
+    /// against `max_message_len`; `sum` is all of them) that fit both in `free` and before the
+    /// end of the lap, where no padding is needed. Usually the whole batch does, which one
+    /// comparison says; otherwise a pass without copies finds how many. The copies then need
+    /// no check at all. Returns how many; the position and counters move once per run.
+    fn stage_run(&mut self, messages: &[&[u8]], sum: Batch, free: &mut u64) -> usize {
+        let unit = self.ring.format.unit;
+        let offset = self.ring.offset_of(self.staged_pos);
+        let room = (*free).min(self.ring.capacity - offset);
+        // As in stage_frame: the staged position cannot wrap, but that is refused rather than
+        // assumed (the general path then refuses each frame the same way).
+        if self.staged_pos.checked_add(room).is_none() {
+            return 0;
+        }
+        let (count, run) = if sum.frames <= room {
+            (messages.len(), sum)
+        } else {
+            let mut run = Batch::default();
+            let fits = messages.iter().take_while(|message| {
+                let size = self.frame_size(message);
+                // run.frames <= room
+                let fits = size <= room - run.frames;
+                if fits {
+                    run.add(size, message.len());
+                }
+                fits
+            });
+            (fits.count(), run)
+        };
+        let run_messages = &messages[..count];
+        // SAFETY: the run's frames end at offset + run.frames <= offset + room, inside the
+        // data area; unit is 16 in layouts 2 and up, else 8 (FrameFormat::of).
+        unsafe {
+            if unit == 16 {
+                copy_run::<16>(&self.ring, offset, run_messages);
+            } else {
+                copy_run::<8>(&self.ring, offset, run_messages);
+            }
+        }
+        if count > 0 && self.staged_pos == self.write_pos && self.ring.format.seal_key.is_some() {
+            // The run starts the publish: its first frame's span covers the whole run (what
+            // put_header does for a single frame; publish widens it if more frames follow).
+            self.first_frame = run.frames;
+            self.ring
+                .data_u32(offset + 4)
+                .store(KIND_DATA | self.span(run.frames), Ordering::Relaxed);
+        }
+        // staged_pos + run.frames <= staged_pos + room, checked above; run.frames <= free.
+        self.staged_pos += run.frames;
+        *free -= run.frames;
+        // Counters come from shared memory a peer may have set to anything: they stop at
+        // u64::MAX rather than wrap (or panic).
+        self.messages_written = self.messages_written.saturating_add(count as u64);
+        self.bytes_written = self.bytes_written.saturating_add(run.payload);
+        count
     }
 
     /// True if a data frame of `len` bytes fits right now. A frame that must start a new lap
@@ -441,7 +513,9 @@ impl RingWriter {
     /// The span field (high half of the kind word) for a publish of `bytes`; 0 (the consumer
     /// asks the position instead) if it does not fit.
     pub(super) fn span(&self, bytes: u64) -> u32 {
-        u32::try_from(bytes / self.ring.format.unit)
+        // The unit is a power of two (8 or 16): a shift, where a division costs tens of cycles
+        // on every publish.
+        u32::try_from(bytes >> self.ring.format.unit.trailing_zeros())
             .ok()
             .filter(|&units| units <= 0xffff)
             .map_or(0, |units| units << 16)
@@ -457,8 +531,9 @@ impl RingWriter {
         let offset = self.ring.offset_of(first);
         let seal = self.ring.format.seal(first);
         if seal.is_some() && self.write_pos - first != self.first_frame {
-            // More than one frame: the first one's span (written as if it were alone, so a
-            // single message stores its header once) must cover them all. Rewriting a line
+            // More than the first frame's span says (it was written as if that frame, or a
+            // batch's run, were alone, so a single message stores its header once): it must
+            // cover them all. Rewriting a line
             // the consumer watches costs a transfer, so only batches pay it.
             let word = self.ring.data_u32(offset + 4);
             let kind = word.load(Ordering::Relaxed) & self.ring.format.kind_mask;
@@ -527,6 +602,58 @@ impl RingWriter {
     /// After waking (or deciding not to sleep): withdraws the producer's waiting flag.
     pub fn done_sleeping(&self) {
         handshake::done_sleeping(&self.ring.header().producer_waiting.waiting);
+    }
+}
+
+/// Writes `messages` (each at most `max_message_len`) as consecutive data frames from data
+/// offset `offset` on, headers included (no span). The frame unit is a constant here, so that
+/// the loop keeps what it needs in registers across the copies.
+///
+/// # Safety
+///
+/// `UNIT` is `ring`'s frame unit and the frames end inside its data area.
+unsafe fn copy_run<const UNIT: u64>(ring: &SharedRing, offset: u64, messages: &[&[u8]]) {
+    let data = ring.data();
+    let mut header = offset;
+    for message in messages {
+        // SAFETY: the payload [header + UNIT, header + UNIT + len) lies inside the frames, so
+        // inside the data area (the caller's promise). A raw copy forms no reference to the
+        // shared bytes (the consumer may write them, and only garbles the message it is about
+        // to receive), and `message` is the caller's memory, not the mapping: this is the only
+        // RingWriter on the ring in this process and it never lends staged bytes out across a
+        // call.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                message.as_ptr(),
+                data.add((header + UNIT) as usize),
+                message.len(),
+            );
+        }
+        // len <= max_message_len < u32::MAX.
+        let len = message.len() as u32;
+        ring.data_u32(header).store(len, Ordering::Relaxed);
+        ring.data_u32(header + 4)
+            .store(KIND_DATA, Ordering::Relaxed);
+        // frame_len, without the saturation a u32 length and a unit of 8 or 16 never need.
+        header += UNIT + ((u64::from(len) + (UNIT - 1)) & !(UNIT - 1));
+    }
+}
+
+/// What some messages of a batch add up to.
+#[derive(Clone, Copy, Default)]
+struct Batch {
+    /// Their frames' bytes, without padding.
+    frames: u64,
+    /// Their payload bytes.
+    payload: u64,
+}
+
+impl Batch {
+    #[inline(always)]
+    fn add(&mut self, frame: u64, payload: usize) {
+        // Saturating: the caller's slices may repeat the same bytes any number of times.
+        self.frames = self.frames.saturating_add(frame);
+        self.payload = self.payload.saturating_add(payload as u64);
     }
 }
 
