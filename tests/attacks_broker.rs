@@ -161,6 +161,15 @@ fn a_lingering_socket_sent_with_a_request_does_not_stall_other_clients() {
 /// Without SO_PASSRIGHTS: the lingering socket waits unread in the queue of a connection
 /// the broker stopped reading (its replies are not read), then the client hangs up; closing
 /// that connection must not stall the broker.
+/// 3000 `status` requests in one buffer: more replies than the broker's send buffer holds.
+fn status_flood() -> Vec<u8> {
+    let mut flood = Vec::new();
+    for id in 0..3000u32 {
+        flood.extend_from_slice(&request_frame(id, br#"{"op":"status"}"#));
+    }
+    flood
+}
+
 #[test]
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn a_lingering_socket_left_unread_in_a_closed_connection_does_not_stall_other_clients() {
@@ -170,11 +179,9 @@ fn a_lingering_socket_left_unread_in_a_closed_connection_does_not_stall_other_cl
     let stream = connect_raw(broker.socket_path());
     // Requests whose replies are never read: the broker's send buffer fills and it stops
     // reading this connection until it can write again.
-    let mut flood = Vec::new();
-    for id in 0..3000u32 {
-        flood.extend_from_slice(&request_frame(id, br#"{"op":"status"}"#));
-    }
-    (&stream).write_all(&flood).expect("send the flood");
+    (&stream)
+        .write_all(&status_flood())
+        .expect("send the flood");
     std::thread::sleep(Duration::from_millis(500));
     let sent = shmem_broker_client::fdpass::send_with_fds(stream.as_fd(), b" ", &[tcp.as_fd()])
         .expect("queue the lingering socket behind the flood");
@@ -208,11 +215,9 @@ fn a_lingering_socket_queued_before_the_broker_started_does_not_stall_other_clie
     let stream = connect_raw(broker.socket_path());
     // Sent at once, while the broker is still starting: the listener it inherits from
     // systemd-socket-activate took fds when this connection was made.
-    let mut flood = Vec::new();
-    for id in 0..3000u32 {
-        flood.extend_from_slice(&request_frame(id, br#"{"op":"status"}"#));
-    }
-    (&stream).write_all(&flood).expect("send the flood");
+    (&stream)
+        .write_all(&status_flood())
+        .expect("send the flood");
     let sent = shmem_broker_client::fdpass::send_with_fds(stream.as_fd(), b" ", &[tcp.as_fd()])
         .expect("queue the lingering socket before the broker is up");
     assert_eq!(sent, 1);

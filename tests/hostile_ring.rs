@@ -222,12 +222,7 @@ fn consumer_error_after_scribble(
     name: &str,
     scribble: impl FnOnce(&Mapping),
 ) -> String {
-    broker.ctl_ok(&["create", name, "--capacity", "64KiB"]);
-    let client = broker.client();
-    let mut consumer = client.consumer(name).expect("attach the honest consumer");
-    let raw = raw_attach(broker.socket_path(), name, "producer");
-    let (_, ring_size) = attach_capacity(&raw);
-    let map = Mapping::new(raw.fd("ring"), ring_size);
+    let (mut consumer, raw, map) = honest_consumer_and_raw_producer(broker, name);
     // The consumer waits for data while the peer scribbles.
     let waiting = Background::spawn("the honest consumer's recv", move || {
         match consumer.recv() {
@@ -286,16 +281,28 @@ fn scribbled_frame_kind_is_a_corrupt_ring_error_for_the_consumer() {
     assert_channel_can_be_recreated(&mut broker, "scribble-kind");
 }
 
+/// A 64 KiB channel `name` with an honest consumer attached, and a raw producer attachment
+/// (kept alive by the caller) whose ring is mapped for scribbling.
+fn honest_consumer_and_raw_producer(
+    broker: &Broker,
+    name: &str,
+) -> (shmem_broker_client::Consumer, RawAttach, Mapping) {
+    broker.ctl_ok(&["create", name, "--capacity", "64KiB"]);
+    let consumer = broker
+        .client()
+        .consumer(name)
+        .expect("attach the honest consumer");
+    let raw = raw_attach(broker.socket_path(), name, "producer");
+    let (_, ring_size) = attach_capacity(&raw);
+    let map = Mapping::new(raw.fd("ring"), ring_size);
+    (consumer, raw, map)
+}
+
 /// A raw producer publishes, in one store of its position, two good 5-byte messages and then
 /// a frame of kind `kind` (5 bytes long, 32-byte frames: a 16-byte header and 5 bytes padded to
 /// 16); returns what the honest consumer's `recv_batch` handed over, and its error.
 fn batch_with_bad_frame(broker: &Broker, name: &str, kind: u32) -> (Vec<Vec<u8>>, String) {
-    broker.ctl_ok(&["create", name, "--capacity", "64KiB"]);
-    let client = broker.client();
-    let mut consumer = client.consumer(name).expect("attach the honest consumer");
-    let raw = raw_attach(broker.socket_path(), name, "producer");
-    let (_, ring_size) = attach_capacity(&raw);
-    let map = Mapping::new(raw.fd("ring"), ring_size);
+    let (mut consumer, raw, map) = honest_consumer_and_raw_producer(broker, name);
     let waiting = Background::spawn("the honest consumer's recv_batch", move || {
         let mut got = Vec::new();
         match consumer.recv_batch(64, |m| got.push(m.to_vec())) {

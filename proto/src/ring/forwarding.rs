@@ -16,7 +16,6 @@
 //!   first can tell after a crash, from the ring's write position alone, whether the run got
 //!   in: only reaching that end means it did.
 
-use super::layout::KIND_DATA;
 use super::reader::{ReadItem, ReadOutcome, RingReader, Sink};
 use super::writer::RingWriter;
 use super::{handshake, RingError};
@@ -143,20 +142,11 @@ impl RingWriter {
             return Ok(false);
         }
         let mut free = self.free_space(wanted)?;
-        let saved = (self.staged_pos, self.messages_written, self.bytes_written);
+        let saved = self.staged();
         for message in messages {
-            let staged = self.stage_frame(
-                KIND_DATA,
-                message.len(),
-                |buf| {
-                    buf.copy_from_slice(message);
-                    message.len()
-                },
-                &mut free,
-            );
-            if !staged {
+            if !self.stage_copy(message, &mut free) {
                 // Staged bytes are not published: forgetting them undoes everything.
-                (self.staged_pos, self.messages_written, self.bytes_written) = saved;
+                self.unstage(saved);
                 return Ok(false);
             }
         }

@@ -247,15 +247,7 @@ impl RingWriter {
         let mut written = self.stage_run(messages, sum, &mut free);
         // The rest, if any, pads out the lap first or does not fit: one frame at a time.
         for message in &messages[written..] {
-            if !self.stage_frame(
-                KIND_DATA,
-                message.len(),
-                |buf| {
-                    buf.copy_from_slice(message);
-                    message.len()
-                },
-                &mut free,
-            ) {
+            if !self.stage_copy(message, &mut free) {
                 break;
             }
             written += 1;
@@ -367,20 +359,10 @@ impl RingWriter {
         self.check_len(message.len())?;
         let wanted = (self.ring.frame_len(8) + self.ring.frame_len(message.len() as u64)) * 2;
         let mut free = self.free_space(wanted.min(self.ring.capacity))?;
-        let saved = (self.staged_pos, self.messages_written, self.bytes_written);
-        let staged = self.stage_lost(missed, &mut free)
-            && self.stage_frame(
-                KIND_DATA,
-                message.len(),
-                |buf| {
-                    buf.copy_from_slice(message);
-                    message.len()
-                },
-                &mut free,
-            );
-        if !staged {
+        let saved = self.staged();
+        if !(self.stage_lost(missed, &mut free) && self.stage_copy(message, &mut free)) {
             // Nothing of a half-staged pair may become visible; the bytes were never published.
-            (self.staged_pos, self.messages_written, self.bytes_written) = saved;
+            self.unstage(saved);
             return Ok(false);
         }
         self.publish();
@@ -477,6 +459,30 @@ impl RingWriter {
             self.bytes_written = self.bytes_written.saturating_add(used as u64);
         }
         true
+    }
+
+    /// Stages a data frame holding a copy of `message`; false as [`stage_frame`](Self::stage_frame).
+    pub(super) fn stage_copy(&mut self, message: &[u8], free: &mut u64) -> bool {
+        self.stage_frame(
+            KIND_DATA,
+            message.len(),
+            |buf| {
+                buf.copy_from_slice(message);
+                message.len()
+            },
+            free,
+        )
+    }
+
+    /// What [`unstage`](Self::unstage) goes back to: the staged end and the counters.
+    pub(super) fn staged(&self) -> (u64, u64, u64) {
+        (self.staged_pos, self.messages_written, self.bytes_written)
+    }
+
+    /// Forgets what was staged since [`staged`](Self::staged) said `saved` (none of it was
+    /// published).
+    pub(super) fn unstage(&mut self, saved: (u64, u64, u64)) {
+        (self.staged_pos, self.messages_written, self.bytes_written) = saved;
     }
 
     /// Stages a PAD frame over the rest of the lap; false if the tail is not free yet.
