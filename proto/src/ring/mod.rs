@@ -96,9 +96,12 @@
 //! # Where each part lives
 //! `layout.rs` (sizes, header and ack page, frame format), `files.rs` (the memfds, their
 //! checks and mapping: [`SharedRing`]), `writer.rs` ([`RingWriter`]), `reader.rs`
-//! ([`RingReader`]), `zero_copy.rs` (payloads read in place), `handshake.rs` (sleep and wake),
-//! `mapping.rs` (mmap); tests in `tests.rs` and `hostile_positions.rs`.
+//! ([`RingReader`]), `batches.rs` (both sides' batches and their fast paths), `zero_copy.rs`
+//! (payloads read in place), `forwarding.rs` (reading ahead, all-or-nothing runs),
+//! `handshake.rs` (sleep and wake), `mapping.rs` (mmap); tests in `tests.rs`,
+//! `hostile_positions.rs`, `rewind_tests.rs` and `batch_tests.rs`.
 
+mod batches;
 mod files;
 mod forwarding;
 mod handshake;

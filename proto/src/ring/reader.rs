@@ -260,55 +260,6 @@ impl RingReader {
         outcome
     }
 
-    /// Hands up to `max` available messages to `each` (through the private buffer `scratch`)
-    /// and releases their space with a single store. Stops before an end-of-stream mark unless
-    /// it is the first thing read.
-    pub fn try_read_batch(
-        &mut self,
-        max: usize,
-        scratch: &mut Vec<u8>,
-        mut each: impl FnMut(&[u8]),
-    ) -> Result<BatchOutcome, RingError> {
-        let mut unread = self.unread(Poll::Quick)?;
-        if unread == 0 {
-            return Ok(BatchOutcome::Empty);
-        }
-        let mut delivered = 0;
-        let result = loop {
-            if delivered < max {
-                match self.read_run(max - delivered, &mut unread, scratch, &mut each) {
-                    Ok(n) => delivered += n,
-                    Err(err) => break Err(err),
-                }
-            }
-            if delivered == max {
-                break Ok(BatchOutcome::Messages(delivered));
-            }
-            // What the run left (padding, a mark, a loss record, the end of the lap or of the
-            // published bytes, a frame that fails a check): one frame the general way.
-            let before = (self.read_pos, self.missed);
-            match self.next_frame(Sink::Buffer(scratch), &mut unread) {
-                Ok(ReadOutcome::Message) => {
-                    each(scratch);
-                    delivered += 1;
-                }
-                // The mark ends a batch that has messages; it is read by the next call, so the
-                // caller learns of both. (Going back over skipped padding is harmless; a loss
-                // record skipped on the way is counted again then, so its count is undone.)
-                Ok(ReadOutcome::EndOfStream) if delivered > 0 => {
-                    (self.read_pos, self.missed) = before;
-                    break Ok(BatchOutcome::Messages(delivered));
-                }
-                Ok(ReadOutcome::EndOfStream) => break Ok(BatchOutcome::EndOfStream),
-                Ok(ReadOutcome::Empty) if delivered == 0 => break Ok(BatchOutcome::Empty),
-                Ok(ReadOutcome::Empty) => break Ok(BatchOutcome::Messages(delivered)),
-                Err(err) => break Err(err),
-            }
-        };
-        self.commit();
-        result
-    }
-
     /// The stream position this reader is at: the byte counter of the next frame, which
     /// equals the position last published between calls. It only grows, names each frame
     /// uniquely for the life of the ring, and is what a consumer that attaches next starts at.
@@ -497,64 +448,6 @@ impl RingReader {
                 _ => continue,
             }
         }
-    }
-
-    /// The batch fast path: hands the data frames that follow one another from the read
-    /// position to `each` (at most `max`, through `scratch`), as long as each lies inside both
-    /// the `unread` published bytes and the current lap. Bounding the run by both once leaves
-    /// each frame two checks (its kind, its size against what is left of the run) against a
-    /// hostile producer; anything else ends the run, for `next_frame` to read or report.
-    /// Returns how many messages it handed over; the position and counters move once per run.
-    fn read_run(
-        &mut self,
-        max: usize,
-        unread: &mut u64,
-        scratch: &mut Vec<u8>,
-        each: &mut impl FnMut(&[u8]),
-    ) -> Result<usize, RingError> {
-        let ring = &self.ring;
-        let (unit, kind_mask, data) = (ring.format.unit, ring.format.kind_mask, ring.data());
-        let offset = ring.offset_of(self.read_pos);
-        // offset < capacity; offset + room <= capacity: every byte below lies in the data area.
-        let room = (*unread).min(ring.capacity - offset);
-        let (mut at, mut count) = (0, 0);
-        while count < max && room - at >= unit {
-            let header = offset + at;
-            let len = ring.data_u32(header).load(Ordering::Relaxed);
-            let kind = ring.data_u32(header + 4).load(Ordering::Relaxed) & kind_mask;
-            let size = ring.frame_len(u64::from(len));
-            if kind != KIND_DATA || size > room - at {
-                break;
-            }
-            // len < size <= capacity, which is mapped: it fits a usize.
-            let len = len as usize;
-            if scratch.len() < len {
-                // Grows once to the longest message; later ones reuse it without zeroing.
-                scratch.resize(len, 0);
-            }
-            let out = &mut scratch[..len];
-            // SAFETY: the payload [header + unit, header + size) lies inside the run, so inside
-            // the data area; `out` is len writable private bytes, never overlapping the shared
-            // mapping. A raw copy forms no reference to the shared bytes: a hostile producer
-            // rewriting them while we copy only changes what we receive.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    data.add((header + unit) as usize),
-                    out.as_mut_ptr(),
-                    len,
-                );
-            }
-            each(out);
-            at += size;
-            count += 1;
-        }
-        // at <= unread, and read_pos + unread is a position the checks accepted.
-        self.read_pos = self.read_pos.checked_add(at).ok_or_else(|| {
-            RingError::Corrupt(format!("frame at offset {offset} ends past 2^64"))
-        })?;
-        *unread -= at;
-        self.messages_read = self.messages_read.saturating_add(count as u64);
-        Ok(count)
     }
 
     /// Copies the `len` payload bytes at data offset `start` into `out` (replacing its
