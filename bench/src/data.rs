@@ -164,7 +164,7 @@ pub fn section(plan: &Plan, cores: Option<CorePair>, wanted: Wanted<'_>, r: &mut
     let mut noise = Noise::new(plan, cores);
     for &size in &plan.sizes {
         let block = noise.open(r, "throughput", size);
-        throughput_block(plan, &c, size, block, r);
+        throughput_block(plan, &c, size, block, &mut noise, r);
         noise.close(r, block);
         for mode in [
             LatencyMode::BusyPoll,
@@ -216,8 +216,18 @@ impl<'a> Noise<'a> {
         r.blocks.len() - 1
     }
 
+    /// Measures between two runs of a block: the round trip after one run is the one before
+    /// the next, and the last one is the block's "after".
+    fn between_runs(&mut self, r: &mut Results) -> Option<f64> {
+        self.last = self.measure(r);
+        self.last
+    }
+
     pub fn close(&mut self, r: &mut Results, block: usize) {
-        let after = self.measure(r);
+        let after = match self.last.take() {
+            Some(ns) => Some(ns),
+            None => self.measure(r),
+        };
         if let Some(b) = r.blocks.get_mut(block) {
             b.c2c_after_ns = after;
             let state = r.state(Some(block));
@@ -235,17 +245,33 @@ impl<'a> Noise<'a> {
 }
 
 /// Every throughput series at `size`, the series taking turns run by run; the median run of
-/// each is kept.
-fn throughput_block(plan: &Plan, c: &Contenders<'_>, size: usize, block: usize, r: &mut Results) {
+/// each is kept. The core-to-core round trip is measured between runs, so that a spread can be
+/// told apart from the VM changing state in the middle of the block.
+fn throughput_block(
+    plan: &Plan,
+    c: &Contenders<'_>,
+    size: usize,
+    block: usize,
+    noise: &mut Noise<'_>,
+    r: &mut Results,
+) {
     let series = c.series(size);
     let mut rates: Vec<Vec<Rate>> = vec![Vec::new(); series.len()];
+    let mut run_c2c: Vec<Vec<[Option<f64>; 2]>> = vec![Vec::new(); series.len()];
+    let mut before = r.blocks.get(block).and_then(|b| b.c2c_before_ns);
     for _ in 0..plan.throughput_reps {
         for (i, &s) in series.iter().enumerate() {
             let Some(result) = c.throughput(s, size) else {
                 continue;
             };
             let what = format!("throughput {} {}", s.short(), format_size(size));
-            rates[i].extend(r.record(&what, result));
+            let rate = r.record(&what, result);
+            let after = noise.between_runs(r);
+            if let Some(rate) = rate {
+                rates[i].push(rate);
+                run_c2c[i].push([before, after]);
+            }
+            before = after;
         }
     }
     for (i, &s) in series.iter().enumerate() {
@@ -261,6 +287,7 @@ fn throughput_block(plan: &Plan, c: &Contenders<'_>, size: usize, block: usize, 
                 rate,
                 runs: rates[i].clone(),
                 block: Some(block),
+                run_c2c: run_c2c[i].clone(),
             });
         }
     }

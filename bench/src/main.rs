@@ -334,6 +334,7 @@ fn limits_section(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
                 rate,
                 runs: vec![rate],
                 block: None,
+                run_c2c: Vec::new(),
             });
         }
     }

@@ -449,8 +449,10 @@ pub fn render(r: &Results, plot_names: Option<PlotLinks>) -> Rendered {
          loop; `ours batched` (up to 4 KiB) = `send_batch` of {} messages + `recv_batch`. \
          Peers write each message with one write(2) and read exactly its size; `unix buffered` \
          goes through 64 KiB BufWriter/BufReader (user-space batching, for comparison with \
-         `ours batched`). memcpy: one thread, the same buffers over and over (in cache up to \
-         the cache size). Every receiver checks every message's sequence number.",
+         `ours batched`). memcpy: one thread, the same two page-aligned buffers over and over (in \
+         cache up to the cache size). Every receiver checks every message's sequence number; \
+         the core-to-core round trip is measured between runs (the bimodal check compares \
+         runs in the same state).",
         r.throughput_ms,
         r.throughput_reps,
         format_size(Plan::capacity_for(64) as usize),

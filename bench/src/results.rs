@@ -184,6 +184,9 @@ pub struct Throughput {
     pub runs: Vec<Rate>,
     /// The block ([`Results::blocks`]) it was measured in.
     pub block: Option<usize>,
+    /// The core-to-core round trip p50 (ns) measured just before and just after each run, in
+    /// the order of `runs` (empty where not measured): the VM changes state within a block.
+    pub run_c2c: Vec<[Option<f64>; 2]>,
 }
 
 impl Throughput {
@@ -447,8 +450,14 @@ impl Results {
             .iter()
             .flat_map(|b| [b.c2c_before_ns, b.c2c_after_ns])
             .flatten();
+        let between_runs = self
+            .throughput
+            .iter()
+            .flat_map(|t| t.run_c2c.iter().flatten())
+            .flatten()
+            .copied();
         let start = self.core_to_core.as_ref().map(|c| c.round_trip.p50);
-        range(beside.chain(start)).map(|(lo, _)| lo)
+        range(beside.chain(between_runs).chain(start)).map(|(lo, _)| lo)
     }
 
     /// The core-to-core state `block` ran in.

@@ -120,6 +120,9 @@ pub fn section(plan: &Plan, broker: Option<&Broker>, control: Option<&Control>, 
         crate::results::format_size(SIZE),
         plan.scale_pairs.iter().max().unwrap_or(&0)
     );
+    if r.record("leaving the real-time policy", crate::sys::leave_realtime()) == Some(true) {
+        eprintln!("  (started under a real-time policy: this section runs unpinned, under the normal one)");
+    }
     let ours = broker.and_then(|b| r.record("connecting to the broker", Ours::new(b, plan, None)));
     let iox = Iceoryx::new(plan, None);
     for &pairs in &plan.scale_pairs {

@@ -51,6 +51,24 @@ pub fn pin_to(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Puts this process back under the normal scheduler if it was started under a real-time
+/// policy (`chrt -f`), so that the processes it starts from now on inherit the normal one;
+/// returns whether it did. More busy-polling real-time processes than CPUs never let the others
+/// run: the unpinned scale section's iceoryx2 pairs livelocked that way.
+pub fn leave_realtime() -> Result<bool> {
+    // SAFETY: plain syscalls on the calling process (pid 0) with a valid sched_param.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy != libc::SCHED_FIFO && policy != libc::SCHED_RR {
+        return Ok(false);
+    }
+    let normal = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as above.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &normal) } != 0 {
+        return Err(io::Error::last_os_error()).context("leaving the real-time policy");
+    }
+    Ok(true)
+}
+
 /// The two cores the two sides of a measurement run on: the first two CPUs we may use, or
 /// `None` (no pinning) on a single-CPU machine.
 #[derive(Clone, Copy, Debug)]
