@@ -238,7 +238,13 @@ impl RingReader {
             // Just loaded: a poll of an empty ring ends here, with one load (and prefetch).
             return Ok(ReadOutcome::Empty);
         }
-        let outcome = self.next_frame(Sink::Buffer(out), &mut unread);
+        let outcome = match self.take_data_frame(unread) {
+            Some((start, len)) => {
+                self.copy_to_vec(start, len, out);
+                Ok(ReadOutcome::Message)
+            }
+            None => self.next_frame(Sink::Buffer(out), &mut unread),
+        };
         self.commit();
         outcome
     }
@@ -255,7 +261,13 @@ impl RingReader {
         if unread == 0 {
             return Ok(ReadOutcome::Empty);
         }
-        let outcome = self.next_frame(Sink::Slice(sink), &mut unread);
+        let outcome = match self.take_data_frame(unread) {
+            Some((start, len)) => {
+                self.copy_to_slice(start, len, sink);
+                Ok(ReadOutcome::Message)
+            }
+            None => self.next_frame(Sink::Slice(sink), &mut unread),
+        };
         self.commit();
         outcome
     }
@@ -403,26 +415,7 @@ impl RingReader {
                     let start = (offset + self.ring.format.unit) as usize;
                     match &mut sink {
                         Sink::Buffer(out) => self.copy_to_vec(start, len as usize, out),
-                        Sink::Slice(sink) => match sink.buf.get_mut(..len as usize) {
-                            Some(out) => {
-                                // SAFETY: the source range [start, start + len) lies inside
-                                // the data area (its frame's size <= until_end), `out` is len
-                                // writable bytes, and the two never overlap (a `&mut [u8]` is
-                                // never our shared mapping, which only ever lends raw pointers
-                                // and shared reads). A raw copy forms no reference to the
-                                // shared bytes: a hostile producer rewriting them while we
-                                // copy only changes what we receive.
-                                unsafe {
-                                    std::ptr::copy_nonoverlapping(
-                                        self.ring.data().add(start),
-                                        out.as_mut_ptr(),
-                                        out.len(),
-                                    );
-                                }
-                                sink.fitted = Some(out.len());
-                            }
-                            None => self.copy_to_vec(start, len as usize, sink.spill),
-                        },
+                        Sink::Slice(sink) => self.copy_to_slice(start, len as usize, sink),
                         Sink::Fd(fd, written) => {
                             self.ring.write_out(start, len as usize, *fd)?;
                             **written = len as usize;
@@ -447,6 +440,32 @@ impl RingReader {
                 KIND_END_OF_STREAM => return Ok(ReadOutcome::EndOfStream),
                 _ => continue,
             }
+        }
+    }
+
+    /// Copies the `len` payload bytes at data offset `start` into `sink.buf` if they fit
+    /// (`sink.fitted` is then `len`), else into `sink.spill`. The caller has checked that they
+    /// lie inside the data area.
+    #[inline(always)]
+    fn copy_to_slice(&self, start: usize, len: usize, sink: &mut SliceSink<'_>) {
+        match sink.buf.get_mut(..len) {
+            Some(out) => {
+                // SAFETY: the source range [start, start + len) lies inside the data area
+                // (the caller's check), `out` is len writable bytes, and the two never overlap
+                // (a `&mut [u8]` is never our shared mapping, which only ever lends raw
+                // pointers and shared reads). A raw copy forms no reference to the shared
+                // bytes: a hostile producer rewriting them while we copy only changes what we
+                // receive.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.ring.data().add(start),
+                        out.as_mut_ptr(),
+                        len,
+                    );
+                }
+                sink.fitted = Some(len);
+            }
+            None => self.copy_to_vec(start, len, sink.spill),
         }
     }
 
