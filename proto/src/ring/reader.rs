@@ -232,19 +232,26 @@ impl RingReader {
     }
 
     /// Copies the next message into `out` (replacing its contents), skipping padding.
+    #[inline]
     pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
+        if let Some((start, len)) = self.take_data_frame() {
+            self.copy_to_vec(start, len, out);
+            self.commit();
+            return Ok(ReadOutcome::Message);
+        }
+        self.read_into_slow(out)
+    }
+
+    /// [`try_read_into`](Self::try_read_into) where its fast path (`single.rs`) does not
+    /// apply.
+    #[inline(never)]
+    fn read_into_slow(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             // Just loaded: a poll of an empty ring ends here, with one load (and prefetch).
             return Ok(ReadOutcome::Empty);
         }
-        let outcome = match self.take_data_frame(unread) {
-            Some((start, len)) => {
-                self.copy_to_vec(start, len, out);
-                Ok(ReadOutcome::Message)
-            }
-            None => self.next_frame(Sink::Buffer(out), &mut unread),
-        };
+        let outcome = self.next_frame(Sink::Buffer(out), &mut unread);
         self.commit();
         outcome
     }
@@ -252,22 +259,29 @@ impl RingReader {
     /// Copies the next message into `sink.buf` if it fits (`sink.fitted` is then its length),
     /// else into `sink.spill` (replacing its contents; `sink.fitted` is `None`), skipping
     /// padding: either way the message is read, once, and its space released.
+    #[inline]
     pub fn try_read_into_slice(
         &mut self,
         sink: &mut SliceSink<'_>,
     ) -> Result<ReadOutcome, RingError> {
+        if let Some((start, len)) = self.take_data_frame() {
+            self.copy_to_slice(start, len, sink);
+            self.commit();
+            return Ok(ReadOutcome::Message);
+        }
+        self.read_into_slice_slow(sink)
+    }
+
+    /// [`try_read_into_slice`](Self::try_read_into_slice) where its fast path (`single.rs`)
+    /// does not apply.
+    #[inline(never)]
+    fn read_into_slice_slow(&mut self, sink: &mut SliceSink<'_>) -> Result<ReadOutcome, RingError> {
         sink.fitted = None;
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             return Ok(ReadOutcome::Empty);
         }
-        let outcome = match self.take_data_frame(unread) {
-            Some((start, len)) => {
-                self.copy_to_slice(start, len, sink);
-                Ok(ReadOutcome::Message)
-            }
-            None => self.next_frame(Sink::Slice(sink), &mut unread),
-        };
+        let outcome = self.next_frame(Sink::Slice(sink), &mut unread);
         self.commit();
         outcome
     }
@@ -465,7 +479,10 @@ impl RingReader {
                 }
                 sink.fitted = Some(len);
             }
-            None => self.copy_to_vec(start, len, sink.spill),
+            None => {
+                self.copy_to_vec(start, len, sink.spill);
+                sink.fitted = None;
+            }
         }
     }
 

@@ -7,7 +7,8 @@
 use std::sync::atomic::Ordering;
 
 use super::handshake;
-use super::layout::KIND_DATA;
+use super::layout::{CACHE_LINE, KIND_DATA};
+use super::mapping::load_acquire;
 use super::writer::REWIND_MIN_FRAME;
 use super::{RingError, RingReader, RingWriter};
 
@@ -98,33 +99,62 @@ impl RingWriter {
 }
 
 impl RingReader {
-    /// The read fast path: if the frame at the read position is a data frame lying inside
-    /// both the `unread` published bytes and the current lap, moves past it (unpublished, as
-    /// `next_frame` does) and returns where its payload is (data offset, length). Bounding
-    /// the frame by both once leaves two checks against a hostile producer (its kind, its
-    /// size); anything else (padding, a mark, a loss record, a frame that fails a check) is
-    /// `None`, for `next_frame` to read or report.
+    /// The read fast path: if the frame at the read position is a data frame known to be
+    /// published (inside the published bytes seen last, or carrying its seal) and lying inside
+    /// the current lap, moves past it (unpublished, as `next_frame` does) and returns where its
+    /// payload is (data offset, length). Bounding the frame by both once leaves two checks
+    /// against a hostile producer (its kind, its size); anything else (an empty ring, padding,
+    /// a mark, a loss record, a frame that fails a check, a layout without seals once caught
+    /// up) is `None`, and nothing changed: `unread` and `next_frame` then read or report it.
     #[inline(always)]
-    pub(super) fn take_data_frame(&mut self, unread: u64) -> Option<(usize, usize)> {
+    pub(super) fn take_data_frame(&mut self) -> Option<(usize, usize)> {
         let ring = &self.ring;
-        let unit = ring.format.unit;
+        let capacity = ring.capacity;
         let offset = ring.offset_of(self.read_pos);
-        // offset < capacity; offset + room <= capacity: every byte below lies in the data area.
-        let room = unread.min(ring.capacity - offset);
-        if room < unit {
+        let until_end = capacity - offset;
+        // A frame header lies inside the data area wherever it starts: offset is a multiple
+        // of the unit (positions are checked to be), and so is the capacity.
+        let word = |at| ring.data_u32(at).load(Ordering::Relaxed);
+        let cached = self.write_seen - self.read_pos;
+        if cached > 0 {
+            // Published bytes seen last, as in `unread_cached`.
+            let (len, kind) = (word(offset), word(offset + 4) & ring.format.kind_mask);
+            let size = ring.frame_len(u64::from(len));
+            // size >= unit, so the frame's header is inside the room too.
+            if kind != KIND_DATA || size > cached.min(until_end) {
+                return None;
+            }
+            return Some(self.took(offset, len, size));
+        }
+        // Caught up: the frame's seal says whether it came, as in `unread` (which also
+        // prefetches the line after the seal's, where a small frame's tail often lies).
+        let seal = ring.format.seal(self.read_pos)?;
+        ring.prefetch((offset + CACHE_LINE).min(capacity - 1));
+        if load_acquire(ring.data_u64(offset + 8)) != seal {
             return None;
         }
-        let len = ring.data_u32(offset).load(Ordering::Relaxed);
-        let kind = ring.data_u32(offset + 4).load(Ordering::Relaxed) & ring.format.kind_mask;
+        let (len, kind_word) = (word(offset), word(offset + 4));
         let size = ring.frame_len(u64::from(len));
-        if kind != KIND_DATA || size > room {
+        if kind_word & ring.format.kind_mask != KIND_DATA || size > until_end {
             return None;
         }
-        // size <= unread, and read_pos + unread is the position seen last, which never wraps
-        // (`unread` checks it): no wrap.
+        // What the publish covers, if its span says (else the position will, at the next
+        // poll), as in `unread`; a seal and span are a peer's to write, so checked.
+        let span = u64::from(kind_word >> 16) * ring.format.unit;
+        let span = (span >= size && span <= capacity).then_some(span);
+        self.write_seen = self.read_pos.checked_add(span.unwrap_or(size))?;
+        self.position_due = span.is_none();
+        Some(self.took(offset, len, size))
+    }
+
+    /// Moves past the data frame of `size` bytes at data offset `offset`, holding `len`
+    /// payload bytes: where the payload is.
+    #[inline(always)]
+    fn took(&mut self, offset: u64, len: u32, size: u64) -> (usize, usize) {
+        // size <= write_seen - read_pos, and write_seen never wraps (`unread` checks it).
         self.read_pos += size;
         self.messages_read = self.messages_read.saturating_add(1);
         // len < size <= capacity, which is mapped: both fit a usize.
-        Some(((offset + unit) as usize, len as usize))
+        ((offset + self.ring.format.unit) as usize, len as usize)
     }
 }
