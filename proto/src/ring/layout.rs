@@ -185,6 +185,7 @@ impl FrameFormat {
     }
 
     /// The seal of the frame at `pos`, in a layout that has seals.
+    #[inline]
     pub(super) fn seal(self, pos: u64) -> Option<u64> {
         // Positions stay below MAX_POSITION; wrapping keeps even a stray one from panicking.
         self.seal_key.map(|key| pos.wrapping_add(1) ^ key)

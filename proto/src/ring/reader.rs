@@ -505,6 +505,7 @@ impl RingReader {
 
     /// Publishes the local read position (releasing the space, and whatever was read ahead)
     /// with one store, if it moved: a poll of an empty ring writes nothing.
+    #[inline]
     pub(super) fn commit(&mut self) {
         if self.read_pos == self.published_pos {
             return;

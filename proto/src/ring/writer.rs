@@ -427,6 +427,7 @@ impl RingWriter {
 
     /// The span field (high half of the kind word) for a publish of `bytes`; 0 (the consumer
     /// asks the position instead) if it does not fit.
+    #[inline]
     pub(super) fn span(&self, bytes: u64) -> u32 {
         // The unit is a power of two (8 or 16): a shift, where a division costs tens of cycles
         // on every publish.
