@@ -100,6 +100,18 @@ impl Consumer {
     /// Receives the next message into `buf` (reusing its allocation). Returns false at
     /// end-of-stream.
     pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        if self
+            .reader
+            .try_read_fast(&mut self.attachment, |r| r.try_read_into_fast(buf))?
+        {
+            return Ok(true);
+        }
+        self.recv_into_slow(buf)
+    }
+
+    /// [`recv_into`](Self::recv_into) past its fast path.
+    #[inline(never)]
+    fn recv_into_slow(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         self.blocking(|r, _, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
@@ -124,6 +136,27 @@ impl Consumer {
     // Inlined into the caller, as the C binding's `shmem_recv` wants one call per message.
     #[inline]
     pub fn recv_into_slice(
+        &mut self,
+        buf: &mut [u8],
+        spill: &mut Vec<u8>,
+    ) -> Result<Option<Landed>> {
+        let mut sink = SliceSink {
+            buf,
+            spill,
+            fitted: None,
+        };
+        if self
+            .reader
+            .try_read_fast(&mut self.attachment, |r| r.try_read_into_slice_fast(&mut sink))?
+        {
+            return Ok(Some(sink.fitted.map_or(Landed::Spill, Landed::Buf)));
+        }
+        self.recv_into_slice_slow(sink.buf, sink.spill)
+    }
+
+    /// [`recv_into_slice`](Self::recv_into_slice) past its fast path.
+    #[inline(never)]
+    fn recv_into_slice_slow(
         &mut self,
         buf: &mut [u8],
         spill: &mut Vec<u8>,

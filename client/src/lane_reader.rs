@@ -219,6 +219,37 @@ impl LaneReader {
         }
     }
 
+    /// The common case of a single read, ahead of [`try_read`](Self::try_read) and inlined
+    /// into the receive: a one-to-one channel's ring, with no producer to report gone or
+    /// announced, read by `read` (a ring read's fast path, true if it read a message). False
+    /// (nothing read) for anything else, and when `read` finds nothing: `try_read` then looks
+    /// (again) the general way, which is what it would have done.
+    #[inline(always)]
+    pub fn try_read_fast(
+        &mut self,
+        attachment: &mut Attachment,
+        read: impl FnOnce(&mut RingReader) -> bool,
+    ) -> Result<bool> {
+        self.lanes.prepare(attachment)?;
+        let fanout = self.lanes.fanout();
+        let [lane] = self.lanes.list.as_mut_slice() else {
+            return Ok(false);
+        };
+        // As in `try_read`: a report due first, or a lane held for an event still to come.
+        if fanout
+            || !attachment.producers_gone.is_empty()
+            || lane.end.ring().producers_gone_announced() > lane.gone_known
+            || !read(&mut lane.end)
+        {
+            return Ok(false);
+        }
+        lane.wake_if_waiting();
+        self.last_producer = Some(lane.id);
+        self.cursor = 1;
+        self.lanes.progressed();
+        Ok(true)
+    }
+
     /// The most messages a read of lane `index` may take: one while a producer of its ring is
     /// to be reported gone (the report is due after that producer's last message, and
     /// `report_gone` looks before every read).

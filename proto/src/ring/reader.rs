@@ -234,9 +234,7 @@ impl RingReader {
     /// Copies the next message into `out` (replacing its contents), skipping padding.
     #[inline]
     pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
-        if let Some((start, len)) = self.take_data_frame() {
-            self.copy_to_vec(start, len, out);
-            self.commit();
+        if self.try_read_into_fast(out) {
             return Ok(ReadOutcome::Message);
         }
         self.read_into_slow(out)
@@ -264,9 +262,7 @@ impl RingReader {
         &mut self,
         sink: &mut SliceSink<'_>,
     ) -> Result<ReadOutcome, RingError> {
-        if let Some((start, len)) = self.take_data_frame() {
-            self.copy_to_slice(start, len, sink);
-            self.commit();
+        if self.try_read_into_slice_fast(sink) {
             return Ok(ReadOutcome::Message);
         }
         self.read_into_slice_slow(sink)
@@ -461,7 +457,7 @@ impl RingReader {
     /// (`sink.fitted` is then `len`), else into `sink.spill`. The caller has checked that they
     /// lie inside the data area.
     #[inline(always)]
-    fn copy_to_slice(&self, start: usize, len: usize, sink: &mut SliceSink<'_>) {
+    pub(super) fn copy_to_slice(&self, start: usize, len: usize, sink: &mut SliceSink<'_>) {
         match sink.buf.get_mut(..len) {
             Some(out) => {
                 // SAFETY: the source range [start, start + len) lies inside the data area
@@ -489,7 +485,7 @@ impl RingReader {
     /// Copies the `len` payload bytes at data offset `start` into `out` (replacing its
     /// contents). The caller has checked that they lie inside the data area.
     #[inline(always)]
-    fn copy_to_vec(&self, start: usize, len: usize, out: &mut Vec<u8>) {
+    pub(super) fn copy_to_vec(&self, start: usize, len: usize, out: &mut Vec<u8>) {
         out.clear();
         out.reserve(len);
         // SAFETY: the source range [start, start + len) lies inside the data area (the

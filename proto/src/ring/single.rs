@@ -10,7 +10,7 @@ use super::handshake;
 use super::layout::{CACHE_LINE, KIND_DATA};
 use super::mapping::load_acquire;
 use super::writer::REWIND_MIN_FRAME;
-use super::{RingError, RingReader, RingWriter};
+use super::{RingError, RingReader, RingWriter, SliceSink};
 
 impl RingWriter {
     /// Reserves room for up to `max` payload bytes and lets `fill` write the message straight
@@ -23,6 +23,23 @@ impl RingWriter {
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<Option<usize>, RingError> {
+        match self.try_write_up_to_fast(max, fill) {
+            Ok(used) => Ok(Some(used)),
+            Err(fill) => self.try_write_up_to_slow(max, fill),
+        }
+    }
+
+    /// [`try_write_up_to`](Self::try_write_up_to)'s fast path alone, for a caller with a
+    /// general path of its own: writes and publishes the message and returns its length if
+    /// its frame fits before the end of the lap and in the free space this writer already
+    /// knows of (and is smaller than a rewind), else gives `fill` back, not called, with
+    /// nothing changed. Cannot fail: it loads nothing the consumer writes.
+    #[inline]
+    pub fn try_write_up_to_fast<F: FnOnce(&mut [u8]) -> usize>(
+        &mut self,
+        max: usize,
+        fill: F,
+    ) -> Result<usize, F> {
         let capacity = self.ring.capacity;
         let offset = self.ring.offset_of(self.staged_pos);
         // Saturating: a huge `max` gives a huge size, which the general path refuses.
@@ -37,9 +54,9 @@ impl RingWriter {
             && needed < REWIND_MIN_FRAME
             && self.staged_pos == self.write_pos
         {
-            return Ok(Some(self.write_one(offset, max, fill)));
+            return Ok(self.write_one(offset, max, fill));
         }
-        self.try_write_up_to_slow(max, fill)
+        Err(fill)
     }
 
     /// Writes and publishes one data frame of up to `max` bytes at data offset `offset` (the
@@ -99,6 +116,33 @@ impl RingWriter {
 }
 
 impl RingReader {
+    /// [`try_read_into`](Self::try_read_into)'s fast path alone, for a caller with a general
+    /// path of its own: true if it read a message into `out` (replacing its contents) and
+    /// released its space; false if it does not apply (see `take_data_frame`), with nothing
+    /// read or changed: the ring may be empty, or hold something else first, or be corrupt,
+    /// which `try_read_into` then says. Cannot fail.
+    #[inline]
+    pub fn try_read_into_fast(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some((start, len)) = self.take_data_frame() else {
+            return false;
+        };
+        self.copy_to_vec(start, len, out);
+        self.commit();
+        true
+    }
+
+    /// [`try_read_into_slice`](Self::try_read_into_slice)'s fast path alone, as
+    /// [`try_read_into_fast`](Self::try_read_into_fast) is `try_read_into`'s.
+    #[inline]
+    pub fn try_read_into_slice_fast(&mut self, sink: &mut SliceSink<'_>) -> bool {
+        let Some((start, len)) = self.take_data_frame() else {
+            return false;
+        };
+        self.copy_to_slice(start, len, sink);
+        self.commit();
+        true
+    }
+
     /// The read fast path: if the frame at the read position is a data frame known to be
     /// published (inside the published bytes seen last, or carrying its seal) and lying inside
     /// the current lap, moves past it (unpublished, as `next_frame` does) and returns where its
