@@ -34,7 +34,7 @@ impl RingWriter {
     /// its frame fits before the end of the lap and in the free space this writer already
     /// knows of (and is smaller than a rewind), else gives `fill` back, not called, with
     /// nothing changed. Cannot fail: it loads nothing the consumer writes.
-    #[inline]
+    #[inline(always)]
     pub fn try_write_up_to_fast<F: FnOnce(&mut [u8]) -> usize>(
         &mut self,
         max: usize,
@@ -77,13 +77,13 @@ impl RingWriter {
         if used == 0 && max > 0 {
             return 0;
         }
-        let size = self.ring.frame_len(used as u64);
+        // used <= max < REWIND_MIN_FRAME: a u32.
+        let size = self.ring.format.frame_len_u32(used as u32);
         let first = self.staged_pos;
         // first + size <= read_floor + capacity, read_floor <= MAX_POSITION (checked by
         // check_positions), which leaves room for far more: no wrap.
         self.staged_pos = first + size;
         self.write_pos = self.staged_pos;
-        // used <= max < REWIND_MIN_FRAME: a u32.
         self.ring.data_u32(offset).store(used as u32, Ordering::Relaxed);
         let seal = self.ring.format.seal(first);
         // The span (layouts with seals): this frame alone.
@@ -121,7 +121,7 @@ impl RingReader {
     /// released its space; false if it does not apply (see `take_data_frame`), with nothing
     /// read or changed: the ring may be empty, or hold something else first, or be corrupt,
     /// which `try_read_into` then says. Cannot fail.
-    #[inline]
+    #[inline(always)]
     pub fn try_read_into_fast(&mut self, out: &mut Vec<u8>) -> bool {
         let Some((start, len)) = self.take_data_frame() else {
             return false;
@@ -133,7 +133,7 @@ impl RingReader {
 
     /// [`try_read_into_slice`](Self::try_read_into_slice)'s fast path alone, as
     /// [`try_read_into_fast`](Self::try_read_into_fast) is `try_read_into`'s.
-    #[inline]
+    #[inline(always)]
     pub fn try_read_into_slice_fast(&mut self, sink: &mut SliceSink<'_>) -> bool {
         let Some((start, len)) = self.take_data_frame() else {
             return false;
@@ -163,7 +163,7 @@ impl RingReader {
         if cached > 0 {
             // Published bytes seen last, as in `unread_cached`.
             let (len, kind) = (word(offset), word(offset + 4) & ring.format.kind_mask);
-            let size = ring.frame_len(u64::from(len));
+            let size = ring.format.frame_len_u32(len);
             // size >= unit, so the frame's header is inside the room too.
             if kind != KIND_DATA || size > cached.min(until_end) {
                 return None;
@@ -178,7 +178,7 @@ impl RingReader {
             return None;
         }
         let (len, kind_word) = (word(offset), word(offset + 4));
-        let size = ring.frame_len(u64::from(len));
+        let size = ring.format.frame_len_u32(len);
         if kind_word & ring.format.kind_mask != KIND_DATA || size > until_end {
             return None;
         }
