@@ -100,7 +100,7 @@
 //! fast paths), `zero_copy.rs`
 //! (payloads read in place), `forwarding.rs` (reading ahead, all-or-nothing runs),
 //! `handshake.rs` (sleep and wake), `mapping.rs` (mmap); tests in `tests.rs`,
-//! `hostile_positions.rs`, `rewind_tests.rs` and `batch_tests.rs`.
+//! `hostile_positions.rs`, `rewind_tests.rs`, `batch_tests.rs` and `single_tests.rs`.
 
 mod batches;
 mod files;
@@ -159,3 +159,6 @@ mod rewind_tests;
 
 #[cfg(test)]
 mod batch_tests;
+
+#[cfg(test)]
+mod single_tests;
