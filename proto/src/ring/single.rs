@@ -12,6 +12,10 @@ use super::mapping::load_acquire;
 use super::writer::REWIND_MIN_FRAME;
 use super::{RingError, RingReader, RingWriter, SliceSink};
 
+// A fast-path frame is smaller than REWIND_MIN_FRAME: its span (in units of 8 or 16 bytes)
+// always fits the header's 16 bits.
+const _: () = assert!(REWIND_MIN_FRAME / 8 <= 0xffff);
+
 impl RingWriter {
     /// Reserves room for up to `max` payload bytes and lets `fill` write the message straight
     /// into the ring, returning its length (0 of a non-empty reservation: no message).
@@ -40,14 +44,17 @@ impl RingWriter {
         max: usize,
         fill: F,
     ) -> Result<usize, F> {
+        // Too large for a rewind (or for a u32) goes the general way: its size is then a u32's.
+        if max as u64 >= REWIND_MIN_FRAME {
+            return Err(fill);
+        }
         let capacity = self.ring.capacity;
         let offset = self.ring.offset_of(self.staged_pos);
-        // Saturating: a huge `max` gives a huge size, which the general path refuses.
-        let needed = self.ring.frame_len(max as u64);
+        let needed = self.ring.format.frame_len_u32(max as u32);
         // read_floor <= staged_pos <= read_floor + capacity (see `free_space`).
         let cached_free = capacity - (self.staged_pos - self.read_floor);
         // Fits before the end of the lap (no padding) and in the free space seen last (no load
-        // of the consumer's line); too small for a rewind; nothing staged before it. That
+        // of the consumer's line); smaller than a rewind needs; nothing staged before it. That
         // bounds `max` too: below REWIND_MIN_FRAME (< u32::MAX - unit) and at most
         // capacity - unit, so within `max_message_len`, which `check_len` would ask.
         if needed <= (capacity - offset).min(cached_free)
@@ -89,7 +96,9 @@ impl RingWriter {
         // The span (layouts with seals): this frame alone.
         let span = if seal.is_some() {
             self.first_frame = size;
-            self.span(size)
+            // size <= needed < REWIND_MIN_FRAME: fewer than 0xffff units (see the assertion
+            // above), which `span` need not check.
+            ((size >> self.ring.format.unit.trailing_zeros()) as u32) << 16
         } else {
             0
         };
