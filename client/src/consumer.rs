@@ -145,10 +145,9 @@ impl Consumer {
             spill,
             fitted: None,
         };
-        if self
-            .reader
-            .try_read_fast(&mut self.attachment, |r| r.try_read_into_slice_fast(&mut sink))?
-        {
+        if self.reader.try_read_fast(&mut self.attachment, |r| {
+            r.try_read_into_slice_fast(&mut sink)
+        })? {
             return Ok(Some(sink.fitted.map_or(Landed::Spill, Landed::Buf)));
         }
         self.recv_into_slice_slow(sink.buf, sink.spill)

@@ -71,7 +71,12 @@ impl RingWriter {
     /// the free space, nothing else being staged: what `stage_frame` and `publish` do for it,
     /// without the checks the caller's bound makes redundant. Returns the length used.
     #[inline(always)]
-    fn write_one(&mut self, offset: u64, max: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> usize {
+    fn write_one(
+        &mut self,
+        offset: u64,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> usize {
         let unit = self.ring.format.unit;
         // SAFETY: the frame [offset, offset + frame_len(max)) lies inside the data area (the
         // caller's bound), so the payload [offset + unit, offset + unit + max) does. Nothing
@@ -91,7 +96,9 @@ impl RingWriter {
         // check_positions), which leaves room for far more: no wrap.
         self.staged_pos = first + size;
         self.write_pos = self.staged_pos;
-        self.ring.data_u32(offset).store(used as u32, Ordering::Relaxed);
+        self.ring
+            .data_u32(offset)
+            .store(used as u32, Ordering::Relaxed);
         let seal = self.ring.format.seal(first);
         // The span (layouts with seals): this frame alone.
         let span = if seal.is_some() {

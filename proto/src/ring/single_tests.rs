@@ -15,7 +15,10 @@ fn pass(w: &mut RingWriter, r: &mut RingReader, count: usize) {
     for i in 0..count {
         let message = [i as u8; 16];
         assert!(write(w, &message), "room for message {i}");
-        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
         assert_eq!(out, message);
     }
 }
@@ -34,12 +37,18 @@ fn a_single_frame_ending_at_the_lap_end_is_written_and_read_in_place() {
         assert!(write(&mut w, &message), "layout {layout}");
         assert_eq!(w.position(), 4096, "layout {layout}: no padding in front");
         let mut out = Vec::new();
-        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
         assert_eq!(out, message, "layout {layout}");
         assert_eq!(r.position(), 4096, "layout {layout}");
         // The next lap starts at the ring's first byte.
         assert!(write(&mut w, b"next lap"));
-        assert_eq!(read_settled(&mut r, &mut out).expect("read"), ReadOutcome::Message);
+        assert_eq!(
+            read_settled(&mut r, &mut out).expect("read"),
+            ReadOutcome::Message
+        );
         assert_eq!(out, b"next lap");
         assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Empty);
     }
@@ -56,9 +65,15 @@ fn a_single_read_into_a_slice_spills_what_does_not_fit() {
         spill: &mut spill,
         fitted: Some(99),
     };
-    assert_eq!(r.try_read_into_slice(&mut sink).expect("read"), ReadOutcome::Message);
+    assert_eq!(
+        r.try_read_into_slice(&mut sink).expect("read"),
+        ReadOutcome::Message
+    );
     assert_eq!(sink.fitted, Some(3));
-    assert_eq!(r.try_read_into_slice(&mut sink).expect("read"), ReadOutcome::Message);
+    assert_eq!(
+        r.try_read_into_slice(&mut sink).expect("read"),
+        ReadOutcome::Message
+    );
     assert_eq!(sink.fitted, None, "spilled");
     assert_eq!(&buf[..3], b"abc");
     assert_eq!(spill, b"longer");
@@ -73,7 +88,10 @@ fn reader_at_the_lap_end_with_bytes_ahead() -> (RingWriter, RingReader, RingFile
     assert_eq!(w.try_write_batch(&batch).expect("batch"), 3);
     let mut out = Vec::new();
     // Through the batch's seal, which covers all three.
-    assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+    assert_eq!(
+        r.try_read_into(&mut out).expect("read"),
+        ReadOutcome::Message
+    );
     assert_eq!(out, b"first");
     assert_eq!(r.position(), 4096 - 32);
     (w, r, fd)
@@ -103,7 +121,10 @@ fn a_single_frame_claiming_more_than_is_published_is_corrupt_not_read() {
     let (w, mut r, _fd) = reader_at_the_lap_end_with_bytes_ahead();
     // The frame after the lap's end is published: read it, then claim more than the rest.
     let mut out = Vec::new();
-    assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+    assert_eq!(
+        r.try_read_into(&mut out).expect("read"),
+        ReadOutcome::Message
+    );
     assert_eq!(out, b"at the end");
     // 48 bytes, where 32 are published (the lap has room for it).
     w.ring().data_u32(0).store(20, Ordering::Relaxed);
@@ -149,11 +170,17 @@ fn a_single_write_that_outgrows_the_free_space_seen_last_looks_again() {
     }
     assert_eq!(w.try_write_up_to(100, |_| 100).expect("write"), None);
     for _ in 0..written {
-        assert_eq!(r.try_read_into(&mut out).expect("read"), ReadOutcome::Message);
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
     }
     // The free space the writer knows of is none: the general path loads the consumer's
     // position, and the write goes in.
     assert_eq!(w.try_write_up_to(100, |_| 100).expect("write"), Some(100));
-    assert_eq!(read_settled(&mut r, &mut out).expect("read"), ReadOutcome::Message);
+    assert_eq!(
+        read_settled(&mut r, &mut out).expect("read"),
+        ReadOutcome::Message
+    );
     assert_eq!(out.len(), 100);
 }
