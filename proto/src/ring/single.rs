@@ -147,6 +147,36 @@ impl RingReader {
         true
     }
 
+    /// The fast path for a caller with raw memory and a general path of its own (the C
+    /// binding): if the next message is a data frame known to be published, inside the lap
+    /// (see `data_frame_ahead`), and no longer than `capacity`, copies it to `buf`, releases
+    /// its space and returns its length; else `None`, with nothing read (a longer message is
+    /// left for the general path, which spills it), and it cannot fail.
+    ///
+    /// # Safety
+    /// `buf` is not NULL and points to `capacity` bytes writable for the whole call, which
+    /// nothing else reads or writes meanwhile (they are not this ring's mapping).
+    #[inline(always)]
+    pub unsafe fn try_read_into_raw_fast(
+        &mut self,
+        buf: *mut u8,
+        capacity: usize,
+    ) -> Option<usize> {
+        let (offset, len, size) = self.data_frame_ahead()?;
+        if len as usize > capacity {
+            return None;
+        }
+        let (start, len) = self.took(offset, len, size);
+        // SAFETY: the source [start, start + len) lies inside the data area (its frame ends
+        // inside the lap: `data_frame_ahead`); `buf` holds capacity >= len writable bytes
+        // that do not overlap the mapping (the caller's contract). A raw copy forms no
+        // reference to the shared bytes: a hostile producer rewriting them while we copy only
+        // changes what we receive.
+        unsafe { std::ptr::copy_nonoverlapping(self.ring.data().add(start), buf, len) };
+        self.commit();
+        Some(len)
+    }
+
     /// [`try_read_into_slice`](Self::try_read_into_slice)'s fast path alone, as
     /// [`try_read_into_fast`](Self::try_read_into_fast) is `try_read_into`'s.
     #[inline(always)]
@@ -162,12 +192,22 @@ impl RingReader {
     /// The read fast path: if the frame at the read position is a data frame known to be
     /// published (inside the published bytes seen last, or carrying its seal) and lying inside
     /// the current lap, moves past it (unpublished, as `next_frame` does) and returns where its
-    /// payload is (data offset, length). Bounding the frame by both once leaves two checks
-    /// against a hostile producer (its kind, its size); anything else (an empty ring, padding,
-    /// a mark, a loss record, a frame that fails a check, a layout without seals once caught
-    /// up) is `None`, and nothing changed: `unread` and `next_frame` then read or report it.
+    /// payload is (data offset, length). Anything else is `None`; see `data_frame_ahead`.
     #[inline(always)]
     pub(super) fn take_data_frame(&mut self) -> Option<(usize, usize)> {
+        let (offset, len, size) = self.data_frame_ahead()?;
+        Some(self.took(offset, len, size))
+    }
+
+    /// The frame at the read position if it is a data frame known to be published and lying
+    /// inside the current lap: its data offset, payload length and size; nothing is read.
+    /// Bounding the frame by both once leaves two checks against a hostile producer (its
+    /// kind, its size); anything else (an empty ring, padding, a mark, a loss record, a frame
+    /// that fails a check, a layout without seals once caught up) is `None`, for `unread` and
+    /// `next_frame` to read or report. All it may change is what a seal said was published
+    /// (as `unread` would record it), never the read position.
+    #[inline(always)]
+    fn data_frame_ahead(&mut self) -> Option<(u64, u32, u64)> {
         let ring = &self.ring;
         let capacity = ring.capacity;
         let offset = ring.offset_of(self.read_pos);
@@ -184,7 +224,7 @@ impl RingReader {
             if kind != KIND_DATA || size > cached.min(until_end) {
                 return None;
             }
-            return Some(self.took(offset, len, size));
+            return Some((offset, len, size));
         }
         // Caught up: the frame's seal says whether it came, as in `unread` (which also
         // prefetches the line after the seal's, where a small frame's tail often lies).
@@ -204,7 +244,7 @@ impl RingReader {
         let span = (span >= size && span <= capacity).then_some(span);
         self.write_seen = self.read_pos.checked_add(span.unwrap_or(size))?;
         self.position_due = span.is_none();
-        Some(self.took(offset, len, size))
+        Some((offset, len, size))
     }
 
     /// Moves past the data frame of `size` bytes at data offset `offset`, holding `len`
