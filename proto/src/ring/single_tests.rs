@@ -184,3 +184,41 @@ fn a_single_write_that_outgrows_the_free_space_seen_last_looks_again() {
     );
     assert_eq!(out.len(), 100);
 }
+
+#[test]
+fn a_raw_single_read_takes_only_what_fits_and_leaves_the_rest_unread() {
+    let (mut w, mut r, _fd) = pair(4096);
+    assert!(write(&mut w, b"longer than four"));
+    let mut small = [0u8; 4];
+    // SAFETY: `small` is 4 writable bytes of this test's own, not the ring's mapping.
+    let got = unsafe { r.try_read_into_raw_fast(small.as_mut_ptr(), small.len()) };
+    assert_eq!(
+        got, None,
+        "too long for the buffer: left for the general path"
+    );
+    assert_eq!(r.position(), 0, "nothing read");
+    let mut big = [0u8; 64];
+    // SAFETY: as above, 64 bytes.
+    let got = unsafe { r.try_read_into_raw_fast(big.as_mut_ptr(), big.len()) };
+    assert_eq!(got, Some(16));
+    assert_eq!(&big[..16], b"longer than four");
+    assert_eq!(r.position(), 32);
+    // Empty now: nothing, and nothing changed.
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { r.try_read_into_raw_fast(big.as_mut_ptr(), big.len()) },
+        None
+    );
+    // A header claiming more than the lap (sealed): not read, and the general path says why.
+    pass(&mut w, &mut r, 126);
+    assert!(write(&mut w, b"last of the lap"));
+    w.ring().data_u32(4096 - 32).store(17, Ordering::Relaxed);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { r.try_read_into_raw_fast(big.as_mut_ptr(), big.len()) },
+        None
+    );
+    assert_eq!(r.position(), 4096 - 32);
+    let mut out = Vec::new();
+    assert!(is_corrupt(&read_settled(&mut r, &mut out)));
+}
