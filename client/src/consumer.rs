@@ -100,6 +100,20 @@ impl Consumer {
     /// Receives the next message into `buf` (reusing its allocation). Returns false at
     /// end-of-stream.
     pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        if let Some(lane) = self.reader.fast_lane(&mut self.attachment)? {
+            if lane.end.try_read_into_fast(buf) {
+                lane.wake_if_waiting();
+                let id = lane.id;
+                self.reader.fast_read_done(id);
+                return Ok(true);
+            }
+        }
+        self.recv_into_slow(buf)
+    }
+
+    /// [`recv_into`](Self::recv_into) past its fast path.
+    #[inline(never)]
+    fn recv_into_slow(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         self.blocking(|r, _, _| Ok(message_step(r.try_read_into(buf)?)))
     }
 
@@ -124,6 +138,60 @@ impl Consumer {
     // Inlined into the caller, as the C binding's `shmem_recv` wants one call per message.
     #[inline]
     pub fn recv_into_slice(
+        &mut self,
+        buf: &mut [u8],
+        spill: &mut Vec<u8>,
+    ) -> Result<Option<Landed>> {
+        let mut sink = SliceSink {
+            buf,
+            spill,
+            fitted: None,
+        };
+        if let Some(lane) = self.reader.fast_lane(&mut self.attachment)? {
+            if lane.end.try_read_into_slice_fast(&mut sink) {
+                lane.wake_if_waiting();
+                let id = lane.id;
+                self.reader.fast_read_done(id);
+                return Ok(Some(sink.fitted.map_or(Landed::Spill, Landed::Buf)));
+            }
+        }
+        self.recv_into_slice_slow(sink.buf, sink.spill)
+    }
+
+    /// The common case of a receive into caller memory, for a caller that has a raw pointer
+    /// and a general path of its own (the C binding's `shmem_recv`): if the next message is
+    /// there, in a one-to-one channel's ring with nothing to report first, and no longer than
+    /// `capacity`, copies it to `buf` and returns its length, without waiting; `Ok(None)` and
+    /// nothing received otherwise (empty, a longer message, a mark, anything else), for
+    /// [`recv_into_slice`](Self::recv_into_slice) or
+    /// [`try_recv_into_slice`](Self::try_recv_into_slice) to receive. An error is one the
+    /// general path would have returned first (the channel is unusable).
+    ///
+    /// # Safety
+    /// `buf` is not NULL and points to `capacity` bytes writable for the whole call, which
+    /// nothing else reads or writes meanwhile (caller memory: never this consumer's ring).
+    #[inline(always)]
+    pub unsafe fn try_recv_into_raw_fast(
+        &mut self,
+        buf: *mut u8,
+        capacity: usize,
+    ) -> Result<Option<usize>> {
+        let Some(lane) = self.reader.fast_lane(&mut self.attachment)? else {
+            return Ok(None);
+        };
+        // SAFETY: the caller's contract, passed on.
+        let got = unsafe { lane.end.try_read_into_raw_fast(buf, capacity) };
+        if got.is_some() {
+            lane.wake_if_waiting();
+            let id = lane.id;
+            self.reader.fast_read_done(id);
+        }
+        Ok(got)
+    }
+
+    /// [`recv_into_slice`](Self::recv_into_slice) past its fast path.
+    #[inline(never)]
+    fn recv_into_slice_slow(
         &mut self,
         buf: &mut [u8],
         spill: &mut Vec<u8>,

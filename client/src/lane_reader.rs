@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::attachment::Attachment;
 use crate::error::{Error, Result};
 use crate::grant::Rings;
-use crate::lanes::{Fault, Lanes, Which};
+use crate::lanes::{Fault, Lane, Lanes, Which};
 use crate::ring::{BadRelease, RingError, RingReader};
 use crate::wire::Role;
 
@@ -217,6 +217,40 @@ impl LaneReader {
             }
             return Ok(None);
         }
+    }
+
+    /// The common case of a single read, ahead of [`try_read`](Self::try_read) and inlined
+    /// into the receive: the lane to read if it is a one-to-one channel's, with no producer
+    /// to report gone or announced (else `None`: `try_read` looks the general way, which is
+    /// what it would have done). A ring read's fast path then reads its ring; if that read a
+    /// message, the caller wakes the producer if it waits ([`Lane::wake_if_waiting`]) and
+    /// calls [`fast_read_done`](Self::fast_read_done), as `try_read` does after a read.
+    #[inline(always)]
+    pub fn fast_lane(
+        &mut self,
+        attachment: &mut Attachment,
+    ) -> Result<Option<&mut Lane<RingReader>>> {
+        self.lanes.prepare(attachment)?;
+        let fanout = self.lanes.fanout();
+        let [lane] = self.lanes.list.as_mut_slice() else {
+            return Ok(None);
+        };
+        // As in `try_read`: a report due first, or a lane held for an event still to come.
+        if fanout
+            || !attachment.producers_gone.is_empty()
+            || lane.end.ring().producers_gone_announced() > lane.gone_known
+        {
+            return Ok(None);
+        }
+        Ok(Some(lane))
+    }
+
+    /// After a message read from [`fast_lane`](Self::fast_lane)'s lane, whose id is `id`.
+    #[inline(always)]
+    pub fn fast_read_done(&mut self, id: u32) {
+        self.last_producer = Some(id);
+        self.cursor = 1;
+        self.lanes.progressed();
     }
 
     /// The most messages a read of lane `index` may take: one while a producer of its ring is

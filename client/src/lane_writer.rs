@@ -119,7 +119,36 @@ impl LaneWriter {
     /// waits for room), else into the scratch buffer and from there into every ring under the
     /// channel's policy. Returns the length sent; `None` when not
     /// `blocking` and a ring under policy `block` has no room (its wake-up armed).
-    pub fn write_up_to(
+    ///
+    /// The common case first, alone and inlined: one consumer, whose ring has the room this
+    /// producer already knows of ([`RingWriter::try_write_up_to_fast`]); the rest out of line.
+    #[inline(always)]
+    pub fn write_up_to<F: FnOnce(&mut [u8]) -> usize>(
+        &mut self,
+        attachment: &mut Attachment,
+        max: usize,
+        fill: F,
+        blocking: bool,
+    ) -> Result<Option<usize>> {
+        self.prepare(attachment)?;
+        check_fits(attachment, max)?;
+        let in_ring = self.in_ring();
+        let fill = match self.lanes.list.first_mut() {
+            Some(lane) if in_ring => match lane.end.try_write_up_to_fast(max, fill) {
+                Ok(used) => {
+                    lane.wake_if_waiting();
+                    return Ok(Some(used));
+                }
+                Err(fill) => fill,
+            },
+            _ => fill,
+        };
+        self.write_up_to_slow(attachment, max, fill, blocking)
+    }
+
+    /// [`write_up_to`](Self::write_up_to) past its fast path.
+    #[inline(never)]
+    fn write_up_to_slow(
         &mut self,
         attachment: &mut Attachment,
         max: usize,

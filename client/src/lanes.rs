@@ -52,6 +52,8 @@ impl End for RingWriter {
     fn open(ring: SharedRing) -> std::result::Result<Self, RingError> {
         RingWriter::new(ring)
     }
+    // Once per sent message: inlined into the caller's send, as the reader's is.
+    #[inline]
     fn take_peer_waiting(&mut self) -> bool {
         self.take_consumer_waiting()
     }
@@ -115,12 +117,15 @@ pub(crate) struct Lane<E> {
 
 impl<E: End> Lane<E> {
     /// Wakes the peer (the one wake routine). EAGAIN means the counter is already huge, i.e.
-    /// the peer has a wake-up pending.
+    /// the peer has a wake-up pending. Out of line: the per-message check below is inlined.
+    #[inline(never)]
     pub fn wake(&self) {
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
 
     /// After an operation on the ring (publish, fence, flag): wakes the peer if it sleeps.
+    /// Runs once per message on each side: inlined (a flag load and a compare).
+    #[inline(always)]
     pub fn wake_if_waiting(&mut self) {
         if self.end.take_peer_waiting() {
             self.wake();

@@ -41,6 +41,18 @@ pub(crate) unsafe fn deliver(
     // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
     // (checked above), and `&mut` on the handle makes this the only access.
     let target = unsafe { &mut *consumer.consumer };
+    // The most common case of all, alone: a message there that fits the caller's buffer,
+    // copied straight to it (no slice, no sink); anything else goes the general way below.
+    if !buf.is_null() {
+        // SAFETY: not NULL, `capacity` writable bytes that nothing else touches meanwhile
+        // (the caller's contract, from the C one); not ours (our vector is a separate
+        // allocation, the ring's mapping is never handed out writable).
+        if let Some(n) = unsafe { target.try_recv_into_raw_fast(buf.cast::<u8>(), capacity) }? {
+            // SAFETY: not NULL (checked), writable (the caller's contract).
+            unsafe { *len = n };
+            return Ok(SHMEM_OK);
+        }
+    }
     // A slice may not be longer than isize::MAX bytes (`from_raw_parts_mut`'s rule), whatever
     // `capacity` a caller passes; a receive writes no more than the message into it anyway.
     let room = capacity.min(isize::MAX as usize);

@@ -250,6 +250,7 @@ impl SharedRing {
         self.ack.as_ref().unwrap_or(&self.map).writable()
     }
 
+    #[inline]
     pub(super) fn header(&self) -> &Header {
         // SAFETY: the mapping is at least HEADER_SIZE (>= size_of::<Header>()) bytes, page
         // aligned (so aligned for Header), and lives as long as `self`; the seals guarantee the
@@ -261,6 +262,7 @@ impl SharedRing {
 
     /// What the consumer writes: its line and waiting flag, in the ack page (layout 3) or in
     /// the header (layouts 1 and 2).
+    #[inline]
     pub(super) fn consumer_side(&self) -> (&ConsumerLine, &AtomicU32) {
         match self.ack_page() {
             Some(page) => (&page.consumer, &page.consumer_waiting.waiting),
@@ -272,6 +274,7 @@ impl SharedRing {
     }
 
     /// The ack page as a whole (layout 3).
+    #[inline]
     pub(super) fn ack_page(&self) -> Option<&AckPage> {
         self.ack.as_ref().map(|ack| {
             // SAFETY: as for `header`: the ack mapping is ACK_SIZE (>= size_of::<AckPage>())
@@ -311,15 +314,18 @@ impl SharedRing {
 
     /// Whether a waker must leave the sleeper's flag alone and go by its tickets (layout 3,
     /// where the flag is in memory the waker maps read-only).
+    #[inline]
     pub(super) fn wakes_by_ticket(&self) -> bool {
         self.ack.is_some()
     }
+    #[inline]
     pub(super) fn data(&self) -> *mut u8 {
         // SAFETY: HEADER_SIZE is within the mapping (its length is HEADER_SIZE + capacity).
         unsafe { self.map.as_ptr().add(HEADER_SIZE as usize) }
     }
 
     /// An atomic view of a u32 at `offset` (a multiple of 4, below `capacity`) of the data area.
+    #[inline]
     pub(super) fn data_u32(&self, offset: u64) -> &AtomicU32 {
         debug_assert!(offset % 4 == 0 && offset + 4 <= self.capacity);
         // SAFETY: callers pass offsets that are frame starts (multiples of the frame unit, 8 or
@@ -331,6 +337,7 @@ impl SharedRing {
     }
 
     /// An atomic view of a u64 at `offset` (a multiple of 8, below `capacity`) of the data area.
+    #[inline]
     pub(super) fn data_u64(&self, offset: u64) -> &AtomicU64 {
         debug_assert!(offset % 8 == 0 && offset + 8 <= self.capacity);
         // SAFETY: as for `data_u32`: callers pass the seal word of a frame start (a multiple of
@@ -341,6 +348,7 @@ impl SharedRing {
 
     /// Asks the CPU to fetch the cache line at `offset` of the data area: one cross-core
     /// transfer less on the latency path when the fetch overlaps with another.
+    #[inline]
     pub(super) fn prefetch(&self, offset: u64) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is only a hint: it never faults and changes no memory, whatever

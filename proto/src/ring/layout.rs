@@ -180,11 +180,21 @@ impl FrameFormat {
             .saturating_add(payload.saturating_add(mask) & !mask)
     }
 
+    /// [`frame_len`](Self::frame_len) of a header's `len` (or any length below 2^32), which
+    /// needs no saturation: it stays far below 2^64 with a unit of 8 or 16.
+    #[inline(always)]
+    pub(super) fn frame_len_u32(self, payload: u32) -> u64 {
+        let mask = self.unit - 1;
+        self.unit + ((u64::from(payload) + mask) & !mask)
+    }
+
+    #[inline]
     pub(super) fn max_message_len(self, capacity: u64) -> u64 {
         (capacity - self.unit).min(u64::from(u32::MAX) - self.unit)
     }
 
     /// The seal of the frame at `pos`, in a layout that has seals.
+    #[inline]
     pub(super) fn seal(self, pos: u64) -> Option<u64> {
         // Positions stay below MAX_POSITION; wrapping keeps even a stray one from panicking.
         self.seal_key.map(|key| pos.wrapping_add(1) ^ key)

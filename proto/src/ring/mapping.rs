@@ -43,6 +43,7 @@ impl Mapping {
         Ok(Mapping { ptr, len, writable })
     }
 
+    #[inline]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
@@ -91,6 +92,7 @@ pub(crate) trait Word {
 
 impl Word for AtomicU32 {
     type Value = u32;
+    #[inline]
     fn load_relaxed(&self) -> u32 {
         self.load(Ordering::Relaxed)
     }
@@ -98,6 +100,7 @@ impl Word for AtomicU32 {
 
 impl Word for AtomicU64 {
     type Value = u64;
+    #[inline]
     fn load_relaxed(&self) -> u64 {
         self.load(Ordering::Relaxed)
     }
@@ -109,6 +112,7 @@ impl Word for AtomicU64 {
 /// goes through here, whichever side owns the word, so none is missed; the one exception is
 /// `handshake::observe`, which does the same over the handshake's own atomics trait so that
 /// loom can model it.
+#[inline]
 pub(crate) fn load_acquire<W: Word>(word: &W) -> W::Value {
     let value = word.load_relaxed();
     fence(Ordering::Acquire);

@@ -96,10 +96,11 @@
 //! # Where each part lives
 //! `layout.rs` (sizes, header and ack page, frame format), `files.rs` (the memfds, their
 //! checks and mapping: [`SharedRing`]), `writer.rs` ([`RingWriter`]), `reader.rs`
-//! ([`RingReader`]), `batches.rs` (both sides' batches and their fast paths), `zero_copy.rs`
+//! ([`RingReader`]), `batches.rs` (both sides' batches and their fast paths), `single.rs` (single messages'
+//! fast paths), `zero_copy.rs`
 //! (payloads read in place), `forwarding.rs` (reading ahead, all-or-nothing runs),
 //! `handshake.rs` (sleep and wake), `mapping.rs` (mmap); tests in `tests.rs`,
-//! `hostile_positions.rs`, `rewind_tests.rs` and `batch_tests.rs`.
+//! `hostile_positions.rs`, `rewind_tests.rs`, `batch_tests.rs` and `single_tests.rs`.
 
 mod batches;
 mod files;
@@ -108,6 +109,7 @@ mod handshake;
 mod layout;
 mod mapping;
 mod reader;
+mod single;
 mod writer;
 mod zero_copy;
 
@@ -157,3 +159,6 @@ mod rewind_tests;
 
 #[cfg(test)]
 mod batch_tests;
+
+#[cfg(test)]
+mod single_tests;

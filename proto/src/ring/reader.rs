@@ -232,7 +232,18 @@ impl RingReader {
     }
 
     /// Copies the next message into `out` (replacing its contents), skipping padding.
+    #[inline]
     pub fn try_read_into(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
+        if self.try_read_into_fast(out) {
+            return Ok(ReadOutcome::Message);
+        }
+        self.read_into_slow(out)
+    }
+
+    /// [`try_read_into`](Self::try_read_into) where its fast path (`single.rs`) does not
+    /// apply.
+    #[inline(never)]
+    fn read_into_slow(&mut self, out: &mut Vec<u8>) -> Result<ReadOutcome, RingError> {
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             // Just loaded: a poll of an empty ring ends here, with one load (and prefetch).
@@ -246,10 +257,21 @@ impl RingReader {
     /// Copies the next message into `sink.buf` if it fits (`sink.fitted` is then its length),
     /// else into `sink.spill` (replacing its contents; `sink.fitted` is `None`), skipping
     /// padding: either way the message is read, once, and its space released.
+    #[inline]
     pub fn try_read_into_slice(
         &mut self,
         sink: &mut SliceSink<'_>,
     ) -> Result<ReadOutcome, RingError> {
+        if self.try_read_into_slice_fast(sink) {
+            return Ok(ReadOutcome::Message);
+        }
+        self.read_into_slice_slow(sink)
+    }
+
+    /// [`try_read_into_slice`](Self::try_read_into_slice) where its fast path (`single.rs`)
+    /// does not apply.
+    #[inline(never)]
+    fn read_into_slice_slow(&mut self, sink: &mut SliceSink<'_>) -> Result<ReadOutcome, RingError> {
         sink.fitted = None;
         let mut unread = self.unread_cached()?;
         if unread == 0 {
@@ -403,26 +425,7 @@ impl RingReader {
                     let start = (offset + self.ring.format.unit) as usize;
                     match &mut sink {
                         Sink::Buffer(out) => self.copy_to_vec(start, len as usize, out),
-                        Sink::Slice(sink) => match sink.buf.get_mut(..len as usize) {
-                            Some(out) => {
-                                // SAFETY: the source range [start, start + len) lies inside
-                                // the data area (its frame's size <= until_end), `out` is len
-                                // writable bytes, and the two never overlap (a `&mut [u8]` is
-                                // never our shared mapping, which only ever lends raw pointers
-                                // and shared reads). A raw copy forms no reference to the
-                                // shared bytes: a hostile producer rewriting them while we
-                                // copy only changes what we receive.
-                                unsafe {
-                                    std::ptr::copy_nonoverlapping(
-                                        self.ring.data().add(start),
-                                        out.as_mut_ptr(),
-                                        out.len(),
-                                    );
-                                }
-                                sink.fitted = Some(out.len());
-                            }
-                            None => self.copy_to_vec(start, len as usize, sink.spill),
-                        },
+                        Sink::Slice(sink) => self.copy_to_slice(start, len as usize, sink),
                         Sink::Fd(fd, written) => {
                             self.ring.write_out(start, len as usize, *fd)?;
                             **written = len as usize;
@@ -450,10 +453,39 @@ impl RingReader {
         }
     }
 
+    /// Copies the `len` payload bytes at data offset `start` into `sink.buf` if they fit
+    /// (`sink.fitted` is then `len`), else into `sink.spill`. The caller has checked that they
+    /// lie inside the data area.
+    #[inline(always)]
+    pub(super) fn copy_to_slice(&self, start: usize, len: usize, sink: &mut SliceSink<'_>) {
+        match sink.buf.get_mut(..len) {
+            Some(out) => {
+                // SAFETY: the source range [start, start + len) lies inside the data area
+                // (the caller's check), `out` is len writable bytes, and the two never overlap
+                // (a `&mut [u8]` is never our shared mapping, which only ever lends raw
+                // pointers and shared reads). A raw copy forms no reference to the shared
+                // bytes: a hostile producer rewriting them while we copy only changes what we
+                // receive.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.ring.data().add(start),
+                        out.as_mut_ptr(),
+                        len,
+                    );
+                }
+                sink.fitted = Some(len);
+            }
+            None => {
+                self.copy_to_vec(start, len, sink.spill);
+                sink.fitted = None;
+            }
+        }
+    }
+
     /// Copies the `len` payload bytes at data offset `start` into `out` (replacing its
     /// contents). The caller has checked that they lie inside the data area.
     #[inline(always)]
-    fn copy_to_vec(&self, start: usize, len: usize, out: &mut Vec<u8>) {
+    pub(super) fn copy_to_vec(&self, start: usize, len: usize, out: &mut Vec<u8>) {
         out.clear();
         out.reserve(len);
         // SAFETY: the source range [start, start + len) lies inside the data area (the
@@ -469,6 +501,7 @@ impl RingReader {
 
     /// Publishes the local read position (releasing the space, and whatever was read ahead)
     /// with one store, if it moved: a poll of an empty ring writes nothing.
+    #[inline]
     pub(super) fn commit(&mut self) {
         if self.read_pos == self.published_pos {
             return;

@@ -204,11 +204,11 @@ impl RingWriter {
         Ok(written.is_some())
     }
 
-    /// Reserves room for up to `max` payload bytes and lets `fill` write the message straight
-    /// into the ring, returning its length (0 of a non-empty reservation: no message).
-    /// `Ok(None)` if there is no room for `max` bytes right now (and `fill` was not called),
-    /// else the length written.
-    pub fn try_write_up_to(
+    /// [`try_write_up_to`](Self::try_write_up_to) when its fast path does not apply (see
+    /// `single.rs`): the frame may need padding in front, a rewind, or the consumer's position
+    /// loaded afresh; or it is too large.
+    #[inline(never)]
+    pub(super) fn try_write_up_to_slow(
         &mut self,
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> usize,
@@ -427,6 +427,7 @@ impl RingWriter {
 
     /// The span field (high half of the kind word) for a publish of `bytes`; 0 (the consumer
     /// asks the position instead) if it does not fit.
+    #[inline]
     pub(super) fn span(&self, bytes: u64) -> u32 {
         // The unit is a power of two (8 or 16): a shift, where a division costs tens of cycles
         // on every publish.
