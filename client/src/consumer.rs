@@ -170,6 +170,9 @@ impl Consumer {
     /// # Safety
     /// `buf` is not NULL and points to `capacity` bytes writable for the whole call, which
     /// nothing else reads or writes meanwhile (caller memory: never this consumer's ring).
+    // Public for the C binding (another crate); hidden from the docs: Rust callers have
+    // `recv_into_slice`, which is as fast and safe.
+    #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn try_recv_into_raw_fast(
         &mut self,

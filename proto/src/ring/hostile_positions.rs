@@ -233,9 +233,9 @@ fn a_consumer_cannot_make_the_writer_skip_positions_past_half_the_space() {
     ] {
         let (ring, memfd) = shared(capacity);
         set_positions(&ring, start, start);
-        // What a consumer that borrows in place says (and one that lies can say).
+        // What every consumer of this library says (and one that lies can say).
         let consumer = ring.consumer_side().0;
-        consumer.reads_in_place.store(1, Ordering::SeqCst);
+        consumer.accepts_rewinds.store(1, Ordering::SeqCst);
         let mut writer = RingWriter::new(reopen(&memfd, capacity)).expect("writer");
         let frame = writer.ring().frame_len(REWIND_MIN_FRAME);
         for i in 0..2 {

@@ -84,11 +84,12 @@ pub(super) struct ConsumerLine {
     pub(super) messages_read: AtomicU64,
     /// Times this consumer woke the producer. Appended: the fields above keep their offsets.
     pub(super) wakeups: AtomicU64,
-    /// Nonzero once this consumer has borrowed a message where it lies (`try_peek`) instead of
-    /// copying it out: the producer may then start large frames over at the lap's start
-    /// (`RingWriter::rewind_if_room_at_start`). Appended: zero in older rings, which never
-    /// rewind. The consumer's to set; a false claim only changes where its own frames go.
-    pub(super) reads_in_place: AtomicU64,
+    /// Nonzero when this consumer accepts padding anywhere in a lap (every consumer of this
+    /// library sets it when it attaches): the producer may then start large frames over at the
+    /// lap's start (`RingWriter::rewind_if_room_at_start`). Appended: zero in older rings and
+    /// under older consumers, which never see a rewind. The consumer's to set; a false claim
+    /// only changes where its own frames go.
+    pub(super) accepts_rewinds: AtomicU64,
 }
 
 #[repr(C, align(64))]

@@ -30,7 +30,7 @@
 //! The ack memfd, 4096 bytes (written by the consumer; the producer maps it read-only):
 //! ```text
 //! 0     read_pos u64, messages_read u64, wakeups u64,
-//!       reads_in_place u64     (nonzero: the consumer borrows in place; see rewinds)
+//!       accepts_rewinds u64    (nonzero: the consumer accepts padding anywhere; see rewinds)
 //! 64    consumer_waiting u32   (consumer is asleep on the data_ready eventfd: a ticket)
 //! 128   producers_gone u64     (written by the broker: producer_gone events it announced
 //!                               to this ring's consumer, each counted before it is sent;

@@ -86,27 +86,34 @@ fn a_rewind_pads_a_tail_of_at_most_sixteen_frames() {
 }
 
 #[test]
-fn a_consumer_that_copies_messages_out_gets_them_in_turn() {
-    // Rewinding would make the writer reuse the bytes the consumer just copied, still in its
-    // cache: a copying consumer's frames go round the whole ring, as before rewinds existed,
-    // including after a predecessor that borrowed.
+fn a_consumer_that_copies_messages_out_gets_rewinds_too() {
     let large = REWIND_MIN_FRAME as usize;
-    let (mut w, mut r, fd) = pair(2 << 20);
+    let (mut w, mut r, _fd) = pair(2 << 20);
     let frame = w.ring().frame_len(large as u64);
-    // The predecessor borrowed (a peek says so, even of an empty ring).
-    assert!(matches!(r.try_peek().expect("peek"), Peeked::Empty));
-    let says = |r: &RingReader| {
-        r.ring()
-            .consumer_side()
-            .0
-            .reads_in_place
-            .load(Ordering::Relaxed)
+    let mut out = Vec::new();
+    let mut copy = |r: &mut RingReader, expected: &[u8]| {
+        assert_eq!(read_settled(r, &mut out).expect("read"), ReadOutcome::Message);
+        assert_eq!(out, expected);
     };
-    assert_eq!(says(&r), 1);
-    drop(r);
-    let fds = fd.share(Some(crate::wire::Role::Consumer)).expect("share");
-    let mut r = RingReader::new(SharedRing::open(fds, 2 << 20).expect("open")).expect("reader");
-    assert_eq!(says(&r), 0, "a new consumer copies until it borrows");
+    assert!(write(&mut w, &vec![1; large]));
+    assert!(write(&mut w, &vec![2; large]));
+    copy(&mut r, &vec![1; large]);
+    assert!(write(&mut w, &vec![3; large]));
+    assert_eq!(w.ring().offset_of(w.write_pos), frame, "the lap starts over");
+    copy(&mut r, &vec![2; large]);
+    copy(&mut r, &vec![3; large]);
+}
+
+#[test]
+fn a_consumer_that_does_not_accept_rewinds_gets_frames_in_turn() {
+    // A consumer of an older version leaves the field zero (and one attaching after it sets
+    // it again): its frames go round the whole ring, where it expects padding.
+    let large = REWIND_MIN_FRAME as usize;
+    let (mut w, mut r, _fd) = pair(2 << 20);
+    let frame = w.ring().frame_len(large as u64);
+    let accepts = &r.ring().consumer_side().0.accepts_rewinds;
+    assert_eq!(accepts.load(Ordering::Relaxed), 1, "this library's consumers do");
+    accepts.store(0, Ordering::Relaxed);
     let mut out = Vec::new();
     for i in 0..4u8 {
         assert!(write(&mut w, &vec![i; large]));

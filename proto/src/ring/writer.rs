@@ -166,7 +166,7 @@ impl RingWriter {
             return Ok(());
         }
         let consumer = self.ring.consumer_side().0;
-        if consumer.reads_in_place.load(Ordering::Relaxed) == 0 {
+        if consumer.accepts_rewinds.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         // The consumer's position is the consumer's to write: one that claims to have read

@@ -128,21 +128,6 @@ impl RingWriter {
 }
 
 impl RingReader {
-    /// Tells the producer, once, that this consumer does not copy messages out (it borrows
-    /// them, or hands them to the kernel with `write(2)`): large frames may then start the
-    /// lap over (`RingWriter::rewind_if_room_at_start`).
-    #[inline]
-    pub(super) fn say_reads_in_place(&mut self) {
-        if !self.reads_in_place {
-            self.reads_in_place = true;
-            self.ring
-                .consumer_side()
-                .0
-                .reads_in_place
-                .store(1, Ordering::Relaxed);
-        }
-    }
-
     /// Finds the next message (skipping padding and loss records) and leaves it in the ring:
     /// its space is not released, to the producer, until [`release`](Self::release). An
     /// end-of-stream mark, or padding alone, is released at once, as by `try_read_into`.
@@ -151,7 +136,6 @@ impl RingReader {
     /// `Sample` holds the consumer mutably borrowed for that); a release that never comes is
     /// made by the next read.
     pub fn try_peek(&mut self) -> Result<Peeked, RingError> {
-        self.say_reads_in_place();
         let mut unread = self.unread_cached()?;
         if unread == 0 {
             return Ok(Peeked::Empty);
