@@ -1,6 +1,6 @@
 //! `shmem-bridge export`: the channel's consumer, publishing each message on the key.
 //!
-//! The exporter reads ahead ([`Consumer::try_recv_ahead`]): it publishes items as they come,
+//! The exporter reads ahead ([`Consumer::try_recv_ahead_owned`]): it publishes items as they come,
 //! several batches in flight, and releases them from the ring ([`Consumer::release_to`]) only
 //! up to the last position every importer it waits for has reported stored in its own
 //! channel. Until then the items stay in the local ring, so an exporter killed at any point
@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use shmem_broker_client::{Consumer, ReadItem, SlowConsumer, TryRecvError};
+use shmem_broker_client::{AheadItem, Consumer, SlowConsumer, TryRecvError};
 use slog::{debug, info, warn, Logger};
 use zenoh::bytes::ZBytes;
 use zenoh::pubsub::Publisher;
@@ -259,11 +259,11 @@ impl Exporter<'_> {
         } else if crate::stopping() {
             return Ok(None);
         }
-        let got = consumer.try_recv_ahead(MAX_BATCH, |from, to, read| {
-            let (kind, bytes) = match read {
-                ReadItem::Message(bytes) => (Kind::Message, bytes),
-                ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
-                ReadItem::Padding => (Kind::Padding, &[][..]),
+        let got = consumer.try_recv_ahead_owned(MAX_BATCH, |from, to, read| {
+            let (kind, message) = match read {
+                AheadItem::Message(bytes) => (Kind::Message, Some(bytes)),
+                AheadItem::EndOfStream => (Kind::EndOfStream, None),
+                AheadItem::Padding => (Kind::Padding, None),
             };
             let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
             if from == window.released {
@@ -275,12 +275,17 @@ impl Exporter<'_> {
                 from,
                 to,
             };
-            if bytes.len() > PACK_ITEM_MAX {
-                self.flush(window);
-                self.publish(item, bytes.to_vec(), window);
-                return;
+            match message {
+                Some(bytes) if bytes.len() > PACK_ITEM_MAX => {
+                    self.flush(window);
+                    // Taken, not copied: the consumer's buffer is already a private copy of
+                    // the message (the one copy out of the ring), and Zenoh takes it as is.
+                    self.publish(item, std::mem::take(bytes), window);
+                    return;
+                }
+                Some(bytes) => wire::pack_item(&mut window.pack.0, &item, bytes),
+                None => wire::pack_item(&mut window.pack.0, &item, &[]),
             }
-            wire::pack_item(&mut window.pack.0, &item, bytes);
             let span = window.pack.1.map_or((from, to), |(start, _)| (start, to));
             window.pack.1 = Some(span);
             if window.pack.0.len() >= PACK_BYTES {

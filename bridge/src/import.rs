@@ -4,6 +4,11 @@
 //! is full the producer waits, the queue fills, and Zenoh's callback waits on it, which stops
 //! the session reading its link, so the exporter's blocking publications wait in turn. Memory
 //! stays at the queue's bound plus Zenoh's own buffers, however slow the local consumer is.
+//! A message that came alone in its sample waits in the queue as Zenoh's own payload (its
+//! receive buffers, one per fragment of a large message, no copy) and is written from those
+//! fragments straight into the ring ([`Producer::try_send_all`] takes a message in parts):
+//! one copy between the network buffers and the ring. (Packed small messages are copied
+//! out of their pack.)
 //!
 //! Each item's positions are checked against the last one stored (see [`crate::wire`]):
 //! duplicates (an exporter that restarted, a batch sent again) are dropped and counted, a gap
@@ -20,8 +25,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmem_broker_client::{Client, ErrorCode, Producer};
+use shmem_broker_client::{Client, ErrorCode, MessageBytes, Producer};
 use slog::{debug, info, warn, Logger};
+use zenoh::bytes::ZBytes;
 use zenoh::qos::CongestionControl;
 use zenoh::{Session, Wait};
 
@@ -30,7 +36,9 @@ use crate::state::{Record, Resume, StateFile};
 use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 use crate::{attach_retrying, connect_retrying};
 
-/// Bytes of received samples waiting for the local ring (one larger sample is let in alone).
+/// Bytes of received payloads waiting for the local ring (one larger sample is let in alone).
+/// Zenoh's receive buffers behind them may hold more: a large message's last fragment may
+/// sit alone in a 64 KiB buffer.
 pub const QUEUE_BYTES: usize = 8 << 20;
 const QUEUE_ITEMS: usize = 8192;
 /// Ack at least this often while storing a long burst.
@@ -53,7 +61,7 @@ pub struct ImportSpec {
 
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<(Item, Vec<u8>)>,
+    items: VecDeque<(Item, ZBytes)>,
     bytes: usize,
 }
 
@@ -69,7 +77,7 @@ impl Inbox {
 
     /// Called from Zenoh's receive path: waits while the queue is full (that is the
     /// back-pressure), but always takes an item into an empty queue.
-    fn push(&self, item: Item, payload: Vec<u8>) {
+    fn push(&self, item: Item, payload: ZBytes) {
         let mut queue = self.lock();
         while !queue.items.is_empty()
             && (queue.bytes.saturating_add(payload.len()) > QUEUE_BYTES
@@ -84,7 +92,7 @@ impl Inbox {
     }
 
     /// Up to `max` items, waiting up to `timeout` for the first (none if none came).
-    fn pop(&self, timeout: Duration, max: usize) -> Vec<(Item, Vec<u8>)> {
+    fn pop(&self, timeout: Duration, max: usize) -> Vec<(Item, ZBytes)> {
         let deadline = Instant::now() + timeout;
         let mut queue = self.lock();
         loop {
@@ -189,17 +197,20 @@ pub fn run(
                     }
                     return;
                 };
-                let payload = sample.payload().to_bytes();
-                match wire::open_item(auth.as_deref(), &key, &attachment.to_bytes(), &payload) {
-                    Ok(item) if item.kind == Kind::Pack => match wire::unpack(&payload) {
+                // The payload as Zenoh received it: one slice per fragment, never gathered.
+                let payload = sample.payload();
+                let parts: Vec<&[u8]> = payload.slices().collect();
+                match wire::open_item(auth.as_deref(), &key, &attachment.to_bytes(), &parts) {
+                    Ok(item) if item.kind == Kind::Pack => match wire::unpack(&payload.to_bytes()) {
                         Ok(items) => {
                             for (item, bytes) in items {
-                                inbox.push(item, bytes.to_vec());
+                                inbox.push(item, ZBytes::from(bytes.to_vec()));
                             }
                         }
                         Err(e) => debug!(log, "ignored a malformed pack"; "error" => e),
                     },
-                    Ok(item) => inbox.push(item, payload.into_owned()),
+                    // Kept as it is (reference counted), written into the ring from its parts.
+                    Ok(item) => inbox.push(item, payload.clone()),
                     Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
                     Err(Refused::Malformed(e)) => {
                         debug!(log, "ignored a sample with a malformed attachment"; "error" => e)
@@ -354,12 +365,12 @@ struct Run {
     /// The `to` of the last item stored before the run's first one (what its record calls
     /// done: a gap stored over is not part of it).
     done: u64,
-    items: Vec<(Item, Vec<u8>)>,
+    items: Vec<(Item, ZBytes)>,
     bytes: usize,
 }
 
 impl Importer<'_> {
-    fn take(&mut self, item: Item, payload: Vec<u8>) -> anyhow::Result<()> {
+    fn take(&mut self, item: Item, payload: ZBytes) -> anyhow::Result<()> {
         if item.kind == Kind::Pack {
             // Unpacked on arrival; a pack is never an item of the stream.
             return Ok(());
@@ -442,7 +453,7 @@ impl Importer<'_> {
         let local_before = producer.position().unwrap_or(0);
         // The mark is a frame header, as an empty message is.
         let local_after = producer
-            .end_position(&[&[]])
+            .end_position::<&[u8]>(&[&[]])
             .context("room for an end-of-stream mark")?;
         let record = Record {
             done,
@@ -467,11 +478,13 @@ impl Importer<'_> {
         let mut done = run.done;
         let mut rest = &run.items[..];
         while let Some((last, _)) = rest.last() {
-            let messages: Vec<&[u8]> = rest
+            // Each message in the parts Zenoh received it in.
+            let parts: Vec<Vec<&[u8]>> = rest
                 .iter()
                 .filter(|(item, _)| item.kind == Kind::Message)
-                .map(|(_, payload)| &payload[..])
+                .map(|(_, payload)| payload.slices().collect())
                 .collect();
+            let messages: Vec<&[&[u8]]> = parts.iter().map(Vec::as_slice).collect();
             let (stored, end) = if self.store(done, last.to, &messages, true)? {
                 (last.to, rest.len())
             } else {
@@ -497,7 +510,7 @@ impl Importer<'_> {
         &mut self,
         done: u64,
         next: u64,
-        messages: &[&[u8]],
+        messages: &[&[&[u8]]],
         try_all: bool,
     ) -> anyhow::Result<bool> {
         let channel = self.spec.channel.clone();
@@ -524,8 +537,10 @@ impl Importer<'_> {
                 .with_context(|| format!("send into {channel}"));
         }
         for message in messages {
+            // The length fitted the ring (end_position above): it adds up.
+            let len = message.total_len().unwrap_or(usize::MAX);
             producer
-                .send(message)
+                .send_with(len, |buf| message.copy_into(buf))
                 .with_context(|| format!("send into {channel}"))?;
         }
         Ok(true)
