@@ -529,6 +529,26 @@ fn exporting_bridge_sigkilled_with_its_whole_ring_in_flight_loses_and_repeats_no
     survives_sigkills(false, 40_000, 1024, 6, Duration::from_millis(700));
 }
 
+/// Large messages (100 kB: published alone, from the exporter's own read buffer, and
+/// received in several Zenoh fragments that the importer writes straight into its ring): the
+/// exporter killed four times with its ring in flight, the next one re-sends what it holds
+/// and the importer drops what it already stored.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn exporting_bridge_sigkilled_with_large_messages_in_flight_loses_and_repeats_nothing() {
+    require_root();
+    survives_sigkills(false, 600, 100_000, 4, Duration::from_millis(700));
+}
+
+/// The importer killed four times while it writes large messages from Zenoh's fragments
+/// into its ring: each restart resumes exactly after what the channel holds.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn importing_bridge_sigkilled_while_storing_large_messages_loses_and_repeats_nothing() {
+    require_root();
+    survives_sigkills(true, 600, 100_000, 4, Duration::ZERO);
+}
+
 #[test]
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn link_cut_for_5_s_and_restored() {

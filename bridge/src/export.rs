@@ -39,6 +39,7 @@ use zenoh::{Session, Wait};
 
 use crate::attach_retrying;
 use crate::auth::{Auth, Rejects};
+use crate::buffers::Pool;
 use crate::doorbell::Doorbell;
 use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 
@@ -49,6 +50,8 @@ const MAX_BATCH: usize = 4096;
 const PACK_ITEM_MAX: usize = 8 << 10;
 /// A pack is published once it holds this many bytes (and at the end of each read).
 const PACK_BYTES: usize = 60 << 10;
+/// Most bytes of free payload buffers kept for reuse (at most the ring's capacity).
+const POOL_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ExportSpec {
@@ -164,6 +167,7 @@ pub fn run(
 
     let exporter = Exporter {
         spec,
+        pool: Pool::new(usize::try_from(consumer.capacity().min(POOL_BYTES)).unwrap_or(0)),
         publisher: &publisher,
         shared: &shared,
         log: &log,
@@ -177,6 +181,8 @@ pub fn run(
 
 struct Exporter<'a> {
     spec: &'a ExportSpec,
+    /// What payloads are published from (see [`crate::buffers`]).
+    pool: Arc<Pool>,
     publisher: &'a Publisher<'a>,
     shared: &'a Shared,
     log: &'a Logger,
@@ -279,8 +285,10 @@ impl Exporter<'_> {
                 Some(bytes) if bytes.len() > PACK_ITEM_MAX => {
                     self.flush(window);
                     // Taken, not copied: the consumer's buffer is already a private copy of
-                    // the message (the one copy out of the ring), and Zenoh takes it as is.
-                    self.publish(item, std::mem::take(bytes), window);
+                    // the message (the one copy out of the ring), and Zenoh takes it as is;
+                    // the next message is read into a buffer used before.
+                    let message = std::mem::replace(bytes, self.pool.take());
+                    self.publish(item, message, window);
                     return;
                 }
                 Some(bytes) => wire::pack_item(&mut window.pack.0, &item, bytes),
@@ -302,10 +310,10 @@ impl Exporter<'_> {
 
     /// Publishes the pack being filled, if any.
     fn flush(&self, window: &mut Window) {
-        let payload = std::mem::take(&mut window.pack.0);
         let Some((from, to)) = window.pack.1.take() else {
             return;
         };
+        let payload = std::mem::replace(&mut window.pack.0, self.pool.take());
         let item = Item {
             kind: Kind::Pack,
             flags: if self.lossy { wire::FLAG_LOSSY } else { 0 },
@@ -318,7 +326,7 @@ impl Exporter<'_> {
     /// Publishes one sample and keeps it until the importers hold it.
     fn publish(&self, item: Item, payload: Vec<u8>, window: &mut Window) {
         let attachment = ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, &payload));
-        let sample = (item, ZBytes::from(payload), attachment);
+        let sample = (item, self.pool.payload(payload), attachment);
         self.put(&sample);
         window.sent.push_back(sample);
     }
