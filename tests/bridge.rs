@@ -691,6 +691,41 @@ fn hostile_publisher_on_the_key_cannot_inject_or_forge_positions() {
     );
 }
 
+/// A peer floods the key (no key file: anyone may publish) with small items, each alone in
+/// its Zenoh batch, while the importer's channel is full (nobody reads it): the importer's
+/// queue fills. A small payload is copied out of Zenoh's receive buffer before it is queued,
+/// so the importer stays small; kept as it came, each 64-byte item would pin a 64 KiB buffer
+/// (8192 queued: half a GiB).
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn small_samples_flooding_a_stalled_importer_do_not_pin_receive_buffers() {
+    require_root();
+    let hosts = Hosts::new();
+    let b = Broker::start(None);
+    let state = temp_dir();
+    let _router = router(&hosts, b.dir());
+    let import = importer(&hosts.b, &b, state.path(), "in", "test/out", "hostB");
+    let before = vm_rss_kib(import.pid());
+    let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
+    rogue_cmd
+        .args(["netns", "exec", &hosts.b])
+        .arg(env!("CARGO_BIN_EXE_bridge-rogue"))
+        .args([ROUTER, "test/out", "hostB", "300", "flood"]);
+    let mut rogue = Proc::start(rogue_cmd, "rogue", b.dir(), Stdio::null(), None);
+    wait_for_stdout_or_log(&mut rogue, "forging");
+    let mut peak = before;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        peak = peak.max(vm_rss_kib(import.pid()));
+    }
+    eprintln!("importer RSS KiB before {before}, peak {peak}");
+    assert!(import.is_running(), "{}", import.stderr_text());
+    assert!(
+        peak < before + 96 * 1024,
+        "the importer grew from {before} KiB to {peak} KiB"
+    );
+}
+
 /// SIGTERM to either bridge mid-stream: it takes nothing new, finishes what is in flight (the
 /// exporter's batch confirmed and released from its ring, the importer's item stored and
 /// acked), logs "stopped: drained" and exits 0; started again, the stream goes on with nothing

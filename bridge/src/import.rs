@@ -4,8 +4,8 @@
 //! is full the producer waits, the queue fills, and Zenoh's callback waits on it, which stops
 //! the session reading its link, so the exporter's blocking publications wait in turn. Memory
 //! stays at the queue's bound plus Zenoh's own buffers, however slow the local consumer is.
-//! A message that came alone in its sample waits in the queue as Zenoh's own payload (its
-//! receive buffers, one per fragment of a large message, no copy) and is written from those
+//! A large message (32 KiB or more) waits in the queue as Zenoh's own payload (its receive
+//! buffers, one per fragment, no copy; counted in the queue's bound for every buffer it pins) and is written from those
 //! fragments straight into the ring ([`Producer::try_send_all`] takes a message in parts):
 //! one copy between the network buffers and the ring. (Packed small messages are copied
 //! out of their pack.)
@@ -36,11 +36,17 @@ use crate::state::{Record, Resume, StateFile};
 use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 use crate::{attach_retrying, connect_retrying};
 
-/// Bytes of received payloads waiting for the local ring (one larger sample is let in alone).
-/// Zenoh's receive buffers behind them may hold more: a large message's last fragment may
-/// sit alone in a 64 KiB buffer.
+/// Bytes of received payloads waiting for the local ring (one larger sample is let in alone),
+/// a payload kept in Zenoh's receive buffers counting for all the buffers it pins.
 pub const QUEUE_BYTES: usize = 8 << 20;
 const QUEUE_ITEMS: usize = 8192;
+/// Payloads at least this long wait in Zenoh's receive buffers as they are; shorter ones are
+/// copied out, so that a small sample (a peer can send thousands, one per batch) does not pin
+/// a whole receive buffer in the queue.
+const KEEP_MIN: usize = 32 << 10;
+/// The most one receive buffer (a Zenoh batch) holds: what each part of a kept payload may
+/// pin, and what it counts for in the queue's bound.
+const RX_BUFFER_MOST: usize = 64 << 10;
 /// Ack at least this often while storing a long burst.
 const ACK_EVERY: usize = 256;
 /// Most items stored as one run (one record, one publish), and taken from the queue at once.
@@ -61,8 +67,23 @@ pub struct ImportSpec {
 
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<(Item, ZBytes)>,
+    /// Each with the bytes it counts for (see [`queued`]).
+    items: VecDeque<(Item, ZBytes, usize)>,
     bytes: usize,
+}
+
+/// A received payload as it waits in the queue, and the bytes of memory it counts for: a
+/// large one as Zenoh holds it (its parts pin that many receive buffers), a short one copied.
+fn queued(payload: &ZBytes) -> (ZBytes, usize) {
+    let len = payload.len();
+    if len < KEEP_MIN {
+        return (ZBytes::from(payload.to_bytes().into_owned()), len);
+    }
+    let parts = payload.slices().count();
+    (
+        payload.clone(),
+        len.max(parts.saturating_mul(RX_BUFFER_MOST)),
+    )
 }
 
 struct Inbox {
@@ -77,16 +98,16 @@ impl Inbox {
 
     /// Called from Zenoh's receive path: waits while the queue is full (that is the
     /// back-pressure), but always takes an item into an empty queue.
-    fn push(&self, item: Item, payload: ZBytes) {
+    fn push(&self, item: Item, (payload, charge): (ZBytes, usize)) {
         let mut queue = self.lock();
         while !queue.items.is_empty()
-            && (queue.bytes.saturating_add(payload.len()) > QUEUE_BYTES
+            && (queue.bytes.saturating_add(charge) > QUEUE_BYTES
                 || queue.items.len() >= QUEUE_ITEMS)
         {
             queue = self.changed.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
-        queue.bytes = queue.bytes.saturating_add(payload.len());
-        queue.items.push_back((item, payload));
+        queue.bytes = queue.bytes.saturating_add(charge);
+        queue.items.push_back((item, payload, charge));
         drop(queue);
         self.changed.notify_all();
     }
@@ -99,11 +120,16 @@ impl Inbox {
             if !queue.items.is_empty() {
                 let count = queue.items.len().min(max);
                 let taken: Vec<_> = queue.items.drain(..count).collect();
-                let bytes: usize = taken.iter().map(|(_, payload)| payload.len()).sum();
+                let bytes = taken
+                    .iter()
+                    .fold(0usize, |sum, (_, _, charge)| sum.saturating_add(*charge));
                 queue.bytes = queue.bytes.saturating_sub(bytes);
                 drop(queue);
                 self.changed.notify_all();
-                return taken;
+                return taken
+                    .into_iter()
+                    .map(|(item, payload, _)| (item, payload))
+                    .collect();
             }
             let now = Instant::now();
             if now >= deadline {
@@ -182,12 +208,13 @@ pub fn run(
         .congestion_control(CongestionControl::Drop)
         .wait()
         .map_err(|e| anyhow::anyhow!("declare the ack publisher: {e}"))?;
-    let _subscriber = {
-        let inbox = inbox.clone();
-        let log = log.clone();
-        let (auth, key) = (auth.cloned(), spec.key.clone());
-        let rejects = Rejects::new("items");
-        session
+    let _subscriber =
+        {
+            let inbox = inbox.clone();
+            let log = log.clone();
+            let (auth, key) = (auth.cloned(), spec.key.clone());
+            let rejects = Rejects::new("items");
+            session
             .declare_subscriber(spec.key.clone())
             .callback(move |sample| {
                 let Some(attachment) = sample.attachment() else {
@@ -204,13 +231,14 @@ pub fn run(
                     Ok(item) if item.kind == Kind::Pack => match wire::unpack(&payload.to_bytes()) {
                         Ok(items) => {
                             for (item, bytes) in items {
-                                inbox.push(item, ZBytes::from(bytes.to_vec()));
+                                inbox.push(item, (ZBytes::from(bytes.to_vec()), bytes.len()));
                             }
                         }
                         Err(e) => debug!(log, "ignored a malformed pack"; "error" => e),
                     },
-                    // Kept as it is (reference counted), written into the ring from its parts.
-                    Ok(item) => inbox.push(item, payload.clone()),
+                    // A large one kept as it is (reference counted), written into the ring from
+                    // its parts.
+                    Ok(item) => inbox.push(item, queued(payload)),
                     Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
                     Err(Refused::Malformed(e)) => {
                         debug!(log, "ignored a sample with a malformed attachment"; "error" => e)
@@ -219,7 +247,7 @@ pub fn run(
             })
             .wait()
             .map_err(|e| anyhow::anyhow!("subscribe to {}: {e}", spec.key))?
-    };
+        };
     let _token = session
         .liveliness()
         .declare_token(wire::liveliness_key(&spec.key, &spec.name))

@@ -7,7 +7,8 @@ use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result, TryRecvError};
 use crate::lane_reader::LaneReader;
 use crate::ring::{
-    AheadItem, BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader, SliceSink,
+    AheadItem, BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader,
+    SliceSink,
 };
 use crate::wire::Role;
 use crate::zero_copy::{Held, Sample};
