@@ -694,8 +694,8 @@ fn hostile_publisher_on_the_key_cannot_inject_or_forge_positions() {
 /// A peer floods the key (no key file: anyone may publish) with small items, each alone in
 /// its Zenoh batch, while the importer's channel is full (nobody reads it): the importer's
 /// queue fills. A small payload is copied out of Zenoh's receive buffer before it is queued,
-/// so the importer stays small; kept as it came, each 64-byte item would pin a 64 KiB buffer
-/// (8192 queued: half a GiB).
+/// so the importer stays small (3 MiB more, measured); kept as it came, each 64-byte item pins
+/// a receive buffer (67 to 130 MiB more within 10 s, measured, and growing).
 #[test]
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn small_samples_flooding_a_stalled_importer_do_not_pin_receive_buffers() {
@@ -704,7 +704,7 @@ fn small_samples_flooding_a_stalled_importer_do_not_pin_receive_buffers() {
     let b = Broker::start(None);
     let state = temp_dir();
     let _router = router(&hosts, b.dir());
-    let import = importer(&hosts.b, &b, state.path(), "in", "test/out", "hostB");
+    let mut import = importer(&hosts.b, &b, state.path(), "in", "test/out", "hostB");
     let before = vm_rss_kib(import.pid());
     let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
     rogue_cmd
@@ -721,7 +721,7 @@ fn small_samples_flooding_a_stalled_importer_do_not_pin_receive_buffers() {
     eprintln!("importer RSS KiB before {before}, peak {peak}");
     assert!(import.is_running(), "{}", import.stderr_text());
     assert!(
-        peak < before + 96 * 1024,
+        peak < before + 32 * 1024,
         "the importer grew from {before} KiB to {peak} KiB"
     );
 }
