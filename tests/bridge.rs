@@ -529,6 +529,26 @@ fn exporting_bridge_sigkilled_with_its_whole_ring_in_flight_loses_and_repeats_no
     survives_sigkills(false, 40_000, 1024, 6, Duration::from_millis(700));
 }
 
+/// Large messages (100 kB: published alone, from the exporter's own read buffer, and
+/// received in several Zenoh fragments that the importer writes straight into its ring): the
+/// exporter killed four times with its ring in flight, the next one re-sends what it holds
+/// and the importer drops what it already stored.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn exporting_bridge_sigkilled_with_large_messages_in_flight_loses_and_repeats_nothing() {
+    require_root();
+    survives_sigkills(false, 600, 100_000, 4, Duration::from_millis(700));
+}
+
+/// The importer killed four times while it writes large messages from Zenoh's fragments
+/// into its ring: each restart resumes exactly after what the channel holds.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn importing_bridge_sigkilled_while_storing_large_messages_loses_and_repeats_nothing() {
+    require_root();
+    survives_sigkills(true, 600, 100_000, 4, Duration::ZERO);
+}
+
 #[test]
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn link_cut_for_5_s_and_restored() {
@@ -668,6 +688,41 @@ fn hostile_publisher_on_the_key_cannot_inject_or_forge_positions() {
         rogue.is_running(),
         "the rogue stopped early: {}",
         rogue.stderr_text()
+    );
+}
+
+/// A peer floods the key (no key file: anyone may publish) with small items, each alone in
+/// its Zenoh batch, while the importer's channel is full (nobody reads it): the importer's
+/// queue fills. A small payload is copied out of Zenoh's receive buffer before it is queued,
+/// so the importer stays small (3 MiB more, measured); kept as it came, each 64-byte item pins
+/// a receive buffer (67 to 130 MiB more within 10 s, measured, and growing).
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn small_samples_flooding_a_stalled_importer_do_not_pin_receive_buffers() {
+    require_root();
+    let hosts = Hosts::new();
+    let b = Broker::start(None);
+    let state = temp_dir();
+    let _router = router(&hosts, b.dir());
+    let mut import = importer(&hosts.b, &b, state.path(), "in", "test/out", "hostB");
+    let before = vm_rss_kib(import.pid());
+    let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
+    rogue_cmd
+        .args(["netns", "exec", &hosts.b])
+        .arg(env!("CARGO_BIN_EXE_bridge-rogue"))
+        .args([ROUTER, "test/out", "hostB", "300", "flood"]);
+    let mut rogue = Proc::start(rogue_cmd, "rogue", b.dir(), Stdio::null(), None);
+    wait_for_stdout_or_log(&mut rogue, "forging");
+    let mut peak = before;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        peak = peak.max(vm_rss_kib(import.pid()));
+    }
+    eprintln!("importer RSS KiB before {before}, peak {peak}");
+    assert!(import.is_running(), "{}", import.stderr_text());
+    assert!(
+        peak < before + 32 * 1024,
+        "the importer grew from {before} KiB to {peak} KiB"
     );
 }
 

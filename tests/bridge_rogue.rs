@@ -5,8 +5,13 @@
 //! made-up tag and once without, forges an ack claiming everything stored, and holds an
 //! importer liveliness token it never acks for (an exporter that waits for it stalls).
 //!
+//! With `flood` after SECONDS it instead floods the key with small items (64 bytes, each
+//! marked "oldest", positions ascending, no tag), each sent alone (express: its own batch), so
+//! that an importer that kept each sample in Zenoh's receive buffer would pin a whole buffer
+//! per 64 bytes.
+//!
 //! ```text
-//! bridge-rogue ENDPOINT KEY IMPORTER SECONDS
+//! bridge-rogue ENDPOINT KEY IMPORTER SECONDS [flood]
 //! ```
 //! Prints "forging" on stderr after the first round, "done N" when SECONDS have passed.
 
@@ -33,8 +38,12 @@ fn forged_ack(last: u64) -> Vec<u8> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [endpoint, key, importer, seconds] = &args[..] else {
-        eprintln!("usage: bridge-rogue ENDPOINT KEY IMPORTER SECONDS");
+    let (args, flood) = match &args[..] {
+        [rest @ .., last] if last == "flood" => (rest, true),
+        all => (all, false),
+    };
+    let [endpoint, key, importer, seconds] = args else {
+        eprintln!("usage: bridge-rogue ENDPOINT KEY IMPORTER SECONDS [flood]");
         std::process::exit(2);
     };
     let seconds: u64 = seconds.parse().expect("SECONDS");
@@ -66,6 +75,31 @@ fn main() {
     payload[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut rounds = 0u64;
+    if flood {
+        let items = session
+            .declare_publisher(key.clone())
+            .express(true)
+            .wait()
+            .expect("declare publisher");
+        let mut from = 0u64;
+        while Instant::now() < deadline {
+            for _ in 0..256 {
+                items
+                    .put(vec![0x66u8; 64])
+                    .attachment(forged_item(from, from + 128))
+                    .wait()
+                    .expect("put");
+                from += 128;
+            }
+            rounds += 1;
+            if rounds == 1 {
+                eprintln!("forging");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        eprintln!("done {rounds}");
+        return;
+    }
     while Instant::now() < deadline {
         let untagged = forged_item(from, to);
         let mut tagged = untagged.clone();

@@ -224,3 +224,40 @@ fn try_send_all_publishes_all_or_nothing_and_end_position_says_where_it_ends() {
     assert!(!producer.try_send_all(&huge).expect("try"));
     assert_eq!(producer.position(), Some(end));
 }
+
+/// The bridge's large-message path: messages sent in parts (as Zenoh's fragments come) arrive
+/// whole, and a consumer reading ahead may keep the buffer each message was copied into; the
+/// items stay unreleased, so the next consumer reads them again.
+#[test]
+fn messages_sent_in_parts_arrive_whole_and_a_kept_read_ahead_buffer_is_the_message() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "parts", "--capacity", "64KiB"]);
+    let client = broker.client();
+    let mut producer = client.producer("parts").expect("producer");
+    let whole: Vec<Vec<u8>> = (0..3).map(message).collect();
+    let parts: Vec<Vec<&[u8]>> = whole
+        .iter()
+        .map(|m| vec![&m[..10], &m[10..10], &m[10..]])
+        .collect();
+    let run: Vec<&[&[u8]]> = parts.iter().map(Vec::as_slice).collect();
+    let end = producer.end_position(&run).expect("end");
+    assert!(producer.try_send_all(&run).expect("send"));
+    assert_eq!(producer.position(), Some(end));
+    let mut consumer = client.consumer("parts").expect("consumer");
+    let mut kept = Vec::new();
+    let got = consumer
+        .try_recv_ahead_owned(8, |_, _, item| {
+            if let shmem_broker_client::AheadItem::Message(bytes) = item {
+                kept.push(std::mem::take(bytes));
+            }
+        })
+        .expect("read ahead");
+    assert_eq!((got, &kept), (3, &whole));
+    drop(consumer);
+    let mut next = client.consumer("parts").expect("next consumer");
+    let again: Vec<Vec<u8>> = read_ahead_all(&mut next)
+        .into_iter()
+        .filter_map(|(_, _, bytes)| bytes)
+        .collect();
+    assert_eq!(again, whole, "unreleased items are read again");
+}

@@ -1,6 +1,6 @@
 //! `shmem-bridge export`: the channel's consumer, publishing each message on the key.
 //!
-//! The exporter reads ahead ([`Consumer::try_recv_ahead`]): it publishes items as they come,
+//! The exporter reads ahead ([`Consumer::try_recv_ahead_owned`]): it publishes items as they come,
 //! several batches in flight, and releases them from the ring ([`Consumer::release_to`]) only
 //! up to the last position every importer it waits for has reported stored in its own
 //! channel. Until then the items stay in the local ring, so an exporter killed at any point
@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use shmem_broker_client::{Consumer, ReadItem, SlowConsumer, TryRecvError};
+use shmem_broker_client::{AheadItem, Consumer, SlowConsumer, TryRecvError};
 use slog::{debug, info, warn, Logger};
 use zenoh::bytes::ZBytes;
 use zenoh::pubsub::Publisher;
@@ -39,6 +39,7 @@ use zenoh::{Session, Wait};
 
 use crate::attach_retrying;
 use crate::auth::{Auth, Rejects};
+use crate::buffers::Pool;
 use crate::doorbell::Doorbell;
 use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 
@@ -49,6 +50,8 @@ const MAX_BATCH: usize = 4096;
 const PACK_ITEM_MAX: usize = 8 << 10;
 /// A pack is published once it holds this many bytes (and at the end of each read).
 const PACK_BYTES: usize = 60 << 10;
+/// Most bytes of free payload buffers kept for reuse (at most the ring's capacity).
+const POOL_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ExportSpec {
@@ -164,6 +167,7 @@ pub fn run(
 
     let exporter = Exporter {
         spec,
+        pool: Pool::new(usize::try_from(consumer.capacity().min(POOL_BYTES)).unwrap_or(0)),
         publisher: &publisher,
         shared: &shared,
         log: &log,
@@ -177,6 +181,8 @@ pub fn run(
 
 struct Exporter<'a> {
     spec: &'a ExportSpec,
+    /// What payloads are published from (see [`crate::buffers`]).
+    pool: Arc<Pool>,
     publisher: &'a Publisher<'a>,
     shared: &'a Shared,
     log: &'a Logger,
@@ -259,11 +265,11 @@ impl Exporter<'_> {
         } else if crate::stopping() {
             return Ok(None);
         }
-        let got = consumer.try_recv_ahead(MAX_BATCH, |from, to, read| {
-            let (kind, bytes) = match read {
-                ReadItem::Message(bytes) => (Kind::Message, bytes),
-                ReadItem::EndOfStream => (Kind::EndOfStream, &[][..]),
-                ReadItem::Padding => (Kind::Padding, &[][..]),
+        let got = consumer.try_recv_ahead_owned(MAX_BATCH, |from, to, read| {
+            let (kind, message) = match read {
+                AheadItem::Message(bytes) => (Kind::Message, Some(bytes)),
+                AheadItem::EndOfStream => (Kind::EndOfStream, None),
+                AheadItem::Padding => (Kind::Padding, None),
             };
             let mut flags = if self.lossy { wire::FLAG_LOSSY } else { 0 };
             if from == window.released {
@@ -275,12 +281,19 @@ impl Exporter<'_> {
                 from,
                 to,
             };
-            if bytes.len() > PACK_ITEM_MAX {
-                self.flush(window);
-                self.publish(item, bytes.to_vec(), window);
-                return;
+            match message {
+                Some(bytes) if bytes.len() > PACK_ITEM_MAX => {
+                    self.flush(window);
+                    // Taken, not copied: the consumer's buffer is already a private copy of
+                    // the message (the one copy out of the ring), and Zenoh takes it as is;
+                    // the next message is read into a buffer used before.
+                    let message = std::mem::replace(bytes, self.pool.take());
+                    self.publish(item, message, window);
+                    return;
+                }
+                Some(bytes) => wire::pack_item(&mut window.pack.0, &item, bytes),
+                None => wire::pack_item(&mut window.pack.0, &item, &[]),
             }
-            wire::pack_item(&mut window.pack.0, &item, bytes);
             let span = window.pack.1.map_or((from, to), |(start, _)| (start, to));
             window.pack.1 = Some(span);
             if window.pack.0.len() >= PACK_BYTES {
@@ -297,10 +310,10 @@ impl Exporter<'_> {
 
     /// Publishes the pack being filled, if any.
     fn flush(&self, window: &mut Window) {
-        let payload = std::mem::take(&mut window.pack.0);
         let Some((from, to)) = window.pack.1.take() else {
             return;
         };
+        let payload = std::mem::replace(&mut window.pack.0, self.pool.take());
         let item = Item {
             kind: Kind::Pack,
             flags: if self.lossy { wire::FLAG_LOSSY } else { 0 },
@@ -313,7 +326,7 @@ impl Exporter<'_> {
     /// Publishes one sample and keeps it until the importers hold it.
     fn publish(&self, item: Item, payload: Vec<u8>, window: &mut Window) {
         let attachment = ZBytes::from(wire::seal_item(self.auth, &self.spec.key, &item, &payload));
-        let sample = (item, ZBytes::from(payload), attachment);
+        let sample = (item, self.pool.payload(payload), attachment);
         self.put(&sample);
         window.sent.push_back(sample);
     }

@@ -4,6 +4,11 @@
 //! is full the producer waits, the queue fills, and Zenoh's callback waits on it, which stops
 //! the session reading its link, so the exporter's blocking publications wait in turn. Memory
 //! stays at the queue's bound plus Zenoh's own buffers, however slow the local consumer is.
+//! A large message (32 KiB or more) waits in the queue as Zenoh's own payload (its receive
+//! buffers, one per fragment, no copy; counted in the queue's bound for every buffer it pins) and is written from those
+//! fragments straight into the ring ([`Producer::try_send_all`] takes a message in parts):
+//! one copy between the network buffers and the ring. (Packed small messages are copied
+//! out of their pack.)
 //!
 //! Each item's positions are checked against the last one stored (see [`crate::wire`]):
 //! duplicates (an exporter that restarted, a batch sent again) are dropped and counted, a gap
@@ -20,8 +25,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmem_broker_client::{Client, ErrorCode, Producer};
+use shmem_broker_client::{Client, ErrorCode, MessageBytes, Producer};
 use slog::{debug, info, warn, Logger};
+use zenoh::bytes::ZBytes;
 use zenoh::qos::CongestionControl;
 use zenoh::{Session, Wait};
 
@@ -30,9 +36,17 @@ use crate::state::{Record, Resume, StateFile};
 use crate::wire::{self, Ack, Item, Kind, Refused, HEARTBEAT};
 use crate::{attach_retrying, connect_retrying};
 
-/// Bytes of received samples waiting for the local ring (one larger sample is let in alone).
+/// Bytes of received payloads waiting for the local ring (one larger sample is let in alone),
+/// a payload kept in Zenoh's receive buffers counting for all the buffers it pins.
 pub const QUEUE_BYTES: usize = 8 << 20;
 const QUEUE_ITEMS: usize = 8192;
+/// Payloads at least this long wait in Zenoh's receive buffers as they are; shorter ones are
+/// copied out, so that a small sample (a peer can send thousands, one per batch) does not pin
+/// a whole receive buffer in the queue.
+const KEEP_MIN: usize = 32 << 10;
+/// The most one receive buffer (a Zenoh batch) holds: what each part of a kept payload may
+/// pin, and what it counts for in the queue's bound.
+const RX_BUFFER_MOST: usize = 64 << 10;
 /// Ack at least this often while storing a long burst.
 const ACK_EVERY: usize = 256;
 /// Most items stored as one run (one record, one publish), and taken from the queue at once.
@@ -53,8 +67,23 @@ pub struct ImportSpec {
 
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<(Item, Vec<u8>)>,
+    /// Each with the bytes it counts for (see [`queued`]).
+    items: VecDeque<(Item, ZBytes, usize)>,
     bytes: usize,
+}
+
+/// A received payload as it waits in the queue, and the bytes of memory it counts for: a
+/// large one as Zenoh holds it (its parts pin that many receive buffers), a short one copied.
+fn queued(payload: &ZBytes) -> (ZBytes, usize) {
+    let len = payload.len();
+    if len < KEEP_MIN {
+        return (ZBytes::from(payload.to_bytes().into_owned()), len);
+    }
+    let parts = payload.slices().count();
+    (
+        payload.clone(),
+        len.max(parts.saturating_mul(RX_BUFFER_MOST)),
+    )
 }
 
 struct Inbox {
@@ -69,33 +98,38 @@ impl Inbox {
 
     /// Called from Zenoh's receive path: waits while the queue is full (that is the
     /// back-pressure), but always takes an item into an empty queue.
-    fn push(&self, item: Item, payload: Vec<u8>) {
+    fn push(&self, item: Item, (payload, charge): (ZBytes, usize)) {
         let mut queue = self.lock();
         while !queue.items.is_empty()
-            && (queue.bytes.saturating_add(payload.len()) > QUEUE_BYTES
+            && (queue.bytes.saturating_add(charge) > QUEUE_BYTES
                 || queue.items.len() >= QUEUE_ITEMS)
         {
             queue = self.changed.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
-        queue.bytes = queue.bytes.saturating_add(payload.len());
-        queue.items.push_back((item, payload));
+        queue.bytes = queue.bytes.saturating_add(charge);
+        queue.items.push_back((item, payload, charge));
         drop(queue);
         self.changed.notify_all();
     }
 
     /// Up to `max` items, waiting up to `timeout` for the first (none if none came).
-    fn pop(&self, timeout: Duration, max: usize) -> Vec<(Item, Vec<u8>)> {
+    fn pop(&self, timeout: Duration, max: usize) -> Vec<(Item, ZBytes)> {
         let deadline = Instant::now() + timeout;
         let mut queue = self.lock();
         loop {
             if !queue.items.is_empty() {
                 let count = queue.items.len().min(max);
                 let taken: Vec<_> = queue.items.drain(..count).collect();
-                let bytes: usize = taken.iter().map(|(_, payload)| payload.len()).sum();
+                let bytes = taken
+                    .iter()
+                    .fold(0usize, |sum, (_, _, charge)| sum.saturating_add(*charge));
                 queue.bytes = queue.bytes.saturating_sub(bytes);
                 drop(queue);
                 self.changed.notify_all();
-                return taken;
+                return taken
+                    .into_iter()
+                    .map(|(item, payload, _)| (item, payload))
+                    .collect();
             }
             let now = Instant::now();
             if now >= deadline {
@@ -174,12 +208,13 @@ pub fn run(
         .congestion_control(CongestionControl::Drop)
         .wait()
         .map_err(|e| anyhow::anyhow!("declare the ack publisher: {e}"))?;
-    let _subscriber = {
-        let inbox = inbox.clone();
-        let log = log.clone();
-        let (auth, key) = (auth.cloned(), spec.key.clone());
-        let rejects = Rejects::new("items");
-        session
+    let _subscriber =
+        {
+            let inbox = inbox.clone();
+            let log = log.clone();
+            let (auth, key) = (auth.cloned(), spec.key.clone());
+            let rejects = Rejects::new("items");
+            session
             .declare_subscriber(spec.key.clone())
             .callback(move |sample| {
                 let Some(attachment) = sample.attachment() else {
@@ -189,17 +224,21 @@ pub fn run(
                     }
                     return;
                 };
-                let payload = sample.payload().to_bytes();
-                match wire::open_item(auth.as_deref(), &key, &attachment.to_bytes(), &payload) {
-                    Ok(item) if item.kind == Kind::Pack => match wire::unpack(&payload) {
+                // The payload as Zenoh received it: one slice per fragment, never gathered.
+                let payload = sample.payload();
+                let parts: Vec<&[u8]> = payload.slices().collect();
+                match wire::open_item(auth.as_deref(), &key, &attachment.to_bytes(), &parts) {
+                    Ok(item) if item.kind == Kind::Pack => match wire::unpack(&payload.to_bytes()) {
                         Ok(items) => {
                             for (item, bytes) in items {
-                                inbox.push(item, bytes.to_vec());
+                                inbox.push(item, (ZBytes::from(bytes.to_vec()), bytes.len()));
                             }
                         }
                         Err(e) => debug!(log, "ignored a malformed pack"; "error" => e),
                     },
-                    Ok(item) => inbox.push(item, payload.into_owned()),
+                    // A large one kept as it is (reference counted), written into the ring from
+                    // its parts.
+                    Ok(item) => inbox.push(item, queued(payload)),
                     Err(Refused::Unauthenticated(why)) => rejects.add(&log, why),
                     Err(Refused::Malformed(e)) => {
                         debug!(log, "ignored a sample with a malformed attachment"; "error" => e)
@@ -208,7 +247,7 @@ pub fn run(
             })
             .wait()
             .map_err(|e| anyhow::anyhow!("subscribe to {}: {e}", spec.key))?
-    };
+        };
     let _token = session
         .liveliness()
         .declare_token(wire::liveliness_key(&spec.key, &spec.name))
@@ -354,12 +393,12 @@ struct Run {
     /// The `to` of the last item stored before the run's first one (what its record calls
     /// done: a gap stored over is not part of it).
     done: u64,
-    items: Vec<(Item, Vec<u8>)>,
+    items: Vec<(Item, ZBytes)>,
     bytes: usize,
 }
 
 impl Importer<'_> {
-    fn take(&mut self, item: Item, payload: Vec<u8>) -> anyhow::Result<()> {
+    fn take(&mut self, item: Item, payload: ZBytes) -> anyhow::Result<()> {
         if item.kind == Kind::Pack {
             // Unpacked on arrival; a pack is never an item of the stream.
             return Ok(());
@@ -442,7 +481,7 @@ impl Importer<'_> {
         let local_before = producer.position().unwrap_or(0);
         // The mark is a frame header, as an empty message is.
         let local_after = producer
-            .end_position(&[&[]])
+            .end_position::<&[u8]>(&[&[]])
             .context("room for an end-of-stream mark")?;
         let record = Record {
             done,
@@ -467,11 +506,13 @@ impl Importer<'_> {
         let mut done = run.done;
         let mut rest = &run.items[..];
         while let Some((last, _)) = rest.last() {
-            let messages: Vec<&[u8]> = rest
+            // Each message in the parts Zenoh received it in.
+            let parts: Vec<Vec<&[u8]>> = rest
                 .iter()
                 .filter(|(item, _)| item.kind == Kind::Message)
-                .map(|(_, payload)| &payload[..])
+                .map(|(_, payload)| payload.slices().collect())
                 .collect();
+            let messages: Vec<&[&[u8]]> = parts.iter().map(Vec::as_slice).collect();
             let (stored, end) = if self.store(done, last.to, &messages, true)? {
                 (last.to, rest.len())
             } else {
@@ -497,7 +538,7 @@ impl Importer<'_> {
         &mut self,
         done: u64,
         next: u64,
-        messages: &[&[u8]],
+        messages: &[&[&[u8]]],
         try_all: bool,
     ) -> anyhow::Result<bool> {
         let channel = self.spec.channel.clone();
@@ -524,8 +565,10 @@ impl Importer<'_> {
                 .with_context(|| format!("send into {channel}"));
         }
         for message in messages {
+            // The length fitted the ring (end_position above): it adds up.
+            let len = message.total_len().unwrap_or(usize::MAX);
             producer
-                .send(message)
+                .send_with(len, |buf| message.copy_into(buf))
                 .with_context(|| format!("send into {channel}"))?;
         }
         Ok(true)

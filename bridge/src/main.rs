@@ -13,6 +13,7 @@
 //! them up.
 
 mod auth;
+mod buffers;
 mod config;
 mod doorbell;
 mod export;
@@ -390,6 +391,9 @@ fn json_list(items: &[String]) -> String {
     )
 }
 
+/// Zenoh's receive buffer pool per link (see `open_session`): twice the importer's queue.
+const RX_BUFFER_BYTES: usize = 2 * import::QUEUE_BYTES;
+
 fn open_session(net: &Net, mode: &str, log: &Logger) -> anyhow::Result<zenoh::Session> {
     let mut config = zenoh::Config::default();
     let set = |config: &mut zenoh::Config, key: &str, value: String| {
@@ -398,6 +402,16 @@ fn open_session(net: &Net, mode: &str, log: &Logger) -> anyhow::Result<zenoh::Se
             .map_err(|e| anyhow::anyhow!("zenoh config {key} = {value}: {e}"))
     };
     set(&mut config, "mode", json_string(mode))?;
+    // Zenoh's receive buffers (one per 64 KiB batch) come from a pool of this many bytes per
+    // link, else are allocated and zeroed afresh. The default pool holds one buffer, and an
+    // importer keeps a large message's fragments until they are in its ring (its queue bound,
+    // 8 MiB): with the default, every batch received would be new pages for the kernel to
+    // fault in and zero.
+    set(
+        &mut config,
+        "transport/link/rx/buffer_size",
+        RX_BUFFER_BYTES.to_string(),
+    )?;
     if net.connect.is_empty() && net.listen.is_empty() {
         info!(
             log,

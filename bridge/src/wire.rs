@@ -215,19 +215,20 @@ pub enum Refused {
 pub fn seal_item(auth: Option<&Auth>, key: &str, item: &Item, payload: &[u8]) -> Vec<u8> {
     let mut out = item.encode();
     if let Some(auth) = auth {
-        let tag = auth.tag(Domain::Item, key, &out, payload);
+        let tag = auth.tag(Domain::Item, key, &out, &[payload]);
         out.extend_from_slice(&tag);
     }
     out
 }
 
 /// The item a sample on `key` carries, if its attachment is well-formed and, with a key,
-/// its tag is right (checked first: nothing of a forged sample is read).
+/// its tag is right (checked first: nothing of a forged sample is read). The payload comes
+/// in the parts Zenoh received it in.
 pub fn open_item(
     auth: Option<&Auth>,
     key: &str,
     attachment: &[u8],
-    payload: &[u8],
+    payload: &[&[u8]],
 ) -> Result<Item, Refused> {
     let header = authenticated(auth, Domain::Item, key, attachment, payload, ITEM_LEN)?;
     Item::decode(header).map_err(Refused::Malformed)
@@ -254,7 +255,7 @@ fn authenticated<'b>(
     domain: Domain,
     key: &str,
     sealed: &'b [u8],
-    payload: &[u8],
+    payload: &[&[u8]],
     header_len: usize,
 ) -> Result<&'b [u8], Refused> {
     match auth {

@@ -7,7 +7,8 @@ use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Error, Result, TryRecvError};
 use crate::lane_reader::LaneReader;
 use crate::ring::{
-    BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader, SliceSink,
+    AheadItem, BatchOutcome, Payload, Peeked, ReadItem, ReadOutcome, RingError, RingReader,
+    SliceSink,
 };
 use crate::wire::Role;
 use crate::zero_copy::{Held, Sample};
@@ -314,6 +315,19 @@ impl Consumer {
         &mut self,
         max: usize,
         mut each: impl FnMut(u64, u64, ReadItem<'_>),
+    ) -> Result<usize, TryRecvError> {
+        self.try_recv_ahead_owned(max, |from, to, item| each(from, to, item.as_read_item()))
+    }
+
+    /// [`try_recv_ahead`](Self::try_recv_ahead), each message handed over in the consumer's
+    /// own buffer (copied out of the ring once), which `each` may take with `std::mem::take`
+    /// to keep the message without copying it again (the next message goes into a new
+    /// buffer): what a forwarder that hands large messages on by value wants. The bytes are a
+    /// private copy: nothing taken refers to the ring, whatever happens to it afterwards.
+    pub fn try_recv_ahead_owned(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(u64, u64, AheadItem<'_>),
     ) -> Result<usize, TryRecvError> {
         if self.reader.fanout() {
             return Err(self.unsupported_fanout().into());

@@ -9,7 +9,7 @@ use crate::attachment::Attachment;
 use crate::error::{Error, Result};
 use crate::grant::Rings;
 use crate::lanes::{check_fits, Fault, Lanes, Which};
-use crate::ring::{Eviction, Payload, RingError, RingWriter};
+use crate::ring::{Eviction, MessageBytes, Payload, RingError, RingWriter};
 use crate::wire::{LostEnd, Role, SlowConsumer};
 
 /// A producer's rings, one per consumer queue (one in a one-to-one channel).
@@ -239,18 +239,25 @@ impl LaneWriter {
     }
 
     /// One-to-one channels: where the write position will be once `messages` are written.
-    pub fn end_position(&self, messages: &[&[u8]]) -> Option<u64> {
+    pub fn end_position<M: MessageBytes>(&self, messages: &[M]) -> Option<u64> {
         if self.lanes.fanout() {
             return None;
         }
         let lane = self.lanes.list.first()?;
-        lane.end.end_position(messages.iter().map(|m| m.len()))
+        let lens: Option<Vec<usize>> = messages.iter().map(M::total_len).collect();
+        lane.end.end_position(lens?)
     }
 
     /// One-to-one channels: all of `messages` with one publish if they fit now, else none.
-    pub fn deliver_all(&mut self, attachment: &mut Attachment, messages: &[&[u8]]) -> Result<bool> {
+    pub fn deliver_all<M: MessageBytes>(
+        &mut self,
+        attachment: &mut Attachment,
+        messages: &[M],
+    ) -> Result<bool> {
         self.prepare(attachment)?;
-        if let Some(len) = messages.iter().map(|m| m.len()).max() {
+        // A length past usize is longer than any ring: refused as too long.
+        let lens = messages.iter().map(|m| m.total_len().unwrap_or(usize::MAX));
+        if let Some(len) = lens.max() {
             check_fits(attachment, len)?;
         }
         if self.lanes.fanout() {

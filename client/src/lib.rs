@@ -44,6 +44,6 @@ pub use client::{Attach, Client, Monitor, NewChannel};
 pub use consumer::{Consumer, Landed};
 pub use error::{Error, Result, TryRecvError, TrySendError};
 pub use producer::Producer;
-pub use ring::ReadItem;
+pub use ring::{AheadItem, MessageBytes, ReadItem};
 pub use wire::{ChannelInfo, ErrorCode, PeerInfo, Role, SlowConsumer, StatusInfo};
 pub use zero_copy::{Loan, Sample};

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::attachment::{AttachOptions, Attachment};
 use crate::error::{Result, TrySendError};
 use crate::lane_writer::{LaneWriter, LoanSlot};
+use crate::ring::MessageBytes;
 use crate::wire::Role;
 use crate::zero_copy::Loan;
 
@@ -116,7 +117,7 @@ impl Producer {
     /// message can never fit. A producer that records this before sending knows afterwards,
     /// from [`position`](Self::position) alone, whether the messages got in: only once the
     /// position reaches it (an earlier position moved only by padding means they did not).
-    pub fn end_position(&self, messages: &[&[u8]]) -> Option<u64> {
+    pub fn end_position<M: MessageBytes>(&self, messages: &[M]) -> Option<u64> {
         self.writer.end_position(messages)
     }
 
@@ -125,8 +126,10 @@ impl Producer {
     /// [`ready_fd`](Self::ready_fd) or send fewer): the consumer, and a producer that looks
     /// at [`position`](Self::position) after a crash, sees all of them or none.
     /// [`Error::Unsupported`] in a fan-out channel. Messages that need more than the ring's
-    /// capacity together never fit at once.
-    pub fn try_send_all(&mut self, messages: &[&[u8]]) -> Result<bool> {
+    /// capacity together never fit at once. Each message is one slice (`&[u8]`) or several
+    /// written one after the other (`&[&[u8]]`, see [`MessageBytes`]): a message received in
+    /// fragments goes into the ring without being gathered into one buffer first.
+    pub fn try_send_all<M: MessageBytes>(&mut self, messages: &[M]) -> Result<bool> {
         self.writer.deliver_all(&mut self.attachment, messages)
     }
 

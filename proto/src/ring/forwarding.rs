@@ -16,6 +16,7 @@
 //!   first can tell after a crash, from the ring's write position alone, whether the run got
 //!   in: only reaching that end means it did.
 
+use super::layout::KIND_DATA;
 use super::reader::{ReadItem, ReadOutcome, RingReader, Sink};
 use super::writer::RingWriter;
 use super::{handshake, RingError};
@@ -30,9 +31,77 @@ pub struct BadRelease {
     pub why: &'static str,
 }
 
+/// One item of [`RingReader::try_read_ahead`]: as [`ReadItem`], but a message comes in the
+/// reader's own buffer (a private copy, made once), which the callee may take
+/// (`std::mem::take`) to keep the message without copying it again; the next message then
+/// goes into a new buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AheadItem<'a> {
+    /// A message's payload, copied out of the ring already.
+    Message(&'a mut Vec<u8>),
+    /// The producer closed cleanly here.
+    EndOfStream,
+    /// Padding at the end of a lap with nothing published after it yet.
+    Padding,
+}
+
+impl AheadItem<'_> {
+    /// The item as a [`ReadItem`] (the message borrowed).
+    pub fn as_read_item(&self) -> ReadItem<'_> {
+        match self {
+            AheadItem::Message(bytes) => ReadItem::Message(bytes),
+            AheadItem::EndOfStream => ReadItem::EndOfStream,
+            AheadItem::Padding => ReadItem::Padding,
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &[u8] {}
+    impl Sealed for &[&[u8]] {}
+}
+
+/// A message for [`RingWriter::try_write_all`]: its bytes in one slice, or in several written
+/// one after the other into the frame (a network buffer's fragments, without gathering them
+/// into one buffer first). Implemented for `&[u8]` and `&[&[u8]]` only (sealed).
+pub trait MessageBytes: sealed::Sealed {
+    /// The message's length; `None` if its parts' lengths add up past `usize`.
+    fn total_len(&self) -> Option<usize>;
+    /// Copies the message into `out`, which is [`total_len`](Self::total_len) bytes long.
+    fn copy_into(&self, out: &mut [u8]);
+}
+
+impl MessageBytes for &[u8] {
+    fn total_len(&self) -> Option<usize> {
+        Some(self.len())
+    }
+
+    fn copy_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
+}
+
+impl MessageBytes for &[&[u8]] {
+    fn total_len(&self) -> Option<usize> {
+        self.iter()
+            .try_fold(0usize, |sum, part| sum.checked_add(part.len()))
+    }
+
+    fn copy_into(&self, out: &mut [u8]) {
+        let mut at = 0;
+        for part in self.iter() {
+            // `out` is exactly the parts' total length: each part lands inside it.
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+    }
+}
+
 impl RingReader {
-    /// Hands up to `max` items after those read so far, released or not, to `each` in order,
-    /// with their stream positions (as [`try_read_batch_confirmed`] does: `from`, `to`, padding
+    /// Hands up to `max` items after those read so far, released or not, to `each` in order
+    /// (each message in `scratch`, which `each` may take, see [`AheadItem`]), with their
+    /// stream positions (as [`try_read_batch_confirmed`] does: `from`, `to`, padding
     /// before an item counted in it, padding with nothing after it yet an item of its own),
     /// and releases nothing: they stay in the ring until [`release_to`](Self::release_to)
     /// names their end or a later one. Returns how many (0: nothing new published).
@@ -46,7 +115,7 @@ impl RingReader {
         &mut self,
         max: usize,
         scratch: &mut Vec<u8>,
-        mut each: impl FnMut(u64, u64, ReadItem<'_>),
+        mut each: impl FnMut(u64, u64, AheadItem<'_>),
     ) -> Result<usize, RingError> {
         let mut unread = self.unread(super::reader::Poll::Quick)?;
         if unread == 0 {
@@ -57,9 +126,9 @@ impl RingReader {
             let from = self.read_pos;
             let saved = (self.messages_read, self.missed);
             let item = match self.next_frame(Sink::Buffer(scratch), &mut unread) {
-                Ok(ReadOutcome::Message) => ReadItem::Message(scratch),
-                Ok(ReadOutcome::EndOfStream) => ReadItem::EndOfStream,
-                Ok(ReadOutcome::Empty) if self.read_pos > from => ReadItem::Padding,
+                Ok(ReadOutcome::Message) => AheadItem::Message(scratch),
+                Ok(ReadOutcome::EndOfStream) => AheadItem::EndOfStream,
+                Ok(ReadOutcome::Empty) if self.read_pos > from => AheadItem::Padding,
                 Ok(ReadOutcome::Empty) => break,
                 Err(err) => {
                     // Back to the end of the last item handed out, so that whatever follows
@@ -71,9 +140,10 @@ impl RingReader {
             };
             // Ends only grow: the list stays sorted for `release_to`'s search.
             self.ahead.push_back((self.read_pos, self.messages_read));
+            let padding = item == AheadItem::Padding;
             each(from, self.read_pos, item);
             delivered += 1;
-            if item == ReadItem::Padding {
+            if padding {
                 break;
             }
         }
@@ -126,15 +196,20 @@ impl RingWriter {
         Some(pos)
     }
 
-    /// Writes all of `messages` and publishes them with one store if they all fit right now;
-    /// else publishes nothing at all, not even padding (`Ok(false)`). Either way the write
+    /// Writes all of `messages` (each in one slice or in parts, see [`MessageBytes`]) and
+    /// publishes them with one store if they all fit right now; else publishes nothing at all,
+    /// not even padding (`Ok(false)`). Either way the write
     /// position is then where [`end_position`](Self::end_position) said, or where it was.
     /// Messages that need more than the ring's capacity together never fit at once.
-    pub fn try_write_all(&mut self, messages: &[&[u8]]) -> Result<bool, RingError> {
+    pub fn try_write_all<M: MessageBytes>(&mut self, messages: &[M]) -> Result<bool, RingError> {
+        let mut lens = Vec::with_capacity(messages.len());
         for message in messages {
-            self.check_len(message.len())?;
+            // A length past usize is longer than any ring: refused as too large.
+            let len = message.total_len().unwrap_or(usize::MAX);
+            self.check_len(len)?;
+            lens.push(len);
         }
-        let Some(end) = self.end_position(messages.iter().map(|m| m.len())) else {
+        let Some(end) = self.end_position(lens.iter().copied()) else {
             return Ok(false);
         };
         let wanted = end - self.staged_pos;
@@ -143,8 +218,12 @@ impl RingWriter {
         }
         let mut free = self.free_space(wanted)?;
         let saved = self.staged();
-        for message in messages {
-            if !self.stage_copy(message, &mut free) {
+        for (message, &len) in messages.iter().zip(&lens) {
+            let fill = |buf: &mut [u8]| {
+                message.copy_into(buf);
+                len
+            };
+            if !self.stage_frame(KIND_DATA, len, fill, &mut free) {
                 // Staged bytes are not published: forgetting them undoes everything.
                 self.unstage(saved);
                 return Ok(false);
@@ -181,7 +260,7 @@ mod tests {
         while r
             .try_read_ahead(3, &mut scratch, |from, to, item| {
                 let bytes = match item {
-                    ReadItem::Message(bytes) => Some(bytes.to_vec()),
+                    AheadItem::Message(bytes) => Some(bytes.to_vec()),
                     _ => None,
                 };
                 seen.push((from, to, bytes));
@@ -254,5 +333,27 @@ mod tests {
         let items = read_all(&mut r);
         assert_eq!(items.len(), 3);
         assert_eq!(items[2].1, end);
+    }
+
+    #[test]
+    fn a_message_written_in_parts_is_read_as_one_and_a_taken_buffer_is_kept() {
+        let (mut w, mut r, _memfd) = pair(4096);
+        let (a, b, c) = (vec![1u8; 700], vec![2u8; 5], vec![3u8; 1300]);
+        let parts: [&[u8]; 3] = [&a, &b, &c];
+        let run: [&[&[u8]]; 2] = [&parts, &parts[1..2]];
+        let end = w.end_position([2005, 5]).expect("end");
+        assert!(w.try_write_all(&run).expect("write"));
+        assert_eq!(w.write_pos, end);
+        let (mut kept, mut scratch) = (Vec::new(), Vec::new());
+        let n = r
+            .try_read_ahead(8, &mut scratch, |_, _, item| {
+                if let AheadItem::Message(bytes) = item {
+                    kept.push(std::mem::take(bytes));
+                }
+            })
+            .expect("read");
+        assert_eq!(n, 2);
+        assert_eq!(kept[0], [&a[..], &b[..], &c[..]].concat());
+        assert_eq!(kept[1], b);
     }
 }

@@ -114,7 +114,7 @@ mod writer;
 mod zero_copy;
 
 pub use files::{check_sealed_memfd, RingFds, RingFiles, SharedRing};
-pub use forwarding::BadRelease;
+pub use forwarding::{AheadItem, BadRelease, MessageBytes};
 pub use layout::{
     max_message_len, Eviction, RingStats, ACK_SIZE, CAPACITY_GRANULE, HEADER_SIZE, LAYOUT_VERSION,
     MAX_CAPACITY, MAX_POSITION, MIN_CAPACITY, MIN_LAYOUT_VERSION,
