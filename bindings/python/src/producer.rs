@@ -190,6 +190,10 @@ fn try_send_raw(inner: &Mutex<ProducerInner>, src: *const u8, len: usize) -> Out
         // `buf` is the message's `len` bytes in the ring (or the fan-out scratch buffer);
         // `min` keeps the copy inside both whatever the library hands back.
         let n = buf.len().min(len);
+        if n == 0 {
+            // An empty buffer's pointer may be NULL, which even a copy of nothing must not get.
+            return;
+        }
         // SAFETY: `src` is `len` readable bytes that stay valid for the whole call: a `bytes`
         // object's storage or an exported buffer (held by the caller until the send ends;
         // an exporter cannot free or move its memory while exported), or our own copy. `buf`
