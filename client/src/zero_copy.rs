@@ -125,6 +125,15 @@ impl<'a> Loan<'a> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// True when the bytes are a frame in the one consumer's ring, written in place: then
+    /// [`send`](Self::send) only publishes it and never waits. False for a loan in the private
+    /// buffer (several consumers, or one owed a loss record), whose `send` copies it into each
+    /// ring and may wait for room there (policy `block`). For a caller that must not hold a
+    /// lock across a wait (the Python binding's GIL).
+    pub fn in_place(&self) -> bool {
+        self.slot.payload().is_some()
+    }
 }
 
 impl Deref for Loan<'_> {

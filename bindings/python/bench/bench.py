@@ -10,6 +10,13 @@ multiprocessing.shared_memory (a ring of slots, two semaphores) and multiprocess
 C (libshmem_broker, bench/pair_bench.c) against the Rust client (client/examples/pair_bench.rs),
 one producer thread and one consumer thread each. Every figure is the median of --runs runs,
 with the spread (min-max) beside it.
+
+Buffering, which decides the working set (how much memory a message stream sweeps through, so
+whether it stays in the caches): every Python transport is measured twice, with room for 8
+messages ("8 msgs": the shared_memory ring's 8 slots; a shmem-broker channel of 8 messages'
+capacity, rounded up to a page) and with 8 MiB of it ("8 MiB": a channel of 8 MiB, a
+shared_memory ring of 8 MiB of slots). --python-only leaves out the C and Rust rows (and their
+release builds); --broker names the broker binary (it is not on the data path).
 """
 
 from __future__ import annotations
@@ -30,6 +37,14 @@ import shmem_broker
 ROOT = Path(__file__).resolve().parents[3]
 SIZES = [64, 64 << 10, 1 << 20]
 CAPACITY = 8 << 20
+# Room for 8 messages: their frames (a 16-byte header each, 16-byte aligned), rounded up to the
+# 4 KiB the broker counts capacities in.
+FRAME_HEADER = 16
+
+
+def eight_messages(size: int) -> int:
+    frames = 8 * (FRAME_HEADER + (size + 15) // 16 * 16)
+    return (frames + 4095) // 4096 * 4096
 # Messages per run: about a second of Python at each size.
 PY_COUNT = {64: 200_000, 64 << 10: 20_000, 1 << 20: 2_000}
 NATIVE_COUNT = {64: 2_000_000, 64 << 10: 100_000, 1 << 20: 5_000}
@@ -58,10 +73,10 @@ def _broker_consumer(socket, channel, zero_copy, ready, out):
     out.put((n, end))
 
 
-def python_broker(socket, size, count, zero_copy):
+def python_broker(socket, size, count, zero_copy, capacity):
     client = shmem_broker.Client(socket)
-    channel = f"bench-py-{size}-{int(zero_copy)}"
-    client.create(channel, capacity=CAPACITY, exist_ok=True)
+    channel = f"bench-py-{size}-{int(zero_copy)}-{capacity}"
+    client.create(channel, capacity=capacity, exist_ok=True)
     ready, out = mp.Event(), mp.Queue()
     proc = mp.Process(target=_broker_consumer, args=(socket, channel, zero_copy, ready, out))
     proc.start()
@@ -86,14 +101,11 @@ def python_broker(socket, size, count, zero_copy):
 
 # --- multiprocessing.shared_memory: a ring of slots and two semaphores -------------------
 
-SLOTS = 8
-
-
-def _shm_consumer(name, size, count, free, filled, out):
+def _shm_consumer(name, size, slots, count, free, filled, out):
     shm = shared_memory.SharedMemory(name=name)
     for i in range(count):
         filled.acquire()
-        slot = (i % SLOTS) * size
+        slot = (i % slots) * size
         bytes(shm.buf[slot : slot + size])  # a copy out, as recv() makes
         free.release()
     end = time.perf_counter()
@@ -101,16 +113,16 @@ def _shm_consumer(name, size, count, free, filled, out):
     out.put(end)
 
 
-def python_shared_memory(size, count):
-    shm = shared_memory.SharedMemory(create=True, size=SLOTS * size)
-    free, filled, out = mp.Semaphore(SLOTS), mp.Semaphore(0), mp.Queue()
-    proc = mp.Process(target=_shm_consumer, args=(shm.name, size, count, free, filled, out))
+def python_shared_memory(size, count, slots):
+    shm = shared_memory.SharedMemory(create=True, size=slots * size)
+    free, filled, out = mp.Semaphore(slots), mp.Semaphore(0), mp.Queue()
+    proc = mp.Process(target=_shm_consumer, args=(shm.name, size, slots, count, free, filled, out))
     proc.start()
     message = bytes(size)
     start = time.perf_counter()
     for i in range(count):
         free.acquire()
-        slot = (i % SLOTS) * size
+        slot = (i % slots) * size
         shm.buf[slot : slot + size] = message
         filled.release()
     end = out.get()
@@ -192,12 +204,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
+    parser.add_argument("--python-only", action="store_true", help="only the Python rows")
+    parser.add_argument("--broker", default=str(ROOT / "target/release/shmem-broker"),
+                        help="the broker binary (default: the release build this script makes)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="shmem-bench."))
-    c_bench, rust_bench = build_native(tmp)
+    if not args.python_only:
+        c_bench, rust_bench = build_native(tmp)
     socket = str(tmp / "control.sock")
     (tmp / "broker.toml").write_text("version = 1\n")
-    broker = subprocess.Popen([str(ROOT / "target/release/shmem-broker"), "--config",
+    broker = subprocess.Popen([args.broker, "--config",
                                str(tmp / "broker.toml"), "--socket", socket],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -211,15 +227,20 @@ def main() -> int:
         print("| --- | --- | --- | --- | --- |")
         for size in SIZES:
             n = max(1, int(PY_COUNT[size] * args.scale))
+            small = eight_messages(size)
+            slots_8mib = max(8, CAPACITY // size)
             cases = [
-                ("Python -> Python, shmem-broker send/recv", lambda: python_broker(socket, size, n, False)),
-                ("Python -> Python, shmem-broker loan (filled) / recv_view (not read)", lambda: python_broker(socket, size, n, True)),
-                ("Python -> Python, multiprocessing.shared_memory + 2 semaphores", lambda: python_shared_memory(size, n)),
+                ("Python -> Python, shmem-broker send/recv, 8 msgs", lambda: python_broker(socket, size, n, False, small)),
+                ("Python -> Python, shmem-broker send/recv, 8 MiB", lambda: python_broker(socket, size, n, False, CAPACITY)),
+                ("Python -> Python, shmem-broker loan (filled) / recv_view (not read), 8 msgs", lambda: python_broker(socket, size, n, True, small)),
+                ("Python -> Python, shmem-broker loan (filled) / recv_view (not read), 8 MiB", lambda: python_broker(socket, size, n, True, CAPACITY)),
+                ("Python -> Python, multiprocessing.shared_memory + 2 semaphores, 8 msgs", lambda: python_shared_memory(size, n, 8)),
+                ("Python -> Python, multiprocessing.shared_memory + 2 semaphores, 8 MiB", lambda: python_shared_memory(size, n, slots_8mib)),
                 ("Python -> Python, multiprocessing.Pipe", lambda: python_pipe(size, n)),
             ]
             for label, run in cases:
                 print(row(label, size, n, measure(args.runs, run)), flush=True)
-        for size in SIZES:
+        for size in SIZES if not args.python_only else []:
             n = max(1, int(NATIVE_COUNT[size] * args.scale))
             for label, program in (("C (libshmem_broker) thread -> thread", c_bench),
                                    ("Rust client thread -> thread", rust_bench)):

@@ -100,7 +100,6 @@ impl PyClient {
                 sample: None,
                 view_pending: false,
                 consumer: Box::into_raw(Box::new(consumer)),
-                buffer: Vec::new(),
                 closed,
             })),
             lending: Mutex::new(None),

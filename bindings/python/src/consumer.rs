@@ -21,7 +21,6 @@ pub(crate) struct ConsumerInner {
     pub(crate) view_pending: bool,
     /// NULL once closed.
     pub(crate) consumer: *mut Consumer,
-    pub(crate) buffer: Vec<u8>,
     /// Set where `consumer` is freed; as `ProducerInner::closed`.
     pub(crate) closed: Arc<AtomicBool>,
 }
@@ -93,51 +92,78 @@ pub(crate) enum Step<T> {
 }
 
 impl PyConsumer {
-    /// Receives with `step` (non-blocking), waiting on the fd until `deadline`.
-    fn receive<T: Send>(
+    /// Receives with `step` (non-blocking, run holding the GIL: it never waits), letting go
+    /// of the GIL to wait on the fd until `deadline`.
+    fn receive<T>(
         &self,
         py: Python<'_>,
         timeout: Option<f64>,
-        step: impl Send + Sync + Fn(&mut ConsumerInner) -> Outcome<Step<T>>,
+        step: impl Fn(&mut ConsumerInner) -> Outcome<Step<T>>,
     ) -> PyResult<Option<T>> {
         end_lending(py, &self.lending, "the borrowed message")?;
         let deadline = deadline(timeout)?;
         let (inner, fd) = (&self.inner, self.fd);
-        unlocked(py, || loop {
+        loop {
             // The lock is held for the step only, never across the wait below (which takes
             // the GIL to run signal handlers: holding both could deadlock with a thread that
-            // holds the GIL and wants the lock).
-            let found = step(&mut lock(inner))?;
-            match found {
+            // holds the GIL and wants the lock). A failure becomes an exception after the lock
+            // is let go (making it runs Python code).
+            let found = step(&mut lock(inner));
+            match found.map_err(|fail| fail.into_pyerr(py))? {
                 Step::Got(value) => return Ok(Some(value)),
                 Step::End => return Ok(None),
-                Step::Empty => wait_readable(fd, deadline)?,
+                Step::Empty => unlocked(py, || wait_readable(fd, deadline))?,
             }
-        })
+        }
     }
 
+    /// The next message copied once, from where it lies in the ring into a new `bytes`; the
+    /// GIL is let go only to wait.
     fn recv_bytes(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyBytes>>> {
-        let got = self.receive(py, timeout, |inner| {
-            // Taken out of the state while it is read, so no other receive reuses it meanwhile.
-            let mut buffer = std::mem::take(&mut inner.buffer);
-            match inner.consumer()?.try_recv_into(&mut buffer) {
-                Ok(true) => Ok(Step::Got(buffer)),
-                Ok(false) => Ok(Step::End),
-                Err(TryRecvError::Empty) => {
-                    inner.buffer = buffer;
-                    Ok(Step::Empty)
-                }
-                Err(err) => Err(failure(err.into_failure())),
-            }
-        })?;
-        Ok(got.map(|buffer| {
-            let bytes = PyBytes::new(py, &buffer).unbind();
-            // Back for the next receive to reuse its allocation (held only briefly by others:
-            // no receive holds the lock while it waits).
-            lock(&self.inner).buffer = buffer;
-            bytes
-        }))
+        self.receive(py, timeout, |inner| try_recv_copy(py, inner))
     }
+}
+
+/// One non-blocking receive into a new `bytes`: borrows the message in the ring, copies it
+/// into a `bytes` object of its length, and gives its space back at once.
+fn try_recv_copy(py: Python<'_>, inner: &mut ConsumerInner) -> Outcome<Step<Py<PyBytes>>> {
+    let sample = match inner.consumer()?.try_recv_ref() {
+        Ok(Some(sample)) => sample,
+        Ok(None) => return Ok(Step::End),
+        Err(TryRecvError::Empty) => return Ok(Step::Empty),
+        Err(err) => return Err(failure(err.into_failure())),
+    };
+    let len = sample.len();
+    let size = pyo3::ffi::Py_ssize_t::try_from(len).map_err(|_| {
+        Fail::Code(
+            code::MESSAGE_TOO_LARGE,
+            format!("a message of {len} bytes is too large for a bytes object"),
+        )
+    })?;
+    // SAFETY: a NULL source asks for an uninitialised `bytes` of `size` bytes, which we own
+    // (one reference, nobody else can see it) and fill whole below before anyone reads it.
+    let made = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
+    // SAFETY: `made` is a new (owned) reference or NULL with an exception set.
+    let bytes = unsafe { Bound::from_owned_ptr_or_err(py, made) }?;
+    // SAFETY: `bytes` is a `bytes` object (just made).
+    let bytes = unsafe { bytes.cast_into_unchecked::<PyBytes>() };
+    // SAFETY: the storage of a `bytes` object, `len` bytes long, not NULL for a valid object.
+    let dst = unsafe { pyo3::ffi::PyBytes_AsString(bytes.as_ptr()) }.cast::<u8>();
+    // Copied holding the GIL (as `bytes(view)` is), never without it: this thread holds the
+    // consumer's lock, and taking the GIL back with it held could deadlock with a thread that
+    // holds the GIL and waits for the lock.
+    if len > 0 {
+        // SAFETY: the source is the message's `len` bytes in the ring mapping, mapped while
+        // `sample` lives (it borrows the consumer, which owns the mapping); the destination
+        // is the new `bytes`' `len` bytes, written by nobody else (not yet visible to Python)
+        // and never overlapping the mapping. A raw copy forms no reference to the shared
+        // bytes (as the ring's own reads into a buffer): a hostile producer rewriting them
+        // meanwhile only changes what this message holds.
+        unsafe { std::ptr::copy_nonoverlapping(sample.as_ptr(), dst, len) }
+    }
+    // Its space goes back to the producer now, before Python sees the bytes.
+    drop(sample);
+    Ok(Step::Got(bytes.unbind()))
 }
 
 #[pymethods]

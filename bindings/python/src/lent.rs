@@ -178,7 +178,7 @@ pub(crate) fn end_lending(
     };
     let released = lending
         .view
-        .call_method0(py, "release")
+        .call_method0(py, pyo3::intern!(py, "release"))
         .map_err(|_| {
             PyBufferError::new_err(format!(
                 "{what}: its memoryview is exported (a numpy array or another object made \

@@ -4,6 +4,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use shmem_broker_client::{Loan, Producer, TrySendError};
@@ -122,11 +123,13 @@ pub(crate) struct PyProducer {
 }
 
 impl PyProducer {
-    /// Ends the outstanding loan: publishes it, or abandons it.
+    /// Ends the outstanding loan: publishes it, or abandons it. A loan written in place in
+    /// the ring is published holding the GIL (that never waits); any other one (fan-out: a
+    /// copy into each ring, which may wait for room) without it.
     fn end_loan(&self, py: Python<'_>, publish: bool) -> PyResult<()> {
         end_lending(py, &self.lending, "the loan")?;
         let inner = &self.inner;
-        unlocked(py, || {
+        let end = || {
             let mut inner = lock(inner);
             inner.check_no_view_pending()?;
             match inner.loan.take() {
@@ -138,23 +141,79 @@ impl PyProducer {
                 )),
                 None => Ok(()),
             }
-        })
+        };
+        let in_place = lock(inner).loan.as_ref().is_none_or(Loan::in_place);
+        if in_place {
+            // Made into an exception once the lock is let go (`end` returns without it).
+            end().map_err(|fail| fail.into_pyerr(py))
+        } else {
+            unlocked(py, end)
+        }
     }
 }
 
-/// The bytes of a message to send, readable without the GIL.
-pub(crate) struct Message {
-    addr: usize,
-    len: usize,
+/// Where the bytes of a message to send are: a `bytes` object's own storage, a buffer
+/// exported by any other bytes-like object (held for the send), or a copy of a buffer that is
+/// not C-contiguous.
+enum Source<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Buffer(PyUntypedBuffer),
+    Copied(Vec<u8>),
 }
 
-impl Message {
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: `addr` is the start of `len` bytes of an immutable `bytes` object (or of our
-        // own copy) that the caller keeps alive for the whole send (`send` holds a reference).
-        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+impl<'py> Source<'py> {
+    fn of(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Source<'py>> {
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            return Ok(Source::Bytes(bytes.clone()));
+        }
+        let buffer = PyUntypedBuffer::get(data)?;
+        if buffer.is_c_contiguous() {
+            return Ok(Source::Buffer(buffer));
+        }
+        Ok(Source::Copied(buffer_bytes(py, data)?))
+    }
+
+    /// The first byte and the length.
+    fn raw(&self) -> (*const u8, usize) {
+        match self {
+            Source::Bytes(bytes) => (bytes.as_bytes().as_ptr(), bytes.as_bytes().len()),
+            Source::Buffer(buffer) => (buffer.buf_ptr().cast_const().cast(), buffer.len_bytes()),
+            Source::Copied(owned) => (owned.as_ptr(), owned.len()),
+        }
     }
 }
+
+/// One attempt to send the `len` bytes at `src` (one copy, straight into the ring).
+fn try_send_raw(inner: &Mutex<ProducerInner>, src: *const u8, len: usize) -> Outcome<bool> {
+    let mut inner = lock(inner);
+    let sent = inner.producer()?.try_send_with(len, |buf| {
+        // `buf` is the message's `len` bytes in the ring (or the fan-out scratch buffer);
+        // `min` keeps the copy inside both whatever the library hands back.
+        let n = buf.len().min(len);
+        if n == 0 {
+            // An empty buffer's pointer may be NULL, which even a copy of nothing must not get.
+            return;
+        }
+        // SAFETY: `src` is `len` readable bytes that stay valid for the whole call: a `bytes`
+        // object's storage or an exported buffer (held by the caller until the send ends;
+        // an exporter cannot free or move its memory while exported), or our own copy. `buf`
+        // is private or ring memory only this producer writes, never overlapping a Python
+        // object. A raw copy forms no reference to the source: another thread or process
+        // writing it meanwhile (a numpy op without the GIL, a `shared_memory` buffer) only
+        // changes the bytes sent, as `bytes(obj)` would.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n) }
+    });
+    match sent {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Full) => Ok(false),
+        Err(err) => Err(failure(err.into_failure())),
+    }
+}
+
+/// Messages at least this long are copied into the ring without the GIL (a large copy takes
+/// long enough for other Python threads to want it; letting go of it costs about as much as
+/// copying a few KiB); shorter ones are copied holding it, which is cheaper.
+pub(crate) const COPY_WITHOUT_GIL: usize = 64 << 10;
 
 #[pymethods]
 impl PyProducer {
@@ -172,36 +231,24 @@ impl PyProducer {
             return self.end_loan(py, true);
         };
         let deadline = deadline(timeout)?;
-        // `bytes` cannot change while we read it, so it is sent from where it lies; any other
-        // buffer (bytearray, memoryview, numpy array) could be written by another thread once
-        // the GIL is let go, so it is copied first, while the GIL is held.
-        let (keep, owned): (Option<Bound<'_, PyBytes>>, Vec<u8>) = match data.cast::<PyBytes>() {
-            Ok(bytes) => (Some(bytes.clone()), Vec::new()),
-            Err(_) => (None, buffer_bytes(py, data)?),
-        };
-        let message = match &keep {
-            Some(bytes) => Message {
-                addr: bytes.as_bytes().as_ptr() as usize,
-                len: bytes.as_bytes().len(),
-            },
-            None => Message {
-                addr: owned.as_ptr() as usize,
-                len: owned.len(),
-            },
-        };
+        let source = Source::of(py, data)?;
+        let (src, len) = source.raw();
+        // Raw parts, to cross into the GIL-free closures (which `source` keeps valid).
+        let src_addr = src as usize;
         let (inner, fd) = (&self.inner, self.fd);
-        let sent = unlocked(py, || loop {
-            let mut inner = lock(inner);
-            match inner.producer()?.try_send(message.as_slice()) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full) => {}
-                Err(err) => return Err(failure(err.into_failure())),
+        loop {
+            let sent = if len >= COPY_WITHOUT_GIL {
+                unlocked(py, || try_send_raw(inner, src_addr as *const u8, len))?
+            } else {
+                try_send_raw(inner, src, len).map_err(|fail| fail.into_pyerr(py))?
+            };
+            if sent {
+                drop(source);
+                return Ok(());
             }
-            drop(inner);
-            wait_readable(fd, deadline)?;
-        });
-        drop(keep);
-        sent
+            // Full: wait for room without the GIL.
+            unlocked(py, || wait_readable(fd, deadline))?;
+        }
     }
 
     /// Lends `n` bytes of the ring, waiting for room: a writable memoryview to fill, published
@@ -212,19 +259,19 @@ impl PyProducer {
     fn loan(&self, py: Python<'_>, n: usize, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let deadline = deadline(timeout)?;
         let (inner, fd) = (&self.inner, self.fd);
-        let addr = unlocked(py, || loop {
-            let mut inner = lock(inner);
-            let taken = inner.take_loan(|p| match p.try_loan(n) {
+        let addr = loop {
+            // Tried holding the GIL (it never waits), which is let go only to wait for room.
+            let taken = lock(inner).take_loan(|p| match p.try_loan(n) {
                 Ok(loan) => Ok(Some(loan)),
                 Err(TrySendError::Full) => Ok(None),
                 Err(err) => Err(failure(err.into_failure())),
-            })?;
-            if let Some(addr) = taken {
-                return Ok(addr);
+            });
+            // Made into an exception with the lock let go (that runs Python code).
+            if let Some(addr) = taken.map_err(|fail| fail.into_pyerr(py))? {
+                break addr;
             }
-            drop(inner);
-            wait_readable(fd, deadline)?;
-        })?;
+            unlocked(py, || wait_readable(fd, deadline))?;
+        };
         let (lending, view) = match lend(py, addr, n, false, self.inner.clone()) {
             Ok(made) => made,
             Err(err) => {
