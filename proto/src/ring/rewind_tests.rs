@@ -92,14 +92,21 @@ fn a_consumer_that_copies_messages_out_gets_rewinds_too() {
     let frame = w.ring().frame_len(large as u64);
     let mut out = Vec::new();
     let mut copy = |r: &mut RingReader, expected: &[u8]| {
-        assert_eq!(read_settled(r, &mut out).expect("read"), ReadOutcome::Message);
+        assert_eq!(
+            read_settled(r, &mut out).expect("read"),
+            ReadOutcome::Message
+        );
         assert_eq!(out, expected);
     };
     assert!(write(&mut w, &vec![1; large]));
     assert!(write(&mut w, &vec![2; large]));
     copy(&mut r, &vec![1; large]);
     assert!(write(&mut w, &vec![3; large]));
-    assert_eq!(w.ring().offset_of(w.write_pos), frame, "the lap starts over");
+    assert_eq!(
+        w.ring().offset_of(w.write_pos),
+        frame,
+        "the lap starts over"
+    );
     copy(&mut r, &vec![2; large]);
     copy(&mut r, &vec![3; large]);
 }
@@ -112,7 +119,11 @@ fn a_consumer_that_does_not_accept_rewinds_gets_frames_in_turn() {
     let (mut w, mut r, _fd) = pair(2 << 20);
     let frame = w.ring().frame_len(large as u64);
     let accepts = &r.ring().consumer_side().0.accepts_rewinds;
-    assert_eq!(accepts.load(Ordering::Relaxed), 1, "this library's consumers do");
+    assert_eq!(
+        accepts.load(Ordering::Relaxed),
+        1,
+        "this library's consumers do"
+    );
     accepts.store(0, Ordering::Relaxed);
     let mut out = Vec::new();
     for i in 0..4u8 {
