@@ -6,7 +6,6 @@
 
 use std::sync::atomic::Ordering;
 
-use super::handshake;
 use super::layout::{CACHE_LINE, KIND_DATA};
 use super::mapping::load_acquire;
 use super::writer::REWIND_MIN_FRAME;
@@ -116,17 +115,7 @@ impl RingWriter {
         // u64::MAX rather than wrap (or panic).
         self.messages_written = self.messages_written.saturating_add(1);
         self.bytes_written = self.bytes_written.saturating_add(used as u64);
-        // As in `publish`: the position (release), then the seal after it, then the counters.
-        let h = &self.ring.header().producer;
-        handshake::publish(&h.write_pos, self.write_pos);
-        if let Some(seal) = seal {
-            self.ring
-                .data_u64(offset + 8)
-                .store(seal, Ordering::Release);
-        }
-        h.messages_written
-            .store(self.messages_written, Ordering::Relaxed);
-        h.bytes_written.store(self.bytes_written, Ordering::Relaxed);
+        self.publish_position(offset, seal);
         used
     }
 }

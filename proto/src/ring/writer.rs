@@ -455,6 +455,13 @@ impl RingWriter {
             let kind = word.load(Ordering::Relaxed) & self.ring.format.kind_mask;
             word.store(kind | self.span(self.write_pos - first), Ordering::Relaxed);
         }
+        self.publish_position(offset, seal);
+    }
+
+    /// The end of every publish, in the order the protocol needs: `write_pos`, then the seal
+    /// of the first frame published (at data offset `offset`), then the counters.
+    #[inline(always)]
+    pub(super) fn publish_position(&self, offset: u64, seal: Option<u64>) {
         let h = &self.ring.header().producer;
         // Release suffices: the fence in `take_consumer_waiting`, which always follows a
         // publish, orders this store before the waiting-flag load.
