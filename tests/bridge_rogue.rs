@@ -10,8 +10,13 @@
 //! that an importer that kept each sample in Zenoh's receive buffer would pin a whole buffer
 //! per 64 bytes.
 //!
+//! With `sessions` first it opens COUNT Zenoh sessions to ENDPOINT (a bridge's listening
+//! port), each a link the bridge sets up buffers for, holds them for SECONDS and prints
+//! "connected N" (how many the bridge accepted) on stderr once all were tried.
+//!
 //! ```text
 //! bridge-rogue ENDPOINT KEY IMPORTER SECONDS [flood]
+//! bridge-rogue sessions ENDPOINT COUNT SECONDS
 //! ```
 //! Prints "forging" on stderr after the first round, "done N" when SECONDS have passed.
 
@@ -36,8 +41,39 @@ fn forged_ack(last: u64) -> Vec<u8> {
     out
 }
 
+/// Opens `count` client sessions to `endpoint` and holds them for `seconds`.
+fn sessions(endpoint: &str, count: usize, seconds: u64) {
+    let mut open = Vec::new();
+    for _ in 0..count {
+        let mut config = zenoh::Config::default();
+        for (k, v) in [
+            ("mode", "\"client\"".to_string()),
+            ("scouting/multicast/enabled", "false".into()),
+            ("connect/endpoints", format!("[\"{endpoint}\"]")),
+            ("connect/timeout_ms", "2000".into()),
+        ] {
+            config.insert_json5(k, &v).expect("zenoh config");
+        }
+        if let Ok(session) = zenoh::open(config).wait() {
+            open.push(session);
+        }
+    }
+    eprintln!("connected {}", open.len());
+    std::thread::sleep(Duration::from_secs(seconds));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, endpoint, count, seconds] = &args[..] {
+        if mode == "sessions" {
+            sessions(
+                endpoint,
+                count.parse().expect("COUNT"),
+                seconds.parse().expect("SECONDS"),
+            );
+            return;
+        }
+    }
     let (args, flood) = match &args[..] {
         [rest @ .., last] if last == "flood" => (rest, true),
         all => (all, false),

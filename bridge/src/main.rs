@@ -159,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 connect,
                 ..Net::default()
             };
-            let _session = open_session(&net, "router", &log)?;
+            let _session = open_session(&net, "router", Receives::Control, &log)?;
             info!(log, "zenoh router running"; "listen" => net.listen.join(","));
             loop {
                 std::thread::park();
@@ -179,7 +179,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wire::check_name(name).map_err(anyhow::Error::msg)?;
             }
             let auth = load_auth(net.key_file.as_deref(), &log)?;
-            let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), &log)?;
+            let session = open_session(
+                &net,
+                net.mode.as_deref().unwrap_or("peer"),
+                Receives::Control,
+                &log,
+            )?;
             let spec = ExportSpec {
                 channel,
                 key,
@@ -212,7 +217,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             let auth = load_auth(net.key_file.as_deref(), &log)?;
-            let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), &log)?;
+            let session = open_session(
+                &net,
+                net.mode.as_deref().unwrap_or("peer"),
+                Receives::Messages,
+                &log,
+            )?;
             let spec = ImportSpec {
                 key,
                 channel,
@@ -245,7 +255,12 @@ fn run_config(file: config::Config, log: &Logger) -> anyhow::Result<()> {
     };
     let auth = load_auth(net.key_file.as_deref(), log)?;
     let auth = auth.as_ref();
-    let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), log)?;
+    let receives = if file.imports.is_empty() {
+        Receives::Control
+    } else {
+        Receives::Messages
+    };
+    let session = open_session(&net, net.mode.as_deref().unwrap_or("peer"), receives, log)?;
     let socket = socket_path(net.socket);
     let state_dir = file.state_dir.clone().unwrap_or_else(default_state_dir);
     std::thread::scope(|scope| {
@@ -391,10 +406,29 @@ fn json_list(items: &[String]) -> String {
     )
 }
 
-/// Zenoh's receive buffer pool per link (see `open_session`): twice the importer's queue.
+/// Zenoh's receive buffer pool per link of a session that imports (see `open_session`):
+/// twice the importer's queue.
 const RX_BUFFER_BYTES: usize = 2 * import::QUEUE_BYTES;
+/// Sessions (peers, routers) an importing bridge's Zenoh session links with at most: each
+/// link sets up its receive pool when it opens (2.2 MiB of resident memory per session,
+/// measured), so anyone who can reach the port could otherwise grow it by that per
+/// connection, up to Zenoh's default of 1000 sessions.
+const MAX_IMPORTER_SESSIONS: usize = 16;
 
-fn open_session(net: &Net, mode: &str, log: &Logger) -> anyhow::Result<zenoh::Session> {
+/// What a session receives: an exporter or router only acks and control (Zenoh's defaults),
+/// an importer the messages themselves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receives {
+    Control,
+    Messages,
+}
+
+fn open_session(
+    net: &Net,
+    mode: &str,
+    receives: Receives,
+    log: &Logger,
+) -> anyhow::Result<zenoh::Session> {
     let mut config = zenoh::Config::default();
     let set = |config: &mut zenoh::Config, key: &str, value: String| {
         config
@@ -407,11 +441,18 @@ fn open_session(net: &Net, mode: &str, log: &Logger) -> anyhow::Result<zenoh::Se
     // importer keeps a large message's fragments until they are in its ring (its queue bound,
     // 8 MiB): with the default, every batch received would be new pages for the kernel to
     // fault in and zero.
-    set(
-        &mut config,
-        "transport/link/rx/buffer_size",
-        RX_BUFFER_BYTES.to_string(),
-    )?;
+    if receives == Receives::Messages {
+        set(
+            &mut config,
+            "transport/link/rx/buffer_size",
+            RX_BUFFER_BYTES.to_string(),
+        )?;
+        set(
+            &mut config,
+            "transport/unicast/max_sessions",
+            MAX_IMPORTER_SESSIONS.to_string(),
+        )?;
+    }
     if net.connect.is_empty() && net.listen.is_empty() {
         info!(
             log,

@@ -4,7 +4,7 @@
 use std::ffi::c_int;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyTimeoutError, PyValueError};
@@ -139,6 +139,24 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // state holds is valid on its own (Options and pointers checked before use), so the state
     // is usable after one.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// [`lock`] for a caller holding the GIL, which it never blocks on the lock with: a
+/// producer's lock is held without the GIL across waits for room (`close` writing
+/// end-of-stream, a fan-out loan's publish), and the consumer that would make that room may
+/// be a thread of this interpreter, which needs the GIL to run. While the lock is taken, this
+/// lets go of the GIL until the holder lets the lock go, then tries again.
+pub(crate) fn lock_holding_gil<'a, T: Send>(
+    py: Python<'_>,
+    mutex: &'a Mutex<T>,
+) -> MutexGuard<'a, T> {
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(lock(mutex))),
+        }
+    }
 }
 
 /// When a wait with `timeout` (seconds; `None`: for ever) ends.

@@ -129,8 +129,7 @@ impl PyProducer {
     fn end_loan(&self, py: Python<'_>, publish: bool) -> PyResult<()> {
         end_lending(py, &self.lending, "the loan")?;
         let inner = &self.inner;
-        let end = || {
-            let mut inner = lock(inner);
+        let end = |mut inner: std::sync::MutexGuard<'_, ProducerInner>| {
             inner.check_no_view_pending()?;
             match inner.loan.take() {
                 Some(loan) if publish => Ok(loan.send()?),
@@ -142,12 +141,13 @@ impl PyProducer {
                 None => Ok(()),
             }
         };
-        let in_place = lock(inner).loan.as_ref().is_none_or(Loan::in_place);
-        if in_place {
+        let held = lock_holding_gil(py, inner);
+        if held.loan.as_ref().is_none_or(Loan::in_place) {
             // Made into an exception once the lock is let go (`end` returns without it).
-            end().map_err(|fail| fail.into_pyerr(py))
+            end(held).map_err(|fail| fail.into_pyerr(py))
         } else {
-            unlocked(py, end)
+            drop(held);
+            unlocked(py, || end(lock(inner)))
         }
     }
 }
@@ -184,8 +184,7 @@ impl<'py> Source<'py> {
 }
 
 /// One attempt to send the `len` bytes at `src` (one copy, straight into the ring).
-fn try_send_raw(inner: &Mutex<ProducerInner>, src: *const u8, len: usize) -> Outcome<bool> {
-    let mut inner = lock(inner);
+fn try_send_raw(inner: &mut ProducerInner, src: *const u8, len: usize) -> Outcome<bool> {
     let sent = inner.producer()?.try_send_with(len, |buf| {
         // `buf` is the message's `len` bytes in the ring (or the fan-out scratch buffer);
         // `min` keeps the copy inside both whatever the library hands back.
@@ -238,9 +237,12 @@ impl PyProducer {
         let (inner, fd) = (&self.inner, self.fd);
         loop {
             let sent = if len >= COPY_WITHOUT_GIL {
-                unlocked(py, || try_send_raw(inner, src_addr as *const u8, len))?
+                unlocked(py, || {
+                    try_send_raw(&mut lock(inner), src_addr as *const u8, len)
+                })?
             } else {
-                try_send_raw(inner, src, len).map_err(|fail| fail.into_pyerr(py))?
+                try_send_raw(&mut lock_holding_gil(py, inner), src, len)
+                    .map_err(|fail| fail.into_pyerr(py))?
             };
             if sent {
                 drop(source);
@@ -261,7 +263,7 @@ impl PyProducer {
         let (inner, fd) = (&self.inner, self.fd);
         let addr = loop {
             // Tried holding the GIL (it never waits), which is let go only to wait for room.
-            let taken = lock(inner).take_loan(|p| match p.try_loan(n) {
+            let taken = lock_holding_gil(py, inner).take_loan(|p| match p.try_loan(n) {
                 Ok(loan) => Ok(Some(loan)),
                 Err(TrySendError::Full) => Ok(None),
                 Err(err) => Err(failure(err.into_failure())),
@@ -276,7 +278,7 @@ impl PyProducer {
             Ok(made) => made,
             Err(err) => {
                 // No view came to be: the loan is given back.
-                let mut inner = lock(&self.inner);
+                let mut inner = lock_holding_gil(py, &self.inner);
                 inner.loan = None;
                 inner.view_pending = false;
                 return Err(err);
@@ -285,7 +287,7 @@ impl PyProducer {
         // Registered before the loan may end (lock order: lending, then inner).
         let mut lending_slot = lock(&self.lending);
         *lending_slot = Some(lending);
-        lock(&self.inner).view_pending = false;
+        lock_holding_gil(py, &self.inner).view_pending = false;
         drop(lending_slot);
         Ok(view)
     }

@@ -229,3 +229,63 @@ def test_recv_of_an_empty_message_and_end_of_stream(client, channel):
         assert consumer.recv(timeout=30) == b""
         assert consumer.recv(timeout=30) == b""
         assert consumer.recv(timeout=30) is None
+
+
+_SEND_WHILE_CLOSING = r"""
+import sys, threading, time
+import shmem_broker
+socket, channel = sys.argv[1], sys.argv[2]
+client = shmem_broker.Client(socket)
+block = bytes(16 << 10)
+with client.consumer(channel) as consumer:
+    producer = client.producer(channel)
+    sent = 0
+    try:
+        while True:
+            producer.send(block, timeout=0)
+            sent += 1
+    except TimeoutError:
+        pass
+    # close() waits for room for end-of-stream, holding the producer's lock without the GIL.
+    closer = threading.Thread(target=producer.close)
+    closer.start()
+    time.sleep(0.3)
+    outcome = []
+    def send():
+        try:
+            producer.send(b"x", timeout=30)
+            outcome.append("sent")
+        except shmem_broker.ShmemError as err:
+            outcome.append(type(err).__name__)
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(0.3)
+    # This thread needs the GIL to make room: it gets it only if the sender, waiting for the
+    # producer's lock, let go of it.
+    got = [consumer.recv(timeout=30) for _ in range(sent)]
+    closer.join(30)
+    sender.join(30)
+    assert not closer.is_alive() and not sender.is_alive()
+    assert got == [block] * sent
+    assert consumer.recv(timeout=30) is None, "end-of-stream after the last message"
+    print(outcome[0])
+"""
+
+
+def test_a_send_while_close_waits_for_room_does_not_hang_the_interpreter(socket_path, channel):
+    """close() waits for room for its end-of-stream holding the producer's lock (without the
+    GIL); a send() from another thread meanwhile must wait for that lock without the GIL too,
+    or the consumer thread that would make the room never runs and every thread hangs. Run in
+    a child process, so that a hang fails the test instead of stopping the run."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SEND_WHILE_CLOSING, socket_path, channel],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    # The send came after close: refused, not lost in a closed stream.
+    assert done.stdout.strip() != "sent", done.stdout
