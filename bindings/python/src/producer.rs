@@ -241,8 +241,9 @@ impl PyProducer {
                     try_send_raw(&mut lock(inner), src_addr as *const u8, len)
                 })?
             } else {
-                try_send_raw(&mut lock_holding_gil(py, inner), src, len)
-                    .map_err(|fail| fail.into_pyerr(py))?
+                let attempt = try_send_raw(&mut lock_holding_gil(py, inner), src, len);
+                // Made into an exception with the lock let go (that runs Python code).
+                attempt.map_err(|fail| fail.into_pyerr(py))?
             };
             if sent {
                 drop(source);
