@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::attachment::Attachment;
+use crate::copy::copy_slice;
 use crate::error::{Error, Result};
 use crate::grant::Rings;
 use crate::lanes::{check_fits, Fault, Lanes, Which};
@@ -486,7 +487,7 @@ impl LaneWriter {
                 if missed > 0 {
                     w.try_write_after_gap(missed, message)
                 } else {
-                    w.try_write_with(message.len(), |buf| buf.copy_from_slice(message))
+                    w.try_write_with(message.len(), |buf| copy_slice(buf, message))
                 }
             })?;
             let Some(written) = written else {

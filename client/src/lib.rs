@@ -37,6 +37,9 @@ mod zero_copy;
 #[doc(hidden)]
 pub use shmem_broker_proto::{control, fdpass, ring};
 pub use shmem_broker_proto::{discovery, names, size, wire};
+// Bulk copies that dodge `rep movsb`'s page-aliasing slow case: what every copy in or out of
+// a ring uses, for bindings that copy message bytes themselves.
+pub use shmem_broker_proto::copy;
 
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncConsumer, AsyncProducer};

@@ -4,6 +4,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
 use crate::attachment::{AttachOptions, Attachment};
+use crate::copy::copy_slice;
 use crate::error::{Result, TrySendError};
 use crate::lane_writer::{LaneWriter, LoanSlot};
 use crate::ring::MessageBytes;
@@ -82,12 +83,12 @@ impl Producer {
     // Inlined into the caller: the C binding's `shmem_send` then makes one call per message.
     #[inline]
     pub fn send(&mut self, message: &[u8]) -> Result<()> {
-        self.send_with(message.len(), |buf| buf.copy_from_slice(message))
+        self.send_with(message.len(), |buf| copy_slice(buf, message))
     }
 
     /// Sends one message or returns [`TrySendError::Full`] if the ring is full right now.
     pub fn try_send(&mut self, message: &[u8]) -> Result<(), TrySendError> {
-        self.try_send_with(message.len(), |buf| buf.copy_from_slice(message))
+        self.try_send_with(message.len(), |buf| copy_slice(buf, message))
     }
 
     /// Sends all `messages` in order, blocking while the ring is full. Messages that fit are

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod copy;
 pub mod discovery;
 pub mod fdpass;
 pub mod names;

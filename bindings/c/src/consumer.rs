@@ -156,7 +156,9 @@ unsafe fn deliver_held(
         }
         // SAFETY: `buf` holds `capacity` >= message.len() writable bytes (the contract), and
         // cannot overlap our own vector.
-        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), message.len()) };
+        unsafe {
+            shmem_broker_client::copy::copy_raw(message.as_ptr(), buf.cast::<u8>(), message.len())
+        };
     }
     consumer.buffer = message;
     Ok(SHMEM_OK)

@@ -159,7 +159,7 @@ fn try_recv_copy(py: Python<'_>, inner: &mut ConsumerInner) -> Outcome<Step<Py<P
         // and never overlapping the mapping. A raw copy forms no reference to the shared
         // bytes (as the ring's own reads into a buffer): a hostile producer rewriting them
         // meanwhile only changes what this message holds.
-        unsafe { std::ptr::copy_nonoverlapping(sample.as_ptr(), dst, len) }
+        unsafe { shmem_broker_client::copy::copy_raw(sample.as_ptr(), dst, len) }
     }
     // Its space goes back to the producer now, before Python sees the bytes.
     drop(sample);

@@ -200,7 +200,7 @@ fn try_send_raw(inner: &mut ProducerInner, src: *const u8, len: usize) -> Outcom
         // object. A raw copy forms no reference to the source: another thread or process
         // writing it meanwhile (a numpy op without the GIL, a `shared_memory` buffer) only
         // changes the bytes sent, as `bytes(obj)` would.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n) }
+        unsafe { shmem_broker_client::copy::copy_raw(src, buf.as_mut_ptr(), n) }
     });
     match sent {
         Ok(()) => Ok(true),

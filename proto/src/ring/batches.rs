@@ -120,7 +120,7 @@ unsafe fn copy_run<const UNIT: u64>(ring: &SharedRing, offset: u64, messages: &[
         // RingWriter on the ring in this process and it never lends staged bytes out across a
         // call.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            crate::copy::copy_raw(
                 message.as_ptr(),
                 data.add((header + UNIT) as usize),
                 message.len(),
@@ -243,11 +243,7 @@ impl RingReader {
             // mapping. A raw copy forms no reference to the shared bytes: a hostile producer
             // rewriting them while we copy only changes what we receive.
             unsafe {
-                std::ptr::copy_nonoverlapping(
-                    data.add((header + unit) as usize),
-                    out.as_mut_ptr(),
-                    len,
-                );
+                crate::copy::copy_raw(data.add((header + unit) as usize), out.as_mut_ptr(), len);
             }
             each(out);
             at += size;

@@ -78,7 +78,7 @@ impl MessageBytes for &[u8] {
     }
 
     fn copy_into(&self, out: &mut [u8]) {
-        out.copy_from_slice(self);
+        crate::copy::copy_slice(out, self);
     }
 }
 
@@ -92,7 +92,7 @@ impl MessageBytes for &[&[u8]] {
         let mut at = 0;
         for part in self.iter() {
             // `out` is exactly the parts' total length: each part lands inside it.
-            out[at..at + part.len()].copy_from_slice(part);
+            crate::copy::copy_slice(&mut out[at..at + part.len()], part);
             at += part.len();
         }
     }

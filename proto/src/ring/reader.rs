@@ -466,11 +466,7 @@ impl RingReader {
                 // bytes: a hostile producer rewriting them while we copy only changes what we
                 // receive.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        self.ring.data().add(start),
-                        out.as_mut_ptr(),
-                        len,
-                    );
+                    crate::copy::copy_raw(self.ring.data().add(start), out.as_mut_ptr(), len);
                 }
                 sink.fitted = Some(len);
             }
@@ -493,7 +489,7 @@ impl RingReader {
         // forms no reference to the shared bytes: a hostile producer rewriting them while we
         // copy only changes what we receive; we copy them out before looking at any.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ring.data().add(start), out.as_mut_ptr(), len);
+            crate::copy::copy_raw(self.ring.data().add(start), out.as_mut_ptr(), len);
             out.set_len(len);
         }
     }

@@ -161,7 +161,7 @@ impl RingReader {
         // that do not overlap the mapping (the caller's contract). A raw copy forms no
         // reference to the shared bytes: a hostile producer rewriting them while we copy only
         // changes what we receive.
-        unsafe { std::ptr::copy_nonoverlapping(self.ring.data().add(start), buf, len) };
+        unsafe { crate::copy::copy_raw(self.ring.data().add(start), buf, len) };
         self.commit();
         Some(len)
     }

@@ -376,7 +376,7 @@ impl RingWriter {
             KIND_DATA,
             message.len(),
             |buf| {
-                buf.copy_from_slice(message);
+                crate::copy::copy_slice(buf, message);
                 message.len()
             },
             free,
