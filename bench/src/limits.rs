@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::results::{CoreToCore, Rate};
+use shmem_broker_client::copy;
+
+use crate::results::{AliasedCopy, CoreToCore, Rate};
 use crate::stats::{median, Percentiles};
 use crate::sys::{self, now_ns, CorePair};
 
@@ -18,6 +20,40 @@ use crate::sys::{self, now_ns, CorePair};
 /// the source modulo 4096, where glibc 2.36's `rep movsb` copy (2 KiB and up) ran at 1.6-2 GB/s
 /// instead of 40+ on the AMD EPYC VM, which made the limit a fifth of what the machine does.
 pub fn memcpy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<Rate> {
+    copy_rate(size, 0, budget_ms, cpu, |dst, src| dst.copy_from_slice(src))
+}
+
+/// Destination minus source (modulo the page) of [`aliased_copy`]: inside the band where
+/// `rep movsb` crawls on AMD Zen (1-63 bytes), the distance between a 64 KiB ring payload and
+/// a receive buffer that landed 16 bytes further into its page.
+const ALIASED_DISTANCE: usize = 16;
+
+/// A `size`-byte copy with the destination [`ALIASED_DISTANCE`] bytes past the source modulo
+/// the page, through glibc's `memcpy` and through `copy::copy_slice` (what every copy in or
+/// out of our rings takes): shows on each CPU whether the slow case exists and that the rings
+/// step around it.
+pub fn aliased_copy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<AliasedCopy> {
+    let memcpy = copy_rate(size, ALIASED_DISTANCE, budget_ms / 2, cpu, |dst, src| {
+        dst.copy_from_slice(src)
+    })?;
+    let ours = copy_rate(size, ALIASED_DISTANCE, budget_ms / 2, cpu, copy::copy_slice)?;
+    Ok(AliasedCopy {
+        size,
+        distance: ALIASED_DISTANCE,
+        memcpy,
+        ours,
+    })
+}
+
+/// `copy` of `size` bytes between two buffers, the source on a page boundary and the
+/// destination `distance` bytes into a page, repeated for `budget_ms`; median of three runs.
+fn copy_rate(
+    size: usize,
+    distance: usize,
+    budget_ms: u64,
+    cpu: Option<usize>,
+    copy: fn(&mut [u8], &[u8]),
+) -> Result<Rate> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -25,23 +61,23 @@ pub fn memcpy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<Rate> {
                     sys::pin_to(cpu)?;
                 }
                 let mut src_buf = vec![0u8; size + PAGE];
-                let mut dst_buf = vec![0u8; size + PAGE];
+                let mut dst_buf = vec![0u8; size + 2 * PAGE];
                 let src = page_aligned(&mut src_buf, size);
                 for (i, byte) in src.iter_mut().enumerate() {
                     *byte = (i * 13 + 1) as u8;
                 }
                 let src: &[u8] = src;
-                let dst = page_aligned(&mut dst_buf, size);
+                let dst = &mut page_aligned(&mut dst_buf, size + PAGE)[distance..distance + size];
                 let every = (4 * 1024 * 1024 / size).max(1) as u64;
                 let mut rates = Vec::new();
                 for _ in 0..3 {
                     // One untimed copy so that both buffers are faulted in and warm.
-                    dst.copy_from_slice(src);
+                    copy(dst, src);
                     let start = now_ns();
                     let deadline = start + budget_ms * 1_000_000 / 3;
                     let mut copies = 0u64;
                     loop {
-                        black_box(&mut *dst).copy_from_slice(black_box(src));
+                        copy(black_box(&mut *dst), black_box(src));
                         copies += 1;
                         if copies.is_multiple_of(every) && now_ns() >= deadline {
                             break;
@@ -61,7 +97,7 @@ pub fn memcpy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<Rate> {
                     .unwrap_or_default())
             })
             .join()
-            .map_err(|_| anyhow::anyhow!("memcpy thread panicked"))?
+            .map_err(|_| anyhow::anyhow!("copy thread panicked"))?
     })
 }
 

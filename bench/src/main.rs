@@ -322,6 +322,16 @@ fn limits_section(plan: &Plan, cores: Option<CorePair>, r: &mut Results) {
         "core-to-core round trip",
         limits::core_to_core(cores, plan.core_to_core_ms),
     );
+    r.aliased_copy = r.record(
+        "copy at a page-aliasing distance",
+        limits::aliased_copy(64 * 1024, plan.memcpy_ms, cores.map(|c| c.a)),
+    );
+    if let Some(a) = &r.aliased_copy {
+        eprintln!(
+            "  64 KiB copy {} bytes past its source modulo 4096: memcpy {:.1} GB/s, ours {:.1} GB/s",
+            a.distance, a.memcpy.gb_per_s, a.ours.gb_per_s
+        );
+    }
     for &size in &plan.sizes {
         if let Some(rate) = r.record(
             &format!("memcpy {}", format_size(size)),

@@ -290,6 +290,21 @@ fn latency_tables(r: &Results, out: &mut String) {
             );
         }
     }
+    if let Some(a) = &r.aliased_copy {
+        let _ = writeln!(
+            out,
+            "\nA {} copy whose destination lies {} bytes past its source modulo 4096 (one \
+             thread, page-aligned source): glibc `memcpy` {:.1} GB/s, ours (`copy::copy_raw`, \
+             which every copy in or out of a ring takes, and this bench's iceoryx2 and \
+             shmem-ipc copies too) {:.1} GB/s. Where `memcpy` is far below ours, this CPU's \
+             `rep movsb` has the page-aliasing slow case (AMD Zen) that made 64 KiB pairs \
+             bimodal: a receive buffer at the wrong page offset hit it once a ring lap.",
+            format_size(a.size),
+            a.distance,
+            a.memcpy.gb_per_s,
+            a.ours.gb_per_s
+        );
+    }
     if let Some(c) = &r.core_to_core {
         let _ = writeln!(
             out,

@@ -308,6 +308,17 @@ impl Latency {
     }
 }
 
+/// A copy whose destination lies a short distance past its source modulo the page: glibc's
+/// `memcpy` against the library's `copy::copy_raw` (which dodges `rep movsb` there).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AliasedCopy {
+    pub size: usize,
+    /// Destination minus source, modulo 4096.
+    pub distance: usize,
+    pub memcpy: Rate,
+    pub ours: Rate,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CoreToCore {
     /// Round trip of one cache line between the two cores, nanoseconds.
@@ -425,6 +436,8 @@ pub struct Results {
     pub latency: Vec<Latency>,
     pub fanout: Vec<Fanout>,
     pub core_to_core: Option<CoreToCore>,
+    /// The page-aliasing copy, memcpy against ours.
+    pub aliased_copy: Option<AliasedCopy>,
     /// Blocks of measurements with the core-to-core round trip beside each.
     pub blocks: Vec<Block>,
     pub attach: Option<Attach>,

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use anyhow::{Context, Result};
+use shmem_broker_client::copy::copy_raw;
 use shmem_ipc::sharedring::{Receiver, Sender};
 
 use crate::plan::Plan;
@@ -107,7 +108,7 @@ impl RingTx {
                     // SAFETY: the ring hands us `room` writable bytes at `at`, in the mapping it
                     // owns; we write at most that many, from a slice of at least as many. The
                     // other side is our own worker, which follows the ring's protocol.
-                    unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), at, written) };
+                    unsafe { copy_raw(rest.as_ptr(), at, written) };
                     written
                 })
                 .context("sharedring send")?;
@@ -169,7 +170,7 @@ impl Rx for RingRx {
                     read = ready.min(want);
                     // SAFETY: the ring hands us `ready` readable bytes at `at`; we copy at most
                     // that many into `into`, which has room for `want` >= `read`.
-                    unsafe { std::ptr::copy_nonoverlapping(at, into.as_mut_ptr(), read) };
+                    unsafe { copy_raw(at, into.as_mut_ptr(), read) };
                     read
                 })
                 .context("sharedring receive")?;
