@@ -219,7 +219,9 @@ fn shm_peers_table(r: &Results, out: &mut String) {
          ring this project started from) between the same two processes, a byte ring of our \
          ring's capacity carrying the same fixed-size messages, copied in and out; blocking \
          sides wait as its API does (`block_until_writable` / `block_until_readable` on its \
-         eventfds), busy-polling sides retry."
+         eventfds), busy-polling sides retry. Every copy in and out of both peers' shared \
+         memory is the one our rings use (`copy::copy_raw`), so no side gains or loses by \
+         where its buffers fall in a page (see the page-aliasing copy under the limits)."
     );
     let _ = write!(out, "| size |");
     for (ours, peer) in pairs {
