@@ -434,6 +434,12 @@ impl Consumer {
         self.reader.release(lane);
     }
 
+    /// Gives a message a borrowed receive left in the ring of `lane` back unread, for the next
+    /// receive ([`Sample::unread`]).
+    pub(crate) fn unread(&mut self, lane: u32) {
+        self.reader.unread(lane);
+    }
+
     /// One attempt: checks the channel is still usable, runs `read` on the rings in turn
     /// (with the private scratch buffer and the most messages it may take, see
     /// [`LaneReader::try_read`]; `None`: nothing to read), and wakes a producer that went to
