@@ -338,14 +338,16 @@ mod tests {
     fn a_frame_rewritten_while_given_back_is_checked_again() {
         let (mut w, mut r, _fd) = pair(4096);
         assert!(w.try_write_with(100, |b| b.fill(1)).expect("write"));
-        assert!(matches!(r.try_peek().expect("peek"), Peeked::Message(_)));
-        r.unpeek();
         let at = r.position();
-        // A hostile producer makes the frame's length overrun the ring: the put-back position
-        // is the reader's own, and the next read checks the frame as every read does.
+        assert!(matches!(r.try_peek().expect("peek"), Peeked::Message(_)));
+        // While the message is held, a hostile producer makes the frame's length overrun the
+        // ring: the position given back to is the one the reader recorded, not one worked out
+        // from the frame now, and the next read checks the frame as every read does.
         w.ring
             .data_u32(w.ring.offset_of(at))
             .store(u32::MAX - 64, Ordering::Relaxed);
+        r.unpeek();
+        assert_eq!(r.position(), at);
         assert!(matches!(r.try_peek(), Err(RingError::Corrupt(_))));
         assert_eq!(r.position(), at);
         let mut out = Vec::new();
