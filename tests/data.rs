@@ -208,7 +208,7 @@ fn library_try_send_and_try_recv_report_would_block() {
     assert_eq!(accepted, received);
 }
 
-/// `recv_into_slice` (what the C binding's `shmem_recv` uses): a message that fits lands in the
+/// `recv_into_slice`: a message that fits lands in the
 /// caller's buffer (and nothing past its length is touched), a longer one in the spill vector
 /// (and the buffer is untouched), in order, across the ring's wrap (padding) and empty
 /// messages; the non-blocking form says empty, and end-of-stream is `None`.

@@ -435,3 +435,147 @@ fn a_consumer_rewriting_its_ring_cannot_change_a_loan_sent_to_another() {
     assert!(passes > 10, "the scribbler ran {passes} passes only");
     drop(hostile);
 }
+
+/// 3000-byte message `seq` (a 4 KiB ring holds one).
+fn big(seq: u64) -> Vec<u8> {
+    let mut message = vec![0; 3000];
+    fill(&mut message, seq);
+    message
+}
+
+/// One-to-one: a sample given back unread comes again, whole, to the next receive (borrowed
+/// or copied), as many times as it is given back; its space stays taken meanwhile and the
+/// consumer's position does not move.
+#[test]
+fn a_sample_given_back_unread_comes_again_to_the_next_receive() {
+    let broker = Broker::start(None);
+    broker.ctl_ok(&["create", "zu", "--capacity", "4KiB"]);
+    let socket = broker.socket_path();
+    let mut consumer = connect(socket).consumer("zu").expect("attach consumer");
+    let mut producer = connect(socket).producer("zu").expect("attach producer");
+    producer.send(&big(0)).expect("send");
+    producer.send(b"small").expect("send");
+    let before = consumer.position();
+    for _ in 0..3 {
+        let sample = consumer.recv_ref().expect("recv_ref").expect("message");
+        assert_eq!(sample.to_vec(), big(0));
+        sample.unread();
+        assert_eq!(
+            consumer.position(),
+            before,
+            "giving back moved the consumer"
+        );
+        let full = producer
+            .try_send(&big(1))
+            .expect_err("room while given back");
+        assert!(full.is_full(), "{full}");
+    }
+    let sample = consumer
+        .try_recv_ref()
+        .expect("try_recv_ref")
+        .expect("message");
+    assert_eq!(sample.to_vec(), big(0));
+    sample.unread();
+    assert_eq!(consumer.recv().expect("recv"), Some(big(0)));
+    assert_eq!(consumer.recv().expect("recv"), Some(b"small".to_vec()));
+    assert_eq!(consumer.missed(), 0);
+}
+
+/// Fan-out: a sample given back comes again before the other producers' messages (the
+/// consumer reads its producers' rings in turn), from the same producer; a durable consumer
+/// that gives one back and detaches finds it again when it comes back; a loss record read on
+/// the way to a sample given back stays counted once.
+#[test]
+fn fanout_and_durable_samples_given_back_come_again_from_the_same_producer() {
+    let broker = Broker::start(None);
+    let client = broker.client();
+    client
+        .channel("zuf")
+        .capacity(4096)
+        .max_producers(2)
+        .max_consumers(2)
+        .slow_consumer(SlowConsumer::Drop)
+        .create()
+        .expect("create zuf");
+    let socket = broker.socket_path();
+    let mut consumer = connect(socket).consumer("zuf").expect("attach consumer");
+    let mut durable = connect(socket)
+        .attach("zuf")
+        .durable("d")
+        .consumer()
+        .expect("attach the durable consumer");
+    let mut producers: Vec<Producer> = (0..2)
+        .map(|_| connect(socket).producer("zuf").expect("attach producer"))
+        .collect();
+    for (i, producer) in producers.iter_mut().enumerate() {
+        producer
+            .send(format!("from {i}, first").as_bytes())
+            .expect("send");
+        producer
+            .send(format!("from {i}, second").as_bytes())
+            .expect("send");
+    }
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let sample = consumer.recv_ref().expect("recv_ref").expect("message");
+        let (bytes, from) = (sample.to_vec(), sample.producer());
+        sample.unread();
+        for _ in 0..2 {
+            let again = consumer.recv_ref().expect("recv_ref").expect("message");
+            assert_eq!(again.to_vec(), bytes, "another message came first");
+            assert_eq!(again.producer(), from);
+            again.unread();
+        }
+        assert_eq!(consumer.recv().expect("recv"), Some(bytes.clone()));
+        assert_eq!(consumer.last_producer(), from);
+        got.push(String::from_utf8(bytes).expect("text"));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "from 0, first",
+            "from 0, second",
+            "from 1, first",
+            "from 1, second"
+        ]
+    );
+
+    // Durable: given back, detached, attached again: the same message first.
+    let sample = durable.recv_ref().expect("recv_ref").expect("message");
+    let (bytes, from) = (sample.to_vec(), sample.producer());
+    sample.unread();
+    drop(durable);
+    let mut durable = connect(socket)
+        .attach("zuf")
+        .durable("d")
+        .consumer()
+        .expect("attach the durable consumer again");
+    let sample = durable.recv_ref().expect("recv_ref").expect("message");
+    assert_eq!(
+        sample.to_vec(),
+        bytes,
+        "the durable consumer lost the message"
+    );
+    assert_eq!(sample.producer(), from);
+    drop(sample);
+    drop(durable);
+
+    // Loss: 10 large messages into a ring that holds one, read, then one more after the gap.
+    let producer = &mut producers[0];
+    for seq in 0..10 {
+        producer.send(&big(seq)).expect("send");
+    }
+    while consumer.try_recv().is_ok_and(|m| m.is_some()) {}
+    let lost = consumer.missed();
+    producer.send(&big(10)).expect("send after the gap");
+    let sample = consumer.recv_ref().expect("recv_ref").expect("message");
+    assert_eq!(sample.to_vec(), big(10));
+    sample.unread();
+    let missed = consumer.missed();
+    assert!(missed > lost, "no loss record before message 10");
+    let sample = consumer.recv_ref().expect("recv_ref").expect("message");
+    assert_eq!(sample.to_vec(), big(10));
+    drop(sample);
+    assert_eq!(consumer.missed(), missed, "the loss was counted twice");
+}

@@ -120,7 +120,10 @@ impl Consumer {
 
     /// Receives the next message into `buf` when it fits, else into `spill` (reusing its
     /// allocation), blocking until there is one: for a caller with a buffer of its own and
-    /// no `Vec` (the C binding), one copy either way. `Ok(None)` is end-of-stream.
+    /// no `Vec`, one copy either way. `Ok(None)` is end-of-stream. The message is consumed
+    /// either way; to leave one that does not fit in the channel instead, borrow it with
+    /// [`recv_ref`](Self::recv_ref) and give it back with [`Sample::unread`] (the C
+    /// binding's `shmem_recv` does).
     ///
     /// ```no_run
     /// # let client = shmem_broker_client::Client::connect_default()?;
@@ -136,7 +139,7 @@ impl Consumer {
     /// }
     /// # Ok::<(), shmem_broker_client::Error>(())
     /// ```
-    // Inlined into the caller, as the C binding's `shmem_recv` wants one call per message.
+    // Inlined into the caller: one call per message.
     #[inline]
     pub fn recv_into_slice(
         &mut self,
@@ -163,9 +166,9 @@ impl Consumer {
     /// and a general path of its own (the C binding's `shmem_recv`): if the next message is
     /// there, in a one-to-one channel's ring with nothing to report first, and no longer than
     /// `capacity`, copies it to `buf` and returns its length, without waiting; `Ok(None)` and
-    /// nothing received otherwise (empty, a longer message, a mark, anything else), for
-    /// [`recv_into_slice`](Self::recv_into_slice) or
-    /// [`try_recv_into_slice`](Self::try_recv_into_slice) to receive. An error is one the
+    /// nothing received otherwise (empty, a longer message, a mark, anything else), for the
+    /// caller's general path (the C binding's: [`recv_ref`](Self::recv_ref), then a copy, or
+    /// [`Sample::unread`] for a message its buffer cannot take). An error is one the
     /// general path would have returned first (the channel is unusable).
     ///
     /// # Safety
@@ -432,6 +435,12 @@ impl Consumer {
     /// producer if it waits for room.
     pub(crate) fn release(&mut self, lane: u32) {
         self.reader.release(lane);
+    }
+
+    /// Gives a message a borrowed receive left in the ring of `lane` back unread, for the next
+    /// receive ([`Sample::unread`]).
+    pub(crate) fn unread(&mut self, lane: u32) {
+        self.reader.unread(lane);
     }
 
     /// One attempt: checks the channel is still usable, runs `read` on the rings in turn

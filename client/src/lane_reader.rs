@@ -316,6 +316,19 @@ impl LaneReader {
         }
     }
 
+    /// Gives the message a borrowed receive left in lane `peer`'s ring back unread
+    /// ([`RingReader::unpeek`]), and makes that lane the next one read, so that the next
+    /// receive finds the same message first (unless a report is due first, or the lane is
+    /// held for one; see [`try_read`](Self::try_read)). Nothing is released: no producer to
+    /// wake.
+    pub fn unread(&mut self, peer: u32) {
+        // Rings change only in calls the sample's borrow of the consumer rules out.
+        if let Some(index) = self.lanes.index_of(peer) {
+            self.lanes.list[index].end.unpeek();
+            self.cursor = index;
+        }
+    }
+
     /// One-to-one channels: releases the ring up to `position`, an end of an item read ahead
     /// ([`RingReader::release_to`] checks it), and wakes the producer if it waits for room.
     pub fn release_to(&mut self, position: u64) -> std::result::Result<(), BadRelease> {

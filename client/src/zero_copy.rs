@@ -191,7 +191,8 @@ pub(crate) struct Held {
 /// [`try_recv_ref`](crate::Consumer::try_recv_ref),
 /// [`AsyncConsumer::recv_ref`](crate::AsyncConsumer::recv_ref)). Its space in the ring goes
 /// back to the producer when it is dropped, not before: hold it only as long as needed, since
-/// a producer waiting for room waits for it.
+/// a producer waiting for room waits for it. [`unread`](Self::unread) instead gives it back
+/// for the next receive.
 ///
 /// It offers what is sound against a producer that rewrites the bytes while we hold them (see
 /// the [module docs](self)): reads with atomic loads ([`copy_to`](Self::copy_to),
@@ -216,6 +217,28 @@ unsafe impl Sync for Sample<'_> {}
 impl<'a> Sample<'a> {
     pub(crate) fn new(consumer: &'a mut Consumer, held: Held) -> Sample<'a> {
         Sample { consumer, held }
+    }
+
+    /// Gives the message back unread, instead of releasing it: the next receive on this
+    /// consumer returns it again (the same message, from the same producer), whichever way it
+    /// receives (borrowed or copied). For a caller that borrowed a message and then could not
+    /// take it (no memory for its copy, a buffer too small): the message is not lost, it waits
+    /// for the next try.
+    ///
+    /// Nothing goes back to the producer (its space stays taken, so a producer waiting for
+    /// room goes on waiting), and the consumer's counts ([`missed`](Consumer::missed),
+    /// [`position`](Consumer::position)) are as if the message had not been read yet; a loss
+    /// record read on the way to it stays counted once. In a fan-out channel the message's
+    /// producer is the next one read; a report due first
+    /// ([`ProducerGone`](crate::Error::ProducerGone) of another producer, say) still comes
+    /// first, and the message after it. The message is checked again when it is read again,
+    /// as every message is: a producer that rewrote it meanwhile can change what comes, as it
+    /// could by sending something else, but not where the consumer reads next.
+    pub fn unread(self) {
+        // Not dropped: the drop would release the message.
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let lane = this.held.lane;
+        this.consumer.unread(lane);
     }
 
     /// The message's length.

@@ -102,9 +102,36 @@ int main(int argc, char **argv) {
     CHECK(shmem_recv(consumer, buf, 2, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 5);
     CHECK(shmem_recv(consumer, buf, sizeof buf, &len) == SHMEM_OK && len == 5);
     CHECK(memcmp(buf, "hello", 5) == 0);
+    /* ... and stays in the channel, not in the consumer: one freed after a buffer too small
+     * (or a NULL buffer) loses nothing; the consumer that continues the stream gets it. */
+    CHECK(shmem_send(producer, "kept", 4) == SHMEM_OK);
+    CHECK(shmem_recv(consumer, buf, 2, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 4);
+    CHECK(shmem_try_recv(consumer, NULL, sizeof buf, &len) == SHMEM_ERR_INVALID_ARGUMENT);
+    shmem_consumer_free(consumer);
+    CHECK(shmem_consumer_attach(client, channel, NULL, &consumer) == SHMEM_OK);
+    CHECK(shmem_try_recv(consumer, buf, 3, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 4);
+    CHECK(shmem_recv(consumer, buf, sizeof buf, &len) == SHMEM_OK && len == 4);
+    CHECK(memcmp(buf, "kept", 4) == 0);
+    /* The same for a durable consumer of a fan-out channel, when it comes back. */
+    options = (shmem_channel_options){.capacity = 4096, .max_consumers = 2};
+    CHECK(shmem_channel_create(client, "c-api-keep", &options) == SHMEM_OK);
+    shmem_attach_options keep = {.durable_name = "keep", .reconnect = 0};
+    shmem_consumer *durable_consumer = NULL;
+    shmem_producer *fanout_producer = NULL;
+    CHECK(shmem_consumer_attach(client, "c-api-keep", &keep, &durable_consumer) == SHMEM_OK);
+    CHECK(shmem_producer_attach(client, "c-api-keep", NULL, &fanout_producer) == SHMEM_OK);
+    CHECK(shmem_send(fanout_producer, "durable", 7) == SHMEM_OK);
+    CHECK(shmem_recv(durable_consumer, buf, 2, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 7);
+    shmem_consumer_free(durable_consumer);
+    CHECK(shmem_consumer_attach(client, "c-api-keep", &keep, &durable_consumer) == SHMEM_OK);
+    CHECK(shmem_recv(durable_consumer, buf, sizeof buf, &len) == SHMEM_OK && len == 7);
+    CHECK(memcmp(buf, "durable", 7) == 0);
+    shmem_consumer_free(durable_consumer);
+    shmem_producer_free(fanout_producer);
+    CHECK(shmem_channel_drop(client, "c-api-keep") == SHMEM_OK);
 
-    /* A pending message lent by a borrowed receive blocks the consumer's other calls as a
-     * borrowed ring message does; released, it is gone. */
+    /* A message left by a buffer too small, lent by a borrowed receive, blocks the consumer's
+     * other calls as any borrowed message does; released, it is gone. */
     int pending_calls = 0;
     size_t pending_count = 0;
     CHECK(shmem_send(producer, "pending", 7) == SHMEM_OK);
@@ -117,7 +144,7 @@ int main(int argc, char **argv) {
           SHMEM_ERR_BUSY);
     shmem_recv_ref_release(consumer);
     CHECK(shmem_try_recv(consumer, buf, sizeof buf, &len) == SHMEM_WOULD_BLOCK);
-    /* A pending message goes to a batch; the consumer is idle again after it. */
+    /* A message left by a buffer too small goes to a batch; the consumer is idle after it. */
     CHECK(shmem_send(producer, "pending", 7) == SHMEM_OK);
     CHECK(shmem_recv(consumer, buf, 2, &len) == SHMEM_ERR_BUFFER_TOO_SMALL && len == 7);
     CHECK(shmem_recv_batch(consumer, 4, count_message, &pending_calls, &pending_count) ==

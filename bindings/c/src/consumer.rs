@@ -3,18 +3,20 @@
 use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use shmem_broker_client::{Consumer, Landed, Sample};
+use shmem_broker_client::{Consumer, Sample};
 
 use crate::codes::*;
 use crate::guard::*;
 use crate::handles::*;
 
-/// Hands the next message (pending or received by `receive`) to `buf`, or says how large it
-/// is and keeps it.
+/// Hands the next message to `buf`, or says how large it is and leaves it in the channel.
 ///
-/// `receive` copies a message that fits straight into `buf` (one copy, as the Rust client's
-/// `recv_into`); one that does not goes to the consumer's own vector and on as a pending one.
-/// Inlined into each receive function, with the rare work (a pending message) out of line.
+/// A message there that fits the caller's buffer, in a one-to-one channel, is copied straight
+/// to it (one copy, as the Rust client's `recv_into`); anything else is borrowed with
+/// `receive` and then copied to `buf` and released, or, if it does not fit, given back unread
+/// (`Sample::unread`): it stays in the ring for the next receive, so that a consumer freed
+/// after a too-small buffer (a durable one, or one whose successor continues a one-to-one
+/// channel) loses nothing. Inlined into each receive function, with the rest out of line.
 ///
 /// # Safety
 /// `buf` is NULL or points to `capacity` writable bytes that nothing else uses during the
@@ -25,78 +27,72 @@ pub(crate) unsafe fn deliver(
     buf: *mut c_void,
     capacity: usize,
     len: *mut usize,
-    receive: impl FnOnce(
-        &mut Consumer,
-        &mut [u8],
-        &mut Vec<u8>,
-    ) -> Result<Option<Option<Landed>>, Failure>,
+    receive: impl FnOnce(&mut Consumer) -> Result<Option<Option<Sample<'_>>>, Failure>,
 ) -> Result<c_int, Failure> {
     out_ptr(len, "len")?;
-    // One compare for all that is rare: a borrowed message out, a batch running (refused), a
-    // pending message (handed over first).
-    if consumer.busy != Busy::Idle {
-        // SAFETY: the contract.
-        return unsafe { deliver_busy(consumer, buf, capacity, len) };
-    }
+    // One compare: refused while a borrowed message is out or a batch runs.
+    consumer.check_not_lent()?;
     // SAFETY: from Box::into_raw, freed only when the handle is; no sample borrows it
     // (checked above), and `&mut` on the handle makes this the only access.
     let target = unsafe { &mut *consumer.consumer };
     // The most common case of all, alone: a message there that fits the caller's buffer,
-    // copied straight to it (no slice, no sink); anything else goes the general way below.
+    // copied straight to it (no sample); anything else goes the general way below.
     if !buf.is_null() {
         // SAFETY: not NULL, `capacity` writable bytes that nothing else touches meanwhile
-        // (the caller's contract, from the C one); not ours (our vector is a separate
-        // allocation, the ring's mapping is never handed out writable).
+        // (the caller's contract, from the C one); not ours (the ring's mapping is never
+        // handed out writable).
         if let Some(n) = unsafe { target.try_recv_into_raw_fast(buf.cast::<u8>(), capacity) }? {
             // SAFETY: not NULL (checked), writable (the caller's contract).
             unsafe { *len = n };
             return Ok(SHMEM_OK);
         }
     }
-    // A slice may not be longer than isize::MAX bytes (`from_raw_parts_mut`'s rule), whatever
-    // `capacity` a caller passes; a receive writes no more than the message into it anyway.
-    let room = capacity.min(isize::MAX as usize);
-    let out: &mut [u8] = if buf.is_null() {
-        // Only an empty message fits; any other goes to the vector, and then to the checks of
-        // `deliver_held` (too small, or NULL).
-        &mut []
-    } else {
-        // SAFETY: not NULL, and `room` <= `capacity` writable bytes that nothing else touches
-        // meanwhile (the caller's contract, from the C one). They are not ours: our vector is
-        // a separate allocation, and the ring's mapping is never handed out writable.
-        unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), room) }
-    };
-    // The common case first and alone: a message in the caller's buffer is one compare.
-    let got = receive(target, out, &mut consumer.buffer);
-    if let Ok(Some(Some(Landed::Buf(n)))) = got {
-        // SAFETY: not NULL (checked), writable (the caller's contract).
-        unsafe { *len = n };
-        return Ok(SHMEM_OK);
-    }
+    let got = receive(target);
     // SAFETY: the contract.
-    unsafe { landed_rarely(consumer, got, buf, capacity, len) }
+    unsafe { hand_over(got, buf, capacity, len) }
 }
 
-/// The rest of [`deliver`]: a message in our vector (too long for `buf`), end-of-stream,
-/// would-block or a failure.
+/// The rest of [`deliver`]: a borrowed message copied to `buf` and released, or given back
+/// unread when `buf` cannot take it; end-of-stream, would-block or a failure.
 ///
 /// # Safety
-/// As [`deliver_held`].
-#[cold]
+/// As [`deliver`]; `len` is not NULL.
 #[inline(never)]
-unsafe fn landed_rarely(
-    consumer: &mut ShmemConsumer,
-    got: Result<Option<Option<Landed>>, Failure>,
+unsafe fn hand_over(
+    got: Result<Option<Option<Sample<'_>>>, Failure>,
     buf: *mut c_void,
     capacity: usize,
     len: *mut usize,
 ) -> Result<c_int, Failure> {
     let (code, n) = match got? {
-        Some(Some(Landed::Buf(n))) => (SHMEM_OK, n),
-        Some(Some(Landed::Spill)) => {
-            let message = std::mem::take(&mut consumer.buffer);
-            // SAFETY: the contract.
-            return unsafe { deliver_held(consumer, message, buf, capacity, len) };
+        Some(Some(sample)) => {
+            let n = sample.len();
+            // SAFETY: not NULL (the caller checked), writable (the contract).
+            unsafe { *len = n };
+            if n > capacity {
+                sample.unread();
+                return Err(Failure(
+                    SHMEM_ERR_BUFFER_TOO_SMALL,
+                    format!("the message has {n} bytes, the buffer {capacity}; it stays for the next receive"),
+                ));
+            }
+            if n > 0 {
+                if buf.is_null() {
+                    sample.unread();
+                    return Err(invalid("buf is NULL"));
+                }
+                // SAFETY: the source is the message's `n` bytes in the ring mapping, mapped
+                // while `sample` lives; `buf` holds `capacity` >= n writable bytes (the
+                // contract) that are not the mapping (never handed out writable). A raw copy
+                // forms no reference to the shared bytes: a hostile producer rewriting them
+                // meanwhile only changes what this message holds, as in the ring's own reads.
+                unsafe {
+                    shmem_broker_client::copy::copy_raw(sample.as_ptr(), buf.cast::<u8>(), n)
+                };
+            }
+            // Its space goes back to the producer.
+            drop(sample);
+            return Ok(SHMEM_OK);
         }
         Some(None) => (SHMEM_END_OF_STREAM, 0),
         None => (SHMEM_WOULD_BLOCK, 0),
@@ -106,68 +102,12 @@ unsafe fn landed_rarely(
     Ok(code)
 }
 
-/// [`deliver`] when the handle is not idle: refused while a borrowed message is out or a
-/// batch runs, else (a pending message) [`deliver_held`] for the pending message.
-///
-/// # Safety
-/// As [`deliver_held`].
-#[cold]
-#[inline(never)]
-unsafe fn deliver_busy(
-    consumer: &mut ShmemConsumer,
-    buf: *mut c_void,
-    capacity: usize,
-    len: *mut usize,
-) -> Result<c_int, Failure> {
-    consumer.check_not_lent()?;
-    let message = consumer.take_pending().unwrap_or_default();
-    // SAFETY: the contract.
-    unsafe { deliver_held(consumer, message, buf, capacity, len) }
-}
-
-/// Hands `message` (pending, or just received into our vector) to `buf` if it fits, else says
-/// how large it is and keeps it pending.
-///
-/// # Safety
-/// As [`deliver`]; `len` is not NULL.
-#[cold]
-#[inline(never)]
-unsafe fn deliver_held(
-    consumer: &mut ShmemConsumer,
-    message: Vec<u8>,
-    buf: *mut c_void,
-    capacity: usize,
-    len: *mut usize,
-) -> Result<c_int, Failure> {
-    // SAFETY: not NULL (the caller checked), writable (the contract).
-    unsafe { *len = message.len() };
-    if message.len() > capacity {
-        let needed = message.len();
-        consumer.keep_pending(message);
-        return Err(Failure(
-            SHMEM_ERR_BUFFER_TOO_SMALL,
-            format!("the message has {needed} bytes, the buffer {capacity}; it stays pending"),
-        ));
-    }
-    if !message.is_empty() {
-        if buf.is_null() {
-            consumer.keep_pending(message);
-            return Err(invalid("buf is NULL"));
-        }
-        // SAFETY: `buf` holds `capacity` >= message.len() writable bytes (the contract), and
-        // cannot overlap our own vector.
-        unsafe {
-            shmem_broker_client::copy::copy_raw(message.as_ptr(), buf.cast::<u8>(), message.len())
-        };
-    }
-    consumer.buffer = message;
-    Ok(SHMEM_OK)
-}
-
 /// Receives the next message into `buf` (`capacity` bytes), waiting for one; `*len` is its
 /// length. `SHMEM_END_OF_STREAM` (and `*len` 0) when the producer closed its stream. A message
 /// larger than `capacity` gives `SHMEM_ERR_BUFFER_TOO_SMALL` with its length in `*len` and
-/// stays pending for the next receive.
+/// stays in the channel for the next receive (by any receive function; after
+/// `shmem_consumer_free`, for the durable consumer's or the one-to-one channel's next
+/// consumer).
 ///
 /// # Safety
 /// `consumer` is a live consumer; `buf` points to `capacity` writable bytes; `len` to writable
@@ -183,11 +123,7 @@ pub unsafe extern "C" fn shmem_recv(
         // SAFETY: the contract.
         let consumer = unsafe { handle(consumer, "consumer") }?;
         // SAFETY: the contract.
-        unsafe {
-            deliver(consumer, buf, capacity, len, |c, out, spill| {
-                Ok(Some(c.recv_into_slice(out, spill)?))
-            })
-        }
+        unsafe { deliver(consumer, buf, capacity, len, |c| Ok(Some(c.recv_ref()?))) }
     })
 }
 
@@ -207,11 +143,9 @@ pub unsafe extern "C" fn shmem_try_recv(
         let consumer = unsafe { handle(consumer, "consumer") }?;
         // SAFETY: the contract.
         unsafe {
-            deliver(consumer, buf, capacity, len, |c, out, spill| {
-                match c.try_recv_into_slice(out, spill) {
-                    Ok(landed) => Ok(Some(landed)),
-                    Err(err) => recv_failure(err).map(|()| None),
-                }
+            deliver(consumer, buf, capacity, len, |c| match c.try_recv_ref() {
+                Ok(sample) => Ok(Some(sample)),
+                Err(err) => recv_failure(err).map(|()| None),
             })
         }
     })
@@ -281,22 +215,17 @@ pub(crate) unsafe fn borrow_next(
     out_ptr(data, "data")?;
     out_ptr(len, "len")?;
     consumer.check_not_lent()?;
-    // A message a too-small buffer left pending: lent from our own memory.
-    let (code, ptr, n) = if let Some((ptr, n)) = consumer.lend_pending() {
-        (SHMEM_OK, ptr, n)
-    } else {
-        // SAFETY: from Box::into_raw, freed only in Drop, after the sample; no sample borrows
-        // it (checked), and nothing else touches it while this one lives (every other call
-        // checks `check_not_lent` first).
-        let target: &'static mut Consumer = unsafe { &mut *consumer.consumer };
-        match take(target)? {
-            None => (SHMEM_WOULD_BLOCK, std::ptr::null(), 0),
-            Some(None) => (SHMEM_END_OF_STREAM, std::ptr::null(), 0),
-            Some(Some(sample)) => {
-                let found = (SHMEM_OK, sample.as_ptr(), sample.len());
-                consumer.lend_sample(sample);
-                found
-            }
+    // SAFETY: from Box::into_raw, freed only in Drop, after the sample; no sample borrows it
+    // (checked), and nothing else touches it while this one lives (every other call checks
+    // `check_not_lent` first).
+    let target: &'static mut Consumer = unsafe { &mut *consumer.consumer };
+    let (code, ptr, n) = match take(target)? {
+        None => (SHMEM_WOULD_BLOCK, std::ptr::null(), 0),
+        Some(None) => (SHMEM_END_OF_STREAM, std::ptr::null(), 0),
+        Some(Some(sample)) => {
+            let found = (SHMEM_OK, sample.as_ptr(), sample.len());
+            consumer.lend_sample(sample);
+            found
         }
     };
     // SAFETY: both checked not NULL, writable (the contract).
@@ -343,34 +272,24 @@ pub unsafe extern "C" fn shmem_recv_batch(
         // The handle is borrowed only around the callbacks, never across them: a callback that
         // calls back into this consumer gets a fresh borrow, sees `Busy::Batch` and is refused
         // (SHMEM_ERR_BUSY) without touching the `Consumer` the batch is using.
-        let (pending, target) = {
+        let target = {
             // SAFETY: the contract.
             let handle = unsafe { handle(consumer, "consumer") }?;
             handle.check_not_lent()?;
-            let pending = handle.take_pending();
             handle.busy = Busy::Batch;
-            (pending, handle.consumer)
+            handle.consumer
         };
         // Ends the batch state however the batch ends: returned, failed or panicked.
         let batch = BatchGuard(consumer);
-        let delivered = match pending {
-            Some(message) => {
-                // SAFETY: `each` may be called with `ctx` (the contract); the bytes are ours
-                // and live for the call.
-                unsafe { each(ctx, message.as_ptr().cast(), message.len()) };
-                Ok(Some(1))
-            }
-            None => {
-                // SAFETY: from Box::into_raw, freed only when the handle is (which a callback
-                // cannot do during the batch); no sample borrows it (checked above) and
-                // nothing else reaches it during the batch (`Busy::Batch`).
-                let target = unsafe { &mut *target };
-                target.recv_batch(max.max(1), |message| {
-                    // SAFETY: as above; the bytes live for the call.
-                    unsafe { each(ctx, message.as_ptr().cast(), message.len()) }
-                })
-            }
-        };
+        // SAFETY: from Box::into_raw, freed only when the handle is (which a callback cannot
+        // do during the batch); no sample borrows it (checked above) and nothing else reaches
+        // it during the batch (`Busy::Batch`).
+        let target = unsafe { &mut *target };
+        let delivered = target.recv_batch(max.max(1), |message| {
+            // SAFETY: `each` may be called with `ctx` (the contract); the bytes live for the
+            // call.
+            unsafe { each(ctx, message.as_ptr().cast(), message.len()) }
+        });
         drop(batch);
         let delivered = match delivered? {
             Some(n) => n,

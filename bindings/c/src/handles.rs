@@ -101,14 +101,11 @@ impl Drop for ShmemProducer {
 /// held.
 pub struct ShmemConsumer {
     /// What the handle is doing besides being idle: one field, so the per-message calls pay
-    /// one compare for all of it. Changed only together with what it summarises (`sample`,
-    /// `pending`), by the methods below and the batch's guard.
+    /// one compare for all of it. Changed only together with what it summarises (`sample`),
+    /// by the methods below and the batch's guard.
     pub(crate) busy: Busy,
     pub(crate) sample: Option<Sample<'static>>,
     pub(crate) consumer: *mut Consumer,
-    /// A message received into here that the caller's buffer could not take yet.
-    pub(crate) pending: Option<Vec<u8>>,
-    pub(crate) buffer: Vec<u8>,
     pub(crate) ready_fd: c_int,
 }
 
@@ -118,12 +115,8 @@ pub struct ShmemConsumer {
 pub(crate) enum Busy {
     /// Nothing: a receive goes straight to the ring.
     Idle,
-    /// A message a too-small buffer left in `pending`: the next receive hands it over first.
-    Pending,
     /// A borrowed message (`sample`) is out: every other call is refused.
     Sample,
-    /// The pending message is lent by a borrowed receive: every other call is refused.
-    Lent,
     /// Inside a [`shmem_recv_batch`] callback: the consumer is in use further up the stack,
     /// every other call is refused.
     Batch,
@@ -136,8 +129,6 @@ impl ShmemConsumer {
             busy: Busy::Idle,
             sample: None,
             consumer: Box::into_raw(Box::new(consumer)),
-            pending: None,
-            buffer: Vec::new(),
             ready_fd,
         }
     }
@@ -146,8 +137,8 @@ impl ShmemConsumer {
     #[inline(always)]
     pub(crate) fn check_not_lent(&self) -> Result<(), Failure> {
         match self.busy {
-            Busy::Idle | Busy::Pending => Ok(()),
-            Busy::Sample | Busy::Lent | Busy::Batch => Err(self.lent()),
+            Busy::Idle => Ok(()),
+            Busy::Sample | Busy::Batch => Err(self.lent()),
         }
     }
 
@@ -163,47 +154,19 @@ impl ShmemConsumer {
         Failure(SHMEM_ERR_BUSY, why.into())
     }
 
-    /// Keeps `message` for the next receive.
-    pub(crate) fn keep_pending(&mut self, message: Vec<u8>) {
-        self.pending = Some(message);
-        self.busy = Busy::Pending;
-    }
-
-    /// The pending message, if any, handed out (no longer kept).
-    pub(crate) fn take_pending(&mut self) -> Option<Vec<u8>> {
-        if self.busy == Busy::Pending {
-            self.busy = Busy::Idle;
-        }
-        self.pending.take()
-    }
-
-    /// Lends the pending message (a borrowed receive): where it is and how long.
-    pub(crate) fn lend_pending(&mut self) -> Option<(*const u8, usize)> {
-        let pending = self.pending.as_ref()?;
-        self.busy = Busy::Lent;
-        Some((pending.as_ptr(), pending.len()))
-    }
-
     /// Keeps a borrowed message until [`release`](Self::release).
     pub(crate) fn lend_sample(&mut self, sample: Sample<'static>) {
         self.sample = Some(sample);
         self.busy = Busy::Sample;
     }
 
-    /// Ends a borrowed message: the sample's space goes back to the producer, a lent pending
-    /// message is dropped. Nothing otherwise (in a batch, the batch's guard ends it).
+    /// Ends a borrowed message: the sample's space goes back to the producer. Nothing
+    /// otherwise (in a batch, the batch's guard ends it).
     pub(crate) fn release(&mut self) {
-        match self.busy {
-            Busy::Sample => {
-                let sample = self.sample.take();
-                self.busy = Busy::Idle;
-                drop(sample);
-            }
-            Busy::Lent => {
-                self.busy = Busy::Idle;
-                self.pending = None;
-            }
-            Busy::Idle | Busy::Pending | Busy::Batch => {}
+        if self.busy == Busy::Sample {
+            let sample = self.sample.take();
+            self.busy = Busy::Idle;
+            drop(sample);
         }
     }
 }

@@ -125,7 +125,9 @@ impl PyConsumer {
 }
 
 /// One non-blocking receive into a new `bytes`: borrows the message in the ring, copies it
-/// into a `bytes` object of its length, and gives its space back at once.
+/// into a `bytes` object of its length, and gives its space back at once. If the `bytes`
+/// cannot be made (`MemoryError`, say), the message is given back unread, not released: the
+/// next receive returns it again (a caller may free memory and retry without losing it).
 fn try_recv_copy(py: Python<'_>, inner: &mut ConsumerInner) -> Outcome<Step<Py<PyBytes>>> {
     let sample = match inner.consumer()?.try_recv_ref() {
         Ok(Some(sample)) => sample,
@@ -133,6 +135,21 @@ fn try_recv_copy(py: Python<'_>, inner: &mut ConsumerInner) -> Outcome<Step<Py<P
         Err(TryRecvError::Empty) => return Ok(Step::Empty),
         Err(err) => return Err(failure(err.into_failure())),
     };
+    match copy_into_bytes(py, &sample) {
+        Ok(bytes) => {
+            // Its space goes back to the producer now, before Python sees the bytes.
+            drop(sample);
+            Ok(Step::Got(bytes))
+        }
+        Err(fail) => {
+            sample.unread();
+            Err(fail)
+        }
+    }
+}
+
+/// A new `bytes` holding the message `sample` borrows.
+fn copy_into_bytes(py: Python<'_>, sample: &Sample<'_>) -> Outcome<Py<PyBytes>> {
     let len = sample.len();
     let size = pyo3::ffi::Py_ssize_t::try_from(len).map_err(|_| {
         Fail::Code(
@@ -161,15 +178,15 @@ fn try_recv_copy(py: Python<'_>, inner: &mut ConsumerInner) -> Outcome<Step<Py<P
         // meanwhile only changes what this message holds.
         unsafe { shmem_broker_client::copy::copy_raw(sample.as_ptr(), dst, len) }
     }
-    // Its space goes back to the producer now, before Python sees the bytes.
-    drop(sample);
-    Ok(Step::Got(bytes.unbind()))
+    Ok(bytes.unbind())
 }
 
 #[pymethods]
 impl PyConsumer {
     /// The next message as `bytes`, waiting up to `timeout` seconds (`None`: for ever;
     /// `0`: not at all) and raising `TimeoutError` when none came. `None` at end-of-stream.
+    /// A receive that fails once it has the message (`MemoryError` for its `bytes`) leaves
+    /// the message in the channel: the next receive returns it.
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyBytes>>> {
         self.recv_bytes(py, timeout)
@@ -180,7 +197,8 @@ impl PyConsumer {
     /// The view stays valid until the next receive on this consumer, `release()` or close;
     /// those release it and raise `BufferError` while another view of it (a slice, a numpy
     /// array) is alive. The bytes are the producer's shared memory: a hostile producer can
-    /// change them while you read; copy what you must trust before checking it.
+    /// change them while you read; copy what you must trust before checking it. If the view
+    /// cannot be made (`MemoryError`), the message stays for the next receive.
     #[pyo3(signature = (timeout=None))]
     fn recv_view(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         let got = self.receive(py, timeout, |inner| {
@@ -203,9 +221,12 @@ impl PyConsumer {
         let (lending, view) = match lend(py, addr, len, true, self.inner.clone()) {
             Ok(made) => made,
             Err(err) => {
-                // No view came to be: the message's space is given back.
+                // No view came to be (`MemoryError`, say): the message is given back unread,
+                // for the next receive, not released.
                 let mut inner = lock(&self.inner);
-                inner.sample = None;
+                if let Some(sample) = inner.sample.take() {
+                    sample.unread();
+                }
                 inner.view_pending = false;
                 return Err(err);
             }

@@ -289,3 +289,70 @@ def test_a_send_while_close_waits_for_room_does_not_hang_the_interpreter(socket_
     assert done.returncode == 0, done.stderr
     # The send came after close: refused, not lost in a closed stream.
     assert done.stdout.strip() != "sent", done.stdout
+
+
+_RECV_OUT_OF_MEMORY = r"""
+import hashlib, resource, sys
+import shmem_broker
+socket, channel, digest, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def address_space() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize")
+
+consumer = shmem_broker.Client(socket).consumer(channel)
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+# Room to go on working (exceptions, formatting) but not for a bytes object of the message.
+resource.setrlimit(resource.RLIMIT_AS, (address_space() + size // 3, hard))
+failed = []
+for receive in (lambda: consumer.recv(timeout=10), lambda: next(consumer)):
+    try:
+        got = receive()
+    except MemoryError:
+        failed.append("MemoryError")
+    else:
+        failed.append(f"got {len(got)} bytes")
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+assert failed == ["MemoryError", "MemoryError"], failed
+big = consumer.recv(timeout=10)
+assert big is not None and len(big) == size, f"the big message is gone: got {big[:20]!r}"
+assert hashlib.sha256(big).hexdigest() == digest, "the big message came back damaged"
+del big
+assert next(consumer) == b"small", "the small message after it"
+consumer.close()
+print("ok")
+"""
+
+
+def test_a_recv_that_runs_out_of_memory_leaves_the_message_for_the_next(client, socket_path):
+    """recv() borrows the message, then makes its bytes object: when that fails (MemoryError,
+    here under an address-space limit in a child process), the message must stay for the next
+    receive, by recv() and by iteration, not be released and lost (the next recv() used to
+    return the message after it)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    size = 48 << 20
+    name = f"py-oom-{os.getpid()}"
+    client.create(name, capacity=64 << 20)
+    try:
+        big = os.urandom(size)
+        with client.producer(name) as producer:
+            producer.send(big, timeout=30)
+            producer.send(b"small", timeout=30)
+        digest = hashlib.sha256(big).hexdigest()
+        del big
+        done = subprocess.run(
+            [sys.executable, "-c", _RECV_OUT_OF_MEMORY, socket_path, name, digest, str(size)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    finally:
+        client.drop(name)

@@ -28,8 +28,9 @@ pub(super) enum Sink<'a, 'b> {
     Slice(&'a mut SliceSink<'b>),
     /// The fd, and where to say how many bytes the message had.
     Fd(BorrowedFd<'a>, &'a mut usize),
-    /// Left in the ring: where the payload starts in the data area, and its length.
-    Peek(&'a mut Option<(usize, usize)>),
+    /// Left in the ring: where the payload starts in the data area, its length, and the
+    /// stream position of its frame.
+    Peek(&'a mut Option<(usize, usize, u64)>),
 }
 
 /// Where [`RingReader::try_read_into_slice`] copies a message: into `buf` when it fits, else
@@ -93,6 +94,11 @@ pub struct RingReader {
     /// (stream position) and the count of messages read up to it, in order; the positions a
     /// release may name.
     pub(super) ahead: VecDeque<(u64, u64)>,
+    /// The message [`RingReader::try_peek`] returned last: the stream positions of its frame
+    /// and of the frame's end, and the count of messages read before it, for
+    /// [`RingReader::unpeek`] to go back to. Kept here, never read back from the ring, so that
+    /// nothing a producer writes meanwhile can move where the reader goes back to.
+    pub(super) peeked: Option<(u64, u64, u64)>,
 }
 
 /// Whether a poll must load the producer's position even when seals say nothing came.
@@ -141,6 +147,7 @@ impl RingReader {
             polls_unsealed: 0,
             position_due: false,
             ahead: VecDeque::new(),
+            peeked: None,
             ring,
         })
     }
@@ -429,7 +436,7 @@ impl RingReader {
                             self.ring.write_out(start, len as usize, *fd)?;
                             **written = len as usize;
                         }
-                        Sink::Peek(at) => **at = Some((start, len as usize)),
+                        Sink::Peek(at) => **at = Some((start, len as usize, self.read_pos)),
                     }
                     self.messages_read = self.messages_read.saturating_add(1);
                 }

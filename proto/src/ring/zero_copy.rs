@@ -141,14 +141,20 @@ impl RingReader {
             return Ok(Peeked::Empty);
         }
         let mut at = None;
+        // A peek stops at the first message: only it counts in `messages_read`.
+        let messages_before = self.messages_read;
+        self.peeked = None;
         let outcome = self.next_frame(Sink::Peek(&mut at), &mut unread);
         match (outcome, at) {
-            (Ok(ReadOutcome::Message), Some((start, len))) => Ok(Peeked::Message(Payload {
-                // `start + len` is inside the data area: next_frame checked the frame ends
-                // there.
-                ptr: self.ring.data().wrapping_add(start),
-                len,
-            })),
+            (Ok(ReadOutcome::Message), Some((start, len, frame))) => {
+                self.peeked = Some((frame, self.read_pos, messages_before));
+                Ok(Peeked::Message(Payload {
+                    // `start + len` is inside the data area: next_frame checked the frame
+                    // ends there.
+                    ptr: self.ring.data().wrapping_add(start),
+                    len,
+                }))
+            }
             (outcome, _) => {
                 self.commit();
                 match outcome? {
@@ -166,7 +172,32 @@ impl RingReader {
     ///
     /// [`take_producer_waiting`]: Self::take_producer_waiting
     pub fn release(&mut self) {
+        self.peeked = None;
         self.commit();
+    }
+
+    /// Gives the message [`try_peek`](Self::try_peek) returned back unread: the next read
+    /// (peek or copy) finds it again, as if it had not been read. Its space stays the
+    /// consumer's (nothing is published, so there is no producer to wake), `messages_read`
+    /// is as before the peek, and padding or loss records skipped on the way to it stay
+    /// skipped (the losses stay counted once in [`missed`](Self::missed)).
+    ///
+    /// The position gone back to is the one this reader recorded at the peek, never read
+    /// back from the ring, and lies between the published position and the local one: a
+    /// producer rewriting the frame meanwhile cannot move it, and the next read checks the
+    /// frame afresh, as every read does. Does nothing if the last peek found no message or
+    /// was released already, or if another read moved the reader since (which `try_peek`'s
+    /// contract rules out; the client's `Sample` holds the consumer borrowed).
+    pub fn unpeek(&mut self) {
+        let Some((frame, end, messages_read)) = self.peeked.take() else {
+            return;
+        };
+        // The reader is still just past the peeked frame, and nothing was published since
+        // the peek: going back re-reads exactly that frame.
+        if self.read_pos == end && self.published_pos <= frame {
+            self.read_pos = frame;
+            self.messages_read = messages_read;
+        }
     }
 }
 
@@ -215,6 +246,115 @@ mod tests {
             }
             r.release();
         }
+    }
+
+    #[test]
+    fn an_unpeeked_message_is_read_again_whole_and_keeps_its_space() {
+        let (mut w, mut r, _fd) = pair(4096);
+        let big: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        // A loss record in front, counted once whatever is given back.
+        assert!(w.try_write_after_gap(5, &big).expect("write"));
+        assert!(w.try_write_with(10, |b| b.fill(9)).expect("write"));
+        let (published, messages) = (r.published_pos, r.messages_read);
+        let Peeked::Message(got) = r.try_peek().expect("peek") else {
+            panic!("no message");
+        };
+        assert_eq!(load_all(got), big);
+        assert_eq!(r.missed(), 5);
+        let past = r.position();
+        r.unpeek();
+        // Nothing released: no producer to wake, no room for it, the same counts.
+        assert!(!r.take_producer_waiting());
+        assert_eq!(r.published_pos, published);
+        assert_eq!(r.messages_read, messages);
+        assert_eq!(r.missed(), 5);
+        assert!(r.position() < past);
+        assert!(w.try_reserve(3000).expect("reserve").is_none());
+        // A second unpeek (nothing peeked) does nothing.
+        r.unpeek();
+        assert!(r.position() < past);
+        // Read again by the next peek, and by a copying read after another give-back.
+        for copy in [false, true] {
+            if copy {
+                let mut out = Vec::new();
+                assert_eq!(
+                    r.try_read_into(&mut out).expect("read"),
+                    ReadOutcome::Message
+                );
+                assert_eq!(out, big);
+                break;
+            }
+            let Peeked::Message(again) = r.try_peek().expect("peek") else {
+                panic!("the message given back is gone");
+            };
+            assert_eq!(load_all(again), big);
+            assert_eq!(r.position(), past);
+            r.unpeek();
+        }
+        assert_eq!(r.missed(), 5);
+        assert_eq!(r.messages_read, messages + 1);
+        let mut out = Vec::new();
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(out, [9; 10]);
+    }
+
+    #[test]
+    fn messages_given_back_across_the_wrap_come_again_in_order() {
+        let (mut w, mut r, _fd) = pair(4096);
+        let mut next_read = 0usize;
+        for i in 0..3000usize {
+            let fill = |b: &mut [u8]| {
+                b.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x = (i ^ j) as u8)
+            };
+            while !w.try_write_with(i % 1500, fill).expect("write") {
+                // Full: read one, given back first, then released.
+                for release in [false, true] {
+                    let Peeked::Message(got) = r.try_peek().expect("peek") else {
+                        panic!("message {next_read} missing");
+                    };
+                    let bytes = load_all(got);
+                    assert_eq!(bytes.len(), next_read % 1500);
+                    assert!(bytes
+                        .iter()
+                        .enumerate()
+                        .all(|(j, &b)| b == (next_read ^ j) as u8));
+                    if release {
+                        r.release();
+                    } else {
+                        r.unpeek();
+                    }
+                }
+                next_read += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_rewritten_while_given_back_is_checked_again() {
+        let (mut w, mut r, _fd) = pair(4096);
+        assert!(w.try_write_with(100, |b| b.fill(1)).expect("write"));
+        let at = r.position();
+        assert!(matches!(r.try_peek().expect("peek"), Peeked::Message(_)));
+        // While the message is held, a hostile producer makes the frame's length overrun the
+        // ring: the position given back to is the one the reader recorded, not one worked out
+        // from the frame now, and the next read checks the frame as every read does.
+        w.ring
+            .data_u32(w.ring.offset_of(at))
+            .store(u32::MAX - 64, Ordering::Relaxed);
+        r.unpeek();
+        assert_eq!(r.position(), at);
+        assert!(matches!(r.try_peek(), Err(RingError::Corrupt(_))));
+        assert_eq!(r.position(), at);
+        let mut out = Vec::new();
+        assert!(matches!(
+            r.try_read_into(&mut out),
+            Err(RingError::Corrupt(_))
+        ));
     }
 
     #[test]
