@@ -27,7 +27,7 @@ pub(crate) const SOLE_PEER: u32 = 0;
 
 /// Our end of a lane's ring: what the shared lane code needs of a writer or a reader.
 pub(crate) trait End: Sized {
-    /// `can_progress` can say yes where the operation then finds nothing (a reader's quick
+    /// `can_resume` can say yes where the operation then finds nothing (a reader's quick
     /// poll trusts a frame's seal; the read checks the positions), so a wait after such a
     /// false alarm skips the spin (see `Lanes::wait`). A writer's answer is exact.
     const SPIN_MAY_MISLEAD: bool;
@@ -35,10 +35,12 @@ pub(crate) trait End: Sized {
     fn open(ring: SharedRing) -> std::result::Result<Self, RingError>;
     /// After an operation: true if the peer asked to be woken by it (and must be now).
     fn take_peer_waiting(&mut self) -> bool;
-    /// True if an operation needing `needed` bytes (room for a writer; a reader needs none)
-    /// would make progress now, or if the ring cannot be made sense of (the next operation
-    /// reports it).
-    fn can_progress(&mut self, needed: usize) -> bool;
+    /// What the spin before sleeping waits for: true if an operation needing `needed` bytes
+    /// (room for a writer; a reader needs none) should go on now, or if the ring cannot be
+    /// made sense of (the next operation reports it). A writer waits for a chunk of room,
+    /// not just `needed` ([`RingWriter::can_resume`]); the sleep that follows a spin in vain
+    /// takes any room (`prepare_to_sleep`).
+    fn can_resume(&mut self, needed: usize) -> bool;
     /// Sets this side's waiting flag; false (do not sleep) if progress became possible.
     fn prepare_to_sleep(&mut self, needed: usize) -> std::result::Result<bool, RingError>;
     /// Withdraws the waiting flag.
@@ -57,8 +59,8 @@ impl End for RingWriter {
     fn take_peer_waiting(&mut self) -> bool {
         self.take_consumer_waiting()
     }
-    fn can_progress(&mut self, needed: usize) -> bool {
-        RingWriter::can_progress(self, needed).unwrap_or(true)
+    fn can_resume(&mut self, needed: usize) -> bool {
+        RingWriter::can_resume(self, needed).unwrap_or(true)
     }
     fn prepare_to_sleep(&mut self, needed: usize) -> std::result::Result<bool, RingError> {
         RingWriter::prepare_to_sleep(self, needed)
@@ -81,7 +83,7 @@ impl End for RingReader {
     fn take_peer_waiting(&mut self) -> bool {
         self.take_producer_waiting()
     }
-    fn can_progress(&mut self, _: usize) -> bool {
+    fn can_resume(&mut self, _: usize) -> bool {
         self.has_unread()
     }
     fn prepare_to_sleep(&mut self, _: usize) -> std::result::Result<bool, RingError> {
@@ -325,7 +327,7 @@ impl<E: End> Lanes<E> {
             && spin(|| {
                 lanes
                     .iter_mut()
-                    .any(|l| l.gone_wait.is_none() && l.end.can_progress(needed))
+                    .any(|l| l.gone_wait.is_none() && l.end.can_resume(needed))
             })
         {
             self.spin_misled = E::SPIN_MAY_MISLEAD;

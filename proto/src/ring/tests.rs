@@ -311,6 +311,42 @@ fn full_ring_refuses_then_accepts() {
     assert!(w.try_write_with(4080, |_| {}).is_ok());
 }
 
+/// A producer that found its ring full resumes from its spin on a quarter of the ring free,
+/// not on the first frame that fits; `can_progress` (what the sleep and the send use) still
+/// says yes as soon as one frame fits.
+#[test]
+fn a_full_ring_lets_its_producer_resume_on_a_chunk_of_room() {
+    let (mut w, mut r, _fd) = pair(16384);
+    let msg = [7u8; 1008]; // frames of 1024 bytes: 16 fill the ring
+    while write(&mut w, &msg) {}
+    let mut out = Vec::new();
+    for freed in 1..=4 {
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert!(w.can_progress(msg.len()).expect("can_progress"));
+        // 4 KiB (a quarter of 16 KiB) free only after the fourth frame is read.
+        assert_eq!(
+            w.can_resume(msg.len()).expect("can_resume"),
+            freed == 4,
+            "{freed} read"
+        );
+    }
+    // A ring larger than 1 MiB: the chunk stops at RESUME_CHUNK_MAX.
+    let (mut w, mut r, _fd) = pair(4 << 20);
+    let msg = vec![7u8; 65_536 - 16];
+    while write(&mut w, &msg) {}
+    let frames = (writer::RESUME_CHUNK_MAX / 65_536) as usize;
+    for read in 1..=frames {
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(w.can_resume(msg.len()).expect("can_resume"), read == frames);
+    }
+}
+
 #[test]
 fn a_new_reader_resumes_where_the_old_one_stopped() {
     let (mut w, mut r, memfd) = pair(8192);

@@ -17,6 +17,10 @@ use super::files::{check_positions, count_wakeup, SharedRing};
 /// taken while the writer's mapping keeps the file alive).
 pub(super) static WRITERS: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
 
+/// The most room a producer that found its ring full waits for before going on
+/// ([`RingWriter::can_resume`]).
+pub(super) const RESUME_CHUNK_MAX: u64 = 256 * 1024;
+
 /// Frames at least this long start the next lap early when its first bytes are free
 /// ([`RingWriter::rewind_if_room_at_start`]). Below it, measured on the AMD EPYC VM
 /// (`shmem-bench --only ours,iceoryx2`), it did not pay: 64 KiB messages borrowed in place
@@ -508,6 +512,26 @@ impl RingWriter {
         } else {
             free >= needed
         })
+    }
+
+    /// Whether a producer that found its ring full should go on now: when a chunk of room is
+    /// free (a quarter of the ring, at most [`RESUME_CHUNK_MAX`]), not as soon as one frame
+    /// fits. A producer that resumes for every frame the consumer frees writes one frame per
+    /// look at the consumer's position, and each look pulls the consumer's line away from it
+    /// while it reads: the two take turns on that line for every message, at the core-to-core
+    /// round trip each (64 B messages through a full ring: 6-10 M msg/s instead of 25-30 M).
+    /// Resuming on a chunk lets the consumer read the chunk undisturbed and the producer
+    /// write it in a burst. Only the spin before sleeping waits for this; the sleep and the
+    /// send itself take any room the frame fits in, so a consumer that stops with less than
+    /// a chunk freed delays the producer by one spin (30 µs), never longer.
+    pub fn can_resume(&mut self, payload: usize) -> Result<bool, RingError> {
+        let chunk = (self.ring.capacity / 4).min(RESUME_CHUNK_MAX);
+        if !self.can_progress(payload)? {
+            return Ok(false);
+        }
+        // free_space just loaded the consumer's position: the cached figure is current.
+        let free = self.free_space(0)?;
+        Ok(free >= chunk)
     }
 
     /// Announces that the producer is about to block for space. Returns false (do not sleep) if
