@@ -33,6 +33,9 @@ pub(crate) struct LaneReader {
     lanes: Lanes<RingReader>,
     /// Where the next read starts looking, one past the ring read last: round-robin.
     cursor: usize,
+    /// The producer whose message was given back unread ([`unread`](Self::unread)): its lane
+    /// is read first next time, wherever the lane list has moved it meanwhile.
+    next_peer: Option<u32>,
     last_producer: Option<u32>,
     /// Messages missed in rings dropped since: they stay counted.
     missed_in_dropped: u64,
@@ -43,6 +46,7 @@ impl LaneReader {
         Ok(LaneReader {
             lanes: Lanes::new(attachment, control, Role::Consumer, lanes)?,
             cursor: 0,
+            next_peer: None,
             last_producer: None,
             missed_in_dropped: 0,
         })
@@ -175,6 +179,11 @@ impl LaneReader {
         'again: loop {
             self.prepare(attachment)?;
             self.report_gone(attachment)?;
+            if let Some(peer) = self.next_peer.take() {
+                if let Some(index) = self.lanes.index_of(peer) {
+                    self.cursor = index;
+                }
+            }
             let count = self.lanes.list.len();
             // No division on this path: with one lane it runs once per message.
             let mut index = self.cursor.min(count);
@@ -319,13 +328,15 @@ impl LaneReader {
     /// Gives the message a borrowed receive left in lane `peer`'s ring back unread
     /// ([`RingReader::unpeek`]), and makes that lane the next one read, so that the next
     /// receive finds the same message first (unless a report is due first, or the lane is
-    /// held for one; see [`try_read`](Self::try_read)). Nothing is released: no producer to
-    /// wake.
+    /// held for one; see [`try_read`](Self::try_read)). The message's space stays taken;
+    /// padding skipped on the way to it is freed, which may wake its producer.
     pub fn unread(&mut self, peer: u32) {
         // Rings change only in calls the sample's borrow of the consumer rules out.
         if let Some(index) = self.lanes.index_of(peer) {
-            self.lanes.list[index].end.unpeek();
-            self.cursor = index;
+            let lane = &mut self.lanes.list[index];
+            lane.end.unpeek();
+            lane.wake_if_waiting();
+            self.next_peer = Some(peer);
         }
     }
 

@@ -97,7 +97,8 @@
 #define SHMEM_ERR_CORRUPT -36
 
 // Receive: the buffer is too small; `*len` says how large the message is, and it stays in
-// the channel for the next receive (a failed receive never loses a message).
+// the channel (a too-small or NULL buffer never loses a message): a receive with room for
+// it gets it, after any report due first (another producer's end in a fan-out channel).
 #define SHMEM_ERR_BUFFER_TOO_SMALL -37
 
 // The producer has a loan outstanding (send or abandon it first), or the consumer a borrowed
@@ -342,9 +343,9 @@ void shmem_producer_free(struct shmem_producer *producer);
 // Receives the next message into `buf` (`capacity` bytes), waiting for one; `*len` is its
 // length. `SHMEM_END_OF_STREAM` (and `*len` 0) when the producer closed its stream. A message
 // larger than `capacity` gives `SHMEM_ERR_BUFFER_TOO_SMALL` with its length in `*len` and
-// stays in the channel for the next receive (by any receive function; after
-// `shmem_consumer_free`, for the durable consumer's or the one-to-one channel's next
-// consumer).
+// stays in the channel: a later receive (by any receive function; after
+// `shmem_consumer_free`, the durable consumer's or the one-to-one channel's next consumer)
+// gets it, after any report due first (another producer's end in a fan-out channel).
 //
 // # Safety
 // `consumer` is a live consumer; `buf` points to `capacity` writable bytes; `len` to writable

@@ -52,7 +52,8 @@ pub const SHMEM_ERR_MESSAGE_TOO_LARGE: c_int = -35;
 /// The shared memory is inconsistent (a peer scribbled on it).
 pub const SHMEM_ERR_CORRUPT: c_int = -36;
 /// Receive: the buffer is too small; `*len` says how large the message is, and it stays in
-/// the channel for the next receive (a failed receive never loses a message).
+/// the channel (a too-small or NULL buffer never loses a message): a receive with room for
+/// it gets it, after any report due first (another producer's end in a fan-out channel).
 pub const SHMEM_ERR_BUFFER_TOO_SMALL: c_int = -37;
 /// The producer has a loan outstanding (send or abandon it first), or the consumer a borrowed
 /// message (release it first).

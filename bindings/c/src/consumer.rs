@@ -105,9 +105,9 @@ unsafe fn hand_over(
 /// Receives the next message into `buf` (`capacity` bytes), waiting for one; `*len` is its
 /// length. `SHMEM_END_OF_STREAM` (and `*len` 0) when the producer closed its stream. A message
 /// larger than `capacity` gives `SHMEM_ERR_BUFFER_TOO_SMALL` with its length in `*len` and
-/// stays in the channel for the next receive (by any receive function; after
-/// `shmem_consumer_free`, for the durable consumer's or the one-to-one channel's next
-/// consumer).
+/// stays in the channel: a later receive (by any receive function; after
+/// `shmem_consumer_free`, the durable consumer's or the one-to-one channel's next consumer)
+/// gets it, after any report due first (another producer's end in a fan-out channel).
 ///
 /// # Safety
 /// `consumer` is a live consumer; `buf` points to `capacity` writable bytes; `len` to writable

@@ -186,7 +186,8 @@ impl PyConsumer {
     /// The next message as `bytes`, waiting up to `timeout` seconds (`None`: for ever;
     /// `0`: not at all) and raising `TimeoutError` when none came. `None` at end-of-stream.
     /// A receive that fails once it has the message (`MemoryError` for its `bytes`) leaves
-    /// the message in the channel: the next receive returns it.
+    /// the message in the channel: the next receive returns it. To skip a message too large
+    /// to copy, take it with `recv_view()` and `release()` the view.
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyBytes>>> {
         self.recv_bytes(py, timeout)

@@ -352,6 +352,7 @@ impl RingReader {
     /// Back to the last published position, forgetting what was read since (read ahead too).
     pub(super) fn rewind(&mut self, (messages_read, missed): (u64, u64)) {
         self.ahead.clear();
+        self.peeked = None;
         self.read_pos = self.published_pos;
         self.messages_read = messages_read;
         self.missed = missed;
@@ -505,6 +506,8 @@ impl RingReader {
     /// with one store, if it moved: a poll of an empty ring writes nothing.
     #[inline]
     pub(super) fn commit(&mut self) {
+        // Whatever was peeked is settled by any publish: nothing to give back any more.
+        self.peeked = None;
         if self.read_pos == self.published_pos {
             return;
         }

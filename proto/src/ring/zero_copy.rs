@@ -178,9 +178,11 @@ impl RingReader {
 
     /// Gives the message [`try_peek`](Self::try_peek) returned back unread: the next read
     /// (peek or copy) finds it again, as if it had not been read. Its space stays the
-    /// consumer's (nothing is published, so there is no producer to wake), `messages_read`
-    /// is as before the peek, and padding or loss records skipped on the way to it stay
-    /// skipped (the losses stay counted once in [`missed`](Self::missed)).
+    /// consumer's, `messages_read` is as before the peek, and padding or loss records
+    /// skipped on the way to it stay skipped (the losses stay counted once in
+    /// [`missed`](Self::missed)) and are published as read: the published position is then
+    /// the frame's, and a producer waiting for that room is to be woken
+    /// ([`take_producer_waiting`](Self::take_producer_waiting)).
     ///
     /// The position gone back to is the one this reader recorded at the peek, never read
     /// back from the ring, and lies between the published position and the local one: a
@@ -197,6 +199,10 @@ impl RingReader {
         if self.read_pos == end && self.published_pos <= frame {
             self.read_pos = frame;
             self.messages_read = messages_read;
+            // Padding or a loss record skipped on the way is consumed: published, so that
+            // the published position (what `position()` reports and the next consumer
+            // starts at) is the given-back frame's, and the producer may reuse that room.
+            self.commit();
         }
     }
 }
@@ -204,6 +210,7 @@ impl RingReader {
 #[cfg(test)]
 mod tests {
     use super::super::tests::pair;
+    use super::super::SharedRing;
     use super::*;
 
     fn load_all(payload: Payload) -> Vec<u8> {
@@ -248,6 +255,45 @@ mod tests {
         }
     }
 
+    /// A message given back after padding (it did not fit before the end of the lap): the
+    /// padding is consumed and published, so the published position is the message's and a
+    /// reader that takes over the ring (the next consumer) starts at that message.
+    #[test]
+    fn a_message_given_back_after_padding_is_where_the_next_reader_starts() {
+        let (mut w, mut r, memfd) = pair(4096);
+        assert!(w.try_write_with(3000, |b| b.fill(1)).expect("write"));
+        let mut out = Vec::new();
+        assert_eq!(
+            r.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        let before = r.published_pos;
+        let second: Vec<u8> = (0..2000u32).map(|i| (i * 3) as u8).collect();
+        assert!(w
+            .try_write_with(2000, |b| b.copy_from_slice(&second))
+            .expect("write"));
+        let Peeked::Message(got) = r.try_peek().expect("peek") else {
+            panic!("no message");
+        };
+        assert_eq!(load_all(got), second);
+        r.unpeek();
+        assert!(r.published_pos > before, "the padding is published");
+        assert_eq!(r.published_pos, r.read_pos);
+        assert_eq!(
+            r.published_pos % 4096,
+            0,
+            "at the lap's start, where the message is"
+        );
+        drop(r);
+        let fd = memfd.share(None).expect("share");
+        let mut next = RingReader::new(SharedRing::open(fd, 4096).expect("open")).expect("reader");
+        assert_eq!(
+            next.try_read_into(&mut out).expect("read"),
+            ReadOutcome::Message
+        );
+        assert_eq!(out, second);
+    }
+
     #[test]
     fn an_unpeeked_message_is_read_again_whole_and_keeps_its_space() {
         let (mut w, mut r, _fd) = pair(4096);
@@ -263,9 +309,11 @@ mod tests {
         assert_eq!(r.missed(), 5);
         let past = r.position();
         r.unpeek();
-        // Nothing released: no producer to wake, no room for it, the same counts.
+        // The message is not released (no room for another like it), the counts are as
+        // before; the loss record in front of it is read and published.
         assert!(!r.take_producer_waiting());
-        assert_eq!(r.published_pos, published);
+        assert!(r.published_pos > published);
+        assert_eq!(r.published_pos, r.read_pos);
         assert_eq!(r.messages_read, messages);
         assert_eq!(r.missed(), 5);
         assert!(r.position() < past);
