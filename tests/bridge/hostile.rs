@@ -18,7 +18,7 @@ use shmem_broker_tests::*;
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn hostile_publisher_on_the_key_cannot_inject_or_forge_positions() {
     require_root();
-    let hosts = Hosts::new();
+    let hosts = Hosts::create();
     let a = Broker::start(None);
     let b = Broker::start(None);
     let state = temp_dir();
@@ -86,7 +86,7 @@ fn hostile_publisher_on_the_key_cannot_inject_or_forge_positions() {
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn small_samples_flooding_a_stalled_importer_do_not_pin_receive_buffers() {
     require_root();
-    let hosts = Hosts::new();
+    let hosts = Hosts::create();
     let b = Broker::start(None);
     let state = temp_dir();
     let _router = router(&hosts, b.dir());
@@ -119,7 +119,7 @@ fn small_samples_flooding_a_stalled_importer_do_not_pin_receive_buffers() {
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn sessions_opened_against_a_listening_importer_are_bounded() {
     require_root();
-    let hosts = Hosts::new();
+    let hosts = Hosts::create();
     let b = Broker::start(None);
     let state = temp_dir();
     let socket = b.socket_path().to_str().expect("utf-8 path");

@@ -62,7 +62,7 @@ fn one_gib_from_host_a_to_host_b_with_sha256() {
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn both_directions_at_once() {
     require_root();
-    let hosts = Hosts::new();
+    let hosts = Hosts::create();
     let a = Broker::start(None);
     let b = Broker::start(None);
     let state = temp_dir();
@@ -92,7 +92,7 @@ fn both_directions_at_once() {
 #[cfg_attr(not(as_root), ignore = "needs root")]
 fn fan_out_to_two_remote_importers() {
     require_root();
-    let hosts = Hosts::new();
+    let hosts = Hosts::create();
     let a = Broker::start(None);
     let b = Broker::start(None);
     let state = temp_dir();

@@ -37,7 +37,8 @@ fn ip(args: &[&str]) {
 }
 
 impl Hosts {
-    pub fn new() -> Hosts {
+    /// Makes the two namespaces and the link between them.
+    pub fn create() -> Hosts {
         let n = NETNS_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}x{n}", std::process::id());
         let hosts = Hosts {
@@ -240,7 +241,7 @@ pub fn link_importer(hosts: &Hosts, b: &Broker, state: &Path) -> Proc {
 
 /// [`Link`] with both channels of `capacity` ("out" on A, "in" on B), everything running.
 pub fn link_one(capacity: &str) -> Link {
-    let hosts = Hosts::new();
+    let hosts = Hosts::create();
     let a = Broker::start(None);
     let b = Broker::start(None);
     let state = temp_dir();
