@@ -1,4 +1,4 @@
-//! `bridge-rogue`: a hostile Zenoh peer for tests/bridge.rs. It does what anyone who can
+//! `bridge-rogue`: a hostile Zenoh peer for tests/bridge/hostile.rs. It does what anyone who can
 //! publish on a bridge's keys can do, with the wire format written out here by hand (not taken
 //! from the bridge's code): it forges an item far ahead of the stream and marked "oldest" (an
 //! importer that takes it stores it and then drops every real item as a duplicate), once with a

@@ -21,6 +21,7 @@
 
 // One module per job, all re-exported so tests `use shmem_broker_tests::*`: `paths`, `waiting`,
 // `processes`, `broker`, `json`, `wire`, `data`, `hostile`.
+pub mod bridge;
 pub mod fanout;
 pub mod hostile_common;
 pub mod old_kernel;

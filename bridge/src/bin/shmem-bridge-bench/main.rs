@@ -24,7 +24,11 @@
 //! sequence number. Throughput: `count` messages sent as fast as the path takes them, bytes
 //! over (last arrival - first send), median of the repetitions with min and max. Latency:
 //! messages paced (one every millisecond, five for 1 MiB), one-way arrival - send, p50/p99.
+//! CPU: the CPU time each process of ours and of raw Zenoh spends per GiB moved over the
+//! throughput runs, and by thread ([`cpu`]): steadier than MB/s on a shared machine, and it
+//! says where the time goes.
 
+mod cpu;
 mod measure;
 mod netns;
 mod paths;
@@ -178,14 +182,26 @@ fn run(args: &Args) -> Result<()> {
         // Transports take turns within each repetition: drift on a shared machine hits all.
         for _ in 0..plan.reps {
             let n = plan.throughput_count(size);
-            row.ours.push(ours.measure(size, n, None)?);
-            row.zenoh.push(raw.measure(size, n, None)?);
+            let bytes = n.saturating_mul(size as u64);
+            let (outcome, [producer, consumer]) =
+                with_cpu(&ours.processes(), &mut row.ours_cpu, || {
+                    ours.measure(size, n, None)
+                })?;
+            row.ours.push(outcome);
+            row.ours_cpu.add("producer", &producer);
+            row.ours_cpu.add("consumer", &consumer);
+            row.ours_cpu.bytes += bytes;
+            let outcome = with_cpu(&raw.processes(), &mut row.zenoh_cpu, || {
+                raw.measure(size, n, None)
+            })?;
+            row.zenoh.push(outcome);
+            row.zenoh_cpu.bytes += bytes;
             if let Some(socat) = socat.as_mut() {
                 row.socat.push(socat.measure(size, n, None)?);
             }
         }
         let (n, pace) = (plan.latency_count(size), Some(pace_for(size)));
-        row.ours_lat = Some(ours.measure(size, n, pace)?);
+        row.ours_lat = Some(ours.measure(size, n, pace)?.0);
         row.zenoh_lat = Some(raw.measure(size, n, pace)?);
         if let Some(socat) = socat.as_mut() {
             row.socat_lat = Some(socat.measure(size, n, pace)?);
@@ -195,6 +211,31 @@ fn run(args: &Args) -> Result<()> {
     drop((ours, raw, socat));
     let text = report(&plan, &rows, &command_line());
     emit(args, &text)
+}
+
+/// Runs `f`, adding the CPU time each of `processes` spent meanwhile to `tally` (by role,
+/// and by thread name for all but the brokers).
+fn with_cpu<T>(
+    processes: &[(&'static str, u32)],
+    tally: &mut CpuTally,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let read = || -> Result<Vec<_>> {
+        processes
+            .iter()
+            .map(|&(role, pid)| Ok((role, cpu::of_process(pid)?, cpu::by_thread(pid))))
+            .collect()
+    };
+    let before = read()?;
+    let value = f()?;
+    let after = read()?;
+    for ((role, cpu, threads), (_, was, threads_was)) in after.iter().zip(&before) {
+        tally.add(role, &cpu.since(was));
+        if *role != "brokers" {
+            tally.add_threads(role, &cpu::threads_since(threads, threads_was));
+        }
+    }
+    Ok(value)
 }
 
 fn command_line() -> String {

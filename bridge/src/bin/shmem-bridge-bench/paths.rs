@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::cpu::{self, Cpu};
 use crate::measure::*;
 use crate::netns::*;
 use crate::{HOST_A, HOST_B};
@@ -113,20 +114,34 @@ impl Ours {
         })
     }
 
+    /// The processes on this path besides this one's producer and consumer threads.
+    pub(crate) fn processes(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("exporter", self._bridges[0].child.id()),
+            ("importer", self._bridges[1].child.id()),
+            ("brokers", self._brokers[0].child.id()),
+            ("brokers", self._brokers[1].child.id()),
+        ]
+    }
+
+    /// One run; also the CPU time of the producer thread and of the consumer thread.
     pub(crate) fn measure(
         &mut self,
         size: usize,
         count: u64,
         pace: Option<Duration>,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, [Cpu; 2])> {
         let producer = &mut self.producer;
         let consumer = &mut self.consumer;
         std::thread::scope(|scope| {
             let sender = scope.spawn(move || {
+                let before = cpu::of_this_thread();
                 send_paced(size, count, pace, |m| {
                     producer.send(m).context("send into out")
-                })
+                })?;
+                Ok::<_, anyhow::Error>(cpu::of_this_thread().since(&before))
             });
+            let before = cpu::of_this_thread();
             let mut tally = Tally::default();
             let mut buf = Vec::with_capacity(size);
             while tally.count < count {
@@ -135,10 +150,11 @@ impl Ours {
                 }
                 tally.add(&buf);
             }
-            sender
+            let consumer_cpu = cpu::of_this_thread().since(&before);
+            let producer_cpu = sender
                 .join()
                 .map_err(|_| anyhow!("the sender panicked"))??;
-            Ok(tally.outcome())
+            Ok((tally.outcome(), [producer_cpu, consumer_cpu]))
         })
     }
 }
@@ -186,6 +202,14 @@ pub(crate) struct RawZenoh {
 }
 
 impl RawZenoh {
+    /// The publisher and subscriber processes.
+    pub(crate) fn processes(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("publisher", self.publisher.kid.child.id()),
+            ("subscriber", self.subscriber.kid.child.id()),
+        ]
+    }
+
     pub(crate) fn start(hosts: &Hosts) -> Result<RawZenoh> {
         let me = std::env::current_exe().context("find this binary")?;
         let endpoint = format!("tcp/{HOST_A}:7448");

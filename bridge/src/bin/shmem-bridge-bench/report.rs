@@ -1,6 +1,95 @@
 //! The report: one row per size, throughput spreads, latencies and the verdict against Zenoh.
 
+use std::collections::BTreeMap;
+
+use crate::cpu::Cpu;
 use crate::measure::*;
+
+/// CPU time spent on one path over its throughput runs of one size, by role, and by thread
+/// name for the bridges and the Zenoh processes.
+#[derive(Default)]
+pub(crate) struct CpuTally {
+    pub(crate) bytes: u64,
+    pub(crate) roles: Vec<(&'static str, Cpu)>,
+    pub(crate) threads: Vec<(&'static str, BTreeMap<String, Cpu>)>,
+}
+
+impl CpuTally {
+    pub(crate) fn add(&mut self, role: &'static str, cpu: &Cpu) {
+        match self.roles.iter_mut().find(|(r, _)| *r == role) {
+            Some((_, sum)) => sum.add(cpu),
+            None => self.roles.push((role, *cpu)),
+        }
+    }
+
+    pub(crate) fn add_threads(&mut self, role: &'static str, threads: &BTreeMap<String, Cpu>) {
+        let sums = match self.threads.iter_mut().position(|(r, _)| *r == role) {
+            Some(i) => &mut self.threads[i].1,
+            None => {
+                self.threads.push((role, BTreeMap::new()));
+                &mut self.threads.last_mut().expect("just pushed").1
+            }
+        };
+        for (name, cpu) in threads {
+            sums.entry(name.clone()).or_default().add(cpu);
+        }
+    }
+
+    fn per_gib(&self, seconds: f64) -> f64 {
+        if self.bytes == 0 {
+            return 0.0;
+        }
+        seconds * (1u64 << 30) as f64 / self.bytes as f64
+    }
+
+    fn role(&self, role: &str) -> Cpu {
+        self.roles
+            .iter()
+            .filter(|(r, _)| *r == role)
+            .fold(Cpu::default(), |mut sum, (_, cpu)| {
+                sum.add(cpu);
+                sum
+            })
+    }
+
+    fn total(&self) -> Cpu {
+        self.roles.iter().fold(Cpu::default(), |mut sum, (_, cpu)| {
+            sum.add(cpu);
+            sum
+        })
+    }
+
+    /// "1.23 (sys 0.45)": seconds per GiB, the kernel's part in parentheses.
+    fn cell(&self, cpu: Cpu) -> String {
+        format!(
+            "{:.2} (sys {:.2})",
+            self.per_gib(cpu.total()),
+            self.per_gib(cpu.sys)
+        )
+    }
+
+    /// "exporter: shmem-bridge 0.31, tx-0 0.12": the threads of each process, busiest first,
+    /// those over 0.01 s/GiB.
+    fn thread_text(&self) -> String {
+        self.threads
+            .iter()
+            .map(|(role, threads)| {
+                let mut v: Vec<(&String, f64)> = threads
+                    .iter()
+                    .map(|(name, cpu)| (name, self.per_gib(cpu.total())))
+                    .filter(|(_, s)| *s >= 0.01)
+                    .collect();
+                v.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let list: Vec<String> = v
+                    .iter()
+                    .map(|(name, s)| format!("`{name}` {s:.2}"))
+                    .collect();
+                format!("{role}: {}", list.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct Row {
@@ -11,6 +100,8 @@ pub(crate) struct Row {
     pub(crate) ours_lat: Option<Outcome>,
     pub(crate) zenoh_lat: Option<Outcome>,
     pub(crate) socat_lat: Option<Outcome>,
+    pub(crate) ours_cpu: CpuTally,
+    pub(crate) zenoh_cpu: CpuTally,
 }
 
 /// Median, min, max of the throughputs.
@@ -101,6 +192,47 @@ pub(crate) fn report(plan: &Plan, rows: &[Row], command: &str) -> String {
             lat_text(row.ours_lat),
             lat_text(row.zenoh_lat),
             lat_text(row.socat_lat),
+        ));
+    }
+    out.push_str(
+        "\nCPU time per GiB moved (s/GiB, utime + stime over the throughput runs; the kernel's \
+         part in parentheses). Ours: the producer and consumer threads (`getrusage`), the \
+         bridges and both brokers (`/proc/PID/stat`); raw Zenoh: its publisher and subscriber \
+         processes (each includes the bench's copy of the message, as ours' producer and \
+         consumer do).\n\n\
+         | size | producer | exporter | importer | consumer | brokers | ours total | Zenoh publisher | Zenoh subscriber | Zenoh total | ours / Zenoh |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let (o, z) = (&row.ours_cpu, &row.zenoh_cpu);
+        let (ot, zt) = (o.total(), z.total());
+        let ratio = if zt.total() > 0.0 {
+            format!("{:.2}", o.per_gib(ot.total()) / z.per_gib(zt.total()))
+        } else {
+            "–".into()
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            size_text(row.size),
+            o.cell(o.role("producer")),
+            o.cell(o.role("exporter")),
+            o.cell(o.role("importer")),
+            o.cell(o.role("consumer")),
+            o.cell(o.role("brokers")),
+            o.cell(ot),
+            z.cell(z.role("publisher")),
+            z.cell(z.role("subscriber")),
+            z.cell(zt),
+            ratio,
+        ));
+    }
+    out.push_str("\nBy thread (s/GiB, live threads, by name):\n\n");
+    for row in rows {
+        out.push_str(&format!(
+            "- {}: {}; {}\n",
+            size_text(row.size),
+            row.ours_cpu.thread_text(),
+            row.zenoh_cpu.thread_text()
         ));
     }
     out
