@@ -422,11 +422,14 @@ fn json_list(items: &[String]) -> String {
 /// Zenoh's receive buffer pool per link of a session that imports (see `open_session`):
 /// twice the importer's queue.
 const RX_BUFFER_BYTES: usize = 2 * import::QUEUE_BYTES;
-/// Sessions (peers, routers) an importing bridge's Zenoh session links with at most: each
-/// link sets up its receive pool when it opens (2.2 MiB of resident memory per session,
-/// measured), so anyone who can reach the port could otherwise grow it by that per
-/// connection, up to Zenoh's default of 1000 sessions.
-const MAX_IMPORTER_SESSIONS: usize = 16;
+/// Sessions (peers, routers) an importing or exporting bridge's Zenoh session links with at
+/// most. An importer's link sets up its receive pool when it opens (2.2 MiB of resident memory
+/// per session, measured); an exporter's link may queue [`TX_QUEUE_BATCHES`] batches for a
+/// peer that subscribes and stops reading (512 KiB each, besides the kernel's socket buffers).
+/// Anyone who can reach the port could otherwise grow either by that per connection, up to
+/// Zenoh's default of 1000 sessions. Sixteen is plenty for a bridge: behind a router it has
+/// one, in peer mode one per remote bridge.
+const MAX_BRIDGE_SESSIONS: usize = 16;
 
 /// Batches (64 KiB each) a link of an exporting session may queue for sending, of Zenoh's
 /// data priority (Zenoh's default: 2, at most 16). A 1 MiB message goes out in 17 batches:
@@ -478,17 +481,19 @@ fn open_session(
             "transport/link/rx/buffer_size",
             RX_BUFFER_BYTES.to_string(),
         )?;
-        set(
-            &mut config,
-            "transport/unicast/max_sessions",
-            MAX_IMPORTER_SESSIONS.to_string(),
-        )?;
     }
     if sends == Sends::Messages {
         set(
             &mut config,
             "transport/link/tx/queue/size/data",
             TX_QUEUE_BATCHES.to_string(),
+        )?;
+    }
+    if receives == Receives::Messages || sends == Sends::Messages {
+        set(
+            &mut config,
+            "transport/unicast/max_sessions",
+            MAX_BRIDGE_SESSIONS.to_string(),
         )?;
     }
     if net.connect.is_empty() && net.listen.is_empty() {

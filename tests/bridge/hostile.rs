@@ -1,5 +1,5 @@
 //! Hostile Zenoh peers (`bridge-rogue`): forged items and acks on the key, a flood of small
-//! samples against a stalled importer, sessions opened against a listening importer.
+//! samples against a stalled importer, sessions opened against a listening importer or exporter.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -179,5 +179,53 @@ fn sessions_opened_against_a_listening_importer_are_bounded() {
     assert!(
         after < before + 48 * 1024,
         "the importer grew from {before} KiB to {after} KiB"
+    );
+}
+
+/// Anyone who can reach a listening exporter's Zenoh port opens 32 sessions against it
+/// (`bridge-rogue sessions`, from host A): the exporter accepts at most 16, as the importer
+/// does. Each accepted session is a link the exporter may queue up to 512 KiB of batches for
+/// (a peer that subscribes and stops reading), so without the bound a peer could grow it by
+/// that per connection, up to Zenoh's default of 1000 sessions; without it all 32 are accepted.
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
+fn sessions_opened_against_a_listening_exporter_are_bounded() {
+    require_root();
+    let hosts = Hosts::create();
+    let b = Broker::start(None);
+    b.ctl_ok(&["create", "out"]);
+    let socket = b.socket_path().to_str().expect("utf-8 path");
+    let listen = "tcp/10.77.0.2:7450";
+    let mut export = bridge(
+        &hosts.b,
+        b.dir(),
+        "export",
+        &[
+            "export", "out", "--key", "test/out", "--socket", socket, "--mode", "peer", "--listen",
+            listen,
+        ],
+    );
+    wait_for_stdout_or_log(&mut export, "exporting");
+    let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
+    rogue_cmd
+        .args(["netns", "exec", &hosts.a])
+        .arg(env!("CARGO_BIN_EXE_bridge-rogue"))
+        .args(["sessions", listen, "32", "30"]);
+    let rogue = Proc::start(rogue_cmd, "rogue", b.dir(), Stdio::null(), None);
+    // A refused session takes up to its 2 s connect timeout.
+    wait_for(Duration::from_secs(120), "the rogue's sessions", || {
+        let log = rogue.stderr_text();
+        log.contains("connected").then_some(()).ok_or(log)
+    });
+    assert!(export.is_running(), "{}", export.stderr_text());
+    let accepted: usize = rogue
+        .stderr_text()
+        .lines()
+        .find_map(|line| line.strip_prefix("connected ")?.trim().parse().ok())
+        .expect("the rogue's count");
+    assert!(accepted <= 16, "the exporter accepted {accepted} sessions");
+    assert!(
+        accepted > 0,
+        "the rogue could not reach the exporter at all"
     );
 }
