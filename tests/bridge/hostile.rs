@@ -150,29 +150,11 @@ fn sessions_opened_against_a_listening_importer_are_bounded() {
     );
     wait_for_stdout_or_log(&mut import, "zenoh session open");
     let before = vm_rss_kib(import.pid());
-    let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
-    rogue_cmd
-        .args(["netns", "exec", &hosts.a])
-        .arg(env!("CARGO_BIN_EXE_bridge-rogue"))
-        .args(["sessions", listen, "32", "30"]);
-    let rogue = Proc::start(rogue_cmd, "rogue", b.dir(), Stdio::null(), None);
-    // A refused session takes up to its 2 s connect timeout.
-    wait_for(Duration::from_secs(120), "the rogue's sessions", || {
-        let log = rogue.stderr_text();
-        log.contains("connected").then_some(()).ok_or(log)
-    });
+    let (accepted, _rogue) = rogue_sessions(&hosts, &b, listen);
     std::thread::sleep(Duration::from_secs(1));
     let after = vm_rss_kib(import.pid());
-    eprintln!(
-        "importer RSS KiB before {before}, after the sessions {after}: {}",
-        rogue.stderr_text().trim()
-    );
+    eprintln!("importer RSS KiB before {before}, after {accepted} sessions {after}");
     assert!(import.is_running(), "{}", import.stderr_text());
-    let accepted: usize = rogue
-        .stderr_text()
-        .lines()
-        .find_map(|line| line.strip_prefix("connected ")?.trim().parse().ok())
-        .expect("the rogue's count");
     // Measured: 2.2 MiB of the importer's memory per session (its receive pool is reserved
     // whole and filled as batches come), 69 MiB for 32 sessions without the bound.
     assert!(accepted <= 16, "the importer accepted {accepted} sessions");
@@ -206,26 +188,34 @@ fn sessions_opened_against_a_listening_exporter_are_bounded() {
         ],
     );
     wait_for_stdout_or_log(&mut export, "exporting");
-    let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
-    rogue_cmd
-        .args(["netns", "exec", &hosts.a])
-        .arg(env!("CARGO_BIN_EXE_bridge-rogue"))
-        .args(["sessions", listen, "32", "30"]);
-    let rogue = Proc::start(rogue_cmd, "rogue", b.dir(), Stdio::null(), None);
-    // A refused session takes up to its 2 s connect timeout.
-    wait_for(Duration::from_secs(120), "the rogue's sessions", || {
-        let log = rogue.stderr_text();
-        log.contains("connected").then_some(()).ok_or(log)
-    });
+    let (accepted, _rogue) = rogue_sessions(&hosts, &b, listen);
     assert!(export.is_running(), "{}", export.stderr_text());
-    let accepted: usize = rogue
-        .stderr_text()
-        .lines()
-        .find_map(|line| line.strip_prefix("connected ")?.trim().parse().ok())
-        .expect("the rogue's count");
     assert!(accepted <= 16, "the exporter accepted {accepted} sessions");
     assert!(
         accepted > 0,
         "the rogue could not reach the exporter at all"
     );
+}
+
+/// `bridge-rogue sessions` from host A: opens 32 sessions against `listen` and holds them for
+/// 30 s. Returns how many the listener accepted, and the rogue (which holds them while it
+/// lives).
+fn rogue_sessions(hosts: &Hosts, broker: &Broker, listen: &str) -> (usize, Proc) {
+    let mut rogue_cmd = Command::new(require_tool("ip", "iproute2"));
+    rogue_cmd
+        .args(["netns", "exec", &hosts.a])
+        .arg(env!("CARGO_BIN_EXE_bridge-rogue"))
+        .args(["sessions", listen, "32", "30"]);
+    let rogue = Proc::start(rogue_cmd, "rogue", broker.dir(), Stdio::null(), None);
+    // A refused session takes up to its 2 s connect timeout.
+    wait_for(Duration::from_secs(120), "the rogue's sessions", || {
+        let log = rogue.stderr_text();
+        log.contains("connected").then_some(()).ok_or(log)
+    });
+    let accepted = rogue
+        .stderr_text()
+        .lines()
+        .find_map(|line| line.strip_prefix("connected ")?.trim().parse().ok())
+        .expect("the rogue's count");
+    (accepted, rogue)
 }
