@@ -519,7 +519,8 @@ impl RingWriter {
     /// fits. A producer that resumes for every frame the consumer frees writes one frame per
     /// look at the consumer's position, and each look pulls the consumer's line away from it
     /// while it reads: the two take turns on that line for every message, at the core-to-core
-    /// round trip each (64 B messages through a full ring: 6-10 M msg/s instead of 25-30 M).
+    /// round trip each. Measured: a 64 B pair through an 8 MiB ring went from 0.81 to 0.67 s
+    /// per 20 M messages (median of 8 alternating rounds on a loaded AMD EPYC VM).
     /// Resuming on a chunk lets the consumer read the chunk undisturbed and the producer
     /// write it in a burst. Only the spin before sleeping waits for this; the sleep and the
     /// send itself take any room the frame fits in, so a consumer that stops with less than
