@@ -20,7 +20,12 @@ use crate::sys::{self, now_ns, CorePair};
 /// the source modulo 4096, where glibc 2.36's `rep movsb` copy (2 KiB and up) ran at 1.6-2 GB/s
 /// instead of 40+ on the AMD EPYC VM, which made the limit a fifth of what the machine does.
 pub fn memcpy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<Rate> {
-    copy_rate(size, 0, budget_ms, cpu, |dst, src| dst.copy_from_slice(src))
+    copy_rate(size, 0, budget_ms, cpu, glibc_memcpy)
+}
+
+/// The plain copy: `copy_from_slice`, which is glibc's `memcpy`.
+fn glibc_memcpy(dst: &mut [u8], src: &[u8]) {
+    dst.copy_from_slice(src)
 }
 
 /// Destination minus source (modulo the page) of [`aliased_copy`]: inside the band where
@@ -33,9 +38,7 @@ const ALIASED_DISTANCE: usize = 16;
 /// out of our rings takes): shows on each CPU whether the slow case exists and that the rings
 /// step around it.
 pub fn aliased_copy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<AliasedCopy> {
-    let memcpy = copy_rate(size, ALIASED_DISTANCE, budget_ms / 2, cpu, |dst, src| {
-        dst.copy_from_slice(src)
-    })?;
+    let memcpy = copy_rate(size, ALIASED_DISTANCE, budget_ms / 2, cpu, glibc_memcpy)?;
     let ours = copy_rate(size, ALIASED_DISTANCE, budget_ms / 2, cpu, copy::copy_slice)?;
     Ok(AliasedCopy {
         size,
@@ -47,12 +50,14 @@ pub fn aliased_copy(size: usize, budget_ms: u64, cpu: Option<usize>) -> Result<A
 
 /// `copy` of `size` bytes between two buffers, the source on a page boundary and the
 /// destination `distance` bytes into a page, repeated for `budget_ms`; median of three runs.
+/// Generic over `copy`, so each copy is inlined into its loop (a call through a pointer would
+/// add its cost to every 64 B copy of the limit).
 fn copy_rate(
     size: usize,
     distance: usize,
     budget_ms: u64,
     cpu: Option<usize>,
-    copy: fn(&mut [u8], &[u8]),
+    copy: impl Fn(&mut [u8], &[u8]) + Sync,
 ) -> Result<Rate> {
     std::thread::scope(|scope| {
         scope

@@ -225,8 +225,8 @@ impl<'a> Sample<'a> {
     /// take it (no memory for its copy, a buffer too small): the message is not lost, it waits
     /// for the next try.
     ///
-    /// Nothing goes back to the producer (its space stays taken, so a producer waiting for
-    /// room goes on waiting), and the consumer's counts ([`missed`](Consumer::missed),
+    /// The message's space stays taken (a producer waiting for room goes on waiting, unless
+    /// padding skipped on the way to the message frees enough), and the consumer's counts ([`missed`](Consumer::missed),
     /// [`position`](Consumer::position)) are as if the message had not been read yet; a loss
     /// record read on the way to it stays counted once. In a fan-out channel the message's
     /// producer is the next one read; a report due first

@@ -73,7 +73,10 @@ unsafe fn hand_over(
                 sample.unread();
                 return Err(Failure(
                     SHMEM_ERR_BUFFER_TOO_SMALL,
-                    format!("the message has {n} bytes, the buffer {capacity}; it stays for the next receive"),
+                    format!(
+                        "the message has {n} bytes, the buffer {capacity}; \
+                         it stays for the next receive"
+                    ),
                 ));
             }
             if n > 0 {

@@ -172,7 +172,7 @@ impl RingReader {
     ///
     /// [`take_producer_waiting`]: Self::take_producer_waiting
     pub fn release(&mut self) {
-        self.peeked = None;
+        // `commit` settles the peek too.
         self.commit();
     }
 
